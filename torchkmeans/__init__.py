@@ -1,0 +1,29 @@
+"""torchkmeans: fast, batched K-Means on PyTorch with the scikit-learn API.
+
+>>> import numpy as np
+>>> from torchkmeans import KMeans
+>>> X = np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
+>>> KMeans(n_clusters=2, random_state=0).fit(X).inertia_
+1.0
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import functional
+from .exceptions import ConvergenceWarning, NotFittedError
+from .functional import KMeansResult, kmeans, lloyd, nearest_centroids
+from .kmeans import KMeans
+
+__all__ = [
+    "ConvergenceWarning",
+    "KMeans",
+    "KMeansResult",
+    "NotFittedError",
+    "__version__",
+    "functional",
+    "kmeans",
+    "lloyd",
+    "nearest_centroids",
+]

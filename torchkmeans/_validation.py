@@ -1,0 +1,246 @@
+"""Conversion of user input to tensors and back, and argument checks.
+
+Everything that faces the user funnels through here so that every estimator
+gives the same error messages ("Expected X to be ..., got ...").
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPE_NAMES = {
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+
+
+class OutputKind(NamedTuple):
+    """How results are handed back: numpy arrays, or tensors on a device."""
+
+    is_torch: bool
+    device: torch.device | None
+
+    def out(self, tensor: torch.Tensor) -> Any:
+        """Convert ``tensor`` to the caller's kind (numpy array or tensor)."""
+        if self.is_torch:
+            return tensor if self.device is None else tensor.to(self.device)
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        return tensor.detach().cpu().numpy()
+
+
+def resolve_device(device: str | torch.device | None, data_device: torch.device) -> torch.device:
+    """Resolve the ``device`` argument: None -> the data's, "auto" -> CUDA if present."""
+    if device is None:
+        return data_device
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"Expected device to be None, 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}."
+        ) from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype | np.dtype | type | None) -> torch.dtype | None:
+    """Resolve the ``dtype`` argument to a floating torch dtype (or None)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        resolved = _DTYPE_NAMES[dtype]
+    else:
+        try:
+            resolved = _DTYPE_NAMES.get(np.dtype(dtype).name)  # type: ignore[arg-type]
+        except TypeError:
+            resolved = None
+    if resolved not in _FLOAT_DTYPES:
+        raise ValueError(
+            "Expected dtype to be None or one of float16, bfloat16, float32, float64, "
+            f"got {dtype!r}."
+        )
+    return resolved
+
+
+def as_tensor(
+    data: Any,
+    name: str = "X",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    ndim: int = 2,
+    check_finite: bool = True,
+) -> tuple[torch.Tensor, OutputKind]:
+    """Convert array-like ``data`` to a floating tensor without modifying it.
+
+    Returns the tensor (which may share memory with ``data``: callers must not
+    write into it) and the :class:`OutputKind` to convert results back with.
+    numpy, lists and pandas frames give numpy results; tensors give tensors on
+    their own device. Integer and boolean input becomes float64 (numpy) or the
+    default float dtype (torch), as scikit-learn and PyTorch do.
+    """
+    if isinstance(data, torch.Tensor):
+        kind = OutputKind(True, data.device)
+        tensor = data.detach()
+        if tensor.is_complex():
+            raise ValueError(f"Complex data not supported; {name} has dtype {tensor.dtype}.")
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.get_default_dtype())
+    else:
+        kind = OutputKind(False, None)
+        array = _as_numpy(data, name)
+        tensor = torch.from_numpy(array)
+    if tensor.ndim != ndim:
+        shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
+        raise ValueError(
+            f"Expected {name} to be {ndim}-D of shape {shape}, got shape {tuple(tensor.shape)}."
+            + (" Reshape 1-D data with X.reshape(-1, 1)." if tensor.ndim == 1 and ndim == 2 else "")
+        )
+    target_device = resolve_device(device, tensor.device)
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(device=target_device, dtype=dtype)
+    else:
+        tensor = tensor.to(device=target_device)
+    if check_finite and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
+    return tensor, kind
+
+
+def _as_numpy(data: Any, name: str) -> np.ndarray:
+    if hasattr(data, "toarray") or type(data).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"Expected {name} to be a dense array or tensor, got a sparse matrix "
+            f"({type(data).__name__}); convert it with {name}.toarray()."
+        )
+    if hasattr(data, "to_numpy") and not isinstance(data, np.ndarray):
+        data = data.to_numpy()
+    array = np.asarray(data)
+    if array.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported; {name} has dtype {array.dtype}.")
+    if array.dtype.kind == "O":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"Expected {name} to hold numbers, got an object array that could not "
+                f"be converted to float: {exc}"
+            ) from exc
+    elif array.dtype.kind in "biu":
+        array = array.astype(np.float64)
+    elif array.dtype.kind != "f":
+        raise ValueError(
+            f"Expected {name} to hold numbers, got an array of dtype {array.dtype}."
+        )
+    if array.dtype == np.float16 or array.dtype.itemsize > 8:
+        array = array.astype(np.float32 if array.dtype == np.float16 else np.float64)
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        # torch.from_numpy refuses read-only memory (it would warn) and is
+        # happiest with C order; a copy keeps the caller's array untouched.
+        array = np.ascontiguousarray(array).copy() if not array.flags.writeable else np.ascontiguousarray(array)
+    return array
+
+
+def check_n_clusters(n_clusters: Any) -> int:
+    """Validate ``n_clusters`` (an integer >= 1)."""
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral):
+        raise TypeError(f"Expected n_clusters to be an int, got {n_clusters!r}.")
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters={n_clusters} should be >= 1.")
+    return int(n_clusters)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Validate an integer argument that must be >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} to be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name}={value} should be >= {minimum}.")
+    return int(value)
+
+
+def check_nonnegative_float(value: Any, name: str) -> float:
+    """Validate a real argument that must be >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected {name} to be a real number, got {value!r}.")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value} should be a finite number >= 0.")
+    return float(value)
+
+
+def check_metric(metric: Any) -> str:
+    """Validate ``metric`` ("euclidean" or "cosine")."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    return str(metric)
+
+
+def check_sample_weight(
+    sample_weight: Any, n_samples: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Validate ``sample_weight``: None, a scalar, or n_samples non-negative finite numbers."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
+        weights = torch.full((n_samples,), float(sample_weight), device=device, dtype=dtype)
+    else:
+        if isinstance(sample_weight, torch.Tensor):
+            weights = sample_weight.detach().to(device=device, dtype=dtype)
+        else:
+            array = np.asarray(sample_weight)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"Expected sample_weight to hold numbers, got dtype {array.dtype}."
+                )
+            weights = torch.as_tensor(array, dtype=dtype).to(device)
+        if weights.shape != (n_samples,):
+            raise ValueError(
+                f"Expected sample_weight to be of shape ({n_samples},), "
+                f"got shape {tuple(weights.shape)}."
+            )
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if bool((weights < 0).any()):
+        raise ValueError("Expected sample_weight to be non-negative, got negative values.")
+    if not bool((weights > 0).any()):
+        raise ValueError("Expected sample_weight to have at least one positive value.")
+    return weights
+
+
+def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` from ``random_state``.
+
+    Accepts None (fresh entropy), an int, a ``numpy.random.RandomState`` or
+    ``Generator`` (a seed is drawn from it) or a ``torch.Generator``.
+    """
+    if isinstance(random_state, torch.Generator):
+        return random_state
+    if random_state is None:
+        seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"random_state={random_state} should be >= 0.")
+        seed = int(random_state)
+    elif isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
+    elif isinstance(random_state, np.random.Generator):
+        seed = int(random_state.integers(np.iinfo(np.int64).max))
+    else:
+        raise TypeError(
+            "Expected random_state to be None, an int, a numpy RandomState/Generator "
+            f"or a torch.Generator, got {random_state!r}."
+        )
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,246 @@
+"""Pairwise distances and chunked nearest-centroid search.
+
+Squared euclidean distances use the expansion ``|x|^2 - 2 x.c + |c|^2`` through
+one ``addmm`` per block of rows; the block is sized from a memory budget so the
+full ``n x k`` matrix never exists. ``metric="cosine"`` works on unit vectors
+and its distance is ``1 - cos(x, c)``.
+
+Shapes: ``x`` is ``(n, d)`` or ``(b, n, d)``; ``centroids`` is ``(k, d)`` or
+``(b, k, d)``. A 2-D ``x`` with 3-D centroids is one data set shared by ``b``
+problems (for example ``b`` restarts).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "Nearest",
+    "block_rows",
+    "nearest_centroids",
+    "pairwise_distances",
+]
+
+#: Bytes of scratch memory a distance block may take by default (256 MiB).
+DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
+
+# On the CPU a block that stays in the last-level cache is faster than one
+# that fills the budget: the argmin and the centroid update then read it (and
+# the rows of x) while they are hot. Measured in benchmarks/bench_kmeans.py.
+_CPU_BLOCK_BYTES = 4 * 1024 * 1024
+_MIN_BLOCK_ROWS = 256
+
+
+class Nearest(NamedTuple):
+    """Result of :func:`nearest_centroids`."""
+
+    labels: torch.Tensor
+    """Index of the nearest centroid, int64, ``(n,)`` or ``(b, n)``."""
+    distances: torch.Tensor
+    """Distance to it (squared euclidean, or ``1 - cos``), ``(n,)`` or ``(b, n)``."""
+
+
+def block_rows(
+    n_rows: int,
+    n_columns: int,
+    *,
+    itemsize: int = 4,
+    memory_budget: int | None = None,
+    device: torch.device | None = None,
+) -> int:
+    """Number of rows of ``x`` whose distance block fits the memory budget.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of ``x`` to cover.
+    n_columns : int
+        Columns of one distance block (centroids, times the batch size).
+    itemsize : int
+        Bytes per element of the block.
+    memory_budget : int, optional
+        Bytes the block may take; ``DEFAULT_MEMORY_BUDGET`` when None.
+    device : torch.device, optional
+        On the CPU the block is also capped to stay cache-sized.
+
+    Returns
+    -------
+    int
+        The block height, between 1 and ``n_rows``.
+
+    Examples
+    --------
+    >>> block_rows(1_000_000, 1024, memory_budget=64 * 2**20)
+    16384
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    row_bytes = max(1, n_columns * itemsize)
+    rows = budget // row_bytes
+    if device is None or device.type == "cpu":
+        rows = min(rows, max(_MIN_BLOCK_ROWS, _CPU_BLOCK_BYTES // row_bytes))
+    return int(max(1, min(n_rows, rows)))
+
+
+def _as_batched(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """View ``x`` as ``(bx, n, d)`` and centroids as ``(b, k, d)``, bx in {1, b}."""
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected x to be 2-D (n, d) or 3-D (b, n, d), got shape {tuple(x.shape)}."
+        )
+    if centroids.ndim not in (2, 3):
+        raise ValueError(
+            "Expected centroids to be 2-D (k, d) or 3-D (b, k, d), "
+            f"got shape {tuple(centroids.shape)}."
+        )
+    batched = x.ndim == 3 or centroids.ndim == 3
+    x3 = x if x.ndim == 3 else x.unsqueeze(0)
+    c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
+    if x3.shape[0] not in (1, c3.shape[0]) and c3.shape[0] != 1:
+        raise ValueError(
+            f"Batch sizes of x {tuple(x.shape)} and centroids {tuple(centroids.shape)} differ."
+        )
+    if c3.shape[0] == 1 and x3.shape[0] > 1:
+        c3 = c3.expand(x3.shape[0], -1, -1)
+    if x3.shape[-1] != c3.shape[-1]:
+        raise ValueError(
+            f"x has {x3.shape[-1]} features but centroids have {c3.shape[-1]}."
+        )
+    return x3, c3, batched
+
+
+def partial_scores(
+    xb: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor | None
+) -> torch.Tensor:
+    """Scores whose row minimum is the nearest centroid, for one block of rows.
+
+    ``|c|^2 - 2 x.c`` (euclidean; add ``|x|^2`` to get the distance) or
+    ``-x.c`` (cosine, when ``c_sq`` is None; add 1). ``xb`` is ``(bx, m, d)``,
+    ``centroids`` ``(b, k, d)``; the result is ``(m, b, k)`` when ``bx == 1``
+    (one matrix product against all b*k centroids) and ``(b, m, k)`` otherwise.
+    """
+    b, k, d = centroids.shape
+    if xb.shape[0] == 1:
+        flat = centroids.reshape(b * k, d)
+        if c_sq is None:
+            scores = torch.mm(xb[0], flat.T).neg_()
+        else:
+            scores = torch.addmm(c_sq.reshape(1, b * k), xb[0], flat.T, alpha=-2.0)
+        return scores.view(-1, b, k)
+    if c_sq is None:
+        return torch.bmm(xb, centroids.transpose(1, 2)).neg_()
+    return torch.baddbmm(c_sq.unsqueeze(1), xb, centroids.transpose(1, 2), alpha=-2.0)
+
+
+def min_scores(
+    xb: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row minimum of :func:`partial_scores` as ``(values, labels)``, each ``(b, m)``."""
+    scores = partial_scores(xb, centroids, c_sq)
+    values, labels = scores.min(dim=-1)
+    if xb.shape[0] == 1:
+        return values.T, labels.T
+    return values, labels
+
+
+def finish_distances(
+    values: torch.Tensor, x_sq: torch.Tensor | None
+) -> torch.Tensor:
+    """Turn minimum scores into distances in place (clamped at 0)."""
+    if x_sq is None:
+        return values.add_(1.0).clamp_(0.0, 2.0)
+    return values.add_(x_sq).clamp_min_(0.0)
+
+
+def nearest_centroids(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    x_sq_norms: torch.Tensor | None = None,
+    memory_budget: int | None = None,
+) -> Nearest:
+    """Index of, and distance to, the nearest centroid of every row of ``x``.
+
+    Rows are processed in blocks whose distance matrix fits ``memory_budget``
+    bytes, so memory stays bounded for any number of rows.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, d)`` or ``(b, n, d)``. For ``metric="cosine"`` the rows should
+        already be unit vectors (see :func:`torch.nn.functional.normalize`).
+    centroids : Tensor
+        ``(k, d)`` or ``(b, k, d)``, same dtype and device as ``x``.
+    metric : {"euclidean", "cosine"}
+        Squared euclidean distance, or ``1 - cos`` on unit vectors.
+    x_sq_norms : Tensor, optional
+        Precomputed ``(x * x).sum(-1)`` (euclidean only).
+    memory_budget : int, optional
+        Bytes the distance block may take.
+
+    Returns
+    -------
+    Nearest
+        ``labels`` (int64) and ``distances``, ``(n,)`` or ``(b, n)``.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [9.0, 9.0]])
+    >>> c = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    >>> nearest_centroids(x, c)
+    Nearest(labels=tensor([0, 0, 1]), distances=tensor([0., 1., 2.]))
+    """
+    x3, c3, batched = _as_batched(x, centroids)
+    b, k, _ = c3.shape
+    n = x3.shape[1]
+    euclidean = metric == "euclidean"
+    if not euclidean and metric != "cosine":
+        raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    c_sq = (c3 * c3).sum(-1) if euclidean else None
+    if euclidean:
+        x_sq = (x3 * x3).sum(-1) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
+    labels = torch.empty((b, n), dtype=torch.int64, device=x.device)
+    distances = torch.empty((b, n), dtype=x.dtype, device=x.device)
+    rows = block_rows(
+        n, b * k, itemsize=x.element_size(), memory_budget=memory_budget, device=x.device
+    )
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        values, block_labels = min_scores(x3[:, start:stop], c3, c_sq)
+        labels[:, start:stop] = block_labels
+        distances[:, start:stop] = finish_distances(
+            values, x_sq[:, start:stop] if euclidean else None
+        )
+    if not batched:
+        return Nearest(labels[0], distances[0])
+    return Nearest(labels, distances)
+
+
+def pairwise_distances(
+    x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean"
+) -> torch.Tensor:
+    """Full distance matrix between rows of ``x`` and ``centroids``.
+
+    Materialises ``(n, k)`` (or ``(b, n, k)``): use it for ``transform``-sized
+    outputs, and :func:`nearest_centroids` when only the minimum is needed.
+    Euclidean distances are squared.
+
+    Examples
+    --------
+    >>> pairwise_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))
+    tensor([[25.]])
+    """
+    x3, c3, batched = _as_batched(x, centroids)
+    if metric == "cosine":
+        out = torch.matmul(x3, c3.transpose(1, 2)).neg_().add_(1.0).clamp_(0.0, 2.0)
+    elif metric == "euclidean":
+        x_sq = (x3 * x3).sum(-1, keepdim=True)
+        c_sq = (c3 * c3).sum(-1).unsqueeze(1)
+        out = torch.baddbmm(c_sq, x3.expand(c3.shape[0], -1, -1), c3.transpose(1, 2), alpha=-2.0)
+        out = out.add_(x_sq).clamp_min_(0.0)
+    else:
+        raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    return out if batched else out[0]

@@ -1,0 +1,196 @@
+"""Initial centroids: greedy k-means++ and random sampling without replacement.
+
+Both run for a batch of problems at once (``b`` restarts, or ``b`` data sets)
+entirely on the data's device, drawing from a ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .distances import block_rows
+
+__all__ = ["kmeans_plusplus", "random_init"]
+
+
+def _sample_from_cumulative(
+    cumulative: torch.Tensor, draws: torch.Tensor
+) -> torch.Tensor:
+    """Indices i with ``cumulative[i-1] < draw <= cumulative[i]`` (inverse CDF)."""
+    index = torch.searchsorted(cumulative, draws.contiguous())
+    return index.clamp_(max=cumulative.shape[-1] - 1)
+
+
+def _gather_rows(x3: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` ``(b, m)`` of ``x3`` ``(bx, n, d)`` as ``(b, m, d)``."""
+    if x3.shape[0] == 1:
+        return x3[0][index]
+    b, m = index.shape
+    return x3.gather(1, index.unsqueeze(-1).expand(b, m, x3.shape[-1]))
+
+
+def _distances_to(
+    x3: torch.Tensor, x_sq: torch.Tensor | None, points: torch.Tensor, memory_budget: int | None
+) -> torch.Tensor:
+    """Distances ``(b, n, m)`` from every row of ``x3`` to ``points`` ``(b, m, d)``."""
+    b, m, _ = points.shape
+    n = x3.shape[1]
+    out = torch.empty((b, n, m), dtype=x3.dtype, device=x3.device)
+    p_sq = (points * points).sum(-1) if x_sq is not None else None
+    rows = block_rows(n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        xb = x3[:, start:stop]
+        if x3.shape[0] == 1:
+            flat = points.reshape(b * m, -1)
+            prod = torch.mm(xb[0], flat.T).view(stop - start, b, m).transpose(0, 1)
+        else:
+            prod = torch.bmm(xb, points.transpose(1, 2))
+        if x_sq is None:
+            block = prod.neg().add_(1.0).clamp_(0.0, 2.0)
+        else:
+            block = (p_sq.unsqueeze(1) - 2.0 * prod).add_(x_sq[:, start:stop].unsqueeze(-1))
+            block.clamp_min_(0.0)
+        out[:, start:stop] = block
+    return out
+
+
+def kmeans_plusplus(
+    x: torch.Tensor,
+    n_clusters: int,
+    *,
+    n_problems: int | None = None,
+    sample_weight: torch.Tensor | None = None,
+    x_sq_norms: torch.Tensor | None = None,
+    metric: str = "euclidean",
+    n_local_trials: int | None = None,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
+
+    Each new centre is the best of ``n_local_trials`` candidates (default
+    ``2 + int(log(k))``) sampled with probability proportional to
+    ``sample_weight * D(x)``, where D is the distance to the nearest centre
+    chosen so far; the candidate that lowers the potential most is kept.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, d)``, or ``(b, n, d)`` for b independent data sets.
+    n_clusters : int
+        Number of centres k.
+    n_problems : int, optional
+        Seed this many independent problems on a shared 2-D ``x`` (restarts).
+    sample_weight : Tensor, optional
+        ``(n,)`` or ``(b, n)`` non-negative weights.
+    x_sq_norms : Tensor, optional
+        Precomputed squared norms of the rows of ``x``.
+    metric : {"euclidean", "cosine"}
+        D is the squared euclidean distance, or ``1 - cos`` on unit vectors.
+    n_local_trials : int, optional
+        Candidates per centre.
+    generator : torch.Generator, optional
+        Source of randomness, on ``x``'s device.
+    memory_budget : int, optional
+        Bytes for the candidate distance blocks.
+
+    Returns
+    -------
+    (centroids, indices)
+        ``(k, d)`` and ``(k,)`` for a single problem, else ``(b, k, d)`` and
+        ``(b, k)``; ``centroids = x[indices]``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0]])
+    >>> centroids, indices = kmeans_plusplus(x, 2, generator=g)
+    >>> sorted(set(indices.tolist()) & {0, 1}) != [] and sorted(set(indices.tolist()) & {2, 3}) != []
+    True
+    """
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected x to be 2-D (n, d) or 3-D (b, n, d), got shape {tuple(x.shape)}."
+        )
+    batched = x.ndim == 3 or n_problems is not None
+    x3 = x if x.ndim == 3 else x.unsqueeze(0)
+    b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
+    n = x3.shape[1]
+    k = int(n_clusters)
+    if not 1 <= k <= n:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
+    euclidean = metric == "euclidean"
+    x_sq = None
+    if euclidean:
+        x_sq = (x3 * x3).sum(-1) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
+    trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
+    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    if sample_weight is None:
+        w = torch.ones((1, n), dtype=x.dtype, device=x.device)
+    else:
+        w = sample_weight.reshape(-1, n).to(x.dtype)
+    w_acc = w.to(acc)
+
+    indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
+    draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)
+    cumulative = w_acc.cumsum(-1).expand(b, n)
+    first = _sample_from_cumulative(cumulative, draws * cumulative[:, -1:])
+    indices[:, 0] = first[:, 0]
+    closest = _distances_to(x3, x_sq, _gather_rows(x3, first), memory_budget)[..., 0]
+    potential = (closest.to(acc) * w_acc).sum(-1, keepdim=True)
+    rows = torch.arange(b, device=x.device)
+    for c in range(1, k):
+        draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
+        cumulative = (closest.to(acc) * w_acc).cumsum_(-1)
+        candidates = _sample_from_cumulative(cumulative, draws * potential)
+        to_candidates = _distances_to(x3, x_sq, _gather_rows(x3, candidates), memory_budget)
+        torch.minimum(to_candidates, closest.unsqueeze(-1), out=to_candidates)
+        candidate_potential = (to_candidates.to(acc) * w_acc.unsqueeze(-1)).sum(1)
+        best = candidate_potential.argmin(-1)
+        potential = candidate_potential[rows, best].unsqueeze(-1)
+        closest = to_candidates[rows, :, best]
+        indices[:, c] = candidates[rows, best]
+    centroids = _gather_rows(x3, indices)
+    if not batched:
+        return centroids[0], indices[0]
+    return centroids, indices
+
+
+def random_init(
+    x: torch.Tensor,
+    n_clusters: int,
+    *,
+    n_problems: int | None = None,
+    sample_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k distinct rows of ``x`` drawn without replacement, weighted by ``sample_weight``.
+
+    Uses exponential keys (Efraimidis-Spirakis): the k largest of
+    ``log(u) / w`` are a weighted sample without replacement; no limit on n.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> centroids, indices = random_init(torch.arange(10.0).reshape(5, 2), 3, generator=g)
+    >>> centroids.shape, len(set(indices.tolist()))
+    (torch.Size([3, 2]), 3)
+    """
+    batched = x.ndim == 3 or n_problems is not None
+    x3 = x if x.ndim == 3 else x.unsqueeze(0)
+    b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
+    n = x3.shape[1]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    keys = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
+    keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
+    if sample_weight is not None:
+        keys = keys / sample_weight.reshape(-1, n).to(torch.float64)
+    indices = keys.topk(n_clusters, dim=-1).indices
+    centroids = _gather_rows(x3, indices)
+    if not batched:
+        return centroids[0], indices[0]
+    return centroids, indices

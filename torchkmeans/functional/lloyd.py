@@ -1,0 +1,412 @@
+"""Lloyd iterations and the ``kmeans`` entry point.
+
+One iteration is a single pass over ``x`` in blocks of rows: distances,
+argmin, and the scatter of each block into the cluster sums while the block
+is still in cache. A batch of b problems (restarts, data sets) runs in the
+same kernels; a problem that has converged is frozen with ``torch.where``, so
+the host only looks at the stopping flags every ``check_every`` iterations
+and the result is the same as checking after every one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Union
+
+import torch
+
+from .distances import block_rows, finish_distances, min_scores
+from .init import kmeans_plusplus, random_init
+from .updates import accumulate, centroids_from_sums, relocate_empty_clusters
+
+__all__ = ["KMeansResult", "kmeans", "lloyd", "prepare"]
+
+InitArg = Union[str, torch.Tensor, Callable[..., Any]]
+
+
+class KMeansResult(NamedTuple):
+    """Result of :func:`kmeans` and :func:`lloyd`.
+
+    For batched input every field has a leading batch dimension.
+    """
+
+    centroids: torch.Tensor
+    """``(k, d)`` final centroids, in the input's scale (not centred)."""
+    labels: torch.Tensor
+    """``(n,)`` int64 index of the nearest centroid of each row."""
+    inertia: torch.Tensor
+    """Scalar: weighted sum of distances of the rows to their centroid."""
+    n_iter: torch.Tensor
+    """Scalar int64: Lloyd iterations run."""
+    inertia_history: torch.Tensor
+    """``(max_iter,)`` inertia of the assignment step of each iteration (NaN after ``n_iter``)."""
+
+
+class Prepared(NamedTuple):
+    """Data made ready for the iterations (see :func:`prepare`)."""
+
+    x: torch.Tensor  # (bx, n, d), centred (euclidean) or unit rows (cosine)
+    x_sq: torch.Tensor | None  # (bx, n) squared norms, euclidean only
+    weights: torch.Tensor | None  # (bw, n) or None
+    offset: torch.Tensor  # (bx, 1, d) mean that was subtracted (zeros for cosine)
+    mean_variance: torch.Tensor  # (bx,) mean feature variance, for tol
+    metric: str
+    batched: bool
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def prepare(
+    x: torch.Tensor,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    metric: str = "euclidean",
+    copy: bool = True,
+) -> Prepared:
+    """Centre (euclidean) or normalise (cosine) ``x`` once for all iterations.
+
+    Half-precision data is computed in float32. Centring follows scikit-learn:
+    it keeps the expansion ``|x|^2 - 2 x.c + |c|^2`` accurate for data far
+    from the origin. ``x`` itself is never written to unless ``copy=False``.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    batched = x.ndim == 3
+    x3 = x if batched else x.unsqueeze(0)
+    dtype = _compute_dtype(x.dtype)
+    converted = x3.dtype != dtype
+    x3 = x3.to(dtype)
+    if metric == "cosine":
+        data = torch.nn.functional.normalize(x3, dim=-1)
+        offset = torch.zeros((x3.shape[0], 1, x3.shape[-1]), dtype=dtype, device=x.device)
+        x_sq = None
+    else:
+        offset = x3.mean(dim=1, keepdim=True)
+        if copy and not converted:
+            data = x3 - offset
+        else:
+            data = x3.sub_(offset)
+        x_sq = (data * data).sum(-1)
+    mean_variance = data.var(dim=1, unbiased=False).mean(-1) if data.shape[1] > 1 else (
+        torch.zeros(data.shape[0], dtype=dtype, device=x.device)
+    )
+    weights = None
+    if sample_weight is not None:
+        weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
+    return Prepared(data, x_sq, weights, offset, mean_variance, metric, batched)
+
+
+def _assign_pass(
+    prep: Prepared,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    sums: torch.Tensor | None,
+    counts: torch.Tensor | None,
+    rows: int,
+) -> None:
+    """One pass over the rows: labels and distances, and (optionally) sums and counts."""
+    x3, x_sq, weights = prep.x, prep.x_sq, prep.weights
+    c_sq = (centroids * centroids).sum(-1) if x_sq is not None else None
+    n = x3.shape[1]
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        xb = x3[:, start:stop]
+        values, block_labels = min_scores(xb, centroids, c_sq)
+        labels[:, start:stop] = block_labels
+        distances[:, start:stop] = finish_distances(
+            values, x_sq[:, start:stop] if x_sq is not None else None
+        )
+        if sums is not None and counts is not None:
+            accumulate(
+                sums, counts, xb, block_labels,
+                weights[:, start:stop] if weights is not None else None,
+            )
+
+
+def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    acc = torch.float64 if distances.device.type != "mps" else torch.float32
+    if weights is None:
+        return distances.sum(-1, dtype=acc)
+    return (distances.to(acc) * weights.to(acc)).sum(-1)
+
+
+def run_lloyd(
+    prep: Prepared,
+    centroids: torch.Tensor,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    memory_budget: int | None = None,
+    check_every: int | None = None,
+) -> KMeansResult:
+    """Lloyd iterations on prepared data from centroids ``(b, k, d)`` in prepared space.
+
+    Returns batched results ``(b, ...)`` with centroids still in prepared
+    space; :func:`lloyd` and :func:`kmeans` add the offset back.
+    """
+    x3 = prep.x
+    b, k, d = centroids.shape
+    n = x3.shape[1]
+    device = x3.device
+    dtype = x3.dtype
+    centroids = centroids.to(dtype).contiguous().clone()
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 10
+    tol_abs = (prep.mean_variance * tol).to(dtype)  # (bx,)
+    rows = block_rows(n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device)
+
+    labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
+    previous_labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
+    distances = torch.empty((b, n), dtype=dtype, device=device)
+    sums = torch.empty((b, k, d), dtype=dtype, device=device)
+    counts = torch.empty((b, k), dtype=dtype, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    n_iter = torch.zeros(b, dtype=torch.int64, device=device)
+    history = torch.full((b, max_iter), float("nan"), dtype=torch.float64, device=device)
+    # On the CPU a host check is free, so relocation is skipped when nothing is empty.
+    lazy_relocation = device.type == "cpu"
+
+    for iteration in range(max_iter):
+        sums.zero_()
+        counts.zero_()
+        _assign_pass(prep, centroids, labels, distances, sums, counts, rows)
+        history[:, iteration] = _weighted_total(distances, prep.weights)
+        if not lazy_relocation or bool((counts <= 0).any()):
+            relocate_empty_clusters(sums, counts, x3, prep.weights, labels, distances)
+        updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
+        shift = (updated - centroids).square_().sum((-1, -2))
+        unchanged = (labels == previous_labels).all(-1)
+        converged = unchanged | (shift <= tol_abs)
+        active = ~done
+        n_iter += active
+        centroids = torch.where(active.view(b, 1, 1), updated, centroids)
+        done |= converged
+        labels, previous_labels = previous_labels, labels
+        if (iteration + 1) % check_every == 0 and bool(done.all()):
+            break
+
+    # The last assignment used the centroids before the last update; one more
+    # pass makes the labels (and inertia) those of the returned centroids.
+    _assign_pass(prep, centroids, labels, distances, None, None, rows)
+    inertia = _weighted_total(distances, prep.weights)
+    return KMeansResult(centroids, labels, inertia, n_iter, history)
+
+
+def _resolve_init(
+    init: InitArg,
+    prep: Prepared,
+    x: torch.Tensor,
+    n_clusters: int,
+    n_problems: int,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """Initial centroids ``(b, k, d)`` in prepared space."""
+    x3 = prep.x
+    b = n_problems
+    shared = x3.shape[0] == 1 and b > 1
+    if isinstance(init, str):
+        if init == "k-means++":
+            centroids, _ = kmeans_plusplus(
+                x3 if not shared else x3[0], n_clusters,
+                n_problems=b if shared else None,
+                sample_weight=prep.weights if not shared or prep.weights is None else prep.weights[0],
+                x_sq_norms=prep.x_sq if not shared or prep.x_sq is None else prep.x_sq[0],
+                metric=prep.metric, generator=generator, memory_budget=memory_budget,
+            )
+        elif init == "random":
+            centroids, _ = random_init(
+                x3 if not shared else x3[0], n_clusters,
+                n_problems=b if shared else None,
+                sample_weight=prep.weights if not shared or prep.weights is None else prep.weights[0],
+                generator=generator,
+            )
+        else:
+            raise ValueError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {init!r}."
+            )
+        return centroids.reshape(b, n_clusters, -1)
+    if callable(init) and not isinstance(init, torch.Tensor):
+        given = init(x, n_clusters, generator)
+    else:
+        given = init
+    given = torch.as_tensor(given).to(device=x3.device, dtype=x3.dtype)
+    expected = (n_clusters, x3.shape[-1])
+    if given.shape[-2:] != expected or given.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected init to be of shape {expected} (or (batch, *{expected})), "
+            f"got shape {tuple(given.shape)}."
+        )
+    if not bool(torch.isfinite(given).all()):
+        raise ValueError("Input init contains NaN or infinity.")
+    given = given.reshape(-1, *expected).expand(b, *expected)
+    if prep.metric == "cosine":
+        return torch.nn.functional.normalize(given, dim=-1)
+    return given - prep.offset
+
+
+def lloyd(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    metric: str = "euclidean",
+    memory_budget: int | None = None,
+    check_every: int | None = None,
+) -> KMeansResult:
+    """Lloyd's algorithm from given initial centroids.
+
+    Stops when the labels no longer change, when the squared centroid shift
+    is at most ``tol`` times the mean feature variance, or after ``max_iter``
+    iterations, exactly as scikit-learn's ``KMeans(algorithm="lloyd")``.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, d)`` or ``(b, n, d)`` floating data.
+    centroids : Tensor
+        Initial centroids ``(k, d)``, or ``(b, k, d)`` for b problems (a 2-D
+        ``x`` is then shared by all of them).
+    sample_weight : Tensor, optional
+        ``(n,)`` or ``(b, n)`` non-negative weights.
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        Relative tolerance on the centroid shift.
+    metric : {"euclidean", "cosine"}
+        ``"cosine"`` runs spherical k-means.
+    memory_budget : int, optional
+        Bytes the distance block may take (default 256 MiB; smaller on CPU).
+    check_every : int, optional
+        Iterations between host-side convergence checks (1 on CPU, 10 on CUDA).
+
+    Returns
+    -------
+    KMeansResult
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]], dtype=torch.float64)
+    >>> result = lloyd(x, torch.tensor([[0.0], [1.0]], dtype=torch.float64))
+    >>> result.centroids.flatten().tolist(), result.labels.tolist(), float(result.inertia)
+    ([0.5, 10.5], [0, 0, 1, 1], 1.0)
+    """
+    prep = prepare(x, sample_weight=sample_weight, metric=metric)
+    c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
+    b = max(c3.shape[0], prep.x.shape[0])
+    init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
+    result = run_lloyd(prep, init, max_iter=max_iter, tol=tol, memory_budget=memory_budget,
+                       check_every=check_every)
+    return _finish(result, prep, x.dtype, batched=x.ndim == 3 or centroids.ndim == 3)
+
+
+def _finish(result: KMeansResult, prep: Prepared, dtype: torch.dtype, batched: bool) -> KMeansResult:
+    """Move centroids back to the input's scale and drop the batch dim if needed."""
+    centroids = result.centroids + prep.offset if prep.metric == "euclidean" else result.centroids
+    out_dtype = _compute_dtype(dtype)
+    result = result._replace(centroids=centroids.to(out_dtype))
+    if batched:
+        return result
+    return KMeansResult(*(field[0] for field in result))
+
+
+def kmeans(
+    x: torch.Tensor,
+    n_clusters: int,
+    *,
+    init: InitArg = "k-means++",
+    n_init: int | str = "auto",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    metric: str = "euclidean",
+    sample_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+    check_every: int | None = None,
+) -> KMeansResult:
+    """K-Means clustering of a tensor: initialisation, restarts and Lloyd iterations.
+
+    The ``n_init`` restarts run as one batch in the same kernels; the one
+    with the lowest inertia is returned.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, d)``, or ``(b, n, d)`` for b independent problems.
+    n_clusters : int
+        Number of clusters k.
+    init : {"k-means++", "random"}, Tensor or callable
+        Seeding method; a tensor ``(k, d)`` (or ``(b, k, d)``) of initial
+        centroids; or ``init(x, n_clusters, generator)`` returning one.
+    n_init : int or "auto"
+        Restarts; "auto" is 1 for k-means++ and given centroids, 10 for random.
+    max_iter, tol, metric, memory_budget, check_every
+        As in :func:`lloyd`.
+    sample_weight : Tensor, optional
+        ``(n,)`` or ``(b, n)`` non-negative weights.
+    generator : torch.Generator, optional
+        Source of randomness on ``x``'s device.
+
+    Returns
+    -------
+    KMeansResult
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
+    >>> result = kmeans(x, 2, generator=g)
+    >>> sorted(result.centroids.tolist())
+    [[0.0, 0.5], [10.0, 10.5]]
+    >>> float(result.inertia)
+    1.0
+    """
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected x to be 2-D (n, d) or 3-D (b, n, d), got shape {tuple(x.shape)}."
+        )
+    n = x.shape[-2]
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
+        raise ValueError(f"n_clusters={n_clusters!r} should be an int >= 1.")
+    if n < n_clusters:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    if n_init == "auto":
+        n_init = 10 if isinstance(init, str) and init == "random" else 1
+    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+        raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
+    if not isinstance(init, str):
+        n_init = 1
+    prep = prepare(x, sample_weight=sample_weight, metric=metric)
+    batched = x.ndim == 3
+    if batched:
+        # b data sets: restarts run one after another, each batched over b.
+        best: KMeansResult | None = None
+        for _ in range(n_init):
+            start = _resolve_init(init, prep, x, n_clusters, prep.x.shape[0], generator, memory_budget)
+            result = run_lloyd(prep, start, max_iter=max_iter, tol=tol,
+                               memory_budget=memory_budget, check_every=check_every)
+            best = result if best is None else _keep_better(best, result)
+        assert best is not None
+        return _finish(best, prep, x.dtype, batched=True)
+    start = _resolve_init(init, prep, x, n_clusters, n_init, generator, memory_budget)
+    result = run_lloyd(prep, start, max_iter=max_iter, tol=tol,
+                       memory_budget=memory_budget, check_every=check_every)
+    if n_init > 1:
+        winner = int(result.inertia.argmin())
+        result = KMeansResult(*(field[winner : winner + 1] for field in result))
+    return _finish(result, prep, x.dtype, batched=False)
+
+
+def _keep_better(best: KMeansResult, other: KMeansResult) -> KMeansResult:
+    """Per problem, the result with the lower inertia."""
+    better = other.inertia < best.inertia
+    fields = []
+    for kept, new in zip(best, other):
+        mask = better.view(-1, *([1] * (kept.ndim - 1)))
+        fields.append(torch.where(mask, new, kept))
+    return KMeansResult(*fields)

@@ -1,0 +1,295 @@
+"""``KMeans``: the scikit-learn estimator over :func:`torchkmeans.functional.kmeans`."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validation as v
+from ._base import EstimatorProtocol
+from .exceptions import ConvergenceWarning
+from .functional.distances import nearest_centroids, pairwise_distances
+from .functional.lloyd import KMeansResult, kmeans
+
+__all__ = ["KMeans"]
+
+
+class KMeans(EstimatorProtocol):
+    """K-Means clustering (Lloyd's algorithm) on CPU or CUDA, scikit-learn's API.
+
+    numpy (or list, pandas) input gives numpy results; a torch tensor gives
+    tensors on the device it was fitted on.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means++", "random"}, array-like or callable, default="k-means++"
+        Seeding: greedy k-means++, k distinct random rows, an array of shape
+        ``(n_clusters, n_features)``, or ``init(X, n_clusters, generator)``
+        returning one (``X`` is the input as a tensor).
+    n_init : int or "auto", default="auto"
+        Restarts, run together as one batch; the lowest inertia wins. "auto"
+        is 1 for k-means++ and given centroids, 10 for random.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per run.
+    tol : float, default=1e-4
+        Stop when the squared centroid shift is below ``tol`` times the mean
+        feature variance (labels that stop changing stop the run too).
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "cosine" is spherical k-means: unit-normalised data and centroids;
+        inertia is then the weighted sum of ``1 - cos``.
+    random_state : int, numpy RandomState/Generator, torch.Generator or None
+        Seed for the initialisation; same seed and device give the same result.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is (CPU for numpy), "auto"
+        picks CUDA when present.
+    dtype : {"float32", "float64", ...} or torch.dtype, optional
+        Compute dtype; by default the data's (float16/bfloat16 compute in float32).
+    verbose : bool, default=False
+        Log the inertia of each iteration (logger "torchkmeans").
+    memory_budget : int, optional
+        Bytes the block of distances may take (default 256 MiB).
+
+    Attributes
+    ----------
+    cluster_centers_ : array or Tensor of shape (n_clusters, n_features)
+    labels_ : array or Tensor of shape (n_samples,)
+    inertia_ : float
+        Sum of (weighted) squared distances to the closest centre.
+    n_iter_ : int
+    n_features_in_ : int
+    inertia_history_ : list of float
+        Inertia of the assignment step of each iteration of the best run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torchkmeans import KMeans
+    >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+    >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_.tolist())
+    [[1.0, 2.0], [10.0, 2.0]]
+    >>> km.inertia_
+    16.0
+    >>> km.predict([[0, 0], [12, 3]]).tolist() == [km.labels_[0], km.labels_[3]]
+    True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Any = "k-means++",
+        n_init: int | str = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        metric: str = "euclidean",
+        random_state: Any = None,
+        device: str | torch.device | None = None,
+        dtype: Any = None,
+        verbose: bool = False,
+        memory_budget: int | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.metric = metric
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+        self.memory_budget = memory_budget
+
+    def _check_params(self, n_samples: int) -> tuple[int, int, str]:
+        n_clusters = v.check_n_clusters(self.n_clusters)
+        v.check_positive_int(self.max_iter, "max_iter")
+        v.check_nonnegative_float(self.tol, "tol")
+        metric = v.check_metric(self.metric)
+        if self.memory_budget is not None:
+            v.check_positive_int(self.memory_budget, "memory_budget")
+        init = self.init
+        if isinstance(init, str):
+            if init not in ("k-means++", "random"):
+                raise ValueError(
+                    "Expected init to be 'k-means++', 'random', an array of shape "
+                    f"(n_clusters, n_features) or a callable, got {init!r}."
+                )
+        elif not callable(init) and not hasattr(init, "__array__") and not isinstance(
+            init, (list, tuple, torch.Tensor)
+        ):
+            raise TypeError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
+            )
+        n_init = self.n_init
+        if n_init == "auto":
+            n_init = 10 if isinstance(init, str) and init == "random" else 1
+        else:
+            n_init = v.check_positive_int(n_init, "n_init")
+        if not isinstance(init, str) and not callable(init) and n_init != 1:
+            warnings.warn(
+                f"Explicit initial centers given; running a single init instead of "
+                f"n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            n_init = 1
+        if n_samples < n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
+        return n_clusters, n_init, metric
+
+    def _validate_x(self, X: Any, *, reset: bool) -> tuple[torch.Tensor, v.OutputKind]:
+        dtype = v.resolve_dtype(self.dtype)
+        if reset:
+            x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype)
+            if x.shape[0] == 0 or x.shape[1] == 0:
+                raise ValueError(
+                    f"Expected X with at least 1 sample and 1 feature, got shape {tuple(x.shape)}."
+                )
+            return x, kind
+        self._check_is_fitted()
+        centers = self._centers
+        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=None)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return x.to(centers.dtype), kind
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """Compute the clustering.
+
+        Parameters
+        ----------
+        X : array-like or Tensor of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like or Tensor of shape (n_samples,), optional
+            Non-negative weight of each sample.
+
+        Returns
+        -------
+        self
+        """
+        x, kind = self._validate_x(X, reset=True)
+        n_clusters, n_init, metric = self._check_params(x.shape[0])
+        compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        weights = v.check_sample_weight(
+            sample_weight, x.shape[0], device=x.device, dtype=compute_dtype
+        )
+        generator = v.make_generator(self.random_state, x.device)
+        init = self.init
+        if not isinstance(init, str) and not callable(init):
+            init_tensor, _ = v.as_tensor(init, "init", device=x.device, dtype=compute_dtype)
+            if tuple(init_tensor.shape) != (n_clusters, x.shape[1]):
+                raise ValueError(
+                    f"Expected init to be of shape ({n_clusters}, {x.shape[1]}), "
+                    f"got shape {tuple(init_tensor.shape)}."
+                )
+            init = init_tensor
+        result = kmeans(
+            x, n_clusters, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
+            metric=metric, sample_weight=weights, generator=generator,
+            memory_budget=self.memory_budget,
+        )
+        self._store(result, kind, x.shape[1])
+        return self
+
+    def _store(self, result: KMeansResult, kind: v.OutputKind, n_features: int) -> None:
+        self._kind = kind
+        self._centers = result.centroids
+        self.cluster_centers_ = kind.out(result.centroids)
+        self.labels_ = kind.out(result.labels)
+        self.inertia_ = float(result.inertia)
+        self.n_iter_ = int(result.n_iter)
+        history = result.inertia_history[: self.n_iter_]
+        self.inertia_history_ = history.cpu().tolist()
+        self.n_features_in_ = n_features
+        if self.verbose:
+            import logging
+
+            log = logging.getLogger("torchkmeans")
+            for i, value in enumerate(self.inertia_history_):
+                log.info("Iteration %d, inertia %.6g", i, value)
+            log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+        n_distinct = int(torch.unique(result.labels).numel())
+        if n_distinct < self._centers.shape[0]:
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than "
+                f"n_clusters ({self._centers.shape[0]}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _nearest(self, X: Any) -> tuple[torch.Tensor, torch.Tensor, v.OutputKind]:
+        x, kind = self._validate_x(X, reset=False)
+        centers = self._centers
+        if self.metric == "cosine":
+            x = torch.nn.functional.normalize(x, dim=-1)
+            centers = torch.nn.functional.normalize(centers, dim=-1)
+        else:
+            # Centre both on the centroids' mean: the distances are unchanged
+            # and the |x|^2 - 2x.c + |c|^2 expansion stays accurate.
+            offset = centers.mean(0, keepdim=True)
+            x, centers = x - offset, centers - offset
+        labels, distances = nearest_centroids(
+            x, centers, metric=self.metric, memory_budget=self.memory_budget
+        )
+        return labels, distances, kind
+
+    def predict(self, X: Any, sample_weight: Any = None) -> Any:
+        """Index of the closest cluster centre for each sample.
+
+        Returns
+        -------
+        labels : array or Tensor of shape (n_samples,)
+        """
+        labels, _, kind = self._nearest(X)
+        return kind.out(labels)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def transform(self, X: Any) -> Any:
+        """Distance of each sample to each centre (euclidean, not squared; or ``1 - cos``).
+
+        Returns
+        -------
+        distances : array or Tensor of shape (n_samples, n_clusters)
+        """
+        x, kind = self._validate_x(X, reset=False)
+        centers = self._centers
+        if self.metric == "cosine":
+            out = pairwise_distances(
+                torch.nn.functional.normalize(x, dim=-1),
+                torch.nn.functional.normalize(centers, dim=-1),
+                metric="cosine",
+            )
+        else:
+            offset = centers.mean(0, keepdim=True)
+            out = pairwise_distances(x - offset, centers - offset).sqrt_()
+        return kind.out(out)
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the inertia of ``X`` under the fitted centres."""
+        _, distances, _ = self._nearest(X)
+        weights = v.check_sample_weight(
+            sample_weight, distances.shape[0], device=distances.device, dtype=distances.dtype
+        )
+        total = distances.double() if weights is None else distances.double() * weights.double()
+        return -float(total.sum())
+
+
+def _as_float(value: Any) -> float:
+    return float(np.asarray(value))
