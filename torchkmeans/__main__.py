@@ -41,15 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         km = KMeans(
-            n_clusters=args.n_clusters, init="k-means++", max_iter=300,
-            random_state=args.seed, device=args.device,
+            n_clusters=args.n_clusters,
+            init="k-means++",
+            max_iter=300,
+            random_state=args.seed,
+            device=args.device,
         ).fit(X)
     except (ValueError, TypeError) as exc:
         parser.exit(2, f"torchkmeans: error: {exc}\n")
     elapsed = time.perf_counter() - start
     np.set_printoptions(precision=4, suppress=True)
-    print(f"KMeans(n_clusters={args.n_clusters}) on the 300-point tutorial data "
-          f"({X.shape[0]} x {X.shape[1]})")
+    print(
+        f"KMeans(n_clusters={args.n_clusters}) on the 300-point tutorial data "
+        f"({X.shape[0]} x {X.shape[1]})"
+    )
     print("cluster_centers_:")
     print(km.cluster_centers_)
     sizes = np.bincount(km.labels_, minlength=args.n_clusters)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .exceptions import NotFittedError
+from .exceptions import not_fitted_error
 
 
 class EstimatorProtocol:
@@ -65,7 +65,7 @@ class EstimatorProtocol:
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
-            raise NotFittedError(
+            raise not_fitted_error(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this estimator."
             )

@@ -7,6 +7,7 @@ gives the same error messages ("Expected X to be ..., got ...").
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -101,12 +102,21 @@ def as_tensor(
     else:
         kind = OutputKind(False, None)
         array = _as_numpy(data, name)
-        tensor = torch.from_numpy(array)
+        with warnings.catch_warnings():
+            # Read-only arrays (memmaps, broadcasts) are shared, not copied:
+            # torch warns that they are not writable, and nothing writes to them.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(array)
     if tensor.ndim != ndim:
         shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
         raise ValueError(
             f"Expected {name} to be {ndim}-D of shape {shape}, got shape {tuple(tensor.shape)}."
-            + (" Reshape 1-D data with X.reshape(-1, 1)." if tensor.ndim == 1 and ndim == 2 else "")
+            + (
+                " Reshape your data with X.reshape(-1, 1) (one feature) or "
+                "X.reshape(1, -1) (one sample)."
+                if tensor.ndim == 1 and ndim == 2
+                else ""
+            )
         )
     target_device = resolve_device(device, tensor.device)
     if dtype is not None and tensor.dtype != dtype:
@@ -133,23 +143,17 @@ def _as_numpy(data: Any, name: str) -> np.ndarray:
         try:
             array = array.astype(np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise type(exc)(
                 f"Expected {name} to hold numbers, got an object array that could not "
                 f"be converted to float: {exc}"
             ) from exc
     elif array.dtype.kind in "biu":
         array = array.astype(np.float64)
     elif array.dtype.kind != "f":
-        raise ValueError(
-            f"Expected {name} to hold numbers, got an array of dtype {array.dtype}."
-        )
+        raise ValueError(f"Expected {name} to hold numbers, got an array of dtype {array.dtype}.")
     if array.dtype == np.float16 or array.dtype.itemsize > 8:
         array = array.astype(np.float32 if array.dtype == np.float16 else np.float64)
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        # torch.from_numpy refuses read-only memory (it would warn) and is
-        # happiest with C order; a copy keeps the caller's array untouched.
-        array = np.ascontiguousarray(array).copy() if not array.flags.writeable else np.ascontiguousarray(array)
-    return array
+    return np.ascontiguousarray(array)
 
 
 def check_n_clusters(n_clusters: Any) -> int:
@@ -200,10 +204,8 @@ def check_sample_weight(
         else:
             array = np.asarray(sample_weight)
             if array.dtype.kind not in "biuf":
-                raise TypeError(
-                    f"Expected sample_weight to hold numbers, got dtype {array.dtype}."
-                )
-            weights = torch.as_tensor(array, dtype=dtype).to(device)
+                raise TypeError(f"Expected sample_weight to hold numbers, got dtype {array.dtype}.")
+            weights = torch.tensor(array, dtype=dtype, device=device)
         if weights.shape != (n_samples,):
             raise ValueError(
                 f"Expected sample_weight to be of shape ({n_samples},), "
@@ -214,7 +216,7 @@ def check_sample_weight(
     if bool((weights < 0).any()):
         raise ValueError("Expected sample_weight to be non-negative, got negative values.")
     if not bool((weights > 0).any()):
-        raise ValueError("Expected sample_weight to have at least one positive value.")
+        raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
     return weights
 
 

@@ -120,8 +120,10 @@ class KMeans(EstimatorProtocol):
                     "Expected init to be 'k-means++', 'random', an array of shape "
                     f"(n_clusters, n_features) or a callable, got {init!r}."
                 )
-        elif not callable(init) and not hasattr(init, "__array__") and not isinstance(
-            init, (list, tuple, torch.Tensor)
+        elif (
+            not callable(init)
+            and not hasattr(init, "__array__")
+            and not isinstance(init, (list, tuple, torch.Tensor))
         ):
             raise TypeError(
                 "Expected init to be 'k-means++', 'random', an array of shape "
@@ -148,9 +150,15 @@ class KMeans(EstimatorProtocol):
         dtype = v.resolve_dtype(self.dtype)
         if reset:
             x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype)
-            if x.shape[0] == 0 or x.shape[1] == 0:
+            if x.shape[0] == 0:
                 raise ValueError(
-                    f"Expected X with at least 1 sample and 1 feature, got shape {tuple(x.shape)}."
+                    f"Found array with 0 sample(s) (shape={tuple(x.shape)}) while a minimum "
+                    "of 1 is required."
+                )
+            if x.shape[1] == 0:
+                raise ValueError(
+                    f"Found array with 0 feature(s) (shape={tuple(x.shape)}) while a minimum "
+                    "of 1 is required."
                 )
             return x, kind
         self._check_is_fitted()
@@ -194,8 +202,15 @@ class KMeans(EstimatorProtocol):
                 )
             init = init_tensor
         result = kmeans(
-            x, n_clusters, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
-            metric=metric, sample_weight=weights, generator=generator,
+            x,
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            metric=metric,
+            sample_weight=weights,
+            generator=generator,
             memory_budget=self.memory_budget,
         )
         self._store(result, kind, x.shape[1])

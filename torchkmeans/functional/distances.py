@@ -22,6 +22,7 @@ __all__ = [
     "block_rows",
     "nearest_centroids",
     "pairwise_distances",
+    "squared_norms",
 ]
 
 #: Bytes of scratch memory a distance block may take by default (256 MiB).
@@ -41,6 +42,17 @@ class Nearest(NamedTuple):
     """Index of the nearest centroid, int64, ``(n,)`` or ``(b, n)``."""
     distances: torch.Tensor
     """Distance to it (squared euclidean, or ``1 - cos``), ``(n,)`` or ``(b, n)``."""
+
+
+def squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared euclidean norm of each row, without an ``x``-sized temporary.
+
+    Examples
+    --------
+    >>> squared_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+    tensor([25.,  1.])
+    """
+    return torch.linalg.vector_norm(x, dim=-1).square_()
 
 
 def block_rows(
@@ -73,8 +85,10 @@ def block_rows(
 
     Examples
     --------
-    >>> block_rows(1_000_000, 1024, memory_budget=64 * 2**20)
+    >>> block_rows(1_000_000, 1024, memory_budget=64 * 2**20, device=torch.device("cuda"))
     16384
+    >>> block_rows(1_000_000, 1024)  # on the CPU, a cache-sized block
+    1024
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     row_bytes = max(1, n_columns * itemsize)
@@ -84,7 +98,9 @@ def block_rows(
     return int(max(1, min(n_rows, rows)))
 
 
-def _as_batched(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _as_batched(
+    x: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """View ``x`` as ``(bx, n, d)`` and centroids as ``(b, k, d)``, bx in {1, b}."""
     if x.ndim not in (2, 3):
         raise ValueError(
@@ -105,9 +121,7 @@ def _as_batched(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor,
     if c3.shape[0] == 1 and x3.shape[0] > 1:
         c3 = c3.expand(x3.shape[0], -1, -1)
     if x3.shape[-1] != c3.shape[-1]:
-        raise ValueError(
-            f"x has {x3.shape[-1]} features but centroids have {c3.shape[-1]}."
-        )
+        raise ValueError(f"x has {x3.shape[-1]} features but centroids have {c3.shape[-1]}.")
     return x3, c3, batched
 
 
@@ -145,13 +159,29 @@ def min_scores(
     return values, labels
 
 
-def finish_distances(
-    values: torch.Tensor, x_sq: torch.Tensor | None
-) -> torch.Tensor:
+def finish_distances(values: torch.Tensor, x_sq: torch.Tensor | None) -> torch.Tensor:
     """Turn minimum scores into distances in place (clamped at 0)."""
     if x_sq is None:
         return values.add_(1.0).clamp_(0.0, 2.0)
     return values.add_(x_sq).clamp_min_(0.0)
+
+
+def exact_distances(
+    xb: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, cosine: bool
+) -> torch.Tensor:
+    """Distance of each row of a block to its labelled centroid, from differences.
+
+    The expansion used for the argmin loses digits when a point sits on its
+    centroid; this recomputes only the chosen distance (``m * d`` work), so
+    reported distances and inertia are as exact as ``sum((x - c)**2)``.
+    ``xb`` ``(bx, m, d)``, ``centroids`` ``(b, k, d)``, ``labels`` ``(b, m)``.
+    """
+    b, _, d = centroids.shape
+    chosen = centroids.gather(1, labels.unsqueeze(-1).expand(b, labels.shape[1], d))
+    if cosine:
+        return (xb * chosen).sum(-1).neg_().add_(1.0).clamp_(0.0, 2.0)
+    difference = xb - chosen
+    return difference.mul_(difference).sum(-1)
 
 
 def nearest_centroids(
@@ -159,7 +189,6 @@ def nearest_centroids(
     centroids: torch.Tensor,
     *,
     metric: str = "euclidean",
-    x_sq_norms: torch.Tensor | None = None,
     memory_budget: int | None = None,
 ) -> Nearest:
     """Index of, and distance to, the nearest centroid of every row of ``x``.
@@ -176,8 +205,6 @@ def nearest_centroids(
         ``(k, d)`` or ``(b, k, d)``, same dtype and device as ``x``.
     metric : {"euclidean", "cosine"}
         Squared euclidean distance, or ``1 - cos`` on unit vectors.
-    x_sq_norms : Tensor, optional
-        Precomputed ``(x * x).sum(-1)`` (euclidean only).
     memory_budget : int, optional
         Bytes the distance block may take.
 
@@ -192,6 +219,9 @@ def nearest_centroids(
     >>> c = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
     >>> nearest_centroids(x, c)
     Nearest(labels=tensor([0, 0, 1]), distances=tensor([0., 1., 2.]))
+    >>> nearest_centroids(x, torch.stack([c, c.flip(0)])).labels  # two problems
+    tensor([[0, 0, 1],
+            [1, 1, 0]])
     """
     x3, c3, batched = _as_batched(x, centroids)
     b, k, _ = c3.shape
@@ -199,9 +229,7 @@ def nearest_centroids(
     euclidean = metric == "euclidean"
     if not euclidean and metric != "cosine":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
-    c_sq = (c3 * c3).sum(-1) if euclidean else None
-    if euclidean:
-        x_sq = (x3 * x3).sum(-1) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
+    c_sq = squared_norms(c3) if euclidean else None
     labels = torch.empty((b, n), dtype=torch.int64, device=x.device)
     distances = torch.empty((b, n), dtype=x.dtype, device=x.device)
     rows = block_rows(
@@ -209,11 +237,10 @@ def nearest_centroids(
     )
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        values, block_labels = min_scores(x3[:, start:stop], c3, c_sq)
+        xb = x3[:, start:stop]
+        _, block_labels = min_scores(xb, c3, c_sq)
         labels[:, start:stop] = block_labels
-        distances[:, start:stop] = finish_distances(
-            values, x_sq[:, start:stop] if euclidean else None
-        )
+        distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
     if not batched:
         return Nearest(labels[0], distances[0])
     return Nearest(labels, distances)

@@ -10,14 +10,12 @@ import math
 
 import torch
 
-from .distances import block_rows
+from .distances import block_rows, squared_norms
 
 __all__ = ["kmeans_plusplus", "random_init"]
 
 
-def _sample_from_cumulative(
-    cumulative: torch.Tensor, draws: torch.Tensor
-) -> torch.Tensor:
+def _sample_from_cumulative(cumulative: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Indices i with ``cumulative[i-1] < draw <= cumulative[i]`` (inverse CDF)."""
     index = torch.searchsorted(cumulative, draws.contiguous())
     return index.clamp_(max=cumulative.shape[-1] - 1)
@@ -39,7 +37,9 @@ def _distances_to(
     n = x3.shape[1]
     out = torch.empty((b, n, m), dtype=x3.dtype, device=x3.device)
     p_sq = (points * points).sum(-1) if x_sq is not None else None
-    rows = block_rows(n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device)
+    rows = block_rows(
+        n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device
+    )
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop]
@@ -108,8 +108,8 @@ def kmeans_plusplus(
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0]])
     >>> centroids, indices = kmeans_plusplus(x, 2, generator=g)
-    >>> sorted(set(indices.tolist()) & {0, 1}) != [] and sorted(set(indices.tolist()) & {2, 3}) != []
-    True
+    >>> sorted(i // 2 for i in indices.tolist())  # one seed in each pair
+    [0, 1]
     """
     if x.ndim not in (2, 3):
         raise ValueError(
@@ -125,7 +125,7 @@ def kmeans_plusplus(
     euclidean = metric == "euclidean"
     x_sq = None
     if euclidean:
-        x_sq = (x3 * x3).sum(-1) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
+        x_sq = squared_norms(x3) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
     trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
     acc = torch.float64 if x.device.type != "mps" else torch.float32
     if sample_weight is None:
@@ -136,7 +136,7 @@ def kmeans_plusplus(
 
     indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
     draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)
-    cumulative = w_acc.cumsum(-1).expand(b, n)
+    cumulative = w_acc.cumsum(-1).expand(b, n).contiguous()
     first = _sample_from_cumulative(cumulative, draws * cumulative[:, -1:])
     indices[:, 0] = first[:, 0]
     closest = _distances_to(x3, x_sq, _gather_rows(x3, first), memory_budget)[..., 0]

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from .distances import block_rows, finish_distances, min_scores
+from .distances import block_rows, exact_distances, finish_distances, min_scores, squared_norms
 from .init import kmeans_plusplus, random_init
 from .updates import accumulate, centroids_from_sums, relocate_empty_clusters
 
@@ -77,20 +77,22 @@ def prepare(
     dtype = _compute_dtype(x.dtype)
     converted = x3.dtype != dtype
     x3 = x3.to(dtype)
+    n, d = x3.shape[1], x3.shape[2]
     if metric == "cosine":
         data = torch.nn.functional.normalize(x3, dim=-1)
-        offset = torch.zeros((x3.shape[0], 1, x3.shape[-1]), dtype=dtype, device=x.device)
+        offset = torch.zeros((x3.shape[0], 1, d), dtype=dtype, device=x.device)
         x_sq = None
+        # mean feature variance = E|x|^2 / d - mean_j(E[x_j]^2)
+        column_means = data.mean(dim=1)
+        mean_variance = squared_norms(data).sum(-1) / (n * d) - column_means.square().mean(-1)
     else:
         offset = x3.mean(dim=1, keepdim=True)
-        if copy and not converted:
-            data = x3 - offset
-        else:
-            data = x3.sub_(offset)
-        x_sq = (data * data).sum(-1)
-    mean_variance = data.var(dim=1, unbiased=False).mean(-1) if data.shape[1] > 1 else (
-        torch.zeros(data.shape[0], dtype=dtype, device=x.device)
-    )
+        data = x3 - offset if copy and not converted else x3.sub_(offset)
+        x_sq = squared_norms(data)
+        # Centred data: the mean feature variance is the mean squared norm / d.
+        # (No x-sized temporary, unlike data.var().)
+        mean_variance = x_sq.sum(-1) / (n * d)
+    mean_variance = mean_variance.clamp_min(0.0)
     weights = None
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
@@ -105,8 +107,12 @@ def _assign_pass(
     sums: torch.Tensor | None,
     counts: torch.Tensor | None,
     rows: int,
+    exact: bool = False,
 ) -> None:
-    """One pass over the rows: labels and distances, and (optionally) sums and counts."""
+    """One pass over the rows: labels and distances, and (optionally) sums and counts.
+
+    ``exact`` recomputes each chosen distance from differences (final pass).
+    """
     x3, x_sq, weights = prep.x, prep.x_sq, prep.weights
     c_sq = (centroids * centroids).sum(-1) if x_sq is not None else None
     n = x3.shape[1]
@@ -115,12 +121,18 @@ def _assign_pass(
         xb = x3[:, start:stop]
         values, block_labels = min_scores(xb, centroids, c_sq)
         labels[:, start:stop] = block_labels
-        distances[:, start:stop] = finish_distances(
-            values, x_sq[:, start:stop] if x_sq is not None else None
-        )
+        if exact:
+            distances[:, start:stop] = exact_distances(xb, centroids, block_labels, x_sq is None)
+        else:
+            distances[:, start:stop] = finish_distances(
+                values, x_sq[:, start:stop] if x_sq is not None else None
+            )
         if sums is not None and counts is not None:
             accumulate(
-                sums, counts, xb, block_labels,
+                sums,
+                counts,
+                xb,
+                block_labels,
                 weights[:, start:stop] if weights is not None else None,
             )
 
@@ -155,7 +167,9 @@ def run_lloyd(
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 10
     tol_abs = (prep.mean_variance * tol).to(dtype)  # (bx,)
-    rows = block_rows(n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device)
+    rows = block_rows(
+        n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
+    )
 
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     previous_labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
@@ -189,7 +203,7 @@ def run_lloyd(
 
     # The last assignment used the centroids before the last update; one more
     # pass makes the labels (and inertia) those of the returned centroids.
-    _assign_pass(prep, centroids, labels, distances, None, None, rows)
+    _assign_pass(prep, centroids, labels, distances, None, None, rows, exact=True)
     inertia = _weighted_total(distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 
@@ -210,17 +224,25 @@ def _resolve_init(
     if isinstance(init, str):
         if init == "k-means++":
             centroids, _ = kmeans_plusplus(
-                x3 if not shared else x3[0], n_clusters,
+                x3 if not shared else x3[0],
+                n_clusters,
                 n_problems=b if shared else None,
-                sample_weight=prep.weights if not shared or prep.weights is None else prep.weights[0],
+                sample_weight=prep.weights
+                if not shared or prep.weights is None
+                else prep.weights[0],
                 x_sq_norms=prep.x_sq if not shared or prep.x_sq is None else prep.x_sq[0],
-                metric=prep.metric, generator=generator, memory_budget=memory_budget,
+                metric=prep.metric,
+                generator=generator,
+                memory_budget=memory_budget,
             )
         elif init == "random":
             centroids, _ = random_init(
-                x3 if not shared else x3[0], n_clusters,
+                x3 if not shared else x3[0],
+                n_clusters,
                 n_problems=b if shared else None,
-                sample_weight=prep.weights if not shared or prep.weights is None else prep.weights[0],
+                sample_weight=prep.weights
+                if not shared or prep.weights is None
+                else prep.weights[0],
                 generator=generator,
             )
         else:
@@ -300,12 +322,15 @@ def lloyd(
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
     b = max(c3.shape[0], prep.x.shape[0])
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
-    result = run_lloyd(prep, init, max_iter=max_iter, tol=tol, memory_budget=memory_budget,
-                       check_every=check_every)
+    result = run_lloyd(
+        prep, init, max_iter=max_iter, tol=tol, memory_budget=memory_budget, check_every=check_every
+    )
     return _finish(result, prep, x.dtype, batched=x.ndim == 3 or centroids.ndim == 3)
 
 
-def _finish(result: KMeansResult, prep: Prepared, dtype: torch.dtype, batched: bool) -> KMeansResult:
+def _finish(
+    result: KMeansResult, prep: Prepared, dtype: torch.dtype, batched: bool
+) -> KMeansResult:
     """Move centroids back to the input's scale and drop the batch dim if needed."""
     centroids = result.centroids + prep.offset if prep.metric == "euclidean" else result.centroids
     out_dtype = _compute_dtype(dtype)
@@ -387,15 +412,29 @@ def kmeans(
         # b data sets: restarts run one after another, each batched over b.
         best: KMeansResult | None = None
         for _ in range(n_init):
-            start = _resolve_init(init, prep, x, n_clusters, prep.x.shape[0], generator, memory_budget)
-            result = run_lloyd(prep, start, max_iter=max_iter, tol=tol,
-                               memory_budget=memory_budget, check_every=check_every)
+            start = _resolve_init(
+                init, prep, x, n_clusters, prep.x.shape[0], generator, memory_budget
+            )
+            result = run_lloyd(
+                prep,
+                start,
+                max_iter=max_iter,
+                tol=tol,
+                memory_budget=memory_budget,
+                check_every=check_every,
+            )
             best = result if best is None else _keep_better(best, result)
         assert best is not None
         return _finish(best, prep, x.dtype, batched=True)
     start = _resolve_init(init, prep, x, n_clusters, n_init, generator, memory_budget)
-    result = run_lloyd(prep, start, max_iter=max_iter, tol=tol,
-                       memory_budget=memory_budget, check_every=check_every)
+    result = run_lloyd(
+        prep,
+        start,
+        max_iter=max_iter,
+        tol=tol,
+        memory_budget=memory_budget,
+        check_every=check_every,
+    )
     if n_init > 1:
         winner = int(result.inertia.argmin())
         result = KMeansResult(*(field[winner : winner + 1] for field in result))

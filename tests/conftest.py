@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[CUDA, pytest.mark.cuda]),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return request.param
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """rtol/atol for comparisons at a dtype's precision."""
+    if dtype == torch.float64:
+        return {"rtol": 1e-10, "atol": 1e-10}
+    return {"rtol": 1e-4, "atol": 1e-4}
+
+
+def tutorial_data() -> np.ndarray:
+    from torchkmeans.__main__ import tutorial_data as data
+
+    return data()
+
+
+def blobs(n: int = 600, d: int = 5, k: int = 4, seed: int = 0, spread: float = 8.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=spread, size=(k, d))
+    return centres[rng.integers(0, k, size=n)] + rng.normal(size=(n, d))

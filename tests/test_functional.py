@@ -1,0 +1,206 @@
+"""The tensor kernels against the naive reference in tests/reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+import torch
+from conftest import blobs, tolerance
+
+from torchkmeans.functional import (
+    block_rows,
+    centroids_from_sums,
+    kmeans,
+    kmeans_plusplus,
+    lloyd,
+    nearest_centroids,
+    pairwise_distances,
+    random_init,
+    scatter_sums,
+)
+
+
+def test_nearest_centroids_matches_reference(device, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 7))
+    c = rng.normal(size=(13, 7))
+    labels, distances = reference.nearest(x, c)
+    got = nearest_centroids(
+        torch.tensor(x, dtype=dtype, device=device), torch.tensor(c, dtype=dtype, device=device)
+    )
+    assert got.labels.dtype == torch.int64
+    np.testing.assert_array_equal(got.labels.cpu().numpy(), labels)
+    np.testing.assert_allclose(got.distances.cpu().numpy(), distances, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("memory_budget", [64, 4096, 10**9])
+def test_nearest_centroids_does_not_depend_on_the_block_size(memory_budget):
+    x = torch.randn(1000, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    c = x[:17].clone()
+    full = nearest_centroids(x, c)
+    blocked = nearest_centroids(x, c, memory_budget=memory_budget)
+    assert torch.equal(full.labels, blocked.labels)
+    torch.testing.assert_close(full.distances, blocked.distances)
+
+
+def test_distances_are_clamped_at_zero():
+    x = torch.full((4, 3), 1e4)
+    result = nearest_centroids(x, x[:1].clone())
+    assert bool((result.distances >= 0).all())
+
+
+def test_cosine_distance_is_one_minus_cos():
+    x = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]), dim=-1)
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    result = nearest_centroids(x, c, metric="cosine")
+    assert result.labels.tolist() == [0, 0, 1]
+    torch.testing.assert_close(result.distances, torch.tensor([0.0, 1 - 2**-0.5, 1.0]))
+    torch.testing.assert_close(
+        pairwise_distances(x, c, metric="cosine"),
+        1 - x @ c.T,
+    )
+
+
+def test_block_rows_respects_the_budget():
+    rows = block_rows(10**6, 1024, itemsize=4, memory_budget=2**20, device=torch.device("cuda"))
+    assert rows * 1024 * 4 <= 2**20
+    assert block_rows(10, 1024, memory_budget=10**9) == 10
+    assert block_rows(10**6, 10**9, memory_budget=1) == 1
+
+
+def test_scatter_sums_with_weights():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    sums, counts = scatter_sums(
+        x, torch.tensor([1, 1, 0]), 3, sample_weight=torch.tensor([1.0, 2.0, 0.5])
+    )
+    torch.testing.assert_close(sums, torch.tensor([[2.5, 3.0], [7.0, 10.0], [0.0, 0.0]]))
+    torch.testing.assert_close(counts, torch.tensor([0.5, 3.0, 0.0]))
+
+
+def test_half_precision_sums_accumulate_in_float32():
+    x = torch.full((4096, 1), 1.0, dtype=torch.float16)
+    sums, counts = scatter_sums(x, torch.zeros(4096, dtype=torch.int64), 1)
+    assert sums.dtype == torch.float32
+    assert float(sums[0, 0]) == 4096.0 and float(counts[0]) == 4096.0
+
+
+def test_centroids_from_sums_never_gives_nan():
+    sums = torch.zeros(2, 3)
+    out = centroids_from_sums(sums, torch.zeros(2), torch.ones(2, 3))
+    assert torch.equal(out, torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lloyd_matches_reference_exactly(weighted):
+    x = blobs(n=300, d=4, k=5, seed=3)
+    rng = np.random.default_rng(3)
+    start = x[rng.choice(len(x), 5, replace=False)]
+    w = rng.uniform(0.1, 3.0, size=len(x)) if weighted else None
+    c_ref, l_ref, inertia_ref, n_ref = reference.lloyd(x, start, sample_weight=w)
+    got = lloyd(
+        torch.tensor(x),
+        torch.tensor(start),
+        sample_weight=None if w is None else torch.tensor(w),
+    )
+    np.testing.assert_allclose(got.centroids.numpy(), c_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(got.labels.numpy(), l_ref)
+    assert float(got.inertia) == pytest.approx(inertia_ref, rel=1e-10)
+    assert int(got.n_iter) == n_ref
+
+
+def test_empty_clusters_are_reseeded_like_the_reference():
+    # Two centroids start far from every point: both clusters are empty after
+    # the first assignment and take the two farthest points.
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [30.0]])
+    start = np.array([[0.0], [100.0], [200.0]])
+    c_ref, l_ref, _, n_ref = reference.lloyd(x, start)
+    got = lloyd(torch.tensor(x), torch.tensor(start))
+    assert not torch.isnan(got.centroids).any()
+    np.testing.assert_allclose(got.centroids.numpy(), c_ref)
+    np.testing.assert_array_equal(got.labels.numpy(), l_ref)
+    assert int(got.n_iter) == n_ref
+
+
+def test_batched_lloyd_equals_separate_runs(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 200, 4, generator=gen, dtype=dtype)
+    starts = torch.stack([xi[:6] for xi in x]).clone()
+    batched = lloyd(x, starts)
+    for i in range(3):
+        single = lloyd(x[i], starts[i])
+        torch.testing.assert_close(batched.centroids[i], single.centroids, **tolerance(dtype))
+        assert torch.equal(batched.labels[i], single.labels)
+        assert int(batched.n_iter[i]) == int(single.n_iter)
+
+
+def test_restarts_on_shared_data_equal_separate_runs():
+    x = torch.tensor(blobs(n=400, d=3, k=6, seed=2))
+    starts = torch.stack([x[i * 7 : i * 7 + 6] for i in range(4)]).clone()
+    batched = lloyd(x, starts)
+    for i in range(4):
+        single = lloyd(x, starts[i])
+        torch.testing.assert_close(batched.centroids[i], single.centroids)
+        assert int(batched.n_iter[i]) == int(single.n_iter)
+
+
+def test_kmeans_keeps_the_best_restart():
+    x = torch.tensor(blobs(n=500, d=2, k=8, seed=5))
+    one = [
+        kmeans(x, 8, n_init=1, generator=torch.Generator().manual_seed(s)).inertia for s in range(5)
+    ]
+    best = kmeans(x, 8, n_init=10, generator=torch.Generator().manual_seed(0)).inertia
+    assert float(best) <= max(float(i) for i in one)
+
+
+def test_kmeans_plusplus_picks_distinct_far_apart_points():
+    x = torch.tensor(blobs(n=400, d=2, k=4, seed=1, spread=50.0))
+    centroids, indices = kmeans_plusplus(x, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(centroids, x[indices])
+    assert len(set(indices.tolist())) == 4
+    gaps = torch.cdist(centroids, centroids) + torch.eye(4) * 1e9
+    assert float(gaps.min()) > 20.0  # one seed per well-separated blob
+
+
+def test_kmeans_plusplus_respects_zero_weights():
+    x = torch.arange(20.0).reshape(10, 2)
+    w = torch.zeros(10)
+    w[[2, 7]] = 1.0
+    _, indices = kmeans_plusplus(x, 2, sample_weight=w, generator=torch.Generator().manual_seed(0))
+    assert sorted(indices.tolist()) == [2, 7]
+
+
+def test_random_init_is_without_replacement_and_weighted():
+    x = torch.arange(12.0).reshape(6, 2)
+    _, indices = random_init(x, 6, generator=torch.Generator().manual_seed(0))
+    assert sorted(indices.tolist()) == list(range(6))
+    w = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    _, indices = random_init(x, 2, sample_weight=w, generator=torch.Generator().manual_seed(0))
+    assert sorted(indices.tolist()) == [2, 3]
+
+
+def test_cosine_kmeans_returns_unit_centroids():
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(3, 8, generator=gen), dim=-1)
+    x = directions.repeat_interleave(50, 0) * torch.rand(150, 1, generator=gen).add(0.5)
+    x = x + 0.01 * torch.randn(150, 8, generator=gen)
+    result = kmeans(x, 3, metric="cosine", n_init=5, generator=gen)
+    torch.testing.assert_close(result.centroids.norm(dim=-1), torch.ones(3))
+    assert result.labels.reshape(3, 50).unique(dim=1).shape[1] == 1  # each direction one cluster
+    # noise of 0.01 per coordinate costs about 4e-4 per point; one wrong
+    # cluster would cost about 1 per point.
+    assert float(result.inertia) < 1.0
+
+
+def test_kmeans_rejects_bad_arguments():
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=8"):
+        kmeans(x, 8)
+    with pytest.raises(ValueError, match="n_clusters=0 should be an int >= 1"):
+        kmeans(x, 0)
+    with pytest.raises(ValueError, match="Expected x to be 2-D"):
+        kmeans(torch.randn(5), 2)
+    with pytest.raises(ValueError, match="Expected metric to be 'euclidean' or 'cosine'"):
+        kmeans(x, 2, metric="manhattan")
+    with pytest.raises(ValueError, match=r"Expected init to be of shape \(2, 2\)"):
+        kmeans(x, 2, init=torch.zeros(3, 2))

@@ -1,0 +1,346 @@
+"""KMeans the estimator: parity with scikit-learn, invariants, input handling."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import blobs, tutorial_data
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.datasets import load_digits, load_iris, load_wine
+from sklearn.preprocessing import StandardScaler
+
+from torchkmeans import ConvergenceWarning, KMeans, NotFittedError
+
+DATASETS = {
+    "digits": (lambda: load_digits().data, 10),
+    "iris": (lambda: load_iris().data, 3),
+    "wine": (lambda: StandardScaler().fit_transform(load_wine().data), 3),
+    "tutorial": (tutorial_data, 4),
+}
+
+
+def recomputed(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+    d2 = ((X[:, None, :].astype(np.float64) - centers[None].astype(np.float64)) ** 2).sum(-1)
+    return d2.argmin(1), float(d2.min(1).sum())
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("seed", range(5))
+def test_inertia_matches_sklearn_with_the_same_n_init(name, seed):
+    make, k = DATASETS[name]
+    X = make()
+    ours = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(X)
+    theirs = SklearnKMeans(n_clusters=k, n_init=10, random_state=seed).fit(X)
+    assert ours.inertia_ <= 1.01 * theirs.inertia_
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_same_initial_centroids_give_sklearns_result(name):
+    make, k = DATASETS[name]
+    X = make().astype(np.float64)
+    start = X[np.random.default_rng(0).choice(len(X), k, replace=False)]
+    ours = KMeans(n_clusters=k, init=start, n_init=1).fit(X)
+    theirs = SklearnKMeans(n_clusters=k, init=start, n_init=1, algorithm="lloyd").fit(X)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(
+        ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-12, atol=1e-12
+    )
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-12)
+    assert ours.n_iter_ == theirs.n_iter_
+
+
+def test_the_tutorial_workflow():
+    # The tutorial's own code, legacy numpy random API included.
+    X1 = np.random.randint(0, 4, size=[300, 1])  # noqa: NPY002
+    X2 = np.random.uniform(0, 10, size=[300, 1])  # noqa: NPY002
+    X = np.append(X1, X2, axis=1)
+    km = KMeans(n_clusters=4, init="k-means++", max_iter=300, random_state=2021).fit(X)
+    assert isinstance(km.cluster_centers_, np.ndarray) and km.cluster_centers_.shape == (4, 2)
+    assert isinstance(km.labels_, np.ndarray) and km.labels_.shape == (300,)
+    assert isinstance(km.inertia_, float) and isinstance(km.n_iter_, int)
+    assert 1 <= km.n_iter_ <= 300
+    assert set(km.labels_.tolist()) == {0, 1, 2, 3}
+
+
+def test_hand_computed_toy_case():
+    X = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0], [10.0, 4.0]])
+    km = KMeans(n_clusters=2, init=np.array([[0.0, 0.0], [10.0, 0.0]])).fit(X)
+    np.testing.assert_array_equal(km.labels_, [0, 0, 1, 1, 1])
+    np.testing.assert_allclose(km.cluster_centers_, [[0.0, 1.0], [10.0, 2.0]])
+    assert km.inertia_ == pytest.approx(1 + 1 + 4 + 0 + 4)
+    assert km.n_iter_ == 2  # labels unchanged at the second iteration
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_labels_are_the_nearest_of_the_returned_centres(device, dtype, metric):
+    X = torch.tensor(blobs(n=2000, d=6, k=7, seed=4), dtype=dtype, device=device)
+    km = KMeans(n_clusters=7, n_init=3, random_state=0, metric=metric).fit(X)
+    x64 = X.double().cpu()
+    c64 = km.cluster_centers_.double().cpu()
+    if metric == "cosine":
+        d = (
+            1
+            - torch.nn.functional.normalize(x64, dim=1)
+            @ torch.nn.functional.normalize(c64, dim=1).T
+        )
+    else:
+        d = torch.cdist(x64, c64) ** 2
+    best = d.min(1).values
+    chosen = d.gather(1, km.labels_.cpu().view(-1, 1)).squeeze(1)
+    # Where two centres tie within rounding the label may pick either one.
+    slack = 1e-9 if dtype == torch.float64 else 1e-4 * (1 + best.abs())
+    assert bool((chosen <= best + slack).all())
+    assert km.inertia_ == pytest.approx(
+        float(best.sum()), rel=1e-9 if dtype == torch.float64 else 1e-5
+    )
+
+
+def test_inertia_equals_recomputed_sum_float64():
+    X = load_digits().data
+    km = KMeans(n_clusters=10, random_state=0).fit(X)
+    labels, inertia = recomputed(X, km.cluster_centers_)
+    np.testing.assert_array_equal(km.labels_, labels)
+    assert km.inertia_ == pytest.approx(inertia, rel=1e-12)
+    assert km.score(X) == pytest.approx(-inertia, rel=1e-12)
+
+
+def test_duplicate_points_warn_and_give_no_nan():
+    X = np.array([[1.0, 1.0]] * 5 + [[2.0, 2.0]] * 5)
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"Number of distinct clusters \(2\) found smaller than n_clusters \(4\)",
+    ):
+        km = KMeans(n_clusters=4, random_state=0).fit(X)
+    assert np.isfinite(km.cluster_centers_).all()
+    assert np.isfinite(km.inertia_) and km.inertia_ == 0.0
+
+
+def test_torch_in_torch_out_on_the_same_device(device):
+    X = torch.tensor(tutorial_data(), device=device, dtype=torch.float32)
+    km = KMeans(n_clusters=4, random_state=2021).fit(X)
+    for value in (km.cluster_centers_, km.labels_, km.predict(X), km.transform(X)):
+        assert isinstance(value, torch.Tensor) and value.device.type == device
+    assert km.cluster_centers_.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
+def test_numpy_list_and_pandas_in_numpy_out():
+    pd = pytest.importorskip("pandas")
+    X = tutorial_data()
+    a = KMeans(n_clusters=4, random_state=1).fit(X)
+    b = KMeans(n_clusters=4, random_state=1).fit(X.tolist())
+    c = KMeans(n_clusters=4, random_state=1).fit(pd.DataFrame(X, columns=["a", "b"]))
+    for km in (a, b, c):
+        assert isinstance(km.cluster_centers_, np.ndarray) and isinstance(km.labels_, np.ndarray)
+        np.testing.assert_array_equal(km.labels_, a.labels_)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_input_is_computed_in_float32(half):
+    X = torch.tensor(blobs(n=1000, d=4, k=3, seed=0), dtype=half)
+    km = KMeans(n_clusters=3, random_state=0, n_init=3).fit(X)
+    assert km.cluster_centers_.dtype == torch.float32
+    assert torch.isfinite(km.cluster_centers_).all() and np.isfinite(km.inertia_)
+    ref = KMeans(n_clusters=3, random_state=0, n_init=3).fit(X.float())
+    assert km.inertia_ == pytest.approx(ref.inertia_, rel=1e-5)
+    assert km.predict(X).dtype == torch.int64
+
+
+def test_integer_input_and_dtype_parameter():
+    X = np.random.default_rng(0).integers(0, 10, size=(100, 3))
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
+    km32 = KMeans(n_clusters=3, random_state=0, dtype="float32").fit(X)
+    assert km32.cluster_centers_.dtype == np.float32
+
+
+def test_same_seed_same_result_and_different_seeds_differ():
+    X = blobs(n=800, d=3, k=12, seed=9)
+    a = KMeans(n_clusters=12, random_state=7).fit(X)
+    b = KMeans(n_clusters=12, random_state=7).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    c = KMeans(n_clusters=12, random_state=8).fit(X)
+    assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
+
+
+def test_fit_predict_equals_fit_then_predict():
+    X = load_iris().data
+    labels = KMeans(n_clusters=3, random_state=0).fit_predict(X)
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    np.testing.assert_array_equal(labels, km.predict(X))
+    np.testing.assert_allclose(km.fit_transform(X), km.transform(X))
+    d = np.sqrt(((X[:, None] - km.cluster_centers_[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(km.transform(X), d, rtol=1e-10, atol=1e-10)
+
+
+def test_callable_init_and_random_init():
+    X = load_iris().data
+    first = X[:3].copy()
+    km = KMeans(n_clusters=3, init=lambda x, k, generator: x[:k]).fit(X)
+    ref = KMeans(n_clusters=3, init=first).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_)
+    rnd = KMeans(n_clusters=3, init="random", random_state=0).fit(X)
+    assert (
+        rnd.inertia_
+        <= 1.01 * SklearnKMeans(3, init="random", n_init=10, random_state=0).fit(X).inertia_
+    )
+
+
+def test_explicit_init_with_n_init_warns():
+    X = load_iris().data
+    with pytest.warns(
+        RuntimeWarning, match="Explicit initial centers given; running a single init"
+    ):
+        KMeans(n_clusters=3, init=X[:3], n_init=5).fit(X)
+
+
+def test_inertia_history_decreases():
+    X = load_digits().data
+    km = KMeans(n_clusters=10, init="random", n_init=1, random_state=3).fit(X)
+    history = np.array(km.inertia_history_)
+    assert len(history) == km.n_iter_
+    assert (np.diff(history) <= 1e-9 * history[0]).all()
+    assert km.inertia_ <= history[-1] + 1e-9 * history[0]
+
+
+def test_callers_data_is_never_modified():
+    X = blobs(n=300, d=3, k=3, seed=0).astype(np.float32)
+    X_copy = X.copy()
+    w = np.ones(300)
+    init = X[:3].copy()
+    init_copy = init.copy()
+    km = KMeans(n_clusters=3, init=init).fit(X, sample_weight=w)
+    km.predict(X)
+    km.transform(X)
+    np.testing.assert_array_equal(X, X_copy)
+    np.testing.assert_array_equal(init, init_copy)
+    np.testing.assert_array_equal(w, np.ones(300))
+    T = torch.tensor(X_copy)
+    KMeans(n_clusters=3, random_state=0).fit(T).predict(T)
+    assert torch.equal(T, torch.tensor(X_copy))
+    X_int = (X * 10).astype(np.int32)
+    X_int_copy = X_int.copy()
+    KMeans(n_clusters=3, random_state=0).fit(X_int)
+    np.testing.assert_array_equal(X_int, X_int_copy)
+
+
+def test_read_only_memmap_input(tmp_path):
+    X = blobs(n=300, d=3, k=3, seed=0)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    mm = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        km = KMeans(n_clusters=3, random_state=0).fit(mm)
+    np.testing.assert_array_equal(km.labels_, KMeans(n_clusters=3, random_state=0).fit(X).labels_)
+
+
+def test_device_auto_runs_where_cuda_is():
+    km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert km._centers.device.type == expected
+    assert km.cluster_centers_.device.type == "cpu"  # handed back where the input was
+
+
+def test_get_set_params_and_repr():
+    km = KMeans(n_clusters=3, random_state=1)
+    assert km.get_params()["n_clusters"] == 3
+    assert km.set_params(n_clusters=5) is km and km.n_clusters == 5
+    assert repr(km) == "KMeans(n_clusters=5, random_state=1)"
+    with pytest.raises(ValueError, match="Invalid parameter 'bogus' for estimator KMeans"):
+        km.set_params(bogus=1)
+
+
+def test_not_fitted_error_before_fit():
+    km = KMeans()
+    for method in (km.predict, km.transform, km.score):
+        with pytest.raises(NotFittedError, match="This KMeans instance is not fitted yet"):
+            method(np.zeros((2, 2)))
+
+
+X_OK = np.random.default_rng(0).normal(size=(20, 3))
+X_NAN = X_OK.copy()
+X_NAN[3, 1] = np.nan
+X_INF = X_OK.copy()
+X_INF[0, 0] = np.inf
+
+
+@pytest.mark.parametrize(
+    ("params", "X", "fit_kwargs", "error", "match"),
+    [
+        ({}, X_NAN, {}, ValueError, "Input X contains NaN or infinity"),
+        ({}, X_INF, {}, ValueError, "Input X contains NaN or infinity"),
+        (
+            {},
+            X_OK[0],
+            {},
+            ValueError,
+            r"Expected X to be 2-D of shape \(n_samples, n_features\), got shape \(3,\)",
+        ),
+        ({}, np.zeros((3, 4, 5)), {}, ValueError, r"Expected X to be 2-D .* got shape \(3, 4, 5\)"),
+        ({"n_clusters": 30}, X_OK, {}, ValueError, "n_samples=20 should be >= n_clusters=30"),
+        ({"n_clusters": 0}, X_OK, {}, ValueError, "n_clusters=0 should be >= 1"),
+        ({"n_clusters": 2.5}, X_OK, {}, TypeError, "Expected n_clusters to be an int, got 2.5"),
+        ({"n_init": 0}, X_OK, {}, ValueError, "n_init=0 should be >= 1"),
+        ({"max_iter": 0}, X_OK, {}, ValueError, "max_iter=0 should be >= 1"),
+        ({"tol": -1.0}, X_OK, {}, ValueError, "tol=-1.0 should be a finite number >= 0"),
+        (
+            {"metric": "l1"},
+            X_OK,
+            {},
+            ValueError,
+            "Expected metric to be 'euclidean' or 'cosine', got 'l1'",
+        ),
+        ({"init": "kmeans"}, X_OK, {}, ValueError, "Expected init to be 'k-means\\+\\+', 'random'"),
+        (
+            {"init": np.zeros((2, 3))},
+            X_OK,
+            {},
+            ValueError,
+            r"Expected init to be of shape \(8, 3\), got shape \(2, 3\)",
+        ),
+        ({"dtype": "int8"}, X_OK, {}, ValueError, "Expected dtype to be None or one of float16"),
+        ({"random_state": "seed"}, X_OK, {}, TypeError, "Expected random_state to be None, an int"),
+        (
+            {},
+            X_OK,
+            {"sample_weight": np.ones(5)},
+            ValueError,
+            r"Expected sample_weight to be of shape \(20,\), got shape \(5,\)",
+        ),
+        (
+            {},
+            X_OK,
+            {"sample_weight": -np.ones(20)},
+            ValueError,
+            "Expected sample_weight to be non-negative",
+        ),
+        ({}, X_OK, {"sample_weight": np.zeros(20)}, ValueError, "got all weights zero"),
+        ({}, np.array([["a", "b"], ["c", "d"]]), {}, ValueError, "Expected X to hold numbers"),
+        ({}, np.ones((4, 2)) * 1j, {}, ValueError, "Complex data not supported"),
+        ({}, np.zeros((0, 3)), {}, ValueError, r"Found array with 0 sample\(s\)"),
+    ],
+)
+def test_bad_input_errors(params, X, fit_kwargs, error, match):
+    with pytest.raises(error, match=match):
+        KMeans(**params).fit(X, **fit_kwargs)
+
+
+def test_predict_with_another_feature_count():
+    km = KMeans(n_clusters=2, random_state=0).fit(X_OK)
+    with pytest.raises(
+        ValueError, match="X has 5 features, but KMeans is expecting 3 features as input"
+    ):
+        km.predict(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        km.predict(X_NAN)
+
+
+def test_sparse_input_is_refused_with_a_hint():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match=r"got a sparse matrix .* convert it with X.toarray\(\)"):
+        KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))

@@ -1,0 +1,78 @@
+"""Memory stays bounded: no n x k block is ever allocated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from torchkmeans.functional import block_rows, lloyd, nearest_centroids
+from torchkmeans.functional import distances as distances_module
+
+
+def test_block_plan_for_a_million_points_never_holds_n_by_k():
+    n, k = 1_000_000, 1024
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        rows = block_rows(n, k, itemsize=4, device=device)
+        assert rows < n
+        assert rows * k * 4 <= distances_module.DEFAULT_MEMORY_BUDGET
+
+
+def test_blocks_seen_by_the_matrix_product_are_bounded(monkeypatch):
+    """Instrument the kernel: record the shape of every distance block."""
+    shapes = []
+    original = distances_module.partial_scores
+
+    def spy(xb, centroids, c_sq):
+        out = original(xb, centroids, c_sq)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(distances_module, "partial_scores", spy)
+    x = torch.randn(20_000, 8)
+    budget = 64 * 1024
+    nearest_centroids(x, x[:64].clone(), memory_budget=budget)
+    assert len(shapes) > 1
+    for shape in shapes:
+        assert shape[0] * shape[1] * shape[2] * 4 <= budget
+        assert shape[0] < 20_000
+
+
+@pytest.mark.slow
+def test_million_points_1024_clusters_rss_stays_far_below_n_by_k():
+    # n x k float32 would be 4 GB; the data is 128 MB. Run in a fresh process
+    # so that the peak resident set belongs to this fit alone.
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from torchkmeans.functional import lloyd
+        torch.manual_seed(0)
+        x = torch.randn(1_000_000, 32)
+        start = x[:1024].clone()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = lloyd(x, start, max_iter=1)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert int(result.n_iter) == 1 and result.labels.shape == (1_000_000,)
+        print((peak - base) * 1024)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    growth = int(out.stdout.strip().splitlines()[-1])
+    data_bytes = 1_000_000 * 32 * 4
+    n_by_k_bytes = 1_000_000 * 1024 * 4
+    # centred copy of x + labels/distances/buffers, a small multiple of the data
+    assert growth < 3 * data_bytes, growth
+    assert growth < n_by_k_bytes / 10, growth
+
+
+def test_lloyd_one_iteration_runs_with_a_tiny_budget():
+    x = torch.randn(5000, 4)
+    a = lloyd(x, x[:50].clone(), max_iter=3, memory_budget=1024)
+    b = lloyd(x, x[:50].clone(), max_iter=3)
+    assert torch.equal(a.labels, b.labels)

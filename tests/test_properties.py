@@ -1,0 +1,104 @@
+"""Properties of Lloyd's algorithm, checked with hypothesis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from torchkmeans import KMeans
+from torchkmeans.functional import lloyd
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def problems(draw, max_n=60, max_d=4, max_k=6):
+    n = draw(st.integers(2, max_n))
+    d = draw(st.integers(1, max_d))
+    k = draw(st.integers(1, min(max_k, n)))
+    values = st.floats(-100, 100, allow_nan=False, width=64).map(lambda v: round(v, 2))
+    x = draw(arrays(np.float64, (n, d), elements=values))
+    rows = draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k, unique=True))
+    return x, x[rows].copy()
+
+
+@SETTINGS
+@given(problems())
+def test_inertia_never_increases(problem):
+    x, start = problem
+    result = lloyd(torch.tensor(x), torch.tensor(start), max_iter=50, tol=0.0)
+    history = result.inertia_history[: int(result.n_iter)].numpy()
+    scale = 1e-9 * (1.0 + history[0])
+    assert (np.diff(history) <= scale).all()
+    assert float(result.inertia) <= history[-1] + scale
+    assert np.isfinite(result.centroids.numpy()).all()
+
+
+@SETTINGS
+@given(problems(), st.randoms(use_true_random=False))
+def test_row_permutation_does_not_change_the_result(problem, rnd):
+    x, start = problem
+    perm = np.array(rnd.sample(range(len(x)), len(x)))
+    a = lloyd(torch.tensor(x), torch.tensor(start))
+    b = lloyd(torch.tensor(x[perm]), torch.tensor(start))
+    # Exact ties between two centres may resolve differently after summation
+    # reordering; compare the objective and the partition on the permuted rows.
+    np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.centroids.numpy(), b.centroids.numpy(), rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(a.labels.numpy()[perm], b.labels.numpy())
+
+
+@SETTINGS
+@given(st.lists(problems(max_n=40), min_size=2, max_size=4))
+def test_batched_run_equals_separate_runs(batch):
+    n = min(len(x) for x, _ in batch)
+    d = min(x.shape[1] for x, _ in batch)
+    k = min(len(c) for _, c in batch)
+    xs = np.stack([x[:n, :d] for x, _ in batch])
+    starts = np.stack([x[:n, :d][:k] for x, _ in batch])
+    together = lloyd(torch.tensor(xs), torch.tensor(starts))
+    for i in range(len(batch)):
+        alone = lloyd(torch.tensor(xs[i]), torch.tensor(starts[i]))
+        np.testing.assert_allclose(
+            together.centroids[i].numpy(), alone.centroids.numpy(), rtol=1e-9, atol=1e-9
+        )
+        np.testing.assert_array_equal(together.labels[i].numpy(), alone.labels.numpy())
+        assert int(together.n_iter[i]) == int(alone.n_iter)
+
+
+@pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
+@SETTINGS
+@given(problems(), st.integers(0, 2**31 - 1))
+def test_unit_weights_equal_no_weights(problem, seed):
+    x, _ = problem
+    k = min(3, len(x))
+    a = KMeans(n_clusters=k, random_state=seed).fit(x)
+    b = KMeans(n_clusters=k, random_state=seed).fit(x, sample_weight=np.ones(len(x)))
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-12, atol=1e-12)
+    assert a.inertia_ == b.inertia_
+
+
+@SETTINGS
+@given(problems(), st.data())
+def test_integer_weights_equal_repeated_rows(problem, data):
+    x, start = problem
+    # With duplicated points an emptied cluster is reseeded from "the j-th
+    # farthest point", which is a different copy under repetition than under
+    # weights (scikit-learn behaves the same); distinct rows have no such tie.
+    assume(len(np.unique(x, axis=0)) == len(x))
+    weights = np.array(data.draw(st.lists(st.integers(1, 4), min_size=len(x), max_size=len(x))))
+    repeated = np.repeat(x, weights, axis=0)
+    a = lloyd(
+        torch.tensor(x),
+        torch.tensor(start),
+        sample_weight=torch.tensor(weights, dtype=torch.float64),
+    )
+    b = lloyd(torch.tensor(repeated), torch.tensor(start))
+    np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.centroids.numpy(), b.centroids.numpy(), rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(np.repeat(a.labels.numpy(), weights), b.labels.numpy())
