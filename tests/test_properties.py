@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -38,8 +38,20 @@ def test_inertia_never_increases(problem):
     assert np.isfinite(result.centroids.numpy()).all()
 
 
+@st.composite
+def tie_free_problems(draw, max_n=60, max_d=4, max_k=6):
+    """Continuous data from a drawn seed: exact ties (equidistant points, which
+    make "the farthest point" depend on row order) have probability zero."""
+    n = draw(st.integers(2, max_n))
+    d = draw(st.integers(1, max_d))
+    k = draw(st.integers(1, min(max_k, n)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.normal(size=(n, d)) * draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    return x, x[rng.choice(n, k, replace=False)].copy()
+
+
 @SETTINGS
-@given(problems(), st.randoms(use_true_random=False))
+@given(tie_free_problems(), st.randoms(use_true_random=False))
 def test_row_permutation_does_not_change_the_result(problem, rnd):
     x, start = problem
     perm = np.array(rnd.sample(range(len(x)), len(x)))
@@ -47,8 +59,11 @@ def test_row_permutation_does_not_change_the_result(problem, rnd):
     b = lloyd(torch.tensor(x[perm]), torch.tensor(start))
     # Exact ties between two centres may resolve differently after summation
     # reordering; compare the objective and the partition on the permuted rows.
-    np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(a.centroids.numpy(), b.centroids.numpy(), rtol=1e-7, atol=1e-7)
+    scale = float(np.abs(x).max())
+    np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        a.centroids.numpy(), b.centroids.numpy(), rtol=1e-7, atol=1e-9 * scale
+    )
     np.testing.assert_array_equal(a.labels.numpy()[perm], b.labels.numpy())
 
 
@@ -84,13 +99,12 @@ def test_unit_weights_equal_no_weights(problem, seed):
 
 
 @SETTINGS
-@given(problems(), st.data())
+@given(tie_free_problems(), st.data())
 def test_integer_weights_equal_repeated_rows(problem, data):
     x, start = problem
-    # With duplicated points an emptied cluster is reseeded from "the j-th
-    # farthest point", which is a different copy under repetition than under
-    # weights (scikit-learn behaves the same); distinct rows have no such tie.
-    assume(len(np.unique(x, axis=0)) == len(x))
+    # Tie-free data: with duplicated points an emptied cluster is reseeded
+    # from "the j-th farthest point", which is a different copy under
+    # repetition than under weights (scikit-learn behaves the same).
     weights = np.array(data.draw(st.lists(st.integers(1, 4), min_size=len(x), max_size=len(x))))
     repeated = np.repeat(x, weights, axis=0)
     a = lloyd(

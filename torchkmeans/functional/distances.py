@@ -19,6 +19,9 @@ import torch
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "Nearest",
+    "argmin_rows",
+    "augmented_centroids",
+    "augmented_scores",
     "block_rows",
     "nearest_centroids",
     "pairwise_distances",
@@ -44,15 +47,24 @@ class Nearest(NamedTuple):
     """Distance to it (squared euclidean, or ``1 - cos``), ``(n,)`` or ``(b, n)``."""
 
 
-def squared_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared euclidean norm of each row, without an ``x``-sized temporary.
+def squared_norms(x: torch.Tensor, *, chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """Squared euclidean norm of each row (the last dimension) of ``x``.
+
+    Computed as ``(x * x).sum(-1)``, exactly as that expression rounds, but in
+    chunks of rows so no ``x``-sized temporary is allocated.
 
     Examples
     --------
     >>> squared_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
     tensor([25.,  1.])
     """
-    return torch.linalg.vector_norm(x, dim=-1).square_()
+    if x.shape[-2] <= chunk_rows if x.ndim >= 2 else True:
+        return (x * x).sum(-1)
+    out = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[-2], chunk_rows):
+        part = x[..., start : start + chunk_rows, :]
+        out[..., start : start + chunk_rows] = (part * part).sum(-1)
+    return out
 
 
 def block_rows(
@@ -132,8 +144,8 @@ def partial_scores(
 
     ``|c|^2 - 2 x.c`` (euclidean; add ``|x|^2`` to get the distance) or
     ``-x.c`` (cosine, when ``c_sq`` is None; add 1). ``xb`` is ``(bx, m, d)``,
-    ``centroids`` ``(b, k, d)``; the result is ``(m, b, k)`` when ``bx == 1``
-    (one matrix product against all b*k centroids) and ``(b, m, k)`` otherwise.
+    ``centroids`` ``(b, k, d)``; the result is a ``(b, m, k)`` view (one
+    matrix product against all b*k centroids when ``bx == 1``).
     """
     b, k, d = centroids.shape
     if xb.shape[0] == 1:
@@ -142,28 +154,75 @@ def partial_scores(
             scores = torch.mm(xb[0], flat.T).neg_()
         else:
             scores = torch.addmm(c_sq.reshape(1, b * k), xb[0], flat.T, alpha=-2.0)
-        return scores.view(-1, b, k)
+        return scores.view(-1, b, k).transpose(0, 1)
     if c_sq is None:
         return torch.bmm(xb, centroids.transpose(1, 2)).neg_()
     return torch.baddbmm(c_sq.unsqueeze(1), xb, centroids.transpose(1, 2), alpha=-2.0)
 
 
-def min_scores(
-    xb: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row minimum of :func:`partial_scores` as ``(values, labels)``, each ``(b, m)``."""
-    scores = partial_scores(xb, centroids, c_sq)
-    values, labels = scores.min(dim=-1)
+def augmented_centroids(centroids: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """Centroids ``(b, k, d)`` as ``(b, k, d+1)`` rows scoring ``[x | 1]`` in one product.
+
+    ``[x | 1] . [-2c | |c|^2] = |c|^2 - 2 x.c`` (euclidean) and
+    ``[x | 1] . [-c | 0] = -x.c`` (cosine): the matrix product then yields the
+    scores directly, with no separate pass to add the norms.
+
+    Examples
+    --------
+    >>> augmented_centroids(torch.tensor([[[1.0, 2.0]]]))
+    tensor([[[-2., -4.,  5.]]])
+    """
+    if metric == "cosine":
+        return torch.cat([-centroids, torch.zeros_like(centroids[..., :1])], dim=-1)
+    return torch.cat([centroids * -2.0, squared_norms(centroids).unsqueeze(-1)], dim=-1)
+
+
+def augmented_scores(xb: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
+    """Scores of rows ``[x | 1]`` ``(bx, m, d+1)`` against :func:`augmented_centroids`.
+
+    Returns a ``(b, m, k)`` view.
+    """
+    b, k, width = augmented.shape
     if xb.shape[0] == 1:
-        return values.T, labels.T
+        scores = torch.mm(xb[0], augmented.reshape(b * k, width).T)
+        return scores.view(-1, b, k).transpose(0, 1)
+    return torch.bmm(xb, augmented.transpose(1, 2))
+
+
+# Below this many scores in a block the warm-started search costs more small
+# ops than the full argmin it saves.
+_WARM_START_MIN_ELEMENTS = 1 << 15
+
+
+def argmin_rows(
+    scores: torch.Tensor, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and its index over the last dimension of ``scores`` ``(b, m, k)``.
+
+    ``previous`` ``(b, m)``, the labels of the same rows against earlier
+    centroids, warm-starts the search on the CPU: there a row minimum without
+    indices (``amin``) is several times faster than ``min`` with indices, and
+    in Lloyd most rows keep their label. A row keeps its label when that
+    centroid still attains the minimum; only the other rows are searched in
+    full. Every label is a nearest centroid either way; only an exact tie
+    between identical centroids may resolve to the kept label rather than the
+    lowest index.
+    """
+    if previous is None or scores.device.type != "cpu" or scores.numel() < _WARM_START_MIN_ELEMENTS:
+        return scores.min(dim=-1)
+    values = scores.amin(dim=-1)
+    b, m, k = scores.shape
+    if scores.is_contiguous():
+        # take() on flat offsets is several times faster than gather() here.
+        rows = torch.arange(0, b * m * k, k, device=scores.device).view(b, m)
+        kept = scores.view(-1).take(rows.add_(previous))
+    else:
+        kept = scores.gather(-1, previous.unsqueeze(-1)).squeeze(-1)
+    moved = (kept > values).nonzero(as_tuple=True)
+    labels = previous.clone()
+    if moved[0].numel():
+        labels[moved] = scores[moved].argmin(dim=-1)
     return values, labels
-
-
-def finish_distances(values: torch.Tensor, x_sq: torch.Tensor | None) -> torch.Tensor:
-    """Turn minimum scores into distances in place (clamped at 0)."""
-    if x_sq is None:
-        return values.add_(1.0).clamp_(0.0, 2.0)
-    return values.add_(x_sq).clamp_min_(0.0)
 
 
 def exact_distances(
@@ -238,7 +297,7 @@ def nearest_centroids(
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop]
-        _, block_labels = min_scores(xb, c3, c_sq)
+        _, block_labels = argmin_rows(partial_scores(xb, c3, c_sq))
         labels[:, start:stop] = block_labels
         distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
     if not batched:

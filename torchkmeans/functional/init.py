@@ -35,26 +35,31 @@ def _distances_to(
     """Distances ``(b, n, m)`` from every row of ``x3`` to ``points`` ``(b, m, d)``."""
     b, m, _ = points.shape
     n = x3.shape[1]
-    out = torch.empty((b, n, m), dtype=x3.dtype, device=x3.device)
-    p_sq = (points * points).sum(-1) if x_sq is not None else None
+    p_sq = squared_norms(points) if x_sq is not None else None
     rows = block_rows(
         n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device
     )
+    blocks = []
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop]
         if x3.shape[0] == 1:
             flat = points.reshape(b * m, -1)
-            prod = torch.mm(xb[0], flat.T).view(stop - start, b, m).transpose(0, 1)
+            if p_sq is None:
+                block = torch.mm(xb[0], flat.T)
+            else:
+                block = torch.addmm(p_sq.reshape(1, b * m), xb[0], flat.T, alpha=-2.0)
+            block = block.view(stop - start, b, m).transpose(0, 1)
+        elif p_sq is None:
+            block = torch.bmm(xb, points.transpose(1, 2))
         else:
-            prod = torch.bmm(xb, points.transpose(1, 2))
+            block = torch.baddbmm(p_sq.unsqueeze(1), xb, points.transpose(1, 2), alpha=-2.0)
         if x_sq is None:
-            block = prod.neg().add_(1.0).clamp_(0.0, 2.0)
+            block = block.neg_().add_(1.0).clamp_(0.0, 2.0)
         else:
-            block = (p_sq.unsqueeze(1) - 2.0 * prod).add_(x_sq[:, start:stop].unsqueeze(-1))
-            block.clamp_min_(0.0)
-        out[:, start:stop] = block
-    return out
+            block = block.add_(x_sq[:, start:stop].unsqueeze(-1)).clamp_min_(0.0)
+        blocks.append(block)
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 
 def kmeans_plusplus(
@@ -128,27 +133,32 @@ def kmeans_plusplus(
         x_sq = squared_norms(x3) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
     trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
     acc = torch.float64 if x.device.type != "mps" else torch.float32
-    if sample_weight is None:
-        w = torch.ones((1, n), dtype=x.dtype, device=x.device)
-    else:
-        w = sample_weight.reshape(-1, n).to(x.dtype)
-    w_acc = w.to(acc)
+    w = None if sample_weight is None else sample_weight.reshape(-1, n).to(x.dtype)
+
+    def weighted(values: torch.Tensor) -> torch.Tensor:
+        """``sample_weight * values`` for values ``(b, n)`` or ``(b, n, L)``."""
+        if w is None:
+            return values
+        return values * (w if values.ndim == 2 else w.unsqueeze(-1))
 
     indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
     draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)
-    cumulative = w_acc.cumsum(-1).expand(b, n).contiguous()
-    first = _sample_from_cumulative(cumulative, draws * cumulative[:, -1:])
+    if w is None:
+        first = (draws * n).long().clamp_(max=n - 1)
+    else:
+        cumulative = w.cumsum(-1, dtype=acc).expand(b, n).contiguous()
+        first = _sample_from_cumulative(cumulative, draws * cumulative[:, -1:])
     indices[:, 0] = first[:, 0]
     closest = _distances_to(x3, x_sq, _gather_rows(x3, first), memory_budget)[..., 0]
-    potential = (closest.to(acc) * w_acc).sum(-1, keepdim=True)
+    potential = weighted(closest).sum(-1, keepdim=True, dtype=acc)
     rows = torch.arange(b, device=x.device)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
-        cumulative = (closest.to(acc) * w_acc).cumsum_(-1)
-        candidates = _sample_from_cumulative(cumulative, draws * potential)
+        cumulative = weighted(closest).cumsum(-1, dtype=acc)
+        candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
         to_candidates = _distances_to(x3, x_sq, _gather_rows(x3, candidates), memory_budget)
-        torch.minimum(to_candidates, closest.unsqueeze(-1), out=to_candidates)
-        candidate_potential = (to_candidates.to(acc) * w_acc.unsqueeze(-1)).sum(1)
+        to_candidates = torch.minimum(to_candidates, closest.unsqueeze(-1))
+        candidate_potential = weighted(to_candidates).sum(1, dtype=acc)
         best = candidate_potential.argmin(-1)
         potential = candidate_potential[rows, best].unsqueeze(-1)
         closest = to_candidates[rows, :, best]

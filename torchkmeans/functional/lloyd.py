@@ -14,7 +14,14 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from .distances import block_rows, exact_distances, finish_distances, min_scores, squared_norms
+from .distances import (
+    argmin_rows,
+    augmented_centroids,
+    augmented_scores,
+    block_rows,
+    exact_distances,
+    squared_norms,
+)
 from .init import kmeans_plusplus, random_init
 from .updates import accumulate, centroids_from_sums, relocate_empty_clusters
 
@@ -44,7 +51,8 @@ class KMeansResult(NamedTuple):
 class Prepared(NamedTuple):
     """Data made ready for the iterations (see :func:`prepare`)."""
 
-    x: torch.Tensor  # (bx, n, d), centred (euclidean) or unit rows (cosine)
+    x: torch.Tensor  # (bx, n, d), centred (euclidean) or unit rows (cosine); a view of x_aug
+    x_aug: torch.Tensor  # (bx, n, d+1) contiguous rows [x | 1]
     x_sq: torch.Tensor | None  # (bx, n) squared norms, euclidean only
     weights: torch.Tensor | None  # (bw, n) or None
     offset: torch.Tensor  # (bx, 1, d) mean that was subtracted (zeros for cosine)
@@ -62,32 +70,37 @@ def prepare(
     *,
     sample_weight: torch.Tensor | None = None,
     metric: str = "euclidean",
-    copy: bool = True,
 ) -> Prepared:
     """Centre (euclidean) or normalise (cosine) ``x`` once for all iterations.
 
     Half-precision data is computed in float32. Centring follows scikit-learn:
     it keeps the expansion ``|x|^2 - 2 x.c + |c|^2`` accurate for data far
-    from the origin. ``x`` itself is never written to unless ``copy=False``.
+    from the origin. ``x`` itself is never written to.
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
     batched = x.ndim == 3
     x3 = x if batched else x.unsqueeze(0)
     dtype = _compute_dtype(x.dtype)
-    converted = x3.dtype != dtype
-    x3 = x3.to(dtype)
     n, d = x3.shape[1], x3.shape[2]
+    # One copy of the data, [x | 1]: centred or normalised in place below.
+    # The ones column lets one matrix product give the scores and one scatter
+    # give both the sums and the counts.
+    x_aug = torch.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
+    data = x_aug[..., :d]
+    data.copy_(x3)
+    x_aug[..., d] = 1.0
     if metric == "cosine":
-        data = torch.nn.functional.normalize(x3, dim=-1)
+        norms = torch.linalg.vector_norm(data, dim=-1, keepdim=True)
+        data.div_(norms.clamp_min_(1e-12))
         offset = torch.zeros((x3.shape[0], 1, d), dtype=dtype, device=x.device)
         x_sq = None
         # mean feature variance = E|x|^2 / d - mean_j(E[x_j]^2)
         column_means = data.mean(dim=1)
         mean_variance = squared_norms(data).sum(-1) / (n * d) - column_means.square().mean(-1)
     else:
-        offset = x3.mean(dim=1, keepdim=True)
-        data = x3 - offset if copy and not converted else x3.sub_(offset)
+        offset = data.mean(dim=1, keepdim=True)
+        data.sub_(offset)
         x_sq = squared_norms(data)
         # Centred data: the mean feature variance is the mean squared norm / d.
         # (No x-sized temporary, unlike data.var().)
@@ -96,52 +109,88 @@ def prepare(
     weights = None
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
-    return Prepared(data, x_sq, weights, offset, mean_variance, metric, batched)
+    return Prepared(data, x_aug, x_sq, weights, offset, mean_variance, metric, batched)
 
 
 def _assign_pass(
     prep: Prepared,
     centroids: torch.Tensor,
     labels: torch.Tensor,
-    distances: torch.Tensor,
-    sums: torch.Tensor | None,
-    counts: torch.Tensor | None,
     rows: int,
-    exact: bool = False,
-) -> None:
-    """One pass over the rows: labels and distances, and (optionally) sums and counts.
+    *,
+    totals: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
+    distances: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One pass over the rows in blocks: labels, and optionally totals and distances.
 
-    ``exact`` recomputes each chosen distance from differences (final pass).
+    Returns the weighted sum of the minimum scores per problem ``(b,)``
+    (float64); adding :func:`_score_offset` gives the inertia of the
+    assignment. ``previous`` labels warm-start the search (CPU). ``totals``
+    ``(b, k, d+1)`` receive the weighted sums and weights of the clusters;
+    ``distances`` each point's exact distance to its centroid.
     """
-    x3, x_sq, weights = prep.x, prep.x_sq, prep.weights
-    c_sq = (centroids * centroids).sum(-1) if x_sq is not None else None
-    n = x3.shape[1]
+    x_aug, weights = prep.x_aug, prep.weights
+    augmented = augmented_centroids(centroids, prep.metric)
+    acc = _accumulation_dtype(x_aug.device)
+    total = torch.zeros(centroids.shape[0], dtype=acc, device=x_aug.device)
+    n = x_aug.shape[1]
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        xb = x3[:, start:stop]
-        values, block_labels = min_scores(xb, centroids, c_sq)
+        xb = x_aug[:, start:stop]
+        block_weights = weights[:, start:stop] if weights is not None else None
+        values, block_labels = argmin_rows(
+            augmented_scores(xb, augmented),
+            previous[:, start:stop] if previous is not None else None,
+        )
         labels[:, start:stop] = block_labels
-        if exact:
-            distances[:, start:stop] = exact_distances(xb, centroids, block_labels, x_sq is None)
+        if block_weights is None:
+            total += values.sum(-1, dtype=acc)
         else:
-            distances[:, start:stop] = finish_distances(
-                values, x_sq[:, start:stop] if x_sq is not None else None
+            total += (values * block_weights).sum(-1, dtype=acc)
+        if distances is not None:
+            distances[:, start:stop] = exact_distances(
+                prep.x[:, start:stop], centroids, block_labels, prep.metric == "cosine"
             )
-        if sums is not None and counts is not None:
-            accumulate(
-                sums,
-                counts,
-                xb,
-                block_labels,
-                weights[:, start:stop] if weights is not None else None,
-            )
+        if totals is not None:
+            accumulate(totals, xb, block_labels, block_weights)
+    return total
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    return torch.float64 if device.type != "mps" else torch.float32
+
+
+def _score_offset(prep: Prepared) -> torch.Tensor:
+    """What turns summed minimum scores into inertia: the weighted sum of |x|^2
+    (euclidean; scores are |c|^2 - 2x.c) or of 1 (cosine; scores are -x.c)."""
+    acc = _accumulation_dtype(prep.x.device)
+    base = prep.x_sq if prep.x_sq is not None else torch.ones_like(prep.x[..., 0])
+    if prep.weights is None:
+        return base.sum(-1, dtype=acc)
+    return (base * prep.weights).sum(-1, dtype=acc)
 
 
 def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    acc = torch.float64 if distances.device.type != "mps" else torch.float32
+    acc = _accumulation_dtype(distances.device)
     if weights is None:
         return distances.sum(-1, dtype=acc)
     return (distances.to(acc) * weights.to(acc)).sum(-1)
+
+
+def _point_distances(
+    prep: Prepared, centroids: torch.Tensor, labels: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """Exact distance of every point to its labelled centroid, ``(b, n)``."""
+    x3 = prep.x
+    n = x3.shape[1]
+    out = torch.empty(labels.shape, dtype=x3.dtype, device=x3.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        out[:, start:stop] = exact_distances(
+            x3[:, start:stop], centroids, labels[:, start:stop], prep.x_sq is None
+        )
+    return out
 
 
 def run_lloyd(
@@ -173,23 +222,48 @@ def run_lloyd(
 
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     previous_labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
-    distances = torch.empty((b, n), dtype=dtype, device=device)
-    sums = torch.empty((b, k, d), dtype=dtype, device=device)
-    counts = torch.empty((b, k), dtype=dtype, device=device)
+    totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
+    sums, counts = totals[..., :d], totals[..., d]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n_iter = torch.zeros(b, dtype=torch.int64, device=device)
     history = torch.full((b, max_iter), float("nan"), dtype=torch.float64, device=device)
-    # On the CPU a host check is free, so relocation is skipped when nothing is empty.
-    lazy_relocation = device.type == "cpu"
+    offset = _score_offset(prep)
+    # On the CPU a host-side check costs nothing, while each extra small op
+    # costs microseconds: there, point distances are computed only when a
+    # cluster is empty (for relocation), and a single problem keeps its
+    # bookkeeping in Python scalars. On a GPU everything stays on the device.
+    on_cpu = device.type == "cpu"
+    single = on_cpu and b == 1
+    tol_value = float(tol_abs.max()) if single else 0.0
+    distances = None if on_cpu else torch.empty((b, n), dtype=dtype, device=device)
 
     for iteration in range(max_iter):
-        sums.zero_()
-        counts.zero_()
-        _assign_pass(prep, centroids, labels, distances, sums, counts, rows)
-        history[:, iteration] = _weighted_total(distances, prep.weights)
-        if not lazy_relocation or bool((counts <= 0).any()):
-            relocate_empty_clusters(sums, counts, x3, prep.weights, labels, distances)
+        totals.zero_()
+        total = _assign_pass(
+            prep,
+            centroids,
+            labels,
+            rows,
+            totals=totals,
+            previous=previous_labels if iteration > 0 else None,
+            distances=distances,
+        )
+        history[:, iteration] = total + offset
+        if not on_cpu:
+            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances)
+        elif bool((counts <= 0).any()):
+            point_distances = _point_distances(prep, centroids, labels, rows)
+            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, point_distances)
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
+        if single:
+            n_iter += 1
+            strict = torch.equal(labels, previous_labels)
+            shift = float((updated - centroids).square_().sum())
+            centroids = updated
+            labels, previous_labels = previous_labels, labels
+            if strict or shift <= tol_value:
+                break
+            continue
         shift = (updated - centroids).square_().sum((-1, -2))
         unchanged = (labels == previous_labels).all(-1)
         converged = unchanged | (shift <= tol_abs)
@@ -202,9 +276,11 @@ def run_lloyd(
             break
 
     # The last assignment used the centroids before the last update; one more
-    # pass makes the labels (and inertia) those of the returned centroids.
-    _assign_pass(prep, centroids, labels, distances, None, None, rows, exact=True)
-    inertia = _weighted_total(distances, prep.weights)
+    # pass makes the labels (and inertia) those of the returned centroids, with
+    # distances computed exactly from differences.
+    final_distances = torch.empty((b, n), dtype=dtype, device=device)
+    _assign_pass(prep, centroids, labels, rows, previous=previous_labels, distances=final_distances)
+    inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 
 

@@ -1,16 +1,39 @@
 """Centroid updates: scatter sums and counts, division, empty clusters.
 
-Sums and counts are accumulated with ``index_add_`` into flat ``(b*k, d)`` and
-``(b*k,)`` buffers, so a batch of b problems is one scatter. Empty clusters
-are reseeded without a host-side branch (``torch.where``) from the points
-farthest from their centroids, following scikit-learn's rule.
+The Lloyd loop keeps the data with an extra column of ones, ``[x | 1]``, so a
+single ``index_add_`` of weighted rows into ``(b*k, d+1)`` "totals" gives each
+cluster's weighted sum (first d columns) and total weight (last column) at
+once, for a whole batch of b problems. Empty clusters are reseeded without a
+host-side branch (``torch.where``) from the points farthest from their
+centroids, following scikit-learn's rule.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["accumulate", "centroids_from_sums", "relocate_empty_clusters", "scatter_sums"]
+__all__ = [
+    "accumulate",
+    "centroids_from_sums",
+    "relocate_empty_clusters",
+    "scatter_sums",
+    "with_ones_column",
+]
+
+
+def with_ones_column(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[x | 1]``: a copy of ``x`` with a trailing column of ones.
+
+    Examples
+    --------
+    >>> with_ones_column(torch.tensor([[2.0], [3.0]]))
+    tensor([[2., 1.],
+            [3., 1.]])
+    """
+    out = torch.empty((*x.shape[:-1], x.shape[-1] + 1), dtype=dtype or x.dtype, device=x.device)
+    out[..., :-1] = x
+    out[..., -1] = 1.0
+    return out
 
 
 def _flat_labels(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -23,33 +46,26 @@ def _flat_labels(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
 
 
 def accumulate(
-    sums: torch.Tensor,
-    counts: torch.Tensor,
+    totals: torch.Tensor,
     xb: torch.Tensor,
     labels: torch.Tensor,
     weights: torch.Tensor | None,
 ) -> None:
-    """Add one block of rows into per-cluster sums and counts, in place.
+    """Add one block of ``[x | 1]`` rows into per-cluster totals, in place.
 
-    ``sums`` is ``(b, k, d)``, ``counts`` ``(b, k)`` (both contiguous);
-    ``xb`` is ``(bx, m, d)`` with bx in {1, b}; ``labels`` ``(b, m)``;
-    ``weights`` ``(bw, m)`` with bw in {1, b}, or None.
+    ``totals`` is ``(b, k, d+1)`` and contiguous; ``xb`` ``(bx, m, d+1)``
+    (last column ones) with bx in {1, b}; ``labels`` ``(b, m)``; ``weights``
+    ``(bw, m)`` with bw in {1, b}, or None. Afterwards ``totals[..., :d]``
+    holds the weighted sums and ``totals[..., d]`` the weights.
     """
-    b, k, d = sums.shape
+    b, k, width = totals.shape
     m = labels.shape[1]
-    flat = _flat_labels(labels, k)
-    if xb.dtype != sums.dtype:
-        xb = xb.to(sums.dtype)
-    if weights is None:
-        source = xb if xb.shape[0] == b else xb.expand(b, m, d)
-        sums.view(b * k, d).index_add_(0, flat, source.reshape(b * m, d))
-        ones = torch.ones((), dtype=counts.dtype, device=counts.device).expand(b * m)
-        counts.view(b * k).index_add_(0, flat, ones)
-        return
-    weights = weights.to(sums.dtype)
-    source = (xb * weights.unsqueeze(-1)).expand(b, m, d)
-    sums.view(b * k, d).index_add_(0, flat, source.reshape(b * m, d))
-    counts.view(b * k).index_add_(0, flat, weights.expand(b, m).reshape(b * m))
+    if xb.dtype != totals.dtype:
+        xb = xb.to(totals.dtype)
+    if weights is not None:
+        xb = xb * weights.to(totals.dtype).unsqueeze(-1)
+    source = xb if xb.shape[0] == b else xb.expand(b, m, width)
+    totals.view(b * k, width).index_add_(0, _flat_labels(labels, k), source.reshape(b * m, width))
 
 
 def scatter_sums(
@@ -92,19 +108,18 @@ def scatter_sums(
     labels2 = labels if labels.ndim == 2 else labels.unsqueeze(0)
     if dtype is None:
         dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    b = labels2.shape[0]
-    sums = torch.zeros((b, n_clusters, x3.shape[-1]), dtype=dtype, device=x.device)
-    counts = torch.zeros((b, n_clusters), dtype=dtype, device=x.device)
+    b, d = labels2.shape[0], x3.shape[-1]
+    totals = torch.zeros((b, n_clusters, d + 1), dtype=dtype, device=x.device)
     weights = None
     if sample_weight is not None:
         weights = sample_weight if sample_weight.ndim == 2 else sample_weight.unsqueeze(0)
-    accumulate(sums, counts, x3, labels2, weights)
+    accumulate(totals, with_ones_column(x3, dtype), labels2, weights)
+    sums, counts = totals[..., :d].contiguous(), totals[..., d].contiguous()
     return (sums, counts) if batched else (sums[0], counts[0])
 
 
 def relocate_empty_clusters(
-    sums: torch.Tensor,
-    counts: torch.Tensor,
+    totals: torch.Tensor,
     x3: torch.Tensor,
     weights: torch.Tensor | None,
     labels: torch.Tensor,
@@ -114,34 +129,30 @@ def relocate_empty_clusters(
 
     The j-th empty cluster of a problem takes the j-th farthest point (by
     ``distances``, the distance of each point to its own centroid); the point
-    moves out of its old cluster's sum and count, as in scikit-learn. Works
+    moves out of its old cluster's sum and weight, as in scikit-learn. Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
-    ``sums`` ``(b, k, d)``, ``counts`` ``(b, k)``, ``x3`` ``(bx, n, d)``,
-    ``weights`` ``(bw, n)`` or None, ``labels`` and ``distances`` ``(b, n)``.
+    ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
+    ``(bx, n, d+1)`` rows ``[x | 1]``; ``weights`` ``(bw, n)`` or None;
+    ``labels`` and ``distances`` ``(b, n)``.
     """
-    b, k, d = sums.shape
+    b, k, width = totals.shape
     n = labels.shape[1]
-    empty = counts <= 0
+    empty = totals[..., -1] <= 0
     rank = empty.long().cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
     farthest = distances.topk(min(k, n), dim=-1, sorted=True).indices
     picked = farthest.gather(-1, rank)  # (b, k) point index per cluster slot
     if x3.shape[0] == 1:
-        points = x3[0][picked]  # (b, k, d)
+        moved = x3[0][picked]  # (b, k, d+1)
     else:
-        points = x3.gather(1, picked.unsqueeze(-1).expand(b, k, d))
-    points = points.to(sums.dtype)
-    if weights is None:
-        point_weights = torch.ones((b, k), dtype=sums.dtype, device=sums.device)
-    else:
-        point_weights = weights.expand(b, n).gather(-1, picked).to(sums.dtype)
-    moved = points * point_weights.unsqueeze(-1)
-    mask = empty.to(sums.dtype)
+        moved = x3.gather(1, picked.unsqueeze(-1).expand(b, k, width))
+    moved = moved.to(totals.dtype)
+    if weights is not None:
+        moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
     old = _flat_labels(labels.gather(-1, picked), k)
-    sums.view(b * k, d).index_add_(0, old, (moved * mask.unsqueeze(-1)).neg_().reshape(b * k, d))
-    counts.view(b * k).index_add_(0, old, (point_weights * mask).neg_().reshape(b * k))
-    sums.copy_(torch.where(empty.unsqueeze(-1), moved, sums))
-    counts.copy_(torch.where(empty, point_weights, counts))
+    taken = (moved * empty.unsqueeze(-1).to(totals.dtype)).neg_()
+    totals.view(b * k, width).index_add_(0, old, taken.reshape(b * k, width))
+    totals.copy_(torch.where(empty.unsqueeze(-1), moved, totals))
 
 
 def centroids_from_sums(
@@ -164,6 +175,12 @@ def centroids_from_sums(
     tensor([[2., 1.],
             [7., 7.]])
     """
+    if counts.device.type == "cpu" and bool((counts > 0).all()):
+        # Nothing to guard (a host check is free on the CPU): plain division.
+        means = sums / counts.unsqueeze(-1)
+        if metric == "cosine":
+            means = torch.nn.functional.normalize(means, dim=-1)
+        return means.to(previous.dtype)
     filled = counts > 0
     means = sums / torch.where(filled, counts, torch.ones_like(counts)).unsqueeze(-1)
     if metric == "cosine":
