@@ -197,9 +197,9 @@ _WARM_START_MIN_ELEMENTS = 1 << 15
 def argmin_rows(
     scores: torch.Tensor, previous: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum and its index over the last dimension of ``scores`` ``(b, m, k)``.
+    """Minimum and its index over the last dimension of ``scores`` ``(..., k)``.
 
-    ``previous`` ``(b, m)``, the labels of the same rows against earlier
+    ``previous`` ``(...)``, the labels of the same rows against earlier
     centroids, warm-starts the search on the CPU: there a row minimum without
     indices (``amin``) is several times faster than ``min`` with indices, and
     in Lloyd most rows keep their label. A row keeps its label when that
@@ -211,10 +211,10 @@ def argmin_rows(
     if previous is None or scores.device.type != "cpu" or scores.numel() < _WARM_START_MIN_ELEMENTS:
         return scores.min(dim=-1)
     values = scores.amin(dim=-1)
-    b, m, k = scores.shape
+    k = scores.shape[-1]
     if scores.is_contiguous():
         # take() on flat offsets is several times faster than gather() here.
-        rows = torch.arange(0, b * m * k, k, device=scores.device).view(b, m)
+        rows = torch.arange(0, scores.numel(), k, device=scores.device).view(previous.shape)
         kept = scores.view(-1).take(rows.add_(previous))
     else:
         kept = scores.gather(-1, previous.unsqueeze(-1)).squeeze(-1)
@@ -235,8 +235,11 @@ def exact_distances(
     reported distances and inertia are as exact as ``sum((x - c)**2)``.
     ``xb`` ``(bx, m, d)``, ``centroids`` ``(b, k, d)``, ``labels`` ``(b, m)``.
     """
-    b, _, d = centroids.shape
-    chosen = centroids.gather(1, labels.unsqueeze(-1).expand(b, labels.shape[1], d))
+    b, k, d = centroids.shape
+    m = labels.shape[1]
+    flat = labels if b == 1 else labels + torch.arange(0, b * k, k, device=labels.device)[:, None]
+    # index_select of whole rows is many times faster than gather() here.
+    chosen = centroids.reshape(b * k, d).index_select(0, flat.reshape(-1)).view(b, m, d)
     if cosine:
         return (xb * chosen).sum(-1).neg_().add_(1.0).clamp_(0.0, 2.0)
     difference = xb - chosen

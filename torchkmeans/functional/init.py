@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .distances import block_rows, squared_norms
+from .distances import DEFAULT_MEMORY_BUDGET, block_rows, squared_norms
 
 __all__ = ["kmeans_plusplus", "random_init"]
 
@@ -60,6 +60,64 @@ def _distances_to(
             block = block.add_(x_sq[:, start:stop].unsqueeze(-1)).clamp_min_(0.0)
         blocks.append(block)
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+def _kmeans_plusplus_single(
+    x: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    w: torch.Tensor | None,
+    k: int,
+    trials: int,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+    acc: torch.dtype,
+) -> torch.Tensor:
+    """k-means++ indices for one problem on the CPU, bookkeeping in Python ints.
+
+    The same draws and arithmetic as the batched loop in :func:`kmeans_plusplus`;
+    on the CPU a host-side scalar costs nothing and small tensor ops cost
+    microseconds each, which dominate small problems.
+    """
+    n = x.shape[0]
+    x3 = x.unsqueeze(0)
+    x_sq3 = None if x_sq is None else x_sq.unsqueeze(0)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+
+    def distances_to(points: torch.Tensor) -> torch.Tensor:
+        """``(n, m)`` distances to ``points`` ``(m, d)``; one expression when it fits."""
+        if n * points.shape[0] * x.element_size() > budget:
+            return _distances_to(x3, x_sq3, points.unsqueeze(0), memory_budget)[0]
+        if x_sq is None:
+            return torch.mm(x, points.T).neg_().add_(1.0).clamp_(0.0, 2.0)
+        p_sq = (points * points).sum(-1)
+        return torch.addmm(p_sq, x, points.T, alpha=-2.0).add_(x_sq[:, None]).clamp_min_(0.0)
+
+    weight = None if w is None else w[0]
+    draw = torch.rand((1, 1), generator=generator, dtype=acc)
+    if weight is None:
+        first = min(int(draw * n), n - 1)
+    else:
+        cumulative = weight.cumsum(0, dtype=acc)
+        first = int(_sample_from_cumulative(cumulative, draw[0] * cumulative[-1]))
+    chosen = [first]
+    closest = distances_to(x[first].view(1, -1))[:, 0]
+    weighted = closest if weight is None else closest * weight
+    potential = weighted.sum(dtype=acc)
+    for _ in range(1, k):
+        draws = torch.rand((1, trials), generator=generator, dtype=acc)[0]
+        candidates = _sample_from_cumulative(weighted.cumsum(0, dtype=acc), draws.mul_(potential))
+        to_candidates = distances_to(x[candidates])
+        torch.minimum(to_candidates, closest.unsqueeze(-1), out=to_candidates)
+        if weight is not None:
+            candidate_potential = (to_candidates * weight.unsqueeze(-1)).sum(0, dtype=acc)
+        else:
+            candidate_potential = to_candidates.sum(0, dtype=acc)
+        best = int(candidate_potential.argmin())
+        potential = candidate_potential[best]
+        closest = to_candidates[:, best]
+        weighted = closest if weight is None else closest * weight
+        chosen.append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64)
 
 
 def kmeans_plusplus(
@@ -140,6 +198,13 @@ def kmeans_plusplus(
         if w is None:
             return values
         return values * (w if values.ndim == 2 else w.unsqueeze(-1))
+
+    if b == 1 and x.device.type == "cpu":
+        index = _kmeans_plusplus_single(
+            x3[0], None if x_sq is None else x_sq[0], w, k, trials, generator, memory_budget, acc
+        )
+        centroids = x3[0][index]
+        return (centroids, index) if not batched else (centroids[None], index[None])
 
     indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
     draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)

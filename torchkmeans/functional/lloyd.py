@@ -193,6 +193,70 @@ def _point_distances(
     return out
 
 
+def _run_lloyd_small(
+    prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float, rows: int
+) -> KMeansResult:
+    """:func:`run_lloyd` for one problem whose rows fit in one block, on the CPU.
+
+    Small fits are bound by the fixed cost of each tensor op, not by
+    arithmetic: this loop uses the same kernels as the general one with about
+    half the ops per iteration (no block loop, no batch bookkeeping,
+    convergence decided with Python scalars).
+    """
+    x_aug, x = prep.x_aug[0], prep.x[0]
+    weights = prep.weights
+    source = x_aug if weights is None else x_aug * weights[0].unsqueeze(-1)
+    k, d = centroids.shape[1], centroids.shape[2]
+    centroid = centroids[0]
+    previous: torch.Tensor | None = None
+    offset = float(_score_offset(prep)[0])
+    history: list[float] = []
+    for _ in range(max_iter):
+        scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
+        values, labels = argmin_rows(scores, previous)
+        if weights is None:
+            history.append(float(values.sum(dtype=torch.float64)) + offset)
+        else:
+            history.append(float((values * weights[0]).sum(dtype=torch.float64)) + offset)
+        totals = torch.zeros((k, d + 1), dtype=x.dtype).index_add_(0, labels, source)
+        if float(totals[:, d].amin()) > 0:
+            updated = totals[:, :d] / totals[:, d:]
+            if prep.metric == "cosine":
+                updated = torch.nn.functional.normalize(updated, dim=-1)
+        else:
+            distances = _point_distances(prep, centroids[:1], labels.unsqueeze(0), rows)
+            relocate_empty_clusters(
+                totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
+            )
+            updated = centroids_from_sums(totals[:, :d], totals[:, d], centroid, metric=prep.metric)
+        strict = previous is not None and torch.equal(labels, previous)
+        # scikit-learn also measures the shift through a norm, then squares it.
+        shift = float(torch.dist(updated, centroid)) ** 2
+        centroid, previous = updated, labels
+        if strict or shift <= tol_abs:
+            break
+    n_iter = len(history)
+    final_centroids = centroid.unsqueeze(0)
+    final_labels = torch.empty((1, x.shape[0]), dtype=torch.int64)
+    final_distances = torch.empty((1, x.shape[0]), dtype=x.dtype)
+    _assign_pass(
+        prep,
+        final_centroids,
+        final_labels,
+        rows,
+        previous=None if previous is None else previous.unsqueeze(0),
+        distances=final_distances,
+    )
+    padded = history + [float("nan")] * (max_iter - n_iter)
+    return KMeansResult(
+        final_centroids,
+        final_labels,
+        _weighted_total(final_distances, weights),
+        torch.tensor([n_iter]),
+        torch.tensor([padded], dtype=torch.float64),
+    )
+
+
 def run_lloyd(
     prep: Prepared,
     centroids: torch.Tensor,
@@ -201,6 +265,7 @@ def run_lloyd(
     tol: float = 1e-4,
     memory_budget: int | None = None,
     check_every: int | None = None,
+    small_path: bool = True,
 ) -> KMeansResult:
     """Lloyd iterations on prepared data from centroids ``(b, k, d)`` in prepared space.
 
@@ -220,6 +285,10 @@ def run_lloyd(
         n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
     )
 
+    if device.type == "cpu" and b == 1 and rows >= n and small_path:
+        return _run_lloyd_small(
+            prep, centroids, max_iter=max_iter, tol_abs=float(tol_abs.max()), rows=rows
+        )
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     previous_labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
