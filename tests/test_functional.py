@@ -204,3 +204,20 @@ def test_kmeans_rejects_bad_arguments():
         kmeans(x, 2, metric="manhattan")
     with pytest.raises(ValueError, match=r"Expected init to be of shape \(2, 2\)"):
         kmeans(x, 2, init=torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_padded_problems_with_a_cluster_mask_equal_separate_runs(metric):
+    x = torch.tensor(blobs(n=600, d=3, k=6, seed=11))
+    ks = [1, 2, 4, 6]
+    start = x[torch.randperm(600, generator=torch.Generator().manual_seed(0))[:6]].clone()
+    padded = start.expand(len(ks), 6, 3).clone()
+    mask = torch.arange(6) < torch.tensor(ks)[:, None]
+    swept = lloyd(x, padded, cluster_mask=mask, metric=metric)
+    for i, k in enumerate(ks):
+        alone = lloyd(x, start[:k], metric=metric)
+        torch.testing.assert_close(swept.centroids[i, :k], alone.centroids)
+        assert torch.equal(swept.labels[i], alone.labels)
+        assert int(swept.n_iter[i]) == int(alone.n_iter)
+        torch.testing.assert_close(swept.inertia[i], alone.inertia)
+        assert int(swept.labels[i].max()) < k

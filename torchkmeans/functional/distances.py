@@ -160,12 +160,16 @@ def partial_scores(
     return torch.baddbmm(c_sq.unsqueeze(1), xb, centroids.transpose(1, 2), alpha=-2.0)
 
 
-def augmented_centroids(centroids: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+def augmented_centroids(
+    centroids: torch.Tensor, metric: str = "euclidean", active: torch.Tensor | None = None
+) -> torch.Tensor:
     """Centroids ``(b, k, d)`` as ``(b, k, d+1)`` rows scoring ``[x | 1]`` in one product.
 
     ``[x | 1] . [-2c | |c|^2] = |c|^2 - 2 x.c`` (euclidean) and
     ``[x | 1] . [-c | 0] = -x.c`` (cosine): the matrix product then yields the
-    scores directly, with no separate pass to add the norms.
+    scores directly, with no separate pass to add the norms. Centroids where
+    ``active`` ``(b, k)`` is False get the largest float there, so no row picks them
+    (problems with fewer clusters padded to a common k).
 
     Examples
     --------
@@ -173,8 +177,16 @@ def augmented_centroids(centroids: torch.Tensor, metric: str = "euclidean") -> t
     tensor([[[-2., -4.,  5.]]])
     """
     if metric == "cosine":
-        return torch.cat([-centroids, torch.zeros_like(centroids[..., :1])], dim=-1)
-    return torch.cat([centroids * -2.0, squared_norms(centroids).unsqueeze(-1)], dim=-1)
+        last = torch.zeros_like(centroids[..., :1])
+        scaled = -centroids
+    else:
+        last = squared_norms(centroids).unsqueeze(-1)
+        scaled = centroids * -2.0
+    if active is not None:
+        # The largest finite value, not inf: a BLAS kernel multiplying padded
+        # zeros by inf would produce NaN.
+        last = last.masked_fill(~active.unsqueeze(-1), torch.finfo(last.dtype).max)
+    return torch.cat([scaled, last], dim=-1)
 
 
 def augmented_scores(xb: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:

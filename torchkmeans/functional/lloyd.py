@@ -121,6 +121,7 @@ def _assign_pass(
     totals: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     distances: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One pass over the rows in blocks: labels, and optionally totals and distances.
 
@@ -131,7 +132,7 @@ def _assign_pass(
     ``distances`` each point's exact distance to its centroid.
     """
     x_aug, weights = prep.x_aug, prep.weights
-    augmented = augmented_centroids(centroids, prep.metric)
+    augmented = augmented_centroids(centroids, prep.metric, active)
     acc = _accumulation_dtype(x_aug.device)
     total = torch.zeros(centroids.shape[0], dtype=acc, device=x_aug.device)
     n = x_aug.shape[1]
@@ -266,11 +267,14 @@ def run_lloyd(
     memory_budget: int | None = None,
     check_every: int | None = None,
     small_path: bool = True,
+    active: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd iterations on prepared data from centroids ``(b, k, d)`` in prepared space.
 
     Returns batched results ``(b, ...)`` with centroids still in prepared
-    space; :func:`lloyd` and :func:`kmeans` add the offset back.
+    space; :func:`lloyd` and :func:`kmeans` add the offset back. ``active``
+    ``(b, k)`` bool runs problems with fewer clusters than k in one batch:
+    inactive centroids are never assigned, reseeded or moved.
     """
     x3 = prep.x
     b, k, d = centroids.shape
@@ -285,7 +289,7 @@ def run_lloyd(
         n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
     )
 
-    if device.type == "cpu" and b == 1 and rows >= n and small_path:
+    if device.type == "cpu" and b == 1 and rows >= n and small_path and active is None:
         return _run_lloyd_small(
             prep, centroids, max_iter=max_iter, tol_abs=float(tol_abs.max()), rows=rows
         )
@@ -316,13 +320,16 @@ def run_lloyd(
             totals=totals,
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
+            active=active,
         )
         history[:, iteration] = total + offset
         if not on_cpu:
-            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances)
-        elif bool((counts <= 0).any()):
+            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances, active)
+        elif bool((((counts <= 0) & active) if active is not None else (counts <= 0)).any()):
             point_distances = _point_distances(prep, centroids, labels, rows)
-            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, point_distances)
+            relocate_empty_clusters(
+                totals, prep.x_aug, prep.weights, labels, point_distances, active
+            )
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
@@ -336,9 +343,9 @@ def run_lloyd(
         shift = (updated - centroids).square_().sum((-1, -2))
         unchanged = (labels == previous_labels).all(-1)
         converged = unchanged | (shift <= tol_abs)
-        active = ~done
-        n_iter += active
-        centroids = torch.where(active.view(b, 1, 1), updated, centroids)
+        running = ~done
+        n_iter += running
+        centroids = torch.where(running.view(b, 1, 1), updated, centroids)
         done |= converged
         labels, previous_labels = previous_labels, labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
@@ -348,7 +355,15 @@ def run_lloyd(
     # pass makes the labels (and inertia) those of the returned centroids, with
     # distances computed exactly from differences.
     final_distances = torch.empty((b, n), dtype=dtype, device=device)
-    _assign_pass(prep, centroids, labels, rows, previous=previous_labels, distances=final_distances)
+    _assign_pass(
+        prep,
+        centroids,
+        labels,
+        rows,
+        previous=previous_labels,
+        distances=final_distances,
+        active=active,
+    )
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 
@@ -425,6 +440,7 @@ def lloyd(
     metric: str = "euclidean",
     memory_budget: int | None = None,
     check_every: int | None = None,
+    cluster_mask: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd's algorithm from given initial centroids.
 
@@ -451,6 +467,10 @@ def lloyd(
         Bytes the distance block may take (default 256 MiB; smaller on CPU).
     check_every : int, optional
         Iterations between host-side convergence checks (1 on CPU, 10 on CUDA).
+    cluster_mask : Tensor, optional
+        ``(b, k)`` bool: problems with fewer clusters padded to a common k
+        (for example a sweep over k). Masked centroids are never assigned,
+        reseeded or moved; their rows in the result are the initial ones.
 
     Returns
     -------
@@ -467,8 +487,19 @@ def lloyd(
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
     b = max(c3.shape[0], prep.x.shape[0])
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
+    active = None
+    if cluster_mask is not None:
+        active = cluster_mask.to(device=prep.x.device, dtype=torch.bool).expand(b, c3.shape[1])
+        if not bool(active.any(-1).all()):
+            raise ValueError("Expected cluster_mask to keep at least one cluster per problem.")
     result = run_lloyd(
-        prep, init, max_iter=max_iter, tol=tol, memory_budget=memory_budget, check_every=check_every
+        prep,
+        init,
+        max_iter=max_iter,
+        tol=tol,
+        memory_budget=memory_budget,
+        check_every=check_every,
+        active=active,
     )
     return _finish(result, prep, x.dtype, batched=x.ndim == 3 or centroids.ndim == 3)
 

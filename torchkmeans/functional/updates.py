@@ -124,6 +124,7 @@ def relocate_empty_clusters(
     weights: torch.Tensor | None,
     labels: torch.Tensor,
     distances: torch.Tensor,
+    active: torch.Tensor | None = None,
 ) -> None:
     """Reseed empty clusters from the points farthest from their centroids, in place.
 
@@ -134,11 +135,14 @@ def relocate_empty_clusters(
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
     ``(bx, n, d+1)`` rows ``[x | 1]``; ``weights`` ``(bw, n)`` or None;
-    ``labels`` and ``distances`` ``(b, n)``.
+    ``labels`` and ``distances`` ``(b, n)``; ``active`` ``(b, k)`` marks the
+    clusters that exist (padding clusters stay empty).
     """
     b, k, width = totals.shape
     n = labels.shape[1]
     empty = totals[..., -1] <= 0
+    if active is not None:
+        empty &= active
     rank = empty.long().cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
     farthest = distances.topk(min(k, n), dim=-1, sorted=True).indices
     picked = farthest.gather(-1, rank)  # (b, k) point index per cluster slot
