@@ -221,3 +221,30 @@ def test_padded_problems_with_a_cluster_mask_equal_separate_runs(metric):
         assert int(swept.n_iter[i]) == int(alone.n_iter)
         torch.testing.assert_close(swept.inertia[i], alone.inertia)
         assert int(swept.labels[i].max()) < k
+
+
+@pytest.mark.parametrize(
+    ("metric", "weighted", "far_start"),
+    [
+        ("euclidean", False, False),
+        ("euclidean", True, False),
+        ("cosine", False, False),
+        ("euclidean", False, True),
+    ],
+)
+def test_small_problem_loop_equals_the_general_loop(metric, weighted, far_start):
+    from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+    x = torch.tensor(blobs(n=300, d=3, k=5, seed=4))
+    w = torch.rand(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    prep = prepare(x, sample_weight=w if weighted else None, metric=metric)
+    start = prep.x[:, :5].clone()
+    if far_start:  # clusters start empty: exercises relocation in both loops
+        start[0, 3:] += 1e3
+    small = run_lloyd(prep, start)
+    general = run_lloyd(prep, start, small_path=False)
+    torch.testing.assert_close(small.centroids, general.centroids)
+    assert torch.equal(small.labels, general.labels)
+    assert torch.equal(small.n_iter, general.n_iter)
+    torch.testing.assert_close(small.inertia, general.inertia)
+    torch.testing.assert_close(small.inertia_history, general.inertia_history, equal_nan=True)
