@@ -15,12 +15,15 @@ from . import functional
 from .exceptions import ConvergenceWarning, NotFittedError
 from .functional import KMeansResult, kmeans, lloyd, nearest_centroids
 from .kmeans import KMeans
+from .quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = [
     "ConvergenceWarning",
     "KMeans",
     "KMeansResult",
     "NotFittedError",
+    "QuantizerOutput",
+    "VectorQuantizer",
     "__version__",
     "functional",
     "kmeans",

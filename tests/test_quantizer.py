@@ -1,0 +1,581 @@
+"""VectorQuantizer: straight-through gradient, EMA updates, dead codes, heads,
+state, half precision, torch.compile and two gloo ranks.
+
+Run as a script (``python tests/test_quantizer.py gloo PORT OUTDIR``) this file
+is also the two-process worker of the distributed test.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from torchkmeans.quantizer import QuantizerOutput, VectorQuantizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The tensors here are tiny: on a shared machine, waking a second thread
+    # for each of them costs milliseconds per op.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make(num_codes: int, dim: int, codebook: list, counts: list, **kwargs: Any) -> VectorQuantizer:
+    """A quantizer (one head) with the given codes and EMA counts, already initialised."""
+    vq = VectorQuantizer(num_codes, dim, kmeans_init=False, **kwargs)
+    book = torch.tensor(codebook, dtype=torch.float32).reshape(1, num_codes, dim)
+    weight = torch.tensor(counts, dtype=torch.float32).reshape(1, num_codes)
+    vq.codebook.copy_(book)
+    vq.ema_counts.copy_(weight)
+    vq.ema_sums.copy_(book * weight.unsqueeze(-1))
+    return vq
+
+
+# ----------------------------------------------------------------- gradients
+
+
+def test_gradient_reaches_the_encoder_through_the_straight_through_estimator():
+    torch.manual_seed(0)
+    encoder = nn.Linear(5, 3)
+    vq = VectorQuantizer(8, 3)
+    x = torch.randn(40, 5)
+    z = encoder(x)
+    z.retain_grad()
+    vq(z.detach())  # the k-means initialisation
+    before = vq.codebook.clone()
+    quantized, codes, _ = vq(z)
+    # The forward value is exactly the code chosen before this step's update.
+    assert torch.equal(quantized, before[0][codes])
+    (quantized.square()).sum().backward()
+    # Identity Jacobian from quantized to z: dL/dz = 2 q, and on to the weights.
+    torch.testing.assert_close(z.grad, 2 * quantized.detach())
+    torch.testing.assert_close(encoder.weight.grad, (2 * quantized.detach()).T @ x)
+    assert float(encoder.weight.grad.abs().sum()) > 0
+
+
+def test_commitment_loss_pulls_x_towards_its_code_and_nothing_trains_the_codebook():
+    vq = make(2, 1, [[0.0], [10.0]], [1.0, 1.0], commitment_weight=0.5)
+    x = torch.tensor([[1.0], [9.0], [4.0]], requires_grad=True)
+    _, _, loss = vq(x)
+    q = torch.tensor([[0.0], [10.0], [0.0]])
+    torch.testing.assert_close(loss, 0.5 * ((x.detach() - q) ** 2).mean())
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * 0.5 * (x.detach() - q) / 3)
+    assert list(vq.parameters()) == []
+    assert not any(b.requires_grad for b in vq.buffers())
+
+
+# ---------------------------------------------------------------- EMA update
+
+
+def test_one_ema_update_equals_the_closed_form():
+    decay, eps = 0.75, 1e-3
+    vq = make(
+        2, 2, [[0.0, 0.0], [10.0, 10.0]], [2.0, 1.0], decay=decay, eps=eps, dead_code_threshold=0
+    )
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 10.0], [11.0, 10.0], [10.0, 9.0]])
+    quantized, codes, _ = vq(x)
+    assert codes.tolist() == [0, 0, 1, 1, 1]
+    assert quantized.tolist() == [[0.0, 0.0]] * 2 + [[10.0, 10.0]] * 3
+    # Batch: code 0 holds 2 vectors summing to (1, 1), code 1 3 summing to (30, 29).
+    counts = [0.75 * 2 + 0.25 * 2, 0.75 * 1 + 0.25 * 3]  # 2.0, 1.5
+    sums = [[0.25 * 1, 0.25 * 1], [0.75 * 10 + 0.25 * 30, 0.75 * 10 + 0.25 * 29]]
+    total = counts[0] + counts[1]
+    smoothed = [(c + eps) / (total + 2 * eps) * total for c in counts]
+    expected = [[s / smoothed[i] for s in sums[i]] for i in range(2)]
+    torch.testing.assert_close(vq.ema_counts, torch.tensor([counts]))
+    torch.testing.assert_close(vq.ema_sums, torch.tensor([sums]))
+    torch.testing.assert_close(vq.codebook, torch.tensor([expected]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(vq.last_counts, torch.tensor([[2.0, 3.0]]))
+
+
+def test_eval_leaves_the_codebook_unchanged():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(6, 2)
+    vq(torch.randn(50, 2))
+    state = copy.deepcopy(vq.state_dict())
+    vq.eval()
+    for _ in range(3):
+        quantized, codes, _ = vq(torch.randn(30, 2) * 5)
+        assert torch.equal(quantized, vq.lookup(codes))
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_eval_before_training_does_not_initialise():
+    vq = VectorQuantizer(4, 2).eval()
+    before = vq.codebook.clone()
+    vq(torch.randn(20, 2))
+    assert not bool(vq.initialized)
+    assert torch.equal(vq.codebook, before)
+
+
+# --------------------------------------------------------------- init, dead
+
+
+def test_kmeans_init_finds_the_blobs_on_the_first_training_batch():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
+    x = centres.repeat(50, 1) + 0.1 * torch.randn(200, 2)
+    vq = VectorQuantizer(4, 2, decay=0.99)
+    vq(x)
+    assert bool(vq.initialized)
+    found = vq.codebook[0]
+    distance = torch.cdist(centres, found).min(1).values
+    assert float(distance.max()) < 0.1
+    # One vector of the 50 per blob in the k-means counts, then the EMA step.
+    torch.testing.assert_close(vq.ema_counts, torch.full((1, 4), 50.0))
+
+
+def test_small_batches_are_collected_until_there_are_enough_for_kmeans():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2)
+    initial = vq.codebook.clone()
+    for _ in range(2):
+        vq(torch.randn(3, 2))
+        assert not bool(vq.initialized)
+        assert torch.equal(vq.codebook, initial)
+    vq(torch.randn(3, 2))
+    assert bool(vq.initialized)
+    assert not torch.equal(vq.codebook, initial)
+
+
+def test_kmeans_init_is_per_head():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(100, 2) + 100, torch.randn(100, 2) - 100], dim=-1)
+    vq = VectorQuantizer(5, 2, heads=2)
+    vq(x)
+    assert bool((vq.codebook[0] > 90).all())
+    assert bool((vq.codebook[1] < -90).all())
+
+
+def test_dead_codes_are_reseeded_from_the_batch():
+    torch.manual_seed(0)
+    vq = make(3, 2, [[0.0, 0.0], [1000.0, 1000.0], [1.0, 1.0]], [4.0, 1.0, 4.0])
+    vq.decay, vq.dead_code_threshold = 0.5, 0.9
+    x = torch.randn(16, 2)
+    vq(x)
+    # Code 1 received nothing: its EMA count 0.5 fell below 0.9.
+    reseeded = vq.codebook[0, 1]
+    assert bool((x == reseeded).all(-1).any()), "code 1 should now be a vector of the batch"
+    assert float(vq.ema_counts[0, 1]) == pytest.approx(0.9)
+    torch.testing.assert_close(vq.ema_sums[0, 1], 0.9 * reseeded)
+    # The live codes kept their EMA statistics.
+    assert float(vq.ema_counts[0, 0]) > 0.9 and float(vq.ema_counts[0, 2]) > 0.9
+    assert float(vq.codebook[0, 0].abs().max()) < 2
+
+
+def test_without_threshold_a_dead_code_stays():
+    vq = make(2, 1, [[0.0], [1000.0]], [4.0, 1.0], decay=0.5, dead_code_threshold=0.0)
+    vq(torch.randn(16, 1))
+    assert float(vq.codebook[0, 1, 0]) > 990
+
+
+def test_a_batch_smaller_than_the_codebook_reseeds_every_dead_code():
+    vq = make(6, 1, [[1000.0 + i] for i in range(6)], [0.0] * 6, dead_code_threshold=1.0)
+    x = torch.tensor([[1.0], [2.0], [3.0]])
+    vq(x)
+    assert set(vq.codebook.flatten().tolist()) == {1.0, 2.0, 3.0}
+
+
+# --------------------------------------------------------------------- heads
+
+
+def test_heads_equal_separate_quantizers():
+    torch.manual_seed(0)
+    heads, dim, k = 3, 2, 5
+    options = {"kmeans_init": False, "dead_code_threshold": 0.0, "decay": 0.8}
+    together = VectorQuantizer(k, dim, heads=heads, **options)
+    apart = [VectorQuantizer(k, dim, **options) for _ in range(heads)]
+    for h, vq in enumerate(apart):
+        for name in ("codebook", "ema_sums", "ema_counts"):
+            getattr(vq, name).copy_(getattr(together, name)[h : h + 1])
+    for _ in range(3):
+        x = torch.randn(4, 7, heads * dim) * 2
+        quantized, codes, loss = together(x)
+        assert codes.shape == (4, 7, heads)
+        outs = [vq(x[..., h * dim : (h + 1) * dim]) for h, vq in enumerate(apart)]
+        for h, out in enumerate(outs):
+            assert torch.equal(codes[..., h], out.codes)
+            torch.testing.assert_close(quantized[..., h * dim : (h + 1) * dim], out.quantized)
+        torch.testing.assert_close(loss, torch.stack([out.loss for out in outs]).mean())
+    for h, vq in enumerate(apart):
+        torch.testing.assert_close(together.codebook[h], vq.codebook[0])
+        torch.testing.assert_close(together.ema_counts[h], vq.ema_counts[0])
+
+
+# ------------------------------------------------------------ state, dtypes
+
+
+def test_state_dict_round_trips():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(6, 2, heads=2)
+    for _ in range(3):
+        vq(torch.randn(40, 4))
+    state = vq.state_dict()
+    assert set(state) == {"codebook", "ema_sums", "ema_counts", "initialized"}
+    torch.manual_seed(1)
+    loaded = VectorQuantizer(6, 2, heads=2)
+    loaded.load_state_dict(state)
+    for name, value in state.items():
+        assert torch.equal(getattr(loaded, name), value), name
+    x = torch.randn(40, 4)
+    # The loaded quantizer is initialised: training goes on exactly alike,
+    # with no second k-means initialisation.
+    torch.manual_seed(2)
+    expected = vq(x)
+    torch.manual_seed(2)
+    got = loaded(x)
+    assert torch.equal(got.codes, expected.codes)
+    assert torch.equal(loaded.codebook, vq.codebook)
+    # An uninitialised state makes the next training batch initialise again.
+    loaded.load_state_dict(VectorQuantizer(6, 2, heads=2).state_dict())
+    assert not bool(loaded.initialized)
+    loaded(x)
+    assert bool(loaded.initialized)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_inputs_give_no_nan(dtype):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, heads=2).to(dtype)
+    assert all(b.dtype in (torch.float32, torch.bool) for b in vq.buffers())
+    for _ in range(4):
+        # |x|^2 of these vectors overflows float16: distances must not be half.
+        x = (torch.randn(64, 8) * 300).to(dtype).requires_grad_()
+        quantized, codes, loss = vq(x)
+        assert quantized.dtype == dtype and quantized.shape == x.shape
+        assert bool(torch.isfinite(quantized).all())
+        assert loss.dtype == torch.float32 and bool(torch.isfinite(loss))
+        loss.backward()
+        assert bool(torch.isfinite(x.grad).all())
+    assert vq.codebook.dtype == torch.float32
+    assert bool(torch.isfinite(vq.codebook).all() and torch.isfinite(vq.ema_sums).all())
+    vq.eval()
+    quantized, codes, _ = vq(x)
+    assert torch.equal(quantized, vq.lookup(codes).to(dtype))
+
+
+def test_autocast_does_not_lower_the_precision_of_the_distances():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(256, 16, kmeans_init=False).eval()
+    x = torch.randn(2000, 16)
+    expected = vq(x).codes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        quantized, codes, loss = vq(x)
+    assert torch.equal(codes, expected)
+    assert quantized.dtype == torch.float32 and loss.dtype == torch.float32
+
+
+def test_half_cast_module_keeps_float32_buffers():
+    vq = VectorQuantizer(4, 2).half()
+    assert vq.codebook.dtype == torch.float32
+    vq.bfloat16().double()
+    assert vq.ema_sums.dtype == torch.float32 and vq.initialized.dtype == torch.bool
+
+
+def test_to_device(device):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, heads=2).to(device)
+    x = torch.randn(32, 4, device=device)
+    quantized, codes, loss = vq(x)
+    assert quantized.device.type == codes.device.type == loss.device.type == device
+    assert all(b.device.type == device for b in vq.buffers())
+    vq.eval()
+    quantized, codes, _ = vq(x)
+    assert torch.equal(quantized, vq.lookup(codes))
+
+
+# -------------------------------------------------------------------- cosine
+
+
+def test_cosine_metric_keeps_unit_codes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(6, 3, metric="cosine")
+    for _ in range(3):
+        x = torch.randn(50, 3) * 7
+        quantized, codes, _ = vq(x)
+    norms = torch.linalg.vector_norm(vq.codebook, dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    vq.eval()
+    quantized, codes, _ = vq(x)
+    cos = nn.functional.normalize(x, dim=-1) @ vq.codebook[0].T
+    assert torch.equal(codes, cos.argmax(-1))
+    torch.testing.assert_close(torch.linalg.vector_norm(quantized, dim=-1), torch.ones(50))
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def test_usage_and_perplexity_of_the_last_batch():
+    vq = make(4, 1, [[0.0], [1.0], [2.0], [3.0]], [1.0] * 4).eval()
+    vq(torch.tensor([[0.0], [1.0], [2.0], [3.0]]))
+    torch.testing.assert_close(vq.perplexity, torch.tensor([4.0]))
+    torch.testing.assert_close(vq.usage, torch.tensor([1.0]))
+    vq(torch.tensor([[0.1], [0.2], [-0.3]]))
+    torch.testing.assert_close(vq.perplexity, torch.tensor([1.0]))
+    torch.testing.assert_close(vq.usage, torch.tensor([0.25]))
+
+
+def test_lookup_inverts_codes_and_forward_returns_the_named_tuple():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(5, 3, heads=2).eval()
+    x = torch.randn(2, 6, 6)
+    out = vq(x)
+    assert isinstance(out, QuantizerOutput)
+    assert out.codes.shape == (2, 6, 2) and out.codes.dtype == torch.int64
+    assert torch.equal(vq.lookup(out.codes), out.quantized)
+    single = VectorQuantizer(5, 3).eval()
+    out = single(x[..., :3])
+    assert out.codes.shape == (2, 6)
+    assert torch.equal(single.lookup(out.codes), out.quantized)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_codes": 0}, ValueError, r"Expected num_codes to be >= 1, got 0\."),
+        ({"num_codes": 2.0}, TypeError, r"Expected num_codes to be an int, got float\."),
+        ({"dim": True}, TypeError, r"Expected dim to be an int, got bool\."),
+        ({"heads": 0}, ValueError, r"Expected heads to be >= 1, got 0\."),
+        ({"kmeans_iters": 0}, ValueError, r"Expected kmeans_iters to be >= 1, got 0\."),
+        ({"metric": "manhattan"}, ValueError, r"Expected metric to be 'euclidean' or 'cosine'"),
+        ({"decay": 1.0}, ValueError, r"Expected decay to be in \[0, 1\), got 1\.0\."),
+        ({"decay": float("nan")}, ValueError, r"Expected decay to be in \[0, 1\), got nan\."),
+        ({"decay": "0.9"}, TypeError, r"Expected decay to be a float, got str\."),
+        ({"eps": 0.0}, ValueError, r"Expected eps to be > 0, got 0\.0\."),
+        ({"commitment_weight": -1}, ValueError, r"Expected commitment_weight to be >= 0"),
+        ({"dead_code_threshold": -0.5}, ValueError, r"Expected dead_code_threshold to be >= 0"),
+        ({"kmeans_init": 1}, TypeError, r"Expected kmeans_init to be a bool, got int\."),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    arguments = {"num_codes": 4, "dim": 2, **kwargs}
+    with pytest.raises(error, match=match):
+        VectorQuantizer(**arguments)
+
+
+def test_forward_and_lookup_errors():
+    vq = VectorQuantizer(4, 2, heads=3)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected x to be a non-empty tensor of shape \(\.\.\., 6\), got shape \(5, 2\)\.",
+    ):
+        vq(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"got shape \(0, 6\)"):
+        vq(torch.randn(0, 6))
+    with pytest.raises(
+        TypeError, match=r"Expected x to be a floating-point tensor, got torch\.int64\."
+    ):
+        vq(torch.ones(5, 6, dtype=torch.int64))
+    with pytest.raises(
+        TypeError, match=r"Expected codes to be an integer tensor, got torch\.float32\."
+    ):
+        vq.lookup(torch.zeros(2, 3))
+    with pytest.raises(
+        ValueError, match=r"Expected codes to be of shape \(\.\.\., heads=3\), got shape \(2, 2\)\."
+    ):
+        vq.lookup(torch.zeros(2, 2, dtype=torch.int64))
+
+
+# --------------------------------------------------------------- distributed
+
+
+def test_outside_torch_distributed_no_collective_is_called(monkeypatch):
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("collective called outside torch.distributed")
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fail)
+    monkeypatch.setattr(torch.distributed, "broadcast", fail)
+    vq = VectorQuantizer(4, 2)
+    for _ in range(2):
+        vq(torch.randn(20, 2))
+    assert bool(vq.initialized)
+
+
+def test_distributed_is_detected_at_forward_time_with_one_flat_all_reduce(monkeypatch):
+    vq = VectorQuantizer(4, 3, heads=2)  # built before "init_process_group"
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+
+    def record(name: str):
+        def collective(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+            calls.append((name, tuple(tensor.shape)))
+
+        return collective
+
+    monkeypatch.setattr(torch.distributed, "broadcast", record("broadcast"))
+    monkeypatch.setattr(torch.distributed, "all_reduce", record("all_reduce"))
+    vq(torch.randn(20, 6))
+    vq(torch.randn(20, 6))
+    vq.eval()
+    vq(torch.randn(20, 6))
+    size = 2 * 4 * 3
+    # Init: flag, codebook, sums, counts. Steps: sums, counts, reseed candidates.
+    assert calls == [
+        ("broadcast", (1 + 2 * size + 8,)),
+        ("all_reduce", (2 * size + 8,)),
+        ("all_reduce", (2 * size + 8,)),
+    ]
+
+
+def test_initialised_state_copied_into_the_buffers_skips_the_init(monkeypatch):
+    # DDP copies rank 0's buffers into the other ranks without load_state_dict:
+    # a rank must then not run the init (and its broadcast) on its own.
+    torch.manual_seed(0)
+    trained = VectorQuantizer(4, 2)
+    trained(torch.randn(20, 2))
+    fresh = VectorQuantizer(4, 2)
+    for name, value in trained.state_dict().items():
+        getattr(fresh, name).copy_(value)
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    calls: list[str] = []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda *a, **k: calls.append("broadcast"))
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda *a, **k: calls.append("all_reduce"))
+    fresh(torch.randn(20, 2))
+    assert calls == ["all_reduce"]
+
+
+def _gloo_worker(rank: int, port: int, outdir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=timedelta(seconds=60),
+    )
+    # Different seeds: the ranks draw different initial codebooks and data.
+    torch.manual_seed(100 + rank)
+    quantizers = {
+        "kmeans": VectorQuantizer(16, 3, heads=2, decay=0.8, dead_code_threshold=2.0),
+        "cosine": VectorQuantizer(8, 4, metric="cosine", kmeans_init=False),
+    }
+    reseeded = 0
+    for _ in range(6):
+        for vq in quantizers.values():
+            x = torch.randn(64, vq.heads * vq.dim) + 3.0 * rank
+            vq(x)
+            reseeded += int((vq.ema_counts == vq.dead_code_threshold).sum())
+    result = {name: vq.state_dict() for name, vq in quantizers.items()}
+    torch.save({"state": result, "reseeded": reseeded}, os.path.join(outdir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_keep_identical_codebooks(tmp_path):
+    env = dict(os.environ)
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    command = [sys.executable, __file__, "gloo", str(_free_port()), str(tmp_path)]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the two gloo processes did not finish within 120 s")
+    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in ("kmeans", "cosine"):
+        first, second = ranks[0]["state"][name], ranks[1]["state"][name]
+        for key in first:
+            assert torch.equal(first[key], second[key]), (name, key)
+        assert bool(first["initialized"])
+    # Dead codes were re-seeded along the way, identically on both ranks.
+    assert ranks[0]["reseeded"] == ranks[1]["reseeded"] > 0
+
+
+# ------------------------------------------------------------ torch.compile
+
+
+class _TinyAutoencoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(8, 6)
+        # A positive threshold compiles the re-seeding path; none is dead here.
+        self.quantizer = VectorQuantizer(8, 3, heads=2, dead_code_threshold=1e-3)
+        self.decoder = nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantized, _, loss = self.quantizer(self.encoder(x))
+        return nn.functional.mse_loss(self.decoder(quantized), x) + loss
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aot_eager", id="aot_eager"),
+        pytest.param("inductor", id="inductor"),
+    ],
+)
+def test_compile_fullgraph_after_the_init_step(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyAutoencoder()
+    x = torch.randn(64, 8)
+    model(x).backward()  # the init step, eager
+    model.zero_grad(set_to_none=True)
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    for _ in range(2):
+        loss = compiled(x)
+        loss.backward()
+        expected = eager(x)
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
+    torch.testing.assert_close(model.quantizer.codebook, eager.quantizer.codebook)
+    torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
+
+
+# ------------------------------------------------------------------ example
+
+
+def test_example_autoencoder_meets_the_acceptance_numbers():
+    path = ROOT / "examples" / "vq_autoencoder.py"
+    spec = importlib.util.spec_from_file_location("vq_autoencoder", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(300, verbose=False)
+    assert report.error_quantized <= 1.5 * report.error_plain
+    assert report.perplexity > report.num_codes / 2
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "gloo":
+    torch.multiprocessing.spawn(_gloo_worker, args=(int(sys.argv[2]), sys.argv[3]), nprocs=2)

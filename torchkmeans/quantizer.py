@@ -1,0 +1,565 @@
+"""VectorQuantizer: a k-means codebook that trains inside a model.
+
+The codebook is not a parameter: it follows the exponential moving average
+(EMA) of the cluster sums and counts of the training batches, i.e. one
+online k-means step per forward. The encoder learns through the
+straight-through estimator and a commitment loss.
+
+Everything that can change lives in buffers registered in ``__init__``
+(``codebook``, ``ema_sums``, ``ema_counts``, ``initialized``), always in
+float32, so ``.to(device)``, ``.half()`` and ``state_dict`` behave. After the
+first training forward (the one-time k-means initialisation, which
+synchronises with the host) a forward has no host synchronisation and no
+data-dependent Python branch, so ``torch.compile(fullgraph=True)`` can trace
+it. Under ``torch.distributed`` the batch statistics of all ranks are summed
+with one ``all_reduce`` per step, so every rank keeps the same codebook.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .functional import kmeans, scatter_sums
+
+__all__ = ["QuantizerOutput", "VectorQuantizer"]
+
+_METRICS = ("euclidean", "cosine")
+
+
+class QuantizerOutput(NamedTuple):
+    """Result of :meth:`VectorQuantizer.forward`."""
+
+    quantized: torch.Tensor
+    """The nearest codes, with ``x``'s shape and dtype; the gradient passes straight to ``x``."""
+    codes: torch.Tensor
+    """int64 code indices, ``x.shape[:-1]`` (``heads == 1``) or ``(*x.shape[:-1], heads)``."""
+    loss: torch.Tensor
+    """float32 scalar ``commitment_weight * mean((x - quantized.detach())**2)`` (x unit: cosine)."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected {name} to be an int, got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"Expected {name} to be >= {minimum}, got {value}.")
+    return value
+
+
+def _check_float(name: str, value: Any, accept: Callable[[float], bool], expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected {name} to be a float, got {type(value).__name__}.")
+    value = float(value)
+    # NaN fails every comparison, so it is rejected here as well.
+    if not accept(value):
+        raise ValueError(f"Expected {name} to be {expected}, got {value}.")
+    return value
+
+
+def _distributed(process_group: Any) -> tuple[bool, int, int]:
+    """``(active, rank in group, group size)``, evaluated at call time.
+
+    Looked up on every forward rather than cached at construction: a model is
+    usually built before ``init_process_group`` is called.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False, 0, 1
+    return True, dist.get_rank(process_group), dist.get_world_size(process_group)
+
+
+def _group_source(process_group: Any) -> int:
+    """Global rank of the group's first member (the rank that seeds the codebook)."""
+    if process_group is None:
+        return 0
+    return torch.distributed.get_global_rank(process_group, 0)
+
+
+def _laplace_smoothed(counts: torch.Tensor, eps: float) -> torch.Tensor:
+    """Counts ``(h, k)`` with additive smoothing that keeps their total.
+
+    ``(n_i + eps) / (n + k * eps) * n``: no code divides by zero, not even
+    one whose count has decayed to nothing.
+    """
+    total = counts.sum(-1, keepdim=True)
+    return (counts + eps) / (total + counts.shape[-1] * eps) * total
+
+
+def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
+    """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
+
+    Squared euclidean distance without ``|x|^2`` (it does not change the
+    argmin): ``|c|^2 - 2 x.c`` in one batched matrix product. For unit
+    vectors (cosine) the nearest code has the largest dot product.
+    """
+    if metric == "cosine":
+        return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
+    code_sq = codebook.square().sum(-1).unsqueeze(1)  # (h, 1, k)
+    scores = torch.baddbmm(code_sq, x, codebook.transpose(1, 2), alpha=-2.0)
+    return scores.argmin(-1)
+
+
+def _perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """``exp`` of the entropy of the code distribution given by counts ``(h, k)``."""
+    p = counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+    return entropy.exp()
+
+
+class VectorQuantizer(nn.Module):
+    """Vector quantization layer whose codebook is learned by online k-means.
+
+    Each vector of the input's last dimension is replaced by its nearest
+    code. In training mode the codebook follows the EMA of the cluster sums
+    and counts (Laplace-smoothed counts, no gradient to the codebook), is
+    initialised by k-means on the first training batch, and codes whose EMA
+    count drops below ``dead_code_threshold`` are re-seeded from vectors of
+    the current batch. In ``eval()`` mode the codebook is frozen.
+
+    Parameters
+    ----------
+    num_codes : int
+        Codes per codebook (k).
+    dim : int
+        Size of one vector (of one head's part of the last dimension).
+    metric : {"euclidean", "cosine"}
+        ``"cosine"`` quantizes the direction: inputs and codes are unit
+        vectors and ``quantized`` holds unit codes.
+    decay : float
+        EMA decay in ``[0, 1)``; each step moves the statistics by
+        ``1 - decay`` towards the batch's.
+    eps : float
+        Laplace smoothing of the counts, > 0.
+    commitment_weight : float
+        Weight of the commitment loss, >= 0.
+    kmeans_init : bool
+        Initialise the codebook with k-means (k-means++ seeding, then
+        ``kmeans_iters`` Lloyd iterations) on the first training batch that
+        holds at least ``num_codes`` vectors (smaller batches are collected
+        until there are enough; meanwhile they are quantized with the initial
+        codes, which stay unchanged). Otherwise codes start as standard
+        normal draws.
+    kmeans_iters : int
+        Lloyd iterations of that initialisation.
+    dead_code_threshold : float
+        A code whose EMA count (the smoothed number of batch vectors it
+        receives per step, summed over ranks) falls below this is replaced by
+        a random vector of the current batch. 0 disables re-seeding.
+    heads : int
+        Independent codebooks: the last dimension of ``x`` is ``heads * dim``
+        and head h quantizes its slice ``[h*dim:(h+1)*dim]`` with codebook h.
+    process_group : torch.distributed.ProcessGroup, optional
+        Group whose ranks share the codebook (the default group if None).
+        Used only when ``torch.distributed`` is initialised at forward time.
+
+    Attributes
+    ----------
+    codebook : Tensor
+        ``(heads, num_codes, dim)`` float32 codes.
+    ema_sums : Tensor
+        ``(heads, num_codes, dim)`` float32 EMA of the per-code sums.
+    ema_counts : Tensor
+        ``(heads, num_codes)`` float32 EMA of the per-code counts.
+    initialized : Tensor
+        bool scalar, True once the codebook has been initialised.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If an argument has the wrong type or is out of range.
+
+    Notes
+    -----
+    Randomness (k-means++ seeding, random codes, the choice of re-seeding
+    vectors) comes from torch's global generator: ``torch.manual_seed``
+    makes a run reproducible. Under ``torch.distributed`` the first rank of
+    the group seeds the codebook and picks the re-seeding vectors; its
+    choices reach the others through the same collectives as the
+    statistics, so no two ranks ever disagree.
+
+    The first training forward runs the k-means initialisation on the host
+    side: call ``torch.compile`` on a model that has done one training step
+    (or whose state was loaded from a trained one). The buffers stay float32
+    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> vq = VectorQuantizer(num_codes=4, dim=2)
+    >>> x = torch.randn(64, 2, requires_grad=True)
+    >>> quantized, codes, loss = vq(x)
+    >>> quantized.shape, codes.shape, loss.shape
+    (torch.Size([64, 2]), torch.Size([64]), torch.Size([]))
+    >>> _ = vq.eval()  # frozen codebook from here on
+    >>> quantized, codes, loss = vq(x)
+    >>> torch.equal(quantized, vq.lookup(codes))
+    True
+    """
+
+    codebook: torch.Tensor
+    ema_sums: torch.Tensor
+    ema_counts: torch.Tensor
+    initialized: torch.Tensor
+    last_counts: torch.Tensor
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        *,
+        metric: str = "euclidean",
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        commitment_weight: float = 0.25,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 1.0,
+        heads: int = 1,
+        process_group: Any = None,
+    ) -> None:
+        super().__init__()
+        self.num_codes = _check_int("num_codes", num_codes, 1)
+        self.dim = _check_int("dim", dim, 1)
+        self.heads = _check_int("heads", heads, 1)
+        self.kmeans_iters = _check_int("kmeans_iters", kmeans_iters, 1)
+        if metric not in _METRICS:
+            raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+        self.metric = metric
+        self.decay = _check_float("decay", decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        self.eps = _check_float("eps", eps, lambda v: 0.0 < v < math.inf, "> 0")
+        self.commitment_weight = _check_float(
+            "commitment_weight", commitment_weight, lambda v: 0.0 <= v < math.inf, ">= 0"
+        )
+        self.dead_code_threshold = _check_float(
+            "dead_code_threshold", dead_code_threshold, lambda v: 0.0 <= v < math.inf, ">= 0"
+        )
+        if not isinstance(kmeans_init, bool):
+            raise TypeError(f"Expected kmeans_init to be a bool, got {type(kmeans_init).__name__}.")
+        self.kmeans_init = kmeans_init
+        self.process_group = process_group
+
+        codebook = torch.randn(heads, num_codes, dim)
+        if metric == "cosine":
+            codebook = nn.functional.normalize(codebook, dim=-1)
+        self.register_buffer("codebook", codebook)
+        # One vector per code to start with: an unused code then keeps its
+        # place (sums and counts decay together) until it is re-seeded.
+        self.register_buffer("ema_sums", codebook.clone())
+        self.register_buffer("ema_counts", torch.ones(heads, num_codes))
+        self.register_buffer("initialized", torch.tensor(False))
+        # Statistics of the last batch (for usage and perplexity), not state.
+        self.register_buffer("last_counts", torch.zeros(heads, num_codes), persistent=False)
+        # Host-side mirror of ``initialized``: reading the buffer in forward
+        # would synchronise with the device on every step, and branch on data
+        # under torch.compile. Kept in step with the buffer by load_state_dict.
+        self._needs_init = True
+        self._init_samples: list[torch.Tensor] = []
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_codes={self.num_codes}, dim={self.dim}, heads={self.heads}, "
+            f"metric={self.metric!r}, decay={self.decay}, "
+            f"dead_code_threshold={self.dead_code_threshold}"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # The statistics must stay float32 when a whole model is cast with
+        # .half()/.bfloat16(): in half precision the EMA of counts stalls
+        # (1 - decay is below the resolution near 1) and sums overflow. The
+        # tensor still follows the device change.
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            if t.is_floating_point() and moved.dtype != t.dtype:
+                return t.to(device=moved.device)
+            return moved
+
+        return super()._apply(keep_dtype, recurse)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Loading is host-side work already: one read of the flag is fine here.
+        self._needs_init = not bool(self.initialized)
+        self._init_samples = []
+
+    # -------------------------------------------------------------- accessors
+
+    @property
+    def usage(self) -> torch.Tensor:
+        """``(heads,)`` fraction of the codes used by the last batch.
+
+        Examples
+        --------
+        >>> vq = VectorQuantizer(4, 1, kmeans_init=False).eval()
+        >>> _ = vq.codebook.copy_(torch.tensor([[[0.0], [1.0], [2.0], [3.0]]]))
+        >>> _ = vq(torch.tensor([[0.1], [0.2], [2.9]]))
+        >>> vq.usage
+        tensor([0.5000])
+        """
+        return (self.last_counts > 0).float().mean(-1)
+
+    @property
+    def perplexity(self) -> torch.Tensor:
+        """``(heads,)`` perplexity of the codes of the last batch.
+
+        ``exp`` of the entropy of the code frequencies: ``num_codes`` when all
+        codes are used equally often, 1 when one code takes everything.
+
+        Examples
+        --------
+        >>> vq = VectorQuantizer(2, 1, kmeans_init=False).eval()
+        >>> _ = vq.codebook.copy_(torch.tensor([[[0.0], [1.0]]]))
+        >>> _ = vq(torch.tensor([[0.0], [1.0], [0.1], [0.9]]))
+        >>> vq.perplexity
+        tensor([2.])
+        """
+        return _perplexity(self.last_counts)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The code vectors of indices ``codes``, the inverse of :meth:`forward`'s codes.
+
+        Parameters
+        ----------
+        codes : Tensor
+            Integer indices in ``[0, num_codes)``, shaped like ``forward``'s
+            codes: ``(...)`` for ``heads == 1``, ``(..., heads)`` otherwise.
+
+        Returns
+        -------
+        Tensor
+            float32, ``(..., heads * dim)``.
+
+        Raises
+        ------
+        TypeError
+            If ``codes`` is not an integer tensor.
+        ValueError
+            If ``heads > 1`` and the last dimension of ``codes`` is not ``heads``.
+
+        Examples
+        --------
+        >>> vq = VectorQuantizer(3, 2, heads=2, kmeans_init=False)
+        >>> _ = vq.codebook.copy_(torch.arange(12.0).reshape(2, 3, 2))
+        >>> vq.lookup(torch.tensor([[0, 2], [1, 1]]))
+        tensor([[ 0.,  1., 10., 11.],
+                [ 2.,  3.,  8.,  9.]])
+        """
+        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+            got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise TypeError(f"Expected codes to be an integer tensor, got {got}.")
+        if self.heads == 1:
+            return self.codebook[0][codes]
+        if codes.ndim == 0 or codes.shape[-1] != self.heads:
+            raise ValueError(
+                f"Expected codes to be of shape (..., heads={self.heads}), "
+                f"got shape {tuple(codes.shape)}."
+            )
+        heads = torch.arange(self.heads, device=codes.device)
+        vectors = self.codebook[heads, codes]  # (..., heads, dim)
+        return vectors.flatten(-2)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        """Quantize ``x``; in training mode, also update the codebook.
+
+        Parameters
+        ----------
+        x : Tensor
+            Floating tensor ``(..., heads * dim)`` of any floating dtype.
+
+        Returns
+        -------
+        QuantizerOutput
+            ``(quantized, codes, loss)``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating-point tensor.
+        ValueError
+            If the last dimension of ``x`` is not ``heads * dim``, or ``x``
+            holds no vectors.
+        """
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"Expected x to be a floating-point tensor, got {got}.")
+        width = self.heads * self.dim
+        if x.ndim == 0 or x.shape[-1] != width or x.numel() == 0:
+            raise ValueError(
+                f"Expected x to be a non-empty tensor of shape (..., {width}), "
+                f"got shape {tuple(x.shape)}."
+            )
+        heads, dim = self.heads, self.dim
+        # Distances and statistics in float32 even under autocast: in half
+        # precision |x|^2 overflows and near ties between codes flip.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            selected, codes = self._assign_and_update(x)
+            target = selected.transpose(0, 1).reshape(x.shape)
+            reference = x.float()
+            if self.metric == "cosine":
+                reference = nn.functional.normalize(reference.unflatten(-1, (heads, dim)), dim=-1)
+                reference = reference.flatten(-2)
+            loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+        # Straight-through estimator: forward value exactly the code (x - x is
+        # an exact zero, unlike x + (q - x) in half precision), gradient the
+        # identity to x.
+        quantized = target.to(x.dtype) + (x - x.detach())
+        codes = codes.transpose(0, 1).reshape(*x.shape[:-1], heads)
+        if heads == 1:
+            codes = codes.squeeze(-1)
+        return QuantizerOutput(quantized, codes, loss)
+
+    def _assign_and_update(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest codes ``(heads, n, dim)`` and indices ``(heads, n)`` of ``x``, then the update.
+
+        In training mode this also runs the one-time initialisation and the
+        EMA step; it records the code counts of the batch in any mode.
+        """
+        heads, dim = self.heads, self.dim
+        # (heads, n, dim) float32 and outside autograd: the codebook side of
+        # the computation never needs a gradient.
+        flat = x.detach().reshape(-1, heads, dim).transpose(0, 1).float()
+        if self.metric == "cosine":
+            flat = nn.functional.normalize(flat, dim=-1)
+        flat = flat.contiguous()
+
+        if self.training and self._needs_init:
+            self._initialize(flat)
+
+        codes = _nearest_codes(flat, self.codebook, self.metric)
+        selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
+        # While batches are still being collected for the k-means
+        # initialisation, the codebook is left alone: k-means replaces it.
+        if self.training and not self._needs_init:
+            sums, counts = scatter_sums(flat, codes, self.num_codes)
+            self._update(flat, sums, counts)
+        else:
+            counts = torch.zeros_like(self.last_counts).scatter_add_(
+                1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
+            )
+        self.last_counts.copy_(counts)
+        return selected, codes
+
+    def _initialize(self, flat: torch.Tensor) -> None:
+        """One-time initialisation on a training batch ``(heads, n, dim)``; syncs with the host.
+
+        With ``kmeans_init``, batches are collected until they hold
+        ``num_codes`` vectors, then clustered. Under torch.distributed the
+        first rank of the group decides (whether it has enough vectors, and
+        the statistics) and broadcasts, so every rank starts from its state;
+        that also aligns codebooks drawn at random with different seeds.
+        """
+        if bool(self.initialized):
+            # Initialised state copied in without load_state_dict (for
+            # instance DDP broadcasting rank 0's buffers): nothing to do, and
+            # no collective the other ranks would not join.
+            self._needs_init = False
+            return
+        active, rank, world = _distributed(self.process_group)
+        heads, k, dim = self.codebook.shape
+        ready = True
+        codebook, sums, counts = self.codebook, self.ema_sums, self.ema_counts
+        if self.kmeans_init:
+            # A copy: ``flat`` may share memory with the caller's x.
+            self._init_samples.append(flat.clone())
+            samples = torch.cat(self._init_samples, dim=1)
+            ready = samples.shape[1] >= k
+            if ready and rank == 0:
+                result = kmeans(
+                    samples,
+                    k,
+                    init="k-means++",
+                    max_iter=self.kmeans_iters,
+                    metric=self.metric,
+                    generator=None,
+                )
+                codebook = result.centroids.float()
+                _, counts = scatter_sums(samples, result.labels, k)
+                # EMA counts are per step and, under distributed training,
+                # summed over ranks: scale the collected counts to that unit.
+                counts = counts * (world / len(self._init_samples))
+                sums = codebook * counts.unsqueeze(-1)
+        if active:
+            size = heads * k * dim
+            packed = torch.cat(
+                [
+                    torch.tensor([float(ready)], device=flat.device),
+                    codebook.reshape(-1),
+                    sums.reshape(-1),
+                    counts.reshape(-1),
+                ]
+            )
+            torch.distributed.broadcast(
+                packed, src=_group_source(self.process_group), group=self.process_group
+            )
+            ready = bool(packed[0] > 0)
+            codebook = packed[1 : 1 + size].view(heads, k, dim)
+            sums = packed[1 + size : 1 + 2 * size].view(heads, k, dim)
+            counts = packed[1 + 2 * size :].view(heads, k)
+        if not ready:
+            return
+        with torch.no_grad():
+            self.codebook.copy_(codebook)
+            self.ema_sums.copy_(sums)
+            self.ema_counts.copy_(counts)
+            self.initialized.fill_(True)
+        self._needs_init = False
+        self._init_samples = []
+
+    def _update(self, flat: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """EMA step from this rank's batch statistics, codebook from them, dead codes re-seeded.
+
+        ``flat`` ``(heads, n, dim)``, ``sums`` ``(heads, k, dim)``, ``counts``
+        ``(heads, k)``. No host synchronisation and no branch on data: one
+        ``all_reduce`` under torch.distributed, ``torch.where`` for the dead
+        codes.
+        """
+        heads, n, dim = flat.shape
+        k = self.num_codes
+        reseed = self.dead_code_threshold > 0
+        if reseed:
+            # Distinct random batch vectors, one per code (wrapping around
+            # when the batch is smaller than the codebook).
+            order = torch.rand(heads, n, device=flat.device).argsort(-1)
+            picked = order if n >= k else order.repeat(1, -(-k // n))
+            picked = picked[:, :k]
+            candidates = flat.gather(1, picked.unsqueeze(-1).expand(heads, k, dim))
+        active, rank, _ = _distributed(self.process_group)
+        if active:
+            parts = [sums.reshape(-1), counts.reshape(-1)]
+            if reseed:
+                # Only the group's first rank contributes candidates, so the
+                # sum is its candidates on every rank: the ranks re-seed alike
+                # with no second collective.
+                parts.append(candidates.reshape(-1) * float(rank == 0))
+            packed = torch.cat(parts)
+            torch.distributed.all_reduce(packed, group=self.process_group)
+            sums = packed[: heads * k * dim].view(heads, k, dim)
+            counts = packed[heads * k * dim : heads * k * (dim + 1)].view(heads, k)
+            if reseed:
+                candidates = packed[heads * k * (dim + 1) :].view(heads, k, dim)
+
+        weight = 1.0 - self.decay
+        self.ema_counts.lerp_(counts, weight)
+        self.ema_sums.lerp_(sums, weight)
+        smoothed = _laplace_smoothed(self.ema_counts, self.eps)
+        codebook = self.ema_sums / smoothed.unsqueeze(-1)
+        if self.metric == "cosine":
+            codebook = nn.functional.normalize(codebook, dim=-1)
+        if reseed:
+            threshold = self.dead_code_threshold
+            dead = self.ema_counts < threshold
+            dead3 = dead.unsqueeze(-1)
+            codebook = torch.where(dead3, candidates, codebook)
+            # A re-seeded code starts with `threshold` vectors' worth of
+            # statistics centred on its new position.
+            self.ema_sums.copy_(torch.where(dead3, candidates * threshold, self.ema_sums))
+            self.ema_counts.masked_fill_(dead, threshold)
+        self.codebook.copy_(codebook)
