@@ -11,7 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import functional
+from . import functional, metrics
+from .elbow import ElbowResult, elbow, find_knee
 from .exceptions import ConvergenceWarning, NotFittedError
 from .functional import KMeansResult, kmeans, lloyd, nearest_centroids
 from .kmeans import KMeans
@@ -19,14 +20,18 @@ from .quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = [
     "ConvergenceWarning",
+    "ElbowResult",
     "KMeans",
     "KMeansResult",
     "NotFittedError",
     "QuantizerOutput",
     "VectorQuantizer",
     "__version__",
+    "elbow",
+    "find_knee",
     "functional",
     "kmeans",
     "lloyd",
+    "metrics",
     "nearest_centroids",
 ]

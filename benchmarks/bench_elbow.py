@@ -1,0 +1,200 @@
+"""Benchmark the elbow sweep against loops of separate fits, on load_digits.
+
+Usage::
+
+    python benchmarks/bench_elbow.py [--threads 2] [--n-init 10] [--kmax 20] [--repeat 5]
+
+In one run, on load_digits (1797 x 64, float32), k = 1..kmax, the same
+``n_init`` everywhere:
+
+1. ``torchkmeans.elbow`` (its default plan), against a scikit-learn loop
+   ``[KMeans(k, n_init=n_init, random_state=0).fit(X).inertia_ for k in ks]``
+   and a loop of independent ``torchkmeans.KMeans`` fits: seconds (best of
+   ``--repeat``, interleaved) and the speed-up.
+2. The per-k inertia of the sweep over each loop's (lower is better), and the
+   largest deviation.
+3. The sweep plans that were measured to pick the default: one padded batch
+   of all ks; two groups of ks each padded to its own largest k; rounds of
+   10 iterations dropping converged fits; both (the default); and warm starts
+   (k from the k-1 solution plus the next k-means++ seed, one lloyd call per k).
+
+It is a script, never a test: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable
+
+_THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _threads_from_argv(argv: list[str]) -> int:
+    """``--threads`` read before numpy/torch are imported (their pools size at import)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", type=int, default=2)
+    known, _ = parser.parse_known_args(argv)
+    return max(1, known.threads)
+
+
+for _var in _THREAD_ENV_VARS:
+    os.environ[_var] = str(_threads_from_argv(sys.argv[1:]))
+# Benchmark the checkout this script lives in, installed or not.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import sklearn  # noqa: E402
+import torch  # noqa: E402
+from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import torchkmeans  # noqa: E402
+from torchkmeans import elbow as elbow_module  # noqa: E402
+from torchkmeans.elbow import elbow  # noqa: E402
+from torchkmeans.functional import kmeans_plusplus, lloyd  # noqa: E402
+from torchkmeans.kmeans import KMeans  # noqa: E402
+
+SEED = 0
+
+
+def sklearn_loop(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
+    return np.array([SkKMeans(k, n_init=n_init, random_state=SEED).fit(X).inertia_ for k in ks])
+
+
+def torchkmeans_loop(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
+    return np.array([KMeans(k, n_init=n_init, random_state=SEED).fit(X).inertia_ for k in ks])
+
+
+def sweep(X: np.ndarray, ks: list[int], n_init: int, *, rounds: int, groups: int) -> np.ndarray:
+    """``elbow`` with a given plan (rounds of iterations, number of groups of ks)."""
+    saved = elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS
+    elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS = rounds, groups
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return elbow(X, k=ks, n_init=n_init, random_state=SEED).inertia
+    finally:
+        elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS = saved
+
+
+def default_sweep(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return elbow(X, k=ks, n_init=n_init, random_state=SEED).inertia
+
+
+def warm_starts(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
+    """k from the converged k-1 centroids plus the k-th k-means++ seed, per restart."""
+    x = torch.from_numpy(X)
+    generator = torch.Generator().manual_seed(SEED)
+    _, indices = kmeans_plusplus(x - x.mean(0), max(ks), n_problems=n_init, generator=generator)
+    seeds = x[indices]
+    current = seeds[:, :1]
+    out = []
+    for k in range(1, max(ks) + 1):
+        if k > 1:
+            current = torch.cat([current, seeds[:, k - 1 : k]], 1)
+        result = lloyd(x, current)
+        current = result.centroids
+        if k in ks:
+            out.append(float(result.inertia.min()))
+    return np.array(out)
+
+
+def best_of(
+    functions: dict[str, Callable[[], Any]], repeat: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best wall time of each function over ``repeat`` interleaved rounds, and its result."""
+    times = {name: float("inf") for name in functions}
+    results: dict[str, Any] = {}
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            results[name] = function()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-init", type=int, default=10)
+    parser.add_argument("--kmax", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-plans", action="store_true", help="skip the alternative plans")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    threadpool_limits(limits=args.threads)
+
+    X = np.ascontiguousarray(load_digits().data.astype(np.float32))
+    ks = list(range(1, args.kmax + 1))
+    n_init = args.n_init
+    print(
+        f"load_digits {X.shape[0]} x {X.shape[1]} float32, k = 1..{args.kmax}, n_init={n_init}, "
+        f"threads={args.threads}; torch {torch.__version__}, scikit-learn {sklearn.__version__}, "
+        f"torchkmeans {torchkmeans.__version__}; best of {args.repeat}, interleaved"
+    )
+    # Warm up thread pools and lazy initialisation once.
+    default_sweep(X, ks[:3], n_init)
+    sklearn_loop(X, ks[:2], 1)
+
+    functions: dict[str, Callable[[], Any]] = {
+        "sklearn loop": lambda: sklearn_loop(X, ks, n_init),
+        "torchkmeans loop": lambda: torchkmeans_loop(X, ks, n_init),
+        "torchkmeans.elbow": lambda: default_sweep(X, ks, n_init),
+    }
+    if not args.no_plans:
+        functions.update(
+            {
+                "plan: one padded batch": lambda: sweep(X, ks, n_init, rounds=10**6, groups=1),
+                "plan: 2 groups": lambda: sweep(X, ks, n_init, rounds=10**6, groups=2),
+                "plan: rounds of 10": lambda: sweep(X, ks, n_init, rounds=10, groups=1),
+                "plan: 2 groups + rounds (default)": lambda: sweep(
+                    X, ks, n_init, rounds=10, groups=2
+                ),
+                "plan: warm starts": lambda: warm_starts(X, ks, n_init),
+            }
+        )
+    times, results = best_of(functions, args.repeat)
+    reference = times["sklearn loop"]
+    print(f"\n{'method':36s} {'seconds':>8s} {'vs sklearn':>11s}")
+    for name, seconds in times.items():
+        print(f"{name:36s} {seconds:8.3f} {reference / seconds:10.2f}x")
+
+    sweep_inertia = np.asarray(results["torchkmeans.elbow"])
+    print("\nper-k inertia of torchkmeans.elbow over each loop (lower is better)")
+    print(f"{'k':>3s} {'sklearn':>9s} {'tk loop':>9s}")
+    over_sklearn = sweep_inertia / results["sklearn loop"]
+    over_loop = sweep_inertia / results["torchkmeans loop"]
+    for k, a, b in zip(ks, over_sklearn, over_loop):
+        print(f"{k:3d} {a:9.4f} {b:9.4f}")
+    for name, ratio in (("sklearn loop", over_sklearn), ("torchkmeans loop", over_loop)):
+        print(
+            f"vs {name}: worst {ratio.max():.4f}, best {ratio.min():.4f}, "
+            f"max |deviation| {np.abs(ratio - 1).max():.4f}"
+        )
+    if not args.no_plans:
+        print("\nplans: worst per-k inertia over the sklearn loop")
+        for name in functions:
+            if name.startswith("plan"):
+                ratio = np.asarray(results[name]) / results["sklearn loop"]
+                print(f"{name:36s} {ratio.max():.4f}")
+
+
+if __name__ == "__main__":
+    main()

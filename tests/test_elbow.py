@@ -1,0 +1,259 @@
+"""The elbow sweep and knee detection: exactness, quality, knees, kinds, errors."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import tutorial_data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sk
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import load_digits, make_blobs
+
+from torchkmeans.elbow import ElbowResult, elbow, find_knee
+from torchkmeans.functional import kmeans_plusplus, lloyd
+from torchkmeans.kmeans import KMeans
+
+# The module, not the function torchkmeans.elbow that shadows it on the package.
+elbow_module = importlib.import_module("torchkmeans.elbow")
+
+
+def _blobs(centers: int, random_state: int) -> np.ndarray:
+    X, _ = make_blobs(
+        n_samples=3000, n_features=8, centers=centers, cluster_std=0.6, random_state=random_state
+    )
+    return X
+
+
+@pytest.mark.parametrize("centers", [4, 6, 10, 16])
+@pytest.mark.parametrize("random_state", [0, 1])
+def test_knee_is_the_true_number_of_blobs(centers, random_state):
+    result = elbow(_blobs(centers, random_state), k=range(1, 21), random_state=0)
+    assert result.knee == centers
+
+
+@pytest.mark.parametrize("centers", [10, 16])
+def test_plain_kneedle_on_raw_inertia_undercounts_many_blobs(centers):
+    """Why the default is curve="log": raw Kneedle answers far too few clusters here."""
+    result = elbow(_blobs(centers, 0), k=range(1, 21), random_state=0, curve="raw")
+    assert result.knee is not None and result.knee < centers
+    assert find_knee(result.ks, result.inertia, curve="log") == centers
+
+
+def test_tutorial_data_has_a_knee_at_3_or_4():
+    for seed in range(3):
+        assert elbow(tutorial_data(), k=range(1, 11), random_state=seed).knee in (3, 4)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+@pytest.mark.parametrize("rounds", [False, True])
+def test_sweep_equals_independent_lloyd_runs_from_the_same_seeds(monkeypatch, rounds):
+    """Padding and groups change nothing: each k is the best of its own independent runs.
+
+    In rounds (the CPU default) a fit that met the tolerance exactly at the
+    end of a round runs on, so its inertia can only be lower.
+    """
+    if not rounds:
+        monkeypatch.setattr(elbow_module, "_CPU_ROUND_ITERATIONS", 10_000)
+    X = _blobs(6, 3)[:800]
+    x = torch.tensor(X)
+    ks = (1, 2, 3, 5, 8, 9)
+    result = elbow(x, k=ks, n_init=3, random_state=7)
+    _, indices = kmeans_plusplus(
+        x - x.mean(0), 9, n_problems=3, generator=torch.Generator().manual_seed(7)
+    )
+    for i, k in enumerate(ks):
+        runs = [lloyd(x, x[indices[j, :k]]) for j in range(3)]
+        best = min(runs, key=lambda run: float(run.inertia))
+        if rounds:
+            assert float(result.inertia[i]) <= float(best.inertia) * (1 + 1e-12)
+            continue
+        assert float(result.inertia[i]) == pytest.approx(float(best.inertia), rel=1e-12)
+        torch.testing.assert_close(result.centroids[i], best.centroids)
+        assert torch.equal(result.labels[i], best.labels)
+
+
+def test_digits_inertia_within_1_percent_of_sklearns_loop():
+    X = load_digits().data
+    ks = range(1, 21)
+    result = elbow(X, k=ks, n_init=10, random_state=0)
+    # Lower is better: no k may be more than 1% worse than either loop of fits.
+    reference = np.array([SkKMeans(k, n_init=10, random_state=0).fit(X).inertia_ for k in ks])
+    assert np.all(result.inertia / reference < 1.01), result.inertia / reference
+    independent = np.array([KMeans(k, n_init=10, random_state=0).fit(X).inertia_ for k in ks])
+    assert np.all(result.inertia / independent < 1.01), result.inertia / independent
+    assert result.inertia[0] == pytest.approx(((X - X.mean(0)) ** 2).sum(), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_numpy_in_numpy_out_with_scores_equal_to_sklearn():
+    X = load_digits().data[:600]
+    names = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
+    result = elbow(X, k=range(1, 7), random_state=0, scores=names)
+    assert isinstance(result, ElbowResult) and result.ks == (1, 2, 3, 4, 5, 6)
+    assert isinstance(result.inertia, np.ndarray) and result.inertia.shape == (6,)
+    assert result.labels.shape == (6, 600) and result.labels.dtype == np.int64
+    assert [c.shape for c in result.centroids] == [(k, 64) for k in result.ks]
+    assert set(result.scores) == set(names)
+    np.testing.assert_array_equal(result.scores["inertia"], result.inertia)
+    for name in names[1:]:
+        assert np.isnan(result.scores[name][0])  # undefined for one cluster
+    reference = {
+        "silhouette": sk.silhouette_score,
+        "calinski_harabasz": sk.calinski_harabasz_score,
+        "davies_bouldin": sk.davies_bouldin_score,
+    }
+    for i in range(1, 6):
+        labels = result.labels[i]
+        assert labels.max() < result.ks[i]
+        for name, function in reference.items():
+            assert result.scores[name][i] == pytest.approx(function(X, labels), rel=1e-9)
+        # Labels are those of the centroids: each point is nearest to its own.
+        d = ((X[:, None] - result.centroids[i][None]) ** 2).sum(-1)
+        assert np.allclose(d[np.arange(600), labels], d.min(1))
+
+
+def test_tensors_in_tensors_out(device):
+    x = torch.tensor(_blobs(4, 0)[:500], dtype=torch.float32, device=device)
+    result = elbow(x, k=6, random_state=0, scores=("silhouette",))
+    assert result.ks == (1, 2, 3, 4, 5, 6)
+    assert isinstance(result.inertia, torch.Tensor) and result.inertia.device.type == device
+    assert result.scores["silhouette"].device.type == device
+    assert result.centroids[3].shape == (4, 8) and result.centroids[3].dtype == torch.float32
+    assert result.labels.device.type == device
+    assert result.knee == 4
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_same_seed_same_result_and_cosine_runs():
+    X = _blobs(4, 2)[:400]
+    first, second = elbow(X, k=5, random_state=3), elbow(X, k=5, random_state=3)
+    np.testing.assert_array_equal(first.inertia, second.inertia)
+    cosine = elbow(X, k=5, random_state=3, metric="cosine", scores=("silhouette",))
+    assert np.all(cosine.inertia >= 0) and np.all(np.diff(cosine.inertia) < 1e-9)
+    labels = cosine.labels[3]
+    expected = sk.silhouette_score(X, labels, metric="cosine")
+    assert cosine.scores["silhouette"][3] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_verbose_without_tqdm_reports_every_k_on_stderr(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    elbow(_blobs(4, 0)[:300], k=range(2, 6), random_state=0, verbose=True, scores=("silhouette",))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("elbow: seeding k-means++ to k=5")
+    assert [line.split()[1] for line in lines if "converged" in line] == [
+        "k=2",
+        "k=3",
+        "k=4",
+        "k=5",
+    ]
+    assert lines[-1] == "elbow: scores: silhouette"
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_quiet_by_default(capsys):
+    elbow(_blobs(4, 0)[:300], k=range(1, 6), random_state=0)
+    assert capsys.readouterr().err == ""
+
+
+def test_find_knee_on_known_curves():
+    ks = [1, 2, 3, 4, 5, 6, 7, 8]
+    values = [1000.0, 300.0, 100.0, 90.0, 82.0, 75.0, 70.0, 66.0]
+    assert find_knee(ks, values) == 3
+    assert find_knee(np.array(ks), torch.tensor(values), curve="raw") == 3
+    # Uneven ks: the knee is a value of ks, not a position.
+    assert find_knee([2, 4, 8, 16, 32], [100.0, 20.0, 4.0, 3.5, 3.2]) == 8
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # a straight line (raw) has no knee
+        [3.0] * 8,  # flat
+    ],
+)
+def test_no_knee_warns_and_returns_none(values):
+    with pytest.warns(UserWarning, match="No knee found"):
+        assert find_knee(range(1, 9), values, curve="raw") is None
+
+
+def test_high_sensitivity_needs_a_sharper_knee():
+    ks = range(1, 9)
+    values = [100.0, 60.0, 40.0, 30.0, 24.0, 20.0, 17.0, 15.0]
+    assert find_knee(ks, values, curve="raw", sensitivity=0.5) is not None
+    with pytest.warns(UserWarning, match="No knee found"):
+        assert find_knee(ks, values, curve="raw", sensitivity=20.0) is None
+
+
+def test_two_ks_give_no_knee_with_a_warning():
+    with pytest.warns(UserWarning, match="at least 3 values of k"):
+        result = elbow(_blobs(4, 0)[:200], k=[2, 3], random_state=0)
+    assert result.knee is None and result.inertia.shape == (2,)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.floats(0.01, 100.0), min_size=3, max_size=15),
+    st.sampled_from(["log", "raw"]),
+    st.floats(0.0, 3.0),
+)
+def test_a_knee_is_an_interior_k(drops, curve, sensitivity):
+    values = np.cumsum(drops[::-1])[::-1]  # strictly decreasing, positive
+    ks = np.arange(1, len(values) + 1) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        knee = find_knee(ks, values, curve=curve, sensitivity=sensitivity)
+    assert knee is None or (knee in ks[1:-1] and isinstance(knee, int))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": [3, 2, 4]}, ValueError, r"Expected k to be strictly increasing ints >= 1"),
+        ({"k": [0, 1, 2]}, ValueError, r"Expected k to be strictly increasing ints >= 1"),
+        ({"k": [1, 2, 50]}, ValueError, r"n_samples=20 should be >= the largest k=50"),
+        ({"k": [1, 2.5]}, TypeError, r"Expected k to be a non-empty sequence of ints"),
+        ({"k": "abc"}, TypeError, r"Expected k to be a non-empty sequence of ints"),
+        ({"scores": ("silhouette", "gap")}, ValueError, r"Expected scores to be names from"),
+        ({"curve": "sqrt"}, ValueError, r"Expected curve to be 'log' or 'raw', got 'sqrt'"),
+        ({"n_init": 0}, ValueError, r"n_init=0 should be >= 1"),
+        ({"metric": "manhattan"}, ValueError, r"Expected metric to be 'euclidean' or 'cosine'"),
+        ({"sensitivity": -1.0}, ValueError, r"sensitivity=-1.0 should be a finite number >= 0"),
+    ],
+)
+def test_elbow_errors(kwargs, error, match):
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(error, match=match):
+        elbow(X, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (([1, 2, 3], [3.0, 2.0]), {}, r"Expected ks and values of the same length, got 3 and 2"),
+        (([1, 2], [3.0, 2.0]), {}, r"Expected at least 3 points to find a knee, got 2"),
+        (([1, 3, 2], [3.0, 2.0, 1.0]), {}, r"Expected ks to be strictly increasing"),
+        (([1, 2, 3], [3.0, np.nan, 1.0]), {}, r"Input values contains NaN"),
+        (([1, 2, 3], [3.0, -2.0, 1.0]), {}, r"Expected values >= 0 for curve='log'"),
+        (([1, 2, 3], [3.0, 2.0, 1.0]), {"curve": "exp"}, r"Expected curve to be 'log' or 'raw'"),
+    ],
+)
+def test_find_knee_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        find_knee(*args, **kwargs)
+
+
+def test_groups_pad_the_fewest_centroids():
+    assert elbow_module._groups((1, 2, 3), 1) == [[0, 1, 2]]
+    groups = elbow_module._groups(tuple(range(1, 21)), 2)
+    assert groups == [list(range(10)), list(range(10, 20))]
+    # Every position once, in order.
+    assert [i for group in groups for i in group] == list(range(20))

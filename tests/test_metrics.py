@@ -1,0 +1,277 @@
+"""torchkmeans.metrics against scikit-learn.metrics, blockwise memory, batches, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn import datasets
+from sklearn import metrics as sk
+
+from torchkmeans import metrics
+from torchkmeans.kmeans import KMeans
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RTOL = 1e-5  # the acceptance bound; float64 agrees far closer in practice
+
+
+def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
+    loader = {
+        "digits": datasets.load_digits,
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+    }
+    bunch = loader[name]()
+    return bunch.data.astype(np.float64), bunch.target
+
+
+@pytest.fixture(scope="module", params=["digits", "iris", "wine"])
+def dataset(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X, y = _data(request.param)
+    fitted = KMeans(n_clusters=4, random_state=0).fit(X).labels_
+    return X, y, fitted
+
+
+@pytest.mark.parametrize("which", ["target", "kmeans"])
+def test_scores_match_sklearn_float64(dataset, which):
+    X, y, fitted = dataset
+    labels = y if which == "target" else fitted
+    assert metrics.silhouette_score(X, labels) == pytest.approx(
+        sk.silhouette_score(X, labels), rel=RTOL
+    )
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels),
+        sk.silhouette_samples(X, labels),
+        rtol=RTOL,
+        atol=1e-12,
+    )
+    assert metrics.calinski_harabasz_score(X, labels) == pytest.approx(
+        sk.calinski_harabasz_score(X, labels), rel=RTOL
+    )
+    assert metrics.davies_bouldin_score(X, labels) == pytest.approx(
+        sk.davies_bouldin_score(X, labels), rel=RTOL
+    )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_silhouette_other_metrics_match_sklearn(metric):
+    X, y = _data("iris")
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, y, metric=metric),
+        sk.silhouette_samples(X, y, metric=metric),
+        rtol=RTOL,
+        atol=1e-10,
+    )
+
+
+def test_float32_close_to_sklearn_and_torch_gives_float():
+    X, y = _data("wine")
+    x = torch.tensor(X, dtype=torch.float32)
+    value = metrics.silhouette_score(x, torch.tensor(y))
+    assert isinstance(value, float)
+    assert value == pytest.approx(sk.silhouette_score(X, y), rel=1e-4)
+    samples = metrics.silhouette_samples(x, torch.tensor(y))
+    assert isinstance(samples, torch.Tensor) and samples.dtype == torch.float32
+
+
+def test_arbitrary_label_values_and_singletons_match_sklearn():
+    X, _ = _data("iris")
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([-7, 3, 100, 42]), size=X.shape[0])
+    labels[5] = 999  # a cluster of one sample: silhouette 0 for it
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours = getattr(metrics, function)(X, labels)
+        assert ours == pytest.approx(getattr(sk, function)(X, labels), rel=RTOL), function
+    samples = metrics.silhouette_samples(X, labels)
+    assert samples[5] == 0.0
+    names = np.array(["a", "b", "c"])[labels % 3]
+    assert metrics.silhouette_score(X, names) == pytest.approx(sk.silhouette_score(X, names))
+
+
+def test_degenerate_cases_follow_sklearn():
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    labels = [0, 0, 1, 1]
+    assert metrics.davies_bouldin_score(X, labels) == sk.davies_bouldin_score(X, labels) == 0.0
+    assert metrics.calinski_harabasz_score(X, labels) == sk.calinski_harabasz_score(X, labels)
+    assert metrics.silhouette_score(X, labels) == pytest.approx(sk.silhouette_score(X, labels))
+
+
+def test_batched_labels_equal_rows_and_give_nan_where_undefined():
+    X, y = _data("wine")
+    fitted = KMeans(n_clusters=5, random_state=0).fit(X).labels_
+    batch = np.stack([y, fitted, np.zeros_like(y)])
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        values = getattr(metrics, function)(X, batch)
+        assert isinstance(values, np.ndarray) and values.shape == (3,)
+        assert values[0] == pytest.approx(getattr(metrics, function)(X, y), rel=1e-12)
+        assert values[1] == pytest.approx(getattr(metrics, function)(X, fitted), rel=1e-12)
+        assert np.isnan(values[2])
+    samples = metrics.silhouette_samples(X, batch)
+    assert samples.shape == (3, X.shape[0]) and np.isnan(samples[2]).all()
+    tensor = metrics.davies_bouldin_score(torch.tensor(X), torch.tensor(batch))
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (3,)
+
+
+def test_index_add_path_equals_one_hot_path(monkeypatch):
+    X, y = _data("digits")
+    expected = metrics.silhouette_samples(X, y)
+    monkeypatch.setattr(metrics, "_ONE_HOT_MAX_COLUMNS", 0)
+    np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10, atol=1e-14)
+
+
+def test_sample_size_draws_sklearns_subset():
+    X, y = _data("digits")
+    ours = metrics.silhouette_score(X, y, sample_size=300, random_state=3)
+    assert ours == pytest.approx(sk.silhouette_score(X, y, sample_size=300, random_state=3))
+    assert ours != pytest.approx(metrics.silhouette_score(X, y), rel=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    value = metrics.silhouette_score(X, y, sample_size=500, random_state=generator)
+    assert -1.0 <= value <= 1.0
+
+
+def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
+    """No n x n matrix (10 GB in float32): every distance block fits a 16 MiB budget."""
+    budget = 16 * 2**20
+    shapes: list[tuple[int, int]] = []
+    original = metrics._distance_block
+
+    def spy(data, data_sq, start, stop, metric):
+        block = original(data, data_sq, start, stop, metric)
+        shapes.append(tuple(block.shape))
+        return block
+
+    monkeypatch.setattr(metrics, "_distance_block", spy)
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 32, generator=generator) * 4
+    labels = torch.randint(0, 4, (50_000,), generator=generator)
+    x = centres[labels] + torch.randn(50_000, 32, generator=generator)
+    value = metrics.silhouette_score(x, labels, memory_budget=budget)
+    assert 0.3 < value < 1.0
+    assert len(shapes) > 1 and sum(rows for rows, _ in shapes) == 50_000
+    assert all(rows * columns * 4 <= budget and rows < 50_000 for rows, columns in shapes)
+    # The same blocks on a subset agree with scikit-learn's chunked computation.
+    subset = slice(0, 3000)
+    assert metrics.silhouette_score(x[subset], labels[subset], memory_budget=2**18) == (
+        pytest.approx(
+            sk.silhouette_score(x[subset].double().numpy(), labels[subset].numpy()), rel=1e-4
+        )
+    )
+    assert metrics.calinski_harabasz_score(x, labels, memory_budget=budget) > 0
+    assert metrics.davies_bouldin_score(x, labels, memory_budget=budget) > 0
+
+
+def test_on_device(device):
+    X, y = _data("iris")
+    x = torch.tensor(X, device=device)
+    labels = torch.tensor(y, device=device)
+    assert metrics.silhouette_score(x, labels) == pytest.approx(sk.silhouette_score(X, y), rel=RTOL)
+    samples = metrics.silhouette_samples(x, labels)
+    assert samples.device.type == device
+    batch = metrics.calinski_harabasz_score(x, labels.expand(2, -1))
+    assert batch.device.type == device
+
+
+def test_inertia_variants():
+    X, _ = _data("wine")
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    assert metrics.inertia(X, centers=km.cluster_centers_) == pytest.approx(km.inertia_, rel=1e-10)
+    assert metrics.inertia(X, km.labels_, km.cluster_centers_) == pytest.approx(
+        km.inertia_, rel=1e-10
+    )
+    # Labels alone: the within-cluster sum of squares around the cluster means.
+    wcss = sum(((X[km.labels_ == c] - X[km.labels_ == c].mean(0)) ** 2).sum() for c in range(3))
+    assert metrics.inertia(X, km.labels_) == pytest.approx(wcss, rel=1e-10)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
+    weighted = sum(
+        (
+            weights[km.labels_ == c, None]
+            * (X[km.labels_ == c] - np.average(X[km.labels_ == c], 0, weights[km.labels_ == c]))
+            ** 2
+        ).sum()
+        for c in range(3)
+    )
+    assert metrics.inertia(X, km.labels_, sample_weight=weights) == pytest.approx(weighted)
+    both = metrics.inertia(X, np.stack([km.labels_, km.labels_]), km.cluster_centers_)
+    assert both.shape == (2,) and both[1] == pytest.approx(km.inertia_)
+
+
+@SETTINGS
+@given(
+    arrays(np.float64, (12, 2), elements=st.floats(-50, 50, allow_nan=False)),
+    st.lists(st.integers(0, 2), min_size=12, max_size=12),
+    st.floats(-1e3, 1e3),
+)
+def test_silhouette_properties(X, labels, shift):
+    labels = np.array(labels)
+    if len(np.unique(labels)) < 2:
+        return
+    values = metrics.silhouette_samples(X, labels)
+    assert np.all(values >= -1 - 1e-9) and np.all(values <= 1 + 1e-9)
+    np.testing.assert_allclose(values, sk.silhouette_samples(X, labels), atol=1e-7)
+    # Renaming the clusters or translating the data changes nothing.
+    np.testing.assert_allclose(metrics.silhouette_samples(X, 2 - labels), values, atol=1e-9)
+    np.testing.assert_allclose(metrics.silhouette_samples(X + shift, labels), values, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 0, 0]),
+            ValueError,
+            r"Number of labels is 1\. Valid values are 2 to n_samples - 1",
+        ),
+        (
+            lambda: metrics.davies_bouldin_score([[0.0], [1.0]], [0, 1]),
+            ValueError,
+            r"Number of labels is 2",
+        ),
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1]),
+            ValueError,
+            r"Expected labels to be of shape \(3,\) or \(batch, 3\), got shape \(2,\)",
+        ),
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], metric="l1"),
+            ValueError,
+            r"Expected metric to be one of",
+        ),
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], sample_size=5),
+            ValueError,
+            r"sample_size=5 should be <= n_samples=3",
+        ),
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0.5, 1, 1]),
+            TypeError,
+            r"Expected labels to hold integers",
+        ),
+        (
+            lambda: metrics.calinski_harabasz_score([[0.0], [np.nan]], [0, 1]),
+            ValueError,
+            r"Input X contains NaN",
+        ),
+        (lambda: metrics.inertia([[0.0]]), ValueError, r"Expected labels or centers"),
+        (
+            lambda: metrics.inertia([[0.0], [1.0]], [0, 2], [[0.0], [1.0]]),
+            ValueError,
+            r"Expected labels to be indices into centers",
+        ),
+        (
+            lambda: metrics.inertia([[0.0], [1.0]], centers=[[0.0, 1.0]]),
+            ValueError,
+            r"Expected centers to be of shape \(k, 1\)",
+        ),
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], memory_budget=0),
+            ValueError,
+            r"memory_budget=0 should be >= 1",
+        ),
+    ],
+)
+def test_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

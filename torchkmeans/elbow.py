@@ -1,0 +1,560 @@
+"""Choosing k: a sweep of K-Means over k on the device, and knee detection.
+
+:func:`elbow` fits every k of a sweep with ``n_init`` k-means++ restarts in
+one padded batch: ``len(ks) * n_init`` problems share the data, their
+centroids are padded to the largest k and a cluster mask hides the padding
+(see :func:`torchkmeans.functional.lloyd`). One greedy k-means++ run to the
+largest k seeds every k: greedy k-means++ is sequential, so its first k
+centres are a k-means++ seeding for k. :func:`find_knee` then picks the knee
+of the inertia curve with Kneedle.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import _validation as v
+from .functional.distances import nearest_centroids
+from .functional.init import kmeans_plusplus
+from .functional.lloyd import lloyd
+
+__all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
+
+#: Scores :func:`elbow` can compute per k (``"inertia"`` is always computed).
+SCORES = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
+
+_CURVES = ("log", "raw")
+
+# On the CPU every problem costs its full per-iteration work until the whole
+# batch stops, so the sweep runs in rounds of this many iterations and drops
+# the problems that have converged between rounds (measured in
+# benchmarks/bench_elbow.py: about 1.3x faster on load_digits, k = 1..20).
+_CPU_ROUND_ITERATIONS = 10
+# At most this many groups of ks, each padded to its own largest k, on the CPU.
+_CPU_MAX_GROUPS = 2
+
+
+@dataclass
+class ElbowResult:
+    """Result of :func:`elbow`.
+
+    Attributes
+    ----------
+    ks : tuple of int
+        The numbers of clusters swept, increasing.
+    inertia : array or Tensor of shape (len(ks),)
+        Lowest inertia over the restarts, per k.
+    knee : int or None
+        The k at the knee of the inertia curve (see :func:`find_knee`), or
+        None when the curve has none.
+    scores : dict of str to array or Tensor of shape (len(ks),)
+        The requested scores per k (NaN where a score is undefined, such as
+        the silhouette for k = 1).
+    centroids : list of array or Tensor
+        ``centroids[i]`` of shape ``(ks[i], n_features)``: the best fit for ``ks[i]``.
+    labels : array or Tensor of shape (len(ks), n_samples)
+        Nearest centroid of every sample, per k.
+    """
+
+    ks: tuple[int, ...]
+    inertia: Any
+    knee: int | None
+    scores: dict[str, Any] = field(default_factory=dict)
+    centroids: list[Any] = field(default_factory=list)
+    labels: Any = None
+
+    def plot(self, ax: Any = None) -> Any:
+        """Plot inertia against k, knee marked (:func:`~torchkmeans.plotting.plot_elbow`).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from .plotting import plot_elbow
+
+        return plot_elbow(self, ax=ax)
+
+
+def find_knee(
+    ks: Sequence[float] | np.ndarray | torch.Tensor,
+    values: Sequence[float] | np.ndarray | torch.Tensor,
+    *,
+    curve: str = "log",
+    sensitivity: float = 1.0,
+) -> int | None:
+    """The knee of a decreasing convex curve such as inertia against k (Kneedle).
+
+    Kneedle (Satopaa, Albrecht, Irwin and Raghavan, 2011) scales both axes
+    to [0, 1], turns the decreasing convex curve ``y(k)`` into the
+    difference curve ``(1 - y) - k`` and scans its local maxima: a maximum
+    is a knee once the difference curve falls below it by ``sensitivity``
+    times the mean step between consecutive (scaled) ks before the next
+    maximum. Of the knees found this way (offline Kneedle finds them all)
+    the most pronounced one, with the largest difference, is returned: the
+    first one, which the ``kneed`` package returns, can be a ripple at small
+    k in front of the real corner (it is at k = 2 or 3 on log inertia of 16
+    blobs).
+
+    ``curve="log"`` (the default) runs Kneedle on ``log(values)``. Inertia
+    falls by a roughly constant factor per added cluster while clusters are
+    being separated and by much less after, so in log scale the true number
+    of clusters is the corner of the curve; on raw inertia the first few
+    large drops dominate the scaled curve and Kneedle answers too small a k
+    when there are many clusters (8 for 10 or 16 well separated blobs in
+    the tests). ``curve="raw"`` is plain Kneedle on the values as given.
+
+    Parameters
+    ----------
+    ks : sequence of numbers
+        Increasing x values (numbers of clusters), at least 3.
+    values : sequence of numbers
+        The curve at ``ks``, decreasing overall (positive for ``curve="log"``;
+        values of 0 are floored at 1e-12 times the largest).
+    curve : {"log", "raw"}, default="log"
+        Which curve Kneedle runs on.
+    sensitivity : float, default=1.0
+        Kneedle's S: larger values need a more pronounced knee.
+
+    Returns
+    -------
+    int or None
+        The k at the knee, or None (with a ``UserWarning``) when there is none.
+
+    Raises
+    ------
+    ValueError
+        If ``ks`` and ``values`` differ in length, have fewer than 3 points,
+        are not finite, if ``ks`` is not increasing, if ``curve`` is unknown,
+        or if ``values`` are negative with ``curve="log"``.
+
+    Examples
+    --------
+    >>> find_knee([1, 2, 3, 4, 5, 6], [100.0, 10.0, 1.0, 0.9, 0.8, 0.7])
+    3
+    >>> find_knee([1, 2, 3, 4, 5, 6], [100.0, 10.0, 1.0, 0.9, 0.8, 0.7], curve="raw")
+    2
+    """
+    x = _as_float_array(ks, "ks")
+    y = _as_float_array(values, "values")
+    if x.shape != y.shape:
+        raise ValueError(
+            f"Expected ks and values of the same length, got {x.shape[0]} and {y.shape[0]}."
+        )
+    if x.shape[0] < 3:
+        raise ValueError(f"Expected at least 3 points to find a knee, got {x.shape[0]}.")
+    if not bool(np.all(np.diff(x) > 0)):
+        raise ValueError(f"Expected ks to be strictly increasing, got {x.tolist()}.")
+    if curve not in _CURVES:
+        raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
+    sensitivity = v.check_nonnegative_float(sensitivity, "sensitivity")
+    if curve == "log":
+        if bool(np.any(y < 0)):
+            raise ValueError("Expected values >= 0 for curve='log', got negative values.")
+        top = float(y.max())
+        # Inertia can reach 0 (as many clusters as distinct points): floor it
+        # relative to the largest value so log stays finite.
+        y = np.log(np.maximum(y, top * 1e-12 if top > 0 else 1e-300))
+    span_x, span_y = x[-1] - x[0], float(y.max() - y.min())
+    if span_y == 0:
+        warnings.warn("No knee found: the curve is flat.", UserWarning, stacklevel=2)
+        return None
+    x_n = (x - x[0]) / span_x
+    y_n = (y - y.min()) / span_y
+    difference = (1.0 - y_n) - x_n
+    threshold_step = sensitivity * float(np.mean(np.diff(x_n)))
+    maxima = [
+        i
+        for i in range(1, len(difference) - 1)
+        if difference[i] > difference[i - 1] and difference[i] > difference[i + 1]
+    ]
+    knees = []
+    for position, peak in enumerate(maxima):
+        stop = maxima[position + 1] if position + 1 < len(maxima) else len(difference)
+        threshold = difference[peak] - threshold_step
+        if bool(np.any(difference[peak + 1 : stop] < threshold)):
+            knees.append(peak)
+    if knees:
+        best = max(knees, key=lambda peak: difference[peak])
+        return int(x[best]) if float(x[best]).is_integer() else float(x[best])  # type: ignore[return-value]
+    warnings.warn(
+        "No knee found: the curve has no point of maximum curvature that stands out "
+        f"(curve={curve!r}, sensitivity={sensitivity}); try a wider range of k or a "
+        "lower sensitivity.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return None
+
+
+def _as_float_array(data: Any, name: str) -> np.ndarray:
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Expected {name} to be a sequence of numbers, got {data!r}.") from exc
+    if array.ndim != 1:
+        raise ValueError(f"Expected {name} to be 1-D, got shape {array.shape}.")
+    if not bool(np.all(np.isfinite(array))):
+        raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
+    return array
+
+
+def _check_ks(k: Any, n_samples: int) -> tuple[int, ...]:
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        ks: tuple[Any, ...] = tuple(range(1, int(k) + 1))
+    elif isinstance(k, torch.Tensor):
+        ks = tuple(k.tolist())
+    elif isinstance(k, Iterable):
+        ks = tuple(k)
+    else:
+        raise TypeError(f"Expected k to be an int or a sequence of ints, got {k!r}.")
+    if not ks or not all(
+        isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in ks
+    ):
+        raise TypeError(f"Expected k to be a non-empty sequence of ints, got {k!r}.")
+    ks = tuple(int(value) for value in ks)
+    if ks[0] < 1 or any(b <= a for a, b in zip(ks, ks[1:])):
+        raise ValueError(f"Expected k to be strictly increasing ints >= 1, got {list(ks)}.")
+    if ks[-1] > n_samples:
+        raise ValueError(f"n_samples={n_samples} should be >= the largest k={ks[-1]}.")
+    return ks
+
+
+def _check_scores(scores: Any) -> tuple[str, ...]:
+    if isinstance(scores, str):
+        scores = (scores,)
+    try:
+        names = tuple(scores)
+    except TypeError as exc:
+        raise TypeError(f"Expected scores to be a sequence of names, got {scores!r}.") from exc
+    for name in names:
+        if name not in SCORES:
+            raise ValueError(f"Expected scores to be names from {SCORES}, got {name!r}.")
+    return names
+
+
+def _groups(ks: tuple[int, ...], max_groups: int) -> list[list[int]]:
+    """Split the positions of ``ks`` into contiguous groups padding the fewest centroids.
+
+    Each group is padded to its own largest k; the cost is ``sum(len * max k)``.
+    """
+    n = len(ks)
+    best: tuple[int, list[list[int]]] = (n * ks[-1], [list(range(n))])
+    if max_groups >= 2:
+        for cut in range(1, n):
+            cost = cut * ks[cut - 1] + (n - cut) * ks[-1]
+            if cost < best[0]:
+                best = (cost, [list(range(cut)), list(range(cut, n))])
+    return best[1]
+
+
+class _Progress:
+    """Progress over k: tqdm when it is installed, else one stderr line per k."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc="elbow", unit="k")
+
+    def phase(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(message)
+        else:
+            print(f"elbow: {message}", file=sys.stderr, flush=True)
+
+    def done(self, k: int, inertia: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+        else:
+            print(f"elbow: k={k} converged, inertia {inertia:.6g}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _sweep(
+    x: torch.Tensor,
+    ks: tuple[int, ...],
+    *,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    generator: torch.Generator,
+    memory_budget: int | None,
+    progress: _Progress,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best inertia ``(L,)`` and centroids ``(L, K, d)`` per k, over ``n_init`` restarts."""
+    d = x.shape[1]
+    n_ks, k_max = len(ks), ks[-1]
+    progress.phase(f"seeding k-means++ to k={k_max} ({n_init} restarts)")
+    # Seeds are drawn on centred (or unit) rows, as kmeans() does, so that the
+    # |x|^2 - 2x.c + |c|^2 expansion stays accurate for data far from the origin.
+    seeding_x = torch.nn.functional.normalize(x, dim=-1) if metric == "cosine" else x - x.mean(0)
+    _, indices = kmeans_plusplus(
+        seeding_x,
+        k_max,
+        n_problems=n_init,
+        metric=metric,
+        generator=generator,
+        memory_budget=memory_budget,
+    )
+    del seeding_x
+    n_problems = n_ks * n_init
+    centroids = x[indices].unsqueeze(0).expand(n_ks, n_init, k_max, d).reshape(n_problems, k_max, d)
+    inertia = torch.empty(n_problems, dtype=torch.float64, device=x.device)
+    k_of_problem = torch.tensor(ks, device=x.device).repeat_interleave(n_init)
+    on_cpu = x.device.type == "cpu"
+    groups = _groups(ks, _CPU_MAX_GROUPS if on_cpu else 1)
+    round_iterations = _CPU_ROUND_ITERATIONS if on_cpu else max_iter
+    progress.phase("Lloyd iterations")
+    for group in groups:
+        k_group = ks[group[-1]]
+        active = torch.arange(group[0] * n_init, (group[-1] + 1) * n_init, device=x.device)
+        used = 0
+        while active.numel():
+            iterations = min(round_iterations, max_iter - used)
+            mask = torch.arange(k_group, device=x.device) < k_of_problem[active, None]
+            # Restarting Lloyd from the centroids of the last round continues
+            # the same sequence of iterations. Only a fit that met the
+            # tolerance exactly at the end of a round cannot be told from one
+            # still moving (n_iter == iterations either way): it runs on, and
+            # its inertia can only go down.
+            result = lloyd(
+                x,
+                centroids[active, :k_group],
+                max_iter=iterations,
+                tol=tol,
+                metric=metric,
+                memory_budget=memory_budget,
+                cluster_mask=mask,
+            )
+            centroids[active, :k_group] = result.centroids.to(centroids.dtype)
+            inertia[active] = result.inertia.to(torch.float64)
+            used += iterations
+            still_running = result.n_iter >= iterations
+            if used >= max_iter:
+                still_running = torch.zeros_like(still_running)
+            before = set((active // n_init).tolist()) if progress.enabled else set()
+            active = active[still_running]
+            if progress.enabled:
+                after = set((active // n_init).tolist())
+                for position in sorted(before - after):
+                    best = float(inertia[position * n_init : (position + 1) * n_init].min())
+                    progress.done(ks[position], best)
+    best = inertia.view(n_ks, n_init).argmin(1)
+    chosen = torch.arange(n_ks, device=x.device) * n_init + best
+    return inertia[chosen], centroids[chosen]
+
+
+def elbow(
+    X: Any,
+    k: int | Iterable[int] = range(1, 11),
+    *,
+    n_init: int = 3,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    random_state: Any = None,
+    metric: str = "euclidean",
+    scores: Sequence[str] = ("inertia",),
+    curve: str = "log",
+    sensitivity: float = 1.0,
+    device: str | torch.device | None = None,
+    dtype: Any = None,
+    memory_budget: int | None = None,
+    verbose: bool = False,
+) -> ElbowResult:
+    """Fit K-Means for every k of a sweep on the device, and find the knee of the inertia.
+
+    All ``len(k) * n_init`` fits run as one batch of padded problems (on the
+    CPU: at most two groups of ks, each padded to its own largest k, in
+    rounds of 10 iterations that drop converged fits), seeded by one greedy
+    k-means++ run to the largest k per restart. Each fit runs Lloyd's
+    iterations exactly as :class:`~torchkmeans.KMeans` does; per k the
+    restart with the lowest inertia is kept, on the device, and results
+    cross to the host once. (A fit that meets the tolerance exactly at the
+    end of a CPU round cannot be told from one still moving and runs on
+    until it stops again: its inertia is then slightly lower, never higher,
+    than that of the same fit run alone.)
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    k : int or iterable of int, default=range(1, 11)
+        Numbers of clusters to try, strictly increasing; an int ``k`` means ``1..k``.
+    n_init : int, default=3
+        k-means++ restarts per k.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per fit.
+    tol : float, default=1e-4
+        Relative tolerance on the centroid shift, as in :class:`~torchkmeans.KMeans`.
+    random_state : int, numpy RandomState/Generator, torch.Generator or None
+        Seed of the k-means++ seeding.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "cosine" is spherical k-means; the silhouette then uses cosine
+        distances too (the other scores are euclidean by definition).
+    scores : sequence of str, default=("inertia",)
+        Scores to compute per k on the best fit: any of ``"inertia"``,
+        ``"silhouette"``, ``"calinski_harabasz"``, ``"davies_bouldin"``
+        (see :mod:`torchkmeans.metrics`).
+    curve : {"log", "raw"}, default="log"
+        Knee detection on log inertia or on raw inertia; see :func:`find_knee`.
+    sensitivity : float, default=1.0
+        Kneedle's sensitivity S.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is, "auto" picks CUDA when present.
+    dtype : {"float32", "float64", ...} or torch.dtype, optional
+        Compute dtype; by default the data's (half precision computes in float32).
+    memory_budget : int, optional
+        Bytes a block of distances may take.
+    verbose : bool, default=False
+        Show progress: a tqdm bar over k when tqdm is installed, else a line
+        on stderr per k. All ks run in one batch, so a k is reported when its
+        last restart has converged (the bar moves in bursts at the ends of
+        rounds), after a line for the seeding; scores are one more phase.
+
+    Returns
+    -------
+    ElbowResult
+        numpy arrays for numpy (or list, pandas) input, tensors on the
+        device for tensor input.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not strictly increasing or exceeds the number of samples,
+        a score name is unknown, or any other argument is out of range.
+    TypeError
+        If ``k`` or ``n_init`` is not made of ints.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    >>> X = np.repeat(centres, 50, axis=0) + rng.normal(scale=0.5, size=(200, 2))
+    >>> result = elbow(X, k=range(1, 9), random_state=0)
+    >>> result.knee
+    4
+    >>> result.inertia.shape, result.centroids[3].shape
+    ((8,), (4, 2))
+    """
+    x, kind = v.as_tensor(X, "X", device=device, dtype=v.resolve_dtype(dtype))
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(
+            f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
+        )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    ks = _check_ks(k, x.shape[0])
+    n_init = v.check_positive_int(n_init, "n_init")
+    max_iter = v.check_positive_int(max_iter, "max_iter")
+    tol = v.check_nonnegative_float(tol, "tol")
+    metric = v.check_metric(metric)
+    names = _check_scores(scores)
+    if curve not in _CURVES:
+        raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
+    v.check_nonnegative_float(sensitivity, "sensitivity")
+    if memory_budget is not None:
+        v.check_positive_int(memory_budget, "memory_budget")
+    generator = v.make_generator(random_state, x.device)
+
+    progress = _Progress(verbose, len(ks))
+    try:
+        inertia, padded = _sweep(
+            x,
+            ks,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            generator=generator,
+            memory_budget=memory_budget,
+            progress=progress,
+        )
+        labels = _labels(x, padded, ks, metric, memory_budget)
+        computed: dict[str, torch.Tensor] = {}
+        extra = [name for name in names if name != "inertia"]
+        if extra:
+            progress.phase("scores: " + ", ".join(extra))
+        for name in names:
+            computed[name] = inertia if name == "inertia" else _score(name, x, labels, metric)
+    finally:
+        progress.close()
+
+    inertia_host = inertia.cpu()
+    knee = None
+    if len(ks) >= 3:
+        knee = find_knee(ks, inertia_host, curve=curve, sensitivity=sensitivity)
+    else:
+        warnings.warn(
+            f"No knee found: at least 3 values of k are needed, got {len(ks)}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    out_dtype = padded.dtype
+    return ElbowResult(
+        ks=ks,
+        inertia=kind.out(inertia if kind.is_torch else inertia_host),
+        knee=knee,
+        scores={name: kind.out(value) for name, value in computed.items()},
+        centroids=[kind.out(padded[i, :kk].to(out_dtype)) for i, kk in enumerate(ks)],
+        labels=kind.out(labels),
+    )
+
+
+def _labels(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    ks: tuple[int, ...],
+    metric: str,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """Nearest of the first ``ks[i]`` centroids ``(L, K, d)`` for every row, ``(L, n)``.
+
+    Recomputed from the kept centroids rather than stored for every restart:
+    Lloyd's labels of all ``len(ks) * n_init`` fits would take that many times n.
+    """
+    if metric == "cosine":
+        data = torch.nn.functional.normalize(x, dim=-1)
+        centres = torch.nn.functional.normalize(centroids, dim=-1)
+    else:
+        # Centred as in KMeans.predict, so near-ties resolve as Lloyd resolved them.
+        offset = x.mean(0)
+        data, centres = x - offset, centroids - offset
+    labels = torch.empty((len(ks), x.shape[0]), dtype=torch.int64, device=x.device)
+    for i, k in enumerate(ks):
+        labels[i] = nearest_centroids(
+            data, centres[i, :k].contiguous(), metric=metric, memory_budget=memory_budget
+        ).labels
+    return labels
+
+
+def _score(name: str, x: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+    from . import metrics
+
+    functions: dict[str, Callable[..., Any]] = {
+        "silhouette": lambda: metrics.silhouette_score(x, labels, metric=metric),
+        "calinski_harabasz": lambda: metrics.calinski_harabasz_score(x, labels),
+        "davies_bouldin": lambda: metrics.davies_bouldin_score(x, labels),
+    }
+    return functions[name]().to(torch.float64)

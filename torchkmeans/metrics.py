@@ -1,0 +1,629 @@
+"""Cluster-quality scores on the device: silhouette, Calinski-Harabasz, Davies-Bouldin, inertia.
+
+Each score matches the scikit-learn function of the same name (float64 input
+agrees to about 1e-12 relative). Everything runs on the data's device and in
+blocks of rows: the silhouette needs, for every point, its mean distance to
+each cluster, which is computed one block of rows at a time as
+``(m, n)`` distances reduced to ``(m, k)`` per-cluster sums, so no
+``n x n`` matrix is ever allocated and memory is set by ``memory_budget``.
+
+Labels may be one labelling ``(n_samples,)``, which gives a Python float, or
+a batch ``(batch, n_samples)`` of labellings of the same data (for example
+one per k of a sweep), which gives an array of shape ``(batch,)`` (a tensor
+for tensor input) with NaN where the score is undefined. The silhouette of a
+batch shares the distance blocks between all labellings.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from . import _validation as v
+from .functional.distances import block_rows, nearest_centroids, squared_norms
+
+__all__ = [
+    "calinski_harabasz_score",
+    "davies_bouldin_score",
+    "inertia",
+    "silhouette_samples",
+    "silhouette_score",
+]
+
+_SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine")
+# Per-cluster sums of a distance block are one matrix product against a
+# one-hot (n, clusters) matrix while that matrix is small; past this many
+# clusters the product costs more than index_add_ of the block's columns.
+_ONE_HOT_MAX_COLUMNS = 256
+
+
+class _Labels(NamedTuple):
+    """Labellings encoded as 0..k_i-1 per row."""
+
+    codes: torch.Tensor  # (b, n) int64
+    counts: torch.Tensor  # (b, K) cluster sizes in the compute dtype, 0 beyond k_i
+    n_clusters: torch.Tensor  # (b,) int64
+    batched: bool
+
+    @property
+    def width(self) -> int:
+        return self.counts.shape[1]
+
+
+def _as_data(X: Any, device: str | torch.device | None) -> tuple[torch.Tensor, v.OutputKind]:
+    x, kind = v.as_tensor(X, "X", device=device)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(
+            f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
+        )
+    return x, kind
+
+
+def _label_tensor(labels: Any, n_samples: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched."""
+    if isinstance(labels, torch.Tensor):
+        tensor = labels.detach()
+        if tensor.is_floating_point():
+            if not bool((tensor == tensor.round()).all()):
+                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+        elif tensor.is_complex():
+            raise TypeError(f"Expected labels to hold integers, got dtype {tensor.dtype}.")
+        tensor = tensor.to(device=device, dtype=torch.int64)
+    else:
+        array = np.asarray(labels)
+        if array.dtype.kind == "f":
+            if not bool(np.all(array == np.round(array))):
+                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+            array = array.astype(np.int64)
+        elif array.dtype.kind not in "biu":
+            # Strings or objects: encode each labelling, as scikit-learn does.
+            rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
+            codes = np.stack([np.unique(row, return_inverse=True)[1].ravel() for row in rows])
+            array = codes.reshape(array.shape)
+        tensor = torch.as_tensor(array.astype(np.int64), device=device)
+    if tensor.ndim not in (1, 2) or tensor.shape[-1] != n_samples:
+        raise ValueError(
+            f"Expected labels to be of shape ({n_samples},) or (batch, {n_samples}), "
+            f"got shape {tuple(tensor.shape)}."
+        )
+    batched = tensor.ndim == 2
+    return (tensor if batched else tensor.unsqueeze(0)), batched
+
+
+def _encode(labels: torch.Tensor, batched: bool, dtype: torch.dtype) -> _Labels:
+    """Codes 0..k_i-1 in sorted label order per row, cluster sizes and k per row."""
+    b = labels.shape[0]
+    shifted = labels - labels.min()
+    span = int(shifted.max()) + 1
+    keys = shifted + torch.arange(b, device=labels.device).unsqueeze(1) * span
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    n_clusters = torch.bincount(unique // span, minlength=b)
+    first = n_clusters.cumsum(0) - n_clusters
+    codes = inverse - first.unsqueeze(1)
+    width = int(n_clusters.max())
+    flat = codes + torch.arange(b, device=labels.device).unsqueeze(1) * width
+    counts = torch.bincount(flat.reshape(-1), minlength=b * width).view(b, width).to(dtype)
+    return _Labels(codes, counts, n_clusters, batched)
+
+
+def _valid(encoded: _Labels, n_samples: int) -> torch.Tensor:
+    """Rows with 2 <= k <= n_samples - 1 (where the scores are defined); raise if not batched."""
+    valid = (encoded.n_clusters >= 2) & (encoded.n_clusters <= n_samples - 1)
+    if not encoded.batched and not bool(valid[0]):
+        raise ValueError(
+            f"Number of labels is {int(encoded.n_clusters[0])}. Valid values are 2 to "
+            "n_samples - 1 (inclusive)"
+        )
+    return valid
+
+
+def _result(values: torch.Tensor, valid: torch.Tensor, encoded: _Labels, kind: v.OutputKind) -> Any:
+    values = values.to(torch.float64)
+    values = torch.where(valid, values, torch.full_like(values, float("nan")))
+    if encoded.batched:
+        return kind.out(values)
+    return float(values[0])
+
+
+def _check_memory_budget(memory_budget: Any) -> int | None:
+    if memory_budget is None:
+        return None
+    return v.check_positive_int(memory_budget, "memory_budget")
+
+
+# ----------------------------------------------------------------- silhouette
+
+
+def _silhouette(
+    x: torch.Tensor, encoded: _Labels, metric: str, memory_budget: int | None
+) -> torch.Tensor:
+    """Silhouette of every sample under every labelling, ``(b, n)``."""
+    n = x.shape[0]
+    counts = encoded.counts.to(x.dtype)
+    b, width = counts.shape
+    columns = b * width
+    if metric == "cosine":
+        data = torch.nn.functional.normalize(x, dim=-1)
+        data_sq = None
+    else:
+        # Centring keeps |x|^2 - 2 x.y + |y|^2 accurate for data far from the origin.
+        data = x - x.mean(0)
+        data_sq = squared_norms(data)
+    flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width  # (b, n)
+    one_hot = None
+    if columns <= _ONE_HOT_MAX_COLUMNS:
+        one_hot = torch.zeros((n, columns), dtype=x.dtype, device=x.device)
+        one_hot.scatter_(1, flat.T, 1.0)
+    rows = block_rows(
+        n, n + columns, itemsize=x.element_size(), memory_budget=memory_budget, device=x.device
+    )
+    out = torch.empty((b, n), dtype=x.dtype, device=x.device)
+    infinity = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        distances = _distance_block(data, data_sq, start, stop, metric)
+        if one_hot is not None:
+            sums = torch.mm(distances, one_hot)
+        else:
+            sums = torch.zeros((stop - start, columns), dtype=x.dtype, device=x.device)
+            for row in range(b):
+                sums.index_add_(1, flat[row], distances)
+        del distances
+        sums = sums.view(stop - start, b, width).transpose(0, 1)  # (b, m, width)
+        own = encoded.codes[:, start:stop].unsqueeze(-1)
+        own_size = counts.gather(1, own[..., 0])
+        # Singletons give 0 / 0 = NaN here, and a silhouette of 0 below.
+        intra = sums.gather(2, own)[..., 0] / (own_size - 1)
+        means = torch.where(counts.unsqueeze(1) > 0, sums / counts.unsqueeze(1), infinity)
+        inter = means.scatter(2, own, float("inf")).amin(-1)
+        values = (inter - intra) / torch.maximum(intra, inter)
+        out[:, start:stop] = torch.nan_to_num(values, nan=0.0)
+    return out
+
+
+def _distance_block(
+    data: torch.Tensor, data_sq: torch.Tensor | None, start: int, stop: int, metric: str
+) -> torch.Tensor:
+    """Distances ``(m, n)`` from rows ``start:stop`` to all rows; exactly 0 to themselves."""
+    block = data[start:stop]
+    if data_sq is None:
+        distances = torch.mm(block, data.T).neg_().add_(1.0).clamp_(0.0, 2.0)
+    else:
+        distances = torch.addmm(data_sq.unsqueeze(0), block, data.T, alpha=-2.0)
+        distances.add_(data_sq[start:stop].unsqueeze(1)).clamp_min_(0.0)
+    # Rounding leaves a small positive self-distance; scikit-learn zeroes it too.
+    distances.diagonal(start).zero_()
+    if metric == "euclidean":
+        distances.sqrt_()
+    return distances
+
+
+def _check_silhouette_metric(metric: Any) -> str:
+    if metric not in _SILHOUETTE_METRICS:
+        raise ValueError(
+            f"Expected metric to be one of {', '.join(map(repr, _SILHOUETTE_METRICS))}, "
+            f"got {metric!r}."
+        )
+    return str(metric)
+
+
+def silhouette_samples(
+    X: Any,
+    labels: Any,
+    *,
+    metric: str = "euclidean",
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Silhouette coefficient of every sample, as ``sklearn.metrics.silhouette_samples``.
+
+    ``s = (b - a) / max(a, b)`` with ``a`` the mean distance to the other
+    members of the sample's cluster and ``b`` the mean distance to the
+    members of the nearest other cluster; 0 for a sample alone in its cluster.
+    Exact: every pairwise distance is computed, one block of rows at a time.
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
+        Cluster label of every sample (any integers, or strings for numpy);
+        a 2-D array holds several labellings of the same data.
+    metric : {"euclidean", "sqeuclidean", "cosine"}, default="euclidean"
+        Distance between samples (``"cosine"`` is ``1 - cos``).
+    memory_budget : int, optional
+        Bytes a block of distances may take (default 256 MiB, less on the CPU).
+    device : str or torch.device, optional
+        Where to compute: None is where the data is.
+
+    Returns
+    -------
+    array or Tensor of shape (n_samples,) or (batch, n_samples)
+        numpy for numpy input, a tensor on the device for tensor input.
+
+    Raises
+    ------
+    ValueError
+        If the number of distinct labels of a single labelling is not
+        between 2 and n_samples - 1, or shapes do not match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [1.0], [10.0], [12.0]])
+    >>> silhouette_samples(X, [0, 0, 1, 1]).round(4).tolist()
+    [0.9091, 0.9, 0.7895, 0.8261]
+    """
+    metric = _check_silhouette_metric(metric)
+    memory_budget = _check_memory_budget(memory_budget)
+    x, kind = _as_data(X, device)
+    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
+    encoded = _encode(tensor, batched, x.dtype)
+    valid = _valid(encoded, x.shape[0])
+    samples = _silhouette(x, encoded, metric, memory_budget)
+    samples = torch.where(valid.unsqueeze(1), samples, torch.full_like(samples, float("nan")))
+    return kind.out(samples if batched else samples[0])
+
+
+def silhouette_score(
+    X: Any,
+    labels: Any,
+    *,
+    metric: str = "euclidean",
+    sample_size: int | None = None,
+    random_state: Any = None,
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Mean silhouette coefficient, as ``sklearn.metrics.silhouette_score``.
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
+    metric : {"euclidean", "sqeuclidean", "cosine"}, default="euclidean"
+    sample_size : int, optional
+        Score a random subset of this many samples (the same subset for
+        every labelling of a batch). With an int or numpy ``random_state``
+        the subset is the one scikit-learn draws for the same seed.
+    random_state : int, numpy RandomState/Generator, torch.Generator or None
+        Seed of the subset (used only with ``sample_size``).
+    memory_budget : int, optional
+        Bytes a block of distances may take.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is.
+
+    Returns
+    -------
+    float, or array or Tensor of shape (batch,)
+        A float for one labelling; for a batch, one score per labelling,
+        NaN where fewer than 2 or more than n_samples - 1 clusters exist.
+
+    Raises
+    ------
+    ValueError
+        If a single labelling has fewer than 2 or more than n_samples - 1
+        distinct labels, or ``sample_size`` is out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [1.0], [10.0], [12.0]])
+    >>> round(silhouette_score(X, [0, 0, 1, 1]), 6)
+    0.856163
+    """
+    metric = _check_silhouette_metric(metric)
+    memory_budget = _check_memory_budget(memory_budget)
+    x, kind = _as_data(X, device)
+    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
+    if sample_size is not None:
+        n = x.shape[0]
+        sample_size = v.check_positive_int(sample_size, "sample_size")
+        if sample_size > n:
+            raise ValueError(f"sample_size={sample_size} should be <= n_samples={n}.")
+        indices = _subset(n, sample_size, random_state, x.device)
+        x, tensor = x[indices], tensor[:, indices]
+    encoded = _encode(tensor, batched, x.dtype)
+    valid = _valid(encoded, x.shape[0])
+    samples = _silhouette(x, encoded, metric, memory_budget)
+    return _result(samples.mean(-1, dtype=torch.float64), valid, encoded, kind)
+
+
+def _subset(n: int, size: int, random_state: Any, device: torch.device) -> torch.Tensor:
+    """``size`` distinct indices: scikit-learn's ``permutation(n)[:size]`` for numpy seeds."""
+    if isinstance(random_state, torch.Generator):
+        permutation = torch.randperm(n, generator=random_state, device=random_state.device)
+        return permutation[:size].to(device)
+    if random_state is None:
+        rng: Any = np.random.mtrand._rand
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        rng = np.random.RandomState(int(random_state))
+    elif isinstance(random_state, (np.random.RandomState, np.random.Generator)):
+        rng = random_state
+    else:
+        raise TypeError(
+            "Expected random_state to be None, an int, a numpy RandomState/Generator "
+            f"or a torch.Generator, got {random_state!r}."
+        )
+    return torch.as_tensor(rng.permutation(n)[:size], device=device)
+
+
+# ------------------------------------------------- scores from cluster means
+
+
+class _Dispersion(NamedTuple):
+    centroids: torch.Tensor  # (b, K, d) float64 cluster means (0 beyond k_i)
+    squared: torch.Tensor  # (b,) sum of squared distances to the own centroid
+    distance_sums: torch.Tensor  # (b, K) sum of (not squared) distances per cluster
+
+
+def _dispersion(x: torch.Tensor, encoded: _Labels, memory_budget: int | None) -> _Dispersion:
+    """Cluster means and distances to them, in float64, in blocks of rows."""
+    n, d = x.shape
+    b, width = encoded.counts.shape
+    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width
+    budget = 64 * 2**20 if memory_budget is None else memory_budget
+    rows = max(1, min(n, budget // max(1, b * d * 8 * 3)))
+    sums = torch.zeros((b * width, d), dtype=acc, device=x.device)
+    for start in range(0, n, rows):
+        block = x[start : start + rows].to(acc)
+        for row in range(b):
+            sums.index_add_(0, flat[row, start : start + rows], block)
+    counts = encoded.counts.to(acc)
+    centroids = (sums.view(b, width, d) / counts.clamp_min(1).unsqueeze(-1)).view(b * width, d)
+    squared = torch.zeros(b, dtype=acc, device=x.device)
+    distance_sums = torch.zeros(b * width, dtype=acc, device=x.device)
+    for start in range(0, n, rows):
+        block = x[start : start + rows].to(acc)
+        index = flat[:, start : start + rows]
+        difference = block.unsqueeze(0) - centroids.index_select(0, index.reshape(-1)).view(
+            b, -1, d
+        )
+        point_squared = difference.square_().sum(-1)  # (b, m)
+        squared += point_squared.sum(-1)
+        distance_sums.index_add_(0, index.reshape(-1), point_squared.sqrt_().reshape(-1))
+    return _Dispersion(centroids.view(b, width, d), squared, distance_sums.view(b, width))
+
+
+def calinski_harabasz_score(
+    X: Any,
+    labels: Any,
+    *,
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Calinski-Harabasz index (variance ratio), as ``sklearn.metrics.calinski_harabasz_score``.
+
+    ``[B / (k - 1)] / [W / (n - k)]`` with B the between-cluster and W the
+    within-cluster sum of squares; higher is better; 1.0 when W is 0.
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
+    memory_budget : int, optional
+        Bytes a block of rows may take.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is.
+
+    Returns
+    -------
+    float, or array or Tensor of shape (batch,)
+
+    Raises
+    ------
+    ValueError
+        If a single labelling has fewer than 2 or more than n_samples - 1
+        distinct labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [1.0], [10.0], [12.0]])
+    >>> round(calinski_harabasz_score(X, [0, 0, 1, 1]), 6)
+    88.2
+    """
+    memory_budget = _check_memory_budget(memory_budget)
+    x, kind = _as_data(X, device)
+    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
+    encoded = _encode(tensor, batched, torch.float64)
+    valid = _valid(encoded, x.shape[0])
+    dispersion = _dispersion(x, encoded, memory_budget)
+    mean = x.to(dispersion.centroids.dtype).mean(0)
+    counts = encoded.counts.to(mean.dtype)
+    between = (counts * (dispersion.centroids - mean).square().sum(-1)).sum(-1)
+    within = dispersion.squared
+    n, k = x.shape[0], encoded.n_clusters.to(mean.dtype)
+    score = between * (n - k) / (within * (k - 1))
+    score = torch.where(within == 0, torch.ones_like(score), score)
+    return _result(score, valid, encoded, kind)
+
+
+def davies_bouldin_score(
+    X: Any,
+    labels: Any,
+    *,
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Davies-Bouldin index, as ``sklearn.metrics.davies_bouldin_score``.
+
+    The mean over clusters of the largest ``(s_i + s_j) / d(c_i, c_j)``, with
+    ``s_i`` the mean distance of cluster i's points to its centroid; lower is
+    better, 0 is the minimum.
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
+    memory_budget : int, optional
+        Bytes a block of rows may take.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is.
+
+    Returns
+    -------
+    float, or array or Tensor of shape (batch,)
+
+    Raises
+    ------
+    ValueError
+        If a single labelling has fewer than 2 or more than n_samples - 1
+        distinct labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [1.0], [10.0], [12.0]])
+    >>> round(davies_bouldin_score(X, [0, 0, 1, 1]), 6)
+    0.142857
+    """
+    memory_budget = _check_memory_budget(memory_budget)
+    x, kind = _as_data(X, device)
+    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
+    encoded = _encode(tensor, batched, torch.float64)
+    valid = _valid(encoded, x.shape[0])
+    dispersion = _dispersion(x, encoded, memory_budget)
+    counts = encoded.counts.to(dispersion.squared.dtype)
+    real = counts > 0  # (b, K): clusters that exist in each labelling
+    spread = dispersion.distance_sums / counts.clamp_min(1)
+    centroids = dispersion.centroids
+    between = (centroids.unsqueeze(2) - centroids.unsqueeze(1)).square().sum(-1).sqrt()
+    pair = real.unsqueeze(2) & real.unsqueeze(1)
+    # scikit-learn returns 0 when all spreads or all centroid distances are
+    # zero (np.allclose to 0, atol 1e-8), and skips coincident centroids.
+    tiny = 1e-8
+    degenerate = ((spread.abs() <= tiny) | ~real).all(-1) | ((between <= tiny) | ~pair).all(-1).all(
+        -1
+    )
+    infinity = torch.tensor(float("inf"), dtype=between.dtype, device=between.device)
+    between = torch.where(between == 0, infinity, between)
+    ratio = (spread.unsqueeze(2) + spread.unsqueeze(1)) / between
+    ratio = torch.where(pair, ratio, -infinity)
+    worst = ratio.amax(-1)
+    score = torch.where(real, worst, torch.zeros_like(worst)).sum(-1) / real.sum(-1)
+    score = torch.where(degenerate, torch.zeros_like(score), score)
+    return _result(score, valid, encoded, kind)
+
+
+def inertia(
+    X: Any,
+    labels: Any = None,
+    centers: Any = None,
+    *,
+    sample_weight: Any = None,
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Sum of squared euclidean distances of the samples to their cluster centre.
+
+    With ``centers`` only, every sample goes to its nearest centre (as
+    ``KMeans.inertia_``); with ``labels`` only, the centres are the cluster
+    means (the within-cluster sum of squares); with both, sample i goes to
+    ``centers[labels[i]]``.
+
+    Parameters
+    ----------
+    X : array-like or Tensor of shape (n_samples, n_features)
+    labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples), optional
+        With ``centers``: indices into them; without: any cluster labels.
+    centers : array-like or Tensor of shape (k, n_features) or (batch, k, n_features), optional
+    sample_weight : array-like or Tensor of shape (n_samples,), optional
+    memory_budget : int, optional
+        Bytes a block of distances may take.
+    device : str or torch.device, optional
+        Where to compute: None is where the data is.
+
+    Returns
+    -------
+    float, or array or Tensor of shape (batch,)
+
+    Raises
+    ------
+    ValueError
+        If neither ``labels`` nor ``centers`` is given, shapes do not match,
+        or a label is not an index into ``centers``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [1.0], [10.0], [12.0]])
+    >>> inertia(X, centers=[[0.5], [11.0]])
+    2.5
+    >>> inertia(X, labels=[0, 0, 1, 1])
+    2.5
+    """
+    memory_budget = _check_memory_budget(memory_budget)
+    if labels is None and centers is None:
+        raise ValueError("Expected labels or centers (or both), got neither.")
+    x, kind = _as_data(X, device)
+    n, d = x.shape
+    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
+    centres = None
+    if centers is not None:
+        ndim = centers.ndim if isinstance(centers, torch.Tensor) else np.ndim(centers)
+        centres, _ = v.as_tensor(centers, "centers", device=x.device, ndim=ndim)
+        if centres.ndim not in (2, 3) or centres.shape[-1] != d:
+            raise ValueError(
+                f"Expected centers to be of shape (k, {d}) or (batch, k, {d}), "
+                f"got shape {tuple(centres.shape)}."
+            )
+    if labels is None and centres is not None:
+        batched = centres.ndim == 3
+        c3 = centres.to(x.dtype) if batched else centres.to(x.dtype).unsqueeze(0)
+        offset = c3.mean((0, 1))
+        distances = nearest_centroids(x - offset, c3 - offset, memory_budget=memory_budget)
+        per_point = distances.distances.to(acc)  # (b, n)
+    else:
+        tensor, label_batched = _label_tensor(labels, n, x.device)
+        if centres is None:
+            encoded = _encode(tensor, label_batched, acc)
+            if weights is not None:
+                return _weighted_within(x, encoded, weights, kind, memory_budget)
+            dispersion = _dispersion(x, encoded, memory_budget)
+            value = dispersion.squared
+            return kind.out(value) if label_batched else float(value[0])
+        batched = label_batched or centres.ndim == 3
+        c3 = centres.to(acc) if centres.ndim == 3 else centres.to(acc).unsqueeze(0)
+        k = c3.shape[1]
+        if bool(((tensor < 0) | (tensor >= k)).any()):
+            raise ValueError(f"Expected labels to be indices into centers, in [0, {k}).")
+        b = max(tensor.shape[0], c3.shape[0])
+        tensor, c3 = tensor.expand(b, n), c3.expand(b, k, d)
+        chosen = c3.gather(1, tensor.unsqueeze(-1).expand(b, n, d))
+        per_point = (x.to(acc).unsqueeze(0) - chosen).square_().sum(-1)
+    if weights is not None:
+        per_point = per_point * weights
+    value = per_point.sum(-1, dtype=acc)
+    return kind.out(value) if batched else float(value[0])
+
+
+def _weighted_within(
+    x: torch.Tensor,
+    encoded: _Labels,
+    weights: torch.Tensor,
+    kind: v.OutputKind,
+    memory_budget: int | None,
+) -> Any:
+    """Weighted within-cluster sum of squares around the weighted cluster means."""
+    b, width = encoded.counts.shape
+    d = x.shape[1]
+    data = x.to(weights.dtype)
+    flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width
+    totals = torch.zeros((b * width, d), dtype=data.dtype, device=x.device)
+    mass = torch.zeros(b * width, dtype=data.dtype, device=x.device)
+    weighted = data * weights.unsqueeze(1)
+    for row in range(b):
+        totals.index_add_(0, flat[row], weighted)
+        mass.index_add_(0, flat[row], weights)
+    centroids = totals / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
+    value = torch.stack(
+        [((data - centroids[flat[row]]).square().sum(-1) * weights).sum() for row in range(b)]
+    )
+    return kind.out(value) if encoded.batched else float(value[0])
