@@ -233,7 +233,7 @@ class KMeans(EstimatorProtocol):
             for i, value in enumerate(self.inertia_history_):
                 log.info("Iteration %d, inertia %.6g", i, value)
             log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
-        n_distinct = int(torch.unique(result.labels).numel())
+        n_distinct = int(torch.bincount(result.labels, minlength=1).count_nonzero())
         if n_distinct < self._centers.shape[0]:
             warnings.warn(
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
