@@ -24,33 +24,13 @@ It is a script, never a test: timings depend on the machine.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import importlib
 import time
 from typing import Any, Callable
 
-_THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
+import _threads
 
-
-def _threads_from_argv(argv: list[str]) -> int:
-    """``--threads`` read before numpy/torch are imported (their pools size at import)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int, default=2)
-    known, _ = parser.parse_known_args(argv)
-    return max(1, known.threads)
-
-
-for _var in _THREAD_ENV_VARS:
-    os.environ[_var] = str(_threads_from_argv(sys.argv[1:]))
-# Benchmark the checkout this script lives in, installed or not.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_threads.pin_threads()
 
 import numpy as np  # noqa: E402
 import sklearn  # noqa: E402
@@ -60,7 +40,9 @@ from sklearn.datasets import load_digits  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import torchkmeans  # noqa: E402
-from torchkmeans import elbow as elbow_module  # noqa: E402
+
+# The module: the package attribute torchkmeans.elbow is the function.
+elbow_module = importlib.import_module("torchkmeans.elbow")
 from torchkmeans.elbow import elbow  # noqa: E402
 from torchkmeans.functional import kmeans_plusplus, lloyd  # noqa: E402
 from torchkmeans.kmeans import KMeans  # noqa: E402

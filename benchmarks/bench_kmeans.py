@@ -42,28 +42,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, TypeVar
 
-_THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
+import _threads
 
-
-def _threads_from_argv(argv: list[str]) -> int:
-    """``--threads`` read before numpy/torch are imported (their pools size at import)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int, default=2)
-    known, _ = parser.parse_known_args(argv)
-    return max(1, known.threads)
-
-
-for _var in _THREAD_ENV_VARS:
-    os.environ[_var] = str(_threads_from_argv(sys.argv[1:]))
-# Benchmark the checkout this script lives in, installed or not.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_threads.pin_threads()
 
 import numpy as np  # noqa: E402
 import sklearn  # noqa: E402

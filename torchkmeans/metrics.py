@@ -390,6 +390,22 @@ def _dispersion(x: torch.Tensor, encoded: _Labels, memory_budget: int | None) ->
     return _Dispersion(centroids.view(b, width, d), squared, distance_sums.view(b, width))
 
 
+def _cluster_statistics(
+    X: Any, labels: Any, memory_budget: int | None, device: str | torch.device | None
+) -> tuple[torch.Tensor, v.OutputKind, _Labels, torch.Tensor, Any]:
+    """Data, output kind, encoded labels, validity and per-cluster dispersion.
+
+    The shared first steps of the centroid-based scores (Calinski-Harabasz,
+    Davies-Bouldin).
+    """
+    memory_budget = _check_memory_budget(memory_budget)
+    x, kind = _as_data(X, device)
+    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
+    encoded = _encode(tensor, batched, torch.float64)
+    valid = _valid(encoded, x.shape[0])
+    return x, kind, encoded, valid, _dispersion(x, encoded, memory_budget)
+
+
 def calinski_harabasz_score(
     X: Any,
     labels: Any,
@@ -428,12 +444,7 @@ def calinski_harabasz_score(
     >>> round(calinski_harabasz_score(X, [0, 0, 1, 1]), 6)
     88.2
     """
-    memory_budget = _check_memory_budget(memory_budget)
-    x, kind = _as_data(X, device)
-    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
-    encoded = _encode(tensor, batched, torch.float64)
-    valid = _valid(encoded, x.shape[0])
-    dispersion = _dispersion(x, encoded, memory_budget)
+    x, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
     mean = x.to(dispersion.centroids.dtype).mean(0)
     counts = encoded.counts.to(mean.dtype)
     between = (counts * (dispersion.centroids - mean).square().sum(-1)).sum(-1)
@@ -483,12 +494,7 @@ def davies_bouldin_score(
     >>> round(davies_bouldin_score(X, [0, 0, 1, 1]), 6)
     0.142857
     """
-    memory_budget = _check_memory_budget(memory_budget)
-    x, kind = _as_data(X, device)
-    tensor, batched = _label_tensor(labels, x.shape[0], x.device)
-    encoded = _encode(tensor, batched, torch.float64)
-    valid = _valid(encoded, x.shape[0])
-    dispersion = _dispersion(x, encoded, memory_budget)
+    _, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
     counts = encoded.counts.to(dispersion.squared.dtype)
     real = counts > 0  # (b, K): clusters that exist in each labelling
     spread = dispersion.distance_sums / counts.clamp_min(1)

@@ -583,34 +583,25 @@ def kmeans(
     if not isinstance(init, str):
         n_init = 1
     prep = prepare(x, sample_weight=sample_weight, metric=metric)
-    batched = x.ndim == 3
-    if batched:
+
+    def run(n_problems: int) -> KMeansResult:
+        start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)
+        return run_lloyd(
+            prep,
+            start,
+            max_iter=max_iter,
+            tol=tol,
+            memory_budget=memory_budget,
+            check_every=check_every,
+        )
+
+    if x.ndim == 3:
         # b data sets: restarts run one after another, each batched over b.
-        best: KMeansResult | None = None
-        for _ in range(n_init):
-            start = _resolve_init(
-                init, prep, x, n_clusters, prep.x.shape[0], generator, memory_budget
-            )
-            result = run_lloyd(
-                prep,
-                start,
-                max_iter=max_iter,
-                tol=tol,
-                memory_budget=memory_budget,
-                check_every=check_every,
-            )
-            best = result if best is None else _keep_better(best, result)
-        assert best is not None
+        best = run(prep.x.shape[0])
+        for _ in range(n_init - 1):
+            best = _keep_better(best, run(prep.x.shape[0]))
         return _finish(best, prep, x.dtype, batched=True)
-    start = _resolve_init(init, prep, x, n_clusters, n_init, generator, memory_budget)
-    result = run_lloyd(
-        prep,
-        start,
-        max_iter=max_iter,
-        tol=tol,
-        memory_budget=memory_budget,
-        check_every=check_every,
-    )
+    result = run(n_init)
     if n_init > 1:
         winner = int(result.inertia.argmin())
         result = KMeansResult(*(field[winner : winner + 1] for field in result))
