@@ -248,3 +248,21 @@ def test_small_problem_loop_equals_the_general_loop(metric, weighted, far_start)
     assert torch.equal(small.n_iter, general.n_iter)
     torch.testing.assert_close(small.inertia, general.inertia)
     torch.testing.assert_close(small.inertia_history, general.inertia_history, equal_nan=True)
+
+
+def test_relocation_after_the_first_iteration_uses_the_current_centroids():
+    # Six points at 0 and one at 1, three centres at 0: two clusters empty at
+    # the first iteration, one again at the second (two centres coincide).
+    # The second relocation must measure distances to the current centroids.
+    x = torch.zeros(7, 1, dtype=torch.float64)
+    x[6] = 1.0
+    start = torch.zeros(3, 1, dtype=torch.float64)
+    alone = lloyd(x, start)
+    in_batch = lloyd(torch.stack([x, x]), torch.stack([start, start]))
+    c_ref, l_ref, _, n_ref = reference.lloyd(x.numpy(), start.numpy())
+    for result in (alone, in_batch):
+        centroids = result.centroids if result.centroids.ndim == 2 else result.centroids[0]
+        labels = result.labels if result.labels.ndim == 1 else result.labels[0]
+        np.testing.assert_allclose(centroids.numpy(), c_ref, atol=1e-12)
+        np.testing.assert_array_equal(labels.numpy(), l_ref)
+        assert int(result.n_iter.flatten()[0]) == n_ref == 2

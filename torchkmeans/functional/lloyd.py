@@ -225,7 +225,7 @@ def _run_lloyd_small(
             if prep.metric == "cosine":
                 updated = torch.nn.functional.normalize(updated, dim=-1)
         else:
-            distances = _point_distances(prep, centroids[:1], labels.unsqueeze(0), rows)
+            distances = _point_distances(prep, centroid.unsqueeze(0), labels.unsqueeze(0), rows)
             relocate_empty_clusters(
                 totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
             )

@@ -144,7 +144,13 @@ def relocate_empty_clusters(
     if active is not None:
         empty &= active
     rank = empty.long().cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
-    farthest = distances.topk(min(k, n), dim=-1, sorted=True).indices
+    if distances.device.type == "cpu":
+        # Relocation is rare on the CPU (only when a cluster is empty): a
+        # stable sort breaks ties between equally far points by their order,
+        # so a problem gives the same result alone or in a batch.
+        farthest = distances.sort(dim=-1, descending=True, stable=True).indices[:, : min(k, n)]
+    else:
+        farthest = distances.topk(min(k, n), dim=-1, sorted=True).indices
     picked = farthest.gather(-1, rank)  # (b, k) point index per cluster slot
     if x3.shape[0] == 1:
         moved = x3[0][picked]  # (b, k, d+1)
