@@ -199,10 +199,13 @@ def test_inertia_variants():
 
 
 @SETTINGS
+# Coordinates on a 0.01 grid and integer shifts: translation then changes no
+# distance beyond rounding (a subnormal offset such as 1e-45 would vanish under
+# x + 1 and turn distinct points into equal ones).
 @given(
-    arrays(np.float64, (12, 2), elements=st.floats(-50, 50, allow_nan=False)),
+    arrays(np.float64, (12, 2), elements=st.integers(-5000, 5000).map(lambda v: v / 100)),
     st.lists(st.integers(0, 2), min_size=12, max_size=12),
-    st.floats(-1e3, 1e3),
+    st.integers(-1000, 1000),
 )
 def test_silhouette_properties(X, labels, shift):
     labels = np.array(labels)
