@@ -266,3 +266,28 @@ def test_relocation_after_the_first_iteration_uses_the_current_centroids():
         np.testing.assert_allclose(centroids.numpy(), c_ref, atol=1e-12)
         np.testing.assert_array_equal(labels.numpy(), l_ref)
         assert int(result.n_iter.flatten()[0]) == n_ref == 2
+
+
+@pytest.mark.parametrize(
+    ("metric", "weighted", "n_problems"),
+    [("euclidean", False, 1), ("euclidean", True, 3), ("cosine", False, 2)],
+)
+def test_accelerator_path_equals_the_cpu_path(metric, weighted, n_problems):
+    """The branch-free path a GPU runs (relocation by topk every iteration,
+    where-based freezing, host checks every 10 iterations), run on the CPU."""
+    from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+    x = torch.tensor(blobs(n=500, d=4, k=6, seed=8))
+    w = torch.rand(500, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    prep = prepare(x, sample_weight=w if weighted else None, metric=metric)
+    gen = torch.Generator().manual_seed(2)
+    starts = torch.stack(
+        [prep.x[0, torch.randperm(500, generator=gen)[:6]] for _ in range(n_problems)]
+    )
+    starts[:, 4:] += 1e3  # two clusters start empty: relocation in both paths
+    host = run_lloyd(prep, starts)
+    device_like = run_lloyd(prep, starts, host_checks=False, check_every=10)
+    torch.testing.assert_close(device_like.centroids, host.centroids)
+    assert torch.equal(device_like.labels, host.labels)
+    assert torch.equal(device_like.n_iter, host.n_iter)
+    torch.testing.assert_close(device_like.inertia, host.inertia)

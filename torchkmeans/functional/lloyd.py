@@ -268,6 +268,7 @@ def run_lloyd(
     check_every: int | None = None,
     small_path: bool = True,
     active: torch.Tensor | None = None,
+    host_checks: bool | None = None,
 ) -> KMeansResult:
     """Lloyd iterations on prepared data from centroids ``(b, k, d)`` in prepared space.
 
@@ -275,6 +276,9 @@ def run_lloyd(
     space; :func:`lloyd` and :func:`kmeans` add the offset back. ``active``
     ``(b, k)`` bool runs problems with fewer clusters than k in one batch:
     inactive centroids are never assigned, reseeded or moved.
+    ``host_checks`` (default: on the CPU) lets the host read scalars freely;
+    False runs the accelerator path (no data-dependent host branches), which
+    tests use to exercise it without a GPU.
     """
     x3 = prep.x
     b, k, d = centroids.shape
@@ -289,7 +293,8 @@ def run_lloyd(
         n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
     )
 
-    if device.type == "cpu" and b == 1 and rows >= n and small_path and active is None:
+    on_cpu = device.type == "cpu" if host_checks is None else host_checks
+    if on_cpu and b == 1 and rows >= n and small_path and active is None:
         return _run_lloyd_small(
             prep, centroids, max_iter=max_iter, tol_abs=float(tol_abs.max()), rows=rows
         )
@@ -305,7 +310,6 @@ def run_lloyd(
     # costs microseconds: there, point distances are computed only when a
     # cluster is empty (for relocation), and a single problem keeps its
     # bookkeeping in Python scalars. On a GPU everything stays on the device.
-    on_cpu = device.type == "cpu"
     single = on_cpu and b == 1
     tol_value = float(tol_abs.max()) if single else 0.0
     distances = None if on_cpu else torch.empty((b, n), dtype=dtype, device=device)
