@@ -16,6 +16,7 @@ from .elbow import ElbowResult, elbow, find_knee
 from .exceptions import ConvergenceWarning, NotFittedError
 from .functional import KMeansResult, kmeans, lloyd, nearest_centroids
 from .kmeans import KMeans
+from .minibatch import MiniBatchKMeans
 from .quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ElbowResult",
     "KMeans",
     "KMeansResult",
+    "MiniBatchKMeans",
     "NotFittedError",
     "QuantizerOutput",
     "VectorQuantizer",

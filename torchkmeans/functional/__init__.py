@@ -15,17 +15,20 @@ from .distances import (
 )
 from .init import kmeans_plusplus, random_init
 from .lloyd import KMeansResult, kmeans, lloyd
+from .minibatch import MiniBatchStep, minibatch_step
 from .updates import centroids_from_sums, relocate_empty_clusters, scatter_sums
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "KMeansResult",
+    "MiniBatchStep",
     "Nearest",
     "block_rows",
     "centroids_from_sums",
     "kmeans",
     "kmeans_plusplus",
     "lloyd",
+    "minibatch_step",
     "nearest_centroids",
     "pairwise_distances",
     "random_init",

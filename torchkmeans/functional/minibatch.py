@@ -1,0 +1,152 @@
+"""One step of mini-batch k-means (Sculley 2010; scikit-learn's ``_mini_batch_step``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .distances import nearest_centroids
+from .updates import scatter_sums
+
+__all__ = ["MiniBatchStep", "minibatch_step"]
+
+
+class MiniBatchStep(NamedTuple):
+    """Result of :func:`minibatch_step`."""
+
+    centroids: torch.Tensor
+    """Updated centroids, ``(k, d)`` or ``(b, k, d)``."""
+    weight_sums: torch.Tensor
+    """Accumulated weight of each centroid, ``(k,)`` or ``(b, k)``."""
+    labels: torch.Tensor
+    """Nearest centroid (before the update) of each row of the batch, int64."""
+    inertia: torch.Tensor
+    """Weighted sum of distances of the batch to those centroids, ``()`` or ``(b,)``."""
+
+
+def minibatch_step(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    weight_sums: torch.Tensor,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    random_reassign: bool = False,
+    reassignment_ratio: float = 0.01,
+    generator: torch.Generator | None = None,
+    metric: str = "euclidean",
+    memory_budget: int | None = None,
+) -> MiniBatchStep:
+    """Assign a batch to its nearest centroids and move them towards it.
+
+    Each centroid moves to the weighted mean of everything it has absorbed so
+    far: ``c_j <- (c_j * W_j + sum_{i in j} w_i x_i) / (W_j + sum_{i in j} w_i)``
+    with ``W_j`` the accumulated ``weight_sums``; centroids without points in
+    the batch stay put. With ``random_reassign``, centroids whose weight is
+    below ``reassignment_ratio * max(weight_sums)`` (at most half the batch,
+    the lightest first) jump to distinct random rows of the batch and get the
+    smallest weight of the others, as scikit-learn does. The inputs are not
+    modified.
+
+    Parameters
+    ----------
+    x : Tensor
+        The batch, ``(n, d)`` or ``(b, n, d)`` for b independent problems.
+        For ``metric="cosine"`` the rows should be unit vectors.
+    centroids : Tensor
+        ``(k, d)`` or ``(b, k, d)``.
+    weight_sums : Tensor
+        ``(k,)`` or ``(b, k)``, accumulated weight per centroid (zeros at the
+        first step).
+    sample_weight : Tensor, optional
+        ``(n,)`` or ``(b, n)`` non-negative weights of the batch rows.
+    random_reassign : bool, default=False
+        Whether to reseed light centroids on this step.
+    reassignment_ratio : float, default=0.01
+        Fraction of the heaviest centroid's weight below which a centroid is
+        reseeded.
+    generator : torch.Generator, optional
+        Source of randomness for the reseeding, on ``x``'s device.
+    metric : {"euclidean", "cosine"}
+        Squared euclidean distance, or ``1 - cos`` (centroids renormalised).
+    memory_budget : int, optional
+        Bytes the distance block may take.
+
+    Returns
+    -------
+    MiniBatchStep
+        ``centroids``, ``weight_sums``, ``labels`` and the batch ``inertia``
+        (computed before the update).
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0]])
+    >>> c = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    >>> step = minibatch_step(x, c, torch.tensor([1.0, 0.0]))
+    >>> step.centroids
+    tensor([[ 0.0000,  0.6667],
+            [10.0000,  0.0000]])
+    >>> step.weight_sums, step.labels, step.inertia
+    (tensor([3., 1.]), tensor([0, 0, 1]), tensor(4.))
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    if reassignment_ratio < 0:
+        raise ValueError(f"reassignment_ratio={reassignment_ratio} should be >= 0.")
+    batched = x.ndim == 3 or centroids.ndim == 3
+    x3 = x if x.ndim == 3 else x.unsqueeze(0)
+    c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
+    ws = weight_sums if weight_sums.ndim == 2 else weight_sums.unsqueeze(0)
+    b = max(x3.shape[0], c3.shape[0])
+    x3 = x3.expand(b, -1, -1)
+    c3 = c3.expand(b, -1, -1)
+    ws = ws.expand(b, -1)
+    n, k = x3.shape[1], c3.shape[1]
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    weights = None
+    if sample_weight is not None:
+        weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)
+
+    if metric == "euclidean":
+        # Centre on the centroids' mean: distances are unchanged and the
+        # |x|^2 - 2x.c + |c|^2 expansion keeps its precision far from 0.
+        offset = c3.mean(1, keepdim=True)
+        labels, distances = nearest_centroids(x3 - offset, c3 - offset, memory_budget=memory_budget)
+    else:
+        labels, distances = nearest_centroids(x3, c3, metric="cosine", memory_budget=memory_budget)
+    distances = distances.to(acc)
+    inertia = (distances if weights is None else distances * weights).sum(-1)
+
+    sums, counts = scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
+    old = c3.to(acc)
+    ws = ws.to(acc)
+    new_ws = ws + counts
+    filled = counts > 0
+    safe = torch.where(filled, new_ws, torch.ones_like(new_ws)).unsqueeze(-1)
+    moved = (old * ws.unsqueeze(-1) + sums) / safe
+    if metric == "cosine":
+        moved = torch.nn.functional.normalize(moved, dim=-1)
+    new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
+
+    if random_reassign and reassignment_ratio > 0:
+        to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
+        # At most half the batch: only the lightest int(n / 2) may move.
+        rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
+        to_reassign &= rank < int(0.5 * n)
+        m = min(k, n)
+        keys = torch.rand((b, n), generator=generator, device=x.device)
+        picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
+        slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
+        rows = picks.gather(-1, slot)
+        new_rows = x3.gather(1, rows.unsqueeze(-1).expand(-1, -1, x3.shape[-1])).to(acc)
+        new_centroids = torch.where(to_reassign.unsqueeze(-1), new_rows, new_centroids)
+        inf = torch.full_like(new_ws, float("inf"))
+        floor = torch.where(to_reassign, inf, new_ws).amin(-1, keepdim=True)
+        floor = torch.where(torch.isinf(floor), new_ws, floor)
+        new_ws = torch.where(to_reassign, floor, new_ws)
+
+    new_centroids = new_centroids.to(centroids.dtype)
+    new_ws = new_ws.to(weight_sums.dtype)
+    if not batched:
+        return MiniBatchStep(new_centroids[0], new_ws[0], labels[0], inertia[0])
+    return MiniBatchStep(new_centroids, new_ws, labels, inertia)

@@ -1,0 +1,760 @@
+"""``MiniBatchKMeans``: scikit-learn's estimator over :func:`~torchkmeans.functional.minibatch.minibatch_step`."""  # noqa: E501
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validation as v
+from .exceptions import ConvergenceWarning
+from .functional.distances import nearest_centroids, pairwise_distances
+from .functional.init import kmeans_plusplus, random_init
+from .functional.minibatch import minibatch_step
+from .kmeans import KMeans
+
+__all__ = ["MiniBatchKMeans"]
+
+# Rows of a memmap converted at a time when streaming over it (bytes of float64).
+_CHUNK_BYTES = 8 * 2**20
+
+
+_PRIVATE_STATE = (
+    "_kind",
+    "_centers",
+    "_counts",
+    "_generator_state",
+    "_generator_device",
+    "_n_since_last_reassign",
+    "_batch_size",
+)
+
+
+def _is_stream(X: Any) -> bool:
+    """Whether ``X`` is an iterable of batches rather than one array-like."""
+    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)):
+        return False
+    if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
+        return False
+    return hasattr(X, "__iter__")
+
+
+def _first(batch: Any) -> Any:
+    """The data of one yielded batch: DataLoaders may yield ``(x, y)`` tuples/lists."""
+    if isinstance(batch, (tuple, list)) and batch:
+        head = batch[0]
+        if isinstance(head, (torch.Tensor, np.ndarray)) and head.ndim == 2:
+            return head
+    return batch
+
+
+class _Source:
+    """Random and sequential access to the rows of an array, a tensor or a memmap.
+
+    A memmap is never converted as a whole: only the rows asked for are read
+    (sorted, so the reads run forward through the file) and converted.
+    """
+
+    def __init__(self, estimator: MiniBatchKMeans, X: Any) -> None:
+        self.memmap = isinstance(X, np.memmap)
+        if self.memmap:
+            if X.ndim != 2:
+                raise ValueError(
+                    "Expected X to be 2-D of shape (n_samples, n_features), "
+                    f"got shape {tuple(X.shape)}."
+                )
+            if X.shape[0] == 0 or X.shape[1] == 0:
+                what = "sample" if X.shape[0] == 0 else "feature"
+                raise ValueError(
+                    f"Found array with 0 {what}(s) (shape={tuple(X.shape)}) while a minimum "
+                    "of 1 is required."
+                )
+            self.array = X
+            self.device = v.resolve_device(estimator.device, torch.device("cpu"))
+            self.kind = v.OutputKind(False, None)
+            self.shape = (int(X.shape[0]), int(X.shape[1]))
+            dtype = v.resolve_dtype(estimator.dtype)
+            probe = v.as_tensor(np.asarray(X[:1]), "X", device=self.device, dtype=dtype)[0]
+            self.dtype = probe.dtype
+        else:
+            self.x, self.kind = estimator._validate_x(X, reset=True)
+            self.device, self.dtype = self.x.device, self.x.dtype
+            self.shape = (int(self.x.shape[0]), int(self.x.shape[1]))
+
+    def _convert(self, rows: np.ndarray) -> torch.Tensor:
+        return v.as_tensor(rows, "X", device=self.device, dtype=self.dtype)[0].to(self.compute)
+
+    @property
+    def compute(self) -> torch.dtype:
+        """Half-precision data is computed (and its centres kept) in float32."""
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        return torch.float32 if half else self.dtype
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.sort().values
+        if not self.memmap:
+            return self.x[index].to(self.compute)
+        return self._convert(self.array[index.cpu().numpy()])
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        if not self.memmap:
+            yield 0, self.x
+            return
+        rows = max(1, _CHUNK_BYTES // (8 * self.shape[1]))
+        for start in range(0, self.shape[0], rows):
+            yield start, self._convert(self.array[start : start + rows])
+
+
+class MiniBatchKMeans(KMeans):
+    """Mini-batch K-Means (Sculley 2010) with scikit-learn's semantics, on CPU or CUDA.
+
+    Each step draws ``batch_size`` random rows, assigns them to the nearest
+    centres and moves each centre towards the running weighted mean of what
+    it absorbed. Data may be an array, a tensor, a ``numpy.memmap`` (only the
+    rows of each step are read) or an iterable of batches (a DataLoader, a
+    generator of arrays or tensors): ``fit(iterable)`` resets the model and
+    calls :meth:`partial_fit` once per yielded batch, in order.
+
+    numpy (or list, pandas, memmap) input gives numpy results; a torch tensor
+    gives tensors on the device it was fitted on.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means++", "random"}, array-like or callable, default="k-means++"
+        Seeding on a random subsample of ``init_size`` rows; a callable is
+        called as ``init(X_subsample, n_clusters, generator)``.
+    max_iter : int, default=100
+        Passes over the data: ``fit`` runs ``(max_iter * n_samples) // batch_size``
+        steps unless it stops early.
+    batch_size : int, default=1024
+        Rows per step (capped at ``n_samples``).
+    verbose : bool, default=False
+        Show progress with tqdm when it is installed, else a line on stderr
+        every few steps with the smoothed batch inertia.
+    compute_labels : bool, default=True
+        Compute ``labels_`` and ``inertia_`` on the whole data after ``fit``
+        (on the batch after ``partial_fit``).
+    random_state : int, numpy RandomState/Generator, torch.Generator or None
+        Seed for the subsamples, the seeding, the batches and the reseeding.
+    tol : float, default=0.0
+        Stop when the squared centre shift of a step is below ``tol`` times
+        the mean feature variance of the data (0 disables).
+    max_no_improvement : int or None, default=10
+        Stop after this many steps without improvement of the exponentially
+        weighted average of the batch inertia (None disables).
+    init_size : int, optional
+        Rows for the seeding and for the validation subsample that picks the
+        best of ``n_init`` seedings; default ``3 * batch_size`` (at least
+        ``3 * n_clusters``), at most ``n_samples``.
+    n_init : int or "auto", default="auto"
+        Seedings tried; "auto" is 1 for k-means++ and given centres, 3 for random.
+    reassignment_ratio : float, default=0.01
+        Centres whose accumulated weight falls below this fraction of the
+        heaviest are moved to random rows of the batch.
+    device : str or torch.device, optional
+        None is where the data is (CPU for numpy), "auto" picks CUDA when present.
+    dtype : {"float32", "float64", ...} or torch.dtype, optional
+        Compute dtype; by default the data's.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "cosine" is spherical mini-batch k-means on unit-normalised rows.
+    memory_budget : int, optional
+        Bytes the block of distances may take (default 256 MiB).
+
+    Attributes
+    ----------
+    cluster_centers_ : array or Tensor of shape (n_clusters, n_features)
+    labels_ : array or Tensor of shape (n_samples,)
+        With ``compute_labels``; after ``partial_fit`` or ``fit(iterable)``,
+        the labels of the last batch.
+    inertia_ : float
+        With ``compute_labels`` the inertia of the data (of the last batch for
+        ``partial_fit``), else the smoothed batch inertia scaled to the data.
+    counts_ : array or Tensor of shape (n_clusters,)
+        Accumulated weight absorbed by each centre (after reseeding).
+    n_iter_ : int
+        Passes over the data (``ceil(n_steps_ * batch_size / n_samples)``; 1 for
+        an iterable).
+    n_steps_ : int
+        Mini-batch steps done.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torchkmeans.minibatch import MiniBatchKMeans
+    >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+    >>> km = MiniBatchKMeans(n_clusters=2, batch_size=6, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_.round().tolist())
+    [[1.0, 2.0], [10.0, 2.0]]
+    >>> km.predict([[0, 0], [12, 3]]).tolist() == [km.labels_[0], km.labels_[3]]
+    True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Any = "k-means++",
+        max_iter: int = 100,
+        batch_size: int = 1024,
+        verbose: bool = False,
+        compute_labels: bool = True,
+        random_state: Any = None,
+        tol: float = 0.0,
+        max_no_improvement: int | None = 10,
+        init_size: int | None = None,
+        n_init: int | str = "auto",
+        reassignment_ratio: float = 0.01,
+        device: str | torch.device | None = None,
+        dtype: Any = None,
+        metric: str = "euclidean",
+        memory_budget: int | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.compute_labels = compute_labels
+        self.random_state = random_state
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
+        self.device = device
+        self.dtype = dtype
+        self.metric = metric
+        self.memory_budget = memory_budget
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_minibatch_params(self, n_samples: int) -> dict[str, Any]:
+        n_clusters = v.check_n_clusters(self.n_clusters)
+        v.check_positive_int(self.max_iter, "max_iter")
+        batch_size = v.check_positive_int(self.batch_size, "batch_size")
+        v.check_nonnegative_float(self.tol, "tol")
+        v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+        if self.max_no_improvement is not None:
+            v.check_positive_int(self.max_no_improvement, "max_no_improvement", minimum=0)
+        if self.memory_budget is not None:
+            v.check_positive_int(self.memory_budget, "memory_budget")
+        metric = v.check_metric(self.metric)
+        init = self.init
+        if isinstance(init, str):
+            if init not in ("k-means++", "random"):
+                raise ValueError(
+                    "Expected init to be 'k-means++', 'random', an array of shape "
+                    f"(n_clusters, n_features) or a callable, got {init!r}."
+                )
+        elif (
+            not callable(init)
+            and not hasattr(init, "__array__")
+            and not isinstance(init, (list, tuple, torch.Tensor))
+        ):
+            raise TypeError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
+            )
+        if self.n_init == "auto":
+            n_init = 3 if isinstance(init, str) and init == "random" else 1
+        else:
+            n_init = v.check_positive_int(self.n_init, "n_init")
+        if not isinstance(init, str) and not callable(init) and n_init != 1:
+            warnings.warn(
+                f"Explicit initial centers given; running a single init instead of "
+                f"n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            n_init = 1
+        if n_samples < n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
+        batch_size = min(batch_size, n_samples)
+        if self.init_size is None:
+            init_size = 3 * batch_size
+            if init_size < n_clusters:
+                init_size = 3 * n_clusters
+        else:
+            init_size = v.check_positive_int(self.init_size, "init_size")
+            if init_size < n_clusters:
+                warnings.warn(
+                    f"init_size={init_size} should be >= n_clusters={n_clusters}; "
+                    "using 3 * n_clusters.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                init_size = 3 * n_clusters
+        return {
+            "n_clusters": n_clusters,
+            "n_init": n_init,
+            "metric": metric,
+            "batch_size": batch_size,
+            "init_size": min(init_size, n_samples),
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reset(self) -> None:
+        # Only fitted state: attributes set by others (scikit-learn's callback
+        # context, say) stay.
+        params = set(self._param_names())
+        for name in list(vars(self)):
+            fitted = name.endswith("_") and not name.startswith("__")
+            if name not in params and (fitted or name in _PRIVATE_STATE):
+                delattr(self, name)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.metric == "cosine":
+            return torch.nn.functional.normalize(x, dim=-1)
+        return x
+
+    def _seed(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None,
+        n_clusters: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Initial centres from the (already subsampled) rows ``x``."""
+        init = self.init
+        if isinstance(init, str) and init == "k-means++":
+            centers, _ = kmeans_plusplus(
+                x,
+                n_clusters,
+                sample_weight=weights,
+                metric=self.metric,
+                generator=generator,
+                memory_budget=self.memory_budget,
+            )
+        elif isinstance(init, str):
+            centers, _ = random_init(x, n_clusters, sample_weight=weights, generator=generator)
+        else:
+            given = init(x, n_clusters, generator) if callable(init) else init
+            centers, _ = v.as_tensor(given, "init", device=x.device, dtype=x.dtype)
+            if tuple(centers.shape) != (n_clusters, x.shape[1]):
+                raise ValueError(
+                    f"Expected init to be of shape ({n_clusters}, {x.shape[1]}), "
+                    f"got shape {tuple(centers.shape)}."
+                )
+            centers = self._prepare(centers.clone())
+        return centers
+
+    def _assign(self, x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest of ``centers`` for validated rows ``x`` (cosine: raw rows)."""
+        if self.metric == "cosine":
+            return nearest_centroids(
+                self._prepare(x),
+                self._prepare(centers),
+                metric="cosine",
+                memory_budget=self.memory_budget,
+            )
+        offset = centers.mean(0, keepdim=True)
+        return nearest_centroids(x - offset, centers - offset, memory_budget=self.memory_budget)
+
+    def _chunks(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind]:
+        """Validated tensors covering ``X`` with their first row: one, or memmap chunks."""
+        if not isinstance(X, np.memmap):
+            x, kind = self._validate_x(X, reset=False)
+            return iter([(0, x)]), x.shape[0], kind
+        self._check_is_fitted()
+        if X.ndim != 2:
+            raise ValueError(
+                "Expected X to be 2-D of shape (n_samples, n_features), "
+                f"got shape {tuple(X.shape)}."
+            )
+        rows = max(1, _CHUNK_BYTES // (8 * max(1, X.shape[1])))
+        parts = (
+            (start, self._validate_x(X[start : start + rows], reset=False)[0])
+            for start in range(0, max(1, X.shape[0]), rows)
+        )
+        return parts, int(X.shape[0]), v.OutputKind(False, None)
+
+    def _labels_and_inertia(
+        self,
+        parts: Iterator[tuple[int, torch.Tensor]],
+        n: int,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """Nearest centre of every row, and the (weighted) inertia, chunk by chunk.
+
+        The labels go into one preallocated tensor: chunk temporaries are freed
+        and reused, so memory stays at one chunk's worth.
+        """
+        labels = torch.empty(n, dtype=torch.int64, device=self._centers.device)
+        inertia = 0.0
+        for start, x in parts:
+            chunk_labels, dist = self._assign(x.to(self._centers.dtype), self._centers)
+            dist = dist.double()
+            if weights is not None:
+                dist = dist * weights[start : start + x.shape[0]].double()
+            inertia += float(dist.sum())
+            labels[start : start + x.shape[0]] = chunk_labels
+        return labels, inertia
+
+    def _store_state(
+        self,
+        centers: torch.Tensor,
+        counts: torch.Tensor,
+        generator: torch.Generator,
+        kind: v.OutputKind,
+    ) -> None:
+        self._kind = kind
+        self._centers = centers
+        self._counts = counts
+        # A generator's state, not the generator, so the estimator pickles.
+        self._generator_state = generator.get_state()
+        self._generator_device = centers.device
+        self.cluster_centers_ = kind.out(centers)
+        self.counts_ = kind.out(counts)
+
+    def _restore_generator(self) -> torch.Generator:
+        generator = torch.Generator(device=self._generator_device)
+        generator.set_state(self._generator_state)
+        return generator
+
+    def _should_reassign(self, counts: torch.Tensor) -> bool:
+        """scikit-learn's rule: every ``10 * n_clusters`` samples, or when a centre is empty."""
+        self._n_since_last_reassign += self._batch_size
+        if bool((counts == 0).any()) or self._n_since_last_reassign >= 10 * counts.shape[0]:
+            self._n_since_last_reassign = 0
+            return True
+        return False
+
+    def _warn_distinct(self, labels: torch.Tensor) -> None:
+        n_distinct = int(torch.bincount(labels, minlength=1).count_nonzero())
+        if n_distinct < self._centers.shape[0]:
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than "
+                f"n_clusters ({self._centers.shape[0]}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MiniBatchKMeans:
+        """Compute the clustering from random mini-batches of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, Tensor, numpy.memmap or iterable of batches
+            ``(n_samples, n_features)``; an iterable (DataLoader, generator)
+            yields batches of that shape, or tuples whose first element is one.
+        y : ignored
+        sample_weight : array-like or Tensor of shape (n_samples,), optional
+            Batches are drawn with probability proportional to it. Not
+            accepted with an iterable (use :meth:`partial_fit`).
+
+        Returns
+        -------
+        self
+        """
+        if _is_stream(X):
+            if sample_weight is not None:
+                raise ValueError(
+                    "Expected sample_weight=None when X is an iterable of batches, got "
+                    "weights; pass them batch by batch to partial_fit."
+                )
+            self._reset()
+            for batch in X:
+                self._partial_fit_batch(_first(batch), None)
+            if not hasattr(self, "cluster_centers_"):
+                raise ValueError("Expected X to yield at least one batch, got none.")
+            self.n_iter_ = 1
+            return self
+
+        source = _Source(self, X)
+        n, d = source.shape
+        params = self._check_minibatch_params(n)
+        k, batch_size = params["n_clusters"], params["batch_size"]
+        device, acc = source.device, source.compute
+        weights = v.check_sample_weight(sample_weight, n, device=device, dtype=acc)
+        generator = v.make_generator(self.random_state, device)
+        self._reset()
+        self._batch_size = batch_size
+        tol = self._scaled_tol(source) if self.tol > 0 else 0.0
+
+        init_size = params["init_size"]
+        valid = torch.randint(0, n, (init_size,), generator=generator, device=device)
+        x_valid = self._prepare(source.take(valid))
+        w_valid = None if weights is None else weights[valid.sort().values]
+        best, best_inertia = None, math.inf
+        for _ in range(params["n_init"]):
+            index = torch.randint(0, n, (init_size,), generator=generator, device=device)
+            index = index.sort().values
+            w_init = None if weights is None else weights[index]
+            centers = self._seed(self._prepare(source.take(index)), w_init, k, generator)
+            _, dist = self._assign(x_valid, centers)
+            dist = dist.to(acc)
+            inertia = float((dist if w_valid is None else dist * w_valid).sum())
+            if best is None or inertia < best_inertia:
+                best, best_inertia = centers, inertia
+        centers = best
+        counts = torch.zeros(k, dtype=acc, device=device)
+        self._n_since_last_reassign = 0
+
+        n_steps = (self.max_iter * n) // batch_size
+        stopper = _EarlyStopping(self, n_steps, n, batch_size, tol)
+        step_index = 0
+        for step_index in range(n_steps):
+            if weights is None:
+                index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
+            else:
+                index = torch.multinomial(
+                    weights, batch_size, replacement=True, generator=generator
+                )
+            step = minibatch_step(
+                self._prepare(source.take(index)),
+                centers,
+                counts,
+                random_reassign=self._should_reassign(counts),
+                reassignment_ratio=self.reassignment_ratio,
+                generator=generator,
+                metric=self.metric,
+                memory_budget=self.memory_budget,
+            )
+            shift = float(((step.centroids - centers) ** 2).sum()) if tol > 0 else 0.0
+            centers, counts = step.centroids, step.weight_sums
+            if stopper.update(step_index, float(step.inertia), shift):
+                break
+        stopper.close()
+
+        self._store_state(centers, counts, generator, source.kind)
+        self.n_features_in_ = d
+        self.n_steps_ = step_index + 1
+        self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
+        if self.compute_labels:
+            labels, self.inertia_ = self._labels_and_inertia(source.chunks(), n, weights)
+            self.labels_ = source.kind.out(labels)
+            self._warn_distinct(labels)
+        else:
+            total = float(n if weights is None else weights.double().sum())
+            self.inertia_ = float(stopper.ewa or 0.0) * total
+        return self
+
+    def _scaled_tol(self, source: _Source) -> float:
+        """``tol`` times the mean feature variance, streamed over the data."""
+        total = sq = None
+        for _, chunk in source.chunks():
+            c = chunk.double()
+            total = c.sum(0) if total is None else total + c.sum(0)
+            sq = (c * c).sum(0) if sq is None else sq + (c * c).sum(0)
+        n = source.shape[0]
+        mean = total / n
+        variance = (sq / n - mean * mean).clamp_(min=0)
+        return float(variance.mean()) * float(self.tol)
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MiniBatchKMeans:
+        """One mini-batch step on ``X`` (the first call also seeds the centres).
+
+        An iterable of batches gives one step per yielded batch. Counts, the
+        random state and the reseeding schedule persist across calls.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or iterable of batches of shape (n, n_features)
+        y : ignored
+        sample_weight : array-like or Tensor of shape (n,), optional
+            Not accepted with an iterable.
+
+        Returns
+        -------
+        self
+        """
+        if _is_stream(X):
+            if sample_weight is not None:
+                raise ValueError(
+                    "Expected sample_weight=None when X is an iterable of batches, got "
+                    "weights; pass them batch by batch to partial_fit."
+                )
+            for batch in X:
+                self._partial_fit_batch(_first(batch), None)
+            return self
+        return self._partial_fit_batch(X, sample_weight)
+
+    def _partial_fit_batch(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
+        first = not hasattr(self, "cluster_centers_")
+        if first:
+            x, kind = self._validate_x(X, reset=True)
+            n = x.shape[0]
+            params = self._check_minibatch_params(n)
+            k = params["n_clusters"]
+            acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
+            generator = v.make_generator(self.random_state, x.device)
+            x = x.to(acc)
+            self._batch_size = params["batch_size"]
+            self._n_since_last_reassign = 0
+            self.n_steps_ = 0
+            self.n_features_in_ = x.shape[1]
+            init_x, init_w = x, weights
+            if params["init_size"] < n:
+                size = (params["init_size"],)
+                index = torch.randint(0, n, size, generator=generator, device=x.device)
+                init_x = x[index]
+                init_w = None if weights is None else weights[index]
+            centers = self._seed(self._prepare(init_x), init_w, k, generator)
+            counts = torch.zeros(k, dtype=acc, device=x.device)
+        else:
+            x, kind = self._validate_x(X, reset=False)
+            v.check_positive_int(self.batch_size, "batch_size")
+            v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+            centers, counts = self._centers, self._counts
+            weights = v.check_sample_weight(
+                sample_weight, x.shape[0], device=x.device, dtype=counts.dtype
+            )
+            generator = self._restore_generator()
+        x = self._prepare(x)
+        step = minibatch_step(
+            x,
+            centers,
+            counts,
+            sample_weight=weights,
+            random_reassign=self._should_reassign(counts),
+            reassignment_ratio=self.reassignment_ratio,
+            generator=generator,
+            metric=self.metric,
+            memory_budget=self.memory_budget,
+        )
+        self._store_state(step.centroids, step.weight_sums, generator, kind)
+        self.n_steps_ += 1
+        if self.compute_labels:
+            labels, dist = self._assign(x, step.centroids)
+            dist = dist.double()
+            if weights is not None:
+                dist = dist * weights.double()
+            self.labels_ = kind.out(labels)
+            self.inertia_ = float(dist.sum())
+        return self
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, X: Any, sample_weight: Any = None) -> Any:
+        """Index of the closest cluster centre for each sample (a memmap is streamed).
+
+        Returns
+        -------
+        labels : array or Tensor of shape (n_samples,)
+        """
+        parts, n, kind = self._chunks(X)
+        labels, _ = self._labels_and_inertia(parts, n)
+        return kind.out(labels)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then the labels of ``X`` (``labels_``, or ``predict`` without them)."""
+        if _is_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like or tensor for fit_predict, got an iterable "
+                "of batches; call fit, then predict on each batch."
+            )
+        self.fit(X, sample_weight=sample_weight)
+        return self.labels_ if self.compute_labels else self.predict(X)
+
+    def transform(self, X: Any) -> Any:
+        """Distance of each sample to each centre (euclidean, not squared; or ``1 - cos``).
+
+        Returns
+        -------
+        distances : array or Tensor of shape (n_samples, n_clusters)
+        """
+        parts, n, kind = self._chunks(X)
+        centers = self._centers
+        out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device=centers.device)
+        for start, x in parts:
+            stop = start + x.shape[0]
+            if self.metric == "cosine":
+                out[start:stop] = pairwise_distances(
+                    self._prepare(x), self._prepare(centers), metric="cosine"
+                )
+            else:
+                offset = centers.mean(0, keepdim=True)
+                out[start:stop] = pairwise_distances(x - offset, centers - offset).sqrt_()
+        return kind.out(out)
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the inertia of ``X`` under the fitted centres."""
+        parts, n, _ = self._chunks(X)
+        weights = v.check_sample_weight(
+            sample_weight, n, device=self._centers.device, dtype=torch.float64
+        )
+        return -self._labels_and_inertia(parts, n, weights)[1]
+
+
+class _EarlyStopping:
+    """scikit-learn's ``_mini_batch_convergence``, plus the progress display."""
+
+    def __init__(
+        self, estimator: MiniBatchKMeans, n_steps: int, n_samples: int, batch_size: int, tol: float
+    ) -> None:
+        self.max_no_improvement = estimator.max_no_improvement
+        self.n_steps, self.batch_size, self.tol = n_steps, batch_size, tol
+        self.alpha = min(batch_size * 2.0 / (n_samples + 1), 1.0)
+        self.ewa: float | None = None
+        self.ewa_min: float | None = None
+        self.no_improvement = 0
+        self.bar: Any = None
+        self.every = max(1, n_steps // 20)
+        self.verbose = bool(estimator.verbose)
+        if self.verbose:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=n_steps, desc="MiniBatchKMeans", leave=False)
+
+    def _report(self, step: int, mean_inertia: float, force: bool = False) -> None:
+        if not self.verbose:
+            return
+        smoothed = mean_inertia if self.ewa is None else self.ewa
+        if self.bar is not None:
+            self.bar.update(1)
+            if force or step % self.every == 0:
+                self.bar.set_postfix(ewa_inertia=f"{smoothed:.6g}")
+        elif force or step == 1 or step % self.every == 0 or step == self.n_steps:
+            print(
+                f"[MiniBatchKMeans] step {step}/{self.n_steps}: mean batch inertia "
+                f"{mean_inertia:.6g}, ewa inertia {smoothed:.6g}",
+                file=sys.stderr,
+            )
+
+    def update(self, step_index: int, batch_inertia: float, shift: float) -> bool:
+        mean_inertia = batch_inertia / self.batch_size
+        step = step_index + 1
+        if step == 1:
+            # The first batch measures the seeding, not the optimisation.
+            self._report(step, mean_inertia)
+            return False
+        if self.ewa is None:
+            self.ewa = mean_inertia
+        else:
+            self.ewa = self.ewa * (1 - self.alpha) + mean_inertia * self.alpha
+        if self.tol > 0.0 and shift <= self.tol:
+            self._report(step, mean_inertia, force=True)
+            return True
+        if self.ewa_min is None or self.ewa < self.ewa_min:
+            self.no_improvement = 0
+            self.ewa_min = self.ewa
+        else:
+            self.no_improvement += 1
+        stop = (
+            self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
+        )
+        self._report(step, mean_inertia, force=stop)
+        return stop
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
