@@ -246,3 +246,22 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def check_init(init: Any) -> None:
+    """Validate ``init``: "k-means++", "random", an array-like of centroids or a callable."""
+    if isinstance(init, str):
+        if init not in ("k-means++", "random"):
+            raise ValueError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {init!r}."
+            )
+    elif (
+        not callable(init)
+        and not hasattr(init, "__array__")
+        and not isinstance(init, (list, tuple, torch.Tensor))
+    ):
+        raise TypeError(
+            "Expected init to be 'k-means++', 'random', an array of shape "
+            f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
+        )

@@ -114,21 +114,7 @@ class KMeans(EstimatorProtocol):
         if self.memory_budget is not None:
             v.check_positive_int(self.memory_budget, "memory_budget")
         init = self.init
-        if isinstance(init, str):
-            if init not in ("k-means++", "random"):
-                raise ValueError(
-                    "Expected init to be 'k-means++', 'random', an array of shape "
-                    f"(n_clusters, n_features) or a callable, got {init!r}."
-                )
-        elif (
-            not callable(init)
-            and not hasattr(init, "__array__")
-            and not isinstance(init, (list, tuple, torch.Tensor))
-        ):
-            raise TypeError(
-                "Expected init to be 'k-means++', 'random', an array of shape "
-                f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
-            )
+        v.check_init(init)
         n_init = self.n_init
         if n_init == "auto":
             n_init = 10 if isinstance(init, str) and init == "random" else 1

@@ -53,6 +53,14 @@ def _first(batch: Any) -> Any:
     return batch
 
 
+def _refuse_weights_with_stream(sample_weight: Any) -> None:
+    if sample_weight is not None:
+        raise ValueError(
+            "Expected sample_weight=None when X is an iterable of batches, got "
+            "weights; pass them batch by batch to partial_fit."
+        )
+
+
 class _Source:
     """Random and sequential access to the rows of an array, a tensor or a memmap.
 
@@ -248,21 +256,7 @@ class MiniBatchKMeans(KMeans):
             v.check_positive_int(self.memory_budget, "memory_budget")
         metric = v.check_metric(self.metric)
         init = self.init
-        if isinstance(init, str):
-            if init not in ("k-means++", "random"):
-                raise ValueError(
-                    "Expected init to be 'k-means++', 'random', an array of shape "
-                    f"(n_clusters, n_features) or a callable, got {init!r}."
-                )
-        elif (
-            not callable(init)
-            and not hasattr(init, "__array__")
-            and not isinstance(init, (list, tuple, torch.Tensor))
-        ):
-            raise TypeError(
-                "Expected init to be 'k-means++', 'random', an array of shape "
-                f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
-            )
+        v.check_init(init)
         if self.n_init == "auto":
             n_init = 3 if isinstance(init, str) and init == "random" else 1
         else:
@@ -458,11 +452,7 @@ class MiniBatchKMeans(KMeans):
         self
         """
         if _is_stream(X):
-            if sample_weight is not None:
-                raise ValueError(
-                    "Expected sample_weight=None when X is an iterable of batches, got "
-                    "weights; pass them batch by batch to partial_fit."
-                )
+            _refuse_weights_with_stream(sample_weight)
             self._reset()
             for batch in X:
                 self._partial_fit_batch(_first(batch), None)
@@ -570,11 +560,7 @@ class MiniBatchKMeans(KMeans):
         self
         """
         if _is_stream(X):
-            if sample_weight is not None:
-                raise ValueError(
-                    "Expected sample_weight=None when X is an iterable of batches, got "
-                    "weights; pass them batch by batch to partial_fit."
-                )
+            _refuse_weights_with_stream(sample_weight)
             for batch in X:
                 self._partial_fit_batch(_first(batch), None)
             return self
