@@ -246,6 +246,14 @@ def test_device_auto_runs_where_cuda_is():
     assert km.cluster_centers_.device.type == "cpu"  # handed back where the input was
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="Expected device='cuda' to be available"):
+        KMeans(n_clusters=2, device="cuda").fit(X_OK)
+    with pytest.raises(ValueError, match="Expected device to be None, 'auto', 'cpu', 'cuda'"):
+        KMeans(n_clusters=2, device="tpu:x").fit(X_OK)
+
+
 def test_get_set_params_and_repr():
     km = KMeans(n_clusters=3, random_state=1)
     assert km.get_params()["n_clusters"] == 3

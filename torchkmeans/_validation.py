@@ -47,11 +47,17 @@ def resolve_device(device: str | torch.device | None, data_device: torch.device)
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"Expected device to be None, 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}."
         ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"Expected device={device!r} to be available, but this torch has no CUDA device; "
+            "use device='auto' to fall back to the CPU."
+        )
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | np.dtype | type | None) -> torch.dtype | None:
