@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _validation as v
 from ._base import EstimatorProtocol
 from .exceptions import ConvergenceWarning
-from .functional.distances import nearest_centroids, pairwise_distances
+from .functional.distances import Nearest, nearest_centroids, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
 
 __all__ = ["KMeans"]
@@ -228,20 +227,34 @@ class KMeans(EstimatorProtocol):
                 stacklevel=3,
             )
 
+    def _aligned(self, x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and centres ready for the distance kernels.
+
+        Unit vectors for cosine; otherwise both centred on the centres' mean:
+        the distances are unchanged and the ``|x|^2 - 2x.c + |c|^2`` expansion
+        stays accurate for data far from the origin.
+        """
+        if self.metric == "cosine":
+            normalize = torch.nn.functional.normalize
+            return normalize(x, dim=-1), normalize(centers, dim=-1)
+        offset = centers.mean(0, keepdim=True)
+        return x - offset, centers - offset
+
+    def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor) -> Nearest:
+        """Nearest of ``centers`` for validated rows ``x``: labels and distances."""
+        x, centers = self._aligned(x, centers)
+        return nearest_centroids(x, centers, metric=self.metric, memory_budget=self.memory_budget)
+
+    def _center_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``transform``'s values for validated rows: euclidean (not squared) or ``1 - cos``."""
+        x, centers = self._aligned(x, self._centers)
+        if self.metric == "cosine":
+            return pairwise_distances(x, centers, metric="cosine")
+        return pairwise_distances(x, centers).sqrt_()
+
     def _nearest(self, X: Any) -> tuple[torch.Tensor, torch.Tensor, v.OutputKind]:
         x, kind = self._validate_x(X, reset=False)
-        centers = self._centers
-        if self.metric == "cosine":
-            x = torch.nn.functional.normalize(x, dim=-1)
-            centers = torch.nn.functional.normalize(centers, dim=-1)
-        else:
-            # Centre both on the centroids' mean: the distances are unchanged
-            # and the |x|^2 - 2x.c + |c|^2 expansion stays accurate.
-            offset = centers.mean(0, keepdim=True)
-            x, centers = x - offset, centers - offset
-        labels, distances = nearest_centroids(
-            x, centers, metric=self.metric, memory_budget=self.memory_budget
-        )
+        labels, distances = self._assign_rows(x, self._centers)
         return labels, distances, kind
 
     def predict(self, X: Any, sample_weight: Any = None) -> Any:
@@ -266,17 +279,7 @@ class KMeans(EstimatorProtocol):
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
         x, kind = self._validate_x(X, reset=False)
-        centers = self._centers
-        if self.metric == "cosine":
-            out = pairwise_distances(
-                torch.nn.functional.normalize(x, dim=-1),
-                torch.nn.functional.normalize(centers, dim=-1),
-                metric="cosine",
-            )
-        else:
-            offset = centers.mean(0, keepdim=True)
-            out = pairwise_distances(x - offset, centers - offset).sqrt_()
-        return kind.out(out)
+        return kind.out(self._center_distances(x))
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then ``transform(X)``."""
@@ -290,7 +293,3 @@ class KMeans(EstimatorProtocol):
         )
         total = distances.double() if weights is None else distances.double() * weights.double()
         return -float(total.sum())
-
-
-def _as_float(value: Any) -> float:
-    return float(np.asarray(value))

@@ -13,7 +13,6 @@ import torch
 
 from . import _validation as v
 from .exceptions import ConvergenceWarning
-from .functional.distances import nearest_centroids, pairwise_distances
 from .functional.init import kmeans_plusplus, random_init
 from .functional.minibatch import minibatch_step
 from .kmeans import KMeans
@@ -341,18 +340,6 @@ class MiniBatchKMeans(KMeans):
             centers = self._prepare(centers.clone())
         return centers
 
-    def _assign(self, x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest of ``centers`` for validated rows ``x`` (cosine: raw rows)."""
-        if self.metric == "cosine":
-            return nearest_centroids(
-                self._prepare(x),
-                self._prepare(centers),
-                metric="cosine",
-                memory_budget=self.memory_budget,
-            )
-        offset = centers.mean(0, keepdim=True)
-        return nearest_centroids(x - offset, centers - offset, memory_budget=self.memory_budget)
-
     def _chunks(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind]:
         """Validated tensors covering ``X`` with their first row: one, or memmap chunks."""
         if not isinstance(X, np.memmap):
@@ -385,7 +372,7 @@ class MiniBatchKMeans(KMeans):
         labels = torch.empty(n, dtype=torch.int64, device=self._centers.device)
         inertia = 0.0
         for start, x in parts:
-            chunk_labels, dist = self._assign(x.to(self._centers.dtype), self._centers)
+            chunk_labels, dist = self._assign_rows(x.to(self._centers.dtype), self._centers)
             dist = dist.double()
             if weights is not None:
                 dist = dist * weights[start : start + x.shape[0]].double()
@@ -482,7 +469,7 @@ class MiniBatchKMeans(KMeans):
             index = index.sort().values
             w_init = None if weights is None else weights[index]
             centers = self._seed(self._prepare(source.take(index)), w_init, k, generator)
-            _, dist = self._assign(x_valid, centers)
+            _, dist = self._assign_rows(x_valid, centers)
             dist = dist.to(acc)
             inertia = float((dist if w_valid is None else dist * w_valid).sum())
             if best is None or inertia < best_inertia:
@@ -613,7 +600,7 @@ class MiniBatchKMeans(KMeans):
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1
         if self.compute_labels:
-            labels, dist = self._assign(x, step.centroids)
+            labels, dist = self._assign_rows(x, step.centroids)
             dist = dist.double()
             if weights is not None:
                 dist = dist * weights.double()
@@ -655,19 +642,8 @@ class MiniBatchKMeans(KMeans):
         centers = self._centers
         out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device=centers.device)
         for start, x in parts:
-            stop = start + x.shape[0]
-            if self.metric == "cosine":
-                out[start:stop] = pairwise_distances(
-                    self._prepare(x), self._prepare(centers), metric="cosine"
-                )
-            else:
-                offset = centers.mean(0, keepdim=True)
-                out[start:stop] = pairwise_distances(x - offset, centers - offset).sqrt_()
+            out[start : start + x.shape[0]] = self._center_distances(x.to(centers.dtype))
         return kind.out(out)
-
-    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
-        """``fit(X)`` then ``transform(X)``."""
-        return self.fit(X, sample_weight=sample_weight).transform(X)
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres."""
