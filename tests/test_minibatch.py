@@ -327,6 +327,7 @@ def test_fit_on_a_memmap_equals_fit_on_the_array(tmp_path):
 MEMMAP_SCRIPT = """
 import json, sys, threading, time
 import numpy as np, torch
+from torchkmeans import KMeans
 from torchkmeans.minibatch import MiniBatchKMeans
 
 torch.set_num_threads(2)
@@ -365,11 +366,16 @@ km = MiniBatchKMeans(8, batch_size=1024, max_iter=1, random_state=0)
 fit_growth, _ = peak_anon_growth(lambda: km.fit(X))
 predict_growth, labels = peak_anon_growth(lambda: km.predict(X))
 seconds = time.perf_counter() - start
+# KMeans streams the memmap through every Lloyd iteration.
+full = KMeans(8, max_iter=2, random_state=0)
+kmeans_growth, _ = peak_anon_growth(lambda: full.fit(X))
 hwm_growth = status("VmHWM") - hwm
 # Control: the probe sees a whole copy of the data.
 control, _ = peak_anon_growth(lambda: float(np.array(X).sum()))
 print(json.dumps({
     "fit": fit_growth, "predict": predict_growth, "vmhwm": hwm_growth, "control": control,
+    "kmeans": kmeans_growth, "kmeans_n_iter": full.n_iter_,
+    "kmeans_labels": int(full.labels_.shape[0]), "kmeans_inertia": full.inertia_,
     "n_steps": km.n_steps_, "labels": int(labels.shape[0]), "seconds": seconds,
     "same_labels": bool((labels == km.labels_).all()),
 }))
@@ -405,6 +411,9 @@ def test_memmap_of_512mb_fits_with_memory_far_below_its_size(tmp_path):
     # Measured about 40 MB (8 MB chunks, their temporaries, 16 MB of labels).
     assert result["fit"] < file_bytes / 6, result
     assert result["predict"] < file_bytes / 6, result
+    # KMeans, 2 Lloyd iterations: labels (16 MB) + the final distances + chunks.
+    assert result["kmeans_n_iter"] == 2 and result["kmeans_labels"] == n
+    assert result["kmeans"] < file_bytes / 6, result
 
 
 def test_verbose_without_tqdm_writes_to_stderr(capsys, monkeypatch):

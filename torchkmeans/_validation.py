@@ -107,7 +107,7 @@ def as_tensor(
             tensor = tensor.to(torch.get_default_dtype())
     else:
         kind = OutputKind(False, None)
-        array = _as_numpy(data, name)
+        array = numeric_array(data, name)
         with warnings.catch_warnings():
             # Read-only arrays (memmaps, broadcasts) are shared, not copied:
             # torch warns that they are not writable, and nothing writes to them.
@@ -134,7 +134,8 @@ def as_tensor(
     return tensor, kind
 
 
-def _as_numpy(data: Any, name: str) -> np.ndarray:
+def numeric_array(data: Any, name: str) -> np.ndarray:
+    """``data`` as a contiguous numpy array of float32/float64 (a view when it already is)."""
     if hasattr(data, "toarray") or type(data).__module__.startswith("scipy.sparse"):
         raise TypeError(
             f"Expected {name} to be a dense array or tensor, got a sparse matrix "

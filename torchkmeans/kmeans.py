@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from . import _validation as v
 from ._base import EstimatorProtocol
+from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.distances import Nearest, nearest_centroids, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
+from .functional.streaming import chunk_rows, iter_chunks, streamed_kmeans
 
 __all__ = ["KMeans"]
 
@@ -52,6 +55,18 @@ class KMeans(EstimatorProtocol):
         Log the inertia of each iteration (logger "torchkmeans").
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
+
+    Notes
+    -----
+    A ``numpy.memmap``, or a host array or CPU tensor too large for the CUDA
+    device it is fitted on, is never copied whole: every Lloyd iteration
+    streams it chunk by chunk (pinned memory and a copy stream on CUDA), and
+    ``predict``/``transform``/``score`` stream it the same way and return
+    host arrays. Only the labels, the centroids and a chunk live on the device.
+    Such a fit seeds k-means++ from a random sample of
+    :func:`~torchkmeans.functional.streaming.init_sample_size` rows (as
+    faiss does), since greedy k-means++ over all rows would read the data k
+    times; from the same initial centroids it equals the in-memory fit.
 
     Attributes
     ----------
@@ -170,6 +185,8 @@ class KMeans(EstimatorProtocol):
         -------
         self
         """
+        if should_stream(X, self.device):
+            return self._fit_streamed(X, sample_weight)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
         compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -199,6 +216,45 @@ class KMeans(EstimatorProtocol):
             memory_budget=self.memory_budget,
         )
         self._store(result, kind, x.shape[1])
+        return self
+
+    def _fit_streamed(self, X: Any, sample_weight: Any) -> KMeans:
+        """``fit`` for data read chunk by chunk from the host (see Notes)."""
+        rows, compute, kind = host_rows(X, v.resolve_dtype(self.dtype))
+        n_clusters, n_init, metric = self._check_params(rows.n_rows)
+        device = v.resolve_device(self.device, torch.device("cpu"))
+        weights = v.check_sample_weight(sample_weight, rows.n_rows, device=device, dtype=compute)
+        generator = v.make_generator(self.random_state, device)
+        init = self.init
+        if callable(init) and not isinstance(init, str):
+            raise TypeError(
+                "Expected init to be 'k-means++', 'random' or an array when X is streamed "
+                f"from the host ({type(X).__name__}), got a callable."
+            )
+        if not isinstance(init, str):
+            init, _ = v.as_tensor(init, "init", device=device, dtype=compute)
+            if tuple(init.shape) != (n_clusters, rows.n_features):
+                raise ValueError(
+                    f"Expected init to be of shape ({n_clusters}, {rows.n_features}), "
+                    f"got shape {tuple(init.shape)}."
+                )
+        result = streamed_kmeans(
+            rows,
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            metric=metric,
+            sample_weight=weights,
+            generator=generator,
+            device=device,
+            dtype=compute,
+            memory_budget=self.memory_budget,
+        )
+        if kind.is_torch:
+            kind = v.OutputKind(True, torch.device("cpu"))
+        self._store(result, kind, rows.n_features)
         return self
 
     def _store(self, result: KMeansResult, kind: v.OutputKind, n_features: int) -> None:
@@ -252,19 +308,68 @@ class KMeans(EstimatorProtocol):
             return pairwise_distances(x, centers, metric="cosine")
         return pairwise_distances(x, centers).sqrt_()
 
-    def _nearest(self, X: Any) -> tuple[torch.Tensor, torch.Tensor, v.OutputKind]:
-        x, kind = self._validate_x(X, reset=False)
-        labels, distances = self._assign_rows(x, self._centers)
-        return labels, distances, kind
+    def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
+        """Validated tensors covering ``X`` with their first row, on the centres' device.
+
+        One tensor, or chunks of a memmap or of host data too big for the
+        device; the last flag says whether ``X`` is streamed.
+        """
+        self._check_is_fitted()
+        centers = self._centers
+        if not should_stream(X, centers.device):
+            x, kind = self._validate_x(X, reset=False)
+            return iter([(0, x)]), x.shape[0], kind, False
+        rows, _, kind = host_rows(X, None)
+        if rows.n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+
+        def checked() -> Iterator[tuple[int, torch.Tensor]]:
+            chunks = iter_chunks(
+                rows, centers.device, centers.dtype, chunk_rows(rows, centers.device)
+            )
+            for start, chunk in chunks:
+                if not bool(torch.isfinite(chunk).all()):
+                    raise ValueError("Input X contains NaN or infinity; expected finite values.")
+                yield start, chunk
+
+        if kind.is_torch:
+            kind = v.OutputKind(True, torch.device("cpu"))
+        return checked(), rows.n_rows, kind, True
+
+    def _labels_and_inertia(
+        self, X: Any, sample_weight: Any = None
+    ) -> tuple[torch.Tensor, float, v.OutputKind]:
+        """Nearest centre of every row of ``X``, and the (weighted) inertia, chunk by chunk.
+
+        Labels of streamed data are gathered on the host.
+        """
+        parts, n, kind, streamed = self._parts(X)
+        centers = self._centers
+        weights = v.check_sample_weight(
+            sample_weight, n, device=centers.device, dtype=torch.float64
+        )
+        labels = torch.empty(n, dtype=torch.int64, device="cpu" if streamed else centers.device)
+        inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
+        for start, x in parts:
+            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers)
+            dist = dist.double()
+            if weights is not None:
+                dist = dist * weights[start : start + x.shape[0]]
+            inertia += dist.sum()
+            labels[start : start + x.shape[0]] = chunk_labels
+        return labels, float(inertia), kind
 
     def predict(self, X: Any, sample_weight: Any = None) -> Any:
-        """Index of the closest cluster centre for each sample.
+        """Index of the closest cluster centre for each sample (a memmap is streamed).
 
         Returns
         -------
         labels : array or Tensor of shape (n_samples,)
         """
-        labels, _, kind = self._nearest(X)
+        labels, _, kind = self._labels_and_inertia(X)
         return kind.out(labels)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -274,12 +379,22 @@ class KMeans(EstimatorProtocol):
     def transform(self, X: Any) -> Any:
         """Distance of each sample to each centre (euclidean, not squared; or ``1 - cos``).
 
+        Streamed input (a memmap) gets a host array, filled chunk by chunk.
+
         Returns
         -------
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
-        x, kind = self._validate_x(X, reset=False)
-        return kind.out(self._center_distances(x))
+        parts, n, kind, streamed = self._parts(X)
+        centers = self._centers
+        out = torch.empty(
+            (n, centers.shape[0]),
+            dtype=centers.dtype,
+            device="cpu" if streamed else centers.device,
+        )
+        for start, x in parts:
+            out[start : start + x.shape[0]] = self._center_distances(x.to(centers.dtype))
+        return kind.out(out)
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then ``transform(X)``."""
@@ -287,9 +402,4 @@ class KMeans(EstimatorProtocol):
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres."""
-        _, distances, _ = self._nearest(X)
-        weights = v.check_sample_weight(
-            sample_weight, distances.shape[0], device=distances.device, dtype=distances.dtype
-        )
-        total = distances.double() if weights is None else distances.double() * weights.double()
-        return -float(total.sum())
+        return -self._labels_and_inertia(X, sample_weight)[1]

@@ -340,25 +340,7 @@ class MiniBatchKMeans(KMeans):
             centers = self._prepare(centers.clone())
         return centers
 
-    def _chunks(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind]:
-        """Validated tensors covering ``X`` with their first row: one, or memmap chunks."""
-        if not isinstance(X, np.memmap):
-            x, kind = self._validate_x(X, reset=False)
-            return iter([(0, x)]), x.shape[0], kind
-        self._check_is_fitted()
-        if X.ndim != 2:
-            raise ValueError(
-                "Expected X to be 2-D of shape (n_samples, n_features), "
-                f"got shape {tuple(X.shape)}."
-            )
-        rows = max(1, _CHUNK_BYTES // (8 * max(1, X.shape[1])))
-        parts = (
-            (start, self._validate_x(X[start : start + rows], reset=False)[0])
-            for start in range(0, max(1, X.shape[0]), rows)
-        )
-        return parts, int(X.shape[0]), v.OutputKind(False, None)
-
-    def _labels_and_inertia(
+    def _labels_of_chunks(
         self,
         parts: Iterator[tuple[int, torch.Tensor]],
         n: int,
@@ -509,7 +491,7 @@ class MiniBatchKMeans(KMeans):
         self.n_steps_ = step_index + 1
         self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
         if self.compute_labels:
-            labels, self.inertia_ = self._labels_and_inertia(source.chunks(), n, weights)
+            labels, self.inertia_ = self._labels_of_chunks(source.chunks(), n, weights)
             self.labels_ = source.kind.out(labels)
             self._warn_distinct(labels)
         else:
@@ -610,17 +592,6 @@ class MiniBatchKMeans(KMeans):
 
     # ------------------------------------------------------------------ inference
 
-    def predict(self, X: Any, sample_weight: Any = None) -> Any:
-        """Index of the closest cluster centre for each sample (a memmap is streamed).
-
-        Returns
-        -------
-        labels : array or Tensor of shape (n_samples,)
-        """
-        parts, n, kind = self._chunks(X)
-        labels, _ = self._labels_and_inertia(parts, n)
-        return kind.out(labels)
-
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then the labels of ``X`` (``labels_``, or ``predict`` without them)."""
         if _is_stream(X):
@@ -630,28 +601,6 @@ class MiniBatchKMeans(KMeans):
             )
         self.fit(X, sample_weight=sample_weight)
         return self.labels_ if self.compute_labels else self.predict(X)
-
-    def transform(self, X: Any) -> Any:
-        """Distance of each sample to each centre (euclidean, not squared; or ``1 - cos``).
-
-        Returns
-        -------
-        distances : array or Tensor of shape (n_samples, n_clusters)
-        """
-        parts, n, kind = self._chunks(X)
-        centers = self._centers
-        out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device=centers.device)
-        for start, x in parts:
-            out[start : start + x.shape[0]] = self._center_distances(x.to(centers.dtype))
-        return kind.out(out)
-
-    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
-        """Opposite of the inertia of ``X`` under the fitted centres."""
-        parts, n, _ = self._chunks(X)
-        weights = v.check_sample_weight(
-            sample_weight, n, device=self._centers.device, dtype=torch.float64
-        )
-        return -self._labels_and_inertia(parts, n, weights)[1]
 
 
 class _EarlyStopping:

@@ -1,0 +1,212 @@
+"""KMeans on data streamed from the host: memmaps (and, on a GPU, host arrays too big for it)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits, make_blobs
+
+from torchkmeans import KMeans, lloyd
+from torchkmeans import _host as host
+from torchkmeans.functional import streaming
+from torchkmeans.functional.streaming import HostRows, init_sample_size, iter_chunks
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of ~1,000 rows, so the test data spans many of them."""
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "cpu", 8 * 8 * 1000)
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "other", 8 * 8 * 1000)
+
+
+def as_memmap(tmp_path, X, name="x.dat"):
+    path = tmp_path / name
+    mm = np.memmap(path, dtype=X.dtype, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    return np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape)
+
+
+def digest(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def blobs8():
+    X, _ = make_blobs(n_samples=12_000, n_features=8, centers=6, random_state=0)
+    return X
+
+
+def test_should_stream_only_memmaps_on_the_cpu(tmp_path, blobs8):
+    assert host.should_stream(as_memmap(tmp_path, blobs8), None)
+    assert host.should_stream(as_memmap(tmp_path, blobs8, "y.dat"), "cpu")
+    assert not host.should_stream(blobs8, None)
+    assert not host.should_stream(torch.from_numpy(blobs8), "cpu")
+    assert not host.should_stream([[0.0, 1.0]], None)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_memmap_fit_equals_in_memory_fit_from_the_same_centroids(
+    tmp_path, blobs8, small_chunks, metric
+):
+    init = blobs8[:6].copy()
+    streamed = KMeans(6, init=init, metric=metric).fit(as_memmap(tmp_path, blobs8))
+    in_memory = KMeans(6, init=init, metric=metric).fit(blobs8)
+    assert type(streamed.labels_) is np.ndarray and type(streamed.cluster_centers_) is np.ndarray
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-10)
+    assert streamed.n_iter_ == in_memory.n_iter_
+    assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
+    np.testing.assert_allclose(streamed.inertia_history_, in_memory.inertia_history_, rtol=1e-10)
+
+
+def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chunks):
+    X = load_digits().data
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(X))
+    init = X[::180][:10].copy()
+    streamed = KMeans(10, init=init).fit(as_memmap(tmp_path, X), sample_weight=weights)
+    in_memory = KMeans(10, init=init).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
+    assert streamed.n_iter_ == in_memory.n_iter_
+    assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
+
+
+def test_empty_clusters_are_reseeded_like_in_memory(tmp_path, blobs8, small_chunks):
+    # Two identical initial centres: the second gets no point in the first
+    # assignment and must be reseeded from the farthest point, found across chunks.
+    init = np.vstack([blobs8[:5], blobs8[:1]])
+    mm = as_memmap(tmp_path, blobs8)
+    streamed = KMeans(6, init=init).fit(mm)
+    in_memory = KMeans(6, init=init).fit(blobs8)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-10)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    assert len(np.unique(streamed.labels_)) == 6
+    assert not np.isnan(streamed.cluster_centers_).any()
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_streamed_seeding_from_a_sample_is_as_good_as_in_memory(tmp_path, small_chunks, init):
+    X, _ = make_blobs(n_samples=30_000, n_features=16, centers=12, random_state=3)
+    mm = as_memmap(tmp_path, X)
+    for seed in range(3):
+        streamed = KMeans(12, init=init, n_init=3, random_state=seed).fit(mm)
+        in_memory = KMeans(12, init=init, n_init=3, random_state=seed).fit(X)
+        if init == "k-means++":  # random seeding is at the mercy of the draw either way
+            assert streamed.inertia_ <= 1.01 * in_memory.inertia_
+        # labels are the nearest of the returned centres, inertia their sum
+        d2 = ((X[:, None, :] - streamed.cluster_centers_[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(streamed.labels_, d2.argmin(1))
+        assert streamed.inertia_ == pytest.approx(d2.min(1).sum(), rel=1e-10)
+
+
+def test_same_seed_same_streamed_result(tmp_path, blobs8, small_chunks):
+    mm = as_memmap(tmp_path, blobs8)
+    a = KMeans(6, random_state=7, n_init=2).fit(mm)
+    b = KMeans(6, random_state=7, n_init=2).fit(mm)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    c = KMeans(6, random_state=8, n_init=2).fit(mm)
+    assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
+
+
+def test_predict_transform_score_stream_a_memmap(tmp_path, blobs8, small_chunks):
+    mm = as_memmap(tmp_path, blobs8.astype(np.float32))
+    km = KMeans(6, random_state=0).fit(blobs8.astype(np.float32))
+    labels = km.predict(mm)
+    assert type(labels) is np.ndarray and labels.shape == (len(blobs8),)
+    np.testing.assert_array_equal(labels, km.predict(blobs8.astype(np.float32)))
+    distances = km.transform(mm)
+    assert type(distances) is np.ndarray and distances.shape == (len(blobs8), 6)
+    np.testing.assert_allclose(distances, km.transform(blobs8.astype(np.float32)), rtol=1e-5)
+    assert km.score(mm) == pytest.approx(km.score(blobs8.astype(np.float32)), rel=1e-6)
+    with pytest.raises(ValueError, match=r"X has 3 features, but KMeans is expecting 8"):
+        km.predict(as_memmap(tmp_path, blobs8[:, :3].copy(), "narrow.dat"))
+
+
+def test_the_memmap_is_never_written(tmp_path, blobs8, small_chunks):
+    path = tmp_path / "rw.dat"
+    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=blobs8.shape)
+    mm[:] = blobs8
+    before = digest(mm)
+    km = KMeans(6, random_state=0, n_init=2).fit(mm)
+    km.predict(mm)
+    km.transform(mm)
+    assert digest(mm) == before
+
+
+def test_streamed_bad_input_is_refused(tmp_path, blobs8):
+    bad = blobs8[:100].copy()
+    bad[57, 3] = np.nan
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
+        KMeans(3).fit(as_memmap(tmp_path, bad, "nan.dat"))
+    mm = as_memmap(tmp_path, blobs8[:100].copy(), "ok.dat")
+    with pytest.raises(TypeError, match=r"Expected init to be 'k-means\+\+', 'random' or an"):
+        KMeans(3, init=lambda X, k, g: X[:k]).fit(mm)
+    with pytest.raises(ValueError, match=r"Expected init to be of shape \(3, 8\), got shape"):
+        KMeans(3, init=np.zeros((3, 2))).fit(mm)
+    with pytest.raises(ValueError, match=r"n_samples=100 should be >= n_clusters=101"):
+        KMeans(101).fit(mm)
+    flat = np.memmap(tmp_path / "flat.dat", dtype=np.float64, mode="w+", shape=(10,))
+    with pytest.raises(ValueError, match=r"Expected X to be 2-D of shape"):
+        KMeans(3).fit(flat)
+    fitted = KMeans(3, random_state=0).fit(blobs8[:100])
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
+        fitted.predict(as_memmap(tmp_path, bad, "nan2.dat"))
+
+
+def test_streamed_kmeans_over_a_tensor_equals_lloyd():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 5, generator=g, dtype=torch.float64) * 3 + 100.0
+    init = x[:7].clone()
+    rows = HostRows(lambda a, b: x[a:b], lambda i: x[i], x.shape[0], x.shape[1], 8)
+    got = streaming.streamed_kmeans(rows, 7, init=init, dtype=torch.float64, chunk_bytes=4096)
+    expected = lloyd(x, init)
+    assert torch.equal(got.labels, expected.labels)
+    torch.testing.assert_close(got.centroids, expected.centroids, rtol=0, atol=1e-10)
+    assert int(got.n_iter) == int(expected.n_iter)
+
+
+def test_iter_chunks_covers_every_row_in_order():
+    x = torch.arange(103 * 2, dtype=torch.float64).view(103, 2)
+    rows = HostRows(lambda a, b: x[a:b], lambda i: x[i], 103, 2, 8)
+    seen = list(iter_chunks(rows, torch.device("cpu"), torch.float32, 10))
+    assert [start for start, _ in seen] == list(range(0, 103, 10))
+    assert all(chunk.dtype == torch.float32 for _, chunk in seen)
+    torch.testing.assert_close(torch.cat([c for _, c in seen]), x.float())
+
+
+def test_sample_draws_distinct_sorted_rows():
+    rows = HostRows(None, None, 1_000_000, 4, 4)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(0)
+    index = streaming._sample(rows, 20_000, g)
+    assert index.numel() == 20_000 and index.unique().numel() == 20_000
+    assert bool((index[1:] > index[:-1]).all()) and 0 <= int(index[0]) and int(index[-1]) < 10**6
+    assert torch.equal(streaming._sample(HostRows(None, None, 50, 4, 4), 80, g), torch.arange(50))
+
+
+def test_init_sample_size_is_bounded():
+    assert init_sample_size(10**8, 1024, 128) == 256 * 1024
+    assert init_sample_size(10**8, 8, 64) == 10_000
+    assert init_sample_size(10**8, 4096, 1024) == 512 * 2**20 // (1024 * 4)
+    assert init_sample_size(300, 4, 2) == 300
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_data_too_big_for_the_gpu_is_streamed(monkeypatch, blobs8, small_chunks):
+    monkeypatch.setattr(host, "_DEVICE_SHARE", 0.0)  # any host array is "too big"
+    assert host.should_stream(blobs8, "cuda")
+    init = blobs8[:6].copy()
+    streamed = KMeans(6, init=init, device="cuda").fit(blobs8)
+    monkeypatch.setattr(host, "_DEVICE_SHARE", 10.0**9)
+    in_memory = KMeans(6, init=init, device="cuda").fit(blobs8)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
+    tensor = torch.from_numpy(blobs8)
+    monkeypatch.setattr(host, "_DEVICE_SHARE", 0.0)
+    fitted = KMeans(6, init=init, device="cuda").fit(tensor)
+    assert fitted.labels_.device.type == "cpu"
+    assert torch.equal(fitted.predict(tensor), torch.from_numpy(streamed.labels_))

@@ -1,0 +1,97 @@
+"""Host data that estimators stream instead of loading: memmaps, and arrays too big for the GPU."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validation as v
+from .functional.streaming import HostRows
+
+__all__ = ["host_rows", "should_stream"]
+
+# A host array is streamed to a GPU when a copy of it in the compute dtype
+# (plus the labels and working memory) would take more than this share of the
+# device's free memory.
+_DEVICE_SHARE = 0.5
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) != 2:
+        raise ValueError(
+            f"Expected {name} to be 2-D of shape (n_samples, n_features), got shape {shape}."
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        what = "sample" if shape[0] == 0 else "feature"
+        raise ValueError(
+            f"Found array with 0 {what}(s) (shape={shape}) while a minimum of 1 is required."
+        )
+
+
+def _compute_dtype(X: Any, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a fit on ``X`` computes in: as :func:`~torchkmeans._validation.as_tensor`."""
+    probe = X[:1] if isinstance(X, torch.Tensor) else np.asarray(X[:1])
+    tensor = v.as_tensor(probe, "X", device="cpu", dtype=dtype, check_finite=False)[0]
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+
+
+def should_stream(X: Any, device: str | torch.device | None) -> bool:
+    """Whether a fit on ``X`` streams it from the host instead of copying it whole.
+
+    Always for a ``numpy.memmap``; for a numpy array or CPU tensor only when
+    the computation runs on a GPU that could not hold a copy of it.
+    """
+    if isinstance(X, np.memmap):
+        return True
+    if not isinstance(X, (np.ndarray, torch.Tensor)) or X.ndim != 2:
+        return False
+    if isinstance(X, torch.Tensor) and X.device.type != "cpu":
+        return False
+    target = v.resolve_device(device, torch.device("cpu"))
+    if target.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(target)
+    itemsize = max(4, X.element_size() if isinstance(X, torch.Tensor) else X.itemsize)
+    return X.shape[0] * (X.shape[1] + 1) * itemsize > _DEVICE_SHARE * free
+
+
+def host_rows(X: Any, dtype: torch.dtype | None) -> tuple[HostRows, torch.dtype, v.OutputKind]:
+    """Read access to the rows of a host array, memmap or CPU tensor, without copying it.
+
+    Returns the reader, the compute dtype, and how to hand results back
+    (numpy for arrays, tensors for a tensor).
+    """
+    shape = tuple(int(s) for s in X.shape)
+    _check_shape(shape, "X")
+    compute = _compute_dtype(X, dtype)
+    if isinstance(X, torch.Tensor):
+        tensor = X.detach()
+
+        def read(start: int, stop: int) -> torch.Tensor:
+            return tensor[start:stop]
+
+        def take(index: torch.Tensor) -> torch.Tensor:
+            return tensor[index]
+
+        kind = v.OutputKind(True, None)
+        itemsize = tensor.element_size()
+    else:
+        array = X
+
+        def to_tensor(rows: np.ndarray) -> torch.Tensor:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only views
+                return torch.from_numpy(v.numeric_array(rows, "X"))
+
+        def read(start: int, stop: int) -> torch.Tensor:
+            return to_tensor(array[start:stop])
+
+        def take(index: torch.Tensor) -> torch.Tensor:
+            return to_tensor(array[index.numpy()])
+
+        kind = v.OutputKind(False, None)
+        itemsize = int(np.dtype(array.dtype).itemsize)
+    return HostRows(read, take, shape[0], shape[1], itemsize), compute, kind
