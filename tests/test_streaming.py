@@ -210,3 +210,16 @@ def test_host_data_too_big_for_the_gpu_is_streamed(monkeypatch, blobs8, small_ch
     fitted = KMeans(6, init=init, device="cuda").fit(tensor)
     assert fitted.labels_.device.type == "cpu"
     assert torch.equal(fitted.predict(tensor), torch.from_numpy(streamed.labels_))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_minibatch_reads_host_data_too_big_for_the_gpu_batch_by_batch(monkeypatch, blobs8):
+    from torchkmeans import MiniBatchKMeans
+
+    monkeypatch.setattr(host, "_DEVICE_SHARE", 0.0)
+    streamed = MiniBatchKMeans(6, batch_size=256, random_state=0, device="cuda").fit(blobs8)
+    monkeypatch.setattr(host, "_DEVICE_SHARE", 10.0**9)
+    in_memory = MiniBatchKMeans(6, batch_size=256, random_state=0, device="cuda").fit(blobs8)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)

@@ -12,15 +12,14 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.init import kmeans_plusplus, random_init
 from .functional.minibatch import minibatch_step
+from .functional.streaming import chunk_rows, iter_chunks
 from .kmeans import KMeans
 
 __all__ = ["MiniBatchKMeans"]
-
-# Rows of a memmap converted at a time when streaming over it (bytes of float64).
-_CHUNK_BYTES = 8 * 2**20
 
 
 _PRIVATE_STATE = (
@@ -63,38 +62,24 @@ def _refuse_weights_with_stream(sample_weight: Any) -> None:
 class _Source:
     """Random and sequential access to the rows of an array, a tensor or a memmap.
 
-    A memmap is never converted as a whole: only the rows asked for are read
-    (sorted, so the reads run forward through the file) and converted.
+    Data that :func:`~torchkmeans._host.should_stream` (a memmap, or host
+    data too big for the GPU) is never converted as a whole: only the rows
+    asked for are read (sorted, so the reads run forward through the file),
+    converted and copied to the device.
     """
 
     def __init__(self, estimator: MiniBatchKMeans, X: Any) -> None:
-        self.memmap = isinstance(X, np.memmap)
-        if self.memmap:
-            if X.ndim != 2:
-                raise ValueError(
-                    "Expected X to be 2-D of shape (n_samples, n_features), "
-                    f"got shape {tuple(X.shape)}."
-                )
-            if X.shape[0] == 0 or X.shape[1] == 0:
-                what = "sample" if X.shape[0] == 0 else "feature"
-                raise ValueError(
-                    f"Found array with 0 {what}(s) (shape={tuple(X.shape)}) while a minimum "
-                    "of 1 is required."
-                )
-            self.array = X
+        self.streamed = should_stream(X, estimator.device)
+        if self.streamed:
+            self.rows, self.dtype, self.kind = host_rows(X, v.resolve_dtype(estimator.dtype))
+            if self.kind.is_torch:
+                self.kind = v.OutputKind(True, torch.device("cpu"))
             self.device = v.resolve_device(estimator.device, torch.device("cpu"))
-            self.kind = v.OutputKind(False, None)
-            self.shape = (int(X.shape[0]), int(X.shape[1]))
-            dtype = v.resolve_dtype(estimator.dtype)
-            probe = v.as_tensor(np.asarray(X[:1]), "X", device=self.device, dtype=dtype)[0]
-            self.dtype = probe.dtype
+            self.shape = (self.rows.n_rows, self.rows.n_features)
         else:
             self.x, self.kind = estimator._validate_x(X, reset=True)
             self.device, self.dtype = self.x.device, self.x.dtype
             self.shape = (int(self.x.shape[0]), int(self.x.shape[1]))
-
-    def _convert(self, rows: np.ndarray) -> torch.Tensor:
-        return v.as_tensor(rows, "X", device=self.device, dtype=self.dtype)[0].to(self.compute)
 
     @property
     def compute(self) -> torch.dtype:
@@ -102,19 +87,26 @@ class _Source:
         half = self.dtype in (torch.float16, torch.bfloat16)
         return torch.float32 if half else self.dtype
 
+    @staticmethod
+    def _checked(rows: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError("Input X contains NaN or infinity; expected finite values.")
+        return rows
+
     def take(self, index: torch.Tensor) -> torch.Tensor:
         index = index.sort().values
-        if not self.memmap:
+        if not self.streamed:
             return self.x[index].to(self.compute)
-        return self._convert(self.array[index.cpu().numpy()])
+        rows = self.rows.take(index.cpu())
+        return self._checked(rows.to(device=self.device, dtype=self.compute))
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        if not self.memmap:
+        if not self.streamed:
             yield 0, self.x
             return
-        rows = max(1, _CHUNK_BYTES // (8 * self.shape[1]))
-        for start in range(0, self.shape[0], rows):
-            yield start, self._convert(self.array[start : start + rows])
+        rows = chunk_rows(self.rows, self.device)
+        for start, chunk in iter_chunks(self.rows, self.device, self.compute, rows):
+            yield start, self._checked(chunk)
 
 
 class MiniBatchKMeans(KMeans):
