@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as sk
 from sklearn.cluster import KMeans as SkKMeans
-from sklearn.datasets import load_digits, make_blobs
+from sklearn.datasets import load_digits, load_iris, make_blobs
 
 from torchkmeans.elbow import ElbowResult, elbow, find_knee
 from torchkmeans.functional import kmeans_plusplus, lloyd
@@ -257,3 +257,16 @@ def test_groups_pad_the_fewest_centroids():
     assert groups == [list(range(10)), list(range(10, 20))]
     # Every position once, in order.
     assert [i for group in groups for i in group] == list(range(20))
+
+
+@pytest.mark.parametrize("n_init", [1, 2])
+def test_centroids_and_labels_give_the_reported_inertia(n_init):
+    # Regression: with n_init=1 every k once shared one centroid buffer.
+    X = load_iris().data
+    result = elbow_module.elbow(X, k=range(1, 7), n_init=n_init, random_state=0)
+    for i, k in enumerate(result.ks):
+        centres = result.centroids[i]
+        assert centres.shape == (k, X.shape[1])
+        d2 = ((X[:, None, :] - centres[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(result.labels[i], d2.argmin(1))
+        assert result.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)

@@ -320,7 +320,10 @@ def _sweep(
     )
     del seeding_x
     n_problems = n_ks * n_init
-    centroids = x[indices].unsqueeze(0).expand(n_ks, n_init, k_max, d).reshape(n_problems, k_max, d)
+    # contiguous(): with n_init == 1 the reshape is a stride-0 view, one buffer for every k.
+    centroids = (
+        x[indices].unsqueeze(0).expand(n_ks, n_init, k_max, d).reshape(n_problems, k_max, d)
+    ).contiguous()
     inertia = torch.empty(n_problems, dtype=torch.float64, device=x.device)
     k_of_problem = torch.tensor(ks, device=x.device).repeat_interleave(n_init)
     on_cpu = x.device.type == "cpu"
