@@ -19,12 +19,12 @@ __all__ = ["host_rows", "should_stream"]
 _DEVICE_SHARE = 0.5
 
 
-def _check_shape(shape: tuple[int, ...], name: str) -> None:
+def _check_shape(shape: tuple[int, ...], name: str, allow_empty: bool = False) -> None:
     if len(shape) != 2:
         raise ValueError(
             f"Expected {name} to be 2-D of shape (n_samples, n_features), got shape {shape}."
         )
-    if shape[0] == 0 or shape[1] == 0:
+    if (shape[0] == 0 and not allow_empty) or shape[1] == 0:
         what = "sample" if shape[0] == 0 else "feature"
         raise ValueError(
             f"Found array with 0 {what}(s) (shape={shape}) while a minimum of 1 is required."
@@ -58,14 +58,16 @@ def should_stream(X: Any, device: str | torch.device | None) -> bool:
     return X.shape[0] * (X.shape[1] + 1) * itemsize > _DEVICE_SHARE * free
 
 
-def host_rows(X: Any, dtype: torch.dtype | None) -> tuple[HostRows, torch.dtype, v.OutputKind]:
+def host_rows(
+    X: Any, dtype: torch.dtype | None, *, allow_empty: bool = False
+) -> tuple[HostRows, torch.dtype, v.OutputKind]:
     """Read access to the rows of a host array, memmap or CPU tensor, without copying it.
 
     Returns the reader, the compute dtype, and how to hand results back
     (numpy for arrays, tensors for a tensor).
     """
     shape = tuple(int(s) for s in X.shape)
-    _check_shape(shape, "X")
+    _check_shape(shape, "X", allow_empty)
     compute = _compute_dtype(X, dtype)
     if isinstance(X, torch.Tensor):
         tensor = X.detach()

@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from . import distributed
+from .functional.collective import Collective
 from .functional.distances import nearest_centroids
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
+from .functional.streaming import streamed_kmeans
 
 __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
 
@@ -207,7 +210,7 @@ def _as_float_array(data: Any, name: str) -> np.ndarray:
     return array
 
 
-def _check_ks(k: Any, n_samples: int) -> tuple[int, ...]:
+def _check_ks(k: Any, n_samples: int | None) -> tuple[int, ...]:
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
         ks: tuple[Any, ...] = tuple(range(1, int(k) + 1))
     elif isinstance(k, torch.Tensor):
@@ -223,7 +226,7 @@ def _check_ks(k: Any, n_samples: int) -> tuple[int, ...]:
     ks = tuple(int(value) for value in ks)
     if ks[0] < 1 or any(b <= a for a, b in zip(ks, ks[1:])):
         raise ValueError(f"Expected k to be strictly increasing ints >= 1, got {list(ks)}.")
-    if ks[-1] > n_samples:
+    if n_samples is not None and ks[-1] > n_samples:
         raise ValueError(f"n_samples={n_samples} should be >= the largest k={ks[-1]}.")
     return ks
 
@@ -385,6 +388,7 @@ def elbow(
     dtype: Any = None,
     memory_budget: int | None = None,
     verbose: bool = False,
+    process_group: Any = "auto",
 ) -> ElbowResult:
     """Fit K-Means for every k of a sweep on the device, and find the knee of the inertia.
 
@@ -434,6 +438,11 @@ def elbow(
         on stderr per k. All ks run in one batch, so a k is reported when its
         last restart has converged (the bar moves in bursts at the ends of
         rounds), after a line for the seeding; scores are one more phase.
+    process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
+        Under ``torchrun`` each rank passes its shard of ``X`` and every rank
+        gets the same inertia, centroids and knee (one distributed fit per k,
+        see :mod:`torchkmeans.distributed`; ``labels`` are the local rows').
+        Only the "inertia" score is available on shards. None: a local sweep.
 
     Returns
     -------
@@ -461,19 +470,29 @@ def elbow(
     >>> result.inertia.shape, result.centroids[3].shape
     ((8,), (4, 2))
     """
-    x, kind = v.as_tensor(X, "X", device=device, dtype=v.resolve_dtype(dtype))
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    collective = distributed.collective(process_group)
+    shard = collective.distributed
+    # On shards, finiteness and n_samples >= k are checked over all ranks at once.
+    x, kind = v.as_tensor(
+        X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
+    )
+    if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
         raise ValueError(
             f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
         )
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    ks = _check_ks(k, x.shape[0])
+    ks = _check_ks(k, None if shard else x.shape[0])
     n_init = v.check_positive_int(n_init, "n_init")
     max_iter = v.check_positive_int(max_iter, "max_iter")
     tol = v.check_nonnegative_float(tol, "tol")
     metric = v.check_metric(metric)
     names = _check_scores(scores)
+    if shard and names != ("inertia",):
+        raise ValueError(
+            f"Expected scores=('inertia',) when X is sharded over processes, got {names}; "
+            "the other scores need every pair of rows."
+        )
     if curve not in _CURVES:
         raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
     v.check_nonnegative_float(sensitivity, "sensitivity")
@@ -483,6 +502,22 @@ def elbow(
 
     progress = _Progress(verbose, len(ks))
     try:
+        if shard:
+            inertia, padded, labels = _sweep_shards(
+                x,
+                ks,
+                n_init=n_init,
+                max_iter=max_iter,
+                tol=tol,
+                metric=metric,
+                generator=generator,
+                memory_budget=memory_budget,
+                collective=collective,
+                progress=progress,
+            )
+            return _result(
+                ks, inertia, padded, labels, {"inertia": inertia}, kind, curve, sensitivity
+            )
         inertia, padded = _sweep(
             x,
             ks,
@@ -504,6 +539,20 @@ def elbow(
     finally:
         progress.close()
 
+    return _result(ks, inertia, padded, labels, computed, kind, curve, sensitivity)
+
+
+def _result(
+    ks: tuple[int, ...],
+    inertia: torch.Tensor,
+    padded: torch.Tensor,
+    labels: torch.Tensor,
+    computed: dict[str, torch.Tensor],
+    kind: v.OutputKind,
+    curve: str,
+    sensitivity: float,
+) -> ElbowResult:
+    """The knee of the inertia, and the results in the caller's kind."""
     inertia_host = inertia.cpu()
     knee = None
     if len(ks) >= 3:
@@ -512,7 +561,7 @@ def elbow(
         warnings.warn(
             f"No knee found: at least 3 values of k are needed, got {len(ks)}.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     out_dtype = padded.dtype
     return ElbowResult(
@@ -523,6 +572,45 @@ def elbow(
         centroids=[kind.out(padded[i, :kk].to(out_dtype)) for i, kk in enumerate(ks)],
         labels=kind.out(labels),
     )
+
+
+def _sweep_shards(
+    x: torch.Tensor,
+    ks: tuple[int, ...],
+    *,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    generator: torch.Generator,
+    memory_budget: int | None,
+    collective: Collective,
+    progress: _Progress,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One distributed fit per k: inertia ``(L,)``, centroids ``(L, K, d)``, local labels."""
+    n, d = x.shape
+    inertia = torch.empty(len(ks), dtype=torch.float64, device=x.device)
+    padded = torch.zeros((len(ks), ks[-1], d), dtype=x.dtype, device=x.device)
+    labels = torch.empty((len(ks), n), dtype=torch.int64, device=x.device)
+    for i, k in enumerate(ks):
+        result = streamed_kmeans(
+            x,
+            k,
+            init="k-means++",
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            generator=generator,
+            dtype=x.dtype,
+            memory_budget=memory_budget,
+            collective=collective,
+        )
+        inertia[i] = result.inertia
+        padded[i, :k] = result.centroids
+        labels[i] = result.labels
+        progress.done(k, float(result.inertia))
+    return inertia, padded, labels
 
 
 def _labels(

@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from . import _validation as v
+from . import distributed
 from ._base import EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
+from .functional.collective import Collective
 from .functional.distances import Nearest, nearest_centroids, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
 from .functional.streaming import chunk_rows, iter_chunks, streamed_kmeans
@@ -55,6 +57,12 @@ class KMeans(EstimatorProtocol):
         Log the inertia of each iteration (logger "torchkmeans").
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
+    process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
+        Under ``torchrun`` ("auto": when ``torch.distributed`` is initialised
+        with several processes) each rank passes its own shard of the rows
+        and all ranks get the same centroids; ``inertia_`` is the total and
+        ``labels_`` are the local rows'. None always fits locally. See
+        :mod:`torchkmeans.distributed`.
 
     Notes
     -----
@@ -107,6 +115,7 @@ class KMeans(EstimatorProtocol):
         dtype: Any = None,
         verbose: bool = False,
         memory_budget: int | None = None,
+        process_group: Any = "auto",
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -119,8 +128,9 @@ class KMeans(EstimatorProtocol):
         self.dtype = dtype
         self.verbose = verbose
         self.memory_budget = memory_budget
+        self.process_group = process_group
 
-    def _check_params(self, n_samples: int) -> tuple[int, int, str]:
+    def _check_params(self, n_samples: int | None) -> tuple[int, int, str]:
         n_clusters = v.check_n_clusters(self.n_clusters)
         v.check_positive_int(self.max_iter, "max_iter")
         v.check_nonnegative_float(self.tol, "tol")
@@ -142,7 +152,7 @@ class KMeans(EstimatorProtocol):
                 stacklevel=3,
             )
             n_init = 1
-        if n_samples < n_clusters:
+        if n_samples is not None and n_samples < n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
         return n_clusters, n_init, metric
 
@@ -185,8 +195,9 @@ class KMeans(EstimatorProtocol):
         -------
         self
         """
-        if should_stream(X, self.device):
-            return self._fit_streamed(X, sample_weight)
+        collective = distributed.collective(self.process_group)
+        if collective.distributed or should_stream(X, self.device):
+            return self._fit_passes(X, sample_weight, collective)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
         compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -218,28 +229,39 @@ class KMeans(EstimatorProtocol):
         self._store(result, kind, x.shape[1])
         return self
 
-    def _fit_streamed(self, X: Any, sample_weight: Any) -> KMeans:
-        """``fit`` for data read chunk by chunk from the host (see Notes)."""
-        rows, compute, kind = host_rows(X, v.resolve_dtype(self.dtype))
-        n_clusters, n_init, metric = self._check_params(rows.n_rows)
-        device = v.resolve_device(self.device, torch.device("cpu"))
-        weights = v.check_sample_weight(sample_weight, rows.n_rows, device=device, dtype=compute)
+    def _fit_passes(self, X: Any, sample_weight: Any, collective: Collective) -> KMeans:
+        """``fit`` in passes: data streamed from the host, or a shard of a distributed fit."""
+        dtype = v.resolve_dtype(self.dtype)
+        shard = collective.distributed
+        if should_stream(X, self.device):
+            data, compute, kind = host_rows(X, dtype, allow_empty=shard)
+            device = v.resolve_device(self.device, torch.device("cpu"))
+            n_local, n_features = data.n_rows, data.n_features
+        else:
+            # Finiteness is checked in the first pass, on every rank at once.
+            x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype, check_finite=False)
+            compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            data, device = x, x.device
+            n_local, n_features = x.shape
+        # On shards n_samples >= n_clusters is checked over all ranks.
+        n_clusters, n_init, metric = self._check_params(None if shard else n_local)
+        weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
         generator = v.make_generator(self.random_state, device)
         init = self.init
         if callable(init) and not isinstance(init, str):
             raise TypeError(
                 "Expected init to be 'k-means++', 'random' or an array when X is streamed "
-                f"from the host ({type(X).__name__}), got a callable."
+                f"from the host or sharded over processes ({type(X).__name__}), got a callable."
             )
         if not isinstance(init, str):
             init, _ = v.as_tensor(init, "init", device=device, dtype=compute)
-            if tuple(init.shape) != (n_clusters, rows.n_features):
+            if tuple(init.shape) != (n_clusters, n_features):
                 raise ValueError(
-                    f"Expected init to be of shape ({n_clusters}, {rows.n_features}), "
+                    f"Expected init to be of shape ({n_clusters}, {n_features}), "
                     f"got shape {tuple(init.shape)}."
                 )
         result = streamed_kmeans(
-            rows,
+            data,
             n_clusters,
             init=init,
             n_init=n_init,
@@ -251,13 +273,22 @@ class KMeans(EstimatorProtocol):
             device=device,
             dtype=compute,
             memory_budget=self.memory_budget,
+            collective=collective,
         )
-        if kind.is_torch:
+        if kind.is_torch and not isinstance(data, torch.Tensor):
             kind = v.OutputKind(True, torch.device("cpu"))
-        self._store(result, kind, rows.n_features)
+        # A shard may legitimately see fewer clusters than k among its own labels.
+        self._store(result, kind, n_features, check_distinct=not shard)
         return self
 
-    def _store(self, result: KMeansResult, kind: v.OutputKind, n_features: int) -> None:
+    def _store(
+        self,
+        result: KMeansResult,
+        kind: v.OutputKind,
+        n_features: int,
+        *,
+        check_distinct: bool = True,
+    ) -> None:
         self._kind = kind
         self._centers = result.centroids
         self.cluster_centers_ = kind.out(result.centroids)
@@ -274,6 +305,8 @@ class KMeans(EstimatorProtocol):
             for i, value in enumerate(self.inertia_history_):
                 log.info("Iteration %d, inertia %.6g", i, value)
             log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+        if not check_distinct:
+            return
         n_distinct = int(torch.bincount(result.labels, minlength=1).count_nonzero())
         if n_distinct < self._centers.shape[0]:
             warnings.warn(

@@ -12,11 +12,20 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
+from .functional.collective import Collective
 from .functional.init import kmeans_plusplus, random_init
 from .functional.minibatch import minibatch_step
-from .functional.streaming import chunk_rows, iter_chunks
+from .functional.streaming import (
+    check_agreement,
+    chunk_rows,
+    iter_chunks,
+    kmeans_plusplus_across,
+    prepare_rows,
+    random_across,
+)
 from .kmeans import KMeans
 
 __all__ = ["MiniBatchKMeans"]
@@ -165,6 +174,12 @@ class MiniBatchKMeans(KMeans):
         "cosine" is spherical mini-batch k-means on unit-normalised rows.
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
+    process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
+        Under ``torchrun``, :meth:`partial_fit` (and ``fit`` on an iterable of
+        batches) takes each rank's own batch and every rank keeps the same
+        centres: batch sums and weights are summed over the ranks at each
+        step. ``fit`` on a whole array is local only (pass None, or call
+        ``partial_fit`` on shards). See :mod:`torchkmeans.distributed`.
 
     Attributes
     ----------
@@ -215,6 +230,7 @@ class MiniBatchKMeans(KMeans):
         dtype: Any = None,
         metric: str = "euclidean",
         memory_budget: int | None = None,
+        process_group: Any = "auto",
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -232,6 +248,7 @@ class MiniBatchKMeans(KMeans):
         self.dtype = dtype
         self.metric = metric
         self.memory_budget = memory_budget
+        self.process_group = process_group
 
     # ------------------------------------------------------------------ checks
 
@@ -332,6 +349,33 @@ class MiniBatchKMeans(KMeans):
             centers = self._prepare(centers.clone())
         return centers
 
+    def _seed_across(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None,
+        n_clusters: int,
+        generator: torch.Generator,
+        collective: Collective,
+    ) -> torch.Tensor:
+        """Initial centres from every rank's first batch (see :mod:`torchkmeans.distributed`)."""
+        init = self.init
+        if not isinstance(init, str):
+            return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
+        shard = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
+        rows = prepare_rows(x, shard, weights, self.metric)
+        # Only the seeding's own rows: seeds rank 0 draws, shared by all.
+        seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
+        seed = int(collective.broadcast(seed))
+        if init == "random":
+            own = torch.Generator(device=x.device).manual_seed(seed + 1 + collective.rank)
+            centers = random_across(rows, n_clusters, 1, own, collective)
+        else:
+            shared = torch.Generator(device=x.device).manual_seed(seed)
+            centers = kmeans_plusplus_across(
+                rows, n_clusters, 1, shared, collective, self.memory_budget
+            )
+        return centers[0]
+
     def _labels_of_chunks(
         self,
         parts: Iterator[tuple[int, torch.Tensor]],
@@ -422,6 +466,12 @@ class MiniBatchKMeans(KMeans):
             self.n_iter_ = 1
             return self
 
+        if distributed.collective(self.process_group).distributed:
+            raise ValueError(
+                "Expected an iterable of batches for MiniBatchKMeans.fit under torch.distributed "
+                "(each rank passes its own), got a whole array; use partial_fit on each rank's "
+                "batches, or process_group=None for a local fit."
+            )
         source = _Source(self, X)
         n, d = source.shape
         params = self._check_minibatch_params(n)
@@ -529,10 +579,23 @@ class MiniBatchKMeans(KMeans):
 
     def _partial_fit_batch(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
         first = not hasattr(self, "cluster_centers_")
+        collective = distributed.collective(self.process_group)
         if first:
             x, kind = self._validate_x(X, reset=True)
             n = x.shape[0]
-            params = self._check_minibatch_params(n)
+            n_total = n
+            if collective.distributed:
+                # Checks and the batch size hold for the ranks' batches together.
+                check_agreement(
+                    collective,
+                    x.device,
+                    n_features=x.shape[1],
+                    dtype=x.dtype,
+                    n_clusters=self.n_clusters,
+                    metric=self.metric,
+                )
+                n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
+            params = self._check_minibatch_params(n_total)
             k = params["n_clusters"]
             acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
             weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
@@ -548,7 +611,10 @@ class MiniBatchKMeans(KMeans):
                 index = torch.randint(0, n, size, generator=generator, device=x.device)
                 init_x = x[index]
                 init_w = None if weights is None else weights[index]
-            centers = self._seed(self._prepare(init_x), init_w, k, generator)
+            if collective.distributed:
+                centers = self._seed_across(self._prepare(init_x), init_w, k, generator, collective)
+            else:
+                centers = self._seed(self._prepare(init_x), init_w, k, generator)
             counts = torch.zeros(k, dtype=acc, device=x.device)
         else:
             x, kind = self._validate_x(X, reset=False)
@@ -570,6 +636,7 @@ class MiniBatchKMeans(KMeans):
             generator=generator,
             metric=self.metric,
             memory_budget=self.memory_budget,
+            collective=collective,
         )
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1

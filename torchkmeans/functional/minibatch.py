@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 
+from .collective import LOCAL, Collective
 from .distances import nearest_centroids
 from .updates import scatter_sums
 
@@ -36,6 +37,7 @@ def minibatch_step(
     generator: torch.Generator | None = None,
     metric: str = "euclidean",
     memory_budget: int | None = None,
+    collective: Collective = LOCAL,
 ) -> MiniBatchStep:
     """Assign a batch to its nearest centroids and move them towards it.
 
@@ -71,6 +73,12 @@ def minibatch_step(
         Squared euclidean distance, or ``1 - cos`` (centroids renormalised).
     memory_budget : int, optional
         Bytes the distance block may take.
+    collective : Collective
+        On shards (:func:`torchkmeans.distributed.collective`): every rank
+        passes its own batch; the batch sums, weights and inertia are summed
+        over the ranks (one collective) and reseeded rows come from rank 0, so
+        all ranks keep the same centroids. ``n`` in the half-batch cap is the
+        total over the ranks.
 
     Returns
     -------
@@ -118,6 +126,16 @@ def minibatch_step(
     inertia = (distances if weights is None else distances * weights).sum(-1)
 
     sums, counts = scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
+    n_total = n
+    if collective.distributed:
+        flat = torch.cat(
+            [sums.reshape(-1), counts.reshape(-1), inertia.reshape(-1), inertia.new_full((1,), n)]
+        )
+        collective.all_sum(flat)
+        sums = flat[: sums.numel()].view_as(sums)
+        counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts)
+        inertia = flat[sums.numel() + counts.numel() : -1].view_as(inertia)
+        n_total = int(flat[-1])
     old = c3.to(acc)
     ws = ws.to(acc)
     new_ws = ws + counts
@@ -132,13 +150,15 @@ def minibatch_step(
         to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
-        to_reassign &= rank < int(0.5 * n)
+        to_reassign &= rank < int(0.5 * n_total)
         m = min(k, n)
         keys = torch.rand((b, n), generator=generator, device=x.device)
         picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
         slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
         rows = picks.gather(-1, slot)
         new_rows = x3.gather(1, rows.unsqueeze(-1).expand(-1, -1, x3.shape[-1])).to(acc)
+        if collective.distributed:
+            new_rows = collective.broadcast(new_rows.contiguous())
         new_centroids = torch.where(to_reassign.unsqueeze(-1), new_rows, new_centroids)
         inf = torch.full_like(new_ws, float("inf"))
         floor = torch.where(to_reassign, inf, new_ws).amin(-1, keepdim=True)

@@ -18,14 +18,16 @@ would need k passes over the data.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
 import torch
 
+from .collective import LOCAL, Collective
 from .distances import block_rows, exact_distances, squared_norms
-from .init import kmeans_plusplus, random_init
+from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset
 from .updates import centroids_from_sums, relocate_empty_clusters
 
@@ -154,18 +156,19 @@ def _cuda_chunks(
 class _Statistics(NamedTuple):
     offset: torch.Tensor  # (1, 1, d) mean subtracted (zeros for cosine)
     mean_variance: torch.Tensor  # (1,)
+    n_rows: int  # over all ranks
 
 
-def _prepare_chunk(
+def prepare_rows(
     chunk: torch.Tensor, offset: torch.Tensor, weights: torch.Tensor | None, metric: str
 ) -> Prepared:
     """A chunk as :func:`~torchkmeans.functional.lloyd.prepare` would have left its rows."""
     m, d = chunk.shape
-    x_aug = torch.empty((1, m, d + 1), dtype=chunk.dtype, device=chunk.device)
+    x_aug = torch.empty((1, m, d + 1), dtype=offset.dtype, device=offset.device)
     data = x_aug[..., :d]
     x_aug[..., d] = 1.0
     if metric == "cosine":
-        torch.nn.functional.normalize(chunk.unsqueeze(0), dim=-1, out=data)
+        torch.nn.functional.normalize(chunk.unsqueeze(0).to(offset.dtype), dim=-1, out=data)
         x_sq = None
     else:
         torch.sub(chunk.unsqueeze(0), offset, out=data)
@@ -174,38 +177,110 @@ def _prepare_chunk(
     return Prepared(data, x_aug, x_sq, w, offset, offset.new_zeros(1), metric, False)
 
 
+class _HostSource:
+    """Rows read from the host chunk by chunk, every pass."""
+
+    def __init__(
+        self,
+        data: HostRows,
+        device: torch.device,
+        dtype: torch.dtype,
+        weights: torch.Tensor | None,
+        chunk_bytes: int | None,
+    ) -> None:
+        self.data, self.device, self.dtype, self.weights = data, device, dtype, weights
+        self.n_rows, self.n_features = data.n_rows, data.n_features
+        self.rows = chunk_rows(data, device, chunk_bytes) if data.n_rows else 1
+
+    def raw(self) -> Iterator[tuple[int, torch.Tensor]]:
+        return iter_chunks(self.data, self.device, self.dtype, self.rows)
+
+    def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
+        for start, chunk in self.raw():
+            stop = start + chunk.shape[0]
+            weights = None if self.weights is None else self.weights[start:stop]
+            yield start, prepare_rows(chunk, offset, weights, metric)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        return self.data.take(index.cpu()).to(device=self.device, dtype=self.dtype)
+
+
+class _TensorSource:
+    """Rows already on the device (a shard of a distributed fit): prepared once."""
+
+    def __init__(self, x: torch.Tensor, dtype: torch.dtype, weights: torch.Tensor | None) -> None:
+        self.x, self.dtype, self.weights = x, dtype, weights
+        self.device = x.device
+        self.n_rows, self.n_features = int(x.shape[0]), int(x.shape[1])
+        self.rows = max(1, self.n_rows)
+        self._prepared: Prepared | None = None
+
+    def raw(self) -> Iterator[tuple[int, torch.Tensor]]:
+        if self.n_rows:
+            yield 0, self.x.to(self.dtype)
+
+    def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
+        if not self.n_rows:
+            return
+        if self._prepared is None:
+            self._prepared = prepare_rows(self.x, offset, self.weights, metric)
+        yield 0, self._prepared
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        return self.x[index.to(self.device)].to(self.dtype)
+
+
+_Source = Any  # _HostSource | _TensorSource
+
+
 def _statistics(
-    data: HostRows, device: torch.device, dtype: torch.dtype, metric: str, rows: int
+    source: _Source, metric: str, collective: Collective, dtype: torch.dtype
 ) -> _Statistics:
-    """Mean (euclidean) and mean feature variance, in one pass; rejects NaN/inf."""
+    """Mean (euclidean) and mean feature variance over all ranks, in one pass.
+
+    Each rank sums around its own first rows (accurate far from the origin);
+    the ranks' counts, means and squared deviations are merged exactly
+    (Chan et al.). Rejects NaN/inf on every rank if any rank has them.
+    """
+    device = source.device
     acc = torch.float64 if device.type != "mps" else torch.float32
-    d = data.n_features
+    d = source.n_features
     total = torch.zeros(d, dtype=acc, device=device)
     total_sq = torch.zeros(d, dtype=acc, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
-    shift: torch.Tensor | None = None
-    for _, chunk in iter_chunks(data, device, dtype, rows):
+    shift = torch.zeros(d, dtype=acc, device=device)
+    first = True
+    for _, chunk in source.raw():
         finite &= torch.isfinite(chunk).all()
         values = chunk.to(acc)
         if metric == "cosine":
             values = torch.nn.functional.normalize(values, dim=-1)
-        if shift is None:
-            # Sums around a first estimate of the mean stay accurate for data
-            # far from the origin.
-            shift = values.mean(0)
+        if first:
+            shift, first = values.mean(0), False
         values = values - shift
         total += values.sum(0)
         total_sq += values.square().sum(0)
-    if not bool(finite):
+    n_local = source.n_rows
+    mean = shift + total / max(n_local, 1)
+    squares = total_sq - total.square() / max(n_local, 1)
+    count = torch.tensor([float(n_local), float(not bool(finite))], dtype=acc, device=device)
+    if collective.distributed:
+        gathered = collective.all_gather(torch.cat([count, mean, squares]))
+        counts, means, squares_r = gathered[:, 0], gathered[:, 2 : 2 + d], gathered[:, 2 + d :]
+        bad = bool(gathered[:, 1].sum() > 0)
+        n = float(counts.sum())
+        mean = (counts[:, None] * means).sum(0) / max(n, 1.0)
+        squares = (squares_r + counts[:, None] * (means - mean).square()).sum(0)
+    else:
+        bad, n = not bool(finite), float(n_local)
+    if bad:
         raise ValueError("Input X contains NaN or infinity; expected finite values.")
-    assert shift is not None
-    n = data.n_rows
-    mean = shift + total / n
-    variance = (total_sq / n - (total / n).square()).clamp_min(0.0)
+    variance = (squares / max(n, 1.0)).clamp_min(0.0)
     mean_variance = variance.mean().reshape(1).to(dtype)
-    if metric == "cosine":
-        return _Statistics(torch.zeros((1, 1, d), dtype=dtype, device=device), mean_variance)
-    return _Statistics(mean.to(dtype).view(1, 1, d), mean_variance)
+    offset = torch.zeros((1, 1, d), dtype=dtype, device=device)
+    if metric == "euclidean":
+        offset = mean.to(dtype).view(1, 1, d)
+    return _Statistics(offset, mean_variance, int(n))
 
 
 def _sample(data: HostRows, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -227,51 +302,196 @@ def _sample(data: HostRows, size: int, generator: torch.Generator | None) -> tor
     return chosen[order[:size]].sort().values
 
 
+def _seed_rows(
+    source: _Source,
+    stats: _Statistics,
+    n_clusters: int,
+    metric: str,
+    generator: torch.Generator | None,
+) -> Prepared:
+    """The rows seeding starts from: all rows in memory, a random sample of host rows.
+
+    On shards each rank samples its share of the rows, so the union is a
+    uniform sample of the whole data.
+    """
+    if isinstance(source, _TensorSource):
+        index = torch.arange(source.n_rows, device=source.device)
+    else:
+        itemsize = torch.finfo(source.dtype).bits // 8
+        size = init_sample_size(stats.n_rows, n_clusters, source.n_features, itemsize)
+        share = min(source.n_rows, math.ceil(size * source.n_rows / max(stats.n_rows, 1)))
+        index = _sample(source.data, share, generator)
+    rows = source.take(index)
+    weights = None if source.weights is None else source.weights[index.to(source.device)]
+    return prepare_rows(rows, stats.offset, weights, metric)
+
+
+def _draw_across(
+    sample: Prepared, weighted: torch.Tensor, draws: torch.Tensor, collective: Collective
+) -> torch.Tensor:
+    """Rows drawn with probability proportional to ``weighted`` over all ranks' rows.
+
+    ``weighted`` ``(b, n_local)`` non-negative; ``draws`` ``(b, m)`` uniform in
+    [0, 1), the same on every rank. Every rank finds which rank owns each draw
+    from the ranks' totals; the owner contributes the row, the others zeros,
+    and one sum gives every rank the same ``(b, m, d)`` rows.
+    """
+    x = sample.x[0]
+    acc = draws.dtype
+    local_total = weighted.sum(-1, dtype=acc)  # (b,)
+    totals = collective.all_gather(local_total)  # (world, b)
+    ends = totals.cumsum(0)  # (world, b)
+    grand = ends[-1]
+    position = draws * grand.unsqueeze(-1)  # (b, m)
+    owner = torch.searchsorted(ends.T.contiguous(), position.contiguous(), right=True)
+    owner.clamp_(max=collective.world_size - 1)
+    mine = owner == collective.rank
+    b, m = draws.shape
+    points = torch.zeros((b, m, x.shape[-1]), dtype=x.dtype, device=x.device)
+    if x.shape[0]:
+        before = (ends - totals)[collective.rank]  # (b,)
+        local_position = (position - before.unsqueeze(-1)).clamp_min_(0.0)
+        cumulative = weighted.cumsum(-1, dtype=acc)
+        index = torch.searchsorted(cumulative, local_position.contiguous())
+        index.clamp_(max=x.shape[0] - 1)
+        points = torch.where(mine.unsqueeze(-1), x[index], points)
+    return collective.all_sum(points)
+
+
+def kmeans_plusplus_across(
+    sample: Prepared,
+    n_clusters: int,
+    n_problems: int,
+    generator: torch.Generator | None,
+    collective: Collective,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """Greedy k-means++ over the rows of all ranks without moving them: ``(b, k, d)``.
+
+    The same rule as :func:`~torchkmeans.functional.init.kmeans_plusplus`:
+    candidates drawn with probability ``w * D(x)`` (by :func:`_draw_across`),
+    the one that lowers the summed potential most is kept. ``generator`` must
+    give the same draws on every rank. Two collectives per centre.
+    """
+    x3, x_sq = sample.x, sample.x_sq
+    device, dtype = x3.device, x3.dtype
+    acc = torch.float64 if device.type != "mps" else torch.float32
+    b, k = n_problems, n_clusters
+    n_local = x3.shape[1]
+    trials = 2 + int(math.log(k))
+    w = sample.weights
+
+    def weighted(values: torch.Tensor) -> torch.Tensor:
+        if w is None:
+            return values
+        return values * (w if values.ndim == 2 else w.unsqueeze(-1))
+
+    def distances_to(points: torch.Tensor) -> torch.Tensor:
+        if not n_local:
+            return torch.zeros((b, 0, points.shape[1]), dtype=dtype, device=device)
+        return _distances_to(x3, x_sq, points, memory_budget)
+
+    centroids = torch.empty((b, k, x3.shape[-1]), dtype=dtype, device=device)
+    draws = torch.rand((b, 1), generator=generator, device=device, dtype=acc)
+    ones = torch.ones((b, n_local), dtype=dtype, device=device)
+    first = _draw_across(sample, weighted(ones), draws, collective)
+    centroids[:, 0] = first[:, 0]
+    closest = distances_to(first)[..., 0]
+    rows = torch.arange(b, device=device)
+    for c in range(1, k):
+        draws = torch.rand((b, trials), generator=generator, device=device, dtype=acc)
+        candidates = _draw_across(sample, weighted(closest), draws, collective)
+        to_candidates = torch.minimum(distances_to(candidates), closest.unsqueeze(-1))
+        potential = collective.all_sum(weighted(to_candidates).sum(1, dtype=acc))
+        best = potential.argmin(-1)
+        closest = to_candidates[rows, :, best]
+        centroids[:, c] = candidates[rows, best]
+    return centroids
+
+
+def random_across(
+    sample: Prepared,
+    n_clusters: int,
+    n_problems: int,
+    generator: torch.Generator | None,
+    collective: Collective,
+) -> torch.Tensor:
+    """k distinct rows of all ranks, weighted, without replacement: ``(b, k, d)``.
+
+    Exponential keys ``log(u) / w`` (Efraimidis-Spirakis) drawn per rank; the
+    k largest over all ranks win. ``generator`` must differ between ranks.
+    """
+    x = sample.x[0]
+    b, k, d = n_problems, n_clusters, x.shape[-1]
+    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    n_local = x.shape[0]
+    keys = torch.rand((b, n_local), generator=generator, device=x.device, dtype=acc).log_()
+    if sample.weights is not None:
+        keys = keys / sample.weights.to(acc)  # weight 0 -> -inf, never drawn
+    keep = min(k, n_local)
+    local_keys = torch.full((b, k), -math.inf, dtype=acc, device=x.device)
+    local_rows = torch.zeros((b, k, d), dtype=x.dtype, device=x.device)
+    if keep:
+        top = keys.topk(keep, dim=-1)
+        local_keys[:, :keep] = top.values
+        local_rows[:, :keep] = x[top.indices]
+    all_keys = collective.all_gather(local_keys).permute(1, 0, 2).reshape(b, -1)
+    all_rows = collective.all_gather(local_rows).permute(1, 0, 2, 3).reshape(b, -1, d)
+    winners = all_keys.topk(k, dim=-1).indices
+    return all_rows.gather(1, winners.unsqueeze(-1).expand(b, k, d))
+
+
 def _initial_centroids(
     init: Any,
-    data: HostRows,
+    source: _Source,
     stats: _Statistics,
     n_clusters: int,
     n_problems: int,
-    weights: torch.Tensor | None,
     metric: str,
     generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
+    collective: Collective,
     memory_budget: int | None,
 ) -> torch.Tensor:
     """``(b, k, d)`` initial centroids in prepared (centred or unit) space."""
-    d = data.n_features
+    d, device, dtype = source.n_features, source.device, source.dtype
     if isinstance(init, str):
-        size = init_sample_size(data.n_rows, n_clusters, d, torch.finfo(dtype).bits // 8)
-        index = _sample(data, size, generator)
-        rows = data.take(index).to(device=device, dtype=dtype)
-        sample = _prepare_chunk(
-            rows, stats.offset, None if weights is None else weights[index.to(device)], metric
-        )
+        if init not in ("k-means++", "random"):
+            raise ValueError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {init!r}."
+            )
+        if collective.distributed:
+            return _seed_across(
+                init,
+                source,
+                stats,
+                n_clusters,
+                n_problems,
+                metric,
+                generator,
+                collective,
+                memory_budget,
+            )
+        sample = _seed_rows(source, stats, n_clusters, metric, generator)
+        weights = None if sample.weights is None else sample.weights[0]
         if init == "k-means++":
             centroids, _ = kmeans_plusplus(
                 sample.x[0],
                 n_clusters,
                 n_problems=n_problems,
-                sample_weight=None if sample.weights is None else sample.weights[0],
+                sample_weight=weights,
                 x_sq_norms=None if sample.x_sq is None else sample.x_sq[0],
                 metric=metric,
                 generator=generator,
                 memory_budget=memory_budget,
             )
-        elif init == "random":
+        else:
             centroids, _ = random_init(
                 sample.x[0],
                 n_clusters,
                 n_problems=n_problems,
-                sample_weight=None if sample.weights is None else sample.weights[0],
+                sample_weight=weights,
                 generator=generator,
-            )
-        else:
-            raise ValueError(
-                "Expected init to be 'k-means++', 'random', an array of shape "
-                f"(n_clusters, n_features) or a callable, got {init!r}."
             )
         return centroids.reshape(n_problems, n_clusters, d).contiguous()
     given = torch.as_tensor(init).to(device=device, dtype=dtype)
@@ -287,45 +507,68 @@ def _initial_centroids(
     return (given - stats.offset).contiguous()
 
 
+def _seed_across(
+    init: str,
+    source: _Source,
+    stats: _Statistics,
+    n_clusters: int,
+    n_problems: int,
+    metric: str,
+    generator: torch.Generator | None,
+    collective: Collective,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """Seeding on shards: one seed from rank 0 makes the shared and per-rank streams."""
+    device = source.device
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=device)
+    seed = int(collective.broadcast(seed))
+    own = torch.Generator(device=device).manual_seed(seed + 1 + collective.rank)
+    sample = _seed_rows(source, stats, n_clusters, metric, own)
+    if init == "random":
+        centroids = random_across(sample, n_clusters, n_problems, own, collective)
+    else:
+        shared = torch.Generator(device=device).manual_seed(seed)
+        centroids = kmeans_plusplus_across(
+            sample, n_clusters, n_problems, shared, collective, memory_budget
+        )
+    return centroids.contiguous()
+
+
 class _Pass(NamedTuple):
     score_total: torch.Tensor  # (b,) weighted sum of the rows' scores + offsets = inertia
-    changed: torch.Tensor  # (b,) bool, some label differs from the previous pass
+    changed: torch.Tensor  # (b,) number of labels that changed (float, summable)
 
 
 def _lloyd_pass(
-    data: HostRows,
+    source: _Source,
     stats: _Statistics,
     centroids: torch.Tensor,
     labels: torch.Tensor,
-    weights: torch.Tensor | None,
     metric: str,
-    rows: int,
     block: int,
     *,
     totals: torch.Tensor | None,
     warm: bool,
     distances: torch.Tensor | None = None,
 ) -> _Pass:
-    """One pass over all chunks: labels (in place), totals and the summed scores.
+    """One pass over the local rows: labels (in place), totals and the summed scores.
 
     ``warm``: the labels hold a previous assignment that warm-starts the search.
     """
     b = centroids.shape[0]
-    device, dtype = centroids.device, centroids.dtype
+    device = centroids.device
     acc = torch.float64 if device.type != "mps" else torch.float32
     score_total = torch.zeros(b, dtype=acc, device=device)
-    changed = torch.zeros(b, dtype=torch.bool, device=device)
-    for start, chunk in iter_chunks(data, device, dtype, rows):
-        stop = start + chunk.shape[0]
-        chunk_weights = None if weights is None else weights[start:stop]
-        prep = _prepare_chunk(chunk, stats.offset, chunk_weights, metric)
+    changed = torch.zeros(b, dtype=acc, device=device)
+    for start, prep in source.prepared(stats.offset, metric):
+        stop = start + prep.x.shape[1]
         previous = labels[:, start:stop].clone()
         chunk_labels = labels[:, start:stop]
         score_total += _assign_pass(
             prep, centroids, chunk_labels, block, totals=totals, previous=previous if warm else None
         )
         score_total += _score_offset(prep)
-        changed |= (chunk_labels != previous).any(-1)
+        changed += (chunk_labels != previous).sum(-1)
         if distances is not None:
             distances[:, start:stop] = exact_distances(
                 prep.x, centroids, chunk_labels, metric == "cosine"
@@ -334,29 +577,27 @@ def _lloyd_pass(
 
 
 def _relocate(
-    data: HostRows,
+    source: _Source,
     stats: _Statistics,
     totals: torch.Tensor,
     centroids: torch.Tensor,
     labels: torch.Tensor,
-    weights: torch.Tensor | None,
     metric: str,
-    rows: int,
+    collective: Collective,
 ) -> None:
-    """Reseed empty clusters from the farthest points of all chunks (one extra pass).
+    """Reseed empty clusters from the farthest points of all rows (one extra pass).
 
-    Keeps, per problem, the ``min(k, n)`` farthest points seen so far (ties
-    by row order, as the stable sort of the in-memory path), then applies
-    :func:`relocate_empty_clusters` to those candidates only.
+    Keeps, per problem, the ``min(k, n)`` farthest points (ties by rank, then
+    row order, as the stable sort of the in-memory path), then applies
+    :func:`relocate_empty_clusters` to those candidates, identically on every rank.
     """
-    b, k, _ = centroids.shape
-    keep = min(k, data.n_rows)
+    b, k, d = centroids.shape
+    keep = min(k, stats.n_rows)
     device, dtype = centroids.device, centroids.dtype
-    best_distances = torch.empty((b, 0), dtype=dtype, device=device)
-    best_index = torch.empty((b, 0), dtype=torch.int64, device=device)
-    for start, chunk in iter_chunks(data, device, dtype, rows):
-        stop = start + chunk.shape[0]
-        prep = _prepare_chunk(chunk, stats.offset, None, metric)
+    best_distances = torch.full((b, keep), -1.0, dtype=dtype, device=device)
+    best_index = torch.zeros((b, keep), dtype=torch.int64, device=device)
+    for start, prep in source.prepared(stats.offset, metric):
+        stop = start + prep.x.shape[1]
         dist = exact_distances(prep.x, centroids, labels[:, start:stop], metric == "cosine")
         index = torch.arange(start, stop, device=device).expand(b, -1)
         pool_distances = torch.cat([best_distances, dist], dim=1)
@@ -364,19 +605,169 @@ def _relocate(
         order = pool_distances.sort(dim=-1, descending=True, stable=True).indices[:, :keep]
         best_distances = pool_distances.gather(-1, order)
         best_index = pool_index.gather(-1, order)
-    flat = best_index.reshape(-1)
+    real = best_distances >= 0  # fewer local rows than `keep` leave padding
+    safe_index = torch.where(real, best_index, torch.zeros_like(best_index))
+    flat = safe_index.reshape(-1)
     unique, inverse = flat.unique(return_inverse=True)
-    rows_host = data.take(unique.cpu()).to(device=device, dtype=dtype)
-    candidates = _prepare_chunk(rows_host, stats.offset, None, metric)
-    x_aug = candidates.x_aug[0][inverse].view(b, keep, -1)
-    candidate_weights = None if weights is None else weights[best_index]
+    if source.n_rows:
+        candidates = prepare_rows(source.take(unique), stats.offset, None, metric)
+        x_aug = candidates.x_aug[0][inverse].view(b, keep, d + 1)
+        candidate_labels = labels.gather(-1, safe_index)
+    else:
+        x_aug = torch.zeros((b, keep, d + 1), dtype=dtype, device=device)
+        candidate_labels = torch.zeros((b, keep), dtype=torch.int64, device=device)
+    weights = torch.ones((b, keep), dtype=dtype, device=device)
+    if source.weights is not None and source.n_rows:
+        weights = source.weights[safe_index].to(dtype)
+    if collective.distributed:
+        # Every rank's candidates, in rank order; the stable sort keeps that order on ties.
+        packed = torch.cat(
+            [
+                best_distances.unsqueeze(-1),
+                candidate_labels.to(dtype).unsqueeze(-1),
+                weights.unsqueeze(-1),
+                x_aug,
+            ],
+            dim=-1,
+        )
+        gathered = collective.all_gather(packed).permute(1, 0, 2, 3).reshape(b, -1, d + 4)
+        order = gathered[..., 0].sort(dim=-1, descending=True, stable=True).indices[:, :keep]
+        packed = gathered.gather(1, order.unsqueeze(-1).expand(b, keep, d + 4))
+        best_distances = packed[..., 0]
+        candidate_labels = packed[..., 1].round().long()
+        weights = packed[..., 2]
+        x_aug = packed[..., 3:]
+    use_weights = source.weights is not None or collective.distributed
     relocate_empty_clusters(
-        totals, x_aug, candidate_weights, labels.gather(-1, best_index), best_distances
+        totals, x_aug, weights if use_weights else None, candidate_labels, best_distances
     )
 
 
+def check_agreement(collective: Collective, device: torch.device, **values: Any) -> None:
+    """Ranks that disagree on the problem raise the same error instead of hanging.
+
+    ``values``: ints, bools, dtypes or strings describing the problem
+    (feature count, dtype, k...), compared across ranks in one all_gather.
+    """
+    if not collective.distributed:
+        return
+
+    def code(value: Any) -> int:
+        if isinstance(value, (bool, int)):
+            return int(value)
+        return -1 - zlib.crc32(str(value).encode())  # the same in every process
+
+    names = list(values)
+    mine = torch.tensor([code(values[name]) for name in names], dtype=torch.int64, device=device)
+    every = collective.all_gather(mine).cpu()
+    known = [*values.values(), torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    texts = {
+        code(value): str(value)
+        for value in [*known, "euclidean", "cosine"]
+        if not isinstance(value, (bool, int))
+    }
+    for column, name in enumerate(names):
+        seen = every[:, column].tolist()
+        if len(set(seen)) > 1:
+            shown = [texts.get(item, item if item >= 0 else "?") for item in seen]
+            raise ValueError(f"Expected every rank to have the same {name}, got {shown} (by rank).")
+
+
+def fit_passes(
+    source: _Source,
+    n_clusters: int,
+    *,
+    init: Any,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+    collective: Collective,
+) -> KMeansResult:
+    """Lloyd in passes over a source, the ranks' partial sums combined every iteration."""
+    check_agreement(
+        collective,
+        source.device,
+        n_features=source.n_features,
+        dtype=source.dtype,
+        n_clusters=n_clusters,
+        n_init=n_init,
+        metric=metric,
+        sample_weight_given=source.weights is not None,
+    )
+    stats = _statistics(source, metric, collective, source.dtype)
+    if stats.n_rows < n_clusters:
+        raise ValueError(f"n_samples={stats.n_rows} should be >= n_clusters={n_clusters}.")
+    centroids = _initial_centroids(
+        init, source, stats, n_clusters, n_init, metric, generator, collective, memory_budget
+    )
+    b, k, d = centroids.shape
+    n, device, dtype = source.n_rows, source.device, source.dtype
+    block = block_rows(
+        source.rows,
+        b * k,
+        itemsize=torch.finfo(dtype).bits // 8,
+        memory_budget=memory_budget,
+        device=device,
+    )
+    acc = torch.float64 if device.type != "mps" else torch.float32
+    tol_abs = stats.mean_variance * tol
+    labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
+    totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
+    sums, counts = totals[..., :d], totals[..., d]
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    n_iter = torch.zeros(b, dtype=torch.int64, device=device)
+    history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
+    for iteration in range(max_iter):
+        totals.zero_()
+        step = _lloyd_pass(
+            source, stats, centroids, labels, metric, block, totals=totals, warm=iteration > 0
+        )
+        score_total, changed = step.score_total, step.changed
+        if collective.distributed:
+            # One collective per iteration: sums, counts, scores, changed labels.
+            flat = torch.cat([totals.reshape(-1).to(acc), score_total, changed])
+            collective.all_sum(flat)
+            totals.copy_(flat[: totals.numel()].view_as(totals))
+            score_total = flat[totals.numel() : totals.numel() + b]
+            changed = flat[totals.numel() + b :]
+        history[:, iteration] = score_total
+        if bool((counts <= 0).any()):
+            _relocate(source, stats, totals, centroids, labels, metric, collective)
+        updated = centroids_from_sums(sums, counts, centroids, metric=metric)
+        shift = (updated - centroids).square_().sum((-1, -2))
+        converged = ((changed == 0) & (iteration > 0)) | (shift <= tol_abs)
+        running = ~done
+        n_iter += running
+        centroids = torch.where(running.view(b, 1, 1), updated, centroids)
+        done |= converged
+        if bool(done.all()):
+            break
+    # Labels and exact inertia of the returned centroids.
+    distances = torch.empty((b, n), dtype=dtype, device=device)
+    _lloyd_pass(
+        source,
+        stats,
+        centroids,
+        labels,
+        metric,
+        block,
+        totals=None,
+        warm=True,
+        distances=distances,
+    )
+    weights = source.weights
+    per_row = distances.to(acc) if weights is None else distances.to(acc) * weights.to(acc)
+    inertia = collective.all_sum(per_row.sum(-1))
+    best = int(inertia.argmin()) if b > 1 else 0
+    final = centroids[best] + stats.offset[0, 0] if metric == "euclidean" else centroids[best]
+    return KMeansResult(final, labels[best], inertia[best], n_iter[best], history[best])
+
+
 def streamed_kmeans(
-    data: HostRows,
+    data: HostRows | torch.Tensor,
     n_clusters: int,
     *,
     init: Any = "k-means++",
@@ -390,19 +781,24 @@ def streamed_kmeans(
     dtype: torch.dtype = torch.float32,
     memory_budget: int | None = None,
     chunk_bytes: int | None = None,
+    collective: Collective = LOCAL,
 ) -> KMeansResult:
-    """K-Means over rows that stay on the host, streamed to ``device`` every iteration.
+    """K-Means in passes over rows that stay where they are: on the host, or on other ranks.
 
     The same algorithm as :func:`~torchkmeans.functional.kmeans` (Lloyd,
     scikit-learn's stopping rules, farthest-point reseeding of empty
-    clusters, ``n_init`` restarts as one batch), with device memory bounded by
-    the labels and a chunk. String inits seed from a random sample of
-    :func:`init_sample_size` rows.
+    clusters, ``n_init`` restarts as one batch). Host rows (:class:`HostRows`)
+    are streamed to ``device`` chunk by chunk every iteration; a tensor is
+    used in place. With a distributed ``collective`` each rank passes its own
+    shard and the ranks sum their partial results once per iteration, so
+    every rank ends with the same centroids (labels stay local). String inits
+    seed from all rows of a tensor, or from a random sample of
+    :func:`init_sample_size` host rows.
 
     Parameters
     ----------
-    data : HostRows
-        How to read the rows.
+    data : HostRows or Tensor
+        How to read the rows, or the (local) rows themselves.
     n_clusters : int
         Number of clusters k.
     init : {"k-means++", "random"} or Tensor
@@ -410,19 +806,21 @@ def streamed_kmeans(
     n_init, max_iter, tol, metric, memory_budget
         As in :func:`~torchkmeans.functional.kmeans`.
     sample_weight : Tensor, optional
-        ``(n,)`` weights on ``device``.
+        ``(n,)`` weights of the (local) rows, on ``device``.
     generator : torch.Generator, optional
         Randomness for the sample and the seeding (on ``device``).
     device, dtype
-        Where and in which floating dtype to compute.
+        Where and in which floating dtype to compute (a tensor's own device wins).
     chunk_bytes : int, optional
-        Bytes of input rows read per chunk (8 MiB on the CPU, 64 MiB else).
+        Bytes of host rows read per chunk (8 MiB on the CPU, 64 MiB else).
+    collective : Collective
+        How ranks combine results (:func:`torchkmeans.distributed.collective`).
 
     Returns
     -------
     KMeansResult
-        Unbatched: centroids ``(k, d)`` in the data's scale, labels ``(n,)``
-        on ``device``, inertia, n_iter and the inertia history of the best run.
+        Unbatched: centroids ``(k, d)`` in the data's scale, the local labels
+        ``(n,)``, the total inertia, n_iter and the inertia history of the best run.
 
     Examples
     --------
@@ -433,87 +831,24 @@ def streamed_kmeans(
     >>> result.centroids.flatten().tolist(), result.labels.tolist(), float(result.inertia)
     ([0.5, 10.5], [0, 0, 1, 1], 1.0)
     """
-    device = torch.device(device)
-    if data.n_rows < n_clusters:
-        raise ValueError(f"n_samples={data.n_rows} should be >= n_clusters={n_clusters}.")
+    if isinstance(data, torch.Tensor):
+        weights = None if sample_weight is None else sample_weight.to(data.device, dtype)
+        source: _Source = _TensorSource(data, dtype, weights)
+    else:
+        device = torch.device(device)
+        weights = None if sample_weight is None else sample_weight.to(device, dtype)
+        source = _HostSource(data, device, dtype, weights, chunk_bytes)
     if not isinstance(init, str):
         n_init = 1
-    rows = chunk_rows(data, device, chunk_bytes)
-    stats = _statistics(data, device, dtype, metric, rows)
-    weights = None if sample_weight is None else sample_weight.to(device=device, dtype=dtype)
-    centroids = _initial_centroids(
-        init,
-        data,
-        stats,
+    return fit_passes(
+        source,
         n_clusters,
-        n_init,
-        weights,
-        metric,
-        generator,
-        device,
-        dtype,
-        memory_budget,
-    )
-    b, k, d = centroids.shape
-    n = data.n_rows
-    block = block_rows(
-        rows,
-        b * k,
-        itemsize=torch.finfo(dtype).bits // 8,
+        init=init,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        metric=metric,
+        generator=generator,
         memory_budget=memory_budget,
-        device=device,
+        collective=collective,
     )
-    tol_abs = stats.mean_variance * tol
-    labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
-    totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
-    sums, counts = totals[..., :d], totals[..., d]
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    n_iter = torch.zeros(b, dtype=torch.int64, device=device)
-    history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
-    for iteration in range(max_iter):
-        totals.zero_()
-        step = _lloyd_pass(
-            data,
-            stats,
-            centroids,
-            labels,
-            weights,
-            metric,
-            rows,
-            block,
-            totals=totals,
-            warm=iteration > 0,
-        )
-        history[:, iteration] = step.score_total
-        if bool((counts <= 0).any()):
-            _relocate(data, stats, totals, centroids, labels, weights, metric, rows)
-        updated = centroids_from_sums(sums, counts, centroids, metric=metric)
-        shift = (updated - centroids).square_().sum((-1, -2))
-        converged = (~step.changed & (iteration > 0)) | (shift <= tol_abs)
-        running = ~done
-        n_iter += running
-        centroids = torch.where(running.view(b, 1, 1), updated, centroids)
-        done |= converged
-        if bool(done.all()):
-            break
-    # Labels and exact inertia of the returned centroids.
-    distances = torch.empty((b, n), dtype=dtype, device=device)
-    _lloyd_pass(
-        data,
-        stats,
-        centroids,
-        labels,
-        weights,
-        metric,
-        rows,
-        block,
-        totals=None,
-        warm=True,
-        distances=distances,
-    )
-    acc = torch.float64 if device.type != "mps" else torch.float32
-    per_row = distances.to(acc) if weights is None else distances.to(acc) * weights.to(acc)
-    inertia = per_row.sum(-1)
-    best = int(inertia.argmin()) if b > 1 else 0
-    final = centroids[best] + stats.offset[0, 0] if metric == "euclidean" else centroids[best]
-    return KMeansResult(final, labels[best], inertia[best], n_iter[best], history[best])

@@ -1,0 +1,358 @@
+"""Distributed fits: 2 gloo processes on the CPU, each with its shard, against one process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import re
+import socket
+import time
+import traceback
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn.datasets import load_digits, make_blobs
+
+from torchkmeans import KMeans, MiniBatchKMeans, elbow
+from torchkmeans.distributed import ProcessGroupCollective, collective
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
+)
+
+WORLD = 2
+TIMEOUT = 120  # seconds for a whole scenario; CI must never hang
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def blobs(n=3000, d=5, centers=6, seed=0):
+    X, _ = make_blobs(n_samples=n, n_features=d, centers=centers, random_state=seed)
+    return X
+
+
+def shards(X, sizes):
+    """Uneven shards: rank r gets sizes[r] consecutive rows."""
+    edges = np.cumsum([0, *sizes])
+    return [X[edges[r] : edges[r + 1]] for r in range(len(sizes))]
+
+
+# ------------------------------------------------------------------ scenarios (run on every rank)
+
+
+def fit_from_given_centroids(rank, tmp):
+    X = blobs()
+    part = shards(X, [1000, 2000])[rank]
+    weights = np.linspace(0.5, 2.0, len(X))
+    w_part = shards(weights, [1000, 2000])[rank]
+    out = {}
+    for metric in ("euclidean", "cosine"):
+        km = KMeans(6, init=X[:6], metric=metric).fit(part, sample_weight=w_part)
+        out[metric] = (km.cluster_centers_, km.labels_, km.inertia_, km.n_iter_)
+    return out
+
+
+def kmeans_plusplus_across_ranks(rank, tmp):
+    X = blobs(n=4000, d=8, centers=10, seed=1)
+    part = shards(X, [2500, 1500])[rank]
+    results = []
+    for init in ("k-means++", "random"):
+        km = KMeans(10, init=init, n_init=3, random_state=0).fit(part)
+        results.append((km.cluster_centers_, km.labels_, km.inertia_))
+    return results
+
+
+def empty_shard(rank, tmp):
+    X = blobs(n=500)
+    part = X if rank == 0 else X[:0]
+    km = KMeans(6, init=X[:6]).fit(part)
+    pp = KMeans(6, random_state=0).fit(part)
+    return km.cluster_centers_, km.labels_, km.inertia_, pp.cluster_centers_, pp.inertia_
+
+
+def memmap_shards(rank, tmp):
+    X = blobs()
+    part = shards(X, [1200, 1800])[rank]
+    path = os.path.join(tmp, f"shard{rank}.dat")
+    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=part.shape)
+    mm[:] = part
+    mm.flush()
+    ro = np.memmap(path, dtype=np.float64, mode="r", shape=part.shape)
+    km = KMeans(6, init=X[:6]).fit(ro)
+    return km.cluster_centers_, km.labels_, km.inertia_
+
+
+def empty_clusters_reseeded(rank, tmp):
+    X = blobs()
+    part = shards(X, [1500, 1500])[rank]
+    init = np.vstack([X[:5], X[:1]])  # a duplicate: one cluster starts empty
+    km = KMeans(6, init=init).fit(part)
+    return km.cluster_centers_, km.labels_
+
+
+def minibatch_partial_fit(rank, tmp):
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 1600, 100)]
+    local = [b[:40] if rank == 0 else b[40:] for b in batches]
+    mbk = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for batch in local:
+        mbk.partial_fit(batch)
+    seeded = MiniBatchKMeans(10, random_state=0, reassignment_ratio=0.0)
+    for batch in local[:3]:
+        seeded.partial_fit(batch)
+    reassigning = MiniBatchKMeans(10, random_state=0, reassignment_ratio=0.5)
+    for batch in local:
+        reassigning.partial_fit(batch)
+    return mbk.cluster_centers_, seeded.cluster_centers_, reassigning.cluster_centers_
+
+
+def elbow_sweep(rank, tmp):
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    part = shards(X, [900, 1100])[rank]
+    result = elbow(part, k=range(1, 8), n_init=2, random_state=0)
+    return result.inertia, result.knee, [c for c in result.centroids], result.labels
+
+
+def mismatched_features(rank, tmp):
+    X = blobs()
+    part = X[:100] if rank == 0 else X[:100, :4]
+    return _error_of(lambda: KMeans(3, random_state=0).fit(part))
+
+
+def mismatched_clusters(rank, tmp):
+    X = blobs()
+    return _error_of(lambda: KMeans(3 + rank, random_state=0).fit(X[:100]))
+
+
+def mismatched_dtype(rank, tmp):
+    X = blobs()[:100]
+    return _error_of(
+        lambda: KMeans(3, random_state=0).fit(X.astype([np.float64, np.float32][rank]))
+    )
+
+
+def nan_on_one_rank(rank, tmp):
+    X = blobs()[:100].copy()
+    if rank == 1:
+        X[5, 2] = np.nan
+    return _error_of(lambda: KMeans(3, random_state=0).fit(X))
+
+
+def explicit_group(rank, tmp):
+    group = dist.new_group([0, 1])
+    X = blobs()
+    part = shards(X, [1000, 2000])[rank]
+    km = KMeans(6, init=X[:6], process_group=group).fit(part)
+    alone = KMeans(6, init=X[:6], process_group=None).fit(part)
+    c = collective(group)
+    return km.cluster_centers_, alone.cluster_centers_, type(c).__name__, c.world_size
+
+
+def _error_of(work):
+    try:
+        work()
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+    return ("no error", "")
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (
+        fit_from_given_centroids,
+        kmeans_plusplus_across_ranks,
+        empty_shard,
+        memmap_shards,
+        empty_clusters_reseeded,
+        minibatch_partial_fit,
+        elbow_sweep,
+        mismatched_features,
+        mismatched_clusters,
+        mismatched_dtype,
+        nan_on_one_rank,
+        explicit_group,
+    )
+}
+
+
+def _worker(rank, name, port, tmp):
+    torch.set_num_threads(1)
+    outcome = None
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=datetime.timedelta(seconds=60),
+        )
+        outcome = ("ok", SCENARIOS[name](rank, tmp))
+    except BaseException:
+        outcome = ("crash", traceback.format_exc())
+    finally:
+        with open(os.path.join(tmp, f"rank{rank}.pkl"), "wb") as f:
+            pickle.dump(outcome, f)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(name, tmp_path):
+    """Every rank's result of scenario ``name``; the processes are killed after TIMEOUT."""
+    context = mp.start_processes(
+        _worker,
+        args=(name, free_port(), str(tmp_path)),
+        nprocs=WORLD,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"scenario {name} did not finish in {TIMEOUT} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    outcomes = []
+    for rank in range(WORLD):
+        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
+            status, value = pickle.load(f)
+        assert status == "ok", value
+        outcomes.append(value)
+    return outcomes
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_no_process_group_means_a_local_fit():
+    assert collective("auto").world_size == 1 and not collective(None).distributed
+    with pytest.raises(ValueError, match=r"Expected process_group to be 'auto', None or a"):
+        collective("nccl")
+    with pytest.raises(ValueError, match=r"Expected torch.distributed to be initialised"):
+        collective(object())
+    with pytest.raises(ValueError, match=r"Expected process_group to be 'auto', None or a"):
+        KMeans(2, process_group="world").fit(np.eye(4))
+
+
+def test_fit_on_shards_equals_one_process_on_the_concatenation(tmp_path):
+    ranks = run_ranks("fit_from_given_centroids", tmp_path)
+    X = blobs()
+    weights = np.linspace(0.5, 2.0, len(X))
+    for metric in ("euclidean", "cosine"):
+        single = KMeans(6, init=X[:6], metric=metric).fit(X, sample_weight=weights)
+        (c0, l0, i0, n0), (c1, l1, i1, n1) = ranks[0][metric], ranks[1][metric]
+        np.testing.assert_array_equal(c0, c1)  # identical on every rank
+        np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+        np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
+        assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+        assert n0 == n1 == single.n_iter_
+
+
+def test_kmeans_plusplus_and_random_seeding_across_ranks(tmp_path):
+    ranks = run_ranks("kmeans_plusplus_across_ranks", tmp_path)
+    X = blobs(n=4000, d=8, centers=10, seed=1)
+    best = KMeans(10, n_init=3, random_state=0).fit(X).inertia_
+    for (c0, l0, i0), (c1, l1, i1) in zip(*ranks):
+        np.testing.assert_array_equal(c0, c1)
+        assert i0 == i1
+        d2 = ((X[:, None, :] - c0[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(np.concatenate([l0, l1]), d2.argmin(1))
+        assert i0 == pytest.approx(d2.min(1).sum(), rel=1e-10)
+    # k-means++ over the shards is as good as over the whole data
+    assert ranks[0][0][2] <= 1.01 * best
+
+
+def test_a_rank_with_an_empty_shard_takes_part(tmp_path):
+    (c0, l0, i0, p0, pi0), (c1, l1, i1, p1, pi1) = run_ranks("empty_shard", tmp_path)
+    X = blobs(n=500)
+    single = KMeans(6, init=X[:6]).fit(X)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, atol=1e-10)
+    np.testing.assert_array_equal(l0, single.labels_)
+    assert l1.shape == (0,) and i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+    np.testing.assert_array_equal(p0, p1)
+    assert pi0 == pi1
+    assert pi0 <= 1.01 * KMeans(6, random_state=0).fit(X).inertia_
+
+
+def test_memmap_shards_stream_and_agree(tmp_path):
+    (c0, l0, i0), (c1, l1, i1) = run_ranks("memmap_shards", tmp_path)
+    X = blobs()
+    single = KMeans(6, init=X[:6]).fit(X)
+    assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, atol=1e-10)
+    np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
+
+
+def test_empty_clusters_are_reseeded_from_the_farthest_point_of_any_rank(tmp_path):
+    (c0, l0), (c1, l1) = run_ranks("empty_clusters_reseeded", tmp_path)
+    X = blobs()
+    single = KMeans(6, init=np.vstack([X[:5], X[:1]])).fit(X)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, atol=1e-10)
+    np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
+
+
+def test_minibatch_partial_fit_on_shards_equals_the_concatenated_batches(tmp_path):
+    ranks = run_ranks("minibatch_partial_fit", tmp_path)
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 1600, 100):
+        single.partial_fit(X[i : i + 100])
+    for r in range(WORLD):
+        np.testing.assert_allclose(ranks[r][0], single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(ranks[0][1], ranks[1][1])  # k-means++ over the ranks
+    np.testing.assert_array_equal(ranks[0][2], ranks[1][2])  # reseeding keeps ranks equal
+    assert not np.isnan(ranks[0][2]).any()
+
+
+def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
+    (i0, k0, c0, l0), (i1, k1, c1, l1) = run_ranks("elbow_sweep", tmp_path)
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    np.testing.assert_array_equal(i0, i1)
+    assert k0 == k1 == 4
+    local = elbow(X, k=range(1, 8), n_init=2, random_state=0)
+    np.testing.assert_allclose(i0, local.inertia, rtol=0.02)
+    for a, b in zip(c0, c1):
+        np.testing.assert_array_equal(a, b)
+    assert l0.shape == (7, 900) and l1.shape == (7, 1100)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("mismatched_features", r"Expected every rank to have the same n_features, got \[5, 4\]"),
+        ("mismatched_clusters", r"Expected every rank to have the same n_clusters, got \[3, 4\]"),
+        (
+            "mismatched_dtype",
+            r"Expected every rank to have the same dtype, got \['torch.float64', 'torch.float32'\]",
+        ),
+        ("nan_on_one_rank", r"Input X contains NaN or infinity"),
+    ],
+)
+def test_ranks_that_disagree_all_raise_instead_of_hanging(tmp_path, scenario, message):
+    outcomes = run_ranks(scenario, tmp_path)
+    for kind, text in outcomes:
+        assert kind == "ValueError"
+        assert re.search(message, text), text
+
+
+def test_an_explicit_process_group(tmp_path):
+    ranks = run_ranks("explicit_group", tmp_path)
+    X = blobs()
+    single = KMeans(6, init=X[:6]).fit(X)
+    for shared, _, name, world in ranks:
+        np.testing.assert_allclose(shared, single.cluster_centers_, atol=1e-10)
+        assert name == ProcessGroupCollective.__name__ and world == WORLD
+    assert not np.allclose(ranks[0][1], ranks[1][1])  # process_group=None: local fits differ
