@@ -356,3 +356,31 @@ def test_an_explicit_process_group(tmp_path):
         np.testing.assert_allclose(shared, single.cluster_centers_, atol=1e-10)
         assert name == ProcessGroupCollective.__name__ and world == WORLD
     assert not np.allclose(ranks[0][1], ranks[1][1])  # process_group=None: local fits differ
+
+
+def test_the_torchrun_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "distributed_fit.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            str(example),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("same centroids on every rank: True") == 2, out.stdout
