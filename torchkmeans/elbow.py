@@ -501,34 +501,22 @@ def elbow(
     generator = v.make_generator(random_state, x.device)
 
     progress = _Progress(verbose, len(ks))
+    fits: dict[str, Any] = dict(
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        metric=metric,
+        generator=generator,
+        memory_budget=memory_budget,
+        progress=progress,
+    )
     try:
         if shard:
-            inertia, padded, labels = _sweep_shards(
-                x,
-                ks,
-                n_init=n_init,
-                max_iter=max_iter,
-                tol=tol,
-                metric=metric,
-                generator=generator,
-                memory_budget=memory_budget,
-                collective=collective,
-                progress=progress,
-            )
+            inertia, padded, labels = _sweep_shards(x, ks, collective=collective, **fits)
             return _result(
                 ks, inertia, padded, labels, {"inertia": inertia}, kind, curve, sensitivity
             )
-        inertia, padded = _sweep(
-            x,
-            ks,
-            n_init=n_init,
-            max_iter=max_iter,
-            tol=tol,
-            metric=metric,
-            generator=generator,
-            memory_budget=memory_budget,
-            progress=progress,
-        )
+        inertia, padded = _sweep(x, ks, **fits)
         labels = _labels(x, padded, ks, metric, memory_budget)
         computed: dict[str, torch.Tensor] = {}
         extra = [name for name in names if name != "inertia"]

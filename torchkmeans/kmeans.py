@@ -205,15 +205,7 @@ class KMeans(EstimatorProtocol):
             sample_weight, x.shape[0], device=x.device, dtype=compute_dtype
         )
         generator = v.make_generator(self.random_state, x.device)
-        init = self.init
-        if not isinstance(init, str) and not callable(init):
-            init_tensor, _ = v.as_tensor(init, "init", device=x.device, dtype=compute_dtype)
-            if tuple(init_tensor.shape) != (n_clusters, x.shape[1]):
-                raise ValueError(
-                    f"Expected init to be of shape ({n_clusters}, {x.shape[1]}), "
-                    f"got shape {tuple(init_tensor.shape)}."
-                )
-            init = init_tensor
+        init = self._given_init((n_clusters, x.shape[1]), x.device, compute_dtype)
         result = kmeans(
             x,
             n_clusters,
@@ -228,6 +220,18 @@ class KMeans(EstimatorProtocol):
         )
         self._store(result, kind, x.shape[1])
         return self
+
+    def _given_init(self, shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Any:
+        """``init`` as given, or as a tensor of ``shape`` when it is an array."""
+        init = self.init
+        if isinstance(init, str) or callable(init):
+            return init
+        tensor, _ = v.as_tensor(init, "init", device=device, dtype=dtype)
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"Expected init to be of shape {shape}, got shape {tuple(tensor.shape)}."
+            )
+        return tensor
 
     def _fit_passes(self, X: Any, sample_weight: Any, collective: Collective) -> KMeans:
         """``fit`` in passes: data streamed from the host, or a shard of a distributed fit."""
@@ -247,19 +251,12 @@ class KMeans(EstimatorProtocol):
         n_clusters, n_init, metric = self._check_params(None if shard else n_local)
         weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
         generator = v.make_generator(self.random_state, device)
-        init = self.init
-        if callable(init) and not isinstance(init, str):
+        if callable(self.init) and not isinstance(self.init, str):
             raise TypeError(
                 "Expected init to be 'k-means++', 'random' or an array when X is streamed "
                 f"from the host or sharded over processes ({type(X).__name__}), got a callable."
             )
-        if not isinstance(init, str):
-            init, _ = v.as_tensor(init, "init", device=device, dtype=compute)
-            if tuple(init.shape) != (n_clusters, n_features):
-                raise ValueError(
-                    f"Expected init to be of shape ({n_clusters}, {n_features}), "
-                    f"got shape {tuple(init.shape)}."
-                )
+        init = self._given_init((n_clusters, n_features), device, compute)
         result = streamed_kmeans(
             data,
             n_clusters,
