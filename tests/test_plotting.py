@@ -135,3 +135,20 @@ def test_importing_the_new_modules_loads_neither_matplotlib_nor_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_given_axes_need_no_pyplot():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from matplotlib.figure import Figure\n"
+        "from torchkmeans.plotting import plot_clusters\n"
+        "ax = Figure().add_subplot()\n"
+        "plot_clusters(np.random.rand(50, 3), np.arange(50) % 3, np.random.rand(3, 3), ax=ax)\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -8,6 +8,7 @@ caller (the library never calls ``plt.show()``).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -18,21 +19,21 @@ from . import _validation as v
 __all__ = ["plot_clusters", "plot_elbow"]
 
 
-def _pyplot() -> Any:
+def _matplotlib(module: str = "matplotlib") -> Any:
     try:
-        import matplotlib.pyplot as plt
+        return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
             "Plotting needs matplotlib, which is not installed; install it with "
             'pip install "torchkmeans[plot]".'
         ) from exc
-    return plt
 
 
 def _axes(ax: Any) -> Any:
-    plt = _pyplot()
+    """``ax``, or new axes from pyplot (imported only then: a given ``ax`` needs no backend)."""
+    _matplotlib()
     if ax is None:
-        _, ax = plt.subplots()
+        _, ax = _matplotlib("matplotlib.pyplot").subplots()
     return ax
 
 
@@ -171,7 +172,7 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
                 centre_points = torch.cat([centre_points, torch.zeros_like(centre_points)], 1)
     xy = points.cpu().numpy()
     clusters = np.unique(label_array)
-    cmap = _pyplot().get_cmap("tab10" if len(clusters) <= 10 else "tab20")
+    cmap = _matplotlib().colormaps["tab10" if len(clusters) <= 10 else "tab20"]
     for i, cluster in enumerate(clusters):
         member = label_array == cluster
         ax.scatter(
