@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits, make_blobs
 
 from torchkmeans import KMeans, lloyd
@@ -223,3 +225,38 @@ def test_minibatch_reads_host_data_too_big_for_the_gpu_batch_by_batch(monkeypatc
     in_memory = MiniBatchKMeans(6, batch_size=256, random_state=0, device="cuda").fit(blobs8)
     np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
     np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(8, 400),
+    d=st.integers(1, 6),
+    k=st.integers(1, 8),
+    rows_per_chunk=st.integers(1, 64),
+    metric=st.sampled_from(["euclidean", "cosine"]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_streamed_equals_in_memory_for_any_chunking(
+    n, d, k, rows_per_chunk, metric, weighted, seed
+):
+    k = min(k, n)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 3 + 10.0
+    init = x[torch.randperm(n, generator=g)[:k]].clone()
+    weights = torch.rand(n, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    rows = HostRows(lambda a, b: x[a:b], lambda i: x[i], n, d, 8)
+    got = streaming.streamed_kmeans(
+        rows,
+        k,
+        init=init,
+        metric=metric,
+        sample_weight=weights,
+        dtype=torch.float64,
+        chunk_bytes=rows_per_chunk * d * 8,
+    )
+    expected = lloyd(x, init, metric=metric, sample_weight=weights)
+    assert int(got.n_iter) == int(expected.n_iter)
+    assert torch.equal(got.labels, expected.labels)
+    torch.testing.assert_close(got.centroids, expected.centroids, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.inertia, expected.inertia, rtol=1e-9, atol=1e-9)
