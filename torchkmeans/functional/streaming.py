@@ -21,7 +21,7 @@ import math
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
@@ -230,7 +230,7 @@ class _TensorSource:
         return self.x[index.to(self.device)].to(self.dtype)
 
 
-_Source = Any  # _HostSource | _TensorSource
+_Source = Union[_HostSource, _TensorSource]
 
 
 def _statistics(
