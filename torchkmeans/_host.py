@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from .functional.distances import compute_dtype
 from .functional.streaming import HostRows
 
 __all__ = ["host_rows", "should_stream"]
@@ -35,7 +36,7 @@ def _compute_dtype(X: Any, dtype: torch.dtype | None) -> torch.dtype:
     """The dtype a fit on ``X`` computes in: as :func:`~torchkmeans._validation.as_tensor`."""
     probe = X[:1] if isinstance(X, torch.Tensor) else np.asarray(X[:1])
     tensor = v.as_tensor(probe, "X", device="cpu", dtype=dtype, check_finite=False)[0]
-    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+    return compute_dtype(tensor.dtype)
 
 
 def should_stream(X: Any, device: str | torch.device | None) -> bool:

@@ -14,7 +14,7 @@ from ._base import EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.collective import Collective
-from .functional.distances import Nearest, nearest_centroids, pairwise_distances
+from .functional.distances import Nearest, compute_dtype, nearest_centroids, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
 from .functional.streaming import chunk_rows, iter_chunks, streamed_kmeans
 
@@ -200,12 +200,10 @@ class KMeans(EstimatorProtocol):
             return self._fit_passes(X, sample_weight, collective)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
-        compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        weights = v.check_sample_weight(
-            sample_weight, x.shape[0], device=x.device, dtype=compute_dtype
-        )
+        compute = compute_dtype(x.dtype)
+        weights = v.check_sample_weight(sample_weight, x.shape[0], device=x.device, dtype=compute)
         generator = v.make_generator(self.random_state, x.device)
-        init = self._given_init((n_clusters, x.shape[1]), x.device, compute_dtype)
+        init = self._given_init((n_clusters, x.shape[1]), x.device, compute)
         result = kmeans(
             x,
             n_clusters,
@@ -244,7 +242,7 @@ class KMeans(EstimatorProtocol):
         else:
             # Finiteness is checked in the first pass, on every rank at once.
             x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype, check_finite=False)
-            compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            compute = compute_dtype(x.dtype)
             data, device = x, x.device
             n_local, n_features = x.shape
         # On shards n_samples >= n_clusters is checked over all ranks.

@@ -16,6 +16,7 @@ from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.collective import Collective
+from .functional.distances import compute_dtype
 from .functional.init import kmeans_plusplus, random_init
 from .functional.minibatch import minibatch_step
 from .functional.streaming import (
@@ -93,8 +94,7 @@ class _Source:
     @property
     def compute(self) -> torch.dtype:
         """Half-precision data is computed (and its centres kept) in float32."""
-        half = self.dtype in (torch.float16, torch.bfloat16)
-        return torch.float32 if half else self.dtype
+        return compute_dtype(self.dtype)
 
     @staticmethod
     def _checked(rows: torch.Tensor) -> torch.Tensor:
@@ -361,9 +361,10 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         if not isinstance(init, str):
             return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
-        shard = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
-        rows = prepare_rows(x, shard, weights, self.metric)
-        # Only the seeding's own rows: seeds rank 0 draws, shared by all.
+        # Mini-batch centres are not centred: a zero offset; unit rows for cosine.
+        no_offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
+        rows = prepare_rows(x, no_offset, weights, self.metric)
+        # One seed drawn on rank 0 makes the shared (k-means++) and per-rank (random) streams.
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
         seed = int(collective.broadcast(seed))
         if init == "random":
@@ -597,7 +598,7 @@ class MiniBatchKMeans(KMeans):
                 n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
             params = self._check_minibatch_params(n_total)
             k = params["n_clusters"]
-            acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            acc = compute_dtype(x.dtype)
             weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
             generator = v.make_generator(self.random_state, x.device)
             x = x.to(acc)

@@ -23,6 +23,7 @@ __all__ = [
     "augmented_centroids",
     "augmented_scores",
     "block_rows",
+    "compute_dtype",
     "nearest_centroids",
     "pairwise_distances",
     "squared_norms",
@@ -45,6 +46,17 @@ class Nearest(NamedTuple):
     """Index of the nearest centroid, int64, ``(n,)`` or ``(b, n)``."""
     distances: torch.Tensor
     """Distance to it (squared euclidean, or ``1 - cos``), ``(n,)`` or ``(b, n)``."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype data of ``dtype`` is computed in: half precision in float32, else itself.
+
+    Examples
+    --------
+    >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def squared_norms(x: torch.Tensor, *, chunk_rows: int = 1 << 16) -> torch.Tensor:

@@ -19,6 +19,7 @@ from .distances import (
     augmented_centroids,
     augmented_scores,
     block_rows,
+    compute_dtype,
     exact_distances,
     squared_norms,
 )
@@ -61,10 +62,6 @@ class Prepared(NamedTuple):
     batched: bool
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def prepare(
     x: torch.Tensor,
     *,
@@ -81,7 +78,7 @@ def prepare(
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
     batched = x.ndim == 3
     x3 = x if batched else x.unsqueeze(0)
-    dtype = _compute_dtype(x.dtype)
+    dtype = compute_dtype(x.dtype)
     n, d = x3.shape[1], x3.shape[2]
     # One copy of the data, [x | 1]: centred or normalised in place below.
     # The ones column lets one matrix product give the scores and one scatter
@@ -513,7 +510,7 @@ def _finish(
 ) -> KMeansResult:
     """Move centroids back to the input's scale and drop the batch dim if needed."""
     centroids = result.centroids + prep.offset if prep.metric == "euclidean" else result.centroids
-    out_dtype = _compute_dtype(dtype)
+    out_dtype = compute_dtype(dtype)
     result = result._replace(centroids=centroids.to(out_dtype))
     if batched:
         return result

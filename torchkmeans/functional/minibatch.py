@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .collective import LOCAL, Collective
-from .distances import nearest_centroids
+from .distances import compute_dtype, nearest_centroids
 from .updates import scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
@@ -110,7 +110,7 @@ def minibatch_step(
     c3 = c3.expand(b, -1, -1)
     ws = ws.expand(b, -1)
     n, k = x3.shape[1], c3.shape[1]
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    acc = compute_dtype(x.dtype)
     weights = None
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .distances import compute_dtype
+
 __all__ = [
     "accumulate",
     "centroids_from_sums",
@@ -107,7 +109,7 @@ def scatter_sums(
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     labels2 = labels if labels.ndim == 2 else labels.unsqueeze(0)
     if dtype is None:
-        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        dtype = compute_dtype(x.dtype)
     b, d = labels2.shape[0], x3.shape[-1]
     totals = torch.zeros((b, n_clusters, d + 1), dtype=dtype, device=x.device)
     weights = None
