@@ -114,6 +114,19 @@ def minibatch_partial_fit(rank, tmp):
     return mbk.cluster_centers_, seeded.cluster_centers_, reassigning.cluster_centers_
 
 
+def minibatch_empty_batches(rank, tmp):
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 1600, 100)]
+    # Rank 0's batch is empty at every third step (the first too), rank 1's at the others.
+    local = [b if (rank == 0) == (i % 3 != 0) else b[:0] for i, b in enumerate(batches)]
+    given = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    reassigning = MiniBatchKMeans(10, random_state=0, reassignment_ratio=0.5)
+    for batch in local:
+        given.partial_fit(batch)
+        reassigning.partial_fit(batch)
+    return given.cluster_centers_, reassigning.cluster_centers_
+
+
 def elbow_sweep(rank, tmp):
     X = blobs(n=2000, d=4, centers=4, seed=3)
     part = shards(X, [900, 1100])[rank]
@@ -173,6 +186,7 @@ SCENARIOS = {
         memmap_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
+        minibatch_empty_batches,
         elbow_sweep,
         mismatched_features,
         mismatched_clusters,
@@ -315,6 +329,20 @@ def test_minibatch_partial_fit_on_shards_equals_the_concatenated_batches(tmp_pat
     np.testing.assert_array_equal(ranks[0][1], ranks[1][1])  # k-means++ over the ranks
     np.testing.assert_array_equal(ranks[0][2], ranks[1][2])  # reseeding keeps ranks equal
     assert not np.isnan(ranks[0][2]).any()
+
+
+def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
+    (g0, r0), (g1, r1) = run_ranks("minibatch_empty_batches", tmp_path)
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 1600, 100):
+        single.partial_fit(X[i : i + 100])
+    np.testing.assert_array_equal(g0, g1)
+    np.testing.assert_allclose(g0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(r0, r1)
+    assert np.isfinite(r0).all()
+    # reseeded centres are rows of the data, never the zero placeholder
+    assert not (r0 == 0).all(axis=1).any()
 
 
 def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):

@@ -156,11 +156,13 @@ class KMeans(EstimatorProtocol):
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
         return n_clusters, n_init, metric
 
-    def _validate_x(self, X: Any, *, reset: bool) -> tuple[torch.Tensor, v.OutputKind]:
+    def _validate_x(
+        self, X: Any, *, reset: bool, allow_empty: bool = False
+    ) -> tuple[torch.Tensor, v.OutputKind]:
         dtype = v.resolve_dtype(self.dtype)
         if reset:
             x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype)
-            if x.shape[0] == 0:
+            if x.shape[0] == 0 and not allow_empty:
                 raise ValueError(
                     f"Found array with 0 sample(s) (shape={tuple(x.shape)}) while a minimum "
                     "of 1 is required."

@@ -582,7 +582,8 @@ class MiniBatchKMeans(KMeans):
         first = not hasattr(self, "cluster_centers_")
         collective = distributed.collective(self.process_group)
         if first:
-            x, kind = self._validate_x(X, reset=True)
+            # On shards a rank's batch may be empty (checked over all ranks below).
+            x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
             n = x.shape[0]
             n_total = n
             if collective.distributed:

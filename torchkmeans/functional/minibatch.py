@@ -76,7 +76,8 @@ def minibatch_step(
     collective : Collective
         On shards (:func:`torchkmeans.distributed.collective`): every rank
         passes its own batch; the batch sums, weights and inertia are summed
-        over the ranks (one collective) and reseeded rows come from rank 0, so
+        over the ranks (one collective) and reseeded rows come from the first
+        rank with the largest batch (any rank's batch may be empty), so
         all ranks keep the same centroids. ``n`` in the half-batch cap is the
         total over the ranks.
 
@@ -151,14 +152,22 @@ def minibatch_step(
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
         to_reassign &= rank < int(0.5 * n_total)
-        m = min(k, n)
-        keys = torch.rand((b, n), generator=generator, device=x.device)
-        picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
-        slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
-        rows = picks.gather(-1, slot)
-        new_rows = x3.gather(1, rows.unsqueeze(-1).expand(-1, -1, x3.shape[-1])).to(acc)
+        if n > 0:
+            m = min(k, n)
+            keys = torch.rand((b, n), generator=generator, device=x.device)
+            picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
+            slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
+            rows = picks.gather(-1, slot)
+            new_rows = x3.gather(1, rows.unsqueeze(-1).expand(-1, -1, x3.shape[-1])).to(acc)
+        else:  # an empty shard: another rank provides the rows
+            new_rows = torch.zeros((b, k, x3.shape[-1]), dtype=acc, device=x.device)
         if collective.distributed:
-            new_rows = collective.broadcast(new_rows.contiguous())
+            # The rows come from the (first) rank with the largest batch, so an
+            # empty batch on rank 0 does not reseed centroids to garbage.
+            sizes = collective.all_gather(torch.tensor([n], device=x.device)).view(-1)
+            if collective.rank != int(sizes.argmax()):
+                new_rows = torch.zeros_like(new_rows)
+            new_rows = collective.all_sum(new_rows.contiguous())
         new_centroids = torch.where(to_reassign.unsqueeze(-1), new_rows, new_centroids)
         inf = torch.full_like(new_ws, float("inf"))
         floor = torch.where(to_reassign, inf, new_ws).amin(-1, keepdim=True)
