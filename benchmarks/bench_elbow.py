@@ -14,9 +14,10 @@ In one run, on load_digits (1797 x 64, float32), k = 1..kmax, the same
 2. The per-k inertia of the sweep over each loop's (lower is better), and the
    largest deviation.
 3. The sweep plans that were measured to pick the default: one padded batch
-   of all ks; two groups of ks each padded to its own largest k; rounds of
-   10 iterations dropping converged fits; both (the default); and warm starts
-   (k from the k-1 solution plus the next k-means++ seed, one lloyd call per k).
+   of all ks; one batch per k; contiguous groups of ks, each padded to its own
+   largest k, chosen by a cost model (the default; converged fits leave the
+   batch inside lloyd); and warm starts (k from the k-1 solution plus the next
+   k-means++ seed, one lloyd call per k).
 
 It is a script, never a test: timings depend on the machine.
 """
@@ -58,10 +59,10 @@ def torchkmeans_loop(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
     return np.array([KMeans(k, n_init=n_init, random_state=SEED).fit(X).inertia_ for k in ks])
 
 
-def sweep(X: np.ndarray, ks: list[int], n_init: int, *, rounds: int, groups: int) -> np.ndarray:
-    """``elbow`` with a given plan (rounds of iterations, number of groups of ks)."""
-    saved = elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS
-    elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS = rounds, groups
+def sweep(X: np.ndarray, ks: list[int], n_init: int, *, overhead: float) -> np.ndarray:
+    """``elbow`` with a given per-group overhead (0: a group per k; huge: one group)."""
+    saved = elbow_module._CPU_GROUP_OVERHEAD
+    elbow_module._CPU_GROUP_OVERHEAD = overhead
     try:
         import warnings
 
@@ -69,7 +70,7 @@ def sweep(X: np.ndarray, ks: list[int], n_init: int, *, rounds: int, groups: int
             warnings.simplefilter("ignore", UserWarning)
             return elbow(X, k=ks, n_init=n_init, random_state=SEED).inertia
     finally:
-        elbow_module._CPU_ROUND_ITERATIONS, elbow_module._CPU_MAX_GROUPS = saved
+        elbow_module._CPU_GROUP_OVERHEAD = saved
 
 
 def default_sweep(X: np.ndarray, ks: list[int], n_init: int) -> np.ndarray:
@@ -143,12 +144,9 @@ def main() -> None:
     if not args.no_plans:
         functions.update(
             {
-                "plan: one padded batch": lambda: sweep(X, ks, n_init, rounds=10**6, groups=1),
-                "plan: 2 groups": lambda: sweep(X, ks, n_init, rounds=10**6, groups=2),
-                "plan: rounds of 10": lambda: sweep(X, ks, n_init, rounds=10, groups=1),
-                "plan: 2 groups + rounds (default)": lambda: sweep(
-                    X, ks, n_init, rounds=10, groups=2
-                ),
+                "plan: one padded batch": lambda: sweep(X, ks, n_init, overhead=1e30),
+                "plan: a batch per k": lambda: sweep(X, ks, n_init, overhead=0),
+                "plan: groups by cost (default)": lambda: default_sweep(X, ks, n_init),
                 "plan: warm starts": lambda: warm_starts(X, ks, n_init),
             }
         )

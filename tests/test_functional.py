@@ -144,6 +144,38 @@ def test_restarts_on_shared_data_equal_separate_runs():
         assert int(batched.n_iter[i]) == int(single.n_iter)
 
 
+@pytest.mark.parametrize("k", [5, 24, 150], ids=["one-hot-sums", "index-add-sums", "row-layout"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_shared_data_restarts_leave_the_batch_and_follow_moved_points_exactly(
+    monkeypatch, k, weighted
+):
+    """Restarts on shared data: converged ones leave the batch, and the totals
+    follow only the points that change cluster (refreshed in full every few
+    iterations and after a relocation). Each restart equals its separate run."""
+    lloyd_module = __import__("importlib").import_module("torchkmeans.functional.lloyd")
+    gen = torch.Generator().manual_seed(5)
+    # Uniform data: restarts need many (and different numbers of) iterations.
+    x = torch.rand(1500, 3, generator=gen, dtype=torch.float64)
+    w = torch.rand(1500, generator=gen, dtype=torch.float64) + 0.5 if weighted else None
+    starts = torch.stack([x[torch.randperm(1500, generator=gen)[:k]] for _ in range(4)])
+    starts[1, -2:] += 50.0  # two clusters start empty in one restart: relocation
+    batched = lloyd(x, starts, sample_weight=w, tol=0.0)
+    assert int(batched.n_iter.max()) > lloyd_module._REFRESH_EVERY
+    assert len(set(batched.n_iter.tolist())) > 1
+    monkeypatch.setattr(lloyd_module, "_REFRESH_EVERY", 1)  # full sums every iteration
+    recomputed = lloyd(x, starts, sample_weight=w, tol=0.0)
+    torch.testing.assert_close(batched.centroids, recomputed.centroids, rtol=1e-12, atol=1e-12)
+    assert torch.equal(batched.labels, recomputed.labels)
+    for i in range(4):
+        single = lloyd(x, starts[i], sample_weight=w, tol=0.0)
+        torch.testing.assert_close(batched.centroids[i], single.centroids, rtol=1e-10, atol=1e-10)
+        assert torch.equal(batched.labels[i], single.labels)
+        assert int(batched.n_iter[i]) == int(single.n_iter)
+        torch.testing.assert_close(batched.inertia[i], single.inertia, rtol=1e-12, atol=0)
+        # A restart that left the batch records no inertia after its last iteration.
+        assert torch.isnan(batched.inertia_history[i, int(single.n_iter) :]).all()
+
+
 def test_kmeans_keeps_the_best_restart():
     x = torch.tensor(blobs(n=500, d=2, k=8, seed=5))
     one = [

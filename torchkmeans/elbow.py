@@ -35,13 +35,13 @@ SCORES = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
 
 _CURVES = ("log", "raw")
 
-# On the CPU every problem costs its full per-iteration work until the whole
-# batch stops, so the sweep runs in rounds of this many iterations and drops
-# the problems that have converged between rounds (measured in
-# benchmarks/bench_elbow.py: about 1.3x faster on load_digits, k = 1..20).
-_CPU_ROUND_ITERATIONS = 10
-# At most this many groups of ks, each padded to its own largest k, on the CPU.
-_CPU_MAX_GROUPS = 2
+# Every group of ks padded to its own largest k is one batched Lloyd run, and
+# each of its iterations pays a fixed cost in small tensor ops. On the CPU that
+# cost is worth about this many multiply-adds of centroid scoring (measured
+# with benchmarks/bench_elbow.py and on 20,000 x 32 blobs: 2 groups for
+# load_digits, k = 1..20, 4 for the blobs, 1 for the 300-point tutorial data;
+# one group per k was up to 1.5x slower). On a GPU one group is best.
+_CPU_GROUP_OVERHEAD = 100_000_000
 
 
 @dataclass
@@ -244,19 +244,34 @@ def _check_scores(scores: Any) -> tuple[str, ...]:
     return names
 
 
-def _groups(ks: tuple[int, ...], max_groups: int) -> list[list[int]]:
-    """Split the positions of ``ks`` into contiguous groups padding the fewest centroids.
+def _groups(ks: tuple[int, ...], row_cost: int, overhead: float) -> list[list[int]]:
+    """Split the positions of ``ks`` into contiguous groups of least estimated cost.
 
-    Each group is padded to its own largest k; the cost is ``sum(len * max k)``.
+    A group is padded to its own largest k and costs ``len * max k *
+    row_cost + overhead`` (``row_cost``: the work of scoring one centroid of
+    one problem, n*(d+1)*n_init); found exactly by dynamic programming.
+
+    Examples
+    --------
+    >>> _groups((1, 2, 3, 10), row_cost=1, overhead=0)
+    [[0], [1], [2], [3]]
+    >>> _groups((1, 2, 3, 10), row_cost=1, overhead=100)
+    [[0, 1, 2, 3]]
     """
     n = len(ks)
-    best: tuple[int, list[list[int]]] = (n * ks[-1], [list(range(n))])
-    if max_groups >= 2:
-        for cut in range(1, n):
-            cost = cut * ks[cut - 1] + (n - cut) * ks[-1]
-            if cost < best[0]:
-                best = (cost, [list(range(cut)), list(range(cut, n))])
-    return best[1]
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j positions
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        for start in range(stop):
+            cost = best[start] + (stop - start) * ks[stop - 1] * row_cost + overhead
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    groups: list[list[int]] = []
+    stop = n
+    while stop:
+        groups.append(list(range(cut[stop], stop)))
+        stop = cut[stop]
+    return groups[::-1]
 
 
 class _Progress:
@@ -329,44 +344,32 @@ def _sweep(
     ).contiguous()
     inertia = torch.empty(n_problems, dtype=torch.float64, device=x.device)
     k_of_problem = torch.tensor(ks, device=x.device).repeat_interleave(n_init)
-    on_cpu = x.device.type == "cpu"
-    groups = _groups(ks, _CPU_MAX_GROUPS if on_cpu else 1)
-    round_iterations = _CPU_ROUND_ITERATIONS if on_cpu else max_iter
+    if x.device.type == "cpu":
+        groups = _groups(ks, x.shape[0] * (d + 1) * n_init, _CPU_GROUP_OVERHEAD)
+    else:
+        groups = [list(range(n_ks))]
     progress.phase("Lloyd iterations")
     for group in groups:
         k_group = ks[group[-1]]
-        active = torch.arange(group[0] * n_init, (group[-1] + 1) * n_init, device=x.device)
-        used = 0
-        while active.numel():
-            iterations = min(round_iterations, max_iter - used)
-            mask = torch.arange(k_group, device=x.device) < k_of_problem[active, None]
-            # Restarting Lloyd from the centroids of the last round continues
-            # the same sequence of iterations. Only a fit that met the
-            # tolerance exactly at the end of a round cannot be told from one
-            # still moving (n_iter == iterations either way): it runs on, and
-            # its inertia can only go down.
-            result = lloyd(
-                x,
-                centroids[active, :k_group],
-                max_iter=iterations,
-                tol=tol,
-                metric=metric,
-                memory_budget=memory_budget,
-                cluster_mask=mask,
-            )
-            centroids[active, :k_group] = result.centroids.to(centroids.dtype)
-            inertia[active] = result.inertia.to(torch.float64)
-            used += iterations
-            still_running = result.n_iter >= iterations
-            if used >= max_iter:
-                still_running = torch.zeros_like(still_running)
-            before = set((active // n_init).tolist()) if progress.enabled else set()
-            active = active[still_running]
-            if progress.enabled:
-                after = set((active // n_init).tolist())
-                for position in sorted(before - after):
-                    best = float(inertia[position * n_init : (position + 1) * n_init].min())
-                    progress.done(ks[position], best)
+        members = slice(group[0] * n_init, (group[-1] + 1) * n_init)
+        mask = torch.arange(k_group, device=x.device) < k_of_problem[members, None]
+        # One batched run per group: problems that converge leave the batch
+        # inside lloyd (on the CPU) or are frozen (elsewhere).
+        result = lloyd(
+            x,
+            centroids[members, :k_group],
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            memory_budget=memory_budget,
+            cluster_mask=mask,
+        )
+        centroids[members, :k_group] = result.centroids.to(centroids.dtype)
+        inertia[members] = result.inertia.to(torch.float64)
+        if progress.enabled:
+            for position in group:
+                best = float(inertia[position * n_init : (position + 1) * n_init].min())
+                progress.done(ks[position], best)
     best = inertia.view(n_ks, n_init).argmin(1)
     chosen = torch.arange(n_ks, device=x.device) * n_init + best
     return inertia[chosen], centroids[chosen]

@@ -15,9 +15,8 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
-    argmin_rows,
+    assign_block,
     augmented_centroids,
-    augmented_scores,
     block_rows,
     compute_dtype,
     exact_distances,
@@ -133,13 +132,20 @@ def _assign_pass(
     acc = _accumulation_dtype(x_aug.device)
     total = torch.zeros(centroids.shape[0], dtype=acc, device=x_aug.device)
     n = x_aug.shape[1]
+    # Rows shared by several problems are scattered once per problem on the
+    # CPU (see accumulate): in spans of many blocks, so that the number of
+    # calls stays small while the span is still in cache.
+    span = rows
+    if totals is not None and x_aug.shape[0] == 1 < centroids.shape[0]:
+        if x_aug.device.type == "cpu":
+            span = max(rows, _SHARED_SCATTER_BYTES // (x_aug.shape[2] * x_aug.element_size()))
+    pending = 0
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x_aug[:, start:stop]
         block_weights = weights[:, start:stop] if weights is not None else None
-        values, block_labels = argmin_rows(
-            augmented_scores(xb, augmented),
-            previous[:, start:stop] if previous is not None else None,
+        values, block_labels = assign_block(
+            xb, augmented, previous[:, start:stop] if previous is not None else None
         )
         labels[:, start:stop] = block_labels
         if block_weights is None:
@@ -150,9 +156,47 @@ def _assign_pass(
             distances[:, start:stop] = exact_distances(
                 prep.x[:, start:stop], centroids, block_labels, prep.metric == "cosine"
             )
-        if totals is not None:
-            accumulate(totals, xb, block_labels, block_weights)
+        if totals is not None and (stop - pending >= span or stop == n):
+            accumulate(
+                totals,
+                x_aug[:, pending:stop],
+                labels[:, pending:stop],
+                weights[:, pending:stop] if weights is not None else None,
+            )
+            pending = stop
     return total
+
+
+_SHARED_SCATTER_BYTES = 4 * 1024 * 1024
+# Incrementally updated totals are recomputed from scratch this often, so
+# rounding in float32 sums cannot build up over a long fit.
+_REFRESH_EVERY = 16
+
+
+def _move_points(
+    totals: torch.Tensor,
+    prep: Prepared,
+    changed: torch.Tensor,
+    labels: torch.Tensor,
+    previous: torch.Tensor,
+) -> None:
+    """Move the rows whose label ``changed`` ``(b, n)`` between clusters' totals.
+
+    For data shared by the b problems (``prep.x_aug`` ``(1, n, d+1)``) and
+    totals ``(b, k, d+1)`` that hold the sums of the ``previous`` labels.
+    """
+    b, k, width = totals.shape
+    problem, row = changed.nonzero(as_tuple=True)
+    if not problem.numel():
+        return
+    moved = prep.x_aug[0].index_select(0, row)
+    if prep.weights is not None:
+        moved = moved * prep.weights[0].index_select(0, row).unsqueeze(-1)
+    moved = moved.to(totals.dtype)
+    base = problem * k
+    flat = totals.view(b * k, width)
+    flat.index_add_(0, base + labels[problem, row], moved)
+    flat.index_add_(0, base + previous[problem, row], moved, alpha=-1)
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -210,8 +254,12 @@ def _run_lloyd_small(
     offset = float(_score_offset(prep)[0])
     history: list[float] = []
     for _ in range(max_iter):
-        scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
-        values, labels = argmin_rows(scores, previous)
+        values, labels = assign_block(
+            x_aug.unsqueeze(0),
+            augmented_centroids(centroid, prep.metric).unsqueeze(0),
+            None if previous is None else previous.unsqueeze(0),
+        )
+        values, labels = values[0], labels[0]
         if weights is None:
             history.append(float(values.sum(dtype=torch.float64)) + offset)
         else:
@@ -310,20 +358,44 @@ def run_lloyd(
     single = on_cpu and b == 1
     tol_value = float(tol_abs.max()) if single else 0.0
     distances = None if on_cpu else torch.empty((b, n), dtype=dtype, device=device)
+    # Problems sharing the data (restarts, a sweep over k) converge after very
+    # different numbers of iterations. On the CPU the converged ones leave the
+    # working batch instead of being recomputed and frozen; ``kept`` maps the
+    # working batch to the full one (``None`` while nothing has left).
+    can_compact = (
+        on_cpu
+        and not single
+        and prep.x_aug.shape[0] == 1
+        and (prep.weights is None or prep.weights.shape[0] == 1)
+    )
+    kept: torch.Tensor | None = None
+    full: dict[str, torch.Tensor] = {}
+    fresh = False
+    full_active = active
 
     for iteration in range(max_iter):
-        totals.zero_()
+        # Shared rows on the CPU: after a full scatter, the totals follow the
+        # few points that change cluster (most keep theirs), refreshed in full
+        # every _REFRESH_EVERY iterations and after any relocation.
+        incremental = can_compact and fresh and iteration % _REFRESH_EVERY != 0
+        if not incremental:
+            totals.zero_()
         total = _assign_pass(
             prep,
             centroids,
             labels,
             rows,
-            totals=totals,
+            totals=None if incremental else totals,
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
             active=active,
         )
         history[:, iteration] = total + offset
+        changed = None
+        if incremental:
+            changed = labels != previous_labels
+            _move_points(totals, prep, changed, labels, previous_labels)
+        fresh = can_compact
         if not on_cpu:
             relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances, active)
         elif bool((((counts <= 0) & active) if active is not None else (counts <= 0)).any()):
@@ -331,6 +403,7 @@ def run_lloyd(
             relocate_empty_clusters(
                 totals, prep.x_aug, prep.weights, labels, point_distances, active
             )
+            fresh = False
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
@@ -342,7 +415,7 @@ def run_lloyd(
                 break
             continue
         shift = (updated - centroids).square_().sum((-1, -2))
-        unchanged = (labels == previous_labels).all(-1)
+        unchanged = ~changed.any(-1) if changed is not None else (labels == previous_labels).all(-1)
         converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running
@@ -351,6 +424,48 @@ def run_lloyd(
         labels, previous_labels = previous_labels, labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
             break
+        if can_compact and bool(done.any()):
+            working = {
+                "centroids": centroids,
+                "n_iter": n_iter,
+                "history": history,
+                "previous_labels": previous_labels,
+            }
+            if kept is None:
+                kept = torch.arange(b, device=device)
+                full = {name: value.clone() for name, value in working.items()}
+            finished, running = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+            for name, value in working.items():
+                full[name][kept[finished]] = value[finished]
+            kept = kept[running]
+            centroids, n_iter, history = centroids[running], n_iter[running], history[running]
+            labels, previous_labels = labels[running], previous_labels[running]
+            done = done[running]
+            if active is not None:
+                active = active[running]
+            totals = totals[running].contiguous()
+            sums, counts = totals[..., :d], totals[..., d]
+            b = centroids.shape[0]
+            rows = block_rows(
+                n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
+            )
+
+    if kept is not None:
+        for name, value in (
+            ("centroids", centroids),
+            ("n_iter", n_iter),
+            ("history", history),
+            ("previous_labels", previous_labels),
+        ):
+            full[name][kept] = value
+        centroids, n_iter, history = full["centroids"], full["n_iter"], full["history"]
+        previous_labels = full["previous_labels"]
+        labels = torch.empty_like(previous_labels)
+        active = full_active
+        b = centroids.shape[0]
+        rows = block_rows(
+            n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
+        )
 
     # The last assignment used the centroids before the last update; one more
     # pass makes the labels (and inertia) those of the returned centroids, with
