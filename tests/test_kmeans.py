@@ -331,6 +331,14 @@ X_INF[0, 0] = np.inf
         ({}, np.array([["a", "b"], ["c", "d"]]), {}, ValueError, "Expected X to hold numbers"),
         ({}, np.ones((4, 2)) * 1j, {}, ValueError, "Complex data not supported"),
         ({}, np.zeros((0, 3)), {}, ValueError, r"Found array with 0 sample\(s\)"),
+        (
+            {},
+            (batch for batch in (X_OK[:10], X_OK[10:])),
+            {},
+            TypeError,
+            r"Expected X to be an array-like, memmap or tensor that KMeans can read once per "
+            r"Lloyd iteration, got generator; MiniBatchKMeans.fit and partial_fit take",
+        ),
     ],
 )
 def test_bad_input_errors(params, X, fit_kwargs, error, match):

@@ -257,6 +257,37 @@ def test_compute_labels_false_and_early_stopping():
     assert tol.n_steps_ < (100 * 4000) // 200
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-3])
+def test_deferred_checks_stop_at_the_same_step_as_checking_every_step(monkeypatch, tol):
+    """On a GPU the early-stopping statistics are read every 10 steps and
+    replayed; a stop inside a window rolls back to that step. Run on the CPU."""
+    import torchkmeans.minibatch as minibatch_module
+
+    X = blobs(n=4000, d=3, k=4, seed=5)
+    params = dict(batch_size=200, reassignment_ratio=0.0, random_state=0, tol=tol)
+    every_step = MiniBatchKMeans(4, max_no_improvement=3, **params).fit(X)
+    monkeypatch.setattr(minibatch_module, "_steps_between_checks", lambda device: 7)
+    deferred = MiniBatchKMeans(4, max_no_improvement=3, **params).fit(X)
+    assert every_step.n_steps_ < (100 * 4000) // 200
+    assert every_step.n_steps_ % 7 != 0  # the stop falls inside a window
+    assert deferred.n_steps_ == every_step.n_steps_
+    np.testing.assert_array_equal(deferred.cluster_centers_, every_step.cluster_centers_)
+    np.testing.assert_array_equal(deferred.counts_, every_step.counts_)
+    assert deferred.inertia_ == every_step.inertia_
+
+
+def test_deferred_reassignment_decides_on_the_device(monkeypatch):
+    import torchkmeans.minibatch as minibatch_module
+
+    X = load_digits().data
+    host = MiniBatchKMeans(10, batch_size=256, random_state=0).fit(X)
+    monkeypatch.setattr(minibatch_module, "_steps_between_checks", lambda device: 10)
+    deferred = MiniBatchKMeans(10, batch_size=256, random_state=0).fit(X)
+    assert np.isfinite(deferred.cluster_centers_).all()
+    assert deferred.inertia_ <= 1.05 * host.inertia_
+    assert len(np.unique(deferred.labels_)) == 10
+
+
 def test_sample_weight_draws_the_batches():
     X = np.array([[0.0], [0.1], [10.0], [10.1]])
     weights = np.array([1.0, 1.0, 0.0, 0.0])

@@ -272,3 +272,19 @@ def check_init(init: Any) -> None:
             "Expected init to be 'k-means++', 'random', an array of shape "
             f"(n_clusters, n_features) or a callable, got {type(init).__name__}."
         )
+
+
+def is_batch_stream(X: Any) -> bool:
+    """Whether ``X`` is an iterable of batches (a DataLoader, a generator)
+    rather than one array-like.
+
+    Examples
+    --------
+    >>> is_batch_stream(iter([np.zeros((2, 3))])), is_batch_stream(np.zeros((2, 3)))
+    (True, False)
+    """
+    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)):
+        return False
+    if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
+        return False
+    return hasattr(X, "__iter__")

@@ -197,6 +197,12 @@ class KMeans(EstimatorProtocol):
         -------
         self
         """
+        if v.is_batch_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like, memmap or tensor that KMeans can read once "
+                f"per Lloyd iteration, got {type(X).__name__}; MiniBatchKMeans.fit and "
+                "partial_fit take iterables of batches."
+            )
         collective = distributed.collective(self.process_group)
         if collective.distributed or should_stream(X, self.device):
             return self._fit_passes(X, sample_weight, collective)

@@ -43,15 +43,6 @@ _PRIVATE_STATE = (
 )
 
 
-def _is_stream(X: Any) -> bool:
-    """Whether ``X`` is an iterable of batches rather than one array-like."""
-    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)):
-        return False
-    if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
-        return False
-    return hasattr(X, "__iter__")
-
-
 def _first(batch: Any) -> Any:
     """The data of one yielded batch: DataLoaders may yield ``(x, y)`` tuples/lists."""
     if isinstance(batch, (tuple, list)) and batch:
@@ -420,10 +411,20 @@ class MiniBatchKMeans(KMeans):
         generator.set_state(self._generator_state)
         return generator
 
-    def _should_reassign(self, counts: torch.Tensor) -> bool:
-        """scikit-learn's rule: every ``10 * n_clusters`` samples, or when a centre is empty."""
+    def _should_reassign(self, counts: torch.Tensor, on_host: bool = True) -> bool | torch.Tensor:
+        """scikit-learn's rule: every ``10 * n_clusters`` samples, or when a centre is empty.
+
+        With ``on_host=False`` the empty-centre test stays on the device (a
+        bool tensor, no synchronisation); it then does not restart the count.
+        """
         self._n_since_last_reassign += self._batch_size
-        if bool((counts == 0).any()) or self._n_since_last_reassign >= 10 * counts.shape[0]:
+        if self._n_since_last_reassign >= 10 * counts.shape[0]:
+            self._n_since_last_reassign = 0
+            return True
+        empty = (counts == 0).any()
+        if not on_host:
+            return empty
+        if bool(empty):
             self._n_since_last_reassign = 0
             return True
         return False
@@ -457,7 +458,7 @@ class MiniBatchKMeans(KMeans):
         -------
         self
         """
-        if _is_stream(X):
+        if v.is_batch_stream(X):
             _refuse_weights_with_stream(sample_weight)
             self._reset()
             for batch in X:
@@ -505,6 +506,9 @@ class MiniBatchKMeans(KMeans):
 
         n_steps = (self.max_iter * n) // batch_size
         stopper = _EarlyStopping(self, n_steps, n, batch_size, tol)
+        every = _steps_between_checks(device)
+        # Steps since the last host read: (centres, counts, inertia, shift).
+        window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
@@ -517,16 +521,36 @@ class MiniBatchKMeans(KMeans):
                 self._prepare(source.take(index)),
                 centers,
                 counts,
-                random_reassign=self._should_reassign(counts),
+                random_reassign=self._should_reassign(counts, on_host=every == 1),
                 reassignment_ratio=self.reassignment_ratio,
                 generator=generator,
                 metric=self.metric,
                 memory_budget=self.memory_budget,
             )
-            shift = float(((step.centroids - centers) ** 2).sum()) if tol > 0 else 0.0
+            shift = (
+                ((step.centroids - centers) ** 2).sum() if tol > 0 else step.inertia.new_zeros(())
+            )
             centers, counts = step.centroids, step.weight_sums
-            if stopper.update(step_index, float(step.inertia), shift):
+            window.append((centers, counts, step.inertia, shift))
+            if len(window) < every and step_index < n_steps - 1:
+                continue
+            # One host read for the whole window, replayed step by step; a
+            # stop inside it rolls back to that step's centres.
+            stats = torch.stack([torch.stack([s[2], s[3]]).double() for s in window]).tolist()
+            first = step_index - len(window) + 1
+            stopped = next(
+                (
+                    i
+                    for i, (inertia, moved) in enumerate(stats)
+                    if stopper.update(first + i, inertia, moved)
+                ),
+                None,
+            )
+            if stopped is not None:
+                centers, counts = window[stopped][0], window[stopped][1]
+                step_index = first + stopped
                 break
+            window.clear()
         stopper.close()
 
         self._store_state(centers, counts, generator, source.kind)
@@ -571,7 +595,7 @@ class MiniBatchKMeans(KMeans):
         -------
         self
         """
-        if _is_stream(X):
+        if v.is_batch_stream(X):
             _refuse_weights_with_stream(sample_weight)
             for batch in X:
                 self._partial_fit_batch(_first(batch), None)
@@ -655,13 +679,20 @@ class MiniBatchKMeans(KMeans):
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then the labels of ``X`` (``labels_``, or ``predict`` without them)."""
-        if _is_stream(X):
+        if v.is_batch_stream(X):
             raise TypeError(
                 "Expected X to be an array-like or tensor for fit_predict, got an iterable "
                 "of batches; call fit, then predict on each batch."
             )
         self.fit(X, sample_weight=sample_weight)
         return self.labels_ if self.compute_labels else self.predict(X)
+
+
+def _steps_between_checks(device: torch.device) -> int:
+    """Steps between host reads of the early-stopping statistics: every step on
+    the CPU, where a read costs nothing; every 10 elsewhere, where each read
+    waits for the device."""
+    return 1 if device.type == "cpu" else 10
 
 
 class _EarlyStopping:

@@ -251,10 +251,12 @@ def argmin_rows(
     return values, labels
 
 
-# Up to this many centroids a CPU block is scored as (b, k, m): the minimum over
-# k is then a reduction across contiguous rows, which vectorises, where the
-# (b, m, k) layout reduces short rows one at a time (measured 3-10x slower for
-# k = 10..64; from a few hundred centroids the row layout is faster).
+# Several problems with up to this many centroids: a CPU block is scored as
+# (b, k, m), where the minimum over k is a reduction across contiguous rows,
+# which vectorises; the (b, m, k) view of one product against all b*k
+# centroids reduces short strided rows one at a time (measured 3-10x slower
+# for b = 10..200, k = 10..64). For one problem, or from a few hundred
+# centroids, the row layout is as fast or faster.
 _COLUMN_LAYOUT_MAX_K = 128
 
 
@@ -268,7 +270,7 @@ def assign_block(
     ``(b, m)`` warm-start the search on the CPU (see :func:`argmin_rows`).
     """
     b, k, width = augmented.shape
-    if xb.device.type != "cpu" or k > _COLUMN_LAYOUT_MAX_K:
+    if xb.device.type != "cpu" or b == 1 or k > _COLUMN_LAYOUT_MAX_K:
         return argmin_rows(augmented_scores(xb, augmented), previous)
     if xb.shape[0] == 1:
         scores = torch.mm(augmented.reshape(b * k, width), xb[0].T).view(b, k, -1)

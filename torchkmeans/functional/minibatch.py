@@ -32,7 +32,7 @@ def minibatch_step(
     weight_sums: torch.Tensor,
     *,
     sample_weight: torch.Tensor | None = None,
-    random_reassign: bool = False,
+    random_reassign: bool | torch.Tensor = False,
     reassignment_ratio: float = 0.01,
     generator: torch.Generator | None = None,
     metric: str = "euclidean",
@@ -62,8 +62,10 @@ def minibatch_step(
         first step).
     sample_weight : Tensor, optional
         ``(n,)`` or ``(b, n)`` non-negative weights of the batch rows.
-    random_reassign : bool, default=False
-        Whether to reseed light centroids on this step.
+    random_reassign : bool or Tensor, default=False
+        Whether to reseed light centroids on this step; a bool tensor on the
+        device decides without a host synchronisation (the reseeding is then
+        computed every step and applied where the flag is set).
     reassignment_ratio : float, default=0.01
         Fraction of the heaviest centroid's weight below which a centroid is
         reseeded.
@@ -147,8 +149,11 @@ def minibatch_step(
         moved = torch.nn.functional.normalize(moved, dim=-1)
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
 
-    if random_reassign and reassignment_ratio > 0:
+    deferred = isinstance(random_reassign, torch.Tensor)
+    if (deferred or random_reassign) and reassignment_ratio > 0:
         to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
+        if deferred:
+            to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
         to_reassign &= rank < int(0.5 * n_total)
