@@ -288,6 +288,18 @@ def test_deferred_reassignment_decides_on_the_device(monkeypatch):
     assert len(np.unique(deferred.labels_)) == 10
 
 
+def test_fewer_distinct_clusters_than_centres_is_a_convergence_warning():
+    from torchkmeans.exceptions import ConvergenceWarning
+
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0], [9.0, 0.0]]), 50, axis=0)
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"Number of distinct clusters \(3\) found smaller than n_clusters \(5\): some "
+        r"centres are the nearest to no point",
+    ):
+        MiniBatchKMeans(5, batch_size=30, random_state=0).fit(X)
+
+
 def test_sample_weight_draws_the_batches():
     X = np.array([[0.0], [0.1], [10.0], [10.1]])
     weights = np.array([1.0, 1.0, 0.0, 0.0])

@@ -434,7 +434,8 @@ class MiniBatchKMeans(KMeans):
         if n_distinct < self._centers.shape[0]:
             warnings.warn(
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
-                f"n_clusters ({self._centers.shape[0]}). Possibly due to duplicate points in X.",
+                f"n_clusters ({self._centers.shape[0]}): some centres are the nearest to no "
+                "point (duplicate points in X, or too few steps to move every centre).",
                 ConvergenceWarning,
                 stacklevel=3,
             )
