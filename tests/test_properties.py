@@ -85,6 +85,26 @@ def test_batched_run_equals_separate_runs(batch):
         assert int(together.n_iter[i]) == int(alone.n_iter)
 
 
+@SETTINGS
+@given(tie_free_problems(max_n=80, max_k=20), st.integers(2, 5), st.integers(0, 2**32 - 1))
+def test_restarts_on_shared_data_equal_separate_runs(problem, restarts, seed):
+    """Shared data takes its own path on the CPU (one-hot or per-problem sums,
+    converged restarts leaving the batch, totals following moved points)."""
+    x, _ = problem
+    n, k = len(x), len(problem[1])
+    rng = np.random.default_rng(seed)
+    starts = np.stack([x[rng.choice(n, k, replace=False)] for _ in range(restarts)])
+    together = lloyd(torch.tensor(x), torch.tensor(starts), tol=0.0)
+    scale = float(np.abs(x).max())
+    for i in range(restarts):
+        alone = lloyd(torch.tensor(x), torch.tensor(starts[i]), tol=0.0)
+        np.testing.assert_allclose(
+            together.centroids[i].numpy(), alone.centroids.numpy(), rtol=1e-7, atol=1e-9 * scale
+        )
+        np.testing.assert_array_equal(together.labels[i].numpy(), alone.labels.numpy())
+        assert int(together.n_iter[i]) == int(alone.n_iter)
+
+
 @pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
 @SETTINGS
 @given(problems(), st.integers(0, 2**31 - 1))
