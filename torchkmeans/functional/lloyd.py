@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
+    argmin_rows,
     assign_block,
     augmented_centroids,
     block_rows,
@@ -253,13 +254,14 @@ def _run_lloyd_small(
     previous: torch.Tensor | None = None
     offset = float(_score_offset(prep)[0])
     history: list[float] = []
+    cosine = prep.metric == "cosine"
     for _ in range(max_iter):
-        values, labels = assign_block(
-            x_aug.unsqueeze(0),
-            augmented_centroids(centroid, prep.metric).unsqueeze(0),
-            None if previous is None else previous.unsqueeze(0),
-        )
-        values, labels = values[0], labels[0]
+        if cosine:
+            scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
+        else:
+            # |c|^2 - 2 x.c in one addmm: fewer small ops than building [-2c | |c|^2].
+            scores = torch.addmm((centroid * centroid).sum(1), x, centroid.T, alpha=-2.0)
+        values, labels = argmin_rows(scores, previous)
         if weights is None:
             history.append(float(values.sum(dtype=torch.float64)) + offset)
         else:
