@@ -5,7 +5,10 @@ argmin, and the scatter of each block into the cluster sums while the block
 is still in cache. A batch of b problems (restarts, data sets) runs in the
 same kernels; a problem that has converged is frozen with ``torch.where``, so
 the host only looks at the stopping flags every ``check_every`` iterations
-and the result is the same as checking after every one.
+and the result is the same as checking after every one. On the CPU, problems
+that share their data (restarts, a sweep over k) leave the batch once they
+have converged, and their cluster sums follow only the points that change
+cluster between full recomputations.
 """
 
 from __future__ import annotations
@@ -168,6 +171,8 @@ def _assign_pass(
     return total
 
 
+# Rows shared by several problems are scattered in spans of about this many
+# bytes of [x | 1] rows (one call per problem per span, see accumulate).
 _SHARED_SCATTER_BYTES = 4 * 1024 * 1024
 # Incrementally updated totals are recomputed from scratch this often, so
 # rounding in float32 sums cannot build up over a long fit.
