@@ -176,6 +176,29 @@ def test_shared_data_restarts_leave_the_batch_and_follow_moved_points_exactly(
         assert torch.isnan(batched.inertia_history[i, int(single.n_iter) :]).all()
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_problem_following_moved_points_equals_full_sums(monkeypatch, weighted):
+    """The general loop on one problem also follows the moved points once few move."""
+    from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+    lloyd_module = __import__("importlib").import_module("torchkmeans.functional.lloyd")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(3000, 4, generator=gen, dtype=torch.float64)
+    w = torch.rand(3000, generator=gen, dtype=torch.float64) + 0.5 if weighted else None
+    prep = prepare(x, sample_weight=w)
+    start = prep.x[:, :40].clone()
+    start[0, -3:] += 30.0  # empty clusters: relocation resets the followed sums
+    monkeypatch.setattr(lloyd_module, "_FOLLOW_MAX_MOVED", 1.0)  # follow whenever possible
+    followed = run_lloyd(prep, start, tol=0.0, small_path=False)
+    monkeypatch.setattr(lloyd_module, "_REFRESH_EVERY", 1)  # full sums every iteration
+    full = run_lloyd(prep, start, tol=0.0, small_path=False)
+    assert int(full.n_iter) > 16
+    assert torch.equal(followed.n_iter, full.n_iter)
+    assert torch.equal(followed.labels, full.labels)
+    torch.testing.assert_close(followed.centroids, full.centroids, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(followed.inertia, full.inertia, rtol=1e-12, atol=0)
+
+
 def test_kmeans_keeps_the_best_restart():
     x = torch.tensor(blobs(n=500, d=2, k=8, seed=5))
     one = [

@@ -177,6 +177,9 @@ _SHARED_SCATTER_BYTES = 4 * 1024 * 1024
 # Incrementally updated totals are recomputed from scratch this often, so
 # rounding in float32 sums cannot build up over a long fit.
 _REFRESH_EVERY = 16
+# ... and whenever more than this share of the rows changed cluster in the
+# last iteration: moving them costs more than one scatter of all rows.
+_FOLLOW_MAX_MOVED = 0.1
 
 
 def _move_points(
@@ -369,22 +372,26 @@ def run_lloyd(
     # different numbers of iterations. On the CPU the converged ones leave the
     # working batch instead of being recomputed and frozen; ``kept`` maps the
     # working batch to the full one (``None`` while nothing has left).
-    can_compact = (
-        on_cpu
-        and not single
-        and prep.x_aug.shape[0] == 1
-        and (prep.weights is None or prep.weights.shape[0] == 1)
-    )
+    shared = prep.x_aug.shape[0] == 1 and (prep.weights is None or prep.weights.shape[0] == 1)
+    can_follow = on_cpu and shared
+    can_compact = can_follow and not single
     kept: torch.Tensor | None = None
     full: dict[str, torch.Tensor] = {}
     fresh = False
     full_active = active
+    moved_share = 1.0  # of the rows that changed cluster in the last iteration
 
     for iteration in range(max_iter):
         # Shared rows on the CPU: after a full scatter, the totals follow the
-        # few points that change cluster (most keep theirs), refreshed in full
-        # every _REFRESH_EVERY iterations and after any relocation.
-        incremental = can_compact and fresh and iteration % _REFRESH_EVERY != 0
+        # few points that change cluster (most keep theirs, once the first
+        # iterations are over), refreshed in full every _REFRESH_EVERY
+        # iterations and after any relocation.
+        incremental = (
+            can_follow
+            and fresh
+            and iteration % _REFRESH_EVERY != 0
+            and moved_share <= _FOLLOW_MAX_MOVED
+        )
         if not incremental:
             totals.zero_()
         total = _assign_pass(
@@ -399,10 +406,12 @@ def run_lloyd(
         )
         history[:, iteration] = total + offset
         changed = None
-        if incremental:
+        if can_follow and iteration > 0:
             changed = labels != previous_labels
-            _move_points(totals, prep, changed, labels, previous_labels)
-        fresh = can_compact
+            if incremental:
+                _move_points(totals, prep, changed, labels, previous_labels)
+            moved_share = float(changed.sum()) / changed.numel()
+        fresh = can_follow
         if not on_cpu:
             relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances, active)
         elif bool((((counts <= 0) & active) if active is not None else (counts <= 0)).any()):
@@ -414,7 +423,9 @@ def run_lloyd(
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
-            strict = torch.equal(labels, previous_labels)
+            strict = (
+                moved_share == 0.0 if changed is not None else torch.equal(labels, previous_labels)
+            )
             shift = float((updated - centroids).square_().sum())
             centroids = updated
             labels, previous_labels = previous_labels, labels
