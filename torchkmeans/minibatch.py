@@ -537,7 +537,8 @@ class MiniBatchKMeans(KMeans):
                 continue
             # One host read for the whole window, replayed step by step; a
             # stop inside it rolls back to that step's centres.
-            stats = torch.stack([torch.stack([s[2], s[3]]).double() for s in window]).tolist()
+            pairs = [torch.stack([step[2].double(), step[3].double()]) for step in window]
+            stats = torch.stack(pairs).tolist()
             first = step_index - len(window) + 1
             stopped = next(
                 (
