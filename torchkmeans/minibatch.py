@@ -537,7 +537,7 @@ class MiniBatchKMeans(KMeans):
                 continue
             # One host read for the whole window, replayed step by step; a
             # stop inside it rolls back to that step's centres.
-            pairs = [torch.stack([step[2].double(), step[3].double()]) for step in window]
+            pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
             stats = torch.stack(pairs).tolist()
             first = step_index - len(window) + 1
             stopped = next(
