@@ -268,7 +268,7 @@ def _run_lloyd_small(
             scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
         else:
             # |c|^2 - 2 x.c in one addmm: fewer small ops than building [-2c | |c|^2].
-            scores = torch.addmm((centroid * centroid).sum(1), x, centroid.T, alpha=-2.0)
+            scores = torch.addmm(squared_norms(centroid), x, centroid.T, alpha=-2.0)
         values, labels = argmin_rows(scores, previous)
         if weights is None:
             history.append(float(values.sum(dtype=torch.float64)) + offset)
@@ -344,10 +344,13 @@ def run_lloyd(
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 10
     tol_abs = (prep.mean_variance * tol).to(dtype)  # (bx,)
-    rows = block_rows(
-        n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
-    )
 
+    def rows_for(problems: int) -> int:
+        return block_rows(
+            n, problems * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
+        )
+
+    rows = rows_for(b)
     on_cpu = device.type == "cpu" if host_checks is None else host_checks
     if on_cpu and b == 1 and rows >= n and small_path and active is None:
         return _run_lloyd_small(
@@ -376,7 +379,7 @@ def run_lloyd(
     can_follow = on_cpu and shared
     can_compact = can_follow and not single
     kept: torch.Tensor | None = None
-    full: dict[str, torch.Tensor] = {}
+    full: list[torch.Tensor] = []  # centroids, n_iter, history, previous labels of all b
     fresh = False
     full_active = active
     moved_share = 1.0  # of the rows that changed cluster in the last iteration
@@ -443,18 +446,13 @@ def run_lloyd(
         if (iteration + 1) % check_every == 0 and bool(done.all()):
             break
         if can_compact and bool(done.any()):
-            working = {
-                "centroids": centroids,
-                "n_iter": n_iter,
-                "history": history,
-                "previous_labels": previous_labels,
-            }
+            working = (centroids, n_iter, history, previous_labels)
             if kept is None:
                 kept = torch.arange(b, device=device)
-                full = {name: value.clone() for name, value in working.items()}
+                full = [value.clone() for value in working]
             finished, running = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
-            for name, value in working.items():
-                full[name][kept[finished]] = value[finished]
+            for stored, value in zip(full, working):
+                stored[kept[finished]] = value[finished]
             kept = kept[running]
             centroids, n_iter, history = centroids[running], n_iter[running], history[running]
             labels, previous_labels = labels[running], previous_labels[running]
@@ -464,26 +462,16 @@ def run_lloyd(
             totals = totals[running].contiguous()
             sums, counts = totals[..., :d], totals[..., d]
             b = centroids.shape[0]
-            rows = block_rows(
-                n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
-            )
+            rows = rows_for(b)
 
     if kept is not None:
-        for name, value in (
-            ("centroids", centroids),
-            ("n_iter", n_iter),
-            ("history", history),
-            ("previous_labels", previous_labels),
-        ):
-            full[name][kept] = value
-        centroids, n_iter, history = full["centroids"], full["n_iter"], full["history"]
-        previous_labels = full["previous_labels"]
+        for stored, value in zip(full, (centroids, n_iter, history, previous_labels)):
+            stored[kept] = value
+        centroids, n_iter, history, previous_labels = full
         labels = torch.empty_like(previous_labels)
         active = full_active
         b = centroids.shape[0]
-        rows = block_rows(
-            n, b * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
-        )
+        rows = rows_for(b)
 
     # The last assignment used the centroids before the last update; one more
     # pass makes the labels (and inertia) those of the returned centroids, with
