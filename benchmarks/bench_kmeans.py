@@ -688,6 +688,7 @@ _ARGMIN_OPS = {"aten::min", "aten::argmin", "aten::amin", "aten::max"}
 _SCATTER_OPS = {"aten::index_add_", "aten::scatter_add_", "aten::index_add"}
 _ASSIGN_FUNCS = {
     "_assign_pass",
+    "_assign_pass_warm",
     "argmin_rows",
     "augmented_centroids",
     "augmented_scores",
@@ -707,6 +708,7 @@ def _phase(op: str, functions: list[str]) -> str:
     if op in _MATMUL_OPS and called_from & {
         "partial_scores",
         "augmented_scores",
+        "_assign_pass_warm",
         "_run_lloyd_small",
     }:
         return "matmul"

@@ -136,3 +136,49 @@ def test_integer_weights_equal_repeated_rows(problem, data):
     np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(a.centroids.numpy(), b.centroids.numpy(), rtol=1e-7, atol=1e-7)
     np.testing.assert_array_equal(np.repeat(a.labels.numpy(), weights), b.labels.numpy())
+
+
+@SETTINGS
+@given(problems(max_n=90, max_k=8), st.integers(0, 2**32 - 1), st.booleans(), st.integers(1, 40))
+def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
+    """The single-problem CPU pass that starts from the previous labels (random
+    here, and duplicated centres make exact ties) finds a nearest centre of
+    every row, and the same sums, weights, distances and total as a full search."""
+    from torchkmeans.functional.lloyd import _assign_pass, prepare
+
+    x, start = problem
+    rng = np.random.default_rng(seed)
+    n, k = len(x), len(start)
+    centroids = np.concatenate([start, start[: rng.integers(0, k + 1)]])  # some twins
+    weights = torch.tensor(rng.uniform(0.5, 2.0, n)) if weighted else None
+    prep = prepare(torch.tensor(x), sample_weight=weights)
+    c = torch.tensor(centroids)[None] - prep.offset
+    previous = torch.tensor(rng.integers(0, len(centroids), (1, n)))
+    before = previous.clone()
+    results = []
+    for warm in (previous, None):
+        labels = torch.empty_like(previous)
+        totals = torch.zeros((1, len(centroids), x.shape[1] + 1), dtype=torch.float64)
+        distances = torch.empty((1, n), dtype=torch.float64)
+        total = _assign_pass(
+            prep, c, labels, rows, totals=totals, previous=warm, distances=distances
+        )
+        results.append((labels, totals, distances, total))
+    (warm_labels, warm_totals, warm_d, warm_total), (labels, totals, d, total) = results
+    assert torch.equal(previous, before)
+    scores = torch.cdist(prep.x[0], c[0]).square()
+    chosen = scores.gather(1, warm_labels[0, :, None]).squeeze(1)
+    best = scores.gather(1, labels[0, :, None]).squeeze(1)
+    scale = 1e-9 * (1.0 + float(scores.max()))
+    assert (chosen <= best + scale).all()
+    # Ties keep the previous label: only then may the two labels differ.
+    differ = warm_labels != labels
+    assert torch.equal(warm_labels[differ], previous[differ])
+    if not differ.any():
+        torch.testing.assert_close(warm_totals, totals, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(warm_d, d, rtol=0, atol=0)
+    torch.testing.assert_close(warm_total, total, rtol=1e-12, atol=scale)
+    counts = torch.zeros(len(centroids), dtype=torch.float64).index_add_(
+        0, warm_labels[0], weights if weighted else torch.ones(n, dtype=torch.float64)
+    )
+    torch.testing.assert_close(warm_totals[0, :, -1], counts)
