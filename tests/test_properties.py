@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +149,8 @@ def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
     every row, and the same sums, weights, distances and total as a full search."""
     from torchkmeans.functional.lloyd import _assign_pass, prepare
 
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+
     x, start = problem
     rng = np.random.default_rng(seed)
     n, k = len(x), len(start)
@@ -160,9 +165,11 @@ def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
         labels = torch.empty_like(previous)
         totals = torch.zeros((1, len(centroids), x.shape[1] + 1), dtype=torch.float64)
         distances = torch.empty((1, n), dtype=torch.float64)
-        total = _assign_pass(
-            prep, c, labels, rows, totals=totals, previous=warm, distances=distances
-        )
+        # The warm pass is taken from this many scores a block; here, always.
+        with mock.patch.object(lloyd_module, "_WARM_START_MIN_ELEMENTS", 0):
+            total = _assign_pass(
+                prep, c, labels, rows, totals=totals, previous=warm, distances=distances
+            )
         results.append((labels, totals, distances, total))
     (warm_labels, warm_totals, warm_d, warm_total), (labels, totals, d, total) = results
     assert torch.equal(previous, before)

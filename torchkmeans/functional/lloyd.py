@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
+    _WARM_START_MIN_ELEMENTS,
     argmin_rows,
     assign_block,
     augmented_centroids,
@@ -133,7 +134,12 @@ def _assign_pass(
     """
     x_aug, weights = prep.x_aug, prep.weights
     augmented = augmented_centroids(centroids, prep.metric, active)
-    if previous is not None and x_aug.device.type == "cpu" and augmented.shape[0] == 1:
+    if (
+        previous is not None
+        and x_aug.device.type == "cpu"
+        and augmented.shape[0] == 1
+        and min(rows, x_aug.shape[1]) * augmented.shape[1] >= _WARM_START_MIN_ELEMENTS
+    ):
         return _assign_pass_warm(
             prep,
             centroids,
