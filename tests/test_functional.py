@@ -327,9 +327,10 @@ def test_relocation_after_the_first_iteration_uses_the_current_centroids():
     ("metric", "weighted", "n_problems"),
     [("euclidean", False, 1), ("euclidean", True, 3), ("cosine", False, 2)],
 )
-def test_accelerator_path_equals_the_cpu_path(metric, weighted, n_problems):
+def test_accelerator_path_equals_the_cpu_path(device, metric, weighted, n_problems):
     """The branch-free path a GPU runs (relocation by topk every iteration,
-    where-based freezing, host checks every 10 iterations), run on the CPU."""
+    where-based freezing, host checks every 10 iterations), run on the device
+    (on the CPU: forced), against the CPU's own path."""
     from torchkmeans.functional.lloyd import prepare, run_lloyd
 
     x = torch.tensor(blobs(n=500, d=4, k=6, seed=8))
@@ -341,8 +342,17 @@ def test_accelerator_path_equals_the_cpu_path(metric, weighted, n_problems):
     )
     starts[:, 4:] += 1e3  # two clusters start empty: relocation in both paths
     host = run_lloyd(prep, starts)
-    device_like = run_lloyd(prep, starts, host_checks=False, check_every=10)
-    torch.testing.assert_close(device_like.centroids, host.centroids)
-    assert torch.equal(device_like.labels, host.labels)
-    assert torch.equal(device_like.n_iter, host.n_iter)
-    torch.testing.assert_close(device_like.inertia, host.inertia)
+    on_device = prepare(
+        x.to(device), sample_weight=w.to(device) if weighted else None, metric=metric
+    )
+    device_like = run_lloyd(
+        on_device,
+        starts.to(device),
+        host_checks=False if device == "cpu" else None,
+        check_every=10,
+    )
+    assert device_like.centroids.device.type == device
+    torch.testing.assert_close(device_like.centroids.cpu(), host.centroids)
+    assert torch.equal(device_like.labels.cpu(), host.labels)
+    assert torch.equal(device_like.n_iter.cpu(), host.n_iter)
+    torch.testing.assert_close(device_like.inertia.cpu(), host.inertia)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import blobs
+from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 from sklearn.cluster._kmeans import _mini_batch_step
 from sklearn.datasets import load_digits, make_blobs
@@ -286,6 +287,33 @@ def test_deferred_reassignment_decides_on_the_device(monkeypatch):
     assert np.isfinite(deferred.cluster_centers_).all()
     assert deferred.inertia_ <= 1.05 * host.inertia_
     assert len(np.unique(deferred.labels_)) == 10
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-3])
+def test_fit_partial_fit_and_predict_on_the_device(device, tol):
+    """On a GPU: deferred early-stopping checks and reassignment decided on the device."""
+    X = torch.tensor(blobs(n=6000, d=8, k=6, seed=11), dtype=torch.float32, device=device)
+    km = MiniBatchKMeans(6, batch_size=256, random_state=0, tol=tol, max_no_improvement=5)
+    km.fit(X)
+    centers = km.cluster_centers_
+    assert centers.device.type == km.labels_.device.type == device
+    assert bool(torch.isfinite(centers).all())
+    assert km.n_steps_ < 100 * 6000 // 256  # stopped early
+    d2 = torch.cdist(X.double(), centers.double()).square().cpu()
+    best = d2.min(1).values
+    chosen = d2.gather(1, km.labels_.cpu().view(-1, 1)).squeeze(1)
+    assert bool((chosen <= best + 1e-4 * (1 + best)).all())
+    assert km.inertia_ == pytest.approx(float(best.sum()), rel=1e-4)
+    full = SklearnKMeans(6, n_init=3, random_state=0).fit(X.cpu().numpy())
+    assert km.inertia_ <= 1.05 * full.inertia_
+    steps = km.n_steps_
+    km.partial_fit(X[:256])
+    assert km.n_steps_ == steps + 1 and km.cluster_centers_.device.type == device
+    predicted = km.predict(X)
+    assert predicted.device.type == device
+    d2 = torch.cdist(X.double(), km.cluster_centers_.double()).square().cpu()
+    chosen = d2.gather(1, predicted.cpu().view(-1, 1)).squeeze(1)
+    assert bool((chosen <= d2.min(1).values * (1 + 1e-4) + 1e-4).all())
 
 
 def test_fewer_distinct_clusters_than_centres_is_a_convergence_warning():
