@@ -176,6 +176,26 @@ def test_shared_data_restarts_leave_the_batch_and_follow_moved_points_exactly(
         assert torch.isnan(batched.inertia_history[i, int(single.n_iter) :]).all()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_one_problem_warm_pass_equals_comparing_all_labels(monkeypatch, seed):
+    """One problem on the CPU: the rows the warm pass reports as changed decide the
+    followed sums and strict convergence, exactly as comparing all labels does."""
+    from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+    lloyd_module = __import__("importlib").import_module("torchkmeans.functional.lloyd")
+    x = torch.tensor(blobs(n=4000, d=3, k=12, seed=seed, spread=2.0))
+    prep = prepare(x)
+    start = prep.x[:, torch.randperm(4000, generator=torch.Generator().manual_seed(seed))[:12]]
+    warm = run_lloyd(prep, start.clone(), tol=0.0, small_path=False)
+    monkeypatch.setattr(lloyd_module, "_WARM_START_MIN_ELEMENTS", 2**62)  # no warm pass
+    compared = run_lloyd(prep, start.clone(), tol=0.0, small_path=False)
+    assert int(compared.n_iter) > 5
+    assert torch.equal(warm.n_iter, compared.n_iter)
+    assert torch.equal(warm.labels, compared.labels)
+    torch.testing.assert_close(warm.centroids, compared.centroids, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(warm.inertia_history, compared.inertia_history, equal_nan=True)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_one_problem_following_moved_points_equals_full_sums(monkeypatch, weighted):
     """The general loop on one problem also follows the moved points once few move."""

@@ -161,6 +161,7 @@ def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
     previous = torch.tensor(rng.integers(0, len(centroids), (1, n)))
     before = previous.clone()
     results = []
+    changed_rows: list[torch.Tensor] = []
     for warm in (previous, None):
         labels = torch.empty_like(previous)
         totals = torch.zeros((1, len(centroids), x.shape[1] + 1), dtype=torch.float64)
@@ -168,11 +169,20 @@ def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
         # The warm pass is taken from this many scores a block; here, always.
         with mock.patch.object(lloyd_module, "_WARM_START_MIN_ELEMENTS", 0):
             total = _assign_pass(
-                prep, c, labels, rows, totals=totals, previous=warm, distances=distances
+                prep,
+                c,
+                labels,
+                rows,
+                totals=totals,
+                previous=warm,
+                distances=distances,
+                changed_rows=changed_rows if warm is not None else None,
             )
         results.append((labels, totals, distances, total))
     (warm_labels, warm_totals, warm_d, warm_total), (labels, totals, d, total) = results
     assert torch.equal(previous, before)
+    # The rows the warm pass reports as changed are exactly those whose label changed.
+    assert torch.equal(torch.cat(changed_rows), (warm_labels != previous)[0].nonzero().squeeze(1))
     scores = torch.cdist(prep.x[0], c[0]).square()
     chosen = scores.gather(1, warm_labels[0, :, None]).squeeze(1)
     best = scores.gather(1, labels[0, :, None]).squeeze(1)

@@ -123,6 +123,7 @@ def _assign_pass(
     previous: torch.Tensor | None = None,
     distances: torch.Tensor | None = None,
     active: torch.Tensor | None = None,
+    changed_rows: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One pass over the rows in blocks: labels, and optionally totals and distances.
 
@@ -131,6 +132,9 @@ def _assign_pass(
     assignment. ``previous`` labels warm-start the search (CPU). ``totals``
     ``(b, k, d+1)`` receive the weighted sums and weights of the clusters;
     ``distances`` each point's exact distance to its centroid.
+    ``changed_rows``: when the pass is :func:`_assign_pass_warm`, it appends
+    the indices of the rows whose label differs from ``previous`` (the list
+    stays empty otherwise).
     """
     x_aug, weights = prep.x_aug, prep.weights
     augmented = augmented_centroids(centroids, prep.metric, active)
@@ -149,6 +153,7 @@ def _assign_pass(
             previous[0],
             totals=totals,
             distances=distances,
+            changed_rows=changed_rows,
         )
     acc = _accumulation_dtype(x_aug.device)
     total = torch.zeros(centroids.shape[0], dtype=acc, device=x_aug.device)
@@ -198,6 +203,7 @@ def _assign_pass_warm(
     *,
     totals: torch.Tensor | None,
     distances: torch.Tensor | None,
+    changed_rows: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """:func:`_assign_pass` for one problem on the CPU, warm-started from ``previous``.
 
@@ -205,7 +211,8 @@ def _assign_pass_warm(
     per pass and a handful of ops per block: the product into a reused score
     block, its row minimum straight into the minimum of all rows, the score of
     each row's previous centroid, and a full search only of the rows whose
-    previous centroid no longer attains the minimum. ``labels`` and
+    previous centroid no longer attains the minimum: exactly the rows whose
+    label changes, appended to ``changed_rows`` when given. ``labels`` and
     ``previous`` are ``(n,)``, ``augmented`` ``(k, d+1)``.
     """
     x_aug, weights = prep.x_aug, prep.weights
@@ -230,6 +237,8 @@ def _assign_pass_warm(
         torch.take(scores, flat_index[:m], out=kept[:m])
         torch.gt(kept[:m], block_minima, out=moved_mask[:m])
         moved = moved_mask[:m].nonzero().squeeze(1)
+        if changed_rows is not None:
+            changed_rows.append(moved + start)
         if moved.numel():
             # min() rather than argmin(): several times faster on the CPU,
             # with the same first-index tie rule.
@@ -274,18 +283,33 @@ def _move_points(
     For data shared by the b problems (``prep.x_aug`` ``(1, n, d+1)``) and
     totals ``(b, k, d+1)`` that hold the sums of the ``previous`` labels.
     """
-    b, k, width = totals.shape
     problem, row = changed.nonzero(as_tuple=True)
-    if not problem.numel():
+    _move_rows(totals, prep, problem, row, labels[problem, row], previous[problem, row])
+
+
+def _move_rows(
+    totals: torch.Tensor,
+    prep: Prepared,
+    problem: torch.Tensor | None,
+    row: torch.Tensor,
+    to: torch.Tensor,
+    origin: torch.Tensor,
+) -> None:
+    """Move rows ``row`` of problems ``problem`` (None: one problem) from the
+    clusters ``origin`` to the clusters ``to`` in the totals (see :func:`_move_points`)."""
+    b, k, width = totals.shape
+    if not row.numel():
         return
     moved = prep.x_aug[0].index_select(0, row)
     if prep.weights is not None:
         moved = moved * prep.weights[0].index_select(0, row).unsqueeze(-1)
     moved = moved.to(totals.dtype)
-    base = problem * k
+    if problem is not None:
+        base = problem * k
+        to, origin = base + to, base + origin
     flat = totals.view(b * k, width)
-    flat.index_add_(0, base + labels[problem, row], moved)
-    flat.index_add_(0, base + previous[problem, row], moved, alpha=-1)
+    flat.index_add_(0, to, moved)
+    flat.index_add_(0, origin, moved, alpha=-1)
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -477,6 +501,7 @@ def run_lloyd(
         )
         if not incremental:
             totals.zero_()
+        changed_rows: list[torch.Tensor] = []
         total = _assign_pass(
             prep,
             centroids,
@@ -486,10 +511,18 @@ def run_lloyd(
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
             active=active,
+            changed_rows=changed_rows if single else None,
         )
         history[:, iteration] = total + offset
         changed = None
-        if can_follow and iteration > 0:
+        if changed_rows:
+            # One problem, warm pass: the rows that changed cluster are known,
+            # no comparison of all labels is needed.
+            row = torch.cat(changed_rows)
+            if incremental:
+                _move_rows(totals, prep, None, row, labels[0, row], previous_labels[0, row])
+            moved_share = row.numel() / n
+        elif can_follow and iteration > 0:
             changed = labels != previous_labels
             if incremental:
                 _move_points(totals, prep, changed, labels, previous_labels)
@@ -506,9 +539,8 @@ def run_lloyd(
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
-            strict = (
-                moved_share == 0.0 if changed is not None else torch.equal(labels, previous_labels)
-            )
+            known = changed is not None or bool(changed_rows)
+            strict = moved_share == 0.0 if known else torch.equal(labels, previous_labels)
             shift = float((updated - centroids).square_().sum())
             centroids = updated
             labels, previous_labels = previous_labels, labels
