@@ -336,6 +336,42 @@ def measure(
     return Timing(statistics.median(times), len(times), result, None if used is None else used[1])
 
 
+def measure_together(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    sync: Callable[[], None],
+    budget_s: float,
+    min_rounds: int = 3,
+    max_rounds: int = 50,
+) -> tuple[dict[str, float], float | None]:
+    """Median wall time of each function, run in turn round after round.
+
+    Interleaving gives every function the same share of the machine's
+    slow and fast moments, so their ratios hold even when other guests on the
+    host come and go, which timing one function after the other does not.
+    Returns the medians and the share of the machine other processes used.
+    """
+    if WAIT_IDLE_S > 0:
+        wait_until_idle(WAIT_IDLE_S)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    clock = CpuClock.now()
+    began = time.perf_counter()
+    for fn in fns.values():  # warm-up
+        fn()
+    for round_index in range(max_rounds):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+        if round_index + 1 >= min_rounds and time.perf_counter() - began >= budget_s:
+            break
+    used = foreign_share(clock, time.perf_counter() - began)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return medians, None if used is None else used[1]
+
+
 class Fit(NamedTuple):
     """Final centroids (numpy, input scale) and the iterations a library ran."""
 
@@ -645,11 +681,6 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
             stop = min(n, start + rows)
             torch.mm(x[start:stop], ct, out=out[: stop - start])
 
-    def gflops(fn: Callable[[], None]) -> tuple[float, float | None]:
-        fn()
-        timing = measure(fn, sync=sync, budget_s=budget, min_reps=20 if shape.tiny else 1)
-        return flops / timing.seconds / 1e9, timing.busy
-
     # The assignment step as Lloyd runs it: one product of [x | 1] rows with
     # [-2c | |c|^2], and the argmin warm-started from the previous iteration's
     # labels (state after a few iterations from the benchmark's start).
@@ -663,12 +694,28 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
     def lloyd_assign() -> None:
         _assign_pass(prep, after.centroids, labels_out, lloyd_rows, previous=before.labels)
 
-    assign_gflops, busy = gflops(assign)
-    lloyd_gflops = gflops(lloyd_assign)[0]
-    full_gflops = gflops(full_mm)[0] if n * k * x.element_size() <= 2 * 2**30 else None
-    blocked_gflops = gflops(blocked_mm)[0]
+    fns: dict[str, Callable[[], None]] = {
+        "assign": assign,
+        "lloyd": lloyd_assign,
+        "blocked": blocked_mm,
+    }
+    if n * k * x.element_size() <= 2 * 2**30:
+        fns["full"] = full_mm
+    seconds, busy = measure_together(
+        fns, sync=sync, budget_s=len(fns) * budget, min_rounds=20 if shape.tiny else 3
+    )
+    gflops = {name: flops / value / 1e9 for name, value in seconds.items()}
     return Flops(
-        shape.name, n, d, k, rows, assign_gflops, lloyd_gflops, full_gflops, blocked_gflops, busy
+        shape.name,
+        n,
+        d,
+        k,
+        rows,
+        gflops["assign"],
+        gflops["lloyd"],
+        gflops.get("full"),
+        gflops["blocked"],
+        busy,
     )
 
 
@@ -867,6 +914,7 @@ def print_flops_table(results: list[Flops]) -> None:
         [-2c | |c|^2] and the argmin warm-started from the previous labels (labels only);
         mm full = one (n, k) product; mm block = the same row blocks, written into one
         reused buffer; /mm = GFLOP/s over the faster product (acceptance: >= 0.80).
+        The four are timed in turn, round after round (median of each).
         """,
         f"{'shape':<9} {'n':>8} {'d':>5} {'k':>5} {'block':>6} {'cold GF/s':>9} "
         f"{'lloyd GF/s':>10} {'mm full':>8} {'mm block':>8} {'cold/mm':>7} "

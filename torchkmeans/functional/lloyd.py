@@ -228,15 +228,19 @@ def _assign_pass_warm(
     moved_mask = torch.empty(rows, dtype=torch.bool, device=device)
     if labels.data_ptr() != previous.data_ptr():
         labels.copy_(previous)
+    x_rows = x_aug[0]
+    buffers = (scores_buffer, row_offsets, flat_index, kept, moved_mask)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         m = stop - start
-        scores = torch.mm(x_aug[0, start:stop], augmented_t, out=scores_buffer[:m])
+        # Whole buffers for every block but a shorter last one: each slice is an op.
+        scores_out, offsets, index, kept_m, moved_m = (
+            buffers if m == rows else tuple(buffer[:m] for buffer in buffers)
+        )
+        scores = torch.mm(x_rows[start:stop], augmented_t, out=scores_out)
         block_minima = torch.amin(scores, 1, out=minima[start:stop])
-        torch.add(row_offsets[:m], previous[start:stop], out=flat_index[:m])
-        torch.take(scores, flat_index[:m], out=kept[:m])
-        torch.gt(kept[:m], block_minima, out=moved_mask[:m])
-        moved = moved_mask[:m].nonzero().squeeze(1)
+        torch.take(scores, torch.add(offsets, previous[start:stop], out=index), out=kept_m)
+        moved = torch.gt(kept_m, block_minima, out=moved_m).nonzero().squeeze(1)
         if changed_rows is not None:
             changed_rows.append(moved + start)
         if moved.numel():
