@@ -39,6 +39,13 @@ DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
 # the rows of x) while they are hot. Measured in benchmarks/bench_kmeans.py.
 _CPU_BLOCK_BYTES = 4 * 1024 * 1024
 _MIN_BLOCK_ROWS = 256
+# With many centroids 4 MiB is few rows, and the fixed cost of a block's
+# product and ops outweighs the cache: a block has at least this many rows as
+# long as it stays under _CPU_MAX_BLOCK_BYTES. (Lloyd's assignment, interleaved
+# runs on 2 threads: k=1024 9-17% and k=4096 24% faster than 4 MiB blocks;
+# k <= 256 unchanged.)
+_CPU_MIN_BLOCK_ROWS = 2048
+_CPU_MAX_BLOCK_BYTES = 16 * 1024 * 1024
 
 
 class Nearest(NamedTuple):
@@ -114,13 +121,18 @@ def block_rows(
     >>> block_rows(1_000_000, 1024, memory_budget=64 * 2**20, device=torch.device("cuda"))
     16384
     >>> block_rows(1_000_000, 1024)  # on the CPU, a cache-sized block
-    1024
+    2048
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     row_bytes = max(1, n_columns * itemsize)
     rows = budget // row_bytes
     if device is None or device.type == "cpu":
-        rows = min(rows, max(_MIN_BLOCK_ROWS, _CPU_BLOCK_BYTES // row_bytes))
+        cache_rows = max(
+            _MIN_BLOCK_ROWS,
+            _CPU_BLOCK_BYTES // row_bytes,
+            min(_CPU_MIN_BLOCK_ROWS, _CPU_MAX_BLOCK_BYTES // row_bytes),
+        )
+        rows = min(rows, cache_rows)
     return int(max(1, min(n_rows, rows)))
 
 
