@@ -343,33 +343,41 @@ def measure_together(
     budget_s: float,
     min_rounds: int = 3,
     max_rounds: int = 50,
-) -> tuple[dict[str, float], float | None]:
+    warm_up: bool = True,
+) -> tuple[dict[str, Timing], float | None]:
     """Median wall time of each function, run in turn round after round.
 
     Interleaving gives every function the same share of the machine's
     slow and fast moments, so their ratios hold even when other guests on the
     host come and go, which timing one function after the other does not.
-    Returns the medians and the share of the machine other processes used.
+    Returns each one's timing (with its last result) and the share of the
+    machine other processes used meanwhile.
     """
     if WAIT_IDLE_S > 0:
         wait_until_idle(WAIT_IDLE_S)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, Any] = {}
     clock = CpuClock.now()
     began = time.perf_counter()
-    for fn in fns.values():  # warm-up
-        fn()
+    if warm_up:
+        for fn in fns.values():
+            fn()
     for round_index in range(max_rounds):
         for name, fn in fns.items():
             sync()
             t0 = time.perf_counter()
-            fn()
+            results[name] = fn()
             sync()
             times[name].append(time.perf_counter() - t0)
         if round_index + 1 >= min_rounds and time.perf_counter() - began >= budget_s:
             break
     used = foreign_share(clock, time.perf_counter() - began)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return medians, None if used is None else used[1]
+    busy = None if used is None else used[1]
+    timings = {
+        name: Timing(statistics.median(values), len(values), results[name], busy)
+        for name, values in times.items()
+    }
+    return timings, busy
 
 
 class Fit(NamedTuple):
@@ -554,17 +562,25 @@ def bench_fixed(
 ) -> list[Row]:
     sync = synchronizer(device)
     budget = 0.5 if args.quick else 3.0
-    rows = []
-    for library in libraries_for(device):
-        progress(f"{problem.shape.name}: {library}, {args.iters} fixed iterations")
+    libraries = libraries_for(device)
+    runs: dict[str, Callable[[], Fit]] = {}
+    for library in libraries:
         run = fixed_iteration_runner(library, problem, args.iters, device)
         run(1)
-        timing = measure(
-            lambda run=run: run(args.iters),
-            sync=sync,
-            budget_s=budget,
-            min_reps=5 if problem.shape.tiny else 1,
-        )
+        runs[library] = functools.partial(run, args.iters)
+    # The libraries take turns, so that a slow spell of the shared machine
+    # falls on all of them rather than on whichever ran then.
+    progress(f"{problem.shape.name}: {', '.join(libraries)} in turn, {args.iters} fixed iterations")
+    timings, _ = measure_together(
+        runs,
+        sync=sync,
+        budget_s=len(runs) * budget,
+        min_rounds=5 if problem.shape.tiny else 2,
+        warm_up=False,
+    )
+    rows = []
+    for library in libraries:
+        timing = timings[library]
         memory = measure_memory(problem.shape, library, args) if measure_mem else None
         fit = timing.result
         rows.append(
@@ -701,10 +717,10 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
     }
     if n * k * x.element_size() <= 2 * 2**30:
         fns["full"] = full_mm
-    seconds, busy = measure_together(
+    timings, busy = measure_together(
         fns, sync=sync, budget_s=len(fns) * budget, min_rounds=20 if shape.tiny else 3
     )
-    gflops = {name: flops / value / 1e9 for name, value in seconds.items()}
+    gflops = {name: flops / timing.seconds / 1e9 for name, timing in timings.items()}
     return Flops(
         shape.name,
         n,
@@ -854,7 +870,8 @@ def print_fixed_table(rows: list[Row], iters: int) -> None:
     _print_header(
         f"Fixed Lloyd iterations: same initial centroids, max_iter={iters}, tol=0",
         """
-        s/iter = median wall time of one fit / n_iter it ran (torchkmeans and sklearn also centre
+        s/iter = median wall time of one fit / n_iter it ran, the libraries timed in turn round
+        after round (torchkmeans and sklearn also centre
         the data and relabel at the end, faiss does neither); inertia recomputed in float64 from
         each library's final centroids; mem/data = (peak RSS during the fit - RSS before) / bytes
         of X, in a fresh process per library; t/sk, t/faiss = s/iter of the row / s/iter of
