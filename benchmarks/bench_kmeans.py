@@ -619,39 +619,43 @@ def bench_full_fit(problem: Problem, args: argparse.Namespace, device: torch.dev
         km = SkKMeans(n_clusters=shape.k, random_state=seed, max_iter=max_iter).fit(problem.X)
         return Fit(km.cluster_centers_, int(km.n_iter_))
 
-    rows = []
-    for library, fit_fn in (("torchkmeans", fit_torchkmeans), ("sklearn", fit_sklearn)):
-        progress(f"{shape.name}: {library}, default full fit")
-        seconds, reps, n_iters, inertias, busy = [], 0, [], [], []
-        for seed in seeds:
-            if shape.tiny:
-                fit_fn(seed)
-                timing = measure(
-                    functools.partial(fit_fn, seed),
-                    sync=sync,
-                    budget_s=0.02 if args.quick else 0.05,
-                    min_reps=5,
-                )
-            else:
-                timing = measure(functools.partial(fit_fn, seed), sync=sync, budget_s=0.0)
-            seconds.append(timing.seconds)
-            reps += timing.reps
-            n_iters.append(timing.result.n_iter)
-            inertias.append(inertia64(problem.X, timing.result.centroids))
-            if timing.busy is not None:
-                busy.append(timing.busy)
-        rows.append(
-            Row(
-                shape.name,
-                library,
-                statistics.fmean(seconds),
-                reps,
-                round(statistics.fmean(n_iters)),
-                statistics.fmean(inertias),
-                statistics.fmean(busy) if busy else None,
+    fits = {"torchkmeans": fit_torchkmeans, "sklearn": fit_sklearn}
+    seconds: dict[str, list[float]] = {library: [] for library in fits}
+    reps = dict.fromkeys(fits, 0)
+    n_iters: dict[str, list[int]] = {library: [] for library in fits}
+    inertias: dict[str, list[float]] = {library: [] for library in fits}
+    busy: list[float] = []
+    progress(f"{shape.name}: torchkmeans and sklearn in turn, default full fit")
+    for seed in seeds:
+        # Both libraries on the same seed take turns (see measure_together).
+        fns = {library: functools.partial(fit_fn, seed) for library, fit_fn in fits.items()}
+        if shape.tiny:
+            timings, used = measure_together(
+                fns, sync=sync, budget_s=2 * (0.02 if args.quick else 0.05), min_rounds=5
             )
+        else:
+            timings, used = measure_together(
+                fns, sync=sync, budget_s=0.0, min_rounds=1, warm_up=False
+            )
+        for library, timing in timings.items():
+            seconds[library].append(timing.seconds)
+            reps[library] += timing.reps
+            n_iters[library].append(timing.result.n_iter)
+            inertias[library].append(inertia64(problem.X, timing.result.centroids))
+        if used is not None:
+            busy.append(used)
+    return [
+        Row(
+            shape.name,
+            library,
+            statistics.fmean(seconds[library]),
+            reps[library],
+            round(statistics.fmean(n_iters[library])),
+            statistics.fmean(inertias[library]),
+            statistics.fmean(busy) if busy else None,
         )
-    return rows
+        for library in fits
+    ]
 
 
 @dataclass
@@ -904,9 +908,9 @@ def print_full_fit_table(rows: list[Row]) -> None:
         f"""
         max_iter capped at {FULL_FIT_MAX_ITER} for both libraries on the synthetic shapes
         (emb384, emb128, small32; seed 0), 300 otherwise; digits and tutorial: the mean
-        over seeds 0..{TINY_SEEDS - 1} of the median time per seed, and the mean n_iter and
-        inertia (iteration counts depend on the seed); inertia recomputed in float64 from
-        the final centroids.
+        over seeds 0..{TINY_SEEDS - 1} of the median time per seed (the two libraries
+        taking turns on each seed), and the mean n_iter and inertia (iteration counts
+        depend on the seed); inertia recomputed in float64 from the final centroids.
         """,
         f"{'shape':<9} {'library':<12} {'seconds':>10} {'reps':>4} {'n_iter':>6} "
         f"{'inertia':>14} {'inert/sk':>9} {'t/sk':>7} {'busy':>5}",
