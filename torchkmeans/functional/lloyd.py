@@ -352,6 +352,10 @@ def _point_distances(
     return out
 
 
+# Row minima the small loop holds before summing them (elements).
+_PENDING_MINIMA = 1 << 20
+
+
 def _run_lloyd_small(
     prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float, rows: int
 ) -> KMeansResult:
@@ -368,8 +372,22 @@ def _run_lloyd_small(
     k, d = centroids.shape[1], centroids.shape[2]
     centroid = centroids[0]
     previous: torch.Tensor | None = None
-    offset = float(_score_offset(prep)[0])
+    offset = _score_offset(prep)
     history: list[float] = []
+    # Each iteration's row minima, summed into the history a few iterations at a
+    # time (one op for many; at most _PENDING_MINIMA elements held).
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        stacked = torch.stack(pending)
+        if weights is not None:
+            stacked = stacked * weights
+        history.extend(stacked.sum(-1, dtype=torch.float64).add_(offset).tolist())
+        pending.clear()
+
+    # One buffer and its views for all iterations: slicing is an op too.
+    totals = torch.empty((k, d + 1), dtype=x.dtype)
+    sums, counts = totals[:, :d], totals[:, d:]
     cosine = prep.metric == "cosine"
     for _ in range(max_iter):
         if cosine:
@@ -378,13 +396,12 @@ def _run_lloyd_small(
             # |c|^2 - 2 x.c in one addmm: fewer small ops than building [-2c | |c|^2].
             scores = torch.addmm(squared_norms(centroid), x, centroid.T, alpha=-2.0)
         values, labels = argmin_rows(scores, previous)
-        if weights is None:
-            history.append(float(values.sum(dtype=torch.float64)) + offset)
-        else:
-            history.append(float((values * weights[0]).sum(dtype=torch.float64)) + offset)
-        totals = torch.zeros((k, d + 1), dtype=x.dtype).index_add_(0, labels, source)
-        if float(totals[:, d].amin()) > 0:
-            updated = totals[:, :d] / totals[:, d:]
+        pending.append(values)
+        if len(pending) * values.numel() >= _PENDING_MINIMA:
+            flush()
+        totals.zero_().index_add_(0, labels, source)
+        if float(counts.min()) > 0:
+            updated = sums / counts
             if prep.metric == "cosine":
                 updated = torch.nn.functional.normalize(updated, dim=-1)
         else:
@@ -399,6 +416,8 @@ def _run_lloyd_small(
         centroid, previous = updated, labels
         if strict or shift <= tol_abs:
             break
+    if pending:
+        flush()
     n_iter = len(history)
     final_centroids = centroid.unsqueeze(0)
     final_labels = torch.empty((1, x.shape[0]), dtype=torch.int64)
