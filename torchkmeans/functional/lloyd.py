@@ -388,13 +388,19 @@ def _run_lloyd_small(
     # One buffer and its views for all iterations: slicing is an op too.
     totals = torch.empty((k, d + 1), dtype=x.dtype)
     sums, counts = totals[:, :d], totals[:, d:]
+    # Euclidean scores |c|^2 - 2 x.c as [x | 1] . [-2c | |c|^2] (as
+    # augmented_centroids rounds them), written into one buffer: a plain mm
+    # costs a third of an addmm with a broadcast bias at this size.
+    augmented = torch.empty((k, d + 1), dtype=x.dtype)
+    scaled, norms = augmented[:, :d], augmented[:, d]
     cosine = prep.metric == "cosine"
     for _ in range(max_iter):
         if cosine:
             scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
         else:
-            # |c|^2 - 2 x.c in one addmm: fewer small ops than building [-2c | |c|^2].
-            scores = torch.addmm(squared_norms(centroid), x, centroid.T, alpha=-2.0)
+            torch.mul(centroid, -2.0, out=scaled)
+            torch.linalg.vecdot(centroid, centroid, out=norms)
+            scores = torch.mm(x_aug, augmented.T)
         values, labels = argmin_rows(scores, previous)
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
