@@ -568,8 +568,9 @@ def run_lloyd(
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
-            known = changed is not None or bool(changed_rows)
-            strict = moved_share == 0.0 if known else torch.equal(labels, previous_labels)
+            # One problem shares its data with itself: from the second
+            # iteration on, moved_share counts the rows that changed cluster.
+            strict = iteration > 0 and moved_share == 0.0
             shift = float((updated - centroids).square_().sum())
             centroids = updated
             labels, previous_labels = previous_labels, labels
