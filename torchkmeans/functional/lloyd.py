@@ -362,87 +362,102 @@ def _run_lloyd_small(
     """:func:`run_lloyd` for one problem whose rows fit in one block, on the CPU.
 
     Small fits are bound by the fixed cost of each tensor op, not by
-    arithmetic: this loop uses the same kernels as the general one with about
-    half the ops per iteration (no block loop, no batch bookkeeping,
-    convergence decided with Python scalars).
+    arithmetic: this loop uses the same kernels as the general one and gives
+    the same result with eight tensor ops per iteration (no block loop, no
+    batch bookkeeping, convergence decided with Python scalars, empty clusters
+    found from the NaN that their 0 / 0 update gives).
     """
     x_aug, x = prep.x_aug[0], prep.x[0]
     weights = prep.weights
     source = x_aug if weights is None else x_aug * weights[0].unsqueeze(-1)
     k, d = centroids.shape[1], centroids.shape[2]
-    centroid = centroids[0]
-    previous: torch.Tensor | None = None
-    offset = _score_offset(prep)
-    history: list[float] = []
+    cosine = prep.metric == "cosine"
+    # Two buffers of rows [c | |c|^2] take turns holding the centroids and
+    # their update, which the division writes straight into. Euclidean scores
+    # |c|^2 - 2 x.c come from one plain mm of [-2x | 1] with [c | |c|^2]: the
+    # same products and sums as [x | 1] . [-2c | |c|^2] in the general loop
+    # (scaling by 2 is exact), without scaling the centroids every iteration.
+    buffers = torch.empty((2, k, d + 1), dtype=x.dtype)
+    buffers[0, :, :d] = centroids[0]
+    # Each buffer's centroids, norms and transpose, viewed once: slicing is an
+    # op too. slots[turn] holds the current centroids.
+    slots = [(buffer[:, :d], buffer[:, d], buffer.T) for buffer in buffers]
+    turn = 0
+    scaled_rows = None
+    if not cosine:
+        scaled_rows = x_aug.clone()
+        scaled_rows[:, :d].mul_(-2.0)
+    # One buffer and its views for all iterations: slicing is an op too.
+    totals = torch.empty((k, d + 1), dtype=x.dtype)
+    sums, counts = totals[:, :d], totals[:, d:]
+
+    def assign(previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        centroid, norms, transposed = slots[turn]
+        if scaled_rows is None:
+            scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
+        else:
+            torch.linalg.vecdot(centroid, centroid, out=norms)
+            scores = torch.mm(scaled_rows, transposed)
+        return argmin_rows(scores, previous)
+
     # Each iteration's row minima, summed into the history a few iterations at a
     # time (one op for many; at most _PENDING_MINIMA elements held).
     pending: list[torch.Tensor] = []
+    summed: list[torch.Tensor] = []
 
     def flush() -> None:
         stacked = torch.stack(pending)
         if weights is not None:
             stacked = stacked * weights
-        history.extend(stacked.sum(-1, dtype=torch.float64).add_(offset).tolist())
+        summed.append(stacked.sum(-1, dtype=torch.float64))
         pending.clear()
 
-    # One buffer and its views for all iterations: slicing is an op too.
-    totals = torch.empty((k, d + 1), dtype=x.dtype)
-    sums, counts = totals[:, :d], totals[:, d:]
-    # Euclidean scores |c|^2 - 2 x.c as [x | 1] . [-2c | |c|^2] (as
-    # augmented_centroids rounds them), written into one buffer: a plain mm
-    # costs a third of an addmm with a broadcast bias at this size.
-    augmented = torch.empty((k, d + 1), dtype=x.dtype)
-    scaled, norms = augmented[:, :d], augmented[:, d]
-    cosine = prep.metric == "cosine"
-    for _ in range(max_iter):
-        if cosine:
-            scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
-        else:
-            torch.mul(centroid, -2.0, out=scaled)
-            torch.linalg.vecdot(centroid, centroid, out=norms)
-            scores = torch.mm(x_aug, augmented.T)
-        values, labels = argmin_rows(scores, previous)
+    labels: torch.Tensor | None = None
+    shift = float("inf")
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        previous = labels
+        values, labels = assign(previous)
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
             flush()
         totals.zero_().index_add_(0, labels, source)
-        if float(counts.min()) > 0:
-            updated = sums / counts
-            if prep.metric == "cosine":
-                updated = torch.nn.functional.normalize(updated, dim=-1)
-        else:
+        centroid, updated = slots[turn][0], slots[1 - turn][0]
+        torch.div(sums, counts, out=updated)
+        if cosine:
+            torch.nn.functional.normalize(updated, dim=-1, out=updated)
+        # scikit-learn also measures the shift through a norm, then squares it.
+        shift = float(torch.dist(updated, centroid)) ** 2
+        if shift != shift and float(counts.min()) <= 0:  # NaN: 0 / 0 of an empty cluster
             distances = _point_distances(prep, centroid.unsqueeze(0), labels.unsqueeze(0), rows)
             relocate_empty_clusters(
                 totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
             )
-            updated = centroids_from_sums(totals[:, :d], totals[:, d], centroid, metric=prep.metric)
+            updated.copy_(centroids_from_sums(sums, totals[:, d], centroid, metric=prep.metric))
+            shift = float(torch.dist(updated, centroid)) ** 2
         strict = previous is not None and torch.equal(labels, previous)
-        # scikit-learn also measures the shift through a norm, then squares it.
-        shift = float(torch.dist(updated, centroid)) ** 2
-        centroid, previous = updated, labels
+        turn = 1 - turn
         if strict or shift <= tol_abs:
             break
     if pending:
         flush()
-    n_iter = len(history)
-    final_centroids = centroid.unsqueeze(0)
-    final_labels = torch.empty((1, x.shape[0]), dtype=torch.int64)
-    final_distances = torch.empty((1, x.shape[0]), dtype=x.dtype)
-    _assign_pass(
-        prep,
-        final_centroids,
-        final_labels,
-        rows,
-        previous=None if previous is None else previous.unsqueeze(0),
-        distances=final_distances,
-    )
-    padded = history + [float("nan")] * (max_iter - n_iter)
+    # Final labels against the final centroids: the last ones, unless the
+    # centroids moved after they were assigned.
+    if labels is None or shift != 0.0:
+        _, labels = assign(labels)
+    final_centroids = slots[turn][0].unsqueeze(0).contiguous()
+    distances = exact_distances(x.unsqueeze(0), final_centroids, labels.unsqueeze(0), cosine)
+    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
+    offset = _score_offset(prep)
+    if summed:
+        history[0, :n_iter] = (summed[0] if len(summed) == 1 else torch.cat(summed)).add_(offset)
     return KMeansResult(
         final_centroids,
-        final_labels,
-        _weighted_total(final_distances, weights),
-        torch.tensor([n_iter]),
-        torch.tensor([padded], dtype=torch.float64),
+        labels.unsqueeze(0),
+        _weighted_total(distances, weights),
+        torch.full((1,), n_iter, dtype=torch.int64),
+        history,
     )
 
 
