@@ -783,7 +783,9 @@ def _phase(op: str, functions: list[str]) -> str:
         return "argmin"
     if op in _SCATTER_OPS or called_from & {"accumulate", "scatter_sums"}:
         return "scatter"
-    if "centroids_from_sums" in called_from:
+    if "centroids_from_sums" in called_from or (
+        op in {"aten::div", "aten::normalize"} and "_run_lloyd_small" in called_from
+    ):
         return "update"
     if called_from & _ASSIGN_FUNCS:
         return "labels/dist"
