@@ -83,15 +83,20 @@ def _kmeans_plusplus_single(
     x_sq3 = None if x_sq is None else x_sq.unsqueeze(0)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
 
+    # Columns of x_sq viewed once (a view is an op too).
+    x_sq_column = None if x_sq is None else x_sq.unsqueeze(1)
+
     def distances_to(index: torch.Tensor) -> torch.Tensor:
         """``(n, m)`` distances to the rows ``index`` ``(m,)``; one expression when it fits."""
-        points = x[index]
+        # index_select: a few times cheaper than indexing with a tensor.
+        points = x.index_select(0, index)
         if n * points.shape[0] * x.element_size() > budget:
             return _distances_to(x3, x_sq3, points.unsqueeze(0), memory_budget)[0]
-        if x_sq is None:
+        if x_sq is None or x_sq_column is None:  # cosine
             return torch.mm(x, points.T).neg_().add_(1.0).clamp_(0.0, 2.0)
         # The rows' squared norms are known already: no need to recompute them.
-        return torch.addmm(x_sq[index], x, points.T, alpha=-2.0).add_(x_sq[:, None]).clamp_min_(0.0)
+        point_sq = x_sq.index_select(0, index)
+        return torch.addmm(point_sq, x, points.T, alpha=-2.0).add_(x_sq_column).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
     draw = torch.rand((1, 1), generator=generator, dtype=acc)
@@ -101,11 +106,12 @@ def _kmeans_plusplus_single(
         cumulative = weight.cumsum(0, dtype=acc)
         first = int(_sample_from_cumulative(cumulative, draw[0] * cumulative[-1]))
     chosen = [first]
-    closest = distances_to(torch.tensor([first]))[:, 0]
+    closest = distances_to(torch.full((1,), first, dtype=torch.int64))[:, 0]
     weighted = closest if weight is None else closest * weight
     potential = weighted.sum(dtype=acc)
     for _ in range(1, k):
-        draws = torch.rand((1, trials), generator=generator, dtype=acc)[0]
+        # The same draws as (1, trials) in the batched loop.
+        draws = torch.rand(trials, generator=generator, dtype=acc)
         candidates = _sample_from_cumulative(weighted.cumsum(0, dtype=acc), draws.mul_(potential))
         to_candidates = distances_to(candidates)
         torch.minimum(to_candidates, closest.unsqueeze(-1), out=to_candidates)
