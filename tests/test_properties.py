@@ -248,3 +248,58 @@ def test_small_problem_loop_equals_the_general_loop(
         small.inertia_history, general.inertia_history, rtol=1e-12, atol=1e-9, equal_nan=True
     )
     assert not small.centroids.isnan().any()
+
+
+@SETTINGS
+@given(
+    st.integers(1, 40),
+    st.integers(1, 300),
+    st.integers(0, 9),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_grouped_row_minimum_equals_min(m, k, extra_columns, dtype, seed):
+    """row_min's grouped search (forced here on small blocks) gives min()'s values and
+    first indices, ties included, on contiguous rows and on column slices."""
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    generator = torch.Generator().manual_seed(seed)
+    wide = torch.randn(m, k + extra_columns, generator=generator, dtype=dtype).round(decimals=1)
+    for scores in (wide[:, :k].contiguous(), wide[:, extra_columns:]):
+        with (
+            mock.patch.object(distances_module, "_GROUPED_MIN_MIN_K", 1),
+            mock.patch.object(distances_module, "_GROUPED_MIN_MIN_ELEMENTS", 1),
+        ):
+            values, indices = distances_module.row_min(scores)
+        expected = scores.min(dim=1)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(indices, expected.indices)
+
+
+@SETTINGS
+@given(
+    st.integers(1, 120),
+    st.integers(1, 6),
+    st.integers(1, 40),
+    st.integers(1, 3),
+    st.integers(0, 2**32 - 1),
+)
+def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
+    """Labels are a nearest centroid (the first of twins) and distances exact, for one
+    problem and for one x against b centroid sets, whichever product the CPU uses
+    (augmented rows when k*b > d+1, addmm otherwise)."""
+    from torchkmeans.functional import nearest_centroids
+
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64).round(decimals=1)
+    c = torch.randn(b, k, d, generator=generator, dtype=torch.float64).round(decimals=1)
+    c = torch.cat([c, c[:, :1]], dim=1)  # a twin of each set's first centroid, last
+    exact = torch.cdist(x, c).square()  # (b, n, k+1)
+    for augmented_from in (0, 2**62):  # the augmented product on any block, and never
+        with mock.patch.object(distances_module, "_AUGMENTED_MIN_ELEMENTS", augmented_from):
+            result = nearest_centroids(x, c if b > 1 else c[0])
+        labels = result.labels.reshape(b, n)
+        chosen = exact.gather(2, labels.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(result.distances.reshape(b, n), chosen, rtol=1e-12, atol=1e-9)
+        assert (chosen <= exact.amin(-1) + 1e-9).all()
+        assert (labels < k).all()  # the twin never wins over the first centroid

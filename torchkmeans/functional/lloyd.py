@@ -25,6 +25,7 @@ from .distances import (
     block_rows,
     compute_dtype,
     exact_distances,
+    row_min,
     squared_norms,
 )
 from .init import kmeans_plusplus, random_init
@@ -244,9 +245,9 @@ def _assign_pass_warm(
         if changed_rows is not None:
             changed_rows.append(moved + start)
         if moved.numel():
-            # min() rather than argmin(): several times faster on the CPU,
-            # with the same first-index tie rule.
-            labels[start:stop].index_copy_(0, moved, scores.index_select(0, moved).min(1)[1])
+            # row_min: min() rather than argmin(), several times faster on the
+            # CPU, with the same first-index tie rule.
+            labels[start:stop].index_copy_(0, moved, row_min(scores.index_select(0, moved))[1])
         if distances is not None:
             distances[:, start:stop] = exact_distances(
                 prep.x[:, start:stop], centroids, labels[None, start:stop], prep.metric == "cosine"
