@@ -28,6 +28,7 @@ __all__ = [
     "compute_dtype",
     "nearest_centroids",
     "pairwise_distances",
+    "row_min",
     "squared_norms",
 ]
 
