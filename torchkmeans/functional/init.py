@@ -83,8 +83,8 @@ def _kmeans_plusplus_single(
     x_sq3 = None if x_sq is None else x_sq.unsqueeze(0)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
 
-    # Columns of x_sq viewed once (a view is an op too).
-    x_sq_column = None if x_sq is None else x_sq.unsqueeze(1)
+    # The rows' squared norms, and their column view made once (a view is an op too).
+    norms = None if x_sq is None else (x_sq, x_sq.unsqueeze(1))
 
     def distances_to(index: torch.Tensor) -> torch.Tensor:
         """``(n, m)`` distances to the rows ``index`` ``(m,)``; one expression when it fits."""
@@ -92,11 +92,12 @@ def _kmeans_plusplus_single(
         points = x.index_select(0, index)
         if n * points.shape[0] * x.element_size() > budget:
             return _distances_to(x3, x_sq3, points.unsqueeze(0), memory_budget)[0]
-        if x_sq is None or x_sq_column is None:  # cosine
+        if norms is None:  # cosine
             return torch.mm(x, points.T).neg_().add_(1.0).clamp_(0.0, 2.0)
         # The rows' squared norms are known already: no need to recompute them.
-        point_sq = x_sq.index_select(0, index)
-        return torch.addmm(point_sq, x, points.T, alpha=-2.0).add_(x_sq_column).clamp_min_(0.0)
+        row_sq, column_sq = norms
+        point_sq = row_sq.index_select(0, index)
+        return torch.addmm(point_sq, x, points.T, alpha=-2.0).add_(column_sq).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
     draw = torch.rand((1, 1), generator=generator, dtype=acc)
