@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from unittest import mock
 
@@ -210,14 +211,29 @@ def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
     st.integers(1, 30),
     st.integers(0, 2**32 - 1),
 )
+@pytest.mark.parametrize("score_layout", ["rows", "columns"])
 def test_small_problem_loop_equals_the_general_loop(
-    problem, metric, weighting, tol, max_iter, seed
+    score_layout, problem, metric, weighting, tol, max_iter, seed
 ):
     """The one-block CPU loop (strict convergence read from a zero shift, empty
     clusters found from a NaN update) gives the general loop's result: the same
     iterations, labels, centroids and history. Rounded data make ties, duplicate
     rows and empty clusters common; zero weights make clusters with points but
-    no weight."""
+    no weight. "columns" forces the (k, n) scores and the warm-started searches
+    of both loops (which keep a tied previous label) onto these small problems."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    if score_layout == "columns":
+        distances_module = importlib.import_module("torchkmeans.functional.distances")
+        stack = contextlib.ExitStack()
+        for module in (lloyd_module, distances_module):
+            stack.enter_context(mock.patch.object(module, "_WARM_START_MIN_ELEMENTS", 1))
+    else:
+        stack = contextlib.nullcontext()
+    with stack:
+        _compare_small_and_general_loops(problem, metric, weighting, tol, max_iter, seed)
+
+
+def _compare_small_and_general_loops(problem, metric, weighting, tol, max_iter, seed):
     from torchkmeans.functional.lloyd import prepare, run_lloyd
 
     lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
@@ -303,3 +319,102 @@ def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
         torch.testing.assert_close(result.distances.reshape(b, n), chosen, rtol=1e-12, atol=1e-9)
         assert (chosen <= exact.amin(-1) + 1e-9).all()
         assert (labels < k).all()  # the twin never wins over the first centroid
+
+
+@SETTINGS
+@given(
+    st.integers(1, 3),
+    st.integers(1, 20),
+    st.integers(1, 200),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_warm_column_minimum_keeps_a_previous_label_that_is_still_nearest(b, k, m, dtype, seed):
+    """argmin_columns with previous labels: the minimum of every column; a previous
+    label that attains it stays, any other column gets min()'s first index."""
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (b, k, m), generator=generator).to(dtype)  # many ties
+    previous = torch.randint(0, k, (b, m), generator=generator)
+    before = previous.clone()
+    for layout in (scores, scores.transpose(1, 2).contiguous().transpose(1, 2)):
+        with mock.patch.object(distances_module, "_WARM_START_MIN_ELEMENTS", 1):
+            values, labels = distances_module.argmin_columns(layout, previous)
+        expected, first = scores.min(dim=1)
+        assert torch.equal(values, expected)
+        kept = scores.gather(1, previous.unsqueeze(1)).squeeze(1) == expected
+        assert torch.equal(labels[kept], previous[kept])
+        assert torch.equal(labels[~kept], first[~kept])
+        assert torch.equal(previous, before)
+
+
+@SETTINGS
+@given(
+    st.integers(1, 20),
+    st.integers(0, 300),
+    st.integers(1, 12),
+    st.sampled_from([1.0, -1.0]),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_adding_rows_column_by_column_equals_index_add(width, n, k, alpha, dtype, seed):
+    """add_rows' column-by-column scatter (forced here on small inputs) adds the same
+    rows as index_add_: the same sums into a zero target, close ones into a filled one."""
+    updates_module = importlib.import_module("torchkmeans.functional.updates")
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(n, width, generator=generator, dtype=dtype)
+    index = torch.randint(0, k, (n,), generator=generator)
+    filled = torch.randn(k, width, generator=generator, dtype=dtype)
+    for start in (torch.zeros(k, width, dtype=dtype), filled):
+        expected = start.clone().index_add_(0, index, rows, alpha=alpha)
+        with (
+            mock.patch.object(updates_module, "_COLUMN_SCATTER_MIN_ELEMENTS", 0),
+            mock.patch.object(updates_module, "_COLUMN_SCATTER_MAX_WIDTH", 64),
+        ):
+            target = start.clone()
+            updates_module.add_rows(target, index, rows, alpha=alpha)
+        if start is filled:
+            torch.testing.assert_close(target, expected)
+        else:
+            assert torch.equal(target, expected)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_plusplus_on_one_cpu_problem_equals_the_batched_loop(metric, weighted):
+    """The host loop for one CPU problem keeps its distances as (trials, n) rows;
+    the batched loop as (n, trials) columns. Same draws, same arithmetic: the
+    same seeds, on real and generated data."""
+    from sklearn.datasets import load_digits, load_iris
+
+    from torchkmeans.functional import kmeans_plusplus
+
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    rng = np.random.default_rng(0)
+    datasets = [
+        load_iris().data,
+        load_digits().data,
+        rng.standard_normal((3000, 2)).astype(np.float32),
+        rng.standard_normal((2000, 40)).astype(np.float32),
+    ]
+    for data in datasets:
+        x = torch.tensor(data)
+        x = x - x.mean(0)
+        if metric == "cosine":
+            x = torch.nn.functional.normalize(x, dim=1)
+        weights = torch.tensor(rng.uniform(0.0, 2.0, len(x))).to(x.dtype) if weighted else None
+        for k in (1, 3, 17):
+            for seed in range(2):
+                chosen = []
+                for host_loop in (True, False):
+                    with mock.patch.object(init_module, "_HOST_LOOP_ON_CPU", host_loop):
+                        chosen.append(
+                            kmeans_plusplus(
+                                x,
+                                k,
+                                sample_weight=weights,
+                                metric=metric,
+                                generator=torch.Generator().manual_seed(seed),
+                            )[1]
+                        )
+                assert torch.equal(chosen[0], chosen[1])

@@ -356,7 +356,7 @@ def argmin_columns(
 
     As :func:`argmin_rows` for the transposed layout: the minimum without
     indices, then a full search only where the ``previous`` label no longer
-    attains it (every row when there is no previous label).
+    attains it. Without previous labels, ``min`` with indices of every column.
 
     Examples
     --------
@@ -364,16 +364,27 @@ def argmin_columns(
     >>> values.tolist(), labels.tolist()
     ([[2.0, 1.0]], [[1, 0]])
     """
-    if scores.numel() < _WARM_START_MIN_ELEMENTS:
-        return scores.min(dim=1)
+    if previous is None or scores.numel() < _WARM_START_MIN_ELEMENTS:
+        values, indices = scores.min(dim=1)
+        return values, indices
+    b, m = scores.shape[0], scores.shape[2]
     values = scores.amin(dim=1)
-    if previous is None:
-        previous = torch.zeros(values.shape, dtype=torch.int64, device=scores.device)
-    kept = scores.gather(1, previous.unsqueeze(1)).squeeze(1)
-    problem, row = (kept > values).nonzero(as_tuple=True)
     labels = previous.clone()
+    if b == 1 and scores.is_contiguous():
+        # take() on flat offsets is several times faster than gather() here:
+        # (label, column) sits at label * m + column.
+        offsets = torch.arange(m, device=scores.device).add_(previous[0], alpha=m)
+        moved = (scores.view(-1).take(offsets) > values[0]).nonzero().squeeze(1)
+        if moved.numel():
+            # min() with indices: several times faster than argmin() on the CPU,
+            # with the same first-index rule.
+            found = scores[0].index_select(1, moved).min(dim=0).indices
+            labels[0].index_copy_(0, moved, found)
+        return values, labels
+    kept = scores.gather(1, previous.unsqueeze(1)).squeeze(1)
+    problem, column = (kept > values).nonzero(as_tuple=True)
     if problem.numel():
-        labels[problem, row] = scores[problem, :, row].argmin(dim=-1)
+        labels[problem, column] = scores[problem, :, column].min(dim=-1).indices
     return values, labels
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
+    argmin_columns,
     argmin_rows,
     assign_block,
     augmented_centroids,
@@ -29,7 +30,7 @@ from .distances import (
     squared_norms,
 )
 from .init import kmeans_plusplus, random_init
-from .updates import accumulate, centroids_from_sums, relocate_empty_clusters
+from .updates import accumulate, add_rows, centroids_from_sums, relocate_empty_clusters
 
 __all__ = ["KMeansResult", "kmeans", "lloyd", "prepare"]
 
@@ -313,8 +314,8 @@ def _move_rows(
         base = problem * k
         to, origin = base + to, base + origin
     flat = totals.view(b * k, width)
-    flat.index_add_(0, to, moved)
-    flat.index_add_(0, origin, moved, alpha=-1)
+    add_rows(flat, to, moved)
+    add_rows(flat, origin, moved, alpha=-1)
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -356,6 +357,13 @@ def _point_distances(
 # Row minima the small loop holds before summing them (elements).
 _PENDING_MINIMA = 1 << 20
 
+# One problem with at most this many centroids is scored as (k, n) on the CPU:
+# amin() over rows of fewer than 64 elements vectorises badly, except at 32
+# (20,000 rows: k=16 179 us against 23 us across 16 contiguous rows; k=10,
+# 1,797 rows: 19 us against 4 us), while the minimum across k contiguous rows
+# runs at memory speed.
+_COLUMN_SCORES_MAX_K = 63
+
 
 def _run_lloyd_small(
     prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float, rows: int
@@ -380,9 +388,9 @@ def _run_lloyd_small(
     # (scaling by 2 is exact), without scaling the centroids every iteration.
     buffers = torch.empty((2, k, d + 1), dtype=x.dtype)
     buffers[0, :, :d] = centroids[0]
-    # Each buffer's centroids, norms and transpose, viewed once: slicing is an
-    # op too. slots[turn] holds the current centroids.
-    slots = [(buffer[:, :d], buffer[:, d], buffer.T) for buffer in buffers]
+    # Each buffer's centroids, norms, transpose and itself, viewed once:
+    # slicing is an op too. slots[turn] holds the current centroids.
+    slots = [(buffer[:, :d], buffer[:, d], buffer.T, buffer) for buffer in buffers]
     turn = 0
     scaled_rows = None
     if not cosine:
@@ -391,15 +399,29 @@ def _run_lloyd_small(
     # One buffer and its views for all iterations: slicing is an op too.
     totals = torch.empty((k, d + 1), dtype=x.dtype)
     sums, counts = totals[:, :d], totals[:, d:]
+    n = x.shape[0]
+    # Few centroids: scores as (k, n), minimum across contiguous rows (see
+    # _COLUMN_SCORES_MAX_K); tiny fits keep (n, k) and min() with indices.
+    columns = k <= _COLUMN_SCORES_MAX_K and n * k >= _WARM_START_MIN_ELEMENTS
+    rows_t = (x_aug if scaled_rows is None else scaled_rows).T
+    # The score block too: a fresh block of a megabyte or more comes back
+    # from the allocator as new pages, which made the product up to 8x slower
+    # (20,000 x 3 rows, k=16: 330 us against 40 us in later iterations).
+    scores_buffer = torch.empty((k, n) if columns else (n, k), dtype=x.dtype)
 
     def assign(previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        centroid, norms, transposed = slots[turn]
+        centroid, norms, transposed, centroid_rows = slots[turn]
         if scaled_rows is None:
-            scores = torch.mm(x_aug, augmented_centroids(centroid, prep.metric).T)
+            centroid_rows = augmented_centroids(centroid, prep.metric)
+            transposed = centroid_rows.T
         else:
             torch.linalg.vecdot(centroid, centroid, out=norms)
-            scores = torch.mm(scaled_rows, transposed)
-        return argmin_rows(scores, previous)
+        if not columns:
+            rows = x_aug if scaled_rows is None else scaled_rows
+            return argmin_rows(torch.mm(rows, transposed, out=scores_buffer), previous)
+        scores = torch.mm(centroid_rows, rows_t, out=scores_buffer).unsqueeze(0)
+        values, labels = argmin_columns(scores, None if previous is None else previous[None])
+        return values[0], labels[0]
 
     # Each iteration's row minima, summed into the history a few iterations at a
     # time (one op for many; at most _PENDING_MINIMA elements held).
@@ -423,7 +445,7 @@ def _run_lloyd_small(
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
             flush()
-        totals.zero_().index_add_(0, labels, source)
+        add_rows(totals.zero_(), labels, source)
         centroid, updated = slots[turn][0], slots[1 - turn][0]
         torch.div(sums, counts, out=updated)
         if cosine:

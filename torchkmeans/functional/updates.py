@@ -16,6 +16,7 @@ from .distances import compute_dtype
 
 __all__ = [
     "accumulate",
+    "add_rows",
     "centroids_from_sums",
     "relocate_empty_clusters",
     "scatter_sums",
@@ -42,6 +43,46 @@ def with_ones_column(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch
 # one-hot matrix product (2*k flops per element) rather than index_add_ (about
 # as costly as 2*24 flops per element on one core).
 _ONE_HOT_MAX_K = 16
+
+
+# On the CPU, index_add_ along dim 0 of rows narrower than 16 elements runs
+# 3-12x slower than one 1-D scatter per column once the source holds 2^15
+# elements or more (torch 2.13, measured in-process: 100,000 rows of width 3
+# into 64 clusters 2.5 ms against 0.23 ms; 16,384 rows of width 9, 1.05 ms
+# against 0.2 ms). From width 16 on, and below 2^15 elements, rows are faster.
+_COLUMN_SCATTER_MAX_WIDTH = 15
+_COLUMN_SCATTER_MIN_ELEMENTS = 1 << 15
+
+
+def add_rows(
+    target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, *, alpha: float = 1.0
+) -> None:
+    """``target.index_add_(0, index, rows, alpha=alpha)`` for 2-D ``target`` and ``rows``.
+
+    Narrow rows on the CPU are added column by column into a transposed
+    buffer (see ``_COLUMN_SCATTER_MAX_WIDTH``): each column receives its
+    rows in the same order, so a zero ``target`` gets the same sums.
+
+    Examples
+    --------
+    >>> target = torch.zeros(2, 2)
+    >>> rows = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    >>> add_rows(target, torch.tensor([1, 1, 0]), rows)
+    >>> target
+    tensor([[5., 6.],
+            [4., 6.]])
+    """
+    width = rows.shape[1]
+    if (
+        rows.device.type == "cpu"
+        and width <= _COLUMN_SCATTER_MAX_WIDTH
+        and rows.numel() >= _COLUMN_SCATTER_MIN_ELEMENTS
+    ):
+        columns = torch.zeros((width, target.shape[0]), dtype=target.dtype)
+        columns.index_add_(1, index, rows.T, alpha=alpha)
+        target.add_(columns.T)
+    else:
+        target.index_add_(0, index, rows, alpha=alpha)
 
 
 def _flat_labels(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -94,12 +135,12 @@ def accumulate(
             source = shared
             if weights is not None:
                 source = shared * weights[problem].to(totals.dtype).unsqueeze(-1)
-            totals[problem].index_add_(0, labels[problem], source)
+            add_rows(totals[problem], labels[problem], source)
         return
     if weights is not None:
         xb = xb * weights.to(totals.dtype).unsqueeze(-1)
     source = xb if xb.shape[0] == b else xb.expand(b, m, width)
-    totals.view(b * k, width).index_add_(0, _flat_labels(labels, k), source.reshape(b * m, width))
+    add_rows(totals.view(b * k, width), _flat_labels(labels, k), source.reshape(b * m, width))
 
 
 def scatter_sums(
