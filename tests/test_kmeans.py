@@ -346,6 +346,27 @@ def test_bad_input_errors(params, X, fit_kwargs, error, match):
         KMeans(**params).fit(X, **fit_kwargs)
 
 
+def test_large_finite_values_are_not_mistaken_for_infinity():
+    """The finiteness check sums the data first; a sum that overflows is checked
+    element by element, so only real NaN and infinities are refused."""
+    from torchkmeans._validation import all_finite
+
+    huge = torch.full((4, 2), 3e38, dtype=torch.float32)
+    assert not bool(torch.isfinite(huge.sum()))
+    assert all_finite(huge)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        spoiled = huge.clone()
+        spoiled[2, 1] = bad
+        assert not all_finite(spoiled)
+    mixed = torch.tensor([float("inf"), float("-inf")])  # sums to NaN
+    assert not all_finite(mixed)
+    assert all_finite(torch.empty(0, 3))
+    X = np.array([[3e38, 0.0], [3e38, 1.0], [-3e38, 0.0], [-3e38, 1.0]], dtype=np.float32)
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        KMeans(n_clusters=2).fit(np.vstack([X, [[np.nan, 0.0]]]))
+    KMeans(n_clusters=2, n_init=1, random_state=0).fit(X.astype(np.float64))  # accepted
+
+
 def test_predict_with_another_feature_count():
     km = KMeans(n_clusters=2, random_state=0).fit(X_OK)
     with pytest.raises(

@@ -144,10 +144,18 @@ def test_integer_weights_equal_repeated_rows(problem, data):
 
 @SETTINGS
 @given(problems(max_n=90, max_k=8), st.integers(0, 2**32 - 1), st.booleans(), st.integers(1, 40))
-def test_warm_started_pass_equals_a_cold_one(problem, seed, weighted, rows):
+@pytest.mark.parametrize("columns_up_to_k", [0, 63], ids=["rows", "columns"])
+def test_warm_started_pass_equals_a_cold_one(columns_up_to_k, problem, seed, weighted, rows):
     """The single-problem CPU pass that starts from the previous labels (random
     here, and duplicated centres make exact ties) finds a nearest centre of
-    every row, and the same sums, weights, distances and total as a full search."""
+    every row, and the same sums, weights, distances and total as a full search,
+    with its blocks scored as (m, k) rows or (k, m) columns."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    with mock.patch.object(lloyd_module, "_COLUMN_SCORES_MAX_K", columns_up_to_k):
+        _compare_warm_and_cold_passes(problem, seed, weighted, rows)
+
+
+def _compare_warm_and_cold_passes(problem, seed, weighted, rows):
     from torchkmeans.functional.lloyd import _assign_pass, prepare
 
     lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
@@ -220,13 +228,18 @@ def test_small_problem_loop_equals_the_general_loop(
     iterations, labels, centroids and history. Rounded data make ties, duplicate
     rows and empty clusters common; zero weights make clusters with points but
     no weight. "columns" forces the (k, n) scores and the warm-started searches
-    of both loops (which keep a tied previous label) onto these small problems."""
+    of both loops (which keep a tied previous label) onto these small problems,
+    without the scaled copy of the rows and with the final distances in blocks."""
     lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
     if score_layout == "columns":
         distances_module = importlib.import_module("torchkmeans.functional.distances")
         stack = contextlib.ExitStack()
         for module in (lloyd_module, distances_module):
             stack.enter_context(mock.patch.object(module, "_WARM_START_MIN_ELEMENTS", 1))
+        # ... with the general loop's [-2c | |c|^2] instead of a copy [-2x | 1],
+        # and the final distances in blocks.
+        stack.enter_context(mock.patch.object(lloyd_module, "_SCALED_ROWS_MAX_ELEMENTS", 0))
+        stack.enter_context(mock.patch.object(lloyd_module, "_EXACT_DISTANCE_ROWS", 7))
     else:
         stack = contextlib.nullcontext()
     with stack:

@@ -367,7 +367,7 @@ class KMeans(EstimatorProtocol):
                 rows, centers.device, centers.dtype, chunk_rows(rows, centers.device)
             )
             for start, chunk in chunks:
-                if not bool(torch.isfinite(chunk).all()):
+                if not v.all_finite(chunk):
                     raise ValueError("Input X contains NaN or infinity; expected finite values.")
                 yield start, chunk
 

@@ -89,7 +89,7 @@ class _Source:
 
     @staticmethod
     def _checked(rows: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(rows).all()):
+        if not v.all_finite(rows):
             raise ValueError("Input X contains NaN or infinity; expected finite values.")
         return rows
 

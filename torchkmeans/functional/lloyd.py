@@ -221,34 +221,55 @@ def _assign_pass_warm(
     n, k = x_aug.shape[1], augmented.shape[0]
     rows = min(rows, n)
     device, dtype = x_aug.device, x_aug.dtype
+    # Few centroids: each block scored as (k, m) (see _COLUMN_SCORES_MAX_K),
+    # where (label, row) sits at label * m + row.
+    columns = k <= _COLUMN_SCORES_MAX_K
     augmented_t = augmented.T
-    scores_buffer = torch.empty((rows, k), dtype=dtype, device=device)
+    scores_buffer = torch.empty(rows * k, dtype=dtype, device=device)
     minima = torch.empty(n, dtype=dtype, device=device)
-    row_offsets = torch.arange(0, rows * k, k, device=device)
+    if columns:
+        row_offsets = torch.arange(rows, device=device)
+    else:
+        row_offsets = torch.arange(0, rows * k, k, device=device)
     flat_index = torch.empty(rows, dtype=torch.int64, device=device)
     kept = torch.empty(rows, dtype=dtype, device=device)
     moved_mask = torch.empty(rows, dtype=torch.bool, device=device)
     if labels.data_ptr() != previous.data_ptr():
         labels.copy_(previous)
     x_rows = x_aug[0]
-    buffers = (scores_buffer, row_offsets, flat_index, kept, moved_mask)
+    buffers = (row_offsets, flat_index, kept, moved_mask)
+    full_block = scores_buffer.view(k, rows) if columns else scores_buffer.view(rows, k)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         m = stop - start
         # Whole buffers for every block but a shorter last one: each slice is an op.
-        scores_out, offsets, index, kept_m, moved_m = (
-            buffers if m == rows else tuple(buffer[:m] for buffer in buffers)
-        )
-        scores = torch.mm(x_rows[start:stop], augmented_t, out=scores_out)
-        block_minima = torch.amin(scores, 1, out=minima[start:stop])
-        torch.take(scores, torch.add(offsets, previous[start:stop], out=index), out=kept_m)
+        if m == rows:
+            offsets, index, kept_m, moved_m = buffers
+            scores_out = full_block
+        else:
+            offsets, index, kept_m, moved_m = (buffer[:m] for buffer in buffers)
+            scores_out = scores_buffer[: m * k].view((k, m) if columns else (m, k))
+        block_previous = previous[start:stop]
+        if columns:
+            scores = torch.mm(augmented, x_rows[start:stop].T, out=scores_out)
+            block_minima = torch.amin(scores, 0, out=minima[start:stop])
+            torch.add(offsets, block_previous, alpha=m, out=index)
+        else:
+            scores = torch.mm(x_rows[start:stop], augmented_t, out=scores_out)
+            block_minima = torch.amin(scores, 1, out=minima[start:stop])
+            torch.add(offsets, block_previous, out=index)
+        torch.take(scores, index, out=kept_m)
         moved = torch.gt(kept_m, block_minima, out=moved_m).nonzero().squeeze(1)
         if changed_rows is not None:
             changed_rows.append(moved + start)
         if moved.numel():
-            # row_min: min() rather than argmin(), several times faster on the
-            # CPU, with the same first-index tie rule.
-            labels[start:stop].index_copy_(0, moved, row_min(scores.index_select(0, moved))[1])
+            # min() rather than argmin(), several times faster on the CPU,
+            # with the same first-index tie rule.
+            if columns:
+                found = scores.index_select(1, moved).min(dim=0).indices
+            else:
+                found = row_min(scores.index_select(0, moved))[1]
+            labels[start:stop].index_copy_(0, moved, found)
         if distances is not None:
             distances[:, start:stop] = exact_distances(
                 prep.x[:, start:stop], centroids, labels[None, start:stop], prep.metric == "cosine"
@@ -364,6 +385,14 @@ _PENDING_MINIMA = 1 << 20
 # runs at memory speed.
 _COLUMN_SCORES_MAX_K = 63
 
+# The small loop copies data of up to this many elements [x | 1] as [-2x | 1]:
+# one op less per iteration. Copying larger data costs more than the
+# iterations save (100,000 x 65 float32: 8 ms, about a millisecond of page
+# faults per 3 MB, against a few microseconds per iteration).
+_SCALED_ROWS_MAX_ELEMENTS = 1 << 16
+# ... and computes the final exact distances this many rows at a time.
+_EXACT_DISTANCE_ROWS = 8192
+
 
 def _run_lloyd_small(
     prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float, rows: int
@@ -383,9 +412,11 @@ def _run_lloyd_small(
     cosine = prep.metric == "cosine"
     # Two buffers of rows [c | |c|^2] take turns holding the centroids and
     # their update, which the division writes straight into. Euclidean scores
-    # |c|^2 - 2 x.c come from one plain mm of [-2x | 1] with [c | |c|^2]: the
-    # same products and sums as [x | 1] . [-2c | |c|^2] in the general loop
-    # (scaling by 2 is exact), without scaling the centroids every iteration.
+    # |c|^2 - 2 x.c of small data come from one plain mm of a copy [-2x | 1]
+    # with [c | |c|^2]: the same products and sums as [x | 1] . [-2c | |c|^2]
+    # in the general loop (scaling by 2 is exact), without scaling the
+    # centroids every iteration. Larger data are not copied (see
+    # _SCALED_ROWS_MAX_ELEMENTS) and take the general loop's [-2c | |c|^2].
     buffers = torch.empty((2, k, d + 1), dtype=x.dtype)
     buffers[0, :, :d] = centroids[0]
     # Each buffer's centroids, norms, transpose and itself, viewed once:
@@ -393,7 +424,7 @@ def _run_lloyd_small(
     slots = [(buffer[:, :d], buffer[:, d], buffer.T, buffer) for buffer in buffers]
     turn = 0
     scaled_rows = None
-    if not cosine:
+    if not cosine and x_aug.numel() <= _SCALED_ROWS_MAX_ELEMENTS:
         scaled_rows = x_aug.clone()
         scaled_rows[:, :d].mul_(-2.0)
     # One buffer and its views for all iterations: slicing is an op too.
@@ -470,7 +501,17 @@ def _run_lloyd_small(
     if labels is None or shift != 0.0:
         _, labels = assign(labels)
     final_centroids = slots[turn][0].unsqueeze(0).contiguous()
-    distances = exact_distances(x.unsqueeze(0), final_centroids, labels.unsqueeze(0), cosine)
+    # In blocks: the differences of all rows at once are two temporaries the
+    # size of the data, each paid for in fresh pages.
+    if n <= _EXACT_DISTANCE_ROWS:
+        distances = exact_distances(prep.x, final_centroids, labels.unsqueeze(0), cosine)
+    else:
+        distances = torch.empty((1, n), dtype=x.dtype)
+        for start in range(0, n, _EXACT_DISTANCE_ROWS):
+            stop = min(n, start + _EXACT_DISTANCE_ROWS)
+            distances[:, start:stop] = exact_distances(
+                prep.x[:, start:stop], final_centroids, labels[None, start:stop], cosine
+            )
     history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
     offset = _score_offset(prep)
     if summed:
