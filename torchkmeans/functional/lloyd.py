@@ -209,13 +209,14 @@ def _assign_pass_warm(
 ) -> torch.Tensor:
     """:func:`_assign_pass` for one problem on the CPU, warm-started from ``previous``.
 
-    The same search as :func:`argmin_rows`, with every buffer allocated once
+    The same search as :func:`argmin_rows` (:func:`argmin_columns` for fewer
+    than 64 centroids, scored as ``(k, m)``), with every buffer allocated once
     per pass and a handful of ops per block: the product into a reused score
-    block, its row minimum straight into the minimum of all rows, the score of
-    each row's previous centroid, and a full search only of the rows whose
-    previous centroid no longer attains the minimum: exactly the rows whose
-    label changes, appended to ``changed_rows`` when given. ``labels`` and
-    ``previous`` are ``(n,)``, ``augmented`` ``(k, d+1)``.
+    block, its minimum per row straight into the minimum of all rows, the
+    score of each row's previous centroid, and a full search only of the rows
+    whose previous centroid no longer attains the minimum: exactly the rows
+    whose label changes, appended to ``changed_rows`` when given. ``labels``
+    and ``previous`` are ``(n,)``, ``augmented`` ``(k, d+1)``.
     """
     x_aug, weights = prep.x_aug, prep.weights
     n, k = x_aug.shape[1], augmented.shape[0]
@@ -401,9 +402,9 @@ def _run_lloyd_small(
 
     Small fits are bound by the fixed cost of each tensor op, not by
     arithmetic: this loop uses the same kernels as the general one and gives
-    the same result with eight tensor ops per iteration (no block loop, no
-    batch bookkeeping, convergence decided with Python scalars, empty clusters
-    found from the NaN that their 0 / 0 update gives).
+    the same result with about eight tensor ops per iteration (no block loop,
+    no batch bookkeeping, convergence decided with Python scalars, empty
+    clusters found from the NaN that their 0 / 0 update gives).
     """
     x_aug, x = prep.x_aug[0], prep.x[0]
     weights = prep.weights
