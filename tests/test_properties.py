@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 from unittest import mock
 
 import numpy as np
@@ -306,7 +307,7 @@ def test_grouped_row_minimum_equals_min(m, k, extra_columns, dtype, seed):
 
 @SETTINGS
 @given(
-    st.integers(1, 120),
+    st.integers(0, 120),
     st.integers(1, 6),
     st.integers(1, 40),
     st.integers(1, 3),
@@ -314,8 +315,11 @@ def test_grouped_row_minimum_equals_min(m, k, extra_columns, dtype, seed):
 )
 def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
     """Labels are a nearest centroid (the first of twins) and distances exact, for one
-    problem and for one x against b centroid sets, whichever product the CPU uses
-    (augmented rows when k*b > d+1, addmm otherwise)."""
+    problem and for one x against b centroid sets, whichever scores the CPU uses
+    ((k, m) columns for one problem with few centroids, augmented rows when
+    k*b > d+1, addmm otherwise), in one block or in blocks of 7 rows. Centring
+    the rows block by block (KMeans.predict) and leaving the distances out give
+    the same labels."""
     from torchkmeans.functional import nearest_centroids
 
     distances_module = importlib.import_module("torchkmeans.functional.distances")
@@ -324,14 +328,33 @@ def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
     c = torch.randn(b, k, d, generator=generator, dtype=torch.float64).round(decimals=1)
     c = torch.cat([c, c[:, :1]], dim=1)  # a twin of each set's first centroid, last
     exact = torch.cdist(x, c).square()  # (b, n, k+1)
-    for augmented_from in (0, 2**62):  # the augmented product on any block, and never
-        with mock.patch.object(distances_module, "_AUGMENTED_MIN_ELEMENTS", augmented_from):
-            result = nearest_centroids(x, c if b > 1 else c[0])
+    centroids = c if b > 1 else c[0]
+    offset = torch.randn(d, generator=generator, dtype=torch.float64).round(decimals=1)
+    modes = [(63, 2**62), (0, 0), (0, 2**62)]  # columns, augmented rows, addmm rows
+    for (columns_up_to_k, augmented_from), budget in itertools.product(modes, (None, 7)):
+        memory_budget = None if budget is None else budget * b * (k + 1) * 8
+        with (
+            mock.patch.object(distances_module, "_COLUMN_SCORES_MAX_K", columns_up_to_k),
+            mock.patch.object(distances_module, "_AUGMENTED_MIN_ELEMENTS", augmented_from),
+        ):
+            result = nearest_centroids(x, centroids, memory_budget=memory_budget)
+            # The same rows, shifted by -offset, with their centring left to the blocks.
+            shifted, no_distances = distances_module._nearest(
+                x + offset,
+                centroids,
+                offset=offset,
+                exact=False,
+                memory_budget=memory_budget,
+            )
         labels = result.labels.reshape(b, n)
         chosen = exact.gather(2, labels.unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(result.distances.reshape(b, n), chosen, rtol=1e-12, atol=1e-9)
         assert (chosen <= exact.amin(-1) + 1e-9).all()
         assert (labels < k).all()  # the twin never wins over the first centroid
+        assert no_distances is None
+        chosen_shifted = exact.gather(2, shifted.reshape(b, n, 1)).squeeze(-1)
+        assert (chosen_shifted <= exact.amin(-1) + 1e-9).all()
+        assert (shifted < k).all()
 
 
 @SETTINGS

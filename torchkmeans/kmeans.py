@@ -14,7 +14,7 @@ from ._base import EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.collective import Collective
-from .functional.distances import Nearest, compute_dtype, nearest_centroids, pairwise_distances
+from .functional.distances import Nearest, _nearest, compute_dtype, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
 from .functional.streaming import chunk_rows, iter_chunks, streamed_kmeans
 
@@ -332,10 +332,29 @@ class KMeans(EstimatorProtocol):
         offset = centers.mean(0, keepdim=True)
         return x - offset, centers - offset
 
-    def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor) -> Nearest:
-        """Nearest of ``centers`` for validated rows ``x``: labels and distances."""
-        x, centers = self._aligned(x, centers)
-        return nearest_centroids(x, centers, metric=self.metric, memory_budget=self.memory_budget)
+    def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor, exact: bool = True) -> Nearest:
+        """Nearest of ``centers`` for validated rows ``x``: labels and distances.
+
+        Euclidean rows are centred block by block, not copied whole;
+        ``exact=False`` leaves the distances out (an empty tensor), for labels only.
+        """
+        if self.metric == "cosine":
+            x, centers = self._aligned(x, centers)
+            offset = None
+        else:
+            offset = centers.mean(0)
+            centers = centers - offset
+        labels, distances = _nearest(
+            x,
+            centers,
+            metric=self.metric,
+            memory_budget=self.memory_budget,
+            offset=offset,
+            exact=exact,
+        )
+        if distances is None:
+            distances = torch.empty(0, dtype=x.dtype, device=x.device)
+        return Nearest(labels, distances)
 
     def _center_distances(self, x: torch.Tensor) -> torch.Tensor:
         """``transform``'s values for validated rows: euclidean (not squared) or ``1 - cos``."""
@@ -376,11 +395,12 @@ class KMeans(EstimatorProtocol):
         return checked(), rows.n_rows, kind, True
 
     def _labels_and_inertia(
-        self, X: Any, sample_weight: Any = None
+        self, X: Any, sample_weight: Any = None, *, inertia_needed: bool = True
     ) -> tuple[torch.Tensor, float, v.OutputKind]:
         """Nearest centre of every row of ``X``, and the (weighted) inertia, chunk by chunk.
 
-        Labels of streamed data are gathered on the host.
+        Labels of streamed data are gathered on the host. Without
+        ``inertia_needed`` the distances are not computed and the inertia is 0.
         """
         parts, n, kind, streamed = self._parts(X)
         centers = self._centers
@@ -390,7 +410,10 @@ class KMeans(EstimatorProtocol):
         labels = torch.empty(n, dtype=torch.int64, device="cpu" if streamed else centers.device)
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for start, x in parts:
-            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers)
+            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers, inertia_needed)
+            if not inertia_needed:
+                labels[start : start + x.shape[0]] = chunk_labels
+                continue
             dist = dist.double()
             if weights is not None:
                 dist = dist * weights[start : start + x.shape[0]]
@@ -405,7 +428,7 @@ class KMeans(EstimatorProtocol):
         -------
         labels : array or Tensor of shape (n_samples,)
         """
-        labels, _, kind = self._labels_and_inertia(X)
+        labels, _, kind = self._labels_and_inertia(X, inertia_needed=False)
         return kind.out(labels)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
+    _COLUMN_SCORES_MAX_K,
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
     argmin_rows,
@@ -379,12 +380,6 @@ def _point_distances(
 # Row minima the small loop holds before summing them (elements).
 _PENDING_MINIMA = 1 << 20
 
-# One problem with at most this many centroids is scored as (k, n) on the CPU:
-# amin() over rows of fewer than 64 elements vectorises badly, except at 32
-# (20,000 rows: k=16 179 us against 23 us across 16 contiguous rows; k=10,
-# 1,797 rows: 19 us against 4 us), while the minimum across k contiguous rows
-# runs at memory speed.
-_COLUMN_SCORES_MAX_K = 63
 
 # The small loop copies data of up to this many elements [x | 1] as [-2x | 1]:
 # one op less per iteration. Copying larger data costs more than the
