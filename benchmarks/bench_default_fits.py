@@ -12,13 +12,15 @@ both libraries for every seed, the two taking turns (which goes first
 alternates), after one warm-up fit each. Printed per case: the summed wall time
 of torchkmeans over scikit-learn's (t/sk, < 1 is faster), the same per Lloyd
 iteration (iteration counts depend on the seed), the mean inertia over
-scikit-learn's, and the mean iterations. A script, never a test: timings
-depend on the machine.
+scikit-learn's, the mean iterations, and the median time of ``predict(X)``
+with the same centres in both (7 calls each, taking turns) over
+scikit-learn's. A script, never a test: timings depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -75,6 +77,7 @@ CASES = (
     Case("gauss_20000x1024", 50, _gauss(20_000, 1024)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
+PREDICT_REPS = 7
 
 
 def fit_seconds(estimator: object, X: np.ndarray) -> tuple[float, float, int]:
@@ -103,12 +106,24 @@ def run_case(case: Case, seeds: int) -> str:
             inertia[name] += value
             n_iter[name] += iterations
     per_iter = (seconds["tk"] / n_iter["tk"]) / (seconds["sk"] / n_iter["sk"])
+    # predict(X) with the same centres in both libraries, taking turns.
+    fitted = {name: makers[name](0) for name in makers}
+    fitted["tk"].fit(X)
+    fitted["sk"].fit(X)
+    fitted["sk"].cluster_centers_ = np.asarray(fitted["tk"].cluster_centers_)
+    predict = {name: [] for name in makers}
+    for rep in range(PREDICT_REPS):
+        for name in ("tk", "sk") if rep % 2 == 0 else ("sk", "tk"):
+            started = time.perf_counter()
+            fitted[name].predict(X)
+            predict[name].append(time.perf_counter() - started)
+    predict_ratio = statistics.median(predict["tk"]) / statistics.median(predict["sk"])
     return (
         f"{case.name:<20} {X.shape[0]:>8} {X.shape[1]:>5} {case.k:>4} {X.dtype.name:>8} "
         f"{seconds['tk'] / seconds['sk']:>6.2f} {per_iter:>9.2f} "
         f"{1e3 * seconds['tk'] / seeds:>9.1f} {1e3 * seconds['sk'] / seeds:>9.1f} "
         f"{inertia['tk'] / inertia['sk']:>9.4f} "
-        f"{n_iter['tk'] / seeds:>6.1f} {n_iter['sk'] / seeds:>6.1f}"
+        f"{n_iter['tk'] / seeds:>6.1f} {n_iter['sk'] / seeds:>6.1f} {predict_ratio:>10.2f}"
     )
 
 
@@ -124,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.seeds} seeds per case")
     print(
         f"{'case':<20} {'n':>8} {'d':>5} {'k':>4} {'dtype':>8} {'t/sk':>6} {'iter t/sk':>9} "
-        f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk it':>6} {'sk it':>6}"
+        f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk it':>6} {'sk it':>6} "
+        f"{'predict/sk':>10}"
     )
     cases = [CASES_BY_NAME[name] for name in args.only] if args.only else list(CASES)
     for case in cases:
