@@ -352,7 +352,11 @@ def _sweep(
     for group in groups:
         k_group = ks[group[-1]]
         members = slice(group[0] * n_init, (group[-1] + 1) * n_init)
-        mask = torch.arange(k_group, device=x.device) < k_of_problem[members, None]
+        # A group of one k needs no mask: its problems are then plain fits,
+        # which take the single-problem paths on the CPU when n_init == 1.
+        mask = None
+        if len(group) > 1:
+            mask = torch.arange(k_group, device=x.device) < k_of_problem[members, None]
         # One batched run per group: problems that converge leave the batch
         # inside lloyd (on the CPU) or are frozen (elsewhere).
         result = lloyd(
