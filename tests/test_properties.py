@@ -197,6 +197,7 @@ def _compare_warm_and_cold_passes(problem, seed, weighted, rows):
     chosen = scores.gather(1, warm_labels[0, :, None]).squeeze(1)
     best = scores.gather(1, labels[0, :, None]).squeeze(1)
     scale = 1e-9 * (1.0 + float(scores.max()))
+    assert (best <= scores.amin(1) + scale).all()  # the cold pass finds a nearest centre
     assert (chosen <= best + scale).all()
     # Ties keep the previous label: only then may the two labels differ.
     differ = warm_labels != labels
@@ -367,7 +368,9 @@ def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
 )
 def test_warm_column_minimum_keeps_a_previous_label_that_is_still_nearest(b, k, m, dtype, seed):
     """argmin_columns with previous labels: the minimum of every column; a previous
-    label that attains it stays, any other column gets min()'s first index."""
+    label that attains it stays, any other column gets min()'s first index; without
+    previous labels, min()'s first index everywhere (first_column_minimum for one
+    problem)."""
     distances_module = importlib.import_module("torchkmeans.functional.distances")
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 4, (b, k, m), generator=generator).to(dtype)  # many ties
@@ -382,6 +385,11 @@ def test_warm_column_minimum_keeps_a_previous_label_that_is_still_nearest(b, k, 
         assert torch.equal(labels[kept], previous[kept])
         assert torch.equal(labels[~kept], first[~kept])
         assert torch.equal(previous, before)
+        # Cold (no previous labels): min()'s first indices.
+        with mock.patch.object(distances_module, "_WARM_START_MIN_ELEMENTS", 1):
+            values, labels = distances_module.argmin_columns(layout)
+        assert torch.equal(values, expected)
+        assert torch.equal(labels, first)
 
 
 @SETTINGS

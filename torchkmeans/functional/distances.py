@@ -26,6 +26,7 @@ __all__ = [
     "augmented_scores",
     "block_rows",
     "compute_dtype",
+    "first_column_minimum",
     "nearest_centroids",
     "pairwise_distances",
     "row_min",
@@ -364,9 +365,15 @@ def argmin_columns(
     >>> values.tolist(), labels.tolist()
     ([[2.0, 1.0]], [[1, 0]])
     """
-    if previous is None or scores.numel() < _WARM_START_MIN_ELEMENTS:
+    if scores.numel() < _WARM_START_MIN_ELEMENTS:
         values, indices = scores.min(dim=1)
         return values, indices
+    if previous is None:
+        if scores.shape[0] > 1 or scores.device.type != "cpu":
+            values, indices = scores.min(dim=1)
+            return values, indices
+        values = scores.amin(dim=1)
+        return values, first_column_minimum(scores[0], values[0]).long().unsqueeze(0)
     b, m = scores.shape[0], scores.shape[2]
     values = scores.amin(dim=1)
     labels = previous.clone()
@@ -540,6 +547,34 @@ def _nearest(
     return labels, distances
 
 
+def first_column_minimum(
+    scores: torch.Tensor,
+    minima: torch.Tensor,
+    work: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """First index of each column's minimum in ``scores`` ``(k, m)``, as floats ``(m,)``.
+
+    ``minima`` ``(m,)`` are the column minima (``scores.amin(0)``). With ``v``
+    the minimum, ``sign(s - v)`` is 0 exactly where ``s == v`` and 1
+    elsewhere, so the minimum of ``index + k * sign(s - v)`` down a column is
+    the first index holding ``v``: four ops that vectorise on the CPU, where
+    ``min`` with indices runs 2-3x slower. ``work`` ``(k, m)`` and ``out``
+    ``(m,)`` are optional buffers.
+
+    Examples
+    --------
+    >>> scores = torch.tensor([[3.0, 1.0], [2.0, 1.0]])
+    >>> first_column_minimum(scores, scores.amin(0))
+    tensor([1., 0.])
+    """
+    k = scores.shape[0]
+    work = torch.sub(scores, minima, out=work).sign_()
+    column_index = torch.arange(k, dtype=scores.dtype, device=scores.device).unsqueeze(1)
+    torch.add(column_index, work, alpha=k, out=work)
+    return torch.amin(work, 0, out=out)
+
+
 def _nearest_by_columns(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -551,12 +586,9 @@ def _nearest_by_columns(
     """:func:`_nearest` for one problem with few centroids on the CPU.
 
     Each block of rows is copied (centred) into ``[x | 1]`` and scored as
-    ``(k, m)`` against the augmented centroids. The first index of each
-    column's minimum comes from reductions that vectorise instead of ``min``
-    with indices (2-3x slower): with ``v`` the minimum, ``sign(s - v)`` is 0
-    exactly where ``s == v`` and 1 elsewhere, so the minimum of
-    ``index + k * sign(s - v)`` over the column is the first index holding
-    ``v``. ``x`` ``(n, d)``, ``centroids`` ``(k, d)``.
+    ``(k, m)`` against the augmented centroids; the first index of each
+    column's minimum comes from :func:`first_column_minimum`. ``x`` ``(n, d)``,
+    ``centroids`` ``(k, d)``.
     """
     n, d = x.shape
     k = centroids.shape[0]
@@ -572,7 +604,6 @@ def _nearest_by_columns(
     work_buffer = torch.empty(rows * k, dtype=dtype, device=device)
     minima = torch.empty(rows, dtype=dtype, device=device)
     first = torch.empty(rows, dtype=dtype, device=device)
-    column_index = torch.arange(k, dtype=dtype, device=device).unsqueeze(1)
     labels = torch.empty(n, dtype=torch.int64, device=device)
     distances = torch.empty(n, dtype=dtype, device=device) if exact else None
     for start in range(0, n, rows):
@@ -586,9 +617,8 @@ def _nearest_by_columns(
             torch.sub(x[start:stop], offset, out=centred)
         scores = torch.mm(augmented, block.T, out=scores_buffer[: k * m].view(k, m))
         block_minima = torch.amin(scores, 0, out=minima[:m])
-        work = torch.sub(scores, block_minima, out=work_buffer[: k * m].view(k, m)).sign_()
-        torch.add(column_index, work, alpha=k, out=work)
-        labels[start:stop] = torch.amin(work, 0, out=first[:m])
+        work = work_buffer[: k * m].view(k, m)
+        labels[start:stop] = first_column_minimum(scores, block_minima, work, first[:m])
         if distances is not None:
             distances[start:stop] = exact_distances(
                 centred[None], centroids[None], labels[None, start:stop], not euclidean
