@@ -336,6 +336,7 @@ def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
         memory_budget = None if budget is None else budget * b * (k + 1) * 8
         with (
             mock.patch.object(distances_module, "_COLUMN_SCORES_MAX_K", columns_up_to_k),
+            mock.patch.object(distances_module, "_COLUMN_NEAREST_MIN_ELEMENTS", 0),
             mock.patch.object(distances_module, "_AUGMENTED_MIN_ELEMENTS", augmented_from),
         ):
             result = nearest_centroids(x, centroids, memory_budget=memory_budget)

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
+    _COLUMN_SCORES_MAX_D,
     _COLUMN_SCORES_MAX_K,
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
@@ -225,7 +226,7 @@ def _assign_pass_warm(
     device, dtype = x_aug.device, x_aug.dtype
     # Few centroids: each block scored as (k, m) (see _COLUMN_SCORES_MAX_K),
     # where (label, row) sits at label * m + row.
-    columns = k <= _COLUMN_SCORES_MAX_K
+    columns = k <= _COLUMN_SCORES_MAX_K and augmented.shape[1] - 1 <= _COLUMN_SCORES_MAX_D
     augmented_t = augmented.T
     scores_buffer = torch.empty(rows * k, dtype=dtype, device=device)
     minima = torch.empty(n, dtype=dtype, device=device)
@@ -429,7 +430,11 @@ def _run_lloyd_small(
     n = x.shape[0]
     # Few centroids: scores as (k, n), minimum across contiguous rows (see
     # _COLUMN_SCORES_MAX_K); tiny fits keep (n, k) and min() with indices.
-    columns = k <= _COLUMN_SCORES_MAX_K and n * k >= _WARM_START_MIN_ELEMENTS
+    columns = (
+        k <= _COLUMN_SCORES_MAX_K
+        and d <= _COLUMN_SCORES_MAX_D
+        and n * k >= _WARM_START_MIN_ELEMENTS
+    )
     rows_t = (x_aug if scaled_rows is None else scaled_rows).T
     # The score block too: a fresh block of a megabyte or more comes back
     # from the allocator as new pages, which made the product up to 8x slower
