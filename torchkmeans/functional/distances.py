@@ -395,6 +395,10 @@ def argmin_columns(
     return values, labels
 
 
+# Rows of at most this many features get their exact distances feature by feature.
+_NARROW_ROW_MAX_D = 16
+
+
 def exact_distances(
     xb: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, cosine: bool
 ) -> torch.Tensor:
@@ -407,6 +411,16 @@ def exact_distances(
     """
     b, k, d = centroids.shape
     m = labels.shape[1]
+    if b == 1 and xb.shape[0] == 1 and xb.device.type == "cpu" and d <= _NARROW_ROW_MAX_D:
+        # Narrow rows: the differences as (d, m) rows of features, summed down
+        # the columns, vectorise; sums over rows of a few elements do not
+        # (131,072 x 2: 0.7 ms against 2.2 ms; x 8: 1.1 against 2.4; x 16: 2.8
+        # against 3.9).
+        chosen_t = centroids[0].T.index_select(1, labels[0])  # (d, m)
+        if cosine:
+            return chosen_t.mul_(xb[0].T).sum(0).neg_().add_(1.0).clamp_(0.0, 2.0).unsqueeze(0)
+        difference = torch.sub(xb[0].T, chosen_t, out=chosen_t)
+        return difference.square_().sum(0).unsqueeze(0)
     flat = labels if b == 1 else labels + torch.arange(0, b * k, k, device=labels.device)[:, None]
     # index_select of whole rows is many times faster than gather() here.
     chosen = centroids.reshape(b * k, d).index_select(0, flat.reshape(-1)).view(b, m, d)
