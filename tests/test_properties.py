@@ -151,8 +151,8 @@ def test_warm_started_pass_equals_a_cold_one(columns_up_to_k, problem, seed, wei
     here, and duplicated centres make exact ties) finds a nearest centre of
     every row, and the same sums, weights, distances and total as a full search,
     with its blocks scored as (m, k) rows or (k, m) columns."""
-    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
-    with mock.patch.object(lloyd_module, "_COLUMN_SCORES_MAX_K", columns_up_to_k):
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    with mock.patch.object(distances_module, "_COLUMN_SCORES_MAX_K", columns_up_to_k):
         _compare_warm_and_cold_passes(problem, seed, weighted, rows)
 
 

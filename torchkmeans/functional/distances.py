@@ -30,6 +30,7 @@ __all__ = [
     "nearest_centroids",
     "pairwise_distances",
     "row_min",
+    "scored_by_columns",
     "squared_norms",
 ]
 
@@ -497,6 +498,11 @@ _COLUMN_NEAREST_MAX_D = 16
 _COLUMN_NEAREST_MIN_ELEMENTS = 1 << 15
 
 
+def scored_by_columns(k: int, d: int) -> bool:
+    """Whether Lloyd on one CPU problem scores its blocks as ``(k, m)`` (see above)."""
+    return k <= _COLUMN_SCORES_MAX_K and d <= _COLUMN_SCORES_MAX_D
+
+
 def _nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -513,7 +519,7 @@ def _nearest(
     """
     x3, c3, batched = _as_batched(x, centroids)
     b, k, _ = c3.shape
-    n = x3.shape[1]
+    n, d = x3.shape[1], x3.shape[2]
     euclidean = metric == "euclidean"
     if not euclidean and metric != "cosine":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
@@ -524,14 +530,14 @@ def _nearest(
         # The block's rows of x are copied (centred, or into [x | 1]) and read
         # again for the distances: cache-sized too, not only the scores (fresh
         # pages for 20,000 x 1024 rows made predict 2x slower than scikit-learn's).
-        row_cap = _CPU_BLOCK_BYTES // ((x3.shape[-1] + 1) * x.element_size())
+        row_cap = _CPU_BLOCK_BYTES // ((d + 1) * x.element_size())
         rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, row_cap)))
     if (
         x.device.type == "cpu"
         and b == 1
         and x3.shape[0] == 1
         and k <= _COLUMN_SCORES_MAX_K
-        and x3.shape[-1] <= _COLUMN_NEAREST_MAX_D
+        and d <= _COLUMN_NEAREST_MAX_D
         and min(rows, n) * k >= _COLUMN_NEAREST_MIN_ELEMENTS
     ):
         labels, distances = _nearest_by_columns(x3[0], c3[0], euclidean, rows, offset, exact)
@@ -541,7 +547,6 @@ def _nearest(
     c_sq = squared_norms(c3) if euclidean else None
     labels = torch.empty((b, n), dtype=torch.int64, device=x.device)
     distances = torch.empty((b, n), dtype=x.dtype, device=x.device) if exact else None
-    d = x3.shape[-1]
     augmented: torch.Tensor | None = None
     if (
         euclidean
@@ -629,10 +634,7 @@ def _nearest_by_columns(
     """
     n, d = x.shape
     k = centroids.shape[0]
-    # The copied rows stay cache-sized too (fresh pages for a copy of all rows
-    # cost more than the product).
-    row_cap = max(_MIN_BLOCK_ROWS, _CPU_BLOCK_BYTES // ((d + 1) * x.element_size()))
-    rows = max(1, min(rows, n, row_cap))
+    rows = max(1, min(rows, n))  # already cache-sized in the width of x by _nearest
     dtype, device = x.dtype, x.device
     augmented = augmented_centroids(centroids[None], "euclidean" if euclidean else "cosine")[0]
     rows_aug = torch.empty((rows, d + 1), dtype=dtype, device=device)

@@ -18,8 +18,6 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .distances import (
-    _COLUMN_SCORES_MAX_D,
-    _COLUMN_SCORES_MAX_K,
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
     argmin_rows,
@@ -29,6 +27,7 @@ from .distances import (
     compute_dtype,
     exact_distances,
     row_min,
+    scored_by_columns,
     squared_norms,
 )
 from .init import kmeans_plusplus, random_init
@@ -224,9 +223,9 @@ def _assign_pass_warm(
     n, k = x_aug.shape[1], augmented.shape[0]
     rows = min(rows, n)
     device, dtype = x_aug.device, x_aug.dtype
-    # Few centroids: each block scored as (k, m) (see _COLUMN_SCORES_MAX_K),
+    # Few centroids: each block scored as (k, m) (see scored_by_columns),
     # where (label, row) sits at label * m + row.
-    columns = k <= _COLUMN_SCORES_MAX_K and augmented.shape[1] - 1 <= _COLUMN_SCORES_MAX_D
+    columns = scored_by_columns(k, augmented.shape[1] - 1)
     augmented_t = augmented.T
     scores_buffer = torch.empty(rows * k, dtype=dtype, device=device)
     minima = torch.empty(n, dtype=dtype, device=device)
@@ -429,12 +428,8 @@ def _run_lloyd_small(
     sums, counts = totals[:, :d], totals[:, d:]
     n = x.shape[0]
     # Few centroids: scores as (k, n), minimum across contiguous rows (see
-    # _COLUMN_SCORES_MAX_K); tiny fits keep (n, k) and min() with indices.
-    columns = (
-        k <= _COLUMN_SCORES_MAX_K
-        and d <= _COLUMN_SCORES_MAX_D
-        and n * k >= _WARM_START_MIN_ELEMENTS
-    )
+    # scored_by_columns); tiny fits keep (n, k) and min() with indices.
+    columns = scored_by_columns(k, d) and n * k >= _WARM_START_MIN_ELEMENTS
     rows_t = (x_aug if scaled_rows is None else scaled_rows).T
     # The score block too: a fresh block of a megabyte or more comes back
     # from the allocator as new pages, which made the product up to 8x slower
@@ -504,15 +499,7 @@ def _run_lloyd_small(
     final_centroids = slots[turn][0].unsqueeze(0).contiguous()
     # In blocks: the differences of all rows at once are two temporaries the
     # size of the data, each paid for in fresh pages.
-    if n <= _EXACT_DISTANCE_ROWS:
-        distances = exact_distances(prep.x, final_centroids, labels.unsqueeze(0), cosine)
-    else:
-        distances = torch.empty((1, n), dtype=x.dtype)
-        for start in range(0, n, _EXACT_DISTANCE_ROWS):
-            stop = min(n, start + _EXACT_DISTANCE_ROWS)
-            distances[:, start:stop] = exact_distances(
-                prep.x[:, start:stop], final_centroids, labels[None, start:stop], cosine
-            )
+    distances = _point_distances(prep, final_centroids, labels.unsqueeze(0), _EXACT_DISTANCE_ROWS)
     history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
     offset = _score_offset(prep)
     if summed:
