@@ -1,0 +1,464 @@
+// Fused nearest-centroid search for the CPU: the scores of a few rows against
+// all centroids, their minimum and its index, and optionally the cluster
+// totals of a Lloyd step, computed while the rows are in registers. The
+// (n, k) score matrix is never written to memory.
+//
+// Built on first use by torchkmeans/functional/_native.py with the machine's
+// C++ compiler (-O3 -march=native); without one, torchkmeans uses its PyTorch
+// ops instead. No Python or PyTorch headers: plain pointers through ctypes.
+//
+// The score of row x (less the offset, when given) and centroid c is
+// bias[c] + sum_j x_j * a[c][j], with a = -2c and bias = |c|^2 (euclidean,
+// the squared distance less |x|^2) or a = -c and bias = 0 (cosine). Ties go
+// to the lowest index, as torch.min and numpy.argmin do.
+//
+// Two layouts, picked by the caller:
+// - rows: lanes hold centroids. a is kept transposed and padded, at (w, kp)
+//   with kp a multiple of 16 and a bias of +inf on the padding. A tile of a
+//   few rows is scored against up to kBlocks vectors of centroids at a time.
+// - columns: lanes hold rows, for narrow rows. a is aug (k, w). Needs no
+//   reduction across lanes.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace {
+
+// Rows of a row tile against kBlocks vectors of centroids: 4 x 4 accumulators
+// of the 32 vector registers with AVX-512, 2 x 4 of 16 below.
+#if defined(__AVX512F__)
+constexpr int kBytes = 64;
+constexpr int kTileRows = 4;
+#elif defined(__AVX__)
+constexpr int kBytes = 32;
+constexpr int kTileRows = 2;
+#else
+constexpr int kBytes = 16;
+constexpr int kTileRows = 2;
+#endif
+constexpr int kBlocks = 4;
+constexpr int kGroups = 2;  // vectors of rows per column group
+
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+    typedef float type __attribute__((vector_size(kBytes), aligned(4)));
+    typedef int32_t lane;
+    typedef int32_t index __attribute__((vector_size(kBytes)));
+};
+template <> struct Vec<double> {
+    typedef double type __attribute__((vector_size(kBytes), aligned(8)));
+    typedef int64_t lane;
+    typedef int64_t index __attribute__((vector_size(kBytes)));
+};
+
+template <typename T> constexpr int lanes_of() { return kBytes / static_cast<int>(sizeof(T)); }
+
+// ---- rows layout -------------------------------------------------------------
+
+// Minimum across the lanes, and the lowest index among lanes holding it
+// (each lane holds the first index of its own minimum).
+template <typename T>
+inline void reduce(typename Vec<T>::type value, typename Vec<T>::index index, T* best,
+                   int64_t* label) {
+    constexpr int L = lanes_of<T>();
+    T v[L];
+    typename Vec<T>::lane i[L];
+    std::memcpy(v, &value, sizeof(v));
+    std::memcpy(i, &index, sizeof(i));
+    for (int half = L / 2; half >= 1; half /= 2) {
+        for (int l = 0; l < half; ++l) {
+            const bool take = v[l + half] < v[l] || (v[l + half] == v[l] && i[l + half] < i[l]);
+            v[l] = take ? v[l + half] : v[l];
+            i[l] = take ? i[l + half] : i[l];
+        }
+    }
+    *best = v[0];
+    *label = i[0];
+}
+
+#if defined(__AVX512F__)
+template <>
+inline void reduce<float>(Vec<float>::type value, Vec<float>::index index, float* best,
+                          int64_t* label) {
+    const __m512 v = reinterpret_cast<__m512>(value);
+    const float m = _mm512_reduce_min_ps(v);
+    const __mmask16 at = _mm512_cmp_ps_mask(v, _mm512_set1_ps(m), _CMP_EQ_OQ);
+    *best = m;
+    *label = at ? _mm512_mask_reduce_min_epi32(at, reinterpret_cast<__m512i>(index)) : 0;
+}
+
+template <>
+inline void reduce<double>(Vec<double>::type value, Vec<double>::index index, double* best,
+                           int64_t* label) {
+    const __m512d v = reinterpret_cast<__m512d>(value);
+    const double m = _mm512_reduce_min_pd(v);
+    const __mmask8 at = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m), _CMP_EQ_OQ);
+    *best = m;
+    *label = at ? _mm512_mask_reduce_min_epi64(at, reinterpret_cast<__m512i>(index)) : 0;
+}
+#endif
+
+// R rows against all kp centroids, NB vectors of centroids at a time: a
+// running minimum per lane over the blocks, then one reduction per row.
+// R * NB accumulators make that many independent chains of multiply-adds.
+template <typename T, int R, int NB>
+inline void tile(const T* x, int64_t ldx, int64_t w, const T* at,
+                 const T* bias, int64_t kp, T* best, int64_t* label) {
+    typedef typename Vec<T>::type V;
+    typedef typename Vec<T>::index I;
+    typedef typename Vec<T>::lane J;
+    constexpr int L = lanes_of<T>();
+    I lanes;
+    for (int l = 0; l < L; ++l) lanes[l] = l;
+    V vmin[R];
+    I vidx[R];
+    for (int r = 0; r < R; ++r) {
+        vmin[r] = V{} + std::numeric_limits<T>::infinity();
+        vidx[r] = I{};
+    }
+    int64_t kb = 0;
+    for (; kb + NB * L <= kp; kb += NB * L) {
+        V acc[R][NB];
+        for (int r = 0; r < R; ++r)
+            for (int b = 0; b < NB; ++b) acc[r][b] = V{};
+        for (int64_t j = 0; j < w; ++j) {
+            V a[NB];
+            for (int b = 0; b < NB; ++b)
+                a[b] = *reinterpret_cast<const V*>(at + j * kp + kb + b * L);
+            for (int r = 0; r < R; ++r) {
+                const V xr = V{} + x[r * ldx + j];
+                for (int b = 0; b < NB; ++b) acc[r][b] += xr * a[b];
+            }
+        }
+        // The bias last, as BLAS-based code adds it: bias + (-2 x.c).
+        for (int b = 0; b < NB; ++b) {
+            const V p = *reinterpret_cast<const V*>(bias + kb + b * L);
+            for (int r = 0; r < R; ++r) acc[r][b] += p;
+        }
+        for (int r = 0; r < R; ++r) {
+            for (int b = 0; b < NB; ++b) {
+                const auto lt = acc[r][b] < vmin[r];
+                vmin[r] = lt ? acc[r][b] : vmin[r];
+                vidx[r] = lt ? lanes + static_cast<J>(kb + b * L) : vidx[r];
+            }
+        }
+    }
+    for (; kb < kp; kb += L) {  // the last centroids, one vector at a time
+        V acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = V{};
+        for (int64_t j = 0; j < w; ++j) {
+            const V a = *reinterpret_cast<const V*>(at + j * kp + kb);
+            for (int r = 0; r < R; ++r) acc[r] += (V{} + x[r * ldx + j]) * a;
+        }
+        const V p = *reinterpret_cast<const V*>(bias + kb);
+        for (int r = 0; r < R; ++r) {
+            acc[r] += p;
+            const auto lt = acc[r] < vmin[r];
+            vmin[r] = lt ? acc[r] : vmin[r];
+            vidx[r] = lt ? lanes + static_cast<J>(kb) : vidx[r];
+        }
+    }
+    for (int r = 0; r < R; ++r) reduce<T>(vmin[r], vidx[r], best + r, label + r);
+}
+
+// The rows of one step through tiles of R rows, NB vectors of centroids.
+template <typename T, int R, int NB>
+inline void tiles(const T* rows, int64_t ldx, int m, int64_t w, const T* at,
+                  const T* bias, int64_t kp, T* best, int64_t* label) {
+    int r = 0;
+    for (; r + R <= m; r += R)
+        tile<T, R, NB>(rows + r * ldx, ldx, w, at, bias, kp, best + r, label + r);
+    for (; r < m; ++r)
+        tile<T, 1, NB>(rows + r * ldx, ldx, w, at, bias, kp, best + r, label + r);
+}
+
+// ---- columns layout ----------------------------------------------------------
+
+// kGroups * L full rows into xt (w, kGroups) by gather instructions, where
+// the machine has them; false: the caller copies element by element.
+template <typename T>
+inline bool gather(const T*, int64_t, int64_t, typename Vec<T>::type*) {
+    return false;
+}
+
+#if defined(__AVX512F__)
+template <>
+inline bool gather<float>(const float* x, int64_t ldx, int64_t w, Vec<float>::type* xt) {
+    if (ldx > (1 << 26)) return false;  // 32-bit offsets
+    const __m512i offsets =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(static_cast<int>(ldx)));
+    for (int g = 0; g < kGroups; ++g) {
+        const float* base = x + g * 16 * ldx;
+        for (int64_t j = 0; j < w; ++j)
+            xt[j * kGroups + g] =
+                reinterpret_cast<Vec<float>::type>(_mm512_i32gather_ps(offsets, base + j, 4));
+    }
+    return true;
+}
+
+template <>
+inline bool gather<double>(const double* x, int64_t ldx, int64_t w, Vec<double>::type* xt) {
+    const __m512i offsets =
+        _mm512_mullo_epi64(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(ldx));
+    for (int g = 0; g < kGroups; ++g) {
+        const double* base = x + g * 8 * ldx;
+        for (int64_t j = 0; j < w; ++j)
+            xt[j * kGroups + g] =
+                reinterpret_cast<Vec<double>::type>(_mm512_i64gather_pd(offsets, base + j, 8));
+    }
+    return true;
+}
+#endif
+
+// m <= kGroups * L rows transposed into xt, then every centroid's score is w
+// multiply-adds with its weights broadcast, and the running minimum is kept
+// per lane. W > 0 fixes the width at compile time (unrolled, in registers).
+template <typename T, int W>
+inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T* aug, const T* bias, int64_t k, typename Vec<T>::type* xt,
+                         T* best, int64_t* label) {
+    typedef typename Vec<T>::type V;
+    typedef typename Vec<T>::index I;
+    constexpr int L = lanes_of<T>();
+    const int64_t w = W ? W : width;
+    if (m < kGroups * L || !gather<T>(x, ldx, w, xt)) {
+        // Rows past m repeat the last row; their results are dropped.
+        for (int g = 0; g < kGroups; ++g) {
+            for (int l = 0; l < L; ++l) {
+                const int r = g * L + l < m ? g * L + l : m - 1;
+                const T* row = x + r * ldx;
+                for (int64_t j = 0; j < w; ++j) xt[j * kGroups + g][l] = row[j];
+            }
+        }
+    }
+    V vmin[kGroups];
+    I vidx[kGroups];
+    for (int g = 0; g < kGroups; ++g) {
+        vmin[g] = V{} + std::numeric_limits<T>::infinity();
+        vidx[g] = I{};
+    }
+    for (int64_t c = 0; c < k; ++c) {
+        const T* a = aug + c * w;
+        V acc[kGroups];
+        for (int g = 0; g < kGroups; ++g) acc[g] = V{};
+        for (int64_t j = 0; j < w; ++j)
+            for (int g = 0; g < kGroups; ++g) acc[g] += xt[j * kGroups + g] * a[j];
+        for (int g = 0; g < kGroups; ++g) acc[g] += bias[c];
+        const I index = I{} + static_cast<typename Vec<T>::lane>(c);
+        for (int g = 0; g < kGroups; ++g) {
+            const auto lt = acc[g] < vmin[g];
+            vmin[g] = lt ? acc[g] : vmin[g];
+            vidx[g] = lt ? index : vidx[g];
+        }
+    }
+    T values[kGroups * L];
+    typename Vec<T>::lane indices[kGroups * L];
+    std::memcpy(values, vmin, sizeof(values));
+    std::memcpy(indices, vidx, sizeof(indices));
+    for (int r = 0; r < m; ++r) {
+        best[r] = values[r];
+        label[r] = indices[r];
+    }
+}
+
+// ---- driver ------------------------------------------------------------------
+
+// Rows [0, n) of one thread: labels and the rest (see tk_assign_f32), with
+// the centroids prepared by assign().
+template <typename T>
+int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
+                    const T* at, const T* bias, int64_t kp, const T* aug, int64_t k,
+                    const T* weights, const int64_t* previous, int64_t* labels, T* minima,
+                    double* totals, double* score_sum) {
+    typedef typename Vec<T>::type V;
+    constexpr int L = lanes_of<T>();
+    if (totals) std::fill(totals, totals + k * (w + 1), 0.0);
+    constexpr int step = kGroups * L > 2 * kTileRows ? kGroups * L : 2 * kTileRows;
+    int64_t changed = 0;
+    // Eight running sums: independent chains the compiler vectorises, added
+    // in the same order on every run.
+    constexpr int kSums = 8;
+    double sums[kSums] = {};
+    T local[step];
+    V* xt = aug ? new V[w * kGroups] : nullptr;
+    T* centred = offset ? new T[step * w] : nullptr;
+    for (int64_t start = 0; start < n; start += step) {
+        const int m = n - start < step ? static_cast<int>(n - start) : step;
+        const T* rows = x + start * ldx;
+        int64_t ld = ldx;
+        if (offset) {  // centred once here, not in the kernels' inner loops
+            for (int r = 0; r < m; ++r)
+                for (int64_t j = 0; j < w; ++j) centred[r * w + j] = rows[r * ldx + j] - offset[j];
+            rows = centred;
+            ld = w;
+        }
+        T* best = minima ? minima + start : local;
+        int64_t* label = labels + start;
+        if (aug) {
+            switch (w) {
+#define TK_WIDTH(W)                                                                   \
+    case W:                                                                           \
+        column_group<T, W>(rows, ld, m, w, aug, bias, k, xt, best, label); \
+        break;
+                TK_WIDTH(1) TK_WIDTH(2) TK_WIDTH(3) TK_WIDTH(4) TK_WIDTH(5) TK_WIDTH(6)
+                TK_WIDTH(7) TK_WIDTH(8) TK_WIDTH(9) TK_WIDTH(10) TK_WIDTH(11) TK_WIDTH(12)
+                TK_WIDTH(13) TK_WIDTH(14) TK_WIDTH(15) TK_WIDTH(16)
+#undef TK_WIDTH
+                default:
+                    column_group<T, 0>(rows, ld, m, w, aug, bias, k, xt, best, label);
+            }
+        } else {
+            // Rows per tile: R * NB accumulators plus a running minimum and
+            // index per row must stay in registers (about 16 + 8 + 4 of 32).
+            const int64_t vectors = kp / L;
+            if (vectors >= kBlocks)
+                tiles<T, kTileRows, kBlocks>(rows, ld, m, w, at, bias, kp, best, label);
+            else if (vectors == 3)
+                tiles<T, kTileRows, 3>(rows, ld, m, w, at, bias, kp, best, label);
+            else if (vectors == 2)
+                tiles<T, kTileRows * 3 / 2, 2>(rows, ld, m, w, at, bias, kp, best, label);
+            else
+                tiles<T, kTileRows * 2, 1>(rows, ld, m, w, at, bias, kp, best, label);
+        }
+        if (previous)
+            for (int r = 0; r < m; ++r) changed += previous[start + r] != label[r];
+        if (weights) {
+            for (int r = 0; r < m; ++r)
+                sums[r % kSums] +=
+                    static_cast<double>(weights[start + r]) * static_cast<double>(best[r]);
+        } else {
+            for (int r = 0; r < m; ++r) sums[r % kSums] += static_cast<double>(best[r]);
+        }
+        if (totals) {  // (k, w + 1): the sums of the rows, then of their weights
+            for (int r = 0; r < m; ++r) {
+                const double weight = weights ? static_cast<double>(weights[start + r]) : 1.0;
+                double* total = totals + label[r] * (w + 1);
+                const T* row = rows + r * ld;
+                for (int64_t j = 0; j < w; ++j) total[j] += weight * static_cast<double>(row[j]);
+                total[w] += weight;
+            }
+        }
+    }
+    delete[] xt;
+    delete[] centred;
+    double sum = 0.0;
+    for (int l = 0; l < kSums; ++l) sum += sums[l];
+    *score_sum = sum;
+    return changed;
+}
+
+template <typename T>
+int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
+               const T* centroids, int64_t k, int cosine, int columns, int threads,
+               const T* weights, const int64_t* previous, int64_t* labels, T* minima,
+               double* totals, double* score_sum) {
+    // The scaled centroids a and their bias (see the top of the file), in
+    // the layout's order: aug (k, w), or at (w, kp) padded with +inf biases.
+    const int64_t kp = columns ? k : (k + 15) / 16 * 16;
+    std::vector<T> scaled(w * kp, T(0)), biases(kp, std::numeric_limits<T>::infinity());
+    for (int64_t c = 0; c < k; ++c) {
+        double norm = 0.0;
+        for (int64_t j = 0; j < w; ++j) {
+            const T value = centroids[c * w + j];
+            norm += static_cast<double>(value) * static_cast<double>(value);
+            scaled[columns ? c * w + j : j * kp + c] = cosine ? -value : T(-2) * value;
+        }
+        biases[c] = cosine ? T(0) : static_cast<T>(norm);
+    }
+    const T* aug = columns ? scaled.data() : nullptr;
+    const T* at = scaled.data();
+    const T* bias = biases.data();
+#if defined(_OPENMP)
+    if (threads > 1 && n > 1) {
+        // Contiguous ranges of rows on the OpenMP threads PyTorch's own ops
+        // run on (the process's libgomp), each with its own totals; combined
+        // in thread order, so a thread count always gives the same sums.
+        const int64_t size = totals ? k * (w + 1) : 0;
+        std::vector<double> partial(threads * size), sums(threads, 0.0);
+        std::vector<int64_t> changed(threads, 0);
+        int used = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            if (t == 0) used = nt;
+            const int64_t start = n * t / nt, stop = n * (t + 1) / nt;
+            changed[t] = assign_rows<T>(
+                x + start * ldx, ldx, stop - start, w, offset, at, bias, kp, aug, k,
+                weights ? weights + start : nullptr, previous ? previous + start : nullptr,
+                labels + start, minima ? minima + start : nullptr,
+                totals ? partial.data() + t * size : nullptr, &sums[t]);
+        }
+        int64_t total_changed = 0;
+        double total_sum = 0.0;
+        for (int t = 0; t < used; ++t) {
+            total_changed += changed[t];
+            total_sum += sums[t];
+        }
+        if (totals) {
+            std::copy(partial.begin(), partial.begin() + size, totals);
+            for (int t = 1; t < used; ++t)
+                for (int64_t i = 0; i < size; ++i) totals[i] += partial[t * size + i];
+        }
+        *score_sum = total_sum;
+        return total_changed;
+    }
+#endif
+    (void)threads;
+    return assign_rows<T>(x, ldx, n, w, offset, at, bias, kp, aug, k, weights, previous, labels,
+                          minima, totals, score_sum);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever the signature or meaning of an entry point changes.
+int tk_abi_version() { return 3; }
+
+int tk_vector_bytes() { return kBytes; }
+
+// Whether threads > 1 runs on OpenMP threads (built with -fopenmp).
+int tk_openmp() {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// x (n, d) rows at stride ldx; offset (d) or null; centroids (k, d); cosine:
+// 0 euclidean, 1 cosine; columns: 0 rows layout, 1 columns layout; threads:
+// OpenMP threads to split the rows over (1: the calling thread); weights
+// (n) or null; previous (n) or null; labels (n) out; minima (n) or null out:
+// the lowest scores; totals (k, d + 1) or null out: per cluster the weighted
+// sum of its rows (less the offset) and the sum of their weights. Writes the
+// weighted sum of the lowest scores to score_sum and returns the number of
+// labels that differ from previous.
+int64_t tk_assign_f32(const float* x, int64_t ldx, int64_t n, int64_t d, const float* offset,
+                      const float* centroids, int64_t k, int cosine, int columns, int threads,
+                      const float* weights, const int64_t* previous, int64_t* labels,
+                      float* minima, double* totals, double* score_sum) {
+    return assign<float>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
+                         previous, labels, minima, totals, score_sum);
+}
+
+int64_t tk_assign_f64(const double* x, int64_t ldx, int64_t n, int64_t d, const double* offset,
+                      const double* centroids, int64_t k, int cosine, int columns, int threads,
+                      const double* weights, const int64_t* previous, int64_t* labels,
+                      double* minima, double* totals, double* score_sum) {
+    return assign<double>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
+                          previous, labels, minima, totals, score_sum);
+}
+
+}  // extern "C"
