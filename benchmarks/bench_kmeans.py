@@ -55,7 +55,12 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning  # noq
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 import torchkmeans  # noqa: E402
-from torchkmeans.functional import block_rows, lloyd, nearest_centroids  # noqa: E402
+from torchkmeans.functional import (  # noqa: E402
+    _native,
+    block_rows,
+    lloyd,
+    nearest_centroids,
+)
 from torchkmeans.functional.lloyd import _assign_pass, prepare, run_lloyd  # noqa: E402
 
 try:
@@ -673,6 +678,7 @@ class Flops:
     mm_full: float | None
     mm_blocked: float
     busy: float | None
+    fused: bool = False
 
 
 def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device) -> Flops:
@@ -717,6 +723,19 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
     def lloyd_assign() -> None:
         _assign_pass(prep, after.centroids, labels_out, lloyd_rows, previous=before.labels)
 
+    fused = device.type == "cpu" and _native.prefers_native(prep.x[0], k)
+    if fused:
+        # Lloyd runs this shape through the fused kernel, which also sums the
+        # clusters' rows in the same pass: timed with those sums, so the
+        # column holds more work than the PyTorch path's assignment.
+        totals = torch.empty((k, d + 1), dtype=torch.float64)
+        centroids = after.centroids[0].contiguous()
+
+        def lloyd_assign() -> None:
+            _native.nearest(
+                prep.x[0], centroids, labels_out[0], previous=before.labels[0], totals=totals
+            )
+
     fns: dict[str, Callable[[], None]] = {
         "assign": assign,
         "lloyd": lloyd_assign,
@@ -739,10 +758,12 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
         gflops.get("full"),
         gflops["blocked"],
         busy,
+        fused,
     )
 
 
 PHASES = (
+    "fused",
     "matmul",
     "argmin",
     "labels/dist",
@@ -833,6 +854,9 @@ def profile_lloyd(
         result = lloyd(x, c0, max_iter=args.iters, tol=0.0)
     seconds: dict[str, float] = defaultdict(float)
     for event in prof.events():
+        if event.name == "torchkmeans::fused_assign":  # the native kernel (no aten ops inside)
+            seconds["fused"] += event.self_cpu_time_total / 1e6
+            continue
         if not event.name.startswith("aten::"):
             continue
         self_us = (
@@ -936,8 +960,10 @@ def print_flops_table(results: list[Flops]) -> None:
         "Assignment step vs torch.mm, 2*n*d*k flops",
         """
         cold = nearest_centroids(x - mean, c): labels and exact distances from scratch;
-        lloyd = the assignment inside a Lloyd iteration: one product of [x | 1] with
-        [-2c | |c|^2] and the argmin warm-started from the previous labels (labels only);
+        lloyd = the assignment inside a Lloyd iteration, as the fit runs it: either one product
+        of [x | 1] with [-2c | |c|^2] and the argmin warm-started from the previous labels
+        (labels only), or (shapes marked *) the fused native kernel, which in the same pass
+        also sums each cluster's rows (labels and sums);
         mm full = one (n, k) product; mm block = the same row blocks, written into one
         reused buffer; /mm = GFLOP/s over the faster product (acceptance: >= 0.80 on emb384, emb128, small32).
         The four are timed in turn, round after round (median of each).
@@ -950,7 +976,8 @@ def print_flops_table(results: list[Flops]) -> None:
         best = max(r.mm_blocked, r.mm_full or 0.0)
         full = "-" if r.mm_full is None else f"{r.mm_full:.1f}"
         print(
-            f"{r.shape:<9} {r.n:>8} {r.d:>5} {r.k:>5} {r.block:>6} {r.assign:>9.1f} "
+            f"{r.shape + ('*' if r.fused else ''):<9} {r.n:>8} {r.d:>5} {r.k:>5} {r.block:>6} "
+            f"{r.assign:>9.1f} "
             f"{r.lloyd_assign:>10.1f} {full:>8} {r.mm_blocked:>8.1f} {r.assign / best:>7.3f} "
             f"{r.lloyd_assign / best:>8.3f} {_busy(r.busy):>5}"
         )
@@ -961,7 +988,9 @@ def print_phase_table(results: list[Phases], device: torch.device) -> None:
     _print_header(
         f"Where a torchkmeans lloyd() call spends its time (torch.profiler, self {unit} time)",
         """
-        percent of the whole call; matmul = addmm of the distance blocks, argmin = min over
+        percent of the whole call; fused = the native kernel (scores, argmin, labels and
+        cluster sums in one pass over the rows, see torchkmeans/functional/_native.py);
+        matmul = addmm of the distance blocks, argmin = min over
         k, labels/dist = writing labels and distances, scatter = index_add_ of sums and
         counts, relocate = empty-cluster reseeding, update = sums / counts, bookkeep =
         convergence test and history, prepare = centring, norms, variance (once), python =

@@ -12,6 +12,16 @@ settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+@pytest.fixture
+def torch_ops_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fits and labelling through PyTorch ops, never the fused native kernel
+    (torchkmeans/functional/_native.py): for tests of those ops' arithmetic."""
+    from torchkmeans.functional import _native
+
+    monkeypatch.setattr(_native, "prefers_native", lambda *args: False)
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 DEVICES = [

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from torchkmeans import KMeans
-from torchkmeans.functional import lloyd
+from torchkmeans.functional import _native, lloyd
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -266,7 +266,9 @@ def _compare_small_and_general_loops(problem, metric, weighting, tol, max_iter, 
     prep = prepare(torch.tensor(x), sample_weight=weights, metric=metric)
     c = torch.tensor(start)[None]
     c = c - prep.offset if metric == "euclidean" else torch.nn.functional.normalize(c, dim=-1)
-    small = run_lloyd(prep, c.clone(), max_iter=max_iter, tol=tol)
+    # The PyTorch ops' small loop, not the native kernel (tested on its own).
+    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+        small = run_lloyd(prep, c.clone(), max_iter=max_iter, tol=tol)
     # The general loop recomputing its sums every iteration (not following the
     # points that move, which rounds differently): the same arithmetic.
     with mock.patch.object(lloyd_module, "_FOLLOW_MAX_MOVED", -1.0):

@@ -65,7 +65,10 @@ def test_memmap_fit_equals_in_memory_fit_from_the_same_centroids(
     np.testing.assert_allclose(streamed.inertia_history_, in_memory.inertia_history_, rtol=1e-10)
 
 
-def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chunks):
+def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chunks, torch_ops_only):
+    # Exact equality with the in-memory fit's PyTorch ops, which sum clusters
+    # in float32 like the streamed chunks (the native kernel sums in float64,
+    # and rounding near tol may then stop an iteration earlier or later).
     X = load_digits().data
     weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(X))
     init = X[::180][:10].copy()

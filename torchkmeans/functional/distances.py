@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from . import _native
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "Nearest",
@@ -532,6 +534,11 @@ def _nearest(
         # pages for 20,000 x 1024 rows made predict 2x slower than scikit-learn's).
         row_cap = _CPU_BLOCK_BYTES // ((d + 1) * x.element_size())
         rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, row_cap)))
+    if x.device.type == "cpu" and b == 1 and x3.shape[0] == 1 and _native.prefers_native(x3[0], k):
+        labels, distances = _nearest_native(x3[0], c3[0], euclidean, rows, offset, exact)
+        if batched:
+            return labels[None], None if distances is None else distances[None]
+        return labels, distances
     if (
         x.device.type == "cpu"
         and b == 1
@@ -586,6 +593,34 @@ def _nearest(
             distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
     if not batched:
         return labels[0], None if distances is None else distances[0]
+    return labels, distances
+
+
+def _nearest_native(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    euclidean: bool,
+    rows: int,
+    offset: torch.Tensor | None,
+    exact: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_nearest` of one CPU problem through the fused kernel (see ``_native``):
+    labels in one pass over ``x`` ``(n, d)``, then exact distances in blocks."""
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int64)
+    if offset is not None:
+        offset = offset.reshape(-1).to(x.dtype).contiguous()
+    _native.nearest(x, centroids.contiguous(), labels, cosine=not euclidean, offset=offset)
+    if not exact:
+        return labels, None
+    distances = torch.empty(n, dtype=x.dtype)
+    c3 = centroids.unsqueeze(0)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        xb = x[start:stop] if offset is None else x[start:stop] - offset
+        distances[start:stop] = exact_distances(
+            xb.unsqueeze(0), c3, labels[None, start:stop], not euclidean
+        )[0]
     return labels, distances
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
+from . import _native
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
@@ -513,6 +514,80 @@ def _run_lloyd_small(
     )
 
 
+def _run_lloyd_native(
+    prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float
+) -> KMeansResult:
+    """:func:`run_lloyd` for one CPU problem through the fused kernel (see ``_native``).
+
+    One kernel call per iteration labels every row and sums the rows of each
+    cluster in float64 while the row is in registers: no score block, no
+    separate argmin or scatter. The same iterations, convergence test,
+    relocation and final pass as :func:`_run_lloyd_small`.
+    """
+    x = prep.x[0]
+    weights = prep.weights[0].contiguous() if prep.weights is not None else None
+    k, d = centroids.shape[1], centroids.shape[2]
+    n = x.shape[0]
+    cosine = prep.metric == "cosine"
+    current = centroids[0].contiguous()
+    labels = torch.empty(n, dtype=torch.int64)
+    previous = torch.empty(n, dtype=torch.int64)
+    totals = torch.empty((k, d + 1), dtype=torch.float64)
+    sums, counts = totals[:, :d], totals[:, d:]
+    scores: list[float] = []
+    assigned_to = None  # the centroids the last labels were assigned with
+    while len(scores) < max_iter:
+        score, changed = _native.nearest(
+            x,
+            current,
+            labels,
+            cosine=cosine,
+            weights=weights,
+            previous=previous if scores else None,
+            totals=totals,
+        )
+        scores.append(score)
+        assigned_to = current
+        if float(counts.min()) > 0:
+            # A new tensor every iteration: ``current`` must not change under
+            # the comparison with ``assigned_to`` (float64 .to() is no copy).
+            updated = torch.div(sums, counts).to(current.dtype)
+            if cosine:
+                updated = torch.nn.functional.normalize(updated, dim=-1)
+        else:
+            distances = _point_distances(
+                prep, current.unsqueeze(0), labels.unsqueeze(0), _EXACT_DISTANCE_ROWS
+            )
+            relocate_empty_clusters(
+                totals.unsqueeze(0), prep.x_aug, prep.weights, labels.unsqueeze(0), distances
+            )
+            updated = centroids_from_sums(sums, counts[:, 0], current, metric=prep.metric)
+        # scikit-learn also measures the shift through a norm, then squares it.
+        shift = float(torch.dist(updated, current)) ** 2
+        strict = len(scores) > 1 and changed == 0
+        current = updated
+        labels, previous = previous, labels
+        if strict or shift <= tol_abs:
+            break
+    # Final labels against the final centroids: the last ones, unless the
+    # centroids moved after they were assigned.
+    labels = previous
+    if assigned_to is None or not torch.equal(assigned_to, current):
+        _native.nearest(x, current, labels, cosine=cosine)
+    final_centroids = current.unsqueeze(0)
+    distances = _point_distances(prep, final_centroids, labels.unsqueeze(0), _EXACT_DISTANCE_ROWS)
+    n_iter = len(scores)
+    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
+    history[0, :n_iter] = torch.tensor(scores, dtype=torch.float64) + _score_offset(prep)
+    return KMeansResult(
+        final_centroids,
+        labels.unsqueeze(0),
+        _weighted_total(distances, prep.weights),
+        torch.full((1,), n_iter, dtype=torch.int64),
+        history,
+    )
+
+
 def run_lloyd(
     prep: Prepared,
     centroids: torch.Tensor,
@@ -552,6 +627,25 @@ def run_lloyd(
 
     rows = rows_for(b)
     on_cpu = device.type == "cpu" if host_checks is None else host_checks
+    if (
+        on_cpu
+        and small_path
+        and active is None
+        and prep.x.shape[0] == 1
+        and (prep.weights is None or prep.weights.shape[0] == 1)
+        and _native.prefers_native(prep.x[0], k)
+    ):
+        # One problem at a time through the fused kernel: restarts sharing
+        # the data run one after another, each with the whole machine.
+        results = [
+            _run_lloyd_native(
+                prep, centroids[i : i + 1], max_iter=max_iter, tol_abs=float(tol_abs.max())
+            )
+            for i in range(b)
+        ]
+        if b == 1:
+            return results[0]
+        return KMeansResult(*(torch.cat(field) for field in zip(*results)))
     if on_cpu and b == 1 and rows >= n and small_path and active is None:
         return _run_lloyd_small(
             prep, centroids, max_iter=max_iter, tol_abs=float(tol_abs.max()), rows=rows

@@ -1,0 +1,263 @@
+"""The fused native assignment kernel (torchkmeans/functional/_native.py).
+
+Checked against PyTorch ops and scikit-learn: labels, lowest scores, cluster
+sums, changed-label counts, both layouts and dtypes, one and two threads, and
+whole fits. Skipped where no C++ compiler can build it, unless
+TORCHKMEANS_REQUIRE_NATIVE is set (CI sets it, so a broken build fails there).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
+
+from torchkmeans import KMeans
+from torchkmeans.functional import _native
+from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+if os.environ.get("TORCHKMEANS_REQUIRE_NATIVE"):
+    assert _native.available(), "TORCHKMEANS_REQUIRE_NATIVE is set but the kernel did not build"
+pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler for the kernel")
+
+LAYOUTS = {"columns": True, "rows": False}
+
+
+def reference(x, centroids, weights=None, offset=None):
+    """Lowest scores |c|^2 - 2 x.c, first index of the lowest, totals [sum | weight], float64."""
+    x64 = x.double() if offset is None else x.double() - offset.double()
+    c64 = centroids.double()
+    scores = c64.square().sum(1) - 2.0 * x64 @ c64.T
+    values, labels = scores.min(1)
+    w = torch.ones(len(x), dtype=torch.float64) if weights is None else weights.double()
+    totals = torch.zeros(len(centroids), x.shape[1] + 1, dtype=torch.float64)
+    totals.index_add_(0, labels, torch.cat([x64 * w[:, None], w[:, None]], 1))
+    return scores, values, labels, totals, (values * w).sum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    d=st.sampled_from([1, 2, 3, 12, 13, 16, 17, 40, 70]),
+    k=st.sampled_from([1, 2, 15, 16, 17, 33, 64, 65, 100]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    layout=st.sampled_from(list(LAYOUTS)),
+    threads=st.sampled_from([1, 2, 3]),
+    weighted=st.booleans(),
+    centred=st.booleans(),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_kernel_matches_pytorch(n, d, k, dtype, layout, threads, weighted, centred, strided, seed):
+    """Labels are a lowest score's index (ties within rounding), and the lowest
+    scores, their weighted sum, the cluster totals and the changed count agree
+    with float64 PyTorch, for any layout, thread count, row stride and offset."""
+    generator = torch.Generator().manual_seed(seed)
+    wide = torch.randn(n, d + 3, generator=generator, dtype=dtype)
+    x = wide[:, :d] if strided else wide[:, :d].contiguous()
+    centroids = torch.randn(k, d, generator=generator, dtype=dtype)
+    weights = torch.rand(n, generator=generator, dtype=dtype) + 0.5 if weighted else None
+    offset = torch.randn(d, generator=generator, dtype=dtype) if centred else None
+    previous = torch.randint(0, k, (n,), generator=generator)
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    minima = torch.empty(n, dtype=dtype)
+    totals = torch.full((k, d + 1), float("nan"), dtype=torch.float64)  # overwritten
+    total, changed = _native._call(
+        x,
+        centroids,
+        labels,
+        columns=LAYOUTS[layout],
+        offset=offset,
+        weights=weights,
+        previous=previous,
+        minima=minima,
+        totals=totals,
+        threads=threads,
+    )
+    scores, values, _, _, _ = reference(x, centroids, weights, offset)
+    scale = 1e-4 if dtype == torch.float32 else 1e-10
+    slack = scale * (1 + scores.abs().amax(1) if n else 0)
+    assert ((labels >= 0) & (labels < k)).all()
+    chosen = scores.gather(1, labels[:, None]).squeeze(1) if n else values
+    assert (chosen <= values + slack).all()
+    torch.testing.assert_close(
+        minima.double(), values, rtol=scale, atol=float(slack.max()) if n else 0
+    )
+    # Totals and counts of the labels the kernel chose (ties may go either way).
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    rows = (x if offset is None else x - offset).double()  # centred in the data's dtype
+    expected = torch.zeros(k, d + 1, dtype=torch.float64)
+    expected.index_add_(0, labels, torch.cat([rows * w[:, None], w[:, None]], 1))
+    torch.testing.assert_close(totals, expected, rtol=1e-12, atol=1e-9)
+    assert total == pytest.approx(float((minima.double() * w).sum()), rel=1e-9, abs=1e-6)
+    assert changed == int((labels != previous).sum())
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_ties_go_to_the_lowest_index(layout, dtype):
+    """Duplicate centroids and points halfway between two: the first index wins,
+    as torch.argmin and scikit-learn choose, in every lane position."""
+    k = 40
+    centroids = torch.zeros(k, 3, dtype=dtype)
+    centroids[:, 0] = torch.arange(k, dtype=dtype) // 2 * 2  # pairs of duplicates
+    x = torch.zeros(200, 3, dtype=dtype)
+    x[:, 0] = torch.arange(200, dtype=dtype) % 40  # on a centroid, or halfway between
+    labels = torch.empty(200, dtype=torch.int64)
+    _native._call(x, centroids, labels, columns=LAYOUTS[layout], threads=2)
+    expected = torch.cdist(x.double(), centroids.double()).argmin(1)
+    assert torch.equal(labels, expected)
+
+
+def test_no_row_is_dropped_at_group_and_tile_edges():
+    """Every n around the kernels' steps of rows (tiles, 16 or 32-row groups,
+    thread splits): each row gets the label of its own nearest centroid."""
+    generator = torch.Generator().manual_seed(1)
+    for n in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 97]:
+        for d, k in [(2, 5), (40, 20)]:
+            centroids = torch.randn(k, d, generator=generator) * 10
+            picks = torch.randint(0, k, (n,), generator=generator)
+            x = centroids[picks] + 0.01 * torch.randn(n, d, generator=generator)
+            for threads in (1, 2):
+                labels = torch.full((n,), -1, dtype=torch.int64)
+                _native._call(x, centroids, labels, columns=d <= 12, threads=threads)
+                assert torch.equal(labels, picks), (n, d, k, threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3000, 2, 16), (2000, 10, 7), (1500, 40, 30), (800, 130, 9)])
+def test_fit_through_the_kernel_equals_the_pytorch_loop(shape, dtype):
+    """On data without near-ties the fused Lloyd loop takes the PyTorch loop's
+    iterations: the same labels and n_iter, centroids and inertia within rounding
+    (the kernel sums clusters in float64, the PyTorch loop in the data's dtype)."""
+    n, d, k = shape
+    X, _ = make_blobs(n_samples=n, n_features=d, centers=k, random_state=d)
+    x = torch.tensor(X, dtype=dtype)
+    prep = prepare(x)
+    start = x[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]][None]
+    start = start - prep.offset
+    assert _native.prefers_native(prep.x[0], k)
+    fused = run_lloyd(prep, start.clone(), max_iter=100)
+    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+        plain = run_lloyd(prep, start.clone(), max_iter=100)
+    assert torch.equal(fused.labels, plain.labels)
+    assert torch.equal(fused.n_iter, plain.n_iter)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fused.centroids, plain.centroids, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(fused.inertia, plain.inertia, rtol=rtol, atol=0)
+    iters = int(fused.n_iter)
+    torch.testing.assert_close(
+        fused.inertia_history[:, :iters], plain.inertia_history[:, :iters], rtol=rtol, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "load", [load_iris, load_wine, load_digits], ids=["iris", "wine", "digits"]
+)
+def test_fused_fit_gives_sklearns_result_from_the_same_start(load):
+    """Real data in float64 from the same initial centroids: scikit-learn's
+    labels, centroids, inertia and iteration count."""
+    X = load().data
+    k = 3 if load is not load_digits else 10
+    start = X[np.random.default_rng(0).choice(len(X), k, replace=False)]
+    assert _native.prefers_native(torch.from_numpy(X), k)
+    ours = KMeans(n_clusters=k, init=start, n_init=1).fit(X)
+    theirs = SklearnKMeans(n_clusters=k, init=start, n_init=1, algorithm="lloyd").fit(X)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(
+        ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-10, atol=1e-12
+    )
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
+    assert ours.n_iter_ == theirs.n_iter_
+
+
+def test_empty_clusters_are_reseeded_and_restarts_run_one_by_one():
+    """Far-away initial centroids leave clusters empty: they are reseeded (no
+    NaN, every cluster used), and restarts sharing the data each get the result
+    they get alone."""
+    X, _ = make_blobs(n_samples=500, n_features=4, centers=5, random_state=3)
+    x = torch.tensor(X)
+    prep = prepare(x)
+    starts = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    starts[:, 1:] += 1e3  # four of five clusters start empty
+    together = run_lloyd(prep, starts.clone(), max_iter=50)
+    assert not together.centroids.isnan().any()
+    for i in range(3):
+        alone = run_lloyd(prep, starts[i : i + 1].clone(), max_iter=50)
+        assert len(alone.labels[0].unique()) == 5
+        assert torch.equal(alone.labels, together.labels[i : i + 1])
+        torch.testing.assert_close(alone.centroids, together.centroids[i : i + 1])
+
+
+def test_predict_through_the_kernel_is_exact_far_from_the_origin():
+    """predict on float32 data far from the origin: the kernel scores rows less
+    the training mean (removed in the kernel, step by step), so the labels are
+    nearest centres by exact float64 distances, as the PyTorch ops' labels."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 20, generator=generator) + 1e4
+    model = KMeans(n_clusters=50, random_state=0, max_iter=5).fit(x)
+    centroids = model.cluster_centers_.double()
+    fused = model.predict(x)
+    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+        plain = model.predict(x)
+    exact = torch.cdist(x.double(), centroids).square()
+    chosen = exact.gather(1, fused[:, None]).squeeze(1)
+    assert (chosen <= exact.min(1).values + 1e-2).all()
+    assert (fused == plain).float().mean() > 0.999
+
+
+def test_without_a_compiler_fits_fall_back_to_pytorch(tmp_path):
+    """No compiler (and an empty cache): the kernel is unavailable and a fit
+    still runs, with the same result on well-separated data."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from sklearn.datasets import make_blobs
+        from torchkmeans import KMeans
+        from torchkmeans.functional import _native
+        X, _ = make_blobs(n_samples=2000, n_features=3, centers=4, random_state=0)
+        model = KMeans(n_clusters=4, random_state=0).fit(X)
+        print(_native.available(), model.n_iter_, repr(model.inertia_))
+        """
+    )
+    results = []
+    for compiler in ("/nonexistent/c++", None):
+        env = dict(os.environ, TORCHKMEANS_CACHE_DIR=str(tmp_path / "cache"))
+        env.pop("TORCHKMEANS_NATIVE", None)
+        if compiler is not None:
+            env["CXX"] = compiler
+            env["TORCHKMEANS_CACHE_DIR"] = str(tmp_path / "empty")
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        results.append(done.stdout.split())
+    (missing, n_iter_a, inertia_a), (built, n_iter_b, inertia_b) = results
+    assert missing == "False" and built == "True"
+    assert n_iter_a == n_iter_b
+    assert float(inertia_a) == pytest.approx(float(inertia_b), rel=1e-6)
+
+
+def test_disabled_by_environment(tmp_path):
+    env = dict(os.environ, TORCHKMEANS_NATIVE="0")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from torchkmeans.functional import _native; print(_native.available())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
