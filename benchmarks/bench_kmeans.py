@@ -678,7 +678,7 @@ class Flops:
     mm_full: float | None
     mm_blocked: float
     busy: float | None
-    fused: bool = False
+    fused_step: float | None = None  # GF/s of the fused kernel's labels and sums, if it runs
 
 
 def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device) -> Flops:
@@ -723,24 +723,25 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
     def lloyd_assign() -> None:
         _assign_pass(prep, after.centroids, labels_out, lloyd_rows, previous=before.labels)
 
+    fns: dict[str, Callable[[], None]] = {}
     fused = device.type == "cpu" and _native.prefers_native(prep.x[0], k)
     if fused:
-        # Lloyd runs this shape through the fused kernel, which also sums the
-        # clusters' rows in the same pass: timed with those sums, so the
-        # column holds more work than the PyTorch path's assignment.
+        # Lloyd runs this shape through the fused kernel: the assignment is its
+        # labels; the fused step also sums each cluster's rows in the same pass.
         totals = torch.empty((k, d + 1), dtype=torch.float64)
         centroids = after.centroids[0].contiguous()
 
         def lloyd_assign() -> None:
+            _native.nearest(prep.x[0], centroids, labels_out[0], previous=before.labels[0])
+
+        def fused_step() -> None:
             _native.nearest(
                 prep.x[0], centroids, labels_out[0], previous=before.labels[0], totals=totals
             )
 
-    fns: dict[str, Callable[[], None]] = {
-        "assign": assign,
-        "lloyd": lloyd_assign,
-        "blocked": blocked_mm,
-    }
+        fns["step"] = fused_step
+
+    fns.update({"assign": assign, "lloyd": lloyd_assign, "blocked": blocked_mm})
     if n * k * x.element_size() <= 2 * 2**30:
         fns["full"] = full_mm
     timings, busy = measure_together(
@@ -758,7 +759,7 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
         gflops.get("full"),
         gflops["blocked"],
         busy,
-        fused,
+        gflops.get("step"),
     )
 
 
@@ -850,7 +851,11 @@ def profile_lloyd(
     c0 = torch.from_numpy(problem.C0).to(device)
     lloyd(x, c0, max_iter=1, tol=0.0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, with_stack=True) as prof:
+    # torch.profiler's Python stacks come back with corrupt names when a
+    # ctypes call runs an OpenMP region (torch 2.13): shapes the fused kernel
+    # runs are profiled without stacks, and their other ops count as bookkeep.
+    fused = device.type == "cpu" and _native.prefers_native(x, c0.shape[0])
+    with profile(activities=activities, with_stack=not fused) as prof:
         result = lloyd(x, c0, max_iter=args.iters, tol=0.0)
     seconds: dict[str, float] = defaultdict(float)
     for event in prof.events():
@@ -960,26 +965,27 @@ def print_flops_table(results: list[Flops]) -> None:
         "Assignment step vs torch.mm, 2*n*d*k flops",
         """
         cold = nearest_centroids(x - mean, c): labels and exact distances from scratch;
-        lloyd = the assignment inside a Lloyd iteration, as the fit runs it: either one product
-        of [x | 1] with [-2c | |c|^2] and the argmin warm-started from the previous labels
-        (labels only), or (shapes marked *) the fused native kernel, which in the same pass
-        also sums each cluster's rows (labels and sums);
+        lloyd = the assignment inside a Lloyd iteration, as the fit runs it (labels only): one
+        product of [x | 1] with [-2c | |c|^2] and the argmin warm-started from the previous
+        labels, or (shapes marked *) the fused native kernel's labels; step = that kernel's
+        whole Lloyd pass, labels and each cluster's sums of rows in one pass (* only);
         mm full = one (n, k) product; mm block = the same row blocks, written into one
         reused buffer; /mm = GFLOP/s over the faster product (acceptance: >= 0.80 on emb384, emb128, small32).
-        The four are timed in turn, round after round (median of each).
+        All are timed in turn, round after round (median of each).
         """,
         f"{'shape':<9} {'n':>8} {'d':>5} {'k':>5} {'block':>6} {'cold GF/s':>9} "
         f"{'lloyd GF/s':>10} {'mm full':>8} {'mm block':>8} {'cold/mm':>7} "
-        f"{'lloyd/mm':>8} {'busy':>5}",
+        f"{'lloyd/mm':>8} {'step/mm':>7} {'busy':>5}",
     )
     for r in results:
         best = max(r.mm_blocked, r.mm_full or 0.0)
         full = "-" if r.mm_full is None else f"{r.mm_full:.1f}"
+        step = "-" if r.fused_step is None else f"{r.fused_step / best:.3f}"
         print(
-            f"{r.shape + ('*' if r.fused else ''):<9} {r.n:>8} {r.d:>5} {r.k:>5} {r.block:>6} "
-            f"{r.assign:>9.1f} "
-            f"{r.lloyd_assign:>10.1f} {full:>8} {r.mm_blocked:>8.1f} {r.assign / best:>7.3f} "
-            f"{r.lloyd_assign / best:>8.3f} {_busy(r.busy):>5}"
+            f"{r.shape + ('*' if r.fused_step else ''):<9} {r.n:>8} {r.d:>5} {r.k:>5} "
+            f"{r.block:>6} {r.assign:>9.1f} {r.lloyd_assign:>10.1f} {full:>8} "
+            f"{r.mm_blocked:>8.1f} {r.assign / best:>7.3f} {r.lloyd_assign / best:>8.3f} "
+            f"{step:>7} {_busy(r.busy):>5}"
         )
 
 
@@ -995,7 +1001,7 @@ def print_phase_table(results: list[Phases], device: torch.device) -> None:
         counts, relocate = empty-cluster reseeding, update = sums / counts, bookkeep =
         convergence test and history, prepare = centring, norms, variance (once), python =
         unprofiled wall time - op time. The final relabelling pass counts in
-        matmul/argmin/labels.
+        matmul/argmin/labels (fused shapes: every op but the kernel in bookkeep, see code).
         """,
         f"{'shape':<9} {'ms/iter':>8} " + " ".join(f"{p:>11}" for p in PHASES),
         busy=False,

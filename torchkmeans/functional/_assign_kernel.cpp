@@ -94,8 +94,12 @@ inline void reduce<float>(Vec<float>::type value, Vec<float>::index index, float
     const __m512 v = reinterpret_cast<__m512>(value);
     const float m = _mm512_reduce_min_ps(v);
     const __mmask16 at = _mm512_cmp_ps_mask(v, _mm512_set1_ps(m), _CMP_EQ_OQ);
+    const __m512i i = reinterpret_cast<__m512i>(index);
     *best = m;
-    *label = at ? _mm512_mask_reduce_min_epi32(at, reinterpret_cast<__m512i>(index)) : 0;
+    if (at && !(at & (at - 1)))  // one lane holds the minimum (no tie): take its index
+        *label = _mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_maskz_compress_epi32(at, i)));
+    else
+        *label = at ? _mm512_mask_reduce_min_epi32(at, i) : 0;
 }
 
 template <>
@@ -104,8 +108,12 @@ inline void reduce<double>(Vec<double>::type value, Vec<double>::index index, do
     const __m512d v = reinterpret_cast<__m512d>(value);
     const double m = _mm512_reduce_min_pd(v);
     const __mmask8 at = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m), _CMP_EQ_OQ);
+    const __m512i i = reinterpret_cast<__m512i>(index);
     *best = m;
-    *label = at ? _mm512_mask_reduce_min_epi64(at, reinterpret_cast<__m512i>(index)) : 0;
+    if (at && !(at & (at - 1)))  // one lane holds the minimum (no tie): take its index
+        *label = _mm_cvtsi128_si64(_mm512_castsi512_si128(_mm512_maskz_compress_epi64(at, i)));
+    else
+        *label = at ? _mm512_mask_reduce_min_epi64(at, i) : 0;
 }
 #endif
 
@@ -137,8 +145,10 @@ inline void tile(const T* x, int64_t ldx, int64_t w, const T* at,
             for (int b = 0; b < NB; ++b)
                 a[b] = *reinterpret_cast<const V*>(at + j * kp + kb + b * L);
             for (int r = 0; r < R; ++r) {
-                const V xr = V{} + x[r * ldx + j];
-                for (int b = 0; b < NB; ++b) acc[r][b] += xr * a[b];
+                // vector * scalar broadcasts the scalar (into the multiply-add
+                // itself); V{} + scalar would cost a scalar add first.
+                const T xr = x[r * ldx + j];
+                for (int b = 0; b < NB; ++b) acc[r][b] += a[b] * xr;
             }
         }
         // The bias last, as BLAS-based code adds it: bias + (-2 x.c).
@@ -159,7 +169,7 @@ inline void tile(const T* x, int64_t ldx, int64_t w, const T* at,
         for (int r = 0; r < R; ++r) acc[r] = V{};
         for (int64_t j = 0; j < w; ++j) {
             const V a = *reinterpret_cast<const V*>(at + j * kp + kb);
-            for (int r = 0; r < R; ++r) acc[r] += (V{} + x[r * ldx + j]) * a;
+            for (int r = 0; r < R; ++r) acc[r] += a * x[r * ldx + j];
         }
         const V p = *reinterpret_cast<const V*>(bias + kb);
         for (int r = 0; r < R; ++r) {

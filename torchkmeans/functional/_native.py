@@ -46,15 +46,20 @@ _library: ctypes.CDLL | None = None
 _tried = False
 
 # Rows of at most this many features take the column layout (lanes hold
-# rows); wider rows the row layout (lanes hold centroids). One thread,
-# 100,000 rows: d=8, k=8 0.4x the row layout's time; d=16, k=10 0.7x, k=32
-# 1.3x; d=32, k=64 1.6x.
-_COLUMN_MAX_FEATURES = 12
-# The row layout streams the transposed centroids (d, k) once per tile of
-# rows: well beyond the L1 cache it falls behind torch.mm plus an argmin
-# (labels of 100,000 rows, d=128, k=256, 128 KB: 1.4x faster than PyTorch
-# ops; 50,000 x 384, k=256, 384 KB: 0.9x).
-_ROWS_MAX_CENTROID_BYTES = 128 * 1024
+# rows), and up to _COLUMN_MAX_FEATURES_FEW_K features with at most
+# _COLUMN_FEW_K centroids; others the row layout (lanes hold centroids).
+# 100,000 rows, 2 threads, column layout's time over the row layout's: d=2
+# 0.3-1.0 (k=4-256), d=8 0.45-0.9, d=12 0.5 (k=4), 0.8 (k=16), 1.0 (k=32),
+# 1.25 (k=64); d=16 0.7 (k=4), 1.0 (k=16), 1.2-1.35 (k=32-256).
+_COLUMN_MAX_FEATURES = 8
+_COLUMN_MAX_FEATURES_FEW_K = 16
+_COLUMN_FEW_K = 16
+# The row layout reads the transposed centroids (d, k) once per tile of rows:
+# once they outgrow the L1 cache, torch.mm plus an argmin is as fast (Lloyd's
+# assignment against torch.mm, 100,000 rows: d=128, k=128 (64 KB) 1.06 against
+# the PyTorch path's 0.72; d=128, k=256 (128 KB) 0.70 against 0.71; d=128,
+# k=1024 0.60 against 0.72).
+_ROWS_MAX_CENTROID_BYTES = 96 * 1024
 # Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MIN_WORK = 1 << 18
 
@@ -189,6 +194,12 @@ def _self_test() -> bool:
     return True
 
 
+def _columns(d: int, k: int) -> bool:
+    """Whether the kernel scores rows of d features against k centroids in the
+    column layout (see the constants above)."""
+    return d <= _COLUMN_MAX_FEATURES or (d <= _COLUMN_MAX_FEATURES_FEW_K and k <= _COLUMN_FEW_K)
+
+
 def prefers_native(x: torch.Tensor, k: int) -> bool:
     """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k centroids."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
@@ -197,7 +208,7 @@ def prefers_native(x: torch.Tensor, k: int) -> bool:
         return False
     d = x.shape[1]
     padded = (k + 15) // 16 * 16
-    fits = d <= _COLUMN_MAX_FEATURES or d * padded * x.element_size() <= _ROWS_MAX_CENTROID_BYTES
+    fits = _columns(d, k) or d * padded * x.element_size() <= _ROWS_MAX_CENTROID_BYTES
     if not fits or not available():
         return False
     # A kernel built without OpenMP runs on one thread: only where PyTorch's
@@ -289,7 +300,7 @@ def nearest(
         x,
         centroids,
         labels,
-        columns=d <= _COLUMN_MAX_FEATURES,
+        columns=_columns(d, centroids.shape[0]),
         cosine=cosine,
         offset=offset,
         weights=weights,
