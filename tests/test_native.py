@@ -9,6 +9,7 @@ TORCHKMEANS_REQUIRE_NATIVE is set (CI sets it, so a broken build fails there).
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -33,16 +34,13 @@ pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler
 LAYOUTS = {"columns": True, "rows": False}
 
 
-def reference(x, centroids, weights=None, offset=None):
-    """Lowest scores |c|^2 - 2 x.c, first index of the lowest, totals [sum | weight], float64."""
-    x64 = x.double() if offset is None else x.double() - offset.double()
+def reference_scores(x, centroids, offset, cosine):
+    """Scores |c|^2 - 2 x.c (cosine: -x.c) of the rows less the offset, in float64."""
+    rows = (x if offset is None else x - offset).double()  # centred in the data's dtype
     c64 = centroids.double()
-    scores = c64.square().sum(1) - 2.0 * x64 @ c64.T
-    values, labels = scores.min(1)
-    w = torch.ones(len(x), dtype=torch.float64) if weights is None else weights.double()
-    totals = torch.zeros(len(centroids), x.shape[1] + 1, dtype=torch.float64)
-    totals.index_add_(0, labels, torch.cat([x64 * w[:, None], w[:, None]], 1))
-    return scores, values, labels, totals, (values * w).sum()
+    if cosine:
+        return -rows @ c64.T
+    return c64.square().sum(1) - 2.0 * rows @ c64.T
 
 
 @settings(max_examples=60, deadline=None)
@@ -56,12 +54,16 @@ def reference(x, centroids, weights=None, offset=None):
     weighted=st.booleans(),
     centred=st.booleans(),
     strided=st.booleans(),
+    cosine=st.booleans(),
     seed=st.integers(0, 2**31),
 )
-def test_kernel_matches_pytorch(n, d, k, dtype, layout, threads, weighted, centred, strided, seed):
+def test_kernel_matches_pytorch(
+    n, d, k, dtype, layout, threads, weighted, centred, strided, cosine, seed
+):
     """Labels are a lowest score's index (ties within rounding), and the lowest
-    scores, their weighted sum, the cluster totals and the changed count agree
-    with float64 PyTorch, for any layout, thread count, row stride and offset."""
+    scores, their weighted sum, the distances from differences, the cluster
+    totals and the changed count agree with float64 PyTorch, for any layout,
+    thread count, row stride, offset and metric."""
     generator = torch.Generator().manual_seed(seed)
     wide = torch.randn(n, d + 3, generator=generator, dtype=dtype)
     x = wide[:, :d] if strided else wide[:, :d].contiguous()
@@ -71,20 +73,24 @@ def test_kernel_matches_pytorch(n, d, k, dtype, layout, threads, weighted, centr
     previous = torch.randint(0, k, (n,), generator=generator)
     labels = torch.full((n,), -1, dtype=torch.int64)
     minima = torch.empty(n, dtype=dtype)
+    distances = torch.empty(n, dtype=dtype)
     totals = torch.full((k, d + 1), float("nan"), dtype=torch.float64)  # overwritten
     total, changed = _native._call(
         x,
         centroids,
         labels,
         columns=LAYOUTS[layout],
+        cosine=cosine,
         offset=offset,
         weights=weights,
         previous=previous,
         minima=minima,
+        distances=distances,
         totals=totals,
         threads=threads,
     )
-    scores, values, _, _, _ = reference(x, centroids, weights, offset)
+    scores = reference_scores(x, centroids, offset, cosine)
+    values = scores.min(1).values if n else torch.zeros(0, dtype=torch.float64)
     scale = 1e-4 if dtype == torch.float32 else 1e-10
     slack = scale * (1 + scores.abs().amax(1) if n else 0)
     assert ((labels >= 0) & (labels < k)).all()
@@ -93,9 +99,16 @@ def test_kernel_matches_pytorch(n, d, k, dtype, layout, threads, weighted, centr
     torch.testing.assert_close(
         minima.double(), values, rtol=scale, atol=float(slack.max()) if n else 0
     )
-    # Totals and counts of the labels the kernel chose (ties may go either way).
-    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    # Distances, totals and counts of the labels the kernel chose (ties may
+    # go either way).
     rows = (x if offset is None else x - offset).double()  # centred in the data's dtype
+    chosen_centroids = centroids.double()[labels]
+    if cosine:
+        exact = (1.0 - (rows * chosen_centroids).sum(1)).clamp(0.0, 2.0)
+    else:
+        exact = (rows - chosen_centroids).square().sum(1)
+    torch.testing.assert_close(distances.double(), exact, rtol=scale, atol=scale)
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
     expected = torch.zeros(k, d + 1, dtype=torch.float64)
     expected.index_add_(0, labels, torch.cat([rows * w[:, None], w[:, None]], 1))
     torch.testing.assert_close(totals, expected, rtol=1e-12, atol=1e-9)
@@ -245,6 +258,54 @@ def test_without_a_compiler_fits_fall_back_to_pytorch(tmp_path):
     assert missing == "False" and built == "True"
     assert n_iter_a == n_iter_b
     assert float(inertia_a) == pytest.approx(float(inertia_b), rel=1e-6)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 targets")
+@pytest.mark.parametrize("arch", ["x86-64-v2", "x86-64-v3"])
+def test_kernel_built_for_older_instruction_sets(tmp_path, arch):
+    """The SSE and AVX2 builds (16 and 32-byte vectors, no gather, the generic
+    reduction across lanes): the same labels as torch, ties to the lowest index,
+    totals and distances, in both layouts and dtypes, on one and two threads."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from torchkmeans.functional import _native
+        assert _native.available() and _native._library.tk_vector_bytes() < 64
+        g = torch.Generator().manual_seed(0)
+        for dtype in (torch.float32, torch.float64):
+            for n, d, k in ((301, 3, 7), (301, 5, 40), (97, 30, 70), (200, 20, 16)):
+                x = torch.randn(n, d, generator=g, dtype=dtype)
+                c = torch.randn(k, d, generator=g, dtype=dtype)
+                c[1] = c[0]  # an exact tie in every row that picks either
+                scores = c.double().square().sum(1) - 2 * x.double() @ c.double().T
+                for columns in (True, False):
+                    for threads in (1, 2):
+                        labels = torch.empty(n, dtype=torch.int64)
+                        distances = torch.empty(n, dtype=dtype)
+                        totals = torch.empty(k, d + 1, dtype=torch.float64)
+                        _native._call(x, c, labels, columns=columns, threads=threads,
+                                      distances=distances, totals=totals)
+                        chosen = scores.gather(1, labels[:, None]).squeeze(1)
+                        assert (chosen <= scores.min(1).values + 1e-4).all()
+                        assert not (labels == 1).any()  # the tie goes to 0
+                        exact = (x.double() - c.double()[labels]).square().sum(1)
+                        torch.testing.assert_close(distances.double(), exact, rtol=1e-4, atol=1e-4)
+                        ones = torch.ones(n, 1, dtype=torch.float64)
+                        expected = torch.zeros(k, d + 1, dtype=torch.float64).index_add_(
+                            0, labels, torch.cat([x.double(), ones], 1))
+                        torch.testing.assert_close(totals, expected)
+        print("ok", _native._library.tk_vector_bytes())
+        """
+    )
+    env = dict(
+        os.environ, TORCHKMEANS_NATIVE_ARCH=arch, TORCHKMEANS_CACHE_DIR=str(tmp_path / "cache")
+    )
+    env.pop("TORCHKMEANS_NATIVE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "16" if arch == "x86-64-v2" else "32"]
 
 
 def test_disabled_by_environment(tmp_path):

@@ -289,8 +289,9 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
 template <typename T>
 int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                     const T* at, const T* bias, int64_t kp, const T* aug, int64_t k,
-                    const T* weights, const int64_t* previous, int64_t* labels, T* minima,
-                    double* totals, double* score_sum) {
+                    const T* centroids, int cosine, const T* weights, const int64_t* previous,
+                    int64_t* labels, T* minima, T* distances, double* totals,
+                    double* score_sum) {
     typedef typename Vec<T>::type V;
     constexpr int L = lanes_of<T>();
     if (totals) std::fill(totals, totals + k * (w + 1), 0.0);
@@ -350,6 +351,28 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         } else {
             for (int r = 0; r < m; ++r) sums[r % kSums] += static_cast<double>(best[r]);
         }
+        if (distances) {
+            // Recomputed from differences for the chosen centroid only: the
+            // score's expansion loses digits when a row sits on its centroid.
+            for (int r = 0; r < m; ++r) {
+                const T* row = rows + r * ld;
+                const T* centroid = centroids + label[r] * w;
+                double sum = 0.0;
+                if (cosine) {
+                    for (int64_t j = 0; j < w; ++j)
+                        sum += static_cast<double>(row[j]) * static_cast<double>(centroid[j]);
+                    const double distance = 1.0 - sum;
+                    distances[start + r] =
+                        static_cast<T>(distance < 0.0 ? 0.0 : (distance > 2.0 ? 2.0 : distance));
+                } else {
+                    for (int64_t j = 0; j < w; ++j) {
+                        const double difference = static_cast<double>(row[j] - centroid[j]);
+                        sum += difference * difference;
+                    }
+                    distances[start + r] = static_cast<T>(sum);
+                }
+            }
+        }
         if (totals) {  // (k, w + 1): the sums of the rows, then of their weights
             for (int r = 0; r < m; ++r) {
                 const double weight = weights ? static_cast<double>(weights[start + r]) : 1.0;
@@ -372,7 +395,7 @@ template <typename T>
 int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                const T* centroids, int64_t k, int cosine, int columns, int threads,
                const T* weights, const int64_t* previous, int64_t* labels, T* minima,
-               double* totals, double* score_sum) {
+               T* distances, double* totals, double* score_sum) {
     // The scaled centroids a and their bias (see the top of the file), in
     // the layout's order: aug (k, w), or at (w, kp) padded with +inf biases.
     const int64_t kp = columns ? k : (k + 15) / 16 * 16;
@@ -404,9 +427,10 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
             if (t == 0) used = nt;
             const int64_t start = n * t / nt, stop = n * (t + 1) / nt;
             changed[t] = assign_rows<T>(
-                x + start * ldx, ldx, stop - start, w, offset, at, bias, kp, aug, k,
-                weights ? weights + start : nullptr, previous ? previous + start : nullptr,
-                labels + start, minima ? minima + start : nullptr,
+                x + start * ldx, ldx, stop - start, w, offset, at, bias, kp, aug, k, centroids,
+                cosine, weights ? weights + start : nullptr,
+                previous ? previous + start : nullptr, labels + start,
+                minima ? minima + start : nullptr, distances ? distances + start : nullptr,
                 totals ? partial.data() + t * size : nullptr, &sums[t]);
         }
         int64_t total_changed = 0;
@@ -425,8 +449,8 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     }
 #endif
     (void)threads;
-    return assign_rows<T>(x, ldx, n, w, offset, at, bias, kp, aug, k, weights, previous, labels,
-                          minima, totals, score_sum);
+    return assign_rows<T>(x, ldx, n, w, offset, at, bias, kp, aug, k, centroids, cosine, weights,
+                          previous, labels, minima, distances, totals, score_sum);
 }
 
 }  // namespace
@@ -434,7 +458,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 3; }
+int tk_abi_version() { return 4; }
 
 int tk_vector_bytes() { return kBytes; }
 
@@ -449,26 +473,29 @@ int tk_openmp() {
 
 // x (n, d) rows at stride ldx; offset (d) or null; centroids (k, d); cosine:
 // 0 euclidean, 1 cosine; columns: 0 rows layout, 1 columns layout; threads:
-// OpenMP threads to split the rows over (1: the calling thread); weights
-// (n) or null; previous (n) or null; labels (n) out; minima (n) or null out:
-// the lowest scores; totals (k, d + 1) or null out: per cluster the weighted
-// sum of its rows (less the offset) and the sum of their weights. Writes the
-// weighted sum of the lowest scores to score_sum and returns the number of
-// labels that differ from previous.
+// OpenMP threads to split the rows over (1: the calling thread); weights (n)
+// or null; previous (n) or null. Out: labels (n); minima (n) or null, the
+// lowest scores; distances (n) or null, each row's squared euclidean distance
+// (cosine: 1 - cos) to its centroid, from differences; totals (k, d + 1) or
+// null, per cluster the weighted sum of its rows (less the offset) and the
+// sum of their weights; score_sum, the weighted sum of the lowest scores.
+// Returns the number of labels that differ from previous.
 int64_t tk_assign_f32(const float* x, int64_t ldx, int64_t n, int64_t d, const float* offset,
                       const float* centroids, int64_t k, int cosine, int columns, int threads,
                       const float* weights, const int64_t* previous, int64_t* labels,
-                      float* minima, double* totals, double* score_sum) {
+                      float* minima, float* distances, double* totals,
+                      double* score_sum) {
     return assign<float>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
-                         previous, labels, minima, totals, score_sum);
+                         previous, labels, minima, distances, totals, score_sum);
 }
 
 int64_t tk_assign_f64(const double* x, int64_t ldx, int64_t n, int64_t d, const double* offset,
                       const double* centroids, int64_t k, int cosine, int columns, int threads,
                       const double* weights, const int64_t* previous, int64_t* labels,
-                      double* minima, double* totals, double* score_sum) {
+                      double* minima, double* distances, double* totals,
+                      double* score_sum) {
     return assign<double>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
-                          previous, labels, minima, totals, score_sum);
+                          previous, labels, minima, distances, totals, score_sum);
 }
 
 }  // extern "C"

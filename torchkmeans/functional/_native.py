@@ -37,8 +37,8 @@ __all__ = ["available", "nearest", "prefers_native"]
 
 _LOG = logging.getLogger("torchkmeans")
 _SOURCE = Path(__file__).with_name("_assign_kernel.cpp")
-_ABI_VERSION = 3
-_FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-fno-math-errno")
+_ABI_VERSION = 4
+_FLAGS = ("-O3", "-std=gnu++17", "-shared", "-fPIC", "-fno-math-errno")
 # Tried first; a compiler without OpenMP builds a one-thread kernel.
 _OPENMP_FLAGS = ("-fopenmp",)
 _lock = threading.Lock()
@@ -104,8 +104,12 @@ def _build() -> Path | None:
         return None
     source = _SOURCE.read_bytes()
     directory = _cache_dir()
+    # TORCHKMEANS_NATIVE_ARCH targets another instruction set than the
+    # machine's own (tests build x86-64-v2 and -v3 to cover the code paths
+    # of machines without AVX-512).
+    arch = os.environ.get("TORCHKMEANS_NATIVE_ARCH", "native")
     for extra in (_OPENMP_FLAGS, ()):
-        flags = (*_FLAGS, *extra)
+        flags = (*_FLAGS, f"-march={arch}", *extra)
         key = hashlib.sha256(
             b"\0".join(
                 [
@@ -154,6 +158,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.restype = integer
         function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer, small]
         function.argtypes += [small, small, pointer, pointer, pointer, pointer, pointer, pointer]
+        function.argtypes += [pointer]
     return library
 
 
@@ -232,6 +237,7 @@ def _call(
     weights: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     minima: torch.Tensor | None = None,
+    distances: torch.Tensor | None = None,
     totals: torch.Tensor | None = None,
     threads: int = 1,
 ) -> tuple[float, int]:
@@ -255,6 +261,7 @@ def _call(
         None if previous is None else previous.data_ptr(),
         labels.data_ptr(),
         None if minima is None else minima.data_ptr(),
+        None if distances is None else distances.data_ptr(),
         None if totals is None else totals.data_ptr(),
         ctypes.byref(score_sum),
     )
@@ -277,6 +284,7 @@ def nearest(
     weights: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     minima: torch.Tensor | None = None,
+    distances: torch.Tensor | None = None,
     totals: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Label each row of ``x - offset`` ``(n, d)`` with its nearest centroid ``(k, d)``.
@@ -284,8 +292,10 @@ def nearest(
     The score of a row and a centroid c is ``|c|^2 - 2 x.c`` (euclidean: the
     squared distance less ``|x|^2``) or ``-x.c`` (``cosine``, unit rows).
     Writes ``labels`` ``(n,)`` int64, and when given the lowest scores into
-    ``minima`` ``(n,)``, and per cluster the (weighted) sum of its rows and
-    of their weights into ``totals`` ``(k, d+1)`` float64. ``x`` is a CPU
+    ``minima`` ``(n,)``, each row's distance to its centroid (squared
+    euclidean, or ``1 - cos``; from differences, as :func:`exact_distances`)
+    into ``distances`` ``(n,)``, and per cluster the (weighted) sum of its rows
+    and of their weights into ``totals`` ``(k, d+1)`` float64. ``x`` is a CPU
     float32/float64 tensor with contiguous rows (any row stride); the other
     tensors are contiguous, in ``x``'s dtype except labels, previous (int64)
     and totals.
@@ -306,6 +316,7 @@ def nearest(
         weights=weights,
         previous=previous,
         minima=minima,
+        distances=distances,
         totals=totals,
         threads=torch.get_num_threads() if work >= _PARALLEL_MIN_WORK else 1,
     )

@@ -604,23 +604,21 @@ def _nearest_native(
     offset: torch.Tensor | None,
     exact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`_nearest` of one CPU problem through the fused kernel (see ``_native``):
-    labels in one pass over ``x`` ``(n, d)``, then exact distances in blocks."""
+    """:func:`_nearest` of one CPU problem through the fused kernel (see
+    ``_native``): labels and distances in one pass over ``x`` ``(n, d)``."""
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64)
+    distances = torch.empty(n, dtype=x.dtype) if exact else None
     if offset is not None:
         offset = offset.reshape(-1).to(x.dtype).contiguous()
-    _native.nearest(x, centroids.contiguous(), labels, cosine=not euclidean, offset=offset)
-    if not exact:
-        return labels, None
-    distances = torch.empty(n, dtype=x.dtype)
-    c3 = centroids.unsqueeze(0)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        xb = x[start:stop] if offset is None else x[start:stop] - offset
-        distances[start:stop] = exact_distances(
-            xb.unsqueeze(0), c3, labels[None, start:stop], not euclidean
-        )[0]
+    _native.nearest(
+        x,
+        centroids.contiguous(),
+        labels,
+        cosine=not euclidean,
+        offset=offset,
+        distances=distances,
+    )
     return labels, distances
 
 

@@ -522,7 +522,8 @@ def _run_lloyd_native(
     One kernel call per iteration labels every row and sums the rows of each
     cluster in float64 while the row is in registers: no score block, no
     separate argmin or scatter. The same iterations, convergence test,
-    relocation and final pass as :func:`_run_lloyd_small`.
+    relocation as :func:`_run_lloyd_small`, and a final pass that relabels
+    and measures each row's exact distance in the same kernel call.
     """
     x = prep.x[0]
     weights = prep.weights[0].contiguous() if prep.weights is not None else None
@@ -535,7 +536,6 @@ def _run_lloyd_native(
     totals = torch.empty((k, d + 1), dtype=torch.float64)
     sums, counts = totals[:, :d], totals[:, d:]
     scores: list[float] = []
-    assigned_to = None  # the centroids the last labels were assigned with
     while len(scores) < max_iter:
         score, changed = _native.nearest(
             x,
@@ -547,10 +547,7 @@ def _run_lloyd_native(
             totals=totals,
         )
         scores.append(score)
-        assigned_to = current
         if float(counts.min()) > 0:
-            # A new tensor every iteration: ``current`` must not change under
-            # the comparison with ``assigned_to`` (float64 .to() is no copy).
             updated = torch.div(sums, counts).to(current.dtype)
             if cosine:
                 updated = torch.nn.functional.normalize(updated, dim=-1)
@@ -569,13 +566,13 @@ def _run_lloyd_native(
         labels, previous = previous, labels
         if strict or shift <= tol_abs:
             break
-    # Final labels against the final centroids: the last ones, unless the
-    # centroids moved after they were assigned.
+    # Final labels against the final centroids, and each row's exact distance
+    # to its centroid, in one more pass (the labels are the last ones when the
+    # centroids did not move after them: the same kernel gives the same).
     labels = previous
-    if assigned_to is None or not torch.equal(assigned_to, current):
-        _native.nearest(x, current, labels, cosine=cosine)
+    distances = torch.empty((1, n), dtype=x.dtype)
+    _native.nearest(x, current, labels, cosine=cosine, distances=distances[0])
     final_centroids = current.unsqueeze(0)
-    distances = _point_distances(prep, final_centroids, labels.unsqueeze(0), _EXACT_DISTANCE_ROWS)
     n_iter = len(scores)
     history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
     history[0, :n_iter] = torch.tensor(scores, dtype=torch.float64) + _score_offset(prep)
