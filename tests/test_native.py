@@ -322,3 +322,24 @@ def test_disabled_by_environment(tmp_path):
         check=True,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_problems_with_padding_centroids_run_with_their_active_ones():
+    """A sweep over k as one padded batch (cluster masks): each problem runs
+    through the kernel with its active centroids only and gets the PyTorch
+    loop's result; the padding centroids stay as they were, unused."""
+    X, _ = make_blobs(n_samples=3000, n_features=6, centers=6, random_state=5)
+    x = torch.tensor(X)
+    prep = prepare(x)
+    start = prep.x[0][:6].clone().expand(3, 6, 6).clone()
+    # Prefixes as the elbow sweep makes them, and any other pattern.
+    active = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]]).bool()
+    fused = run_lloyd(prep, start.clone(), max_iter=100, active=active)
+    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+        plain = run_lloyd(prep, start.clone(), max_iter=100, active=active)
+    assert torch.equal(fused.labels, plain.labels)
+    assert torch.equal(fused.n_iter, plain.n_iter)
+    assert active.gather(1, fused.labels).all()
+    torch.testing.assert_close(fused.centroids, plain.centroids, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.inertia, plain.inertia, rtol=1e-10, atol=0)
+    assert torch.equal(fused.centroids[~active], start[~active])

@@ -627,19 +627,26 @@ def run_lloyd(
     if (
         on_cpu
         and small_path
-        and active is None
         and prep.x.shape[0] == 1
         and (prep.weights is None or prep.weights.shape[0] == 1)
         and _native.prefers_native(prep.x[0], k)
     ):
-        # One problem at a time through the fused kernel: restarts sharing
-        # the data run one after another, each with the whole machine.
-        results = [
-            _run_lloyd_native(
-                prep, centroids[i : i + 1], max_iter=max_iter, tol_abs=float(tol_abs.max())
-            )
-            for i in range(b)
-        ]
+        # One problem at a time through the fused kernel: restarts and a sweep
+        # over k sharing the data run one after another, each with the whole
+        # machine; a problem with inactive (padding) centroids runs with its
+        # active ones only.
+        results = []
+        for i in range(b):
+            start = centroids[i : i + 1]
+            kept = None if active is None else active[i].nonzero().squeeze(1)
+            if kept is not None:
+                start = start[:, kept]
+            result = _run_lloyd_native(prep, start, max_iter=max_iter, tol_abs=float(tol_abs.max()))
+            if kept is not None:
+                padded = centroids[i : i + 1].clone()
+                padded[:, kept] = result.centroids
+                result = result._replace(centroids=padded, labels=kept[result.labels])
+            results.append(result)
         if b == 1:
             return results[0]
         return KMeansResult(*(torch.cat(field) for field in zip(*results)))
