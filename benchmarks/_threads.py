@@ -33,4 +33,9 @@ def pin_threads() -> None:
     threads = str(threads_from_argv(sys.argv[1:]))
     for name in THREAD_ENV_VARS:
         os.environ[name] = threads
+    # Idle OpenBLAS threads (numpy's, scipy's: scikit-learn's k-means++ and
+    # checks call them) spin for about 2^28 cycles after each call, taking a
+    # core from whichever library the interleaved timings run next: load_digits
+    # fits of both libraries measured 2-4x slower than alone. 2^4 cycles here.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

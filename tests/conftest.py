@@ -19,7 +19,7 @@ def torch_ops_only(monkeypatch: pytest.MonkeyPatch) -> None:
     (torchkmeans/functional/_native.py): for tests of those ops' arithmetic."""
     from torchkmeans.functional import _native
 
-    monkeypatch.setattr(_native, "prefers_native", lambda *args: False)
+    monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -161,7 +161,7 @@ def test_fit_through_the_kernel_equals_the_pytorch_loop(shape, dtype):
     start = start - prep.offset
     assert _native.prefers_native(prep.x[0], k)
     fused = run_lloyd(prep, start.clone(), max_iter=100)
-    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
         plain = run_lloyd(prep, start.clone(), max_iter=100)
     assert torch.equal(fused.labels, plain.labels)
     assert torch.equal(fused.n_iter, plain.n_iter)
@@ -221,7 +221,7 @@ def test_predict_through_the_kernel_is_exact_far_from_the_origin():
     model = KMeans(n_clusters=50, random_state=0, max_iter=5).fit(x)
     centroids = model.cluster_centers_.double()
     fused = model.predict(x)
-    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
         plain = model.predict(x)
     exact = torch.cdist(x.double(), centroids).square()
     chosen = exact.gather(1, fused[:, None]).squeeze(1)
@@ -335,7 +335,7 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
     # Prefixes as the elbow sweep makes them, and any other pattern.
     active = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]]).bool()
     fused = run_lloyd(prep, start.clone(), max_iter=100, active=active)
-    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
         plain = run_lloyd(prep, start.clone(), max_iter=100, active=active)
     assert torch.equal(fused.labels, plain.labels)
     assert torch.equal(fused.n_iter, plain.n_iter)
@@ -343,3 +343,18 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
     torch.testing.assert_close(fused.centroids, plain.centroids, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fused.inertia, plain.inertia, rtol=1e-10, atol=0)
     assert torch.equal(fused.centroids[~active], start[~active])
+
+
+def test_which_problems_take_the_kernel():
+    """Narrow rows always; wider rows while the transposed centroids stay small
+    (larger while labelling from scratch); never on other devices or dtypes."""
+    narrow, wide = torch.empty(10, 8), torch.empty(10, 128)
+    assert _native.prefers_native(narrow, 5000)
+    assert _native.prefers_native(wide, 128)
+    assert not _native.prefers_native(wide, 1024)
+    assert not _native.prefers_native(wide, 512)
+    assert _native.prefers_native(wide, 512, within_lloyd=False)
+    assert not _native.prefers_native(wide, 1024, within_lloyd=False)
+    assert not _native.prefers_native(narrow.half(), 5)
+    assert not _native.prefers_native(torch.empty(10, 0), 5)
+    assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous

@@ -267,7 +267,7 @@ def _compare_small_and_general_loops(problem, metric, weighting, tol, max_iter, 
     c = torch.tensor(start)[None]
     c = c - prep.offset if metric == "euclidean" else torch.nn.functional.normalize(c, dim=-1)
     # The PyTorch ops' small loop, not the native kernel (tested on its own).
-    with mock.patch.object(_native, "prefers_native", lambda *args: False):
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
         small = run_lloyd(prep, c.clone(), max_iter=max_iter, tol=tol)
     # The general loop recomputing its sums every iteration (not following the
     # points that move, which rounds differently): the same arithmetic.

@@ -60,6 +60,11 @@ _COLUMN_FEW_K = 16
 # the PyTorch path's 0.72; d=128, k=256 (128 KB) 0.70 against 0.71; d=128,
 # k=1024 0.60 against 0.72).
 _ROWS_MAX_CENTROID_BYTES = 96 * 1024
+# ... while labelling from scratch, the PyTorch path has no previous labels
+# to warm-start from and the kernel stays ahead further (labels of new rows,
+# kernel's time over PyTorch's: d=256, k=100 0.81; d=1024, k=50 (256 KB)
+# 0.63; d=384, k=256 (384 KB) 0.80; d=128, k=1024 (512 KB) 1.17).
+_LABELLING_MAX_CENTROID_BYTES = 384 * 1024
 # Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MIN_WORK = 1 << 18
 
@@ -205,15 +210,18 @@ def _columns(d: int, k: int) -> bool:
     return d <= _COLUMN_MAX_FEATURES or (d <= _COLUMN_MAX_FEATURES_FEW_K and k <= _COLUMN_FEW_K)
 
 
-def prefers_native(x: torch.Tensor, k: int) -> bool:
-    """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k centroids."""
+def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> bool:
+    """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k
+    centroids: in Lloyd's iterations, or (``within_lloyd=False``) labelling rows
+    from scratch."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False
     d = x.shape[1]
     padded = (k + 15) // 16 * 16
-    fits = _columns(d, k) or d * padded * x.element_size() <= _ROWS_MAX_CENTROID_BYTES
+    limit = _ROWS_MAX_CENTROID_BYTES if within_lloyd else _LABELLING_MAX_CENTROID_BYTES
+    fits = _columns(d, k) or d * padded * x.element_size() <= limit
     if not fits or not available():
         return False
     # A kernel built without OpenMP runs on one thread: only where PyTorch's
