@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
 from torchkmeans import ConvergenceWarning, KMeans, NotFittedError
+from torchkmeans.functional import _native
 
 DATASETS = {
     "digits": (lambda: load_digits().data, 10),
@@ -37,8 +38,13 @@ def test_inertia_matches_sklearn_with_the_same_n_init(name, seed):
     assert ours.inertia_ <= 1.01 * theirs.inertia_
 
 
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])
 @pytest.mark.parametrize("name", DATASETS)
-def test_same_initial_centroids_give_sklearns_result(name):
+def test_same_initial_centroids_give_sklearns_result(name, path, monkeypatch):
+    """Both CPU paths: the fused native kernel (where it builds) and the
+    PyTorch ops (see tests/test_native.py for the kernel on its own)."""
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
     make, k = DATASETS[name]
     X = make().astype(np.float64)
     start = X[np.random.default_rng(0).choice(len(X), k, replace=False)]

@@ -15,13 +15,11 @@ import sys
 import textwrap
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.cluster import KMeans as SklearnKMeans
-from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
+from sklearn.datasets import make_blobs
 
 from torchkmeans import KMeans
 from torchkmeans.functional import _native
@@ -172,26 +170,6 @@ def test_fit_through_the_kernel_equals_the_pytorch_loop(shape, dtype):
     torch.testing.assert_close(
         fused.inertia_history[:, :iters], plain.inertia_history[:, :iters], rtol=rtol, atol=0
     )
-
-
-@pytest.mark.parametrize(
-    "load", [load_iris, load_wine, load_digits], ids=["iris", "wine", "digits"]
-)
-def test_fused_fit_gives_sklearns_result_from_the_same_start(load):
-    """Real data in float64 from the same initial centroids: scikit-learn's
-    labels, centroids, inertia and iteration count."""
-    X = load().data
-    k = 3 if load is not load_digits else 10
-    start = X[np.random.default_rng(0).choice(len(X), k, replace=False)]
-    assert _native.prefers_native(torch.from_numpy(X), k)
-    ours = KMeans(n_clusters=k, init=start, n_init=1).fit(X)
-    theirs = SklearnKMeans(n_clusters=k, init=start, n_init=1, algorithm="lloyd").fit(X)
-    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
-    np.testing.assert_allclose(
-        ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-10, atol=1e-12
-    )
-    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
-    assert ours.n_iter_ == theirs.n_iter_
 
 
 def test_empty_clusters_are_reseeded_and_restarts_run_one_by_one():

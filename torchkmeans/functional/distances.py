@@ -540,7 +540,7 @@ def _nearest(
         and x3.shape[0] == 1
         and _native.prefers_native(x3[0], k, within_lloyd=False)
     ):
-        labels, distances = _nearest_native(x3[0], c3[0], euclidean, rows, offset, exact)
+        labels, distances = _nearest_native(x3[0], c3[0], euclidean, offset, exact)
         if batched:
             return labels[None], None if distances is None else distances[None]
         return labels, distances
@@ -605,7 +605,6 @@ def _nearest_native(
     x: torch.Tensor,
     centroids: torch.Tensor,
     euclidean: bool,
-    rows: int,
     offset: torch.Tensor | None,
     exact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
