@@ -11,9 +11,11 @@ in a Lloyd step it also sums each cluster's rows in the same pass.
 The kernel is compiled once per machine with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``; ``-O3 -march=native -fopenmp``)
 into ``$TORCHKMEANS_CACHE_DIR`` (default ``~/.cache/torchkmeans``), in about
-five seconds, then loaded with ctypes. Its threads are OpenMP threads: with
-the libgomp PyTorch itself loaded, the same ones PyTorch's ops run on, so the
-two never compete for cores. Without a compiler, or with
+five seconds: at install time by the package's build hook, or here on first
+use if the cache has no library for this machine (``_native_build``). It is
+loaded with ctypes and checked against torch on a small problem. Its threads
+are OpenMP threads: with the libgomp PyTorch itself loaded, the same ones
+PyTorch's ops run on, so the two never compete for cores. Without a compiler, or with
 ``TORCHKMEANS_NATIVE=0``, every caller uses its PyTorch ops instead, which
 give the same labels up to the rounding of exact ties.
 """
