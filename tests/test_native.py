@@ -336,3 +336,18 @@ def test_which_problems_take_the_kernel():
     assert not _native.prefers_native(narrow.half(), 5)
     assert not _native.prefers_native(torch.empty(10, 0), 5)
     assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous
+
+
+def test_inputs_in_another_dtype_are_converted_and_bad_outputs_refused():
+    """Centroids, offset and weights in another dtype than x are converted (the
+    kernel reads raw pointers); an output of the wrong dtype or layout raises."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 20, generator=generator)
+    centroids = torch.randn(7, 20, generator=generator, dtype=torch.float64)
+    labels = torch.empty(50, dtype=torch.int64)
+    _native.nearest(x, centroids, labels, offset=torch.zeros(20, dtype=torch.float64))
+    assert torch.equal(labels, torch.cdist(x.double(), centroids).argmin(1))
+    with pytest.raises(ValueError, match=r"labels to be a contiguous torch\.int64"):
+        _native.nearest(x, centroids, torch.empty(50, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"distances to be a contiguous torch\.float32"):
+        _native.nearest(x, centroids, labels, distances=torch.empty(100)[::2])

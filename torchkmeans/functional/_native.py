@@ -228,6 +228,20 @@ def nearest(
     :func:`available` is true.
     """
     n, d = x.shape
+    # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
+    # copy when they already are), outputs checked rather than converted.
+    centroids = centroids.to(x.dtype).contiguous()
+    offset = None if offset is None else offset.to(x.dtype).contiguous()
+    weights = None if weights is None else weights.to(x.dtype).contiguous()
+    previous = None if previous is None else previous.to(torch.int64).contiguous()
+    for name, out, dtype in (
+        ("labels", labels, torch.int64),
+        ("minima", minima, x.dtype),
+        ("distances", distances, x.dtype),
+        ("totals", totals, torch.float64),
+    ):
+        if out is not None and (out.dtype != dtype or not out.is_contiguous()):
+            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor.")
     work = n * centroids.shape[0] * d
     return _call(
         x,
