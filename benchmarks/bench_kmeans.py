@@ -724,7 +724,7 @@ def bench_flops(problem: Problem, args: argparse.Namespace, device: torch.device
         _assign_pass(prep, after.centroids, labels_out, lloyd_rows, previous=before.labels)
 
     fns: dict[str, Callable[[], None]] = {}
-    fused = device.type == "cpu" and _native.prefers_native(prep.x[0], k)
+    fused = _native.prefers_native(prep.x[0], k)
     if fused:
         # Lloyd runs this shape through the fused kernel: the assignment is its
         # labels; the fused step also sums each cluster's rows in the same pass.
@@ -854,7 +854,7 @@ def profile_lloyd(
     # torch.profiler's Python stacks come back with corrupt names when a
     # ctypes call runs an OpenMP region (torch 2.13): shapes the fused kernel
     # runs are profiled without stacks, and their other ops count as bookkeep.
-    fused = device.type == "cpu" and _native.prefers_native(x, c0.shape[0])
+    fused = _native.prefers_native(x, c0.shape[0])
     with profile(activities=activities, with_stack=not fused) as prof:
         result = lloyd(x, c0, max_iter=args.iters, tol=0.0)
     seconds: dict[str, float] = defaultdict(float)

@@ -73,7 +73,7 @@ def test_kernel_matches_pytorch(
     minima = torch.empty(n, dtype=dtype)
     distances = torch.empty(n, dtype=dtype)
     totals = torch.full((k, d + 1), float("nan"), dtype=torch.float64)  # overwritten
-    total, changed = _native._call(
+    total, changed = _native.nearest(
         x,
         centroids,
         labels,
@@ -125,7 +125,7 @@ def test_exact_ties_go_to_the_lowest_index(layout, dtype):
     x = torch.zeros(200, 3, dtype=dtype)
     x[:, 0] = torch.arange(200, dtype=dtype) % 40  # on a centroid, or halfway between
     labels = torch.empty(200, dtype=torch.int64)
-    _native._call(x, centroids, labels, columns=LAYOUTS[layout], threads=2)
+    _native.nearest(x, centroids, labels, columns=LAYOUTS[layout], threads=2)
     expected = torch.cdist(x.double(), centroids.double()).argmin(1)
     assert torch.equal(labels, expected)
 
@@ -141,7 +141,7 @@ def test_no_row_is_dropped_at_group_and_tile_edges():
             x = centroids[picks] + 0.01 * torch.randn(n, d, generator=generator)
             for threads in (1, 2):
                 labels = torch.full((n,), -1, dtype=torch.int64)
-                _native._call(x, centroids, labels, columns=d <= 12, threads=threads)
+                _native.nearest(x, centroids, labels, columns=d <= 12, threads=threads)
                 assert torch.equal(labels, picks), (n, d, k, threads)
 
 
@@ -261,7 +261,7 @@ def test_kernel_built_for_older_instruction_sets(tmp_path, arch):
                         labels = torch.empty(n, dtype=torch.int64)
                         distances = torch.empty(n, dtype=dtype)
                         totals = torch.empty(k, d + 1, dtype=torch.float64)
-                        _native._call(x, c, labels, columns=columns, threads=threads,
+                        _native.nearest(x, c, labels, columns=columns, threads=threads,
                                       distances=distances, totals=totals)
                         chosen = scores.gather(1, labels[:, None]).squeeze(1)
                         assert (chosen <= scores.min(1).values + 1e-4).all()

@@ -3,9 +3,10 @@
 // totals of a Lloyd step, computed while the rows are in registers. The
 // (n, k) score matrix is never written to memory.
 //
-// Built on first use by torchkmeans/functional/_native.py with the machine's
-// C++ compiler (-O3 -march=native); without one, torchkmeans uses its PyTorch
-// ops instead. No Python or PyTorch headers: plain pointers through ctypes.
+// Compiled with the machine's C++ compiler (-O3 -march=native -fopenmp) by
+// torchkmeans/functional/_native_build.py, at install time or on first use,
+// and called through ctypes by _native.py; without a compiler torchkmeans
+// uses its PyTorch ops instead. No Python or PyTorch headers: plain pointers.
 //
 // The score of row x (less the offset, when given) and centroid c is
 // bias[c] + sum_j x_j * a[c][j], with a = -2c and bias = |c|^2 (euclidean,
@@ -236,8 +237,9 @@ inline bool gather<double>(const double* x, int64_t ldx, int64_t w, Vec<double>:
 // multiply-adds with its weights broadcast, and the running minimum is kept
 // per lane. W > 0 fixes the width at compile time (unrolled, in registers).
 template <typename T, int W>
-inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T* aug, const T* bias, int64_t k, typename Vec<T>::type* xt,
-                         T* best, int64_t* label) {
+inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T* aug,
+                         const T* bias, int64_t k, typename Vec<T>::type* xt, T* best,
+                         int64_t* label) {
     typedef typename Vec<T>::type V;
     typedef typename Vec<T>::index I;
     constexpr int L = lanes_of<T>();
@@ -285,10 +287,11 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
 // ---- driver ------------------------------------------------------------------
 
 // Rows [0, n) of one thread: labels and the rest (see tk_assign_f32), with
-// the centroids prepared by assign().
+// the centroids scaled by assign(): (k, w) in the column layout, (w, kp) in
+// the row layout.
 template <typename T>
 int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
-                    const T* at, const T* bias, int64_t kp, const T* aug, int64_t k,
+                    const T* scaled, const T* bias, int64_t k, int64_t kp, int columns,
                     const T* centroids, int cosine, const T* weights, const int64_t* previous,
                     int64_t* labels, T* minima, T* distances, double* totals,
                     double* score_sum) {
@@ -302,8 +305,11 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
     constexpr int kSums = 8;
     double sums[kSums] = {};
     T local[step];
-    V* xt = aug ? new V[w * kGroups] : nullptr;
-    T* centred = offset ? new T[step * w] : nullptr;
+    // A transposed column group, (w, kGroups) vectors (V loads and stores
+    // need no alignment: see Vec).
+    std::vector<T> transposed(columns ? w * kGroups * L : 0);
+    V* xt = reinterpret_cast<V*>(transposed.data());
+    std::vector<T> centred(offset ? step * w : 0);
     for (int64_t start = 0; start < n; start += step) {
         const int m = n - start < step ? static_cast<int>(n - start) : step;
         const T* rows = x + start * ldx;
@@ -311,36 +317,36 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         if (offset) {  // centred once here, not in the kernels' inner loops
             for (int r = 0; r < m; ++r)
                 for (int64_t j = 0; j < w; ++j) centred[r * w + j] = rows[r * ldx + j] - offset[j];
-            rows = centred;
+            rows = centred.data();
             ld = w;
         }
         T* best = minima ? minima + start : local;
         int64_t* label = labels + start;
-        if (aug) {
+        if (columns) {
             switch (w) {
 #define TK_WIDTH(W)                                                                   \
     case W:                                                                           \
-        column_group<T, W>(rows, ld, m, w, aug, bias, k, xt, best, label); \
+        column_group<T, W>(rows, ld, m, w, scaled, bias, k, xt, best, label); \
         break;
                 TK_WIDTH(1) TK_WIDTH(2) TK_WIDTH(3) TK_WIDTH(4) TK_WIDTH(5) TK_WIDTH(6)
                 TK_WIDTH(7) TK_WIDTH(8) TK_WIDTH(9) TK_WIDTH(10) TK_WIDTH(11) TK_WIDTH(12)
                 TK_WIDTH(13) TK_WIDTH(14) TK_WIDTH(15) TK_WIDTH(16)
 #undef TK_WIDTH
                 default:
-                    column_group<T, 0>(rows, ld, m, w, aug, bias, k, xt, best, label);
+                    column_group<T, 0>(rows, ld, m, w, scaled, bias, k, xt, best, label);
             }
         } else {
             // Rows per tile: R * NB accumulators plus a running minimum and
             // index per row must stay in registers (about 16 + 8 + 4 of 32).
             const int64_t vectors = kp / L;
             if (vectors >= kBlocks)
-                tiles<T, kTileRows, kBlocks>(rows, ld, m, w, at, bias, kp, best, label);
+                tiles<T, kTileRows, kBlocks>(rows, ld, m, w, scaled, bias, kp, best, label);
             else if (vectors == 3)
-                tiles<T, kTileRows, 3>(rows, ld, m, w, at, bias, kp, best, label);
+                tiles<T, kTileRows, 3>(rows, ld, m, w, scaled, bias, kp, best, label);
             else if (vectors == 2)
-                tiles<T, kTileRows * 3 / 2, 2>(rows, ld, m, w, at, bias, kp, best, label);
+                tiles<T, kTileRows * 3 / 2, 2>(rows, ld, m, w, scaled, bias, kp, best, label);
             else
-                tiles<T, kTileRows * 2, 1>(rows, ld, m, w, at, bias, kp, best, label);
+                tiles<T, kTileRows * 2, 1>(rows, ld, m, w, scaled, bias, kp, best, label);
         }
         if (previous)
             for (int r = 0; r < m; ++r) changed += previous[start + r] != label[r];
@@ -383,8 +389,6 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
             }
         }
     }
-    delete[] xt;
-    delete[] centred;
     double sum = 0.0;
     for (int l = 0; l < kSums; ++l) sum += sums[l];
     *score_sum = sum;
@@ -409,9 +413,6 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
         }
         biases[c] = cosine ? T(0) : static_cast<T>(norm);
     }
-    const T* aug = columns ? scaled.data() : nullptr;
-    const T* at = scaled.data();
-    const T* bias = biases.data();
 #if defined(_OPENMP)
     if (threads > 1 && n > 1) {
         // Contiguous ranges of rows on the OpenMP threads PyTorch's own ops
@@ -427,8 +428,8 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
             if (t == 0) used = nt;
             const int64_t start = n * t / nt, stop = n * (t + 1) / nt;
             changed[t] = assign_rows<T>(
-                x + start * ldx, ldx, stop - start, w, offset, at, bias, kp, aug, k, centroids,
-                cosine, weights ? weights + start : nullptr,
+                x + start * ldx, ldx, stop - start, w, offset, scaled.data(), biases.data(), k,
+                kp, columns, centroids, cosine, weights ? weights + start : nullptr,
                 previous ? previous + start : nullptr, labels + start,
                 minima ? minima + start : nullptr, distances ? distances + start : nullptr,
                 totals ? partial.data() + t * size : nullptr, &sums[t]);
@@ -449,8 +450,9 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     }
 #endif
     (void)threads;
-    return assign_rows<T>(x, ldx, n, w, offset, at, bias, kp, aug, k, centroids, cosine, weights,
-                          previous, labels, minima, distances, totals, score_sum);
+    return assign_rows<T>(x, ldx, n, w, offset, scaled.data(), biases.data(), k, kp, columns,
+                          centroids, cosine, weights, previous, labels, minima, distances, totals,
+                          score_sum);
 }
 
 }  // namespace

@@ -113,7 +113,7 @@ def _self_test() -> bool:
         expected = torch.cdist(x, centroids).argmin(1)
         for columns in (True, False):
             labels = torch.empty(101, dtype=torch.int64)
-            _call(x, centroids, labels, columns=columns)
+            nearest(x, centroids, labels, columns=columns, threads=1)
             if not torch.equal(labels, expected):
                 return False
     return True
@@ -149,12 +149,11 @@ def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> boo
     )
 
 
-def _call(
+def nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,
     labels: torch.Tensor,
     *,
-    columns: bool,
     cosine: bool = False,
     offset: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
@@ -162,21 +161,59 @@ def _call(
     minima: torch.Tensor | None = None,
     distances: torch.Tensor | None = None,
     totals: torch.Tensor | None = None,
-    threads: int = 1,
+    columns: bool | None = None,
+    threads: int | None = None,
 ) -> tuple[float, int]:
-    """One kernel call (see :func:`nearest`), its rows split over ``threads``."""
+    """Label each row of ``x - offset`` ``(n, d)`` with its nearest centroid ``(k, d)``.
+
+    The score of a row and a centroid c is ``|c|^2 - 2 x.c`` (euclidean: the
+    squared distance less ``|x|^2``) or ``-x.c`` (``cosine``, unit rows).
+    Writes ``labels`` ``(n,)`` int64, and when given the lowest scores into
+    ``minima`` ``(n,)``, each row's distance to its centroid (squared
+    euclidean, or ``1 - cos``; from differences, as ``exact_distances``)
+    into ``distances`` ``(n,)``, and per cluster the (weighted) sum of its rows
+    and of their weights into ``totals`` ``(k, d+1)`` float64. ``x`` is a CPU
+    float32/float64 tensor with contiguous rows (any row stride); the other
+    inputs are converted to its dtype, the outputs must be contiguous.
+    ``columns`` and ``threads`` override the layout and thread count the
+    kernel would pick (tests).
+
+    Returns the weighted sum of the lowest scores, and the number of rows
+    whose label differs from ``previous`` (0 without it). Call only where
+    :func:`available` is true.
+    """
     library = _library
     assert library is not None
+    n, d = x.shape
+    k = centroids.shape[0]
+    # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
+    # copy when they already are), outputs checked rather than converted.
+    centroids = centroids.to(x.dtype).contiguous()
+    offset = None if offset is None else offset.to(x.dtype).contiguous()
+    weights = None if weights is None else weights.to(x.dtype).contiguous()
+    previous = None if previous is None else previous.to(torch.int64).contiguous()
+    for name, out, dtype in (
+        ("labels", labels, torch.int64),
+        ("minima", minima, x.dtype),
+        ("distances", distances, x.dtype),
+        ("totals", totals, torch.float64),
+    ):
+        if out is not None and (out.dtype != dtype or not out.is_contiguous()):
+            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor.")
+    if columns is None:
+        columns = _columns(d, k)
+    if threads is None:
+        threads = torch.get_num_threads() if n * k * d >= _PARALLEL_MIN_WORK else 1
     function = library.tk_assign_f32 if x.dtype == torch.float32 else library.tk_assign_f64
     score_sum = ctypes.c_double()
     arguments = (
         x.data_ptr(),
         x.stride(0),
-        x.shape[0],
-        x.shape[1],
+        n,
+        d,
         None if offset is None else offset.data_ptr(),
         centroids.data_ptr(),
-        centroids.shape[0],
+        k,
         int(cosine),
         int(columns),
         threads,
@@ -195,65 +232,3 @@ def _call(
     else:
         changed = function(*arguments)
     return score_sum.value, int(changed)
-
-
-def nearest(
-    x: torch.Tensor,
-    centroids: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    cosine: bool = False,
-    offset: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-    previous: torch.Tensor | None = None,
-    minima: torch.Tensor | None = None,
-    distances: torch.Tensor | None = None,
-    totals: torch.Tensor | None = None,
-) -> tuple[float, int]:
-    """Label each row of ``x - offset`` ``(n, d)`` with its nearest centroid ``(k, d)``.
-
-    The score of a row and a centroid c is ``|c|^2 - 2 x.c`` (euclidean: the
-    squared distance less ``|x|^2``) or ``-x.c`` (``cosine``, unit rows).
-    Writes ``labels`` ``(n,)`` int64, and when given the lowest scores into
-    ``minima`` ``(n,)``, each row's distance to its centroid (squared
-    euclidean, or ``1 - cos``; from differences, as :func:`exact_distances`)
-    into ``distances`` ``(n,)``, and per cluster the (weighted) sum of its rows
-    and of their weights into ``totals`` ``(k, d+1)`` float64. ``x`` is a CPU
-    float32/float64 tensor with contiguous rows (any row stride); the other
-    tensors are contiguous, in ``x``'s dtype except labels, previous (int64)
-    and totals.
-
-    Returns the weighted sum of the lowest scores, and the number of rows
-    whose label differs from ``previous`` (0 without it). Call only where
-    :func:`available` is true.
-    """
-    n, d = x.shape
-    # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
-    # copy when they already are), outputs checked rather than converted.
-    centroids = centroids.to(x.dtype).contiguous()
-    offset = None if offset is None else offset.to(x.dtype).contiguous()
-    weights = None if weights is None else weights.to(x.dtype).contiguous()
-    previous = None if previous is None else previous.to(torch.int64).contiguous()
-    for name, out, dtype in (
-        ("labels", labels, torch.int64),
-        ("minima", minima, x.dtype),
-        ("distances", distances, x.dtype),
-        ("totals", totals, torch.float64),
-    ):
-        if out is not None and (out.dtype != dtype or not out.is_contiguous()):
-            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor.")
-    work = n * centroids.shape[0] * d
-    return _call(
-        x,
-        centroids,
-        labels,
-        columns=_columns(d, centroids.shape[0]),
-        cosine=cosine,
-        offset=offset,
-        weights=weights,
-        previous=previous,
-        minima=minima,
-        distances=distances,
-        totals=totals,
-        threads=torch.get_num_threads() if work >= _PARALLEL_MIN_WORK else 1,
-    )

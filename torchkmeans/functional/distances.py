@@ -613,14 +613,12 @@ def _nearest_native(
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64)
     distances = torch.empty(n, dtype=x.dtype) if exact else None
-    if offset is not None:
-        offset = offset.reshape(-1).to(x.dtype).contiguous()
     _native.nearest(
         x,
-        centroids.contiguous(),
+        centroids,
         labels,
         cosine=not euclidean,
-        offset=offset,
+        offset=None if offset is None else offset.reshape(-1),
         distances=distances,
     )
     return labels, distances
