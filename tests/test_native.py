@@ -44,8 +44,8 @@ def reference_scores(x, centroids, offset, cosine):
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(0, 300),
-    d=st.sampled_from([1, 2, 3, 12, 13, 16, 17, 40, 70]),
-    k=st.sampled_from([1, 2, 15, 16, 17, 33, 64, 65, 100]),
+    d=st.sampled_from([1, 2, 3, 12, 13, 16, 17, 40, 70, 129, 300]),
+    k=st.sampled_from([1, 2, 15, 16, 17, 33, 64, 65, 100, 130, 250]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     layout=st.sampled_from(list(LAYOUTS)),
     threads=st.sampled_from([1, 2, 3]),
@@ -116,18 +116,42 @@ def test_kernel_matches_pytorch(
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_exact_ties_go_to_the_lowest_index(layout, dtype):
+@pytest.mark.parametrize("d,k", [(3, 40), (300, 200)])
+def test_exact_ties_go_to_the_lowest_index(layout, dtype, d, k):
     """Duplicate centroids and points halfway between two: the first index wins,
-    as torch.argmin and scikit-learn choose, in every lane position."""
-    k = 40
-    centroids = torch.zeros(k, 3, dtype=dtype)
+    as torch.argmin and scikit-learn choose, in every lane position (and, with
+    200 centroids of 300 features, across panels and blocks of features)."""
+    centroids = torch.zeros(k, d, dtype=dtype)
     centroids[:, 0] = torch.arange(k, dtype=dtype) // 2 * 2  # pairs of duplicates
-    x = torch.zeros(200, 3, dtype=dtype)
-    x[:, 0] = torch.arange(200, dtype=dtype) % 40  # on a centroid, or halfway between
+    x = torch.zeros(200, d, dtype=dtype)
+    x[:, 0] = torch.arange(200, dtype=dtype) % k  # on a centroid, or halfway between
     labels = torch.empty(200, dtype=torch.int64)
     _native.nearest(x, centroids, labels, columns=LAYOUTS[layout], threads=2)
     expected = torch.cdist(x.double(), centroids.double()).argmin(1)
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_panel_and_block_of_features_is_scored(dtype):
+    """The row layout scores centroids in panels of 64 floats (32 doubles), the
+    last one 16-48 floats wide, and long rows in blocks of features whose
+    partial scores are carried between blocks: each row near one centroid gets
+    that centroid, whichever panel, lane and block decide it."""
+    generator = torch.Generator().manual_seed(2)
+    for d in (129, 257, 700):
+        for k in (63, 64, 65, 80, 96, 112, 129, 300):
+            centroids = torch.randn(k, d, generator=generator, dtype=dtype)
+            picks = torch.cat([torch.arange(k), torch.randint(0, k, (77,), generator=generator)])
+            x = centroids[picks] + 0.05 * torch.randn(
+                len(picks), d, generator=generator, dtype=dtype
+            )
+            for threads in (1, 2):
+                labels = torch.full((len(picks),), -1, dtype=torch.int64)
+                minima = torch.empty(len(picks), dtype=dtype)
+                _native.nearest(x, centroids, labels, minima=minima, columns=False, threads=threads)
+                assert torch.equal(labels, picks), (d, k, threads)
+                expected = reference_scores(x, centroids, None, False).min(1).values
+                torch.testing.assert_close(minima.double(), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_no_row_is_dropped_at_group_and_tile_edges():
@@ -324,15 +348,16 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
 
 
 def test_which_problems_take_the_kernel():
-    """Narrow rows always; wider rows while the transposed centroids stay small
-    (larger while labelling from scratch); never on other devices or dtypes."""
-    narrow, wide = torch.empty(10, 8), torch.empty(10, 128)
+    """Narrow rows always; up to 256 features with any number of centroids;
+    wider rows while the transposed centroids stay within 512 KB; never on
+    other devices or dtypes."""
+    narrow, wide, wider = torch.empty(10, 8), torch.empty(10, 256), torch.empty(10, 512)
     assert _native.prefers_native(narrow, 5000)
-    assert _native.prefers_native(wide, 128)
-    assert not _native.prefers_native(wide, 1024)
-    assert not _native.prefers_native(wide, 512)
-    assert _native.prefers_native(wide, 512, within_lloyd=False)
-    assert not _native.prefers_native(wide, 1024, within_lloyd=False)
+    assert _native.prefers_native(wide, 4096)
+    assert _native.prefers_native(wider, 256)
+    assert not _native.prefers_native(wider, 257)  # 272 padded centroids: 544 KB
+    assert not _native.prefers_native(wider.double(), 128 + 1)
+    assert _native.prefers_native(wider.double(), 128)
     assert not _native.prefers_native(narrow.half(), 5)
     assert not _native.prefers_native(torch.empty(10, 0), 5)
     assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous

@@ -15,8 +15,12 @@
 //
 // Two layouts, picked by the caller:
 // - rows: lanes hold centroids. a is kept transposed and padded, at (w, kp)
-//   with kp a multiple of 16 and a bias of +inf on the padding. A tile of a
-//   few rows is scored against up to kBlocks vectors of centroids at a time.
+//   with kp a multiple of 16 and a bias of +inf on the padding, stored as
+//   contiguous panels of kBlocks vectors of centroids. As in a blocked
+//   matrix product, a chunk of rows is scored against one panel (a block of
+//   its features at a time, small enough for the L1 cache) before the next,
+//   a tile of a few rows at a time in registers, and each row keeps a running
+//   minimum per lane across panels.
 // - columns: lanes hold rows, for narrow rows. a is aug (k, w). Needs no
 //   reduction across lanes.
 
@@ -50,17 +54,19 @@ constexpr int kTileRows = 2;
 #endif
 constexpr int kBlocks = 4;
 constexpr int kGroups = 2;  // vectors of rows per column group
+constexpr int kChunkRows = 64;  // rows scored against each panel in turn
+constexpr int64_t kDepthBytes = 32 * 1024;  // of a panel, scored against a chunk at a time
 
 template <typename T> struct Vec;
 template <> struct Vec<float> {
     typedef float type __attribute__((vector_size(kBytes), aligned(4)));
     typedef int32_t lane;
-    typedef int32_t index __attribute__((vector_size(kBytes)));
+    typedef int32_t index __attribute__((vector_size(kBytes), aligned(4)));
 };
 template <> struct Vec<double> {
     typedef double type __attribute__((vector_size(kBytes), aligned(8)));
     typedef int64_t lane;
-    typedef int64_t index __attribute__((vector_size(kBytes)));
+    typedef int64_t index __attribute__((vector_size(kBytes), aligned(8)));
 };
 
 template <typename T> constexpr int lanes_of() { return kBytes / static_cast<int>(sizeof(T)); }
@@ -118,80 +124,164 @@ inline void reduce<double>(Vec<double>::type value, Vec<double>::index index, do
 }
 #endif
 
-// R rows against all kp centroids, NB vectors of centroids at a time: a
-// running minimum per lane over the blocks, then one reduction per row.
-// R * NB accumulators make that many independent chains of multiply-adds.
-template <typename T, int R, int NB>
-inline void tile(const T* x, int64_t ldx, int64_t w, const T* at,
-                 const T* bias, int64_t kp, T* best, int64_t* label) {
+// What the rows of a chunk carry from panel to panel: per row its running
+// minimum per lane and that lane's index, and the partial scores of the
+// current panel between blocks of features.
+template <typename T> struct Chunk {
+    typename Vec<T>::type* vmin;    // (rows)
+    typename Vec<T>::index* vidx;   // (rows)
+    typename Vec<T>::type* partial; // (rows, kBlocks)
+};
+
+// R rows against features [j0, j1) of one panel of NB vectors of centroids,
+// (w, NB * L) at row stride `stride`, whose first centroid is `first`. R * NB
+// accumulators make that many independent chains of multiply-adds; they
+// start from the partial scores unless j0 is 0, and are stored back there
+// unless j1 is w, where the scores are folded into each row's running
+// minimum per lane instead. Partial scores are stored exactly, so the sums
+// are those of one pass over all features.
+//
+// Whole: the panel is all the centroids and [j0, j1) all the features; the
+// running minimum stays in registers and is reduced into best and label.
+template <typename T, int R, int NB, bool Whole>
+inline void score_panel(const T* x, int64_t ldx, int64_t j0, int64_t j1, int64_t w,
+                        const T* panel, int64_t stride, const T* bias, int64_t first,
+                        typename Vec<T>::type* vmin, typename Vec<T>::index* vidx,
+                        typename Vec<T>::type* partial, T* best, int64_t* label) {
     typedef typename Vec<T>::type V;
     typedef typename Vec<T>::index I;
     typedef typename Vec<T>::lane J;
     constexpr int L = lanes_of<T>();
-    I lanes;
-    for (int l = 0; l < L; ++l) lanes[l] = l;
-    V vmin[R];
-    I vidx[R];
-    for (int r = 0; r < R; ++r) {
-        vmin[r] = V{} + std::numeric_limits<T>::infinity();
-        vidx[r] = I{};
+    V acc[R][NB];
+    for (int r = 0; r < R; ++r)
+        for (int b = 0; b < NB; ++b)
+            acc[r][b] = Whole || j0 == 0 ? V{} : partial[r * kBlocks + b];
+    for (int64_t j = j0; j < j1; ++j) {
+        V a[NB];
+        for (int b = 0; b < NB; ++b)
+            a[b] = *reinterpret_cast<const V*>(panel + j * stride + b * L);
+        for (int r = 0; r < R; ++r) {
+            // vector * scalar broadcasts the scalar (into the multiply-add
+            // itself); V{} + scalar would cost a scalar add first.
+            const T xr = x[r * ldx + j];
+            for (int b = 0; b < NB; ++b) acc[r][b] += a[b] * xr;
+        }
     }
-    int64_t kb = 0;
-    for (; kb + NB * L <= kp; kb += NB * L) {
-        V acc[R][NB];
+    if (!Whole && j1 < w) {
         for (int r = 0; r < R; ++r)
-            for (int b = 0; b < NB; ++b) acc[r][b] = V{};
-        for (int64_t j = 0; j < w; ++j) {
-            V a[NB];
-            for (int b = 0; b < NB; ++b)
-                a[b] = *reinterpret_cast<const V*>(at + j * kp + kb + b * L);
-            for (int r = 0; r < R; ++r) {
-                // vector * scalar broadcasts the scalar (into the multiply-add
-                // itself); V{} + scalar would cost a scalar add first.
-                const T xr = x[r * ldx + j];
-                for (int b = 0; b < NB; ++b) acc[r][b] += a[b] * xr;
-            }
-        }
+            for (int b = 0; b < NB; ++b) partial[r * kBlocks + b] = acc[r][b];
+        return;
+    }
+    I lanes;
+    for (int l = 0; l < L; ++l) lanes[l] = static_cast<J>(first + l);
+    for (int b = 0; b < NB; ++b) {
         // The bias last, as BLAS-based code adds it: bias + (-2 x.c).
+        const V p = *reinterpret_cast<const V*>(bias + first + b * L);
+        for (int r = 0; r < R; ++r) acc[r][b] += p;
+    }
+    for (int r = 0; r < R; ++r) {
+        V low = Whole ? V{} + std::numeric_limits<T>::infinity() : vmin[r];
+        I index = Whole ? I{} : vidx[r];
         for (int b = 0; b < NB; ++b) {
-            const V p = *reinterpret_cast<const V*>(bias + kb + b * L);
-            for (int r = 0; r < R; ++r) acc[r][b] += p;
+            const auto lt = acc[r][b] < low;
+            low = lt ? acc[r][b] : low;
+            index = lt ? lanes + static_cast<J>(b * L) : index;
         }
-        for (int r = 0; r < R; ++r) {
-            for (int b = 0; b < NB; ++b) {
-                const auto lt = acc[r][b] < vmin[r];
-                vmin[r] = lt ? acc[r][b] : vmin[r];
-                vidx[r] = lt ? lanes + static_cast<J>(kb + b * L) : vidx[r];
-            }
-        }
-    }
-    for (; kb < kp; kb += L) {  // the last centroids, one vector at a time
-        V acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = V{};
-        for (int64_t j = 0; j < w; ++j) {
-            const V a = *reinterpret_cast<const V*>(at + j * kp + kb);
-            for (int r = 0; r < R; ++r) acc[r] += a * x[r * ldx + j];
-        }
-        const V p = *reinterpret_cast<const V*>(bias + kb);
-        for (int r = 0; r < R; ++r) {
-            acc[r] += p;
-            const auto lt = acc[r] < vmin[r];
-            vmin[r] = lt ? acc[r] : vmin[r];
-            vidx[r] = lt ? lanes + static_cast<J>(kb) : vidx[r];
+        if (Whole) {
+            reduce<T>(low, index, best + r, label + r);
+        } else {
+            vmin[r] = low;
+            vidx[r] = index;
         }
     }
-    for (int r = 0; r < R; ++r) reduce<T>(vmin[r], vidx[r], best + r, label + r);
 }
 
-// The rows of one step through tiles of R rows, NB vectors of centroids.
-template <typename T, int R, int NB>
-inline void tiles(const T* rows, int64_t ldx, int m, int64_t w, const T* at,
-                  const T* bias, int64_t kp, T* best, int64_t* label) {
-    int r = 0;
-    for (; r + R <= m; r += R)
-        tile<T, R, NB>(rows + r * ldx, ldx, w, at, bias, kp, best + r, label + r);
-    for (; r < m; ++r)
-        tile<T, 1, NB>(rows + r * ldx, ldx, w, at, bias, kp, best + r, label + r);
+// Features per block of a panel of `stride` centroids: at most kDepthBytes
+// of the panel, so that each block stays in the L1 cache while all the
+// chunk's rows are scored against it; blocks of equal size.
+template <typename T>
+inline int64_t panel_depth(int64_t w, int64_t stride) {
+    const int64_t most = std::max<int64_t>(1, kDepthBytes / (stride * int64_t(sizeof(T))));
+    const int64_t blocks = (w + most - 1) / most;
+    return (w + blocks - 1) / blocks;
+}
+
+// Rows [0, m) of a chunk against one panel, R rows at a time, a block of
+// features (see panel_depth) at a time.
+template <typename T, int R, int NB, bool Whole = false>
+inline void panel_rows(const T* rows, int64_t ldx, int m, int64_t w, const T* panel,
+                       int64_t stride, const T* bias, int64_t first, const Chunk<T>& chunk,
+                       T* best = nullptr, int64_t* label = nullptr) {
+    const int64_t depth = Whole ? w : panel_depth<T>(w, stride);
+    for (int64_t j0 = 0; j0 < w; j0 += depth) {
+        const int64_t j1 = std::min(w, j0 + depth);
+        int r = 0;
+        for (; r + R <= m; r += R)
+            score_panel<T, R, NB, Whole>(rows + r * ldx, ldx, j0, j1, w, panel, stride, bias,
+                                         first, chunk.vmin + r, chunk.vidx + r,
+                                         chunk.partial + r * kBlocks, best + r, label + r);
+        for (; r < m; ++r)
+            score_panel<T, 1, NB, Whole>(rows + r * ldx, ldx, j0, j1, w, panel, stride, bias,
+                                         first, chunk.vmin + r, chunk.vidx + r,
+                                         chunk.partial + r * kBlocks, best + r, label + r);
+    }
+}
+
+// Rows [0, m) against all kp centroids, panel by panel, then one reduction
+// across lanes per row. Fewer vectors of centroids in the last panel leave
+// registers for more rows per tile (R * NB accumulators, plus NB loads and a
+// broadcast, of 32 registers; 16 below AVX-512).
+template <typename T>
+inline void tiles(const T* rows, int64_t ldx, int m, int64_t w, const T* at, const T* bias,
+                  int64_t kp, const Chunk<T>& chunk, T* best, int64_t* label) {
+    typedef typename Vec<T>::type V;
+    typedef typename Vec<T>::index I;
+    constexpr int L = lanes_of<T>();
+    const int64_t vectors = kp / L;
+    if (vectors <= kBlocks && w <= panel_depth<T>(w, kp)) {
+        // One panel, one block: nothing to carry, all in registers.
+        switch (vectors) {
+            case kBlocks:
+                panel_rows<T, kTileRows, kBlocks, true>(rows, ldx, m, w, at, kp, bias, 0, chunk,
+                                                        best, label);
+                break;
+            case 3:
+                panel_rows<T, kTileRows, 3, true>(rows, ldx, m, w, at, kp, bias, 0, chunk, best,
+                                                  label);
+                break;
+            case 2:
+                panel_rows<T, kTileRows * 3 / 2, 2, true>(rows, ldx, m, w, at, kp, bias, 0,
+                                                          chunk, best, label);
+                break;
+            default:
+                panel_rows<T, kTileRows * 2, 1, true>(rows, ldx, m, w, at, kp, bias, 0, chunk,
+                                                      best, label);
+        }
+        return;
+    }
+    for (int r = 0; r < m; ++r) {
+        chunk.vmin[r] = V{} + std::numeric_limits<T>::infinity();
+        chunk.vidx[r] = I{};
+    }
+    int64_t kb = 0;
+    for (; kb + kBlocks * L <= kp; kb += kBlocks * L)
+        panel_rows<T, kTileRows, kBlocks>(rows, ldx, m, w, at + kb * w, kBlocks * L, bias, kb,
+                                          chunk);
+    const T* panel = at + kb * w;  // the last, narrower panel
+    switch ((kp - kb) / L) {
+        case 3:
+            panel_rows<T, kTileRows, 3>(rows, ldx, m, w, panel, 3 * L, bias, kb, chunk);
+            break;
+        case 2:
+            panel_rows<T, kTileRows * 3 / 2, 2>(rows, ldx, m, w, panel, 2 * L, bias, kb, chunk);
+            break;
+        case 1:
+            panel_rows<T, kTileRows * 2, 1>(rows, ldx, m, w, panel, L, bias, kb, chunk);
+            break;
+        default:
+            break;
+    }
+    for (int r = 0; r < m; ++r) reduce<T>(chunk.vmin[r], chunk.vidx[r], best + r, label + r);
 }
 
 // ---- columns layout ----------------------------------------------------------
@@ -296,15 +386,24 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
                     int64_t* labels, T* minima, T* distances, double* totals,
                     double* score_sum) {
     typedef typename Vec<T>::type V;
+    typedef typename Vec<T>::index I;
     constexpr int L = lanes_of<T>();
     if (totals) std::fill(totals, totals + k * (w + 1), 0.0);
-    constexpr int step = kGroups * L > 2 * kTileRows ? kGroups * L : 2 * kTileRows;
+    // Rows per chunk: a column group, or the row tiles that share each panel.
+    const int step = columns ? kGroups * L : kChunkRows;
     int64_t changed = 0;
     // Eight running sums: independent chains the compiler vectorises, added
     // in the same order on every run.
     constexpr int kSums = 8;
     double sums[kSums] = {};
-    T local[step];
+    std::vector<T> local(step);
+    // Per row of a chunk (see Chunk): L values, L indices and kBlocks * L
+    // partial scores.
+    std::vector<T> running(columns ? 0 : step * L * (1 + kBlocks));
+    std::vector<typename Vec<T>::lane> running_index(columns ? 0 : step * L);
+    const Chunk<T> chunk{reinterpret_cast<V*>(running.data()),
+                         reinterpret_cast<I*>(running_index.data()),
+                         reinterpret_cast<V*>(running.data() + step * L)};
     // A transposed column group, (w, kGroups) vectors (V loads and stores
     // need no alignment: see Vec).
     std::vector<T> transposed(columns ? w * kGroups * L : 0);
@@ -320,7 +419,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
             rows = centred.data();
             ld = w;
         }
-        T* best = minima ? minima + start : local;
+        T* best = minima ? minima + start : local.data();
         int64_t* label = labels + start;
         if (columns) {
             switch (w) {
@@ -336,17 +435,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
                     column_group<T, 0>(rows, ld, m, w, scaled, bias, k, xt, best, label);
             }
         } else {
-            // Rows per tile: R * NB accumulators plus a running minimum and
-            // index per row must stay in registers (about 16 + 8 + 4 of 32).
-            const int64_t vectors = kp / L;
-            if (vectors >= kBlocks)
-                tiles<T, kTileRows, kBlocks>(rows, ld, m, w, scaled, bias, kp, best, label);
-            else if (vectors == 3)
-                tiles<T, kTileRows, 3>(rows, ld, m, w, scaled, bias, kp, best, label);
-            else if (vectors == 2)
-                tiles<T, kTileRows * 3 / 2, 2>(rows, ld, m, w, scaled, bias, kp, best, label);
-            else
-                tiles<T, kTileRows * 2, 1>(rows, ld, m, w, scaled, bias, kp, best, label);
+            tiles<T>(rows, ld, m, w, scaled, bias, kp, chunk, best, label);
         }
         if (previous)
             for (int r = 0; r < m; ++r) changed += previous[start + r] != label[r];
@@ -401,15 +490,22 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                const T* weights, const int64_t* previous, int64_t* labels, T* minima,
                T* distances, double* totals, double* score_sum) {
     // The scaled centroids a and their bias (see the top of the file), in
-    // the layout's order: aug (k, w), or at (w, kp) padded with +inf biases.
+    // the layout's order: aug (k, w), or at (w, kp) in panels of kBlocks
+    // vectors of centroids (the last one narrower), each (w, width)
+    // contiguous, with +inf biases on the padding.
     const int64_t kp = columns ? k : (k + 15) / 16 * 16;
+    constexpr int64_t kPanel = kBlocks * lanes_of<T>();
     std::vector<T> scaled(w * kp, T(0)), biases(kp, std::numeric_limits<T>::infinity());
     for (int64_t c = 0; c < k; ++c) {
+        // Centroid c's weight j sits at at[base + j * step].
+        const int64_t panel = c / kPanel * kPanel;
+        const int64_t base = columns ? c * w : panel * w + (c - panel);
+        const int64_t step = columns ? 1 : std::min(kPanel, kp - panel);
         double norm = 0.0;
         for (int64_t j = 0; j < w; ++j) {
             const T value = centroids[c * w + j];
             norm += static_cast<double>(value) * static_cast<double>(value);
-            scaled[columns ? c * w + j : j * kp + c] = cosine ? -value : T(-2) * value;
+            scaled[base + j * step] = cosine ? -value : T(-2) * value;
         }
         biases[c] = cosine ? T(0) : static_cast<T>(norm);
     }

@@ -50,17 +50,19 @@ _tried = False
 _COLUMN_MAX_FEATURES = 8
 _COLUMN_MAX_FEATURES_FEW_K = 16
 _COLUMN_FEW_K = 16
-# The row layout reads the transposed centroids (d, k) once per tile of rows:
-# once they outgrow the L1 cache, torch.mm plus an argmin is as fast (Lloyd's
-# assignment against torch.mm, 100,000 rows: d=128, k=128 (64 KB) 1.06 against
-# the PyTorch path's 0.72; d=128, k=256 (128 KB) 0.70 against 0.71; d=128,
-# k=1024 0.60 against 0.72).
-_ROWS_MAX_CENTROID_BYTES = 96 * 1024
-# ... while labelling from scratch, the PyTorch path has no previous labels
-# to warm-start from and the kernel stays ahead further (labels of new rows,
-# kernel's time over PyTorch's: d=256, k=100 0.81; d=1024, k=50 (256 KB)
-# 0.63; d=384, k=256 (384 KB) 0.80; d=128, k=1024 (512 KB) 1.17).
-_LABELLING_MAX_CENTROID_BYTES = 384 * 1024
+# The row layout scores chunks of rows against panels of centroids kept in
+# the L1 cache, at 0.8-1.0 of torch.mm's speed on the same shape. The PyTorch
+# path's product runs at mm's speed plus an argmin over k per row, which
+# weighs less as d grows; with many centroids of many features it wins.
+# Lloyd iterations of 2-5 x 10^5 rows, 2 threads, PyTorch path's time over
+# the kernel's: d=384, k=256 1.14; d=128, k=1024 1.16-1.30; d=128, k=256
+# 1.42-1.64; d=256, k=100 1.21-1.48; d=256, k=2048 1.13; d=512, k=256 1.12;
+# d=1024, k=64-128 1.23-1.49; against d=512, k=512 0.99; d=1024, k=256
+# 0.84-0.89; d=768, k=1000 0.82-1.01. Labelling rows from scratch: d=384,
+# k=256 2.09; d=128, k=1024 1.43; d=128, k=4096 1.26; against d=1024, k=256
+# 0.89; d=768, k=1000 0.94; d=1024, k=1024 0.96.
+_ROWS_MAX_CENTROID_BYTES = 512 * 1024
+_ROWS_ANY_K_MAX_FEATURES = 256
 # Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MIN_WORK = 1 << 18
 
@@ -125,18 +127,20 @@ def _columns(d: int, k: int) -> bool:
     return d <= _COLUMN_MAX_FEATURES or (d <= _COLUMN_MAX_FEATURES_FEW_K and k <= _COLUMN_FEW_K)
 
 
-def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> bool:
+def prefers_native(x: torch.Tensor, k: int) -> bool:
     """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k
-    centroids: in Lloyd's iterations, or (``within_lloyd=False``) labelling rows
-    from scratch."""
+    centroids, in Lloyd's iterations and labelling rows from scratch alike."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False
     d = x.shape[1]
     padded = (k + 15) // 16 * 16
-    limit = _ROWS_MAX_CENTROID_BYTES if within_lloyd else _LABELLING_MAX_CENTROID_BYTES
-    fits = _columns(d, k) or d * padded * x.element_size() <= limit
+    fits = (
+        _columns(d, k)
+        or d <= _ROWS_ANY_K_MAX_FEATURES
+        or d * padded * x.element_size() <= _ROWS_MAX_CENTROID_BYTES
+    )
     if not fits or not available():
         return False
     # A kernel built without OpenMP runs on one thread: only where PyTorch's
