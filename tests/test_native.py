@@ -170,7 +170,9 @@ def test_no_row_is_dropped_at_group_and_tile_edges():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(3000, 2, 16), (2000, 10, 7), (1500, 40, 30), (800, 130, 9)])
+@pytest.mark.parametrize(
+    "shape", [(3000, 2, 16), (2000, 10, 7), (1500, 40, 30), (800, 130, 9), (1200, 300, 70)]
+)
 def test_fit_through_the_kernel_equals_the_pytorch_loop(shape, dtype):
     """On data without near-ties the fused Lloyd loop takes the PyTorch loop's
     iterations: the same labels and n_iter, centroids and inertia within rounding
