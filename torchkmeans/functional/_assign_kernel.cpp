@@ -56,6 +56,7 @@ constexpr int kBlocks = 4;
 constexpr int kGroups = 2;  // vectors of rows per column group
 constexpr int kChunkRows = 64;  // rows scored against each panel in turn
 constexpr int64_t kDepthBytes = 32 * 1024;  // of a panel, scored against a chunk at a time
+constexpr int64_t kNarrowTotals = 8;  // rows this narrow have their totals added unrolled
 
 template <typename T> struct Vec;
 template <> struct Vec<float> {
@@ -376,6 +377,29 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
 
 // ---- driver ------------------------------------------------------------------
 
+// Rows [0, m) added to their clusters' totals (k, w + 1): the weighted sum of
+// the rows, then of their weights. W > 0 fixes the width at compile time, so
+// that narrow rows cost a few instructions each; then the odd rows go to a
+// second copy of the totals (odd, added in by the caller), which halves the
+// chains of dependent additions into each cluster's few totals.
+template <typename T, int W>
+inline void add_rows(const T* rows, int64_t ld, int m, int64_t width, const int64_t* label,
+                     const T* weights, double* totals, double* odd) {
+    const int64_t w = W ? W : width;
+    for (int r = 0; r < m; ++r) {
+        double* total = (W && (r & 1) ? odd : totals) + label[r] * (w + 1);
+        const T* row = rows + r * ld;
+        if (weights) {
+            const double weight = static_cast<double>(weights[r]);
+            for (int64_t j = 0; j < w; ++j) total[j] += weight * static_cast<double>(row[j]);
+            total[w] += weight;
+        } else {
+            for (int64_t j = 0; j < w; ++j) total[j] += static_cast<double>(row[j]);
+            total[w] += 1.0;
+        }
+    }
+}
+
 // The sum over features of row * centroid (Dot) or of (row - centroid)^2,
 // each difference taken in T as the data's own arithmetic would, the sum in
 // double: kParts running sums that the compiler vectorises, added in a fixed
@@ -420,6 +444,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
     typedef typename Vec<T>::index I;
     constexpr int L = lanes_of<T>();
     if (totals) std::fill(totals, totals + k * (w + 1), 0.0);
+    std::vector<double> odd(totals && w <= kNarrowTotals ? k * (w + 1) : 0, 0.0);  // see add_rows
     // Rows per chunk: a column group, or the row tiles that share each panel.
     const int step = columns ? kGroups * L : kChunkRows;
     int64_t changed = 0;
@@ -493,15 +518,21 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
             }
         }
         if (totals) {  // (k, w + 1): the sums of the rows, then of their weights
-            for (int r = 0; r < m; ++r) {
-                const double weight = weights ? static_cast<double>(weights[start + r]) : 1.0;
-                double* total = totals + label[r] * (w + 1);
-                const T* row = rows + r * ld;
-                for (int64_t j = 0; j < w; ++j) total[j] += weight * static_cast<double>(row[j]);
-                total[w] += weight;
+            const T* chunk_weights = weights ? weights + start : nullptr;
+            switch (w) {
+#define TK_WIDTH(W)                                                             \
+    case W:                                                                     \
+        add_rows<T, W>(rows, ld, m, w, label, chunk_weights, totals, odd.data()); \
+        break;
+                TK_WIDTH(1) TK_WIDTH(2) TK_WIDTH(3) TK_WIDTH(4) TK_WIDTH(5) TK_WIDTH(6)
+                TK_WIDTH(7) TK_WIDTH(8)  // up to kNarrowTotals
+#undef TK_WIDTH
+                default:
+                    add_rows<T, 0>(rows, ld, m, w, label, chunk_weights, totals, nullptr);
             }
         }
     }
+    for (size_t i = 0; i < odd.size(); ++i) totals[i] += odd[i];
     double sum = 0.0;
     for (int l = 0; l < kSums; ++l) sum += sums[l];
     *score_sum = sum;
@@ -539,7 +570,10 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
         // run on (the process's libgomp), each with its own totals; combined
         // in thread order, so a thread count always gives the same sums.
         const int64_t size = totals ? k * (w + 1) : 0;
-        std::vector<double> partial(threads * size), sums(threads, 0.0);
+        // Each thread's totals a whole number of cache lines apart (plus
+        // one), so no line is written by two threads.
+        const int64_t stride = (size + 7) / 8 * 8 + 8;
+        std::vector<double> partial(threads * stride), sums(threads, 0.0);
         std::vector<int64_t> changed(threads, 0);
         int used = 1;
 #pragma omp parallel num_threads(threads)
@@ -552,7 +586,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                 kp, columns, centroids, cosine, weights ? weights + start : nullptr,
                 previous ? previous + start : nullptr, labels + start,
                 minima ? minima + start : nullptr, distances ? distances + start : nullptr,
-                totals ? partial.data() + t * size : nullptr, &sums[t]);
+                totals ? partial.data() + t * stride : nullptr, &sums[t]);
         }
         int64_t total_changed = 0;
         double total_sum = 0.0;
@@ -563,7 +597,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
         if (totals) {
             std::copy(partial.begin(), partial.begin() + size, totals);
             for (int t = 1; t < used; ++t)
-                for (int64_t i = 0; i < size; ++i) totals[i] += partial[t * size + i];
+                for (int64_t i = 0; i < size; ++i) totals[i] += partial[t * stride + i];
         }
         *score_sum = total_sum;
         return total_changed;
