@@ -551,18 +551,25 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     const int64_t kp = columns ? k : (k + 15) / 16 * 16;
     constexpr int64_t kPanel = kBlocks * lanes_of<T>();
     std::vector<T> scaled(w * kp, T(0)), biases(kp, std::numeric_limits<T>::infinity());
-    for (int64_t c = 0; c < k; ++c) {
-        // Centroid c's weight j sits at at[base + j * step].
-        const int64_t panel = c / kPanel * kPanel;
-        const int64_t base = columns ? c * w : panel * w + (c - panel);
-        const int64_t step = columns ? 1 : std::min(kPanel, kp - panel);
-        double norm = 0.0;
+    // A panel at a time (the column layout: one panel of all k, at
+    // stride w): the scaled weights written in order, each centroid's norm
+    // summed over j in order, the panel's norms independent of each other.
+    const int64_t gang = columns ? k : kPanel;
+    std::vector<double> norms(gang);
+    for (int64_t first = 0; first < k; first += gang) {
+        const int64_t count = std::min(gang, k - first);
+        const int64_t width = columns ? w : std::min(kPanel, kp - first);
+        T* panel = scaled.data() + first * w;
+        std::fill(norms.begin(), norms.end(), 0.0);
         for (int64_t j = 0; j < w; ++j) {
-            const T value = centroids[c * w + j];
-            norm += static_cast<double>(value) * static_cast<double>(value);
-            scaled[base + j * step] = cosine ? -value : T(-2) * value;
+            for (int64_t g = 0; g < count; ++g) {
+                const T value = centroids[(first + g) * w + j];
+                norms[g] += static_cast<double>(value) * static_cast<double>(value);
+                panel[columns ? g * w + j : j * width + g] = cosine ? -value : T(-2) * value;
+            }
         }
-        biases[c] = cosine ? T(0) : static_cast<T>(norm);
+        for (int64_t g = 0; g < count; ++g)
+            biases[first + g] = cosine ? T(0) : static_cast<T>(norms[g]);
     }
 #if defined(_OPENMP)
     if (threads > 1 && n > 1) {
