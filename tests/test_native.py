@@ -351,13 +351,15 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
 
 def test_which_problems_take_the_kernel():
     """Narrow rows always; up to 256 features with any number of centroids;
-    wider rows while the transposed centroids stay within 512 KB; never on
-    other devices or dtypes."""
-    narrow, wide, wider = torch.empty(10, 8), torch.empty(10, 256), torch.empty(10, 512)
+    wider rows while the transposed centroids stay within 1 MB (4 MB while
+    labelling from scratch); never on other devices or dtypes."""
+    narrow, wide, wider = torch.empty(10, 8), torch.empty(10, 256), torch.empty(10, 1024)
     assert _native.prefers_native(narrow, 5000)
     assert _native.prefers_native(wide, 4096)
     assert _native.prefers_native(wider, 256)
-    assert not _native.prefers_native(wider, 257)  # 272 padded centroids: 544 KB
+    assert not _native.prefers_native(wider, 257)  # 272 padded centroids: 1088 KB
+    assert _native.prefers_native(wider, 1024, within_lloyd=False)
+    assert not _native.prefers_native(wider, 1025, within_lloyd=False)
     assert not _native.prefers_native(wider.double(), 128 + 1)
     assert _native.prefers_native(wider.double(), 128)
     assert not _native.prefers_native(narrow.half(), 5)

@@ -3,10 +3,12 @@
 A nearest-centroid search written as PyTorch ops materialises a block of
 scores and reads it back for the argmin; with few centroids or narrow rows
 that second pass costs more than the matrix product itself (100,000 x 32 rows,
-k=64: the product and an argmin run at 0.4 of the product's speed). The
-kernel scores a few rows against all centroids in registers and keeps the
-running minimum there, so each row is read once and no score is ever stored;
-in a Lloyd step it also sums each cluster's rows in the same pass.
+k=64: the product and an argmin run at 0.4 of the product's speed), and with
+many it still costs 10-20% (200,000 x 384, k=256; 100,000 x 128, k=1024). The
+kernel scores a few rows at a time against the centroids in registers,
+blocked like a matrix product so the centroids it reads stay in the L1 cache,
+and keeps the running minimum there, so no score is ever stored; in a Lloyd
+step it also sums each cluster's rows in the same pass.
 
 The kernel is compiled once per machine with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``; ``-O3 -march=native -fopenmp``)
@@ -51,17 +53,19 @@ _COLUMN_MAX_FEATURES = 8
 _COLUMN_MAX_FEATURES_FEW_K = 16
 _COLUMN_FEW_K = 16
 # The row layout scores chunks of rows against panels of centroids kept in
-# the L1 cache, at 0.8-1.0 of torch.mm's speed on the same shape. The PyTorch
+# the L1 cache, at 0.9-1.0 of torch.mm's speed on the same shape. The PyTorch
 # path's product runs at mm's speed plus an argmin over k per row, which
-# weighs less as d grows; with many centroids of many features it wins.
-# Lloyd iterations of 2-5 x 10^5 rows, 2 threads, PyTorch path's time over
-# the kernel's: d=384, k=256 1.14; d=128, k=1024 1.16-1.30; d=128, k=256
-# 1.42-1.64; d=256, k=100 1.21-1.48; d=256, k=2048 1.13; d=512, k=256 1.12;
-# d=1024, k=64-128 1.23-1.49; against d=512, k=512 0.99; d=1024, k=256
-# 0.84-0.89; d=768, k=1000 0.82-1.01. Labelling rows from scratch: d=384,
-# k=256 2.09; d=128, k=1024 1.43; d=128, k=4096 1.26; against d=1024, k=256
-# 0.89; d=768, k=1000 0.94; d=1024, k=1024 0.96.
-_ROWS_MAX_CENTROID_BYTES = 512 * 1024
+# weighs less as d grows: with many centroids of many features the two are
+# even. Lloyd iterations, 2 threads, PyTorch path's time over the kernel's:
+# d=384, k=256 1.14-1.21; d=128, k=1024 1.16-1.30; d=128, k=256 1.42-1.64;
+# d=256, k=100 1.21-1.48; d=256, k=2048 1.13; d=1024, k=64-128 1.23-1.49;
+# d=512, k=512 (1 MB) 1.09; d=1024, k=256 (1 MB) 1.10; then d=2048, k=256
+# (2 MB) 1.01; d=512, k=1024 (2 MB) 0.93; d=768, k=1000 (3 MB) 0.97.
+_ROWS_MAX_CENTROID_BYTES = 1024 * 1024
+# ... while labelling from scratch the PyTorch path has no previous labels
+# to warm-start from: d=768, k=1000 (3 MB) 1.12; d=1024, k=1024 (4 MB) 1.17;
+# d=1024, k=256 2.19; d=128, k=4096 1.26.
+_LABELLING_MAX_CENTROID_BYTES = 4 * 1024 * 1024
 _ROWS_ANY_K_MAX_FEATURES = 256
 # Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MIN_WORK = 1 << 18
@@ -127,20 +131,18 @@ def _columns(d: int, k: int) -> bool:
     return d <= _COLUMN_MAX_FEATURES or (d <= _COLUMN_MAX_FEATURES_FEW_K and k <= _COLUMN_FEW_K)
 
 
-def prefers_native(x: torch.Tensor, k: int) -> bool:
+def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> bool:
     """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k
-    centroids, in Lloyd's iterations and labelling rows from scratch alike."""
+    centroids: in Lloyd's iterations, or (``within_lloyd=False``) labelling rows
+    from scratch."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False
     d = x.shape[1]
     padded = (k + 15) // 16 * 16
-    fits = (
-        _columns(d, k)
-        or d <= _ROWS_ANY_K_MAX_FEATURES
-        or d * padded * x.element_size() <= _ROWS_MAX_CENTROID_BYTES
-    )
+    limit = _ROWS_MAX_CENTROID_BYTES if within_lloyd else _LABELLING_MAX_CENTROID_BYTES
+    fits = _columns(d, k) or d <= _ROWS_ANY_K_MAX_FEATURES or d * padded * x.element_size() <= limit
     if not fits or not available():
         return False
     # A kernel built without OpenMP runs on one thread: only where PyTorch's

@@ -534,7 +534,12 @@ def _nearest(
         # pages for 20,000 x 1024 rows made predict 2x slower than scikit-learn's).
         row_cap = _CPU_BLOCK_BYTES // ((d + 1) * x.element_size())
         rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, row_cap)))
-    if x.device.type == "cpu" and b == 1 and x3.shape[0] == 1 and _native.prefers_native(x3[0], k):
+    if (
+        x.device.type == "cpu"
+        and b == 1
+        and x3.shape[0] == 1
+        and _native.prefers_native(x3[0], k, within_lloyd=False)
+    ):
         labels, distances = _nearest_native(x3[0], c3[0], euclidean, offset, exact)
         if batched:
             return labels[None], None if distances is None else distances[None]
