@@ -72,10 +72,10 @@ template <> struct Vec<double> {
 
 template <typename T> constexpr int lanes_of() { return kBytes / static_cast<int>(sizeof(T)); }
 
-// A buffer whose data starts on a cache line: vector loads from a buffer at
-// malloc's 16-byte alignment straddle two lines (three in four of them with
-// AVX-512), which cost the row layout up to a third of its speed, varying
-// from one allocation to the next.
+// A buffer whose data starts on a cache line. malloc only promises 16 bytes:
+// unless the address happens to be a multiple of 64, every AVX-512 load from
+// the buffer straddles two lines (half of them with AVX2), which cost the row
+// layout up to a third of its speed, varying from one allocation to the next.
 template <typename T> struct Aligned {
     std::vector<T> storage;
     T* data;
