@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -56,7 +57,8 @@ constexpr int kBlocks = 4;
 constexpr int kGroups = 2;  // vectors of rows per column group
 constexpr int kChunkRows = 64;  // rows scored against each panel in turn
 constexpr int64_t kDepthBytes = 32 * 1024;  // of a panel, scored against a chunk at a time
-constexpr int64_t kNarrowTotals = 8;  // rows this narrow have their totals added unrolled
+constexpr int kNarrowTotals = 8;  // rows this narrow have their totals added unrolled
+constexpr int kColumnWidths = 16;  // column groups this narrow are unrolled
 
 template <typename T> struct Vec;
 template <> struct Vec<float> {
@@ -241,60 +243,57 @@ inline void panel_rows(const T* rows, int64_t ldx, int m, int64_t w, const T* pa
     }
 }
 
-// Rows [0, m) against all kp centroids, panel by panel, then one reduction
-// across lanes per row. Fewer vectors of centroids in the last panel leave
-// registers for more rows per tile (R * NB accumulators, plus NB loads and a
-// broadcast, of 32 registers; 16 below AVX-512).
+// Rows [0, m) against one panel of `vectors` vectors of centroids, its first
+// centroid `first`. Fewer vectors leave registers for more rows per tile
+// (R * NB accumulators, plus NB loads and a broadcast, of 32 registers; 16
+// below AVX-512).
+template <typename T, bool Whole = false>
+inline void panel_of(int64_t vectors, const T* rows, int64_t ldx, int m, int64_t w,
+                     const T* panel, const T* bias, int64_t first, const Chunk<T>& chunk,
+                     T* best = nullptr, int64_t* label = nullptr) {
+    const int64_t stride = vectors * lanes_of<T>();
+    switch (vectors) {
+        case kBlocks:
+            panel_rows<T, kTileRows, kBlocks, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                     chunk, best, label);
+            break;
+        case 3:
+            panel_rows<T, kTileRows, 3, Whole>(rows, ldx, m, w, panel, stride, bias, first, chunk,
+                                               best, label);
+            break;
+        case 2:
+            panel_rows<T, kTileRows * 3 / 2, 2, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                       chunk, best, label);
+            break;
+        case 1:
+            panel_rows<T, kTileRows * 2, 1, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                   chunk, best, label);
+            break;
+        default:
+            break;
+    }
+}
+
+// Rows [0, m) against all kp centroids, panel by panel (the last one
+// narrower), then one reduction across lanes per row.
 template <typename T>
 inline void tiles(const T* rows, int64_t ldx, int m, int64_t w, const T* at, const T* bias,
                   int64_t kp, const Chunk<T>& chunk, T* best, int64_t* label) {
     typedef typename Vec<T>::type V;
     typedef typename Vec<T>::index I;
     constexpr int L = lanes_of<T>();
-    const int64_t vectors = kp / L;
-    if (vectors <= kBlocks && w <= panel_depth<T>(w, kp)) {
+    if (kp <= kBlocks * L && w <= panel_depth<T>(w, kp)) {
         // One panel, one block: nothing to carry, all in registers.
-        switch (vectors) {
-            case kBlocks:
-                panel_rows<T, kTileRows, kBlocks, true>(rows, ldx, m, w, at, kp, bias, 0, chunk,
-                                                        best, label);
-                break;
-            case 3:
-                panel_rows<T, kTileRows, 3, true>(rows, ldx, m, w, at, kp, bias, 0, chunk, best,
-                                                  label);
-                break;
-            case 2:
-                panel_rows<T, kTileRows * 3 / 2, 2, true>(rows, ldx, m, w, at, kp, bias, 0,
-                                                          chunk, best, label);
-                break;
-            default:
-                panel_rows<T, kTileRows * 2, 1, true>(rows, ldx, m, w, at, kp, bias, 0, chunk,
-                                                      best, label);
-        }
+        panel_of<T, true>(kp / L, rows, ldx, m, w, at, bias, 0, chunk, best, label);
         return;
     }
     for (int r = 0; r < m; ++r) {
         chunk.vmin[r] = V{} + std::numeric_limits<T>::infinity();
         chunk.vidx[r] = I{};
     }
-    int64_t kb = 0;
-    for (; kb + kBlocks * L <= kp; kb += kBlocks * L)
-        panel_rows<T, kTileRows, kBlocks>(rows, ldx, m, w, at + kb * w, kBlocks * L, bias, kb,
-                                          chunk);
-    const T* panel = at + kb * w;  // the last, narrower panel
-    switch ((kp - kb) / L) {
-        case 3:
-            panel_rows<T, kTileRows, 3>(rows, ldx, m, w, panel, 3 * L, bias, kb, chunk);
-            break;
-        case 2:
-            panel_rows<T, kTileRows * 3 / 2, 2>(rows, ldx, m, w, panel, 2 * L, bias, kb, chunk);
-            break;
-        case 1:
-            panel_rows<T, kTileRows * 2, 1>(rows, ldx, m, w, panel, L, bias, kb, chunk);
-            break;
-        default:
-            break;
-    }
+    for (int64_t kb = 0; kb < kp; kb += kBlocks * L)
+        panel_of<T>(std::min<int64_t>(kBlocks, (kp - kb) / L), rows, ldx, m, w, at + kb * w, bias,
+                    kb, chunk);
     for (int r = 0; r < m; ++r) reduce<T>(chunk.vmin[r], chunk.vidx[r], best + r, label + r);
 }
 
@@ -389,6 +388,20 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
 }
 
 // ---- driver ------------------------------------------------------------------
+
+// f(std::integral_constant<int, w>) for w in [1, Max], else f of 0: a width
+// fixed at compile time, so that narrow rows are unrolled.
+template <int Max, int W = 1, typename F>
+inline void with_width(int64_t w, F&& f) {
+    if constexpr (W > Max) {
+        f(std::integral_constant<int, 0>{});
+    } else {
+        if (w == W)
+            f(std::integral_constant<int, W>{});
+        else
+            with_width<Max, W + 1>(w, f);
+    }
+}
 
 // Rows [0, m) added to their clusters' totals (k, w + 1): the weighted sum of
 // the rows, then of their weights. W > 0 fixes the width at compile time, so
@@ -490,18 +503,10 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         T* best = minima ? minima + start : local.data();
         int64_t* label = labels + start;
         if (columns) {
-            switch (w) {
-#define TK_WIDTH(W)                                                                   \
-    case W:                                                                           \
-        column_group<T, W>(rows, ld, m, w, scaled, bias, k, xt, best, label); \
-        break;
-                TK_WIDTH(1) TK_WIDTH(2) TK_WIDTH(3) TK_WIDTH(4) TK_WIDTH(5) TK_WIDTH(6)
-                TK_WIDTH(7) TK_WIDTH(8) TK_WIDTH(9) TK_WIDTH(10) TK_WIDTH(11) TK_WIDTH(12)
-                TK_WIDTH(13) TK_WIDTH(14) TK_WIDTH(15) TK_WIDTH(16)
-#undef TK_WIDTH
-                default:
-                    column_group<T, 0>(rows, ld, m, w, scaled, bias, k, xt, best, label);
-            }
+            with_width<kColumnWidths>(w, [&](auto width) {
+                column_group<T, decltype(width)::value>(rows, ld, m, w, scaled, bias, k, xt, best,
+                                                        label);
+            });
         } else {
             tiles<T>(rows, ld, m, w, scaled, bias, kp, chunk, best, label);
         }
@@ -531,17 +536,11 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         }
         if (totals) {  // (k, w + 1): the sums of the rows, then of their weights
             const T* chunk_weights = weights ? weights + start : nullptr;
-            switch (w) {
-#define TK_WIDTH(W)                                                             \
-    case W:                                                                     \
-        add_rows<T, W>(rows, ld, m, w, label, chunk_weights, totals, odd.data()); \
-        break;
-                TK_WIDTH(1) TK_WIDTH(2) TK_WIDTH(3) TK_WIDTH(4) TK_WIDTH(5) TK_WIDTH(6)
-                TK_WIDTH(7) TK_WIDTH(8)  // up to kNarrowTotals
-#undef TK_WIDTH
-                default:
-                    add_rows<T, 0>(rows, ld, m, w, label, chunk_weights, totals, nullptr);
-            }
+            with_width<kNarrowTotals>(w, [&](auto width) {
+                constexpr int W = decltype(width)::value;
+                add_rows<T, W>(rows, ld, m, w, label, chunk_weights, totals,
+                               W ? odd.data() : nullptr);
+            });
         }
     }
     for (size_t i = 0; i < odd.size(); ++i) totals[i] += odd[i];
