@@ -579,3 +579,19 @@ def test_example_autoencoder_meets_the_acceptance_numbers():
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "gloo":
     torch.multiprocessing.spawn(_gloo_worker, args=(int(sys.argv[2]), sys.argv[3]), nprocs=2)
+
+
+@pytest.mark.parametrize("offset", [1000.0, 1e4])
+def test_inputs_far_from_the_origin_get_their_nearest_code(offset):
+    # |c|^2 - 2 x.c of float32 inputs 1e4 from the origin rounds in steps of
+    # about 8: without centring on the codebook, 4015 of 4096 codes were wrong.
+    generator = torch.Generator().manual_seed(0)
+    quantizer = VectorQuantizer(64, 8)
+    x = offset + torch.randn(4096, 8, generator=generator)
+    for _ in range(3):
+        quantizer(x)
+    quantizer.eval()
+    codes = quantizer(x).codes
+    table = ((x.double()[:, None] - quantizer.codebook[0].double()[None]) ** 2).sum(-1)
+    chosen = table.gather(1, codes[:, None]).squeeze(1)
+    assert bool((chosen <= table.min(1).values * (1 + 1e-4) + 1e-9).all())

@@ -624,9 +624,7 @@ def _labels(
         data = torch.nn.functional.normalize(x, dim=-1)
         centres = torch.nn.functional.normalize(centroids, dim=-1)
     else:
-        # Centred as in KMeans.predict, so near-ties resolve as Lloyd resolved them.
-        offset = x.mean(0)
-        data, centres = x - offset, centroids - offset
+        data, centres = x, centroids
     labels = torch.empty((len(ks), x.shape[0]), dtype=torch.int64, device=x.device)
     for i, k in enumerate(ks):
         labels[i] = nearest_centroids(

@@ -319,38 +319,21 @@ class KMeans(EstimatorProtocol):
                 stacklevel=3,
             )
 
-    def _aligned(self, x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows and centres ready for the distance kernels.
-
-        Unit vectors for cosine; otherwise both centred on the centres' mean:
-        the distances are unchanged and the ``|x|^2 - 2x.c + |c|^2`` expansion
-        stays accurate for data far from the origin.
-        """
-        if self.metric == "cosine":
-            normalize = torch.nn.functional.normalize
-            return normalize(x, dim=-1), normalize(centers, dim=-1)
-        offset = centers.mean(0, keepdim=True)
-        return x - offset, centers - offset
+    @staticmethod
+    def _unit_rows(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and centres as unit vectors, for the cosine metric."""
+        normalize = torch.nn.functional.normalize
+        return normalize(x, dim=-1), normalize(centers, dim=-1)
 
     def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor, exact: bool = True) -> Nearest:
         """Nearest of ``centers`` for validated rows ``x``: labels and distances.
 
-        Euclidean rows are centred block by block, not copied whole;
         ``exact=False`` leaves the distances out (an empty tensor), for labels only.
         """
         if self.metric == "cosine":
-            x, centers = self._aligned(x, centers)
-            offset = None
-        else:
-            offset = centers.mean(0)
-            centers = centers - offset
+            x, centers = self._unit_rows(x, centers)
         labels, distances = _nearest(
-            x,
-            centers,
-            metric=self.metric,
-            memory_budget=self.memory_budget,
-            offset=offset,
-            exact=exact,
+            x, centers, metric=self.metric, memory_budget=self.memory_budget, exact=exact
         )
         if distances is None:
             distances = torch.empty(0, dtype=x.dtype, device=x.device)
@@ -358,10 +341,10 @@ class KMeans(EstimatorProtocol):
 
     def _center_distances(self, x: torch.Tensor) -> torch.Tensor:
         """``transform``'s values for validated rows: euclidean (not squared) or ``1 - cos``."""
-        x, centers = self._aligned(x, self._centers)
         if self.metric == "cosine":
+            x, centers = self._unit_rows(x, self._centers)
             return pairwise_distances(x, centers, metric="cosine")
-        return pairwise_distances(x, centers).sqrt_()
+        return pairwise_distances(x, self._centers).sqrt_()
 
     def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.

@@ -92,13 +92,20 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
 
     Squared euclidean distance without ``|x|^2`` (it does not change the
-    argmin): ``|c|^2 - 2 x.c`` in one batched matrix product. For unit
-    vectors (cosine) the nearest code has the largest dot product.
+    argmin): ``|c|^2 - 2 x.c`` in one batched matrix product, on rows and
+    codes centred on the codebook's mean: the rounding of the expansion grows
+    with ``|x|`` and ``|c|``, so inputs far from the origin (features with a
+    large mean) would otherwise get codes that are not the nearest. (Unlike
+    ``KMeans``, labels are not checked further: that needs a host sync per
+    step.) For unit vectors (cosine) the nearest code has the largest dot
+    product.
     """
     if metric == "cosine":
         return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
-    code_sq = codebook.square().sum(-1).unsqueeze(1)  # (h, 1, k)
-    scores = torch.baddbmm(code_sq, x, codebook.transpose(1, 2), alpha=-2.0)
+    offset = codebook.mean(1, keepdim=True)  # (h, 1, d)
+    centred = codebook - offset
+    code_sq = centred.square().sum(-1).unsqueeze(1)  # (h, 1, k)
+    scores = torch.baddbmm(code_sq, x - offset, centred.transpose(1, 2), alpha=-2.0)
     return scores.argmin(-1)
 
 

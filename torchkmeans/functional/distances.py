@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from . import _native
+from .certify import _trust_factor, certify_nearest, squared_frame_norms
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -448,7 +449,11 @@ def nearest_centroids(
     """Index of, and distance to, the nearest centroid of every row of ``x``.
 
     Rows are processed in blocks whose distance matrix fits ``memory_budget``
-    bytes, so memory stays bounded for any number of rows.
+    bytes, so memory stays bounded for any number of rows. Euclidean labels
+    are nearest to within the precision of the distances themselves, also for
+    data far from the origin: rows whose label the rounding of the fast
+    expansion could have decided are checked again in float64. Half-precision
+    input is computed, and its distances returned, in float32.
 
     Parameters
     ----------
@@ -456,7 +461,7 @@ def nearest_centroids(
         ``(n, d)`` or ``(b, n, d)``. For ``metric="cosine"`` the rows should
         already be unit vectors (see :func:`torch.nn.functional.normalize`).
     centroids : Tensor
-        ``(k, d)`` or ``(b, k, d)``, same dtype and device as ``x``.
+        ``(k, d)`` or ``(b, k, d)``, on the device of ``x``; converted to its dtype.
     metric : {"euclidean", "cosine"}
         Squared euclidean distance, or ``1 - cos`` on unit vectors.
     memory_budget : int, optional
@@ -477,6 +482,8 @@ def nearest_centroids(
     tensor([[0, 0, 1],
             [1, 1, 0]])
     """
+    dtype = compute_dtype(x.dtype)
+    x, centroids = x.to(dtype), centroids.to(dtype)
     labels, distances = _nearest(x, centroids, metric=metric, memory_budget=memory_budget)
     assert distances is not None
     return Nearest(labels, distances)
@@ -511,14 +518,53 @@ def _nearest(
     *,
     metric: str = "euclidean",
     memory_budget: int | None = None,
-    offset: torch.Tensor | None = None,
     exact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`nearest_centroids` of the rows ``x - offset``, labels and distances.
+    """:func:`nearest_centroids`: labels, and distances unless ``exact=False`` (None).
 
-    ``offset`` ``(d,)`` is subtracted block by block (no copy of ``x`` the size
-    of the data); ``exact=False`` skips the distances (None), for labels only.
+    Euclidean rows are scored centred on the centroids' mean (block by block,
+    no copy of ``x``): the ``|x|^2 - 2 x.c + |c|^2`` expansion then keeps its
+    precision for data far from the origin. Its labels are then checked
+    against the rounding of the scores and corrected where it could have
+    chosen wrongly (see ``certify``).
     """
+    if metric != "euclidean":
+        return _nearest_unchecked(
+            x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
+        )
+    x3, c3, _ = _as_batched(x, centroids)
+    offset = c3.mean((0, 1))
+    labels, distances = _nearest_unchecked(
+        x,
+        centroids - offset,
+        metric=metric,
+        memory_budget=memory_budget,
+        offset=offset,
+        exact=True,
+    )
+    assert distances is not None
+    n = x3.shape[1]
+    if n:
+        certify_nearest(
+            x3,
+            c3,
+            labels.view(-1, n),
+            distances.view(-1, n),
+            frame_squared_norms=squared_frame_norms(x3, offset),
+        )
+    return labels, distances if exact else None
+
+
+def _nearest_unchecked(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    metric: str,
+    memory_budget: int | None,
+    offset: torch.Tensor | None,
+    exact: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_nearest` before its labels are checked."""
     x3, c3, batched = _as_batched(x, centroids)
     b, k, _ = c3.shape
     n, d = x3.shape[1], x3.shape[2]
@@ -707,21 +753,51 @@ def pairwise_distances(
 
     Materialises ``(n, k)`` (or ``(b, n, k)``): use it for ``transform``-sized
     outputs, and :func:`nearest_centroids` when only the minimum is needed.
-    Euclidean distances are squared.
+    Euclidean distances are squared, computed in float64 from float32 or half
+    input (as scikit-learn's ``euclidean_distances``), on rows centred on the
+    centroids' mean, in blocks of rows; entries that the expansion's rounding
+    could make inexact (a row close to a centroid, both far from that mean)
+    are computed again from differences. The result has the input's
+    (computed) dtype.
 
     Examples
     --------
     >>> pairwise_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))
     tensor([[25.]])
+    >>> pairwise_distances(torch.tensor([[1e4, 0.0]]), torch.tensor([[1e4 + 0.5, 0.0]]))
+    tensor([[0.2500]])
     """
     x3, c3, batched = _as_batched(x, centroids)
+    dtype = compute_dtype(x3.dtype)
     if metric == "cosine":
+        x3, c3 = x3.to(dtype), c3.to(dtype)
         out = torch.matmul(x3, c3.transpose(1, 2)).neg_().add_(1.0).clamp_(0.0, 2.0)
-    elif metric == "euclidean":
-        x_sq = (x3 * x3).sum(-1, keepdim=True)
-        c_sq = (c3 * c3).sum(-1).unsqueeze(1)
-        out = torch.baddbmm(c_sq, x3.expand(c3.shape[0], -1, -1), c3.transpose(1, 2), alpha=-2.0)
-        out = out.add_(x_sq).clamp_min_(0.0)
-    else:
+        return out if batched else out[0]
+    if metric != "euclidean":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    wide = torch.float32 if x3.device.type == "mps" else torch.float64
+    b, k = c3.shape[0], c3.shape[1]
+    n = x3.shape[1]
+    c_wide = c3.to(wide)
+    offset = c_wide.mean(1, keepdim=True)
+    c_centred = c_wide - offset
+    c_sq = torch.linalg.vecdot(c_centred, c_centred)
+    c_norm = c_sq.sqrt()
+    factor = _trust_factor(wide)
+    out = torch.empty((b, n, k), dtype=dtype, device=x3.device)
+    rows = block_rows(n, b * k, itemsize=8, device=x3.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        xb = x3[:, start:stop].to(wide) - offset
+        x_sq = torch.linalg.vecdot(xb, xb)
+        block = torch.baddbmm(c_sq.unsqueeze(1), xb, c_centred.transpose(1, 2), alpha=-2.0)
+        block.add_(x_sq.unsqueeze(-1)).clamp_min_(0.0)
+        scale = (x_sq.sqrt().unsqueeze(-1) + c_norm.unsqueeze(1)).square_()
+        problem, row, column = (scale > block * factor).nonzero(as_tuple=True)
+        if problem.numel():
+            row_index = row + start
+            difference = x3[problem if x3.shape[0] > 1 else 0, row_index].to(wide)
+            difference -= c_wide[problem, column]
+            block[problem, row, column] = torch.linalg.vecdot(difference, difference)
+        out[:, start:stop] = block
     return out if batched else out[0]

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from . import _native
+from .certify import certify_nearest
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
@@ -930,19 +931,54 @@ def lloyd(
         check_every=check_every,
         active=active,
     )
-    return _finish(result, prep, x.dtype, batched=x.ndim == 3 or centroids.ndim == 3)
+    return _finish(result, prep, x, batched=x.ndim == 3 or centroids.ndim == 3, active=active)
 
 
 def _finish(
-    result: KMeansResult, prep: Prepared, dtype: torch.dtype, batched: bool
+    result: KMeansResult,
+    prep: Prepared,
+    x: torch.Tensor,
+    batched: bool,
+    active: torch.Tensor | None = None,
 ) -> KMeansResult:
-    """Move centroids back to the input's scale and drop the batch dim if needed."""
-    centroids = result.centroids + prep.offset if prep.metric == "euclidean" else result.centroids
-    out_dtype = compute_dtype(dtype)
-    result = result._replace(centroids=centroids.to(out_dtype))
+    """Centroids back in the input's scale; euclidean labels checked against them.
+
+    The labels were scored on centred rows, rounded once by the centring: each
+    row's distance to its returned centroid is measured again from ``x``
+    itself, labels that rounding could have chosen wrongly are corrected
+    (``certify``), and the inertia is the sum of those distances. Drops the
+    batch dimension unless ``batched``.
+    """
+    out_dtype = compute_dtype(x.dtype)
+    if prep.metric == "euclidean":
+        centroids = (result.centroids + prep.offset).to(out_dtype)
+        x3 = x if x.ndim == 3 else x.unsqueeze(0)
+        labels = result.labels
+        distances = _distances_to_labelled(x3, centroids, labels)
+        certify_nearest(
+            x3, centroids, labels, distances, frame_squared_norms=prep.x_sq, active=active
+        )
+        inertia = _weighted_total(distances, prep.weights)
+        result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
+    else:
+        result = result._replace(centroids=result.centroids.to(out_dtype))
     if batched:
         return result
     return KMeansResult(*(field[0] for field in result))
+
+
+def _distances_to_labelled(
+    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Squared distance of each row of ``x`` ``(bx, n, d)`` to its labelled
+    centroid ``(b, k, d)``, from differences in the centroids' dtype, ``(b, n)``."""
+    n = x.shape[1]
+    out = torch.empty(labels.shape, dtype=centroids.dtype, device=centroids.device)
+    for start in range(0, n, _EXACT_DISTANCE_ROWS):
+        stop = min(n, start + _EXACT_DISTANCE_ROWS)
+        rows = x[:, start:stop].to(centroids.dtype)
+        out[:, start:stop] = exact_distances(rows, centroids, labels[:, start:stop], False)
+    return out
 
 
 def kmeans(
@@ -1029,12 +1065,12 @@ def kmeans(
         best = run(prep.x.shape[0])
         for _ in range(n_init - 1):
             best = _keep_better(best, run(prep.x.shape[0]))
-        return _finish(best, prep, x.dtype, batched=True)
+        return _finish(best, prep, x, batched=True)
     result = run(n_init)
     if n_init > 1:
         winner = int(result.inertia.argmin())
         result = KMeansResult(*(field[winner : winner + 1] for field in result))
-    return _finish(result, prep, x.dtype, batched=False)
+    return _finish(result, prep, x, batched=False)
 
 
 def _keep_better(best: KMeansResult, other: KMeansResult) -> KMeansResult:

@@ -118,13 +118,7 @@ def minibatch_step(
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)
 
-    if metric == "euclidean":
-        # Centre on the centroids' mean: distances are unchanged and the
-        # |x|^2 - 2x.c + |c|^2 expansion keeps its precision far from 0.
-        offset = c3.mean(1, keepdim=True)
-        labels, distances = nearest_centroids(x3 - offset, c3 - offset, memory_budget=memory_budget)
-    else:
-        labels, distances = nearest_centroids(x3, c3, metric="cosine", memory_budget=memory_budget)
+    labels, distances = nearest_centroids(x3, c3, metric=metric, memory_budget=memory_budget)
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
 

@@ -1,0 +1,172 @@
+"""Labels are the nearest centre also where the distance expansion loses its digits.
+
+The scores |c|^2 - 2 x.c round with |x| and |c|, not with the distances: data
+far from the origin, heavy tails and far-away clusters all put rows where a
+float32 expansion picks the wrong centre (these cases did, before the labels
+were certified). Every check is against float64 distances from differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchkmeans import KMeans, MiniBatchKMeans
+from torchkmeans.functional import _native, lloyd, nearest_centroids
+from torchkmeans.functional.certify import certify_nearest
+
+
+def exact_distances(x, centroids) -> np.ndarray:
+    """(n, k) squared distances in float64, from differences."""
+    x = np.asarray(x, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    return ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+
+
+def assert_nearest(x, centroids, labels, distances=None, rtol=2e-6) -> None:
+    """Each label's distance is the least, to rtol of it; distances match it."""
+    table = exact_distances(x, centroids)
+    labels = np.asarray(labels)
+    chosen = table[np.arange(len(labels)), labels]
+    best = table.min(1)
+    scale = np.abs(np.asarray(x, dtype=np.float64)).max() ** 2 * 1e-30
+    worst = int(np.argmax(chosen - best))
+    assert np.all(chosen <= best * (1 + rtol) + scale), (
+        f"row {worst}: label distance {chosen[worst]!r}, nearest {best[worst]!r}"
+    )
+    if distances is not None:
+        np.testing.assert_allclose(np.asarray(distances, dtype=np.float64), chosen, rtol=1e-5)
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def path(request, monkeypatch):
+    """Both CPU code paths: the fused kernel (where built) and PyTorch ops."""
+    if request.param == "kernel" and not _native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    if request.param == "torch":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    return request.param
+
+
+def test_nearest_centroid_of_a_point_far_from_the_origin(path):
+    x = torch.tensor([[10000.0, 0.0]])
+    centroids = torch.tensor([[10000.5, 0.0], [10000.0, 0.0]])
+    result = nearest_centroids(x, centroids)
+    assert result.labels.tolist() == [1]
+    assert result.distances.tolist() == [0.0]
+
+
+@pytest.mark.parametrize(("d", "k"), [(2, 10), (32, 10), (32, 200), (300, 40)])
+def test_nearest_centroids_of_offset_data(path, d, k):
+    generator = torch.Generator().manual_seed(d + k)
+    x = torch.randn(3000, d, generator=generator) + 1e4
+    centroids = torch.randn(k, d, generator=generator) * 0.3 + 1e4
+    result = nearest_centroids(x, centroids)
+    assert_nearest(x, centroids, result.labels, result.distances)
+
+
+def heavy_tailed(n: int = 4000, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).lognormal(0.0, 2.5, size=(n, 1)).astype(np.float32)
+
+
+def test_fit_and_predict_on_heavy_tailed_data(path):
+    x = heavy_tailed()
+    model = KMeans(n_clusters=50, random_state=0).fit(x)
+    assert_nearest(x, model.cluster_centers_, model.labels_)
+    assert_nearest(x, model.cluster_centers_, model.predict(x))
+    table = exact_distances(x, model.cluster_centers_)
+    np.testing.assert_allclose(model.inertia_, table.min(1).sum(), rtol=1e-5)
+    np.testing.assert_allclose(-model.score(x), table.min(1).sum(), rtol=1e-5)
+
+
+def test_minibatch_labels_on_heavy_tailed_data(path):
+    x = heavy_tailed(seed=1)
+    model = MiniBatchKMeans(n_clusters=50, random_state=0, n_init=1).fit(x)
+    assert_nearest(x, model.cluster_centers_, model.labels_)
+    assert_nearest(x, model.cluster_centers_, model.predict(x))
+
+
+def test_fit_labels_with_a_far_away_cluster(path):
+    rng = np.random.RandomState(0)
+    x = np.vstack([rng.uniform(0, 1, size=(400, 1)), 1e4 + rng.uniform(0, 1, size=(5, 1))])
+    x = x.astype(np.float32)
+    model = KMeans(n_clusters=3, init=np.array([[0.25], [0.75], [1e4]]), n_init=1).fit(x)
+    assert_nearest(x, model.cluster_centers_, model.labels_)
+    assert_nearest(x, model.cluster_centers_, model.predict(x))
+    table = exact_distances(x, model.cluster_centers_)
+    np.testing.assert_allclose(model.inertia_, table.min(1).sum(), rtol=1e-5)
+
+
+def test_float64_labels_beside_an_extreme_outlier(path):
+    x = np.array([[0.0], [1.0], [3e8]])
+    model = KMeans(n_clusters=3, init=x, n_init=1, max_iter=1).fit(x)
+    assert model.labels_.tolist() == [0, 1, 2]
+    assert model.inertia_ == 0.0
+    assert model.predict(np.array([[0.49], [0.51]])).tolist() == [0, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shift_exponent=st.floats(0.0, 5.0),
+    cluster_exponent=st.floats(0.0, 5.0),
+    spread_exponent=st.floats(-3.0, 1.0),
+    d=st.sampled_from([1, 2, 5, 17, 64]),
+    k=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_labels_are_nearest_whatever_the_offset_and_spread(
+    shift_exponent, cluster_exponent, spread_exponent, d, k, seed
+):
+    generator = torch.Generator().manual_seed(seed)
+    spread = 10.0**spread_exponent
+    # Clusters at very different distances from each other and from the
+    # origin: some rows sit far from the data's mean and close to several centres.
+    centres = torch.randn(k, d, generator=generator) * 10.0**cluster_exponent
+    x = centres[torch.randint(k, (300,), generator=generator)] + 10.0**shift_exponent
+    x = (x + torch.randn(300, d, generator=generator) * spread).float()
+    centroids = (x[torch.randperm(300, generator=generator)[:k]] + spread / 3).float()
+    result = nearest_centroids(x, centroids)
+    assert_nearest(x, centroids, result.labels, result.distances)
+    fitted = lloyd(x, centroids, max_iter=3)
+    assert_nearest(x, fitted.centroids, fitted.labels)
+    table = exact_distances(x, fitted.centroids)
+    np.testing.assert_allclose(float(fitted.inertia), table.min(1).sum(), rtol=1e-5, atol=1e-30)
+
+
+def test_certify_counts_only_the_rows_it_checks_again():
+    x = torch.tensor([[[0.0, 0.0], [10000.0, 0.0]]])
+    c = torch.tensor([[[0.0, 0.0], [10000.5, 0.0], [10000.0, 0.0]]])
+    labels = torch.tensor([[0, 1]])
+    distances = torch.tensor([[0.0, 0.25]])
+    assert certify_nearest(x, c, labels, distances) == 1
+    assert labels.tolist() == [[0, 2]]
+    assert distances.tolist() == [[0.0, 0.0]]
+
+
+def test_certify_uses_elkan_bound_for_many_rows_and_keeps_inactive_centroids_out():
+    # 600 rows around two centres far from the origin, labelled correctly: the
+    # rows outnumber the centroids, so Elkan's bound settles them all, and the
+    # masked third centroid (the rows' true nearest) is never chosen.
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1e5, 0.0], [1e5, 10.0], [1e5, 0.1]])
+    x = centres[:2].repeat(300, 1) + torch.randn(600, 2, generator=generator) * 0.5
+    labels = torch.arange(2).repeat(300).unsqueeze(0)
+    distances = ((x - centres[labels[0]]) ** 2).sum(-1).unsqueeze(0)
+    active = torch.tensor([[True, True, False]])
+    checked = certify_nearest(x[None], centres[None], labels, distances, active=active)
+    assert checked == 600
+    assert labels.tolist() == [[0, 1] * 300]
+
+
+def test_half_precision_nearest_centroids_is_computed_in_float32():
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(2000, 8, generator=generator) * 3).half()
+    centroids = (torch.randn(30, 8, generator=generator) * 3).half()
+    result = nearest_centroids(x, centroids)
+    assert result.distances.dtype == torch.float32
+    assert_nearest(x.float(), centroids.float(), result.labels, result.distances)
+    big = nearest_centroids(torch.full((3, 2), 15000.0).half(), torch.zeros(1, 2).half())
+    assert torch.isfinite(big.distances).all()

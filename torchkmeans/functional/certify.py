@@ -1,0 +1,210 @@
+"""Nearest-centroid labels checked against the rounding of the distance expansion.
+
+Labels come from the scores ``|c|^2 - 2 x.c`` (the squared distance less
+``|x|^2``), one matrix product per block of rows. The rounding error of a
+score grows with ``|x|`` and ``|c|`` in the frame the product is taken in,
+not with the distance: a float32 point 10,000 units from the origin and a
+quarter of a unit from its two nearest centres has scores near 1e8, where
+float32 steps by 8, so they round the wrong way. Centring on the data's or
+the centres' mean removes a common offset, not the spread of data whose
+clusters lie far from that mean (heavy tails, outliers, a far-away cluster).
+
+:func:`certify_nearest` finds the rows whose label rounding could have
+chosen wrongly and labels them again with more precise arithmetic. With
+``D`` a row's exact distance to its labelled centre (from differences):
+
+* **Trusted** when ``|x| <= (sqrt(rho) - 1) sqrt(D)``. Any centre nearer
+  than the chosen one lies within ``|x| + sqrt(D)`` of the origin, as the
+  chosen one does, so the scores that decided between them are wrong by a
+  few units of ``u (|x| + sqrt(D))^2 <= rho u D``: with ``rho u = 2^-19``
+  (``rho`` = 32 in float32, 2^34 in float64) a wrong label could only be
+  nearer by that small fraction of ``D``, the precision the distances
+  themselves have. Most rows of centred data pass.
+* **Certain** when ``D`` is at most a quarter of the squared distance from
+  the labelled centre to the nearest other centre (Elkan's bound: by the
+  triangle inequality no other centre can be nearer, whatever the rounding).
+  Points of well-separated clusters far from the origin pass.
+* The other rows are scored again in float64 (float32 data), and rows that
+  float64 does not settle by the first rule from differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["certify_nearest", "squared_frame_norms"]
+
+# The relative precision, of a row's distance, to which its label is trusted (see above).
+_TRUSTED_PRECISION = 2.0**-19
+# Rows of squared norms taken at a time when they are not given.
+_NORM_CHUNK_ROWS = 1 << 16
+# Bytes of the float64 score blocks of the rows scored again.
+_BLOCK_BYTES = 8 * 1024 * 1024
+
+
+def _trust_factor(dtype: torch.dtype) -> float:
+    """A label is trusted while ``|x|^2 <= factor * D`` (see the module docstring)."""
+    rho = _TRUSTED_PRECISION / (torch.finfo(dtype).eps / 2)
+    return (math.sqrt(rho) - 1.0) ** 2
+
+
+def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """Squared norms of the rows ``x - offset`` of ``x`` ``(bx, n, d)``, ``(bx, n)``, in chunks."""
+    n = x.shape[1]
+    out = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
+    for start in range(0, n, _NORM_CHUNK_ROWS):
+        part = x[:, start : start + _NORM_CHUNK_ROWS]
+        if offset is not None:
+            part = part - offset
+        out[:, start : start + _NORM_CHUNK_ROWS] = torch.linalg.vecdot(part, part)
+    return out
+
+
+def _block_rows(k: int) -> int:
+    return max(1, _BLOCK_BYTES // (8 * k))
+
+
+def _wide_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _half_gaps_squared(centroids: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """A lower bound on the squared half-distance from each centroid ``(k, d)``
+    to its nearest other (active) one, ``(k,)`` in float64 (inf when alone)."""
+    k, d = centroids.shape
+    wide = _wide_dtype(centroids.device)
+    c = centroids.to(wide)
+    c = c - c.mean(0)
+    norms = torch.linalg.vecdot(c, c)
+    gaps = torch.empty(k, dtype=wide, device=c.device)
+    rows = _block_rows(k)
+    for start in range(0, k, rows):
+        stop = min(k, start + rows)
+        block = torch.addmm(norms, c[start:stop], c.T, alpha=-2.0).add_(norms[start:stop, None])
+        block.diagonal(offset=start).fill_(math.inf)
+        if active is not None:
+            block.masked_fill_(~active, math.inf)
+        gaps[start:stop] = block.amin(1)
+    # The expansion's rounding, bounded generously: a few units of u |c|^2 per term.
+    error = 4 * (d + 2) * torch.finfo(wide).eps * norms.max()
+    return (gaps - error).clamp_min_(0.0) / 4
+
+
+def _relabel(
+    x: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None, low_precision: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and exact distances (float64) of rows ``x`` ``(r, d)`` against
+    ``centroids`` ``(k, d)``: from the expansion in float64 when the rows were
+    labelled in lower precision and it settles them, else from differences."""
+    wide = _wide_dtype(x.device)
+    c = centroids.to(wide)
+    middle = c.mean(0)
+    c = c - middle
+    xw = x.to(wide) - middle
+    r, k = xw.shape[0], c.shape[0]
+    labels = torch.empty(r, dtype=torch.int64, device=x.device)
+    distances = torch.empty(r, dtype=wide, device=x.device)
+    rows = _block_rows(k)
+    unsettled = []
+    for start in range(0, r, rows):
+        xb = xw[start : start + rows]
+        if low_precision:
+            scores = torch.addmm(torch.linalg.vecdot(c, c), xb, c.T, alpha=-2.0)
+        else:
+            scores = torch.cdist(xb, c, compute_mode="donot_use_mm_for_euclid_dist")
+        if active is not None:
+            scores.masked_fill_(~active, math.inf)
+        chosen = scores.argmin(1)
+        difference = xb - c.index_select(0, chosen)
+        exact = torch.linalg.vecdot(difference, difference)
+        labels[start : start + rows] = chosen
+        distances[start : start + rows] = exact
+        if low_precision:
+            open_rows = torch.linalg.vecdot(xb, xb) > _trust_factor(wide) * exact
+            unsettled.append(open_rows.nonzero().squeeze(1).add_(start))
+    if unsettled:
+        again = torch.cat(unsettled)
+        if again.numel():
+            labels[again], distances[again] = _relabel(x[again], centroids, active, False)
+    return labels, distances
+
+
+def certify_nearest(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    *,
+    frame_squared_norms: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
+) -> int:
+    """Correct, in place, euclidean labels that rounding may have got wrong.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(bx, n, d)`` rows, ``bx`` 1 or ``b``, as given (not centred).
+    centroids : Tensor
+        ``(b, k, d)``, as given.
+    labels, distances : Tensor
+        ``(b, n)``: the labels to check and each row's squared distance to its
+        labelled centroid (from differences, in the frame the labels were
+        scored in); rewritten for the rows checked again.
+    frame_squared_norms : Tensor, optional
+        ``(bx, n)`` squared norms of the rows in the frame their scores were
+        taken in (``x - offset`` for centred rows); default ``|x|^2``.
+    active : Tensor, optional
+        ``(b, k)`` bool; inactive centroids are never chosen.
+
+    Returns
+    -------
+    int
+        How many rows were checked again (most calls: 0, after one comparison).
+
+    Examples
+    --------
+    >>> x = torch.tensor([[[10000.0, 0.0]]])
+    >>> c = torch.tensor([[[10000.5, 0.0], [10000.0, 0.0]]])
+    >>> labels, distances = torch.tensor([[0]]), torch.tensor([[0.25]])
+    >>> certify_nearest(x, c, labels, distances), labels, distances
+    (1, tensor([[1]]), tensor([[0.]]))
+    """
+    b, k, d = centroids.shape
+    if frame_squared_norms is None:
+        frame_squared_norms = squared_frame_norms(x, None)
+    factor = _trust_factor(distances.dtype)
+    suspect = frame_squared_norms > distances * factor
+    if not bool(suspect.any()):
+        return 0
+    checked = 0
+    low_precision = _wide_dtype(x.device).itemsize > distances.dtype.itemsize
+    for problem in range(b):
+        rows = suspect[problem].nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        checked += rows.numel()
+        problem_centroids = centroids[problem]
+        problem_active = None if active is None else active[problem]
+        x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, rows)
+        if rows.numel() > k:
+            # Cheaper than scoring the rows again: Elkan's bound needs the
+            # centroids' distances to each other, k * k * d work.
+            half_gaps = _half_gaps_squared(problem_centroids, problem_active)
+            row_labels = labels[problem].index_select(0, rows)
+            wide = half_gaps.dtype
+            difference = x_rows.to(wide) - problem_centroids.to(wide).index_select(0, row_labels)
+            exact = torch.linalg.vecdot(difference, difference)
+            distances[problem].index_copy_(0, rows, exact.to(distances.dtype))
+            margin = 1.0 + (d + 2) * torch.finfo(wide).eps
+            open_rows = (exact * margin > half_gaps.index_select(0, row_labels)).nonzero()
+            rows, x_rows = rows[open_rows[:, 0]], x_rows[open_rows[:, 0]]
+            if rows.numel() == 0:
+                continue
+        new_labels, new_distances = _relabel(
+            x_rows, problem_centroids, problem_active, low_precision
+        )
+        labels[problem].index_copy_(0, rows, new_labels)
+        distances[problem].index_copy_(0, rows, new_distances.to(distances.dtype))
+    return checked
