@@ -130,6 +130,45 @@ def test_arbitrary_label_values_and_singletons_match_sklearn():
     assert metrics.silhouette_score(X, names) == pytest.approx(sk.silhouette_score(X, names))
 
 
+def test_labels_of_any_int64_range_match_sklearn():
+    """Shifting the labels to 0 and offsetting the rows of a batch overflowed int64 (bincount)."""
+    X, _ = _data("iris")
+    extreme = np.repeat(np.array([-(2**63), 2**63 - 1]), 75)
+    wide = np.repeat(np.array([0, 2**62]), 75)  # fine alone, overflowed in a batch of 2
+    unsigned = np.repeat(np.array([0, 2**64 - 1], dtype=np.uint64), 75)
+    batch = np.stack([extreme, wide, wide[::-1], np.arange(150) % 3])
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours, reference = getattr(metrics, function), getattr(sk, function)
+        for labels in (extreme, unsigned):
+            assert ours(X, labels) == pytest.approx(reference(X, labels), rel=RTOL), function
+        expected = [reference(X, row) for row in batch]
+        np.testing.assert_allclose(ours(X, batch), expected, rtol=RTOL, err_msg=function)
+    samples = metrics.silhouette_samples(torch.tensor(X), torch.tensor(batch))
+    np.testing.assert_allclose(samples[1].numpy(), sk.silhouette_samples(X, wide), rtol=RTOL)
+    within = [metrics.inertia(X, row) for row in batch]
+    np.testing.assert_allclose(metrics.inertia(X, batch), within, rtol=1e-12)
+
+
+@SETTINGS
+@given(
+    arrays(
+        np.int64,
+        st.tuples(st.integers(1, 4), st.integers(1, 12)),
+        elements=st.one_of(
+            st.integers(-3, 3), st.sampled_from([-(2**63), -(2**62), 2**62, 2**63 - 1])
+        ),
+    )
+)
+def test_encode_numbers_each_row_in_sorted_label_order(labels):
+    encoded = metrics._encode(torch.tensor(labels), True, torch.float64)
+    for row, codes, counts, k in zip(labels, encoded.codes, encoded.counts, encoded.n_clusters):
+        values, inverse, sizes = np.unique(row, return_inverse=True, return_counts=True)
+        assert k == len(values)
+        np.testing.assert_array_equal(codes.numpy(), inverse.ravel())
+        np.testing.assert_array_equal(counts[:k].numpy(), sizes)
+        assert not counts[k:].any()
+
+
 def test_degenerate_cases_follow_sklearn():
     X = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
     labels = [0, 0, 1, 1]

@@ -107,13 +107,15 @@ def _label_tensor(labels: Any, n_samples: int, device: torch.device) -> tuple[to
 def _encode(labels: torch.Tensor, batched: bool, dtype: torch.dtype) -> _Labels:
     """Codes 0..k_i-1 in sorted label order per row, cluster sizes and k per row."""
     b = labels.shape[0]
-    shifted = labels - labels.min()
-    span = int(shifted.max()) + 1
-    keys = shifted + torch.arange(b, device=labels.device).unsqueeze(1) * span
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    n_clusters = torch.bincount(unique // span, minlength=b)
-    first = n_clusters.cumsum(0) - n_clusters
-    codes = inverse - first.unsqueeze(1)
+    # Each row sorted on its own: shifting the labels to 0 and offsetting the
+    # rows into one range of keys overflowed int64 once the labels of the
+    # batch spanned more than 2**63 / b, and scikit-learn takes any labels.
+    ordered, order = labels.sort(dim=1)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ranks = new.cumsum(1) - 1  # (b, n) code of each sorted label
+    codes = torch.empty_like(ranks).scatter_(1, order, ranks)
+    n_clusters = ranks[:, -1] + 1
     width = int(n_clusters.max())
     flat = codes + torch.arange(b, device=labels.device).unsqueeze(1) * width
     counts = torch.bincount(flat.reshape(-1), minlength=b * width).view(b, width).to(dtype)
