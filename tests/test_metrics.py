@@ -216,8 +216,8 @@ def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
     shapes: list[tuple[int, int, int]] = []
     original = metrics._distance_block
 
-    def spy(data, data_sq, start, stop, metric):
-        block = original(data, data_sq, start, stop, metric)
+    def spy(data, data_sq, rows, columns, metric):
+        block = original(data, data_sq, rows, columns, metric)
         shapes.append((*block.shape, block.element_size()))
         return block
 
@@ -228,7 +228,7 @@ def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
     x = centres[labels] + torch.randn(50_000, 32, generator=generator)
     value = metrics.silhouette_score(x, labels, memory_budget=budget)
     assert 0.3 < value < 1.0
-    assert len(shapes) > 1 and sum(rows for rows, _, _ in shapes) == 50_000
+    assert len(shapes) > 1 and sum(rows * columns for rows, columns, _ in shapes) == 50_000**2
     assert all(rows * columns * size <= budget and rows < 50_000 for rows, columns, size in shapes)
     # The same blocks on a subset agree with scikit-learn's chunked computation.
     subset = slice(0, 3000)

@@ -42,6 +42,12 @@ _SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine")
 # one-hot (n, clusters) matrix while that matrix is small; past this many
 # clusters the product costs more than index_add_ of the block's columns.
 _ONE_HOT_MAX_COLUMNS = 256
+# On the CPU a block of distances to all n samples outgrows the cache for any
+# sizeable n, and its elementwise passes and reduction then run from memory;
+# tiles of this many distances (2 MiB in float64) stay in L2. Silhouette of
+# 20,000 x 64 in float64, one thread: 256 x 20,000 blocks 5.4-6.2 s, 256 x
+# 1,024 tiles 2.7-2.9 s (tiles of 128K to 1M distances within 10%).
+_CPU_TILE_ELEMENTS = 256 * 1024
 
 
 class _Labels(NamedTuple):
@@ -177,18 +183,23 @@ def _silhouette(
     rows = block_rows(
         n, n + columns, itemsize=data.element_size(), memory_budget=memory_budget, device=x.device
     )
+    tile = n if x.device.type != "cpu" else max(1, min(n, _CPU_TILE_ELEMENTS // rows))
     out = torch.empty((b, n), dtype=x.dtype, device=x.device)
     infinity = torch.tensor(float("inf"), dtype=dtype, device=x.device)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        distances = _distance_block(data, data_sq, start, stop, metric)
-        if one_hot is not None:
-            sums = torch.mm(distances, one_hot)
-        else:
-            sums = torch.zeros((stop - start, columns), dtype=dtype, device=x.device)
-            for row in range(b):
-                sums.index_add_(1, flat[row], distances)
-        del distances
+        sums = torch.zeros((stop - start, columns), dtype=dtype, device=x.device)
+        for first in range(0, n, tile):
+            last = min(n, first + tile)
+            distances = _distance_block(
+                data, data_sq, slice(start, stop), slice(first, last), metric
+            )
+            if one_hot is not None:
+                sums.addmm_(distances, one_hot[first:last])
+            else:
+                for row in range(b):
+                    sums.index_add_(1, flat[row, first:last], distances)
+            del distances
         sums = sums.view(stop - start, b, width).transpose(0, 1)  # (b, m, width)
         own = encoded.codes[:, start:stop].unsqueeze(-1)
         own_size = counts.gather(1, own[..., 0])
@@ -202,17 +213,17 @@ def _silhouette(
 
 
 def _distance_block(
-    data: torch.Tensor, data_sq: torch.Tensor | None, start: int, stop: int, metric: str
+    data: torch.Tensor, data_sq: torch.Tensor | None, rows: slice, columns: slice, metric: str
 ) -> torch.Tensor:
-    """Distances ``(m, n)`` from rows ``start:stop`` to all rows; exactly 0 to themselves."""
-    block = data[start:stop]
+    """Distances ``(m, c)`` from samples ``rows`` to samples ``columns``; 0 from one to itself."""
+    block, other = data[rows], data[columns]
     if data_sq is None:
-        distances = torch.mm(block, data.T).neg_().add_(1.0).clamp_(0.0, 2.0)
+        distances = torch.mm(block, other.T).neg_().add_(1.0).clamp_(0.0, 2.0)
     else:
-        distances = torch.addmm(data_sq.unsqueeze(0), block, data.T, alpha=-2.0)
-        distances.add_(data_sq[start:stop].unsqueeze(1)).clamp_min_(0.0)
+        distances = torch.addmm(data_sq[columns].unsqueeze(0), block, other.T, alpha=-2.0)
+        distances.add_(data_sq[rows].unsqueeze(1)).clamp_min_(0.0)
     # Rounding leaves a small positive self-distance; scikit-learn zeroes it too.
-    distances.diagonal(start).zero_()
+    distances.diagonal(rows.start - columns.start).zero_()
     if metric == "euclidean":
         distances.sqrt_()
     return distances
