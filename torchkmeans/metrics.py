@@ -167,7 +167,6 @@ def _silhouette(
     dtype = _accumulation_dtype(x.device)
     counts = encoded.counts.to(dtype)
     b, width = counts.shape
-    columns = b * width
     if metric == "cosine":
         data = torch.nn.functional.normalize(x.to(dtype), dim=-1)
         data_sq = None
@@ -175,7 +174,17 @@ def _silhouette(
         # Centring keeps |x|^2 - 2 x.y + |y|^2 accurate for data far from the origin.
         data = x - x.mean(0, dtype=dtype)
         data_sq = squared_norms(data)
-    flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width  # (b, n)
+    # One column of sums per cluster of each labelling, not b * width: the
+    # reduction is a product as costly as the distances, and padding every
+    # labelling of a sweep to the largest k widens it (k = 2..10: 90 for 54).
+    first_column = encoded.n_clusters.cumsum(0) - encoded.n_clusters
+    columns = int(encoded.n_clusters.sum())
+    flat = encoded.codes + first_column.unsqueeze(1)  # (b, n) column of each sample
+    slots = torch.arange(width, device=x.device)
+    # Column of cluster c of labelling i in the sums, or a zero column past them.
+    padded = torch.where(
+        slots < encoded.n_clusters.unsqueeze(1), first_column.unsqueeze(1) + slots, columns
+    )
     one_hot = None
     if columns <= _ONE_HOT_MAX_COLUMNS:
         one_hot = torch.zeros((n, columns), dtype=dtype, device=x.device)
@@ -200,7 +209,7 @@ def _silhouette(
                 for row in range(b):
                     sums.index_add_(1, flat[row, first:last], distances)
             del distances
-        sums = sums.view(stop - start, b, width).transpose(0, 1)  # (b, m, width)
+        sums = torch.nn.functional.pad(sums, (0, 1))[:, padded].transpose(0, 1)  # (b, m, width)
         own = encoded.codes[:, start:stop].unsqueeze(-1)
         own_size = counts.gather(1, own[..., 0])
         # Singletons give 0 / 0 = NaN here, and a silhouette of 0 below.
