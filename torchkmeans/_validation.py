@@ -232,13 +232,24 @@ def check_sample_weight(
                 f"Expected sample_weight to be of shape ({n_samples},), "
                 f"got shape {tuple(weights.shape)}."
             )
+    check_weight_values(weights)
+    return weights
+
+
+def check_weight_values(weights: torch.Tensor, *, positive_sum: bool = True) -> None:
+    """Check weights ``(n,)`` or ``(b, n)``: finite, non-negative, a positive sum per problem."""
     if not all_finite(weights):
         raise ValueError("Input sample_weight contains NaN or infinity.")
     if bool((weights < 0).any()):
         raise ValueError("Expected sample_weight to be non-negative, got negative values.")
-    if not bool((weights > 0).any()):
-        raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
-    return weights
+    if positive_sum and not bool((weights > 0).any(-1).all()):
+        if weights.ndim == 1:
+            raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
+        problem = int((~(weights > 0).any(-1)).nonzero()[0, 0])
+        raise ValueError(
+            "Expected sample_weight to have a positive sum for every problem, "
+            f"got all weights zero in problem {problem}."
+        )
 
 
 def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
@@ -302,3 +313,77 @@ def is_batch_stream(X: Any) -> bool:
     if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
         return False
     return hasattr(X, "__iter__")
+
+
+# ---------------------------------------------------------------- functional API
+# The functional layer takes tensors only: no conversion, only checks of what
+# was given. Each helper returns the tensor detached: clustering is not
+# differentiable, and the kernels write into buffers with out= and in-place
+# ops, which autograd refuses for tensors that require grad.
+
+
+def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
+    """``x`` ``(rows, d)`` or ``(b, rows, d)``: a floating tensor, returned detached."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"Expected {name} to be a floating-point tensor, got dtype {x.dtype}.")
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected {name} to be 2-D ({rows}, d) or 3-D (b, {rows}, d), "
+            f"got shape {tuple(x.shape)}."
+        )
+    return x.detach()
+
+
+def check_centroids(centroids: Any, x: torch.Tensor, name: str = "centroids") -> torch.Tensor:
+    """``centroids`` ``(k, d)`` or ``(b, k, d)`` for checked data ``x``, returned detached.
+
+    At least one centroid, ``x``'s number of features, and a batch size of 1
+    or that of ``x`` (a 2-D ``x`` is shared by any number of problems).
+    """
+    centroids = check_data(centroids, name, rows="k")
+    shape = tuple(centroids.shape)
+    if centroids.shape[-2] == 0:
+        raise ValueError(f"Expected {name} to hold at least one centroid, got shape {shape}.")
+    if centroids.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"Expected {name} to have {x.shape[-1]} features (as x), got shape {shape}."
+        )
+    bx = x.shape[0] if x.ndim == 3 else 1
+    if centroids.ndim == 3 and centroids.shape[0] not in (1, bx) and bx != 1:
+        raise ValueError(f"Expected {name} to have batch size 1 or {bx} (as x), got shape {shape}.")
+    return centroids
+
+
+def check_weight_tensor(
+    sample_weight: Any,
+    n_samples: int,
+    n_problems: int = 1,
+    *,
+    values: bool = True,
+    positive_sum: bool = True,
+) -> torch.Tensor | None:
+    """``sample_weight`` None, ``(n,)``, or ``(b, n)`` for b problems, returned detached.
+
+    ``values=False`` checks the shape only: the values cost a host
+    synchronisation, which a step inside a training loop should not pay.
+    ``positive_sum=False`` lets every weight be zero (seeding from a subsample).
+    """
+    if sample_weight is None:
+        return None
+    if not isinstance(sample_weight, torch.Tensor):
+        raise TypeError(
+            f"Expected sample_weight to be a torch.Tensor or None, "
+            f"got {type(sample_weight).__name__}."
+        )
+    shape = tuple(sample_weight.shape)
+    if shape not in ((n_samples,), (1, n_samples), (n_problems, n_samples)):
+        expected = f"({n_samples},)" + (
+            f" or ({n_problems}, {n_samples})" if n_problems > 1 else ""
+        )
+        raise ValueError(f"Expected sample_weight to be of shape {expected}, got shape {shape}.")
+    weights = sample_weight.detach()
+    if values:
+        check_weight_values(weights, positive_sum=positive_sum)
+    return weights

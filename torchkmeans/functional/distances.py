@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _validation as v
 from . import _native
 
 __all__ = [
@@ -448,15 +449,19 @@ def nearest_centroids(
     """Index of, and distance to, the nearest centroid of every row of ``x``.
 
     Rows are processed in blocks whose distance matrix fits ``memory_budget``
-    bytes, so memory stays bounded for any number of rows.
+    bytes, so memory stays bounded for any number of rows. The search is not
+    differentiable: the inputs are detached and the distances carry no
+    gradient (use :func:`pairwise_distances` for a differentiable loss).
 
     Parameters
     ----------
     x : Tensor
-        ``(n, d)`` or ``(b, n, d)``. For ``metric="cosine"`` the rows should
-        already be unit vectors (see :func:`torch.nn.functional.normalize`).
+        ``(n, d)`` or ``(b, n, d)``, floating point. For ``metric="cosine"``
+        the rows should already be unit vectors (see
+        :func:`torch.nn.functional.normalize`).
     centroids : Tensor
-        ``(k, d)`` or ``(b, k, d)``, same dtype and device as ``x``.
+        ``(k, d)`` or ``(b, k, d)`` with k >= 1, on ``x``'s device; converted
+        to ``x``'s dtype.
     metric : {"euclidean", "cosine"}
         Squared euclidean distance, or ``1 - cos`` on unit vectors.
     memory_budget : int, optional
@@ -466,6 +471,14 @@ def nearest_centroids(
     -------
     Nearest
         ``labels`` (int64) and ``distances``, ``(n,)`` or ``(b, n)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``centroids`` is not a floating-point tensor.
+    ValueError
+        If ``centroids`` is empty or does not match ``x`` in features or
+        batch size, or ``metric`` is unknown.
 
     Examples
     --------
@@ -477,6 +490,9 @@ def nearest_centroids(
     tensor([[0, 0, 1],
             [1, 1, 0]])
     """
+    x = v.check_data(x)
+    # In x's dtype on every path (the native kernel converts them too).
+    centroids = v.check_centroids(centroids, x).to(x.dtype)
     labels, distances = _nearest(x, centroids, metric=metric, memory_budget=memory_budget)
     assert distances is not None
     return Nearest(labels, distances)
