@@ -640,6 +640,19 @@ def test_functional_entry_points_ignore_requires_grad(monkeypatch, path):
             torch.testing.assert_close(value, reference_value, equal_nan=True)
 
 
+def test_batched_history_is_nan_after_each_problems_own_n_iter():
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    result = kmeans(torch.stack([x, x.flip(0)]), 5, generator=torch.Generator().manual_seed(0))
+    assert len(set(result.n_iter.tolist())) > 1  # problems stop at different iterations
+    for i in range(2):
+        n = int(result.n_iter[i])
+        history = result.inertia_history[i]
+        assert bool(torch.isfinite(history[:n]).all())
+        assert bool(torch.isnan(history[n:]).all())
+        # The last recorded inertia is that of the last assignment of this problem.
+        assert float(history[n - 1]) >= float(result.inertia[i]) - 1e-9
+
+
 def test_kmeans_of_one_data_set_runs_batched_starts_as_restarts():
     """A 2-D x with (b, k, d) starts: b restarts, the lowest inertia kept, as
     lloyd from each start alone."""

@@ -982,10 +982,18 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
 def _finish(
     result: KMeansResult, prep: Prepared, dtype: torch.dtype, batched: bool
 ) -> KMeansResult:
-    """Move centroids back to the input's scale and drop the batch dim if needed."""
+    """Move centroids back to the input's scale and drop the batch dim if needed.
+
+    The history is NaN from each problem's own ``n_iter`` on: a batch keeps
+    iterating (and recording) until its last problem stops, and masking once
+    here costs no host synchronisation inside the loop.
+    """
     centroids = result.centroids + prep.offset if prep.metric == "euclidean" else result.centroids
     out_dtype = compute_dtype(dtype)
-    result = result._replace(centroids=centroids.to(out_dtype))
+    history = result.inertia_history
+    steps = torch.arange(history.shape[-1], device=history.device)
+    history = history.masked_fill(steps >= result.n_iter.unsqueeze(-1), float("nan"))
+    result = result._replace(centroids=centroids.to(out_dtype), inertia_history=history)
     if batched:
         return result
     return KMeansResult(*(field[0] for field in result))
