@@ -320,6 +320,44 @@ X_INF[0, 0] = np.inf
         ({"dtype": "int8"}, X_OK, {}, ValueError, "Expected dtype to be None or one of float16"),
         ({"random_state": "seed"}, X_OK, {}, TypeError, "Expected random_state to be None, an int"),
         (
+            {"random_state": 2**64},
+            X_OK,
+            {},
+            ValueError,
+            r"random_state=18446744073709551616 should be >= 0 and < 2\*\*64\.",
+        ),
+        ({"random_state": -1}, X_OK, {}, ValueError, r"random_state=-1 should be >= 0 and < 2"),
+        (
+            {},
+            None,
+            {},
+            TypeError,
+            r"Expected X to be an array-like or tensor of shape \(n_samples, n_features\), "
+            r"got None\.",
+        ),
+        (
+            {"n_clusters": 1},
+            3.0,
+            {},
+            ValueError,
+            r"Expected X to be 2-D of shape \(n_samples, n_features\), got a scalar \(3\.0\)\.",
+        ),
+        (
+            {"n_clusters": 1},
+            torch.tensor(3.0),
+            {},
+            ValueError,
+            r"Expected X to be 2-D of shape \(n_samples, n_features\), got a scalar",
+        ),
+        (
+            {"n_clusters": 1},
+            [[1.0, 2.0], [3.0]],
+            {},
+            ValueError,
+            r"Expected X to be a rectangular array-like of numbers \(rows of equal length\), "
+            r"got one numpy cannot convert: ",
+        ),
+        (
             {},
             X_OK,
             {"sample_weight": np.ones(5)},
@@ -350,6 +388,28 @@ X_INF[0, 0] = np.inf
 def test_bad_input_errors(params, X, fit_kwargs, error, match):
     with pytest.raises(error, match=match):
         KMeans(**params).fit(X, **fit_kwargs)
+
+
+def test_pandas_missing_values_are_refused_as_nan():
+    pd = pytest.importorskip("pandas")
+    frames = [
+        pd.DataFrame({"a": [1.0, pd.NA, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0]}),
+        pd.DataFrame({"a": pd.array([1.0, None, 3.0, 4.0], dtype="Float64"), "b": [0.0] * 4}),
+        pd.DataFrame({"a": pd.array([1, None, 3, 4], dtype="Int64"), "b": [0.0] * 4}),
+    ]
+    for frame in frames:
+        with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+            KMeans(n_clusters=2).fit(frame)
+    # Objects that are not numbers, and not missing, are refused as before.
+    with pytest.raises(TypeError, match="Expected X to hold numbers, got an object array"):
+        KMeans(n_clusters=2).fit(pd.DataFrame({"a": [1.0, object(), 3.0], "b": [0.0] * 3}))
+
+
+def test_largest_torch_seed_is_accepted():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    a = KMeans(2, random_state=2**64 - 1).fit(X)
+    b = KMeans(2, random_state=2**64 - 1).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
 def test_large_finite_values_are_not_mistaken_for_infinity():

@@ -7,6 +7,7 @@ gives the same error messages ("Expected X to be ..., got ...").
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -115,6 +116,10 @@ def as_tensor(
             tensor = torch.from_numpy(array)
     if tensor.ndim != ndim:
         shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
+        if tensor.ndim == 0:
+            raise ValueError(
+                f"Expected {name} to be {ndim}-D of shape {shape}, got a scalar ({data!r})."
+            )
         raise ValueError(
             f"Expected {name} to be {ndim}-D of shape {shape}, got shape {tuple(tensor.shape)}."
             + (
@@ -155,14 +160,25 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
             f"Expected {name} to be a dense array or tensor, got a sparse matrix "
             f"({type(data).__name__}); convert it with {name}.toarray()."
         )
+    if data is None:
+        raise TypeError(
+            f"Expected {name} to be an array-like or tensor of shape (n_samples, n_features), "
+            "got None."
+        )
     if hasattr(data, "to_numpy") and not isinstance(data, np.ndarray):
         data = data.to_numpy()
-    array = np.asarray(data)
+    try:
+        array = np.asarray(data)
+    except ValueError as exc:
+        raise ValueError(
+            f"Expected {name} to be a rectangular array-like of numbers (rows of equal "
+            f"length), got one numpy cannot convert: {exc}"
+        ) from exc
     if array.dtype.kind == "c":
         raise ValueError(f"Complex data not supported; {name} has dtype {array.dtype}.")
     if array.dtype.kind == "O":
         try:
-            array = array.astype(np.float64)
+            array = _object_to_float(array)
         except (TypeError, ValueError) as exc:
             raise type(exc)(
                 f"Expected {name} to hold numbers, got an object array that could not "
@@ -174,7 +190,28 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
         raise ValueError(f"Expected {name} to hold numbers, got an array of dtype {array.dtype}.")
     if array.dtype == np.float16 or array.dtype.itemsize > 8:
         array = array.astype(np.float32 if array.dtype == np.float16 else np.float64)
-    return np.ascontiguousarray(array)
+    # ascontiguousarray makes a 0-d array 1-D: a scalar would then be
+    # reported as shape (1,) instead of as a scalar.
+    return array if array.ndim == 0 else np.ascontiguousarray(array)
+
+
+def _object_to_float(array: np.ndarray) -> np.ndarray:
+    """An object array as float64, pandas' missing values (``pd.NA``) as NaN.
+
+    ``pd.NA`` refuses ``float()``; a column holding it should get the same
+    "contains NaN" error as one holding NaN. pandas is only consulted when the
+    plain conversion fails and pandas is already loaded (its data came in).
+    """
+    try:
+        return array.astype(np.float64)
+    except TypeError:
+        pandas = sys.modules.get("pandas")
+        if pandas is None:
+            raise
+        missing = pandas.isna(array)
+        if not missing.any():
+            raise
+        return np.where(missing, np.nan, array).astype(np.float64)
 
 
 def check_n_clusters(n_clusters: Any) -> int:
@@ -263,8 +300,9 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     if random_state is None:
         seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
     elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state={random_state} should be >= 0.")
+        if not 0 <= random_state < 2**64:
+            # torch seeds are unsigned 64-bit integers.
+            raise ValueError(f"random_state={random_state} should be >= 0 and < 2**64.")
         seed = int(random_state)
     elif isinstance(random_state, np.random.RandomState):
         seed = int(random_state.randint(np.iinfo(np.int32).max))
