@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import blobs, tutorial_data
+from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
@@ -274,6 +276,61 @@ def test_not_fitted_error_before_fit():
     for method in (km.predict, km.transform, km.score):
         with pytest.raises(NotFittedError, match="This KMeans instance is not fitted yet"):
             method(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_assigned_cluster_centers_are_used_like_sklearn(kind):
+    """km.cluster_centers_ = C (a scikit-learn idiom) changes what predict,
+    transform and score use, as in scikit-learn."""
+    X = np.random.RandomState(0).randn(100, 2)
+    new = np.array([[100.0, 100.0], [0.0, 0.0]])
+    theirs = SklearnKMeans(2, random_state=0, n_init=1).fit(X)
+    theirs.cluster_centers_ = new
+    data = X if kind == "numpy" else torch.tensor(X)
+    ours = KMeans(2, random_state=0).fit(data)
+    ours.cluster_centers_ = new if kind == "numpy" else torch.tensor(new)
+    centers = ours.cluster_centers_
+    assert isinstance(centers, np.ndarray if kind == "numpy" else torch.Tensor)
+    np.testing.assert_array_equal(np.asarray(centers), new)
+    np.testing.assert_array_equal(np.asarray(ours.predict(data)), theirs.predict(X))
+    np.testing.assert_allclose(np.asarray(ours.transform(data)), theirs.transform(X))
+    assert ours.score(data) == pytest.approx(theirs.score(X))
+
+
+def test_assigned_cluster_centers_are_validated_copied_and_kept():
+    X = np.random.RandomState(0).randn(60, 3).astype(np.float32)
+    km = KMeans(2, random_state=0).fit(X)
+    new = np.array([[5.0, 5.0, 5.0], [-5.0, -5.0, -5.0]])  # float64 into a float32 fit
+    km.cluster_centers_ = new
+    assert km.cluster_centers_.dtype == np.float32
+    new[0] = 0.0  # the caller's array is copied: changing it later changes nothing
+    np.testing.assert_array_equal(km.cluster_centers_[0], [5.0, 5.0, 5.0])
+    np.testing.assert_array_equal(km.predict([[4.0, 4.0, 4.0]]), [0])
+    restored = pickle.loads(pickle.dumps(km))
+    np.testing.assert_array_equal(restored.cluster_centers_, km.cluster_centers_)
+    np.testing.assert_array_equal(restored.predict(X), km.predict(X))
+    assert clone(km).get_params() == km.get_params()
+    with pytest.raises(ValueError, match=r"Expected cluster_centers_ to be of shape \(2, 3\), "):
+        km.cluster_centers_ = np.zeros((3, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected cluster_centers_ to be 2-D of shape \(n_clusters, n_features\), "
+        r"got shape \(3,\)\.$",
+    ):
+        km.cluster_centers_ = np.zeros(3)
+    with pytest.raises(ValueError, match="Input cluster_centers_ contains NaN or infinity"):
+        km.cluster_centers_ = np.array([[np.nan, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(km.cluster_centers_[0], [5.0, 5.0, 5.0])  # unchanged
+    with pytest.raises(NotFittedError, match="call 'fit' before assigning cluster_centers_"):
+        KMeans(2).cluster_centers_ = new
+    assert not hasattr(KMeans(2), "cluster_centers_")
+
+
+def test_assigned_cluster_centers_are_unit_vectors_for_cosine():
+    X = np.random.RandomState(1).randn(50, 2)
+    km = KMeans(2, metric="cosine", random_state=0).fit(X)
+    km.cluster_centers_ = [[3.0, 0.0], [0.0, -2.0]]
+    np.testing.assert_allclose(km.cluster_centers_, [[1.0, 0.0], [0.0, -1.0]])
 
 
 X_OK = np.random.default_rng(0).normal(size=(20, 3))

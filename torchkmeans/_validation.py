@@ -90,6 +90,7 @@ def as_tensor(
     dtype: torch.dtype | None = None,
     ndim: int = 2,
     check_finite: bool = True,
+    shape: str | None = None,
 ) -> tuple[torch.Tensor, OutputKind]:
     """Convert array-like ``data`` to a floating tensor without modifying it.
 
@@ -97,7 +98,8 @@ def as_tensor(
     write into it) and the :class:`OutputKind` to convert results back with.
     numpy, lists and pandas frames give numpy results; tensors give tensors on
     their own device. Integer and boolean input becomes float64 (numpy) or the
-    default float dtype (torch), as scikit-learn and PyTorch do.
+    default float dtype (torch), as scikit-learn and PyTorch do. ``shape``
+    names the expected 2-D shape in errors (default ``(n_samples, n_features)``).
     """
     if isinstance(data, torch.Tensor):
         kind = OutputKind(True, data.device)
@@ -115,7 +117,9 @@ def as_tensor(
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(array)
     if tensor.ndim != ndim:
-        shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
+        hint = tensor.ndim == 1 and ndim == 2 and shape is None
+        if shape is None:
+            shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
         if tensor.ndim == 0:
             raise ValueError(
                 f"Expected {name} to be {ndim}-D of shape {shape}, got a scalar ({data!r})."
@@ -125,7 +129,7 @@ def as_tensor(
             + (
                 " Reshape your data with X.reshape(-1, 1) (one feature) or "
                 "X.reshape(1, -1) (one sample)."
-                if tensor.ndim == 1 and ndim == 2
+                if hint
                 else ""
             )
         )
