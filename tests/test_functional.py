@@ -640,9 +640,14 @@ def test_functional_entry_points_ignore_requires_grad(monkeypatch, path):
             torch.testing.assert_close(value, reference_value, equal_nan=True)
 
 
-def test_batched_history_is_nan_after_each_problems_own_n_iter():
+def test_batched_history_is_nan_after_each_problems_own_n_iter(device):
     x = torch.randn(500, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    result = kmeans(torch.stack([x, x.flip(0)]), 5, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    result = kmeans(
+        torch.stack([x, x.flip(0)]),
+        5,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
     assert len(set(result.n_iter.tolist())) > 1  # problems stop at different iterations
     for i in range(2):
         n = int(result.n_iter[i])
@@ -651,6 +656,17 @@ def test_batched_history_is_nan_after_each_problems_own_n_iter():
         assert bool(torch.isnan(history[n:]).all())
         # The last recorded inertia is that of the last assignment of this problem.
         assert float(history[n - 1]) >= float(result.inertia[i]) - 1e-9
+
+
+def test_single_problem_history_is_nan_after_n_iter(device):
+    """Off the CPU one problem runs on to the next convergence check (every 10
+    iterations); its history still ends at its n_iter."""
+    x = torch.tensor(blobs(n=400, d=3, k=4, seed=3)).to(device)
+    result = lloyd(x, x[:4].clone(), check_every=10)
+    n = int(result.n_iter)
+    assert n % 10 != 0  # stopped between two checks
+    assert bool(torch.isfinite(result.inertia_history[:n]).all())
+    assert bool(torch.isnan(result.inertia_history[n:]).all())
 
 
 def test_kmeans_of_one_data_set_runs_batched_starts_as_restarts():

@@ -492,7 +492,9 @@ def nearest_centroids(
     """
     x = v.check_data(x)
     # In x's dtype on every path (the native kernel converts them too).
-    centroids = v.check_centroids(centroids, x).to(x.dtype)
+    centroids = v.check_centroids(centroids, x)
+    if centroids.dtype != x.dtype:
+        centroids = centroids.to(x.dtype)
     labels, distances = _nearest(x, centroids, metric=metric, memory_budget=memory_budget)
     assert distances is not None
     return Nearest(labels, distances)
