@@ -14,6 +14,7 @@ from torchkmeans.functional import (
     kmeans,
     kmeans_plusplus,
     lloyd,
+    minibatch_step,
     nearest_centroids,
     pairwise_distances,
     random_init,
@@ -271,7 +272,7 @@ def test_kmeans_rejects_bad_arguments():
     x = torch.randn(5, 2)
     with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=8"):
         kmeans(x, 8)
-    with pytest.raises(ValueError, match="n_clusters=0 should be an int >= 1"):
+    with pytest.raises(ValueError, match="n_clusters=0 should be >= 1"):
         kmeans(x, 0)
     with pytest.raises(ValueError, match="Expected x to be 2-D"):
         kmeans(torch.randn(5), 2)
@@ -376,3 +377,324 @@ def test_accelerator_path_equals_the_cpu_path(device, metric, weighted, n_proble
     assert torch.equal(device_like.labels.cpu(), host.labels)
     assert torch.equal(device_like.n_iter.cpu(), host.n_iter)
     torch.testing.assert_close(device_like.inertia.cpu(), host.inertia)
+
+
+# ---------------------------------------------------------------- argument checks
+
+_X = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
+_C = _X[:3].clone()
+
+
+def _with_nan() -> torch.Tensor:
+    x = _X.clone()
+    x[5, 1] = float("nan")
+    return x
+
+
+def _with_inf() -> torch.Tensor:
+    x = _X.clone()
+    x[7, 0] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: kmeans(_with_nan(), 3), ValueError, r"Input x contains NaN or infinity"),
+        (
+            lambda: kmeans(_with_inf(), 3, metric="cosine"),
+            ValueError,
+            r"Input x contains NaN or infinity",
+        ),
+        (
+            lambda: kmeans(_X, 3, sample_weight=-torch.ones(100)),
+            ValueError,
+            r"Expected sample_weight to be non-negative, got negative values\.",
+        ),
+        (
+            lambda: kmeans(_X, 3, sample_weight=torch.ones(99)),
+            ValueError,
+            r"Expected sample_weight to be of shape \(100,\), got shape \(99,\)\.",
+        ),
+        (
+            lambda: kmeans(_X, 3, sample_weight=torch.full((100,), float("inf"))),
+            ValueError,
+            r"Input sample_weight contains NaN or infinity",
+        ),
+        (
+            lambda: kmeans(_X, 3, sample_weight=torch.zeros(100)),
+            ValueError,
+            r"Expected sample_weight to have a positive sum, got all weights zero\.",
+        ),
+        (
+            lambda: kmeans(torch.stack([_X, _X]), 3, sample_weight=torch.ones(3, 100)),
+            ValueError,
+            r"Expected sample_weight to be of shape \(100,\) or \(2, 100\), got shape "
+            r"\(3, 100\)\.",
+        ),
+        (
+            lambda: kmeans(
+                torch.stack([_X, _X]),
+                3,
+                sample_weight=torch.stack([torch.ones(100), torch.zeros(100)]),
+            ),
+            ValueError,
+            r"Expected sample_weight to have a positive sum for every problem, got all weights "
+            r"zero in problem 1\.",
+        ),
+        (
+            lambda: kmeans(_X, 3, sample_weight=[1.0] * 100),
+            TypeError,
+            r"Expected sample_weight to be a torch.Tensor or None, got list\.",
+        ),
+        (lambda: kmeans(_X, 3, max_iter=-1), ValueError, r"max_iter=-1 should be >= 1\."),
+        (lambda: kmeans(_X, 3, max_iter=2.5), TypeError, r"Expected max_iter to be an int"),
+        (
+            lambda: kmeans(_X, 3, tol=float("nan")),
+            ValueError,
+            r"tol=nan should be a finite number >= 0\.",
+        ),
+        (lambda: kmeans(_X, 3, tol=-1.0), ValueError, r"tol=-1.0 should be a finite number >= 0"),
+        (lambda: kmeans(_X, 3, check_every=0), ValueError, r"check_every=0 should be >= 1\."),
+        (lambda: kmeans(_X, 2.5), TypeError, r"Expected n_clusters to be an int, got 2.5\."),
+        (
+            lambda: kmeans(torch.randint(0, 9, (100, 3)), 3),
+            TypeError,
+            r"Expected x to be a floating-point tensor, got dtype torch.int64\.",
+        ),
+        (
+            lambda: kmeans(_X.numpy(), 3),
+            TypeError,
+            r"Expected x to be a torch.Tensor, got ndarray\.",
+        ),
+        (
+            lambda: kmeans(torch.stack([_X, _X]), 3, init=torch.randn(3, 3, 4)),
+            ValueError,
+            r"Expected init to be of shape \(3, 4\) or \(2, 3, 4\), got shape \(3, 3, 4\)\.",
+        ),
+        (
+            lambda: kmeans(_X, 3, init=lambda x, k, g: torch.randn(2, k, 4)),
+            ValueError,
+            r"Expected init to be of shape \(3, 4\) or \(1, 3, 4\), got shape \(2, 3, 4\)\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X, 3, metric="l1"),
+            ValueError,
+            r"Expected metric to be 'euclidean' or 'cosine', got 'l1'\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X, 2.5),
+            TypeError,
+            r"Expected n_clusters to be an int, got 2.5\.",
+        ),
+        (lambda: kmeans_plusplus(_X, 0), ValueError, r"n_clusters=0 should be >= 1\."),
+        (
+            lambda: kmeans_plusplus(_X, 3, n_local_trials=0),
+            ValueError,
+            r"n_local_trials=0 should be >= 1\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X, 3, x_sq_norms=torch.ones(99)),
+            ValueError,
+            r"Expected x_sq_norms to be of shape \(100,\), got shape \(99,\)\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X, 3, sample_weight=torch.ones(3)),
+            ValueError,
+            r"Expected sample_weight to be of shape \(100,\), got shape \(3,\)\.",
+        ),
+        (
+            lambda: random_init(torch.randn(10), 2),
+            ValueError,
+            r"Expected x to be 2-D \(n, d\) or 3-D \(b, n, d\), got shape \(10,\)\.",
+        ),
+        (lambda: random_init(_X, 2.5), TypeError, r"Expected n_clusters to be an int"),
+        (
+            lambda: random_init(_X, 3, sample_weight=-torch.ones(100)),
+            ValueError,
+            r"Expected sample_weight to be non-negative",
+        ),
+        (
+            lambda: centroids_from_sums(
+                torch.ones(2, 2), torch.ones(2), torch.zeros(2, 2), metric="l1"
+            ),
+            ValueError,
+            r"Expected metric to be 'euclidean' or 'cosine', got 'l1'\.",
+        ),
+        (
+            lambda: nearest_centroids(_X, torch.randn(0, 4)),
+            ValueError,
+            r"Expected centroids to hold at least one centroid, got shape \(0, 4\)\.",
+        ),
+        (
+            lambda: nearest_centroids(_X, torch.randn(3, 5)),
+            ValueError,
+            r"Expected centroids to have 4 features \(as x\), got shape \(3, 5\)\.",
+        ),
+        (
+            lambda: nearest_centroids(_X, torch.randn(3)),
+            ValueError,
+            r"Expected centroids to be 2-D \(k, d\) or 3-D \(b, k, d\), got shape \(3,\)\.",
+        ),
+        (
+            lambda: lloyd(torch.randn(10), _C),
+            ValueError,
+            r"Expected x to be 2-D \(n, d\) or 3-D \(b, n, d\), got shape \(10,\)\.",
+        ),
+        (
+            lambda: lloyd(torch.randn(2, 10, 4), torch.randn(3, 3, 4)),
+            ValueError,
+            r"Expected centroids to have batch size 1 or 2 \(as x\), got shape \(3, 3, 4\)\.",
+        ),
+        (
+            lambda: lloyd(
+                _X, torch.stack([_C, _C]), cluster_mask=torch.ones(3, 3, dtype=torch.bool)
+            ),
+            ValueError,
+            r"Expected cluster_mask to be of shape \(2, 3\) or \(3,\), got shape \(3, 3\)\.",
+        ),
+        (
+            lambda: lloyd(_X, _C, cluster_mask=torch.ones(4, dtype=torch.bool)),
+            ValueError,
+            r"Expected cluster_mask to be of shape \(1, 3\) or \(3,\), got shape \(4,\)\.",
+        ),
+        (
+            lambda: lloyd(_with_nan(), _C),
+            ValueError,
+            r"Input x contains NaN or infinity",
+        ),
+        (
+            lambda: lloyd(_X, torch.full((3, 4), float("nan"))),
+            ValueError,
+            r"Input centroids contains NaN or infinity",
+        ),
+        (lambda: lloyd(_X, _C, max_iter=0), ValueError, r"max_iter=0 should be >= 1\."),
+        (lambda: lloyd(_X, _C, tol=float("inf")), ValueError, r"tol=inf should be a finite"),
+        (
+            lambda: minibatch_step(_X, _C, torch.zeros(5)),
+            ValueError,
+            r"Expected weight_sums to be of shape \(3,\), got shape \(5,\)\.",
+        ),
+        (
+            lambda: minibatch_step(_X, torch.stack([_C, _C]), torch.zeros(3, 3)),
+            ValueError,
+            r"Expected weight_sums to be of shape \(3,\) or \(2, 3\), got shape \(3, 3\)\.",
+        ),
+        (
+            lambda: minibatch_step(_X, torch.randn(3, 5), torch.zeros(3)),
+            ValueError,
+            r"Expected centroids to have 4 features \(as x\), got shape \(3, 5\)\.",
+        ),
+        (
+            lambda: minibatch_step(_X, _C, torch.zeros(3), sample_weight=torch.ones(7)),
+            ValueError,
+            r"Expected sample_weight to be of shape \(100,\), got shape \(7,\)\.",
+        ),
+    ],
+)
+def test_functional_argument_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_kmeans_accepts_large_finite_values():
+    """The NaN screen reads the mean variance first; one that overflows is
+    checked element by element, so large finite data is not refused (its
+    squares overflow float32 all the same)."""
+    x = torch.tensor([[3e38, 0.0], [3e38, 1.0], [-3e38, 0.0], [-3e38, 1.0]])
+    assert kmeans(x, 2, generator=torch.Generator().manual_seed(0)).labels.shape == (4,)
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_functional_entry_points_ignore_requires_grad(monkeypatch, path):
+    """Clustering is not differentiable: inputs that require grad are detached,
+    on the native kernel's path and on PyTorch's, and give the same results."""
+    from torchkmeans.functional import _native
+
+    if path == "torch":
+        monkeypatch.setattr(_native, "prefers_native", lambda *a, **k: False)
+    x = _X.clone().requires_grad_()
+    c = _C.clone().requires_grad_()
+    w = torch.ones(100, requires_grad=True)
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    calls = {
+        "kmeans": (lambda x, c, w: kmeans(x, 3, sample_weight=w, generator=gen())),
+        "kmeans_init": (lambda x, c, w: kmeans(x, 3, init=c)),
+        "lloyd": (lambda x, c, w: lloyd(x, c, sample_weight=w)),
+        "kmeans_plusplus": (
+            lambda x, c, w: kmeans_plusplus(x, 3, sample_weight=w, generator=gen())
+        ),
+        "random_init": (lambda x, c, w: random_init(x, 3, sample_weight=w, generator=gen())),
+        "nearest_centroids": (lambda x, c, w: nearest_centroids(x, c)),
+        "nearest_bfloat16": (lambda x, c, w: nearest_centroids(x.bfloat16(), c.bfloat16())),
+        "minibatch_step": (lambda x, c, w: minibatch_step(x, c, torch.zeros(3), sample_weight=w)),
+    }
+    for name, call in calls.items():
+        got = call(x, c, w)
+        expected = call(x.detach(), c.detach(), w.detach())
+        for i, (value, reference_value) in enumerate(zip(got, expected)):
+            assert not value.requires_grad, (name, i)
+            torch.testing.assert_close(value, reference_value, equal_nan=True)
+
+
+def test_batched_history_is_nan_after_each_problems_own_n_iter(device):
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x = x.to(device)
+    result = kmeans(
+        torch.stack([x, x.flip(0)]),
+        5,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
+    assert len(set(result.n_iter.tolist())) > 1  # problems stop at different iterations
+    for i in range(2):
+        n = int(result.n_iter[i])
+        history = result.inertia_history[i]
+        assert bool(torch.isfinite(history[:n]).all())
+        assert bool(torch.isnan(history[n:]).all())
+        # The last recorded inertia is that of the last assignment of this problem.
+        assert float(history[n - 1]) >= float(result.inertia[i]) - 1e-9
+
+
+def test_single_problem_history_is_nan_after_n_iter(device):
+    """Off the CPU one problem runs on to the next convergence check (every 10
+    iterations); its history still ends at its n_iter."""
+    x = torch.tensor(blobs(n=400, d=3, k=4, seed=3)).to(device)
+    result = lloyd(x, x[:4].clone(), check_every=10)
+    n = int(result.n_iter)
+    assert n % 10 != 0  # stopped between two checks
+    assert bool(torch.isfinite(result.inertia_history[:n]).all())
+    assert bool(torch.isnan(result.inertia_history[n:]).all())
+
+
+def test_kmeans_of_one_data_set_runs_batched_starts_as_restarts():
+    """A 2-D x with (b, k, d) starts: b restarts, the lowest inertia kept, as
+    lloyd from each start alone."""
+    x = torch.tensor(blobs(n=300, d=3, k=5, seed=2))
+    starts = torch.stack(
+        [x[torch.randperm(300, generator=torch.Generator().manual_seed(s))[:5]] for s in range(4)]
+    )
+    result = kmeans(x, 5, init=starts)
+    alone = [lloyd(x, start) for start in starts]
+    best = min(alone, key=lambda r: float(r.inertia))
+    assert result.centroids.shape == (5, 3) and result.labels.shape == (300,)
+    torch.testing.assert_close(result.centroids, best.centroids)
+    assert torch.equal(result.labels, best.labels)
+    torch.testing.assert_close(result.inertia, best.inertia)
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_nearest_centroids_converts_centroids_to_the_dtype_of_x(monkeypatch, path):
+    from torchkmeans.functional import _native
+
+    if path == "torch":
+        monkeypatch.setattr(_native, "prefers_native", lambda *a, **k: False)
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(3))
+    c = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = nearest_centroids(x, c)
+    expected = nearest_centroids(x, c.float())
+    assert got.distances.dtype == torch.float32
+    assert torch.equal(got.labels, expected.labels)
+    torch.testing.assert_close(got.distances, expected.distances)

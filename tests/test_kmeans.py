@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import blobs, tutorial_data
+from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
@@ -276,6 +278,61 @@ def test_not_fitted_error_before_fit():
             method(np.zeros((2, 2)))
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_assigned_cluster_centers_are_used_like_sklearn(kind):
+    """km.cluster_centers_ = C (a scikit-learn idiom) changes what predict,
+    transform and score use, as in scikit-learn."""
+    X = np.random.RandomState(0).randn(100, 2)
+    new = np.array([[100.0, 100.0], [0.0, 0.0]])
+    theirs = SklearnKMeans(2, random_state=0, n_init=1).fit(X)
+    theirs.cluster_centers_ = new
+    data = X if kind == "numpy" else torch.tensor(X)
+    ours = KMeans(2, random_state=0).fit(data)
+    ours.cluster_centers_ = new if kind == "numpy" else torch.tensor(new)
+    centers = ours.cluster_centers_
+    assert isinstance(centers, np.ndarray if kind == "numpy" else torch.Tensor)
+    np.testing.assert_array_equal(np.asarray(centers), new)
+    np.testing.assert_array_equal(np.asarray(ours.predict(data)), theirs.predict(X))
+    np.testing.assert_allclose(np.asarray(ours.transform(data)), theirs.transform(X))
+    assert ours.score(data) == pytest.approx(theirs.score(X))
+
+
+def test_assigned_cluster_centers_are_validated_copied_and_kept():
+    X = np.random.RandomState(0).randn(60, 3).astype(np.float32)
+    km = KMeans(2, random_state=0).fit(X)
+    new = np.array([[5.0, 5.0, 5.0], [-5.0, -5.0, -5.0]])  # float64 into a float32 fit
+    km.cluster_centers_ = new
+    assert km.cluster_centers_.dtype == np.float32
+    new[0] = 0.0  # the caller's array is copied: changing it later changes nothing
+    np.testing.assert_array_equal(km.cluster_centers_[0], [5.0, 5.0, 5.0])
+    np.testing.assert_array_equal(km.predict([[4.0, 4.0, 4.0]]), [0])
+    restored = pickle.loads(pickle.dumps(km))
+    np.testing.assert_array_equal(restored.cluster_centers_, km.cluster_centers_)
+    np.testing.assert_array_equal(restored.predict(X), km.predict(X))
+    assert clone(km).get_params() == km.get_params()
+    with pytest.raises(ValueError, match=r"Expected cluster_centers_ to be of shape \(2, 3\), "):
+        km.cluster_centers_ = np.zeros((3, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected cluster_centers_ to be 2-D of shape \(n_clusters, n_features\), "
+        r"got shape \(3,\)\.$",
+    ):
+        km.cluster_centers_ = np.zeros(3)
+    with pytest.raises(ValueError, match="Input cluster_centers_ contains NaN or infinity"):
+        km.cluster_centers_ = np.array([[np.nan, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(km.cluster_centers_[0], [5.0, 5.0, 5.0])  # unchanged
+    with pytest.raises(NotFittedError, match="call 'fit' before assigning cluster_centers_"):
+        KMeans(2).cluster_centers_ = new
+    assert not hasattr(KMeans(2), "cluster_centers_")
+
+
+def test_assigned_cluster_centers_are_unit_vectors_for_cosine():
+    X = np.random.RandomState(1).randn(50, 2)
+    km = KMeans(2, metric="cosine", random_state=0).fit(X)
+    km.cluster_centers_ = [[3.0, 0.0], [0.0, -2.0]]
+    np.testing.assert_allclose(km.cluster_centers_, [[1.0, 0.0], [0.0, -1.0]])
+
+
 X_OK = np.random.default_rng(0).normal(size=(20, 3))
 X_NAN = X_OK.copy()
 X_NAN[3, 1] = np.nan
@@ -320,6 +377,44 @@ X_INF[0, 0] = np.inf
         ({"dtype": "int8"}, X_OK, {}, ValueError, "Expected dtype to be None or one of float16"),
         ({"random_state": "seed"}, X_OK, {}, TypeError, "Expected random_state to be None, an int"),
         (
+            {"random_state": 2**64},
+            X_OK,
+            {},
+            ValueError,
+            r"random_state=18446744073709551616 should be >= 0 and < 2\*\*64\.",
+        ),
+        ({"random_state": -1}, X_OK, {}, ValueError, r"random_state=-1 should be >= 0 and < 2"),
+        (
+            {},
+            None,
+            {},
+            TypeError,
+            r"Expected X to be an array-like or tensor of shape \(n_samples, n_features\), "
+            r"got None\.",
+        ),
+        (
+            {"n_clusters": 1},
+            3.0,
+            {},
+            ValueError,
+            r"Expected X to be 2-D of shape \(n_samples, n_features\), got a scalar \(3\.0\)\.",
+        ),
+        (
+            {"n_clusters": 1},
+            torch.tensor(3.0),
+            {},
+            ValueError,
+            r"Expected X to be 2-D of shape \(n_samples, n_features\), got a scalar",
+        ),
+        (
+            {"n_clusters": 1},
+            [[1.0, 2.0], [3.0]],
+            {},
+            ValueError,
+            r"Expected X to be a rectangular array-like of numbers \(rows of equal length\), "
+            r"got one numpy cannot convert: ",
+        ),
+        (
             {},
             X_OK,
             {"sample_weight": np.ones(5)},
@@ -350,6 +445,28 @@ X_INF[0, 0] = np.inf
 def test_bad_input_errors(params, X, fit_kwargs, error, match):
     with pytest.raises(error, match=match):
         KMeans(**params).fit(X, **fit_kwargs)
+
+
+def test_pandas_missing_values_are_refused_as_nan():
+    pd = pytest.importorskip("pandas")
+    frames = [
+        pd.DataFrame({"a": [1.0, pd.NA, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0]}),
+        pd.DataFrame({"a": pd.array([1.0, None, 3.0, 4.0], dtype="Float64"), "b": [0.0] * 4}),
+        pd.DataFrame({"a": pd.array([1, None, 3, 4], dtype="Int64"), "b": [0.0] * 4}),
+    ]
+    for frame in frames:
+        with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+            KMeans(n_clusters=2).fit(frame)
+    # Objects that are not numbers, and not missing, are refused as before.
+    with pytest.raises(TypeError, match="Expected X to hold numbers, got an object array"):
+        KMeans(n_clusters=2).fit(pd.DataFrame({"a": [1.0, object(), 3.0], "b": [0.0] * 3}))
+
+
+def test_largest_torch_seed_is_accepted():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    a = KMeans(2, random_state=2**64 - 1).fit(X)
+    b = KMeans(2, random_state=2**64 - 1).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
 def test_large_finite_values_are_not_mistaken_for_infinity():

@@ -214,6 +214,38 @@ def test_fit_then_partial_fit_goes_on_and_pickles():
     np.testing.assert_array_equal(km.cluster_centers_, copy.cluster_centers_)
 
 
+def test_assigned_cluster_centers_are_used_by_predict_and_partial_fit():
+    X = blobs(n=1000, d=3, k=3, seed=4)
+    km = MiniBatchKMeans(3, batch_size=100, random_state=0).fit(X)
+    new = X[[0, 500, 999]].copy()
+    km.cluster_centers_ = new
+    np.testing.assert_array_equal(km.cluster_centers_, new)
+    d2 = ((X[:, None, :] - new[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(km.predict(X), d2.argmin(1))
+    assert km.score(X) == pytest.approx(-d2.min(1).sum())
+    # The next step starts from the assigned centres and the fitted counts.
+    counts = torch.tensor(km.counts_)
+    km.reassignment_ratio = 0.0
+    expected = minibatch_step(torch.tensor(X[:100]), torch.tensor(new), counts)
+    km.partial_fit(X[:100])
+    np.testing.assert_allclose(km.cluster_centers_, expected.centroids.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"Expected cluster_centers_ to be of shape \(3, 3\)"):
+        km.cluster_centers_ = new[:2]
+
+
+def test_estimator_pickled_with_a_plain_cluster_centers_attribute_still_works():
+    """Before cluster_centers_ was a property it sat in the instance's dict; a
+    pickle from then loads, predicts with its centres and refits."""
+    X = blobs(n=500, d=2, k=3, seed=1)
+    km = MiniBatchKMeans(3, batch_size=100, random_state=0).fit(X)
+    km.__dict__["cluster_centers_"] = km.cluster_centers_
+    old = pickle.loads(pickle.dumps(km))
+    np.testing.assert_array_equal(old.predict(X), km.predict(X))
+    old.fit(X)
+    assert "cluster_centers_" not in vars(old)
+    np.testing.assert_array_equal(old.cluster_centers_, km.cluster_centers_)
+
+
 def test_half_precision_keeps_float32_centres():
     X = torch.tensor(blobs(n=2000, d=4, k=3, seed=6), dtype=torch.float16)
     km = MiniBatchKMeans(3, batch_size=100, random_state=0).fit(X)

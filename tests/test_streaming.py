@@ -174,6 +174,28 @@ def test_streamed_kmeans_over_a_tensor_equals_lloyd():
     assert int(got.n_iter) == int(expected.n_iter)
 
 
+def test_streamed_history_is_nan_after_the_best_runs_n_iter():
+    """Restarts run as one batch and record until the last one stops; the best
+    run's history ends at its own n_iter."""
+    x = torch.rand(1500, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    stopped_early = 0
+    for seed in range(4):
+        result = streaming.streamed_kmeans(
+            x,
+            8,
+            init="random",
+            n_init=4,
+            tol=0.0,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        n = int(result.n_iter)
+        assert bool(torch.isfinite(result.inertia_history[:n]).all())
+        assert bool(torch.isnan(result.inertia_history[n:]).all())
+        stopped_early += n < 33  # 33: the longest of these restarts
+    assert stopped_early  # some best run stopped before others in its batch
+
+
 def test_iter_chunks_covers_every_row_in_order():
     x = torch.arange(103 * 2, dtype=torch.float64).view(103, 2)
     rows = HostRows(lambda a, b: x[a:b], lambda i: x[i], 103, 2, 8)

@@ -7,6 +7,7 @@ gives the same error messages ("Expected X to be ..., got ...").
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -89,6 +90,7 @@ def as_tensor(
     dtype: torch.dtype | None = None,
     ndim: int = 2,
     check_finite: bool = True,
+    shape: str | None = None,
 ) -> tuple[torch.Tensor, OutputKind]:
     """Convert array-like ``data`` to a floating tensor without modifying it.
 
@@ -96,7 +98,8 @@ def as_tensor(
     write into it) and the :class:`OutputKind` to convert results back with.
     numpy, lists and pandas frames give numpy results; tensors give tensors on
     their own device. Integer and boolean input becomes float64 (numpy) or the
-    default float dtype (torch), as scikit-learn and PyTorch do.
+    default float dtype (torch), as scikit-learn and PyTorch do. ``shape``
+    names the expected 2-D shape in errors (default ``(n_samples, n_features)``).
     """
     if isinstance(data, torch.Tensor):
         kind = OutputKind(True, data.device)
@@ -114,13 +117,19 @@ def as_tensor(
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(array)
     if tensor.ndim != ndim:
-        shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
+        hint = tensor.ndim == 1 and ndim == 2 and shape is None
+        if shape is None:
+            shape = "(n_samples, n_features)" if ndim == 2 else "(batch, n_samples, n_features)"
+        if tensor.ndim == 0:
+            raise ValueError(
+                f"Expected {name} to be {ndim}-D of shape {shape}, got a scalar ({data!r})."
+            )
         raise ValueError(
             f"Expected {name} to be {ndim}-D of shape {shape}, got shape {tuple(tensor.shape)}."
             + (
                 " Reshape your data with X.reshape(-1, 1) (one feature) or "
                 "X.reshape(1, -1) (one sample)."
-                if tensor.ndim == 1 and ndim == 2
+                if hint
                 else ""
             )
         )
@@ -155,14 +164,25 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
             f"Expected {name} to be a dense array or tensor, got a sparse matrix "
             f"({type(data).__name__}); convert it with {name}.toarray()."
         )
+    if data is None:
+        raise TypeError(
+            f"Expected {name} to be an array-like or tensor of shape (n_samples, n_features), "
+            "got None."
+        )
     if hasattr(data, "to_numpy") and not isinstance(data, np.ndarray):
         data = data.to_numpy()
-    array = np.asarray(data)
+    try:
+        array = np.asarray(data)
+    except ValueError as exc:
+        raise ValueError(
+            f"Expected {name} to be a rectangular array-like of numbers (rows of equal "
+            f"length), got one numpy cannot convert: {exc}"
+        ) from exc
     if array.dtype.kind == "c":
         raise ValueError(f"Complex data not supported; {name} has dtype {array.dtype}.")
     if array.dtype.kind == "O":
         try:
-            array = array.astype(np.float64)
+            array = _object_to_float(array)
         except (TypeError, ValueError) as exc:
             raise type(exc)(
                 f"Expected {name} to hold numbers, got an object array that could not "
@@ -174,7 +194,28 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
         raise ValueError(f"Expected {name} to hold numbers, got an array of dtype {array.dtype}.")
     if array.dtype == np.float16 or array.dtype.itemsize > 8:
         array = array.astype(np.float32 if array.dtype == np.float16 else np.float64)
-    return np.ascontiguousarray(array)
+    # ascontiguousarray makes a 0-d array 1-D: a scalar would then be
+    # reported as shape (1,) instead of as a scalar.
+    return array if array.ndim == 0 else np.ascontiguousarray(array)
+
+
+def _object_to_float(array: np.ndarray) -> np.ndarray:
+    """An object array as float64, pandas' missing values (``pd.NA``) as NaN.
+
+    ``pd.NA`` refuses ``float()``; a column holding it should get the same
+    "contains NaN" error as one holding NaN. pandas is only consulted when the
+    plain conversion fails and pandas is already loaded (its data came in).
+    """
+    try:
+        return array.astype(np.float64)
+    except TypeError:
+        pandas = sys.modules.get("pandas")
+        if pandas is None:
+            raise
+        missing = pandas.isna(array)
+        if not missing.any():
+            raise
+        return np.where(missing, np.nan, array).astype(np.float64)
 
 
 def check_n_clusters(n_clusters: Any) -> int:
@@ -232,13 +273,24 @@ def check_sample_weight(
                 f"Expected sample_weight to be of shape ({n_samples},), "
                 f"got shape {tuple(weights.shape)}."
             )
+    check_weight_values(weights)
+    return weights
+
+
+def check_weight_values(weights: torch.Tensor, *, positive_sum: bool = True) -> None:
+    """Check weights ``(n,)`` or ``(b, n)``: finite, non-negative, a positive sum per problem."""
     if not all_finite(weights):
         raise ValueError("Input sample_weight contains NaN or infinity.")
     if bool((weights < 0).any()):
         raise ValueError("Expected sample_weight to be non-negative, got negative values.")
-    if not bool((weights > 0).any()):
-        raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
-    return weights
+    if positive_sum and not bool((weights > 0).any(-1).all()):
+        if weights.ndim == 1:
+            raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
+        problem = int((~(weights > 0).any(-1)).nonzero()[0, 0])
+        raise ValueError(
+            "Expected sample_weight to have a positive sum for every problem, "
+            f"got all weights zero in problem {problem}."
+        )
 
 
 def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
@@ -252,8 +304,9 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     if random_state is None:
         seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
     elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state={random_state} should be >= 0.")
+        if not 0 <= random_state < 2**64:
+            # torch seeds are unsigned 64-bit integers.
+            raise ValueError(f"random_state={random_state} should be >= 0 and < 2**64.")
         seed = int(random_state)
     elif isinstance(random_state, np.random.RandomState):
         seed = int(random_state.randint(np.iinfo(np.int32).max))
@@ -302,3 +355,77 @@ def is_batch_stream(X: Any) -> bool:
     if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
         return False
     return hasattr(X, "__iter__")
+
+
+# ---------------------------------------------------------------- functional API
+# The functional layer takes tensors only: no conversion, only checks of what
+# was given. Each helper returns the tensor detached: clustering is not
+# differentiable, and the kernels write into buffers with out= and in-place
+# ops, which autograd refuses for tensors that require grad.
+
+
+def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
+    """``x`` ``(rows, d)`` or ``(b, rows, d)``: a floating tensor, returned detached."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"Expected {name} to be a floating-point tensor, got dtype {x.dtype}.")
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected {name} to be 2-D ({rows}, d) or 3-D (b, {rows}, d), "
+            f"got shape {tuple(x.shape)}."
+        )
+    return x.detach()
+
+
+def check_centroids(centroids: Any, x: torch.Tensor, name: str = "centroids") -> torch.Tensor:
+    """``centroids`` ``(k, d)`` or ``(b, k, d)`` for checked data ``x``, returned detached.
+
+    At least one centroid, ``x``'s number of features, and a batch size of 1
+    or that of ``x`` (a 2-D ``x`` is shared by any number of problems).
+    """
+    centroids = check_data(centroids, name, rows="k")
+    shape = tuple(centroids.shape)
+    if centroids.shape[-2] == 0:
+        raise ValueError(f"Expected {name} to hold at least one centroid, got shape {shape}.")
+    if centroids.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"Expected {name} to have {x.shape[-1]} features (as x), got shape {shape}."
+        )
+    bx = x.shape[0] if x.ndim == 3 else 1
+    if centroids.ndim == 3 and centroids.shape[0] not in (1, bx) and bx != 1:
+        raise ValueError(f"Expected {name} to have batch size 1 or {bx} (as x), got shape {shape}.")
+    return centroids
+
+
+def check_weight_tensor(
+    sample_weight: Any,
+    n_samples: int,
+    n_problems: int = 1,
+    *,
+    values: bool = True,
+    positive_sum: bool = True,
+) -> torch.Tensor | None:
+    """``sample_weight`` None, ``(n,)``, or ``(b, n)`` for b problems, returned detached.
+
+    ``values=False`` checks the shape only: the values cost a host
+    synchronisation, which a step inside a training loop should not pay.
+    ``positive_sum=False`` lets every weight be zero (seeding from a subsample).
+    """
+    if sample_weight is None:
+        return None
+    if not isinstance(sample_weight, torch.Tensor):
+        raise TypeError(
+            f"Expected sample_weight to be a torch.Tensor or None, "
+            f"got {type(sample_weight).__name__}."
+        )
+    shape = tuple(sample_weight.shape)
+    if shape not in ((n_samples,), (1, n_samples), (n_problems, n_samples)):
+        expected = f"({n_samples},)" + (
+            f" or ({n_problems}, {n_samples})" if n_problems > 1 else ""
+        )
+        raise ValueError(f"Expected sample_weight to be of shape {expected}, got shape {shape}.")
+    weights = sample_weight.detach()
+    if values:
+        check_weight_values(weights, positive_sum=positive_sum)
+    return weights

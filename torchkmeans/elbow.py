@@ -212,6 +212,8 @@ def _as_float_array(data: Any, name: str) -> np.ndarray:
 
 def _check_ks(k: Any, n_samples: int | None) -> tuple[int, ...]:
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        if k < 1:
+            raise ValueError(f"Expected k to be >= 1 (the sweep 1..k), got {k}.")
         ks: tuple[Any, ...] = tuple(range(1, int(k) + 1))
     elif isinstance(k, torch.Tensor):
         ks = tuple(k.tolist())
@@ -219,7 +221,9 @@ def _check_ks(k: Any, n_samples: int | None) -> tuple[int, ...]:
         ks = tuple(k)
     else:
         raise TypeError(f"Expected k to be an int or a sequence of ints, got {k!r}.")
-    if not ks or not all(
+    if not ks:
+        raise ValueError(f"Expected k to be a non-empty sequence of ints, got {k!r}.")
+    if not all(
         isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in ks
     ):
         raise TypeError(f"Expected k to be a non-empty sequence of ints, got {k!r}.")
@@ -460,8 +464,9 @@ def elbow(
     Raises
     ------
     ValueError
-        If ``k`` is not strictly increasing or exceeds the number of samples,
-        a score name is unknown, or any other argument is out of range.
+        If ``k`` is < 1, empty, not strictly increasing or exceeds the number
+        of samples, a score name is unknown, or any other argument is out of
+        range.
     TypeError
         If ``k`` or ``n_init`` is not made of ints.
 

@@ -12,7 +12,7 @@ from . import _validation as v
 from . import distributed
 from ._base import EstimatorProtocol
 from ._host import host_rows, should_stream
-from .exceptions import ConvergenceWarning
+from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import Collective
 from .functional.distances import Nearest, _nearest, compute_dtype, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
@@ -79,6 +79,10 @@ class KMeans(EstimatorProtocol):
     Attributes
     ----------
     cluster_centers_ : array or Tensor of shape (n_clusters, n_features)
+        Assigning finite values of this shape (as scikit-learn users do)
+        replaces the centres that ``predict``, ``transform`` and ``score``
+        use, converted to the fitted dtype and device (unit length for
+        ``metric="cosine"``); ``labels_`` and ``inertia_`` stay as fitted.
     labels_ : array or Tensor of shape (n_samples,)
     inertia_ : float
         Sum of (weighted) squared distances to the closest centre.
@@ -129,6 +133,47 @@ class KMeans(EstimatorProtocol):
         self.verbose = verbose
         self.memory_budget = memory_budget
         self.process_group = process_group
+
+    # The centres live in one place, ``_centers`` (a tensor on the fitted
+    # device and compute dtype); ``cluster_centers_`` shows them in the
+    # caller's kind, and assigning to it replaces them, so that predict,
+    # transform and score always use what the attribute shows.
+
+    @property
+    def cluster_centers_(self) -> Any:
+        """Cluster centres, ``(n_clusters, n_features)``, in the kind of the fitted data."""
+        centers = self.__dict__.get("_centers")
+        if centers is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute 'cluster_centers_'"
+            )
+        return self._kind.out(centers)
+
+    @cluster_centers_.setter
+    def cluster_centers_(self, centers: Any) -> None:
+        current = self.__dict__.get("_centers")
+        if current is None:
+            raise not_fitted_error(
+                f"This {type(self).__name__} instance is not fitted yet; call 'fit' before "
+                "assigning cluster_centers_."
+            )
+        tensor, _ = v.as_tensor(
+            centers,
+            "cluster_centers_",
+            device=current.device,
+            dtype=current.dtype,
+            shape="(n_clusters, n_features)",
+        )
+        if tensor.shape != current.shape:
+            raise ValueError(
+                f"Expected cluster_centers_ to be of shape {tuple(current.shape)}, "
+                f"got shape {tuple(tensor.shape)}."
+            )
+        # A copy: later changes to the caller's array must not move the centres.
+        tensor = tensor.clone()
+        if self.metric == "cosine":
+            tensor = torch.nn.functional.normalize(tensor, dim=-1)
+        self._centers = tensor
 
     def _check_params(self, n_samples: int | None) -> tuple[int, int, str]:
         n_clusters = v.check_n_clusters(self.n_clusters)
@@ -294,7 +339,6 @@ class KMeans(EstimatorProtocol):
     ) -> None:
         self._kind = kind
         self._centers = result.centroids
-        self.cluster_centers_ = kind.out(result.centroids)
         self.labels_ = kind.out(result.labels)
         self.inertia_ = float(result.inertia)
         self.n_iter_ = int(result.n_iter)

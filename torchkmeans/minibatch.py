@@ -175,6 +175,9 @@ class MiniBatchKMeans(KMeans):
     Attributes
     ----------
     cluster_centers_ : array or Tensor of shape (n_clusters, n_features)
+        Assignable, as in :class:`~torchkmeans.KMeans`: ``predict``,
+        ``transform``, ``score`` and the next ``partial_fit`` step use the
+        assigned centres (``counts_`` stay as they are).
     labels_ : array or Tensor of shape (n_samples,)
         With ``compute_labels``; after ``partial_fit`` or ``fit(iterable)``,
         the labels of the last batch.
@@ -302,7 +305,9 @@ class MiniBatchKMeans(KMeans):
         for name in list(vars(self)):
             fitted = name.endswith("_") and not name.startswith("__")
             if name not in params and (fitted or name in _PRIVATE_STATE):
-                delattr(self, name)
+                # From the instance's dict: ``cluster_centers_`` of an estimator
+                # pickled before it became a property sits there, under the property.
+                del self.__dict__[name]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
@@ -403,7 +408,6 @@ class MiniBatchKMeans(KMeans):
         # A generator's state, not the generator, so the estimator pickles.
         self._generator_state = generator.get_state()
         self._generator_device = centers.device
-        self.cluster_centers_ = kind.out(centers)
         self.counts_ = kind.out(counts)
 
     def _restore_generator(self) -> torch.Generator:

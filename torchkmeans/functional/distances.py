@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _validation as v
 from . import _native
 from .certify import _trust_factor, certify_nearest, squared_frame_norms
 
@@ -453,15 +454,19 @@ def nearest_centroids(
     are nearest to within the precision of the distances themselves, also for
     data far from the origin: rows whose label the rounding of the fast
     expansion could have decided are checked again in float64. Half-precision
-    input is computed, and its distances returned, in float32.
+    input is computed, and its distances returned, in float32. The search is
+    not differentiable: the inputs are detached and the distances carry no
+    gradient (use :func:`pairwise_distances` for a differentiable loss).
 
     Parameters
     ----------
     x : Tensor
-        ``(n, d)`` or ``(b, n, d)``. For ``metric="cosine"`` the rows should
-        already be unit vectors (see :func:`torch.nn.functional.normalize`).
+        ``(n, d)`` or ``(b, n, d)``, floating point. For ``metric="cosine"``
+        the rows should already be unit vectors (see
+        :func:`torch.nn.functional.normalize`).
     centroids : Tensor
-        ``(k, d)`` or ``(b, k, d)``, on the device of ``x``; converted to its dtype.
+        ``(k, d)`` or ``(b, k, d)`` with k >= 1, on ``x``'s device; converted
+        to ``x``'s dtype.
     metric : {"euclidean", "cosine"}
         Squared euclidean distance, or ``1 - cos`` on unit vectors.
     memory_budget : int, optional
@@ -471,6 +476,14 @@ def nearest_centroids(
     -------
     Nearest
         ``labels`` (int64) and ``distances``, ``(n,)`` or ``(b, n)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``centroids`` is not a floating-point tensor.
+    ValueError
+        If ``centroids`` is empty or does not match ``x`` in features or
+        batch size, or ``metric`` is unknown.
 
     Examples
     --------
@@ -482,6 +495,9 @@ def nearest_centroids(
     tensor([[0, 0, 1],
             [1, 1, 0]])
     """
+    x = v.check_data(x)
+    centroids = v.check_centroids(centroids, x)
+    # In x's (computed) dtype on every path (the native kernel converts them too).
     dtype = compute_dtype(x.dtype)
     x, centroids = x.to(dtype), centroids.to(dtype)
     labels, distances = _nearest(x, centroids, metric=metric, memory_budget=memory_budget)

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .. import _validation as v
 from .distances import block_rows, squared_norms
 
 __all__ = ["kmeans_plusplus", "random_init"]
@@ -147,6 +148,8 @@ def kmeans_plusplus(
     ``2 + int(log(k))``) sampled with probability proportional to
     ``sample_weight * D(x)``, where D is the distance to the nearest centre
     chosen so far; the candidate that lowers the potential most is kept.
+    Seeding is not differentiable: the inputs are detached and the centroids
+    carry no gradient.
 
     Parameters
     ----------
@@ -175,6 +178,16 @@ def kmeans_plusplus(
         ``(k, d)`` and ``(k,)`` for a single problem, else ``(b, k, d)`` and
         ``(b, k)``; ``centroids = x[indices]``.
 
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating-point tensor, or ``n_clusters``,
+        ``n_problems`` or ``n_local_trials`` is not an int.
+    ValueError
+        If ``x`` has fewer rows than ``n_clusters``, ``metric`` is unknown,
+        ``n_local_trials`` < 1, ``sample_weight`` or ``x_sq_norms`` do not
+        match ``x``, or the weights are negative, NaN or infinite.
+
     Examples
     --------
     >>> g = torch.Generator().manual_seed(0)
@@ -183,18 +196,28 @@ def kmeans_plusplus(
     >>> sorted(i // 2 for i in indices.tolist())  # one seed in each pair
     [0, 1]
     """
-    if x.ndim not in (2, 3):
-        raise ValueError(
-            f"Expected x to be 2-D (n, d) or 3-D (b, n, d), got shape {tuple(x.shape)}."
-        )
+    x = v.check_data(x)
+    k = v.check_n_clusters(n_clusters)
+    if n_problems is not None:
+        v.check_positive_int(n_problems, "n_problems")
+    euclidean = v.check_metric(metric) == "euclidean"
+    if n_local_trials is not None:
+        v.check_positive_int(n_local_trials, "n_local_trials")
     batched = x.ndim == 3 or n_problems is not None
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
     n = x3.shape[1]
-    k = int(n_clusters)
-    if not 1 <= k <= n:
+    if k > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
-    euclidean = metric == "euclidean"
+    # A subsample (MiniBatchKMeans' init_size rows) may hold only zero weights.
+    sample_weight = v.check_weight_tensor(sample_weight, n, b, positive_sum=False)
+    if x_sq_norms is not None:
+        if x_sq_norms.numel() != x.shape[:-1].numel():
+            raise ValueError(
+                f"Expected x_sq_norms to be of shape {tuple(x.shape[:-1])}, "
+                f"got shape {tuple(x_sq_norms.shape)}."
+            )
+        x_sq_norms = x_sq_norms.detach()
     x_sq = None
     if euclidean:
         x_sq = squared_norms(x3) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
@@ -255,6 +278,34 @@ def random_init(
 
     Uses exponential keys (Efraimidis-Spirakis): the k largest of
     ``log(u) / w`` are a weighted sample without replacement; no limit on n.
+    The inputs are detached: the centroids carry no gradient.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, d)``, or ``(b, n, d)`` for b independent data sets.
+    n_clusters : int
+        Number of rows k to draw.
+    n_problems : int, optional
+        Draw for this many independent problems on a shared 2-D ``x``.
+    sample_weight : Tensor, optional
+        ``(n,)`` or ``(b, n)`` non-negative weights.
+    generator : torch.Generator, optional
+        Source of randomness, on ``x``'s device.
+
+    Returns
+    -------
+    (centroids, indices)
+        As :func:`kmeans_plusplus`.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating-point tensor, or ``n_clusters`` or
+        ``n_problems`` is not an int.
+    ValueError
+        If ``x`` is not 2-D or 3-D, has fewer rows than ``n_clusters``, or
+        ``sample_weight`` does not match it or is negative, NaN or infinite.
 
     Examples
     --------
@@ -263,12 +314,18 @@ def random_init(
     >>> centroids.shape, len(set(indices.tolist()))
     (torch.Size([3, 2]), 3)
     """
+    x = v.check_data(x)
+    n_clusters = v.check_n_clusters(n_clusters)
+    if n_problems is not None:
+        v.check_positive_int(n_problems, "n_problems")
     batched = x.ndim == 3 or n_problems is not None
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
     n = x3.shape[1]
-    if not 1 <= n_clusters <= n:
+    if n_clusters > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    # A subsample (MiniBatchKMeans' init_size rows) may hold only zero weights.
+    sample_weight = v.check_weight_tensor(sample_weight, n, b, positive_sum=False)
     keys = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
     keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
     if sample_weight is not None:

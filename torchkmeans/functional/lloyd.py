@@ -13,10 +13,12 @@ cluster between full recomputations.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
+from .. import _validation as v
 from . import _native
 from .certify import certify_nearest
 from .distances import (
@@ -845,11 +847,15 @@ def _resolve_init(
         given = init(x, n_clusters, generator)
     else:
         given = init
-    given = torch.as_tensor(given).to(device=x3.device, dtype=x3.dtype)
+    given = torch.as_tensor(given).detach().to(device=x3.device, dtype=x3.dtype)
     expected = (n_clusters, x3.shape[-1])
-    if given.shape[-2:] != expected or given.ndim not in (2, 3):
+    if (
+        given.shape[-2:] != expected
+        or given.ndim not in (2, 3)
+        or (given.ndim == 3 and given.shape[0] not in (1, b))
+    ):
         raise ValueError(
-            f"Expected init to be of shape {expected} (or (batch, *{expected})), "
+            f"Expected init to be of shape {expected} or {(b, *expected)}, "
             f"got shape {tuple(given.shape)}."
         )
     if not bool(torch.isfinite(given).all()):
@@ -877,6 +883,8 @@ def lloyd(
     Stops when the labels no longer change, when the squared centroid shift
     is at most ``tol`` times the mean feature variance, or after ``max_iter``
     iterations, exactly as scikit-learn's ``KMeans(algorithm="lloyd")``.
+    Clustering is not differentiable: the inputs are detached and the results
+    carry no gradient.
 
     Parameters
     ----------
@@ -906,6 +914,17 @@ def lloyd(
     -------
     KMeansResult
 
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``centroids`` is not a floating-point tensor, or
+        ``max_iter`` or ``check_every`` is not an int.
+    ValueError
+        If the shapes of ``x``, ``centroids``, ``sample_weight`` or
+        ``cluster_mask`` do not match, if ``x``, ``centroids`` or
+        ``sample_weight`` hold NaN or infinity, if weights are negative, or
+        if ``max_iter``, ``tol`` or ``check_every`` are out of range.
+
     Examples
     --------
     >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]], dtype=torch.float64)
@@ -913,9 +932,25 @@ def lloyd(
     >>> result.centroids.flatten().tolist(), result.labels.tolist(), float(result.inertia)
     ([0.5, 10.5], [0, 0, 1, 1], 1.0)
     """
+    x = v.check_data(x)
+    centroids = v.check_centroids(centroids, x)
+    v.check_positive_int(max_iter, "max_iter")
+    v.check_nonnegative_float(tol, "tol")
+    if check_every is not None:
+        v.check_positive_int(check_every, "check_every")
+    b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
+    k = centroids.shape[-2]
+    sample_weight = v.check_weight_tensor(sample_weight, x.shape[-2], b)
+    if cluster_mask is not None and tuple(cluster_mask.shape) not in ((k,), (1, k), (b, k)):
+        raise ValueError(
+            f"Expected cluster_mask to be of shape ({b}, {k}) or ({k},), "
+            f"got shape {tuple(cluster_mask.shape)}."
+        )
+    if not v.all_finite(centroids):
+        raise ValueError("Input centroids contains NaN or infinity; expected finite values.")
     prep = prepare(x, sample_weight=sample_weight, metric=metric)
+    _check_finite_data(prep, x)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
-    b = max(c3.shape[0], prep.x.shape[0])
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
     active = None
     if cluster_mask is not None:
@@ -934,6 +969,19 @@ def lloyd(
     return _finish(result, prep, x, batched=x.ndim == 3 or centroids.ndim == 3, active=active)
 
 
+def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
+    """Refuse NaN or infinity in ``x``, reading ``x`` again only when in doubt.
+
+    The mean feature variance of :func:`prepare` sums every element of the
+    prepared ``x``: NaN or infinity anywhere makes it non-finite. Only then
+    (overflow of large finite values can do it too) is ``x`` checked element by
+    element. One sum read as a Python float: a quarter of the cost of
+    ``isfinite(...).all()``, which small fits would notice.
+    """
+    if not math.isfinite(float(prep.mean_variance.sum())) and not v.all_finite(x):
+        raise ValueError("Input x contains NaN or infinity; expected finite values.")
+
+
 def _finish(
     result: KMeansResult,
     prep: Prepared,
@@ -948,6 +996,12 @@ def _finish(
     itself, labels that rounding could have chosen wrongly are corrected
     (``certify``), and the inertia is the sum of those distances. Drops the
     batch dimension unless ``batched``.
+
+    The history is NaN from each problem's own ``n_iter`` on: a batch keeps
+    iterating (and recording) until its last problem stops, and masking once
+    here costs no host synchronisation inside the loop. Off the CPU a single
+    problem too runs on to the next convergence check; on the CPU it stops at
+    once, and small fits skip the few ops of the mask.
     """
     out_dtype = compute_dtype(x.dtype)
     if prep.metric == "euclidean":
@@ -962,6 +1016,11 @@ def _finish(
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
+    history = result.inertia_history
+    if history.shape[0] > 1 or history.device.type != "cpu":
+        steps = torch.arange(history.shape[-1], device=history.device)
+        history = history.masked_fill(steps >= result.n_iter.unsqueeze(-1), float("nan"))
+        result = result._replace(inertia_history=history)
     if batched:
         return result
     return KMeansResult(*(field[0] for field in result))
@@ -998,17 +1057,21 @@ def kmeans(
     """K-Means clustering of a tensor: initialisation, restarts and Lloyd iterations.
 
     The ``n_init`` restarts run as one batch in the same kernels; the one
-    with the lowest inertia is returned.
+    with the lowest inertia is returned. Clustering is not differentiable:
+    the inputs are detached and the results carry no gradient.
 
     Parameters
     ----------
     x : Tensor
-        ``(n, d)``, or ``(b, n, d)`` for b independent problems.
+        ``(n, d)``, or ``(b, n, d)`` for b independent problems; floating point.
     n_clusters : int
         Number of clusters k.
     init : {"k-means++", "random"}, Tensor or callable
-        Seeding method; a tensor ``(k, d)`` (or ``(b, k, d)``) of initial
-        centroids; or ``init(x, n_clusters, generator)`` returning one.
+        Seeding method; a tensor ``(k, d)`` of initial centroids, or
+        ``(b, k, d)``: one set per problem of a 3-D ``x``, or for a 2-D ``x``
+        b starts run as restarts (the lowest inertia is kept); or
+        ``init(x, n_clusters, generator)`` returning ``(k, d)`` (or
+        ``(b, k, d)`` for a 3-D ``x``).
     n_init : int or "auto"
         Restarts; "auto" is 1 for k-means++ and given centroids, 10 for random.
     max_iter, tol, metric, memory_budget, check_every
@@ -1022,6 +1085,16 @@ def kmeans(
     -------
     KMeansResult
 
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating-point tensor, or ``n_clusters``,
+        ``max_iter`` or ``check_every`` is not an int.
+    ValueError
+        If ``x`` or ``sample_weight`` hold NaN or infinity, weights are
+        negative or of the wrong shape, ``x`` has fewer rows than
+        ``n_clusters``, or an argument is out of range.
+
     Examples
     --------
     >>> g = torch.Generator().manual_seed(0)
@@ -1032,22 +1105,26 @@ def kmeans(
     >>> float(result.inertia)
     1.0
     """
-    if x.ndim not in (2, 3):
-        raise ValueError(
-            f"Expected x to be 2-D (n, d) or 3-D (b, n, d), got shape {tuple(x.shape)}."
-        )
+    x = v.check_data(x)
     n = x.shape[-2]
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
-        raise ValueError(f"n_clusters={n_clusters!r} should be an int >= 1.")
+    n_clusters = v.check_n_clusters(n_clusters)
     if n < n_clusters:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
     if n_init == "auto":
         n_init = 10 if isinstance(init, str) and init == "random" else 1
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
+    v.check_positive_int(max_iter, "max_iter")
+    v.check_nonnegative_float(tol, "tol")
+    if check_every is not None:
+        v.check_positive_int(check_every, "check_every")
+    sample_weight = v.check_weight_tensor(sample_weight, n, x.shape[0] if x.ndim == 3 else 1)
     if not isinstance(init, str):
-        n_init = 1
+        # Given starts: one run, or for one data set, one restart per set of centroids.
+        shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
+        n_init = max(1, init.shape[0]) if shared_starts else 1
     prep = prepare(x, sample_weight=sample_weight, metric=metric)
+    _check_finite_data(prep, x)
 
     def run(n_problems: int) -> KMeansResult:
         start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _validation as v
 from .collective import LOCAL, Collective
 from .distances import compute_dtype, nearest_centroids
 from .updates import scatter_sums
@@ -48,7 +49,7 @@ def minibatch_step(
     below ``reassignment_ratio * max(weight_sums)`` (at most half the batch,
     the lightest first) jump to distinct random rows of the batch and get the
     smallest weight of the others, as scikit-learn does. The inputs are not
-    modified.
+    modified, and are detached: the results carry no gradient.
 
     Parameters
     ----------
@@ -61,7 +62,9 @@ def minibatch_step(
         ``(k,)`` or ``(b, k)``, accumulated weight per centroid (zeros at the
         first step).
     sample_weight : Tensor, optional
-        ``(n,)`` or ``(b, n)`` non-negative weights of the batch rows.
+        ``(n,)`` or ``(b, n)`` non-negative weights of the batch rows (only
+        their shape is checked: their values would cost a host
+        synchronisation every step).
     random_reassign : bool or Tensor, default=False
         Whether to reseed light centroids on this step; a bool tensor on the
         device decides without a host synchronisation (the reseeding is then
@@ -89,6 +92,16 @@ def minibatch_step(
         ``centroids``, ``weight_sums``, ``labels`` and the batch ``inertia``
         (computed before the update).
 
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``centroids`` is not a floating-point tensor, or
+        ``weight_sums`` or ``sample_weight`` is not a tensor.
+    ValueError
+        If the shapes of ``x``, ``centroids``, ``weight_sums`` and
+        ``sample_weight`` do not match, ``metric`` is unknown or
+        ``reassignment_ratio`` is negative.
+
     Examples
     --------
     >>> x = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0]])
@@ -104,6 +117,22 @@ def minibatch_step(
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
     if reassignment_ratio < 0:
         raise ValueError(f"reassignment_ratio={reassignment_ratio} should be >= 0.")
+    x = v.check_data(x)
+    centroids = v.check_centroids(centroids, x)
+    b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
+    k = centroids.shape[-2]
+    if not isinstance(weight_sums, torch.Tensor):
+        raise TypeError(
+            f"Expected weight_sums to be a torch.Tensor, got {type(weight_sums).__name__}."
+        )
+    if tuple(weight_sums.shape) not in ((k,), (1, k), (b, k)):
+        raise ValueError(
+            f"Expected weight_sums to be of shape ({k},)"
+            + (f" or ({b}, {k})" if b > 1 else "")
+            + f", got shape {tuple(weight_sums.shape)}."
+        )
+    weight_sums = weight_sums.detach()
+    sample_weight = v.check_weight_tensor(sample_weight, x.shape[-2], b, values=False)
     batched = x.ndim == 3 or centroids.ndim == 3
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)

@@ -763,7 +763,12 @@ def fit_passes(
     inertia = collective.all_sum(per_row.sum(-1))
     best = int(inertia.argmin()) if b > 1 else 0
     final = centroids[best] + stats.offset[0, 0] if metric == "euclidean" else centroids[best]
-    return KMeansResult(final, labels[best], inertia[best], n_iter[best], history[best])
+    # The batch recorded every restart until the last one stopped: NaN after
+    # the best run's own n_iter, as in kmeans.
+    history = history[best].masked_fill(
+        torch.arange(max_iter, device=device) >= n_iter[best], math.nan
+    )
+    return KMeansResult(final, labels[best], inertia[best], n_iter[best], history)
 
 
 def streamed_kmeans(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _validation as v
 from .distances import compute_dtype
 
 __all__ = [
@@ -252,6 +253,11 @@ def centroids_from_sums(
     For ``metric="cosine"`` the mean is renormalised to a unit vector
     (spherical k-means). Never produces NaN.
 
+    Raises
+    ------
+    ValueError
+        If ``metric`` is not "euclidean" or "cosine".
+
     Examples
     --------
     >>> sums = torch.tensor([[4.0, 2.0], [0.0, 0.0]])
@@ -260,6 +266,7 @@ def centroids_from_sums(
     tensor([[2., 1.],
             [7., 7.]])
     """
+    v.check_metric(metric)
     if counts.device.type == "cpu" and bool((counts > 0).all()):
         # Nothing to guard (a host check is free on the CPU): plain division.
         means = sums / counts.unsqueeze(-1)
