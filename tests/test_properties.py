@@ -343,9 +343,10 @@ def test_nearest_centroids_finds_the_first_nearest_centroid(n, d, k, b, seed):
         ):
             result = nearest_centroids(x, centroids, memory_budget=memory_budget)
             # The same rows, shifted by -offset, with their centring left to the blocks.
-            shifted, no_distances = distances_module._nearest(
+            shifted, no_distances = distances_module._nearest_unchecked(
                 x + offset,
                 centroids,
+                metric="euclidean",
                 offset=offset,
                 exact=False,
                 memory_budget=memory_budget,

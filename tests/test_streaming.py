@@ -285,3 +285,16 @@ def test_streamed_equals_in_memory_for_any_chunking(
     assert torch.equal(got.labels, expected.labels)
     torch.testing.assert_close(got.centroids, expected.centroids, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got.inertia, expected.inertia, rtol=1e-9, atol=1e-9)
+
+
+def test_streamed_fit_labels_are_nearest_on_heavy_tailed_data(tmp_path, small_chunks):
+    # Lognormal values in float32: most rows sit near 0, thousands of units
+    # from the data's mean, where the centred scores round the wrong way; the
+    # streamed fit reads those rows again and checks them as kmeans does.
+    X = np.random.RandomState(0).lognormal(0.0, 2.5, size=(4000, 1)).astype(np.float32)
+    init = X[np.random.RandomState(1).choice(4000, 50, replace=False)]
+    streamed = KMeans(50, init=init).fit(as_memmap(tmp_path, X))
+    table = ((X.astype(np.float64)[:, None] - streamed.cluster_centers_[None]) ** 2)[..., 0]
+    chosen = table[np.arange(len(X)), streamed.labels_]
+    assert np.all(chosen <= table.min(1) * (1 + 2e-6))
+    np.testing.assert_allclose(streamed.inertia_, table.min(1).sum(), rtol=1e-5)

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-__all__ = ["certify_nearest", "squared_frame_norms"]
+__all__ = ["certify_nearest", "check_rows", "squared_frame_norms", "trust_factor"]
 
 # The relative precision, of a row's distance, to which its label is trusted (see above).
 _TRUSTED_PRECISION = 2.0**-19
@@ -42,9 +42,11 @@ _TRUSTED_PRECISION = 2.0**-19
 _NORM_CHUNK_ROWS = 1 << 16
 # Bytes of the float64 score blocks of the rows scored again.
 _BLOCK_BYTES = 8 * 1024 * 1024
+# Bytes of a float64 copy of the rows checked at a time.
+_CHECK_BYTES = 4 * 1024 * 1024
 
 
-def _trust_factor(dtype: torch.dtype) -> float:
+def trust_factor(dtype: torch.dtype) -> float:
     """A label is trusted while ``|x|^2 <= factor * D`` (see the module docstring)."""
     rho = _TRUSTED_PRECISION / (torch.finfo(dtype).eps / 2)
     return (math.sqrt(rho) - 1.0) ** 2
@@ -60,6 +62,11 @@ def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.T
             part = part - offset
         out[:, start : start + _NORM_CHUNK_ROWS] = torch.linalg.vecdot(part, part)
     return out
+
+
+def check_rows(d: int) -> int:
+    """Rows of ``d`` features checked at a time: their float64 copies stay small."""
+    return max(1, _CHECK_BYTES // (8 * d))
 
 
 def _block_rows(k: int) -> int:
@@ -122,7 +129,7 @@ def _relabel(
         labels[start : start + rows] = chosen
         distances[start : start + rows] = exact
         if low_precision:
-            open_rows = torch.linalg.vecdot(xb, xb) > _trust_factor(wide) * exact
+            open_rows = torch.linalg.vecdot(xb, xb) > trust_factor(wide) * exact
             unsettled.append(open_rows.nonzero().squeeze(1).add_(start))
     if unsettled:
         again = torch.cat(unsettled)
@@ -174,12 +181,13 @@ def certify_nearest(
     b, k, d = centroids.shape
     if frame_squared_norms is None:
         frame_squared_norms = squared_frame_norms(x, None)
-    factor = _trust_factor(distances.dtype)
+    factor = trust_factor(distances.dtype)
     suspect = frame_squared_norms > distances * factor
     if not bool(suspect.any()):
         return 0
     checked = 0
     low_precision = _wide_dtype(x.device).itemsize > distances.dtype.itemsize
+    step = check_rows(d)
     for problem in range(b):
         rows = suspect[problem].nonzero().squeeze(1)
         if rows.numel() == 0:
@@ -187,24 +195,28 @@ def certify_nearest(
         checked += rows.numel()
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
-        x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, rows)
+        # Cheaper than scoring the rows again when they outnumber the centroids:
+        # Elkan's bound needs the centroids' distances to each other, k * k * d work.
+        half_gaps = None
         if rows.numel() > k:
-            # Cheaper than scoring the rows again: Elkan's bound needs the
-            # centroids' distances to each other, k * k * d work.
             half_gaps = _half_gaps_squared(problem_centroids, problem_active)
-            row_labels = labels[problem].index_select(0, rows)
-            wide = half_gaps.dtype
-            difference = x_rows.to(wide) - problem_centroids.to(wide).index_select(0, row_labels)
-            exact = torch.linalg.vecdot(difference, difference)
-            distances[problem].index_copy_(0, rows, exact.to(distances.dtype))
-            margin = 1.0 + (d + 2) * torch.finfo(wide).eps
-            open_rows = (exact * margin > half_gaps.index_select(0, row_labels)).nonzero()
-            rows, x_rows = rows[open_rows[:, 0]], x_rows[open_rows[:, 0]]
-            if rows.numel() == 0:
-                continue
-        new_labels, new_distances = _relabel(
-            x_rows, problem_centroids, problem_active, low_precision
-        )
-        labels[problem].index_copy_(0, rows, new_labels)
-        distances[problem].index_copy_(0, rows, new_distances.to(distances.dtype))
+        for start in range(0, rows.numel(), step):
+            part = rows[start : start + step]
+            x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, part)
+            if half_gaps is not None:
+                wide = half_gaps.dtype
+                row_labels = labels[problem].index_select(0, part)
+                difference = x_rows.to(wide) - problem_centroids.to(wide)[row_labels]
+                exact = torch.linalg.vecdot(difference, difference)
+                distances[problem].index_copy_(0, part, exact.to(distances.dtype))
+                margin = 1.0 + (d + 2) * torch.finfo(wide).eps
+                open_rows = (exact * margin > half_gaps[row_labels]).nonzero().squeeze(1)
+                if open_rows.numel() == 0:
+                    continue
+                part, x_rows = part[open_rows], x_rows[open_rows]
+            new_labels, new_distances = _relabel(
+                x_rows, problem_centroids, problem_active, low_precision
+            )
+            labels[problem].index_copy_(0, part, new_labels)
+            distances[problem].index_copy_(0, part, new_distances.to(distances.dtype))
     return checked

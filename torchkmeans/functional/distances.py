@@ -18,7 +18,7 @@ import torch
 
 from .. import _validation as v
 from . import _native
-from .certify import _trust_factor, certify_nearest, squared_frame_norms
+from .certify import certify_nearest, squared_frame_norms, trust_factor
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -799,7 +799,7 @@ def pairwise_distances(
     c_centred = c_wide - offset
     c_sq = torch.linalg.vecdot(c_centred, c_centred)
     c_norm = c_sq.sqrt()
-    factor = _trust_factor(wide)
+    factor = trust_factor(wide)
     out = torch.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
     for start in range(0, n, rows):

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
+from .certify import certify_nearest, check_rows, trust_factor
 from .collective import LOCAL, Collective
 from .distances import block_rows, exact_distances, squared_norms
 from .init import _distances_to, kmeans_plusplus, random_init
@@ -550,10 +551,13 @@ def _lloyd_pass(
     totals: torch.Tensor | None,
     warm: bool,
     distances: torch.Tensor | None = None,
+    frame_norms: torch.Tensor | None = None,
 ) -> _Pass:
     """One pass over the local rows: labels (in place), totals and the summed scores.
 
     ``warm``: the labels hold a previous assignment that warm-starts the search.
+    ``distances`` ``(b, n)`` and ``frame_norms`` ``(n,)`` receive each row's
+    exact distance to its centroid and its squared norm once centred.
     """
     b = centroids.shape[0]
     device = centroids.device
@@ -573,6 +577,8 @@ def _lloyd_pass(
             distances[:, start:stop] = exact_distances(
                 prep.x, centroids, chunk_labels, metric == "cosine"
             )
+        if frame_norms is not None and prep.x_sq is not None:
+            frame_norms[start:stop] = prep.x_sq[0]
     return _Pass(score_total, changed)
 
 
@@ -747,6 +753,7 @@ def fit_passes(
             break
     # Labels and exact inertia of the returned centroids.
     distances = torch.empty((b, n), dtype=dtype, device=device)
+    frame_norms = torch.empty(n, dtype=dtype, device=device) if metric == "euclidean" else None
     _lloyd_pass(
         source,
         stats,
@@ -757,12 +764,38 @@ def fit_passes(
         totals=None,
         warm=True,
         distances=distances,
+        frame_norms=frame_norms,
     )
     weights = source.weights
-    per_row = distances.to(acc) if weights is None else distances.to(acc) * weights.to(acc)
-    inertia = collective.all_sum(per_row.sum(-1))
+
+    def total(per_row: torch.Tensor) -> torch.Tensor:
+        per_row = per_row.to(acc) if weights is None else per_row.to(acc) * weights.to(acc)
+        return collective.all_sum(per_row.sum(-1))
+
+    inertia = total(distances)
     best = int(inertia.argmin()) if b > 1 else 0
     final = centroids[best] + stats.offset[0, 0] if metric == "euclidean" else centroids[best]
+    if frame_norms is not None:
+        # As kmeans does: the rows whose label rounding could have decided are
+        # read again and checked against the returned centroids (see certify).
+        suspect = frame_norms > distances[best] * trust_factor(dtype)
+        suspects = suspect.nonzero().squeeze(1)
+        step = check_rows(source.n_features)
+        for start in range(0, suspects.numel(), step):
+            rows = suspects[start : start + step]
+            row_labels = labels[best, rows].unsqueeze(0)
+            row_distances = distances[best, rows].unsqueeze(0)
+            certify_nearest(
+                source.take(rows).unsqueeze(0),
+                final.to(dtype).unsqueeze(0),
+                row_labels,
+                row_distances,
+                frame_squared_norms=frame_norms[rows].unsqueeze(0),
+            )
+            labels[best, rows] = row_labels[0]
+            distances[best, rows] = row_distances[0]
+        if collective.distributed or suspects.numel():
+            inertia[best] = total(distances[best])
     # The batch recorded every restart until the last one stopped: NaN after
     # the best run's own n_iter, as in kmeans.
     history = history[best].masked_fill(
