@@ -156,9 +156,14 @@ def test_certify_uses_elkan_bound_for_many_rows_and_keeps_inactive_centroids_out
     labels = torch.arange(2).repeat(300).unsqueeze(0)
     distances = ((x - centres[labels[0]]) ** 2).sum(-1).unsqueeze(0)
     active = torch.tensor([[True, True, False]])
-    checked = certify_nearest(x[None], centres[None], labels, distances, active=active)
-    assert checked == 600
+    assert certify_nearest(x[None], centres[None], labels, distances, active=active) == 0
     assert labels.tolist() == [[0, 1] * 300]
+    # Unmasked, the third centroid is within 0.1 of the first: the bound
+    # settles only the rows of the second, and the others are read again.
+    read = certify_nearest(x[None], centres[None], labels, distances)
+    assert read == 300
+    nearest = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert labels[0].tolist() == nearest.tolist()
 
 
 def test_half_precision_nearest_centroids_is_computed_in_float32():

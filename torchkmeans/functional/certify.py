@@ -37,7 +37,7 @@ import torch
 __all__ = ["certify_nearest", "check_rows", "squared_frame_norms", "trust_factor"]
 
 # The relative precision, of a row's distance, to which its label is trusted (see above).
-_TRUSTED_PRECISION = 2.0**-19
+_TRUSTED_PRECISION = 2.0**-17
 # Rows of squared norms taken at a time when they are not given.
 _NORM_CHUNK_ROWS = 1 << 16
 # Bytes of the float64 score blocks of the rows scored again.
@@ -145,6 +145,7 @@ def certify_nearest(
     distances: torch.Tensor,
     *,
     frame_squared_norms: torch.Tensor | None = None,
+    centred: bool = False,
     active: torch.Tensor | None = None,
 ) -> int:
     """Correct, in place, euclidean labels that rounding may have got wrong.
@@ -157,18 +158,21 @@ def certify_nearest(
         ``(b, k, d)``, as given.
     labels, distances : Tensor
         ``(b, n)``: the labels to check and each row's squared distance to its
-        labelled centroid (from differences, in the frame the labels were
-        scored in); rewritten for the rows checked again.
+        labelled centroid, from differences; rewritten for the rows scored
+        again, and for rows whose distance ``centred`` rows made imprecise.
     frame_squared_norms : Tensor, optional
         ``(bx, n)`` squared norms of the rows in the frame their scores were
         taken in (``x - offset`` for centred rows); default ``|x|^2``.
+    centred : bool
+        Whether ``distances`` were measured between centred rows and centroids
+        (each rounded once by the centring) rather than from ``x`` itself.
     active : Tensor, optional
         ``(b, k)`` bool; inactive centroids are never chosen.
 
     Returns
     -------
     int
-        How many rows were checked again (most calls: 0, after one comparison).
+        How many rows were read again (most calls: 0, after one comparison).
 
     Examples
     --------
@@ -181,42 +185,54 @@ def certify_nearest(
     b, k, d = centroids.shape
     if frame_squared_norms is None:
         frame_squared_norms = squared_frame_norms(x, None)
-    factor = trust_factor(distances.dtype)
-    suspect = frame_squared_norms > distances * factor
-    if not bool(suspect.any()):
-        return 0
-    checked = 0
-    low_precision = _wide_dtype(x.device).itemsize > distances.dtype.itemsize
+    dtype = distances.dtype
+    unit = torch.finfo(dtype).eps / 2
+    suspect = frame_squared_norms > distances * trust_factor(dtype)
+    read = 0
+    low_precision = _wide_dtype(x.device).itemsize > dtype.itemsize
     step = check_rows(d)
     for problem in range(b):
         rows = suspect[problem].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        checked += rows.numel()
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
-        # Cheaper than scoring the rows again when they outnumber the centroids:
-        # Elkan's bound needs the centroids' distances to each other, k * k * d work.
-        half_gaps = None
+        imprecise = rows[:0]
         if rows.numel() > k:
-            half_gaps = _half_gaps_squared(problem_centroids, problem_active)
-        for start in range(0, rows.numel(), step):
-            part = rows[start : start + step]
-            x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, part)
-            if half_gaps is not None:
-                wide = half_gaps.dtype
-                row_labels = labels[problem].index_select(0, part)
-                difference = x_rows.to(wide) - problem_centroids.to(wide)[row_labels]
-                exact = torch.linalg.vecdot(difference, difference)
-                distances[problem].index_copy_(0, part, exact.to(distances.dtype))
-                margin = 1.0 + (d + 2) * torch.finfo(wide).eps
-                open_rows = (exact * margin > half_gaps[row_labels]).nonzero().squeeze(1)
-                if open_rows.numel() == 0:
-                    continue
-                part, x_rows = part[open_rows], x_rows[open_rows]
-            new_labels, new_distances = _relabel(
-                x_rows, problem_centroids, problem_active, low_precision
-            )
-            labels[problem].index_copy_(0, part, new_labels)
-            distances[problem].index_copy_(0, part, new_distances.to(distances.dtype))
-    return checked
+            # Elkan's bound, on the distances as they are (no row read
+            # again): no other centroid is nearer than one within half the
+            # distance to its nearest neighbour, whatever the rounding.
+            half_gaps = _half_gaps_squared(problem_centroids, problem_active).to(dtype)
+            half_gaps *= 1 - 4 * unit  # rounded to dtype: never above the bound
+            root = distances[problem, rows].sqrt_()
+            upper = root * (1 + (d + 4) * unit)
+            if centred:
+                # Centring rounds a row and a centroid by at most u times their
+                # centred norms, |x'| and |c'| <= |x'| + sqrt(D): an error of
+                # the distance's root that grows with |x'| / sqrt(D).
+                norms = frame_squared_norms[problem if frame_squared_norms.shape[0] > 1 else 0]
+                root_error = norms[rows].sqrt_().add_(root).mul_(2 * unit)
+                upper += root_error
+            settled = upper.square_() <= half_gaps[labels[problem, rows]]
+            if centred:
+                # Settled, but their distance may be off by more than the
+                # precision trusted: measured again from x.
+                imprecise = rows[settled & (root_error > root * _TRUSTED_PRECISION)]
+            rows = rows[~settled]
+        for part_rows, relabel in ((rows, True), (imprecise, False)):
+            read += part_rows.numel()
+            for start in range(0, part_rows.numel(), step):
+                part = part_rows[start : start + step]
+                x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, part)
+                if relabel:
+                    new_labels, new_distances = _relabel(
+                        x_rows, problem_centroids, problem_active, low_precision
+                    )
+                    labels[problem].index_copy_(0, part, new_labels)
+                else:
+                    wide = _wide_dtype(x.device)
+                    chosen = problem_centroids.to(wide)[labels[problem, part]]
+                    difference = x_rows.to(wide) - chosen
+                    new_distances = torch.linalg.vecdot(difference, difference)
+                distances[problem].index_copy_(0, part, new_distances.to(dtype))
+    return read

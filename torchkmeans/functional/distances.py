@@ -550,23 +550,35 @@ def _nearest(
         )
     x3, c3, _ = _as_batched(x, centroids)
     offset = c3.mean((0, 1))
-    labels, distances = _nearest_unchecked(
-        x,
-        centroids - offset,
-        metric=metric,
-        memory_budget=memory_budget,
-        offset=offset,
-        exact=True,
-    )
-    assert distances is not None
+    centred = centroids - offset
     n = x3.shape[1]
+    minima = None
+    if x.device.type == "cpu" and x3.shape[0] == 1 and c3.shape[0] == 1:
+        if _native.prefers_native(x3[0], c3.shape[1], within_lloyd=False):
+            minima = torch.empty(n, dtype=x.dtype)
+    if minima is not None:
+        labels, distances = _nearest_native(
+            x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
+        )
+        if x.ndim == 3 or centroids.ndim == 3:
+            labels, distances = labels[None], distances[None]
+        # Scores are |c'|^2 - 2 x'.c': the squared norm of a centred row is its
+        # distance less its score, without another pass over x.
+        norms = minima.neg_().add_(distances.reshape(n)).clamp_min_(0.0).view(1, n)
+    else:
+        labels, distances = _nearest_unchecked(
+            x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=True
+        )
+        norms = squared_frame_norms(x3, offset) if n else None
+    assert distances is not None
     if n:
         certify_nearest(
             x3,
             c3,
             labels.view(-1, n),
             distances.view(-1, n),
-            frame_squared_norms=squared_frame_norms(x3, offset),
+            frame_squared_norms=norms,
+            centred=True,
         )
     return labels, distances if exact else None
 
@@ -669,9 +681,11 @@ def _nearest_native(
     euclidean: bool,
     offset: torch.Tensor | None,
     exact: bool,
+    minima: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nearest` of one CPU problem through the fused kernel (see
-    ``_native``): labels and distances in one pass over ``x`` ``(n, d)``."""
+    ``_native``): labels and distances in one pass over ``x`` ``(n, d)``,
+    and each row's lowest score into ``minima`` when given."""
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64)
     distances = torch.empty(n, dtype=x.dtype) if exact else None
@@ -682,6 +696,7 @@ def _nearest_native(
         cosine=not euclidean,
         offset=None if offset is None else offset.reshape(-1),
         distances=distances,
+        minima=minima,
     )
     return labels, distances
 

@@ -791,6 +791,7 @@ def fit_passes(
                 row_labels,
                 row_distances,
                 frame_squared_norms=frame_norms[rows].unsqueeze(0),
+                centred=True,
             )
             labels[best, rows] = row_labels[0]
             distances[best, rows] = row_distances[0]
