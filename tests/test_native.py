@@ -114,6 +114,50 @@ def test_kernel_matches_pytorch(
     assert changed == int((labels != previous).sum())
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 200),
+    d=st.integers(1, 16),
+    k=st.integers(1, 40),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 3]),
+    shift=st.sampled_from([0.0, 1e4]),
+    seed=st.integers(0, 2**31),
+)
+def test_differences_score_exact_distances_wherever_the_rows_lie(
+    n, d, k, dtype, threads, shift, seed
+):
+    """The column layout scoring from differences: the lowest scores are the
+    distances (to their rounding), their sum is returned, and labels are a
+    nearest centroid also 1e4 from the origin, where the expansion is not."""
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, d, generator=generator, dtype=torch.float64) + shift).to(dtype)
+    centroids = (torch.randn(k, d, generator=generator, dtype=torch.float64) + shift).to(dtype)
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    minima = torch.empty(n, dtype=dtype)
+    distances = torch.empty(n, dtype=dtype)
+    total, _ = _native.nearest(
+        x,
+        centroids,
+        labels,
+        minima=minima,
+        distances=distances,
+        columns=True,
+        differences=True,
+        threads=threads,
+    )
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    best = table.min(1).values if n else torch.zeros(0, dtype=torch.float64)
+    rtol = 4 * (d + 2) * torch.finfo(dtype).eps
+    chosen = table.gather(1, labels[:, None]).squeeze(1) if n else best
+    assert (chosen <= best * (1 + rtol)).all()
+    torch.testing.assert_close(distances.double(), chosen, rtol=rtol, atol=0)
+    assert torch.equal(minima, distances)
+    assert total == pytest.approx(float(minima.double().sum()), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="differences only"):
+        _native.nearest(x, centroids, labels, columns=False, differences=True)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("d,k", [(3, 40), (300, 200)])

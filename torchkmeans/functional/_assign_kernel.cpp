@@ -339,7 +339,10 @@ inline bool gather<double>(const double* x, int64_t ldx, int64_t w, Vec<double>:
 // m <= kGroups * L rows transposed into xt, then every centroid's score is w
 // multiply-adds with its weights broadcast, and the running minimum is kept
 // per lane. W > 0 fixes the width at compile time (unrolled, in registers).
-template <typename T, int W>
+// Differences: aug holds the centroids themselves (bias unused) and the
+// score is the squared distance summed from differences, exact to the
+// rounding of w terms wherever the rows lie (one more op per term).
+template <typename T, int W, bool Differences>
 inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T* aug,
                          const T* bias, int64_t k, typename Vec<T>::type* xt, T* best,
                          int64_t* label) {
@@ -367,9 +370,17 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
         const T* a = aug + c * w;
         V acc[kGroups];
         for (int g = 0; g < kGroups; ++g) acc[g] = V{};
-        for (int64_t j = 0; j < w; ++j)
-            for (int g = 0; g < kGroups; ++g) acc[g] += xt[j * kGroups + g] * a[j];
-        for (int g = 0; g < kGroups; ++g) acc[g] += bias[c];
+        if (Differences) {
+            for (int64_t j = 0; j < w; ++j)
+                for (int g = 0; g < kGroups; ++g) {
+                    const V difference = xt[j * kGroups + g] - a[j];
+                    acc[g] += difference * difference;
+                }
+        } else {
+            for (int64_t j = 0; j < w; ++j)
+                for (int g = 0; g < kGroups; ++g) acc[g] += xt[j * kGroups + g] * a[j];
+            for (int g = 0; g < kGroups; ++g) acc[g] += bias[c];
+        }
         const I index = I{} + static_cast<typename Vec<T>::lane>(c);
         for (int g = 0; g < kGroups; ++g) {
             const auto lt = acc[g] < vmin[g];
@@ -502,10 +513,15 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         }
         T* best = minima ? minima + start : local.data();
         int64_t* label = labels + start;
-        if (columns) {
+        if (columns == 2) {
             with_width<kColumnWidths>(w, [&](auto width) {
-                column_group<T, decltype(width)::value>(rows, ld, m, w, scaled, bias, k, xt, best,
-                                                        label);
+                column_group<T, decltype(width)::value, true>(rows, ld, m, w, centroids, bias, k,
+                                                              xt, best, label);
+            });
+        } else if (columns) {
+            with_width<kColumnWidths>(w, [&](auto width) {
+                column_group<T, decltype(width)::value, false>(rows, ld, m, w, scaled, bias, k,
+                                                               xt, best, label);
             });
         } else {
             tiles<T>(rows, ld, m, w, scaled, bias, kp, chunk, best, label);
@@ -519,7 +535,9 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         } else {
             for (int r = 0; r < m; ++r) sums[r % kSums] += static_cast<double>(best[r]);
         }
-        if (distances) {
+        if (distances && columns == 2) {
+            for (int r = 0; r < m; ++r) distances[start + r] = best[r];
+        } else if (distances) {
             // Recomputed from differences for the chosen centroid only: the
             // score's expansion loses digits when a row sits on its centroid.
             for (int r = 0; r < m; ++r) {
@@ -632,7 +650,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 4; }
+int tk_abi_version() { return 5; }
 
 int tk_vector_bytes() { return kBytes; }
 
@@ -646,7 +664,9 @@ int tk_openmp() {
 }
 
 // x (n, d) rows at stride ldx; offset (d) or null; centroids (k, d); cosine:
-// 0 euclidean, 1 cosine; columns: 0 rows layout, 1 columns layout; threads:
+// 0 euclidean, 1 cosine; columns: 0 rows layout, 1 columns layout, 2 columns
+// layout scoring squared distances from differences (euclidean only; the
+// lowest scores are then the distances, and score_sum their sum); threads:
 // OpenMP threads to split the rows over (1: the calling thread); weights (n)
 // or null; previous (n) or null. Out: labels (n); minima (n) or null, the
 // lowest scores; distances (n) or null, each row's squared euclidean distance

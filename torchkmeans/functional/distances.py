@@ -549,13 +549,25 @@ def _nearest(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
     x3, c3, _ = _as_batched(x, centroids)
-    offset = c3.mean((0, 1))
-    centred = centroids - offset
-    n = x3.shape[1]
+    n, k = x3.shape[1], c3.shape[1]
     minima = None
     if x.device.type == "cpu" and x3.shape[0] == 1 and c3.shape[0] == 1:
-        if _native.prefers_native(x3[0], c3.shape[1], within_lloyd=False):
+        if _native.prefers_native(x3[0], k, within_lloyd=False):
+            if _native._columns(x3.shape[2], k):
+                # Narrow rows: the kernel scores distances from differences,
+                # exact wherever the rows lie, for little more than the
+                # expansion costs: nothing to centre or check.
+                labels = torch.empty(n, dtype=torch.int64)
+                distances = torch.empty(n, dtype=x.dtype)
+                _native.nearest(
+                    x3[0], c3[0].contiguous(), labels, distances=distances, differences=True
+                )
+                if x.ndim == 3 or centroids.ndim == 3:
+                    labels, distances = labels[None], distances[None]
+                return labels, distances if exact else None
             minima = torch.empty(n, dtype=x.dtype)
+    offset = c3.mean((0, 1))
+    centred = centroids - offset
     if minima is not None:
         labels, distances = _nearest_native(
             x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima

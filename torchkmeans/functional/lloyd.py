@@ -1008,10 +1008,18 @@ def _finish(
         centroids = (result.centroids + prep.offset).to(out_dtype)
         x3 = x if x.ndim == 3 else x.unsqueeze(0)
         labels = result.labels
-        distances = _distances_to_labelled(x3, centroids, labels)
-        certify_nearest(
-            x3, centroids, labels, distances, frame_squared_norms=prep.x_sq, active=active
-        )
+        if _narrow_native(x3, centroids, active):
+            # Narrow rows: relabelled from differences by the kernel, exact
+            # wherever the rows lie, in one pass: nothing to check.
+            distances = torch.empty(labels.shape, dtype=centroids.dtype)
+            _native.nearest(
+                x3[0], centroids[0], labels[0], distances=distances[0], differences=True
+            )
+        else:
+            distances = _distances_to_labelled(x3, centroids, labels)
+            certify_nearest(
+                x3, centroids, labels, distances, frame_squared_norms=prep.x_sq, active=active
+            )
         inertia = _weighted_total(distances, prep.weights)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
@@ -1024,6 +1032,17 @@ def _finish(
     if batched:
         return result
     return KMeansResult(*(field[0] for field in result))
+
+
+def _narrow_native(x: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None) -> bool:
+    """Whether one CPU problem ``x`` ``(1, n, d)`` with ``centroids`` ``(1, k, d)``
+    is labelled from differences by the fused kernel (see ``_native``)."""
+    if x.shape[0] != 1 or centroids.shape[0] != 1 or active is not None:
+        return False
+    if x.dtype != centroids.dtype or x.device.type != "cpu":
+        return False
+    k, d = centroids.shape[1], centroids.shape[2]
+    return _native._columns(d, k) and _native.prefers_native(x[0], k, within_lloyd=False)
 
 
 def _distances_to_labelled(
