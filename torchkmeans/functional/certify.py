@@ -13,19 +13,25 @@ clusters lie far from that mean (heavy tails, outliers, a far-away cluster).
 chosen wrongly and labels them again with more precise arithmetic. With
 ``D`` a row's exact distance to its labelled centre (from differences):
 
-* **Trusted** when ``|x| <= (sqrt(rho) - 1) sqrt(D)``. Any centre nearer
+* **Trusted** when ``|x| <= (sqrt(rho) - 1) sqrt(D)``, or ``D = 0``. Any centre nearer
   than the chosen one lies within ``|x| + sqrt(D)`` of the origin, as the
   chosen one does, so the scores that decided between them are wrong by a
-  few units of ``u (|x| + sqrt(D))^2 <= rho u D``: with ``rho u = 2^-19``
-  (``rho`` = 32 in float32, 2^34 in float64) a wrong label could only be
-  nearer by that small fraction of ``D``, the precision the distances
-  themselves have. Most rows of centred data pass.
+  few units of ``u (|x| + sqrt(D))^2 <= rho u D``: with ``rho u = 2^-17``
+  (``rho`` = 128 in float32, 2^36 in float64) a wrong label could only be
+  nearer by about that fraction of ``D``, near the precision float32
+  distances themselves have. Most rows of centred data pass.
 * **Certain** when ``D`` is at most a quarter of the squared distance from
   the labelled centre to the nearest other centre (Elkan's bound: by the
   triangle inequality no other centre can be nearer, whatever the rounding).
-  Points of well-separated clusters far from the origin pass.
+  Points of well-separated clusters far from the origin pass. It is taken
+  on the distances as given, with a margin for the centring's rounding;
+  rows whose distance that rounding makes imprecise are measured again
+  from ``x``.
 * The other rows are scored again in float64 (float32 data), and rows that
   float64 does not settle by the first rule from differences.
+
+Narrow rows (the fused kernel's column layout) skip all this: the kernel
+scores them from differences, exact wherever they lie (``distances``).
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ def _relabel(
         labels[start : start + rows] = chosen
         distances[start : start + rows] = exact
         if low_precision:
-            open_rows = torch.linalg.vecdot(xb, xb) > trust_factor(wide) * exact
+            open_rows = (torch.linalg.vecdot(xb, xb) > trust_factor(wide) * exact) & (exact > 0)
             unsettled.append(open_rows.nonzero().squeeze(1).add_(start))
     if unsettled:
         again = torch.cat(unsettled)
@@ -187,7 +193,8 @@ def certify_nearest(
         frame_squared_norms = squared_frame_norms(x, None)
     dtype = distances.dtype
     unit = torch.finfo(dtype).eps / 2
-    suspect = frame_squared_norms > distances * trust_factor(dtype)
+    # A row at distance 0 sits on its centroid: no other can be nearer.
+    suspect = (frame_squared_norms > distances * trust_factor(dtype)) & (distances > 0)
     read = 0
     low_precision = _wide_dtype(x.device).itemsize > dtype.itemsize
     step = check_rows(d)

@@ -778,7 +778,7 @@ def fit_passes(
     if frame_norms is not None:
         # As kmeans does: the rows whose label rounding could have decided are
         # read again and checked against the returned centroids (see certify).
-        suspect = frame_norms > distances[best] * trust_factor(dtype)
+        suspect = (frame_norms > distances[best] * trust_factor(dtype)) & (distances[best] > 0)
         suspects = suspect.nonzero().squeeze(1)
         step = check_rows(source.n_features)
         for start in range(0, suspects.numel(), step):
