@@ -40,7 +40,7 @@ import math
 
 import torch
 
-__all__ = ["certify_nearest", "check_rows", "squared_frame_norms", "trust_factor"]
+__all__ = ["certify_nearest", "check_rows", "squared_frame_norms", "suspects", "trust_factor"]
 
 # The relative precision, of a row's distance, to which its label is trusted (see above).
 _TRUSTED_PRECISION = 2.0**-17
@@ -56,6 +56,14 @@ def trust_factor(dtype: torch.dtype) -> float:
     """A label is trusted while ``|x|^2 <= factor * D`` (see the module docstring)."""
     rho = _TRUSTED_PRECISION / (torch.finfo(dtype).eps / 2)
     return (math.sqrt(rho) - 1.0) ** 2
+
+
+def suspects(frame_squared_norms: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """Rows whose label is not trusted (see the module docstring), as a bool
+    mask: ``frame_squared_norms`` of the rows, ``distances`` to their labels."""
+    # A row at distance 0 sits on its centroid: no other can be nearer.
+    trusted_up_to = distances * trust_factor(distances.dtype)
+    return (frame_squared_norms > trusted_up_to) & (distances > 0)
 
 
 def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
@@ -193,8 +201,7 @@ def certify_nearest(
         frame_squared_norms = squared_frame_norms(x, None)
     dtype = distances.dtype
     unit = torch.finfo(dtype).eps / 2
-    # A row at distance 0 sits on its centroid: no other can be nearer.
-    suspect = (frame_squared_norms > distances * trust_factor(dtype)) & (distances > 0)
+    suspect = suspects(frame_squared_norms, distances)
     read = 0
     low_precision = _wide_dtype(x.device).itemsize > dtype.itemsize
     step = check_rows(d)

@@ -35,6 +35,7 @@ __all__ = [
     "pairwise_distances",
     "row_min",
     "scored_by_columns",
+    "scored_by_differences",
     "squared_norms",
 ]
 
@@ -528,6 +529,19 @@ def scored_by_columns(k: int, d: int) -> bool:
     return k <= _COLUMN_SCORES_MAX_K and d <= _COLUMN_SCORES_MAX_D
 
 
+def scored_by_differences(x: torch.Tensor, k: int) -> bool:
+    """Whether rows ``x`` ``(n, d)`` labelled against k centroids take the fused
+    kernel's column layout scored from differences: narrow rows, where the
+    expansion's rounding would most often need checking (see ``certify``) and
+    differences cost little more. Their labels and distances are then exact
+    wherever the rows lie: nothing to centre or check."""
+    return (
+        x.device.type == "cpu"
+        and _native.prefers_native(x, k, within_lloyd=False)
+        and _native._columns(x.shape[1], k)
+    )
+
+
 def _nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -542,7 +556,8 @@ def _nearest(
     no copy of ``x``): the ``|x|^2 - 2 x.c + |c|^2`` expansion then keeps its
     precision for data far from the origin. Its labels are then checked
     against the rounding of the scores and corrected where it could have
-    chosen wrongly (see ``certify``).
+    chosen wrongly (see ``certify``). Narrow rows on the CPU are instead
+    scored from differences (:func:`scored_by_differences`).
     """
     if metric != "euclidean":
         return _nearest_unchecked(
@@ -550,25 +565,18 @@ def _nearest(
         )
     x3, c3, _ = _as_batched(x, centroids)
     n, k = x3.shape[1], c3.shape[1]
-    minima = None
-    if x.device.type == "cpu" and x3.shape[0] == 1 and c3.shape[0] == 1:
-        if _native.prefers_native(x3[0], k, within_lloyd=False):
-            if _native._columns(x3.shape[2], k):
-                # Narrow rows: the kernel scores distances from differences,
-                # exact wherever the rows lie, for little more than the
-                # expansion costs: nothing to centre or check.
-                labels = torch.empty(n, dtype=torch.int64)
-                distances = torch.empty(n, dtype=x.dtype)
-                _native.nearest(
-                    x3[0], c3[0].contiguous(), labels, distances=distances, differences=True
-                )
-                if x.ndim == 3 or centroids.ndim == 3:
-                    labels, distances = labels[None], distances[None]
-                return labels, distances if exact else None
-            minima = torch.empty(n, dtype=x.dtype)
+    one = x3.shape[0] == 1 and c3.shape[0] == 1
+    if one and scored_by_differences(x3[0], k):
+        labels = torch.empty(n, dtype=torch.int64)
+        distances = torch.empty(n, dtype=x.dtype)
+        _native.nearest(x3[0], c3[0].contiguous(), labels, distances=distances, differences=True)
+        if x.ndim == 3 or centroids.ndim == 3:
+            labels, distances = labels[None], distances[None]
+        return labels, distances if exact else None
     offset = c3.mean((0, 1))
     centred = centroids - offset
-    if minima is not None:
+    if one and x.device.type == "cpu" and _native.prefers_native(x3[0], k, within_lloyd=False):
+        minima = torch.empty(n, dtype=x.dtype)
         labels, distances = _nearest_native(
             x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
         )

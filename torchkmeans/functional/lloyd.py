@@ -32,6 +32,7 @@ from .distances import (
     exact_distances,
     row_min,
     scored_by_columns,
+    scored_by_differences,
     squared_norms,
 )
 from .init import kmeans_plusplus, random_init
@@ -369,14 +370,21 @@ def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> to
 def _point_distances(
     prep: Prepared, centroids: torch.Tensor, labels: torch.Tensor, rows: int
 ) -> torch.Tensor:
-    """Exact distance of every point to its labelled centroid, ``(b, n)``."""
-    x3 = prep.x
-    n = x3.shape[1]
-    out = torch.empty(labels.shape, dtype=x3.dtype, device=x3.device)
+    """Exact distance of every prepared point to its labelled centroid, ``(b, n)``."""
+    return _labelled_distances(prep.x, centroids, labels, rows, cosine=prep.x_sq is None)
+
+
+def _labelled_distances(
+    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, rows: int, cosine: bool
+) -> torch.Tensor:
+    """Distance of each row of ``x`` ``(bx, n, d)`` to its labelled centroid
+    ``(b, k, d)``, from differences in the centroids' dtype, ``rows`` at a time."""
+    n = x.shape[1]
+    out = torch.empty(labels.shape, dtype=centroids.dtype, device=centroids.device)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         out[:, start:stop] = exact_distances(
-            x3[:, start:stop], centroids, labels[:, start:stop], prep.x_sq is None
+            x[:, start:stop].to(centroids.dtype), centroids, labels[:, start:stop], cosine
         )
     return out
 
@@ -1008,7 +1016,12 @@ def _finish(
         centroids = (result.centroids + prep.offset).to(out_dtype)
         x3 = x if x.ndim == 3 else x.unsqueeze(0)
         labels = result.labels
-        if _narrow_native(x3, centroids, active):
+        if (
+            x3.shape[0] == centroids.shape[0] == 1
+            and active is None
+            and x3.dtype == centroids.dtype
+            and scored_by_differences(x3[0], centroids.shape[1])
+        ):
             # Narrow rows: relabelled from differences by the kernel, exact
             # wherever the rows lie, in one pass: nothing to check.
             distances = torch.empty(labels.shape, dtype=centroids.dtype)
@@ -1016,7 +1029,7 @@ def _finish(
                 x3[0], centroids[0], labels[0], distances=distances[0], differences=True
             )
         else:
-            distances = _distances_to_labelled(x3, centroids, labels)
+            distances = _labelled_distances(x3, centroids, labels, _EXACT_DISTANCE_ROWS, False)
             certify_nearest(
                 x3, centroids, labels, distances, frame_squared_norms=prep.x_sq, active=active
             )
@@ -1032,31 +1045,6 @@ def _finish(
     if batched:
         return result
     return KMeansResult(*(field[0] for field in result))
-
-
-def _narrow_native(x: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None) -> bool:
-    """Whether one CPU problem ``x`` ``(1, n, d)`` with ``centroids`` ``(1, k, d)``
-    is labelled from differences by the fused kernel (see ``_native``)."""
-    if x.shape[0] != 1 or centroids.shape[0] != 1 or active is not None:
-        return False
-    if x.dtype != centroids.dtype or x.device.type != "cpu":
-        return False
-    k, d = centroids.shape[1], centroids.shape[2]
-    return _native._columns(d, k) and _native.prefers_native(x[0], k, within_lloyd=False)
-
-
-def _distances_to_labelled(
-    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Squared distance of each row of ``x`` ``(bx, n, d)`` to its labelled
-    centroid ``(b, k, d)``, from differences in the centroids' dtype, ``(b, n)``."""
-    n = x.shape[1]
-    out = torch.empty(labels.shape, dtype=centroids.dtype, device=centroids.device)
-    for start in range(0, n, _EXACT_DISTANCE_ROWS):
-        stop = min(n, start + _EXACT_DISTANCE_ROWS)
-        rows = x[:, start:stop].to(centroids.dtype)
-        out[:, start:stop] = exact_distances(rows, centroids, labels[:, start:stop], False)
-    return out
 
 
 def kmeans(

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from .certify import certify_nearest, check_rows, trust_factor
+from .certify import certify_nearest, check_rows, suspects
 from .collective import LOCAL, Collective
 from .distances import block_rows, exact_distances, squared_norms
 from .init import _distances_to, kmeans_plusplus, random_init
@@ -778,11 +778,10 @@ def fit_passes(
     if frame_norms is not None:
         # As kmeans does: the rows whose label rounding could have decided are
         # read again and checked against the returned centroids (see certify).
-        suspect = (frame_norms > distances[best] * trust_factor(dtype)) & (distances[best] > 0)
-        suspects = suspect.nonzero().squeeze(1)
+        suspect_rows = suspects(frame_norms, distances[best]).nonzero().squeeze(1)
         step = check_rows(source.n_features)
-        for start in range(0, suspects.numel(), step):
-            rows = suspects[start : start + step]
+        for start in range(0, suspect_rows.numel(), step):
+            rows = suspect_rows[start : start + step]
             row_labels = labels[best, rows].unsqueeze(0)
             row_distances = distances[best, rows].unsqueeze(0)
             certify_nearest(
@@ -795,7 +794,7 @@ def fit_passes(
             )
             labels[best, rows] = row_labels[0]
             distances[best, rows] = row_distances[0]
-        if collective.distributed or suspects.numel():
+        if collective.distributed or suspect_rows.numel():
             inertia[best] = total(distances[best])
     # The batch recorded every restart until the last one stopped: NaN after
     # the best run's own n_iter, as in kmeans.
