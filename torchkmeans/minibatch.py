@@ -94,11 +94,16 @@ class _Source:
         return rows
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        index = index.sort().values
+        """Rows ``index``, in that order: a memmap is read in file order, then
+        put back in ``index``'s order, so streamed and in-memory fits are the same."""
         if not self.streamed:
             return self.x[index].to(self.compute)
-        rows = self.rows.take(index.cpu())
-        return self._checked(rows.to(device=self.device, dtype=self.compute))
+        in_file_order = index.cpu().sort()
+        rows = self.rows.take(in_file_order.values)
+        rows = self._checked(rows.to(device=self.device, dtype=self.compute))
+        out = torch.empty_like(rows)
+        out[in_file_order.indices.to(self.device)] = rows
+        return out
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         if not self.streamed:
@@ -492,8 +497,9 @@ class MiniBatchKMeans(KMeans):
 
         init_size = params["init_size"]
         valid = torch.randint(0, n, (init_size,), generator=generator, device=device)
+        valid = valid.sort().values
         x_valid = self._prepare(source.take(valid))
-        w_valid = None if weights is None else weights[valid.sort().values]
+        w_valid = None if weights is None else weights[valid]
         best, best_inertia = None, math.inf
         for _ in range(params["n_init"]):
             index = torch.randint(0, n, (init_size,), generator=generator, device=device)

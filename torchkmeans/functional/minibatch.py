@@ -173,10 +173,17 @@ def minibatch_step(
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
 
     deferred = isinstance(random_reassign, torch.Tensor)
+    to_reassign = None
     if (deferred or random_reassign) and reassignment_ratio > 0:
         to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
         if deferred:
             to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
+        elif to_reassign.is_cpu and not bool(to_reassign.any()):
+            # On the CPU a read costs nothing: when no centroid is light, skip
+            # the reseeding's twenty-odd ops (and its random draw, as
+            # scikit-learn does), most of a small step's time.
+            to_reassign = None
+    if to_reassign is not None:
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
         to_reassign &= rank < int(0.5 * n_total)

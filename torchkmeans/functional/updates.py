@@ -185,10 +185,19 @@ def scatter_sums(
     if dtype is None:
         dtype = compute_dtype(x.dtype)
     b, d = labels2.shape[0], x3.shape[-1]
-    totals = torch.zeros((b, n_clusters, d + 1), dtype=dtype, device=x.device)
     weights = None
     if sample_weight is not None:
         weights = sample_weight if sample_weight.ndim == 2 else sample_weight.unsqueeze(0)
+    if b == 1 and x3.shape[0] == 1 and x.is_cpu:
+        # One problem on the CPU (a mini-batch step): the rows as they are and
+        # a bincount, three ops where the ones column below takes eight.
+        rows, flat = x3[0].to(dtype), labels2[0]
+        w = None if weights is None else weights[0].to(dtype)
+        sums = torch.zeros((n_clusters, d), dtype=dtype)
+        add_rows(sums, flat, rows if w is None else rows * w.unsqueeze(-1))
+        counts = torch.bincount(flat, weights=w, minlength=n_clusters).to(dtype)
+        return (sums.unsqueeze(0), counts.unsqueeze(0)) if batched else (sums, counts)
+    totals = torch.zeros((b, n_clusters, d + 1), dtype=dtype, device=x.device)
     accumulate(totals, with_ones_column(x3, dtype), labels2, weights)
     sums, counts = totals[..., :d].contiguous(), totals[..., d].contiguous()
     return (sums, counts) if batched else (sums[0], counts[0])
