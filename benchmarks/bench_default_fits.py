@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_default_fits.py [--seeds 7] [--threads 2] [--only NAME ...]
+        [--minibatch]
 
 ``bench_kmeans.py`` measures the issue's embedding shapes in depth; this script
 checks the general case: real data sets shipped with scikit-learn (no download)
@@ -14,7 +15,10 @@ of torchkmeans over scikit-learn's (t/sk, < 1 is faster), the same per Lloyd
 iteration (iteration counts depend on the seed), the mean inertia over
 scikit-learn's, the mean iterations, and the median time of ``predict(X)``
 with the same centres in both (7 calls each, taking turns) over
-scikit-learn's. A script, never a test: timings depend on the machine.
+scikit-learn's. ``--minibatch`` compares the default ``MiniBatchKMeans`` fits
+of both libraries instead (per step rather than per iteration; ``predict`` is
+the same code as ``KMeans``'s and is not repeated). A script, never a test:
+timings depend on the machine.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import _threads
 
@@ -34,9 +38,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn import datasets  # noqa: E402
 from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
+from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from torchkmeans import KMeans  # noqa: E402
+from torchkmeans import KMeans, MiniBatchKMeans  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -80,18 +85,20 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 PREDICT_REPS = 7
 
 
-def fit_seconds(estimator: object, X: np.ndarray) -> tuple[float, float, int]:
+def fit_seconds(estimator: Any, X: np.ndarray) -> tuple[float, float, int]:
     started = time.perf_counter()
-    estimator.fit(X)  # type: ignore[attr-defined]
+    estimator.fit(X)
     seconds = time.perf_counter() - started
-    return seconds, float(estimator.inertia_), int(estimator.n_iter_)  # type: ignore[attr-defined]
+    steps = estimator.n_steps_ if hasattr(estimator, "n_steps_") else estimator.n_iter_
+    return seconds, float(estimator.inertia_), int(steps)
 
 
-def run_case(case: Case, seeds: int) -> str:
+def run_case(case: Case, seeds: int, minibatch: bool = False) -> str:
     X = np.ascontiguousarray(case.data())
+    ours, theirs = (MiniBatchKMeans, SkMiniBatchKMeans) if minibatch else (KMeans, SkKMeans)
     makers = {
-        "tk": lambda seed: KMeans(n_clusters=case.k, random_state=seed),
-        "sk": lambda seed: SkKMeans(n_clusters=case.k, random_state=seed),
+        "tk": lambda seed: ours(n_clusters=case.k, random_state=seed),
+        "sk": lambda seed: theirs(n_clusters=case.k, random_state=seed),
     }
     for make in makers.values():
         fit_seconds(make(0), X)  # warm-up: thread pools, lazy imports
@@ -106,6 +113,15 @@ def run_case(case: Case, seeds: int) -> str:
             inertia[name] += value
             n_iter[name] += iterations
     per_iter = (seconds["tk"] / n_iter["tk"]) / (seconds["sk"] / n_iter["sk"])
+    row = (
+        f"{case.name:<20} {X.shape[0]:>8} {X.shape[1]:>5} {case.k:>4} {X.dtype.name:>8} "
+        f"{seconds['tk'] / seconds['sk']:>6.2f} {per_iter:>9.2f} "
+        f"{1e3 * seconds['tk'] / seeds:>9.1f} {1e3 * seconds['sk'] / seeds:>9.1f} "
+        f"{inertia['tk'] / inertia['sk']:>9.4f} "
+        f"{n_iter['tk'] / seeds:>6.1f} {n_iter['sk'] / seeds:>6.1f}"
+    )
+    if minibatch:
+        return row
     # predict(X) with the same centres in both libraries, taking turns.
     fitted = {name: makers[name](0) for name in makers}
     fitted["tk"].fit(X)
@@ -118,13 +134,7 @@ def run_case(case: Case, seeds: int) -> str:
             fitted[name].predict(X)
             predict[name].append(time.perf_counter() - started)
     predict_ratio = statistics.median(predict["tk"]) / statistics.median(predict["sk"])
-    return (
-        f"{case.name:<20} {X.shape[0]:>8} {X.shape[1]:>5} {case.k:>4} {X.dtype.name:>8} "
-        f"{seconds['tk'] / seconds['sk']:>6.2f} {per_iter:>9.2f} "
-        f"{1e3 * seconds['tk'] / seeds:>9.1f} {1e3 * seconds['sk'] / seeds:>9.1f} "
-        f"{inertia['tk'] / inertia['sk']:>9.4f} "
-        f"{n_iter['tk'] / seeds:>6.1f} {n_iter['sk'] / seeds:>6.1f} {predict_ratio:>10.2f}"
-    )
+    return f"{row} {predict_ratio:>10.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,19 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=7, help="fits per library and case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=list(CASES_BY_NAME), help="run these cases")
+    parser.add_argument(
+        "--minibatch", action="store_true", help="MiniBatchKMeans of both libraries instead"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=args.threads)
     warnings.filterwarnings("ignore")  # convergence warnings of either library
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.seeds} seeds per case")
+    estimator = "MiniBatchKMeans" if args.minibatch else "KMeans"
     print(
-        f"{'case':<20} {'n':>8} {'d':>5} {'k':>4} {'dtype':>8} {'t/sk':>6} {'iter t/sk':>9} "
-        f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk it':>6} {'sk it':>6} "
-        f"{'predict/sk':>10}"
+        f"torch {torch.__version__}, {args.threads} threads, {args.seeds} seeds per case, "
+        f"default {estimator} fits"
+    )
+    unit = "step" if args.minibatch else "iter"
+    print(
+        f"{'case':<20} {'n':>8} {'d':>5} {'k':>4} {'dtype':>8} {'t/sk':>6} {unit + ' t/sk':>9} "
+        f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk ' + unit[:2]:>6} {'sk ' + unit[:2]:>6}"
+        + ("" if args.minibatch else f" {'predict/sk':>10}")
     )
     cases = [CASES_BY_NAME[name] for name in args.only] if args.only else list(CASES)
     for case in cases:
-        print(run_case(case, args.seeds), flush=True)
+        print(run_case(case, args.seeds, args.minibatch), flush=True)
     return 0
 
 
