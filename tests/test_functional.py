@@ -7,6 +7,8 @@ import pytest
 import reference
 import torch
 from conftest import blobs, tolerance
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torchkmeans.functional import (
     block_rows,
@@ -77,6 +79,36 @@ def test_scatter_sums_with_weights():
     )
     torch.testing.assert_close(sums, torch.tensor([[2.5, 3.0], [7.0, 10.0], [0.0, 0.0]]))
     torch.testing.assert_close(counts, torch.tensor([0.5, 3.0, 0.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    d=st.integers(1, 20),
+    k=st.integers(1, 12),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_scatter_sums_of_one_problem_match_the_batched_path_and_numpy(n, d, k, weighted, seed):
+    # One problem on the CPU takes its own path (index_add_ and bincount);
+    # the same problem twice in a batch takes the general one.
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, k, (n,), generator=g)
+    w = torch.rand(n, generator=g, dtype=torch.float64) if weighted else None
+    sums, counts = scatter_sums(x, labels, k, sample_weight=w)
+    batch_w = None if w is None else torch.stack([w, w])
+    batch_sums, batch_counts = scatter_sums(
+        torch.stack([x, x]), torch.stack([labels, labels]), k, sample_weight=batch_w
+    )
+    torch.testing.assert_close(sums, batch_sums[1])
+    torch.testing.assert_close(counts, batch_counts[1])
+    weights = np.ones(n) if w is None else w.numpy()
+    expected = np.zeros((k, d))
+    np.add.at(expected, labels.numpy(), x.numpy() * weights[:, None])
+    np.testing.assert_allclose(sums.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(counts.numpy(), np.bincount(labels.numpy(), weights, k), rtol=1e-12)
+    assert sums.dtype == counts.dtype == torch.float64
 
 
 def test_half_precision_sums_accumulate_in_float32():
