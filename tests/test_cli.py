@@ -76,6 +76,7 @@ def write_text(path: Path, X: np.ndarray, header: bool) -> Path:
 # Each writer saves X and returns the extra arguments needed to read it back.
 WRITERS = {
     "npy": lambda p, X: (np.save(p.with_suffix(".npy"), X), []),
+    "npy-big-endian": lambda p, X: (np.save(p.with_suffix(".npy"), X.astype(">f8")), []),
     "npz-single": lambda p, X: (np.savez(p.with_suffix(".npz"), data=X), []),
     "npz-key": lambda p, X: (np.savez(p.with_suffix(".npz"), y=X[:, 0], X=X), ["--key", "X"]),
     "pt-tensor": lambda p, X: (torch.save(torch.from_numpy(X), p.with_suffix(".pt")), []),
