@@ -365,6 +365,7 @@ def files(tmp_path: Path) -> Path:
     np.savez(tmp_path / "two.npz", a=X, b=X)
     torch.save({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, tmp_path / "two.pt")
     torch.save([torch.ones(3, 2)], tmp_path / "list.pt")
+    torch.save(torch.ones(3, 2, device="meta"), tmp_path / "meta.pt")
     (tmp_path / "data.txt").write_text("1 2\n3 4\n")
     (tmp_path / "words.csv").write_text("a,b\n1,2\n3,abc\n")
     (tmp_path / "mixed_first_row.csv").write_text("1.5,abc\n1,2\n")
@@ -420,6 +421,7 @@ ERRORS = [
     ("pt-needs-key", "fit two.pt -k 2", "holds 2 entries ('a', 'b'); choose one with --key"),
     ("centres-need-key", "predict ok.npy --centers two.npz", "choose one with --centers-key"),
     ("pt-list", "fit list.pt -k 1", "expected a tensor or a dict of tensors, got a list"),
+    ("pt-meta", "fit meta.pt -k 1", "expected a tensor holding data, got one on the meta"),
     ("key-on-npy", "fit ok.npy -k 2 --key a", "--key applies to .npz, .pt and .pth files"),
     ("garbage-pt", "fit garbage.pt -k 1", "not a readable PyTorch file"),
     ("garbage-npy", "fit garbage.npy -k 1", "refusing to load a file without a .npy header"),

@@ -772,6 +772,9 @@ def _load_torch(path: Path, where: str, key: str | None, key_option: str) -> tor
         )
     if loaded.layout != torch.strided:
         raise UsageError(f"{where}: expected a dense tensor, got layout {loaded.layout}.")
+    if loaded.is_meta:
+        # A shape without data (saved from a model built on the meta device).
+        raise UsageError(f"{where}: expected a tensor holding data, got one on the meta device.")
     return loaded
 
 
