@@ -9,7 +9,7 @@ import torch
 from .. import _validation as v
 from .collective import LOCAL, Collective
 from .distances import compute_dtype, nearest_centroids
-from .updates import scatter_sums
+from .updates import _scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
 
@@ -151,7 +151,7 @@ def minibatch_step(
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
 
-    sums, counts = scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
+    sums, counts = _scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
     n_total = n
     if collective.distributed:
         flat = torch.cat(
