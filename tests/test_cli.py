@@ -429,6 +429,21 @@ ERRORS = [
     ("batch-size-alone", "fit ok.npy -k 2 --batch-size 8", "--batch-size applies only with"),
     ("labels-dir", "fit ok.npy -k 2 --labels-out nodir/l.npy", "expected an existing directory"),
     ("labels-suffix", "fit ok.npy -k 2 --labels-out l.txt", "expected a file name ending in .npy"),
+    (
+        "labels-over-data",
+        "fit ok.npy -k 2 --labels-out ./ok.npy",
+        "--labels-out: expected a file other than DATA's, got",
+    ),
+    (
+        "labels-over-centres",
+        "fit ok.npy -k 2 --labels-out out.npy --centers-out out.npy",
+        "--centers-out: expected a file other than --labels-out's",
+    ),
+    (
+        "predict-labels-over-data",
+        "predict ok.npy --centers ok.npy --labels-out ok.npy",
+        "--labels-out: expected a file other than DATA's",
+    ),
     ("plot-suffix", "elbow ok.npy --k 1:3 --plot e.xyz", "--plot: expected a file name ending"),
     ("device-name", "fit ok.npy -k 2 --device gpu", "expected auto, cpu, cuda or cuda:N"),
     ("out-dir-is-file", "demo --out-dir a_file", "File exists"),
