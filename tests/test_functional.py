@@ -645,6 +645,25 @@ def test_functional_argument_errors(call, error, match):
         call()
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda budget: kmeans(_X, 3, memory_budget=budget),
+        lambda budget: lloyd(_X, _C, memory_budget=budget),
+        lambda budget: kmeans_plusplus(_X, 3, memory_budget=budget),
+        lambda budget: minibatch_step(_X, _C, torch.zeros(3), memory_budget=budget),
+        lambda budget: nearest_centroids(_X, _C, memory_budget=budget),
+    ],
+    ids=["kmeans", "lloyd", "kmeans_plusplus", "minibatch_step", "nearest_centroids"],
+)
+def test_functional_memory_budget_is_checked(call):
+    # As the estimators do: some paths never size a block, and took any value.
+    with pytest.raises(ValueError, match=r"memory_budget=-1 should be >= 1\."):
+        call(-1)
+    with pytest.raises(TypeError, match=r"Expected memory_budget to be an int, got '1MB'\."):
+        call("1MB")
+
+
 def test_kmeans_accepts_large_finite_values():
     """The NaN screen reads the mean variance first; one that overflows is
     checked element by element, so large finite data is not refused (its

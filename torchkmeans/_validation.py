@@ -239,6 +239,12 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_memory_budget(memory_budget: Any) -> None:
+    """Validate ``memory_budget``: None, or a number of bytes >= 1."""
+    if memory_budget is not None:
+        check_positive_int(memory_budget, "memory_budget")
+
+
 def check_nonnegative_float(value: Any, name: str) -> float:
     """Validate a real argument that must be >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

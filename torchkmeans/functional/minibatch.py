@@ -119,6 +119,7 @@ def minibatch_step(
         raise ValueError(f"reassignment_ratio={reassignment_ratio} should be >= 0.")
     x = v.check_data(x)
     centroids = v.check_centroids(centroids, x)
+    v.check_memory_budget(memory_budget)
     b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
     k = centroids.shape[-2]
     if not isinstance(weight_sums, torch.Tensor):
