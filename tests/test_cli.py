@@ -76,6 +76,7 @@ def write_text(path: Path, X: np.ndarray, header: bool) -> Path:
 # Each writer saves X and returns the extra arguments needed to read it back.
 WRITERS = {
     "npy": lambda p, X: (np.save(p.with_suffix(".npy"), X), []),
+    "npy-big-endian": lambda p, X: (np.save(p.with_suffix(".npy"), X.astype(">f8")), []),
     "npz-single": lambda p, X: (np.savez(p.with_suffix(".npz"), data=X), []),
     "npz-key": lambda p, X: (np.savez(p.with_suffix(".npz"), y=X[:, 0], X=X), ["--key", "X"]),
     "pt-tensor": lambda p, X: (torch.save(torch.from_numpy(X), p.with_suffix(".pt")), []),
@@ -364,6 +365,7 @@ def files(tmp_path: Path) -> Path:
     np.savez(tmp_path / "two.npz", a=X, b=X)
     torch.save({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, tmp_path / "two.pt")
     torch.save([torch.ones(3, 2)], tmp_path / "list.pt")
+    torch.save(torch.ones(3, 2, device="meta"), tmp_path / "meta.pt")
     (tmp_path / "data.txt").write_text("1 2\n3 4\n")
     (tmp_path / "words.csv").write_text("a,b\n1,2\n3,abc\n")
     (tmp_path / "mixed_first_row.csv").write_text("1.5,abc\n1,2\n")
@@ -419,6 +421,7 @@ ERRORS = [
     ("pt-needs-key", "fit two.pt -k 2", "holds 2 entries ('a', 'b'); choose one with --key"),
     ("centres-need-key", "predict ok.npy --centers two.npz", "choose one with --centers-key"),
     ("pt-list", "fit list.pt -k 1", "expected a tensor or a dict of tensors, got a list"),
+    ("pt-meta", "fit meta.pt -k 1", "expected a tensor holding data, got one on the meta"),
     ("key-on-npy", "fit ok.npy -k 2 --key a", "--key applies to .npz, .pt and .pth files"),
     ("garbage-pt", "fit garbage.pt -k 1", "not a readable PyTorch file"),
     ("garbage-npy", "fit garbage.npy -k 1", "refusing to load a file without a .npy header"),
@@ -426,6 +429,21 @@ ERRORS = [
     ("batch-size-alone", "fit ok.npy -k 2 --batch-size 8", "--batch-size applies only with"),
     ("labels-dir", "fit ok.npy -k 2 --labels-out nodir/l.npy", "expected an existing directory"),
     ("labels-suffix", "fit ok.npy -k 2 --labels-out l.txt", "expected a file name ending in .npy"),
+    (
+        "labels-over-data",
+        "fit ok.npy -k 2 --labels-out ./ok.npy",
+        "--labels-out: expected a file other than DATA's, got",
+    ),
+    (
+        "labels-over-centres",
+        "fit ok.npy -k 2 --labels-out out.npy --centers-out out.npy",
+        "--centers-out: expected a file other than --labels-out's",
+    ),
+    (
+        "predict-labels-over-data",
+        "predict ok.npy --centers ok.npy --labels-out ok.npy",
+        "--labels-out: expected a file other than DATA's",
+    ),
     ("plot-suffix", "elbow ok.npy --k 1:3 --plot e.xyz", "--plot: expected a file name ending"),
     ("device-name", "fit ok.npy -k 2 --device gpu", "expected auto, cpu, cuda or cuda:N"),
     ("out-dir-is-file", "demo --out-dir a_file", "File exists"),

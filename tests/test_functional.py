@@ -111,6 +111,22 @@ def test_scatter_sums_of_one_problem_match_the_batched_path_and_numpy(n, d, k, w
     assert sums.dtype == counts.dtype == torch.float64
 
 
+def test_batched_scatter_sums_equal_separate_problems_and_refuse_foreign_labels():
+    x = torch.arange(6.0).reshape(2, 3, 1)
+    labels = torch.tensor([[0, 1, 1], [1, 0, 0]])
+    sums, counts = scatter_sums(x, labels, 2)
+    for problem in range(2):
+        alone = scatter_sums(x[problem], labels[problem], 2)
+        torch.testing.assert_close(sums[problem], alone[0])
+        torch.testing.assert_close(counts[problem], alone[1])
+    # Flattened with an offset of k per problem, label -1 of the second
+    # problem was added into the first problem's last cluster, silently.
+    with pytest.raises(ValueError, match=r"Expected labels in \[0, n_clusters=2\), got values"):
+        scatter_sums(x, torch.tensor([[0, 0, 0], [-1, 0, 0]]), 2)
+    with pytest.raises(ValueError, match=r"from 0 to 2\."):
+        scatter_sums(x, torch.tensor([[0, 0, 2], [0, 0, 0]]), 2)
+
+
 def test_half_precision_sums_accumulate_in_float32():
     x = torch.full((4096, 1), 1.0, dtype=torch.float16)
     sums, counts = scatter_sums(x, torch.zeros(4096, dtype=torch.int64), 1)
@@ -547,6 +563,38 @@ def _with_inf() -> torch.Tensor:
             r"Expected sample_weight to be non-negative",
         ),
         (
+            lambda: scatter_sums(_X, torch.zeros(100, dtype=torch.int64), 2.5),
+            TypeError,
+            r"Expected n_clusters to be an int, got 2.5\.",
+        ),
+        (
+            lambda: scatter_sums(_X, torch.zeros(100), 2),
+            TypeError,
+            r"Expected labels to be an integer tensor, got torch.float32\.",
+        ),
+        (
+            lambda: scatter_sums(_X, torch.zeros(99, dtype=torch.int64), 2),
+            ValueError,
+            r"Expected labels to be of shape \(100,\) \(as x \(100, 4\)\), got shape \(99,\)\.",
+        ),
+        (
+            lambda: scatter_sums(_X.expand(2, 100, 4), torch.zeros(100, dtype=torch.int64), 2),
+            ValueError,
+            r"Expected labels to be of shape \(2, 100\) \(as x \(2, 100, 4\)\), got shape",
+        ),
+        (
+            lambda: scatter_sums(_X, torch.full((100,), 3), 2),
+            ValueError,
+            r"Expected labels in \[0, n_clusters=2\), got values from 3 to 3\.",
+        ),
+        (
+            lambda: scatter_sums(
+                _X, torch.zeros(100, dtype=torch.int64), 2, sample_weight=torch.ones(3)
+            ),
+            ValueError,
+            r"Expected sample_weight to be of shape \(100,\), got shape \(3,\)\.",
+        ),
+        (
             lambda: centroids_from_sums(
                 torch.ones(2, 2), torch.ones(2), torch.zeros(2, 2), metric="l1"
             ),
@@ -627,6 +675,25 @@ def _with_inf() -> torch.Tensor:
 def test_functional_argument_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda budget: kmeans(_X, 3, memory_budget=budget),
+        lambda budget: lloyd(_X, _C, memory_budget=budget),
+        lambda budget: kmeans_plusplus(_X, 3, memory_budget=budget),
+        lambda budget: minibatch_step(_X, _C, torch.zeros(3), memory_budget=budget),
+        lambda budget: nearest_centroids(_X, _C, memory_budget=budget),
+    ],
+    ids=["kmeans", "lloyd", "kmeans_plusplus", "minibatch_step", "nearest_centroids"],
+)
+def test_functional_memory_budget_is_checked(call):
+    # As the estimators do: some paths never size a block, and took any value.
+    with pytest.raises(ValueError, match=r"memory_budget=-1 should be >= 1\."):
+        call(-1)
+    with pytest.raises(TypeError, match=r"Expected memory_budget to be an int, got '1MB'\."):
+        call("1MB")
 
 
 def test_kmeans_accepts_large_finite_values():

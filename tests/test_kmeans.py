@@ -247,6 +247,22 @@ def test_read_only_memmap_input(tmp_path):
     np.testing.assert_array_equal(km.labels_, KMeans(n_clusters=3, random_state=0).fit(X).labels_)
 
 
+@pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
+def test_big_endian_input_is_read_like_native(tmp_path, memmap):
+    # FITS files and data written on big-endian machines load as ">f8": torch
+    # cannot wrap those bytes, so they must be converted, not refused.
+    X = blobs(n=300, d=3, k=3, seed=0)
+    big = X.astype(">f8")
+    if memmap:
+        np.save(tmp_path / "x.npy", big)
+        big = np.load(tmp_path / "x.npy", mmap_mode="r")
+    km = KMeans(n_clusters=3, random_state=0).fit(big)
+    ref = KMeans(n_clusters=3, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+    np.testing.assert_array_equal(km.predict(big), ref.labels_)
+    assert km.cluster_centers_.dtype == np.float64
+
+
 def test_device_auto_runs_where_cuda_is():
     km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"

@@ -158,7 +158,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
 
 def numeric_array(data: Any, name: str) -> np.ndarray:
-    """``data`` as a contiguous numpy array of float32/float64 (a view when it already is)."""
+    """``data`` as a contiguous native-endian float32/float64 numpy array (a view if it is one)."""
     if hasattr(data, "toarray") or type(data).__module__.startswith("scipy.sparse"):
         raise TypeError(
             f"Expected {name} to be a dense array or tensor, got a sparse matrix "
@@ -194,6 +194,9 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
         raise ValueError(f"Expected {name} to hold numbers, got an array of dtype {array.dtype}.")
     if array.dtype == np.float16 or array.dtype.itemsize > 8:
         array = array.astype(np.float32 if array.dtype == np.float16 else np.float64)
+    elif not array.dtype.isnative:
+        # Big-endian data (FITS files, other machines): torch cannot wrap those bytes.
+        array = array.astype(array.dtype.newbyteorder("="))
     # ascontiguousarray makes a 0-d array 1-D: a scalar would then be
     # reported as shape (1,) instead of as a scalar.
     return array if array.ndim == 0 else np.ascontiguousarray(array)
@@ -234,6 +237,12 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}={value} should be >= {minimum}.")
     return int(value)
+
+
+def check_memory_budget(memory_budget: Any) -> None:
+    """Validate ``memory_budget``: None, or a number of bytes >= 1."""
+    if memory_budget is not None:
+        check_positive_int(memory_budget, "memory_budget")
 
 
 def check_nonnegative_float(value: Any, name: str) -> float:

@@ -449,6 +449,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     device = _device(args.device)
     labels_out = _npy_output(args.labels_out, "--labels-out")
     centers_out = _npy_output(args.centers_out, "--centers-out")
+    _check_outputs({"DATA": args.data}, {"--labels-out": labels_out, "--centers-out": centers_out})
     if args.batch_size is not None and not args.minibatch:
         raise UsageError("--batch-size applies only with --minibatch.")
     data = _load(args.data, "DATA", key=args.key, mmap=args.minibatch, header=args.header)
@@ -519,6 +520,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     device = _device(args.device)
     labels_out = _npy_output(args.labels_out, "--labels-out")
+    _check_outputs({"DATA": args.data, "--centers": args.centers}, {"--labels-out": labels_out})
     centers_file = _load(
         args.centers, "--centers", key=args.centers_key, key_option="--centers-key"
     )
@@ -772,6 +774,9 @@ def _load_torch(path: Path, where: str, key: str | None, key_option: str) -> tor
         )
     if loaded.layout != torch.strided:
         raise UsageError(f"{where}: expected a dense tensor, got layout {loaded.layout}.")
+    if loaded.is_meta:
+        # A shape without data (saved from a model built on the meta device).
+        raise UsageError(f"{where}: expected a tensor holding data, got one on the meta device.")
     return loaded
 
 
@@ -898,6 +903,22 @@ def _npy_output(value: str | None, option: str) -> Path | None:
     if path.suffix.lower() != ".npy":
         raise UsageError(f"{option}: expected a file name ending in .npy, got {value!r}.")
     return _checked_parent(path, option)
+
+
+def _check_outputs(inputs: dict[str, str], outputs: dict[str, Path | None]) -> None:
+    """Refuse an output that names an input file or another output: one would overwrite it."""
+    taken: dict[Path, str] = {}
+    for option, name in inputs.items():
+        taken.setdefault(Path(name).expanduser().resolve(), option)
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if path in taken:
+            raise UsageError(
+                f"{option}: expected a file other than {taken[path]}'s, got {str(path)!r} "
+                "(it would be overwritten)."
+            )
+        taken[path] = option
 
 
 def _checked_parent(path: Path, option: str) -> Path:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .functional import kmeans, scatter_sums
+from .functional.updates import _scatter_sums
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
 
@@ -445,7 +446,7 @@ class VectorQuantizer(nn.Module):
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if self.training and not self._needs_init:
-            sums, counts = scatter_sums(flat, codes, self.num_codes)
+            sums, counts = _scatter_sums(flat, codes, self.num_codes)
             self._update(flat, sums, counts)
         else:
             counts = torch.zeros_like(self.last_counts).scatter_add_(

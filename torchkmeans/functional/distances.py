@@ -521,6 +521,7 @@ def nearest_centroids(
     """
     x = v.check_data(x)
     centroids = v.check_centroids(centroids, x)
+    v.check_memory_budget(memory_budget)
     # In x's (computed) dtype on every path (the native kernel converts them too).
     dtype = compute_dtype(x.dtype)
     x, centroids = x.to(dtype), centroids.to(dtype)

@@ -203,6 +203,7 @@ def kmeans_plusplus(
     euclidean = v.check_metric(metric) == "euclidean"
     if n_local_trials is not None:
         v.check_positive_int(n_local_trials, "n_local_trials")
+    v.check_memory_budget(memory_budget)
     batched = x.ndim == 3 or n_problems is not None
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)

@@ -954,6 +954,7 @@ def lloyd(
     x = v.check_data(x)
     centroids = v.check_centroids(centroids, x)
     v.check_positive_int(max_iter, "max_iter")
+    v.check_memory_budget(memory_budget)
     v.check_nonnegative_float(tol, "tol")
     if check_every is not None:
         v.check_positive_int(check_every, "check_every")
@@ -1136,6 +1137,7 @@ def kmeans(
     v.check_nonnegative_float(tol, "tol")
     if check_every is not None:
         v.check_positive_int(check_every, "check_every")
+    v.check_memory_budget(memory_budget)
     sample_weight = v.check_weight_tensor(sample_weight, n, x.shape[0] if x.ndim == 3 else 1)
     if not isinstance(init, str):
         # Given starts: one run, or for one data set, one restart per set of centroids.

@@ -9,7 +9,7 @@ import torch
 from .. import _validation as v
 from .collective import LOCAL, Collective
 from .distances import compute_dtype, nearest_centroids
-from .updates import scatter_sums
+from .updates import _scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
 
@@ -119,6 +119,7 @@ def minibatch_step(
         raise ValueError(f"reassignment_ratio={reassignment_ratio} should be >= 0.")
     x = v.check_data(x)
     centroids = v.check_centroids(centroids, x)
+    v.check_memory_budget(memory_budget)
     b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
     k = centroids.shape[-2]
     if not isinstance(weight_sums, torch.Tensor):
@@ -151,7 +152,7 @@ def minibatch_step(
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
 
-    sums, counts = scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
+    sums, counts = _scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
     n_total = n
     if collective.distributed:
         flat = torch.cat(

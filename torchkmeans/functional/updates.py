@@ -172,6 +172,17 @@ def scatter_sums(
     (sums, counts)
         ``(k, d)`` and ``(k,)``, or ``(b, k, d)`` and ``(b, k)``.
 
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating-point tensor, ``labels`` not an integer
+        tensor, or ``n_clusters`` not an int.
+    ValueError
+        If the shapes do not match, ``n_clusters`` < 1, or (for labels on the
+        CPU, where the check needs no device synchronisation) a label lies
+        outside ``[0, n_clusters)``: in a batch it would otherwise be added
+        silently into a neighbouring problem.
+
     Examples
     --------
     >>> x = torch.tensor([[0.0], [2.0], [10.0]])
@@ -179,6 +190,44 @@ def scatter_sums(
     (tensor([[ 2.],
             [10.]]), tensor([2., 1.]))
     """
+    x = v.check_data(x)
+    n_clusters = v.check_n_clusters(n_clusters)
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"Expected labels to be an integer tensor, got {got}.")
+    n = x.shape[-2]
+    bx = x.shape[0] if x.ndim == 3 else 1
+    # A 2-D x may be shared by any number of problems; a batch of data sets
+    # needs one row of labels per data set.
+    shared = bx == 1 and (labels.shape == (n,) or (labels.ndim == 2 and labels.shape[1] == n))
+    if labels.shape != (bx, n) and not shared:
+        expected = f"({n},)" if bx == 1 else f"({bx}, {n})"
+        raise ValueError(
+            f"Expected labels to be of shape {expected} (as x {tuple(x.shape)}), "
+            f"got shape {tuple(labels.shape)}."
+        )
+    if labels.device.type == "cpu" and labels.numel():
+        low, high = (int(bound) for bound in torch.aminmax(labels))
+        if low < 0 or high >= n_clusters:
+            raise ValueError(
+                f"Expected labels in [0, n_clusters={n_clusters}), got values from {low} to {high}."
+            )
+    labels = labels.detach().long()
+    sample_weight = v.check_weight_tensor(
+        sample_weight, n, labels.shape[0] if labels.ndim == 2 else 1, values=False
+    )
+    return _scatter_sums(x, labels, n_clusters, sample_weight=sample_weight, dtype=dtype)
+
+
+def _scatter_sums(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    n_clusters: int,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scatter_sums` on checked arguments: no host synchronisation (training loops)."""
     batched = x.ndim == 3 or labels.ndim == 2
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     labels2 = labels if labels.ndim == 2 else labels.unsqueeze(0)
