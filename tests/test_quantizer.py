@@ -595,3 +595,23 @@ def test_inputs_far_from_the_origin_get_their_nearest_code(offset):
     table = ((x.double()[:, None] - quantizer.codebook[0].double()[None]) ** 2).sum(-1)
     chosen = table.gather(1, codes[:, None]).squeeze(1)
     assert bool((chosen <= table.min(1).values * (1 + 1e-4) + 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inputs_in_groups_far_apart_get_their_nearest_code(seed):
+    # Two groups 1e4 apart, codes in both: centred on the codebook's mean the
+    # rows still lie 5e3 from the origin, where |c|^2 - 2 x.c rounds in steps
+    # larger than their distances to the codes: 13,583 of 20,000 codes were
+    # wrong before the codes were checked.
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(20_000, 2, generator=generator)
+    x[10_000:] += 1e4
+    quantizer = VectorQuantizer(16, 2)
+    for _ in range(4):
+        quantizer(x)
+    quantizer.eval()
+    codes = quantizer(x).codes
+    table = ((x.double()[:, None] - quantizer.codebook[0].double()[None]) ** 2).sum(-1)
+    chosen = table.gather(1, codes[:, None]).squeeze(1)
+    # float32 codes: distances agree to the rounding of the code's coordinates.
+    assert bool((chosen <= table.min(1).values + 1e-3).all())
