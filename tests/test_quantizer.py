@@ -169,17 +169,33 @@ def test_kmeans_init_is_per_head():
 def test_dead_codes_are_reseeded_from_the_batch():
     torch.manual_seed(0)
     vq = make(3, 2, [[0.0, 0.0], [1000.0, 1000.0], [1.0, 1.0]], [4.0, 1.0, 4.0])
-    vq.decay, vq.dead_code_threshold = 0.5, 0.9
+    vq.decay, vq.dead_code_threshold = 0.5, 0.2
     x = torch.randn(16, 2)
     vq(x)
-    # Code 1 received nothing: its EMA count 0.5 fell below 0.9.
+    # EMA counts: codes 0 and 2 hold 2 + 16/2 between them on top of 2 each,
+    # code 1 received nothing: 0.5, below 0.2 of the mean 12.5 / 3.
+    restart = 0.2 * 12.5 / 3
     reseeded = vq.codebook[0, 1]
     assert bool((x == reseeded).all(-1).any()), "code 1 should now be a vector of the batch"
-    assert float(vq.ema_counts[0, 1]) == pytest.approx(0.9)
-    torch.testing.assert_close(vq.ema_sums[0, 1], 0.9 * reseeded)
+    assert float(vq.ema_counts[0, 1]) == pytest.approx(restart)
+    torch.testing.assert_close(vq.ema_sums[0, 1], restart * reseeded)
     # The live codes kept their EMA statistics.
-    assert float(vq.ema_counts[0, 0]) > 0.9 and float(vq.ema_counts[0, 2]) > 0.9
+    assert float(vq.ema_counts[0, 0]) >= 2 and float(vq.ema_counts[0, 2]) >= 2
     assert float(vq.codebook[0, 0].abs().max()) < 2
+
+
+@pytest.mark.parametrize("per_code", [1, 100])
+def test_the_threshold_is_relative_to_the_mean_count(per_code):
+    # Batches of 3 or 300 vectors, statistics to scale: the same code is dead
+    # at both sizes (an absolute count would fit only one of them).
+    torch.manual_seed(0)
+    vq = make(4, 1, [[0.0], [10.0], [20.0], [1000.0]], [per_code] * 3 + [0.01 * per_code])
+    vq.decay, vq.dead_code_threshold = 0.5, 0.1
+    x = torch.tensor([0.0, 10.0, 20.0]).repeat_interleave(per_code).unsqueeze(-1)
+    vq(x)
+    # Codes 0-2 only moved by the Laplace smoothing; code 3 is a batch vector.
+    assert vq.codebook[0, :3].flatten().tolist() == pytest.approx([0.0, 10.0, 20.0], abs=1e-3)
+    assert float(vq.codebook[0, 3]) in (0.0, 10.0, 20.0)
 
 
 def test_without_threshold_a_dead_code_stays():
@@ -189,10 +205,12 @@ def test_without_threshold_a_dead_code_stays():
 
 
 def test_a_batch_smaller_than_the_codebook_reseeds_every_dead_code():
-    vq = make(6, 1, [[1000.0 + i] for i in range(6)], [0.0] * 6, dead_code_threshold=1.0)
+    # All three vectors go to code 0 (1000); the five others are dead and
+    # take the three vectors, wrapping around.
+    vq = make(6, 1, [[1000.0 + i] for i in range(6)], [0.0] * 6, dead_code_threshold=2.0)
     x = torch.tensor([[1.0], [2.0], [3.0]])
     vq(x)
-    assert set(vq.codebook.flatten().tolist()) == {1.0, 2.0, 3.0}
+    assert set(vq.codebook[0, 1:].flatten().tolist()) == {1.0, 2.0, 3.0}
 
 
 # --------------------------------------------------------------------- heads
@@ -471,15 +489,21 @@ def _gloo_worker(rank: int, port: int, outdir: str) -> None:
     # Different seeds: the ranks draw different initial codebooks and data.
     torch.manual_seed(100 + rank)
     quantizers = {
-        "kmeans": VectorQuantizer(16, 3, heads=2, decay=0.8, dead_code_threshold=2.0),
+        "kmeans": VectorQuantizer(16, 3, heads=2, decay=0.8, dead_code_threshold=0.5),
         "cosine": VectorQuantizer(8, 4, metric="cosine", kmeans_init=False),
     }
     reseeded = 0
     for _ in range(6):
-        for vq in quantizers.values():
+        for name, vq in quantizers.items():
             x = torch.randn(64, vq.heads * vq.dim) + 3.0 * rank
             vq(x)
-            reseeded += int((vq.ema_counts == vq.dead_code_threshold).sum())
+            if name == "kmeans":
+                # Re-seeded codes are vectors of the first rank's batch.
+                first = x.clone()
+                torch.distributed.broadcast(first, src=0)
+                rows = first.unflatten(-1, (vq.heads, vq.dim)).transpose(0, 1)  # (h, n, dim)
+                equal = (vq.codebook[:, :, None] == rows[:, None]).all(-1).any(-1)
+                reseeded += int(equal.sum())
     result = {name: vq.state_dict() for name, vq in quantizers.items()}
     torch.save({"state": result, "reseeded": reseeded}, os.path.join(outdir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
