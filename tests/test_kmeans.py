@@ -504,3 +504,24 @@ def test_sparse_input_is_refused_with_a_hint():
     sparse = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match=r"got a sparse matrix .* convert it with X.toarray\(\)"):
         KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))
+
+
+def test_feature_names_of_a_data_frame_are_kept_and_checked():
+    pd = pytest.importorskip("pandas")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    check_dataframe_column_names_consistency("KMeans", KMeans(n_clusters=2, random_state=0))
+    X = pd.DataFrame(tutorial_data(), columns=["a", "b"])
+    km = KMeans(n_clusters=4, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.feature_names_in_, np.array(["a", "b"], dtype=object))
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        km.predict(X.to_numpy())
+    with pytest.raises(ValueError, match="Feature names unseen at fit time:\n- c"):
+        km.transform(X.rename(columns={"b": "c"}))
+    # Refitted on data without names (integer columns count as none), it forgets them.
+    km.fit(pd.DataFrame(tutorial_data()))
+    assert not hasattr(km, "feature_names_in_")
+    with pytest.warns(UserWarning, match="X has feature names, but KMeans was fitted without"):
+        km.score(X)
+    with pytest.raises(TypeError, match="Feature names are only supported if all"):
+        KMeans(n_clusters=2).fit(pd.DataFrame(tutorial_data(), columns=["a", 0]))

@@ -192,6 +192,9 @@ class MiniBatchKMeans(KMeans):
     n_steps_ : int
         Mini-batch steps done.
     n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of a data frame ``X`` (all strings), as in
+        :class:`~torchkmeans.KMeans`; later ``partial_fit`` batches are checked too.
 
     Examples
     --------
@@ -487,6 +490,7 @@ class MiniBatchKMeans(KMeans):
         weights = v.check_sample_weight(sample_weight, n, device=device, dtype=acc)
         generator = v.make_generator(self.random_state, device)
         self._reset()
+        self._reset_feature_names(X)
         self._batch_size = batch_size
         tol = self._scaled_tol(source) if self.tol > 0 else 0.0
 
@@ -614,6 +618,7 @@ class MiniBatchKMeans(KMeans):
         if first:
             # On shards a rank's batch may be empty (checked over all ranks below).
             x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
+            self._reset_feature_names(X)
             n = x.shape[0]
             n_total = n
             if collective.distributed:
