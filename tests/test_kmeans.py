@@ -525,3 +525,23 @@ def test_feature_names_of_a_data_frame_are_kept_and_checked():
         km.score(X)
     with pytest.raises(TypeError, match="Feature names are only supported if all"):
         KMeans(n_clusters=2).fit(pd.DataFrame(tutorial_data(), columns=["a", 0]))
+
+
+@pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])
+def test_more_clusters_than_distinct_points_converge(path, monkeypatch):
+    """Empty clusters were reseeded from points that sat on their centroids up
+    to rounding; the exact copy then took the rows from their rounded mean,
+    emptying that cluster, and the fit ran to max_iter (300 iterations here
+    where scikit-learn stops after 2)."""
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    from sklearn.datasets import make_blobs
+
+    for seed, distinct, k, dtype in [(0, 5, 8, np.float64), (2, 5, 6, np.float32)]:
+        X = make_blobs(2000, 5, centers=6, random_state=seed)[0]
+        X = np.repeat(X[:distinct], 100, axis=0).astype(dtype)
+        km = KMeans(n_clusters=k, random_state=seed).fit(X)
+        assert km.n_iter_ <= 2 + k
+        assert len(np.unique(km.labels_)) == distinct
+        assert km.inertia_ <= 1e-9 * float((X.astype(np.float64) ** 2).sum())

@@ -206,7 +206,9 @@ def relocate_empty_clusters(
 
     The j-th empty cluster of a problem takes the j-th farthest point (by
     ``distances``, the distance of each point to its own centroid); the point
-    moves out of its old cluster's sum and weight, as in scikit-learn. Works
+    moves out of its old cluster's sum and weight, as in scikit-learn. A
+    point off its centroid by rounding only is not taken: the cluster stays
+    empty (every point is then on its centroid: duplicate points). Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
@@ -232,6 +234,15 @@ def relocate_empty_clusters(
         moved = x3[0][picked]  # (b, k, d+1)
     else:
         moved = x3.gather(1, picked.unsqueeze(-1).expand(b, k, width))
+    # A point off its centroid by rounding only (0 < D <= eps |x|^2, below
+    # what the assignment's |x|^2 - 2 x.c + |c|^2 resolves) is not taken: its
+    # copies sit at a rounded mean, which the exact copy is closer to, so it
+    # took their rows and emptied that cluster in turn, every iteration up to
+    # max_iter. A point exactly on its centroid is taken, as scikit-learn
+    # does: the copy only ties with the centroid, and ties keep their label.
+    picked_distances = distances.gather(-1, picked)
+    rounding = torch.finfo(x3.dtype).eps * moved[..., :-1].square().sum(-1)
+    empty &= (picked_distances == 0) | (picked_distances > rounding)
     moved = moved.to(totals.dtype)
     if weights is not None:
         moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
