@@ -198,6 +198,27 @@ def test_callable_init_and_random_init():
     )
 
 
+def test_callable_init_is_called_once_per_restart():
+    # It was called once and its centres copied to all n_init restarts.
+    X = load_iris().data
+    starts = []
+
+    def init(x, k, generator):
+        start = x[torch.randperm(x.shape[0], generator=generator)[:k]]
+        starts.append(start.numpy().copy())
+        return start
+
+    km = KMeans(n_clusters=3, init=init, n_init=4, random_state=0).fit(X)
+    assert len(starts) == 4
+    assert len({start.tobytes() for start in starts}) == 4
+    best = min(KMeans(n_clusters=3, init=start).fit(X).inertia_ for start in starts)
+    assert km.inertia_ == pytest.approx(best, rel=1e-12)
+    # n_init="auto" runs a callable 10 times, as scikit-learn does.
+    starts.clear()
+    KMeans(n_clusters=3, init=init, random_state=0).fit(X)
+    assert len(starts) == 10
+
+
 def test_explicit_init_with_n_init_warns():
     X = load_iris().data
     with pytest.warns(

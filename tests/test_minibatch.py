@@ -653,3 +653,15 @@ def test_feature_names_of_a_data_frame_in_fit_and_partial_fit():
     np.testing.assert_array_equal(batches.feature_names_in_, np.array(["a", "b", "c"], object))
     with pytest.raises(ValueError, match="Feature names must be in the same order"):
         batches.partial_fit(X[["c", "b", "a"]])
+
+
+def test_callable_init_auto_n_init_is_three_as_sklearn():
+    X = blobs(n=300, d=2, k=3, seed=0)
+    calls = []
+
+    def init(x, k, generator):
+        calls.append(k)
+        return x[torch.randperm(x.shape[0], generator=generator)[:k]]
+
+    MiniBatchKMeans(n_clusters=3, init=init, random_state=0).fit(X)
+    assert len(calls) == 3

@@ -37,7 +37,8 @@ class KMeans(EstimatorProtocol):
         returning one (``X`` is the input as a tensor).
     n_init : int or "auto", default="auto"
         Restarts, run together as one batch; the lowest inertia wins. "auto"
-        is 1 for k-means++ and given centroids, 10 for random.
+        is 1 for k-means++ and given centroids, 10 for random and a callable
+        (called once per restart), as in scikit-learn.
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
@@ -190,7 +191,7 @@ class KMeans(EstimatorProtocol):
         v.check_init(init)
         n_init = self.n_init
         if n_init == "auto":
-            n_init = 10 if isinstance(init, str) and init == "random" else 1
+            n_init = 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
         else:
             n_init = v.check_positive_int(n_init, "n_init")
         if not isinstance(init, str) and not callable(init) and n_init != 1:

@@ -153,7 +153,8 @@ class MiniBatchKMeans(KMeans):
         best of ``n_init`` seedings; default ``3 * batch_size`` (at least
         ``3 * n_clusters``), at most ``n_samples``.
     n_init : int or "auto", default="auto"
-        Seedings tried; "auto" is 1 for k-means++ and given centres, 3 for random.
+        Seedings tried; "auto" is 1 for k-means++ and given centres, 3 for
+        random and a callable, as in scikit-learn.
     reassignment_ratio : float, default=0.01
         Centres whose accumulated weight falls below this fraction of the
         heaviest are moved to random rows of the batch.
@@ -263,7 +264,7 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         v.check_init(init)
         if self.n_init == "auto":
-            n_init = 3 if isinstance(init, str) and init == "random" else 1
+            n_init = 3 if (isinstance(init, str) and init == "random") or callable(init) else 1
         else:
             n_init = v.check_positive_int(self.n_init, "n_init")
         if not isinstance(init, str) and not callable(init) and n_init != 1:
