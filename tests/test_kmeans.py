@@ -566,3 +566,5 @@ def test_more_clusters_than_distinct_points_converge(path, monkeypatch):
         assert km.n_iter_ <= 2 + k
         assert len(np.unique(km.labels_)) == distinct
         assert km.inertia_ <= 1e-9 * float((X.astype(np.float64) ** 2).sum())
+        # An inertia that rounding took below zero (-7e-12) was reported as is.
+        assert min(km.inertia_history_) >= 0.0

@@ -360,7 +360,9 @@ class KMeans(EstimatorProtocol):
         self.labels_ = kind.out(result.labels)
         self.inertia_ = float(result.inertia)
         self.n_iter_ = int(result.n_iter)
-        history = result.inertia_history[: self.n_iter_]
+        # Summed as |x|^2 plus the scores |c|^2 - 2 x.c: with every point on
+        # its centroid (duplicates) the cancellation can round below zero.
+        history = result.inertia_history[: self.n_iter_].clamp_min(0.0)
         self.inertia_history_ = history.cpu().tolist()
         self.n_features_in_ = n_features
         if self.verbose:
