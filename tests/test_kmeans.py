@@ -568,3 +568,8 @@ def test_more_clusters_than_distinct_points_converge(path, monkeypatch):
         assert km.inertia_ <= 1e-9 * float((X.astype(np.float64) ** 2).sum())
         # An inertia that rounding took below zero (-7e-12) was reported as is.
         assert min(km.inertia_history_) >= 0.0
+    # A point off its centroid by more than rounding is still taken, beside an
+    # outlier too (test_certify.py has the float64 case).
+    x = np.array([[0.0], [1.0], [3e4]], dtype=np.float32)
+    km = KMeans(n_clusters=3, init=x, max_iter=1).fit(x)
+    assert km.labels_.tolist() == [0, 1, 2] and km.inertia_ == 0.0
