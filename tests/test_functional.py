@@ -521,9 +521,15 @@ def _with_inf() -> torch.Tensor:
             r"Expected init to be of shape \(3, 4\) or \(2, 3, 4\), got shape \(3, 3, 4\)\.",
         ),
         (
-            lambda: kmeans(_X, 3, init=lambda x, k, g: torch.randn(2, k, 4)),
+            lambda: kmeans(_X, 3, init=lambda x, k, g: torch.randn(2, k, 4), n_init=1),
             ValueError,
             r"Expected init to be of shape \(3, 4\) or \(1, 3, 4\), got shape \(2, 3, 4\)\.",
+        ),
+        (
+            lambda: kmeans(_X, 3, init=lambda x, k, g: torch.randn(2, k, 4)),
+            ValueError,
+            r"Expected init to return shape \(3, 4\) for each of the 10 restarts, got shape "
+            r"\(2, 3, 4\)\.",
         ),
         (
             lambda: kmeans_plusplus(_X, 3, metric="l1"),

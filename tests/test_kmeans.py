@@ -198,6 +198,27 @@ def test_callable_init_and_random_init():
     )
 
 
+def test_callable_init_is_called_once_per_restart():
+    # It was called once and its centres copied to all n_init restarts.
+    X = load_iris().data
+    starts = []
+
+    def init(x, k, generator):
+        start = x[torch.randperm(x.shape[0], generator=generator)[:k]]
+        starts.append(start.numpy().copy())
+        return start
+
+    km = KMeans(n_clusters=3, init=init, n_init=4, random_state=0).fit(X)
+    assert len(starts) == 4
+    assert len({start.tobytes() for start in starts}) == 4
+    best = min(KMeans(n_clusters=3, init=start).fit(X).inertia_ for start in starts)
+    assert km.inertia_ == pytest.approx(best, rel=1e-12)
+    # n_init="auto" runs a callable 10 times, as scikit-learn does.
+    starts.clear()
+    KMeans(n_clusters=3, init=init, random_state=0).fit(X)
+    assert len(starts) == 10
+
+
 def test_explicit_init_with_n_init_warns():
     X = load_iris().data
     with pytest.warns(
@@ -520,3 +541,51 @@ def test_sparse_input_is_refused_with_a_hint():
     sparse = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match=r"got a sparse matrix .* convert it with X.toarray\(\)"):
         KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))
+
+
+def test_feature_names_of_a_data_frame_are_kept_and_checked():
+    pd = pytest.importorskip("pandas")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    check_dataframe_column_names_consistency("KMeans", KMeans(n_clusters=2, random_state=0))
+    X = pd.DataFrame(tutorial_data(), columns=["a", "b"])
+    km = KMeans(n_clusters=4, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.feature_names_in_, np.array(["a", "b"], dtype=object))
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        km.predict(X.to_numpy())
+    with pytest.raises(ValueError, match="Feature names unseen at fit time:\n- c"):
+        km.transform(X.rename(columns={"b": "c"}))
+    # Refitted on data without names (integer columns count as none), it forgets them.
+    km.fit(pd.DataFrame(tutorial_data()))
+    assert not hasattr(km, "feature_names_in_")
+    with pytest.warns(UserWarning, match="X has feature names, but KMeans was fitted without"):
+        km.score(X)
+    with pytest.raises(TypeError, match="Feature names are only supported if all"):
+        KMeans(n_clusters=2).fit(pd.DataFrame(tutorial_data(), columns=["a", 0]))
+
+
+@pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])
+def test_more_clusters_than_distinct_points_converge(path, monkeypatch):
+    """Empty clusters were reseeded from points that sat on their centroids up
+    to rounding; the exact copy then took the rows from their rounded mean,
+    emptying that cluster, and the fit ran to max_iter (300 iterations here
+    where scikit-learn stops after 2)."""
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    from sklearn.datasets import make_blobs
+
+    for seed, distinct, k, dtype in [(0, 5, 8, np.float64), (2, 5, 6, np.float32)]:
+        X = make_blobs(2000, 5, centers=6, random_state=seed)[0]
+        X = np.repeat(X[:distinct], 100, axis=0).astype(dtype)
+        km = KMeans(n_clusters=k, random_state=seed).fit(X)
+        assert km.n_iter_ <= 2 + k
+        assert len(np.unique(km.labels_)) == distinct
+        assert km.inertia_ <= 1e-9 * float((X.astype(np.float64) ** 2).sum())
+        # An inertia that rounding took below zero (-7e-12) was reported as is.
+        assert min(km.inertia_history_) >= 0.0
+    # A point off its centroid by more than rounding is still taken, beside an
+    # outlier too (test_certify.py has the float64 case).
+    x = np.array([[0.0], [1.0], [3e4]], dtype=np.float32)
+    km = KMeans(n_clusters=3, init=x, max_iter=1).fit(x)
+    assert km.labels_.tolist() == [0, 1, 2] and km.inertia_ == 0.0

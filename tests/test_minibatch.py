@@ -638,3 +638,30 @@ def test_check_estimator_passes():
     skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
     assert skipped <= {"check_array_api_input"}  # needs SCIPY_ARRAY_API=1 at import
     assert len(results) > 40
+
+
+def test_feature_names_of_a_data_frame_in_fit_and_partial_fit():
+    pd = pytest.importorskip("pandas")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    # fit, predict/transform/score, and partial_fit's second call.
+    check_dataframe_column_names_consistency(
+        "MiniBatchKMeans", MiniBatchKMeans(n_clusters=2, batch_size=50, random_state=0)
+    )
+    X = pd.DataFrame(blobs(n=200, d=3, k=3, seed=0), columns=["a", "b", "c"])
+    batches = MiniBatchKMeans(n_clusters=3, random_state=0).fit(iter([X[:100], X[100:]]))
+    np.testing.assert_array_equal(batches.feature_names_in_, np.array(["a", "b", "c"], object))
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        batches.partial_fit(X[["c", "b", "a"]])
+
+
+def test_callable_init_auto_n_init_is_three_as_sklearn():
+    X = blobs(n=300, d=2, k=3, seed=0)
+    calls = []
+
+    def init(x, k, generator):
+        calls.append(k)
+        return x[torch.randperm(x.shape[0], generator=generator)[:k]]
+
+    MiniBatchKMeans(n_clusters=3, init=init, random_state=0).fit(X)
+    assert len(calls) == 3

@@ -350,6 +350,76 @@ def check_init(init: Any) -> None:
         )
 
 
+def feature_names(data: Any) -> np.ndarray | None:
+    """Column names of a data frame when all are strings (object array), else None.
+
+    scikit-learn's rule: names are recorded only when every column name is a
+    string; a mix of strings and other names is refused.
+
+    Examples
+    --------
+    >>> class Frame:
+    ...     columns = ["a", "b"]
+    >>> feature_names(Frame()).tolist(), feature_names(np.zeros((2, 2)))
+    (['a', 'b'], None)
+    """
+    columns = getattr(data, "columns", None)
+    if columns is None or isinstance(data, (np.ndarray, torch.Tensor)):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    if names.ndim != 1 or names.size == 0:
+        return None
+    types = sorted({type(name).__qualname__ for name in names})
+    if len(types) > 1 and "str" in types:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {types} as feature name / column name types; convert "
+            "them all to strings (X.columns = X.columns.astype(str)) or to non-strings."
+        )
+    return names if types == ["str"] else None
+
+
+def check_feature_names(fitted: np.ndarray | None, data: Any, estimator: str) -> None:
+    """Compare the column names of ``data`` with those seen in fit, as scikit-learn does.
+
+    Different names (or order) raise ``ValueError``; names on only one side warn.
+    """
+    names = feature_names(data)
+    if fitted is None and names is None:
+        return
+    if fitted is None:
+        warnings.warn(
+            f"X has feature names, but {estimator} was fitted without feature names",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if names is None:
+        warnings.warn(
+            f"X does not have valid feature names, but {estimator} was fitted with feature names",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if len(fitted) == len(names) and bool(np.all(fitted == names)):
+        return
+    message = "The feature names should match those that were passed during fit.\n"
+    unseen = sorted(set(names) - set(fitted))
+    missing = sorted(set(fitted) - set(names))
+
+    def listed(values: list[str]) -> str:
+        shown = [f"- {value}\n" for value in values[:5]]
+        return "".join(shown) + ("- ...\n" if len(values) > 5 else "")
+
+    if unseen:
+        message += "Feature names unseen at fit time:\n" + listed(unseen)
+    if missing:
+        message += "Feature names seen at fit time, yet now missing:\n" + listed(missing)
+    if not unseen and not missing:
+        message += "Feature names must be in the same order as they were in fit.\n"
+    raise ValueError(message)
+
+
 def is_batch_stream(X: Any) -> bool:
     """Whether ``X`` is an iterable of batches (a DataLoader, a generator)
     rather than one array-like.

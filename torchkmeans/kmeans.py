@@ -37,7 +37,8 @@ class KMeans(EstimatorProtocol):
         returning one (``X`` is the input as a tensor).
     n_init : int or "auto", default="auto"
         Restarts, run together as one batch; the lowest inertia wins. "auto"
-        is 1 for k-means++ and given centroids, 10 for random.
+        is 1 for k-means++ and given centroids, 10 for random and a callable
+        (called once per restart), as in scikit-learn.
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
@@ -88,6 +89,10 @@ class KMeans(EstimatorProtocol):
         Sum of (weighted) squared distances to the closest centre.
     n_iter_ : int
     n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X`` in fit, when it is a data frame whose column
+        names are all strings; ``predict``, ``transform`` and ``score`` then
+        refuse a frame with other columns, as scikit-learn does.
     inertia_history_ : list of float
         Inertia of the assignment step of each iteration of the best run.
 
@@ -186,7 +191,7 @@ class KMeans(EstimatorProtocol):
         v.check_init(init)
         n_init = self.n_init
         if n_init == "auto":
-            n_init = 10 if isinstance(init, str) and init == "random" else 1
+            n_init = 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
         else:
             n_init = v.check_positive_int(n_init, "n_init")
         if not isinstance(init, str) and not callable(init) and n_init != 1:
@@ -200,6 +205,17 @@ class KMeans(EstimatorProtocol):
         if n_samples is not None and n_samples < n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
         return n_clusters, n_init, metric
+
+    def _reset_feature_names(self, X: Any) -> None:
+        """Record the column names of a data frame ``X`` in ``feature_names_in_`` (or none)."""
+        names = v.feature_names(X)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
+
+    def _check_feature_names(self, X: Any) -> None:
+        v.check_feature_names(self.__dict__.get("feature_names_in_"), X, type(self).__name__)
 
     def _validate_x(
         self, X: Any, *, reset: bool, allow_empty: bool = False
@@ -219,6 +235,7 @@ class KMeans(EstimatorProtocol):
                 )
             return x, kind
         self._check_is_fitted()
+        self._check_feature_names(X)
         centers = self._centers
         x, kind = v.as_tensor(X, "X", device=centers.device, dtype=None)
         if x.shape[1] != self.n_features_in_:
@@ -248,6 +265,7 @@ class KMeans(EstimatorProtocol):
                 f"per Lloyd iteration, got {type(X).__name__}; MiniBatchKMeans.fit and "
                 "partial_fit take iterables of batches."
             )
+        self._reset_feature_names(X)
         collective = distributed.collective(self.process_group)
         if collective.distributed or should_stream(X, self.device):
             return self._fit_passes(X, sample_weight, collective)
@@ -342,7 +360,9 @@ class KMeans(EstimatorProtocol):
         self.labels_ = kind.out(result.labels)
         self.inertia_ = float(result.inertia)
         self.n_iter_ = int(result.n_iter)
-        history = result.inertia_history[: self.n_iter_]
+        # Summed as |x|^2 plus the scores |c|^2 - 2 x.c: with every point on
+        # its centroid (duplicates) the cancellation can round below zero.
+        history = result.inertia_history[: self.n_iter_].clamp_min(0.0)
         self.inertia_history_ = history.cpu().tolist()
         self.n_features_in_ = n_features
         if self.verbose:
@@ -401,6 +421,7 @@ class KMeans(EstimatorProtocol):
         if not should_stream(X, centers.device):
             x, kind = self._validate_x(X, reset=False)
             return iter([(0, x)]), x.shape[0], kind, False
+        self._check_feature_names(X)
         rows, _, kind = host_rows(X, None)
         if rows.n_features != self.n_features_in_:
             raise ValueError(

@@ -158,7 +158,8 @@ class MiniBatchKMeans(KMeans):
         best of ``n_init`` seedings; default ``3 * batch_size`` (at least
         ``3 * n_clusters``), at most ``n_samples``.
     n_init : int or "auto", default="auto"
-        Seedings tried; "auto" is 1 for k-means++ and given centres, 3 for random.
+        Seedings tried; "auto" is 1 for k-means++ and given centres, 3 for
+        random and a callable, as in scikit-learn.
     reassignment_ratio : float, default=0.01
         Centres whose accumulated weight falls below this fraction of the
         heaviest are moved to random rows of the batch.
@@ -197,6 +198,9 @@ class MiniBatchKMeans(KMeans):
     n_steps_ : int
         Mini-batch steps done.
     n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of a data frame ``X`` (all strings), as in
+        :class:`~torchkmeans.KMeans`; later ``partial_fit`` batches are checked too.
 
     Examples
     --------
@@ -265,7 +269,7 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         v.check_init(init)
         if self.n_init == "auto":
-            n_init = 3 if isinstance(init, str) and init == "random" else 1
+            n_init = 3 if (isinstance(init, str) and init == "random") or callable(init) else 1
         else:
             n_init = v.check_positive_int(self.n_init, "n_init")
         if not isinstance(init, str) and not callable(init) and n_init != 1:
@@ -492,6 +496,7 @@ class MiniBatchKMeans(KMeans):
         weights = v.check_sample_weight(sample_weight, n, device=device, dtype=acc)
         generator = v.make_generator(self.random_state, device)
         self._reset()
+        self._reset_feature_names(X)
         self._batch_size = batch_size
         tol = self._scaled_tol(source) if self.tol > 0 else 0.0
 
@@ -620,6 +625,7 @@ class MiniBatchKMeans(KMeans):
         if first:
             # On shards a rank's batch may be empty (checked over all ranks below).
             x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
+            self._reset_feature_names(X)
             n = x.shape[0]
             n_total = n
             if collective.distributed:

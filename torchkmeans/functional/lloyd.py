@@ -862,12 +862,24 @@ def _resolve_init(
                 f"(n_clusters, n_features) or a callable, got {init!r}."
             )
         return centroids.reshape(b, n_clusters, -1)
+    expected = (n_clusters, x3.shape[-1])
     if callable(init) and not isinstance(init, torch.Tensor):
-        given = init(x, n_clusters, generator)
+        if shared:
+            # One call per restart, as scikit-learn does: one call expanded
+            # to b restarts ran b copies of the same problem.
+            starts = [torch.as_tensor(init(x, n_clusters, generator)) for _ in range(b)]
+            for start in starts:
+                if tuple(start.shape) != expected:
+                    raise ValueError(
+                        f"Expected init to return shape {expected} for each of the {b} "
+                        f"restarts, got shape {tuple(start.shape)}."
+                    )
+            given = torch.stack([start.to(device=x3.device, dtype=x3.dtype) for start in starts])
+        else:
+            given = init(x, n_clusters, generator)
     else:
         given = init
     given = torch.as_tensor(given).detach().to(device=x3.device, dtype=x3.dtype)
-    expected = (n_clusters, x3.shape[-1])
     if (
         given.shape[-2:] != expected
         or given.ndim not in (2, 3)
@@ -1090,9 +1102,10 @@ def kmeans(
         ``(b, k, d)``: one set per problem of a 3-D ``x``, or for a 2-D ``x``
         b starts run as restarts (the lowest inertia is kept); or
         ``init(x, n_clusters, generator)`` returning ``(k, d)`` (or
-        ``(b, k, d)`` for a 3-D ``x``).
+        ``(b, k, d)`` for a 3-D ``x``), called once per restart for a 2-D ``x``.
     n_init : int or "auto"
-        Restarts; "auto" is 1 for k-means++ and given centroids, 10 for random.
+        Restarts; "auto" is 1 for k-means++ and given centroids, 10 for
+        random and a callable (as in scikit-learn).
     max_iter, tol, metric, memory_budget, check_every
         As in :func:`lloyd`.
     sample_weight : Tensor, optional
@@ -1130,7 +1143,7 @@ def kmeans(
     if n < n_clusters:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
     if n_init == "auto":
-        n_init = 10 if isinstance(init, str) and init == "random" else 1
+        n_init = 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
     v.check_positive_int(max_iter, "max_iter")
@@ -1139,7 +1152,7 @@ def kmeans(
         v.check_positive_int(check_every, "check_every")
     v.check_memory_budget(memory_budget)
     sample_weight = v.check_weight_tensor(sample_weight, n, x.shape[0] if x.ndim == 3 else 1)
-    if not isinstance(init, str):
+    if not isinstance(init, str) and not callable(init):
         # Given starts: one run, or for one data set, one restart per set of centroids.
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1

@@ -645,7 +645,12 @@ def _relocate(
         x_aug = packed[..., 3:]
     use_weights = source.weights is not None or collective.distributed
     relocate_empty_clusters(
-        totals, x_aug, weights if use_weights else None, candidate_labels, best_distances
+        totals,
+        x_aug,
+        weights if use_weights else None,
+        candidate_labels,
+        best_distances,
+        n_rows=stats.n_rows,
     )
 
 

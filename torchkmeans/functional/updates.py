@@ -259,18 +259,23 @@ def relocate_empty_clusters(
     labels: torch.Tensor,
     distances: torch.Tensor,
     active: torch.Tensor | None = None,
+    n_rows: int | None = None,
 ) -> None:
     """Reseed empty clusters from the points farthest from their centroids, in place.
 
     The j-th empty cluster of a problem takes the j-th farthest point (by
     ``distances``, the distance of each point to its own centroid); the point
-    moves out of its old cluster's sum and weight, as in scikit-learn. Works
+    moves out of its old cluster's sum and weight, as in scikit-learn. A
+    point off its centroid by rounding only is not taken: the cluster stays
+    empty (every point is then on its centroid: duplicate points). Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
     ``(bx, n, d+1)`` rows ``[x | 1]``; ``weights`` ``(bw, n)`` or None;
     ``labels`` and ``distances`` ``(b, n)``; ``active`` ``(b, k)`` marks the
-    clusters that exist (padding clusters stay empty).
+    clusters that exist (padding clusters stay empty); ``n_rows`` is the
+    number of rows the centroids were summed from, when the rows given are
+    only candidates (default n).
     """
     b, k, width = totals.shape
     n = labels.shape[1]
@@ -290,6 +295,16 @@ def relocate_empty_clusters(
         moved = x3[0][picked]  # (b, k, d+1)
     else:
         moved = x3.gather(1, picked.unsqueeze(-1).expand(b, k, width))
+    # A point off its centroid by rounding only (0 < D <= n eps^2 |x|^2, the
+    # rounding of a mean of up to n copies of x) is not taken: its copies sit
+    # at their rounded mean, which the exact copy is closer to, so it took
+    # their rows and emptied that cluster in turn, every iteration up to
+    # max_iter. A point exactly on its centroid is taken, as scikit-learn
+    # does: the copy only ties with the centroid, and ties keep their label.
+    picked_distances = distances.gather(-1, picked)
+    scale = (n if n_rows is None else n_rows) * torch.finfo(x3.dtype).eps ** 2
+    rounding = scale * moved[..., :-1].square().sum(-1)
+    empty &= (picked_distances == 0) | (picked_distances > rounding)
     moved = moved.to(totals.dtype)
     if weights is not None:
         moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
