@@ -241,7 +241,7 @@ def test_small_problem_loop_equals_the_general_loop(
         # ... with the general loop's [-2c | |c|^2] instead of a copy [-2x | 1],
         # and the final distances in blocks.
         stack.enter_context(mock.patch.object(lloyd_module, "_SCALED_ROWS_MAX_ELEMENTS", 0))
-        stack.enter_context(mock.patch.object(lloyd_module, "_EXACT_DISTANCE_ROWS", 7))
+        stack.enter_context(mock.patch.object(lloyd_module, "_exact_distance_rows", lambda x: 7))
     else:
         stack = contextlib.nullcontext()
     with stack:
