@@ -91,6 +91,30 @@ def test_step_reassigns_light_centres_as_sklearn_does():
     assert len(set(index)) == 4  # distinct rows of the batch
 
 
+@pytest.mark.parametrize("d", [2, 5, 40])
+def test_step_labels_are_the_nearest_far_from_the_origin(d):
+    # Narrow rows take one kernel call scored from differences, wide ones
+    # nearest_centroids and a scatter: both give the nearest centre of the
+    # batch's float32 rows 1e4 from the origin, and the same sums.
+    rng = np.random.default_rng(d)
+    X = (1e4 + rng.normal(size=(500, d))).astype(np.float32)
+    centers = X[:6] + np.float32(0.01)
+    weights = rng.uniform(0.5, 2.0, size=500).astype(np.float32)
+    step = minibatch_step(
+        torch.tensor(X),
+        torch.tensor(centers),
+        torch.zeros(6),
+        sample_weight=torch.tensor(weights),
+    )
+    labels = step.labels.numpy()
+    table = ((X.astype(np.float64)[:, None] - centers.astype(np.float64)[None]) ** 2).sum(-1)
+    assert bool((table[np.arange(500), labels] <= table.min(1) + 1e-3).all())
+    expected = np.stack(
+        [np.average(X[labels == j], axis=0, weights=weights[labels == j]) for j in range(6)]
+    )
+    np.testing.assert_allclose(step.centroids.numpy(), expected, rtol=1e-6)
+
+
 def test_step_batched_equals_one_problem_at_a_time():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 200, 4, generator=g, dtype=torch.float64)

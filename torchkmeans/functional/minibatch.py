@@ -7,8 +7,9 @@ from typing import NamedTuple
 import torch
 
 from .. import _validation as v
+from . import _native
 from .collective import LOCAL, Collective
-from .distances import compute_dtype, nearest_centroids
+from .distances import compute_dtype, nearest_centroids, scored_by_differences
 from .updates import _scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
@@ -148,11 +149,34 @@ def minibatch_step(
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)
 
-    labels, distances = nearest_centroids(x3, c3, metric=metric, memory_budget=memory_budget)
+    if (
+        b == 1
+        and metric == "euclidean"
+        and x3.dtype in (torch.float32, torch.float64)
+        and scored_by_differences(x3[0], k)
+    ):
+        # Narrow rows on the CPU: one kernel call labels the batch from
+        # differences (exact, see nearest_centroids) and sums its clusters
+        # (float64) where nearest_centroids and a scatter took about twenty
+        # ops, most of a small step's time.
+        labels = torch.empty((1, n), dtype=torch.int64)
+        distances = torch.empty((1, n), dtype=x3.dtype)
+        totals = torch.empty((k, x3.shape[-1] + 1), dtype=torch.float64)
+        _native.nearest(
+            x3[0],
+            c3[0].contiguous(),
+            labels[0],
+            weights=None if weights is None else weights[0],
+            distances=distances[0],
+            totals=totals,
+            differences=True,
+        )
+        sums, counts = totals[None, :, :-1].to(acc), totals[None, :, -1].to(acc)
+    else:
+        labels, distances = nearest_centroids(x3, c3, metric=metric, memory_budget=memory_budget)
+        sums, counts = _scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
-
-    sums, counts = _scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
     n_total = n
     if collective.distributed:
         flat = torch.cat(
