@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _validation as v
@@ -64,6 +65,13 @@ class KMeans(EstimatorProtocol):
         and all ranks get the same centroids; ``inertia_`` is the total and
         ``labels_`` are the local rows'. None always fits locally. See
         :mod:`torchkmeans.distributed`.
+    copy_x : bool, default=True
+        Accepted so that scikit-learn code runs unchanged: ``X`` is never
+        modified either way (centring works on an internal copy).
+    algorithm : {"lloyd", "elkan"}, default="lloyd"
+        Accepted so that scikit-learn code runs unchanged: both run the same
+        Lloyd iterations (Elkan's algorithm is an exact acceleration of
+        Lloyd's and ends at the same centres).
 
     Notes
     -----
@@ -125,6 +133,8 @@ class KMeans(EstimatorProtocol):
         verbose: bool = False,
         memory_budget: int | None = None,
         process_group: Any = "auto",
+        copy_x: bool = True,
+        algorithm: str = "lloyd",
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -138,6 +148,8 @@ class KMeans(EstimatorProtocol):
         self.verbose = verbose
         self.memory_budget = memory_budget
         self.process_group = process_group
+        self.copy_x = copy_x
+        self.algorithm = algorithm
 
     # The centres live in one place, ``_centers`` (a tensor on the fitted
     # device and compute dtype); ``cluster_centers_`` shows them in the
@@ -185,6 +197,12 @@ class KMeans(EstimatorProtocol):
         v.check_positive_int(self.max_iter, "max_iter")
         v.check_nonnegative_float(self.tol, "tol")
         metric = v.check_metric(self.metric)
+        if self.algorithm not in ("lloyd", "elkan"):
+            raise ValueError(
+                f"Expected algorithm to be 'lloyd' or 'elkan', got {self.algorithm!r}."
+            )
+        if not isinstance(self.copy_x, (bool, np.bool_)):
+            raise TypeError(f"Expected copy_x to be a bool, got {type(self.copy_x).__name__}.")
         if self.memory_budget is not None:
             v.check_positive_int(self.memory_budget, "memory_budget")
         init = self.init
@@ -506,6 +524,39 @@ class KMeans(EstimatorProtocol):
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then ``transform(X)``."""
         return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the columns of :meth:`transform`, as scikit-learn gives them.
+
+        Parameters
+        ----------
+        input_features : array-like of str, optional
+            Checked against ``feature_names_in_`` (or ``n_features_in_``)
+            when given; the output names do not depend on them.
+
+        Returns
+        -------
+        ndarray of str objects, shape (n_clusters,)
+            ``"kmeans0"``, ``"kmeans1"``, ... (the class name in lower case).
+
+        Examples
+        --------
+        >>> KMeans(n_clusters=2, random_state=0).fit([[0.0], [1.0], [9.0]]).get_feature_names_out()
+        array(['kmeans0', 'kmeans1'], dtype=object)
+        """
+        self._check_is_fitted()
+        if input_features is not None:
+            given = np.asarray(input_features, dtype=object)
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and not np.array_equal(given, fitted):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            if fitted is None and given.shape != (self.n_features_in_,):
+                raise ValueError(
+                    f"input_features should have length equal to number of features "
+                    f"({self.n_features_in_}), got {len(given)}"
+                )
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._centers.shape[0])], dtype=object)
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centres."""
