@@ -551,9 +551,13 @@ class MiniBatchKMeans(KMeans):
             if len(window) < every and step_index < n_steps - 1:
                 continue
             # One host read for the whole window, replayed step by step; a
-            # stop inside it rolls back to that step's centres.
-            pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
-            stats = torch.stack(pairs).tolist()
+            # stop inside it rolls back to that step's centres. (One step on
+            # the CPU: two scalar reads, cheaper than stacking.)
+            if len(window) == 1:
+                stats = [(float(window[0][2]), float(window[0][3]))]
+            else:
+                pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
+                stats = torch.stack(pairs).tolist()
             first = step_index - len(window) + 1
             stopped = next(
                 (
