@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 from sklearn.utils.estimator_checks import check_estimator
 
 from torchkmeans import KMeans
@@ -96,3 +97,31 @@ def test_feature_names_out_match_scikit_learn():
             fitted.get_feature_names_out(["x", "y", "z"])
     with pytest.raises(ValueError, match="number of features"):
         KMeans(n_clusters=2).fit(X.to_numpy()).get_feature_names_out(["a"])
+
+
+def test_set_output_pandas_in_a_pipeline_as_scikit_learn_gives_it():
+    import numpy as np
+    import pandas as pd
+    from sklearn.cluster import KMeans as SklearnKMeans
+    from sklearn.datasets import load_wine
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = load_wine(as_frame=True).data.iloc[::2]  # an index that is not 0..n-1
+    start = StandardScaler().fit_transform(X)[[0, 30, 60]]
+    ours = make_pipeline(StandardScaler(), KMeans(3, init=start, n_init=1))
+    theirs = make_pipeline(StandardScaler(), SklearnKMeans(3, init=start, n_init=1))
+    ours_out = ours.set_output(transform="pandas").fit_transform(X)
+    theirs_out = theirs.set_output(transform="pandas").fit_transform(X)
+    assert isinstance(ours_out, pd.DataFrame)
+    assert list(ours_out.columns) == list(theirs_out.columns) == ["kmeans0", "kmeans1", "kmeans2"]
+    assert ours_out.index.equals(X.index)
+    np.testing.assert_allclose(ours_out.to_numpy(), theirs_out.to_numpy(), rtol=1e-10)
+    # Back to arrays; None keeps the setting; tensors stay tensors.
+    model = ours[-1].set_output(transform="default")
+    assert isinstance(model.transform(ours[0].transform(X)), np.ndarray)  # frame in, array out
+    assert model.set_output(transform=None) is model
+    pandas_model = KMeans(2, random_state=0).set_output(transform="pandas")
+    assert isinstance(pandas_model.fit_transform(torch.randn(20, 3)), torch.Tensor)
+    with pytest.raises(ValueError, match=r"Expected transform to be 'default', 'pandas'"):
+        KMeans(2).set_output(transform="numpy")

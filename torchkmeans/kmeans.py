@@ -519,7 +519,54 @@ class KMeans(EstimatorProtocol):
         )
         for start, x in parts:
             out[start : start + x.shape[0]] = self._center_distances(x.to(centers.dtype))
-        return kind.out(out)
+        return self._output_container(kind.out(out), X)
+
+    def set_output(self, *, transform: str | None = None) -> KMeans:
+        """Output container of :meth:`transform` and :meth:`fit_transform` for array input.
+
+        scikit-learn's API (``Pipeline.set_output`` calls it on every step):
+        ``"pandas"`` or ``"polars"`` give a data frame with the columns of
+        :meth:`get_feature_names_out` (and a pandas input's index);
+        ``"default"`` the array; None leaves the setting as it is. Tensor
+        input always gives a tensor.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> km = KMeans(n_clusters=2, random_state=0).set_output(transform="pandas")
+        >>> list(km.fit_transform([[0.0], [1.0], [9.0]]).columns)
+        ['kmeans0', 'kmeans1']
+        """
+        if transform is None:
+            return self
+        if transform not in ("default", "pandas", "polars"):
+            raise ValueError(
+                f"Expected transform to be 'default', 'pandas', 'polars' or None, "
+                f"got {transform!r}."
+            )
+        # scikit-learn's attribute: its clone() copies it to the clone.
+        config = dict(getattr(self, "_sklearn_output_config", {}))
+        config["transform"] = transform
+        self._sklearn_output_config = config
+        return self
+
+    def _output_container(self, out: Any, X: Any) -> Any:
+        """``out`` (an array) as the data frame that :meth:`set_output` asked for."""
+        container = getattr(self, "_sklearn_output_config", {}).get("transform", "default")
+        if container == "default" or not isinstance(out, np.ndarray):
+            return out
+        columns = [str(name) for name in self.get_feature_names_out()]
+        if container == "polars":
+            import polars
+
+            return polars.DataFrame(out, schema=columns, orient="row")
+        import pandas
+
+        index = X.index if isinstance(X, pandas.DataFrame) else None
+        return pandas.DataFrame(out, columns=columns, index=index)
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """``fit(X)`` then ``transform(X)``."""
