@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
-from torchkmeans import ConvergenceWarning, KMeans, NotFittedError
+from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError
 from torchkmeans.functional import _native
 
 DATASETS = {
@@ -282,6 +282,16 @@ def test_big_endian_input_is_read_like_native(tmp_path, memmap):
     np.testing.assert_array_equal(km.labels_, ref.labels_)
     np.testing.assert_array_equal(km.predict(big), ref.labels_)
     assert km.cluster_centers_.dtype == np.float64
+
+
+@pytest.mark.parametrize("cls", [KMeans, MiniBatchKMeans])
+def test_big_endian_sample_weight_is_read_like_native(cls):
+    X = blobs(n=300, d=3, k=3, seed=0)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=300)
+    km = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights.astype(">f8"))
+    ref = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+    assert km.inertia_ == ref.inertia_
 
 
 def test_device_auto_runs_where_cuda_is():

@@ -276,6 +276,9 @@ def check_sample_weight(
             array = np.asarray(sample_weight)
             if array.dtype.kind not in "biuf":
                 raise TypeError(f"Expected sample_weight to hold numbers, got dtype {array.dtype}.")
+            if not array.dtype.isnative:
+                # Big-endian weights, as numeric_array converts X: torch cannot wrap them.
+                array = array.astype(array.dtype.newbyteorder("="))
             weights = torch.tensor(array, dtype=dtype, device=device)
         if weights.shape != (n_samples,):
             raise ValueError(
