@@ -587,6 +587,18 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
 
 
+def test_jit_trace_in_eval_mode_gives_the_codes_of_new_inputs():
+    # The CPU check writes its codes from a C++ kernel that a trace cannot
+    # record: traced, the codes must come from tensor ops.
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 4)
+    quantizer(torch.randn(256, 4))
+    quantizer.eval()
+    example, x = torch.randn(64, 4), torch.randn(64, 4)
+    traced = torch.jit.trace(lambda v: quantizer(v).codes, example, check_trace=False)
+    assert torch.equal(traced(x), quantizer(x).codes)
+
+
 # ------------------------------------------------------------------ example
 
 

@@ -106,15 +106,17 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     in groups at 0 and 1e4: up to 71% of the codes were not the nearest): the
     nearest code wherever the inputs lie, and faster than the product below.
     The check reads a count on the host, free on the CPU; on an accelerator
-    (a forward has no host synchronisation) and under torch.compile the codes
-    come from the expansion alone, on rows and codes centred on the
-    codebook's mean: exact unless inputs lie much farther from that mean than
-    from their codes. For unit vectors (cosine) the nearest code has the
-    largest dot product.
+    (a forward has no host synchronisation), under torch.compile and in a
+    trace (torch.jit.trace) the codes come from the expansion alone, on rows
+    and codes centred on the codebook's mean: exact unless inputs lie much
+    farther from that mean than from their codes. For unit vectors (cosine)
+    the nearest code has the largest dot product.
     """
     if metric == "cosine":
         return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
-    if x.is_cpu and not _compiling():
+    # A trace (torch.jit.trace, TorchScript ONNX export) does not record the
+    # kernel's writes: the traced codes would be an uninitialised buffer.
+    if x.is_cpu and not _compiling() and not torch.jit.is_tracing():
         return nearest_centroids(x, codebook).labels
     offset = codebook.mean(1, keepdim=True)  # (h, 1, d)
     centred = codebook - offset
