@@ -207,7 +207,7 @@ def test_without_threshold_a_dead_code_stays():
 def test_a_batch_smaller_than_the_codebook_reseeds_every_dead_code():
     # All three vectors go to code 0 (1000); the five others are dead and
     # take the three vectors, wrapping around.
-    vq = make(6, 1, [[1000.0 + i] for i in range(6)], [0.0] * 6, dead_code_threshold=2.0)
+    vq = make(6, 1, [[1000.0 + i] for i in range(6)], [0.0] * 6, dead_code_threshold=0.5)
     x = torch.tensor([[1.0], [2.0], [3.0]])
     vq(x)
     assert set(vq.codebook[0, 1:].flatten().tolist()) == {1.0, 2.0, 3.0}
@@ -380,7 +380,8 @@ def test_lookup_inverts_codes_and_forward_returns_the_named_tuple():
         ({"decay": "0.9"}, TypeError, r"Expected decay to be a float, got str\."),
         ({"eps": 0.0}, ValueError, r"Expected eps to be > 0, got 0\.0\."),
         ({"commitment_weight": -1}, ValueError, r"Expected commitment_weight to be >= 0"),
-        ({"dead_code_threshold": -0.5}, ValueError, r"Expected dead_code_threshold to be >= 0"),
+        ({"dead_code_threshold": -0.5}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
+        ({"dead_code_threshold": 1.0}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
         ({"kmeans_init": 1}, TypeError, r"Expected kmeans_init to be a bool, got int\."),
     ],
 )

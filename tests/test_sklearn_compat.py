@@ -125,3 +125,30 @@ def test_set_output_pandas_in_a_pipeline_as_scikit_learn_gives_it():
     assert isinstance(pandas_model.fit_transform(torch.randn(20, 3)), torch.Tensor)
     with pytest.raises(ValueError, match=r"Expected transform to be 'default', 'pandas'"):
         KMeans(2).set_output(transform="numpy")
+
+
+def test_global_transform_output_is_followed_without_a_setting_of_its_own():
+    import pandas as pd
+    import sklearn
+
+    X = [[0.0], [1.0], [9.0], [10.0]]
+    with sklearn.config_context(transform_output="pandas"):
+        frame = KMeans(2, random_state=0).fit_transform(X)
+        array = KMeans(2, random_state=0).set_output(transform="default").fit_transform(X)
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == ["kmeans0", "kmeans1"]
+    assert not isinstance(array, pd.DataFrame)
+    assert not isinstance(KMeans(2, random_state=0).fit_transform(X), pd.DataFrame)
+
+
+def test_a_pickle_from_before_a_parameter_existed_gets_its_default():
+    import pickle
+
+    model = KMeans(2, random_state=0).fit([[0.0], [1.0], [9.0], [10.0]])
+    state = model.__dict__.copy()
+    del state["algorithm"], state["copy_x"]  # as pickled by the release before
+    old = KMeans.__new__(KMeans)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.get_params()["algorithm"] == "lloyd" and restored.copy_x is True
+    assert "algorithm='lloyd'" not in repr(restored)  # defaults are not shown
+    assert sorted(restored.fit([[0.0], [10.0]]).labels_.tolist()) == [0, 1]

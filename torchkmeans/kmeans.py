@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -150,6 +152,15 @@ class KMeans(EstimatorProtocol):
         self.process_group = process_group
         self.copy_x = copy_x
         self.algorithm = algorithm
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles from before a parameter existed get its default, so that
+        # fit, get_params and repr work on them.
+        defaults = inspect.signature(type(self).__init__).parameters
+        for name in self._param_names():
+            if name not in state and defaults[name].default is not inspect.Parameter.empty:
+                state[name] = defaults[name].default
+        self.__dict__.update(state)
 
     # The centres live in one place, ``_centers`` (a tensor on the fitted
     # device and compute dtype); ``cluster_centers_`` shows them in the
@@ -554,9 +565,18 @@ class KMeans(EstimatorProtocol):
         return self
 
     def _output_container(self, out: Any, X: Any) -> Any:
-        """``out`` (an array) as the data frame that :meth:`set_output` asked for."""
-        container = getattr(self, "_sklearn_output_config", {}).get("transform", "default")
-        if container == "default" or not isinstance(out, np.ndarray):
+        """``out`` (an array) as the data frame that :meth:`set_output` asked for.
+
+        Without a setting of its own, the estimator follows scikit-learn's
+        global ``set_config(transform_output=...)`` when scikit-learn is
+        imported, as scikit-learn's estimators do.
+        """
+        container = getattr(self, "_sklearn_output_config", {}).get("transform")
+        if container is None:
+            sklearn = sys.modules.get("sklearn")
+            get_config = getattr(sklearn, "get_config", None)
+            container = get_config().get("transform_output", "default") if get_config else None
+        if container in (None, "default") or not isinstance(out, np.ndarray):
             return out
         columns = [str(name) for name in self.get_feature_names_out()]
         if container == "polars":

@@ -178,7 +178,8 @@ class VectorQuantizer(nn.Module):
         codes at every step of batches of 128 vectors, and an autoencoder on
         digits reconstructed 1.4x worse with it (the example, 512 codes of
         16 numbers) than with any fraction from 0.01 to 0.2. 0 disables
-        re-seeding, which there collapsed the codebook to a few codes.
+        re-seeding, which there collapsed the codebook to a few codes; the
+        fraction is below 1 (at 1, codes of equal counts would all be dead).
     heads : int
         Independent codebooks: the last dimension of ``x`` is ``heads * dim``
         and head h quantizes its slice ``[h*dim:(h+1)*dim]`` with codebook h.
@@ -265,7 +266,7 @@ class VectorQuantizer(nn.Module):
             "commitment_weight", commitment_weight, lambda v: 0.0 <= v < math.inf, ">= 0"
         )
         self.dead_code_threshold = _check_float(
-            "dead_code_threshold", dead_code_threshold, lambda v: 0.0 <= v < math.inf, ">= 0"
+            "dead_code_threshold", dead_code_threshold, lambda v: 0.0 <= v < 1.0, "in [0, 1)"
         )
         if not isinstance(kmeans_init, bool):
             raise TypeError(f"Expected kmeans_init to be a bool, got {type(kmeans_init).__name__}.")
