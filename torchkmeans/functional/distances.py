@@ -566,6 +566,31 @@ def scored_by_differences(x: torch.Tensor, k: int) -> bool:
     )
 
 
+def nearest_by_differences(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and exact distances of rows ``x`` ``(n, d)`` that
+    :func:`scored_by_differences` accepts, in one kernel call; ``totals``
+    ``(k, d+1)`` float64, when given, receive each cluster's (``weights``-
+    weighted) sum of rows and sum of weights."""
+    labels = torch.empty(x.shape[0], dtype=torch.int64)
+    distances = torch.empty(x.shape[0], dtype=x.dtype)
+    _native.nearest(
+        x,
+        centroids.contiguous(),
+        labels,
+        weights=weights,
+        distances=distances,
+        totals=totals,
+        differences=True,
+    )
+    return labels, distances
+
+
 def _nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -591,9 +616,7 @@ def _nearest(
     n, k = x3.shape[1], c3.shape[1]
     one = x3.shape[0] == 1 and c3.shape[0] == 1
     if one and scored_by_differences(x3[0], k):
-        labels = torch.empty(n, dtype=torch.int64)
-        distances = torch.empty(n, dtype=x.dtype)
-        _native.nearest(x3[0], c3[0].contiguous(), labels, distances=distances, differences=True)
+        labels, distances = nearest_by_differences(x3[0], c3[0])
         if x.ndim == 3 or centroids.ndim == 3:
             labels, distances = labels[None], distances[None]
         return labels, distances if exact else None

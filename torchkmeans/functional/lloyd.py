@@ -31,6 +31,7 @@ from .distances import (
     cache_rows,
     compute_dtype,
     exact_distances,
+    nearest_by_differences,
     row_min,
     scored_by_columns,
     scored_by_differences,
@@ -1048,10 +1049,9 @@ def _finish(
         ):
             # Narrow rows: relabelled from differences by the kernel, exact
             # wherever the rows lie, in one pass: nothing to check.
-            distances = torch.empty(labels.shape, dtype=centroids.dtype)
-            _native.nearest(
-                x3[0], centroids[0], labels[0], distances=distances[0], differences=True
-            )
+            labels, distances = nearest_by_differences(x3[0], centroids[0])
+            labels, distances = labels[None], distances[None]
+            result = result._replace(labels=labels)
         else:
             distances = _labelled_distances(x3, centroids, labels, _exact_distance_rows(x3), False)
             certify_nearest(

@@ -7,9 +7,13 @@ from typing import NamedTuple
 import torch
 
 from .. import _validation as v
-from . import _native
 from .collective import LOCAL, Collective
-from .distances import compute_dtype, nearest_centroids, scored_by_differences
+from .distances import (
+    compute_dtype,
+    nearest_by_differences,
+    nearest_centroids,
+    scored_by_differences,
+)
 from .updates import _scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
@@ -149,28 +153,15 @@ def minibatch_step(
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)
 
-    if (
-        b == 1
-        and metric == "euclidean"
-        and x3.dtype in (torch.float32, torch.float64)
-        and scored_by_differences(x3[0], k)
-    ):
+    if b == 1 and metric == "euclidean" and scored_by_differences(x3[0], k):
         # Narrow rows on the CPU: one kernel call labels the batch from
         # differences (exact, see nearest_centroids) and sums its clusters
         # (float64) where nearest_centroids and a scatter took about twenty
         # ops, most of a small step's time.
-        labels = torch.empty((1, n), dtype=torch.int64)
-        distances = torch.empty((1, n), dtype=x3.dtype)
         totals = torch.empty((k, x3.shape[-1] + 1), dtype=torch.float64)
-        _native.nearest(
-            x3[0],
-            c3[0].contiguous(),
-            labels[0],
-            weights=None if weights is None else weights[0],
-            distances=distances[0],
-            totals=totals,
-            differences=True,
-        )
+        row_weights = None if weights is None else weights[0]
+        labels, distances = nearest_by_differences(x3[0], c3[0], weights=row_weights, totals=totals)
+        labels, distances = labels[None], distances[None]
         sums, counts = totals[None, :, :-1].to(acc), totals[None, :, -1].to(acc)
     else:
         labels, distances = nearest_centroids(x3, c3, metric=metric, memory_budget=memory_budget)
