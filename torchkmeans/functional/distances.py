@@ -370,7 +370,11 @@ def assign_block(
     ``(b, m)`` warm-start the search on the CPU (see :func:`argmin_rows`).
     """
     b, k, width = augmented.shape
-    if xb.device.type != "cpu" or b == 1 or k > _COLUMN_LAYOUT_MAX_K:
+    # One problem takes the layout of Lloyd's warm-started passes
+    # (scored_by_columns): scored alike, a first pass and the next ones break
+    # near ties alike, where the two layouts round differently.
+    one_in_rows = b == 1 and not scored_by_columns(k, width - 1)
+    if xb.device.type != "cpu" or one_in_rows or k > _COLUMN_LAYOUT_MAX_K:
         return argmin_rows(augmented_scores(xb, augmented), previous)
     if xb.shape[0] == 1:
         scores = torch.mm(augmented.reshape(b * k, width), xb[0].T).view(b, k, -1)
