@@ -15,10 +15,10 @@ from . import _validation as v
 from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
-from .functional.collective import Collective
+from .functional.collective import LOCAL, Collective
 from .functional.distances import compute_dtype
 from .functional.init import kmeans_plusplus, random_init
-from .functional.minibatch import minibatch_step
+from .functional.minibatch import _minibatch_step, minibatch_step
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -97,7 +97,7 @@ class _Source:
         """Rows ``index``, in that order: a memmap is read in file order, then
         put back in ``index``'s order, so streamed and in-memory fits are the same."""
         if not self.streamed:
-            return self.x[index].to(self.compute)
+            return self.x.index_select(0, index).to(self.compute)
         in_file_order = index.cpu().sort()
         rows = self.rows.take(in_file_order.values)
         rows = self._checked(rows.to(device=self.device, dtype=self.compute))
@@ -525,6 +525,7 @@ class MiniBatchKMeans(KMeans):
         every = _steps_between_checks(device)
         # Steps since the last host read: (centres, counts, inertia, shift).
         window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        no_shift = torch.zeros((), dtype=acc, device=device)  # tol=0: never read as a stop
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
@@ -533,19 +534,20 @@ class MiniBatchKMeans(KMeans):
                 index = torch.multinomial(
                     weights, batch_size, replacement=True, generator=generator
                 )
-            step = minibatch_step(
+            # The parameters, the centres and every row were checked above.
+            step = _minibatch_step(
                 self._prepare(source.take(index)),
                 centers,
                 counts,
+                sample_weight=None,
                 random_reassign=self._should_reassign(counts, on_host=every == 1),
                 reassignment_ratio=self.reassignment_ratio,
                 generator=generator,
                 metric=self.metric,
                 memory_budget=self.memory_budget,
+                collective=LOCAL,
             )
-            shift = (
-                ((step.centroids - centers) ** 2).sum() if tol > 0 else step.inertia.new_zeros(())
-            )
+            shift = ((step.centroids - centers) ** 2).sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums
             window.append((centers, counts, step.inertia, shift))
             if len(window) < every and step_index < n_steps - 1:

@@ -137,35 +137,64 @@ def minibatch_step(
             + (f" or ({b}, {k})" if b > 1 else "")
             + f", got shape {tuple(weight_sums.shape)}."
         )
-    weight_sums = weight_sums.detach()
     sample_weight = v.check_weight_tensor(sample_weight, x.shape[-2], b, values=False)
-    batched = x.ndim == 3 or centroids.ndim == 3
-    x3 = x if x.ndim == 3 else x.unsqueeze(0)
-    c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
-    ws = weight_sums if weight_sums.ndim == 2 else weight_sums.unsqueeze(0)
-    b = max(x3.shape[0], c3.shape[0])
-    x3 = x3.expand(b, -1, -1)
-    c3 = c3.expand(b, -1, -1)
-    ws = ws.expand(b, -1)
-    n, k = x3.shape[1], c3.shape[1]
-    acc = compute_dtype(x.dtype)
-    weights = None
-    if sample_weight is not None:
-        weights = sample_weight.reshape(-1, n).expand(b, -1).to(acc)
+    return _minibatch_step(
+        x,
+        centroids,
+        weight_sums.detach(),
+        sample_weight=sample_weight,
+        random_reassign=random_reassign,
+        reassignment_ratio=reassignment_ratio,
+        generator=generator,
+        metric=metric,
+        memory_budget=memory_budget,
+        collective=collective,
+    )
 
-    if b == 1 and metric == "euclidean" and scored_by_differences(x3[0], k):
-        # Narrow rows on the CPU: one kernel call labels the batch from
-        # differences (exact, see nearest_centroids) and sums its clusters
-        # (float64) where nearest_centroids and a scatter took about twenty
-        # ops, most of a small step's time.
-        totals = torch.empty((k, x3.shape[-1] + 1), dtype=torch.float64)
-        row_weights = None if weights is None else weights[0]
-        labels, distances = nearest_by_differences(x3[0], c3[0], weights=row_weights, totals=totals)
-        labels, distances = labels[None], distances[None]
-        sums, counts = totals[None, :, :-1].to(acc), totals[None, :, -1].to(acc)
+
+def _minibatch_step(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    weight_sums: torch.Tensor,
+    *,
+    sample_weight: torch.Tensor | None,
+    random_reassign: bool | torch.Tensor,
+    reassignment_ratio: float,
+    generator: torch.Generator | None,
+    metric: str,
+    memory_budget: int | None,
+    collective: Collective,
+) -> MiniBatchStep:
+    """:func:`minibatch_step` on checked, detached arguments (MiniBatchKMeans'
+    loop checks them once per fit: on a small batch the checks and the
+    batching views of every step cost more than its search)."""
+    batched = x.ndim == 3 or centroids.ndim == 3
+    n, d, k = x.shape[-2], x.shape[-1], centroids.shape[-2]
+    acc = compute_dtype(x.dtype)
+    if batched:
+        b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
+        rows = (x if x.ndim == 3 else x.unsqueeze(0)).expand(b, -1, -1)
+        old = (centroids if centroids.ndim == 3 else centroids.unsqueeze(0)).expand(b, -1, -1)
+        ws = weight_sums.expand(b, k)
+        weights = None if sample_weight is None else sample_weight.reshape(-1, n).expand(b, -1)
     else:
-        labels, distances = nearest_centroids(x3, c3, metric=metric, memory_budget=memory_budget)
-        sums, counts = _scatter_sums(x3, labels, k, sample_weight=weights, dtype=acc)
+        rows, old, ws = x, centroids, weight_sums.reshape(k)
+        weights = None if sample_weight is None else sample_weight.reshape(n)
+    if weights is not None:
+        weights = weights.to(acc)
+
+    if not batched and metric == "euclidean" and scored_by_differences(x, k):
+        # Narrow rows or a small batch on the CPU: one kernel call labels the
+        # batch from differences (exact, see nearest_centroids) and sums its
+        # clusters in float64, where nearest_centroids and a scatter took
+        # about twenty ops, most of a small step's time; the update runs in
+        # float64 too.
+        totals = torch.empty((k, d + 1), dtype=torch.float64)
+        labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
+        sums, counts = totals[:, :-1], totals[:, -1]
+    else:
+        labels, distances = nearest_centroids(rows, old, metric=metric, memory_budget=memory_budget)
+        sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
     n_total = n
@@ -178,12 +207,14 @@ def minibatch_step(
         counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts)
         inertia = flat[sums.numel() + counts.numel() : -1].view_as(inertia)
         n_total = int(flat[-1])
-    old = c3.to(acc)
-    ws = ws.to(acc)
+    work = sums.dtype
+    old, ws = old.to(work), ws.to(work)
     new_ws = ws + counts
     filled = counts > 0
-    safe = torch.where(filled, new_ws, torch.ones_like(new_ws)).unsqueeze(-1)
-    moved = (old * ws.unsqueeze(-1) + sums) / safe
+    # scikit-learn's (c * W + sum) / (W + w); a centroid without (weighted)
+    # rows in the batch keeps its place exactly.
+    moved = sums.addcmul_(old, ws.unsqueeze(-1))
+    moved = moved.div_(torch.where(filled, new_ws, 1.0).unsqueeze(-1))
     if metric == "cosine":
         moved = torch.nn.functional.normalize(moved, dim=-1)
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
@@ -203,15 +234,16 @@ def minibatch_step(
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
         to_reassign &= rank < int(0.5 * n_total)
+        lead = new_ws.shape[:-1]
         if n > 0:
             m = min(k, n)
-            keys = torch.rand((b, n), generator=generator, device=x.device)
+            keys = torch.rand((*lead, n), generator=generator, device=x.device)
             picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
             slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
-            rows = picks.gather(-1, slot)
-            new_rows = x3.gather(1, rows.unsqueeze(-1).expand(-1, -1, x3.shape[-1])).to(acc)
+            picked = picks.gather(-1, slot)
+            new_rows = rows.gather(-2, picked.unsqueeze(-1).expand(*picked.shape, d)).to(work)
         else:  # an empty shard: another rank provides the rows
-            new_rows = torch.zeros((b, k, x3.shape[-1]), dtype=acc, device=x.device)
+            new_rows = torch.zeros((*lead, k, d), dtype=work, device=x.device)
         if collective.distributed:
             # The rows come from the (first) rank with the largest batch, so an
             # empty batch on rank 0 does not reseed centroids to garbage.
@@ -225,8 +257,6 @@ def minibatch_step(
         floor = torch.where(torch.isinf(floor), new_ws, floor)
         new_ws = torch.where(to_reassign, floor, new_ws)
 
-    new_centroids = new_centroids.to(centroids.dtype)
-    new_ws = new_ws.to(weight_sums.dtype)
-    if not batched:
-        return MiniBatchStep(new_centroids[0], new_ws[0], labels[0], inertia[0])
-    return MiniBatchStep(new_centroids, new_ws, labels, inertia)
+    return MiniBatchStep(
+        new_centroids.to(centroids.dtype), new_ws.to(weight_sums.dtype), labels, inertia
+    )
