@@ -8,6 +8,9 @@ were certified). Every check is against float64 distances from differences.
 
 from __future__ import annotations
 
+import importlib
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,8 @@ from hypothesis import strategies as st
 from torchkmeans import KMeans, MiniBatchKMeans
 from torchkmeans.functional import _native, lloyd, nearest_centroids
 from torchkmeans.functional.certify import certify_nearest
+
+distances_module = importlib.import_module("torchkmeans.functional.distances")
 
 
 def exact_distances(x, centroids) -> np.ndarray:
@@ -41,11 +46,15 @@ def assert_nearest(x, centroids, labels, distances=None, rtol=2e-6) -> None:
         np.testing.assert_allclose(np.asarray(distances, dtype=np.float64), chosen, rtol=1e-5)
 
 
-@pytest.fixture(params=["kernel", "torch"])
+@pytest.fixture(params=["kernel", "kernel-expansion", "torch"])
 def path(request, monkeypatch):
-    """Both CPU code paths: the fused kernel (where built) and PyTorch ops."""
-    if request.param == "kernel" and not _native.available():
+    """The CPU code paths: the fused kernel (where built) as it chooses, the
+    kernel's expansion even for small inputs (which it scores from differences,
+    see distances._DIFFERENCES_MAX_WORK), and PyTorch ops."""
+    if request.param.startswith("kernel") and not _native.available():
         pytest.skip("the fused kernel is not built on this machine")
+    if request.param == "kernel-expansion":
+        monkeypatch.setattr(distances_module, "_DIFFERENCES_MAX_WORK", 0)
     if request.param == "torch":
         monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
     return request.param
@@ -117,8 +126,9 @@ def test_float64_labels_beside_an_extreme_outlier(path):
     k=st.integers(1, 40),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.parametrize("differences_max_work", [distances_module._DIFFERENCES_MAX_WORK, 0])
 def test_labels_are_nearest_whatever_the_offset_and_spread(
-    shift_exponent, cluster_exponent, spread_exponent, d, k, seed
+    differences_max_work, shift_exponent, cluster_exponent, spread_exponent, d, k, seed
 ):
     generator = torch.Generator().manual_seed(seed)
     spread = 10.0**spread_exponent
@@ -128,9 +138,10 @@ def test_labels_are_nearest_whatever_the_offset_and_spread(
     x = centres[torch.randint(k, (300,), generator=generator)] + 10.0**shift_exponent
     x = (x + torch.randn(300, d, generator=generator) * spread).float()
     centroids = (x[torch.randperm(300, generator=generator)[:k]] + spread / 3).float()
-    result = nearest_centroids(x, centroids)
+    with mock.patch.object(distances_module, "_DIFFERENCES_MAX_WORK", differences_max_work):
+        result = nearest_centroids(x, centroids)
+        fitted = lloyd(x, centroids, max_iter=3)
     assert_nearest(x, centroids, result.labels, result.distances)
-    fitted = lloyd(x, centroids, max_iter=3)
     assert_nearest(x, fitted.centroids, fitted.labels)
     table = exact_distances(x, fitted.centroids)
     np.testing.assert_allclose(float(fitted.inertia), table.min(1).sum(), rtol=1e-5, atol=1e-30)

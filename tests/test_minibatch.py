@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import pickle
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import types
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -91,21 +93,25 @@ def test_step_reassigns_light_centres_as_sklearn_does():
     assert len(set(index)) == 4  # distinct rows of the batch
 
 
-@pytest.mark.parametrize("d", [2, 5, 40])
-def test_step_labels_are_the_nearest_far_from_the_origin(d):
-    # Narrow rows take one kernel call scored from differences, wide ones
-    # nearest_centroids and a scatter: both give the nearest centre of the
-    # batch's float32 rows 1e4 from the origin, and the same sums.
+@pytest.mark.parametrize(("d", "differences"), [(2, True), (5, True), (40, True), (40, False)])
+def test_step_labels_are_the_nearest_far_from_the_origin(d, differences):
+    # Narrow rows and small batches take one kernel call scored from
+    # differences, others nearest_centroids and a scatter (forced here for
+    # wide rows by a zero bound on the differences' work): both give the nearest centre of
+    # the batch's float32 rows 1e4 from the origin, and the same sums.
     rng = np.random.default_rng(d)
     X = (1e4 + rng.normal(size=(500, d))).astype(np.float32)
     centers = X[:6] + np.float32(0.01)
     weights = rng.uniform(0.5, 2.0, size=500).astype(np.float32)
-    step = minibatch_step(
-        torch.tensor(X),
-        torch.tensor(centers),
-        torch.zeros(6),
-        sample_weight=torch.tensor(weights),
-    )
+    distances = importlib.import_module("torchkmeans.functional.distances")
+    bound = distances._DIFFERENCES_MAX_WORK if differences else 0
+    with mock.patch.object(distances, "_DIFFERENCES_MAX_WORK", bound):
+        step = minibatch_step(
+            torch.tensor(X),
+            torch.tensor(centers),
+            torch.zeros(6),
+            sample_weight=torch.tensor(weights),
+        )
     labels = step.labels.numpy()
     table = ((X.astype(np.float64)[:, None] - centers.astype(np.float64)[None]) ** 2).sum(-1)
     assert bool((table[np.arange(500), labels] <= table.min(1) + 1e-3).all())

@@ -8,6 +8,7 @@ TORCHKMEANS_REQUIRE_NATIVE is set (CI sets it, so a broken build fails there).
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import subprocess
@@ -22,8 +23,11 @@ from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
 
 from torchkmeans import KMeans
-from torchkmeans.functional import _native
+from torchkmeans.functional import _native, nearest_centroids
+from torchkmeans.functional.distances import scored_by_differences
 from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+distances = importlib.import_module("torchkmeans.functional.distances")
 
 if os.environ.get("TORCHKMEANS_REQUIRE_NATIVE"):
     assert _native.available(), "TORCHKMEANS_REQUIRE_NATIVE is set but the kernel did not build"
@@ -409,6 +413,33 @@ def test_which_problems_take_the_kernel():
     assert not _native.prefers_native(narrow.half(), 5)
     assert not _native.prefers_native(torch.empty(10, 0), 5)
     assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous
+
+
+def test_which_searches_are_scored_from_differences():
+    """Narrow rows at any size; wider ones while the search is small (up to
+    2^20 multiply-adds), where the expansion's extra ops cost more than it."""
+    assert scored_by_differences(torch.empty(1_000_000, 8), 3)
+    assert scored_by_differences(torch.empty(569, 30), 2)
+    assert scored_by_differences(torch.empty(1024, 64, dtype=torch.float64), 16)
+    assert not scored_by_differences(torch.empty(1024, 64), 17)
+    assert not scored_by_differences(torch.empty(100_000, 30), 2)
+    assert not scored_by_differences(torch.empty(569, 30).half(), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "d", "k"), [(569, 30, 2), (300, 128, 6), (100, 20, 128)])
+def test_small_wide_searches_match_the_expansion_and_the_naive_loop(n, d, k, dtype):
+    generator = torch.Generator().manual_seed(n + d + k)
+    x = torch.randn(n, d, generator=generator, dtype=dtype) * 3 + 100
+    centroids = x[torch.randperm(n, generator=generator)[:k]] + 0.1
+    small = nearest_centroids(x, centroids)
+    with mock.patch.object(distances, "_DIFFERENCES_MAX_WORK", 0):
+        expanded = nearest_centroids(x, centroids)
+    table = ((x.double()[:, None] - centroids.double()[None]) ** 2).sum(-1)
+    assert torch.equal(small.labels, table.argmin(1))
+    assert torch.equal(small.labels, expanded.labels)
+    torch.testing.assert_close(small.distances, table.min(1).values.to(dtype))
+    torch.testing.assert_close(small.distances, expanded.distances)
 
 
 def test_inputs_in_another_dtype_are_converted_and_bad_outputs_refused():

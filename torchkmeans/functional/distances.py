@@ -550,6 +550,14 @@ _COLUMN_SCORES_MAX_D = 64
 # buffers cost more than they save): d=16 0.64-0.88x the time, d=32 1.0-1.3x.
 _COLUMN_NEAREST_MAX_D = 16
 _COLUMN_NEAREST_MIN_ELEMENTS = 1 << 15
+# Any rows with at most this many multiply-adds per search (n * k * d: a
+# small batch, a small data set) are scored from differences too: there the
+# ops around the expansion (centring, checking) cost more than the search.
+# nearest_centroids, 2 threads, differences' time over the expansion's: up to
+# 2^18 0.3-0.5x (569 x 30, k=2; 300 x 128, k=6; 100 x 20, k=128); 2^20-2^21
+# 0.35-0.75x in float32, 0.45-1.06x in float64; 2^22 0.75-1.0x in float32,
+# 0.9-1.2x in float64.
+_DIFFERENCES_MAX_WORK = 1 << 20
 
 
 def scored_by_columns(k: int, d: int) -> bool:
@@ -563,10 +571,11 @@ def scored_by_differences(x: torch.Tensor, k: int) -> bool:
     expansion's rounding would most often need checking (see ``certify``) and
     differences cost little more. Their labels and distances are then exact
     wherever the rows lie: nothing to centre or check."""
+    n, d = x.shape
     return (
         x.device.type == "cpu"
         and _native.prefers_native(x, k, within_lloyd=False)
-        and _native._columns(x.shape[1], k)
+        and (_native._columns(d, k) or n * k * d <= _DIFFERENCES_MAX_WORK)
     )
 
 
@@ -590,6 +599,7 @@ def nearest_by_differences(
         weights=weights,
         distances=distances,
         totals=totals,
+        columns=True,
         differences=True,
     )
     return labels, distances
