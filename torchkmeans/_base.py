@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 from .exceptions import not_fitted_error
+
+
+@functools.cache
+def _init_parameter_names(cls: type) -> tuple[str, ...]:
+    """The keyword arguments of ``cls.__init__``, sorted: read once per class
+    (``inspect.signature`` takes longer than a small fit's step)."""
+    signature = inspect.signature(cls.__init__)
+    return tuple(
+        sorted(
+            name
+            for name, p in signature.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        )
+    )
 
 
 class EstimatorProtocol:
@@ -19,12 +34,7 @@ class EstimatorProtocol:
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return sorted(
-            name
-            for name, p in signature.parameters.items()
-            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        )
+        return list(_init_parameter_names(cls))
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters of this estimator, as passed to ``__init__``."""
