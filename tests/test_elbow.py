@@ -171,6 +171,27 @@ def test_find_knee_on_known_curves():
     assert find_knee([2, 4, 8, 16, 32], [100.0, 20.0, 4.0, 3.5, 3.2]) == 8
 
 
+@pytest.mark.parametrize("last", [0.0, 2.5e-12, 1.6e-28])
+def test_a_perfect_fit_at_the_last_k_keeps_the_knee(last):
+    """The last k as many clusters as distinct points: inertia 0, or the
+    rounding residue of float32 or float64 centres. In log scale that fall
+    dwarfed the corner at 3 and no knee was found."""
+    values = [1000.0, 300.0, 100.0, 90.0, 82.0, 75.0, 70.0, 66.0, last]
+    assert find_knee(range(1, 10), values) == 3
+    assert find_knee(range(1, 7), [100.0, 20.0, 0.0, 0.0, 0.0, 0.0]) == 3
+    assert find_knee(range(1, 5), [100.0, 0.0, 0.0, 0.0]) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elbow_of_three_groups_of_three_distinct_points(dtype):
+    rng = np.random.default_rng(0)
+    corners = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.vstack([corner + rng.normal(size=(3, 2)) for corner in corners])
+    result = elbow(np.repeat(points, 20, axis=0).astype(dtype), k=range(1, 10), random_state=0)
+    assert result.inertia[-1] < 1e-9 * result.inertia[0]  # k=9: every point its own centre
+    assert result.knee == 3
+
+
 @pytest.mark.parametrize(
     "values",
     [

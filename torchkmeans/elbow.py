@@ -34,6 +34,10 @@ __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
 SCORES = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
 
 _CURVES = ("log", "raw")
+# On a log curve, values at most this fraction of the largest count as a
+# perfect fit (see _floor_perfect_fits): float32 centres of data far from the
+# origin leave residues up to about 1e-7 of the total.
+_PERFECT_FIT = 1e-6
 
 # Every group of ks padded to its own largest k is one batched Lloyd run, and
 # each of its iterations pays a fixed cost in small tensor ops. On the CPU that
@@ -160,10 +164,7 @@ def find_knee(
     if curve == "log":
         if bool(np.any(y < 0)):
             raise ValueError("Expected values >= 0 for curve='log', got negative values.")
-        top = float(y.max())
-        # Inertia can reach 0 (as many clusters as distinct points): floor it
-        # relative to the largest value so log stays finite.
-        y = np.log(np.maximum(y, top * 1e-12 if top > 0 else 1e-300))
+        y = np.log(_floor_perfect_fits(y))
     span_x, span_y = x[-1] - x[0], float(y.max() - y.min())
     if span_y == 0:
         warnings.warn("No knee found: the curve is flat.", UserWarning, stacklevel=2)
@@ -194,6 +195,32 @@ def find_knee(
         stacklevel=2,
     )
     return None
+
+
+def _floor_perfect_fits(values: np.ndarray) -> np.ndarray:
+    """Positive values for a log curve: those at most 1e-6 of the largest, a
+    perfect fit (as many clusters as distinct points: 0, or the rounding
+    residue of the centres) or a curve already flat there, become one more
+    step of the curve's mean decay, all alike.
+
+    In log scale a fall to 0, or to its residue (1e-12 to 1e-30 of the
+    largest value), would dwarf the curve's real corner, and Kneedle would
+    find none (three groups of three distinct points: no knee, where 3 is).
+    A flat tail keeps a corner where the tail starts.
+    """
+    top = float(values.max())
+    if top <= 0:
+        return np.ones_like(values)  # all 0: flat
+    tiny = values <= top * _PERFECT_FIT
+    if not bool(tiny.any()):
+        return values
+    regular = values[~tiny]
+    if regular.size >= 2:
+        low = float(regular.min())
+        floor = low * (low / top) ** (1.0 / (regular.size - 1))
+    else:
+        floor = top * _PERFECT_FIT
+    return np.where(tiny, floor, values)
 
 
 def _as_float_array(data: Any, name: str) -> np.ndarray:
