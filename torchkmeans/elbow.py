@@ -122,8 +122,9 @@ def find_knee(
     ks : sequence of numbers
         Increasing x values (numbers of clusters), at least 3.
     values : sequence of numbers
-        The curve at ``ks``, decreasing overall (positive for ``curve="log"``;
-        values of 0 are floored at 1e-12 times the largest).
+        The curve at ``ks``, decreasing overall (>= 0 for ``curve="log"``;
+        values at most 1e-6 of the largest, a perfect fit, count as one more
+        step of the curve's mean decay).
     curve : {"log", "raw"}, default="log"
         Which curve Kneedle runs on.
     sensitivity : float, default=1.0
