@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from torchkmeans import KMeans, MiniBatchKMeans
 from torchkmeans.functional import _native, lloyd, nearest_centroids
-from torchkmeans.functional.certify import certify_nearest
+from torchkmeans.functional.certify import certify_nearest, product_unit_roundoff, trust_factor
 
 distances_module = importlib.import_module("torchkmeans.functional.distances")
 
@@ -186,3 +186,81 @@ def test_half_precision_nearest_centroids_is_computed_in_float32():
     assert_nearest(x.float(), centroids.float(), result.labels, result.distances)
     big = nearest_centroids(torch.full((3, 2), 15000.0).half(), torch.zeros(1, 2).half())
     assert torch.isfinite(big.distances).all()
+
+
+# ------------------------------------------------- reduced float32 matmul precision
+
+_PRECISION_SETTINGS = (
+    (torch.backends, "fp32_precision"),
+    (torch.backends.cuda.matmul, "fp32_precision"),
+    (getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"),
+)
+needs_per_backend_precision = pytest.mark.skipif(
+    not all(hasattr(owner, name) for owner, name in _PRECISION_SETTINGS),
+    reason="torch < 2.9 has no per-backend float32 matmul precision",
+)
+
+
+@pytest.fixture
+def matmul_precision():
+    """Restores PyTorch's float32 matmul precision settings after the test."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _PRECISION_SETTINGS]
+    yield
+    for owner, name, value in saved:
+        setattr(owner, name, value)
+
+
+@needs_per_backend_precision
+def test_product_unit_roundoff_follows_the_matmul_precision(matmul_precision):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert product_unit_roundoff(torch.float32, cpu) == 2.0**-24
+    assert product_unit_roundoff(torch.float32, cuda) == 2.0**-24
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    assert product_unit_roundoff(torch.float32, cuda) == 2.0**-11
+    assert product_unit_roundoff(torch.float32, cpu) == 2.0**-24
+    assert product_unit_roundoff(torch.float64, cuda) == 2.0**-53
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    assert product_unit_roundoff(torch.float32, cpu) == 2.0**-8
+    torch.set_float32_matmul_precision("high")
+    assert product_unit_roundoff(torch.float32, cuda) == 2.0**-11
+    torch.set_float32_matmul_precision("highest")
+    assert product_unit_roundoff(torch.float32, cuda) == 2.0**-24
+    assert product_unit_roundoff(torch.float32, cpu) == 2.0**-24
+    # Below the trusted precision no label is trusted by its size alone.
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    assert trust_factor(torch.float32, cuda) == 0.0
+    assert trust_factor(torch.float32, cpu) > 100.0
+
+
+def _multiplies_in_bfloat16() -> bool:
+    a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    exact = a.double() @ a.double().T
+    torch.set_float32_matmul_precision("medium")
+    try:
+        error = float((torch.mm(a, a.T).double() - exact).abs().max())
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    return error > 1e-3
+
+
+@needs_per_backend_precision
+def test_labels_are_nearest_when_float32_products_run_in_bfloat16(matmul_precision):
+    """torch.set_float32_matmul_precision("medium") lets a CPU with bfloat16
+    units multiply in bfloat16, as "high" lets a GPU multiply in TF32: the
+    labels of PyTorch's path were wrong (102 of 20,000 rows here) until the
+    check took the products' precision into account."""
+    if not _multiplies_in_bfloat16():
+        pytest.skip("this CPU multiplies float32 in float32 under 'medium'")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 64, generator=generator)
+    centroids = torch.randn(100, 64, generator=generator) * 0.3
+    torch.set_float32_matmul_precision("medium")
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
+        result = nearest_centroids(x, centroids)
+        model = KMeans(n_clusters=100, random_state=0, n_init=1).fit(x)
+        predicted = model.predict(x)
+    assert_nearest(x, centroids, result.labels, result.distances)
+    assert_nearest(x, model.cluster_centers_, model.labels_)
+    assert_nearest(x, model.cluster_centers_, predicted)
+    table = exact_distances(x, model.cluster_centers_)
+    np.testing.assert_allclose(model.inertia_, table.min(1).sum(), rtol=1e-6)

@@ -40,7 +40,14 @@ import math
 
 import torch
 
-__all__ = ["certify_nearest", "check_rows", "squared_frame_norms", "suspects", "trust_factor"]
+__all__ = [
+    "certify_nearest",
+    "check_rows",
+    "product_unit_roundoff",
+    "squared_frame_norms",
+    "suspects",
+    "trust_factor",
+]
 
 # The relative precision, of a row's distance, to which its label is trusted (see above).
 _TRUSTED_PRECISION = 2.0**-17
@@ -52,17 +59,47 @@ _BLOCK_BYTES = 8 * 1024 * 1024
 _CHECK_BYTES = 4 * 1024 * 1024
 
 
-def trust_factor(dtype: torch.dtype) -> float:
-    """A label is trusted while ``|x|^2 <= factor * D`` (see the module docstring)."""
-    rho = _TRUSTED_PRECISION / (torch.finfo(dtype).eps / 2)
-    return (math.sqrt(rho) - 1.0) ** 2
+def product_unit_roundoff(dtype: torch.dtype, device: torch.device | None = None) -> float:
+    """The unit roundoff of a matrix product of ``dtype`` on ``device``.
+
+    float32 products follow PyTorch's matmul precision for the device's
+    backend (cuda; mkldnn on the CPU; the global setting elsewhere):
+    ``torch.set_float32_matmul_precision("high")`` (or TF32 allowed) lets a
+    GPU multiply in TF32, 11 significant bits, and ``"medium"`` lets a CPU
+    with bfloat16 units (AMX) multiply in bfloat16, 8 bits (0.19 off on
+    products near 250 here, against 5e-5 in float32). Other dtypes keep
+    their own precision.
+    """
+    unit = torch.finfo(dtype).eps / 2
+    if dtype != torch.float32 or device is None:
+        return unit
+    backend = {"cuda": "cuda", "cpu": "mkldnn"}.get(device.type)
+    matmul = getattr(getattr(torch.backends, backend, None), "matmul", None) if backend else None
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch < 2.9, or another device: the global setting
+        try:
+            legacy = torch.get_float32_matmul_precision()
+        except RuntimeError:  # set through both the legacy and the per-backend API
+            legacy = "medium"
+        precision = {"highest": "ieee", "high": "tf32"}.get(legacy, "bf16")
+    # "none": nothing set anywhere (a setting on torch.backends reads through).
+    return {"ieee": unit, "none": unit, "tf32": 2.0**-11}.get(precision, 2.0**-8)
+
+
+def trust_factor(dtype: torch.dtype, device: torch.device | None = None) -> float:
+    """A label is trusted while ``|x|^2 <= factor * D`` (see the module
+    docstring), for scores from products of ``dtype`` on ``device``: 0, none
+    trusted, where their precision is below the trusted precision."""
+    rho = _TRUSTED_PRECISION / product_unit_roundoff(dtype, device)
+    return (math.sqrt(rho) - 1.0) ** 2 if rho > 1 else 0.0
 
 
 def suspects(frame_squared_norms: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
     """Rows whose label is not trusted (see the module docstring), as a bool
-    mask: ``frame_squared_norms`` of the rows, ``distances`` to their labels."""
+    mask: ``frame_squared_norms`` of the rows, ``distances`` to their labels
+    (in the dtype the scores were computed in, on their device)."""
     # A row at distance 0 sits on its centroid: no other can be nearer.
-    trusted_up_to = distances * trust_factor(distances.dtype)
+    trusted_up_to = distances * trust_factor(distances.dtype, distances.device)
     return (frame_squared_norms > trusted_up_to) & (distances > 0)
 
 
