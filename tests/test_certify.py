@@ -77,6 +77,19 @@ def test_nearest_centroids_of_offset_data(path, d, k):
     assert_nearest(x, centroids, result.labels, result.distances)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_a_few_wide_rows_beside_near_ties(path, offset):
+    """A small search (n * k * d = 2^20) of very wide rows, every centroid
+    about as far from each row: float32 sums of 16,384 squared differences
+    round too much for the tolerances here; the expansion's labels hold."""
+    generator = torch.Generator().manual_seed(16384)
+    x = torch.randn(4, 16384, generator=generator, dtype=torch.float64) + offset
+    spread = torch.randn(16, 16384, generator=generator, dtype=torch.float64) * 1e-3
+    x, centroids = x.float(), (x.mean(0) + spread).float()
+    result = nearest_centroids(x, centroids)
+    assert_nearest(x, centroids, result.labels, result.distances)
+
+
 def heavy_tailed(n: int = 4000, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).lognormal(0.0, 2.5, size=(n, 1)).astype(np.float32)
 

@@ -127,6 +127,18 @@ def minibatch_empty_batches(rank, tmp):
     return given.cluster_centers_, reassigning.cluster_centers_
 
 
+def minibatch_float32_uneven_batches(rank, tmp):
+    # float32 rows, 64 features, k=10: a batch of 100 rows is scored by the
+    # kernel from differences (float64 totals), one of 1,697 rows by
+    # nearest_centroids and a scatter (float32 sums); rank 0's second batch is empty.
+    X = load_digits().data.astype(np.float32)
+    batches = [X[:100], X[:0]] if rank == 0 else [X[100:], X[100:]]
+    mbk = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for batch in batches:
+        mbk.partial_fit(batch)
+    return mbk.cluster_centers_
+
+
 def elbow_sweep(rank, tmp):
     X = blobs(n=2000, d=4, centers=4, seed=3)
     part = shards(X, [900, 1100])[rank]
@@ -187,6 +199,7 @@ SCENARIOS = {
         empty_clusters_reseeded,
         minibatch_partial_fit,
         minibatch_empty_batches,
+        minibatch_float32_uneven_batches,
         elbow_sweep,
         mismatched_features,
         mismatched_clusters,
@@ -343,6 +356,18 @@ def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
     assert np.isfinite(r0).all()
     # reseeded centres are rows of the data, never the zero placeholder
     assert not (r0 == 0).all(axis=1).any()
+
+
+def test_minibatch_float32_batches_of_uneven_sizes_on_the_ranks(tmp_path):
+    """Each rank's batch takes the step's path its size picks; the sums they
+    all_reduce must still be of one dtype on every rank."""
+    c0, c1 = run_ranks("minibatch_float32_uneven_batches", tmp_path)
+    X = load_digits().data.astype(np.float32)
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    single.partial_fit(X)
+    single.partial_fit(X[100:])
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-5, atol=1e-4)
 
 
 def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):

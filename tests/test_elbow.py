@@ -182,6 +182,11 @@ def test_a_perfect_fit_at_the_last_k_keeps_the_knee(last):
     assert find_knee(range(1, 5), [100.0, 0.0, 0.0, 0.0]) == 2
 
 
+def test_a_plateau_then_a_perfect_fit_is_not_flat():
+    # No decay before the fall to 0: nothing to continue, the fall stays a corner.
+    assert find_knee(range(1, 5), [100.0, 100.0, 0.0, 0.0]) == 3
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_elbow_of_three_groups_of_three_distinct_points(dtype):
     rng = np.random.default_rng(0)

@@ -424,6 +424,11 @@ def test_which_searches_are_scored_from_differences():
     assert not scored_by_differences(torch.empty(1024, 64), 17)
     assert not scored_by_differences(torch.empty(100_000, 30), 2)
     assert not scored_by_differences(torch.empty(569, 30).half(), 2)
+    # A column group scores 32 rows at once, fewer cost as much; and wide rows
+    # would sum too many squared differences in float32.
+    assert not scored_by_differences(torch.empty(1, 32), 2048)
+    assert not scored_by_differences(torch.empty(8, 128), 512)
+    assert not scored_by_differences(torch.empty(64, 1024), 16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -215,11 +215,11 @@ def _floor_perfect_fits(values: np.ndarray) -> np.ndarray:
     tiny = values <= top * _PERFECT_FIT
     if not bool(tiny.any()):
         return values
-    regular = values[~tiny]
-    if regular.size >= 2:
-        low = float(regular.min())
+    regular = values[~tiny]  # holds the largest value
+    low = float(regular.min())
+    if low < top:
         floor = low * (low / top) ** (1.0 / (regular.size - 1))
-    else:
+    else:  # no decay to continue (one value, or a plateau): a fall of 1e-6
         floor = top * _PERFECT_FIT
     return np.where(tiny, floor, values)
 

@@ -199,9 +199,11 @@ def _minibatch_step(
     inertia = (distances if weights is None else distances * weights).sum(-1)
     n_total = n
     if collective.distributed:
+        # In acc on every rank: each rank's batch size picks its own path, and
+        # the kernel's float64 totals would not match another rank's acc sums.
         flat = torch.cat(
             [sums.reshape(-1), counts.reshape(-1), inertia.reshape(-1), inertia.new_full((1,), n)]
-        )
+        ).to(acc)
         collective.all_sum(flat)
         sums = flat[: sums.numel()].view_as(sums)
         counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts)
