@@ -94,13 +94,22 @@ def trust_factor(dtype: torch.dtype, device: torch.device | None = None) -> floa
     return (math.sqrt(rho) - 1.0) ** 2 if rho > 1 else 0.0
 
 
-def suspects(frame_squared_norms: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+def suspects(
+    frame_squared_norms: torch.Tensor, distances: torch.Tensor, *, centred: bool = False
+) -> torch.Tensor:
     """Rows whose label is not trusted (see the module docstring), as a bool
     mask: ``frame_squared_norms`` of the rows, ``distances`` to their labels
-    (in the dtype the scores were computed in, on their device)."""
-    # A row at distance 0 sits on its centroid: no other can be nearer.
+    (in the dtype the scores were computed in, on their device), measured
+    between centred rows and centroids when ``centred``."""
     trusted_up_to = distances * trust_factor(distances.dtype, distances.device)
-    return (frame_squared_norms > trusted_up_to) & (distances > 0)
+    suspect = frame_squared_norms > trusted_up_to
+    if not centred:
+        # A row at distance 0 from x itself sits on its centroid: no other can
+        # be nearer. Centring rounds both by up to u |x'|, and may make a
+        # distance far below that 0 (float32 rows near 1e5, 3e-3 from their
+        # centres: 3 of 300 labelled wrongly, with a distance of 0).
+        suspect &= distances > 0
+    return suspect
 
 
 def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
@@ -238,7 +247,7 @@ def certify_nearest(
         frame_squared_norms = squared_frame_norms(x, None)
     dtype = distances.dtype
     unit = torch.finfo(dtype).eps / 2
-    suspect = suspects(frame_squared_norms, distances)
+    suspect = suspects(frame_squared_norms, distances, centred=centred)
     read = 0
     low_precision = _wide_dtype(x.device).itemsize > dtype.itemsize
     step = check_rows(d)

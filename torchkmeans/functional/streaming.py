@@ -783,7 +783,7 @@ def fit_passes(
     if frame_norms is not None:
         # As kmeans does: the rows whose label rounding could have decided are
         # read again and checked against the returned centroids (see certify).
-        suspect_rows = suspects(frame_norms, distances[best]).nonzero().squeeze(1)
+        suspect_rows = suspects(frame_norms, distances[best], centred=True).nonzero().squeeze(1)
         step = check_rows(source.n_features)
         for start in range(0, suspect_rows.numel(), step):
             rows = suspect_rows[start : start + step]
