@@ -149,6 +149,25 @@ def test_labels_of_any_int64_range_match_sklearn():
     np.testing.assert_allclose(metrics.inertia(X, batch), within, rtol=1e-12)
 
 
+def test_integral_float_labels_beyond_int64_stay_distinct():
+    """Their cast to int64 overflowed: 1e19, 2e19 and 3e19 became one cluster ("1 label")."""
+    X, _ = _data("iris")
+    huge = np.repeat([1e19, 2e19, 3e19], 50)
+    mixed = np.repeat([-1.5e19, 5.0, 3e19], 50)
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours, reference = getattr(metrics, function), getattr(sk, function)
+        for labels in (huge, mixed):
+            assert ours(X, labels) == pytest.approx(reference(X, labels), rel=RTOL), function
+        batch = ours(torch.tensor(X), torch.tensor(np.stack([huge, mixed])))
+        expected = [reference(X, huge), reference(X, mixed)]
+        np.testing.assert_allclose(batch.numpy(), expected, rtol=RTOL, err_msg=function)
+    assert metrics.inertia(X, huge) == pytest.approx(metrics.inertia(X, np.repeat([0, 1, 2], 50)))
+    with pytest.raises(ValueError, match=r"indices into centers, got values outside int64"):
+        metrics.inertia(X, huge, np.zeros((3, 4)))
+    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral or"):
+        metrics.silhouette_score(X, np.r_[np.inf, np.zeros(149)])
+
+
 @SETTINGS
 @given(
     arrays(

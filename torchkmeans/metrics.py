@@ -79,21 +79,44 @@ def _as_data(X: Any, device: str | torch.device | None) -> tuple[torch.Tensor, v
     return x, kind
 
 
-def _label_tensor(labels: Any, n_samples: int, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched."""
+def _label_tensor(
+    labels: Any, n_samples: int, device: torch.device, *, indices: bool = False
+) -> tuple[torch.Tensor, bool]:
+    """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched.
+
+    Integral floats beyond int64 are numbered in sorted order (their cast
+    overflowed: 1e19, 2e19 and 3e19 became one cluster), unless they must be
+    ``indices`` (into centres), which they cannot be.
+    """
     if isinstance(labels, torch.Tensor):
         tensor = labels.detach()
         if tensor.is_floating_point():
-            if not bool((tensor == tensor.round()).all()):
-                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+            if not bool((tensor.isfinite() & (tensor == tensor.round())).all()):
+                raise TypeError(
+                    "Expected labels to hold integers, got non-integral or non-finite floats."
+                )
+            if tensor.numel() and not bool(((tensor >= -(2.0**63)) & (tensor < 2.0**63)).all()):
+                if indices:
+                    raise ValueError(
+                        "Expected labels to be indices into centers, got values outside int64."
+                    )
+                tensor = torch.unique(tensor, return_inverse=True)[1].view(tensor.shape)
         elif tensor.is_complex():
             raise TypeError(f"Expected labels to hold integers, got dtype {tensor.dtype}.")
         tensor = tensor.to(device=device, dtype=torch.int64)
     else:
         array = np.asarray(labels)
         if array.dtype.kind == "f":
-            if not bool(np.all(array == np.round(array))):
-                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+            if not bool(np.all(np.isfinite(array) & (array == np.round(array)))):
+                raise TypeError(
+                    "Expected labels to hold integers, got non-integral or non-finite floats."
+                )
+            if array.size and not bool(np.all((array >= -(2.0**63)) & (array < 2.0**63))):
+                if indices:
+                    raise ValueError(
+                        "Expected labels to be indices into centers, got values outside int64."
+                    )
+                array = np.unique(array, return_inverse=True)[1].reshape(array.shape)
             array = array.astype(np.int64)
         elif array.dtype.kind not in "biu":
             # Strings or objects: encode each labelling, as scikit-learn does.
@@ -642,7 +665,7 @@ def inertia(
         distances = nearest_centroids(x - offset, c3, memory_budget=memory_budget)
         per_point = distances.distances.to(acc)  # (b, n)
     else:
-        tensor, label_batched = _label_tensor(labels, n, x.device)
+        tensor, label_batched = _label_tensor(labels, n, x.device, indices=centres is not None)
         if centres is None:
             encoded = _encode(tensor, label_batched, acc)
             if weights is not None:
