@@ -7,6 +7,7 @@ Commands run in-process through ``cli.main`` (fast); one test runs
 from __future__ import annotations
 
 import pathlib
+import pickle
 import re
 import shutil
 import subprocess
@@ -375,6 +376,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "header_only.csv").write_text("a,b\n")
     (tmp_path / "blank.csv").write_text("\n\n")
     (tmp_path / "garbage.pt").write_text("not a tensor")
+    # pickle.dump, not torch.save: torch warned about its protocol before failing.
+    (tmp_path / "pickled.pt").write_bytes(pickle.dumps(np.ones((3, 2)), protocol=4))
     (tmp_path / "garbage.npy").write_text("not an array")
     (tmp_path / "empty.npy").write_bytes(b"")
     (tmp_path / "a_dir.npy").mkdir()
@@ -424,11 +427,27 @@ ERRORS = [
     ("pt-meta", "fit meta.pt -k 1", "expected a tensor holding data, got one on the meta"),
     ("key-on-npy", "fit ok.npy -k 2 --key a", "--key applies to .npz, .pt and .pth files"),
     ("garbage-pt", "fit garbage.pt -k 1", "not a readable PyTorch file"),
+    ("pickle-pt", "fit pickled.pt -k 1", "DATA 'pickled.pt': not a readable PyTorch file"),
     ("garbage-npy", "fit garbage.npy -k 1", "refusing to load a file without a .npy header"),
     ("empty-npy", "fit empty.npy -k 1", "expected a .npy/.npz file, got an empty file"),
     ("batch-size-alone", "fit ok.npy -k 2 --batch-size 8", "--batch-size applies only with"),
     ("labels-dir", "fit ok.npy -k 2 --labels-out nodir/l.npy", "expected an existing directory"),
     ("labels-suffix", "fit ok.npy -k 2 --labels-out l.txt", "expected a file name ending in .npy"),
+    (
+        "labels-is-a-directory",
+        "fit ok.npy -k 2 --labels-out a_dir.npy",
+        "--labels-out: expected a file name, got the directory",
+    ),
+    (
+        "centres-is-a-directory",
+        "fit ok.npy -k 2 --centers-out a_dir.npy",
+        "--centers-out: expected a file name, got the directory",
+    ),
+    (
+        "predict-labels-is-a-directory",
+        "predict ok.npy --centers ok.npy --labels-out a_dir.npy",
+        "--labels-out: expected a file name, got the directory",
+    ),
     (
         "labels-over-data",
         "fit ok.npy -k 2 --labels-out ./ok.npy",
@@ -446,7 +465,7 @@ ERRORS = [
     ),
     ("plot-suffix", "elbow ok.npy --k 1:3 --plot e.xyz", "--plot: expected a file name ending"),
     ("device-name", "fit ok.npy -k 2 --device gpu", "expected auto, cpu, cuda or cuda:N"),
-    ("out-dir-is-file", "demo --out-dir a_file", "File exists"),
+    ("out-dir-is-file", "demo --out-dir a_file", "--out-dir: expected a directory, got the file"),
     ("unknown-command", "fitt ok.npy", "invalid choice: 'fitt'"),
     ("missing-k", "fit ok.npy", "the following arguments are required: -k/--n-clusters"),
     ("unknown-option", "fit ok.npy -k 2 --frobnicate", "unrecognized arguments: --frobnicate"),

@@ -149,6 +149,25 @@ def test_labels_of_any_int64_range_match_sklearn():
     np.testing.assert_allclose(metrics.inertia(X, batch), within, rtol=1e-12)
 
 
+def test_integral_float_labels_beyond_int64_stay_distinct():
+    """Their cast to int64 overflowed: 1e19, 2e19 and 3e19 became one cluster ("1 label")."""
+    X, _ = _data("iris")
+    huge = np.repeat([1e19, 2e19, 3e19], 50)
+    mixed = np.repeat([-1.5e19, 5.0, 3e19], 50)
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours, reference = getattr(metrics, function), getattr(sk, function)
+        for labels in (huge, mixed):
+            assert ours(X, labels) == pytest.approx(reference(X, labels), rel=RTOL), function
+        batch = ours(torch.tensor(X), torch.tensor(np.stack([huge, mixed])))
+        expected = [reference(X, huge), reference(X, mixed)]
+        np.testing.assert_allclose(batch.numpy(), expected, rtol=RTOL, err_msg=function)
+    assert metrics.inertia(X, huge) == pytest.approx(metrics.inertia(X, np.repeat([0, 1, 2], 50)))
+    with pytest.raises(ValueError, match=r"indices into centers, got values outside int64"):
+        metrics.inertia(X, huge, np.zeros((3, 4)))
+    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral or"):
+        metrics.silhouette_score(X, np.r_[np.inf, np.zeros(149)])
+
+
 @SETTINGS
 @given(
     arrays(
@@ -276,6 +295,20 @@ def test_inertia_variants():
     assert both.shape == (2,) and both[1] == pytest.approx(km.inertia_)
 
 
+def test_inertia_of_float64_centers_on_float32_data_far_from_the_origin():
+    """The centres were rounded to float32 before the search: 79.035 for 78.883 at 1e6."""
+    X, _ = _data("iris")
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    X32 = (X + 1e6).astype(np.float32)
+    centers = km.cluster_centers_ + 1e6
+    exact = metrics.inertia(X32.astype(np.float64), centers=centers)
+    assert metrics.inertia(X32, centers=centers) == pytest.approx(exact, rel=1e-6)
+    labels = metrics.inertia(X32, centers=centers)  # nearest centre: at most any labelling's
+    assert labels <= metrics.inertia(X32, km.labels_, centers) * (1 + 1e-6)
+    tensor = metrics.inertia(torch.tensor(X32), centers=torch.tensor(centers))
+    assert tensor == pytest.approx(exact, rel=1e-6)
+
+
 @SETTINGS
 # Coordinates on a 0.01 grid and integer shifts: translation then changes no
 # distance beyond rounding (a subnormal offset such as 1e-45 would vanish under
@@ -350,6 +383,37 @@ def test_silhouette_properties(X, labels, shift):
             lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], memory_budget=0),
             ValueError,
             r"memory_budget=0 should be >= 1",
+        ),
+        # An empty batch of labellings failed inside torch's max().
+        (
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], np.zeros((0, 3), int)),
+            ValueError,
+            r"Expected labels to hold at least one labelling, got shape \(0, 3\)",
+        ),
+        (
+            lambda: metrics.davies_bouldin_score([[0.0], [1.0], [2.0]], torch.zeros(0, 3)),
+            ValueError,
+            r"Expected labels to hold at least one labelling",
+        ),
+        # Unsortable objects gave numpy's "'<' not supported between ...".
+        (
+            lambda: metrics.silhouette_score(
+                [[0.0], [1.0], [2.0]], np.array(["a", 1, None], dtype=object)
+            ),
+            TypeError,
+            r"Expected labels to be integers or strings of one kind, got a mix of NoneType, int",
+        ),
+        # Batches of 3 labellings and 2 sets of centres failed in torch's expand().
+        (
+            lambda: metrics.inertia([[0.0], [1.0]], np.zeros((3, 2), int), np.zeros((2, 1, 1))),
+            ValueError,
+            r"Expected labels and centers with the same batch size .* got 3 labellings and 2",
+        ),
+        # No centres named "centroids" and the shape (1, 0, 1).
+        (
+            lambda: metrics.inertia([[0.0], [1.0]], centers=np.zeros((0, 1))),
+            ValueError,
+            r"Expected centers to be of shape \(k, 1\) .* with k >= 1, got shape \(0, 1\)",
         ),
     ],
 )

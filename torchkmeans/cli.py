@@ -390,6 +390,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     device = _device(args.device)
     figure = _figure_class()
     out_dir = Path(args.out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir: expected a directory, got the file {str(out_dir)!r}.")
     if figure is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     X = tutorial_data()
@@ -742,7 +744,11 @@ def _load_numpy(path: Path, where: str, key: str | None, key_option: str, mmap: 
 
 def _load_torch(path: Path, where: str, key: str | None, key_option: str) -> torch.Tensor:
     try:
-        loaded = torch.load(path, weights_only=True, map_location="cpu")
+        # torch warns about a pickle protocol before it fails on a file that
+        # torch.save did not write: the error alone is the one line to print.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         text = str(exc)
         after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler" in text else text
@@ -761,6 +767,8 @@ def _load_torch(path: Path, where: str, key: str | None, key_option: str) -> tor
             + (f": {detail}" if detail else "")
             + ")."
         ) from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if isinstance(loaded, dict):
         tensors = {str(name): value for name, value in loaded.items()}
         chosen = _choose_key(list(tensors), key, where, key_option, "entries")
@@ -926,6 +934,9 @@ def _checked_parent(path: Path, option: str) -> Path:
     path = path.resolve()
     if not path.parent.is_dir():
         raise UsageError(f"{option}: expected an existing directory, got {str(path.parent)!r}.")
+    if path.is_dir():
+        # Found only when writing, after the fit: "Is a directory: ...".
+        raise UsageError(f"{option}: expected a file name, got the directory {str(path)!r}.")
     return path
 
 

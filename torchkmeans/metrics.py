@@ -79,26 +79,58 @@ def _as_data(X: Any, device: str | torch.device | None) -> tuple[torch.Tensor, v
     return x, kind
 
 
-def _label_tensor(labels: Any, n_samples: int, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched."""
+def _label_tensor(
+    labels: Any, n_samples: int, device: torch.device, *, indices: bool = False
+) -> tuple[torch.Tensor, bool]:
+    """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched.
+
+    Integral floats beyond int64 are numbered in sorted order (their cast
+    overflowed: 1e19, 2e19 and 3e19 became one cluster), unless they must be
+    ``indices`` (into centres), which they cannot be.
+    """
     if isinstance(labels, torch.Tensor):
         tensor = labels.detach()
         if tensor.is_floating_point():
-            if not bool((tensor == tensor.round()).all()):
-                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+            if not bool((tensor.isfinite() & (tensor == tensor.round())).all()):
+                raise TypeError(
+                    "Expected labels to hold integers, got non-integral or non-finite floats."
+                )
+            if tensor.numel() and not bool(((tensor >= -(2.0**63)) & (tensor < 2.0**63)).all()):
+                if indices:
+                    raise ValueError(
+                        "Expected labels to be indices into centers, got values outside int64."
+                    )
+                tensor = torch.unique(tensor, return_inverse=True)[1].view(tensor.shape)
         elif tensor.is_complex():
             raise TypeError(f"Expected labels to hold integers, got dtype {tensor.dtype}.")
         tensor = tensor.to(device=device, dtype=torch.int64)
     else:
         array = np.asarray(labels)
         if array.dtype.kind == "f":
-            if not bool(np.all(array == np.round(array))):
-                raise TypeError("Expected labels to hold integers, got non-integral floats.")
+            if not bool(np.all(np.isfinite(array) & (array == np.round(array)))):
+                raise TypeError(
+                    "Expected labels to hold integers, got non-integral or non-finite floats."
+                )
+            if array.size and not bool(np.all((array >= -(2.0**63)) & (array < 2.0**63))):
+                if indices:
+                    raise ValueError(
+                        "Expected labels to be indices into centers, got values outside int64."
+                    )
+                array = np.unique(array, return_inverse=True)[1].reshape(array.shape)
             array = array.astype(np.int64)
         elif array.dtype.kind not in "biu":
             # Strings or objects: encode each labelling, as scikit-learn does.
             rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
-            codes = np.stack([np.unique(row, return_inverse=True)[1].ravel() for row in rows])
+            try:
+                codes = np.stack([np.unique(row, return_inverse=True)[1].ravel() for row in rows])
+            except TypeError:
+                # Objects that cannot be sorted: ['a', 1, None] gave numpy's
+                # "'<' not supported between instances of 'int' and 'str'".
+                kinds = sorted({type(value).__name__ for value in array.ravel().tolist()})
+                raise TypeError(
+                    "Expected labels to be integers or strings of one kind, got a mix of "
+                    f"{', '.join(kinds)}."
+                ) from None
             array = codes.reshape(array.shape)
         tensor = torch.as_tensor(array.astype(np.int64), device=device)
     if tensor.ndim not in (1, 2) or tensor.shape[-1] != n_samples:
@@ -107,6 +139,11 @@ def _label_tensor(labels: Any, n_samples: int, device: torch.device) -> tuple[to
             f"got shape {tuple(tensor.shape)}."
         )
     batched = tensor.ndim == 2
+    if batched and tensor.shape[0] == 0:
+        # An empty batch failed in torch's max() with a message about reductions.
+        raise ValueError(
+            f"Expected labels to hold at least one labelling, got shape {tuple(tensor.shape)}."
+        )
     return (tensor if batched else tensor.unsqueeze(0)), batched
 
 
@@ -611,19 +648,24 @@ def inertia(
     if centers is not None:
         ndim = centers.ndim if isinstance(centers, torch.Tensor) else np.ndim(centers)
         centres, _ = v.as_tensor(centers, "centers", device=x.device, ndim=ndim)
-        if centres.ndim not in (2, 3) or centres.shape[-1] != d:
+        if centres.ndim not in (2, 3) or centres.shape[-1] != d or 0 in centres.shape[:-1]:
             raise ValueError(
-                f"Expected centers to be of shape (k, {d}) or (batch, k, {d}), "
+                f"Expected centers to be of shape (k, {d}) or (batch, k, {d}) with k >= 1, "
                 f"got shape {tuple(centres.shape)}."
             )
     if labels is None and centres is not None:
         batched = centres.ndim == 3
-        c3 = centres.to(x.dtype) if batched else centres.to(x.dtype).unsqueeze(0)
-        offset = c3.mean((0, 1))
-        distances = nearest_centroids(x - offset, c3 - offset, memory_budget=memory_budget)
+        # Shifted in the wider dtype before any rounding to the data's:
+        # float64 centres of float32 data at 1e6 were rounded to float32
+        # first, 0.2% off the inertia those centres give with labels.
+        wide = torch.promote_types(centres.dtype, x.dtype)
+        c3 = centres.to(wide) if batched else centres.to(wide).unsqueeze(0)
+        offset = c3.mean((0, 1)).to(x.dtype)
+        c3 = (c3 - offset.to(wide)).to(x.dtype)
+        distances = nearest_centroids(x - offset, c3, memory_budget=memory_budget)
         per_point = distances.distances.to(acc)  # (b, n)
     else:
-        tensor, label_batched = _label_tensor(labels, n, x.device)
+        tensor, label_batched = _label_tensor(labels, n, x.device, indices=centres is not None)
         if centres is None:
             encoded = _encode(tensor, label_batched, acc)
             if weights is not None:
@@ -637,6 +679,11 @@ def inertia(
         if bool(((tensor < 0) | (tensor >= k)).any()):
             raise ValueError(f"Expected labels to be indices into centers, in [0, {k}).")
         b = max(tensor.shape[0], c3.shape[0])
+        if tensor.shape[0] not in (1, b) or c3.shape[0] not in (1, b):
+            raise ValueError(
+                f"Expected labels and centers with the same batch size (or one of them "
+                f"unbatched), got {tensor.shape[0]} labellings and {c3.shape[0]} sets of centers."
+            )
         tensor, c3 = tensor.expand(b, n), c3.expand(b, k, d)
         chosen = c3.gather(1, tensor.unsqueeze(-1).expand(b, n, d))
         per_point = (x.to(acc).unsqueeze(0) - chosen).square_().sum(-1)
