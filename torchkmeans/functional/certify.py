@@ -43,6 +43,7 @@ import torch
 __all__ = [
     "certify_nearest",
     "check_rows",
+    "moved_centroids_floor",
     "product_unit_roundoff",
     "squared_frame_norms",
     "suspects",
@@ -110,6 +111,31 @@ def suspects(
         # centres: 3 of 300 labelled wrongly, with a distance of 0).
         suspect &= distances > 0
     return suspect
+
+
+def moved_centroids_floor(
+    scored: torch.Tensor, returned: torch.Tensor, offset: torch.Tensor | None
+) -> torch.Tensor:
+    """A floor ``(b, 1)`` for the squared frame norms of rows labelled against
+    centroids ``scored`` ``(b, k, d)`` and checked against ``returned``, the
+    same centroids plus ``offset`` rounded to the output dtype.
+
+    That rounding moves each centroid by up to ``u |c|`` in the input's frame,
+    not the scoring frame's: far from the origin it can exceed the distances
+    themselves (float32 rows near 1e4, 1e-2 from their centres: up to a
+    quarter of the labels of a fit were not the nearest returned centre).
+    Centroids that moved by at most ``s`` change the difference of two
+    squared distances up to ``D`` by about ``4 s sqrt(D)``: within the trusted
+    precision of ``D`` when ``D >= 16 s^2 / precision^2``. Rows nearer their
+    centre than that become suspects (0 when nothing moved).
+    """
+    wide = _wide_dtype(returned.device)
+    moved = returned.to(wide) - scored.to(wide)
+    if offset is not None:
+        moved -= offset.to(wide)
+    shift = torch.linalg.vecdot(moved, moved).amax(-1, keepdim=True)
+    factor = trust_factor(returned.dtype, returned.device)
+    return (shift * (16 * factor / _TRUSTED_PRECISION**2)).to(returned.dtype)
 
 
 def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:

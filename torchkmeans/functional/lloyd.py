@@ -20,7 +20,7 @@ import torch
 
 from .. import _validation as v
 from . import _native
-from .certify import certify_nearest
+from .certify import certify_nearest, moved_centroids_floor
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
@@ -1054,8 +1054,18 @@ def _finish(
             result = result._replace(labels=labels)
         else:
             distances = _labelled_distances(x3, centroids, labels, _exact_distance_rows(x3), False)
+            # The labels were scored against the centroids before the offset
+            # was added back and rounded: rows that rounding could mislabel
+            # are suspects too.
+            assert prep.x_sq is not None
+            floor = moved_centroids_floor(result.centroids, centroids, prep.offset)
             certify_nearest(
-                x3, centroids, labels, distances, frame_squared_norms=prep.x_sq, active=active
+                x3,
+                centroids,
+                labels,
+                distances,
+                frame_squared_norms=torch.maximum(prep.x_sq, floor),
+                active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))

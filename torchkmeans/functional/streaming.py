@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from .certify import certify_nearest, check_rows, suspects
+from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
 from .collective import LOCAL, Collective
 from .distances import block_rows, exact_distances, squared_norms
 from .init import _distances_to, kmeans_plusplus, random_init
@@ -781,21 +781,25 @@ def fit_passes(
     best = int(inertia.argmin()) if b > 1 else 0
     final = centroids[best] + stats.offset[0, 0] if metric == "euclidean" else centroids[best]
     if frame_norms is not None:
-        # As kmeans does: the rows whose label rounding could have decided are
-        # read again and checked against the returned centroids (see certify).
+        # As kmeans does: the rows whose label rounding could have decided
+        # (also the rounding of the offset added back) are read again, measured
+        # from x and checked against the returned centroids (see certify).
+        final = final.to(dtype)
+        floor = moved_centroids_floor(centroids[best : best + 1], final[None], stats.offset[0])
+        frame_norms = torch.maximum(frame_norms, floor[0])
         suspect_rows = suspects(frame_norms, distances[best], centred=True).nonzero().squeeze(1)
         step = check_rows(source.n_features)
         for start in range(0, suspect_rows.numel(), step):
             rows = suspect_rows[start : start + step]
             row_labels = labels[best, rows].unsqueeze(0)
-            row_distances = distances[best, rows].unsqueeze(0)
+            x_rows = source.take(rows).unsqueeze(0)
+            row_distances = exact_distances(x_rows, final[None], row_labels, False)
             certify_nearest(
-                source.take(rows).unsqueeze(0),
-                final.to(dtype).unsqueeze(0),
+                x_rows,
+                final[None],
                 row_labels,
                 row_distances,
                 frame_squared_norms=frame_norms[rows].unsqueeze(0),
-                centred=True,
             )
             labels[best, rows] = row_labels[0]
             distances[best, rows] = row_distances[0]
