@@ -118,22 +118,26 @@ def moved_centroids_floor(
 ) -> torch.Tensor:
     """A floor ``(b, 1)`` for the squared frame norms of rows labelled against
     centroids ``scored`` ``(b, k, d)`` and checked against ``returned``, the
-    same centroids plus ``offset`` rounded to the output dtype.
+    rounded sum ``scored + offset`` in their (common) dtype.
 
     That rounding moves each centroid by up to ``u |c|`` in the input's frame,
     not the scoring frame's: far from the origin it can exceed the distances
-    themselves (float32 rows near 1e4, 1e-2 from their centres: up to a
+    themselves (float32 rows near 1e4, 3e-3 from their centres: up to a
     quarter of the labels of a fit were not the nearest returned centre).
     Centroids that moved by at most ``s`` change the difference of two
     squared distances up to ``D`` by about ``4 s sqrt(D)``: within the trusted
     precision of ``D`` when ``D >= 16 s^2 / precision^2``. Rows nearer their
-    centre than that become suspects (0 when nothing moved).
+    centre than that become suspects (0 when nothing moved). The moves are
+    the sum's exact rounding errors (Knuth's TwoSum), also in float64.
     """
+    if offset is None:
+        return returned.new_zeros(returned.shape[0], 1)
+    offset = offset.to(returned.dtype)
+    scored = scored.to(returned.dtype)
+    offset_part = returned - scored
+    moved = (scored - (returned - offset_part)).add_(offset - offset_part).neg_()
     wide = _wide_dtype(returned.device)
-    moved = returned.to(wide) - scored.to(wide)
-    if offset is not None:
-        moved -= offset.to(wide)
-    shift = torch.linalg.vecdot(moved, moved).amax(-1, keepdim=True)
+    shift = torch.linalg.vecdot(moved.to(wide), moved.to(wide)).amax(-1, keepdim=True)
     factor = trust_factor(returned.dtype, returned.device)
     return (shift * (16 * factor / _TRUSTED_PRECISION**2)).to(returned.dtype)
 
