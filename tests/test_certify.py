@@ -174,6 +174,22 @@ def test_float64_fit_labels_where_adding_the_mean_back_moves_the_centres(path):
         np.testing.assert_allclose(float(result.inertia[problem]), table.min(1).sum(), rtol=1e-5)
 
 
+def test_distances_of_rows_read_again_are_measured_from_the_rows(path):
+    # Two float64 rows of 130 features as their own centres: each is read
+    # again (its distance is the centring's rounding residue), and its
+    # distance was measured between the rows and centres centred on the
+    # centres' mean, which rounds them by up to u |x'| (before: distances
+    # 5.5e-31 and 2.3e-31 for 4.3e-31 and 1.9e-31, and the fit's inertia
+    # 7.9e-31 for 6.2e-31).
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 130)))
+    fitted = kmeans(x, 2, n_init=1, generator=torch.Generator().manual_seed(0))
+    table = exact_distances(x, fitted.centroids)
+    chosen = table[np.arange(2), fitted.labels.numpy()]
+    np.testing.assert_allclose(float(fitted.inertia), chosen.sum(), rtol=1e-5)
+    result = nearest_centroids(x, fitted.centroids)
+    assert_nearest(x, fitted.centroids, result.labels, result.distances)
+
+
 def test_float64_labels_beside_an_extreme_outlier(path):
     x = np.array([[0.0], [1.0], [3e8]])
     model = KMeans(n_clusters=3, init=x, n_init=1, max_iter=1).fit(x)

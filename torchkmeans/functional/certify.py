@@ -194,12 +194,17 @@ def _relabel(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and exact distances (float64) of rows ``x`` ``(r, d)`` against
     ``centroids`` ``(k, d)``: from the expansion in float64 when the rows were
-    labelled in lower precision and it settles them, else from differences."""
+    labelled in lower precision and it settles them, else from differences.
+    The rows are scored centred on the centroids' mean; their distances are
+    measured from ``x`` itself (the centring rounds float64 rows by up to
+    ``u |x'|``: rows on their centres got 5.5e-31 and 2.3e-31 for 4.3e-31
+    and 1.9e-31)."""
     wide = _wide_dtype(x.device)
-    c = centroids.to(wide)
-    middle = c.mean(0)
-    c = c - middle
-    xw = x.to(wide) - middle
+    given = centroids.to(wide)
+    middle = given.mean(0)
+    c = given - middle
+    x_given = x.to(wide)
+    xw = x_given - middle
     r, k = xw.shape[0], c.shape[0]
     labels = torch.empty(r, dtype=torch.int64, device=x.device)
     distances = torch.empty(r, dtype=wide, device=x.device)
@@ -214,7 +219,7 @@ def _relabel(
         if active is not None:
             scores.masked_fill_(~active, math.inf)
         chosen = scores.argmin(1)
-        difference = xb - c.index_select(0, chosen)
+        difference = x_given[start : start + rows] - given.index_select(0, chosen)
         exact = torch.linalg.vecdot(difference, difference)
         labels[start : start + rows] = chosen
         distances[start : start + rows] = exact
