@@ -190,6 +190,23 @@ def test_distances_of_rows_read_again_are_measured_from_the_rows(path):
     assert_nearest(x, fitted.centroids, result.labels, result.distances)
 
 
+def test_a_float64_row_between_two_centres_a_few_ulps_away(path):
+    # Two centres within 2 ulps of the row in each feature: distances 6.1e-30
+    # and 5.5e-30, which the rows' centring on the centres' mean (a rounding
+    # of u |x'|) could not tell apart (before: the farther one, in 3 of the
+    # first 14 such draws).
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(1, 130))
+    far = rng.normal(size=(2, 130)) * 3
+    near = x + rng.integers(-2, 3, size=(2, 130)) * np.spacing(np.abs(x))
+    centroids = torch.from_numpy(np.vstack([far[:1], near, far[1:]]))
+    result = nearest_centroids(torch.from_numpy(x), centroids)
+    # Relative to the distance itself, below assert_nearest's floor of 1e-30 |x|^2.
+    table = exact_distances(x, centroids)[0]
+    assert table[int(result.labels[0])] <= table.min() * (1 + 2e-6)
+    np.testing.assert_allclose(float(result.distances[0]), table.min(), rtol=1e-5)
+
+
 def test_float64_labels_beside_an_extreme_outlier(path):
     x = np.array([[0.0], [1.0], [3e8]])
     model = KMeans(n_clusters=3, init=x, n_init=1, max_iter=1).fit(x)

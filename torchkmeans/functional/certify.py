@@ -195,10 +195,11 @@ def _relabel(
     """Labels and exact distances (float64) of rows ``x`` ``(r, d)`` against
     ``centroids`` ``(k, d)``: from the expansion in float64 when the rows were
     labelled in lower precision and it settles them, else from differences.
-    The rows are scored centred on the centroids' mean; their distances are
-    measured from ``x`` itself (the centring rounds float64 rows by up to
-    ``u |x'|``: rows on their centres got 5.5e-31 and 2.3e-31 for 4.3e-31
-    and 1.9e-31)."""
+    The expansion scores rows centred on the centroids' mean; differences
+    and the distances returned are taken from ``x`` itself (the centring
+    rounds float64 rows by up to ``u |x'|``: rows on their centres got
+    5.5e-31 and 2.3e-31 for 4.3e-31 and 1.9e-31, and a row 8e-31 from two
+    centres was given the farther)."""
     wide = _wide_dtype(x.device)
     given = centroids.to(wide)
     middle = given.mean(0)
@@ -215,7 +216,10 @@ def _relabel(
         if low_precision:
             scores = torch.addmm(torch.linalg.vecdot(c, c), xb, c.T, alpha=-2.0)
         else:
-            scores = torch.cdist(xb, c, compute_mode="donot_use_mm_for_euclid_dist")
+            # From differences: no centring needed, nor wanted (it rounds
+            # the rows by up to u |x'|, more than a distance near 0).
+            block = x_given[start : start + rows]
+            scores = torch.cdist(block, given, compute_mode="donot_use_mm_for_euclid_dist")
         if active is not None:
             scores.masked_fill_(~active, math.inf)
         chosen = scores.argmin(1)
