@@ -244,6 +244,21 @@ def test_fit_then_partial_fit_goes_on_and_pickles():
     np.testing.assert_array_equal(km.cluster_centers_, copy.cluster_centers_)
 
 
+def test_partial_fit_refuses_float64_rows_beyond_the_float32_centres_range():
+    """A float32 model cast a later float64 batch after checking it: values
+    beyond float32's range became infinities, and cluster_centers_ NaN."""
+    X = blobs(n=300, d=3, k=3, seed=4).astype(np.float32)
+    km = MiniBatchKMeans(3, random_state=0).partial_fit(X)
+    centers, counts = km.cluster_centers_.copy(), km.counts_.copy()
+    huge = np.full((50, 3), 1e39)
+    with pytest.raises(ValueError, match=r"Input X holds values beyond the range of float32"):
+        km.partial_fit(huge)
+    np.testing.assert_array_equal(km.cluster_centers_, centers)
+    np.testing.assert_array_equal(km.counts_, counts)
+    km.partial_fit(X[:100].astype(np.float64))  # in range: accepted, as before
+    assert np.isfinite(km.cluster_centers_).all()
+
+
 def test_assigned_cluster_centers_are_used_by_predict_and_partial_fit():
     X = blobs(n=1000, d=3, k=3, seed=4)
     km = MiniBatchKMeans(3, batch_size=100, random_state=0).fit(X)

@@ -266,13 +266,15 @@ class KMeans(EstimatorProtocol):
         self._check_is_fitted()
         self._check_feature_names(X)
         centers = self._centers
-        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=None)
+        # Cast to the centres' dtype before the finiteness check: float64 rows
+        # beyond float32's range would otherwise become infinities after it.
+        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=centers.dtype)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return x.to(centers.dtype), kind
+        return x, kind
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Compute the clustering.
