@@ -649,6 +649,16 @@ def test_input_errors(tmp_path):
         MiniBatchKMeans(2).fit(iter([]))
     with pytest.raises(TypeError, match=r"Expected X to be an array-like or tensor for fit_p"):
         MiniBatchKMeans(2).fit_predict(iter([X]))
+    # fit_transform fitted on the batches, then failed to read the spent
+    # generator as an object array ("float() argument must be ... not 'generator'").
+    fresh = MiniBatchKMeans(2)
+    with pytest.raises(TypeError, match=r"Expected X to be an array-like or tensor for fit_t"):
+        fresh.fit_transform(iter([X]))
+    assert not hasattr(fresh, "cluster_centers_")
+    batches = r"Expected X to be an array-like, memmap or tensor, got an iterable of batches"
+    for method in (km.predict, km.transform, km.score):
+        with pytest.raises(TypeError, match=batches + r" \(generator\)"):
+            method(b for b in [X])
     with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
         MiniBatchKMeans(2).fit(np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
     bad = np.memmap(tmp_path / "nan.dat", dtype=np.float32, mode="w+", shape=(30, 2))

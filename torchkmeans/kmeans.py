@@ -448,6 +448,11 @@ class KMeans(EstimatorProtocol):
         device; the last flag says whether ``X`` is streamed.
         """
         self._check_is_fitted()
+        if v.is_batch_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like, memmap or tensor, got an iterable of batches "
+                f"({type(X).__name__}); predict, transform and score take one batch at a time."
+            )
         centers = self._centers
         if not should_stream(X, centers.device):
             x, kind = self._validate_x(X, reset=False)

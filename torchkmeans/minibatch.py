@@ -711,6 +711,15 @@ class MiniBatchKMeans(KMeans):
         self.fit(X, sample_weight=sample_weight)
         return self.labels_ if self.compute_labels else self.predict(X)
 
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then ``transform(X)``: ``X`` is read twice, so not an iterable."""
+        if v.is_batch_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like or tensor for fit_transform, got an iterable "
+                "of batches; call fit, then transform on each batch."
+            )
+        return super().fit_transform(X, sample_weight=sample_weight)
+
 
 def _steps_between_checks(device: torch.device) -> int:
     """Steps between host reads of the early-stopping statistics: every step on
