@@ -708,6 +708,12 @@ def test_feature_names_of_a_data_frame_in_fit_and_partial_fit():
     np.testing.assert_array_equal(batches.feature_names_in_, np.array(["a", "b", "c"], object))
     with pytest.raises(ValueError, match="Feature names must be in the same order"):
         batches.partial_fit(X[["c", "b", "a"]])
+    # (frame, y) tuples, as (array, y) ones: the tuple was read as one ragged
+    # array ("Expected X to be a rectangular array-like of numbers").
+    y = np.zeros(100)
+    pairs = MiniBatchKMeans(n_clusters=3, random_state=0).fit(iter([(X[:100], y), (X[100:], y)]))
+    np.testing.assert_array_equal(pairs.feature_names_in_, batches.feature_names_in_)
+    np.testing.assert_array_equal(pairs.cluster_centers_, batches.cluster_centers_)
 
 
 def test_callable_init_auto_n_init_is_three_as_sklearn():

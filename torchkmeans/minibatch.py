@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _validation as v
@@ -47,7 +46,9 @@ def _first(batch: Any) -> Any:
     """The data of one yielded batch: DataLoaders may yield ``(x, y)`` tuples/lists."""
     if isinstance(batch, (tuple, list)) and batch:
         head = batch[0]
-        if isinstance(head, (torch.Tensor, np.ndarray)) and head.ndim == 2:
+        # Any 2-D array-like: a tensor, an array, a data frame (pandas, polars).
+        shape = getattr(head, "shape", None)
+        if shape is not None and len(shape) == 2:
             return head
     return batch
 
