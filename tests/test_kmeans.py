@@ -547,6 +547,21 @@ def test_predict_with_another_feature_count():
         km.predict(X_NAN)
 
 
+def test_float64_rows_beyond_float32_centres_are_refused_not_made_infinite():
+    """predict/transform/score on a float32 fit cast float64 input after
+    checking it: 1e39 became inf, giving label 0 and NaN distances."""
+    km = KMeans(n_clusters=2, random_state=0).fit(X_OK.astype(np.float32))
+    huge = np.full((4, 3), 1e39)
+    match = r"Input X holds values beyond the range of float32 \(converted from float64\)"
+    for method in (km.predict, km.transform, km.score):
+        with pytest.raises(ValueError, match=match):
+            method(huge)
+    with pytest.raises(ValueError, match=match):
+        KMeans(n_clusters=2, dtype="float32").fit(huge)
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        km.predict(X_INF)
+
+
 def test_sparse_input_is_refused_with_a_hint():
     sparse = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match=r"got a sparse matrix .* convert it with X.toarray\(\)"):

@@ -244,6 +244,21 @@ def test_fit_then_partial_fit_goes_on_and_pickles():
     np.testing.assert_array_equal(km.cluster_centers_, copy.cluster_centers_)
 
 
+def test_partial_fit_refuses_float64_rows_beyond_the_float32_centres_range():
+    """A float32 model cast a later float64 batch after checking it: values
+    beyond float32's range became infinities, and cluster_centers_ NaN."""
+    X = blobs(n=300, d=3, k=3, seed=4).astype(np.float32)
+    km = MiniBatchKMeans(3, random_state=0).partial_fit(X)
+    centers, counts = km.cluster_centers_.copy(), km.counts_.copy()
+    huge = np.full((50, 3), 1e39)
+    with pytest.raises(ValueError, match=r"Input X holds values beyond the range of float32"):
+        km.partial_fit(huge)
+    np.testing.assert_array_equal(km.cluster_centers_, centers)
+    np.testing.assert_array_equal(km.counts_, counts)
+    km.partial_fit(X[:100].astype(np.float64))  # in range: accepted, as before
+    assert np.isfinite(km.cluster_centers_).all()
+
+
 def test_assigned_cluster_centers_are_used_by_predict_and_partial_fit():
     X = blobs(n=1000, d=3, k=3, seed=4)
     km = MiniBatchKMeans(3, batch_size=100, random_state=0).fit(X)
@@ -634,6 +649,16 @@ def test_input_errors(tmp_path):
         MiniBatchKMeans(2).fit(iter([]))
     with pytest.raises(TypeError, match=r"Expected X to be an array-like or tensor for fit_p"):
         MiniBatchKMeans(2).fit_predict(iter([X]))
+    # fit_transform fitted on the batches, then failed to read the spent
+    # generator as an object array ("float() argument must be ... not 'generator'").
+    fresh = MiniBatchKMeans(2)
+    with pytest.raises(TypeError, match=r"Expected X to be an array-like or tensor for fit_t"):
+        fresh.fit_transform(iter([X]))
+    assert not hasattr(fresh, "cluster_centers_")
+    batches = r"Expected X to be an array-like, memmap or tensor, got an iterable of batches"
+    for method in (km.predict, km.transform, km.score):
+        with pytest.raises(TypeError, match=batches + r" \(generator\)"):
+            method(b for b in [X])
     with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
         MiniBatchKMeans(2).fit(np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 2.0]]))
     bad = np.memmap(tmp_path / "nan.dat", dtype=np.float32, mode="w+", shape=(30, 2))
@@ -683,6 +708,12 @@ def test_feature_names_of_a_data_frame_in_fit_and_partial_fit():
     np.testing.assert_array_equal(batches.feature_names_in_, np.array(["a", "b", "c"], object))
     with pytest.raises(ValueError, match="Feature names must be in the same order"):
         batches.partial_fit(X[["c", "b", "a"]])
+    # (frame, y) tuples, as (array, y) ones: the tuple was read as one ragged
+    # array ("Expected X to be a rectangular array-like of numbers").
+    y = np.zeros(100)
+    pairs = MiniBatchKMeans(n_clusters=3, random_state=0).fit(iter([(X[:100], y), (X[100:], y)]))
+    np.testing.assert_array_equal(pairs.feature_names_in_, batches.feature_names_in_)
+    np.testing.assert_array_equal(pairs.cluster_centers_, batches.cluster_centers_)
 
 
 def test_callable_init_auto_n_init_is_three_as_sklearn():

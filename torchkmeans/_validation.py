@@ -134,11 +134,20 @@ def as_tensor(
             )
         )
     target_device = resolve_device(device, tensor.device)
+    source = tensor
     if dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(device=target_device, dtype=dtype)
     else:
         tensor = tensor.to(device=target_device)
     if check_finite and not all_finite(tensor):
+        if tensor.dtype != source.dtype and all_finite(source):
+            # A narrowing cast (float64 rows for float32 centres) overflowed:
+            # the infinities it made would turn centres and distances into NaN.
+            target, origin = (str(t).removeprefix("torch.") for t in (tensor.dtype, source.dtype))
+            raise ValueError(
+                f"Input {name} holds values beyond the range of {target} (converted from "
+                f"{origin}); expected values that are finite in {target}."
+            )
         raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
     return tensor, kind
 

@@ -266,13 +266,15 @@ class KMeans(EstimatorProtocol):
         self._check_is_fitted()
         self._check_feature_names(X)
         centers = self._centers
-        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=None)
+        # Cast to the centres' dtype before the finiteness check: float64 rows
+        # beyond float32's range would otherwise become infinities after it.
+        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=centers.dtype)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return x.to(centers.dtype), kind
+        return x, kind
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Compute the clustering.
@@ -446,6 +448,11 @@ class KMeans(EstimatorProtocol):
         device; the last flag says whether ``X`` is streamed.
         """
         self._check_is_fitted()
+        if v.is_batch_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like, memmap or tensor, got an iterable of batches "
+                f"({type(X).__name__}); predict, transform and score take one batch at a time."
+            )
         centers = self._centers
         if not should_stream(X, centers.device):
             x, kind = self._validate_x(X, reset=False)

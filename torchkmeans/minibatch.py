@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _validation as v
@@ -47,7 +46,9 @@ def _first(batch: Any) -> Any:
     """The data of one yielded batch: DataLoaders may yield ``(x, y)`` tuples/lists."""
     if isinstance(batch, (tuple, list)) and batch:
         head = batch[0]
-        if isinstance(head, (torch.Tensor, np.ndarray)) and head.ndim == 2:
+        # Any 2-D array-like: a tensor, an array, a data frame (pandas, polars).
+        shape = getattr(head, "shape", None)
+        if shape is not None and len(shape) == 2:
             return head
     return batch
 
@@ -710,6 +711,15 @@ class MiniBatchKMeans(KMeans):
             )
         self.fit(X, sample_weight=sample_weight)
         return self.labels_ if self.compute_labels else self.predict(X)
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """``fit(X)`` then ``transform(X)``: ``X`` is read twice, so not an iterable."""
+        if v.is_batch_stream(X):
+            raise TypeError(
+                "Expected X to be an array-like or tensor for fit_transform, got an iterable "
+                "of batches; call fit, then transform on each batch."
+            )
+        return super().fit_transform(X, sample_weight=sample_weight)
 
 
 def _steps_between_checks(device: torch.device) -> int:
