@@ -22,6 +22,38 @@ def torch_ops_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
 
 
+# PyTorch's float32 matmul precision, per backend (torch >= 2.9).
+_PRECISION_SETTINGS = (
+    (torch.backends, "fp32_precision"),
+    (torch.backends.cuda.matmul, "fp32_precision"),
+    (getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"),
+)
+needs_per_backend_precision = pytest.mark.skipif(
+    not all(hasattr(owner, name) for owner, name in _PRECISION_SETTINGS),
+    reason="torch < 2.9 has no per-backend float32 matmul precision",
+)
+
+
+@pytest.fixture
+def matmul_precision():
+    """Restores PyTorch's float32 matmul precision settings after the test."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _PRECISION_SETTINGS]
+    yield
+    for owner, name, value in saved:
+        setattr(owner, name, value)
+
+
+@pytest.fixture
+def bfloat16_products(matmul_precision):
+    """float32 products in bfloat16 for the test: set_float32_matmul_precision
+    ("medium") on a CPU with bfloat16 units (AMX), as TF32 under "high" on a
+    GPU; skipped where the CPU multiplies float32 in float32 all the same."""
+    a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    torch.set_float32_matmul_precision("medium")
+    if float((torch.mm(a, a.T).double() - a.double() @ a.double().T).abs().max()) < 1e-3:
+        pytest.skip("this CPU multiplies float32 in float32 under 'medium'")
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 DEVICES = [

@@ -14,6 +14,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from conftest import needs_per_backend_precision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -288,25 +289,6 @@ def test_half_precision_nearest_centroids_is_computed_in_float32():
 
 # ------------------------------------------------- reduced float32 matmul precision
 
-_PRECISION_SETTINGS = (
-    (torch.backends, "fp32_precision"),
-    (torch.backends.cuda.matmul, "fp32_precision"),
-    (getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"),
-)
-needs_per_backend_precision = pytest.mark.skipif(
-    not all(hasattr(owner, name) for owner, name in _PRECISION_SETTINGS),
-    reason="torch < 2.9 has no per-backend float32 matmul precision",
-)
-
-
-@pytest.fixture
-def matmul_precision():
-    """Restores PyTorch's float32 matmul precision settings after the test."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name in _PRECISION_SETTINGS]
-    yield
-    for owner, name, value in saved:
-        setattr(owner, name, value)
-
 
 @needs_per_backend_precision
 def test_product_unit_roundoff_follows_the_matmul_precision(matmul_precision):
@@ -330,29 +312,15 @@ def test_product_unit_roundoff_follows_the_matmul_precision(matmul_precision):
     assert trust_factor(torch.float32, cpu) > 100.0
 
 
-def _multiplies_in_bfloat16() -> bool:
-    a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
-    exact = a.double() @ a.double().T
-    torch.set_float32_matmul_precision("medium")
-    try:
-        error = float((torch.mm(a, a.T).double() - exact).abs().max())
-    finally:
-        torch.set_float32_matmul_precision("highest")
-    return error > 1e-3
-
-
 @needs_per_backend_precision
-def test_labels_are_nearest_when_float32_products_run_in_bfloat16(matmul_precision):
+def test_labels_are_nearest_when_float32_products_run_in_bfloat16(bfloat16_products):
     """torch.set_float32_matmul_precision("medium") lets a CPU with bfloat16
     units multiply in bfloat16, as "high" lets a GPU multiply in TF32: the
     labels of PyTorch's path were wrong (102 of 20,000 rows here) until the
     check took the products' precision into account."""
-    if not _multiplies_in_bfloat16():
-        pytest.skip("this CPU multiplies float32 in float32 under 'medium'")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 64, generator=generator)
     centroids = torch.randn(100, 64, generator=generator) * 0.3
-    torch.set_float32_matmul_precision("medium")
     with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
         result = nearest_centroids(x, centroids)
         model = KMeans(n_clusters=100, random_state=0, n_init=1).fit(x)
