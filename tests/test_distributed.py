@@ -139,6 +139,49 @@ def minibatch_float32_uneven_batches(rank, tmp):
     return mbk.cluster_centers_
 
 
+def minibatch_inertia_of_the_batch(rank, tmp):
+    # compute_labels: labels_ are the local rows', inertia_ that of the whole batch.
+    X = load_digits().data
+    local = [X[i : i + 100][:30] if rank == 0 else X[i : i + 100][30:] for i in range(0, 500, 100)]
+    mbk = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    out = []
+    for batch in local:
+        mbk.partial_fit(batch)
+        out.append((mbk.inertia_, mbk.labels_))
+    return out
+
+
+def _rejected_then_in_step(rank, first, later):
+    """``first`` batch, then ``later`` (rejected on some rank), then a good batch."""
+    X = load_digits().data
+    mbk = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.5, random_state=0)
+    outcome = _error_of(lambda: mbk.partial_fit(first))
+    if later is not None:
+        outcome = _error_of(lambda: mbk.partial_fit(later))
+    for start in range(300, 800, 100):  # the ranks are still in step
+        mbk.partial_fit(X[start : start + 100])
+    return outcome, mbk.cluster_centers_
+
+
+def minibatch_nan_in_the_first_batch(rank, tmp):
+    X = load_digits().data[:200].copy()
+    if rank == 1:
+        X[3, 3] = np.nan
+    return _rejected_then_in_step(rank, X, None)
+
+
+def minibatch_later_batch_with_other_features(rank, tmp):
+    X = load_digits().data
+    return _rejected_then_in_step(rank, X[:100], X[100:200] if rank == 0 else X[100:200, :60])
+
+
+def minibatch_nan_in_a_later_batch(rank, tmp):
+    X = load_digits().data[:200].copy()
+    if rank == 0:
+        X[150, 3] = np.inf
+    return _rejected_then_in_step(rank, X[:100], X[100:])
+
+
 def elbow_sweep(rank, tmp):
     X = blobs(n=2000, d=4, centers=4, seed=3)
     part = shards(X, [900, 1100])[rank]
@@ -200,6 +243,10 @@ SCENARIOS = {
         minibatch_partial_fit,
         minibatch_empty_batches,
         minibatch_float32_uneven_batches,
+        minibatch_inertia_of_the_batch,
+        minibatch_nan_in_the_first_batch,
+        minibatch_later_batch_with_other_features,
+        minibatch_nan_in_a_later_batch,
         elbow_sweep,
         mismatched_features,
         mismatched_clusters,
@@ -368,6 +415,35 @@ def test_minibatch_float32_batches_of_uneven_sizes_on_the_ranks(tmp_path):
     single.partial_fit(X[100:])
     np.testing.assert_array_equal(c0, c1)
     np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-5, atol=1e-4)
+
+
+def test_minibatch_inertia_is_that_of_the_ranks_batches_together(tmp_path):
+    r0, r1 = run_ranks("minibatch_inertia_of_the_batch", tmp_path)
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for (i0, l0), (i1, l1), start in zip(r0, r1, range(0, 500, 100)):
+        single.partial_fit(X[start : start + 100])
+        np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
+        assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("minibatch_nan_in_the_first_batch", r"Input X contains NaN or infinity"),
+        ("minibatch_later_batch_with_other_features", r"X has 60 features, but MiniBatchKMeans"),
+        ("minibatch_nan_in_a_later_batch", r"Input X contains NaN or infinity"),
+    ],
+)
+def test_a_batch_rejected_on_one_rank_raises_on_every_rank(tmp_path, scenario, message):
+    """The rank that rejects its batch raises its own error, the others say
+    which rank did; none waits for it, and the ranks stay in step."""
+    (e0, c0), (e1, c1) = run_ranks(scenario, tmp_path)
+    bad = 1 if re.search(message, e1[1]) else 0
+    assert e0[0] == e1[0] == "ValueError", (e0, e1)
+    assert re.search(message, (e0, e1)[bad][1])
+    assert re.search(rf"(rank {bad}|another rank) rejected its batch", (e0, e1)[1 - bad][1])
+    np.testing.assert_array_equal(c0, c1)
 
 
 def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):

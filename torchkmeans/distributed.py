@@ -46,6 +46,12 @@ class ProcessGroupCollective(Collective):
         self.world_size = dist.get_world_size(group)
         self._source = 0 if group is None else dist.get_global_rank(group, 0)
 
+    @property
+    def device(self) -> torch.device:
+        if self._dist.get_backend(self.group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
         return tensor

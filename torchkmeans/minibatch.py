@@ -17,7 +17,7 @@ from .exceptions import ConvergenceWarning
 from .functional.collective import LOCAL, Collective
 from .functional.distances import compute_dtype
 from .functional.init import kmeans_plusplus, random_init
-from .functional.minibatch import _minibatch_step, minibatch_step
+from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -631,7 +631,26 @@ class MiniBatchKMeans(KMeans):
         collective = distributed.collective(self.process_group)
         if first:
             # On shards a rank's batch may be empty (checked over all ranks below).
-            x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
+            try:
+                x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
+                acc = compute_dtype(x.dtype)
+                weights = v.check_sample_weight(
+                    sample_weight, x.shape[0], device=x.device, dtype=acc
+                )
+            except (TypeError, ValueError) as exc:
+                # A rank that rejects its batch still takes part in the check
+                # below, so that the other ranks raise instead of waiting.
+                check_agreement(
+                    collective,
+                    collective.device,
+                    exc,
+                    n_features=-1,
+                    dtype="?",
+                    n_clusters=-1,
+                    metric="?",
+                    compute_labels=False,
+                )
+                raise  # pragma: no cover - check_agreement raised exc
             self._reset_feature_names(X)
             n = x.shape[0]
             n_total = n
@@ -644,12 +663,11 @@ class MiniBatchKMeans(KMeans):
                     dtype=x.dtype,
                     n_clusters=self.n_clusters,
                     metric=self.metric,
+                    compute_labels=bool(self.compute_labels),
                 )
                 n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
             params = self._check_minibatch_params(n_total)
             k = params["n_clusters"]
-            acc = compute_dtype(x.dtype)
-            weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
             generator = v.make_generator(self.random_state, x.device)
             x = x.to(acc)
             self._batch_size = params["batch_size"]
@@ -668,27 +686,40 @@ class MiniBatchKMeans(KMeans):
                 centers = self._seed(self._prepare(init_x), init_w, k, generator)
             counts = torch.zeros(k, dtype=acc, device=x.device)
         else:
-            x, kind = self._validate_x(X, reset=False)
-            v.check_positive_int(self.batch_size, "batch_size")
-            v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
             centers, counts = self._centers, self._counts
-            weights = v.check_sample_weight(
-                sample_weight, x.shape[0], device=x.device, dtype=counts.dtype
-            )
+            try:
+                x, kind = self._validate_x(X, reset=False)
+                v.check_positive_int(self.batch_size, "batch_size")
+                v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+                weights = v.check_sample_weight(
+                    sample_weight, x.shape[0], device=x.device, dtype=counts.dtype
+                )
+            except (TypeError, ValueError):
+                # The other ranks are in the step's collective: join it with a
+                # flag, so that they raise too rather than wait for this rank.
+                join_rejected_step(centers, counts, collective)
+                raise
             generator = self._restore_generator()
         x = self._prepare(x)
-        step = minibatch_step(
-            x,
-            centers,
-            counts,
-            sample_weight=weights,
-            random_reassign=self._should_reassign(counts),
-            reassignment_ratio=self.reassignment_ratio,
-            generator=generator,
-            metric=self.metric,
-            memory_budget=self.memory_budget,
-            collective=collective,
-        )
+        since_reassign = self._n_since_last_reassign
+        try:
+            step = minibatch_step(
+                x,
+                centers,
+                counts,
+                sample_weight=weights,
+                random_reassign=self._should_reassign(counts),
+                reassignment_ratio=self.reassignment_ratio,
+                generator=generator,
+                metric=self.metric,
+                memory_budget=self.memory_budget,
+                collective=collective,
+            )
+        except ValueError:
+            # No step was taken (another rank's batch was rejected): the
+            # reseeding schedule stays where it is, in step with that rank's.
+            self._n_since_last_reassign = since_reassign
+            raise
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1
         if self.compute_labels:
@@ -697,7 +728,12 @@ class MiniBatchKMeans(KMeans):
             if weights is not None:
                 dist = dist * weights.double()
             self.labels_ = kind.out(labels)
-            self.inertia_ = float(dist.sum())
+            inertia = dist.sum().reshape(1)
+            if collective.distributed:
+                # The inertia of the ranks' batches together, as one process
+                # fitting their concatenation reports (labels stay local).
+                inertia = collective.all_sum(inertia.to(collective.device))
+            self.inertia_ = float(inertia)
         return self
 
     # ------------------------------------------------------------------ inference

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOCAL", "Collective"]
+__all__ = ["LOCAL", "Collective", "raise_rejected"]
 
 
 class Collective:
@@ -29,6 +29,11 @@ class Collective:
 
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        """Where this rank's collective tensors live (CUDA for NCCL, else the CPU)."""
+        return torch.device("cpu")
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the ranks, in place; returns it."""
@@ -49,3 +54,16 @@ class Collective:
 
 
 LOCAL = Collective()
+
+
+def raise_rejected(ranks: list[int] | None = None) -> None:
+    """The error of the ranks whose batch was valid when ``ranks`` (or another) rejected theirs.
+
+    A rank that rejects its input still joins the collective the others are
+    in, with a flag, then raises its own error; the others raise this one.
+    """
+    who = "another rank" if not ranks else "rank " + ", ".join(str(rank) for rank in ranks)
+    raise ValueError(
+        f"Expected a valid batch on every rank, but {who} rejected its batch "
+        "(see the error raised there); nothing was updated on any rank."
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from .. import _validation as v
-from .collective import LOCAL, Collective
+from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     compute_dtype,
     nearest_by_differences,
@@ -208,7 +209,10 @@ def _minibatch_step(
         sums = flat[: sums.numel()].view_as(sums)
         counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts)
         inertia = flat[sums.numel() + counts.numel() : -1].view_as(inertia)
-        n_total = int(flat[-1])
+        total = float(flat[-1])
+        if math.isnan(total):  # a rank rejected its batch (see join_rejected_step)
+            raise_rejected()
+        n_total = int(total)
     work = sums.dtype
     old, ws = old.to(work), ws.to(work)
     new_ws = ws + counts
@@ -262,3 +266,19 @@ def _minibatch_step(
     return MiniBatchStep(
         new_centroids.to(centroids.dtype), new_ws.to(weight_sums.dtype), labels, inertia
     )
+
+
+def join_rejected_step(
+    centroids: torch.Tensor, weight_sums: torch.Tensor, collective: Collective
+) -> None:
+    """On a rank that rejected its batch: join the step's one collective with a flag.
+
+    The other ranks, in :func:`minibatch_step` with the same ``centroids``
+    ``(k, d)`` and ``weight_sums`` ``(k,)``, see the flag (a NaN batch size)
+    and raise instead of waiting for this rank; nothing is updated anywhere.
+    """
+    if not collective.distributed:
+        return
+    acc = compute_dtype(centroids.dtype)
+    size = centroids.numel() + weight_sums.numel() + 2  # sums, counts, inertia, n
+    collective.all_sum(torch.full((size,), math.nan, dtype=acc, device=centroids.device))

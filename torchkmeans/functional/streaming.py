@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
-from .collective import LOCAL, Collective
+from .collective import LOCAL, Collective, raise_rejected
 from .distances import block_rows, exact_distances, squared_norms
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset
@@ -654,13 +654,22 @@ def _relocate(
     )
 
 
-def check_agreement(collective: Collective, device: torch.device, **values: Any) -> None:
+def check_agreement(
+    collective: Collective,
+    device: torch.device,
+    error: Exception | None = None,
+    **values: Any,
+) -> None:
     """Ranks that disagree on the problem raise the same error instead of hanging.
 
     ``values``: ints, bools, dtypes or strings describing the problem
     (feature count, dtype, k...), compared across ranks in one all_gather.
+    ``error``: this rank rejected its input (its ``values`` are then
+    placeholders); it raises ``error``, every other rank says which rank did.
     """
     if not collective.distributed:
+        if error is not None:
+            raise error
         return
 
     def code(value: Any) -> int:
@@ -669,15 +678,24 @@ def check_agreement(collective: Collective, device: torch.device, **values: Any)
         return -1 - zlib.crc32(str(value).encode())  # the same in every process
 
     names = list(values)
-    mine = torch.tensor([code(values[name]) for name in names], dtype=torch.int64, device=device)
+    mine = torch.tensor(
+        [int(error is not None), *(code(values[name]) for name in names)],
+        dtype=torch.int64,
+        device=device,
+    )
     every = collective.all_gather(mine).cpu()
+    if error is not None:
+        raise error
+    rejected = every[:, 0].nonzero().flatten().tolist()
+    if rejected:
+        raise_rejected(rejected)
     known = [*values.values(), torch.float16, torch.bfloat16, torch.float32, torch.float64]
     texts = {
         code(value): str(value)
         for value in [*known, "euclidean", "cosine"]
         if not isinstance(value, (bool, int))
     }
-    for column, name in enumerate(names):
+    for column, name in enumerate(names, start=1):
         seen = every[:, column].tolist()
         if len(set(seen)) > 1:
             shown = [texts.get(item, item if item >= 0 else "?") for item in seen]
