@@ -207,6 +207,12 @@ def mismatched_dtype(rank, tmp):
     )
 
 
+def mismatched_tol(rank, tmp):
+    # Another tol stops one rank's iterations earlier: its all_reduce would be missing.
+    X = blobs()
+    return _error_of(lambda: KMeans(6, init=X[:6], tol=[1e-4, 0.5][rank]).fit(X[:1000]))
+
+
 def nan_on_one_rank(rank, tmp):
     X = blobs()[:100].copy()
     if rank == 1:
@@ -251,6 +257,7 @@ SCENARIOS = {
         mismatched_features,
         mismatched_clusters,
         mismatched_dtype,
+        mismatched_tol,
         nan_on_one_rank,
         explicit_group,
     )
@@ -467,6 +474,7 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
             "mismatched_dtype",
             r"Expected every rank to have the same dtype, got \['torch.float64', 'torch.float32'\]",
         ),
+        ("mismatched_tol", r"Expected every rank to have the same tol, got \["),
         ("nan_on_one_rank", r"Input X contains NaN or infinity"),
     ],
 )

@@ -725,6 +725,9 @@ def fit_passes(
         n_init=n_init,
         metric=metric,
         sample_weight_given=source.weights is not None,
+        # Both decide when a rank stops iterating, hence its number of collectives.
+        max_iter=max_iter,
+        tol=float(tol),
     )
     stats = _statistics(source, metric, collective, source.dtype)
     if stats.n_rows < n_clusters:
