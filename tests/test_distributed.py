@@ -220,6 +220,19 @@ def nan_on_one_rank(rank, tmp):
     return _error_of(lambda: KMeans(3, random_state=0).fit(X))
 
 
+def negative_weight_on_one_rank(rank, tmp):
+    X = blobs()[:100]
+    weights = np.ones(100)
+    if rank == 1:
+        weights[7] = -1.0
+    return _error_of(lambda: KMeans(3, random_state=0).fit(X, sample_weight=weights))
+
+
+def one_dimensional_shard_on_one_rank(rank, tmp):
+    X = blobs()[:100]
+    return _error_of(lambda: KMeans(3, random_state=0).fit(X if rank == 0 else X[:, 0]))
+
+
 def explicit_group(rank, tmp):
     group = dist.new_group([0, 1])
     X = blobs()
@@ -259,6 +272,8 @@ SCENARIOS = {
         mismatched_dtype,
         mismatched_tol,
         nan_on_one_rank,
+        negative_weight_on_one_rank,
+        one_dimensional_shard_on_one_rank,
         explicit_group,
     )
 }
@@ -451,6 +466,23 @@ def test_a_batch_rejected_on_one_rank_raises_on_every_rank(tmp_path, scenario, m
     assert re.search(message, (e0, e1)[bad][1])
     assert re.search(rf"(rank {bad}|another rank) rejected its batch", (e0, e1)[1 - bad][1])
     np.testing.assert_array_equal(c0, c1)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("negative_weight_on_one_rank", r"sample_weight"),
+        ("one_dimensional_shard_on_one_rank", r"Expected X to be 2-D"),
+    ],
+)
+def test_a_shard_rejected_on_one_rank_raises_on_every_rank(tmp_path, scenario, message):
+    """KMeans.fit: a rank whose shard or weights fail the local checks joins
+    the ranks' agreement check with its error; before, the other rank waited
+    there until gloo's timeout."""
+    (kind0, text0), (kind1, text1) = run_ranks(scenario, tmp_path)
+    assert kind0 == kind1 == "ValueError", (text0, text1)
+    assert re.search(message, text1), text1
+    assert re.search(r"rank 1 rejected its shard", text0), text0
 
 
 def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):

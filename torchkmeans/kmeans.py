@@ -19,7 +19,7 @@ from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import Collective
 from .functional.distances import Nearest, _nearest, compute_dtype, pairwise_distances
 from .functional.lloyd import KMeansResult, kmeans
-from .functional.streaming import chunk_rows, iter_chunks, streamed_kmeans
+from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streamed_kmeans
 
 __all__ = ["KMeans"]
 
@@ -337,26 +337,34 @@ class KMeans(EstimatorProtocol):
         """``fit`` in passes: data streamed from the host, or a shard of a distributed fit."""
         dtype = v.resolve_dtype(self.dtype)
         shard = collective.distributed
-        if should_stream(X, self.device):
-            data, compute, kind = host_rows(X, dtype, allow_empty=shard)
-            device = v.resolve_device(self.device, torch.device("cpu"))
-            n_local, n_features = data.n_rows, data.n_features
-        else:
-            # Finiteness is checked in the first pass, on every rank at once.
-            x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype, check_finite=False)
-            compute = compute_dtype(x.dtype)
-            data, device = x, x.device
-            n_local, n_features = x.shape
-        # On shards n_samples >= n_clusters is checked over all ranks.
-        n_clusters, n_init, metric = self._check_params(None if shard else n_local)
-        weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
-        generator = v.make_generator(self.random_state, device)
-        if callable(self.init) and not isinstance(self.init, str):
-            raise TypeError(
-                "Expected init to be 'k-means++', 'random' or an array when X is streamed "
-                f"from the host or sharded over processes ({type(X).__name__}), got a callable."
-            )
-        init = self._given_init((n_clusters, n_features), device, compute)
+        try:
+            if should_stream(X, self.device):
+                data, compute, kind = host_rows(X, dtype, allow_empty=shard)
+                device = v.resolve_device(self.device, torch.device("cpu"))
+                n_local, n_features = data.n_rows, data.n_features
+            else:
+                # Finiteness is checked in the first pass, on every rank at once.
+                x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype, check_finite=False)
+                compute = compute_dtype(x.dtype)
+                data, device = x, x.device
+                n_local, n_features = x.shape
+            # On shards n_samples >= n_clusters is checked over all ranks.
+            n_clusters, n_init, metric = self._check_params(None if shard else n_local)
+            weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
+            generator = v.make_generator(self.random_state, device)
+            if callable(self.init) and not isinstance(self.init, str):
+                raise TypeError(
+                    "Expected init to be 'k-means++', 'random' or an array when X is streamed "
+                    f"from the host or sharded over processes ({type(X).__name__}), got a "
+                    "callable."
+                )
+            init = self._given_init((n_clusters, n_features), device, compute)
+        except (TypeError, ValueError) as exc:
+            if shard:
+                # The other ranks are about to compare their problems: this
+                # one joins with its error rather than leave them waiting.
+                reject_shard(collective, exc)
+            raise
         result = streamed_kmeans(
             data,
             n_clusters,

@@ -56,14 +56,15 @@ class Collective:
 LOCAL = Collective()
 
 
-def raise_rejected(ranks: list[int] | None = None) -> None:
-    """The error of the ranks whose batch was valid when ``ranks`` (or another) rejected theirs.
+def raise_rejected(ranks: list[int] | None = None, what: str = "batch") -> None:
+    """The error of the ranks whose input was valid when ``ranks`` (or another) rejected theirs.
 
-    A rank that rejects its input still joins the collective the others are
-    in, with a flag, then raises its own error; the others raise this one.
+    A rank that rejects its input (a ``what``: batch, shard) still joins the
+    collective the others are in, with a flag, then raises its own error;
+    the others raise this one.
     """
     who = "another rank" if not ranks else "rank " + ", ".join(str(rank) for rank in ranks)
     raise ValueError(
-        f"Expected a valid batch on every rank, but {who} rejected its batch "
+        f"Expected a valid {what} on every rank, but {who} rejected its {what} "
         "(see the error raised there); nothing was updated on any rank."
     )

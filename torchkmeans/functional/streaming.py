@@ -658,14 +658,16 @@ def check_agreement(
     collective: Collective,
     device: torch.device,
     error: Exception | None = None,
+    what: str = "batch",
     **values: Any,
 ) -> None:
     """Ranks that disagree on the problem raise the same error instead of hanging.
 
     ``values``: ints, bools, dtypes or strings describing the problem
     (feature count, dtype, k...), compared across ranks in one all_gather.
-    ``error``: this rank rejected its input (its ``values`` are then
-    placeholders); it raises ``error``, every other rank says which rank did.
+    ``error``: this rank rejected its input (a ``what``: batch, shard), its
+    ``values`` are then placeholders; it raises ``error``, every other rank
+    says which rank did.
     """
     if not collective.distributed:
         if error is not None:
@@ -688,7 +690,7 @@ def check_agreement(
         raise error
     rejected = every[:, 0].nonzero().flatten().tolist()
     if rejected:
-        raise_rejected(rejected)
+        raise_rejected(rejected, what)
     known = [*values.values(), torch.float16, torch.bfloat16, torch.float32, torch.float64]
     texts = {
         code(value): str(value)
@@ -700,6 +702,29 @@ def check_agreement(
         if len(set(seen)) > 1:
             shown = [texts.get(item, item if item >= 0 else "?") for item in seen]
             raise ValueError(f"Expected every rank to have the same {name}, got {shown} (by rank).")
+
+
+# What every rank's fit_passes must agree on (see check_agreement).
+_AGREED = (
+    "n_features",
+    "dtype",
+    "n_clusters",
+    "n_init",
+    "metric",
+    "sample_weight_given",
+    "max_iter",
+    "tol",
+)
+
+
+def reject_shard(collective: Collective, error: Exception) -> None:
+    """On a rank whose shard (or its weights, init...) was rejected before
+    :func:`fit_passes`: join that function's agreement check with ``error``,
+    which this rank raises while every other rank says which rank rejected
+    its shard, instead of waiting for it."""
+    check_agreement(
+        collective, collective.device, error, what="shard", **dict.fromkeys(_AGREED, "?")
+    )
 
 
 def fit_passes(
@@ -716,19 +741,18 @@ def fit_passes(
     collective: Collective,
 ) -> KMeansResult:
     """Lloyd in passes over a source, the ranks' partial sums combined every iteration."""
-    check_agreement(
-        collective,
-        source.device,
-        n_features=source.n_features,
-        dtype=source.dtype,
-        n_clusters=n_clusters,
-        n_init=n_init,
-        metric=metric,
-        sample_weight_given=source.weights is not None,
-        # Both decide when a rank stops iterating, hence its number of collectives.
-        max_iter=max_iter,
-        tol=float(tol),
+    # max_iter and tol decide when a rank stops iterating, hence its number of collectives.
+    problem = (
+        source.n_features,
+        source.dtype,
+        n_clusters,
+        n_init,
+        metric,
+        source.weights is not None,
+        max_iter,
+        float(tol),
     )
+    check_agreement(collective, source.device, what="shard", **dict(zip(_AGREED, problem)))
     stats = _statistics(source, metric, collective, source.dtype)
     if stats.n_rows < n_clusters:
         raise ValueError(f"n_samples={stats.n_rows} should be >= n_clusters={n_clusters}.")
