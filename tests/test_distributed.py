@@ -189,6 +189,17 @@ def elbow_sweep(rank, tmp):
     return result.inertia, result.knee, [c for c in result.centroids], result.labels
 
 
+def elbow_one_dimensional_shard_on_one_rank(rank, tmp):
+    X = blobs(n=200)
+    return _error_of(lambda: elbow(X if rank == 0 else X[:, 0], k=range(1, 5), random_state=0))
+
+
+def elbow_other_sweeps(rank, tmp):
+    # Rank 0 would be done after 4 fits while rank 1 waits for a fifth.
+    X = blobs(n=200)
+    return _error_of(lambda: elbow(X, k=range(1, 5 + rank), random_state=0))
+
+
 def mismatched_features(rank, tmp):
     X = blobs()
     part = X[:100] if rank == 0 else X[:100, :4]
@@ -267,6 +278,8 @@ SCENARIOS = {
         minibatch_later_batch_with_other_features,
         minibatch_nan_in_a_later_batch,
         elbow_sweep,
+        elbow_one_dimensional_shard_on_one_rank,
+        elbow_other_sweeps,
         mismatched_features,
         mismatched_clusters,
         mismatched_dtype,
@@ -473,6 +486,7 @@ def test_a_batch_rejected_on_one_rank_raises_on_every_rank(tmp_path, scenario, m
     [
         ("negative_weight_on_one_rank", r"sample_weight"),
         ("one_dimensional_shard_on_one_rank", r"Expected X to be 2-D"),
+        ("elbow_one_dimensional_shard_on_one_rank", r"Expected X to be 2-D"),
     ],
 )
 def test_a_shard_rejected_on_one_rank_raises_on_every_rank(tmp_path, scenario, message):
@@ -507,6 +521,7 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
             r"Expected every rank to have the same dtype, got \['torch.float64', 'torch.float32'\]",
         ),
         ("mismatched_tol", r"Expected every rank to have the same tol, got \["),
+        ("elbow_other_sweeps", r"Expected every rank to have the same k, got \['(\?|\[1, 2, 3, 4)"),
         ("nan_on_one_rank", r"Input X contains NaN or infinity"),
     ],
 )

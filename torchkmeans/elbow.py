@@ -26,7 +26,7 @@ from .functional.collective import Collective
 from .functional.distances import nearest_centroids
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
-from .functional.streaming import streamed_kmeans
+from .functional.streaming import check_sweep, reject_shard, streamed_kmeans
 
 __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
 
@@ -512,33 +512,53 @@ def elbow(
     """
     collective = distributed.collective(process_group)
     shard = collective.distributed
-    # On shards, finiteness and n_samples >= k are checked over all ranks at once.
-    x, kind = v.as_tensor(
-        X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
-    )
-    if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
-        raise ValueError(
-            f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
+    try:
+        # On shards, finiteness and n_samples >= k are checked over all ranks at once.
+        x, kind = v.as_tensor(
+            X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
         )
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    ks = _check_ks(k, None if shard else x.shape[0])
-    n_init = v.check_positive_int(n_init, "n_init")
-    max_iter = v.check_positive_int(max_iter, "max_iter")
-    tol = v.check_nonnegative_float(tol, "tol")
-    metric = v.check_metric(metric)
-    names = _check_scores(scores)
-    if shard and names != ("inertia",):
-        raise ValueError(
-            f"Expected scores=('inertia',) when X is sharded over processes, got {names}; "
-            "the other scores need every pair of rows."
+        if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
+            raise ValueError(
+                f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
+            )
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        ks = _check_ks(k, None if shard else x.shape[0])
+        n_init = v.check_positive_int(n_init, "n_init")
+        max_iter = v.check_positive_int(max_iter, "max_iter")
+        tol = v.check_nonnegative_float(tol, "tol")
+        metric = v.check_metric(metric)
+        names = _check_scores(scores)
+        if shard and names != ("inertia",):
+            raise ValueError(
+                f"Expected scores=('inertia',) when X is sharded over processes, got {names}; "
+                "the other scores need every pair of rows."
+            )
+        if curve not in _CURVES:
+            raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
+        v.check_nonnegative_float(sensitivity, "sensitivity")
+        if memory_budget is not None:
+            v.check_positive_int(memory_budget, "memory_budget")
+        generator = v.make_generator(random_state, x.device)
+    except (TypeError, ValueError) as exc:
+        if shard:
+            # The other ranks are about to compare their sweeps: this one
+            # joins with its error rather than leave them waiting.
+            reject_shard(collective, exc)
+        raise
+    if shard:
+        # The length of the sweep is every rank's number of fits (and collectives).
+        check_sweep(
+            collective,
+            x.device,
+            ks,
+            n_features=x.shape[1],
+            dtype=x.dtype,
+            n_init=n_init,
+            metric=metric,
+            max_iter=max_iter,
+            tol=tol,
         )
-    if curve not in _CURVES:
-        raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
-    v.check_nonnegative_float(sensitivity, "sensitivity")
-    if memory_budget is not None:
-        v.check_positive_int(memory_budget, "memory_budget")
-    generator = v.make_generator(random_state, x.device)
 
     progress = _Progress(verbose, len(ks))
     fits: dict[str, Any] = dict(

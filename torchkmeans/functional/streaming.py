@@ -727,6 +727,38 @@ def reject_shard(collective: Collective, error: Exception) -> None:
     )
 
 
+def check_sweep(
+    collective: Collective,
+    device: torch.device,
+    ks: tuple[int, ...],
+    *,
+    n_features: int,
+    dtype: torch.dtype,
+    n_init: int,
+    metric: str,
+    max_iter: int,
+    tol: float,
+) -> None:
+    """Before one :func:`fit_passes` per k of a sweep: the ranks agree on the
+    sweep (its length is their number of fits, hence of collectives). Laid
+    out like that function's check, so a rank in :func:`reject_shard` joins
+    it."""
+    check_agreement(
+        collective,
+        device,
+        what="shard",
+        # One value per name of _AGREED, in its order: the all_gather has one shape.
+        n_features=n_features,
+        dtype=dtype,
+        k=str(list(ks)),
+        n_init=n_init,
+        metric=metric,
+        sample_weight_given=False,
+        max_iter=max_iter,
+        tol=float(tol),
+    )
+
+
 def fit_passes(
     source: _Source,
     n_clusters: int,
