@@ -14,6 +14,23 @@ if os.environ.get("CI"):
 
 
 @pytest.fixture
+def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code paths of an accelerator (deferred host checks, no native
+    kernel, whole-tensor sorts...) on CPU tensors: what a CUDA device runs,
+    checked on machines without one. ``TORCHKMEANS_TEST_ACCELERATOR_PATHS=1``
+    runs the whole suite so."""
+    from torchkmeans.functional import _device
+
+    monkeypatch.setattr(_device, "on_host", lambda device: False)
+
+
+if os.environ.get("TORCHKMEANS_TEST_ACCELERATOR_PATHS"):
+    from torchkmeans.functional import _device
+
+    _device.on_host = lambda device: False
+
+
+@pytest.fixture
 def torch_ops_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fits and labelling through PyTorch ops, never the fused native kernel
     (torchkmeans/functional/_native.py): for tests of those ops' arithmetic."""

@@ -22,6 +22,7 @@ import torch
 
 from . import _validation as v
 from . import distributed
+from .functional import _device
 from .functional.collective import Collective
 from .functional.distances import nearest_centroids
 from .functional.init import kmeans_plusplus
@@ -376,7 +377,7 @@ def _sweep(
     ).contiguous()
     inertia = torch.empty(n_problems, dtype=torch.float64, device=x.device)
     k_of_problem = torch.tensor(ks, device=x.device).repeat_interleave(n_init)
-    if x.device.type == "cpu":
+    if _device.on_host(x.device):
         groups = _groups(ks, x.shape[0] * (d + 1) * n_init, _CPU_GROUP_OVERHEAD)
     else:
         groups = [list(range(n_ks))]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from .functional import _device
 from .functional.distances import block_rows, nearest_centroids, squared_norms
 
 __all__ = [
@@ -229,7 +230,7 @@ def _silhouette(
     rows = block_rows(
         n, n + columns, itemsize=data.element_size(), memory_budget=memory_budget, device=x.device
     )
-    tile = n if x.device.type != "cpu" else max(1, min(n, _CPU_TILE_ELEMENTS // rows))
+    tile = n if not _device.on_host(x.device) else max(1, min(n, _CPU_TILE_ELEMENTS // rows))
     out = torch.empty((b, n), dtype=x.dtype, device=x.device)
     infinity = torch.tensor(float("inf"), dtype=dtype, device=x.device)
     for start in range(0, n, rows):

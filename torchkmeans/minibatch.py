@@ -14,6 +14,7 @@ from . import _validation as v
 from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
+from .functional import _device
 from .functional.collective import LOCAL, Collective
 from .functional.distances import compute_dtype
 from .functional.init import kmeans_plusplus, random_init
@@ -762,7 +763,7 @@ def _steps_between_checks(device: torch.device) -> int:
     """Steps between host reads of the early-stopping statistics: every step on
     the CPU, where a read costs nothing; every 10 elsewhere, where each read
     waits for the device."""
-    return 1 if device.type == "cpu" else 10
+    return 1 if _device.on_host(device) else 10
 
 
 class _EarlyStopping:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from . import _device
 from ._native_build import build as _build
 
 __all__ = ["available", "nearest", "prefers_native"]
@@ -135,7 +136,7 @@ def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> boo
     """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k
     centroids: in Lloyd's iterations, or (``within_lloyd=False``) labelling rows
     from scratch."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    if not _device.on_host(x.device) or x.dtype not in (torch.float32, torch.float64):
         return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False

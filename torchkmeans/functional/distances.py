@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _validation as v
-from . import _native
+from . import _device, _native
 from .certify import certify_nearest, squared_frame_norms, trust_factor
 
 __all__ = [
@@ -157,7 +157,7 @@ def block_rows(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     row_bytes = max(1, n_columns * itemsize)
     rows = budget // row_bytes
-    if device is None or device.type == "cpu":
+    if device is None or _device.on_host(device):
         cache_rows = max(
             _MIN_BLOCK_ROWS,
             _CPU_BLOCK_BYTES // row_bytes,
@@ -289,7 +289,7 @@ def row_min(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     m, k = scores.shape
     if (
-        scores.device.type != "cpu"
+        not _device.on_host(scores.device)
         or k < _GROUPED_MIN_MIN_K
         or m * k < _GROUPED_MIN_MIN_ELEMENTS
         or scores.stride(1) != 1
@@ -329,7 +329,11 @@ def argmin_rows(
     between identical centroids may resolve to the kept label rather than the
     lowest index.
     """
-    if previous is None or scores.device.type != "cpu" or scores.numel() < _WARM_START_MIN_ELEMENTS:
+    if (
+        previous is None
+        or not _device.on_host(scores.device)
+        or scores.numel() < _WARM_START_MIN_ELEMENTS
+    ):
         if scores.ndim == 2:
             return row_min(scores)
         if scores.ndim == 3 and scores.shape[0] == 1:
@@ -374,7 +378,7 @@ def assign_block(
     # (scored_by_columns): scored alike, a first pass and the next ones break
     # near ties alike, where the two layouts round differently.
     one_in_rows = b == 1 and not scored_by_columns(k, width - 1)
-    if xb.device.type != "cpu" or one_in_rows or k > _COLUMN_LAYOUT_MAX_K:
+    if not _device.on_host(xb.device) or one_in_rows or k > _COLUMN_LAYOUT_MAX_K:
         return argmin_rows(augmented_scores(xb, augmented), previous)
     if xb.shape[0] == 1:
         scores = torch.mm(augmented.reshape(b * k, width), xb[0].T).view(b, k, -1)
@@ -402,7 +406,7 @@ def argmin_columns(
         values, indices = scores.min(dim=1)
         return values, indices
     if previous is None:
-        if scores.shape[0] > 1 or scores.device.type != "cpu":
+        if scores.shape[0] > 1 or not _device.on_host(scores.device):
             values, indices = scores.min(dim=1)
             return values, indices
         values = scores.amin(dim=1)
@@ -444,7 +448,7 @@ def exact_distances(
     """
     b, k, d = centroids.shape
     m = labels.shape[1]
-    if b == 1 and xb.shape[0] == 1 and xb.device.type == "cpu" and d <= _NARROW_ROW_MAX_D:
+    if b == 1 and xb.shape[0] == 1 and _device.on_host(xb.device) and d <= _NARROW_ROW_MAX_D:
         # Narrow rows: the differences as (d, m) rows of features, summed down
         # the columns, vectorise; sums over rows of a few elements do not
         # (131,072 x 2: 0.7 ms against 2.2 ms; x 8: 1.1 against 2.4; x 16: 2.8
@@ -583,7 +587,7 @@ def scored_by_differences(x: torch.Tensor, k: int) -> bool:
     rows = -(-n // _COLUMN_GROUP_ROWS) * _COLUMN_GROUP_ROWS
     small = d <= _DIFFERENCES_MAX_FEATURES and rows * k * d <= _DIFFERENCES_MAX_WORK
     return (
-        x.device.type == "cpu"
+        _device.on_host(x.device)
         and _native.prefers_native(x, k, within_lloyd=False)
         and (_native._columns(d, k) or small)
     )
@@ -646,7 +650,7 @@ def _nearest(
         return labels, distances if exact else None
     offset = c3.mean((0, 1))
     centred = centroids - offset
-    if one and x.device.type == "cpu" and _native.prefers_native(x3[0], k, within_lloyd=False):
+    if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
         minima = torch.empty(n, dtype=x.dtype)
         labels, distances = _nearest_native(
             x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
@@ -693,14 +697,14 @@ def _nearest_unchecked(
     rows = block_rows(
         n, b * k, itemsize=x.element_size(), memory_budget=memory_budget, device=x.device
     )
-    if x.device.type == "cpu":
+    if _device.on_host(x.device):
         # The block's rows of x are copied (centred, or into [x | 1]) and read
         # again for the distances: cache-sized too, not only the scores (fresh
         # pages for 20,000 x 1024 rows made predict 2x slower than scikit-learn's).
         row_cap = _CPU_BLOCK_BYTES // ((d + 1) * x.element_size())
         rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, row_cap)))
     if (
-        x.device.type == "cpu"
+        _device.on_host(x.device)
         and b == 1
         and x3.shape[0] == 1
         and _native.prefers_native(x3[0], k, within_lloyd=False)
@@ -710,7 +714,7 @@ def _nearest_unchecked(
             return labels[None], None if distances is None else distances[None]
         return labels, distances
     if (
-        x.device.type == "cpu"
+        _device.on_host(x.device)
         and b == 1
         and x3.shape[0] == 1
         and k <= _COLUMN_SCORES_MAX_K
@@ -728,7 +732,7 @@ def _nearest_unchecked(
     if (
         euclidean
         and x3.shape[0] == 1
-        and x.device.type == "cpu"
+        and _device.on_host(x.device)
         and d + 1 < b * k
         and min(rows, n) * b * k >= _AUGMENTED_MIN_ELEMENTS
     ):

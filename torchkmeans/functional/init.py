@@ -11,6 +11,7 @@ import math
 import torch
 
 from .. import _validation as v
+from . import _device
 from .distances import block_rows, squared_norms
 
 __all__ = ["kmeans_plusplus", "random_init"]
@@ -232,7 +233,7 @@ def kmeans_plusplus(
             return values
         return values * (w if values.ndim == 2 else w.unsqueeze(-1))
 
-    if b == 1 and x.device.type == "cpu" and _HOST_LOOP_ON_CPU:
+    if b == 1 and _device.on_host(x.device) and _HOST_LOOP_ON_CPU:
         index = _kmeans_plusplus_single(
             x3[0], None if x_sq is None else x_sq[0], w, k, trials, generator, acc
         )

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from .. import _validation as v
-from . import _native
+from . import _device, _native
 from .certify import certify_nearest, moved_centroids_floor
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
@@ -150,7 +150,7 @@ def _assign_pass(
     augmented = augmented_centroids(centroids, prep.metric, active)
     if (
         previous is not None
-        and x_aug.device.type == "cpu"
+        and _device.on_host(x_aug.device)
         and augmented.shape[0] == 1
         and min(rows, x_aug.shape[1]) * augmented.shape[1] >= _WARM_START_MIN_ELEMENTS
     ):
@@ -173,7 +173,7 @@ def _assign_pass(
     # calls stays small while the span is still in cache.
     span = rows
     if totals is not None and x_aug.shape[0] == 1 < centroids.shape[0]:
-        if x_aug.device.type == "cpu":
+        if _device.on_host(x_aug.device):
             span = max(rows, _SHARED_SCATTER_BYTES // (x_aug.shape[2] * x_aug.element_size()))
     pending = 0
     for start in range(0, n, rows):
@@ -637,7 +637,7 @@ def run_lloyd(
     dtype = x3.dtype
     centroids = centroids.to(dtype).contiguous().clone()
     if check_every is None:
-        check_every = 1 if device.type == "cpu" else 10
+        check_every = 1 if _device.on_host(device) else 10
     tol_abs = (prep.mean_variance * tol).to(dtype)  # (bx,)
 
     def rows_for(problems: int) -> int:
@@ -646,7 +646,7 @@ def run_lloyd(
         )
 
     rows = rows_for(b)
-    on_cpu = device.type == "cpu" if host_checks is None else host_checks
+    on_cpu = _device.on_host(device) if host_checks is None else host_checks
     if (
         on_cpu
         and small_path
@@ -1072,7 +1072,7 @@ def _finish(
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
     history = result.inertia_history
-    if history.shape[0] > 1 or history.device.type != "cpu":
+    if history.shape[0] > 1 or not _device.on_host(history.device):
         steps = torch.arange(history.shape[-1], device=history.device)
         history = history.masked_fill(steps >= result.n_iter.unsqueeze(-1), float("nan"))
         result = result._replace(inertia_history=history)

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
+from . import _device
 from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
 from .collective import LOCAL, Collective, raise_rejected
 from .distances import block_rows, exact_distances, squared_norms
@@ -80,7 +81,7 @@ def init_sample_size(n_rows: int, n_clusters: int, n_features: int, itemsize: in
 def chunk_rows(data: HostRows, device: torch.device, chunk_bytes: int | None = None) -> int:
     """Rows per chunk: ``chunk_bytes`` of input (8 MiB on the CPU, 64 MiB on a GPU)."""
     if chunk_bytes is None:
-        chunk_bytes = _CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
+        chunk_bytes = _CHUNK_BYTES["cpu" if _device.on_host(device) else "other"]
     row_bytes = max(1, data.n_features * data.itemsize)
     return int(max(1, min(data.n_rows, chunk_bytes // row_bytes)))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validation as v
+from . import _device
 from .distances import compute_dtype
 
 __all__ = [
@@ -75,7 +76,7 @@ def add_rows(
     """
     width = rows.shape[1]
     if (
-        rows.device.type == "cpu"
+        _device.on_host(rows.device)
         and width <= _COLUMN_SCATTER_MAX_WIDTH
         and rows.numel() >= _COLUMN_SCATTER_MIN_ELEMENTS
     ):
@@ -112,7 +113,7 @@ def accumulate(
     m = labels.shape[1]
     if xb.dtype != totals.dtype:
         xb = xb.to(totals.dtype)
-    if xb.shape[0] == 1 < b and xb.device.type == "cpu":
+    if xb.shape[0] == 1 < b and _device.on_host(xb.device):
         # Rows shared by b problems (restarts, a sweep over k): one index_add_
         # per problem into its own small, cache-resident (k, d+1) totals. The
         # single flat index_add_ below would first copy the rows b times,
@@ -206,7 +207,7 @@ def scatter_sums(
             f"Expected labels to be of shape {expected} (as x {tuple(x.shape)}), "
             f"got shape {tuple(labels.shape)}."
         )
-    if labels.device.type == "cpu" and labels.numel():
+    if _device.on_host(labels.device) and labels.numel():
         low, high = (int(bound) for bound in torch.aminmax(labels))
         if low < 0 or high >= n_clusters:
             raise ValueError(
@@ -283,7 +284,7 @@ def relocate_empty_clusters(
     if active is not None:
         empty &= active
     rank = empty.long().cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
-    if distances.device.type == "cpu":
+    if _device.on_host(distances.device):
         # Relocation is rare on the CPU (only when a cluster is empty): a
         # stable sort breaks ties between equally far points by their order,
         # so a problem gives the same result alone or in a batch.
@@ -340,7 +341,7 @@ def centroids_from_sums(
             [7., 7.]])
     """
     v.check_metric(metric)
-    if counts.device.type == "cpu" and bool((counts > 0).all()):
+    if _device.on_host(counts.device) and bool((counts > 0).all()):
         # Nothing to guard (a host check is free on the CPU): plain division.
         means = sums / counts.unsqueeze(-1)
         if metric == "cosine":

@@ -1,0 +1,20 @@
+"""Which code path a device takes: the host's (the CPU) or an accelerator's.
+
+Choices of algorithm that depend only on where the data lives (host checks
+versus deferred ones, block sizes, the native kernel, sort versus topk...)
+ask :func:`on_host`, looked up on this module at call time, so that the
+tests can run the accelerator paths on the CPU (``tests/conftest.py``,
+fixture ``accelerator_paths``). Calls into a device's own API (CUDA streams,
+pinned memory, matmul precision) look at the device itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["on_host"]
+
+
+def on_host(device: torch.device) -> bool:
+    """Whether work on ``device`` takes the host's code paths."""
+    return device.type == "cpu"
