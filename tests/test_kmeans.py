@@ -294,6 +294,17 @@ def test_big_endian_sample_weight_is_read_like_native(cls):
     assert km.inertia_ == ref.inertia_
 
 
+@pytest.mark.parametrize("cls", [KMeans, MiniBatchKMeans])
+def test_reversed_sample_weight_view_is_read_like_a_copy(cls):
+    X = blobs(n=300, d=3, k=3, seed=0)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=300)[::-1]  # negative stride
+    km = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights)
+    ref = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights.copy())
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+    assert km.inertia_ == ref.inertia_
+    assert km.score(X, sample_weight=weights) == ref.score(X, sample_weight=weights.copy())
+
+
 def test_device_auto_runs_where_cuda_is():
     km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"

@@ -288,7 +288,8 @@ def check_sample_weight(
             if not array.dtype.isnative:
                 # Big-endian weights, as numeric_array converts X: torch cannot wrap them.
                 array = array.astype(array.dtype.newbyteorder("="))
-            weights = torch.tensor(array, dtype=dtype, device=device)
+            # A C-ordered copy: torch cannot read negative strides (w[::-1]).
+            weights = torch.tensor(array.copy(), dtype=dtype, device=device)
         if weights.shape != (n_samples,):
             raise ValueError(
                 f"Expected sample_weight to be of shape ({n_samples},), "
