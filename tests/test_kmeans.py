@@ -548,6 +548,18 @@ def test_large_finite_values_are_not_mistaken_for_infinity():
     KMeans(n_clusters=2, n_init=1, random_state=0).fit(X.astype(np.float64))  # accepted
 
 
+def test_float32_data_whose_summed_squares_overflow_float32_still_converge():
+    # Every squared distance fits in float32 (about 1e37), their sum over
+    # 2,000 rows does not: the tol scale is accumulated in float64, as the
+    # inertia is, instead of becoming infinite and stopping after one step.
+    X = blobs(n=2000, d=3, k=6, seed=0, spread=3.0)
+    scaled = KMeans(6, init=X[:6] * 1e17).fit((X * 1e17).astype(np.float32))
+    plain = KMeans(6, init=X[:6]).fit(X.astype(np.float32))
+    assert scaled.n_iter_ == plain.n_iter_ > 1
+    np.testing.assert_array_equal(scaled.labels_, plain.labels_)
+    np.testing.assert_allclose(scaled.inertia_ / 1e34, plain.inertia_, rtol=1e-5)
+
+
 def test_predict_with_another_feature_count():
     km = KMeans(n_clusters=2, random_state=0).fit(X_OK)
     with pytest.raises(
