@@ -320,6 +320,21 @@ def test_cuda_device_without_cuda_is_a_clear_error():
         KMeans(n_clusters=2, device="tpu:x").fit(X_OK)
 
 
+def test_verbose_reports_on_stderr_unless_logging_takes_it(capsys, caplog):
+    import logging
+
+    X = blobs(n=300, d=2, k=3, seed=0)
+    km = KMeans(3, init=X[:3], verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert f"[KMeans] iteration {km.n_iter_ - 1}: inertia" in err
+    assert f"[KMeans] final inertia {km.inertia_:.6g} after {km.n_iter_} iterations" in err
+    with caplog.at_level(logging.INFO, logger="torchkmeans"):
+        KMeans(3, init=X[:3], verbose=True).fit(X)
+    assert "Final inertia" in caplog.text and capsys.readouterr().err == ""
+    KMeans(3, init=X[:3]).fit(X)
+    assert capsys.readouterr().err == ""
+
+
 def test_get_set_params_and_repr():
     km = KMeans(n_clusters=3, random_state=1)
     assert km.get_params()["n_clusters"] == 3
