@@ -305,6 +305,18 @@ def test_reversed_sample_weight_view_is_read_like_a_copy(cls):
     assert km.score(X, sample_weight=weights) == ref.score(X, sample_weight=weights.copy())
 
 
+def test_object_sample_weight_is_read_as_numbers_like_x():
+    X = blobs(n=60, d=2, k=3, seed=0)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=60)
+    km = KMeans(3, init=X[:3]).fit(X, sample_weight=weights.astype(object))
+    ref = KMeans(3, init=X[:3]).fit(X, sample_weight=weights)
+    assert km.inertia_ == ref.inertia_
+    with pytest.raises(ValueError, match="Input sample_weight contains NaN or infinity"):
+        KMeans(3).fit(X, sample_weight=np.array([None] + [1.0] * 59, dtype=object))
+    with pytest.raises(TypeError, match="Expected sample_weight to hold numbers, got an object"):
+        KMeans(3).fit(X, sample_weight=np.array(["a"] + [1.0] * 59, dtype=object))
+
+
 def test_device_auto_runs_where_cuda_is():
     km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"

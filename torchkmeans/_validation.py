@@ -283,6 +283,15 @@ def check_sample_weight(
             weights = sample_weight.detach().to(device=device, dtype=dtype)
         else:
             array = np.asarray(sample_weight)
+            if array.dtype.kind == "O":
+                # As X: object columns of numbers (pandas), missing values as NaN.
+                try:
+                    array = _object_to_float(array)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(
+                        "Expected sample_weight to hold numbers, got an object array that "
+                        f"could not be converted to float: {exc}"
+                    ) from exc
             if array.dtype.kind not in "biuf":
                 raise TypeError(f"Expected sample_weight to hold numbers, got dtype {array.dtype}.")
             if not array.dtype.isnative:
