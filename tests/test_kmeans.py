@@ -618,6 +618,20 @@ def test_sparse_input_is_refused_with_a_hint():
         KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))
 
 
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
+def test_sparse_tensor_input_is_refused_with_a_hint(layout):
+    dense = torch.tensor(X_OK)
+    sparse = getattr(dense, layout)()
+    match = r"got a sparse tensor \(torch\.sparse_\w+\); convert it with X\.to_dense\(\)"
+    with pytest.raises(TypeError, match=match):
+        KMeans(n_clusters=2).fit(sparse)
+    km = KMeans(n_clusters=2, random_state=0).fit(dense)
+    with pytest.raises(TypeError, match=match):
+        km.predict(sparse)
+    with pytest.raises(TypeError, match=r"convert it with init\.to_dense\(\)"):
+        KMeans(n_clusters=2, init=dense[:2].to_sparse()).fit(dense)
+
+
 def test_feature_names_of_a_data_frame_are_kept_and_checked():
     pd = pytest.importorskip("pandas")
     from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency

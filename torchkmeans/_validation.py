@@ -102,6 +102,11 @@ def as_tensor(
     names the expected 2-D shape in errors (default ``(n_samples, n_features)``).
     """
     if isinstance(data, torch.Tensor):
+        if data.layout != torch.strided:
+            raise TypeError(
+                f"Expected {name} to be a dense array or tensor, got a sparse tensor "
+                f"({data.layout}); convert it with {name}.to_dense()."
+            )
         kind = OutputKind(True, data.device)
         tensor = data.detach()
         if tensor.is_complex():
