@@ -618,6 +618,7 @@ def test_sparse_input_is_refused_with_a_hint():
         KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 @pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
 def test_sparse_tensor_input_is_refused_with_a_hint(layout):
     dense = torch.tensor(X_OK)
