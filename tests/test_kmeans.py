@@ -294,6 +294,29 @@ def test_big_endian_sample_weight_is_read_like_native(cls):
     assert km.inertia_ == ref.inertia_
 
 
+@pytest.mark.parametrize("cls", [KMeans, MiniBatchKMeans])
+def test_reversed_sample_weight_view_is_read_like_a_copy(cls):
+    X = blobs(n=300, d=3, k=3, seed=0)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=300)[::-1]  # negative stride
+    km = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights)
+    ref = cls(n_clusters=3, random_state=0).fit(X, sample_weight=weights.copy())
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+    assert km.inertia_ == ref.inertia_
+    assert km.score(X, sample_weight=weights) == ref.score(X, sample_weight=weights.copy())
+
+
+def test_object_sample_weight_is_read_as_numbers_like_x():
+    X = blobs(n=60, d=2, k=3, seed=0)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=60)
+    km = KMeans(3, init=X[:3]).fit(X, sample_weight=weights.astype(object))
+    ref = KMeans(3, init=X[:3]).fit(X, sample_weight=weights)
+    assert km.inertia_ == ref.inertia_
+    with pytest.raises(ValueError, match="Input sample_weight contains NaN or infinity"):
+        KMeans(3).fit(X, sample_weight=np.array([None] + [1.0] * 59, dtype=object))
+    with pytest.raises(TypeError, match="Expected sample_weight to hold numbers, got an object"):
+        KMeans(3).fit(X, sample_weight=np.array(["a"] + [1.0] * 59, dtype=object))
+
+
 def test_device_auto_runs_where_cuda_is():
     km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"
@@ -307,6 +330,21 @@ def test_cuda_device_without_cuda_is_a_clear_error():
         KMeans(n_clusters=2, device="cuda").fit(X_OK)
     with pytest.raises(ValueError, match="Expected device to be None, 'auto', 'cpu', 'cuda'"):
         KMeans(n_clusters=2, device="tpu:x").fit(X_OK)
+
+
+def test_verbose_reports_on_stderr_unless_logging_takes_it(capsys, caplog):
+    import logging
+
+    X = blobs(n=300, d=2, k=3, seed=0)
+    km = KMeans(3, init=X[:3], verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert f"[KMeans] iteration {km.n_iter_ - 1}: inertia" in err
+    assert f"[KMeans] final inertia {km.inertia_:.6g} after {km.n_iter_} iterations" in err
+    with caplog.at_level(logging.INFO, logger="torchkmeans"):
+        KMeans(3, init=X[:3], verbose=True).fit(X)
+    assert "Final inertia" in caplog.text and capsys.readouterr().err == ""
+    KMeans(3, init=X[:3]).fit(X)
+    assert capsys.readouterr().err == ""
 
 
 def test_get_set_params_and_repr():
@@ -537,6 +575,18 @@ def test_large_finite_values_are_not_mistaken_for_infinity():
     KMeans(n_clusters=2, n_init=1, random_state=0).fit(X.astype(np.float64))  # accepted
 
 
+def test_float32_data_whose_summed_squares_overflow_float32_still_converge():
+    # Every squared distance fits in float32 (about 1e37), their sum over
+    # 2,000 rows does not: the tol scale is accumulated in float64, as the
+    # inertia is, instead of becoming infinite and stopping after one step.
+    X = blobs(n=2000, d=3, k=6, seed=0, spread=3.0)
+    scaled = KMeans(6, init=X[:6] * 1e17).fit((X * 1e17).astype(np.float32))
+    plain = KMeans(6, init=X[:6]).fit(X.astype(np.float32))
+    assert scaled.n_iter_ == plain.n_iter_ > 1
+    np.testing.assert_array_equal(scaled.labels_, plain.labels_)
+    np.testing.assert_allclose(scaled.inertia_ / 1e34, plain.inertia_, rtol=1e-5)
+
+
 def test_predict_with_another_feature_count():
     km = KMeans(n_clusters=2, random_state=0).fit(X_OK)
     with pytest.raises(
@@ -566,6 +616,21 @@ def test_sparse_input_is_refused_with_a_hint():
     sparse = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match=r"got a sparse matrix .* convert it with X.toarray\(\)"):
         KMeans(n_clusters=2).fit(sparse.csr_matrix(X_OK))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
+def test_sparse_tensor_input_is_refused_with_a_hint(layout):
+    dense = torch.tensor(X_OK)
+    sparse = getattr(dense, layout)()
+    match = r"got a sparse tensor \(torch\.sparse_\w+\); convert it with X\.to_dense\(\)"
+    with pytest.raises(TypeError, match=match):
+        KMeans(n_clusters=2).fit(sparse)
+    km = KMeans(n_clusters=2, random_state=0).fit(dense)
+    with pytest.raises(TypeError, match=match):
+        km.predict(sparse)
+    with pytest.raises(TypeError, match=r"convert it with init\.to_dense\(\)"):
+        KMeans(n_clusters=2, init=dense[:2].to_sparse()).fit(dense)
 
 
 def test_feature_names_of_a_data_frame_are_kept_and_checked():

@@ -102,6 +102,11 @@ def as_tensor(
     names the expected 2-D shape in errors (default ``(n_samples, n_features)``).
     """
     if isinstance(data, torch.Tensor):
+        if data.layout != torch.strided:
+            raise TypeError(
+                f"Expected {name} to be a dense array or tensor, got a sparse tensor "
+                f"({data.layout}); convert it with {name}.to_dense()."
+            )
         kind = OutputKind(True, data.device)
         tensor = data.detach()
         if tensor.is_complex():
@@ -283,12 +288,22 @@ def check_sample_weight(
             weights = sample_weight.detach().to(device=device, dtype=dtype)
         else:
             array = np.asarray(sample_weight)
+            if array.dtype.kind == "O":
+                # As X: object columns of numbers (pandas), missing values as NaN.
+                try:
+                    array = _object_to_float(array)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(
+                        "Expected sample_weight to hold numbers, got an object array that "
+                        f"could not be converted to float: {exc}"
+                    ) from exc
             if array.dtype.kind not in "biuf":
                 raise TypeError(f"Expected sample_weight to hold numbers, got dtype {array.dtype}.")
             if not array.dtype.isnative:
                 # Big-endian weights, as numeric_array converts X: torch cannot wrap them.
                 array = array.astype(array.dtype.newbyteorder("="))
-            weights = torch.tensor(array, dtype=dtype, device=device)
+            # A C-ordered copy: torch cannot read negative strides (w[::-1]).
+            weights = torch.tensor(array.copy(), dtype=dtype, device=device)
         if weights.shape != (n_samples,):
             raise ValueError(
                 f"Expected sample_weight to be of shape ({n_samples},), "

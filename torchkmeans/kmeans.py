@@ -58,7 +58,8 @@ class KMeans(EstimatorProtocol):
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's (float16/bfloat16 compute in float32).
     verbose : bool, default=False
-        Log the inertia of each iteration (logger "torchkmeans").
+        Report the inertia of each iteration after the fit: to the logger
+        "torchkmeans" when it is enabled for INFO, else on stderr.
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
@@ -405,12 +406,7 @@ class KMeans(EstimatorProtocol):
         self.inertia_history_ = history.cpu().tolist()
         self.n_features_in_ = n_features
         if self.verbose:
-            import logging
-
-            log = logging.getLogger("torchkmeans")
-            for i, value in enumerate(self.inertia_history_):
-                log.info("Iteration %d, inertia %.6g", i, value)
-            log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+            self._report()
         if not check_distinct:
             return
         n_distinct = int(torch.bincount(result.labels, minlength=1).count_nonzero())
@@ -421,6 +417,25 @@ class KMeans(EstimatorProtocol):
                 ConvergenceWarning,
                 stacklevel=3,
             )
+
+    def _report(self) -> None:
+        """``verbose``: the inertia of each iteration, to the logger "torchkmeans"
+        when logging is set up to show it, else on stderr (as MiniBatchKMeans
+        reports), so that ``verbose=True`` is never silent."""
+        import logging
+
+        log = logging.getLogger("torchkmeans")
+        if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+            for i, value in enumerate(self.inertia_history_):
+                log.info("Iteration %d, inertia %.6g", i, value)
+            log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+            return
+        for i, value in enumerate(self.inertia_history_):
+            print(f"[KMeans] iteration {i}: inertia {value:.6g}", file=sys.stderr)
+        print(
+            f"[KMeans] final inertia {self.inertia_:.6g} after {self.n_iter_} iterations",
+            file=sys.stderr,
+        )
 
     @staticmethod
     def _unit_rows(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,8 +114,11 @@ def prepare(
         data.sub_(offset)
         x_sq = squared_norms(data)
         # Centred data: the mean feature variance is the mean squared norm / d.
-        # (No x-sized temporary, unlike data.var().)
-        mean_variance = x_sq.sum(-1) / (n * d)
+        # (No x-sized temporary, unlike data.var().) Summed in float64, as
+        # the inertia is: float32 rows whose squares fit can overflow a float32
+        # sum, and an infinite tol would stop the fit after one iteration.
+        acc = _accumulation_dtype(x.device)
+        mean_variance = (x_sq.sum(-1, dtype=acc) / (n * d)).to(dtype)
     mean_variance = mean_variance.clamp_min(0.0)
     weights = None
     if sample_weight is not None:
