@@ -368,6 +368,22 @@ def test_lookup_inverts_codes_and_forward_returns_the_named_tuple():
 
 
 @pytest.mark.parametrize(
+    "dtype",
+    [torch.uint8, torch.int8, torch.int16, torch.int32],
+    ids=["uint8", "int8", "int16", "int32"],
+)
+@pytest.mark.parametrize("heads", [1, 2])
+def test_lookup_accepts_codes_of_any_integer_dtype(dtype, heads):
+    # Tokens are often stored as uint8: as an index that dtype is a boolean
+    # mask, which returned 3 of the 4 rows below, in the wrong order.
+    vq = VectorQuantizer(4, 1, heads=heads, kmeans_init=False)
+    vq.codebook.copy_(torch.arange(4.0 * heads).reshape(heads, 4, 1))
+    codes = torch.tensor([3, 0, 2, 1]).unsqueeze(-1).expand(4, heads)
+    codes = codes.squeeze(-1) if heads == 1 else codes
+    assert torch.equal(vq.lookup(codes.to(dtype)), vq.lookup(codes))
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"num_codes": 0}, ValueError, r"Expected num_codes to be >= 1, got 0\."),
@@ -409,6 +425,10 @@ def test_forward_and_lookup_errors():
         TypeError, match=r"Expected codes to be an integer tensor, got torch\.float32\."
     ):
         vq.lookup(torch.zeros(2, 3))
+    with pytest.raises(
+        TypeError, match=r"Expected codes to be an integer tensor, got torch\.bool\."
+    ):
+        vq.lookup(torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(
         ValueError, match=r"Expected codes to be of shape \(\.\.\., heads=3\), got shape \(2, 2\)\."
     ):

@@ -385,7 +385,7 @@ class VectorQuantizer(nn.Module):
         Raises
         ------
         TypeError
-            If ``codes`` is not an integer tensor.
+            If ``codes`` is not an integer tensor (bool is not).
         ValueError
             If ``heads > 1`` and the last dimension of ``codes`` is not ``heads``.
 
@@ -397,9 +397,17 @@ class VectorQuantizer(nn.Module):
         tensor([[ 0.,  1., 10., 11.],
                 [ 2.,  3.,  8.,  9.]])
         """
-        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        if (
+            not isinstance(codes, torch.Tensor)
+            or codes.is_floating_point()
+            or codes.is_complex()
+            or codes.dtype == torch.bool
+        ):
             got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise TypeError(f"Expected codes to be an integer tensor, got {got}.")
+        # Tokens stored as uint8 (k <= 256) would index as a boolean mask, and
+        # int8/int16 not at all: as indices, every integer dtype is int64.
+        codes = codes.long()
         if self.heads == 1:
             return self.codebook[0][codes]
         if codes.ndim == 0 or codes.shape[-1] != self.heads:
