@@ -158,6 +158,26 @@ def test_small_batches_are_collected_until_there_are_enough_for_kmeans():
     assert not torch.equal(vq.codebook, initial)
 
 
+@pytest.mark.parametrize("batch", [40, 3])
+def test_a_non_finite_batch_does_not_stop_the_kmeans_initialisation(batch):
+    # The batch stayed among the collected ones: every later training
+    # forward raised, on finite batches too.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3)
+    x = torch.randn(batch, 3)
+    x[1, 2] = float("nan")
+    with pytest.raises(
+        ValueError,
+        match=r"Expected x to hold finite values for the k-means initialisation "
+        r"of the codebook, got NaN or infinity\.",
+    ):
+        vq(x)
+    assert not bool(vq.initialized)
+    vq(torch.randn(40, 3))
+    assert bool(vq.initialized)
+    assert bool(torch.isfinite(vq.codebook).all())
+
+
 def test_kmeans_init_is_per_head():
     torch.manual_seed(0)
     x = torch.cat([torch.randn(100, 2) + 100, torch.randn(100, 2) - 100], dim=-1)

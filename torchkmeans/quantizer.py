@@ -519,13 +519,17 @@ class VectorQuantizer(nn.Module):
             return
         active, rank, world = _distributed(self.process_group)
         heads, k, dim = self.codebook.shape
-        ready = True
+        ready, finite = True, True
         codebook, sums, counts = self.codebook, self.ema_sums, self.ema_counts
         if self.kmeans_init:
+            # Checked before the batch joins the collected ones (where a NaN
+            # made every later training forward raise), on the rank that
+            # clusters them; the others learn it from the broadcast and raise too.
+            finite = rank != 0 or bool(torch.isfinite(flat).all())
             # A copy: ``flat`` may share memory with the caller's x.
             self._init_samples.append(flat.clone())
             samples = torch.cat(self._init_samples, dim=1)
-            ready = samples.shape[1] >= k
+            ready = finite and samples.shape[1] >= k
             if ready and rank == 0:
                 result = kmeans(
                     samples,
@@ -545,7 +549,7 @@ class VectorQuantizer(nn.Module):
             size = heads * k * dim
             packed = torch.cat(
                 [
-                    torch.tensor([float(ready)], device=flat.device),
+                    torch.tensor([float(ready) if finite else -1.0], device=flat.device),
                     codebook.reshape(-1),
                     sums.reshape(-1),
                     counts.reshape(-1),
@@ -554,10 +558,17 @@ class VectorQuantizer(nn.Module):
             torch.distributed.broadcast(
                 packed, src=_group_source(self.process_group), group=self.process_group
             )
-            ready = bool(packed[0] > 0)
+            flag = float(packed[0])
+            ready, finite = flag > 0, flag >= 0
             codebook = packed[1 : 1 + size].view(heads, k, dim)
             sums = packed[1 + size : 1 + 2 * size].view(heads, k, dim)
             counts = packed[1 + 2 * size :].view(heads, k)
+        if not finite:
+            self._init_samples.pop()
+            raise ValueError(
+                "Expected x to hold finite values for the k-means initialisation "
+                "of the codebook, got NaN or infinity."
+            )
         if not ready:
             return
         with torch.no_grad():
