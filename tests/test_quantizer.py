@@ -107,6 +107,26 @@ def test_one_ema_update_equals_the_closed_form():
     torch.testing.assert_close(vq.last_counts, torch.tensor([[2.0, 3.0]]))
 
 
+def test_non_finite_rows_stay_out_of_the_codebook():
+    # One NaN row made its code NaN for good (and every code it re-seeded).
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[1.0, 0.0], [nan, 1.0], [9.0, 10.0], [inf, 10.0], [11.0, 10.0]])
+    vq = make(2, 2, [[0.0, 0.0], [10.0, 10.0]], [2.0, 1.0], dead_code_threshold=0)
+    clean = make(2, 2, [[0.0, 0.0], [10.0, 10.0]], [2.0, 1.0], dead_code_threshold=0)
+    _, codes, loss = vq(x)
+    clean(x[[0, 2, 4]])
+    assert codes[[0, 2, 4]].tolist() == [0, 1, 1] and bool(loss.isnan())
+    for name, value in clean.state_dict().items():
+        assert torch.equal(getattr(vq, name), value), name
+    # Dead codes to re-seed, more than the batch's finite rows.
+    torch.manual_seed(0)
+    vq = make(4, 1, [[0.0], [1.0], [2.0], [3.0]], [10.0, 1e-3, 1e-3, 1e-3])
+    vq(torch.tensor([[nan], [5.0], [inf]]))
+    for buffer in (vq.codebook, vq.ema_sums, vq.ema_counts):
+        assert bool(torch.isfinite(buffer).all())
+    assert 5.0 in vq.codebook.flatten().tolist()
+
+
 def test_eval_leaves_the_codebook_unchanged():
     torch.manual_seed(0)
     vq = VectorQuantizer(6, 2)

@@ -439,8 +439,11 @@ class VectorQuantizer(nn.Module):
         TypeError
             If ``x`` is not a floating-point tensor.
         ValueError
-            If the last dimension of ``x`` is not ``heads * dim``, or ``x``
-            holds no vectors.
+            If the last dimension of ``x`` is not ``heads * dim``, ``x``
+            holds no vectors, or it holds NaN or infinity in a training
+            forward that initialises the codebook by k-means. After that, a
+            non-finite vector gets a code and a NaN loss but does not enter
+            the codebook's statistics.
         """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -493,8 +496,16 @@ class VectorQuantizer(nn.Module):
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if self.training and not self._needs_init:
-            sums, counts = _scatter_sums(flat, codes, self.num_codes)
-            self._update(flat, sums, counts)
+            # A non-finite row (an encoder overflowing in float16, say) keeps
+            # its code and its NaN loss, but stays out of the statistics: there
+            # it made its code NaN for good, and under torch.distributed the
+            # codes of every rank.
+            finite = torch.isfinite(flat).all(-1)  # (heads, n)
+            flat = flat.where(finite.unsqueeze(-1), 0.0)
+            sums, counts = _scatter_sums(
+                flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
+            )
+            self._update(flat, finite, sums, counts)
         else:
             counts = torch.zeros_like(self.last_counts).scatter_add_(
                 1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
@@ -579,24 +590,31 @@ class VectorQuantizer(nn.Module):
         self._needs_init = False
         self._init_samples = []
 
-    def _update(self, flat: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    def _update(
+        self, flat: torch.Tensor, finite: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+    ) -> None:
         """EMA step from this rank's batch statistics, codebook from them, dead codes re-seeded.
 
-        ``flat`` ``(heads, n, dim)``, ``sums`` ``(heads, k, dim)``, ``counts``
-        ``(heads, k)``. No host synchronisation and no branch on data: one
-        ``all_reduce`` under torch.distributed, ``torch.where`` for the dead
-        codes.
+        ``flat`` ``(heads, n, dim)`` with ``finite`` ``(heads, n)`` marking
+        the rows that may re-seed a code, ``sums`` ``(heads, k, dim)``,
+        ``counts`` ``(heads, k)``. No host synchronisation and no branch on
+        data: one ``all_reduce`` under torch.distributed, ``torch.where`` for
+        the dead codes.
         """
         heads, n, dim = flat.shape
         k = self.num_codes
         reseed = self.dead_code_threshold > 0
         if reseed:
             # Distinct random batch vectors, one per code (wrapping around
-            # when the batch is smaller than the codebook).
-            order = torch.rand(heads, n, device=flat.device).argsort(-1)
+            # when the batch is smaller than the codebook), finite rows first.
+            keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
+            order = keys.argsort(-1)
             picked = order if n >= k else order.repeat(1, -(-k // n))
             picked = picked[:, :k]
             candidates = flat.gather(1, picked.unsqueeze(-1).expand(heads, k, dim))
+            # Past the batch's finite rows, a dead code restarts where it is.
+            usable = finite.gather(1, picked).unsqueeze(-1)
+            candidates = torch.where(usable, candidates, self.codebook)
         active, rank, _ = _distributed(self.process_group)
         if active:
             parts = [sums.reshape(-1), counts.reshape(-1)]
