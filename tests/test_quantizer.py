@@ -125,6 +125,12 @@ def test_non_finite_rows_stay_out_of_the_codebook():
     for buffer in (vq.codebook, vq.ema_sums, vq.ema_counts):
         assert bool(torch.isfinite(buffer).all())
     assert 5.0 in vq.codebook.flatten().tolist()
+    # A batch of no finite row leaves the state as it is (at decay 0 the
+    # counts were emptied and the codes 0 / 0).
+    vq = make(2, 1, [[0.0], [1.0]], [1.0, 1.0], decay=0.0)
+    vq(torch.tensor([[nan], [inf]]))
+    assert vq.codebook.flatten().tolist() == [0.0, 1.0]
+    assert vq.ema_counts.flatten().tolist() == [1.0, 1.0]
 
 
 def test_eval_leaves_the_codebook_unchanged():

@@ -630,9 +630,11 @@ class VectorQuantizer(nn.Module):
             if reseed:
                 candidates = packed[heads * k * (dim + 1) :].view(heads, k, dim)
 
-        weight = 1.0 - self.decay
+        # (heads, 1): a batch with no finite row (on any rank) leaves the
+        # statistics alone; at decay 0 it emptied them, and the codes were 0 / 0.
+        weight = torch.where(counts.sum(-1, keepdim=True) > 0, 1.0 - self.decay, 0.0)
         self.ema_counts.lerp_(counts, weight)
-        self.ema_sums.lerp_(sums, weight)
+        self.ema_sums.lerp_(sums, weight.unsqueeze(-1))
         smoothed = _laplace_smoothed(self.ema_counts, self.eps)
         codebook = self.ema_sums / smoothed.unsqueeze(-1)
         if self.metric == "cosine":
