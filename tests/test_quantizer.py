@@ -454,6 +454,15 @@ def test_constructor_errors(kwargs, error, match):
         VectorQuantizer(**arguments)
 
 
+def test_constructor_accepts_numpy_numbers():
+    # As the estimators do: numpy ints and float32 raised a TypeError.
+    np = pytest.importorskip("numpy")
+    vq = VectorQuantizer(np.int64(4), np.int32(2), heads=np.int64(2), decay=np.float32(0.5))
+    assert (vq.num_codes, vq.dim, vq.heads) == (4, 2, 2) and type(vq.num_codes) is int
+    assert vq.decay == 0.5 and type(vq.decay) is float
+    assert vq.codebook.shape == (2, 4, 2)
+
+
 def test_forward_and_lookup_errors():
     vq = VectorQuantizer(4, 2, heads=3)
     with pytest.raises(

@@ -18,6 +18,7 @@ with one ``all_reduce`` per step, so every rank keeps the same codebook.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -43,15 +44,17 @@ class QuantizerOutput(NamedTuple):
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral, as the estimators: numpy integers (from a config or
+    # an array) are ints too.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"Expected {name} to be an int, got {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"Expected {name} to be >= {minimum}, got {value}.")
-    return value
+    return int(value)
 
 
 def _check_float(name: str, value: Any, accept: Callable[[float], bool], expected: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"Expected {name} to be a float, got {type(value).__name__}.")
     value = float(value)
     # NaN fails every comparison, so it is rejected here as well.
