@@ -484,6 +484,14 @@ def test_forward_and_lookup_errors():
         TypeError, match=r"Expected codes to be an integer tensor, got torch\.bool\."
     ):
         vq.lookup(torch.zeros(2, 3, dtype=torch.bool))
+    # -1 (a padding token, say) returned the last code.
+    for codes in (torch.tensor([[0, -1, 2]]), torch.tensor([[0, 4, 2]])):
+        with pytest.raises(ValueError, match=r"Expected codes in \[0, num_codes=4\), got values"):
+            vq.lookup(codes)
+    with pytest.raises(
+        ValueError, match=r"Expected codes in \[0, num_codes=4\), got values from -100 to 3\."
+    ):
+        VectorQuantizer(4, 2).lookup(torch.tensor([3, -100]))
     with pytest.raises(
         ValueError, match=r"Expected codes to be of shape \(\.\.\., heads=3\), got shape \(2, 2\)\."
     ):

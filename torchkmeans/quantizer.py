@@ -390,7 +390,9 @@ class VectorQuantizer(nn.Module):
         TypeError
             If ``codes`` is not an integer tensor (bool is not).
         ValueError
-            If ``heads > 1`` and the last dimension of ``codes`` is not ``heads``.
+            If ``heads > 1`` and the last dimension of ``codes`` is not
+            ``heads``, or (for codes on the CPU, where the check needs no
+            device synchronisation) a code lies outside ``[0, num_codes)``.
 
         Examples
         --------
@@ -411,13 +413,22 @@ class VectorQuantizer(nn.Module):
         # Tokens stored as uint8 (k <= 256) would index as a boolean mask, and
         # int8/int16 not at all: as indices, every integer dtype is int64.
         codes = codes.long()
-        if self.heads == 1:
-            return self.codebook[0][codes]
-        if codes.ndim == 0 or codes.shape[-1] != self.heads:
+        if self.heads > 1 and (codes.ndim == 0 or codes.shape[-1] != self.heads):
             raise ValueError(
                 f"Expected codes to be of shape (..., heads={self.heads}), "
                 f"got shape {tuple(codes.shape)}."
             )
+        # A negative code (a padding token such as -1 or -100) would index
+        # from the end: the last codes, silently.
+        if codes.is_cpu and codes.numel() and not _compiling() and not torch.jit.is_tracing():
+            low, high = (int(bound) for bound in torch.aminmax(codes))
+            if low < 0 or high >= self.num_codes:
+                raise ValueError(
+                    f"Expected codes in [0, num_codes={self.num_codes}), "
+                    f"got values from {low} to {high}."
+                )
+        if self.heads == 1:
+            return self.codebook[0][codes]
         heads = torch.arange(self.heads, device=codes.device)
         vectors = self.codebook[heads, codes]  # (..., heads, dim)
         return vectors.flatten(-2)
