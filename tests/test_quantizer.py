@@ -349,6 +349,24 @@ def test_autocast_does_not_lower_the_precision_of_the_distances():
     assert quantized.dtype == torch.float32 and loss.dtype == torch.float32
 
 
+def test_float32_buffers_under_a_float64_default_dtype():
+    # The buffers followed torch's default dtype, and the first EMA step
+    # raised "expected dtype double for `end` but got dtype float".
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(4, 2, heads=2)
+        assert all(b.dtype in (torch.float32, torch.bool) for b in vq.buffers())
+        for _ in range(2):
+            quantized, _, loss = vq(torch.randn(20, 4))
+        assert quantized.dtype == torch.float64 and loss.dtype == torch.float32
+        assert all(b.dtype in (torch.float32, torch.bool) for b in vq.buffers())
+        assert bool(torch.isfinite(vq.codebook).all())
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_half_cast_module_keeps_float32_buffers():
     vq = VectorQuantizer(4, 2).half()
     assert vq.codebook.dtype == torch.float32

@@ -291,17 +291,22 @@ class VectorQuantizer(nn.Module):
         self.kmeans_init = kmeans_init
         self.process_group = process_group
 
-        codebook = torch.randn(heads, num_codes, dim)
+        # float32 whatever torch's default dtype: under
+        # set_default_dtype(torch.float64) the first EMA step raised
+        # (float64 statistics, float32 batch counts).
+        codebook = torch.randn(heads, num_codes, dim, dtype=torch.float32)
         if metric == "cosine":
             codebook = nn.functional.normalize(codebook, dim=-1)
         self.register_buffer("codebook", codebook)
         # One vector per code to start with: an unused code then keeps its
         # place (sums and counts decay together) until it is re-seeded.
         self.register_buffer("ema_sums", codebook.clone())
-        self.register_buffer("ema_counts", torch.ones(heads, num_codes))
+        self.register_buffer("ema_counts", torch.ones(heads, num_codes, dtype=torch.float32))
         self.register_buffer("initialized", torch.tensor(False))
         # Statistics of the last batch (for usage and perplexity), not state.
-        self.register_buffer("last_counts", torch.zeros(heads, num_codes), persistent=False)
+        self.register_buffer(
+            "last_counts", torch.zeros(heads, num_codes, dtype=torch.float32), persistent=False
+        )
         # Host-side mirror of ``initialized``: reading the buffer in forward
         # would synchronise with the device on every step, and branch on data
         # under torch.compile. Kept in step with the buffer by load_state_dict.
@@ -574,7 +579,7 @@ class VectorQuantizer(nn.Module):
             size = heads * k * dim
             packed = torch.cat(
                 [
-                    torch.tensor([float(ready) if finite else -1.0], device=flat.device),
+                    codebook.new_tensor([float(ready) if finite else -1.0]),
                     codebook.reshape(-1),
                     sums.reshape(-1),
                     counts.reshape(-1),
@@ -646,7 +651,7 @@ class VectorQuantizer(nn.Module):
 
         # (heads, 1): a batch with no finite row (on any rank) leaves the
         # statistics alone; at decay 0 it emptied them, and the codes were 0 / 0.
-        weight = torch.where(counts.sum(-1, keepdim=True) > 0, 1.0 - self.decay, 0.0)
+        weight = (counts.sum(-1, keepdim=True) > 0).to(counts.dtype) * (1.0 - self.decay)
         self.ema_counts.lerp_(counts, weight)
         self.ema_sums.lerp_(sums, weight.unsqueeze(-1))
         smoothed = _laplace_smoothed(self.ema_counts, self.eps)
