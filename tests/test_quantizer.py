@@ -805,3 +805,28 @@ def test_one_code_on_the_expansion_path(monkeypatch):
     _expansion_path(monkeypatch)
     quantizer = VectorQuantizer(1, 4)
     assert quantizer(torch.randn(32, 4)).codes.eq(0).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_product_codes_are_scored_in_blocks_that_fit_the_budget(monkeypatch, metric):
+    # The products took (h, n, k) scores at once: 8 GiB for 262,144 vectors
+    # against 8,192 codes (cosine on the CPU too).
+    _expansion_path(monkeypatch)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1000, 4, generator=generator)
+    codebook = torch.randn(2, 16, 4, generator=generator)
+    if metric == "cosine":
+        x, codebook = nn.functional.normalize(x, dim=-1), nn.functional.normalize(codebook, dim=-1)
+    expected = quantizer_module._nearest_codes(x, codebook, metric)
+    heights = []
+    block_codes = quantizer_module._block_codes
+
+    def recording(rows: torch.Tensor, *args: Any) -> torch.Tensor:
+        heights.append(rows.shape[1])
+        return block_codes(rows, *args)
+
+    monkeypatch.setattr(quantizer_module, "_block_codes", recording)
+    monkeypatch.setattr(quantizer_module, "DEFAULT_MEMORY_BUDGET", 4 * 2 * 16 * 300)
+    codes = quantizer_module._nearest_codes(x, codebook, metric)
+    assert heights == [300, 300, 300, 100]
+    assert torch.equal(codes, expected)
