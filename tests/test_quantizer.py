@@ -107,6 +107,32 @@ def test_one_ema_update_equals_the_closed_form():
     torch.testing.assert_close(vq.last_counts, torch.tensor([[2.0, 3.0]]))
 
 
+def test_non_finite_rows_stay_out_of_the_codebook():
+    # One NaN row made its code NaN for good (and every code it re-seeded).
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[1.0, 0.0], [nan, 1.0], [9.0, 10.0], [inf, 10.0], [11.0, 10.0]])
+    vq = make(2, 2, [[0.0, 0.0], [10.0, 10.0]], [2.0, 1.0], dead_code_threshold=0)
+    clean = make(2, 2, [[0.0, 0.0], [10.0, 10.0]], [2.0, 1.0], dead_code_threshold=0)
+    _, codes, loss = vq(x)
+    clean(x[[0, 2, 4]])
+    assert codes[[0, 2, 4]].tolist() == [0, 1, 1] and bool(loss.isnan())
+    for name, value in clean.state_dict().items():
+        assert torch.equal(getattr(vq, name), value), name
+    # Dead codes to re-seed, more than the batch's finite rows.
+    torch.manual_seed(0)
+    vq = make(4, 1, [[0.0], [1.0], [2.0], [3.0]], [10.0, 1e-3, 1e-3, 1e-3])
+    vq(torch.tensor([[nan], [5.0], [inf]]))
+    for buffer in (vq.codebook, vq.ema_sums, vq.ema_counts):
+        assert bool(torch.isfinite(buffer).all())
+    assert 5.0 in vq.codebook.flatten().tolist()
+    # A batch of no finite row leaves the state as it is (at decay 0 the
+    # counts were emptied and the codes 0 / 0).
+    vq = make(2, 1, [[0.0], [1.0]], [1.0, 1.0], decay=0.0)
+    vq(torch.tensor([[nan], [inf]]))
+    assert vq.codebook.flatten().tolist() == [0.0, 1.0]
+    assert vq.ema_counts.flatten().tolist() == [1.0, 1.0]
+
+
 def test_eval_leaves_the_codebook_unchanged():
     torch.manual_seed(0)
     vq = VectorQuantizer(6, 2)
@@ -156,6 +182,26 @@ def test_small_batches_are_collected_until_there_are_enough_for_kmeans():
     vq(torch.randn(3, 2))
     assert bool(vq.initialized)
     assert not torch.equal(vq.codebook, initial)
+
+
+@pytest.mark.parametrize("batch", [40, 3])
+def test_a_non_finite_batch_does_not_stop_the_kmeans_initialisation(batch):
+    # The batch stayed among the collected ones: every later training
+    # forward raised, on finite batches too.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3)
+    x = torch.randn(batch, 3)
+    x[1, 2] = float("nan")
+    with pytest.raises(
+        ValueError,
+        match=r"Expected x to hold finite values for the k-means initialisation "
+        r"of the codebook, got NaN or infinity\.",
+    ):
+        vq(x)
+    assert not bool(vq.initialized)
+    vq(torch.randn(40, 3))
+    assert bool(vq.initialized)
+    assert bool(torch.isfinite(vq.codebook).all())
 
 
 def test_kmeans_init_is_per_head():
@@ -303,6 +349,24 @@ def test_autocast_does_not_lower_the_precision_of_the_distances():
     assert quantized.dtype == torch.float32 and loss.dtype == torch.float32
 
 
+def test_float32_buffers_under_a_float64_default_dtype():
+    # The buffers followed torch's default dtype, and the first EMA step
+    # raised "expected dtype double for `end` but got dtype float".
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(4, 2, heads=2)
+        assert all(b.dtype in (torch.float32, torch.bool) for b in vq.buffers())
+        for _ in range(2):
+            quantized, _, loss = vq(torch.randn(20, 4))
+        assert quantized.dtype == torch.float64 and loss.dtype == torch.float32
+        assert all(b.dtype in (torch.float32, torch.bool) for b in vq.buffers())
+        assert bool(torch.isfinite(vq.codebook).all())
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_half_cast_module_keeps_float32_buffers():
     vq = VectorQuantizer(4, 2).half()
     assert vq.codebook.dtype == torch.float32
@@ -368,6 +432,22 @@ def test_lookup_inverts_codes_and_forward_returns_the_named_tuple():
 
 
 @pytest.mark.parametrize(
+    "dtype",
+    [torch.uint8, torch.int8, torch.int16, torch.int32],
+    ids=["uint8", "int8", "int16", "int32"],
+)
+@pytest.mark.parametrize("heads", [1, 2])
+def test_lookup_accepts_codes_of_any_integer_dtype(dtype, heads):
+    # Tokens are often stored as uint8: as an index that dtype is a boolean
+    # mask, which returned 3 of the 4 rows below, in the wrong order.
+    vq = VectorQuantizer(4, 1, heads=heads, kmeans_init=False)
+    vq.codebook.copy_(torch.arange(4.0 * heads).reshape(heads, 4, 1))
+    codes = torch.tensor([3, 0, 2, 1]).unsqueeze(-1).expand(4, heads)
+    codes = codes.squeeze(-1) if heads == 1 else codes
+    assert torch.equal(vq.lookup(codes.to(dtype)), vq.lookup(codes))
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"num_codes": 0}, ValueError, r"Expected num_codes to be >= 1, got 0\."),
@@ -392,6 +472,15 @@ def test_constructor_errors(kwargs, error, match):
         VectorQuantizer(**arguments)
 
 
+def test_constructor_accepts_numpy_numbers():
+    # As the estimators do: numpy ints and float32 raised a TypeError.
+    np = pytest.importorskip("numpy")
+    vq = VectorQuantizer(np.int64(4), np.int32(2), heads=np.int64(2), decay=np.float32(0.5))
+    assert (vq.num_codes, vq.dim, vq.heads) == (4, 2, 2) and type(vq.num_codes) is int
+    assert vq.decay == 0.5 and type(vq.decay) is float
+    assert vq.codebook.shape == (2, 4, 2)
+
+
 def test_forward_and_lookup_errors():
     vq = VectorQuantizer(4, 2, heads=3)
     with pytest.raises(
@@ -409,6 +498,18 @@ def test_forward_and_lookup_errors():
         TypeError, match=r"Expected codes to be an integer tensor, got torch\.float32\."
     ):
         vq.lookup(torch.zeros(2, 3))
+    with pytest.raises(
+        TypeError, match=r"Expected codes to be an integer tensor, got torch\.bool\."
+    ):
+        vq.lookup(torch.zeros(2, 3, dtype=torch.bool))
+    # -1 (a padding token, say) returned the last code.
+    for codes in (torch.tensor([[0, -1, 2]]), torch.tensor([[0, 4, 2]])):
+        with pytest.raises(ValueError, match=r"Expected codes in \[0, num_codes=4\), got values"):
+            vq.lookup(codes)
+    with pytest.raises(
+        ValueError, match=r"Expected codes in \[0, num_codes=4\), got values from -100 to 3\."
+    ):
+        VectorQuantizer(4, 2).lookup(torch.tensor([3, -100]))
     with pytest.raises(
         ValueError, match=r"Expected codes to be of shape \(\.\.\., heads=3\), got shape \(2, 2\)\."
     ):
@@ -704,3 +805,28 @@ def test_one_code_on_the_expansion_path(monkeypatch):
     _expansion_path(monkeypatch)
     quantizer = VectorQuantizer(1, 4)
     assert quantizer(torch.randn(32, 4)).codes.eq(0).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_product_codes_are_scored_in_blocks_that_fit_the_budget(monkeypatch, metric):
+    # The products took (h, n, k) scores at once: 8 GiB for 262,144 vectors
+    # against 8,192 codes (cosine on the CPU too).
+    _expansion_path(monkeypatch)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1000, 4, generator=generator)
+    codebook = torch.randn(2, 16, 4, generator=generator)
+    if metric == "cosine":
+        x, codebook = nn.functional.normalize(x, dim=-1), nn.functional.normalize(codebook, dim=-1)
+    expected = quantizer_module._nearest_codes(x, codebook, metric)
+    heights = []
+    block_codes = quantizer_module._block_codes
+
+    def recording(rows: torch.Tensor, *args: Any) -> torch.Tensor:
+        heights.append(rows.shape[1])
+        return block_codes(rows, *args)
+
+    monkeypatch.setattr(quantizer_module, "_block_codes", recording)
+    monkeypatch.setattr(quantizer_module, "DEFAULT_MEMORY_BUDGET", 4 * 2 * 16 * 300)
+    codes = quantizer_module._nearest_codes(x, codebook, metric)
+    assert heights == [300, 300, 300, 100]
+    assert torch.equal(codes, expected)

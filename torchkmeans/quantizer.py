@@ -18,12 +18,14 @@ with one ``all_reduce`` per step, so every rank keeps the same codebook.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .functional import kmeans, nearest_centroids, scatter_sums
+from .functional.distances import DEFAULT_MEMORY_BUDGET
 from .functional.updates import _scatter_sums
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
@@ -43,15 +45,17 @@ class QuantizerOutput(NamedTuple):
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral, as the estimators: numpy integers (from a config or
+    # an array) are ints too.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"Expected {name} to be an int, got {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"Expected {name} to be >= {minimum}, got {value}.")
-    return value
+    return int(value)
 
 
 def _check_float(name: str, value: Any, accept: Callable[[float], bool], expected: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"Expected {name} to be a float, got {type(value).__name__}.")
     value = float(value)
     # NaN fails every comparison, so it is rejected here as well.
@@ -112,13 +116,27 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     from differences: exact unless inputs lie much farther from that mean
     than from their codes. For unit vectors (cosine) the nearest code has
     the largest dot product.
+
+    Those products are scored in blocks of rows whose ``(h, rows, k)`` scores
+    fit ``DEFAULT_MEMORY_BUDGET`` (all rows at once took ``4 n k`` bytes:
+    8 GiB for 262,144 vectors against 8,192 codes).
     """
-    if metric == "cosine":
-        return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
     # A trace (torch.jit.trace, TorchScript ONNX export) does not record the
     # kernel's writes: the traced codes would be an uninitialised buffer.
-    if x.is_cpu and not _compiling() and not torch.jit.is_tracing():
+    if metric == "euclidean" and x.is_cpu and not _compiling() and not torch.jit.is_tracing():
         return nearest_centroids(x, codebook).labels
+    heads, n, _ = x.shape
+    rows = max(1, DEFAULT_MEMORY_BUDGET // (4 * heads * codebook.shape[1]))
+    if n <= rows:
+        return _block_codes(x, codebook, metric)
+    blocks = [_block_codes(x[:, i : i + rows], codebook, metric) for i in range(0, n, rows)]
+    return torch.cat(blocks, dim=1)
+
+
+def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
+    """:func:`_nearest_codes` from products, on one block of rows ``(h, rows, d)``."""
+    if metric == "cosine":
+        return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
     offset = codebook.mean(1, keepdim=True)  # (h, 1, d)
     centred = codebook - offset
     code_sq = centred.square().sum(-1).unsqueeze(1)  # (h, 1, k)
@@ -288,17 +306,22 @@ class VectorQuantizer(nn.Module):
         self.kmeans_init = kmeans_init
         self.process_group = process_group
 
-        codebook = torch.randn(heads, num_codes, dim)
+        # float32 whatever torch's default dtype: under
+        # set_default_dtype(torch.float64) the first EMA step raised
+        # (float64 statistics, float32 batch counts).
+        codebook = torch.randn(heads, num_codes, dim, dtype=torch.float32)
         if metric == "cosine":
             codebook = nn.functional.normalize(codebook, dim=-1)
         self.register_buffer("codebook", codebook)
         # One vector per code to start with: an unused code then keeps its
         # place (sums and counts decay together) until it is re-seeded.
         self.register_buffer("ema_sums", codebook.clone())
-        self.register_buffer("ema_counts", torch.ones(heads, num_codes))
+        self.register_buffer("ema_counts", torch.ones(heads, num_codes, dtype=torch.float32))
         self.register_buffer("initialized", torch.tensor(False))
         # Statistics of the last batch (for usage and perplexity), not state.
-        self.register_buffer("last_counts", torch.zeros(heads, num_codes), persistent=False)
+        self.register_buffer(
+            "last_counts", torch.zeros(heads, num_codes, dtype=torch.float32), persistent=False
+        )
         # Host-side mirror of ``initialized``: reading the buffer in forward
         # would synchronise with the device on every step, and branch on data
         # under torch.compile. Kept in step with the buffer by load_state_dict.
@@ -385,9 +408,11 @@ class VectorQuantizer(nn.Module):
         Raises
         ------
         TypeError
-            If ``codes`` is not an integer tensor.
+            If ``codes`` is not an integer tensor (bool is not).
         ValueError
-            If ``heads > 1`` and the last dimension of ``codes`` is not ``heads``.
+            If ``heads > 1`` and the last dimension of ``codes`` is not
+            ``heads``, or (for codes on the CPU, where the check needs no
+            device synchronisation) a code lies outside ``[0, num_codes)``.
 
         Examples
         --------
@@ -397,16 +422,33 @@ class VectorQuantizer(nn.Module):
         tensor([[ 0.,  1., 10., 11.],
                 [ 2.,  3.,  8.,  9.]])
         """
-        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        if (
+            not isinstance(codes, torch.Tensor)
+            or codes.is_floating_point()
+            or codes.is_complex()
+            or codes.dtype == torch.bool
+        ):
             got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise TypeError(f"Expected codes to be an integer tensor, got {got}.")
-        if self.heads == 1:
-            return self.codebook[0][codes]
-        if codes.ndim == 0 or codes.shape[-1] != self.heads:
+        # Tokens stored as uint8 (k <= 256) would index as a boolean mask, and
+        # int8/int16 not at all: as indices, every integer dtype is int64.
+        codes = codes.long()
+        if self.heads > 1 and (codes.ndim == 0 or codes.shape[-1] != self.heads):
             raise ValueError(
                 f"Expected codes to be of shape (..., heads={self.heads}), "
                 f"got shape {tuple(codes.shape)}."
             )
+        # A negative code (a padding token such as -1 or -100) would index
+        # from the end: the last codes, silently.
+        if codes.is_cpu and codes.numel() and not _compiling() and not torch.jit.is_tracing():
+            low, high = (int(bound) for bound in torch.aminmax(codes))
+            if low < 0 or high >= self.num_codes:
+                raise ValueError(
+                    f"Expected codes in [0, num_codes={self.num_codes}), "
+                    f"got values from {low} to {high}."
+                )
+        if self.heads == 1:
+            return self.codebook[0][codes]
         heads = torch.arange(self.heads, device=codes.device)
         vectors = self.codebook[heads, codes]  # (..., heads, dim)
         return vectors.flatten(-2)
@@ -431,8 +473,11 @@ class VectorQuantizer(nn.Module):
         TypeError
             If ``x`` is not a floating-point tensor.
         ValueError
-            If the last dimension of ``x`` is not ``heads * dim``, or ``x``
-            holds no vectors.
+            If the last dimension of ``x`` is not ``heads * dim``, ``x``
+            holds no vectors, or it holds NaN or infinity in a training
+            forward that initialises the codebook by k-means. After that, a
+            non-finite vector gets a code and a NaN loss but does not enter
+            the codebook's statistics.
         """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -485,8 +530,16 @@ class VectorQuantizer(nn.Module):
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if self.training and not self._needs_init:
-            sums, counts = _scatter_sums(flat, codes, self.num_codes)
-            self._update(flat, sums, counts)
+            # A non-finite row (an encoder overflowing in float16, say) keeps
+            # its code and its NaN loss, but stays out of the statistics: there
+            # it made its code NaN for good, and under torch.distributed the
+            # codes of every rank.
+            finite = torch.isfinite(flat).all(-1)  # (heads, n)
+            flat = flat.where(finite.unsqueeze(-1), 0.0)
+            sums, counts = _scatter_sums(
+                flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
+            )
+            self._update(flat, finite, sums, counts)
         else:
             counts = torch.zeros_like(self.last_counts).scatter_add_(
                 1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
@@ -511,13 +564,17 @@ class VectorQuantizer(nn.Module):
             return
         active, rank, world = _distributed(self.process_group)
         heads, k, dim = self.codebook.shape
-        ready = True
+        ready, finite = True, True
         codebook, sums, counts = self.codebook, self.ema_sums, self.ema_counts
         if self.kmeans_init:
+            # Checked before the batch joins the collected ones (where a NaN
+            # made every later training forward raise), on the rank that
+            # clusters them; the others learn it from the broadcast and raise too.
+            finite = rank != 0 or bool(torch.isfinite(flat).all())
             # A copy: ``flat`` may share memory with the caller's x.
             self._init_samples.append(flat.clone())
             samples = torch.cat(self._init_samples, dim=1)
-            ready = samples.shape[1] >= k
+            ready = finite and samples.shape[1] >= k
             if ready and rank == 0:
                 result = kmeans(
                     samples,
@@ -537,7 +594,7 @@ class VectorQuantizer(nn.Module):
             size = heads * k * dim
             packed = torch.cat(
                 [
-                    torch.tensor([float(ready)], device=flat.device),
+                    codebook.new_tensor([float(ready) if finite else -1.0]),
                     codebook.reshape(-1),
                     sums.reshape(-1),
                     counts.reshape(-1),
@@ -546,10 +603,17 @@ class VectorQuantizer(nn.Module):
             torch.distributed.broadcast(
                 packed, src=_group_source(self.process_group), group=self.process_group
             )
-            ready = bool(packed[0] > 0)
+            flag = float(packed[0])
+            ready, finite = flag > 0, flag >= 0
             codebook = packed[1 : 1 + size].view(heads, k, dim)
             sums = packed[1 + size : 1 + 2 * size].view(heads, k, dim)
             counts = packed[1 + 2 * size :].view(heads, k)
+        if not finite:
+            self._init_samples.pop()
+            raise ValueError(
+                "Expected x to hold finite values for the k-means initialisation "
+                "of the codebook, got NaN or infinity."
+            )
         if not ready:
             return
         with torch.no_grad():
@@ -560,24 +624,31 @@ class VectorQuantizer(nn.Module):
         self._needs_init = False
         self._init_samples = []
 
-    def _update(self, flat: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    def _update(
+        self, flat: torch.Tensor, finite: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+    ) -> None:
         """EMA step from this rank's batch statistics, codebook from them, dead codes re-seeded.
 
-        ``flat`` ``(heads, n, dim)``, ``sums`` ``(heads, k, dim)``, ``counts``
-        ``(heads, k)``. No host synchronisation and no branch on data: one
-        ``all_reduce`` under torch.distributed, ``torch.where`` for the dead
-        codes.
+        ``flat`` ``(heads, n, dim)`` with ``finite`` ``(heads, n)`` marking
+        the rows that may re-seed a code, ``sums`` ``(heads, k, dim)``,
+        ``counts`` ``(heads, k)``. No host synchronisation and no branch on
+        data: one ``all_reduce`` under torch.distributed, ``torch.where`` for
+        the dead codes.
         """
         heads, n, dim = flat.shape
         k = self.num_codes
         reseed = self.dead_code_threshold > 0
         if reseed:
             # Distinct random batch vectors, one per code (wrapping around
-            # when the batch is smaller than the codebook).
-            order = torch.rand(heads, n, device=flat.device).argsort(-1)
+            # when the batch is smaller than the codebook), finite rows first.
+            keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
+            order = keys.argsort(-1)
             picked = order if n >= k else order.repeat(1, -(-k // n))
             picked = picked[:, :k]
             candidates = flat.gather(1, picked.unsqueeze(-1).expand(heads, k, dim))
+            # Past the batch's finite rows, a dead code restarts where it is.
+            usable = finite.gather(1, picked).unsqueeze(-1)
+            candidates = torch.where(usable, candidates, self.codebook)
         active, rank, _ = _distributed(self.process_group)
         if active:
             parts = [sums.reshape(-1), counts.reshape(-1)]
@@ -593,9 +664,11 @@ class VectorQuantizer(nn.Module):
             if reseed:
                 candidates = packed[heads * k * (dim + 1) :].view(heads, k, dim)
 
-        weight = 1.0 - self.decay
+        # (heads, 1): a batch with no finite row (on any rank) leaves the
+        # statistics alone; at decay 0 it emptied them, and the codes were 0 / 0.
+        weight = (counts.sum(-1, keepdim=True) > 0).to(counts.dtype) * (1.0 - self.decay)
         self.ema_counts.lerp_(counts, weight)
-        self.ema_sums.lerp_(sums, weight)
+        self.ema_sums.lerp_(sums, weight.unsqueeze(-1))
         smoothed = _laplace_smoothed(self.ema_counts, self.eps)
         codebook = self.ema_sums / smoothed.unsqueeze(-1)
         if self.metric == "cosine":
