@@ -418,7 +418,15 @@ def test_cosine_metric_gives_unit_centres():
     np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-6)
 
 
-# ---------------------------------------------------------------- streaming
+def test_cosine_tol_does_not_depend_on_the_scale_of_the_data():
+    """The shift of unit centres is measured against the variance of unit rows."""
+    X = make_blobs(2000, 5, centers=6, random_state=1)[0]
+    params = dict(batch_size=100, metric="cosine", tol=1e-3, max_no_improvement=None)
+    steps = {
+        scale: MiniBatchKMeans(6, random_state=0, **params).fit(X * scale).n_steps_
+        for scale in (1e-3, 1.0, 1e3)
+    }
+    assert steps[1e-3] == steps[1.0] == steps[1e3] > 2
 
 
 def chunks_of(X: np.ndarray, size: int):

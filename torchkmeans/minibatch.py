@@ -591,10 +591,14 @@ class MiniBatchKMeans(KMeans):
         return self
 
     def _scaled_tol(self, source: _Source) -> float:
-        """``tol`` times the mean feature variance, streamed over the data."""
+        """``tol`` times the mean feature variance, streamed over the data.
+
+        Of the rows the steps see: unit rows for cosine (as :class:`KMeans`),
+        so the threshold does not depend on the scale of the data.
+        """
         total = sq = None
         for _, chunk in source.chunks():
-            c = chunk.double()
+            c = self._prepare(chunk.double())
             total = c.sum(0) if total is None else total + c.sum(0)
             sq = (c * c).sum(0) if sq is None else sq + (c * c).sum(0)
         n = source.shape[0]
