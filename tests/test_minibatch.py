@@ -335,6 +335,16 @@ def test_compute_labels_false_and_early_stopping():
     assert tol.n_steps_ < (100 * 4000) // 200
 
 
+def test_compute_labels_false_after_a_single_step_estimates_the_inertia():
+    """One step has no smoothed inertia yet: that batch's, not 0 (a perfect fit)."""
+    X = blobs(n=200, d=3, k=4, seed=5)
+    km = MiniBatchKMeans(4, batch_size=200, max_iter=1, compute_labels=False, random_state=0)
+    km.fit(X)
+    assert km.n_steps_ == 1
+    best = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1).min(1).sum()
+    assert 0.5 * best < km.inertia_ < 2 * best
+
+
 @pytest.mark.parametrize("tol", [0.0, 1e-3])
 def test_deferred_checks_stop_at_the_same_step_as_checking_every_step(monkeypatch, tol):
     """On a GPU the early-stopping statistics are read every 10 steps and

@@ -587,7 +587,7 @@ class MiniBatchKMeans(KMeans):
             self._warn_distinct(labels)
         else:
             total = float(n if weights is None else weights.double().sum())
-            self.inertia_ = float(stopper.ewa or 0.0) * total
+            self.inertia_ = stopper.smoothed * total
         return self
 
     def _scaled_tol(self, source: _Source) -> float:
@@ -779,6 +779,7 @@ class _EarlyStopping:
         self.n_steps, self.batch_size, self.tol = n_steps, batch_size, tol
         self.alpha = min(batch_size * 2.0 / (n_samples + 1), 1.0)
         self.ewa: float | None = None
+        self.first: float = 0.0
         self.ewa_min: float | None = None
         self.no_improvement = 0
         self.bar: Any = None
@@ -812,6 +813,7 @@ class _EarlyStopping:
         step = step_index + 1
         if step == 1:
             # The first batch measures the seeding, not the optimisation.
+            self.first = mean_inertia
             self._report(step, mean_inertia)
             return False
         if self.ewa is None:
@@ -831,6 +833,11 @@ class _EarlyStopping:
         )
         self._report(step, mean_inertia, force=stop)
         return stop
+
+    @property
+    def smoothed(self) -> float:
+        """The smoothed mean batch inertia; after a single step, that step's."""
+        return self.first if self.ewa is None else self.ewa
 
     def close(self) -> None:
         if self.bar is not None:
