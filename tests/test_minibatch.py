@@ -422,6 +422,19 @@ def test_sample_weight_draws_the_batches():
     assert km.cluster_centers_[0, 0] < 0.2  # the zero-weight points were never drawn
 
 
+def test_sample_weight_draws_the_batches_of_more_than_2_to_the_24_rows():
+    """torch.multinomial refuses more than 2**24 categories; rows of weight 0 are never drawn."""
+    n = 2**24 + 2
+    X = np.zeros((n, 1), dtype=np.float32)
+    X[-1] = 5.0
+    weights = np.zeros(n, dtype=np.float32)
+    weights[-1] = 1.0
+    km = MiniBatchKMeans(
+        1, batch_size=8, init_size=8, max_no_improvement=1, compute_labels=False, random_state=0
+    ).fit(X, sample_weight=weights)
+    assert km.cluster_centers_.tolist() == [[5.0]]
+
+
 def test_cosine_metric_gives_unit_centres():
     X = blobs(n=1000, d=5, k=3, seed=2)
     km = MiniBatchKMeans(3, batch_size=100, metric="cosine", random_state=0).fit(X)

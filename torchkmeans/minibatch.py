@@ -16,7 +16,7 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.collective import LOCAL, Collective
 from .functional.distances import compute_dtype
-from .functional.init import kmeans_plusplus, random_init
+from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
     check_agreement,
@@ -527,14 +527,16 @@ class MiniBatchKMeans(KMeans):
         # Steps since the last host read: (centres, counts, inertia, shift).
         window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         no_shift = torch.zeros((), dtype=acc, device=device)  # tol=0: never read as a stop
+        if weights is not None:
+            # float64 sums where the device has them (not MPS).
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            cumulative = weights.cumsum(0, dtype=wide)
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
                 index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
             else:
-                index = torch.multinomial(
-                    weights, batch_size, replacement=True, generator=generator
-                )
+                index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
             step = _minibatch_step(
                 self._prepare(source.take(index)),
@@ -760,6 +762,17 @@ class MiniBatchKMeans(KMeans):
                 "of batches; call fit, then transform on each batch."
             )
         return super().fit_transform(X, sample_weight=sample_weight)
+
+
+def _weighted_draws(
+    cumulative: torch.Tensor, size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``size`` rows drawn with replacement, with probability proportional to
+    their weight, from the cumulative weights: ``torch.multinomial`` refuses
+    more than 2**24 rows."""
+    draws = torch.rand(size, generator=generator, device=cumulative.device, dtype=cumulative.dtype)
+    # In (0, total]: a row of weight zero is never drawn.
+    return _sample_from_cumulative(cumulative, draws.neg_().add_(1).mul_(cumulative[-1]))
 
 
 def _steps_between_checks(device: torch.device) -> int:
