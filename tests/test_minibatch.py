@@ -335,6 +335,20 @@ def test_compute_labels_false_and_early_stopping():
     assert tol.n_steps_ < (100 * 4000) // 200
 
 
+@pytest.mark.parametrize("memory_budget", [None, 4096])
+def test_tol_is_scaled_by_the_variance_of_data_far_from_the_origin(memory_budget):
+    """Sums about a shift, in blocks of rows: E[x^2] - E[x]^2 about the origin
+    was 5% off at 1e8 (and 5x at 1e9); the data stays as it was."""
+    from torchkmeans.minibatch import _Source
+
+    X = make_blobs(2000, 5, centers=6, random_state=1)[0] + 1e8
+    before = X.copy()
+    km = MiniBatchKMeans(6, tol=1.0, memory_budget=memory_budget)
+    tol = km._scaled_tol(_Source(km, X))
+    assert tol == pytest.approx(X.var(axis=0).mean(), rel=1e-9)
+    np.testing.assert_array_equal(X, before)
+
+
 def test_compute_labels_false_after_a_single_step_estimates_the_inertia():
     """One step has no smoothed inertia yet: that batch's, not 0 (a perfect fit)."""
     X = blobs(n=200, d=3, k=4, seed=5)

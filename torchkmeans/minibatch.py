@@ -15,7 +15,7 @@ from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional.collective import LOCAL, Collective
-from .functional.distances import compute_dtype
+from .functional.distances import block_rows, compute_dtype
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
@@ -598,11 +598,24 @@ class MiniBatchKMeans(KMeans):
         Of the rows the steps see: unit rows for cosine (as :class:`KMeans`),
         so the threshold does not depend on the scale of the data.
         """
-        total = sq = None
+        shift = total = sq = None
         for _, chunk in source.chunks():
-            c = self._prepare(chunk.double())
-            total = c.sum(0) if total is None else total + c.sum(0)
-            sq = (c * c).sum(0) if sq is None else sq + (c * c).sum(0)
+            # Blocks of rows: float64 copies of the whole data would double
+            # or quadruple its memory.
+            rows = block_rows(
+                chunk.shape[0], chunk.shape[1], itemsize=8, memory_budget=self.memory_budget
+            )
+            for block in chunk.split(rows):
+                c = self._prepare(block.double())
+                if shift is None:
+                    # Sums about the first block's mean: E[x^2] - E[x]^2 about
+                    # the origin cancels for data far from it.
+                    shift = c.mean(0)
+                    total = torch.zeros_like(shift)
+                    sq = torch.zeros_like(shift)
+                c = c - shift  # a new tensor: double() of float64 rows is the data itself
+                total += c.sum(0)
+                sq += c.square_().sum(0)
         n = source.shape[0]
         mean = total / n
         variance = (sq / n - mean * mean).clamp_(min=0)
