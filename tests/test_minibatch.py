@@ -335,6 +335,30 @@ def test_compute_labels_false_and_early_stopping():
     assert tol.n_steps_ < (100 * 4000) // 200
 
 
+@pytest.mark.parametrize("memory_budget", [None, 4096])
+def test_tol_is_scaled_by_the_variance_of_data_far_from_the_origin(memory_budget):
+    """Sums about a shift, in blocks of rows: E[x^2] - E[x]^2 about the origin
+    was 5% off at 1e8 (and 5x at 1e9); the data stays as it was."""
+    from torchkmeans.minibatch import _Source
+
+    X = make_blobs(2000, 5, centers=6, random_state=1)[0] + 1e8
+    before = X.copy()
+    km = MiniBatchKMeans(6, tol=1.0, memory_budget=memory_budget)
+    tol = km._scaled_tol(_Source(km, X))
+    assert tol == pytest.approx(X.var(axis=0).mean(), rel=1e-9)
+    np.testing.assert_array_equal(X, before)
+
+
+def test_compute_labels_false_after_a_single_step_estimates_the_inertia():
+    """One step has no smoothed inertia yet: that batch's, not 0 (a perfect fit)."""
+    X = blobs(n=200, d=3, k=4, seed=5)
+    km = MiniBatchKMeans(4, batch_size=200, max_iter=1, compute_labels=False, random_state=0)
+    km.fit(X)
+    assert km.n_steps_ == 1
+    best = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1).min(1).sum()
+    assert 0.5 * best < km.inertia_ < 2 * best
+
+
 @pytest.mark.parametrize("tol", [0.0, 1e-3])
 def test_deferred_checks_stop_at_the_same_step_as_checking_every_step(monkeypatch, tol):
     """On a GPU the early-stopping statistics are read every 10 steps and
@@ -412,13 +436,34 @@ def test_sample_weight_draws_the_batches():
     assert km.cluster_centers_[0, 0] < 0.2  # the zero-weight points were never drawn
 
 
+def test_sample_weight_draws_the_batches_of_more_than_2_to_the_24_rows():
+    """torch.multinomial refuses more than 2**24 categories; rows of weight 0 are never drawn."""
+    n = 2**24 + 2
+    X = np.zeros((n, 1), dtype=np.float32)
+    X[-1] = 5.0
+    weights = np.zeros(n, dtype=np.float32)
+    weights[-1] = 1.0
+    km = MiniBatchKMeans(
+        1, batch_size=8, init_size=8, max_no_improvement=1, compute_labels=False, random_state=0
+    ).fit(X, sample_weight=weights)
+    assert km.cluster_centers_.tolist() == [[5.0]]
+
+
 def test_cosine_metric_gives_unit_centres():
     X = blobs(n=1000, d=5, k=3, seed=2)
     km = MiniBatchKMeans(3, batch_size=100, metric="cosine", random_state=0).fit(X)
     np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-6)
 
 
-# ---------------------------------------------------------------- streaming
+def test_cosine_tol_does_not_depend_on_the_scale_of_the_data():
+    """The shift of unit centres is measured against the variance of unit rows."""
+    X = make_blobs(2000, 5, centers=6, random_state=1)[0]
+    params = dict(batch_size=100, metric="cosine", tol=1e-3, max_no_improvement=None)
+    steps = {
+        scale: MiniBatchKMeans(6, random_state=0, **params).fit(X * scale).n_steps_
+        for scale in (1e-3, 1.0, 1e3)
+    }
+    assert steps[1e-3] == steps[1.0] == steps[1e3] > 2
 
 
 def chunks_of(X: np.ndarray, size: int):

@@ -16,8 +16,8 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
-from .functional.distances import compute_dtype
-from .functional.init import kmeans_plusplus, random_init
+from .functional.distances import block_rows, compute_dtype
+from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
     check_agreement,
@@ -528,14 +528,16 @@ class MiniBatchKMeans(KMeans):
         # Steps since the last host read: (centres, counts, inertia, shift).
         window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         no_shift = torch.zeros((), dtype=acc, device=device)  # tol=0: never read as a stop
+        if weights is not None:
+            # float64 sums where the device has them (not MPS).
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            cumulative = weights.cumsum(0, dtype=wide)
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
                 index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
             else:
-                index = torch.multinomial(
-                    weights, batch_size, replacement=True, generator=generator
-                )
+                index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
             step = _minibatch_step(
                 self._prepare(source.take(index)),
@@ -588,16 +590,33 @@ class MiniBatchKMeans(KMeans):
             self._warn_distinct(labels)
         else:
             total = float(n if weights is None else weights.double().sum())
-            self.inertia_ = float(stopper.ewa or 0.0) * total
+            self.inertia_ = stopper.smoothed * total
         return self
 
     def _scaled_tol(self, source: _Source) -> float:
-        """``tol`` times the mean feature variance, streamed over the data."""
-        total = sq = None
+        """``tol`` times the mean feature variance, streamed over the data.
+
+        Of the rows the steps see: unit rows for cosine (as :class:`KMeans`),
+        so the threshold does not depend on the scale of the data.
+        """
+        shift = total = sq = None
         for _, chunk in source.chunks():
-            c = chunk.double()
-            total = c.sum(0) if total is None else total + c.sum(0)
-            sq = (c * c).sum(0) if sq is None else sq + (c * c).sum(0)
+            # Blocks of rows: float64 copies of the whole data would double
+            # or quadruple its memory.
+            rows = block_rows(
+                chunk.shape[0], chunk.shape[1], itemsize=8, memory_budget=self.memory_budget
+            )
+            for block in chunk.split(rows):
+                c = self._prepare(block.double())
+                if shift is None:
+                    # Sums about the first block's mean: E[x^2] - E[x]^2 about
+                    # the origin cancels for data far from it.
+                    shift = c.mean(0)
+                    total = torch.zeros_like(shift)
+                    sq = torch.zeros_like(shift)
+                c = c - shift  # a new tensor: double() of float64 rows is the data itself
+                total += c.sum(0)
+                sq += c.square_().sum(0)
         n = source.shape[0]
         mean = total / n
         variance = (sq / n - mean * mean).clamp_(min=0)
@@ -759,6 +778,17 @@ class MiniBatchKMeans(KMeans):
         return super().fit_transform(X, sample_weight=sample_weight)
 
 
+def _weighted_draws(
+    cumulative: torch.Tensor, size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``size`` rows drawn with replacement, with probability proportional to
+    their weight, from the cumulative weights: ``torch.multinomial`` refuses
+    more than 2**24 rows."""
+    draws = torch.rand(size, generator=generator, device=cumulative.device, dtype=cumulative.dtype)
+    # In (0, total]: a row of weight zero is never drawn.
+    return _sample_from_cumulative(cumulative, draws.neg_().add_(1).mul_(cumulative[-1]))
+
+
 def _steps_between_checks(device: torch.device) -> int:
     """Steps between host reads of the early-stopping statistics: every step on
     the CPU, where a read costs nothing; every 10 elsewhere, where each read
@@ -776,6 +806,7 @@ class _EarlyStopping:
         self.n_steps, self.batch_size, self.tol = n_steps, batch_size, tol
         self.alpha = min(batch_size * 2.0 / (n_samples + 1), 1.0)
         self.ewa: float | None = None
+        self.first: float = 0.0
         self.ewa_min: float | None = None
         self.no_improvement = 0
         self.bar: Any = None
@@ -809,6 +840,7 @@ class _EarlyStopping:
         step = step_index + 1
         if step == 1:
             # The first batch measures the seeding, not the optimisation.
+            self.first = mean_inertia
             self._report(step, mean_inertia)
             return False
         if self.ewa is None:
@@ -828,6 +860,11 @@ class _EarlyStopping:
         )
         self._report(step, mean_inertia, force=stop)
         return stop
+
+    @property
+    def smoothed(self) -> float:
+        """The smoothed mean batch inertia; after a single step, that step's."""
+        return self.first if self.ewa is None else self.ewa
 
     def close(self) -> None:
         if self.bar is not None:
