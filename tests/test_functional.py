@@ -676,6 +676,36 @@ def _with_inf() -> torch.Tensor:
             ValueError,
             r"Expected sample_weight to be of shape \(100,\), got shape \(7,\)\.",
         ),
+        (
+            lambda: kmeans(_X[:, :0], 3),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: lloyd(_X[:, :0], _C[:, :0]),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: nearest_centroids(_X[:, :0], _C[:, :0]),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: minibatch_step(_X[:, :0], _C[:, :0], torch.zeros(3)),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X[:, :0], 3),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: lloyd(_X[:0], _C),
+            ValueError,
+            r"Expected x to hold at least one row, got shape \(0, 4\)\.",
+        ),
     ],
 )
 def test_functional_argument_errors(call, error, match):

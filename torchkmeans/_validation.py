@@ -466,6 +466,11 @@ def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
             f"Expected {name} to be 2-D ({rows}, d) or 3-D (b, {rows}, d), "
             f"got shape {tuple(x.shape)}."
         )
+    if x.shape[-1] == 0:
+        # Without features every distance is 0: the kernels size their blocks by d.
+        raise ValueError(
+            f"Expected {name} to have at least one feature, got shape {tuple(x.shape)}."
+        )
     return x.detach()
 
 

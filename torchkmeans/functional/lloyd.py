@@ -952,8 +952,9 @@ def lloyd(
         If ``x`` or ``centroids`` is not a floating-point tensor, or
         ``max_iter`` or ``check_every`` is not an int.
     ValueError
-        If the shapes of ``x``, ``centroids``, ``sample_weight`` or
-        ``cluster_mask`` do not match, if ``x``, ``centroids`` or
+        If ``x`` has no rows or no features, the shapes of ``x``,
+        ``centroids``, ``sample_weight`` or ``cluster_mask`` do not match,
+        if ``x``, ``centroids`` or
         ``sample_weight`` hold NaN or infinity, if weights are negative, or
         if ``max_iter``, ``tol`` or ``check_every`` are out of range.
 
@@ -965,6 +966,8 @@ def lloyd(
     ([0.5, 10.5], [0, 0, 1, 1], 1.0)
     """
     x = v.check_data(x)
+    if x.shape[-2] == 0:
+        raise ValueError(f"Expected x to hold at least one row, got shape {tuple(x.shape)}.")
     centroids = v.check_centroids(centroids, x)
     v.check_positive_int(max_iter, "max_iter")
     v.check_memory_budget(memory_budget)
