@@ -286,6 +286,23 @@ def test_kmeans_plusplus_picks_distinct_far_apart_points():
     assert float(gaps.min()) > 20.0  # one seed per well-separated blob
 
 
+@pytest.mark.parametrize("n_problems", [None, 2])
+def test_kmeans_plusplus_scores_half_precision_in_float32(n_problems):
+    # Rows of norm ~ 800: their squared norms overflow float16 (max 65504),
+    # which had made every distance inf or NaN and repeated row 0 as a seed.
+    x = torch.tensor(blobs(n=400, d=2, k=4, seed=1, spread=500.0)).half()
+    seeds = [
+        kmeans_plusplus(
+            data, 4, n_problems=n_problems, generator=torch.Generator().manual_seed(0)
+        )
+        for data in (x, x.float())
+    ]
+    (centroids, indices), (_, expected) = seeds
+    assert centroids.dtype == torch.float16
+    assert torch.equal(indices, expected)
+    assert len(set(indices.reshape(-1, 4)[0].tolist())) == 4
+
+
 def test_kmeans_plusplus_respects_zero_weights():
     x = torch.arange(20.0).reshape(10, 2)
     w = torch.zeros(10)
