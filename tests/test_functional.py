@@ -723,6 +723,16 @@ def _with_inf() -> torch.Tensor:
             ValueError,
             r"Expected x to hold at least one row, got shape \(0, 4\)\.",
         ),
+        (
+            lambda: pairwise_distances(_X.numpy(), _C),
+            TypeError,
+            r"Expected x to be a torch.Tensor, got ndarray\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C.tolist()),
+            TypeError,
+            r"Expected centroids to be a torch.Tensor, got list\.",
+        ),
     ],
 )
 def test_functional_argument_errors(call, error, match):
