@@ -334,14 +334,20 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
         if isinstance(init, str) and init == "k-means++":
-            centers, _ = kmeans_plusplus(
-                x,
+            # Seeds are drawn on centred rows, as kmeans() and elbow() do: for
+            # float32 data far from the origin (1e5 + noise) the expansion's
+            # rounding otherwise swamps the distances, and k-means++ picks
+            # about at random (several seeds in one blob, clusters merged).
+            seeding_x = x if self.metric == "cosine" else x - x.mean(0)
+            _, indices = kmeans_plusplus(
+                seeding_x,
                 n_clusters,
                 sample_weight=weights,
                 metric=self.metric,
                 generator=generator,
                 memory_budget=self.memory_budget,
             )
+            centers = x[indices]
         elif isinstance(init, str):
             centers, _ = random_init(x, n_clusters, sample_weight=weights, generator=generator)
         else:
