@@ -152,6 +152,16 @@ def as_tensor(
     return tensor, kind
 
 
+def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
+    """The error for finite data whose squared distances are not finite in ``dtype``."""
+    target = str(dtype).removeprefix("torch.")
+    remedy = "rescale it" if dtype == torch.float64 else "compute in float64 or rescale it"
+    return ValueError(
+        f"Squared distances between the rows of {name} overflow {target}; expected data "
+        f"whose squared distances are finite in {target}: {remedy}."
+    )
+
+
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every element of ``tensor`` is finite (True when it is empty).
 

@@ -589,6 +589,10 @@ class MiniBatchKMeans(KMeans):
         self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
         if self.compute_labels:
             labels, self.inertia_ = self._labels_of_chunks(source.chunks(), n, weights)
+            if not math.isfinite(self.inertia_):
+                # Finite rows whose squared distances overflow: every label is a tie.
+                self._reset()
+                raise v.distances_overflow("X", source.compute)
             self.labels_ = source.kind.out(labels)
             self._warn_distinct(labels)
         else:

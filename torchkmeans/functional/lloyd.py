@@ -954,9 +954,10 @@ def lloyd(
     ValueError
         If ``x`` has no rows or no features, the shapes of ``x``,
         ``centroids``, ``sample_weight`` or ``cluster_mask`` do not match,
-        if ``x``, ``centroids`` or
-        ``sample_weight`` hold NaN or infinity, if weights are negative, or
-        if ``max_iter``, ``tol`` or ``check_every`` are out of range.
+        if ``x``, ``centroids`` or ``sample_weight`` hold NaN or infinity,
+        if weights are negative, if the squared distances of finite ``x``
+        overflow its dtype, or if ``max_iter``, ``tol`` or ``check_every``
+        are out of range.
 
     Examples
     --------
@@ -1018,6 +1019,17 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
         raise ValueError("Input x contains NaN or infinity; expected finite values.")
 
 
+def check_distances_fit(inertia: torch.Tensor, x: torch.Tensor) -> None:
+    """Refuse finite data whose squared distances overflow their dtype.
+
+    float32 rows of norm ~1e19 are finite, but their squared distances are
+    not: every score is then infinite, labels are ties (wrong), and the
+    inertia is inf. ``inertia`` sums the distances of the returned labels.
+    """
+    if not v.all_finite(inertia):
+        raise v.distances_overflow("x", compute_dtype(x.dtype))
+
+
 def _finish(
     result: KMeansResult,
     prep: Prepared,
@@ -1071,6 +1083,7 @@ def _finish(
                 active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
+        check_distances_fit(inertia, x)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
@@ -1138,7 +1151,8 @@ def kmeans(
     ValueError
         If ``x`` or ``sample_weight`` hold NaN or infinity, weights are
         negative or of the wrong shape, ``x`` has fewer rows than
-        ``n_clusters``, or an argument is out of range.
+        ``n_clusters``, the squared distances of finite ``x`` overflow its
+        dtype, or an argument is out of range.
 
     Examples
     --------
