@@ -299,3 +299,12 @@ def test_centroids_and_labels_give_the_reported_inertia(n_init):
         d2 = ((X[:, None, :] - centres[None]) ** 2).sum(-1)
         np.testing.assert_array_equal(result.labels[i], d2.argmin(1))
         assert result.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
+
+
+def test_squared_distances_beyond_float32_are_refused():
+    # Finite float32 rows of norm ~1e20: the inertia was inf and find_knee
+    # refused it as "Input values contains NaN or infinity".
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(60, 3)) * 1e20).astype(np.float32)
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of x overflow"):
+        elbow(X, k=range(1, 4), random_state=0)

@@ -286,6 +286,21 @@ def test_kmeans_plusplus_picks_distinct_far_apart_points():
     assert float(gaps.min()) > 20.0  # one seed per well-separated blob
 
 
+@pytest.mark.parametrize("n_problems", [None, 2])
+def test_kmeans_plusplus_scores_half_precision_in_float32(n_problems):
+    # Rows of norm ~ 800: their squared norms overflow float16 (max 65504),
+    # which had made every distance inf or NaN and repeated row 0 as a seed.
+    x = torch.tensor(blobs(n=400, d=2, k=4, seed=1, spread=500.0)).half()
+    seeds = [
+        kmeans_plusplus(data, 4, n_problems=n_problems, generator=torch.Generator().manual_seed(0))
+        for data in (x, x.float())
+    ]
+    (centroids, indices), (_, expected) = seeds
+    assert centroids.dtype == torch.float16
+    assert torch.equal(indices, expected)
+    assert len(set(indices.reshape(-1, 4)[0].tolist())) == 4
+
+
 def test_kmeans_plusplus_respects_zero_weights():
     x = torch.arange(20.0).reshape(10, 2)
     w = torch.zeros(10)
@@ -676,6 +691,46 @@ def _with_inf() -> torch.Tensor:
             ValueError,
             r"Expected sample_weight to be of shape \(100,\), got shape \(7,\)\.",
         ),
+        (
+            lambda: kmeans(_X[:, :0], 3),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: lloyd(_X[:, :0], _C[:, :0]),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: nearest_centroids(_X[:, :0], _C[:, :0]),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: minibatch_step(_X[:, :0], _C[:, :0], torch.zeros(3)),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: kmeans_plusplus(_X[:, :0], 3),
+            ValueError,
+            r"Expected x to have at least one feature, got shape \(100, 0\)\.",
+        ),
+        (
+            lambda: lloyd(_X[:0], _C),
+            ValueError,
+            r"Expected x to hold at least one row, got shape \(0, 4\)\.",
+        ),
+        (
+            lambda: pairwise_distances(_X.numpy(), _C),
+            TypeError,
+            r"Expected x to be a torch.Tensor, got ndarray\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C.tolist()),
+            TypeError,
+            r"Expected centroids to be a torch.Tensor, got list\.",
+        ),
     ],
 )
 def test_functional_argument_errors(call, error, match):
@@ -702,12 +757,28 @@ def test_functional_memory_budget_is_checked(call):
         call("1MB")
 
 
+def test_squared_distances_beyond_the_dtype_are_refused():
+    # Finite rows whose squared distances overflow: all scores inf, labels ties.
+    x = torch.tensor(blobs(n=200, d=4, k=3, seed=0)) * 1e19
+    with pytest.raises(ValueError, match=r"rows of x overflow float32; .* compute in float64"):
+        kmeans(x.float(), 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"rows of x overflow float32"):
+        lloyd(x.float(), x[:3].float().clone())
+    with pytest.raises(ValueError, match=r"rows of x overflow float64; .* rescale it\."):
+        lloyd(x * 1e135, x[:3] * 1e135)
+    assert torch.isfinite(kmeans(x, 3, generator=torch.Generator().manual_seed(0)).inertia)
+
+
 def test_kmeans_accepts_large_finite_values():
     """The NaN screen reads the mean variance first; one that overflows is
-    checked element by element, so large finite data is not refused (its
-    squares overflow float32 all the same)."""
+    checked element by element, so large finite data is not refused as NaN.
+    Its squares overflow float32 all the same: that is refused as such (the
+    fit had returned NaN centroids, every label 0 and an infinite inertia)."""
     x = torch.tensor([[3e38, 0.0], [3e38, 1.0], [-3e38, 0.0], [-3e38, 1.0]])
-    assert kmeans(x, 2, generator=torch.Generator().manual_seed(0)).labels.shape == (4,)
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of x overflow"):
+        kmeans(x, 2, generator=torch.Generator().manual_seed(0))
+    result = kmeans(x.double(), 2, generator=torch.Generator().manual_seed(0))
+    assert sorted(result.labels.tolist()) == [0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("path", ["native", "torch"])

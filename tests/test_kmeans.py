@@ -269,6 +269,22 @@ def test_read_only_memmap_input(tmp_path):
 
 
 @pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimator):
+    # Finite float32 rows of norm ~1e20 whose squared distances are not: every
+    # distance was inf, labels ties (99 of 300 rows not on their nearest
+    # centre) and inertia_ inf. In float64 the same data clusters.
+    X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
+    if memmap:
+        np.save(tmp_path / "x.npy", X)
+        X = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of [xX] overflow "):
+        estimator(n_clusters=3, random_state=0).fit(X)
+    km = estimator(n_clusters=3, random_state=0, dtype="float64").fit(X)
+    assert np.isfinite(km.inertia_)
+
+
+@pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
 def test_big_endian_input_is_read_like_native(tmp_path, memmap):
     # FITS files and data written on big-endian machines load as ">f8": torch
     # cannot wrap those bytes, so they must be converted, not refused.

@@ -216,6 +216,19 @@ def test_labels_are_the_nearest_fitted_centre_and_attributes():
     )
 
 
+def test_kmeans_plusplus_seeds_float32_data_far_from_the_origin():
+    # 1e5 + noise in float32: the squared norms of the raw rows (~6e10) round
+    # by ~4e3, far beyond the distances between blobs; seeded on raw rows,
+    # two of these ten fits merged two blobs (inertia 8.6x and 2.4x).
+    for seed in (0, 1):
+        X = blobs(n=300, d=6, k=3, seed=seed, spread=5.0)
+        reference = KMeans(3, random_state=0).fit(X).inertia_
+        far = (X + 1e5).astype(np.float32)
+        for random_state in range(5):
+            km = MiniBatchKMeans(3, random_state=random_state).fit(far)
+            assert km.inertia_ < 1.05 * reference
+
+
 def test_partial_fit_equals_sklearns_from_the_same_centres():
     # No randomness left: given centres and no reseeding.
     X = blobs(n=1200, d=5, k=4, seed=9)

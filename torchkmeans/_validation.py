@@ -157,6 +157,16 @@ def as_tensor(
     return tensor, kind
 
 
+def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
+    """The error for finite data whose squared distances are not finite in ``dtype``."""
+    target = str(dtype).removeprefix("torch.")
+    remedy = "rescale it" if dtype == torch.float64 else "compute in float64 or rescale it"
+    return ValueError(
+        f"Squared distances between the rows of {name} overflow {target}; expected data "
+        f"whose squared distances are finite in {target}: {remedy}."
+    )
+
+
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every element of ``tensor`` is finite (True when it is empty).
 
@@ -480,6 +490,11 @@ def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
         raise ValueError(
             f"Expected {name} to be 2-D ({rows}, d) or 3-D (b, {rows}, d), "
             f"got shape {tuple(x.shape)}."
+        )
+    if x.shape[-1] == 0:
+        # Without features every distance is 0: the kernels size their blocks by d.
+        raise ValueError(
+            f"Expected {name} to have at least one feature, got shape {tuple(x.shape)}."
         )
     return x.detach()
 

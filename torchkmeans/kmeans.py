@@ -381,6 +381,9 @@ class KMeans(EstimatorProtocol):
             memory_budget=self.memory_budget,
             collective=collective,
         )
+        if not v.all_finite(result.inertia):
+            # Finite rows whose squared distances overflow: every label is a tie.
+            raise v.distances_overflow("X", compute)
         if kind.is_torch and not isinstance(data, torch.Tensor):
             kind = v.OutputKind(True, torch.device("cpu"))
         # A shard may legitimately see fewer clusters than k among its own labels.

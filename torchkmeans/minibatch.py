@@ -335,14 +335,20 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
         if isinstance(init, str) and init == "k-means++":
-            centers, _ = kmeans_plusplus(
-                x,
+            # Seeds are drawn on centred rows, as kmeans() and elbow() do: for
+            # float32 data far from the origin (1e5 + noise) the expansion's
+            # rounding otherwise swamps the distances, and k-means++ picks
+            # about at random (several seeds in one blob, clusters merged).
+            seeding_x = x if self.metric == "cosine" else x - x.mean(0)
+            _, indices = kmeans_plusplus(
+                seeding_x,
                 n_clusters,
                 sample_weight=weights,
                 metric=self.metric,
                 generator=generator,
                 memory_budget=self.memory_budget,
             )
+            centers = x[indices]
         elif isinstance(init, str):
             centers, _ = random_init(x, n_clusters, sample_weight=weights, generator=generator)
         else:
@@ -586,6 +592,10 @@ class MiniBatchKMeans(KMeans):
         self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
         if self.compute_labels:
             labels, self.inertia_ = self._labels_of_chunks(source.chunks(), n, weights)
+            if not math.isfinite(self.inertia_):
+                # Finite rows whose squared distances overflow: every label is a tie.
+                self._reset()
+                raise v.distances_overflow("X", source.compute)
             self.labels_ = source.kind.out(labels)
             self._warn_distinct(labels)
         else:

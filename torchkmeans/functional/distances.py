@@ -886,6 +886,14 @@ def pairwise_distances(
     are computed again from differences. The result has the input's
     (computed) dtype.
 
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``centroids`` is not a tensor.
+    ValueError
+        If they are not 2-D or 3-D, differ in features or batch size, or
+        ``metric`` is unknown.
+
     Examples
     --------
     >>> pairwise_distances(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))
@@ -893,6 +901,10 @@ def pairwise_distances(
     >>> pairwise_distances(torch.tensor([[1e4, 0.0]]), torch.tensor([[1e4 + 0.5, 0.0]]))
     tensor([[0.2500]])
     """
+    # Not check_data: it detaches, and these distances stay differentiable.
+    for name, value in (("x", x), ("centroids", centroids)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(value).__name__}.")
     x3, c3, batched = _as_batched(x, centroids)
     dtype = compute_dtype(x3.dtype)
     if metric == "cosine":

@@ -12,7 +12,7 @@ import torch
 
 from .. import _validation as v
 from . import _device
-from .distances import block_rows, squared_norms
+from .distances import block_rows, compute_dtype, squared_norms
 
 __all__ = ["kmeans_plusplus", "random_init"]
 
@@ -220,12 +220,18 @@ def kmeans_plusplus(
                 f"got shape {tuple(x_sq_norms.shape)}."
             )
         x_sq_norms = x_sq_norms.detach()
+    # Half precision is scored in float32, as nearest_centroids does: the
+    # squared norms of float16 rows overflow from |x| ~ 256 on.
+    work = x3.to(compute_dtype(x3.dtype))
     x_sq = None
     if euclidean:
-        x_sq = squared_norms(x3) if x_sq_norms is None else x_sq_norms.reshape(x3.shape[0], n)
+        if x_sq_norms is None:
+            x_sq = squared_norms(work)
+        else:
+            x_sq = x_sq_norms.reshape(x3.shape[0], n).to(work.dtype)
     trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
     acc = torch.float64 if x.device.type != "mps" else torch.float32
-    w = None if sample_weight is None else sample_weight.reshape(-1, n).to(x.dtype)
+    w = None if sample_weight is None else sample_weight.reshape(-1, n).to(work.dtype)
 
     def weighted(values: torch.Tensor) -> torch.Tensor:
         """``sample_weight * values`` for values ``(b, n)`` or ``(b, n, L)``."""
@@ -235,7 +241,7 @@ def kmeans_plusplus(
 
     if b == 1 and _device.on_host(x.device) and _HOST_LOOP_ON_CPU:
         index = _kmeans_plusplus_single(
-            x3[0], None if x_sq is None else x_sq[0], w, k, trials, generator, acc
+            work[0], None if x_sq is None else x_sq[0], w, k, trials, generator, acc
         )
         centroids = x3[0][index]
         return (centroids, index) if not batched else (centroids[None], index[None])
@@ -248,14 +254,14 @@ def kmeans_plusplus(
         cumulative = w.cumsum(-1, dtype=acc).expand(b, n).contiguous()
         first = _sample_from_cumulative(cumulative, draws * cumulative[:, -1:])
     indices[:, 0] = first[:, 0]
-    closest = _distances_to(x3, x_sq, _gather_rows(x3, first), memory_budget)[..., 0]
+    closest = _distances_to(work, x_sq, _gather_rows(work, first), memory_budget)[..., 0]
     potential = weighted(closest).sum(-1, keepdim=True, dtype=acc)
     rows = torch.arange(b, device=x.device)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
         cumulative = weighted(closest).cumsum(-1, dtype=acc)
         candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
-        to_candidates = _distances_to(x3, x_sq, _gather_rows(x3, candidates), memory_budget)
+        to_candidates = _distances_to(work, x_sq, _gather_rows(work, candidates), memory_budget)
         to_candidates = torch.minimum(to_candidates, closest.unsqueeze(-1))
         candidate_potential = weighted(to_candidates).sum(1, dtype=acc)
         best = candidate_potential.argmin(-1)

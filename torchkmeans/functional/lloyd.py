@@ -955,10 +955,12 @@ def lloyd(
         If ``x`` or ``centroids`` is not a floating-point tensor, or
         ``max_iter`` or ``check_every`` is not an int.
     ValueError
-        If the shapes of ``x``, ``centroids``, ``sample_weight`` or
-        ``cluster_mask`` do not match, if ``x``, ``centroids`` or
-        ``sample_weight`` hold NaN or infinity, if weights are negative, or
-        if ``max_iter``, ``tol`` or ``check_every`` are out of range.
+        If ``x`` has no rows or no features, the shapes of ``x``,
+        ``centroids``, ``sample_weight`` or ``cluster_mask`` do not match,
+        if ``x``, ``centroids`` or ``sample_weight`` hold NaN or infinity,
+        if weights are negative, if the squared distances of finite ``x``
+        overflow its dtype, or if ``max_iter``, ``tol`` or ``check_every``
+        are out of range.
 
     Examples
     --------
@@ -968,6 +970,8 @@ def lloyd(
     ([0.5, 10.5], [0, 0, 1, 1], 1.0)
     """
     x = v.check_data(x)
+    if x.shape[-2] == 0:
+        raise ValueError(f"Expected x to hold at least one row, got shape {tuple(x.shape)}.")
     centroids = v.check_centroids(centroids, x)
     v.check_positive_int(max_iter, "max_iter")
     v.check_memory_budget(memory_budget)
@@ -1016,6 +1020,17 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
     """
     if not math.isfinite(float(prep.mean_variance.sum())) and not v.all_finite(x):
         raise ValueError("Input x contains NaN or infinity; expected finite values.")
+
+
+def check_distances_fit(inertia: torch.Tensor, x: torch.Tensor) -> None:
+    """Refuse finite data whose squared distances overflow their dtype.
+
+    float32 rows of norm ~1e19 are finite, but their squared distances are
+    not: every score is then infinite, labels are ties (wrong), and the
+    inertia is inf. ``inertia`` sums the distances of the returned labels.
+    """
+    if not v.all_finite(inertia):
+        raise v.distances_overflow("x", compute_dtype(x.dtype))
 
 
 def _finish(
@@ -1071,6 +1086,7 @@ def _finish(
                 active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
+        check_distances_fit(inertia, x)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
@@ -1138,7 +1154,8 @@ def kmeans(
     ValueError
         If ``x`` or ``sample_weight`` hold NaN or infinity, weights are
         negative or of the wrong shape, ``x`` has fewer rows than
-        ``n_clusters``, or an argument is out of range.
+        ``n_clusters``, the squared distances of finite ``x`` overflow its
+        dtype, or an argument is out of range.
 
     Examples
     --------
