@@ -1,0 +1,168 @@
+"""The code paths a GPU takes, run on CPU tensors (fixture ``accelerator_paths``).
+
+On an accelerator the library defers its host checks (convergence read every
+few iterations, empty clusters repaired with ``torch.where``), never calls
+the native CPU kernel, sizes blocks from the memory budget alone and sweeps
+every k in one group. CI has no GPU: these tests hold those paths to the same
+promises as the CPU's, and to the CPU's results.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import load_digits, load_wine, make_blobs
+from sklearn.metrics import silhouette_score as sk_silhouette
+from sklearn.preprocessing import StandardScaler
+
+from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow, metrics
+from torchkmeans.functional import _device, kmeans_plusplus, streaming
+
+
+def nearest_and_inertia(X, centres, weights=None):
+    """Brute force in float64: (labels, inertia)."""
+    d = ((X[:, None, :].astype(np.float64) - centres[None].astype(np.float64)) ** 2).sum(-1)
+    w = np.ones(len(X)) if weights is None else weights
+    return d.argmin(1), float((d.min(1) * w).sum())
+
+
+def assert_promises(km, X, weights=None):
+    labels, inertia = nearest_and_inertia(X, km.cluster_centers_, weights)
+    assert np.isfinite(km.cluster_centers_).all()
+    # The margin of a tie between two centres is below float32's resolution.
+    d = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)
+    chosen = d[np.arange(len(X)), km.labels_]
+    np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5, atol=1e-6)
+    assert (km.labels_ == labels).mean() > 0.999
+    assert km.inertia_ == pytest.approx(inertia, rel=1e-5)
+
+
+def digits32():
+    return load_digits().data.astype(np.float32)
+
+
+def wine64():
+    return StandardScaler().fit_transform(load_wine().data)
+
+
+def test_the_fixture_switches_the_paths(accelerator_paths):
+    assert not _device.on_host(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("data", [digits32, wine64], ids=["digits-float32", "wine-float64"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_kmeans_from_given_centroids_equals_the_host_paths(data, weighted, monkeypatch):
+    X = data()
+    k = 10 if X.shape[1] == 64 else 3
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X)) if weighted else None
+    init = X[np.random.default_rng(1).choice(len(X), k, replace=False)]
+    host = KMeans(k, init=init, tol=0.0).fit(X, sample_weight=weights)
+    monkeypatch.setattr(_device, "on_host", lambda device: False)
+    accelerator = KMeans(k, init=init, tol=0.0).fit(X, sample_weight=weights)
+    assert_promises(accelerator, X, weights)
+    # tol=0 stops where the labels stop changing: convergence read every 10
+    # iterations still ends on the same fixed point.
+    np.testing.assert_array_equal(accelerator.labels_, host.labels_)
+    np.testing.assert_allclose(accelerator.cluster_centers_, host.cluster_centers_, atol=1e-4)
+    assert accelerator.n_iter_ == host.n_iter_
+    reference = SKKMeans(k, init=init, n_init=1, tol=0.0).fit(X, sample_weight=weights)
+    assert accelerator.inertia_ == pytest.approx(reference.inertia_, rel=1e-4)
+
+
+def test_default_kmeans_matches_sklearn(accelerator_paths):
+    X, _ = make_blobs(3000, 8, centers=7, cluster_std=2.0, random_state=3)
+    ours = KMeans(7, random_state=0).fit(X)
+    theirs = SKKMeans(7, n_init=1, random_state=0).fit(X)
+    assert_promises(ours, X)
+    assert ours.inertia_ <= theirs.inertia_ * 1.01
+    np.testing.assert_array_equal(ours.predict(X), ours.labels_)
+
+
+def test_empty_clusters_are_reseeded_without_nan(accelerator_paths):
+    X, _ = make_blobs(600, 3, centers=5, random_state=0)
+    init = np.vstack([X[:3], X[:1], X[:1]])  # twins: two clusters start empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        km = KMeans(5, init=init).fit(X)
+    assert_promises(km, X)
+    assert len(np.unique(km.labels_)) == 5
+
+
+@pytest.mark.parametrize("n_init", [1, 4])
+def test_kmeans_plusplus_restarts_are_batched_and_sound(accelerator_paths, n_init):
+    X = digits32()
+    km = KMeans(10, n_init=n_init, random_state=0).fit(X)
+    assert_promises(km, X)
+    theirs = SKKMeans(10, n_init=n_init, random_state=0).fit(X)
+    assert km.inertia_ <= theirs.inertia_ * 1.02
+
+
+def test_half_precision_seeding(accelerator_paths):
+    x = torch.from_numpy(digits32() * 20).half()
+    centroids, index = kmeans_plusplus(x, 10, generator=torch.Generator().manual_seed(0))
+    assert centroids.dtype == torch.float16
+    assert len(set(index.tolist())) == 10
+
+
+def test_minibatch_fit_and_partial_fit(accelerator_paths):
+    X, _ = make_blobs(4000, 5, centers=6, random_state=2)
+    km = MiniBatchKMeans(6, batch_size=256, random_state=0).fit(X)
+    assert_promises(km, X)
+    # Early stopping read every 10 steps still stops before max_iter epochs.
+    assert km.n_steps_ < 100 * len(X) // 256
+    reference = SKKMeans(6, n_init=1, random_state=0).fit(X)
+    assert km.inertia_ <= reference.inertia_ * 1.05
+    streamed = MiniBatchKMeans(6, random_state=0, init=km.cluster_centers_)
+    for start in range(0, len(X), 500):
+        streamed.partial_fit(X[start : start + 500])
+    assert np.isfinite(streamed.cluster_centers_).all()
+    assert streamed.inertia_ <= reference.inertia_ / len(X) * 500 * 1.5
+
+
+def test_elbow_sweeps_every_k_in_one_group(accelerator_paths):
+    X, _ = make_blobs(800, 4, centers=4, cluster_std=0.8, random_state=5)
+    result = elbow(X, k=range(1, 8), n_init=2, random_state=0)
+    assert result.knee == 4
+    assert np.all(np.diff(result.inertia) <= 1e-9 * result.inertia[0])
+    for k, centres, labels in zip(result.ks, result.centroids, result.labels):
+        nearest, inertia = nearest_and_inertia(X, centres)
+        np.testing.assert_array_equal(labels, nearest)
+        assert result.inertia[k - 1] == pytest.approx(inertia, rel=1e-9)
+
+
+def test_memmap_fit_streams_in_accelerator_chunks(accelerator_paths, tmp_path, monkeypatch):
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "other", 8 * 8 * 500)
+    X, _ = make_blobs(5000, 8, centers=6, random_state=0)
+    path = tmp_path / "x.dat"
+    mm = np.memmap(path, dtype=X.dtype, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    streamed = KMeans(6, init=X[:6]).fit(np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape))
+    in_memory = KMeans(6, init=X[:6]).fit(X)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
+
+
+def test_silhouette_equals_sklearn(accelerator_paths):
+    X = wine64()
+    labels = KMeans(3, random_state=0).fit_predict(X)
+    assert metrics.silhouette_score(X, labels) == pytest.approx(sk_silhouette(X, labels), 1e-9)
+
+
+def test_vector_quantizer_training_steps(accelerator_paths):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 8, dead_code_threshold=0.1)
+    for _ in range(5):
+        x = torch.randn(64, 8) * 3
+        out = vq(x)
+        d = torch.cdist(x.double(), vq.codebook[0].double())
+        assert torch.isfinite(vq.codebook).all() and torch.isfinite(out.loss)
+    # The last codes were chosen before the last update: check them in eval.
+    out = vq.eval()(x)
+    d = torch.cdist(x.double(), vq.codebook[0].double())
+    chosen = d.gather(1, out.codes.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(chosen, d.min(1).values, rtol=1e-5, atol=1e-5)
