@@ -603,6 +603,25 @@ def test_float32_data_whose_summed_squares_overflow_float32_still_converge():
     np.testing.assert_allclose(scaled.inertia_ / 1e34, plain.inertia_, rtol=1e-5)
 
 
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_float32_rows_whose_centred_squares_overflow_float32_still_converge(request, paths):
+    # One row's centred squared norm (3.6e38) overflows float32; every
+    # distance to a centre fits. That made the tol scale infinite: each fit
+    # stopped after one iteration, and a little farther out the unconverged
+    # centres left distances beyond float32, refused as overflowing.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    X = blobs(n=300, d=3, k=3, seed=0)
+    scale = float(np.sqrt(3.6e38 / ((X - X.mean(0)) ** 2).sum(1).max()))
+    plain = KMeans(3, init=X[[0, 1, 2]]).fit(X.astype(np.float32))
+    init = np.stack([X[plain.labels_ == j][0] for j in range(3)])
+    plain = KMeans(3, init=init).fit(X.astype(np.float32))
+    scaled = KMeans(3, init=init * scale).fit((X * scale).astype(np.float32))
+    assert scaled.n_iter_ == plain.n_iter_ > 1
+    np.testing.assert_array_equal(scaled.labels_, plain.labels_)
+    np.testing.assert_allclose(scaled.inertia_ / scale**2, plain.inertia_, rtol=1e-5)
+
+
 def test_predict_with_another_feature_count():
     km = KMeans(n_clusters=2, random_state=0).fit(X_OK)
     with pytest.raises(

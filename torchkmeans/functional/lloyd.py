@@ -988,8 +988,7 @@ def lloyd(
         )
     if not v.all_finite(centroids):
         raise ValueError("Input centroids contains NaN or infinity; expected finite values.")
-    prep = prepare(x, sample_weight=sample_weight, metric=metric)
-    _check_finite_data(prep, x)
+    prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
     active = None
@@ -1009,7 +1008,7 @@ def lloyd(
     return _finish(result, prep, x, batched=x.ndim == 3 or centroids.ndim == 3, active=active)
 
 
-def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
+def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
     """Refuse NaN or infinity in ``x``, reading ``x`` again only when in doubt.
 
     The mean feature variance of :func:`prepare` sums every element of the
@@ -1017,9 +1016,26 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> None:
     (overflow of large finite values can do it too) is ``x`` checked element by
     element. One sum read as a Python float: a quarter of the cost of
     ``isfinite(...).all()``, which small fits would notice.
+
+    Finite rows whose centred squared norms overflow (float32 rows of norm
+    ~2e19 among closer ones) made the variance, hence tol, infinite: every
+    fit stopped after one iteration. It is then summed again from the rows
+    in the accumulation dtype, block by block.
     """
-    if not math.isfinite(float(prep.mean_variance.sum())) and not v.all_finite(x):
+    if math.isfinite(float(prep.mean_variance.sum())):
+        return prep
+    if not v.all_finite(x):
         raise ValueError("Input x contains NaN or infinity; expected finite values.")
+    if prep.metric != "euclidean":
+        return prep
+    acc = _accumulation_dtype(prep.x.device)
+    bx, n, d = prep.x.shape
+    total = torch.zeros(bx, dtype=acc, device=prep.x.device)
+    rows = block_rows(n, d, itemsize=torch.finfo(acc).bits // 8, device=prep.x.device)
+    for block in prep.x.split(rows, dim=1):
+        total += block.to(acc).square().sum((1, 2))
+    mean_variance = (total / (n * d)).clamp_max(torch.finfo(prep.x.dtype).max)
+    return prep._replace(mean_variance=mean_variance.to(prep.x.dtype))
 
 
 def check_distances_fit(inertia: torch.Tensor, x: torch.Tensor) -> None:
@@ -1186,8 +1202,7 @@ def kmeans(
         # Given starts: one run, or for one data set, one restart per set of centroids.
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1
-    prep = prepare(x, sample_weight=sample_weight, metric=metric)
-    _check_finite_data(prep, x)
+    prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
 
     def run(n_problems: int) -> KMeansResult:
         start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)
