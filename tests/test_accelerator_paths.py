@@ -20,7 +20,7 @@ from sklearn.metrics import silhouette_score as sk_silhouette
 from sklearn.preprocessing import StandardScaler
 
 from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow, metrics
-from torchkmeans.functional import _device, kmeans_plusplus, streaming
+from torchkmeans.functional import _device, kmeans_plusplus, lloyd, streaming
 
 
 def nearest_and_inertia(X, centres, weights=None):
@@ -166,3 +166,19 @@ def test_vector_quantizer_training_steps(accelerator_paths):
     d = torch.cdist(x.double(), vq.codebook[0].double())
     chosen = d.gather(1, out.codes.unsqueeze(1)).squeeze(1)
     torch.testing.assert_close(chosen, d.min(1).values, rtol=1e-5, atol=1e-5)
+
+
+def test_lloyd_labels_are_nearest_when_the_expansion_overflows(accelerator_paths):
+    # float32 rows of centred norm ~1.8e19: |c|^2 - 2 x.c overflows for some
+    # centres, and (distance x trust) for far rows, which were then trusted:
+    # stopped at max_iter, 3 to 6 of 180 labels were not the nearest returned
+    # centre (one 2x, another 12x farther than it).
+    rng = np.random.default_rng(0)
+    offsets = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    X = np.concatenate([rng.normal(size=(60, 3)) + c for c in offsets]).astype(np.float32)
+    x = torch.tensor(X * np.float32(2e18))
+    for max_iter in (1, 2, 3):
+        result = lloyd(x, x[[0, 70, 71]].clone(), max_iter=max_iter, tol=0.0)
+        labels, inertia = nearest_and_inertia(x.numpy(), result.centroids.numpy())
+        np.testing.assert_array_equal(result.labels.numpy(), labels)
+        assert float(result.inertia) == pytest.approx(inertia, rel=1e-5)

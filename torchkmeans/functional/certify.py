@@ -102,8 +102,11 @@ def suspects(
     mask: ``frame_squared_norms`` of the rows, ``distances`` to their labels
     (in the dtype the scores were computed in, on their device), measured
     between centred rows and centroids when ``centred``."""
-    trusted_up_to = distances * trust_factor(distances.dtype, distances.device)
-    suspect = frame_squared_norms > trusted_up_to
+    # |x|^2 / factor > D rather than |x|^2 > D * factor: the product
+    # overflows for distances beyond max / factor (float32: ~3e36), and rows
+    # that far from their label were trusted whatever their norms.
+    factor = trust_factor(distances.dtype, distances.device)
+    suspect = frame_squared_norms / factor > distances
     if not centred:
         # A row at distance 0 from x itself sits on its centroid: no other can
         # be nearer. Centring rounds both by up to u |x'|, and may make a

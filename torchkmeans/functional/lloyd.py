@@ -1093,12 +1093,17 @@ def _finish(
             # are suspects too.
             assert prep.x_sq is not None
             floor = moved_centroids_floor(result.centroids, centroids, prep.offset)
+            frame = torch.maximum(prep.x_sq, floor)
+            # Centroids lie within the rows' hull: scores |c|^2 - 2 x.c reach
+            # 3 max |x|^2. Beyond the dtype they overflowed (float32 rows of
+            # norm ~1.5e19): any label may be wrong, every row is a suspect.
+            overflowed = prep.x_sq.amax(-1, keepdim=True) > torch.finfo(frame.dtype).max / 3
             certify_nearest(
                 x3,
                 centroids,
                 labels,
                 distances,
-                frame_squared_norms=torch.maximum(prep.x_sq, floor),
+                frame_squared_norms=frame.masked_fill(overflowed, math.inf),
                 active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
