@@ -668,6 +668,28 @@ def test_sparse_tensor_input_is_refused_with_a_hint(layout):
         KMeans(n_clusters=2, init=dense[:2].to_sparse()).fit(dense)
 
 
+def test_sparse_sample_weight_and_functional_input_are_refused_with_a_hint():
+    # Refused inside torch before ('aten::lt.Scalar' ... 'SparseCPU' backend,
+    # 'copy_() between dense and sparse', 'Cannot access storage').
+    from torchkmeans.functional import kmeans, lloyd, nearest_centroids
+
+    dense = torch.tensor(X_OK)
+    weights = torch.ones(len(X_OK), dtype=dense.dtype).to_sparse()
+    match = r"Expected sample_weight to be a dense .* sample_weight\.to_dense\(\)"
+    with pytest.raises(TypeError, match=match):
+        KMeans(n_clusters=2).fit(dense, sample_weight=weights)
+    with pytest.raises(TypeError, match=match):
+        MiniBatchKMeans(n_clusters=2).partial_fit(dense, sample_weight=weights)
+    with pytest.raises(TypeError, match=match):
+        kmeans(dense, 2, sample_weight=weights)
+    with pytest.raises(TypeError, match=r"convert it with x\.to_dense\(\)"):
+        kmeans(dense.to_sparse(), 2)
+    with pytest.raises(TypeError, match=r"convert it with x\.to_dense\(\)"):
+        nearest_centroids(dense.to_sparse(), dense[:2])
+    with pytest.raises(TypeError, match=r"convert it with centroids\.to_dense\(\)"):
+        lloyd(dense, dense[:2].to_sparse())
+
+
 def test_feature_names_of_a_data_frame_are_kept_and_checked():
     pd = pytest.importorskip("pandas")
     from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency

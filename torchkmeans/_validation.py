@@ -102,11 +102,7 @@ def as_tensor(
     names the expected 2-D shape in errors (default ``(n_samples, n_features)``).
     """
     if isinstance(data, torch.Tensor):
-        if data.layout != torch.strided:
-            raise TypeError(
-                f"Expected {name} to be a dense array or tensor, got a sparse tensor "
-                f"({data.layout}); convert it with {name}.to_dense()."
-            )
+        check_dense(data, name)
         kind = OutputKind(True, data.device)
         tensor = data.detach()
         if tensor.is_complex():
@@ -155,6 +151,15 @@ def as_tensor(
             )
         raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
     return tensor, kind
+
+
+def check_dense(tensor: torch.Tensor, name: str) -> None:
+    """Refuse a sparse tensor (COO, CSR...): the kernels need strided memory."""
+    if tensor.layout != torch.strided:
+        raise TypeError(
+            f"Expected {name} to be a dense array or tensor, got a sparse tensor "
+            f"({tensor.layout}); convert it with {name}.to_dense()."
+        )
 
 
 def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
@@ -295,6 +300,7 @@ def check_sample_weight(
         weights = torch.full((n_samples,), float(sample_weight), device=device, dtype=dtype)
     else:
         if isinstance(sample_weight, torch.Tensor):
+            check_dense(sample_weight, "sample_weight")
             weights = sample_weight.detach().to(device=device, dtype=dtype)
         else:
             array = np.asarray(sample_weight)
@@ -486,6 +492,7 @@ def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
         raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
     if not x.is_floating_point():
         raise TypeError(f"Expected {name} to be a floating-point tensor, got dtype {x.dtype}.")
+    check_dense(x, name)
     if x.ndim not in (2, 3):
         raise ValueError(
             f"Expected {name} to be 2-D ({rows}, d) or 3-D (b, {rows}, d), "
@@ -540,6 +547,7 @@ def check_weight_tensor(
             f"Expected sample_weight to be a torch.Tensor or None, "
             f"got {type(sample_weight).__name__}."
         )
+    check_dense(sample_weight, "sample_weight")
     shape = tuple(sample_weight.shape)
     if shape not in ((n_samples,), (1, n_samples), (n_problems, n_samples)):
         expected = f"({n_samples},)" + (
