@@ -570,6 +570,11 @@ class MiniBatchKMeans(KMeans):
             else:
                 pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
                 stats = torch.stack(pairs).tolist()
+            if not all(math.isfinite(inertia) for inertia, _ in stats):
+                # Finite rows whose squared distances overflow: every label is
+                # a tie (without compute_labels nothing else would notice).
+                self._reset()
+                raise v.distances_overflow("X", acc)
             first = step_index - len(window) + 1
             stopped = next(
                 (
@@ -745,10 +750,17 @@ class MiniBatchKMeans(KMeans):
                 memory_budget=self.memory_budget,
                 collective=collective,
             )
+            # The batch inertia is summed over the ranks: all refuse together.
+            if not v.all_finite(step.inertia):
+                # Finite rows whose squared distances overflow: every label is a tie.
+                raise v.distances_overflow("X", compute_dtype(x.dtype))
         except ValueError:
-            # No step was taken (another rank's batch was rejected): the
-            # reseeding schedule stays where it is, in step with that rank's.
+            # No step was taken (another rank's batch was rejected, or this
+            # batch overflows): the reseeding schedule stays where it is, in
+            # step with the other ranks', and a first call leaves no model.
             self._n_since_last_reassign = since_reassign
+            if first:
+                self._reset()
             raise
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1
