@@ -302,9 +302,7 @@ def test_predict_score_transform_refuse_squared_distances_beyond_float32(
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
-def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(
-    request, accelerator
-):
+def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(request, accelerator):
     # partial_fit, and fit without compute_labels, took such rows: inertia_
     # inf or NaN, labels ties.
     if accelerator:

@@ -101,10 +101,10 @@ def host_rows(
     if dtype is not None and compute_dtype(dtype) != dtype:
         # Rows pass through the half precision asked for, as data in memory is
         # converted to it whole: a fit on a memmap and on the same array agree.
-        return HostRows(_rounded(read, dtype), _rounded(take, dtype), *shape, itemsize), compute, kind
+        read, take = _rounded(read, dtype), _rounded(take, dtype)
     return HostRows(read, take, shape[0], shape[1], itemsize), compute, kind
 
 
-def _rounded(reader: Callable[..., torch.Tensor], dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+def _rounded(reader: Callable[..., torch.Tensor], dtype: torch.dtype) -> Any:
     """``reader`` whose rows are rounded to ``dtype``."""
     return lambda *args: reader(*args).to(dtype)
