@@ -335,13 +335,9 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
         if isinstance(init, str) and init == "k-means++":
-            # Seeds are drawn on centred rows, as kmeans() and elbow() do: for
-            # float32 data far from the origin (1e5 + noise) the expansion's
-            # rounding otherwise swamps the distances, and k-means++ picks
-            # about at random (several seeds in one blob, clusters merged).
-            seeding_x = x if self.metric == "cosine" else x - x.mean(0)
+            # kmeans_plusplus scores euclidean rows centred on their mean.
             _, indices = kmeans_plusplus(
-                seeding_x,
+                x,
                 n_clusters,
                 sample_weight=weights,
                 metric=self.metric,
@@ -374,9 +370,18 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         if not isinstance(init, str):
             return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
-        # Mini-batch centres are not centred: a zero offset; unit rows for cosine.
-        no_offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
-        rows = prepare_rows(x, no_offset, weights, self.metric)
+        offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
+        if init == "k-means++" and self.metric == "euclidean":
+            # k-means++ scores rows centred on the mean of all ranks' rows, as
+            # the local seeding and kmeans() do: for float32 data far from the
+            # origin (1e5 + noise) the expansion's rounding otherwise swamps
+            # the distances and seeds fall about at random. Random seeds stay
+            # the rows themselves.
+            wide = torch.float32 if x.device.type == "mps" else torch.float64
+            total = torch.cat([x.sum(0, dtype=wide), x.new_full((1,), x.shape[0], dtype=wide)])
+            total = collective.all_sum(total)
+            offset = (total[:-1] / total[-1]).to(x.dtype).view(offset.shape)
+        rows = prepare_rows(x, offset, weights, self.metric)  # unit rows for cosine
         # One seed drawn on rank 0 makes the shared (k-means++) and per-rank (random) streams.
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
         seed = int(collective.broadcast(seed))
@@ -388,7 +393,7 @@ class MiniBatchKMeans(KMeans):
             centers = kmeans_plusplus_across(
                 rows, n_clusters, 1, shared, collective, self.memory_budget
             )
-        return centers[0]
+        return centers[0] + offset[0]
 
     def _labels_of_chunks(
         self,
