@@ -404,18 +404,29 @@ class MiniBatchKMeans(KMeans):
         """Nearest centre of every row, and the (weighted) inertia, chunk by chunk.
 
         The labels go into one preallocated tensor: chunk temporaries are freed
-        and reused, so memory stays at one chunk's worth.
+        and reused, so memory stays at one chunk's worth. Half-precision rows
+        are converted to the centres' dtype a block at a time (a float32 copy
+        of the whole data would double its memory).
         """
-        labels = torch.empty(n, dtype=torch.int64, device=self._centers.device)
-        inertia = 0.0
-        for start, x in parts:
-            chunk_labels, dist = self._assign_rows(x.to(self._centers.dtype), self._centers)
-            dist = dist.double()
-            if weights is not None:
-                dist = dist * weights[start : start + x.shape[0]].double()
-            inertia += float(dist.sum())
-            labels[start : start + x.shape[0]] = chunk_labels
-        return labels, inertia
+        centers = self._centers
+        labels = torch.empty(n, dtype=torch.int64, device=centers.device)
+        inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
+        for start, chunk in parts:
+            rows = max(1, chunk.shape[0])
+            if chunk.dtype != centers.dtype:
+                rows = block_rows(
+                    rows, chunk.shape[1], memory_budget=self.memory_budget, device=chunk.device
+                )
+            for offset in range(0, chunk.shape[0], rows):
+                x = chunk[offset : offset + rows].to(centers.dtype)
+                first = start + offset
+                block_labels, dist = self._assign_rows(x, centers)
+                dist = dist.double()
+                if weights is not None:
+                    dist = dist * weights[first : first + x.shape[0]].double()
+                inertia += dist.sum()
+                labels[first : first + x.shape[0]] = block_labels
+        return labels, float(inertia)
 
     def _store_state(
         self,
