@@ -751,6 +751,28 @@ def _with_inf() -> torch.Tensor:
             TypeError,
             r"Expected centroids to be a torch.Tensor, got list\.",
         ),
+        # Integer tensors had given int64 distances, truncated from the
+        # expansion's float64 (344 of 1,400 wrong for integers up to 1,000).
+        (
+            lambda: pairwise_distances(_X.long(), _C.long()),
+            TypeError,
+            r"Expected x to be a floating-point tensor, got dtype torch\.int64\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C.bool()),
+            TypeError,
+            r"Expected centroids to be a floating-point tensor, got dtype torch\.bool\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C[:0]),
+            ValueError,
+            r"Expected centroids to hold at least one centroid, got shape \(0, 4\)\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, torch.randn(3, 5)),
+            ValueError,
+            r"Expected centroids to have 4 features \(as x\), got shape \(3, 5\)\.",
+        ),
     ],
 )
 def test_functional_argument_errors(call, error, match):
