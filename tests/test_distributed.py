@@ -163,7 +163,7 @@ def minibatch_seeds_far_from_the_origin(rank, tmp):
 
 
 def far_blobs():
-    X, y, centres = make_blobs(
+    X, _, centres = make_blobs(
         n_samples=400,
         n_features=2,
         centers=4,
