@@ -151,6 +151,29 @@ def minibatch_inertia_of_the_batch(rank, tmp):
     return out
 
 
+def minibatch_seeds_far_from_the_origin(rank, tmp):
+    # float32 rows 1e5 + well-separated blobs, half a batch on each rank.
+    X, _ = far_blobs()
+    part = shards(X, [200, 200])[rank]
+    out = []
+    for seed in range(4):
+        mbk = MiniBatchKMeans(4, random_state=seed, reassignment_ratio=0.0)
+        out.append(mbk.partial_fit(part).cluster_centers_)
+    return out
+
+
+def far_blobs():
+    X, _, centres = make_blobs(
+        n_samples=400,
+        n_features=2,
+        centers=4,
+        center_box=(-20, 20),
+        random_state=1,
+        return_centers=True,
+    )
+    return (1e5 + X).astype(np.float32), 1e5 + centres
+
+
 def _rejected_then_in_step(rank, first, later):
     """``first`` batch, then ``later`` (rejected on some rank), then a good batch."""
     X = load_digits().data
@@ -274,6 +297,7 @@ SCENARIOS = {
         minibatch_empty_batches,
         minibatch_float32_uneven_batches,
         minibatch_inertia_of_the_batch,
+        minibatch_seeds_far_from_the_origin,
         minibatch_nan_in_the_first_batch,
         minibatch_later_batch_with_other_features,
         minibatch_nan_in_a_later_batch,
@@ -460,6 +484,17 @@ def test_minibatch_inertia_is_that_of_the_ranks_batches_together(tmp_path):
         single.partial_fit(X[start : start + 100])
         np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
         assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+
+
+def test_minibatch_seeds_float32_data_far_from_the_origin_across_ranks(tmp_path):
+    # k-means++ over the ranks scored uncentred rows: the expansion's float32
+    # rounding (~1e3) swamped the distances (~1e2) and seeds merged blobs.
+    r0, r1 = run_ranks("minibatch_seeds_far_from_the_origin", tmp_path)
+    _, centres = far_blobs()
+    for c0, c1 in zip(r0, r1):
+        np.testing.assert_array_equal(c0, c1)
+        nearest = ((c0[:, None].astype(np.float64) - centres) ** 2).sum(-1).argmin(1)
+        assert sorted(nearest.tolist()) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(

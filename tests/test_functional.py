@@ -301,6 +301,26 @@ def test_kmeans_plusplus_scores_half_precision_in_float32(n_problems):
     assert len(set(indices.reshape(-1, 4)[0].tolist())) == 4
 
 
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+@pytest.mark.parametrize("n_problems", [None, 3])
+def test_kmeans_plusplus_seeds_float32_data_far_from_the_origin(request, accelerator, n_problems):
+    # 1e5 + well-separated blobs: scored uncentred, the expansion's float32
+    # rounding (~1e3) swamped the distances (~1e2) and seeds merged blobs.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    data = blobs(n=400, d=2, k=4, seed=1, spread=20.0)
+    centres = np.random.default_rng(1).normal(scale=20.0, size=(4, 2))  # blobs' own
+    labels = ((data[:, None] - centres) ** 2).sum(-1).argmin(1)
+    x = torch.tensor(1e5 + data, dtype=torch.float32)
+    for seed in range(5):
+        centroids, indices = kmeans_plusplus(
+            x, 4, n_problems=n_problems, generator=torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(centroids, x[indices])  # the caller's coordinates
+        for problem in indices.reshape(-1, 4):
+            assert len(set(labels[problem.numpy()].tolist())) == 4
+
+
 def test_kmeans_plusplus_respects_zero_weights():
     x = torch.arange(20.0).reshape(10, 2)
     w = torch.zeros(10)
@@ -730,6 +750,28 @@ def _with_inf() -> torch.Tensor:
             lambda: pairwise_distances(_X, _C.tolist()),
             TypeError,
             r"Expected centroids to be a torch.Tensor, got list\.",
+        ),
+        # Integer tensors had given int64 distances, truncated from the
+        # expansion's float64 (344 of 1,400 wrong for integers up to 1,000).
+        (
+            lambda: pairwise_distances(_X.long(), _C.long()),
+            TypeError,
+            r"Expected x to be a floating-point tensor, got dtype torch\.int64\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C.bool()),
+            TypeError,
+            r"Expected centroids to be a floating-point tensor, got dtype torch\.bool\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, _C[:0]),
+            ValueError,
+            r"Expected centroids to hold at least one centroid, got shape \(0, 4\)\.",
+        ),
+        (
+            lambda: pairwise_distances(_X, torch.randn(3, 5)),
+            ValueError,
+            r"Expected centroids to have 4 features \(as x\), got shape \(3, 5\)\.",
         ),
     ],
 )

@@ -284,6 +284,45 @@ def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimato
     assert np.isfinite(km.inertia_)
 
 
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+def test_predict_score_transform_refuse_squared_distances_beyond_float32(
+    request, accelerator, estimator
+):
+    # After a fit on ordinary data, rows of norm ~1e19: predict gave every row
+    # label 0 (ties of inf), score -inf and transform inf, where fit refuses them.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    km = estimator(n_clusters=3, random_state=0).fit(blobs(n=300, d=6, k=3).astype(np.float32))
+    X = (blobs(n=50, d=6, k=3, seed=1) * 1e19).astype(np.float32)
+    for method in (km.predict, km.score, km.transform):
+        with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow "):
+            method(X)
+    assert np.isfinite(km.score(X / 1e19))
+
+
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(request, accelerator):
+    # partial_fit, and fit without compute_labels, took such rows: inertia_
+    # inf or NaN, labels ties.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
+    match = r"Squared distances between the rows of X overflow float32"
+    with pytest.raises(ValueError, match=match):
+        MiniBatchKMeans(n_clusters=3, random_state=0, compute_labels=False).fit(X)
+    km = MiniBatchKMeans(n_clusters=3, random_state=0)
+    with pytest.raises(ValueError, match=match):
+        km.partial_fit(X)
+    assert not hasattr(km, "cluster_centers_") and not hasattr(km, "n_features_in_")
+    km.partial_fit(X / 1e19)
+    centers = km.cluster_centers_.copy()
+    with pytest.raises(ValueError, match=match):
+        km.partial_fit(X)
+    np.testing.assert_array_equal(km.cluster_centers_, centers)
+    assert km.n_steps_ == 1
+
+
 @pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
 def test_big_endian_input_is_read_like_native(tmp_path, memmap):
     # FITS files and data written on big-endian machines load as ">f8": torch

@@ -530,6 +530,52 @@ def test_fit_on_a_memmap_equals_fit_on_the_array(tmp_path):
     assert a.score(ro) == pytest.approx(b.score(X), rel=1e-9)
 
 
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+def test_labels_of_half_precision_data_are_computed_block_by_block(
+    request, monkeypatch, accelerator
+):
+    # The final labelling had converted the whole float16 tensor to float32
+    # at once (twice the data's memory); blocks follow memory_budget.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    seen = []
+    original = MiniBatchKMeans._assign_rows
+
+    def spy(self, x, centers, exact=True):
+        seen.append(x.shape[0])
+        return original(self, x, centers, exact)
+
+    monkeypatch.setattr(MiniBatchKMeans, "_assign_rows", spy)
+    x = torch.tensor(blobs(n=5000, d=4, k=3, seed=2)).half()
+    km = MiniBatchKMeans(3, batch_size=100, random_state=0, memory_budget=16_000).fit(x)
+    assert 1 < max(seen) <= 1000
+    d2 = ((x.double()[:, None] - km.cluster_centers_.double()) ** 2).sum(-1)
+    assert torch.equal(km.labels_, d2.argmin(1))
+    assert km.inertia_ == pytest.approx(float(d2.min(1).values.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_fit_on_a_memmap_in_half_precision_rounds_its_rows(tmp_path, dtype):
+    # dtype="float16": the array is rounded to float16 whole, and the memmap's
+    # rows had been read in float32 unrounded (inertia_ 8034.29 against 8034.27).
+    X = (blobs(n=2000, d=4, k=4, seed=3) * 3.3).astype(np.float32)
+    rounded = torch.from_numpy(X).to(getattr(torch, dtype)).float().numpy()
+    for name, data in (("x", X), ("rounded", rounded)):
+        np.save(tmp_path / f"{name}.npy", data)
+    ro, ro_rounded = (np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("x", "rounded"))
+    a = MiniBatchKMeans(4, random_state=0, dtype=dtype).fit(ro)
+    b = MiniBatchKMeans(4, random_state=0, dtype=dtype).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-9)
+    # KMeans streams a memmap (its sums in another order than in memory):
+    # the same fit as on a memmap of the rounded rows.
+    a = KMeans(4, init=X[:4], dtype=dtype).fit(ro)
+    b = KMeans(4, init=X[:4]).fit(ro_rounded)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_ == b.inertia_
+
+
 MEMMAP_SCRIPT = """
 import json, sys, threading, time
 import numpy as np, torch

@@ -516,6 +516,18 @@ def test_forward_and_lookup_errors():
         vq.lookup(torch.zeros(2, 2, dtype=torch.int64))
 
 
+def test_lookup_checks_codes_on_an_accelerator_without_reading_them(accelerator_paths):
+    # On a GPU -1 (a padding token) silently returned the last code: the
+    # bounds are checked by a device-side assertion, with no host read
+    # (torch._assert_async raises at once on CPU tensors).
+    vq = VectorQuantizer(4, 2, heads=3)
+    for codes in (torch.tensor([[0, -1, 2]]), torch.tensor([[0, 4, 2]])):
+        with pytest.raises(RuntimeError, match=r"Expected codes in \[0, num_codes=4\)\."):
+            vq.lookup(codes)
+    codes = torch.tensor([[0, 3, 2], [1, 1, 1]])
+    assert torch.equal(vq.lookup(codes), vq.codebook[torch.arange(3), codes].flatten(-2))
+
+
 # --------------------------------------------------------------- distributed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -97,4 +98,13 @@ def host_rows(
 
         kind = v.OutputKind(False, None)
         itemsize = int(np.dtype(array.dtype).itemsize)
+    if dtype is not None and compute_dtype(dtype) != dtype:
+        # Rows pass through the half precision asked for, as data in memory is
+        # converted to it whole: a fit on a memmap and on the same array agree.
+        read, take = _rounded(read, dtype), _rounded(take, dtype)
     return HostRows(read, take, shape[0], shape[1], itemsize), compute, kind
+
+
+def _rounded(reader: Callable[..., torch.Tensor], dtype: torch.dtype) -> Any:
+    """``reader`` whose rows are rounded to ``dtype``."""
+    return lambda *args: reader(*args).to(dtype)

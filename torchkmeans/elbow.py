@@ -358,9 +358,9 @@ def _sweep(
     d = x.shape[1]
     n_ks, k_max = len(ks), ks[-1]
     progress.phase(f"seeding k-means++ to k={k_max} ({n_init} restarts)")
-    # Seeds are drawn on centred (or unit) rows, as kmeans() does, so that the
-    # |x|^2 - 2x.c + |c|^2 expansion stays accurate for data far from the origin.
-    seeding_x = torch.nn.functional.normalize(x, dim=-1) if metric == "cosine" else x - x.mean(0)
+    # Seeds are drawn on unit rows for cosine (kmeans_plusplus centres
+    # euclidean rows itself, as kmeans() does).
+    seeding_x = torch.nn.functional.normalize(x, dim=-1) if metric == "cosine" else x
     _, indices = kmeans_plusplus(
         seeding_x,
         k_max,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -510,26 +511,32 @@ class KMeans(EstimatorProtocol):
         """Nearest centre of every row of ``X``, and the (weighted) inertia, chunk by chunk.
 
         Labels of streamed data are gathered on the host. Without
-        ``inertia_needed`` the distances are not computed and the inertia is 0.
+        ``inertia_needed`` the cosine distances are not computed and the
+        inertia is 0; euclidean ones are (the search computes them anyway),
+        and rows whose squared distances overflow are refused, as in ``fit``.
         """
         parts, n, kind, streamed = self._parts(X)
         centers = self._centers
         weights = v.check_sample_weight(
             sample_weight, n, device=centers.device, dtype=torch.float64
         )
+        exact = inertia_needed or self.metric == "euclidean"
         labels = torch.empty(n, dtype=torch.int64, device="cpu" if streamed else centers.device)
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for start, x in parts:
-            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers, inertia_needed)
-            if not inertia_needed:
-                labels[start : start + x.shape[0]] = chunk_labels
+            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers, exact)
+            labels[start : start + x.shape[0]] = chunk_labels
+            if not exact:
                 continue
             dist = dist.double()
             if weights is not None:
                 dist = dist * weights[start : start + x.shape[0]]
             inertia += dist.sum()
-            labels[start : start + x.shape[0]] = chunk_labels
-        return labels, float(inertia), kind
+        total = float(inertia)
+        if not math.isfinite(total):
+            # Finite rows whose squared distances overflow: every label is a tie.
+            raise v.distances_overflow("X", centers.dtype)
+        return labels, total if inertia_needed else 0.0, kind
 
     def predict(self, X: Any, sample_weight: Any = None) -> Any:
         """Index of the closest cluster centre for each sample (a memmap is streamed).
@@ -562,7 +569,11 @@ class KMeans(EstimatorProtocol):
             device="cpu" if streamed else centers.device,
         )
         for start, x in parts:
-            out[start : start + x.shape[0]] = self._center_distances(x.to(centers.dtype))
+            distances = self._center_distances(x.to(centers.dtype))
+            if not v.all_finite(distances):
+                # Finite rows whose squared distances overflow, as refused in fit.
+                raise v.distances_overflow("X", centers.dtype)
+            out[start : start + x.shape[0]] = distances
         return self._output_container(kind.out(out), X)
 
     def set_output(self, *, transform: str | None = None) -> KMeans:

@@ -335,13 +335,9 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
         if isinstance(init, str) and init == "k-means++":
-            # Seeds are drawn on centred rows, as kmeans() and elbow() do: for
-            # float32 data far from the origin (1e5 + noise) the expansion's
-            # rounding otherwise swamps the distances, and k-means++ picks
-            # about at random (several seeds in one blob, clusters merged).
-            seeding_x = x if self.metric == "cosine" else x - x.mean(0)
+            # kmeans_plusplus scores euclidean rows centred on their mean.
             _, indices = kmeans_plusplus(
-                seeding_x,
+                x,
                 n_clusters,
                 sample_weight=weights,
                 metric=self.metric,
@@ -374,9 +370,18 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         if not isinstance(init, str):
             return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
-        # Mini-batch centres are not centred: a zero offset; unit rows for cosine.
-        no_offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
-        rows = prepare_rows(x, no_offset, weights, self.metric)
+        offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
+        if init == "k-means++" and self.metric == "euclidean":
+            # k-means++ scores rows centred on the mean of all ranks' rows, as
+            # the local seeding and kmeans() do: for float32 data far from the
+            # origin (1e5 + noise) the expansion's rounding otherwise swamps
+            # the distances and seeds fall about at random. Random seeds stay
+            # the rows themselves.
+            wide = torch.float32 if x.device.type == "mps" else torch.float64
+            total = torch.cat([x.sum(0, dtype=wide), x.new_full((1,), x.shape[0], dtype=wide)])
+            total = collective.all_sum(total)
+            offset = (total[:-1] / total[-1]).to(x.dtype).view(offset.shape)
+        rows = prepare_rows(x, offset, weights, self.metric)  # unit rows for cosine
         # One seed drawn on rank 0 makes the shared (k-means++) and per-rank (random) streams.
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
         seed = int(collective.broadcast(seed))
@@ -388,7 +393,7 @@ class MiniBatchKMeans(KMeans):
             centers = kmeans_plusplus_across(
                 rows, n_clusters, 1, shared, collective, self.memory_budget
             )
-        return centers[0]
+        return centers[0] + offset[0]
 
     def _labels_of_chunks(
         self,
@@ -399,18 +404,29 @@ class MiniBatchKMeans(KMeans):
         """Nearest centre of every row, and the (weighted) inertia, chunk by chunk.
 
         The labels go into one preallocated tensor: chunk temporaries are freed
-        and reused, so memory stays at one chunk's worth.
+        and reused, so memory stays at one chunk's worth. Half-precision rows
+        are converted to the centres' dtype a block at a time (a float32 copy
+        of the whole data would double its memory).
         """
-        labels = torch.empty(n, dtype=torch.int64, device=self._centers.device)
-        inertia = 0.0
-        for start, x in parts:
-            chunk_labels, dist = self._assign_rows(x.to(self._centers.dtype), self._centers)
-            dist = dist.double()
-            if weights is not None:
-                dist = dist * weights[start : start + x.shape[0]].double()
-            inertia += float(dist.sum())
-            labels[start : start + x.shape[0]] = chunk_labels
-        return labels, inertia
+        centers = self._centers
+        labels = torch.empty(n, dtype=torch.int64, device=centers.device)
+        inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
+        for start, chunk in parts:
+            rows = max(1, chunk.shape[0])
+            if chunk.dtype != centers.dtype:
+                rows = block_rows(
+                    rows, chunk.shape[1], memory_budget=self.memory_budget, device=chunk.device
+                )
+            for offset in range(0, chunk.shape[0], rows):
+                x = chunk[offset : offset + rows].to(centers.dtype)
+                first = start + offset
+                block_labels, dist = self._assign_rows(x, centers)
+                dist = dist.double()
+                if weights is not None:
+                    dist = dist * weights[first : first + x.shape[0]].double()
+                inertia += dist.sum()
+                labels[first : first + x.shape[0]] = block_labels
+        return labels, float(inertia)
 
     def _store_state(
         self,
@@ -570,6 +586,11 @@ class MiniBatchKMeans(KMeans):
             else:
                 pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
                 stats = torch.stack(pairs).tolist()
+            if not all(math.isfinite(inertia) for inertia, _ in stats):
+                # Finite rows whose squared distances overflow: every label is
+                # a tie (without compute_labels nothing else would notice).
+                self._reset()
+                raise v.distances_overflow("X", acc)
             first = step_index - len(window) + 1
             stopped = next(
                 (
@@ -745,10 +766,17 @@ class MiniBatchKMeans(KMeans):
                 memory_budget=self.memory_budget,
                 collective=collective,
             )
+            # The batch inertia is summed over the ranks: all refuse together.
+            if not v.all_finite(step.inertia):
+                # Finite rows whose squared distances overflow: every label is a tie.
+                raise v.distances_overflow("X", compute_dtype(x.dtype))
         except ValueError:
-            # No step was taken (another rank's batch was rejected): the
-            # reseeding schedule stays where it is, in step with that rank's.
+            # No step was taken (another rank's batch was rejected, or this
+            # batch overflows): the reseeding schedule stays where it is, in
+            # step with the other ranks', and a first call leaves no model.
             self._n_since_last_reassign = since_reassign
+            if first:
+                self._reset()
             raise
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1

@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from .functional import kmeans, nearest_centroids, scatter_sums
+from .functional import _device, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET
 from .functional.updates import _scatter_sums
 
@@ -413,6 +413,10 @@ class VectorQuantizer(nn.Module):
             If ``heads > 1`` and the last dimension of ``codes`` is not
             ``heads``, or (for codes on the CPU, where the check needs no
             device synchronisation) a code lies outside ``[0, num_codes)``.
+        RuntimeError
+            On an accelerator, a code outside ``[0, num_codes)`` fails a
+            device-side assertion (reported at the next synchronisation;
+            a CUDA device is then unusable, as after any device assert).
 
         Examples
         --------
@@ -440,13 +444,18 @@ class VectorQuantizer(nn.Module):
             )
         # A negative code (a padding token such as -1 or -100) would index
         # from the end: the last codes, silently.
-        if codes.is_cpu and codes.numel() and not _compiling() and not torch.jit.is_tracing():
-            low, high = (int(bound) for bound in torch.aminmax(codes))
-            if low < 0 or high >= self.num_codes:
-                raise ValueError(
-                    f"Expected codes in [0, num_codes={self.num_codes}), "
-                    f"got values from {low} to {high}."
-                )
+        if codes.numel() and not _compiling() and not torch.jit.is_tracing():
+            expected = f"Expected codes in [0, num_codes={self.num_codes})"
+            if _device.on_host(codes.device):
+                low, high = (int(bound) for bound in torch.aminmax(codes))
+                if low < 0 or high >= self.num_codes:
+                    raise ValueError(f"{expected}, got values from {low} to {high}.")
+            else:
+                # Reading the bounds would wait for the device: a device-side
+                # assertion checks them without a synchronisation, and fails
+                # at the next one (as an index past the end fails the gather).
+                in_range = (codes >= 0) & (codes < self.num_codes)
+                torch._assert_async(in_range.all(), f"{expected}.")
         if self.heads == 1:
             return self.codebook[0][codes]
         heads = torch.arange(self.heads, device=codes.device)

@@ -889,10 +889,10 @@ def pairwise_distances(
     Raises
     ------
     TypeError
-        If ``x`` or ``centroids`` is not a tensor.
+        If ``x`` or ``centroids`` is not a floating-point tensor.
     ValueError
-        If they are not 2-D or 3-D, differ in features or batch size, or
-        ``metric`` is unknown.
+        If they are not 2-D or 3-D, have no features, differ in features
+        or batch size, ``centroids`` is empty, or ``metric`` is unknown.
 
     Examples
     --------
@@ -901,10 +901,10 @@ def pairwise_distances(
     >>> pairwise_distances(torch.tensor([[1e4, 0.0]]), torch.tensor([[1e4 + 0.5, 0.0]]))
     tensor([[0.2500]])
     """
-    # Not check_data: it detaches, and these distances stay differentiable.
-    for name, value in (("x", x), ("centroids", centroids)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(value).__name__}.")
+    # Checked as nearest_centroids checks them (integer tensors had come back
+    # as truncated int64 distances); the checks' detached results are not
+    # used, so that these distances stay differentiable.
+    v.check_centroids(centroids, v.check_data(x))
     x3, c3, batched = _as_batched(x, centroids)
     dtype = compute_dtype(x3.dtype)
     if metric == "cosine":

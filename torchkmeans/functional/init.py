@@ -163,7 +163,10 @@ def kmeans_plusplus(
     sample_weight : Tensor, optional
         ``(n,)`` or ``(b, n)`` non-negative weights.
     x_sq_norms : Tensor, optional
-        Precomputed squared norms of the rows of ``x``.
+        Precomputed squared norms of the rows of ``x``. Without them the
+        rows are scored centred on their mean (the centroids are rows of
+        ``x`` as given); with them, as they are: pass centred rows and their
+        norms for data far from the origin.
     metric : {"euclidean", "cosine"}
         D is the squared euclidean distance, or ``1 - cos`` on unit vectors.
     n_local_trials : int, optional
@@ -226,6 +229,11 @@ def kmeans_plusplus(
     x_sq = None
     if euclidean:
         if x_sq_norms is None:
+            # Scored on rows centred on their mean, as kmeans() scores them: for
+            # float32 rows far from the origin (1e5 + unit noise) the expansion
+            # |x|^2 - 2 x.c + |c|^2 rounds beyond the distances between blobs,
+            # and the seeds fell about at random (several in one blob).
+            work = work - work.mean(1, keepdim=True)
             x_sq = squared_norms(work)
         else:
             x_sq = x_sq_norms.reshape(x3.shape[0], n).to(work.dtype)
