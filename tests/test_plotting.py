@@ -116,6 +116,11 @@ def test_plot_clusters_errors():
         plotting.plot_clusters(np.zeros((3, 2)), [0, 1])
     with pytest.raises(ValueError, match=r"Expected centers to have 2 features like X, got 3"):
         plotting.plot_clusters(np.zeros((3, 2)), [0, 1, 1], np.zeros((2, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected centers to be 2-D of shape \(n_clusters, n_features\), got shape \(2,\)\.",
+    ):
+        plotting.plot_clusters(np.zeros((3, 2)), [0, 1, 1], np.zeros(2))
 
 
 def test_missing_matplotlib_names_the_plot_extra(monkeypatch):

@@ -157,7 +157,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
         )
     centres = None
     if centers is not None:
-        centres, _ = v.as_tensor(centers, "centers", device=x.device)
+        centres, _ = v.as_tensor(
+            centers, "centers", device=x.device, shape="(n_clusters, n_features)"
+        )
         if centres.shape[1] != x.shape[1]:
             raise ValueError(
                 f"Expected centers to have {x.shape[1]} features like X, got {centres.shape[1]}."
