@@ -308,3 +308,12 @@ def test_squared_distances_beyond_float32_are_refused():
     X = (rng.normal(size=(60, 3)) * 1e20).astype(np.float32)
     with pytest.raises(ValueError, match=r"Squared distances between the rows of x overflow"):
         elbow(X, k=range(1, 4), random_state=0)
+
+
+def test_no_knee_warning_of_a_sweep_points_at_the_caller():
+    # Shown inside torchkmeans/elbow.py, the warning told a user nothing about their own code.
+    X = np.random.default_rng(0).normal(size=(200, 5))
+    with pytest.warns(UserWarning, match="No knee found: the curve") as record:
+        result = elbow(X, k=range(1, 6), random_state=0)
+    assert result.knee is None
+    assert [w.filename for w in record] == [__file__]

@@ -25,3 +25,15 @@ def test_public_surface():
         "ConvergenceWarning",
     }
     assert torchkmeans.__version__.count(".") == 2
+
+
+def test_top_level_kmeans_is_the_function():
+    """``from torchkmeans import kmeans`` (README, ``__all__``) is the function, not the module."""
+    import torch
+
+    from torchkmeans import KMeansResult, kmeans
+    from torchkmeans.functional import kmeans as functional_kmeans
+
+    assert kmeans is functional_kmeans
+    result = kmeans(torch.randn(2, 20, 3, generator=torch.Generator().manual_seed(0)), 2)
+    assert isinstance(result, KMeansResult) and result.centroids.shape == (2, 2, 3)

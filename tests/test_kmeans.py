@@ -514,6 +514,13 @@ X_INF[0, 0] = np.inf
             ValueError,
             r"Expected init to be of shape \(8, 3\), got shape \(2, 3\)",
         ),
+        (
+            {"init": np.zeros(24)},
+            X_OK,
+            {},
+            ValueError,
+            r"Expected init to be 2-D of shape \(8, 3\), got shape \(24,\)\.$",
+        ),
         ({"dtype": "int8"}, X_OK, {}, ValueError, "Expected dtype to be None or one of float16"),
         ({"random_state": "seed"}, X_OK, {}, TypeError, "Expected random_state to be None, an int"),
         (

@@ -729,6 +729,7 @@ def test_verbose_uses_tqdm_when_present(monkeypatch):
         ({"metric": "l1"}, ValueError, r"Expected metric to be 'euclidean' or 'cosine'"),
         ({"n_clusters": 50}, ValueError, r"n_samples=20 should be >= n_clusters=50\."),
         ({"init": np.zeros((3, 2))}, ValueError, r"Expected init to be of shape \(2, 3\)"),
+        ({"init": np.zeros(6)}, ValueError, r"init to be 2-D of shape \(2, 3\), got shape \(6,\)"),
     ],
 )
 def test_parameter_errors(params, error, match):

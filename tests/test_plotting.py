@@ -116,6 +116,11 @@ def test_plot_clusters_errors():
         plotting.plot_clusters(np.zeros((3, 2)), [0, 1])
     with pytest.raises(ValueError, match=r"Expected centers to have 2 features like X, got 3"):
         plotting.plot_clusters(np.zeros((3, 2)), [0, 1, 1], np.zeros((2, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected centers to be 2-D of shape \(n_clusters, n_features\), got shape \(2,\)\.",
+    ):
+        plotting.plot_clusters(np.zeros((3, 2)), [0, 1, 1], np.zeros(2))
 
 
 def test_missing_matplotlib_names_the_plot_extra(monkeypatch):
@@ -152,3 +157,15 @@ def test_given_axes_need_no_pyplot():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_plot_clusters_many_clusters_distinct_colours_and_a_short_legend():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    labels = np.arange(300) % 30
+    ax = plotting.plot_clusters(X, torch.tensor(labels), rng.normal(size=(30, 5)))
+    *clusters, centroids = ax.collections
+    assert len(clusters) == 30 and _is_star(centroids)
+    assert len({tuple(c.get_facecolor()[0]) for c in clusters}) == 30
+    # 30 entries would cover the points and run off the figure: only the centroids are listed.
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Centroids"]

@@ -14,10 +14,14 @@ __version__ = "0.1.0"
 from . import functional, metrics
 from .elbow import ElbowResult, elbow, find_knee
 from .exceptions import ConvergenceWarning, NotFittedError
-from .functional import KMeansResult, kmeans, lloyd, nearest_centroids
+from .functional import KMeansResult, lloyd, nearest_centroids
 from .kmeans import KMeans
 from .minibatch import MiniBatchKMeans
 from .quantizer import QuantizerOutput, VectorQuantizer
+
+# Importing the submodule torchkmeans.kmeans (the estimators) binds the package's
+# name `kmeans` to that module; the public `torchkmeans.kmeans` is the function.
+kmeans = functional.kmeans
 
 __all__ = [
     "ConvergenceWarning",

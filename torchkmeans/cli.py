@@ -527,7 +527,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         args.centers, "--centers", key=args.centers_key, key_option="--centers-key"
     )
     data = _load(args.data, "DATA", key=args.key, mmap=True, header=args.header)
-    centres, _ = v.as_tensor(centers_file.values, "centers", device=device)
+    centres, _ = v.as_tensor(
+        centers_file.values, "centers", device=device, shape="(n_clusters, n_features)"
+    )
     if centres.shape[1] != data.shape[1]:
         raise UsageError(
             f"Expected --centers with {data.shape[1]} features like DATA, got "

@@ -605,7 +605,12 @@ def _result(
     inertia_host = inertia.cpu()
     knee = None
     if len(ks) >= 3:
-        knee = find_knee(ks, inertia_host, curve=curve, sensitivity=sensitivity)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            knee = find_knee(ks, inertia_host, curve=curve, sensitivity=sensitivity)
+        for warning in caught:
+            # Shown at the caller of elbow, like the warning below, not inside this module.
+            warnings.warn(warning.message, warning.category, stacklevel=3)
     else:
         warnings.warn(
             f"No knee found: at least 3 values of k are needed, got {len(ks)}.",

@@ -328,7 +328,7 @@ class KMeans(EstimatorProtocol):
         init = self.init
         if isinstance(init, str) or callable(init):
             return init
-        tensor, _ = v.as_tensor(init, "init", device=device, dtype=dtype)
+        tensor, _ = v.as_tensor(init, "init", device=device, dtype=dtype, shape=str(shape))
         if tuple(tensor.shape) != shape:
             raise ValueError(
                 f"Expected init to be of shape {shape}, got shape {tuple(tensor.shape)}."

@@ -349,8 +349,11 @@ class MiniBatchKMeans(KMeans):
             centers, _ = random_init(x, n_clusters, sample_weight=weights, generator=generator)
         else:
             given = init(x, n_clusters, generator) if callable(init) else init
-            centers, _ = v.as_tensor(given, "init", device=x.device, dtype=x.dtype)
-            if tuple(centers.shape) != (n_clusters, x.shape[1]):
+            expected = (n_clusters, x.shape[1])
+            centers, _ = v.as_tensor(
+                given, "init", device=x.device, dtype=x.dtype, shape=str(expected)
+            )
+            if tuple(centers.shape) != expected:
                 raise ValueError(
                     f"Expected init to be of shape ({n_clusters}, {x.shape[1]}), "
                     f"got shape {tuple(centers.shape)}."

@@ -18,6 +18,9 @@ from . import _validation as v
 
 __all__ = ["plot_clusters", "plot_elbow"]
 
+# Clusters named in the legend (one colour of tab10/tab20 each) up to this many.
+_MAX_NAMED_CLUSTERS = 20
+
 
 def _matplotlib(module: str = "matplotlib") -> Any:
     try:
@@ -126,7 +129,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     Returns
     -------
     matplotlib.axes.Axes
-        One scatter collection per cluster, then one for the centroids.
+        One scatter collection per cluster, then one for the centroids. The
+        legend names each cluster when there are at most 20, else only the
+        centroids.
 
     Raises
     ------
@@ -152,7 +157,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
         )
     centres = None
     if centers is not None:
-        centres, _ = v.as_tensor(centers, "centers", device=x.device)
+        centres, _ = v.as_tensor(
+            centers, "centers", device=x.device, shape="(n_clusters, n_features)"
+        )
         if centres.shape[1] != x.shape[1]:
             raise ValueError(
                 f"Expected centers to have {x.shape[1]} features like X, got {centres.shape[1]}."
@@ -172,20 +179,30 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
                 centre_points = torch.cat([centre_points, torch.zeros_like(centre_points)], 1)
     xy = points.cpu().numpy()
     clusters = np.unique(label_array)
-    cmap = _matplotlib().colormaps["tab10" if len(clusters) <= 10 else "tab20"]
-    for i, cluster in enumerate(clusters):
+    colormaps = _matplotlib().colormaps
+    # Past tab20's colours, evenly spaced ones of a continuous map (tab20 would
+    # repeat them), and no legend entry per cluster: a column of more than 20
+    # would cover the points and run off the figure.
+    named = len(clusters) <= _MAX_NAMED_CLUSTERS
+    if named:
+        cmap = colormaps["tab10" if len(clusters) <= 10 else "tab20"]
+        colours = [cmap(i) for i in range(len(clusters))]
+    else:
+        colours = list(colormaps["turbo"](np.linspace(0.0, 1.0, len(clusters))))
+    for cluster, colour in zip(clusters, colours):
         member = label_array == cluster
         ax.scatter(
             xy[member, 0],
             xy[member, 1],
             s=20,
-            color=cmap(i % cmap.N),
-            label=f"Cluster {cluster}",
+            color=colour,
+            label=f"Cluster {cluster}" if named else None,
         )
     if centre_points is not None:
         c = centre_points.cpu().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=250, c="black", marker="*", label="Centroids")
     ax.set_xlabel("PC1" if projected else "X1")
     ax.set_ylabel("PC2" if projected else ("X2" if x.shape[1] == 2 else ""))
-    ax.legend(fontsize="small")
+    if named or centre_points is not None:
+        ax.legend(fontsize="small")
     return ax
