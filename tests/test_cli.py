@@ -130,6 +130,24 @@ def test_fit_reads_every_format_and_matches_kmeans(capsys, tmp_path, iris, kind)
     assert ("header: feature 0, feature 1" in field(out, "data")) == has_header
 
 
+@pytest.mark.parametrize("index", [None, "names"])
+def test_fit_drops_the_row_labels_pandas_writes_as_an_unnamed_first_column(
+    capsys, tmp_path, iris, index
+):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(iris, columns=["a", "b", "c", "d"])
+    if index == "names":
+        frame.index = [f"row {i}" for i in range(len(frame))]
+    path = tmp_path / "iris.csv"
+    frame.to_csv(path)  # index written as a first column under an empty name
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    reference = KMeans(n_clusters=3, random_state=0, device="cpu").fit(iris)
+    assert field(out, "n_features") == "4"
+    assert float(field(out, "inertia")) == pytest.approx(reference.inertia_, rel=1e-7)
+    assert "header: a, b, c, d, (unnamed first column: row labels, dropped)" in field(out, "data")
+
+
 def test_fit_minibatch_streams_a_memmap(capsys, tmp_path, iris, monkeypatch):
     data = tmp_path / "iris.npy"
     np.save(data, iris)

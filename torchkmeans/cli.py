@@ -841,6 +841,13 @@ def _load_text(
         has_header = header == "yes"
     names = first if has_header else None
     body, body_lines = (rows[1:], lines[1:]) if has_header else (rows, lines)
+    if names is not None and len(names) > 1 and not names[0] and all(names[1:]):
+        # An unnamed first column under named ones holds row labels (pandas'
+        # DataFrame.to_csv writes its index so), not a feature.
+        names = [*names[1:], "(unnamed first column: row labels, dropped)"]
+        skip = 1
+    else:
+        skip = 0
     if not body:
         raise UsageError(f"{where}: expected rows of numbers after the header, got none.")
     width = len(rows[0])
@@ -850,27 +857,34 @@ def _load_text(
                 f"{where}: line {line} has {len(row)} columns, expected {width} like line "
                 f"{lines[0]}."
             )
+    if skip:
+        body = [row[skip:] for row in body]
     try:
         return np.array(body, dtype=np.str_).astype(np.float64), names
     except ValueError:
-        return _parse_cells(body, body_lines, where), names
+        return _parse_cells(body, body_lines, where, first_column=1 + skip), names
 
 
-def _parse_cells(rows: list[list[str]], lines: list[int], where: str) -> np.ndarray:
-    """Cell by cell (the slow path): the first cell that is not a number is named."""
+def _parse_cells(
+    rows: list[list[str]], lines: list[int], where: str, first_column: int = 1
+) -> np.ndarray:
+    """Cell by cell (the slow path): the first cell that is not a number is named
+    (columns numbered in the file from ``first_column``)."""
     values = np.empty((len(rows), len(rows[0])), dtype=np.float64)
     for i, (row, line) in enumerate(zip(rows, lines)):
         for j, cell in enumerate(row):
             text = cell.strip()
             if not text:
                 raise UsageError(
-                    f"{where}: line {line}, column {j + 1}: expected a number, got an empty cell."
+                    f"{where}: line {line}, column {j + first_column}: expected a number, got an "
+                    "empty cell."
                 )
             try:
                 values[i, j] = float(text)
             except ValueError:
                 raise UsageError(
-                    f"{where}: line {line}, column {j + 1}: expected a number, got {text!r}."
+                    f"{where}: line {line}, column {j + first_column}: expected a number, got "
+                    f"{text!r}."
                 ) from None
     return values
 
