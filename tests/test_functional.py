@@ -65,6 +65,24 @@ def test_cosine_distance_is_one_minus_cos():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_over_many_blocks_match_differences(dtype):
+    # Rows wide enough for several cache-sized blocks on the CPU; rows on or
+    # near their centroids far from the origin, and one far-away centroid,
+    # whose expansion is inexact and is measured again from differences.
+    g = torch.Generator().manual_seed(0)
+    x = (1e4 + 1e-2 * torch.randn(1500, 600, generator=g, dtype=torch.float64)).to(dtype)
+    c = torch.cat([x[:4], x[4:5] + 1e6]).unsqueeze(0).repeat(2, 1, 1)
+    c[1] += 0.5
+    expected = (x.double()[None, :, None] - c.double()[:, None]).square().sum(-1)
+    batched = pairwise_distances(x, c)
+    assert batched.dtype == dtype
+    tol = dict(rtol=1e-12, atol=0.0) if dtype == torch.float64 else dict(rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(batched.double(), expected, **tol)
+    torch.testing.assert_close(pairwise_distances(x, c[0]), batched[0], rtol=0.0, atol=0.0)
+    assert bool((batched[0, torch.arange(4), torch.arange(4)] == 0).all())
+
+
 def test_block_rows_respects_the_budget():
     rows = block_rows(10**6, 1024, itemsize=4, memory_budget=2**20, device=torch.device("cuda"))
     assert rows * 1024 * 4 <= 2**20

@@ -563,11 +563,12 @@ class KMeans(EstimatorProtocol):
         """
         parts, n, kind, streamed = self._parts(X)
         centers = self._centers
-        out = torch.empty(
-            (n, centers.shape[0]),
-            dtype=centers.dtype,
-            device="cpu" if streamed else centers.device,
-        )
+        if not streamed:
+            # One part: its distances are the result (copying them into
+            # another n x k array cost a quarter of the time at k=50, d=2).
+            [(_, x)] = parts
+            return self._output_container(kind.out(self._center_distances(x.to(centers.dtype))), X)
+        out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device="cpu")
         for start, x in parts:
             distances = self._center_distances(x.to(centers.dtype))
             if not v.all_finite(distances):
