@@ -563,18 +563,20 @@ class KMeans(EstimatorProtocol):
         """
         parts, n, kind, streamed = self._parts(X)
         centers = self._centers
-        if not streamed:
-            # One part: its distances are the result (copying them into
-            # another n x k array cost a quarter of the time at k=50, d=2).
-            [(_, x)] = parts
-            return self._output_container(kind.out(self._center_distances(x.to(centers.dtype))), X)
-        out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device="cpu")
+        out = None
+        if streamed:
+            out = torch.empty((n, centers.shape[0]), dtype=centers.dtype, device="cpu")
         for start, x in parts:
             distances = self._center_distances(x.to(centers.dtype))
             if not v.all_finite(distances):
                 # Finite rows whose squared distances overflow, as refused in fit.
                 raise v.distances_overflow("X", centers.dtype)
-            out[start : start + x.shape[0]] = distances
+            if out is None:
+                # One part: its distances are the result (copying them into
+                # another n x k array cost a quarter of the time at k=50, d=2).
+                out = distances
+            else:
+                out[start : start + x.shape[0]] = distances
         return self._output_container(kind.out(out), X)
 
     def set_output(self, *, transform: str | None = None) -> KMeans:
