@@ -146,6 +146,22 @@ def test_numpy_list_and_pandas_in_numpy_out():
         np.testing.assert_array_equal(km.labels_, a.labels_)
 
 
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+@pytest.mark.parametrize("source", ["array", "memmap"])
+def test_predict_and_score_round_rows_to_the_half_precision_of_the_fit(estimator, source, tmp_path):
+    """dtype='float16': the fit clusters the rows rounded to float16, so
+    predict and score round them too (score had differed from inertia_)."""
+    X = blobs(n=400, d=4, k=3, seed=2) * 37.1  # float64, most values not in float16
+    if source == "memmap":
+        mm = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
+        mm[:] = X
+        mm.flush()
+        X = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+    km = estimator(3, dtype="float16", random_state=0).fit(X)
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    assert -km.score(X) == pytest.approx(km.inertia_, rel=1e-7)  # float32 distances
+
+
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_half_precision_input_is_computed_in_float32(half):
     X = torch.tensor(blobs(n=1000, d=4, k=3, seed=0), dtype=half)

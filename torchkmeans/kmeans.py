@@ -270,7 +270,12 @@ class KMeans(EstimatorProtocol):
         centers = self._centers
         # Cast to the centres' dtype before the finiteness check: float64 rows
         # beyond float32's range would otherwise become infinities after it.
-        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=centers.dtype)
+        # Rows pass through a half precision asked for, as in fit: predict and
+        # score see the rows the fit saw.
+        rounding = dtype if dtype is not None and compute_dtype(dtype) != dtype else None
+        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=rounding or centers.dtype)
+        if rounding is not None:
+            x = x.to(centers.dtype)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
@@ -485,7 +490,7 @@ class KMeans(EstimatorProtocol):
             x, kind = self._validate_x(X, reset=False)
             return iter([(0, x)]), x.shape[0], kind, False
         self._check_feature_names(X)
-        rows, _, kind = host_rows(X, None)
+        rows, _, kind = host_rows(X, v.resolve_dtype(self.dtype))  # rounded as in fit
         if rows.n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
