@@ -64,11 +64,6 @@ class _Labels(NamedTuple):
         return self.counts.shape[1]
 
 
-def _accumulation_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of distances and sums: float64 wherever the device has it (not on MPS)."""
-    return torch.float64 if device.type != "mps" else torch.float32
-
-
 def _as_data(X: Any, device: str | torch.device | None) -> tuple[torch.Tensor, v.OutputKind]:
     x, kind = v.as_tensor(X, "X", device=device)
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -202,7 +197,7 @@ def _silhouette(
     # Float32 clusters of spread 1 at 1e4 from the mean: |x|^2 - 2 x.y + |y|^2
     # in float32 is off by ~10 for a squared distance of ~2 (silhouette 0.865
     # for 0.845), so the blocks are computed in float64 as scikit-learn does.
-    dtype = _accumulation_dtype(x.device)
+    dtype = _device.widest_float(x.device)
     counts = encoded.counts.to(dtype)
     b, width = counts.shape
     if metric == "cosine":
@@ -439,7 +434,7 @@ def _dispersion(x: torch.Tensor, encoded: _Labels, memory_budget: int | None) ->
     """Cluster means and distances to them, in float64, in blocks of rows."""
     n, d = x.shape
     b, width = encoded.counts.shape
-    acc = _accumulation_dtype(x.device)
+    acc = _device.widest_float(x.device)
     flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width
     budget = 64 * 2**20 if memory_budget is None else memory_budget
     rows = max(1, min(n, budget // max(1, b * d * 8 * 3)))
@@ -643,7 +638,7 @@ def inertia(
         raise ValueError("Expected labels or centers (or both), got neither.")
     x, kind = _as_data(X, device)
     n, d = x.shape
-    acc = _accumulation_dtype(x.device)
+    acc = _device.widest_float(x.device)
     weights = v.check_sample_weight(sample_weight, n, device=x.device, dtype=acc)
     centres = None
     if centers is not None:

@@ -380,7 +380,7 @@ class MiniBatchKMeans(KMeans):
             # origin (1e5 + noise) the expansion's rounding otherwise swamps
             # the distances and seeds fall about at random. Random seeds stay
             # the rows themselves.
-            wide = torch.float32 if x.device.type == "mps" else torch.float64
+            wide = _device.widest_float(x.device)
             total = torch.cat([x.sum(0, dtype=wide), x.new_full((1,), x.shape[0], dtype=wide)])
             total = collective.all_sum(total)
             offset = (total[:-1] / total[-1]).to(x.dtype).view(offset.shape)
@@ -555,7 +555,7 @@ class MiniBatchKMeans(KMeans):
         no_shift = torch.zeros((), dtype=acc, device=device)  # tol=0: never read as a stop
         if weights is not None:
             # float64 sums where the device has them (not MPS).
-            wide = torch.float32 if device.type == "mps" else torch.float64
+            wide = _device.widest_float(device)
             cumulative = weights.cumsum(0, dtype=wide)
         step_index = 0
         for step_index in range(n_steps):

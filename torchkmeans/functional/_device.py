@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["on_host"]
+__all__ = ["on_host", "widest_float"]
 
 
 def on_host(device: torch.device) -> bool:
     """Whether work on ``device`` takes the host's code paths."""
     return device.type == "cpu"
+
+
+def widest_float(device: torch.device) -> torch.dtype:
+    """The widest floating dtype ``device`` computes in: float64, float32 on
+    MPS. Sums, counts and inertia accumulate in it."""
+    return torch.float32 if device.type == "mps" else torch.float64

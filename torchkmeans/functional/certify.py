@@ -40,6 +40,8 @@ import math
 
 import torch
 
+from . import _device
+
 __all__ = [
     "certify_nearest",
     "check_rows",
@@ -139,7 +141,7 @@ def moved_centroids_floor(
     scored = scored.to(returned.dtype)
     offset_part = returned - scored
     moved = (scored - (returned - offset_part)).add_(offset - offset_part).neg_()
-    wide = _wide_dtype(returned.device)
+    wide = _device.widest_float(returned.device)
     shift = torch.linalg.vecdot(moved.to(wide), moved.to(wide)).amax(-1, keepdim=True)
     factor = trust_factor(returned.dtype, returned.device)
     return (shift * (16 * factor / _TRUSTED_PRECISION**2)).to(returned.dtype)
@@ -166,15 +168,11 @@ def _block_rows(k: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * k))
 
 
-def _wide_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _half_gaps_squared(centroids: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     """A lower bound on the squared half-distance from each centroid ``(k, d)``
     to its nearest other (active) one, ``(k,)`` in float64 (inf when alone)."""
     k, d = centroids.shape
-    wide = _wide_dtype(centroids.device)
+    wide = _device.widest_float(centroids.device)
     c = centroids.to(wide)
     c = c - c.mean(0)
     norms = torch.linalg.vecdot(c, c)
@@ -203,7 +201,7 @@ def _relabel(
     rounds float64 rows by up to ``u |x'|``: rows on their centres got
     5.5e-31 and 2.3e-31 for 4.3e-31 and 1.9e-31, and a row 8e-31 from two
     centres was given the farther)."""
-    wide = _wide_dtype(x.device)
+    wide = _device.widest_float(x.device)
     given = centroids.to(wide)
     middle = given.mean(0)
     c = given - middle
@@ -291,7 +289,7 @@ def certify_nearest(
     unit = torch.finfo(dtype).eps / 2
     suspect = suspects(frame_squared_norms, distances, centred=centred)
     read = 0
-    low_precision = _wide_dtype(x.device).itemsize > dtype.itemsize
+    low_precision = _device.widest_float(x.device).itemsize > dtype.itemsize
     step = check_rows(d)
     for problem in range(b):
         rows = suspect[problem].nonzero().squeeze(1)
@@ -332,7 +330,7 @@ def certify_nearest(
                     )
                     labels[problem].index_copy_(0, part, new_labels)
                 else:
-                    wide = _wide_dtype(x.device)
+                    wide = _device.widest_float(x.device)
                     chosen = problem_centroids.to(wide)[labels[problem, part]]
                     difference = x_rows.to(wide) - chosen
                     new_distances = torch.linalg.vecdot(difference, difference)

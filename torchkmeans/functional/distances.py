@@ -913,7 +913,7 @@ def pairwise_distances(
         return out if batched else out[0]
     if metric != "euclidean":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
-    wide = torch.float32 if x3.device.type == "mps" else torch.float64
+    wide = _device.widest_float(x3.device)
     b, k = c3.shape[0], c3.shape[1]
     n = x3.shape[1]
     c_wide = c3.to(wide)

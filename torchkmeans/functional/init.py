@@ -238,7 +238,7 @@ def kmeans_plusplus(
         else:
             x_sq = x_sq_norms.reshape(x3.shape[0], n).to(work.dtype)
     trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
-    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    acc = _device.widest_float(x.device)
     w = None if sample_weight is None else sample_weight.reshape(-1, n).to(work.dtype)
 
     def weighted(values: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ def prepare(
         # (No x-sized temporary, unlike data.var().) Summed in float64, as
         # the inertia is: float32 rows whose squares fit can overflow a float32
         # sum, and an infinite tol would stop the fit after one iteration.
-        acc = _accumulation_dtype(x.device)
+        acc = _device.widest_float(x.device)
         mean_variance = (x_sq.sum(-1, dtype=acc) / (n * d)).to(dtype)
     mean_variance = mean_variance.clamp_min(0.0)
     weights = None
@@ -168,7 +168,7 @@ def _assign_pass(
             distances=distances,
             changed_rows=changed_rows,
         )
-    acc = _accumulation_dtype(x_aug.device)
+    acc = _device.widest_float(x_aug.device)
     total = torch.zeros(centroids.shape[0], dtype=acc, device=x_aug.device)
     n = x_aug.shape[1]
     # Rows shared by several problems are scattered once per problem on the
@@ -293,7 +293,7 @@ def _assign_pass_warm(
                 labels[None, start:stop],
                 weights[:, start:stop] if weights is not None else None,
             )
-    acc = _accumulation_dtype(device)
+    acc = _device.widest_float(device)
     if weights is None:
         return minima.sum(dtype=acc).reshape(1)
     return (minima * weights[0]).sum(dtype=acc).reshape(1)
@@ -351,14 +351,10 @@ def _move_rows(
     add_rows(flat, origin, moved, alpha=-1)
 
 
-def _accumulation_dtype(device: torch.device) -> torch.dtype:
-    return torch.float64 if device.type != "mps" else torch.float32
-
-
 def _score_offset(prep: Prepared) -> torch.Tensor:
     """What turns summed minimum scores into inertia: the weighted sum of |x|^2
     (euclidean; scores are |c|^2 - 2x.c) or of 1 (cosine; scores are -x.c)."""
-    acc = _accumulation_dtype(prep.x.device)
+    acc = _device.widest_float(prep.x.device)
     base = prep.x_sq if prep.x_sq is not None else torch.ones_like(prep.x[..., 0])
     if prep.weights is None:
         return base.sum(-1, dtype=acc)
@@ -366,7 +362,7 @@ def _score_offset(prep: Prepared) -> torch.Tensor:
 
 
 def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    acc = _accumulation_dtype(distances.device)
+    acc = _device.widest_float(distances.device)
     if weights is None:
         return distances.sum(-1, dtype=acc)
     return (distances.to(acc) * weights.to(acc)).sum(-1)
@@ -1028,7 +1024,7 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
         raise ValueError("Input x contains NaN or infinity; expected finite values.")
     if prep.metric != "euclidean":
         return prep
-    acc = _accumulation_dtype(prep.x.device)
+    acc = _device.widest_float(prep.x.device)
     bx, n, d = prep.x.shape
     total = torch.zeros(bx, dtype=acc, device=prep.x.device)
     rows = block_rows(n, d, itemsize=torch.finfo(acc).bits // 8, device=prep.x.device)

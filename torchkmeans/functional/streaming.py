@@ -245,7 +245,7 @@ def _statistics(
     (Chan et al.). Rejects NaN/inf on every rank if any rank has them.
     """
     device = source.device
-    acc = torch.float64 if device.type != "mps" else torch.float32
+    acc = _device.widest_float(device)
     d = source.n_features
     total = torch.zeros(d, dtype=acc, device=device)
     total_sq = torch.zeros(d, dtype=acc, device=device)
@@ -377,7 +377,7 @@ def kmeans_plusplus_across(
     """
     x3, x_sq = sample.x, sample.x_sq
     device, dtype = x3.device, x3.dtype
-    acc = torch.float64 if device.type != "mps" else torch.float32
+    acc = _device.widest_float(device)
     b, k = n_problems, n_clusters
     n_local = x3.shape[1]
     trials = 2 + int(math.log(k))
@@ -425,7 +425,7 @@ def random_across(
     """
     x = sample.x[0]
     b, k, d = n_problems, n_clusters, x.shape[-1]
-    acc = torch.float64 if x.device.type != "mps" else torch.float32
+    acc = _device.widest_float(x.device)
     n_local = x.shape[0]
     keys = torch.rand((b, n_local), generator=generator, device=x.device, dtype=acc).log_()
     if sample.weights is not None:
@@ -562,7 +562,7 @@ def _lloyd_pass(
     """
     b = centroids.shape[0]
     device = centroids.device
-    acc = torch.float64 if device.type != "mps" else torch.float32
+    acc = _device.widest_float(device)
     score_total = torch.zeros(b, dtype=acc, device=device)
     changed = torch.zeros(b, dtype=acc, device=device)
     for start, prep in source.prepared(stats.offset, metric):
@@ -801,7 +801,7 @@ def fit_passes(
         memory_budget=memory_budget,
         device=device,
     )
-    acc = torch.float64 if device.type != "mps" else torch.float32
+    acc = _device.widest_float(device)
     tol_abs = stats.mean_variance * tol
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
