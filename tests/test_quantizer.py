@@ -317,6 +317,23 @@ def test_state_dict_round_trips():
     assert bool(loaded.initialized)
 
 
+def test_load_state_dict_assign_keeps_float32_buffers():
+    """load_state_dict(assign=True) of a half-precision checkpoint: the
+    statistics stay float32, and training goes on (it raised on mixed dtypes)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(6, 2)
+    vq(torch.randn(40, 2))
+    half = {name: t.half() if t.is_floating_point() else t for name, t in vq.state_dict().items()}
+    loaded = VectorQuantizer(6, 2)
+    loaded.load_state_dict(half, assign=True)
+    for name in ("codebook", "ema_sums", "ema_counts"):
+        assert getattr(loaded, name).dtype == torch.float32, name
+        torch.testing.assert_close(getattr(loaded, name), half[name].float())
+    out = loaded(torch.randn(40, 2))
+    assert loaded.codebook.dtype == torch.float32
+    assert torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_inputs_give_no_nan(dtype):
     torch.manual_seed(0)

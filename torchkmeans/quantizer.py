@@ -354,6 +354,13 @@ class VectorQuantizer(nn.Module):
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # load_state_dict(assign=True) puts the checkpoint's tensors in place
+        # of the buffers: a half-precision checkpoint would make the
+        # statistics half (the first EMA step then raised on mixed dtypes).
+        for name in ("codebook", "ema_sums", "ema_counts"):
+            buffer = self._buffers[name]
+            if buffer is not None and buffer.dtype != torch.float32:
+                self._buffers[name] = buffer.float()
         # Loading is host-side work already: one read of the flag is fine here.
         self._needs_init = not bool(self.initialized)
         self._init_samples = []
