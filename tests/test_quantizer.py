@@ -154,6 +154,21 @@ def test_eval_before_training_does_not_initialise():
     assert torch.equal(vq.codebook, before)
 
 
+def test_training_starts_from_codes_copied_into_the_codebook():
+    """kmeans_init=False with pretrained codes copied into ``codebook``: the
+    first EMA step moves them towards the batch, not back to the random
+    codes drawn in __init__ (whose sums stayed in ema_sums)."""
+    torch.manual_seed(0)
+    codes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = codes.repeat(4, 1)
+    vq = VectorQuantizer(4, 2, kmeans_init=False, dead_code_threshold=0.0)
+    vq.codebook.copy_(codes.unsqueeze(0))
+    out = vq(x)
+    assert out.codes.tolist() == [0, 1, 2, 3] * 4
+    torch.testing.assert_close(vq.codebook[0], codes)
+    torch.testing.assert_close(vq.ema_sums[0], codes * vq.ema_counts[0].unsqueeze(-1))
+
+
 # --------------------------------------------------------------- init, dead
 
 

@@ -223,7 +223,9 @@ class VectorQuantizer(nn.Module):
     Attributes
     ----------
     codebook : Tensor
-        ``(heads, num_codes, dim)`` float32 codes.
+        ``(heads, num_codes, dim)`` float32 codes. Codes copied in before the
+        first training forward of a quantizer with ``kmeans_init=False`` are
+        the ones training starts from.
     ema_sums : Tensor
         ``(heads, num_codes, dim)`` float32 EMA of the per-code sums.
     ema_counts : Tensor
@@ -581,7 +583,12 @@ class VectorQuantizer(nn.Module):
         active, rank, world = _distributed(self.process_group)
         heads, k, dim = self.codebook.shape
         ready, finite = True, True
-        codebook, sums, counts = self.codebook, self.ema_sums, self.ema_counts
+        codebook, counts = self.codebook, self.ema_counts
+        # The statistics of the codes as they stand: codes copied into the
+        # codebook before the first training forward (pretrained ones, with
+        # kmeans_init=False) are where training starts; the sums drawn in
+        # __init__ pulled the first EMA step back to the random codes.
+        sums = codebook * counts.unsqueeze(-1)
         if self.kmeans_init:
             # Checked before the batch joins the collected ones (where a NaN
             # made every later training forward raise), on the rank that
