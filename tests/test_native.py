@@ -33,7 +33,11 @@ if os.environ.get("TORCHKMEANS_REQUIRE_NATIVE"):
     assert _native.available(), "TORCHKMEANS_REQUIRE_NATIVE is set but the kernel did not build"
 pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler for the kernel")
 
-LAYOUTS = {"columns": True, "rows": False}
+LAYOUTS = {
+    "columns": {"columns": True},
+    "rows": {"columns": False, "dots": False},
+    "dots": {"columns": False, "dots": True},  # at most DOTS_MAX_K centroids
+}
 
 
 def reference_scores(x, centroids, offset, cosine):
@@ -49,7 +53,7 @@ def reference_scores(x, centroids, offset, cosine):
 @given(
     n=st.integers(0, 300),
     d=st.sampled_from([1, 2, 3, 12, 13, 16, 17, 40, 70, 129, 300]),
-    k=st.sampled_from([1, 2, 15, 16, 17, 33, 64, 65, 100, 130, 250]),
+    k=st.sampled_from([1, 2, 3, 4, 15, 16, 17, 33, 64, 65, 100, 130, 250]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     layout=st.sampled_from(list(LAYOUTS)),
     threads=st.sampled_from([1, 2, 3]),
@@ -66,6 +70,8 @@ def test_kernel_matches_pytorch(
     scores, their weighted sum, the distances from differences, the cluster
     totals and the changed count agree with float64 PyTorch, for any layout,
     thread count, row stride, offset and metric."""
+    if layout == "dots":
+        k = min(k, _native.DOTS_MAX_K)
     generator = torch.Generator().manual_seed(seed)
     wide = torch.randn(n, d + 3, generator=generator, dtype=dtype)
     x = wide[:, :d] if strided else wide[:, :d].contiguous()
@@ -81,7 +87,7 @@ def test_kernel_matches_pytorch(
         x,
         centroids,
         labels,
-        columns=LAYOUTS[layout],
+        **LAYOUTS[layout],
         cosine=cosine,
         offset=offset,
         weights=weights,
@@ -164,17 +170,19 @@ def test_differences_score_exact_distances_wherever_the_rows_lie(
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d,k", [(3, 40), (300, 200)])
+@pytest.mark.parametrize("d,k", [(3, 40), (300, 200), (40, 3), (300, 4)])
 def test_exact_ties_go_to_the_lowest_index(layout, dtype, d, k):
     """Duplicate centroids and points halfway between two: the first index wins,
     as torch.argmin and scikit-learn choose, in every lane position (and, with
     200 centroids of 300 features, across panels and blocks of features)."""
+    if layout == "dots" and k > _native.DOTS_MAX_K:
+        pytest.skip("the dots layout takes few centroids")
     centroids = torch.zeros(k, d, dtype=dtype)
     centroids[:, 0] = torch.arange(k, dtype=dtype) // 2 * 2  # pairs of duplicates
     x = torch.zeros(200, d, dtype=dtype)
     x[:, 0] = torch.arange(200, dtype=dtype) % k  # on a centroid, or halfway between
     labels = torch.empty(200, dtype=torch.int64)
-    _native.nearest(x, centroids, labels, columns=LAYOUTS[layout], threads=2)
+    _native.nearest(x, centroids, labels, **LAYOUTS[layout], threads=2)
     expected = torch.cdist(x.double(), centroids.double()).argmin(1)
     assert torch.equal(labels, expected)
 
@@ -207,7 +215,7 @@ def test_no_row_is_dropped_at_group_and_tile_edges():
     thread splits): each row gets the label of its own nearest centroid."""
     generator = torch.Generator().manual_seed(1)
     for n in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 97]:
-        for d, k in [(2, 5), (40, 20)]:
+        for d, k in [(2, 5), (40, 20), (40, 3)]:
             centroids = torch.randn(k, d, generator=generator) * 10
             picks = torch.randint(0, k, (n,), generator=generator)
             x = centroids[picks] + 0.01 * torch.randn(n, d, generator=generator)
@@ -325,18 +333,18 @@ def test_kernel_built_for_older_instruction_sets(tmp_path, arch):
         assert _native.available() and _native._library.tk_vector_bytes() < 64
         g = torch.Generator().manual_seed(0)
         for dtype in (torch.float32, torch.float64):
-            for n, d, k in ((301, 3, 7), (301, 5, 40), (97, 30, 70), (200, 20, 16)):
+            for n, d, k in ((301, 3, 7), (301, 5, 40), (97, 30, 70), (200, 20, 16), (150, 37, 3)):
                 x = torch.randn(n, d, generator=g, dtype=dtype)
                 c = torch.randn(k, d, generator=g, dtype=dtype)
                 c[1] = c[0]  # an exact tie in every row that picks either
                 scores = c.double().square().sum(1) - 2 * x.double() @ c.double().T
-                for columns in (True, False):
+                for columns, dots in ((True, False), (False, False), (False, k <= 4)):
                     for threads in (1, 2):
                         labels = torch.empty(n, dtype=torch.int64)
                         distances = torch.empty(n, dtype=dtype)
                         totals = torch.empty(k, d + 1, dtype=torch.float64)
-                        _native.nearest(x, c, labels, columns=columns, threads=threads,
-                                      distances=distances, totals=totals)
+                        _native.nearest(x, c, labels, columns=columns, dots=dots,
+                                      threads=threads, distances=distances, totals=totals)
                         chosen = scores.gather(1, labels[:, None]).squeeze(1)
                         assert (chosen <= scores.min(1).values + 1e-4).all()
                         assert not (labels == 1).any()  # the tie goes to 0

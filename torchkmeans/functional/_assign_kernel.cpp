@@ -23,12 +23,17 @@
 //   minimum per lane across panels.
 // - columns: lanes hold rows, for narrow rows. a is aug (k, w). Needs no
 //   reduction across lanes.
+// - dots: lanes hold features, for few centroids of many features (the row
+//   layout pads k to 16 lanes, so k=2 would cost as much as k=16). a is aug
+//   (k, w) padded with zeros to whole vectors; each row's k sums are
+//   reduced across lanes once, at the end.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -59,6 +64,7 @@ constexpr int kChunkRows = 64;  // rows scored against each panel in turn
 constexpr int64_t kDepthBytes = 32 * 1024;  // of a panel, scored against a chunk at a time
 constexpr int kNarrowTotals = 8;  // rows this narrow have their totals added unrolled
 constexpr int kColumnWidths = 16;  // column groups this narrow are unrolled
+constexpr int kDotsMaxK = 4;  // the dots layout takes at most this many centroids
 
 template <typename T> struct Vec;
 template <> struct Vec<float> {
@@ -398,6 +404,148 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
     }
 }
 
+// ---- dots layout -------------------------------------------------------------
+
+// Output lane i of a pair (a, b) of vectors whose lanes hold groups of G
+// partial sums, folded to groups of G / 2: the first half of the lanes from
+// a, the second from b, each group's first (or, High, second) half.
+template <int L, int G, bool High>
+constexpr int fold_lane(int i) {
+    const int which = i / (L / 2), within = i % (L / 2);
+    return which * L + within / (G / 2) * G + (High ? G / 2 : 0) + within % (G / 2);
+}
+
+template <typename T, int G, bool High, size_t... I>
+inline typename Vec<T>::type fold_half(typename Vec<T>::type a, typename Vec<T>::type b,
+                                       std::index_sequence<I...>) {
+    constexpr int L = lanes_of<T>();
+#if defined(__clang__)
+    return __builtin_shufflevector(a, b, fold_lane<L, G, High>(I)...);
+#else
+    return __builtin_shuffle(a, b, typename Vec<T>::index{fold_lane<L, G, High>(I)...});
+#endif
+}
+
+// The lane sums of N vectors into out (in order, ceil(N / L) * L values, the
+// last ones padding): pairs of vectors folded into one, a level at a time,
+// halving the groups each vector holds partial sums of (from G = L lanes
+// each to 1), a lone last vector paired with itself. L - 1 adds and a
+// shuffle or two per vector, rather than log2(L) of each per sum; the same
+// order on every call.
+template <typename T, int N, int G = lanes_of<T>()>
+inline void lane_sums(const typename Vec<T>::type* v, T* out) {
+    typedef typename Vec<T>::type V;
+    if constexpr (G == 1) {
+        std::memcpy(out, v, N * sizeof(V));
+    } else {
+        constexpr int M = (N + 1) / 2;
+        constexpr auto lanes = std::make_index_sequence<lanes_of<T>()>{};
+        V folded[M];
+        for (int i = 0; i < M; ++i) {
+            const V a = v[2 * i], b = v[std::min(2 * i + 1, N - 1)];
+            folded[i] = fold_half<T, G, false>(a, b, lanes) + fold_half<T, G, true>(a, b, lanes);
+        }
+        lane_sums<T, M, G / 2>(folded, out);
+    }
+}
+
+// The first `count` (< L) values at p, the other lanes 0; nothing past
+// p + count is read.
+template <typename T>
+inline typename Vec<T>::type load_head(const T* p, int count) {
+    typename Vec<T>::type v{};
+    for (int l = 0; l < count; ++l) v[l] = p[l];
+    return v;
+}
+
+#if defined(__AVX512F__)
+template <>
+inline Vec<float>::type load_head<float>(const float* p, int count) {
+    return reinterpret_cast<Vec<float>::type>(
+        _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+}
+
+template <>
+inline Vec<double>::type load_head<double>(const double* p, int count) {
+    return reinterpret_cast<Vec<double>::type>(
+        _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p));
+}
+#endif
+
+// R rows against all K centroids, for few centroids of many features: lanes
+// hold features, each of the R * K accumulators sums one row's products with
+// one centroid's weights, L features at a time, and is summed across its
+// lanes at the end. a is aug (K, wp), wp a multiple of L, zero past w, so the
+// last, partial vector of a row adds nothing from the padding.
+template <typename T, int R, int K>
+inline void dots_tile(const T* x, int64_t ldx, int64_t w, const T* aug, int64_t wp,
+                      const T* bias, T* best, int64_t* label) {
+    typedef typename Vec<T>::type V;
+    constexpr int L = lanes_of<T>();
+    V acc[R][K];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < K; ++c) acc[r][c] = V{};
+    int64_t j = 0;
+    for (; j + L <= w; j += L) {
+        V a[K];
+        for (int c = 0; c < K; ++c) a[c] = *reinterpret_cast<const V*>(aug + c * wp + j);
+        for (int r = 0; r < R; ++r) {
+            const V row = *reinterpret_cast<const V*>(x + r * ldx + j);
+            for (int c = 0; c < K; ++c) acc[r][c] += row * a[c];
+        }
+    }
+    if (j < w) {
+        V a[K];
+        for (int c = 0; c < K; ++c) a[c] = *reinterpret_cast<const V*>(aug + c * wp + j);
+        for (int r = 0; r < R; ++r) {
+            const V row = load_head<T>(x + r * ldx + j, static_cast<int>(w - j));
+            for (int c = 0; c < K; ++c) acc[r][c] += row * a[c];
+        }
+    }
+    constexpr int kSums = (R * K + L - 1) / L * L;
+    T sums[kSums];
+    lane_sums<T, R * K>(&acc[0][0], sums);
+    for (int r = 0; r < R; ++r) {
+        // The bias last, as in the other layouts; ties to the lowest index.
+        T low = std::numeric_limits<T>::infinity();
+        int64_t index = 0;
+        for (int c = 0; c < K; ++c) {
+            const T score = sums[r * K + c] + bias[c];
+            const bool lt = score < low;  // selects, not branches: rows pick at random
+            low = lt ? score : low;
+            index = lt ? c : index;
+        }
+        best[r] = low;
+        label[r] = index;
+    }
+}
+
+// Rows [0, m) against K centroids in the dots layout: kTileRows rows at a
+// time (R * K accumulators, plus R + K loads, of the vector registers), then
+// one at a time.
+template <typename T, int K>
+inline void dots_rows(const T* rows, int64_t ldx, int m, int64_t w, const T* aug, int64_t wp,
+                      const T* bias, T* best, int64_t* label) {
+    constexpr int R = kTileRows;
+    int r = 0;
+    for (; r + R <= m; r += R)
+        dots_tile<T, R, K>(rows + r * ldx, ldx, w, aug, wp, bias, best + r, label + r);
+    for (; r < m; ++r)
+        dots_tile<T, 1, K>(rows + r * ldx, ldx, w, aug, wp, bias, best + r, label + r);
+}
+
+// f(std::integral_constant<int, k>) for k in [1, kDotsMaxK]: the centroid
+// count fixed at compile time, so that the accumulators stay in registers.
+template <int K = 1, typename F>
+inline void with_centroids(int64_t k, F&& f) {
+    if constexpr (K <= kDotsMaxK) {
+        if (k == K)
+            f(std::integral_constant<int, K>{});
+        else
+            with_centroids<K + 1>(k, f);
+    }
+}
+
 // ---- driver ------------------------------------------------------------------
 
 // f(std::integral_constant<int, w>) for w in [1, Max], else f of 0: a width
@@ -470,7 +618,7 @@ inline double row_sum(const T* row, const T* centroid, int64_t w) {
 
 // Rows [0, n) of one thread: labels and the rest (see tk_assign_f32), with
 // the centroids scaled by assign(): (k, w) in the column layout, (w, kp) in
-// the row layout.
+// the row layout, (k, kp) in the dots layout (kp: w rounded up to L).
 template <typename T>
 int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                     const T* scaled, const T* bias, int64_t k, int64_t kp, int columns,
@@ -482,6 +630,8 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
     constexpr int L = lanes_of<T>();
     if (totals) std::fill(totals, totals + k * (w + 1), 0.0);
     std::vector<double> odd(totals && w <= kNarrowTotals ? k * (w + 1) : 0, 0.0);  // see add_rows
+    const bool dots = columns == 3;
+    if (dots) columns = 0;
     // Rows per chunk: a column group, or the row tiles that share each panel.
     const int step = columns ? kGroups * L : kChunkRows;
     int64_t changed = 0;
@@ -492,8 +642,8 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
     std::vector<T> local(step);
     // Per row of a chunk (see Chunk): L values, L indices and kBlocks * L
     // partial scores.
-    Aligned<T> running(columns ? 0 : step * L * (1 + kBlocks));
-    Aligned<typename Vec<T>::lane> running_index(columns ? 0 : step * L);
+    Aligned<T> running(columns || dots ? 0 : step * L * (1 + kBlocks));
+    Aligned<typename Vec<T>::lane> running_index(columns || dots ? 0 : step * L);
     const Chunk<T> chunk{reinterpret_cast<V*>(running.data),
                          reinterpret_cast<I*>(running_index.data),
                          reinterpret_cast<V*>(running.data + step * L)};
@@ -522,6 +672,11 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
             with_width<kColumnWidths>(w, [&](auto width) {
                 column_group<T, decltype(width)::value, false>(rows, ld, m, w, scaled, bias, k,
                                                                xt, best, label);
+            });
+        } else if (dots) {
+            with_centroids(k, [&](auto count) {
+                dots_rows<T, decltype(count)::value>(rows, ld, m, w, scaled, kp, bias, best,
+                                                     label);
             });
         } else {
             tiles<T>(rows, ld, m, w, scaled, bias, kp, chunk, best, label);
@@ -574,27 +729,34 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                const T* weights, const int64_t* previous, int64_t* labels, T* minima,
                T* distances, double* totals, double* score_sum) {
     // The scaled centroids a and their bias (see the top of the file), in
-    // the layout's order: aug (k, w), or at (w, kp) in panels of kBlocks
-    // vectors of centroids (the last one narrower), each (w, width)
-    // contiguous, with +inf biases on the padding.
-    const int64_t kp = columns ? k : (k + 15) / 16 * 16;
-    constexpr int64_t kPanel = kBlocks * lanes_of<T>();
-    Aligned<T> scaled(w * kp), biases(kp, std::numeric_limits<T>::infinity());
-    // A panel at a time (the column layout: one panel of all k, at
-    // stride w): the scaled weights written in order, each centroid's norm
-    // summed over j in order, the panel's norms independent of each other.
+    // the layout's order: aug (k, w); aug (k, kp) in the dots layout, kp
+    // being w rounded up to whole vectors and the padding 0; or at (w, kp)
+    // in panels of kBlocks vectors of centroids (the last one narrower),
+    // each (w, width) contiguous, with +inf biases on the padding.
+    const bool dots = columns == 3;
+    if (dots && k > kDotsMaxK) return -1;
+    constexpr int64_t L = lanes_of<T>();
+    const int64_t kp = dots ? (w + L - 1) / L * L : columns ? k : (k + 15) / 16 * 16;
+    constexpr int64_t kPanel = kBlocks * L;
+    Aligned<T> scaled(dots ? k * kp : w * kp), biases(dots ? k : kp,
+                                                       std::numeric_limits<T>::infinity());
+    // A panel at a time (the column layouts: one panel of all k, at
+    // stride w or kp): the scaled weights written in order, each centroid's
+    // norm summed over j in order, the panel's norms independent of each
+    // other.
     const int64_t gang = columns ? k : kPanel;
+    const int64_t row_stride = dots ? kp : w;
     std::vector<double> norms(gang);
     for (int64_t first = 0; first < k; first += gang) {
         const int64_t count = std::min(gang, k - first);
-        const int64_t width = columns ? w : std::min(kPanel, kp - first);
-        T* panel = scaled.data + first * w;
+        const int64_t width = columns ? row_stride : std::min(kPanel, kp - first);
+        T* panel = scaled.data + first * row_stride;
         std::fill(norms.begin(), norms.end(), 0.0);
         for (int64_t j = 0; j < w; ++j) {
             for (int64_t g = 0; g < count; ++g) {
                 const T value = centroids[(first + g) * w + j];
                 norms[g] += static_cast<double>(value) * static_cast<double>(value);
-                panel[columns ? g * w + j : j * width + g] = cosine ? -value : T(-2) * value;
+                panel[columns ? g * width + j : j * width + g] = cosine ? -value : T(-2) * value;
             }
         }
         for (int64_t g = 0; g < count; ++g)
@@ -650,7 +812,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 5; }
+int tk_abi_version() { return 6; }
 
 int tk_vector_bytes() { return kBytes; }
 
@@ -666,7 +828,8 @@ int tk_openmp() {
 // x (n, d) rows at stride ldx; offset (d) or null; centroids (k, d); cosine:
 // 0 euclidean, 1 cosine; columns: 0 rows layout, 1 columns layout, 2 columns
 // layout scoring squared distances from differences (euclidean only; the
-// lowest scores are then the distances, and score_sum their sum); threads:
+// lowest scores are then the distances, and score_sum their sum), 3 dots
+// layout (k <= kDotsMaxK, else nothing is done and -1 returned); threads:
 // OpenMP threads to split the rows over (1: the calling thread); weights (n)
 // or null; previous (n) or null. Out: labels (n); minima (n) or null, the
 // lowest scores; distances (n) or null, each row's squared euclidean distance

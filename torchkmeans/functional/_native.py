@@ -39,7 +39,7 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "prefers_native"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -53,6 +53,15 @@ _tried = False
 _COLUMN_MAX_FEATURES = 8
 _COLUMN_MAX_FEATURES_FEW_K = 16
 _COLUMN_FEW_K = 16
+# Few centroids of more than _COLUMN_MAX_FEATURES_FEW_K features take the
+# dots layout (lanes hold features): the row layout pads the centroids to 16
+# lanes, so there k=2 costs as much as k=16. One thread, dots' time over the
+# row layout's (float32; float64 alike): k=1-2 0.4-0.7 for any d > 16; k=3
+# 1.35 (d=17), 0.7-0.85 (d=24-32), 0.5-0.7 (d=64-1,000); k=4 1.4-1.8 (d=17),
+# 0.8-1.0 (d=32), 0.55-0.85 (d=64-1,000); k=6 1.1-1.7 (d=64-300), 0.85-1.0
+# (d=1,000); k=8 1.0-1.6 even at d=1,000.
+DOTS_MAX_K = 4
+_DOTS_MIN_FEATURES = {3: 24, 4: 64}
 # The row layout scores chunks of rows against panels of centroids kept in
 # the L1 cache, at 0.9-1.0 of torch.mm's speed on the same shape. The PyTorch
 # path's product runs at mm's speed plus an argmin over k per row, which
@@ -112,7 +121,7 @@ def available() -> bool:
 
 
 def _self_test() -> bool:
-    """Labels of a small problem against torch's, in both layouts and dtypes."""
+    """Labels of a small problem against torch's, in every layout and dtype."""
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         x = torch.randn(101, 5, generator=generator, dtype=dtype)
@@ -123,6 +132,10 @@ def _self_test() -> bool:
             nearest(x, centroids, labels, columns=columns, differences=differences, threads=1)
             if not torch.equal(labels, expected):
                 return False
+        few = centroids[:DOTS_MAX_K]
+        nearest(x, few, labels, columns=False, dots=True, threads=1)
+        if not torch.equal(labels, torch.cdist(x, few).argmin(1)):
+            return False
     return True
 
 
@@ -130,6 +143,12 @@ def _columns(d: int, k: int) -> bool:
     """Whether the kernel scores rows of d features against k centroids in the
     column layout (see the constants above)."""
     return d <= _COLUMN_MAX_FEATURES or (d <= _COLUMN_MAX_FEATURES_FEW_K and k <= _COLUMN_FEW_K)
+
+
+def _dots(d: int, k: int) -> bool:
+    """Whether the kernel scores rows of d features against k centroids in the
+    dots layout rather than the row layout (neither takes the column layout)."""
+    return k <= 2 or (k <= DOTS_MAX_K and d >= _DOTS_MIN_FEATURES[k])
 
 
 def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> bool:
@@ -169,6 +188,7 @@ def nearest(
     distances: torch.Tensor | None = None,
     totals: torch.Tensor | None = None,
     columns: bool | None = None,
+    dots: bool | None = None,
     differences: bool = False,
     threads: int | None = None,
 ) -> tuple[float, int]:
@@ -183,8 +203,9 @@ def nearest(
     and of their weights into ``totals`` ``(k, d+1)`` float64. ``x`` is a CPU
     float32/float64 tensor with contiguous rows (any row stride); the other
     inputs are converted to its dtype, the outputs must be contiguous.
-    ``columns`` and ``threads`` override the layout and thread count the
-    kernel would pick (tests). ``differences`` (euclidean, column layout
+    ``columns``, ``dots`` (with ``columns`` false: lanes hold features, for
+    at most ``DOTS_MAX_K`` centroids) and ``threads`` override the layout and
+    thread count the kernel would pick (tests). ``differences`` (euclidean, column layout
     only) scores squared distances from differences instead: exact
     wherever the rows lie, so ``minima`` are the distances and no centring
     is needed; it costs one more op per term, cheap on narrow rows.
@@ -215,6 +236,10 @@ def nearest(
         columns = _columns(d, k)
     if differences and (cosine or not columns):
         raise ValueError("Expected differences only with euclidean scores in the column layout.")
+    if dots is None:
+        dots = not columns and _dots(d, k)
+    if dots and (columns or k > DOTS_MAX_K):
+        raise ValueError(f"Expected the dots layout only for at most {DOTS_MAX_K} centroids.")
     if threads is None:
         threads = torch.get_num_threads() if n * k * d >= _PARALLEL_MIN_WORK else 1
     function = library.tk_assign_f32 if x.dtype == torch.float32 else library.tk_assign_f64
@@ -228,7 +253,7 @@ def nearest(
         centroids.data_ptr(),
         k,
         int(cosine),
-        2 if differences else int(columns),
+        2 if differences else 3 if dots else int(columns),
         threads,
         None if weights is None else weights.data_ptr(),
         None if previous is None else previous.data_ptr(),
