@@ -229,6 +229,24 @@ def test_kmeans_plusplus_seeds_float32_data_far_from_the_origin():
             assert km.inertia_ < 1.05 * reference
 
 
+def test_seeding_sees_every_row_when_init_size_covers_the_data():
+    # scikit-learn seeds on all of X when init_size >= n_samples; n draws with
+    # replacement held about 63% of the rows, fewer distinct ones than k=40 of
+    # 50, and k-means++ seeded duplicate centres (k near n: 15% worse inertia).
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    seen = []
+
+    def init(rows, n_clusters, generator):
+        seen.append(rows.clone())
+        return rows[:n_clusters]
+
+    MiniBatchKMeans(40, init=init, n_init=1, random_state=0).fit(X)
+    np.testing.assert_array_equal(np.unique(seen[0].numpy(), axis=0), np.unique(X, axis=0))
+    inertia = [MiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(10)]
+    sk = [SklearnMiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(10)]
+    assert np.mean(inertia) <= 1.1 * np.mean(sk)
+
+
 def test_partial_fit_equals_sklearns_from_the_same_centres():
     # No randomness left: given centres and no reseeding.
     X = blobs(n=1200, d=5, k=4, seed=9)

@@ -534,8 +534,14 @@ class MiniBatchKMeans(KMeans):
         w_valid = None if weights is None else weights[valid]
         best, best_inertia = None, math.inf
         for _ in range(params["n_init"]):
-            index = torch.randint(0, n, (init_size,), generator=generator, device=device)
-            index = index.sort().values
+            if init_size < n:
+                index = torch.randint(0, n, (init_size,), generator=generator, device=device)
+                index = index.sort().values
+            else:
+                # Every row, as scikit-learn seeds: n draws with replacement
+                # hold only about 63% of the rows, fewer than k distinct ones
+                # for k near n, and k-means++ then seeds duplicate centres.
+                index = torch.arange(n, device=device)
             w_init = None if weights is None else weights[index]
             centers = self._seed(self._prepare(source.take(index)), w_init, k, generator)
             _, dist = self._assign_rows(x_valid, centers)
