@@ -798,3 +798,21 @@ def test_more_clusters_than_distinct_points_converge(path, monkeypatch):
     x = np.array([[0.0], [1.0], [3e4]], dtype=np.float32)
     km = KMeans(n_clusters=3, init=x, max_iter=1).fit(x)
     assert km.labels_.tolist() == [0, 1, 2] and km.inertia_ == 0.0
+
+
+def test_unavailable_or_dataless_device_is_a_clear_error():
+    # device='mps' on a torch without MPS had failed inside torch's copy
+    # ("PyTorch is not linked with support for mps devices"), device='meta'
+    # at the finiteness check ("Tensor.item() cannot be called on meta tensors").
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="Expected device='mps' to be available"):
+            KMeans(n_clusters=2, device="mps").fit(X_OK)
+        with pytest.raises(ValueError, match="Expected device='mps' to be available"):
+            MiniBatchKMeans(n_clusters=2, device="mps").fit(X_OK)
+    with pytest.raises(ValueError, match="Expected device to be one that holds data, got 'meta'"):
+        KMeans(n_clusters=2, device="meta").fit(X_OK)
+    meta = torch.empty(20, 3, device="meta")
+    with pytest.raises(ValueError, match="Expected X to hold values, got a tensor on the meta"):
+        KMeans(n_clusters=2).fit(meta)
+    with pytest.raises(ValueError, match="Expected init to hold values, got a tensor on the meta"):
+        KMeans(n_clusters=2, init=meta[:2]).fit(X_OK)

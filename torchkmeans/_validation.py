@@ -58,6 +58,21 @@ def resolve_device(device: str | torch.device | None, data_device: torch.device)
             f"Expected device={device!r} to be available, but this torch has no CUDA device; "
             "use device='auto' to fall back to the CPU."
         )
+    if resolved.type == "meta":
+        raise ValueError(
+            f"Expected device to be one that holds data, got {device!r}: meta tensors have "
+            "no values to cluster."
+        )
+    if resolved.type != "cpu":
+        # A backend this torch was not built with (device='mps' on Linux) or a
+        # device index beyond the machine's would fail inside torch's copy.
+        try:
+            torch.empty(0, device=resolved)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(
+                f"Expected device={device!r} to be available, but this torch cannot use "
+                f"it ({str(exc).splitlines()[0]}); use device='auto' to pick one that is."
+            ) from exc
     return resolved
 
 
@@ -154,12 +169,15 @@ def as_tensor(
 
 
 def check_dense(tensor: torch.Tensor, name: str) -> None:
-    """Refuse a sparse tensor (COO, CSR...): the kernels need strided memory."""
+    """Refuse a sparse tensor (COO, CSR...): the kernels need strided memory;
+    and a meta tensor, which has no values."""
     if tensor.layout != torch.strided:
         raise TypeError(
             f"Expected {name} to be a dense array or tensor, got a sparse tensor "
             f"({tensor.layout}); convert it with {name}.to_dense()."
         )
+    if tensor.is_meta:
+        raise ValueError(f"Expected {name} to hold values, got a tensor on the meta device.")
 
 
 def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
