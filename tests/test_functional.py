@@ -585,6 +585,19 @@ def _with_inf() -> torch.Tensor:
             r"\(2, 3, 4\)\.",
         ),
         (
+            # A callable init that forgets to return had failed in torch.as_tensor
+            # ("Could not infer dtype of NoneType"); complex init lost its imaginary part.
+            lambda: kmeans(_X, 3, init=lambda x, k, g: None, n_init=1),
+            TypeError,
+            r"Expected init to be an array of shape \(n_clusters, n_features\), or a callable "
+            r"returning one, got NoneType",
+        ),
+        (
+            lambda: kmeans(_X, 3, init=torch.zeros(3, 4, dtype=torch.complex64)),
+            ValueError,
+            r"Complex data not supported; init has dtype torch.complex64\.",
+        ),
+        (
             lambda: kmeans_plusplus(_X, 3, metric="l1"),
             ValueError,
             r"Expected metric to be 'euclidean' or 'cosine', got 'l1'\.",

@@ -867,7 +867,7 @@ def _resolve_init(
         if shared:
             # One call per restart, as scikit-learn does: one call expanded
             # to b restarts ran b copies of the same problem.
-            starts = [torch.as_tensor(init(x, n_clusters, generator)) for _ in range(b)]
+            starts = [_init_tensor(init(x, n_clusters, generator)) for _ in range(b)]
             for start in starts:
                 if tuple(start.shape) != expected:
                     raise ValueError(
@@ -879,7 +879,7 @@ def _resolve_init(
             given = init(x, n_clusters, generator)
     else:
         given = init
-    given = torch.as_tensor(given).detach().to(device=x3.device, dtype=x3.dtype)
+    given = _init_tensor(given).detach().to(device=x3.device, dtype=x3.dtype)
     if (
         given.shape[-2:] != expected
         or given.ndim not in (2, 3)
@@ -895,6 +895,22 @@ def _resolve_init(
     if prep.metric == "cosine":
         return torch.nn.functional.normalize(given, dim=-1)
     return given - prep.offset
+
+
+def _init_tensor(given: Any) -> torch.Tensor:
+    """Given centroids (``init`` or what a callable ``init`` returned) as a real tensor."""
+    try:
+        tensor = torch.as_tensor(given)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        # None, strings, object arrays: torch's own message names no argument.
+        raise TypeError(
+            "Expected init to be an array of shape (n_clusters, n_features), or a callable "
+            f"returning one, got {type(given).__name__} ({exc})."
+        ) from exc
+    if tensor.is_complex():
+        # Casting would silently drop the imaginary part.
+        raise ValueError(f"Complex data not supported; init has dtype {tensor.dtype}.")
+    return tensor
 
 
 def lloyd(
