@@ -388,6 +388,20 @@ def test_object_sample_weight_is_read_as_numbers_like_x():
         KMeans(3).fit(X, sample_weight=np.array(["a"] + [1.0] * 59, dtype=object))
 
 
+def test_complex_tensor_sample_weight_is_refused():
+    # Complex numpy weights were refused, a complex tensor lost its imaginary part.
+    from torchkmeans.functional import kmeans
+
+    X = blobs(n=60, d=2, k=3, seed=0)
+    weights = torch.ones(60, dtype=torch.complex64)
+    match = "Expected sample_weight to hold real numbers, got dtype torch.complex64"
+    for estimator in (KMeans(3, random_state=0), MiniBatchKMeans(3, random_state=0)):
+        with pytest.raises(TypeError, match=match):
+            estimator.fit(X, sample_weight=weights)
+    with pytest.raises(TypeError, match=match):
+        kmeans(torch.as_tensor(X), 3, sample_weight=weights)
+
+
 def test_device_auto_runs_where_cuda_is():
     km = KMeans(n_clusters=2, device="auto", random_state=0).fit(torch.randn(50, 2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"

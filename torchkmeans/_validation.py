@@ -180,6 +180,12 @@ def check_dense(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"Expected {name} to hold values, got a tensor on the meta device.")
 
 
+def check_not_complex(tensor: torch.Tensor, name: str) -> None:
+    """Refuse complex weights: casting them to a real dtype drops the imaginary part."""
+    if tensor.is_complex():
+        raise TypeError(f"Expected {name} to hold real numbers, got dtype {tensor.dtype}.")
+
+
 def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
     """The error for finite data whose squared distances are not finite in ``dtype``."""
     target = str(dtype).removeprefix("torch.")
@@ -319,6 +325,7 @@ def check_sample_weight(
     else:
         if isinstance(sample_weight, torch.Tensor):
             check_dense(sample_weight, "sample_weight")
+            check_not_complex(sample_weight, "sample_weight")
             weights = sample_weight.detach().to(device=device, dtype=dtype)
         else:
             array = np.asarray(sample_weight)
@@ -566,6 +573,7 @@ def check_weight_tensor(
             f"got {type(sample_weight).__name__}."
         )
     check_dense(sample_weight, "sample_weight")
+    check_not_complex(sample_weight, "sample_weight")
     shape = tuple(sample_weight.shape)
     if shape not in ((n_samples,), (1, n_samples), (n_problems, n_samples)):
         expected = f"({n_samples},)" + (
