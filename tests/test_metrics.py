@@ -364,6 +364,12 @@ def test_silhouette_properties(X, labels, shift):
             r"Expected labels to hold integers",
         ),
         (
+            # numbered as categories before (as complex tensors never were)
+            lambda: metrics.inertia([[0.0], [1.0], [2.0]], np.array([0, 1, 1]) + 1j),
+            TypeError,
+            r"Expected labels to hold integers, got dtype complex128",
+        ),
+        (
             lambda: metrics.calinski_harabasz_score([[0.0], [np.nan]], [0, 1]),
             ValueError,
             r"Input X contains NaN",

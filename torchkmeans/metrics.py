@@ -114,6 +114,9 @@ def _label_tensor(
                     )
                 array = np.unique(array, return_inverse=True)[1].reshape(array.shape)
             array = array.astype(np.int64)
+        elif array.dtype.kind == "c":
+            # As complex tensors: np.unique would have numbered them as categories.
+            raise TypeError(f"Expected labels to hold integers, got dtype {array.dtype}.")
         elif array.dtype.kind not in "biu":
             # Strings or objects: encode each labelling, as scikit-learn does.
             rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
