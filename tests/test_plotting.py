@@ -121,6 +121,19 @@ def test_plot_clusters_errors():
         match=r"Expected centers to be 2-D of shape \(n_clusters, n_features\), got shape \(2,\)\.",
     ):
         plotting.plot_clusters(np.zeros((3, 2)), [0, 1, 1], np.zeros(2))
+    # AttributeError: 'dict' object has no attribute 'ks' before.
+    with pytest.raises(TypeError, match=r"Expected result to be an ElbowResult .*, got dict\."):
+        plotting.plot_elbow({"ks": [1, 2], "inertia": [2.0, 1.0]})
+
+
+def test_plot_clusters_projects_data_whose_covariance_overflows():
+    # Rows ~1e300: the covariance was inf and torch.linalg.eigh failed to converge.
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    labels = np.arange(30) % 2
+    ax = plotting.plot_clusters(X * 1e300, labels, X[:2] * 1e300)
+    reference = plotting.plot_clusters(X, labels, X[:2])
+    for got, expected in zip(ax.collections, reference.collections):
+        np.testing.assert_allclose(got.get_offsets() / 1e300, expected.get_offsets(), rtol=1e-12)
 
 
 def test_missing_matplotlib_names_the_plot_extra(monkeypatch):

@@ -65,6 +65,8 @@ def plot_elbow(result: Any, ax: Any = None) -> Any:
     ------
     ImportError
         If matplotlib is not installed.
+    TypeError
+        If ``result`` has no ``ks`` or ``inertia``.
 
     Examples
     --------
@@ -76,6 +78,11 @@ def plot_elbow(result: Any, ax: Any = None) -> Any:
     >>> ax.get_xlabel(), len(ax.lines)
     ('Number of clusters k', 2)
     """
+    if not all(hasattr(result, name) for name in ("ks", "inertia")):
+        raise TypeError(
+            "Expected result to be an ElbowResult (with ks, inertia and knee), "
+            f"got {type(result).__name__}."
+        )
     ax = _axes(ax)
     ks = [int(k) for k in result.ks]
     inertia = _numpy(result.inertia)
@@ -101,6 +108,9 @@ def project_2d(x: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ..
     data = x.to(torch.float64)
     mean = data.mean(0)
     centred = data - mean
+    # The axes do not depend on the scale: on data scaled to at most 1 the
+    # covariance of values ~1e300 stays finite (eigh failed to converge on inf).
+    centred = centred / centred.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
     covariance = centred.T @ centred / max(1, data.shape[0] - 1)
     _, vectors = torch.linalg.eigh(covariance)
     axes = vectors[:, [-1, -2]] if vectors.shape[1] >= 2 else vectors
