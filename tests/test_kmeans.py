@@ -529,6 +529,9 @@ X_INF[0, 0] = np.inf
         ({"n_init": 0}, X_OK, {}, ValueError, "n_init=0 should be >= 1"),
         ({"max_iter": 0}, X_OK, {}, ValueError, "max_iter=0 should be >= 1"),
         ({"tol": -1.0}, X_OK, {}, ValueError, "tol=-1.0 should be a finite number >= 0"),
+        ({"verbose": "yes"}, X_OK, {}, TypeError, "Expected verbose to be a bool or an int"),
+        ({"verbose": -1}, X_OK, {}, ValueError, "verbose=-1 should be >= 0"),
+        ({"copy_x": None}, X_OK, {}, TypeError, "Expected copy_x to be a bool, got None"),
         (
             {"metric": "l1"},
             X_OK,

@@ -307,6 +307,22 @@ def check_nonnegative_float(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """Validate a bool argument (numpy bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Expected {name} to be a bool, got {value!r}.")
+    return bool(value)
+
+
+def check_verbose(value: Any) -> int:
+    """Validate ``verbose``: a bool or an int >= 0, as scikit-learn accepts."""
+    if not isinstance(value, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(f"Expected verbose to be a bool or an int, got {value!r}.")
+    if value < 0:
+        raise ValueError(f"verbose={value} should be >= 0.")
+    return int(value)
+
+
 def check_metric(metric: Any) -> str:
     """Validate ``metric`` ("euclidean" or "cosine")."""
     if metric not in ("euclidean", "cosine"):

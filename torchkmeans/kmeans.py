@@ -214,8 +214,8 @@ class KMeans(EstimatorProtocol):
             raise ValueError(
                 f"Expected algorithm to be 'lloyd' or 'elkan', got {self.algorithm!r}."
             )
-        if not isinstance(self.copy_x, (bool, np.bool_)):
-            raise TypeError(f"Expected copy_x to be a bool, got {type(self.copy_x).__name__}.")
+        v.check_flag(self.copy_x, "copy_x")
+        v.check_verbose(self.verbose)
         if self.memory_budget is not None:
             v.check_positive_int(self.memory_budget, "memory_budget")
         init = self.init

@@ -263,6 +263,8 @@ class MiniBatchKMeans(KMeans):
         batch_size = v.check_positive_int(self.batch_size, "batch_size")
         v.check_nonnegative_float(self.tol, "tol")
         v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+        v.check_flag(self.compute_labels, "compute_labels")
+        v.check_verbose(self.verbose)
         if self.max_no_improvement is not None:
             v.check_positive_int(self.max_no_improvement, "max_no_improvement", minimum=0)
         if self.memory_budget is not None:
