@@ -339,6 +339,20 @@ def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(reque
     assert km.n_steps_ == 1
 
 
+def test_weights_that_overflow_are_blamed_not_the_data():
+    # Weights of 1e308 sum to infinity (the centres became NaN) and weights of
+    # 1e10 on distances ~1e305 overflow the inertia: both had been reported
+    # as "squared distances between the rows of x overflow".
+    X = blobs(n=30, d=3, k=3, seed=0)
+    for estimator in (KMeans, MiniBatchKMeans):
+        with pytest.raises(ValueError, match=r"sample_weight to have a finite sum.*float64"):
+            estimator(n_clusters=3, random_state=0).fit(X, sample_weight=np.full(30, 1e308))
+    far = X / np.abs(X).max() * 1e152
+    with pytest.raises(ValueError, match=r"weighted by sample_weight overflows"):
+        KMeans(n_clusters=3, random_state=0).fit(far, sample_weight=np.full(30, 1e10))
+    assert np.isfinite(KMeans(n_clusters=3, random_state=0).fit(far).inertia_)
+
+
 @pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
 def test_big_endian_input_is_read_like_native(tmp_path, memmap):
     # FITS files and data written on big-endian machines load as ">f8": torch

@@ -371,9 +371,16 @@ def check_sample_weight(
 
 
 def check_weight_values(weights: torch.Tensor, *, positive_sum: bool = True) -> None:
-    """Check weights ``(n,)`` or ``(b, n)``: finite, non-negative, a positive sum per problem."""
-    if not all_finite(weights):
-        raise ValueError("Input sample_weight contains NaN or infinity.")
+    """Check weights ``(n,)`` or ``(b, n)``: finite, non-negative, a positive and
+    finite sum per problem."""
+    if weights.numel() and not bool(torch.isfinite(weights.sum(-1)).all()):
+        # One sum per problem, as all_finite: elements are read only when it is not finite.
+        if not bool(torch.isfinite(weights).all()):
+            raise ValueError("Input sample_weight contains NaN or infinity.")
+        raise ValueError(
+            f"Expected sample_weight to have a finite sum, got weights whose sum overflows "
+            f"{str(weights.dtype).removeprefix('torch.')}: rescale them."
+        )
     if bool((weights < 0).any()):
         raise ValueError("Expected sample_weight to be non-negative, got negative values.")
     if positive_sum and not bool((weights > 0).any(-1).all()):

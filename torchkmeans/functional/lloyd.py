@@ -1050,15 +1050,24 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
     return prep._replace(mean_variance=mean_variance.to(prep.x.dtype))
 
 
-def check_distances_fit(inertia: torch.Tensor, x: torch.Tensor) -> None:
+def check_distances_fit(
+    inertia: torch.Tensor, x: torch.Tensor, distances: torch.Tensor | None = None
+) -> None:
     """Refuse finite data whose squared distances overflow their dtype.
 
     float32 rows of norm ~1e19 are finite, but their squared distances are
     not: every score is then infinite, labels are ties (wrong), and the
-    inertia is inf. ``inertia`` sums the distances of the returned labels.
+    inertia is inf. ``inertia`` sums the (weighted) ``distances`` of the
+    returned labels; finite distances with an infinite sum blame the weights.
     """
-    if not v.all_finite(inertia):
-        raise v.distances_overflow("x", compute_dtype(x.dtype))
+    if v.all_finite(inertia):
+        return
+    if distances is not None and v.all_finite(distances):
+        raise ValueError(
+            "The sum of the squared distances weighted by sample_weight overflows; expected "
+            "weights whose products with the distances sum to a finite value: rescale them."
+        )
+    raise v.distances_overflow("x", compute_dtype(x.dtype))
 
 
 def _finish(
@@ -1119,7 +1128,7 @@ def _finish(
                 active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
-        check_distances_fit(inertia, x)
+        check_distances_fit(inertia, x, distances)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
