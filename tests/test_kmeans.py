@@ -489,6 +489,28 @@ def test_assigned_cluster_centers_are_unit_vectors_for_cosine():
     np.testing.assert_allclose(km.cluster_centers_, [[1.0, 0.0], [0.0, -1.0]])
 
 
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.float32, 1e20), (np.float32, 1e-25), (np.float64, 1e-25), (np.float64, 1e200)],
+)
+def test_cosine_labels_do_not_depend_on_extreme_row_norms(estimator, dtype, scale):
+    # torch.nn.functional.normalize made these rows 0 (float32 norms ~1e20
+    # overflow) or ~1e-13 long (norms below its eps=1e-12): inertia_ was
+    # n_samples, every row in one cluster.
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(60, 4))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    X = (unit * rng.uniform(0.5, 2.0, size=(60, 1)) * scale).astype(dtype)
+    expected = estimator(3, metric="cosine", random_state=0, n_init=1).fit(unit.astype(dtype))
+    km = estimator(3, metric="cosine", random_state=0, n_init=1).fit(X)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    np.testing.assert_array_equal(km.predict(X), expected.labels_)
+    np.testing.assert_allclose(km.cluster_centers_, expected.cluster_centers_, atol=1e-5)
+    assert km.inertia_ == pytest.approx(expected.inertia_, rel=1e-5)
+    assert km.score(X) == pytest.approx(-expected.inertia_, rel=1e-5)
+
+
 X_OK = np.random.default_rng(0).normal(size=(20, 3))
 X_NAN = X_OK.copy()
 X_NAN[3, 1] = np.nan

@@ -404,6 +404,20 @@ def test_cosine_metric_keeps_unit_codes():
     torch.testing.assert_close(torch.linalg.vector_norm(quantized, dim=-1), torch.ones(50))
 
 
+
+def test_cosine_codes_do_not_depend_on_extreme_row_norms():
+    # Rows of norm ~1e21 (|x|^2 overflows float32) or ~1e-27 (below the
+    # eps of torch.nn.functional.normalize) had all become zero vectors.
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for scale in (1.0, 2.0**70, 2.0**-90):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(5, 4, metric="cosine")
+        outputs.append(vq(x * scale))
+    for output in outputs[1:]:
+        assert torch.equal(output.codes, outputs[0].codes)
+        torch.testing.assert_close(output.loss, outputs[0].loss)
+
 # ------------------------------------------------------------------- helpers
 
 

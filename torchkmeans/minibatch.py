@@ -16,7 +16,7 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
-from .functional.distances import block_rows, compute_dtype
+from .functional.distances import block_rows, compute_dtype, unit_rows
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
@@ -170,7 +170,8 @@ class MiniBatchKMeans(KMeans):
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's.
     metric : {"euclidean", "cosine"}, default="euclidean"
-        "cosine" is spherical mini-batch k-means on unit-normalised rows.
+        "cosine" is spherical mini-batch k-means on unit-normalised rows
+        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros).
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
@@ -322,7 +323,7 @@ class MiniBatchKMeans(KMeans):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
-            return torch.nn.functional.normalize(x, dim=-1)
+            return unit_rows(x)
         return x
 
     def _seed(

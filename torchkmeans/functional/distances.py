@@ -12,6 +12,7 @@ problems (for example ``b`` restarts).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "scored_by_columns",
     "scored_by_differences",
     "squared_norms",
+    "unit_rows",
 ]
 
 #: Bytes of scratch memory a distance block may take by default (256 MiB).
@@ -75,6 +77,70 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     (torch.float32, torch.float64)
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row (the last dimension) of ``x`` scaled to unit euclidean norm.
+
+    As ``torch.nn.functional.normalize(x, dim=-1)`` where that is exact, and
+    at every finite scale besides: its norm overflows for float32 rows of
+    norm ~2e19 (float64 ~1e154), its squares underflow below ~1e-19 (float64
+    ~1e-154) and it divides by 1e-12 at the least, so such rows came back 0
+    or far from unit length (and clustered as one). Rows of those norms are
+    first scaled by a power of two, an exact change that leaves their
+    direction as it was. Rows of zeros stay zeros (at cosine distance 1 from
+    every unit vector). Half precision is computed in float32 and returned
+    in its dtype. ``out`` may be ``x``.
+
+    Examples
+    --------
+    >>> unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
+    values = x.to(compute_dtype(x.dtype))
+    norms = torch.linalg.vector_norm(values, dim=-1, keepdim=True)
+    finfo = torch.finfo(values.dtype)
+    # Below sqrt(tiny) / eps squares of the row's entries may have been lost
+    # to underflow beyond its rounding; above max the sum overflowed.
+    unsafe = (norms < math.sqrt(finfo.tiny) / finfo.eps) | (norms > finfo.max)
+    if _device.on_host(x.device):
+        # A host check is free: only the rows that need it are rescaled, and
+        # before ``out`` (which may be ``x``) is written.
+        rows = unsafe.squeeze(-1)
+        fixed = _rescaled_unit_rows(values[rows]) if bool(rows.any()) else None
+        result = torch.div(values, norms, out=out)
+        if fixed is not None:
+            result[rows] = fixed.to(result.dtype)
+    else:
+        # No host synchronisation: every row goes through the rescaling, by
+        # 2^0 = 1 where it is not needed (the same rounding as above).
+        result = _rescaled_unit_rows(values, unsafe, out=out)
+    return result if out is not None else result.to(x.dtype)
+
+
+def _power_of_two(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Exactly ``2.0 ** exponent`` in ``dtype`` (float32 or float64), for normal results."""
+    if dtype == torch.float64:
+        return ((exponent.to(torch.int64) + 1023) << 52).view(torch.float64)
+    return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def _rescaled_unit_rows(
+    values: torch.Tensor, unsafe: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows scaled to a largest entry in [0.5, 1) by a power of two (only the
+    ``unsafe`` ones, when given), then to unit norm; rows of zeros stay zeros."""
+    largest = torch.linalg.vector_norm(values.detach(), ord=math.inf, dim=-1, keepdim=True)
+    exponent = torch.frexp(largest).exponent
+    if unsafe is not None:
+        exponent = torch.where(unsafe, exponent, 0)
+    # In two factors: 2^-exponent alone is out of range for subnormal rows.
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    dtype = values.dtype
+    scaled = values * _power_of_two(-half, dtype) * _power_of_two(half - exponent, dtype)
+    norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    return torch.div(scaled, torch.where(norms > 0, norms, 1.0), out=out)
 
 
 def squared_norms(x: torch.Tensor, *, chunk_bytes: int = 1 << 19) -> torch.Tensor:
@@ -494,8 +560,7 @@ def nearest_centroids(
     ----------
     x : Tensor
         ``(n, d)`` or ``(b, n, d)``, floating point. For ``metric="cosine"``
-        the rows should already be unit vectors (see
-        :func:`torch.nn.functional.normalize`).
+        the rows should already be unit vectors (see :func:`unit_rows`).
     centroids : Tensor
         ``(k, d)`` or ``(b, k, d)`` with k >= 1, on ``x``'s device; converted
         to ``x``'s dtype.

@@ -36,6 +36,7 @@ from .distances import (
     scored_by_columns,
     scored_by_differences,
     squared_norms,
+    unit_rows,
 )
 from .init import kmeans_plusplus, random_init
 from .updates import accumulate, add_rows, centroids_from_sums, relocate_empty_clusters
@@ -102,8 +103,7 @@ def prepare(
     data.copy_(x3)
     x_aug[..., d] = 1.0
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(data, dim=-1, keepdim=True)
-        data.div_(norms.clamp_min_(1e-12))
+        unit_rows(data, out=data)
         offset = torch.zeros((x3.shape[0], 1, d), dtype=dtype, device=x.device)
         x_sq = None
         # mean feature variance = E|x|^2 / d - mean_j(E[x_j]^2)
@@ -497,7 +497,7 @@ def _run_lloyd_small(
         centroid, updated = slots[turn][0], slots[1 - turn][0]
         torch.div(sums, counts, out=updated)
         if cosine:
-            torch.nn.functional.normalize(updated, dim=-1, out=updated)
+            unit_rows(updated, out=updated)
         # scikit-learn also measures the shift through a norm, then squares it.
         shift = float(torch.dist(updated, centroid)) ** 2
         if shift != shift and float(counts.min()) <= 0:  # NaN: 0 / 0 of an empty cluster
@@ -572,7 +572,7 @@ def _run_lloyd_native(
         if float(counts.min()) > 0:
             updated = torch.div(sums, counts).to(current.dtype)
             if cosine:
-                updated = torch.nn.functional.normalize(updated, dim=-1)
+                updated = unit_rows(updated)
         else:
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
@@ -893,7 +893,7 @@ def _resolve_init(
         raise ValueError("Input init contains NaN or infinity.")
     given = given.reshape(-1, *expected).expand(b, *expected)
     if prep.metric == "cosine":
-        return torch.nn.functional.normalize(given, dim=-1)
+        return unit_rows(given)
     return given - prep.offset
 
 

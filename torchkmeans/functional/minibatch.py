@@ -14,6 +14,7 @@ from .distances import (
     nearest_by_differences,
     nearest_centroids,
     scored_by_differences,
+    unit_rows,
 )
 from .updates import _scatter_sums
 
@@ -222,7 +223,7 @@ def _minibatch_step(
     moved = sums.addcmul_(old, ws.unsqueeze(-1))
     moved = moved.div_(torch.where(filled, new_ws, 1.0).unsqueeze(-1))
     if metric == "cosine":
-        moved = torch.nn.functional.normalize(moved, dim=-1)
+        moved = unit_rows(moved)
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
 
     deferred = isinstance(random_reassign, torch.Tensor)

@@ -28,7 +28,7 @@ import torch
 from . import _device
 from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
 from .collective import LOCAL, Collective, raise_rejected
-from .distances import block_rows, exact_distances, squared_norms
+from .distances import block_rows, exact_distances, squared_norms, unit_rows
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset
 from .updates import centroids_from_sums, relocate_empty_clusters
@@ -170,7 +170,7 @@ def prepare_rows(
     data = x_aug[..., :d]
     x_aug[..., d] = 1.0
     if metric == "cosine":
-        torch.nn.functional.normalize(chunk.unsqueeze(0).to(offset.dtype), dim=-1, out=data)
+        unit_rows(chunk.unsqueeze(0).to(offset.dtype), out=data)
         x_sq = None
     else:
         torch.sub(chunk.unsqueeze(0), offset, out=data)
@@ -256,7 +256,7 @@ def _statistics(
         finite &= torch.isfinite(chunk).all()
         values = chunk.to(acc)
         if metric == "cosine":
-            values = torch.nn.functional.normalize(values, dim=-1)
+            values = unit_rows(values)
         if first:
             shift, first = values.mean(0), False
         values = values - shift
@@ -505,7 +505,7 @@ def _initial_centroids(
         raise ValueError("Input init contains NaN or infinity.")
     given = given.unsqueeze(0).expand(n_problems, n_clusters, d)
     if metric == "cosine":
-        return torch.nn.functional.normalize(given, dim=-1).contiguous()
+        return unit_rows(given).contiguous()
     return (given - stats.offset).contiguous()
 
 
