@@ -104,7 +104,7 @@ def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tens
     # Below sqrt(tiny) / eps squares of the row's entries may have been lost
     # to underflow beyond its rounding; above max the sum overflowed.
     unsafe = (norms < math.sqrt(finfo.tiny) / finfo.eps) | (norms > finfo.max)
-    if _device.on_host(x.device):
+    if _device.on_host(x.device) and not _traced():
         # A host check is free: only the rows that need it are rescaled, and
         # before ``out`` (which may be ``x``) is written.
         rows = unsafe.squeeze(-1)
@@ -113,17 +113,25 @@ def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tens
         if fixed is not None:
             result[rows] = fixed.to(result.dtype)
     else:
-        # No host synchronisation: every row goes through the rescaling, by
-        # 2^0 = 1 where it is not needed (the same rounding as above).
+        # No host synchronisation (nor a branch on data, which torch.compile
+        # and torch.jit.trace cannot follow): every row goes through the
+        # rescaling, by 2^0 = 1 where it is not needed (the same rounding).
         result = _rescaled_unit_rows(values, unsafe, out=out)
     return result if out is not None else result.to(x.dtype)
 
 
+def _traced() -> bool:
+    """Whether torch.compile or torch.jit.trace records the caller."""
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    if compiling is None:  # pragma: no cover - torch < 2.3
+        compiling = torch._dynamo.is_compiling
+    return bool(compiling()) or torch.jit.is_tracing()
+
+
 def _power_of_two(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Exactly ``2.0 ** exponent`` in ``dtype`` (float32 or float64), for normal results."""
-    if dtype == torch.float64:
-        return ((exponent.to(torch.int64) + 1023) << 52).view(torch.float64)
-    return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)
+    """``2.0 ** exponent`` in ``dtype``, for normal results (exact for
+    integers; a bit cast would be too, but torch.jit.trace cannot record it)."""
+    return torch.exp2(exponent.to(dtype))
 
 
 def _rescaled_unit_rows(
