@@ -410,6 +410,33 @@ def test_cosine_kmeans_is_invariant_to_extreme_row_norms():
         assert float(result.inertia) == pytest.approx(float(expected.inertia), rel=1e-6)
 
 
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_float32_rows_near_1e_minus_30_are_clustered_as_at_unit_scale(request, paths):
+    # Their squared distances underflow float32: labels were ties (seeds and
+    # labels at random) and the inertia 0. Scaled by 2^-100, an exact
+    # change, every result must be the unit-scale one scaled alike.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.from_numpy(blobs(n=200, d=3, k=4).astype(np.float32))
+    tiny = x * 2.0**-100
+    expected = kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    result = kmeans(tiny, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.labels, expected.labels)
+    assert torch.equal(result.centroids, expected.centroids * 2.0**-100)
+    assert float(result.inertia) == pytest.approx(float(expected.inertia) * 2.0**-200, rel=1e-6)
+    start = expected.centroids + 0.5
+    refined = lloyd(tiny, start * 2.0**-100)
+    assert torch.equal(refined.centroids, lloyd(x, start).centroids * 2.0**-100)
+    nearest = nearest_centroids(tiny, result.centroids)
+    assert torch.equal(nearest.labels, expected.labels)
+    torch.testing.assert_close(
+        nearest.distances * 2.0**200, nearest_centroids(x, expected.centroids).distances.double()
+    )
+    _, indices = kmeans_plusplus(tiny, 4, generator=torch.Generator().manual_seed(1))
+    _, unit_indices = kmeans_plusplus(x, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(indices, unit_indices)
+
+
 def test_kmeans_rejects_bad_arguments():
     x = torch.randn(5, 2)
     with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=8"):

@@ -23,6 +23,8 @@ from .functional.distances import (
     _nearest,
     compute_dtype,
     pairwise_distances,
+    times_power_of_two,
+    underflow_exponent_of,
     unit_rows,
 )
 from .functional.lloyd import KMeansResult, kmeans
@@ -478,7 +480,12 @@ class KMeans(EstimatorProtocol):
         if self.metric == "cosine":
             x, centers = self._unit_rows(x, self._centers)
             return pairwise_distances(x, centers, metric="cosine")
-        return pairwise_distances(x, self._centers).sqrt_()
+        # Squared distances of float32 rows and centres near 1e-25 are 0 in
+        # float32 (the dtype transform returns): taken between them scaled by
+        # a power of two, as the labels are, and scaled back after the root.
+        exponent = underflow_exponent_of(x, self._centers)
+        x, centers = times_power_of_two(x, exponent), times_power_of_two(self._centers, exponent)
+        return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
     def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.

@@ -16,7 +16,7 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
-from .functional.distances import block_rows, compute_dtype, unit_rows
+from .functional.distances import block_rows, compute_dtype, underflow_exponent_of, unit_rows
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
@@ -558,6 +558,8 @@ class MiniBatchKMeans(KMeans):
             # float64 sums where the device has them (not MPS).
             wide = _device.widest_float(device)
             cumulative = weights.cumsum(0, dtype=wide)
+        # Asked once: the centres stay within the rows' scale.
+        differences = not underflow_exponent_of(centers, centers)
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
@@ -576,6 +578,7 @@ class MiniBatchKMeans(KMeans):
                 metric=self.metric,
                 memory_budget=self.memory_budget,
                 collective=LOCAL,
+                differences=differences,
             )
             shift = ((step.centroids - centers) ** 2).sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums

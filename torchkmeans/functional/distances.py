@@ -39,6 +39,9 @@ __all__ = [
     "scored_by_columns",
     "scored_by_differences",
     "squared_norms",
+    "times_power_of_two",
+    "underflow_exponent",
+    "underflow_exponent_of",
     "unit_rows",
 ]
 
@@ -118,6 +121,53 @@ def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tens
         # rescaling, by 2^0 = 1 where it is not needed (the same rounding).
         result = _rescaled_unit_rows(values, unsafe, out=out)
     return result if out is not None else result.to(x.dtype)
+
+
+def underflow_exponent(magnitude: float, dtype: torch.dtype) -> int:
+    """The power of two ``2^e`` that scales data whose largest entry is
+    ``magnitude`` to [0.5, 1), when squared distances of such data, computed
+    in ``dtype``'s compute dtype, would lose their precision to underflow
+    (float32 entries below ~3e-16, float64 below ~1e-146); 0 otherwise.
+
+    Scaling by a power of two is exact: labels and centres of the scaled
+    data are those of the data, times ``2^e``.
+
+    Examples
+    --------
+    >>> underflow_exponent(1e-30, torch.float32), underflow_exponent(1.0, torch.float32)
+    (99, 0)
+    """
+    finfo = torch.finfo(compute_dtype(dtype))
+    if magnitude == 0 or magnitude >= math.sqrt(finfo.tiny / finfo.eps):
+        return 0
+    return -math.frexp(magnitude)[1]
+
+
+def underflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
+    """:func:`underflow_exponent` of rows ``x`` and ``centroids`` together
+    (0 unless both are that small; ``x`` is read only for small centroids)."""
+    if not centroids.numel():
+        return 0
+    # One op (a step of MiniBatchKMeans on narrow rows asks every time).
+    largest = float(torch.linalg.vector_norm(centroids.detach(), math.inf))
+    if not underflow_exponent(largest, x.dtype) or not x.numel():
+        return 0
+    return underflow_exponent(max(largest, float(x.detach().abs().amax())), x.dtype)
+
+
+def times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``t * 2^exponent``, in factors that ``t``'s dtype represents (one
+    factor 2^100 is infinite in float32); exact unless the result is subnormal."""
+    if not exponent:
+        return t
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    step = int(math.log2(torch.finfo(t.dtype).max)) - 8
+    while exponent:
+        part = max(-step, min(step, exponent))
+        t = t * 2.0**part
+        exponent -= part
+    return t
 
 
 def _traced() -> bool:
@@ -560,9 +610,12 @@ def nearest_centroids(
     are nearest to within the precision of the distances themselves, also for
     data far from the origin: rows whose label the rounding of the fast
     expansion could have decided are checked again in float64. Half-precision
-    input is computed, and its distances returned, in float32. The search is
-    not differentiable: the inputs are detached and the distances carry no
-    gradient (use :func:`pairwise_distances` for a differentiable loss).
+    input is computed, and its distances returned, in float32. Euclidean rows
+    and centroids too small for their squared distances (float32 below
+    ~3e-16) are scored scaled by a power of two, exactly, and their distances
+    returned in float64. The search is not differentiable: the inputs are
+    detached and the distances carry no gradient (use
+    :func:`pairwise_distances` for a differentiable loss).
 
     Parameters
     ----------
@@ -713,6 +766,21 @@ def _nearest(
         return _nearest_unchecked(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
+    exponent = underflow_exponent_of(x, centroids)
+    if exponent:
+        # Squared distances this small underflow (float32 rows and centroids
+        # near 1e-25: every score 0, every label a tie): scored scaled by a
+        # power of two, exactly; the distances come back in float64.
+        labels, distances = _nearest(
+            times_power_of_two(x, exponent),
+            times_power_of_two(centroids, exponent),
+            memory_budget=memory_budget,
+            exact=exact,
+        )
+        if distances is not None:
+            wide = _device.widest_float(distances.device)
+            distances = times_power_of_two(distances.to(wide), -2 * exponent)
+        return labels, distances
     x3, c3, _ = _as_batched(x, centroids)
     n, k = x3.shape[1], c3.shape[1]
     one = x3.shape[0] == 1 and c3.shape[0] == 1
