@@ -369,6 +369,74 @@ def test_cosine_kmeans_returns_unit_centroids():
     assert float(result.inertia) < 1.0
 
 
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize(
+    "dtype, exponents",
+    [(torch.float32, (70, 100, -70, -100, -140)), (torch.float64, (520, 1000, -520, -1060))],
+    ids=["float32", "float64"],
+)
+def test_unit_rows_at_extreme_norms(request, paths, dtype, exponents):
+    # torch.nn.functional.normalize returned 0 for float32 rows of norm
+    # ~1e21 (|x|^2 overflows) and rows of norm 1e-12 * ~1e-13 for rows of
+    # norm ~1e-25 (squares underflow, norm clamped at 1e-12); float64 alike
+    # beyond 1e154 and below 1e-12.
+    from torchkmeans.functional.distances import unit_rows
+
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    expected = unit_rows(x)
+    assert torch.equal(expected, torch.nn.functional.normalize(x, dim=-1))
+    for exponent in exponents[:-1]:
+        # Scaling by a power of two is exact: the unit rows must be the same bits.
+        assert torch.equal(unit_rows(x * 2.0**exponent), expected), exponent
+    # Subnormal rows have lost bits of their own, not their direction.
+    torch.testing.assert_close(unit_rows(x * 2.0 ** exponents[-1]), expected, rtol=0, atol=1e-2)
+    zero = torch.zeros(2, 6, dtype=dtype)
+    assert torch.equal(unit_rows(zero), zero)
+    x[1] *= 2.0 ** exponents[0]
+    unit_rows(x, out=x)
+    assert torch.equal(x, expected)
+
+
+def test_cosine_kmeans_is_invariant_to_extreme_row_norms():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=gen)
+    expected = kmeans(x, 3, metric="cosine", generator=torch.Generator().manual_seed(1))
+    for scale in (2.0**70, 2.0**-90):
+        result = kmeans(x * scale, 3, metric="cosine", generator=torch.Generator().manual_seed(1))
+        assert torch.equal(result.labels, expected.labels)
+        torch.testing.assert_close(result.centroids, expected.centroids)
+        assert float(result.inertia) == pytest.approx(float(expected.inertia), rel=1e-6)
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_float32_rows_near_1e_minus_30_are_clustered_as_at_unit_scale(request, paths):
+    # Their squared distances underflow float32: labels were ties (seeds and
+    # labels at random) and the inertia 0. Scaled by 2^-100, an exact
+    # change, every result must be the unit-scale one scaled alike.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.from_numpy(blobs(n=200, d=3, k=4).astype(np.float32))
+    tiny = x * 2.0**-100
+    expected = kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    result = kmeans(tiny, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.labels, expected.labels)
+    assert torch.equal(result.centroids, expected.centroids * 2.0**-100)
+    assert float(result.inertia) == pytest.approx(float(expected.inertia) * 2.0**-200, rel=1e-6)
+    start = expected.centroids + 0.5
+    refined = lloyd(tiny, start * 2.0**-100)
+    assert torch.equal(refined.centroids, lloyd(x, start).centroids * 2.0**-100)
+    nearest = nearest_centroids(tiny, result.centroids)
+    assert torch.equal(nearest.labels, expected.labels)
+    torch.testing.assert_close(
+        nearest.distances * 2.0**200, nearest_centroids(x, expected.centroids).distances.double()
+    )
+    _, indices = kmeans_plusplus(tiny, 4, generator=torch.Generator().manual_seed(1))
+    _, unit_indices = kmeans_plusplus(x, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(indices, unit_indices)
+
+
 def test_kmeans_rejects_bad_arguments():
     x = torch.randn(5, 2)
     with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=8"):

@@ -517,6 +517,61 @@ def test_assigned_cluster_centers_are_unit_vectors_for_cosine():
     np.testing.assert_allclose(km.cluster_centers_, [[1.0, 0.0], [0.0, -1.0]])
 
 
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.float32, 1e20), (np.float32, 1e-25), (np.float64, 1e-25), (np.float64, 1e200)],
+)
+def test_cosine_labels_do_not_depend_on_extreme_row_norms(estimator, dtype, scale):
+    # torch.nn.functional.normalize made these rows 0 (float32 norms ~1e20
+    # overflow) or ~1e-13 long (norms below its eps=1e-12): inertia_ was
+    # n_samples, every row in one cluster.
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(60, 4))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    X = (unit * rng.uniform(0.5, 2.0, size=(60, 1)) * scale).astype(dtype)
+    expected = estimator(3, metric="cosine", random_state=0, n_init=1).fit(unit.astype(dtype))
+    km = estimator(3, metric="cosine", random_state=0, n_init=1).fit(X)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    np.testing.assert_array_equal(km.predict(X), expected.labels_)
+    np.testing.assert_allclose(km.cluster_centers_, expected.cluster_centers_, atol=1e-5)
+    assert km.inertia_ == pytest.approx(expected.inertia_, rel=1e-5)
+    assert km.score(X) == pytest.approx(-expected.inertia_, rel=1e-5)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["memory", "memmap"])
+def test_float32_data_near_1e_minus_30_is_clustered_as_at_unit_scale(tmp_path, streamed):
+    # Squared distances of float32 rows near 1e-30 underflow to 0: every
+    # score was 0, 7% of the labels were the nearest centre, inertia_ 0.
+    # Scaled by a power of two (exact) the fit is the same fit, bit for bit.
+    X = blobs(n=200, d=3, k=4).astype(np.float32)
+    tiny = X * np.float32(2.0**-100)
+    if streamed:  # each compared with its own path
+        np.save(tmp_path / "x.npy", X)
+        np.save(tmp_path / "tiny.npy", tiny)
+        X = np.load(tmp_path / "x.npy", mmap_mode="r")
+        tiny = np.load(tmp_path / "tiny.npy", mmap_mode="r")
+    expected = KMeans(4, random_state=0).fit(X)
+    km = KMeans(4, random_state=0).fit(tiny)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_ * 2.0**-100)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**-200, rel=1e-6)
+    np.testing.assert_array_equal(km.predict(tiny), expected.labels_)
+    assert -km.score(tiny) == pytest.approx(km.inertia_, rel=1e-6)
+    np.testing.assert_allclose(km.transform(tiny), expected.transform(X) * 2.0**-100, rtol=1e-6)
+
+
+def test_minibatch_float32_data_near_1e_minus_30_is_labelled_nearest():
+    X = (blobs(n=300, d=3, k=4) * 1e-30).astype(np.float32)
+    km = MiniBatchKMeans(4, batch_size=64, random_state=0, n_init=1).fit(X)
+    # Brute force in float64, where these squared distances are normal numbers.
+    d = ((X[:, None].astype(np.float64) - km.cluster_centers_[None].astype(np.float64)) ** 2).sum(
+        -1
+    )
+    np.testing.assert_array_equal(km.labels_, d.argmin(1))
+    assert km.inertia_ == pytest.approx(d.min(1).sum(), rel=1e-5)
+
+
 X_OK = np.random.default_rng(0).normal(size=(20, 3))
 X_NAN = X_OK.copy()
 X_NAN[3, 1] = np.nan

@@ -436,6 +436,20 @@ def test_cosine_metric_keeps_unit_codes():
     torch.testing.assert_close(torch.linalg.vector_norm(quantized, dim=-1), torch.ones(50))
 
 
+def test_cosine_codes_do_not_depend_on_extreme_row_norms():
+    # Rows of norm ~1e21 (|x|^2 overflows float32) or ~1e-27 (below the
+    # eps of torch.nn.functional.normalize) had all become zero vectors.
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for scale in (1.0, 2.0**70, 2.0**-90):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(5, 4, metric="cosine")
+        outputs.append(vq(x * scale))
+    for output in outputs[1:]:
+        assert torch.equal(output.codes, outputs[0].codes)
+        torch.testing.assert_close(output.loss, outputs[0].loss)
+
+
 # ------------------------------------------------------------------- helpers
 
 
@@ -732,6 +746,25 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
     torch.testing.assert_close(model.quantizer.codebook, eager.quantizer.codebook)
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
+
+
+def test_cosine_compiles_fullgraph_and_traces():
+    # Rows of extreme norms are found with a host read on the CPU, a branch
+    # on data that torch.compile(fullgraph=True) and torch.jit.trace cannot
+    # follow: compiled or traced, the rescaling takes no branch.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 4, metric="cosine")
+    x = torch.randn(64, 4)
+    quantizer(x)  # the init step, eager
+    eager = copy.deepcopy(quantizer)
+    compiled = torch.compile(quantizer, fullgraph=True, backend="aot_eager")
+    for scale in (1.0, 2.0**70):
+        assert torch.equal(compiled(x * scale).codes, eager(x * scale).codes)
+    torch.testing.assert_close(quantizer.codebook, eager.codebook)
+    quantizer.eval()
+    traced = torch.jit.trace(lambda v: quantizer(v).codes, x, check_trace=False)
+    assert torch.equal(traced(x * 2.0**-90), quantizer(x).codes)
 
 
 def test_jit_trace_in_eval_mode_gives_the_codes_of_new_inputs():

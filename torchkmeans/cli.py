@@ -29,7 +29,7 @@ import torch
 from . import __version__
 from . import _validation as v
 from .elbow import ElbowResult, elbow
-from .functional.distances import nearest_centroids
+from .functional.distances import nearest_centroids, unit_rows
 from .kmeans import KMeans
 from .minibatch import MiniBatchKMeans
 
@@ -1001,10 +1001,7 @@ def _nearest(
             dtype = torch.float32
         x, c = x.to(dtype), centres.to(dtype)
         if metric == "cosine":
-            x, c = (
-                torch.nn.functional.normalize(x, dim=-1),
-                torch.nn.functional.normalize(c, dim=-1),
-            )
+            x, c = unit_rows(x), unit_rows(c)
         else:
             # Centred on the centres' mean as KMeans.predict does, so near-ties
             # resolve the same way and the expansion stays accurate far from 0.

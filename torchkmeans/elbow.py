@@ -24,7 +24,7 @@ from . import _validation as v
 from . import distributed
 from .functional import _device
 from .functional.collective import Collective
-from .functional.distances import nearest_centroids
+from .functional.distances import nearest_centroids, unit_rows
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
 from .functional.streaming import check_sweep, reject_shard, streamed_kmeans
@@ -360,7 +360,7 @@ def _sweep(
     progress.phase(f"seeding k-means++ to k={k_max} ({n_init} restarts)")
     # Seeds are drawn on unit rows for cosine (kmeans_plusplus centres
     # euclidean rows itself, as kmeans() does).
-    seeding_x = torch.nn.functional.normalize(x, dim=-1) if metric == "cosine" else x
+    seeding_x = unit_rows(x) if metric == "cosine" else x
     _, indices = kmeans_plusplus(
         seeding_x,
         k_max,
@@ -680,8 +680,7 @@ def _labels(
     Lloyd's labels of all ``len(ks) * n_init`` fits would take that many times n.
     """
     if metric == "cosine":
-        data = torch.nn.functional.normalize(x, dim=-1)
-        centres = torch.nn.functional.normalize(centroids, dim=-1)
+        data, centres = unit_rows(x), unit_rows(centroids)
     else:
         data, centres = x, centroids
     labels = torch.empty((len(ks), x.shape[0]), dtype=torch.int64, device=x.device)

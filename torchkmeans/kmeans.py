@@ -18,7 +18,15 @@ from ._base import EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import Collective
-from .functional.distances import Nearest, _nearest, compute_dtype, pairwise_distances
+from .functional.distances import (
+    Nearest,
+    _nearest,
+    compute_dtype,
+    pairwise_distances,
+    times_power_of_two,
+    underflow_exponent_of,
+    unit_rows,
+)
 from .functional.lloyd import KMeansResult, kmeans
 from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streamed_kmeans
 
@@ -50,7 +58,9 @@ class KMeans(EstimatorProtocol):
         feature variance (labels that stop changing stop the run too).
     metric : {"euclidean", "cosine"}, default="euclidean"
         "cosine" is spherical k-means: unit-normalised data and centroids;
-        inertia is then the weighted sum of ``1 - cos``.
+        inertia is then the weighted sum of ``1 - cos``. Rows of any finite
+        norm are normalised exactly; rows of zeros stay zeros, at distance
+        1 from every centre.
     random_state : int, numpy RandomState/Generator, torch.Generator or None
         Seed for the initialisation; same seed and device give the same result.
     device : str or torch.device, optional
@@ -202,7 +212,7 @@ class KMeans(EstimatorProtocol):
         # A copy: later changes to the caller's array must not move the centres.
         tensor = tensor.clone()
         if self.metric == "cosine":
-            tensor = torch.nn.functional.normalize(tensor, dim=-1)
+            tensor = unit_rows(tensor)
         self._centers = tensor
 
     def _check_params(self, n_samples: int | None) -> tuple[int, int, str]:
@@ -449,8 +459,7 @@ class KMeans(EstimatorProtocol):
     @staticmethod
     def _unit_rows(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and centres as unit vectors, for the cosine metric."""
-        normalize = torch.nn.functional.normalize
-        return normalize(x, dim=-1), normalize(centers, dim=-1)
+        return unit_rows(x), unit_rows(centers)
 
     def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor, exact: bool = True) -> Nearest:
         """Nearest of ``centers`` for validated rows ``x``: labels and distances.
@@ -471,7 +480,12 @@ class KMeans(EstimatorProtocol):
         if self.metric == "cosine":
             x, centers = self._unit_rows(x, self._centers)
             return pairwise_distances(x, centers, metric="cosine")
-        return pairwise_distances(x, self._centers).sqrt_()
+        # Squared distances of float32 rows and centres near 1e-25 are 0 in
+        # float32 (the dtype transform returns): taken between them scaled by
+        # a power of two, as the labels are, and scaled back after the root.
+        exponent = underflow_exponent_of(x, self._centers)
+        x, centers = times_power_of_two(x, exponent), times_power_of_two(self._centers, exponent)
+        return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
     def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.

@@ -28,7 +28,7 @@ import torch
 
 from . import _validation as v
 from .functional import _device
-from .functional.distances import block_rows, nearest_centroids, squared_norms
+from .functional.distances import block_rows, nearest_centroids, squared_norms, unit_rows
 
 __all__ = [
     "calinski_harabasz_score",
@@ -204,7 +204,7 @@ def _silhouette(
     counts = encoded.counts.to(dtype)
     b, width = counts.shape
     if metric == "cosine":
-        data = torch.nn.functional.normalize(x.to(dtype), dim=-1)
+        data = unit_rows(x.to(dtype))
         data_sq = None
     else:
         # Centring keeps |x|^2 - 2 x.y + |y|^2 accurate for data far from the origin.

@@ -16,7 +16,7 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
-from .functional.distances import block_rows, compute_dtype
+from .functional.distances import block_rows, compute_dtype, underflow_exponent_of, unit_rows
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
@@ -170,7 +170,8 @@ class MiniBatchKMeans(KMeans):
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's.
     metric : {"euclidean", "cosine"}, default="euclidean"
-        "cosine" is spherical mini-batch k-means on unit-normalised rows.
+        "cosine" is spherical mini-batch k-means on unit-normalised rows
+        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros).
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
@@ -324,7 +325,7 @@ class MiniBatchKMeans(KMeans):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
-            return torch.nn.functional.normalize(x, dim=-1)
+            return unit_rows(x)
         return x
 
     def _seed(
@@ -565,6 +566,8 @@ class MiniBatchKMeans(KMeans):
             # float64 sums where the device has them (not MPS).
             wide = _device.widest_float(device)
             cumulative = weights.cumsum(0, dtype=wide)
+        # Asked once: the centres stay within the rows' scale.
+        differences = not underflow_exponent_of(centers, centers)
         step_index = 0
         for step_index in range(n_steps):
             if weights is None:
@@ -583,6 +586,7 @@ class MiniBatchKMeans(KMeans):
                 metric=self.metric,
                 memory_budget=self.memory_budget,
                 collective=LOCAL,
+                differences=differences,
             )
             shift = ((step.centroids - centers) ** 2).sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums

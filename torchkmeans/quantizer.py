@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
-from .functional.distances import DEFAULT_MEMORY_BUDGET
+from .functional.distances import DEFAULT_MEMORY_BUDGET, unit_rows
 from .functional.updates import _scatter_sums
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
@@ -313,7 +313,7 @@ class VectorQuantizer(nn.Module):
         # (float64 statistics, float32 batch counts).
         codebook = torch.randn(heads, num_codes, dim, dtype=torch.float32)
         if metric == "cosine":
-            codebook = nn.functional.normalize(codebook, dim=-1)
+            codebook = unit_rows(codebook)
         self.register_buffer("codebook", codebook)
         # One vector per code to start with: an unused code then keeps its
         # place (sums and counts decay together) until it is re-seeded.
@@ -514,7 +514,7 @@ class VectorQuantizer(nn.Module):
             target = selected.transpose(0, 1).reshape(x.shape)
             reference = x.float()
             if self.metric == "cosine":
-                reference = nn.functional.normalize(reference.unflatten(-1, (heads, dim)), dim=-1)
+                reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
             loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
         # Straight-through estimator: forward value exactly the code (x - x is
@@ -537,7 +537,7 @@ class VectorQuantizer(nn.Module):
         # the computation never needs a gradient.
         flat = x.detach().reshape(-1, heads, dim).transpose(0, 1).float()
         if self.metric == "cosine":
-            flat = nn.functional.normalize(flat, dim=-1)
+            flat = unit_rows(flat)
         flat = flat.contiguous()
 
         if self.training and self._needs_init:
@@ -695,7 +695,7 @@ class VectorQuantizer(nn.Module):
         smoothed = _laplace_smoothed(self.ema_counts, self.eps)
         codebook = self.ema_sums / smoothed.unsqueeze(-1)
         if self.metric == "cosine":
-            codebook = nn.functional.normalize(codebook, dim=-1)
+            codebook = unit_rows(codebook)
         if reseed:
             # (heads, 1): a fraction of the mean count, the same on every rank.
             threshold = self.dead_code_threshold * self.ema_counts.mean(-1, keepdim=True)

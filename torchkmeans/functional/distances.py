@@ -12,6 +12,7 @@ problems (for example ``b`` restarts).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -38,6 +39,10 @@ __all__ = [
     "scored_by_columns",
     "scored_by_differences",
     "squared_norms",
+    "times_power_of_two",
+    "underflow_exponent",
+    "underflow_exponent_of",
+    "unit_rows",
 ]
 
 #: Bytes of scratch memory a distance block may take by default (256 MiB).
@@ -75,6 +80,125 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     (torch.float32, torch.float64)
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row (the last dimension) of ``x`` scaled to unit euclidean norm.
+
+    As ``torch.nn.functional.normalize(x, dim=-1)`` where that is exact, and
+    at every finite scale besides: its norm overflows for float32 rows of
+    norm ~2e19 (float64 ~1e154), its squares underflow below ~1e-19 (float64
+    ~1e-154) and it divides by 1e-12 at the least, so such rows came back 0
+    or far from unit length (and clustered as one). Rows of those norms are
+    first scaled by a power of two, an exact change that leaves their
+    direction as it was. Rows of zeros stay zeros (at cosine distance 1 from
+    every unit vector). Half precision is computed in float32 and returned
+    in its dtype. ``out`` may be ``x``.
+
+    Examples
+    --------
+    >>> unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
+    values = x.to(compute_dtype(x.dtype))
+    norms = torch.linalg.vector_norm(values, dim=-1, keepdim=True)
+    finfo = torch.finfo(values.dtype)
+    # Below sqrt(tiny) / eps squares of the row's entries may have been lost
+    # to underflow beyond its rounding; above max the sum overflowed.
+    unsafe = (norms < math.sqrt(finfo.tiny) / finfo.eps) | (norms > finfo.max)
+    if _device.on_host(x.device) and not _traced():
+        # A host check is free: only the rows that need it are rescaled, and
+        # before ``out`` (which may be ``x``) is written.
+        rows = unsafe.squeeze(-1)
+        fixed = _rescaled_unit_rows(values[rows]) if bool(rows.any()) else None
+        result = torch.div(values, norms, out=out)
+        if fixed is not None:
+            result[rows] = fixed.to(result.dtype)
+    else:
+        # No host synchronisation (nor a branch on data, which torch.compile
+        # and torch.jit.trace cannot follow): every row goes through the
+        # rescaling, by 2^0 = 1 where it is not needed (the same rounding).
+        result = _rescaled_unit_rows(values, unsafe, out=out)
+    return result if out is not None else result.to(x.dtype)
+
+
+def underflow_exponent(magnitude: float, dtype: torch.dtype) -> int:
+    """The power of two ``2^e`` that scales data whose largest entry is
+    ``magnitude`` to [0.5, 1), when squared distances of such data, computed
+    in ``dtype``'s compute dtype, would lose their precision to underflow
+    (float32 entries below ~3e-16, float64 below ~1e-146); 0 otherwise.
+
+    Scaling by a power of two is exact: labels and centres of the scaled
+    data are those of the data, times ``2^e``.
+
+    Examples
+    --------
+    >>> underflow_exponent(1e-30, torch.float32), underflow_exponent(1.0, torch.float32)
+    (99, 0)
+    """
+    finfo = torch.finfo(compute_dtype(dtype))
+    if magnitude == 0 or magnitude >= math.sqrt(finfo.tiny / finfo.eps):
+        return 0
+    return -math.frexp(magnitude)[1]
+
+
+def underflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
+    """:func:`underflow_exponent` of rows ``x`` and ``centroids`` together
+    (0 unless both are that small; ``x`` is read only for small centroids)."""
+    if not centroids.numel():
+        return 0
+    # One op (a step of MiniBatchKMeans on narrow rows asks every time).
+    largest = float(torch.linalg.vector_norm(centroids.detach(), math.inf))
+    if not underflow_exponent(largest, x.dtype) or not x.numel():
+        return 0
+    return underflow_exponent(max(largest, float(x.detach().abs().amax())), x.dtype)
+
+
+def times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``t * 2^exponent``, in factors that ``t``'s dtype represents (one
+    factor 2^100 is infinite in float32); exact unless the result is subnormal."""
+    if not exponent:
+        return t
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    step = int(math.log2(torch.finfo(t.dtype).max)) - 8
+    while exponent:
+        part = max(-step, min(step, exponent))
+        t = t * 2.0**part
+        exponent -= part
+    return t
+
+
+def _traced() -> bool:
+    """Whether torch.compile or torch.jit.trace records the caller."""
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    if compiling is None:  # pragma: no cover - torch < 2.3
+        compiling = torch._dynamo.is_compiling
+    return bool(compiling()) or torch.jit.is_tracing()
+
+
+def _power_of_two(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``2.0 ** exponent`` in ``dtype``, for normal results (exact for
+    integers; a bit cast would be too, but torch.jit.trace cannot record it)."""
+    return torch.exp2(exponent.to(dtype))
+
+
+def _rescaled_unit_rows(
+    values: torch.Tensor, unsafe: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows scaled to a largest entry in [0.5, 1) by a power of two (only the
+    ``unsafe`` ones, when given), then to unit norm; rows of zeros stay zeros."""
+    largest = torch.linalg.vector_norm(values.detach(), ord=math.inf, dim=-1, keepdim=True)
+    exponent = torch.frexp(largest).exponent
+    if unsafe is not None:
+        exponent = torch.where(unsafe, exponent, 0)
+    # In two factors: 2^-exponent alone is out of range for subnormal rows.
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    dtype = values.dtype
+    scaled = values * _power_of_two(-half, dtype) * _power_of_two(half - exponent, dtype)
+    norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    return torch.div(scaled, torch.where(norms > 0, norms, 1.0), out=out)
 
 
 def squared_norms(x: torch.Tensor, *, chunk_bytes: int = 1 << 19) -> torch.Tensor:
@@ -486,16 +610,18 @@ def nearest_centroids(
     are nearest to within the precision of the distances themselves, also for
     data far from the origin: rows whose label the rounding of the fast
     expansion could have decided are checked again in float64. Half-precision
-    input is computed, and its distances returned, in float32. The search is
-    not differentiable: the inputs are detached and the distances carry no
-    gradient (use :func:`pairwise_distances` for a differentiable loss).
+    input is computed, and its distances returned, in float32. Euclidean rows
+    and centroids too small for their squared distances (float32 below
+    ~3e-16) are scored scaled by a power of two, exactly, and their distances
+    returned in float64. The search is not differentiable: the inputs are
+    detached and the distances carry no gradient (use
+    :func:`pairwise_distances` for a differentiable loss).
 
     Parameters
     ----------
     x : Tensor
         ``(n, d)`` or ``(b, n, d)``, floating point. For ``metric="cosine"``
-        the rows should already be unit vectors (see
-        :func:`torch.nn.functional.normalize`).
+        the rows should already be unit vectors (see :func:`unit_rows`).
     centroids : Tensor
         ``(k, d)`` or ``(b, k, d)`` with k >= 1, on ``x``'s device; converted
         to ``x``'s dtype.
@@ -640,6 +766,21 @@ def _nearest(
         return _nearest_unchecked(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
+    exponent = underflow_exponent_of(x, centroids)
+    if exponent:
+        # Squared distances this small underflow (float32 rows and centroids
+        # near 1e-25: every score 0, every label a tie): scored scaled by a
+        # power of two, exactly; the distances come back in float64.
+        labels, distances = _nearest(
+            times_power_of_two(x, exponent),
+            times_power_of_two(centroids, exponent),
+            memory_budget=memory_budget,
+            exact=exact,
+        )
+        if distances is not None:
+            wide = _device.widest_float(distances.device)
+            distances = times_power_of_two(distances.to(wide), -2 * exponent)
+        return labels, distances
     x3, c3, _ = _as_batched(x, centroids)
     n, k = x3.shape[1], c3.shape[1]
     one = x3.shape[0] == 1 and c3.shape[0] == 1

@@ -12,7 +12,13 @@ import torch
 
 from .. import _validation as v
 from . import _device
-from .distances import block_rows, compute_dtype, squared_norms
+from .distances import (
+    block_rows,
+    compute_dtype,
+    squared_norms,
+    times_power_of_two,
+    underflow_exponent,
+)
 
 __all__ = ["kmeans_plusplus", "random_init"]
 
@@ -234,6 +240,11 @@ def kmeans_plusplus(
             # |x|^2 - 2 x.c + |c|^2 rounds beyond the distances between blobs,
             # and the seeds fell about at random (several in one blob).
             work = work - work.mean(1, keepdim=True)
+            # Squared distances of float32 rows near 1e-25 are 0: the seeds
+            # fell at random. Scaled by a power of two they are exact (the
+            # centroids are rows of x all the same).
+            exponent = underflow_exponent(float(work.abs().amax()) if n else 0.0, work.dtype)
+            work = times_power_of_two(work, exponent)
             x_sq = squared_norms(work)
         else:
             x_sq = x_sq_norms.reshape(x3.shape[0], n).to(work.dtype)

@@ -36,6 +36,9 @@ from .distances import (
     scored_by_columns,
     scored_by_differences,
     squared_norms,
+    times_power_of_two,
+    underflow_exponent,
+    unit_rows,
 )
 from .init import kmeans_plusplus, random_init
 from .updates import accumulate, add_rows, centroids_from_sums, relocate_empty_clusters
@@ -102,8 +105,7 @@ def prepare(
     data.copy_(x3)
     x_aug[..., d] = 1.0
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(data, dim=-1, keepdim=True)
-        data.div_(norms.clamp_min_(1e-12))
+        unit_rows(data, out=data)
         offset = torch.zeros((x3.shape[0], 1, d), dtype=dtype, device=x.device)
         x_sq = None
         # mean feature variance = E|x|^2 / d - mean_j(E[x_j]^2)
@@ -497,7 +499,7 @@ def _run_lloyd_small(
         centroid, updated = slots[turn][0], slots[1 - turn][0]
         torch.div(sums, counts, out=updated)
         if cosine:
-            torch.nn.functional.normalize(updated, dim=-1, out=updated)
+            unit_rows(updated, out=updated)
         # scikit-learn also measures the shift through a norm, then squares it.
         shift = float(torch.dist(updated, centroid)) ** 2
         if shift != shift and float(counts.min()) <= 0:  # NaN: 0 / 0 of an empty cluster
@@ -572,7 +574,7 @@ def _run_lloyd_native(
         if float(counts.min()) > 0:
             updated = torch.div(sums, counts).to(current.dtype)
             if cosine:
-                updated = torch.nn.functional.normalize(updated, dim=-1)
+                updated = unit_rows(updated)
         else:
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
@@ -893,7 +895,7 @@ def _resolve_init(
         raise ValueError("Input init contains NaN or infinity.")
     given = given.reshape(-1, *expected).expand(b, *expected)
     if prep.metric == "cosine":
-        return torch.nn.functional.normalize(given, dim=-1)
+        return unit_rows(given)
     return given - prep.offset
 
 
@@ -1001,6 +1003,20 @@ def lloyd(
     if not v.all_finite(centroids):
         raise ValueError("Input centroids contains NaN or infinity; expected finite values.")
     prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
+    exponent = _underflow_exponent(prep, x)
+    if exponent:
+        scaled = lloyd(
+            times_power_of_two(x.to(prep.x.dtype), exponent),
+            times_power_of_two(centroids, exponent),
+            sample_weight=sample_weight,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            memory_budget=memory_budget,
+            check_every=check_every,
+            cluster_mask=cluster_mask,
+        )
+        return _unscaled(scaled, exponent)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
     active = None
@@ -1160,7 +1176,10 @@ def kmeans(
 
     The ``n_init`` restarts run as one batch in the same kernels; the one
     with the lowest inertia is returned. Clustering is not differentiable:
-    the inputs are detached and the results carry no gradient.
+    the inputs are detached and the results carry no gradient. Euclidean
+    data too small for its squared distances (float32 entries all below
+    ~3e-16, float64 ~1e-146) is clustered scaled by a power of two, which is
+    exact, and the results scaled back (as :func:`lloyd` does).
 
     Parameters
     ----------
@@ -1229,6 +1248,22 @@ def kmeans(
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1
     prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
+    exponent = _underflow_exponent(prep, x)
+    if exponent:
+        scaled = kmeans(
+            times_power_of_two(x.to(prep.x.dtype), exponent),
+            n_clusters,
+            init=_scaled_init(init, x, exponent),
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            sample_weight=sample_weight,
+            generator=generator,
+            memory_budget=memory_budget,
+            check_every=check_every,
+        )
+        return _unscaled(scaled, exponent)
 
     def run(n_problems: int) -> KMeansResult:
         start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)
@@ -1252,6 +1287,46 @@ def kmeans(
         winner = int(result.inertia.argmin())
         result = KMeansResult(*(field[winner : winner + 1] for field in result))
     return _finish(result, prep, x, batched=False)
+
+
+def _underflow_exponent(prep: Prepared, x: torch.Tensor) -> int:
+    """The power of two by which :func:`kmeans` and :func:`lloyd` scale
+    euclidean data too small for its squared distances (0: none).
+
+    float32 rows near 1e-25 have squared distances of 1e-50, 0 in float32:
+    every score was 0, labels were ties (7% of them the nearest centre) and
+    the inertia 0. Scaled by a power of two, an exact change, the same fit
+    is exact. Only data of a mean variance that small is read again.
+    """
+    if prep.metric != "euclidean":
+        return 0
+    finfo = torch.finfo(prep.x.dtype)
+    if float(prep.mean_variance.max()) >= finfo.tiny / finfo.eps:
+        return 0
+    return underflow_exponent(float(x.detach().abs().amax()), x.dtype)
+
+
+def _scaled_init(init: InitArg, x: torch.Tensor, exponent: int) -> InitArg:
+    """``init`` for the data ``x`` scaled by ``2^exponent``."""
+    if isinstance(init, torch.Tensor):
+        return times_power_of_two(init, exponent)
+    if callable(init):
+        given = init
+
+        def scaled(_: torch.Tensor, n_clusters: int, generator: Any) -> torch.Tensor:
+            return times_power_of_two(torch.as_tensor(given(x, n_clusters, generator)), exponent)
+
+        return scaled
+    return init
+
+
+def _unscaled(result: KMeansResult, exponent: int) -> KMeansResult:
+    """The result of data scaled by ``2^exponent``, in the data's scale."""
+    return result._replace(
+        centroids=times_power_of_two(result.centroids, -exponent),
+        inertia=times_power_of_two(result.inertia, -2 * exponent),
+        inertia_history=times_power_of_two(result.inertia_history, -2 * exponent),
+    )
 
 
 def _keep_better(best: KMeansResult, other: KMeansResult) -> KMeansResult:

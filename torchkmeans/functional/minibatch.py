@@ -14,6 +14,8 @@ from .distances import (
     nearest_by_differences,
     nearest_centroids,
     scored_by_differences,
+    underflow_exponent_of,
+    unit_rows,
 )
 from .updates import _scatter_sums
 
@@ -150,6 +152,7 @@ def minibatch_step(
         metric=metric,
         memory_budget=memory_budget,
         collective=collective,
+        differences=not underflow_exponent_of(x, centroids),
     )
 
 
@@ -165,10 +168,16 @@ def _minibatch_step(
     metric: str,
     memory_budget: int | None,
     collective: Collective,
+    differences: bool = True,
 ) -> MiniBatchStep:
     """:func:`minibatch_step` on checked, detached arguments (MiniBatchKMeans'
     loop checks them once per fit: on a small batch the checks and the
-    batching views of every step cost more than its search)."""
+    batching views of every step cost more than its search).
+
+    ``differences=False`` keeps narrow rows from the kernel that scores them
+    from differences: for rows whose squared differences underflow (float32
+    near 1e-25, :func:`~torchkmeans.functional.distances.underflow_exponent_of`),
+    which :func:`nearest_centroids` scores scaled."""
     batched = x.ndim == 3 or centroids.ndim == 3
     n, d, k = x.shape[-2], x.shape[-1], centroids.shape[-2]
     acc = compute_dtype(x.dtype)
@@ -184,7 +193,7 @@ def _minibatch_step(
     if weights is not None:
         weights = weights.to(acc)
 
-    if not batched and metric == "euclidean" and scored_by_differences(x, k):
+    if not batched and metric == "euclidean" and differences and scored_by_differences(x, k):
         # Narrow rows or a small batch on the CPU: one kernel call labels the
         # batch from differences (exact, see nearest_centroids) and sums its
         # clusters in float64, where nearest_centroids and a scatter took
@@ -222,7 +231,7 @@ def _minibatch_step(
     moved = sums.addcmul_(old, ws.unsqueeze(-1))
     moved = moved.div_(torch.where(filled, new_ws, 1.0).unsqueeze(-1))
     if metric == "cosine":
-        moved = torch.nn.functional.normalize(moved, dim=-1)
+        moved = unit_rows(moved)
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
 
     deferred = isinstance(random_reassign, torch.Tensor)

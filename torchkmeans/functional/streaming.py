@@ -28,9 +28,16 @@ import torch
 from . import _device
 from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
 from .collective import LOCAL, Collective, raise_rejected
-from .distances import block_rows, exact_distances, squared_norms
+from .distances import (
+    block_rows,
+    exact_distances,
+    squared_norms,
+    times_power_of_two,
+    underflow_exponent,
+    unit_rows,
+)
 from .init import _distances_to, kmeans_plusplus, random_init
-from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset
+from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
 from .updates import centroids_from_sums, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
@@ -170,7 +177,7 @@ def prepare_rows(
     data = x_aug[..., :d]
     x_aug[..., d] = 1.0
     if metric == "cosine":
-        torch.nn.functional.normalize(chunk.unsqueeze(0).to(offset.dtype), dim=-1, out=data)
+        unit_rows(chunk.unsqueeze(0).to(offset.dtype), out=data)
         x_sq = None
     else:
         torch.sub(chunk.unsqueeze(0), offset, out=data)
@@ -180,7 +187,7 @@ def prepare_rows(
 
 
 class _HostSource:
-    """Rows read from the host chunk by chunk, every pass."""
+    """Rows read from the host chunk by chunk, every pass (times ``2^exponent``)."""
 
     def __init__(
         self,
@@ -193,9 +200,13 @@ class _HostSource:
         self.data, self.device, self.dtype, self.weights = data, device, dtype, weights
         self.n_rows, self.n_features = data.n_rows, data.n_features
         self.rows = chunk_rows(data, device, chunk_bytes) if data.n_rows else 1
+        self.exponent = 0
 
     def raw(self) -> Iterator[tuple[int, torch.Tensor]]:
-        return iter_chunks(self.data, self.device, self.dtype, self.rows)
+        chunks = iter_chunks(self.data, self.device, self.dtype, self.rows)
+        if not self.exponent:
+            return chunks
+        return ((start, times_power_of_two(chunk, self.exponent)) for start, chunk in chunks)
 
     def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
         for start, chunk in self.raw():
@@ -204,11 +215,17 @@ class _HostSource:
             yield start, prepare_rows(chunk, offset, weights, metric)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data.take(index.cpu()).to(device=self.device, dtype=self.dtype)
+        rows = self.data.take(index.cpu()).to(device=self.device, dtype=self.dtype)
+        return times_power_of_two(rows, self.exponent)
+
+    def scale(self, exponent: int) -> None:
+        """Rows read from now on are times ``2^exponent``."""
+        self.exponent = exponent
 
 
 class _TensorSource:
-    """Rows already on the device (a shard of a distributed fit): prepared once."""
+    """Rows already on the device (a shard of a distributed fit): prepared once
+    (times ``2^exponent``)."""
 
     def __init__(self, x: torch.Tensor, dtype: torch.dtype, weights: torch.Tensor | None) -> None:
         self.x, self.dtype, self.weights = x, dtype, weights
@@ -216,20 +233,26 @@ class _TensorSource:
         self.n_rows, self.n_features = int(x.shape[0]), int(x.shape[1])
         self.rows = max(1, self.n_rows)
         self._prepared: Prepared | None = None
+        self.exponent = 0
 
     def raw(self) -> Iterator[tuple[int, torch.Tensor]]:
         if self.n_rows:
-            yield 0, self.x.to(self.dtype)
+            yield 0, times_power_of_two(self.x.to(self.dtype), self.exponent)
 
     def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
         if not self.n_rows:
             return
         if self._prepared is None:
-            self._prepared = prepare_rows(self.x, offset, self.weights, metric)
+            x = times_power_of_two(self.x, self.exponent)
+            self._prepared = prepare_rows(x, offset, self.weights, metric)
         yield 0, self._prepared
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        return self.x[index.to(self.device)].to(self.dtype)
+        return times_power_of_two(self.x[index.to(self.device)].to(self.dtype), self.exponent)
+
+    def scale(self, exponent: int) -> None:
+        """Rows read from now on are times ``2^exponent``."""
+        self.exponent, self._prepared = exponent, None
 
 
 _Source = Union[_HostSource, _TensorSource]
@@ -256,7 +279,7 @@ def _statistics(
         finite &= torch.isfinite(chunk).all()
         values = chunk.to(acc)
         if metric == "cosine":
-            values = torch.nn.functional.normalize(values, dim=-1)
+            values = unit_rows(values)
         if first:
             shift, first = values.mean(0), False
         values = values - shift
@@ -505,7 +528,7 @@ def _initial_centroids(
         raise ValueError("Input init contains NaN or infinity.")
     given = given.unsqueeze(0).expand(n_problems, n_clusters, d)
     if metric == "cosine":
-        return torch.nn.functional.normalize(given, dim=-1).contiguous()
+        return unit_rows(given).contiguous()
     return (given - stats.offset).contiguous()
 
 
@@ -760,6 +783,24 @@ def check_sweep(
     )
 
 
+def _underflow_exponent(
+    source: _Source, stats: _Statistics, metric: str, collective: Collective
+) -> int:
+    """The power of two by which :func:`fit_passes` scales euclidean rows too
+    small for their squared distances (0: none), as
+    :func:`~torchkmeans.functional.lloyd.kmeans` does; the same on every rank.
+    Only data of a mean variance that small is read again."""
+    finfo = torch.finfo(source.dtype)
+    if metric != "euclidean" or float(stats.mean_variance.max()) >= finfo.tiny / finfo.eps:
+        return 0
+    largest = torch.zeros(1, dtype=source.dtype, device=source.device)
+    for _, chunk in source.raw():
+        largest = torch.maximum(largest, chunk.abs().amax())
+    if collective.distributed:
+        largest = collective.all_gather(largest).amax()
+    return underflow_exponent(float(largest.max()), source.dtype)
+
+
 def fit_passes(
     source: _Source,
     n_clusters: int,
@@ -789,6 +830,26 @@ def fit_passes(
     stats = _statistics(source, metric, collective, source.dtype)
     if stats.n_rows < n_clusters:
         raise ValueError(f"n_samples={stats.n_rows} should be >= n_clusters={n_clusters}.")
+    exponent = _underflow_exponent(source, stats, metric, collective)
+    if exponent:
+        # As kmeans does: the same fit, exactly, on the rows scaled by a power of two.
+        source.scale(exponent)
+        try:
+            result = fit_passes(
+                source,
+                n_clusters,
+                init=times_power_of_two(init, exponent) if isinstance(init, torch.Tensor) else init,
+                n_init=n_init,
+                max_iter=max_iter,
+                tol=tol,
+                metric=metric,
+                generator=generator,
+                memory_budget=memory_budget,
+                collective=collective,
+            )
+        finally:
+            source.scale(0)
+        return _unscaled(result, exponent)
     centroids = _initial_centroids(
         init, source, stats, n_clusters, n_init, metric, generator, collective, memory_budget
     )

@@ -14,7 +14,7 @@ import torch
 
 from .. import _validation as v
 from . import _device
-from .distances import compute_dtype
+from .distances import compute_dtype, unit_rows
 
 __all__ = [
     "accumulate",
@@ -345,10 +345,10 @@ def centroids_from_sums(
         # Nothing to guard (a host check is free on the CPU): plain division.
         means = sums / counts.unsqueeze(-1)
         if metric == "cosine":
-            means = torch.nn.functional.normalize(means, dim=-1)
+            means = unit_rows(means)
         return means.to(previous.dtype)
     filled = counts > 0
     means = sums / torch.where(filled, counts, torch.ones_like(counts)).unsqueeze(-1)
     if metric == "cosine":
-        means = torch.nn.functional.normalize(means, dim=-1)
+        means = unit_rows(means)
     return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
