@@ -600,7 +600,7 @@ X_INF[0, 0] = np.inf
         ({"tol": -1.0}, X_OK, {}, ValueError, "tol=-1.0 should be a finite number >= 0"),
         ({"verbose": "yes"}, X_OK, {}, TypeError, "Expected verbose to be a bool or an int"),
         ({"verbose": -1}, X_OK, {}, ValueError, "verbose=-1 should be >= 0"),
-        ({"copy_x": None}, X_OK, {}, TypeError, "Expected copy_x to be a bool, got None"),
+        ({"copy_x": None}, X_OK, {}, TypeError, "Expected copy_x to be a bool, got NoneType"),
         (
             {"metric": "l1"},
             X_OK,

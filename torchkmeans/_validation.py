@@ -310,7 +310,7 @@ def check_nonnegative_float(value: Any, name: str) -> float:
 def check_flag(value: Any, name: str) -> bool:
     """Validate a bool argument (numpy bools too)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"Expected {name} to be a bool, got {value!r}.")
+        raise TypeError(f"Expected {name} to be a bool, got {type(value).__name__}.")
     return bool(value)
 
 
