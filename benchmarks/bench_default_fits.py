@@ -79,6 +79,10 @@ CASES = (
     Case("blobs_200000x16", 16, _blobs(200_000, 16, 16, 3.0)),
     Case("blobs_5000x50_k500", 500, _blobs(5_000, 50, 500, 2.0)),
     Case("blobs_20000x256", 100, _blobs(20_000, 256, 100, 5.0)),
+    # Few centroids of many features (the kernel's dots layout).
+    Case("gauss_20000x100_k2", 2, _gauss(20_000, 100)),
+    Case("blobs_50000x128_k3", 3, _blobs(50_000, 128, 3, 8.0)),
+    Case("gauss_20000x512_k4", 4, _gauss(20_000, 512)),
     Case("gauss_20000x1024", 50, _gauss(20_000, 1024)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
