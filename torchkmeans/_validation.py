@@ -581,12 +581,15 @@ def check_weight_tensor(
     *,
     values: bool = True,
     positive_sum: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
     """``sample_weight`` None, ``(n,)``, or ``(b, n)`` for b problems, returned detached.
 
     ``values=False`` checks the shape only: the values cost a host
     synchronisation, which a step inside a training loop should not pay.
     ``positive_sum=False`` lets every weight be zero (seeding from a subsample).
+    ``dtype``: the one the weights are computed in, where their values (and
+    sum) are checked, as the estimators check them after conversion.
     """
     if sample_weight is None:
         return None
@@ -605,5 +608,6 @@ def check_weight_tensor(
         raise ValueError(f"Expected sample_weight to be of shape {expected}, got shape {shape}.")
     weights = sample_weight.detach()
     if values:
-        check_weight_values(weights, positive_sum=positive_sum)
+        computed = weights if dtype is None else weights.to(dtype)
+        check_weight_values(computed, positive_sum=positive_sum)
     return weights
