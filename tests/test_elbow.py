@@ -254,6 +254,9 @@ def test_a_knee_is_an_interior_k(drops, curve, sensitivity):
         ({"n_init": 0}, ValueError, r"n_init=0 should be >= 1"),
         ({"metric": "manhattan"}, ValueError, r"Expected metric to be 'euclidean' or 'cosine'"),
         ({"sensitivity": -1.0}, ValueError, r"sensitivity=-1.0 should be a finite number >= 0"),
+        # As KMeans checks it: 'yes' and -1 had shown progress.
+        ({"verbose": "yes"}, TypeError, r"Expected verbose to be a bool or an int, got 'yes'\."),
+        ({"verbose": -1}, ValueError, r"verbose=-1 should be >= 0\."),
     ],
 )
 def test_elbow_errors(kwargs, error, match):

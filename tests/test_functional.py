@@ -1015,3 +1015,20 @@ def test_nearest_centroids_converts_centroids_to_the_dtype_of_x(monkeypatch, pat
     assert got.distances.dtype == torch.float32
     assert torch.equal(got.labels, expected.labels)
     torch.testing.assert_close(got.distances, expected.distances)
+
+
+def test_weights_are_checked_in_the_dtype_they_are_computed_in():
+    """Weights are cast to x's compute dtype, as KMeans casts them: float32
+    weights whose float32 sum overflows fit float64 data (they had been refused),
+    and float64 weights beyond float32 are blamed on float32 data, not x."""
+    x = torch.tensor(blobs(n=60, d=3, k=3, seed=0))
+    w = torch.full((60,), 3e37, dtype=torch.float32)
+    g = torch.Generator
+    got = kmeans(x, 3, sample_weight=w, generator=g().manual_seed(0))
+    expected = kmeans(x, 3, sample_weight=w.double(), generator=g().manual_seed(0))
+    assert torch.equal(got.labels, expected.labels)
+    assert torch.isfinite(lloyd(x, x[:3], sample_weight=w).inertia)
+    assert kmeans_plusplus(x, 3, sample_weight=w, generator=g().manual_seed(0))[0].isfinite().all()
+    random_init(x, 3, sample_weight=w, generator=g().manual_seed(0))
+    with pytest.raises(ValueError, match=r"Input sample_weight contains NaN or infinity"):
+        lloyd(x.float(), x[:3].float(), sample_weight=torch.full((60,), 1e39, dtype=torch.float64))

@@ -750,6 +750,12 @@ def test_verbose_uses_tqdm_when_present(monkeypatch):
         ({"n_clusters": 50}, ValueError, r"n_samples=20 should be >= n_clusters=50\."),
         ({"init": np.zeros((3, 2))}, ValueError, r"Expected init to be of shape \(2, 3\)"),
         ({"init": np.zeros(6)}, ValueError, r"init to be 2-D of shape \(2, 3\), got shape \(6,\)"),
+        # The shape expected of centres, not of X's rows (n_samples, n_features).
+        (
+            {"init": lambda X, k, g: None},
+            TypeError,
+            r"Expected init to be an array-like or tensor of shape \(2, 3\), got None\.",
+        ),
     ],
 )
 def test_parameter_errors(params, error, match):

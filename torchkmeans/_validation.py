@@ -126,7 +126,7 @@ def as_tensor(
             tensor = tensor.to(torch.get_default_dtype())
     else:
         kind = OutputKind(False, None)
-        array = numeric_array(data, name)
+        array = numeric_array(data, name, shape or "(n_samples, n_features)")
         with warnings.catch_warnings():
             # Read-only arrays (memmaps, broadcasts) are shared, not copied:
             # torch warns that they are not writable, and nothing writes to them.
@@ -210,8 +210,9 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def numeric_array(data: Any, name: str) -> np.ndarray:
-    """``data`` as a contiguous native-endian float32/float64 numpy array (a view if it is one)."""
+def numeric_array(data: Any, name: str, shape: str = "(n_samples, n_features)") -> np.ndarray:
+    """``data`` as a contiguous native-endian float32/float64 numpy array (a view if it is
+    one); ``shape`` names the expected shape in errors."""
     if hasattr(data, "toarray") or type(data).__module__.startswith("scipy.sparse"):
         raise TypeError(
             f"Expected {name} to be a dense array or tensor, got a sparse matrix "
@@ -219,8 +220,7 @@ def numeric_array(data: Any, name: str) -> np.ndarray:
         )
     if data is None:
         raise TypeError(
-            f"Expected {name} to be an array-like or tensor of shape (n_samples, n_features), "
-            "got None."
+            f"Expected {name} to be an array-like or tensor of shape {shape}, got None."
         )
     if hasattr(data, "to_numpy") and not isinstance(data, np.ndarray):
         data = data.to_numpy()
@@ -581,12 +581,15 @@ def check_weight_tensor(
     *,
     values: bool = True,
     positive_sum: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
     """``sample_weight`` None, ``(n,)``, or ``(b, n)`` for b problems, returned detached.
 
     ``values=False`` checks the shape only: the values cost a host
     synchronisation, which a step inside a training loop should not pay.
     ``positive_sum=False`` lets every weight be zero (seeding from a subsample).
+    ``dtype``: the one the weights are computed in, where their values (and
+    sum) are checked, as the estimators check them after conversion.
     """
     if sample_weight is None:
         return None
@@ -605,5 +608,6 @@ def check_weight_tensor(
         raise ValueError(f"Expected sample_weight to be of shape {expected}, got shape {shape}.")
     weights = sample_weight.detach()
     if values:
-        check_weight_values(weights, positive_sum=positive_sum)
+        computed = weights if dtype is None else weights.to(dtype)
+        check_weight_values(computed, positive_sum=positive_sum)
     return weights

@@ -538,6 +538,7 @@ def elbow(
         if curve not in _CURVES:
             raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
         v.check_nonnegative_float(sensitivity, "sensitivity")
+        verbose = bool(v.check_verbose(verbose))
         if memory_budget is not None:
             v.check_positive_int(memory_budget, "memory_budget")
         generator = v.make_generator(random_state, x.device)

@@ -221,7 +221,9 @@ def kmeans_plusplus(
     if k > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
     # A subsample (MiniBatchKMeans' init_size rows) may hold only zero weights.
-    sample_weight = v.check_weight_tensor(sample_weight, n, b, positive_sum=False)
+    sample_weight = v.check_weight_tensor(
+        sample_weight, n, b, positive_sum=False, dtype=compute_dtype(x.dtype)
+    )
     if x_sq_norms is not None:
         if x_sq_norms.numel() != x.shape[:-1].numel():
             raise ValueError(
@@ -352,7 +354,10 @@ def random_init(
     if n_clusters > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
     # A subsample (MiniBatchKMeans' init_size rows) may hold only zero weights.
-    sample_weight = v.check_weight_tensor(sample_weight, n, b, positive_sum=False)
+    # Keys are drawn in float64, whatever x's dtype.
+    sample_weight = v.check_weight_tensor(
+        sample_weight, n, b, positive_sum=False, dtype=torch.float64
+    )
     keys = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
     keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
     if sample_weight is not None:

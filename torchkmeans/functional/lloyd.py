@@ -994,7 +994,9 @@ def lloyd(
         v.check_positive_int(check_every, "check_every")
     b = max(x.shape[0] if x.ndim == 3 else 1, centroids.shape[0] if centroids.ndim == 3 else 1)
     k = centroids.shape[-2]
-    sample_weight = v.check_weight_tensor(sample_weight, x.shape[-2], b)
+    sample_weight = v.check_weight_tensor(
+        sample_weight, x.shape[-2], b, dtype=compute_dtype(x.dtype)
+    )
     if cluster_mask is not None and tuple(cluster_mask.shape) not in ((k,), (1, k), (b, k)):
         raise ValueError(
             f"Expected cluster_mask to be of shape ({b}, {k}) or ({k},), "
@@ -1242,7 +1244,9 @@ def kmeans(
     if check_every is not None:
         v.check_positive_int(check_every, "check_every")
     v.check_memory_budget(memory_budget)
-    sample_weight = v.check_weight_tensor(sample_weight, n, x.shape[0] if x.ndim == 3 else 1)
+    sample_weight = v.check_weight_tensor(
+        sample_weight, n, x.shape[0] if x.ndim == 3 else 1, dtype=compute_dtype(x.dtype)
+    )
     if not isinstance(init, str) and not callable(init):
         # Given starts: one run, or for one data set, one restart per set of centroids.
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
