@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_digits, load_wine, make_blobs
 from sklearn.metrics import silhouette_score as sk_silhouette
 from sklearn.preprocessing import StandardScaler
+from torch.overrides import TorchFunctionMode
 
 from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow, metrics
 from torchkmeans.functional import _device, kmeans_plusplus, lloyd, streaming
@@ -39,6 +40,33 @@ def assert_promises(km, X, weights=None):
     np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5, atol=1e-6)
     assert (km.labels_ == labels).mean() > 0.999
     assert km.inertia_ == pytest.approx(inertia, rel=1e-5)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that wait for a GPU: reads of values on the host,
+    and ops whose output size depends on values (nonzero, boolean masks...)."""
+
+    READS = frozenset(
+        ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+    )
+    SIZED = frozenset(
+        ("nonzero", "argwhere", "bincount", "unique", "masked_select", "repeat_interleave")
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        masked = name in ("__getitem__", "__setitem__") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        )
+        if name in self.READS or name in self.SIZED or masked:
+            self.calls.append(name)
+        return func(*args, **kwargs)
 
 
 def digits32():
@@ -182,3 +210,17 @@ def test_lloyd_labels_are_nearest_when_the_expansion_overflows(accelerator_paths
         labels, inertia = nearest_and_inertia(x.numpy(), result.centroids.numpy())
         np.testing.assert_array_equal(result.labels.numpy(), labels)
         assert float(result.inertia) == pytest.approx(inertia, rel=1e-5)
+
+
+def test_vector_quantizer_training_step_reads_nothing_on_the_host(accelerator_paths):
+    # The CPU path (nearest_centroids' check, a bincount) had been taken by
+    # every CPU tensor here: two host reads per step, and the GPU path untested.
+    torch.manual_seed(0)
+    for options in ({}, {"heads": 2}, {"metric": "cosine"}):
+        vq = VectorQuantizer(32, 8, dead_code_threshold=0.1, **options)
+        width = 8 * vq.heads
+        vq(torch.randn(256, width))  # k-means initialisation: reads the host once
+        with HostReads() as reads:
+            for _ in range(3):
+                vq(torch.randn(256, width, requires_grad=True) * 3).loss.backward()
+        assert reads.calls == [], options

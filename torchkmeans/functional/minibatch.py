@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _validation as v
+from . import _device
 from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     compute_dtype,
@@ -240,7 +241,7 @@ def _minibatch_step(
         to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
         if deferred:
             to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
-        elif to_reassign.is_cpu and not bool(to_reassign.any()):
+        elif _device.on_host(to_reassign.device) and not bool(to_reassign.any()):
             # On the CPU a read costs nothing: when no centroid is light, skip
             # the reseeding's twenty-odd ops (and its random draw, as
             # scikit-learn does), most of a small step's time.
