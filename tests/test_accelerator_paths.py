@@ -224,3 +224,30 @@ def test_vector_quantizer_training_step_reads_nothing_on_the_host(accelerator_pa
             for _ in range(3):
                 vq(torch.randn(256, width, requires_grad=True) * 3).loss.backward()
         assert reads.calls == [], options
+
+
+def test_minibatch_fit_reads_the_host_every_10_steps(accelerator_paths):
+    # Each step had read the host twice (the underflow test and the check of
+    # the labels in nearest_centroids): 2 reads a step, not 1 per 10 steps.
+    X = np.random.default_rng(0).normal(size=(4000, 16)).astype(np.float32)
+    counts = []
+    for max_iter in (2, 6):
+        km = MiniBatchKMeans(8, batch_size=200, max_iter=max_iter, max_no_improvement=None)
+        with HostReads() as reads:
+            km.fit(X)
+        counts.append((km.n_steps_, len(reads.calls)))
+    (steps, calls), (more_steps, more_calls) = counts
+    assert more_steps - steps == 80
+    assert more_calls - calls <= 80 // 10 + 1
+    assert_promises(km, X)
+
+
+def test_lloyd_reads_the_host_every_10_iterations(accelerator_paths):
+    X = torch.randn(3000, 8, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for max_iter in (10, 40):
+        with HostReads() as reads:
+            km = KMeans(40, init=X[:40], max_iter=max_iter, tol=0.0).fit(X)
+        assert km.n_iter_ == max_iter
+        counts.append(len(reads.calls))
+    assert counts[1] - counts[0] <= 3

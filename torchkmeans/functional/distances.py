@@ -752,6 +752,7 @@ def _nearest(
     metric: str = "euclidean",
     memory_budget: int | None = None,
     exact: bool = True,
+    checked: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`nearest_centroids`: labels, and distances unless ``exact=False`` (None).
 
@@ -761,12 +762,16 @@ def _nearest(
     against the rounding of the scores and corrected where it could have
     chosen wrongly (see ``certify``). Narrow rows on the CPU are instead
     scored from differences (:func:`scored_by_differences`).
+
+    ``checked=False`` skips both host reads, the check of the labels and the
+    test for squared distances that underflow (the caller knows they do
+    not): the steps of a loop off the CPU, whose final labels are checked.
     """
     if metric != "euclidean":
         return _nearest_unchecked(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
-    exponent = underflow_exponent_of(x, centroids)
+    exponent = underflow_exponent_of(x, centroids) if checked else 0
     if exponent:
         # Squared distances this small underflow (float32 rows and centroids
         # near 1e-25: every score 0, every label a tie): scored scaled by a
@@ -791,6 +796,10 @@ def _nearest(
         return labels, distances if exact else None
     offset = c3.mean((0, 1))
     centred = centroids - offset
+    if not checked:
+        return _nearest_unchecked(
+            x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=exact
+        )
     if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
         minima = torch.empty(n, dtype=x.dtype)
         labels, distances = _nearest_native(
