@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_digits, load_wine, make_blobs
 from sklearn.metrics import silhouette_score as sk_silhouette
 from sklearn.preprocessing import StandardScaler
+from torch.overrides import TorchFunctionMode
 
 from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow, metrics
 from torchkmeans.functional import _device, kmeans_plusplus, lloyd, streaming
@@ -39,6 +40,33 @@ def assert_promises(km, X, weights=None):
     np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5, atol=1e-6)
     assert (km.labels_ == labels).mean() > 0.999
     assert km.inertia_ == pytest.approx(inertia, rel=1e-5)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that wait for a GPU: reads of values on the host,
+    and ops whose output size depends on values (nonzero, boolean masks...)."""
+
+    READS = frozenset(
+        ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+    )
+    SIZED = frozenset(
+        ("nonzero", "argwhere", "bincount", "unique", "masked_select", "repeat_interleave")
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        masked = name in ("__getitem__", "__setitem__") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        )
+        if name in self.READS or name in self.SIZED or masked:
+            self.calls.append(name)
+        return func(*args, **kwargs)
 
 
 def digits32():
@@ -182,3 +210,44 @@ def test_lloyd_labels_are_nearest_when_the_expansion_overflows(accelerator_paths
         labels, inertia = nearest_and_inertia(x.numpy(), result.centroids.numpy())
         np.testing.assert_array_equal(result.labels.numpy(), labels)
         assert float(result.inertia) == pytest.approx(inertia, rel=1e-5)
+
+
+def test_vector_quantizer_training_step_reads_nothing_on_the_host(accelerator_paths):
+    # The CPU path (nearest_centroids' check, a bincount) had been taken by
+    # every CPU tensor here: two host reads per step, and the GPU path untested.
+    torch.manual_seed(0)
+    for options in ({}, {"heads": 2}, {"metric": "cosine"}):
+        vq = VectorQuantizer(32, 8, dead_code_threshold=0.1, **options)
+        width = 8 * vq.heads
+        vq(torch.randn(256, width))  # k-means initialisation: reads the host once
+        with HostReads() as reads:
+            for _ in range(3):
+                vq(torch.randn(256, width, requires_grad=True) * 3).loss.backward()
+        assert reads.calls == [], options
+
+
+def test_minibatch_fit_reads_the_host_every_10_steps(accelerator_paths):
+    # Each step had read the host twice (the underflow test and the check of
+    # the labels in nearest_centroids): 2 reads a step, not 1 per 10 steps.
+    X = np.random.default_rng(0).normal(size=(4000, 16)).astype(np.float32)
+    counts = []
+    for max_iter in (2, 6):
+        km = MiniBatchKMeans(8, batch_size=200, max_iter=max_iter, max_no_improvement=None)
+        with HostReads() as reads:
+            km.fit(X)
+        counts.append((km.n_steps_, len(reads.calls)))
+    (steps, calls), (more_steps, more_calls) = counts
+    assert more_steps - steps == 80
+    assert more_calls - calls <= 80 // 10 + 1
+    assert_promises(km, X)
+
+
+def test_lloyd_reads_the_host_every_10_iterations(accelerator_paths):
+    X = torch.randn(3000, 8, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for max_iter in (10, 40):
+        with HostReads() as reads:
+            km = KMeans(40, init=X[:40], max_iter=max_iter, tol=0.0).fit(X)
+        assert km.n_iter_ == max_iter
+        counts.append(len(reads.calls))
+    assert counts[1] - counts[0] <= 3

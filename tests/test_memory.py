@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,8 @@ import torch
 
 from torchkmeans.functional import block_rows, lloyd, nearest_centroids
 from torchkmeans.functional import distances as distances_module
+
+lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
 
 
 def test_block_plan_for_a_million_points_never_holds_n_by_k():
@@ -77,3 +80,26 @@ def test_lloyd_one_iteration_runs_with_a_tiny_budget():
     a = lloyd(x, x[:50].clone(), max_iter=3, memory_budget=1024)
     b = lloyd(x, x[:50].clone(), max_iter=3)
     assert torch.equal(a.labels, b.labels)
+
+
+def test_rows_temporaries_share_the_budget_with_the_distances(monkeypatch, accelerator_paths):
+    # Wide rows, few centroids: blocks had been sized from their k distances
+    # alone, while each row's difference to its centroid (two temporaries of
+    # d elements) is what fills memory: 64 KiB allowed, 4 MiB taken per block
+    # (d=256, k=4, 250,000 rows on a GPU: 3x the data beyond its copy).
+    widths = []
+    original = distances_module.exact_distances
+
+    def spy(xb, centroids, labels, cosine):
+        widths.append(labels.numel() * centroids.shape[-1])
+        return original(xb, centroids, labels, cosine)
+
+    monkeypatch.setattr(distances_module, "exact_distances", spy)
+    monkeypatch.setattr(lloyd_module, "exact_distances", spy)
+    x = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(0))
+    budget = 64 * 1024
+    prep = lloyd_module.prepare(x)
+    lloyd_module.run_lloyd(prep, prep.x[:, :2].clone(), max_iter=2, memory_budget=budget)
+    nearest_centroids(x, x[:2].clone(), memory_budget=budget)
+    assert len(widths) > 20
+    assert max(widths) * 2 * 4 <= budget

@@ -123,7 +123,12 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     """
     # A trace (torch.jit.trace, TorchScript ONNX export) does not record the
     # kernel's writes: the traced codes would be an uninitialised buffer.
-    if metric == "euclidean" and x.is_cpu and not _compiling() and not torch.jit.is_tracing():
+    if (
+        metric == "euclidean"
+        and _device.on_host(x.device)
+        and not _compiling()
+        and not torch.jit.is_tracing()
+    ):
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
     rows = max(1, DEFAULT_MEMORY_BUDGET // (4 * heads * codebook.shape[1]))

@@ -250,6 +250,7 @@ def block_rows(
     itemsize: int = 4,
     memory_budget: int | None = None,
     device: torch.device | None = None,
+    row_elements: int = 0,
 ) -> int:
     """Number of rows of ``x`` whose distance block fits the memory budget.
 
@@ -265,6 +266,9 @@ def block_rows(
         Bytes the block may take; ``DEFAULT_MEMORY_BUDGET`` when None.
     device : torch.device, optional
         On the CPU the block is also capped to stay cache-sized.
+    row_elements : int
+        Elements of the other temporaries one row of the block takes (its
+        difference to its centroid, in each problem): they share the budget.
 
     Returns
     -------
@@ -280,7 +284,9 @@ def block_rows(
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     row_bytes = max(1, n_columns * itemsize)
-    rows = budget // row_bytes
+    # Wide rows and few centroids: the rows' temporaries outweigh the
+    # distances (d=256, k=4 on a GPU: the whole data at once, 3x its size).
+    rows = budget // max(1, (n_columns + row_elements) * itemsize)
     if device is None or _device.on_host(device):
         cache_rows = max(
             _MIN_BLOCK_ROWS,
@@ -752,6 +758,7 @@ def _nearest(
     metric: str = "euclidean",
     memory_budget: int | None = None,
     exact: bool = True,
+    checked: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`nearest_centroids`: labels, and distances unless ``exact=False`` (None).
 
@@ -761,12 +768,16 @@ def _nearest(
     against the rounding of the scores and corrected where it could have
     chosen wrongly (see ``certify``). Narrow rows on the CPU are instead
     scored from differences (:func:`scored_by_differences`).
+
+    ``checked=False`` skips both host reads, the check of the labels and the
+    test for squared distances that underflow (the caller knows they do
+    not): the steps of a loop off the CPU, whose final labels are checked.
     """
     if metric != "euclidean":
         return _nearest_unchecked(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
-    exponent = underflow_exponent_of(x, centroids)
+    exponent = underflow_exponent_of(x, centroids) if checked else 0
     if exponent:
         # Squared distances this small underflow (float32 rows and centroids
         # near 1e-25: every score 0, every label a tie): scored scaled by a
@@ -791,6 +802,10 @@ def _nearest(
         return labels, distances if exact else None
     offset = c3.mean((0, 1))
     centred = centroids - offset
+    if not checked:
+        return _nearest_unchecked(
+            x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=exact
+        )
     if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
         minima = torch.empty(n, dtype=x.dtype)
         labels, distances = _nearest_native(
@@ -835,8 +850,15 @@ def _nearest_unchecked(
     euclidean = metric == "euclidean"
     if not euclidean and metric != "cosine":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
+    # Rows of a block: centred (one copy), and each problem's differences to
+    # its centroids (exact_distances: two).
     rows = block_rows(
-        n, b * k, itemsize=x.element_size(), memory_budget=memory_budget, device=x.device
+        n,
+        b * k,
+        itemsize=x.element_size(),
+        memory_budget=memory_budget,
+        device=x.device,
+        row_elements=(x3.shape[0] + 2 * b) * d,
     )
     if _device.on_host(x.device):
         # The block's rows of x are copied (centred, or into [x | 1]) and read

@@ -642,8 +642,16 @@ def run_lloyd(
     tol_abs = (prep.mean_variance * tol).to(dtype)  # (bx,)
 
     def rows_for(problems: int) -> int:
+        # Off the CPU each problem's rows of a block have their differences
+        # to the centroids taken (exact_distances: two temporaries) and are
+        # copied for the scatter; on the CPU blocks are cache-sized.
         return block_rows(
-            n, problems * k, itemsize=x3.element_size(), memory_budget=memory_budget, device=device
+            n,
+            problems * k,
+            itemsize=x3.element_size(),
+            memory_budget=memory_budget,
+            device=device,
+            row_elements=0 if _device.on_host(device) else 2 * problems * (d + 1),
         )
 
     rows = rows_for(b)

@@ -8,11 +8,12 @@ from typing import NamedTuple
 import torch
 
 from .. import _validation as v
+from . import _device
 from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
+    _nearest,
     compute_dtype,
     nearest_by_differences,
-    nearest_centroids,
     scored_by_differences,
     underflow_exponent_of,
     unit_rows,
@@ -177,7 +178,9 @@ def _minibatch_step(
     ``differences=False`` keeps narrow rows from the kernel that scores them
     from differences: for rows whose squared differences underflow (float32
     near 1e-25, :func:`~torchkmeans.functional.distances.underflow_exponent_of`),
-    which :func:`nearest_centroids` scores scaled."""
+    which :func:`nearest_centroids` scores scaled. Off the CPU,
+    ``differences=True`` (the rows' squared distances do not underflow) also
+    lets the search skip its host reads."""
     batched = x.ndim == 3 or centroids.ndim == 3
     n, d, k = x.shape[-2], x.shape[-1], centroids.shape[-2]
     acc = compute_dtype(x.dtype)
@@ -203,7 +206,18 @@ def _minibatch_step(
         labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
         sums, counts = totals[:, :-1], totals[:, -1]
     else:
-        labels, distances = nearest_centroids(rows, old, metric=metric, memory_budget=memory_budget)
+        # Off the CPU a step reads nothing on the host (MiniBatchKMeans reads
+        # its statistics every few steps): its labels come from the centred
+        # expansion unchecked, as those of Lloyd's iterations do, and the
+        # final labels are checked.
+        labels, distances = _nearest(
+            rows.to(acc),
+            old.to(acc),
+            metric=metric,
+            memory_budget=memory_budget,
+            checked=_device.on_host(x.device) or not differences,
+        )
+        assert distances is not None
         sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
     distances = distances.to(acc)
     inertia = (distances if weights is None else distances * weights).sum(-1)
@@ -240,7 +254,7 @@ def _minibatch_step(
         to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
         if deferred:
             to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
-        elif to_reassign.is_cpu and not bool(to_reassign.any()):
+        elif _device.on_host(to_reassign.device) and not bool(to_reassign.any()):
             # On the CPU a read costs nothing: when no centroid is light, skip
             # the reseeding's twenty-odd ops (and its random draw, as
             # scikit-learn does), most of a small step's time.

@@ -238,7 +238,7 @@ def _scatter_sums(
     weights = None
     if sample_weight is not None:
         weights = sample_weight if sample_weight.ndim == 2 else sample_weight.unsqueeze(0)
-    if b == 1 and x3.shape[0] == 1 and x.is_cpu:
+    if b == 1 and x3.shape[0] == 1 and _device.on_host(x.device):
         # One problem on the CPU (a mini-batch step): the rows as they are and
         # a bincount, three ops where the ones column below takes eight.
         rows, flat = x3[0].to(dtype), labels2[0]
