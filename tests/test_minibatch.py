@@ -743,7 +743,7 @@ def test_verbose_uses_tqdm_when_present(monkeypatch):
         ({"max_iter": 0}, ValueError, r"max_iter=0 should be >= 1\."),
         ({"n_init": 0}, ValueError, r"n_init=0 should be >= 1\."),
         ({"tol": -1.0}, ValueError, r"tol=-1\.0 should be a finite number >= 0\."),
-        ({"compute_labels": None}, TypeError, r"Expected compute_labels to be a bool, got NoneType"),
+        ({"compute_labels": None}, TypeError, r"compute_labels to be a bool, got NoneType"),
         ({"verbose": "yes"}, TypeError, r"Expected verbose to be a bool or an int"),
         ({"init": "kmeans"}, ValueError, r"Expected init to be 'k-means\+\+', 'random'"),
         ({"metric": "l1"}, ValueError, r"Expected metric to be 'euclidean' or 'cosine'"),
