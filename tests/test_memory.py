@@ -103,3 +103,25 @@ def test_rows_temporaries_share_the_budget_with_the_distances(monkeypatch, accel
     nearest_centroids(x, x[:2].clone(), memory_budget=budget)
     assert len(widths) > 20
     assert max(widths) * 2 * 4 <= budget
+
+
+def test_final_distances_share_the_budget_too(monkeypatch, accelerator_paths):
+    # The final distances of a fit (each row to its returned centre) ran in
+    # 8,192-row blocks off the CPU whatever the budget: three temporaries of
+    # restarts x rows x d elements (1 GB for 10 restarts of 1,024 features).
+    widths = []
+    original = lloyd_module.exact_distances
+
+    def spy(xb, centroids, labels, cosine):
+        widths.append(labels.numel() * centroids.shape[-1])
+        return original(xb, centroids, labels, cosine)
+
+    monkeypatch.setattr(lloyd_module, "exact_distances", spy)
+    x = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(0))
+    budget = 64 * 1024
+    result = lloyd_module.lloyd(x, x[:2].clone(), max_iter=2, memory_budget=budget)
+    assert len(widths) > 20
+    assert max(widths) * 2 * 4 <= budget  # as the blocks of the iterations
+    expected = torch.cdist(x.double(), result.centroids.double()).square().min(1)
+    torch.testing.assert_close(result.labels, expected.indices)
+    assert float(result.inertia) == pytest.approx(float(expected.values.sum()), rel=1e-5)

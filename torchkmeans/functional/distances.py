@@ -218,7 +218,11 @@ def squared_norms(x: torch.Tensor, *, chunk_bytes: int = 1 << 19) -> torch.Tenso
         return (x * x).sum(-1)
     # Off the CPU the whole tensor is one launch; chunks only bound memory.
     row_elements = x.shape[-1] * x.shape[:-2].numel()
-    rows = cache_rows(row_elements, x.element_size(), chunk_bytes) if x.is_cpu else 1 << 16
+    rows = (
+        cache_rows(row_elements, x.element_size(), chunk_bytes)
+        if _device.on_host(x.device)
+        else 1 << 16
+    )
     if x.shape[-2] <= rows:
         return (x * x).sum(-1)
     out = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device)

@@ -403,14 +403,29 @@ _PENDING_MINIMA = 1 << 20
 _SCALED_ROWS_MAX_ELEMENTS = 1 << 16
 
 
-def _exact_distance_rows(x: torch.Tensor) -> int:
-    """Rows of ``x`` ``(bx, n, d)`` whose exact distances are computed at a time.
+def _exact_distance_rows(
+    x: torch.Tensor, problems: int = 1, memory_budget: int | None = None
+) -> int:
+    """Rows of ``x`` ``(bx, n, d)`` whose exact distances to the centroids of
+    ``problems`` problems are computed at a time.
 
     On the CPU a few hundred KB, so that the three row-sized temporaries stay
     in cache (10,000 x 512 float32: 17 ms in blocks of 8,192 rows, 7 ms in
-    blocks of 256; 20,000 x 1,024: 111 against 34 ms); off it, large blocks.
+    blocks of 256; 20,000 x 1,024: 111 against 34 ms); off it, large blocks
+    whose temporaries (each row's centroid, difference and square, in every
+    problem) fit the memory budget: a fixed 8,192 rows had taken 1 GB of them
+    for 10 restarts of 1,024 features.
     """
-    return cache_rows(x.shape[0] * x.shape[-1], x.element_size()) if x.is_cpu else 8192
+    if _device.on_host(x.device):
+        return cache_rows(x.shape[0] * x.shape[-1], x.element_size())
+    return block_rows(
+        x.shape[-2],
+        0,
+        itemsize=8 if x.dtype == torch.float64 else 4,  # computed in float32 or float64
+        memory_budget=memory_budget,
+        device=x.device,
+        row_elements=3 * max(problems, x.shape[0]) * x.shape[-1],
+    )
 
 
 def _run_lloyd_small(
@@ -1043,7 +1058,14 @@ def lloyd(
         check_every=check_every,
         active=active,
     )
-    return _finish(result, prep, x, batched=x.ndim == 3 or centroids.ndim == 3, active=active)
+    return _finish(
+        result,
+        prep,
+        x,
+        batched=x.ndim == 3 or centroids.ndim == 3,
+        active=active,
+        memory_budget=memory_budget,
+    )
 
 
 def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
@@ -1102,6 +1124,7 @@ def _finish(
     x: torch.Tensor,
     batched: bool,
     active: torch.Tensor | None = None,
+    memory_budget: int | None = None,
 ) -> KMeansResult:
     """Centroids back in the input's scale; euclidean labels checked against them.
 
@@ -1134,7 +1157,8 @@ def _finish(
             labels, distances = labels[None], distances[None]
             result = result._replace(labels=labels)
         else:
-            distances = _labelled_distances(x3, centroids, labels, _exact_distance_rows(x3), False)
+            rows = _exact_distance_rows(x3, centroids.shape[0], memory_budget)
+            distances = _labelled_distances(x3, centroids, labels, rows, False)
             # The labels were scored against the centroids before the offset
             # was added back and rounded: rows that rounding could mislabel
             # are suspects too.
@@ -1293,12 +1317,12 @@ def kmeans(
         best = run(prep.x.shape[0])
         for _ in range(n_init - 1):
             best = _keep_better(best, run(prep.x.shape[0]))
-        return _finish(best, prep, x, batched=True)
+        return _finish(best, prep, x, batched=True, memory_budget=memory_budget)
     result = run(n_init)
     if n_init > 1:
         winner = int(result.inertia.argmin())
         result = KMeansResult(*(field[winner : winner + 1] for field in result))
-    return _finish(result, prep, x, batched=False)
+    return _finish(result, prep, x, batched=False, memory_budget=memory_budget)
 
 
 def _underflow_exponent(prep: Prepared, x: torch.Tensor) -> int:
