@@ -529,6 +529,24 @@ def test_partial_fit_over_chunks_equals_fit_on_a_generator_and_a_dataloader():
     np.testing.assert_array_equal(from_generator.cluster_centers_, step_by_step.cluster_centers_)
 
 
+def test_fit_on_a_stream_skips_empty_batches_before_the_first_step():
+    # A filtered DataLoader may yield no rows at first: an empty batch later in
+    # the stream is already a step that moves nothing, an empty first one raised.
+    X = blobs(n=2000, d=4, k=5, seed=7).astype(np.float32)
+    parts = chunks_of(X, 256)
+    expected = MiniBatchKMeans(5, random_state=0).fit(iter(parts))
+    empty = X[:0]
+    fitted = MiniBatchKMeans(5, random_state=0).fit(iter([empty, empty, *parts]))
+    np.testing.assert_array_equal(fitted.cluster_centers_, expected.cluster_centers_)
+    assert fitted.n_steps_ == expected.n_steps_ == len(parts)
+    stepped = MiniBatchKMeans(5, random_state=0).partial_fit(iter([torch.from_numpy(empty)]))
+    assert not hasattr(stepped, "cluster_centers_")
+    stepped.partial_fit(iter([torch.from_numpy(p) for p in parts]))
+    np.testing.assert_array_equal(stepped.cluster_centers_.numpy(), expected.cluster_centers_)
+    with pytest.raises(ValueError, match=r"Expected X to yield at least one batch, got none\."):
+        MiniBatchKMeans(5).fit(iter([empty]))
+
+
 def test_fit_on_a_memmap_equals_fit_on_the_array(tmp_path):
     X = blobs(n=5000, d=6, k=4, seed=8).astype(np.float32)
     mm = np.memmap(tmp_path / "x.dat", dtype=np.float32, mode="w+", shape=X.shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -52,6 +52,12 @@ def _first(batch: Any) -> Any:
         if shape is not None and len(shape) == 2:
             return head
     return batch
+
+
+def _is_empty(batch: Any) -> bool:
+    """Whether a yielded batch holds no rows (a 2-D array-like of shape ``(0, d)``)."""
+    shape = getattr(batch, "shape", None)
+    return shape is not None and len(shape) == 2 and int(shape[0]) == 0
 
 
 def _refuse_weights_with_stream(sample_weight: Any) -> None:
@@ -505,8 +511,7 @@ class MiniBatchKMeans(KMeans):
         if v.is_batch_stream(X):
             _refuse_weights_with_stream(sample_weight)
             self._reset()
-            for batch in X:
-                self._partial_fit_batch(_first(batch), None)
+            self._steps_over(X)
             if not hasattr(self, "cluster_centers_"):
                 raise ValueError("Expected X to yield at least one batch, got none.")
             self.n_iter_ = 1
@@ -687,10 +692,21 @@ class MiniBatchKMeans(KMeans):
         """
         if v.is_batch_stream(X):
             _refuse_weights_with_stream(sample_weight)
-            for batch in X:
-                self._partial_fit_batch(_first(batch), None)
+            self._steps_over(X)
             return self
         return self._partial_fit_batch(X, sample_weight)
+
+    def _steps_over(self, batches: Iterable[Any]) -> None:
+        """One step per yielded batch. Empty batches before the first step are
+        skipped in a local fit: there is nothing to seed the centres from yet
+        (later ones are steps that move nothing; on shards every rank takes
+        part in every step, so a rank's empty batch is a step from the start)."""
+        local = not distributed.collective(self.process_group).distributed
+        for batch in batches:
+            x = _first(batch)
+            if local and _is_empty(x) and not hasattr(self, "cluster_centers_"):
+                continue
+            self._partial_fit_batch(x, None)
 
     def _partial_fit_batch(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
         first = not hasattr(self, "cluster_centers_")
