@@ -146,6 +146,33 @@ def test_eval_leaves_the_codebook_unchanged():
         assert torch.equal(value, state[name]), name
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("initialised", [True, False])
+def test_gradient_checkpointing_updates_the_codebook_once_per_step(use_reentrant, initialised):
+    """torch.utils.checkpoint runs the forward again during backward: that
+    recomputation must not take a second EMA step (nor collect the batch
+    twice for the k-means initialisation)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    plain = VectorQuantizer(8, 2, decay=0.5)
+    if initialised:
+        plain(torch.randn(64, 2))
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32 if initialised else 4, 2, requires_grad=True)
+    torch.manual_seed(1)
+    quantized, codes, loss = plain(x)
+    (quantized.sum() + loss).backward()
+    torch.manual_seed(1)
+    quantized, recorded_codes, loss = checkpoint(checkpointed, x, use_reentrant=use_reentrant)
+    (quantized.sum() + loss).backward()
+    assert torch.equal(recorded_codes, codes)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(checkpointed.state_dict()[name], value), name
+    assert torch.equal(checkpointed.last_counts, plain.last_counts)
+    assert len(checkpointed._init_samples) == len(plain._init_samples)
+
+
 def test_eval_before_training_does_not_initialise():
     vq = VectorQuantizer(4, 2).eval()
     before = vq.codebook.clone()

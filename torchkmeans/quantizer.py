@@ -101,6 +101,14 @@ def _compiling() -> bool:
     return bool(check())
 
 
+def _recomputing() -> bool:
+    """Whether the autograd engine runs the caller: a forward that
+    torch.utils.checkpoint recomputes during backward (either variant)."""
+    if _compiling() or torch.jit.is_tracing():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
 
@@ -256,6 +264,13 @@ class VectorQuantizer(nn.Module):
     side: call ``torch.compile`` on a model that has done one training step
     (or whose state was loaded from a trained one). The buffers stay float32
     when the module is cast with ``.half()``/``.bfloat16()``/``.double()``.
+
+    Under gradient checkpointing (``torch.utils.checkpoint``) the forward
+    that backward runs again takes no second EMA step and leaves ``usage``
+    alone, but it quantizes with the codebook as this step left it: the
+    commitment loss's gradient, and layers after the quantizer in the same
+    checkpointed segment, see those codes. Checkpoint the layers around the
+    quantizer rather than through it to keep them exact.
 
     Examples
     --------
@@ -544,15 +559,21 @@ class VectorQuantizer(nn.Module):
         if self.metric == "cosine":
             flat = unit_rows(flat)
         flat = flat.contiguous()
+        # Gradient checkpointing runs the forward a second time during
+        # backward: that run takes no second EMA step (the codebook moved
+        # twice per step, at decay**2) and collects no batch twice for the
+        # initialisation; it keeps the batch statistics of the first run.
+        recomputing = _recomputing()
+        training = self.training and not recomputing
 
-        if self.training and self._needs_init:
+        if training and self._needs_init:
             self._initialize(flat)
 
         codes = _nearest_codes(flat, self.codebook, self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
-        if self.training and not self._needs_init:
+        if training and not self._needs_init:
             # A non-finite row (an encoder overflowing in float16, say) keeps
             # its code and its NaN loss, but stays out of the statistics: there
             # it made its code NaN for good, and under torch.distributed the
@@ -563,6 +584,8 @@ class VectorQuantizer(nn.Module):
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
             )
             self._update(flat, finite, sums, counts)
+        elif recomputing:
+            return selected, codes
         else:
             counts = torch.zeros_like(self.last_counts).scatter_add_(
                 1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
