@@ -477,6 +477,25 @@ def test_cosine_codes_do_not_depend_on_extreme_row_norms():
         torch.testing.assert_close(output.loss, outputs[0].loss)
 
 
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_cosine_gradient_is_finite_for_rows_of_zeros(monkeypatch, accelerator):
+    # A row of zeros (a ReLU encoder's dead output, a padding token) made the
+    # commitment loss's gradient NaN (0 / 0 in the normalisation), and the
+    # encoder's weights NaN after one optimiser step.
+    if accelerator:
+        monkeypatch.setattr(quantizer_module._device, "on_host", lambda device: False)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 3, metric="cosine")
+    vq(torch.randn(32, 3))
+    x = torch.randn(8, 3)
+    x[2] = 0.0
+    x.requires_grad_(True)
+    quantized, _, loss = vq(x)
+    (quantized.sum() + loss).backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
+
+
 # ------------------------------------------------------------------- helpers
 
 
