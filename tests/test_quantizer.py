@@ -397,6 +397,20 @@ def test_half_precision_inputs_give_no_nan(dtype):
     assert torch.equal(quantized, vq.lookup(codes).to(dtype))
 
 
+@pytest.mark.parametrize("accelerator", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_float64_inputs_get_the_code_nearest_their_own_values(monkeypatch, accelerator, training):
+    # Rounded to float32 first, 0.5 + 1e-12 was a tie between codes 0 and 1.
+    if accelerator:
+        monkeypatch.setattr(quantizer_module._device, "on_host", lambda device: False)
+    vq = make(2, 1, [[0.0], [1.0]], [1.0, 1.0]).train(training)
+    x = torch.tensor([[0.5 + 1e-12], [0.5 - 1e-12]], dtype=torch.float64)
+    quantized, codes, _ = vq(x)
+    assert codes.tolist() == [1, 0]
+    assert quantized.dtype == torch.float64 and quantized.tolist() == [[1.0], [0.0]]
+    assert vq.codebook.dtype == vq.ema_sums.dtype == torch.float32
+
+
 def test_autocast_does_not_lower_the_precision_of_the_distances():
     torch.manual_seed(0)
     vq = VectorQuantizer(256, 16, kmeans_init=False).eval()

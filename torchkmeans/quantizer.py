@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
-from .functional.distances import DEFAULT_MEMORY_BUDGET, unit_rows
+from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
@@ -139,7 +139,7 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     ):
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
-    rows = max(1, DEFAULT_MEMORY_BUDGET // (4 * heads * codebook.shape[1]))
+    rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
     if n <= rows:
         return _block_codes(x, codebook, metric)
     blocks = [_block_codes(x[:, i : i + rows], codebook, metric) for i in range(0, n, rows)]
@@ -263,7 +263,9 @@ class VectorQuantizer(nn.Module):
     The first training forward runs the k-means initialisation on the host
     side: call ``torch.compile`` on a model that has done one training step
     (or whose state was loaded from a trained one). The buffers stay float32
-    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``.
+    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``;
+    codes are chosen in float32 for half-precision inputs and in float64 for
+    float64 ones.
 
     Under gradient checkpointing (``torch.utils.checkpoint``) the forward
     that backward runs again takes no second EMA step and leaves ``usage``
@@ -553,12 +555,15 @@ class VectorQuantizer(nn.Module):
         EMA step; it records the code counts of the batch in any mode.
         """
         heads, dim = self.heads, self.dim
-        # (heads, n, dim) float32 and outside autograd: the codebook side of
-        # the computation never needs a gradient.
-        flat = x.detach().reshape(-1, heads, dim).transpose(0, 1).float()
+        # (heads, n, dim) outside autograd: the codebook side of the
+        # computation never needs a gradient. Codes are chosen in x's computed
+        # dtype (float64 rows rounded to float32 first could get the code
+        # of their rounding), the statistics kept in float32.
+        rows = x.detach().reshape(-1, heads, dim).transpose(0, 1).to(compute_dtype(x.dtype))
         if self.metric == "cosine":
-            flat = unit_rows(flat)
-        flat = flat.contiguous()
+            rows = unit_rows(rows)
+        rows = rows.contiguous()
+        flat = rows.float()
         # Gradient checkpointing runs the forward a second time during
         # backward: that run takes no second EMA step (the codebook moved
         # twice per step, at decay**2) and collects no batch twice for the
@@ -569,7 +574,7 @@ class VectorQuantizer(nn.Module):
         if training and self._needs_init:
             self._initialize(flat)
 
-        codes = _nearest_codes(flat, self.codebook, self.metric)
+        codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
