@@ -477,6 +477,24 @@ def test_cosine_metric_keeps_unit_codes():
     torch.testing.assert_close(torch.linalg.vector_norm(quantized, dim=-1), torch.ones(50))
 
 
+def test_cosine_rows_of_zeros_do_not_make_codes_zero():
+    # Padding rows (zeros, no direction) had seeded codes in the k-means
+    # initialisation and re-seeded dead codes: zero codes, which then
+    # quantized rows to a non-unit vector.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 3, metric="cosine", heads=2, dead_code_threshold=0.5)
+    for _ in range(10):
+        x = torch.randn(64, 6)
+        x[:48] = 0.0
+        vq(x)
+        norms = torch.linalg.vector_norm(vq.codebook, dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    vq.eval()
+    quantized, _, _ = vq(torch.randn(200, 6))
+    norms = torch.linalg.vector_norm(quantized.unflatten(-1, (2, 3)), dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
 def test_cosine_codes_do_not_depend_on_extreme_row_norms():
     # Rows of norm ~1e21 (|x|^2 overflows float32) or ~1e-27 (below the
     # eps of torch.nn.functional.normalize) had all become zero vectors.

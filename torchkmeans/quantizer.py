@@ -197,7 +197,8 @@ class VectorQuantizer(nn.Module):
         Size of one vector (of one head's part of the last dimension).
     metric : {"euclidean", "cosine"}
         ``"cosine"`` quantizes the direction: inputs and codes are unit
-        vectors and ``quantized`` holds unit codes.
+        vectors and ``quantized`` holds unit codes. Rows of zeros (padding)
+        get a code but neither initialise nor move one.
     decay : float
         EMA decay in ``[0, 1)``; each step moves the statistics by
         ``1 - decay`` towards the batch's.
@@ -584,6 +585,12 @@ class VectorQuantizer(nn.Module):
             # it made its code NaN for good, and under torch.distributed the
             # codes of every rank.
             finite = torch.isfinite(flat).all(-1)  # (heads, n)
+            if self.metric == "cosine":
+                # A row of zeros has no direction: in the statistics and as
+                # a re-seeding vector it made codes zero vectors (padding
+                # rows: 13 of 16 codes, whose non-unit zeros then quantized
+                # the rows nearest no other code).
+                finite &= (flat != 0).any(-1)
             flat = flat.where(finite.unsqueeze(-1), 0.0)
             sums, counts = _scatter_sums(
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
@@ -632,16 +639,24 @@ class VectorQuantizer(nn.Module):
             samples = torch.cat(self._init_samples, dim=1)
             ready = finite and samples.shape[1] >= k
             if ready and rank == 0:
+                # Cosine rows of zeros (no direction) neither seed nor move
+                # a code: clustered, they made codes zero vectors. A head of
+                # zeros only keeps them all (k-means needs a positive weight).
+                weight = None
+                if self.metric == "cosine":
+                    weight = (samples != 0).any(-1).to(samples.dtype)
+                    weight = weight.where(weight.any(-1, keepdim=True), 1.0)
                 result = kmeans(
                     samples,
                     k,
                     init="k-means++",
                     max_iter=self.kmeans_iters,
                     metric=self.metric,
+                    sample_weight=weight,
                     generator=None,
                 )
                 codebook = result.centroids.float()
-                _, counts = scatter_sums(samples, result.labels, k)
+                _, counts = scatter_sums(samples, result.labels, k, sample_weight=weight)
                 # EMA counts are per step and, under distributed training,
                 # summed over ranks: scale the collected counts to that unit.
                 counts = counts * (world / len(self._init_samples))
