@@ -146,6 +146,33 @@ def test_eval_leaves_the_codebook_unchanged():
         assert torch.equal(value, state[name]), name
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("initialised", [True, False])
+def test_gradient_checkpointing_updates_the_codebook_once_per_step(use_reentrant, initialised):
+    """torch.utils.checkpoint runs the forward again during backward: that
+    recomputation must not take a second EMA step (nor collect the batch
+    twice for the k-means initialisation)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    plain = VectorQuantizer(8, 2, decay=0.5)
+    if initialised:
+        plain(torch.randn(64, 2))
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32 if initialised else 4, 2, requires_grad=True)
+    torch.manual_seed(1)
+    quantized, codes, loss = plain(x)
+    (quantized.sum() + loss).backward()
+    torch.manual_seed(1)
+    quantized, recorded_codes, loss = checkpoint(checkpointed, x, use_reentrant=use_reentrant)
+    (quantized.sum() + loss).backward()
+    assert torch.equal(recorded_codes, codes)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(checkpointed.state_dict()[name], value), name
+    assert torch.equal(checkpointed.last_counts, plain.last_counts)
+    assert len(checkpointed._init_samples) == len(plain._init_samples)
+
+
 def test_eval_before_training_does_not_initialise():
     vq = VectorQuantizer(4, 2).eval()
     before = vq.codebook.clone()
@@ -370,6 +397,20 @@ def test_half_precision_inputs_give_no_nan(dtype):
     assert torch.equal(quantized, vq.lookup(codes).to(dtype))
 
 
+@pytest.mark.parametrize("accelerator", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_float64_inputs_get_the_code_nearest_their_own_values(monkeypatch, accelerator, training):
+    # Rounded to float32 first, 0.5 + 1e-12 was a tie between codes 0 and 1.
+    if accelerator:
+        monkeypatch.setattr(quantizer_module._device, "on_host", lambda device: False)
+    vq = make(2, 1, [[0.0], [1.0]], [1.0, 1.0]).train(training)
+    x = torch.tensor([[0.5 + 1e-12], [0.5 - 1e-12]], dtype=torch.float64)
+    quantized, codes, _ = vq(x)
+    assert codes.tolist() == [1, 0]
+    assert quantized.dtype == torch.float64 and quantized.tolist() == [[1.0], [0.0]]
+    assert vq.codebook.dtype == vq.ema_sums.dtype == torch.float32
+
+
 def test_autocast_does_not_lower_the_precision_of_the_distances():
     torch.manual_seed(0)
     vq = VectorQuantizer(256, 16, kmeans_init=False).eval()
@@ -436,6 +477,24 @@ def test_cosine_metric_keeps_unit_codes():
     torch.testing.assert_close(torch.linalg.vector_norm(quantized, dim=-1), torch.ones(50))
 
 
+def test_cosine_rows_of_zeros_do_not_make_codes_zero():
+    # Padding rows (zeros, no direction) had seeded codes in the k-means
+    # initialisation and re-seeded dead codes: zero codes, which then
+    # quantized rows to a non-unit vector.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 3, metric="cosine", heads=2, dead_code_threshold=0.5)
+    for _ in range(10):
+        x = torch.randn(64, 6)
+        x[:48] = 0.0
+        vq(x)
+        norms = torch.linalg.vector_norm(vq.codebook, dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    vq.eval()
+    quantized, _, _ = vq(torch.randn(200, 6))
+    norms = torch.linalg.vector_norm(quantized.unflatten(-1, (2, 3)), dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
 def test_cosine_codes_do_not_depend_on_extreme_row_norms():
     # Rows of norm ~1e21 (|x|^2 overflows float32) or ~1e-27 (below the
     # eps of torch.nn.functional.normalize) had all become zero vectors.
@@ -448,6 +507,25 @@ def test_cosine_codes_do_not_depend_on_extreme_row_norms():
     for output in outputs[1:]:
         assert torch.equal(output.codes, outputs[0].codes)
         torch.testing.assert_close(output.loss, outputs[0].loss)
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_cosine_gradient_is_finite_for_rows_of_zeros(monkeypatch, accelerator):
+    # A row of zeros (a ReLU encoder's dead output, a padding token) made the
+    # commitment loss's gradient NaN (0 / 0 in the normalisation), and the
+    # encoder's weights NaN after one optimiser step.
+    if accelerator:
+        monkeypatch.setattr(quantizer_module._device, "on_host", lambda device: False)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 3, metric="cosine")
+    vq(torch.randn(32, 3))
+    x = torch.randn(8, 3)
+    x[2] = 0.0
+    x.requires_grad_(True)
+    quantized, _, loss = vq(x)
+    (quantized.sum() + loss).backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
 
 
 # ------------------------------------------------------------------- helpers

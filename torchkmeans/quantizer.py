@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
-from .functional.distances import DEFAULT_MEMORY_BUDGET, unit_rows
+from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
@@ -101,6 +101,14 @@ def _compiling() -> bool:
     return bool(check())
 
 
+def _recomputing() -> bool:
+    """Whether the autograd engine runs the caller: a forward that
+    torch.utils.checkpoint recomputes during backward (either variant)."""
+    if _compiling() or torch.jit.is_tracing():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
 
@@ -131,7 +139,7 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     ):
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
-    rows = max(1, DEFAULT_MEMORY_BUDGET // (4 * heads * codebook.shape[1]))
+    rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
     if n <= rows:
         return _block_codes(x, codebook, metric)
     blocks = [_block_codes(x[:, i : i + rows], codebook, metric) for i in range(0, n, rows)]
@@ -189,7 +197,8 @@ class VectorQuantizer(nn.Module):
         Size of one vector (of one head's part of the last dimension).
     metric : {"euclidean", "cosine"}
         ``"cosine"`` quantizes the direction: inputs and codes are unit
-        vectors and ``quantized`` holds unit codes.
+        vectors and ``quantized`` holds unit codes. Rows of zeros (padding)
+        get a code but neither initialise nor move one.
     decay : float
         EMA decay in ``[0, 1)``; each step moves the statistics by
         ``1 - decay`` towards the batch's.
@@ -255,7 +264,16 @@ class VectorQuantizer(nn.Module):
     The first training forward runs the k-means initialisation on the host
     side: call ``torch.compile`` on a model that has done one training step
     (or whose state was loaded from a trained one). The buffers stay float32
-    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``.
+    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``;
+    codes are chosen in float32 for half-precision inputs and in float64 for
+    float64 ones.
+
+    Under gradient checkpointing (``torch.utils.checkpoint``) the forward
+    that backward runs again takes no second EMA step and leaves ``usage``
+    alone, but it quantizes with the codebook as this step left it: the
+    commitment loss's gradient, and layers after the quantizer in the same
+    checkpointed segment, see those codes. Checkpoint the layers around the
+    quantizer rather than through it to keep them exact.
 
     Examples
     --------
@@ -538,31 +556,48 @@ class VectorQuantizer(nn.Module):
         EMA step; it records the code counts of the batch in any mode.
         """
         heads, dim = self.heads, self.dim
-        # (heads, n, dim) float32 and outside autograd: the codebook side of
-        # the computation never needs a gradient.
-        flat = x.detach().reshape(-1, heads, dim).transpose(0, 1).float()
+        # (heads, n, dim) outside autograd: the codebook side of the
+        # computation never needs a gradient. Codes are chosen in x's computed
+        # dtype (float64 rows rounded to float32 first could get the code
+        # of their rounding), the statistics kept in float32.
+        rows = x.detach().reshape(-1, heads, dim).transpose(0, 1).to(compute_dtype(x.dtype))
         if self.metric == "cosine":
-            flat = unit_rows(flat)
-        flat = flat.contiguous()
+            rows = unit_rows(rows)
+        rows = rows.contiguous()
+        flat = rows.float()
+        # Gradient checkpointing runs the forward a second time during
+        # backward: that run takes no second EMA step (the codebook moved
+        # twice per step, at decay**2) and collects no batch twice for the
+        # initialisation; it keeps the batch statistics of the first run.
+        recomputing = _recomputing()
+        training = self.training and not recomputing
 
-        if self.training and self._needs_init:
+        if training and self._needs_init:
             self._initialize(flat)
 
-        codes = _nearest_codes(flat, self.codebook, self.metric)
+        codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
-        if self.training and not self._needs_init:
+        if training and not self._needs_init:
             # A non-finite row (an encoder overflowing in float16, say) keeps
             # its code and its NaN loss, but stays out of the statistics: there
             # it made its code NaN for good, and under torch.distributed the
             # codes of every rank.
             finite = torch.isfinite(flat).all(-1)  # (heads, n)
+            if self.metric == "cosine":
+                # A row of zeros has no direction: in the statistics and as
+                # a re-seeding vector it made codes zero vectors (padding
+                # rows: 13 of 16 codes, whose non-unit zeros then quantized
+                # the rows nearest no other code).
+                finite &= (flat != 0).any(-1)
             flat = flat.where(finite.unsqueeze(-1), 0.0)
             sums, counts = _scatter_sums(
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
             )
             self._update(flat, finite, sums, counts)
+        elif recomputing:
+            return selected, codes
         else:
             counts = torch.zeros_like(self.last_counts).scatter_add_(
                 1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
@@ -604,16 +639,24 @@ class VectorQuantizer(nn.Module):
             samples = torch.cat(self._init_samples, dim=1)
             ready = finite and samples.shape[1] >= k
             if ready and rank == 0:
+                # Cosine rows of zeros (no direction) neither seed nor move
+                # a code: clustered, they made codes zero vectors. A head of
+                # zeros only keeps them all (k-means needs a positive weight).
+                weight = None
+                if self.metric == "cosine":
+                    weight = (samples != 0).any(-1).to(samples.dtype)
+                    weight = weight.where(weight.any(-1, keepdim=True), 1.0)
                 result = kmeans(
                     samples,
                     k,
                     init="k-means++",
                     max_iter=self.kmeans_iters,
                     metric=self.metric,
+                    sample_weight=weight,
                     generator=None,
                 )
                 codebook = result.centroids.float()
-                _, counts = scatter_sums(samples, result.labels, k)
+                _, counts = scatter_sums(samples, result.labels, k, sample_weight=weight)
                 # EMA counts are per step and, under distributed training,
                 # summed over ranks: scale the collected counts to that unit.
                 counts = counts * (world / len(self._init_samples))

@@ -112,7 +112,10 @@ def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tens
         # before ``out`` (which may be ``x``) is written.
         rows = unsafe.squeeze(-1)
         fixed = _rescaled_unit_rows(values[rows]) if bool(rows.any()) else None
-        result = torch.div(values, norms, out=out)
+        # Rows of zeros are overwritten below, but 0 / 0 here made their
+        # gradient NaN (the quantizer's cosine commitment loss, and with it
+        # the encoder's weights).
+        result = torch.div(values, torch.where(norms > 0, norms, 1.0), out=out)
         if fixed is not None:
             result[rows] = fixed.to(result.dtype)
     else:
