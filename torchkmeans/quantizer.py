@@ -106,7 +106,9 @@ def _recomputing() -> bool:
     torch.utils.checkpoint recomputes during backward (either variant)."""
     if _compiling() or torch.jit.is_tracing():
         return False
-    return torch._C._current_graph_task_id() != -1
+    # A private call (torch 2.x): without it, a recomputed forward steps again.
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
 
 
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
