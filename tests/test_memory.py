@@ -82,11 +82,10 @@ def test_lloyd_one_iteration_runs_with_a_tiny_budget():
     assert torch.equal(a.labels, b.labels)
 
 
-def test_rows_temporaries_share_the_budget_with_the_distances(monkeypatch, accelerator_paths):
-    # Wide rows, few centroids: blocks had been sized from their k distances
-    # alone, while each row's difference to its centroid (two temporaries of
-    # d elements) is what fills memory: 64 KiB allowed, 4 MiB taken per block
-    # (d=256, k=4, 250,000 rows on a GPU: 3x the data beyond its copy).
+@pytest.fixture
+def distance_block_widths(monkeypatch):
+    """Elements of each block of exact distances (its temporaries' size), as
+    the search and Lloyd's passes compute them."""
     widths = []
     original = distances_module.exact_distances
 
@@ -96,32 +95,34 @@ def test_rows_temporaries_share_the_budget_with_the_distances(monkeypatch, accel
 
     monkeypatch.setattr(distances_module, "exact_distances", spy)
     monkeypatch.setattr(lloyd_module, "exact_distances", spy)
+    return widths
+
+
+def test_rows_temporaries_share_the_budget_with_the_distances(
+    distance_block_widths, accelerator_paths
+):
+    # Wide rows, few centroids: blocks had been sized from their k distances
+    # alone, while each row's difference to its centroid (two temporaries of
+    # d elements) is what fills memory: 64 KiB allowed, 4 MiB taken per block
+    # (d=256, k=4, 250,000 rows on a GPU: 3x the data beyond its copy).
     x = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(0))
     budget = 64 * 1024
     prep = lloyd_module.prepare(x)
     lloyd_module.run_lloyd(prep, prep.x[:, :2].clone(), max_iter=2, memory_budget=budget)
     nearest_centroids(x, x[:2].clone(), memory_budget=budget)
-    assert len(widths) > 20
-    assert max(widths) * 2 * 4 <= budget
+    assert len(distance_block_widths) > 20
+    assert max(distance_block_widths) * 2 * 4 <= budget
 
 
-def test_final_distances_share_the_budget_too(monkeypatch, accelerator_paths):
+def test_final_distances_share_the_budget_too(distance_block_widths, accelerator_paths):
     # The final distances of a fit (each row to its returned centre) ran in
     # 8,192-row blocks off the CPU whatever the budget: three temporaries of
     # restarts x rows x d elements (1 GB for 10 restarts of 1,024 features).
-    widths = []
-    original = lloyd_module.exact_distances
-
-    def spy(xb, centroids, labels, cosine):
-        widths.append(labels.numel() * centroids.shape[-1])
-        return original(xb, centroids, labels, cosine)
-
-    monkeypatch.setattr(lloyd_module, "exact_distances", spy)
     x = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(0))
     budget = 64 * 1024
     result = lloyd_module.lloyd(x, x[:2].clone(), max_iter=2, memory_budget=budget)
-    assert len(widths) > 20
-    assert max(widths) * 2 * 4 <= budget  # as the blocks of the iterations
+    assert len(distance_block_widths) > 20
+    assert max(distance_block_widths) * 2 * 4 <= budget  # as the blocks of the iterations
     expected = torch.cdist(x.double(), result.centroids.double()).square().min(1)
     torch.testing.assert_close(result.labels, expected.indices)
     assert float(result.inertia) == pytest.approx(float(expected.values.sum()), rel=1e-5)
