@@ -914,7 +914,7 @@ def test_inputs_in_groups_far_apart_get_their_nearest_code(seed):
 def _expansion_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The codes of a GPU forward (no checked search): the expansion path,
     as under torch.compile, on the CPU."""
-    monkeypatch.setattr(quantizer_module, "_compiling", lambda: True)
+    monkeypatch.setattr(quantizer_module._device, "traced", lambda: True)
 
 
 def _wrong_codes(x: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor) -> int:

@@ -93,18 +93,10 @@ def _laplace_smoothed(counts: torch.Tensor, eps: float) -> torch.Tensor:
     return (counts + eps) / (total + counts.shape[-1] * eps) * total
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing the caller (torch.compiler.is_compiling is 2.3+)."""
-    check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:  # pragma: no cover - torch < 2.3
-        check = torch._dynamo.is_compiling
-    return bool(check())
-
-
 def _recomputing() -> bool:
     """Whether the autograd engine runs the caller: a forward that
     torch.utils.checkpoint recomputes during backward (either variant)."""
-    if _compiling() or torch.jit.is_tracing():
+    if _device.traced():
         return False
     # A private call (torch 2.x): without it, a recomputed forward steps again.
     task_id = getattr(torch._C, "_current_graph_task_id", None)
@@ -133,12 +125,7 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     """
     # A trace (torch.jit.trace, TorchScript ONNX export) does not record the
     # kernel's writes: the traced codes would be an uninitialised buffer.
-    if (
-        metric == "euclidean"
-        and _device.on_host(x.device)
-        and not _compiling()
-        and not torch.jit.is_tracing()
-    ):
+    if metric == "euclidean" and _device.on_host(x.device) and not _device.traced():
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
     rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
@@ -478,7 +465,7 @@ class VectorQuantizer(nn.Module):
             )
         # A negative code (a padding token such as -1 or -100) would index
         # from the end: the last codes, silently.
-        if codes.numel() and not _compiling() and not torch.jit.is_tracing():
+        if codes.numel() and not _device.traced():
             expected = f"Expected codes in [0, num_codes={self.num_codes})"
             if _device.on_host(codes.device):
                 low, high = (int(bound) for bound in torch.aminmax(codes))

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["on_host", "widest_float"]
+__all__ = ["on_host", "traced", "widest_float"]
 
 
 def on_host(device: torch.device) -> bool:
     """Whether work on ``device`` takes the host's code paths."""
     return device.type == "cpu"
+
+
+def traced() -> bool:
+    """Whether torch.compile or torch.jit.trace records the caller: neither
+    follows a host read or a branch on data, nor the fused kernel's writes."""
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    if compiling is None:  # pragma: no cover - torch < 2.3
+        compiling = torch._dynamo.is_compiling
+    return bool(compiling()) or torch.jit.is_tracing()
 
 
 def widest_float(device: torch.device) -> torch.dtype:

@@ -107,7 +107,7 @@ def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tens
     # Below sqrt(tiny) / eps squares of the row's entries may have been lost
     # to underflow beyond its rounding; above max the sum overflowed.
     unsafe = (norms < math.sqrt(finfo.tiny) / finfo.eps) | (norms > finfo.max)
-    if _device.on_host(x.device) and not _traced():
+    if _device.on_host(x.device) and not _device.traced():
         # A host check is free: only the rows that need it are rescaled, and
         # before ``out`` (which may be ``x``) is written.
         rows = unsafe.squeeze(-1)
@@ -171,14 +171,6 @@ def times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
         t = t * 2.0**part
         exponent -= part
     return t
-
-
-def _traced() -> bool:
-    """Whether torch.compile or torch.jit.trace records the caller."""
-    compiling = getattr(torch.compiler, "is_compiling", None)
-    if compiling is None:  # pragma: no cover - torch < 2.3
-        compiling = torch._dynamo.is_compiling
-    return bool(compiling()) or torch.jit.is_tracing()
 
 
 def _power_of_two(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
