@@ -43,6 +43,7 @@ __all__ = [
     "underflow_exponent",
     "underflow_exponent_of",
     "unit_rows",
+    "variance_may_underflow",
 ]
 
 #: Bytes of scratch memory a distance block may take by default (256 MiB).
@@ -144,6 +145,14 @@ def underflow_exponent(magnitude: float, dtype: torch.dtype) -> int:
     if magnitude == 0 or magnitude >= math.sqrt(finfo.tiny / finfo.eps):
         return 0
     return -math.frexp(magnitude)[1]
+
+
+def variance_may_underflow(mean_variance: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether data of this mean feature variance (per problem), in ``dtype``,
+    may be small enough for :func:`underflow_exponent` to scale: only then
+    is its largest entry worth reading."""
+    finfo = torch.finfo(dtype)
+    return float(mean_variance.max()) < finfo.tiny / finfo.eps
 
 
 def underflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:

@@ -39,6 +39,7 @@ from .distances import (
     times_power_of_two,
     underflow_exponent,
     unit_rows,
+    variance_may_underflow,
 )
 from .init import kmeans_plusplus, random_init
 from .updates import accumulate, add_rows, centroids_from_sums, relocate_empty_clusters
@@ -1334,10 +1335,7 @@ def _underflow_exponent(prep: Prepared, x: torch.Tensor) -> int:
     the inertia 0. Scaled by a power of two, an exact change, the same fit
     is exact. Only data of a mean variance that small is read again.
     """
-    if prep.metric != "euclidean":
-        return 0
-    finfo = torch.finfo(prep.x.dtype)
-    if float(prep.mean_variance.max()) >= finfo.tiny / finfo.eps:
+    if prep.metric != "euclidean" or not variance_may_underflow(prep.mean_variance, prep.x.dtype):
         return 0
     return underflow_exponent(float(x.detach().abs().amax()), x.dtype)
 

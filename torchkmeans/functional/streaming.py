@@ -35,6 +35,7 @@ from .distances import (
     times_power_of_two,
     underflow_exponent,
     unit_rows,
+    variance_may_underflow,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
@@ -790,8 +791,7 @@ def _underflow_exponent(
     small for their squared distances (0: none), as
     :func:`~torchkmeans.functional.lloyd.kmeans` does; the same on every rank.
     Only data of a mean variance that small is read again."""
-    finfo = torch.finfo(source.dtype)
-    if metric != "euclidean" or float(stats.mean_variance.max()) >= finfo.tiny / finfo.eps:
+    if metric != "euclidean" or not variance_may_underflow(stats.mean_variance, source.dtype):
         return 0
     largest = torch.zeros(1, dtype=source.dtype, device=source.device)
     for _, chunk in source.raw():
