@@ -320,3 +320,55 @@ def test_no_knee_warning_of_a_sweep_points_at_the_caller():
         result = elbow(X, k=range(1, 6), random_state=0)
     assert result.knee is None
     assert [w.filename for w in record] == [__file__]
+
+
+def _memmap(X: np.ndarray, path) -> np.memmap:
+    written = np.memmap(path, dtype=X.dtype, mode="w+", shape=X.shape)
+    written[:] = X
+    written.flush()
+    return np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape)
+
+
+def test_a_memmap_is_swept_in_passes_not_loaded(tmp_path, monkeypatch):
+    # elbow loaded a memmap whole (about twice a float32 file): it now fits
+    # each k in passes over chunks of rows, as KMeans does.
+    from torchkmeans import _validation
+    from torchkmeans.functional import streaming
+
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "cpu", 8 * 8 * 400)  # 400 rows a chunk
+    as_tensor = _validation.as_tensor
+
+    def refuse_memmaps(X, *args, **kwargs):
+        assert not isinstance(X, np.memmap), "the memmap was loaded whole"
+        return as_tensor(X, *args, **kwargs)
+
+    monkeypatch.setattr(_validation, "as_tensor", refuse_memmaps)
+    X = _blobs(5, random_state=3)
+    streamed = elbow(_memmap(X, tmp_path / "x.dat"), k=range(1, 9), random_state=0)
+    in_memory = elbow(X, k=range(1, 9), random_state=0)
+    assert streamed.knee == in_memory.knee == 5
+    assert isinstance(streamed.inertia, np.ndarray) and isinstance(streamed.labels, np.ndarray)
+    assert streamed.labels.shape == (8, X.shape[0])
+    # From k = 5 on one partition is far best; below it two fits can settle
+    # on different merges of the blobs (both seedings find either).
+    np.testing.assert_allclose(streamed.inertia[4:], in_memory.inertia[4:], rtol=0.02)
+    for i, k in enumerate(streamed.ks):
+        centres = streamed.centroids[i]
+        assert centres.shape == (k, X.shape[1]) and centres.dtype == X.dtype
+        d2 = ((X[:, None, :] - centres[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(streamed.labels[i], d2.argmin(1))
+        assert streamed.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
+
+
+def test_a_streamed_sweep_scores_only_inertia(tmp_path):
+    X = _memmap(_blobs(3, random_state=0), tmp_path / "x.dat")
+    with pytest.raises(ValueError, match=r"scores=\('inertia',\) when X is streamed \(memmap\)"):
+        elbow(X, k=range(1, 4), scores=("inertia", "silhouette"))
+    assert elbow(X, k=range(1, 4), random_state=0).scores.keys() == {"inertia"}
+
+
+def test_a_streamed_sweep_refuses_squared_distances_beyond_float32(tmp_path):
+    rng = np.random.default_rng(0)
+    X = _memmap((rng.normal(size=(60, 3)) * 1e20).astype(np.float32), tmp_path / "x.dat")
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
+        elbow(X, k=range(1, 4), random_state=0)

@@ -22,12 +22,13 @@ import torch
 
 from . import _validation as v
 from . import distributed
+from ._host import host_rows, should_stream
 from .functional import _device
 from .functional.collective import Collective
 from .functional.distances import nearest_centroids, unit_rows
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
-from .functional.streaming import check_sweep, reject_shard, streamed_kmeans
+from .functional.streaming import HostRows, check_sweep, reject_shard, streamed_kmeans
 
 __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
 
@@ -443,9 +444,16 @@ def elbow(
     until it stops again: its inertia is then slightly lower, never higher,
     than that of the same fit run alone.)
 
+    A ``numpy.memmap``, or a host array or CPU tensor too large for the CUDA
+    device, is never loaded whole: as :class:`~torchkmeans.KMeans` does, each
+    k is then fitted in passes over the rows, read chunk by chunk
+    (:func:`~torchkmeans.functional.streaming.streamed_kmeans`, seeded from
+    a sample of the rows), and only ``"inertia"`` is scored. The labels,
+    ``len(k) * n_samples`` int64, are kept on the host.
+
     Parameters
     ----------
-    X : array-like or Tensor of shape (n_samples, n_features)
+    X : array-like, memmap or Tensor of shape (n_samples, n_features)
     k : int or iterable of int, default=range(1, 11)
         Numbers of clusters to try, strictly increasing; an int ``k`` means ``1..k``.
     n_init : int, default=3
@@ -462,7 +470,8 @@ def elbow(
     scores : sequence of str, default=("inertia",)
         Scores to compute per k on the best fit: any of ``"inertia"``,
         ``"silhouette"``, ``"calinski_harabasz"``, ``"davies_bouldin"``
-        (see :mod:`torchkmeans.metrics`).
+        (see :mod:`torchkmeans.metrics`). Only ``"inertia"`` on streamed
+        or sharded ``X``.
     curve : {"log", "raw"}, default="log"
         Knee detection on log inertia or on raw inertia; see :func:`find_knee`.
     sensitivity : float, default=1.0
@@ -494,8 +503,8 @@ def elbow(
     ------
     ValueError
         If ``k`` is < 1, empty, not strictly increasing or exceeds the number
-        of samples, a score name is unknown, or any other argument is out of
-        range.
+        of samples, a score name is unknown or needs every pair of rows of
+        streamed or sharded ``X``, or any other argument is out of range.
     TypeError
         If ``k`` or ``n_init`` is not made of ints.
 
@@ -514,26 +523,41 @@ def elbow(
     collective = distributed.collective(process_group)
     shard = collective.distributed
     try:
-        # On shards, finiteness and n_samples >= k are checked over all ranks at once.
-        x, kind = v.as_tensor(
-            X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
-        )
-        if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
-            raise ValueError(
-                f"Expected X to hold at least one sample and feature, got shape {tuple(x.shape)}."
+        # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
+        streamed = not shard and should_stream(X, device)
+        x: torch.Tensor | HostRows
+        if streamed:
+            x, compute, kind = host_rows(X, v.resolve_dtype(dtype))
+            x_device = v.resolve_device(device, torch.device("cpu"))
+            n_samples, n_features = x.n_rows, x.n_features
+            if kind.is_torch:  # a CPU tensor streamed to a GPU: results on the CPU
+                kind = v.OutputKind(True, torch.device("cpu"))
+        else:
+            # On shards, finiteness and n_samples >= k are checked over all ranks at once.
+            x, kind = v.as_tensor(
+                X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
             )
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        ks = _check_ks(k, None if shard else x.shape[0])
+            if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
+                raise ValueError(
+                    "Expected X to hold at least one sample and feature, got shape "
+                    f"{tuple(x.shape)}."
+                )
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            compute, x_device = x.dtype, x.device
+            n_samples, n_features = x.shape
+        ks = _check_ks(k, None if shard else n_samples)
         n_init = v.check_positive_int(n_init, "n_init")
         max_iter = v.check_positive_int(max_iter, "max_iter")
         tol = v.check_nonnegative_float(tol, "tol")
         metric = v.check_metric(metric)
         names = _check_scores(scores)
-        if shard and names != ("inertia",):
+        if (shard or streamed) and names != ("inertia",):
+            where = "sharded over processes" if shard else f"streamed ({type(X).__name__})"
             raise ValueError(
-                f"Expected scores=('inertia',) when X is sharded over processes, got {names}; "
-                "the other scores need every pair of rows."
+                f"Expected scores=('inertia',) when X is {where}, got {names}; the other "
+                "scores need every pair of rows (score a sample of the rows with "
+                "torchkmeans.metrics instead)."
             )
         if curve not in _CURVES:
             raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
@@ -541,7 +565,7 @@ def elbow(
         verbose = bool(v.check_verbose(verbose))
         if memory_budget is not None:
             v.check_positive_int(memory_budget, "memory_budget")
-        generator = v.make_generator(random_state, x.device)
+        generator = v.make_generator(random_state, x_device)
     except (TypeError, ValueError) as exc:
         if shard:
             # The other ranks are about to compare their sweeps: this one
@@ -552,10 +576,10 @@ def elbow(
         # The length of the sweep is every rank's number of fits (and collectives).
         check_sweep(
             collective,
-            x.device,
+            x_device,
             ks,
-            n_features=x.shape[1],
-            dtype=x.dtype,
+            n_features=n_features,
+            dtype=compute,
             n_init=n_init,
             metric=metric,
             max_iter=max_iter,
@@ -573,11 +597,14 @@ def elbow(
         progress=progress,
     )
     try:
-        if shard:
-            inertia, padded, labels = _sweep_shards(x, ks, collective=collective, **fits)
+        if shard or streamed:
+            inertia, padded, labels = _sweep_passes(
+                x, ks, collective=collective, device=x_device, dtype=compute, **fits
+            )
             return _result(
                 ks, inertia, padded, labels, {"inertia": inertia}, kind, curve, sensitivity
             )
+        assert isinstance(x, torch.Tensor)
         inertia, padded = _sweep(x, ks, **fits)
         labels = _labels(x, padded, ks, metric, memory_budget)
         computed: dict[str, torch.Tensor] = {}
@@ -629,8 +656,8 @@ def _result(
     )
 
 
-def _sweep_shards(
-    x: torch.Tensor,
+def _sweep_passes(
+    data: torch.Tensor | HostRows,
     ks: tuple[int, ...],
     *,
     n_init: int,
@@ -640,16 +667,28 @@ def _sweep_shards(
     generator: torch.Generator,
     memory_budget: int | None,
     collective: Collective,
+    device: torch.device,
+    dtype: torch.dtype,
     progress: _Progress,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One distributed fit per k: inertia ``(L,)``, centroids ``(L, K, d)``, local labels."""
-    n, d = x.shape
-    inertia = torch.empty(len(ks), dtype=torch.float64, device=x.device)
-    padded = torch.zeros((len(ks), ks[-1], d), dtype=x.dtype, device=x.device)
-    labels = torch.empty((len(ks), n), dtype=torch.int64, device=x.device)
+    """One fit in passes per k: inertia ``(L,)``, centroids ``(L, K, d)``, labels ``(L, n)``.
+
+    ``data`` is a shard of a distributed sweep (the labels are its rows'), or
+    host rows streamed to ``device`` chunk by chunk (the labels stay on the
+    host, as the data does). Each k is a :func:`streamed_kmeans` fit, seeded
+    on its own: every padded k of one batch would need the data read once
+    per iteration all the same, and a fit per k stops at its own convergence.
+    """
+    if isinstance(data, torch.Tensor):
+        (n, d), label_device = data.shape, data.device
+    else:
+        n, d, label_device = data.n_rows, data.n_features, torch.device("cpu")
+    inertia = torch.empty(len(ks), dtype=torch.float64, device=device)
+    padded = torch.zeros((len(ks), ks[-1], d), dtype=dtype, device=device)
+    labels = torch.empty((len(ks), n), dtype=torch.int64, device=label_device)
     for i, k in enumerate(ks):
         result = streamed_kmeans(
-            x,
+            data,
             k,
             init="k-means++",
             n_init=n_init,
@@ -657,10 +696,14 @@ def _sweep_shards(
             tol=tol,
             metric=metric,
             generator=generator,
-            dtype=x.dtype,
+            device=device,
+            dtype=dtype,
             memory_budget=memory_budget,
             collective=collective,
         )
+        if not v.all_finite(result.inertia):
+            # Finite rows whose squared distances overflow: every label is a tie.
+            raise v.distances_overflow("X", dtype)
         inertia[i] = result.inertia
         padded[i, :k] = result.centroids
         labels[i] = result.labels
