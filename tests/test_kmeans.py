@@ -11,7 +11,7 @@ import torch
 from conftest import blobs, tutorial_data
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
-from sklearn.datasets import load_digits, load_iris, load_wine
+from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
 from sklearn.preprocessing import StandardScaler
 
 from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError
@@ -38,6 +38,41 @@ def test_inertia_matches_sklearn_with_the_same_n_init(name, seed):
     ours = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(X)
     theirs = SklearnKMeans(n_clusters=k, n_init=10, random_state=seed).fit(X)
     assert ours.inertia_ <= 1.01 * theirs.inertia_
+
+
+@pytest.mark.parametrize(
+    ("path", "n", "n_init"),
+    [
+        *[(path, n, 1) for path in ("fused kernel", "PyTorch ops") for n in (3000, 300)],
+        ("PyTorch ops", 3000, 3),
+        ("memmap", 3000, 1),
+    ],
+)
+def test_a_repeated_initial_centroid_is_left_empty_as_sklearn_does(
+    path, n, n_init, monkeypatch, tmp_path
+):
+    """Rows tied between two copies of a centroid go to the first, which
+    scikit-learn's fit then leaves empty and reseeds: a BLAS product (on an
+    AVX-512 CPU) scored the copies a rounding apart and split their rows
+    between them (PyTorch ops, in blocks, small, or restarts in a batch; the
+    streamed fit of a memmap)."""
+    X, _ = make_blobs(n_samples=n, n_features=5, centers=6, random_state=0)
+    init = np.vstack([X[:5], X[:1]])
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    data = X
+    if path == "memmap":
+        written = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
+        written[:] = X
+        written.flush()
+        data = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+    theirs = SklearnKMeans(6, init=init, n_init=1, algorithm="lloyd").fit(X)
+    # n_init > 1: restarts from a callable init, all from the same centres.
+    given = init if n_init == 1 else (lambda X, k, random_state: init)
+    ours = KMeans(6, init=given, n_init=n_init, random_state=0).fit(data)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-10)
+    assert ours.n_iter_ == theirs.n_iter_
 
 
 @pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])

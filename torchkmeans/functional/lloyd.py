@@ -42,7 +42,14 @@ from .distances import (
     variance_may_underflow,
 )
 from .init import kmeans_plusplus, random_init
-from .updates import accumulate, add_rows, centroids_from_sums, relocate_empty_clusters
+from .updates import (
+    accumulate,
+    add_rows,
+    centroids_from_sums,
+    first_copies,
+    merge_copies,
+    relocate_empty_clusters,
+)
 
 __all__ = ["KMeansResult", "kmeans", "lloyd", "prepare"]
 
@@ -504,10 +511,14 @@ def _run_lloyd_small(
     labels: torch.Tensor | None = None
     shift = float("inf")
     n_iter = 0
+    # Rows tied between copies of a centroid go to the first copy (first_copies).
+    copies = first_copies(centroids)
     while n_iter < max_iter:
         n_iter += 1
         previous = labels
         values, labels = assign(previous)
+        if copies is not None and previous is None:
+            merge_copies(copies, labels.unsqueeze(0), None)
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
             flush()
@@ -729,6 +740,8 @@ def run_lloyd(
     fresh = False
     full_active = active
     moved_share = 1.0  # of the rows that changed cluster in the last iteration
+    # Rows tied between copies of a centroid go to the first copy (first_copies).
+    copies = first_copies(centroids) if on_cpu else None
 
     for iteration in range(max_iter):
         # Shared rows on the CPU: after a full scatter, the totals follow the
@@ -756,6 +769,8 @@ def run_lloyd(
             changed_rows=changed_rows if single else None,
         )
         history[:, iteration] = total + offset
+        if copies is not None and iteration == 0:
+            merge_copies(copies, labels, None if incremental else totals)
         changed = None
         if changed_rows:
             # One problem, warm pass: the rows that changed cluster are known,

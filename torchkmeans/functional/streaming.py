@@ -39,7 +39,7 @@ from .distances import (
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
-from .updates import centroids_from_sums, relocate_empty_clusters
+from .updates import centroids_from_sums, first_copies, merge_copies, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -870,11 +870,15 @@ def fit_passes(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n_iter = torch.zeros(b, dtype=torch.int64, device=device)
     history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
+    # Rows tied between copies of a centroid go to the first copy (first_copies).
+    copies = first_copies(centroids)
     for iteration in range(max_iter):
         totals.zero_()
         step = _lloyd_pass(
             source, stats, centroids, labels, metric, block, totals=totals, warm=iteration > 0
         )
+        if copies is not None and iteration == 0:
+            merge_copies(copies, labels, totals)
         score_total, changed = step.score_total, step.changed
         if collective.distributed:
             # One collective per iteration: sums, counts, scores, changed labels.

@@ -20,6 +20,8 @@ __all__ = [
     "accumulate",
     "add_rows",
     "centroids_from_sums",
+    "first_copies",
+    "merge_copies",
     "relocate_empty_clusters",
     "scatter_sums",
     "with_ones_column",
@@ -352,3 +354,59 @@ def centroids_from_sums(
     if metric == "cosine":
         means = unit_rows(means)
     return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
+
+
+def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
+    """Index of the first exact copy of each centroid ``(b, k, d)`` in its problem.
+
+    Returns ``(b, k)`` int64 (each distinct centroid its own index), or None
+    when no two centroids of a problem are equal or they are off the CPU
+    (one host read). A BLAS product need not score two copies of a centroid
+    bit-identically (a tile's edge columns take another kernel), so rows
+    equally far from both would split between them by rounding; scikit-learn
+    and the fused kernel give such ties to the first copy, the other copies
+    are left empty and reseeded (:func:`merge_copies`). Copies come from a
+    given initialisation with repeated rows, or random picks of repeated data.
+
+    Examples
+    --------
+    >>> first_copies(torch.tensor([[[0.0], [1.0], [0.0]]])).tolist()
+    [[0, 1, 0]]
+    >>> first_copies(torch.tensor([[[0.0], [1.0]]])) is None
+    True
+    """
+    b, k, d = centroids.shape
+    if k < 2 or not _device.on_host(centroids.device):
+        return None
+    # Rows keyed by their problem: copies are looked for within a problem.
+    problem = torch.arange(b, dtype=centroids.dtype).repeat_interleave(k).unsqueeze(1)
+    keyed = torch.cat([problem, centroids.reshape(b * k, d)], dim=1)
+    unique, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    if unique.shape[0] == b * k:
+        return None
+    position = torch.arange(b * k)
+    first = torch.full((unique.shape[0],), b * k, dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, position, reduce="amin")
+    return (first[inverse] - problem.squeeze(1).long() * k).view(b, k)
+
+
+def merge_copies(copies: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor | None) -> None:
+    """Give the rows of every copy of a centroid to its first copy, in place.
+
+    ``copies`` ``(b, k)`` from :func:`first_copies`; ``labels`` ``(b, n)``;
+    ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them, or None:
+    each copy's sums and weights move to its first copy, leaving it empty.
+
+    Examples
+    --------
+    >>> labels, totals = torch.tensor([[2, 0, 1]]), torch.ones((1, 3, 2))
+    >>> merge_copies(torch.tensor([[0, 1, 0]]), labels, totals)
+    >>> labels.tolist(), totals[0, :, -1].tolist()
+    ([[0, 0, 1]], [2.0, 1.0, 0.0])
+    """
+    labels.copy_(copies.gather(1, labels))
+    if totals is not None:
+        b, k, width = totals.shape
+        targets = (copies + torch.arange(b, device=copies.device).unsqueeze(1) * k).view(-1)
+        flat = totals.view(b * k, width)
+        flat.copy_(torch.zeros_like(flat).index_add_(0, targets, flat))
