@@ -623,3 +623,33 @@ def test_console_script(tmp_path, iris):
     )
     assert missing.returncode == 2
     assert missing.stderr == "torchkmeans: error: DATA 'missing.npy': no such file.\n"
+
+
+@pytest.mark.parametrize("command", ["fit", "elbow"])
+def test_a_npy_too_big_to_load_is_memory_mapped(capsys, tmp_path, iris, monkeypatch, command):
+    # fit without --minibatch and elbow loaded the file whole, whatever its size.
+    from torchkmeans import cli
+
+    data = tmp_path / "iris.npy"
+    np.save(data, iris)
+    seen = []
+    load = cli._load
+
+    def spy(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        seen.append(type(loaded.values))
+        return loaded
+
+    monkeypatch.setattr(cli, "_load", spy)
+    arguments = ["-k", 3] if command == "fit" else ["--k", "1:4"]
+    code, out, err = run(capsys, command, data, *arguments, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    monkeypatch.setattr(cli, "_available_memory", lambda: 4 * data.stat().st_size - 1)
+    code, streamed, err = run(capsys, command, data, *arguments, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    assert seen == [np.ndarray, np.memmap]
+    assert "memory-mapped" in field(streamed, "data") and "memory-mapped" not in field(out, "data")
+    if command == "fit":
+        assert float(field(streamed, "inertia")) == pytest.approx(
+            float(field(out, "inertia")), rel=1e-6
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import os
 import pickle
 import re
 import secrets
@@ -306,7 +307,9 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[data, device, metric, seed, quiet],
         help="cluster a data file; write labels and centres",
         description="Fit KMeans (or MiniBatchKMeans with --minibatch) on DATA, print a "
-        "summary and optionally write the labels and centres as .npy files.",
+        "summary and optionally write the labels and centres as .npy files. A .npy "
+        "larger than a quarter of the available memory is memory-mapped and streamed "
+        "through every iteration.",
     )
     fit.add_argument(
         "-k", "--n-clusters", type=_positive_int, required=True, metavar="K", help="clusters"
@@ -359,7 +362,9 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[data, device, metric, seed, quiet],
         help="inertia for a range of k, and the knee of the curve",
         description="Fit K-Means for every k of a range (all at once, on the device), print "
-        "the inertia per k and the knee, and optionally plot the curve.",
+        "the inertia per k and the knee, and optionally plot the curve. A .npy larger "
+        "than a quarter of the available memory is memory-mapped and each k is fitted "
+        "in passes over it.",
     )
     sweep.add_argument(
         "-k",
@@ -454,7 +459,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     _check_outputs({"DATA": args.data}, {"--labels-out": labels_out, "--centers-out": centers_out})
     if args.batch_size is not None and not args.minibatch:
         raise UsageError("--batch-size applies only with --minibatch.")
-    data = _load(args.data, "DATA", key=args.key, mmap=args.minibatch, header=args.header)
+    mmap = True if args.minibatch else _too_big_to_load(args.data)
+    data = _load(args.data, "DATA", key=args.key, mmap=mmap, header=args.header)
     seed = _seed(args.seed)
     params: dict[str, Any] = {
         "n_clusters": args.n_clusters,
@@ -563,7 +569,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _run_elbow(args: argparse.Namespace) -> int:
     device = _device(args.device)
     plot_path, figure = _plot_output(args.plot) if args.plot else (None, None)
-    data = _load(args.data, "DATA", key=args.key, header=args.header)
+    data = _load(
+        args.data, "DATA", key=args.key, mmap=_too_big_to_load(args.data), header=args.header
+    )
     seed = _seed(args.seed)
     ks: tuple[int, ...] = args.k
     start = time.perf_counter()
@@ -624,6 +632,36 @@ class _Data:
         if self.header is not None:
             text += f", header: {', '.join(self.header)}"
         return text
+
+
+# fit (without --minibatch) and elbow memory-map a .npy file larger than this
+# share of the memory available, and stream it, rather than load it: an
+# in-memory fit needs about twice the data.
+_LOAD_MAX_SHARE = 0.25
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation, where the system says."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _too_big_to_load(name: str) -> bool:
+    """Whether ``name`` is a .npy file over ``_LOAD_MAX_SHARE`` of the available memory."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        return False  # other formats cannot be memory-mapped; _load reports bad paths
+    available = _available_memory()
+    return available is not None and path.stat().st_size > _LOAD_MAX_SHARE * available
 
 
 def _load(
