@@ -378,16 +378,40 @@ def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
     b, k, d = centroids.shape
     if k < 2 or not _device.on_host(centroids.device):
         return None
-    # Rows keyed by their problem: copies are looked for within a problem.
-    problem = torch.arange(b, dtype=centroids.dtype).repeat_interleave(k).unsqueeze(1)
-    keyed = torch.cat([problem, centroids.reshape(b * k, d)], dim=1)
-    unique, inverse = torch.unique(keyed, dim=0, return_inverse=True)
-    if unique.shape[0] == b * k:
+    # A fingerprint of each row's bits (-0.0 as 0.0), sorted per problem:
+    # copies are neighbours there, checked equal in full (a collision of
+    # fingerprints is no copy). torch.unique(dim=0) took 14 ms for 256 x 384.
+    rows = centroids + 0.0
+    fingerprint = _fingerprints(rows)
+    ordered, order = fingerprint.sort(dim=-1, stable=True)
+    same = ordered[:, 1:] == ordered[:, :-1]
+    if not bool(same.any()):
         return None
-    position = torch.arange(b * k)
-    first = torch.full((unique.shape[0],), b * k, dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, position, reduce="amin")
-    return (first[inverse] - problem.squeeze(1).long() * k).view(b, k)
+    # Each row's first copy in sorted order: the start of its run of equal
+    # fingerprints (the stable sort puts the lowest index first).
+    position = torch.arange(k).expand(b, k)
+    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool), ~same], dim=1)
+    run_start = torch.where(starts, position, 0).cummax(dim=1).values
+    first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
+    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
+    first = torch.where(equal, first, position)
+    return first if bool((first != position).any()) else None
+
+
+def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash of each row's bits ``(..., d)`` -> ``(...)``: a sum of their
+    32-bit halves times fixed random odd weights, wrapping around (whole
+    64-bit words would cancel in pairs: [-1, 1] and [1, -1] collided)."""
+    d = rows.shape[-1]
+    weights = torch.randint(
+        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
+    )
+    weights |= 1
+    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
+    if narrow is not None:
+        return (rows.view(narrow).long() * weights[0]).sum(-1)
+    bits = rows.view(torch.int64)
+    return ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
 
 
 def merge_copies(copies: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor | None) -> None:
