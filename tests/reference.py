@@ -41,6 +41,9 @@ def lloyd(
             counts[label] += w[i]
         far = np.argsort(-distances, kind="stable")
         empties = [j for j in range(k) if counts[j] == 0]
+        # Unlike scikit-learn, labels that repeat are no convergence when a
+        # point off its centroid was just moved to an empty cluster.
+        relocated = any(distances[far[rank]] > 0 for rank in range(len(empties)))
         for rank, j in enumerate(empties):
             point = far[rank]
             sums[labels[point]] -= w[point] * x[point]
@@ -53,7 +56,7 @@ def lloyd(
                 new[j] = sums[j] / counts[j]
         shift = ((new - centroids) ** 2).sum()
         centroids = new
-        if np.array_equal(labels, previous) or shift <= tol_abs:
+        if (np.array_equal(labels, previous) and not relocated) or shift <= tol_abs:
             break
         previous = labels
     labels, distances = nearest(x, centroids)

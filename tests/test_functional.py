@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchkmeans.functional import (
+    _device,
+    _native,
     block_rows,
     centroids_from_sums,
     kmeans,
@@ -511,6 +513,43 @@ def test_relocation_after_the_first_iteration_uses_the_current_centroids():
         np.testing.assert_allclose(centroids.numpy(), c_ref, atol=1e-12)
         np.testing.assert_array_equal(labels.numpy(), l_ref)
         assert int(result.n_iter.flatten()[0]) == n_ref == 2
+
+
+# Three points, each twice, and three centres on the first: the copies of
+# 27 reseed both empty clusters, then all join the first of them and leave
+# the other empty again. At the third iteration the labels repeat those of
+# the second while that cluster takes a copy of 24 (off its centroid 25.5):
+# stopping there returned a centre 26 that is not the mean of its points,
+# and inertia 2 where two more iterations reach 0.
+REPEATED_LABELS_X = np.array([[15.0], [15.0], [24.0], [24.0], [27.0], [27.0]])
+REPEATED_LABELS_START = np.array([[15.0], [15.0], [15.0]])
+
+
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops", "general", "batch", "accelerator"])
+def test_labels_that_repeat_while_a_cluster_is_reseeded_are_no_convergence(path, monkeypatch):
+    if path != "fused kernel":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    if path == "accelerator":
+        monkeypatch.setattr(_device, "on_host", lambda device: False)
+    x, start = torch.tensor(REPEATED_LABELS_X), torch.tensor(REPEATED_LABELS_START)
+    if path == "batch":
+        result = lloyd(torch.stack([x, x]), torch.stack([start, start]))
+        result = type(result)(*(field[1] for field in result))
+    elif path == "general":
+        from torchkmeans.functional.lloyd import prepare, run_lloyd
+
+        prep = prepare(x)
+        result = run_lloyd(prep, start[None] - prep.offset, small_path=False)
+        result = type(result)(*(field[0] for field in result))
+        result = result._replace(centroids=result.centroids + prep.offset[0])
+    else:
+        result = lloyd(x, start)
+    c_ref, l_ref, inertia_ref, n_ref = reference.lloyd(REPEATED_LABELS_X, REPEATED_LABELS_START)
+    assert inertia_ref == 0.0
+    np.testing.assert_allclose(result.centroids.numpy(), c_ref, atol=1e-12)
+    np.testing.assert_array_equal(result.labels.numpy(), l_ref)
+    assert float(result.inertia) == pytest.approx(0.0, abs=1e-12)
+    assert int(result.n_iter) == n_ref
 
 
 @pytest.mark.parametrize(

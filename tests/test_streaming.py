@@ -96,6 +96,18 @@ def test_empty_clusters_are_reseeded_like_in_memory(tmp_path, blobs8, small_chun
     assert not np.isnan(streamed.cluster_centers_).any()
 
 
+def test_labels_that_repeat_while_a_cluster_is_reseeded_are_no_convergence(tmp_path):
+    # tests/test_functional.py has the story: the copies of 27 reseed two
+    # empty clusters; stopping when the labels first repeat left inertia 2.
+    X = np.array([[15.0], [15.0], [24.0], [24.0], [27.0], [27.0]])
+    init = np.array([[15.0], [15.0], [15.0]])
+    in_memory = KMeans(3, init=init).fit(X)
+    streamed = KMeans(3, init=init).fit(as_memmap(tmp_path, X))
+    for km in (streamed, in_memory):
+        np.testing.assert_allclose(km.cluster_centers_.ravel(), [15.0, 27.0, 24.0])
+        assert km.inertia_ == 0.0
+
+
 @pytest.mark.parametrize("init", ["k-means++", "random"])
 def test_streamed_seeding_from_a_sample_is_as_good_as_in_memory(tmp_path, small_chunks, init):
     X, _ = make_blobs(n_samples=30_000, n_features=16, centers=12, random_state=3)

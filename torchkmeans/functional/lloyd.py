@@ -529,14 +529,17 @@ def _run_lloyd_small(
             unit_rows(updated, out=updated)
         # scikit-learn also measures the shift through a norm, then squares it.
         shift = float(torch.dist(updated, centroid)) ** 2
+        relocated = False
         if shift != shift and float(counts.min()) <= 0:  # NaN: 0 / 0 of an empty cluster
             distances = _point_distances(prep, centroid.unsqueeze(0), labels.unsqueeze(0), rows)
-            relocate_empty_clusters(
-                totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
+            relocated = bool(
+                relocate_empty_clusters(
+                    totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
+                )
             )
             updated.copy_(centroids_from_sums(sums, totals[:, d], centroid, metric=prep.metric))
             shift = float(torch.dist(updated, centroid)) ** 2
-        strict = previous is not None and torch.equal(labels, previous)
+        strict = not relocated and previous is not None and torch.equal(labels, previous)
         turn = 1 - turn
         if strict or shift <= tol_abs:
             break
@@ -598,6 +601,7 @@ def _run_lloyd_native(
             totals=totals,
         )
         scores.append(score)
+        relocated = False
         if float(counts.min()) > 0:
             updated = torch.div(sums, counts).to(current.dtype)
             if cosine:
@@ -606,13 +610,15 @@ def _run_lloyd_native(
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
             )
-            relocate_empty_clusters(
-                totals.unsqueeze(0), prep.x_aug, prep.weights, labels.unsqueeze(0), distances
+            relocated = bool(
+                relocate_empty_clusters(
+                    totals.unsqueeze(0), prep.x_aug, prep.weights, labels.unsqueeze(0), distances
+                )
             )
             updated = centroids_from_sums(sums, counts[:, 0], current, metric=prep.metric)
         # scikit-learn also measures the shift through a norm, then squares it.
         shift = float(torch.dist(updated, current)) ** 2
-        strict = len(scores) > 1 and changed == 0
+        strict = not relocated and len(scores) > 1 and changed == 0
         current = updated
         labels, previous = previous, labels
         if strict or shift <= tol_abs:
@@ -785,11 +791,14 @@ def run_lloyd(
                 _move_points(totals, prep, changed, labels, previous_labels)
             moved_share = float(changed.sum()) / changed.numel()
         fresh = can_follow
+        relocated = None
         if not on_cpu:
-            relocate_empty_clusters(totals, prep.x_aug, prep.weights, labels, distances, active)
+            relocated = relocate_empty_clusters(
+                totals, prep.x_aug, prep.weights, labels, distances, active
+            )
         elif bool((((counts <= 0) & active) if active is not None else (counts <= 0)).any()):
             point_distances = _point_distances(prep, centroids, labels, rows)
-            relocate_empty_clusters(
+            relocated = relocate_empty_clusters(
                 totals, prep.x_aug, prep.weights, labels, point_distances, active
             )
             fresh = False
@@ -799,6 +808,7 @@ def run_lloyd(
             # One problem shares its data with itself: from the second
             # iteration on, moved_share counts the rows that changed cluster.
             strict = iteration > 0 and moved_share == 0.0
+            strict = strict and (relocated is None or not bool(relocated.any()))
             shift = float((updated - centroids).square_().sum())
             centroids = updated
             labels, previous_labels = previous_labels, labels
@@ -807,6 +817,8 @@ def run_lloyd(
             continue
         shift = (updated - centroids).square_().sum((-1, -2))
         unchanged = ~changed.any(-1) if changed is not None else (labels == previous_labels).all(-1)
+        if relocated is not None:
+            unchanged &= ~relocated
         converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running

@@ -615,12 +615,13 @@ def _relocate(
     labels: torch.Tensor,
     metric: str,
     collective: Collective,
-) -> None:
+) -> torch.Tensor:
     """Reseed empty clusters from the farthest points of all rows (one extra pass).
 
     Keeps, per problem, the ``min(k, n)`` farthest points (ties by rank, then
     row order, as the stable sort of the in-memory path), then applies
-    :func:`relocate_empty_clusters` to those candidates, identically on every rank.
+    :func:`relocate_empty_clusters` to those candidates, identically on every rank,
+    and returns what it returns.
     """
     b, k, d = centroids.shape
     keep = min(k, stats.n_rows)
@@ -669,7 +670,7 @@ def _relocate(
         weights = packed[..., 2]
         x_aug = packed[..., 3:]
     use_weights = source.weights is not None or collective.distributed
-    relocate_empty_clusters(
+    return relocate_empty_clusters(
         totals,
         x_aug,
         weights if use_weights else None,
@@ -888,11 +889,12 @@ def fit_passes(
             score_total = flat[totals.numel() : totals.numel() + b]
             changed = flat[totals.numel() + b :]
         history[:, iteration] = score_total
+        unchanged = (changed == 0) & (iteration > 0)
         if bool((counts <= 0).any()):
-            _relocate(source, stats, totals, centroids, labels, metric, collective)
+            unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
         updated = centroids_from_sums(sums, counts, centroids, metric=metric)
         shift = (updated - centroids).square_().sum((-1, -2))
-        converged = ((changed == 0) & (iteration > 0)) | (shift <= tol_abs)
+        converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)

@@ -263,7 +263,7 @@ def relocate_empty_clusters(
     distances: torch.Tensor,
     active: torch.Tensor | None = None,
     n_rows: int | None = None,
-) -> None:
+) -> torch.Tensor:
     """Reseed empty clusters from the points farthest from their centroids, in place.
 
     The j-th empty cluster of a problem takes the j-th farthest point (by
@@ -279,6 +279,13 @@ def relocate_empty_clusters(
     clusters that exist (padding clusters stay empty); ``n_rows`` is the
     number of rows the centroids were summed from, when the rows given are
     only candidates (default n).
+
+    Returns ``(b,)`` bool: whether an empty cluster of a problem took a point
+    off its centroid. Lloyd's loops do not stop on labels that repeat in
+    such an iteration: the centroids moved (copies of one point reseed two
+    clusters, the first then keeps all the copies and the second is empty
+    again, the labels as before; stopping there returned a centre that is
+    not the mean of its points).
     """
     b, k, width = totals.shape
     n = labels.shape[1]
@@ -315,6 +322,7 @@ def relocate_empty_clusters(
     taken = (moved * empty.unsqueeze(-1).to(totals.dtype)).neg_()
     totals.view(b * k, width).index_add_(0, old, taken.reshape(b * k, width))
     totals.copy_(torch.where(empty.unsqueeze(-1), moved, totals))
+    return (empty & (picked_distances > 0)).any(-1)
 
 
 def centroids_from_sums(
