@@ -31,6 +31,7 @@ from .distances import (
     cache_rows,
     compute_dtype,
     exact_distances,
+    first_copies,
     nearest_by_differences,
     row_min,
     scored_by_columns,
@@ -46,7 +47,6 @@ from .updates import (
     accumulate,
     add_rows,
     centroids_from_sums,
-    first_copies,
     merge_copies,
     relocate_empty_clusters,
 )
@@ -511,14 +511,20 @@ def _run_lloyd_small(
     labels: torch.Tensor | None = None
     shift = float("inf")
     n_iter = 0
-    # Rows tied between copies of a centroid go to the first copy (first_copies).
-    copies = first_copies(centroids)
+    # Copies of a centroid (repeated initial rows, or empty clusters reseeded
+    # onto copies of one point) tie on every row, which a BLAS product splits
+    # by rounding: the rows go to the first copy (first_copies), looked for
+    # at the start and after each reseeding.
+    may_copy = True
     while n_iter < max_iter:
         n_iter += 1
         previous = labels
         values, labels = assign(previous)
-        if copies is not None and previous is None:
-            merge_copies(copies, labels.unsqueeze(0), None)
+        if may_copy:
+            copies = first_copies(slots[turn][0].unsqueeze(0))
+            if copies is not None:
+                merge_copies(copies, labels.unsqueeze(0))
+            may_copy = False
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
             flush()
@@ -539,6 +545,7 @@ def _run_lloyd_small(
             )
             updated.copy_(centroids_from_sums(sums, totals[:, d], centroid, metric=prep.metric))
             shift = float(torch.dist(updated, centroid)) ** 2
+            may_copy = True
         strict = not relocated and previous is not None and torch.equal(labels, previous)
         turn = 1 - turn
         if strict or shift <= tol_abs:
@@ -746,8 +753,11 @@ def run_lloyd(
     fresh = False
     full_active = active
     moved_share = 1.0  # of the rows that changed cluster in the last iteration
-    # Rows tied between copies of a centroid go to the first copy (first_copies).
-    copies = first_copies(centroids) if on_cpu else None
+    # Copies of a centroid (repeated initial rows, or empty clusters reseeded
+    # onto copies of one point) tie on every row, which a BLAS product splits
+    # by rounding: the rows go to the first copy (first_copies), looked for
+    # at the start and after each reseeding, on the CPU.
+    may_copy = on_cpu
 
     for iteration in range(max_iter):
         # Shared rows on the CPU: after a full scatter, the totals follow the
@@ -775,8 +785,13 @@ def run_lloyd(
             changed_rows=changed_rows if single else None,
         )
         history[:, iteration] = total + offset
-        if copies is not None and iteration == 0:
-            merge_copies(copies, labels, None if incremental else totals)
+        if may_copy:
+            copies = first_copies(centroids)
+            if copies is not None:
+                merge_copies(copies, labels, None if incremental else totals)
+                if changed_rows:  # a warm pass's rows that changed cluster
+                    changed_rows[:] = [(labels[0] != previous_labels[0]).nonzero().squeeze(1)]
+            may_copy = False
         changed = None
         if changed_rows:
             # One problem, warm pass: the rows that changed cluster are known,
@@ -802,6 +817,7 @@ def run_lloyd(
                 totals, prep.x_aug, prep.weights, labels, point_distances, active
             )
             fresh = False
+            may_copy = True
         updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
         if single:
             n_iter += 1
@@ -868,6 +884,9 @@ def run_lloyd(
         distances=final_distances,
         active=active,
     )
+    copies = first_copies(centroids) if on_cpu else None
+    if copies is not None:  # reseeded onto copies in the last iteration
+        merge_copies(copies, labels)
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 

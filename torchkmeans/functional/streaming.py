@@ -31,6 +31,7 @@ from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     block_rows,
     exact_distances,
+    first_copies,
     squared_norms,
     times_power_of_two,
     underflow_exponent,
@@ -39,7 +40,7 @@ from .distances import (
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
-from .updates import centroids_from_sums, first_copies, merge_copies, relocate_empty_clusters
+from .updates import centroids_from_sums, merge_copies, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -577,10 +578,13 @@ def _lloyd_pass(
     warm: bool,
     distances: torch.Tensor | None = None,
     frame_norms: torch.Tensor | None = None,
+    copies: torch.Tensor | None = None,
 ) -> _Pass:
     """One pass over the local rows: labels (in place), totals and the summed scores.
 
     ``warm``: the labels hold a previous assignment that warm-starts the search.
+    ``copies`` (:func:`first_copies`): the rows of copies of a centroid are
+    relabelled to the first copy (the caller merges the totals).
     ``distances`` ``(b, n)`` and ``frame_norms`` ``(n,)`` receive each row's
     exact distance to its centroid and its squared norm once centred.
     """
@@ -596,6 +600,8 @@ def _lloyd_pass(
         score_total += _assign_pass(
             prep, centroids, chunk_labels, block, totals=totals, previous=previous if warm else None
         )
+        if copies is not None:
+            merge_copies(copies, chunk_labels)
         score_total += _score_offset(prep)
         changed += (chunk_labels != previous).sum(-1)
         if distances is not None:
@@ -871,15 +877,28 @@ def fit_passes(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n_iter = torch.zeros(b, dtype=torch.int64, device=device)
     history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
-    # Rows tied between copies of a centroid go to the first copy (first_copies).
-    copies = first_copies(centroids)
+    # Copies of a centroid (repeated initial rows, or empty clusters reseeded
+    # onto copies of one point) tie on every row, which a BLAS product splits
+    # by rounding: the rows go to the first copy (first_copies), looked for
+    # at the start and after each reseeding.
+    may_copy = True
     for iteration in range(max_iter):
         totals.zero_()
+        copies = first_copies(centroids) if may_copy else None
+        may_copy = False
         step = _lloyd_pass(
-            source, stats, centroids, labels, metric, block, totals=totals, warm=iteration > 0
+            source,
+            stats,
+            centroids,
+            labels,
+            metric,
+            block,
+            totals=totals,
+            warm=iteration > 0,
+            copies=copies,
         )
-        if copies is not None and iteration == 0:
-            merge_copies(copies, labels, totals)
+        if copies is not None:
+            merge_copies(copies, None, totals)
         score_total, changed = step.score_total, step.changed
         if collective.distributed:
             # One collective per iteration: sums, counts, scores, changed labels.
@@ -892,6 +911,7 @@ def fit_passes(
         unchanged = (changed == 0) & (iteration > 0)
         if bool((counts <= 0).any()):
             unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
+            may_copy = True
         updated = centroids_from_sums(sums, counts, centroids, metric=metric)
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
@@ -915,6 +935,7 @@ def fit_passes(
         warm=True,
         distances=distances,
         frame_norms=frame_norms,
+        copies=first_copies(centroids),
     )
     weights = source.weights
 

@@ -20,7 +20,6 @@ __all__ = [
     "accumulate",
     "add_rows",
     "centroids_from_sums",
-    "first_copies",
     "merge_copies",
     "relocate_empty_clusters",
     "scatter_sums",
@@ -364,70 +363,15 @@ def centroids_from_sums(
     return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
 
 
-def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
-    """Index of the first exact copy of each centroid ``(b, k, d)`` in its problem.
-
-    Returns ``(b, k)`` int64 (each distinct centroid its own index), or None
-    when no two centroids of a problem are equal or they are off the CPU
-    (one host read). A BLAS product need not score two copies of a centroid
-    bit-identically (a tile's edge columns take another kernel), so rows
-    equally far from both would split between them by rounding; scikit-learn
-    and the fused kernel give such ties to the first copy, the other copies
-    are left empty and reseeded (:func:`merge_copies`). Copies come from a
-    given initialisation with repeated rows, or random picks of repeated data.
-
-    Examples
-    --------
-    >>> first_copies(torch.tensor([[[0.0], [1.0], [0.0]]])).tolist()
-    [[0, 1, 0]]
-    >>> first_copies(torch.tensor([[[0.0], [1.0]]])) is None
-    True
-    """
-    b, k, d = centroids.shape
-    if k < 2 or not _device.on_host(centroids.device):
-        return None
-    # A fingerprint of each row's bits (-0.0 as 0.0), sorted per problem:
-    # copies are neighbours there, checked equal in full (a collision of
-    # fingerprints is no copy). torch.unique(dim=0) took 14 ms for 256 x 384.
-    rows = centroids + 0.0
-    fingerprint = _fingerprints(rows)
-    ordered, order = fingerprint.sort(dim=-1, stable=True)
-    same = ordered[:, 1:] == ordered[:, :-1]
-    if not bool(same.any()):
-        return None
-    # Each row's first copy in sorted order: the start of its run of equal
-    # fingerprints (the stable sort puts the lowest index first).
-    position = torch.arange(k).expand(b, k)
-    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool), ~same], dim=1)
-    run_start = torch.where(starts, position, 0).cummax(dim=1).values
-    first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
-    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
-    first = torch.where(equal, first, position)
-    return first if bool((first != position).any()) else None
-
-
-def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
-    """A 64-bit hash of each row's bits ``(..., d)`` -> ``(...)``: a sum of their
-    32-bit halves times fixed random odd weights, wrapping around (whole
-    64-bit words would cancel in pairs: [-1, 1] and [1, -1] collided)."""
-    d = rows.shape[-1]
-    weights = torch.randint(
-        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
-    )
-    weights |= 1
-    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
-    if narrow is not None:
-        return (rows.view(narrow).long() * weights[0]).sum(-1)
-    bits = rows.view(torch.int64)
-    return ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
-
-
-def merge_copies(copies: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor | None) -> None:
+def merge_copies(
+    copies: torch.Tensor, labels: torch.Tensor | None, totals: torch.Tensor | None = None
+) -> None:
     """Give the rows of every copy of a centroid to its first copy, in place.
 
-    ``copies`` ``(b, k)`` from :func:`first_copies`; ``labels`` ``(b, n)``;
-    ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them, or None:
-    each copy's sums and weights move to its first copy, leaving it empty.
+    ``copies`` ``(b, k)`` from :func:`first_copies`; ``labels`` ``(b, n)``
+    relabelled, and/or ``totals`` ``(b, k, d+1)`` as :func:`accumulate`
+    leaves them: each copy's sums and weights move to its first copy,
+    leaving it empty.
 
     Examples
     --------
@@ -436,7 +380,8 @@ def merge_copies(copies: torch.Tensor, labels: torch.Tensor, totals: torch.Tenso
     >>> labels.tolist(), totals[0, :, -1].tolist()
     ([[0, 0, 1]], [2.0, 1.0, 0.0])
     """
-    labels.copy_(copies.gather(1, labels))
+    if labels is not None:
+        labels.copy_(copies.gather(1, labels))
     if totals is not None:
         b, k, width = totals.shape
         targets = (copies + torch.arange(b, device=copies.device).unsqueeze(1) * k).view(-1)
