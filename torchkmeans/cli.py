@@ -479,9 +479,9 @@ def _run_fit(args: argparse.Namespace) -> int:
     labels = _numpy(estimator.labels_).astype(np.int64, copy=False)
     centers = _numpy(estimator.cluster_centers_)
     if labels_out is not None:
-        np.save(labels_out, labels)
+        _save_npy(labels_out, labels)
     if centers_out is not None:
-        np.save(centers_out, centers)
+        _save_npy(centers_out, centers)
     if args.quiet:
         return 0
     n_init = estimator.get_params()["n_init"]
@@ -540,7 +540,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     labels, inertia = _nearest(data.values, centres, args.metric, device, data.where)
     elapsed = time.perf_counter() - start
     if labels_out is not None:
-        np.save(labels_out, labels)
+        _save_npy(labels_out, labels)
     if args.quiet:
         return 0
     fields: list[tuple[str, Any]] = [
@@ -927,6 +927,14 @@ def _npy_output(value: str | None, option: str) -> Path | None:
     if path.suffix.lower() != ".npy":
         raise UsageError(f"{option}: expected a file name ending in .npy, got {value!r}.")
     return _checked_parent(path, option)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file object: np.save(name) appends ".npy" to a name ending in
+    # ".NPY" (accepted above), writing a file other than the one checked and
+    # printed, which could be DATA.
+    with open(path, "wb") as file:
+        np.save(file, array)
 
 
 def _check_outputs(inputs: dict[str, str], outputs: dict[str, Path | None]) -> None:
