@@ -332,6 +332,7 @@ def _as_batched(
     return x3, c3, batched
 
 
+@_device.full_precision
 def partial_scores(
     xb: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor | None
 ) -> torch.Tensor:
@@ -384,6 +385,7 @@ def augmented_centroids(
     return torch.cat([scaled, last], dim=-1)
 
 
+@_device.full_precision
 def augmented_scores(
     xb: torch.Tensor, augmented: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -502,6 +504,7 @@ def argmin_rows(
 _COLUMN_LAYOUT_MAX_K = 128
 
 
+@_device.full_precision
 def assign_block(
     xb: torch.Tensor, augmented: torch.Tensor, previous: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -995,6 +998,7 @@ def first_column_minimum(
     return torch.amin(work, 0, out=out)
 
 
+@_device.full_precision
 def _nearest_by_columns(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -1043,6 +1047,7 @@ def _nearest_by_columns(
     return labels, distances
 
 
+@_device.full_precision
 def pairwise_distances(
     x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean"
 ) -> torch.Tensor:
