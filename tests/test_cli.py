@@ -271,6 +271,46 @@ def test_fit_centres_then_predict_gives_the_fit_labels(capsys, tmp_path, blobs):
     np.testing.assert_array_equal(np.load(tmp_path / "predict.npy"), np.load(tmp_path / "fit.npy"))
 
 
+def test_csv_is_read_in_memory_of_the_size_of_its_numbers(tmp_path):
+    # Every cell went through csv.reader as a Python string, then a string
+    # array: 15x the numbers' size at the peak (367 MB for a 29 MB file).
+    import tracemalloc
+
+    X = np.random.default_rng(0).random((20_000, 8))
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",", header="a,b,c,d,e,f,g,h", comments="")
+    tracemalloc.start()
+    try:
+        values, names = cli._load_text(tmp_path / "x.csv", "DATA", ",", "auto")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(values, X)
+    assert names == list("abcdefgh")
+    assert peak < 3 * X.nbytes
+
+
+def test_outputs_are_written_to_the_names_given(capsys, tmp_path, blobs):
+    # np.save(name) appended ".npy" to "L.NPY": the summary named a file that
+    # did not exist, and "x.NPY" next to DATA "x.NPY.npy" overwrote DATA.
+    data = tmp_path / "x.NPY.npy"
+    np.save(data, blobs)
+    code, out, _ = run(
+        capsys, "fit", data, "-k", 4, "--seed", 1, "--device", "cpu",
+        "--labels-out", tmp_path / "x.NPY", "--centers-out", tmp_path / "C.Npy",
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["C.Npy", "x.NPY", "x.NPY.npy"]
+    np.testing.assert_array_equal(np.load(data), blobs)
+    assert Path(field(out, "labels")) == tmp_path / "x.NPY"
+    assert np.load(tmp_path / "x.NPY").shape == (len(blobs),)
+    code, _, _ = run(
+        capsys, "predict", data, "--centers", tmp_path / "C.Npy",
+        "--labels-out", tmp_path / "P.NPY", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "P.NPY"), np.load(tmp_path / "x.NPY"))
+
+
 # ---------------------------------------------------------------- elbow
 
 

@@ -937,3 +937,44 @@ def test_unavailable_or_dataless_device_is_a_clear_error():
         KMeans(n_clusters=2).fit(meta)
     with pytest.raises(ValueError, match="Expected init to hold values, got a tensor on the meta"):
         KMeans(n_clusters=2, init=meta[:2]).fit(X_OK)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_autocast_region_changes_no_result(paths, request):
+    # A fit inside a model's torch.autocast region computed its distances in
+    # bfloat16: k-means++ picked other seeds (host paths), and the
+    # accelerator paths labelled 915 of these 2,000 rows differently.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    from torchkmeans import elbow
+    from torchkmeans.functional import kmeans_plusplus, nearest_centroids
+
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 16, generator=generator) + 100
+    X += torch.randint(0, 5, (2000, 1), generator=generator) * 30.0
+    init = X[:8].clone()
+
+    def results() -> list[torch.Tensor]:
+        seeds = kmeans_plusplus(X, 8, generator=torch.Generator().manual_seed(0))[1]
+        km = KMeans(n_clusters=8, random_state=0).fit(X)
+        given = KMeans(n_clusters=8, init=init, n_init=1).fit(X)
+        cosine = KMeans(n_clusters=8, metric="cosine", random_state=0).fit(X)
+        mbk = MiniBatchKMeans(n_clusters=8, random_state=0).fit(X)
+        return [
+            seeds,
+            km.labels_,
+            given.labels_,
+            given.predict(X + 0.5),
+            given.transform(X),
+            cosine.labels_,
+            mbk.labels_,
+            nearest_centroids(X, init).labels,
+            elbow(X, k=range(1, 5), random_state=0).inertia,
+        ]
+
+    expected = results()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = results()
+    for value, reference in zip(got, expected):
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)

@@ -529,6 +529,23 @@ def test_partial_fit_over_chunks_equals_fit_on_a_generator_and_a_dataloader():
     np.testing.assert_array_equal(from_generator.cluster_centers_, step_by_step.cluster_centers_)
 
 
+def test_partial_fit_on_each_dataloader_batch_equals_fit_on_the_loader():
+    # for batch in loader: partial_fit(batch) over a TensorDataset: [x] raised
+    # "got shape (1, 256, 4)", [x, y] an inhomogeneous-array error.
+    X = torch.from_numpy(blobs(n=2000, d=4, k=5, seed=7).astype(np.float32))
+    y = torch.arange(len(X))
+    for dataset in (torch.utils.data.TensorDataset(X), torch.utils.data.TensorDataset(X, y)):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False)
+        step_by_step = MiniBatchKMeans(5, random_state=0)
+        for batch in loader:
+            step_by_step.partial_fit(batch)
+        from_loader = MiniBatchKMeans(5, random_state=0).fit(loader)
+        torch.testing.assert_close(
+            step_by_step.cluster_centers_, from_loader.cluster_centers_, rtol=0, atol=0
+        )
+        assert step_by_step.n_steps_ == len(loader)
+
+
 def test_fit_on_a_stream_skips_empty_batches_before_the_first_step():
     # A filtered DataLoader may yield no rows at first: an empty batch later in
     # the stream is already a step that moves nothing, an empty first one raised.

@@ -257,6 +257,7 @@ def _silhouette(
     return out
 
 
+@_device.full_precision
 def _distance_block(
     data: torch.Tensor, data_sq: torch.Tensor | None, rows: slice, columns: slice, metric: str
 ) -> torch.Tensor:

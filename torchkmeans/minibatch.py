@@ -682,6 +682,8 @@ class MiniBatchKMeans(KMeans):
         Parameters
         ----------
         X : array-like, Tensor or iterable of batches of shape (n, n_features)
+            A DataLoader's ``(x, y)`` batch (a tuple or list whose first item
+            is 2-D) stands for ``x``, as in an iterable.
         y : ignored
         sample_weight : array-like or Tensor of shape (n,), optional
             Not accepted with an iterable.
@@ -694,7 +696,9 @@ class MiniBatchKMeans(KMeans):
             _refuse_weights_with_stream(sample_weight)
             self._steps_over(X)
             return self
-        return self._partial_fit_batch(X, sample_weight)
+        # `for batch in loader: partial_fit(batch)` over a TensorDataset
+        # raised "got shape (1, 128, 4)" ([x]) or an inhomogeneous-array error.
+        return self._partial_fit_batch(_first(X), sample_weight)
 
     def _steps_over(self, batches: Iterable[Any]) -> None:
         """One step per yielded batch. Empty batches before the first step are

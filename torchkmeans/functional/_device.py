@@ -10,9 +10,14 @@ pinned memory, matmul precision) look at the device itself.
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable, TypeVar
+
 import torch
 
-__all__ = ["on_host", "traced", "widest_float"]
+__all__ = ["full_precision", "on_host", "traced", "widest_float"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def on_host(device: torch.device) -> bool:
@@ -33,3 +38,33 @@ def widest_float(device: torch.device) -> torch.dtype:
     """The widest floating dtype ``device`` computes in: float64, float32 on
     MPS. Sums, counts and inertia accumulate in it."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return device_type == "cuda" and bool(torch.is_autocast_enabled())
+
+
+def full_precision(fn: _F) -> _F:
+    """``fn`` with autocast off on the device of its first tensor argument.
+
+    Under ``torch.autocast`` the products and dot products of the distances
+    (``addmm``, ``baddbmm``, ``linalg.vecdot``...) ran in bfloat16/float16
+    whatever the data's dtype: a KMeans fit in a model's autocast region
+    seeded from rounded distances, and on the accelerator paths labelled
+    915 of 2,000 rows differently. Wraps every function that computes them.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if device is None or not _autocast_enabled(device.type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type=device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

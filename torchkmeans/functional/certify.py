@@ -118,6 +118,7 @@ def suspects(
     return suspect
 
 
+@_device.full_precision
 def moved_centroids_floor(
     scored: torch.Tensor, returned: torch.Tensor, offset: torch.Tensor | None
 ) -> torch.Tensor:
@@ -147,6 +148,7 @@ def moved_centroids_floor(
     return (shift * (16 * factor / _TRUSTED_PRECISION**2)).to(returned.dtype)
 
 
+@_device.full_precision
 def squared_frame_norms(x: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     """Squared norms of the rows ``x - offset`` of ``x`` ``(bx, n, d)``, ``(bx, n)``, in chunks."""
     n = x.shape[1]
@@ -238,6 +240,7 @@ def _relabel(
     return labels, distances
 
 
+@_device.full_precision
 def certify_nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,

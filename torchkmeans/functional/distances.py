@@ -333,6 +333,7 @@ def _as_batched(
     return x3, c3, batched
 
 
+@_device.full_precision
 def partial_scores(
     xb: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor | None
 ) -> torch.Tensor:
@@ -385,6 +386,7 @@ def augmented_centroids(
     return torch.cat([scaled, last], dim=-1)
 
 
+@_device.full_precision
 def augmented_scores(
     xb: torch.Tensor, augmented: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -503,6 +505,7 @@ def argmin_rows(
 _COLUMN_LAYOUT_MAX_K = 128
 
 
+@_device.full_precision
 def assign_block(
     xb: torch.Tensor, augmented: torch.Tensor, previous: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1063,6 +1066,7 @@ def first_column_minimum(
     return torch.amin(work, 0, out=out)
 
 
+@_device.full_precision
 def _nearest_by_columns(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -1111,6 +1115,7 @@ def _nearest_by_columns(
     return labels, distances
 
 
+@_device.full_precision
 def pairwise_distances(
     x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean"
 ) -> torch.Tensor:

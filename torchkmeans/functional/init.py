@@ -37,6 +37,7 @@ def _gather_rows(x3: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x3.gather(1, index.unsqueeze(-1).expand(b, m, x3.shape[-1]))
 
 
+@_device.full_precision
 def _distances_to(
     x3: torch.Tensor, x_sq: torch.Tensor | None, points: torch.Tensor, memory_budget: int | None
 ) -> torch.Tensor:
@@ -75,6 +76,7 @@ def _distances_to(
 _HOST_LOOP_ON_CPU = True
 
 
+@_device.full_precision
 def _kmeans_plusplus_single(
     x: torch.Tensor,
     x_sq: torch.Tensor | None,

@@ -216,6 +216,7 @@ def _assign_pass(
     return total
 
 
+@_device.full_precision
 def _assign_pass_warm(
     prep: Prepared,
     centroids: torch.Tensor,
@@ -436,6 +437,7 @@ def _exact_distance_rows(
     )
 
 
+@_device.full_precision
 def _run_lloyd_small(
     prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float, rows: int
 ) -> KMeansResult:
