@@ -713,9 +713,10 @@ class MiniBatchKMeans(KMeans):
                 self._partial_fit_batch(x, None)
                 if progress is not None:
                     # The batch inertia is a float already with compute_labels;
-                    # without, reading the step's would wait for the device.
+                    # without, reading the step's would wait for the device. On
+                    # shards it is the ranks' total, for rows this rank does not count.
                     mean = None
-                    if self.compute_labels:
+                    if self.compute_labels and local:
                         mean = self.inertia_ / max(1, int(self.labels_.shape[0]))
                     progress.update(mean)
         finally:
