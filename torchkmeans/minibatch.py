@@ -151,7 +151,7 @@ class MiniBatchKMeans(KMeans):
         Show progress with tqdm when it is installed, else a line on stderr
         every few steps with the smoothed batch inertia; over an iterable of
         batches (``fit`` or ``partial_fit``), at steps 1, 2, 4, 8, ... with
-        the last batch's inertia when ``compute_labels`` gives it.
+        the last batch's mean inertia when ``compute_labels`` gives it.
     compute_labels : bool, default=True
         Compute ``labels_`` and ``inertia_`` on the whole data after ``fit``
         (on the batch after ``partial_fit``).
@@ -889,7 +889,7 @@ class _BatchProgress:
     def __init__(self, batches: Iterable[Any]) -> None:
         try:
             self.total: int | None = len(batches)  # type: ignore[arg-type]
-        except TypeError:  # a generator, an IterableDataset's loader
+        except (TypeError, NotImplementedError):  # a generator, an IterableDataset's loader
             self.total = None
         self.steps = 0
         self.last: float | None = None
