@@ -760,6 +760,48 @@ def test_verbose_uses_tqdm_when_present(monkeypatch):
     assert any(c[0] == "postfix" for c in calls) and calls[-1][0] == "close"
 
 
+def test_verbose_reports_the_steps_of_an_iterable_without_tqdm(capsys, monkeypatch):
+    # fit on a DataLoader or generator is the long work verbose is for.
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    X = blobs(n=1000, d=2, k=3, seed=0)
+    batches = (X[i : i + 100] for i in range(0, 1000, 100))
+    km = MiniBatchKMeans(3, verbose=True, random_state=0).fit(batches)
+    err = capsys.readouterr().err
+    assert "[MiniBatchKMeans] step 1: mean batch inertia" in err
+    assert f"[MiniBatchKMeans] {km.n_steps_} steps" in err
+    km.partial_fit(iter([X[:100], X[100:200]]))
+    assert "[MiniBatchKMeans] step 1: mean batch inertia" in capsys.readouterr().err
+
+
+def test_verbose_shows_a_tqdm_bar_over_the_batches(monkeypatch):
+    calls = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            calls.append(("total", total))
+
+        def update(self, n):
+            calls.append(("update", n))
+
+        def set_postfix(self, **kwargs):
+            calls.append(("postfix", kwargs))
+
+        def close(self):
+            calls.append(("close", None))
+
+    auto = types.ModuleType("tqdm.auto")
+    auto.tqdm = FakeBar
+    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
+    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+    X = blobs(n=1000, d=2, k=3, seed=0)
+    batches = torch.utils.data.DataLoader(torch.as_tensor(X), batch_size=100)
+    km = MiniBatchKMeans(3, verbose=True, random_state=0).fit(batches)
+    assert calls[0] == ("total", 10)  # a DataLoader has a length; a generator gives None
+    assert sum(1 for c in calls if c[0] == "update") == km.n_steps_ == 10
+    assert any(c[0] == "postfix" for c in calls) and calls[-1][0] == "close"
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -434,8 +434,9 @@ def elbow(
     """Fit K-Means for every k of a sweep on the device, and find the knee of the inertia.
 
     All ``len(k) * n_init`` fits run as one batch of padded problems (on the
-    CPU: at most two groups of ks, each padded to its own largest k, in
-    rounds of 10 iterations that drop converged fits), seeded by one greedy
+    CPU: contiguous groups of ks, each padded to its own largest k, as many
+    as save more padding than each batched run's fixed cost, in rounds of
+    10 iterations that drop converged fits), seeded by one greedy
     k-means++ run to the largest k per restart. Each fit runs Lloyd's
     iterations exactly as :class:`~torchkmeans.KMeans` does; per k the
     restart with the lowest inertia is kept, on the device, and results
@@ -484,9 +485,9 @@ def elbow(
         Bytes a block of distances may take.
     verbose : bool, default=False
         Show progress: a tqdm bar over k when tqdm is installed, else a line
-        on stderr per k. All ks run in one batch, so a k is reported when its
-        last restart has converged (the bar moves in bursts at the ends of
-        rounds), after a line for the seeding; scores are one more phase.
+        on stderr per k. The ks of a batch run together, so a k is reported
+        when its last restart has converged (the bar moves in bursts at the
+        ends of rounds), after a line for the seeding; scores are one more phase.
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun`` each rank passes its shard of ``X`` and every rank
         gets the same inertia, centroids and knee (one distributed fit per k,

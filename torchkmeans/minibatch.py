@@ -149,7 +149,9 @@ class MiniBatchKMeans(KMeans):
         Rows per step (capped at ``n_samples``).
     verbose : bool, default=False
         Show progress with tqdm when it is installed, else a line on stderr
-        every few steps with the smoothed batch inertia.
+        every few steps with the smoothed batch inertia; over an iterable of
+        batches (``fit`` or ``partial_fit``), at steps 1, 2, 4, 8, ... with
+        the last batch's mean inertia when ``compute_labels`` gives it.
     compute_labels : bool, default=True
         Compute ``labels_`` and ``inertia_`` on the whole data after ``fit``
         (on the batch after ``partial_fit``).
@@ -706,11 +708,24 @@ class MiniBatchKMeans(KMeans):
         (later ones are steps that move nothing; on shards every rank takes
         part in every step, so a rank's empty batch is a step from the start)."""
         local = not distributed.collective(self.process_group).distributed
-        for batch in batches:
-            x = _first(batch)
-            if local and _is_empty(x) and not hasattr(self, "cluster_centers_"):
-                continue
-            self._partial_fit_batch(x, None)
+        progress = _BatchProgress(batches) if self.verbose else None
+        try:
+            for batch in batches:
+                x = _first(batch)
+                if local and _is_empty(x) and not hasattr(self, "cluster_centers_"):
+                    continue
+                self._partial_fit_batch(x, None)
+                if progress is not None:
+                    # The batch inertia is a float already with compute_labels;
+                    # without, reading the step's would wait for the device. On
+                    # shards it is the ranks' total, for rows this rank does not count.
+                    mean = None
+                    if self.compute_labels and local:
+                        mean = self.inertia_ / max(1, int(self.labels_.shape[0]))
+                    progress.update(mean)
+        finally:
+            if progress is not None:
+                progress.close()
 
     def _partial_fit_batch(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
         first = not hasattr(self, "cluster_centers_")
@@ -867,6 +882,49 @@ def _steps_between_checks(device: torch.device) -> int:
     the CPU, where a read costs nothing; every 10 elsewhere, where each read
     waits for the device."""
     return 1 if _device.on_host(device) else 10
+
+
+class _BatchProgress:
+    """``verbose`` over an iterable of batches: a tqdm bar (of the number of
+    batches when the iterable has a length) when tqdm is installed, else a
+    line on stderr at steps 1, 2, 4, 8, ... and at the end, with the mean
+    batch inertia when ``compute_labels`` gives it."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        try:
+            self.total: int | None = len(batches)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError):  # a generator, an IterableDataset's loader
+            self.total = None
+        self.steps = 0
+        self.last: float | None = None
+        self.bar: Any = None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            self.bar = tqdm(total=self.total, desc="MiniBatchKMeans", leave=False)
+
+    def _line(self, text: str) -> None:
+        if self.last is not None:
+            text += f": mean batch inertia {self.last:.6g}"
+        print(f"[MiniBatchKMeans] {text}", file=sys.stderr)
+
+    def update(self, mean_inertia: float | None) -> None:
+        self.steps += 1
+        self.last = mean_inertia
+        if self.bar is not None:
+            self.bar.update(1)
+            if mean_inertia is not None:
+                self.bar.set_postfix(batch_inertia=f"{mean_inertia:.6g}", refresh=False)
+        elif not self.steps & (self.steps - 1):
+            self._line(f"step {self.steps}" + (f"/{self.total}" if self.total else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self._line(f"{self.steps} steps")
 
 
 class _EarlyStopping:
