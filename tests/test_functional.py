@@ -83,6 +83,43 @@ def test_pairwise_distances_over_many_blocks_match_differences(dtype):
     assert bool((batched[0, torch.arange(4), torch.arange(4)] == 0).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_with_autograd_match_those_written_in_place(dtype):
+    """Without autograd the blocks are written into the output (float64) or
+    one reused buffer (float32); with it they stay differentiable, equal."""
+    g = torch.Generator().manual_seed(0)
+    x = (1e4 + 1e-2 * torch.randn(3000, 3, generator=g, dtype=torch.float64)).to(dtype)
+    c = torch.cat([x[:40], x[40:41] + 1e3]).unsqueeze(0).repeat(2, 1, 1)
+    c[1] += 0.25
+    plain = pairwise_distances(x, c)
+    x_grad = x.clone().requires_grad_()
+    tracked = pairwise_distances(x_grad, c)
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0.0, atol=0.0)
+    tracked.sum().backward()
+    expected = (2 * (x.double()[None, :, None] - c.double()[:, None])).sum((0, 2))
+    torch.testing.assert_close(x_grad.grad.double(), expected, rtol=1e-6, atol=1e-6)
+    assert bool((plain[0, torch.arange(40), torch.arange(40)] == 0).all())
+
+
+def test_large_host_outputs_ask_for_huge_pages(monkeypatch):
+    """transform's n x k distances are backed by huge pages where Linux gives
+    them, as numpy's arrays are (4 KiB page faults had been half its time)."""
+    from torchkmeans.functional import _device
+
+    calls = []
+    monkeypatch.setattr(_device, "_madvise", lambda *args: calls.append(args) or 0)
+    x = torch.randn(20_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = pairwise_distances(x, x[:64])
+    assert len(calls) == 1
+    start, length, advice = calls[0]
+    assert advice == _device._MADV_HUGEPAGE
+    assert start % _device._HUGE_PAGE == 0 and length % _device._HUGE_PAGE == 0 and length > 0
+    assert out.data_ptr() <= start and start + length <= out.data_ptr() + out.numel() * 8
+    calls.clear()
+    pairwise_distances(x[:100], x[:64])  # small: left to the allocator
+    assert not calls
+
+
 def test_block_rows_respects_the_budget():
     rows = block_rows(10**6, 1024, itemsize=4, memory_budget=2**20, device=torch.device("cuda"))
     assert rows * 1024 * 4 <= 2**20
