@@ -276,6 +276,23 @@ def test_certify_uses_elkan_bound_for_many_rows_and_keeps_inactive_centroids_out
     assert labels[0].tolist() == nearest.tolist()
 
 
+def test_certify_uses_elkan_bound_for_fewer_rows_than_centroids():
+    # Three float64 rows 1e-9 from their centres, far from the origin: few
+    # suspects among many centroids (MiniBatchKMeans at k = n/4) are settled
+    # by the gaps of their own centres, not read again against all of them.
+    generator = torch.Generator().manual_seed(0)
+    centres = 100.0 + torch.randn(40, 8, generator=generator, dtype=torch.float64)
+    x = centres[[3, 17, 29]] + 1e-9
+    labels = torch.tensor([[3, 17, 29]])
+    distances = ((x - centres[labels[0]]) ** 2).sum(-1).unsqueeze(0)
+    assert certify_nearest(x[None], centres[None], labels, distances) == 0
+    assert labels.tolist() == [[3, 17, 29]]
+    # A duplicate of the second row's centre leaves its gap 0: it alone is read.
+    twin = torch.cat([centres, centres[17:18]])
+    assert certify_nearest(x[None], twin[None], labels, distances) == 1
+    assert labels.tolist() == [[3, 17, 29]]
+
+
 def test_half_precision_nearest_centroids_is_computed_in_float32():
     generator = torch.Generator().manual_seed(0)
     x = (torch.randn(2000, 8, generator=generator) * 3).half()
