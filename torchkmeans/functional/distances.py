@@ -710,6 +710,9 @@ _DIFFERENCES_MAX_WORK = 1 << 20
 # 1.2e-5, where the expansion's are certified and recomputed in float64).
 _COLUMN_GROUP_ROWS = 32
 _DIFFERENCES_MAX_FEATURES = 128
+# Rows of at most this many features have their squared norms summed by a
+# product with ones in pairwise_distances (see there).
+_PRODUCT_NORMS_MAX_D = 3
 
 
 def scored_by_columns(k: int, d: int) -> bool:
@@ -1112,7 +1115,12 @@ def pairwise_distances(
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop].to(wide) - offset
-        x_sq = torch.linalg.vecdot(xb, xb)
+        if xb.shape[-1] <= _PRODUCT_NORMS_MAX_D:
+            # The same sum, as a product with ones: torch's sum over a last
+            # dimension of 2 or 3 took 2.8 ms for 200,000 rows, against 0.2 ms.
+            x_sq = torch.matmul(xb * xb, xb.new_ones(xb.shape[-1]))
+        else:
+            x_sq = torch.linalg.vecdot(xb, xb)
         if not direct:
             block = x_sq.unsqueeze(-1) + c_sq.unsqueeze(1)
         else:
