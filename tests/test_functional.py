@@ -117,6 +117,20 @@ def test_pairwise_distances_of_narrow_rows_sum_norms_by_a_product(monkeypatch, d
     assert bool((got[torch.arange(4), torch.arange(4)] == 0).all())
 
 
+def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypatch):
+    """Two 2-D centroids fit 100,000 rows in a cache-sized distance block, but
+    the rows' own temporaries were fresh pages: blocks are bounded in rows."""
+    rows = []
+    baddbmm_ = torch.Tensor.baddbmm_
+    monkeypatch.setattr(
+        torch.Tensor, "baddbmm_", lambda t, *a, **k: rows.append(t.shape[1]) or baddbmm_(t, *a, **k)
+    )
+    x = torch.randn(100_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = pairwise_distances(x, x[:2])
+    assert len(rows) > 1 and max(rows) <= 1 << 15
+    torch.testing.assert_close(got, (x[:, None] - x[None, :2]).square().sum(-1))
+
+
 def test_large_host_outputs_ask_for_huge_pages(monkeypatch):
     """transform's n x k distances are backed by huge pages where Linux gives
     them, as numpy's arrays are (4 KiB page faults had been half its time)."""
