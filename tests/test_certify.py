@@ -293,6 +293,29 @@ def test_certify_uses_elkan_bound_for_fewer_rows_than_centroids():
     assert labels.tolist() == [[3, 17, 29]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_that_are_centroids_are_settled_without_scoring(monkeypatch, dtype):
+    # Centroids drawn from the rows, far from the origin: the rows that are
+    # centroids are at distance 0 after the centring, suspect, and equal to
+    # their centre in x itself, where nothing can be nearer. Neither the
+    # centroids' gaps nor the rows' scores against all of them are needed.
+    from torchkmeans.functional import certify
+
+    def fail(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(certify, "_half_gaps_squared", fail)
+    monkeypatch.setattr(certify, "_relabel", fail)
+    generator = torch.Generator().manual_seed(0)
+    x = (1e3 + torch.randn(2000, 64, generator=generator, dtype=torch.float64)).to(dtype)
+    centroids = x[:200:2].clone()
+    result = nearest_centroids(x, centroids)
+    assert result.labels[:200:2].tolist() == list(range(100))
+    assert result.distances[:200:2].tolist() == [0.0] * 100
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    assert torch.equal(result.labels, table.argmin(1))
+
+
 def test_half_precision_nearest_centroids_is_computed_in_float32():
     generator = torch.Generator().manual_seed(0)
     x = (torch.randn(2000, 8, generator=generator) * 3).half()

@@ -301,6 +301,30 @@ def certify_nearest(
             continue
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
+        if centred:
+            # A distance of 0 between centred rows and centroids may be the
+            # centring's rounding; rows equal to their centre in ``x`` itself
+            # are on it, with none nearer (rows that are centroids: an init
+            # from the data, a cluster of one row), whatever their norms.
+            zero = distances[problem, rows] == 0
+            if bool(zero.any()):
+                candidates = rows[zero]
+                read += candidates.numel()
+                x_problem = x[problem if x.shape[0] > 1 else 0]
+                on_centre = torch.cat(
+                    [
+                        (
+                            x_problem.index_select(0, part)
+                            == problem_centroids.index_select(0, labels[problem, part])
+                        ).all(1)
+                        for part in candidates.split(step)
+                    ]
+                )
+                settled = torch.zeros_like(zero)
+                settled[zero] = on_centre
+                rows = rows[~settled]
+                if rows.numel() == 0:
+                    continue
         imprecise = rows[:0]
         if rows.numel():
             # Elkan's bound, on the distances as they are (no row read
