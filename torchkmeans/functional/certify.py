@@ -295,17 +295,19 @@ def certify_nearest(
     read = 0
     low_precision = _device.widest_float(x.device).itemsize > dtype.itemsize
     step = check_rows(d)
+    on_host = _device.on_host(x.device)
     for problem in range(b):
         rows = suspect[problem].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
-        if centred:
+        if centred and on_host:
             # A distance of 0 between centred rows and centroids may be the
             # centring's rounding; rows equal to their centre in ``x`` itself
             # are on it, with none nearer (rows that are centroids: an init
             # from the data, a cluster of one row), whatever their norms.
+            # (On the host, where the extra reads of the mask cost nothing.)
             zero = distances[problem, rows] == 0
             if bool(zero.any()):
                 candidates = rows[zero]
@@ -326,14 +328,15 @@ def certify_nearest(
                 if rows.numel() == 0:
                     continue
         imprecise = rows[:0]
-        if rows.numel():
+        if rows.numel() > k or on_host:
             # Elkan's bound, on the distances as they are (no row read
             # again): no other centroid is nearer than one within half the
             # distance to its nearest neighbour, whatever the rounding. Its
             # gaps are a product over the centroids, where reading a row
             # again takes differences to each (float64 rows on their centres,
             # a fifth of each MiniBatchKMeans step at k = n/4): taken for all
-            # of them, or for the few that label the rows.
+            # of them, or on the host (where its reads of masks cost
+            # nothing) for the few that label the rows.
             labelled = labels[problem, rows]
             if rows.numel() > k:
                 half_gaps = _half_gaps_squared(problem_centroids, problem_active)[labelled]
