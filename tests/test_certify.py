@@ -276,6 +276,46 @@ def test_certify_uses_elkan_bound_for_many_rows_and_keeps_inactive_centroids_out
     assert labels[0].tolist() == nearest.tolist()
 
 
+def test_certify_uses_elkan_bound_for_fewer_rows_than_centroids():
+    # Three float64 rows 1e-9 from their centres, far from the origin: few
+    # suspects among many centroids (MiniBatchKMeans at k = n/4) are settled
+    # by the gaps of their own centres, not read again against all of them.
+    generator = torch.Generator().manual_seed(0)
+    centres = 100.0 + torch.randn(40, 8, generator=generator, dtype=torch.float64)
+    x = centres[[3, 17, 29]] + 1e-9
+    labels = torch.tensor([[3, 17, 29]])
+    distances = ((x - centres[labels[0]]) ** 2).sum(-1).unsqueeze(0)
+    assert certify_nearest(x[None], centres[None], labels, distances) == 0
+    assert labels.tolist() == [[3, 17, 29]]
+    # A duplicate of the second row's centre leaves its gap 0: it alone is read.
+    twin = torch.cat([centres, centres[17:18]])
+    assert certify_nearest(x[None], twin[None], labels, distances) == 1
+    assert labels.tolist() == [[3, 17, 29]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_that_are_centroids_are_settled_without_scoring(monkeypatch, dtype):
+    # Centroids drawn from the rows, far from the origin: the rows that are
+    # centroids are at distance 0 after the centring, suspect, and equal to
+    # their centre in x itself, where nothing can be nearer. Neither the
+    # centroids' gaps nor the rows' scores against all of them are needed.
+    from torchkmeans.functional import certify
+
+    def fail(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(certify, "_half_gaps_squared", fail)
+    monkeypatch.setattr(certify, "_relabel", fail)
+    generator = torch.Generator().manual_seed(0)
+    x = (1e3 + torch.randn(2000, 64, generator=generator, dtype=torch.float64)).to(dtype)
+    centroids = x[:200:2].clone()
+    result = nearest_centroids(x, centroids)
+    assert result.labels[:200:2].tolist() == list(range(100))
+    assert result.distances[:200:2].tolist() == [0.0] * 100
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    assert torch.equal(result.labels, table.argmin(1))
+
+
 def test_half_precision_nearest_centroids_is_computed_in_float32():
     generator = torch.Generator().manual_seed(0)
     x = (torch.randn(2000, 8, generator=generator) * 3).half()

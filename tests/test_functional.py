@@ -96,6 +96,73 @@ def test_float32_pairwise_distances_are_exact_to_float32_also_far_from_the_centr
     torch.testing.assert_close(pairwise_distances(x, c).double(), expected, rtol=2.5e-7, atol=0.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_with_autograd_match_those_written_in_place(dtype):
+    """Without autograd the blocks are written into the output (float64) or
+    one reused buffer (float32); with it they stay differentiable, equal."""
+    g = torch.Generator().manual_seed(0)
+    x = (1e4 + 1e-2 * torch.randn(3000, 3, generator=g, dtype=torch.float64)).to(dtype)
+    c = torch.cat([x[:40], x[40:41] + 1e3]).unsqueeze(0).repeat(2, 1, 1)
+    c[1] += 0.25
+    plain = pairwise_distances(x, c)
+    x_grad = x.clone().requires_grad_()
+    tracked = pairwise_distances(x_grad, c)
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0.0, atol=0.0)
+    tracked.sum().backward()
+    expected = (2 * (x.double()[None, :, None] - c.double()[:, None])).sum((0, 2))
+    torch.testing.assert_close(x_grad.grad.double(), expected, rtol=1e-6, atol=1e-6)
+    assert bool((plain[0, torch.arange(40), torch.arange(40)] == 0).all())
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_pairwise_distances_of_narrow_rows_sum_norms_by_a_product(monkeypatch, d):
+    """torch's sum over a last dimension of 2 or 3 is 10x slower than a
+    product with ones: narrow rows' squared norms take the product, exactly."""
+    calls = []
+    vecdot = torch.linalg.vecdot
+    monkeypatch.setattr(torch.linalg, "vecdot", lambda a, b: calls.append(a.shape) or vecdot(a, b))
+    x = torch.randn(5000, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    c = x[:4].clone()
+    got = pairwise_distances(x, c)
+    assert all(shape[-2] <= 4 for shape in calls), calls
+    expected = (x[:, None] - c[None]).square().sum(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert bool((got[torch.arange(4), torch.arange(4)] == 0).all())
+
+
+def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypatch):
+    """Two 2-D centroids fit 100,000 rows in a cache-sized distance block, but
+    the rows' own temporaries were fresh pages: blocks are bounded in rows."""
+    rows = []
+    baddbmm_ = torch.Tensor.baddbmm_
+    monkeypatch.setattr(
+        torch.Tensor, "baddbmm_", lambda t, *a, **k: rows.append(t.shape[1]) or baddbmm_(t, *a, **k)
+    )
+    x = torch.randn(100_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = pairwise_distances(x, x[:2])
+    assert len(rows) > 1 and max(rows) <= 1 << 15
+    torch.testing.assert_close(got, (x[:, None] - x[None, :2]).square().sum(-1))
+
+
+def test_large_host_outputs_ask_for_huge_pages(monkeypatch):
+    """transform's n x k distances are backed by huge pages where Linux gives
+    them, as numpy's arrays are (4 KiB page faults had been half its time)."""
+    from torchkmeans.functional import _device
+
+    calls = []
+    monkeypatch.setattr(_device, "_madvise", lambda *args: calls.append(args) or 0)
+    x = torch.randn(20_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = pairwise_distances(x, x[:64])
+    assert len(calls) == 1
+    start, length, advice = calls[0]
+    assert advice == _device._MADV_HUGEPAGE
+    assert start % _device._HUGE_PAGE == 0 and length % _device._HUGE_PAGE == 0 and length > 0
+    assert out.data_ptr() <= start and start + length <= out.data_ptr() + out.numel() * 8
+    calls.clear()
+    pairwise_distances(x[:100], x[:64])  # small: left to the allocator
+    assert not calls
+
+
 def test_block_rows_respects_the_budget():
     rows = block_rows(10**6, 1024, itemsize=4, memory_budget=2**20, device=torch.device("cuda"))
     assert rows * 1024 * 4 <= 2**20

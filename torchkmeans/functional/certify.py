@@ -170,23 +170,27 @@ def _block_rows(k: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * k))
 
 
-def _half_gaps_squared(centroids: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+def _half_gaps_squared(
+    centroids: torch.Tensor, active: torch.Tensor | None, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """A lower bound on the squared half-distance from each centroid ``(k, d)``
-    to its nearest other (active) one, ``(k,)`` in float64 (inf when alone)."""
+    (or each of ``centroids[index]``) to its nearest other (active) one,
+    ``(k,)`` (or ``index``'s shape) in float64 (inf when alone)."""
     k, d = centroids.shape
     wide = _device.widest_float(centroids.device)
     c = centroids.to(wide)
     c = c - c.mean(0)
     norms = torch.linalg.vecdot(c, c)
-    gaps = torch.empty(k, dtype=wide, device=c.device)
+    own = torch.arange(k, device=c.device) if index is None else index
+    gaps = torch.empty(own.shape[0], dtype=wide, device=c.device)
     rows = _block_rows(k)
-    for start in range(0, k, rows):
-        stop = min(k, start + rows)
-        block = torch.addmm(norms, c[start:stop], c.T, alpha=-2.0).add_(norms[start:stop, None])
-        block.diagonal(offset=start).fill_(math.inf)
+    for start in range(0, own.shape[0], rows):
+        part = own[start : start + rows]
+        block = torch.addmm(norms, c[part], c.T, alpha=-2.0).add_(norms[part, None])
+        block.scatter_(1, part[:, None], math.inf)
         if active is not None:
             block.masked_fill_(~active, math.inf)
-        gaps[start:stop] = block.amin(1)
+        gaps[start : start + rows] = block.amin(1)
     # The expansion's rounding, bounded generously: a few units of u |c|^2 per term.
     error = 4 * (d + 2) * torch.finfo(wide).eps * norms.max()
     return (gaps - error).clamp_min_(0.0) / 4
@@ -294,19 +298,56 @@ def certify_nearest(
     read = 0
     low_precision = _device.widest_float(x.device).itemsize > dtype.itemsize
     step = check_rows(d)
+    on_host = _device.on_host(x.device)
     for problem in range(b):
         rows = suspect[problem].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
+        if centred and on_host:
+            # A distance of 0 between centred rows and centroids may be the
+            # centring's rounding; rows equal to their centre in ``x`` itself
+            # are on it, with none nearer (rows that are centroids: an init
+            # from the data, a cluster of one row), whatever their norms.
+            # (On the host, where the extra reads of the mask cost nothing.)
+            zero = distances[problem, rows] == 0
+            if bool(zero.any()):
+                candidates = rows[zero]
+                read += candidates.numel()
+                x_problem = x[problem if x.shape[0] > 1 else 0]
+                on_centre = torch.cat(
+                    [
+                        (
+                            x_problem.index_select(0, part)
+                            == problem_centroids.index_select(0, labels[problem, part])
+                        ).all(1)
+                        for part in candidates.split(step)
+                    ]
+                )
+                settled = torch.zeros_like(zero)
+                settled[zero] = on_centre
+                rows = rows[~settled]
+                if rows.numel() == 0:
+                    continue
         imprecise = rows[:0]
-        if rows.numel() > k:
+        if rows.numel() > k or on_host:
             # Elkan's bound, on the distances as they are (no row read
             # again): no other centroid is nearer than one within half the
-            # distance to its nearest neighbour, whatever the rounding.
-            half_gaps = _half_gaps_squared(problem_centroids, problem_active).to(dtype)
-            half_gaps *= 1 - 4 * unit  # rounded to dtype: never above the bound
+            # distance to its nearest neighbour, whatever the rounding. Its
+            # gaps are a product over the centroids, where reading a row
+            # again takes differences to each (float64 rows on their centres,
+            # a fifth of each MiniBatchKMeans step at k = n/4): taken for all
+            # of them, or on the host (where its reads of masks cost
+            # nothing) for the few that label the rows.
+            labelled = labels[problem, rows]
+            if rows.numel() > k:
+                half_gaps = _half_gaps_squared(problem_centroids, problem_active)[labelled]
+            else:
+                involved, inverse = labelled.unique(return_inverse=True)
+                half_gaps = _half_gaps_squared(problem_centroids, problem_active, involved)
+                half_gaps = half_gaps[inverse]
+            half_gaps = half_gaps.to(dtype).mul_(1 - 4 * unit)  # never above the bound
             root = distances[problem, rows].sqrt_()
             upper = root * (1 + (d + 4) * unit)
             if centred:
@@ -316,7 +357,7 @@ def certify_nearest(
                 norms = frame_squared_norms[problem if frame_squared_norms.shape[0] > 1 else 0]
                 root_error = norms[rows].sqrt_().add_(root).mul_(2 * unit)
                 upper += root_error
-            settled = upper.square_() <= half_gaps[labels[problem, rows]]
+            settled = upper.square_() <= half_gaps
             if centred:
                 # Settled, but their distance may be off by more than the
                 # precision trusted: measured again from x.
