@@ -733,7 +733,9 @@ def test_verbose_without_tqdm_writes_to_stderr(capsys, monkeypatch):
     assert "[MiniBatchKMeans] step 1/" in err and "ewa inertia" in err
 
 
-def test_verbose_uses_tqdm_when_present(monkeypatch):
+@pytest.fixture
+def fake_tqdm(monkeypatch):
+    """A stand-in tqdm.auto.tqdm; yields the calls its bars receive."""
     calls = []
 
     class FakeBar:
@@ -753,6 +755,11 @@ def test_verbose_uses_tqdm_when_present(monkeypatch):
     auto.tqdm = FakeBar
     monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
     monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+    return calls
+
+
+def test_verbose_uses_tqdm_when_present(fake_tqdm):
+    calls = fake_tqdm
     X = blobs(n=1000, d=2, k=3, seed=0)
     km = MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0).fit(X)
     assert calls[0] == ("total", (100 * 1000) // 50)
@@ -774,26 +781,8 @@ def test_verbose_reports_the_steps_of_an_iterable_without_tqdm(capsys, monkeypat
     assert "[MiniBatchKMeans] step 1: mean batch inertia" in capsys.readouterr().err
 
 
-def test_verbose_shows_a_tqdm_bar_over_the_batches(monkeypatch):
-    calls = []
-
-    class FakeBar:
-        def __init__(self, total, **kwargs):
-            calls.append(("total", total))
-
-        def update(self, n):
-            calls.append(("update", n))
-
-        def set_postfix(self, **kwargs):
-            calls.append(("postfix", kwargs))
-
-        def close(self):
-            calls.append(("close", None))
-
-    auto = types.ModuleType("tqdm.auto")
-    auto.tqdm = FakeBar
-    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
-    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+def test_verbose_shows_a_tqdm_bar_over_the_batches(fake_tqdm):
+    calls = fake_tqdm
     X = blobs(n=1000, d=2, k=3, seed=0)
     batches = torch.utils.data.DataLoader(torch.as_tensor(X), batch_size=100)
     km = MiniBatchKMeans(3, verbose=True, random_state=0).fit(batches)
