@@ -665,6 +665,27 @@ def test_console_script(tmp_path, iris):
     assert missing.stderr == "torchkmeans: error: DATA 'missing.npy': no such file.\n"
 
 
+def test_a_container_memory_limit_counts_as_the_available_memory(tmp_path, iris, monkeypatch):
+    # /proc/meminfo shows the host's memory: in a container limited to less,
+    # a file far over its limit was loaded whole (and the process killed).
+    from torchkmeans import cli
+
+    data = tmp_path / "iris.npy"
+    np.save(data, iris)
+    size = data.stat().st_size
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    unlimited = (str(tmp_path / "none.max"), str(tmp_path / "none.current"))
+    monkeypatch.setattr(cli, "_CGROUP_MEMORY", (unlimited, (str(limit), str(usage))))
+    limit.write_text("max\n")
+    usage.write_text(f"{10 * size}\n")
+    assert not cli._too_big_to_load(str(data))
+    limit.write_text(f"{14 * size}\n")
+    assert cli._available_memory() == 4 * size
+    assert not cli._too_big_to_load(str(data))
+    usage.write_text(f"{10 * size + 1}\n")
+    assert cli._too_big_to_load(str(data))
+
+
 @pytest.mark.parametrize("command", ["fit", "elbow"])
 def test_a_npy_too_big_to_load_is_memory_mapped(capsys, tmp_path, iris, monkeypatch, command):
     # fit without --minibatch and elbow loaded the file whole, whatever its size.

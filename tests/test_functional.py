@@ -630,6 +630,27 @@ def test_labels_that_repeat_while_a_cluster_is_reseeded_are_no_convergence(path,
     assert int(result.n_iter) == n_ref
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_rows_of_copies_reseeded_in_the_last_iteration_go_to_the_first_copy(seed, monkeypatch):
+    """max_iter reached right after empty clusters were reseeded onto copies
+    of one point: the final labels of the small loop gave the copies' rows
+    to the first copy only by the BLAS product's rounding, which split them."""
+    monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    rng = np.random.default_rng(seed)
+    k = 17
+    points = np.repeat(rng.normal(size=(k, 3)) * 5, rng.integers(2, 6, size=k), axis=0)
+    x = np.vstack([points, rng.normal(size=(20, 3))])
+    start = np.repeat(x[:1], k, axis=0)
+    result = lloyd(torch.tensor(x), torch.tensor(start), max_iter=1)
+    centroids, labels = result.centroids.numpy(), result.labels.numpy()
+    first = np.array([np.flatnonzero((centroids == row).all(1))[0] for row in centroids])
+    assert (first != np.arange(k)).any()  # copies were reseeded
+    np.testing.assert_array_equal(first[labels], labels)
+    _, l_ref, inertia_ref, _ = reference.lloyd(x, start, max_iter=1)
+    np.testing.assert_array_equal(labels, l_ref)
+    assert float(result.inertia) == pytest.approx(inertia_ref, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("metric", "weighted", "n_problems"),
     [("euclidean", False, 1), ("euclidean", True, 3), ("cosine", False, 2)],

@@ -640,19 +640,43 @@ class _Data:
 _LOAD_MAX_SHARE = 0.25
 
 
+# A container's memory limit and use (cgroup v2, then v1): /proc/meminfo
+# shows the host's memory, and loading more than the limit gets the process
+# killed, with no MemoryError to report.
+_CGROUP_MEMORY = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    (
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+    ),
+)
+
+
 def _available_memory() -> int | None:
     """Bytes of memory available to a new allocation, where the system says."""
+    available = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    for limit_file, usage_file in _CGROUP_MEMORY:
+        try:
+            with open(limit_file) as limit, open(usage_file) as usage:
+                room = int(limit.read()) - int(usage.read())  # "max": no limit
+        except (OSError, ValueError):
+            continue
+        available = max(0, room) if available is None else max(0, min(available, room))
+        break
+    return available
 
 
 def _too_big_to_load(name: str) -> bool:

@@ -558,6 +558,10 @@ def _run_lloyd_small(
     # centroids moved after they were assigned.
     if labels is None or shift != 0.0:
         _, labels = assign(labels)
+        if may_copy:  # reseeded onto copies in the last iteration
+            copies = first_copies(slots[turn][0].unsqueeze(0))
+            if copies is not None:
+                merge_copies(copies, labels.unsqueeze(0))
     final_centroids = slots[turn][0].unsqueeze(0).contiguous()
     # In blocks: the differences of all rows at once are two temporaries the
     # size of the data, each paid for in fresh pages.
