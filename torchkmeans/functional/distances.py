@@ -1120,7 +1120,8 @@ def pairwise_distances(
         factor = min(factor, (math.sqrt(narrow / precise) - 1.0) ** 2)
     out = _device.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
-    if _device.on_host(x3.device):
+    on_host = _device.on_host(x3.device)
+    if on_host:
         # The block's rows are copied (widened, centred) and squared too:
         # cache-sized, not only the distances (20,000 x 300 rows and k=2 in
         # one block: page faults made transform 3x slower than scikit-learn's).
@@ -1153,15 +1154,22 @@ def pairwise_distances(
             torch.add(x_sq.unsqueeze(-1), c_sq.unsqueeze(1), out=block)
         block.baddbmm_(xb, c_centred.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
         # An entry is inexact when D * factor < (|x| + |c|)^2. Bounding |c| by
-        # the largest one gives each row one threshold, met by few rows: the
-        # rows whose nearest entry is below it compare each entry with it, and
-        # the entries below it take the exact test.
+        # the largest one gives each row one threshold, met by few rows: on the
+        # host, the rows whose nearest entry is below it compare each entry
+        # with it (elsewhere every entry does: one host read per block, not
+        # two), and the entries below it take the exact test.
         threshold = (x_sq.sqrt() + c_norm_max).square_().div_(factor)
-        problem, row = (block.amin(-1) < threshold).nonzero(as_tuple=True)
+        if on_host:
+            problem, row = (block.amin(-1) < threshold).nonzero(as_tuple=True)
+            if problem.numel():
+                threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
+                below = block[problem, row] < threshold.unsqueeze(-1)
+                entry, column = below.nonzero(as_tuple=True)
+                problem, row = problem[entry], row[entry]
+        else:
+            below = block < threshold.unsqueeze(-1)
+            problem, row, column = below.nonzero(as_tuple=True)
         if problem.numel():
-            threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
-            entry, column = (block[problem, row] < threshold.unsqueeze(-1)).nonzero(as_tuple=True)
-            problem, row = problem[entry], row[entry]
             x_norm = x_sq[problem if x_sq.shape[0] > 1 else 0, row].sqrt_()
             scale = (x_norm + c_norm[problem, column]).square_()
             inexact = scale > block[problem, row, column] * factor
