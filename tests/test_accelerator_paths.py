@@ -251,3 +251,19 @@ def test_lloyd_reads_the_host_every_10_iterations(accelerator_paths):
         assert km.n_iter_ == max_iter
         counts.append(len(reads.calls))
     assert counts[1] - counts[0] <= 3
+
+
+def test_pairwise_distances_reads_the_host_once_per_block(accelerator_paths):
+    # Rows near a centre far from the centres' mean are computed again from
+    # differences: found with one nonzero per block (two had been taken, the
+    # rows first, then their entries: a host read the CPU's path wants).
+    from torchkmeans.functional import pairwise_distances
+
+    gen = torch.Generator().manual_seed(0)
+    centroids = torch.cat([torch.zeros(1, 20), 1e4 + torch.randn(7, 20, generator=gen)])
+    x = centroids[1] + 1e-3 * torch.randn(2000, 20, generator=gen)
+    with HostReads() as reads:
+        distances = pairwise_distances(x, centroids)
+    assert reads.calls.count("nonzero") == 1
+    exact = ((x.double()[:, None] - centroids.double()[None]) ** 2).sum(-1)
+    torch.testing.assert_close(distances.double(), exact, rtol=4e-7, atol=0.0)

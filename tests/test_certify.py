@@ -370,3 +370,25 @@ def test_labels_are_nearest_when_float32_products_run_in_bfloat16(bfloat16_produ
     assert_nearest(x, model.cluster_centers_, predicted)
     table = exact_distances(x, model.cluster_centers_)
     np.testing.assert_allclose(model.inertia_, table.min(1).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_rows_scored_again_go_to_the_first_copy_of_a_centroid(active):
+    # float32 rows near two copies of a centroid, read again (|x| >> their
+    # distance): the float64 product scored the copies a rounding apart and
+    # sent 167 of 400 rows to the second copy, unlike every other path.
+    rng = np.random.default_rng(0)
+    centroids = torch.tensor(10 * rng.standard_normal((6, 130)), dtype=torch.float32)
+    centroids[2] = centroids[4] = centroids[0]
+    x = centroids[0] + torch.tensor(0.1 * rng.standard_normal((400, 130)), dtype=torch.float32)
+    labels, distances = nearest_centroids(x, centroids)
+    assert_nearest(x, centroids, labels, distances)
+    assert set(labels.tolist()) == {0}
+    # Labelled the last copy, rows go to the first active one.
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    mask[0, 0] = not active
+    labels = torch.full((1, 400), 4)
+    found = torch.tensor(exact_distances(x, centroids)[np.arange(400), labels[0]])[None]
+    found = found.to(torch.float32)
+    certify_nearest(x[None], centroids[None], labels, found, active=mask)
+    assert set(labels[0].tolist()) == ({2} if active else {0})

@@ -45,6 +45,7 @@ from . import _device
 __all__ = [
     "certify_nearest",
     "check_rows",
+    "first_copies",
     "moved_centroids_floor",
     "product_unit_roundoff",
     "squared_frame_norms",
@@ -196,6 +197,66 @@ def _half_gaps_squared(
     return (gaps - error).clamp_min_(0.0) / 4
 
 
+def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
+    """Index of the first exact copy of each centroid ``(b, k, d)`` in its problem.
+
+    Returns ``(b, k)`` int64 (each distinct centroid its own index), or None
+    when no two centroids of a problem are equal or they are off the CPU
+    (one host read). A BLAS product need not score two copies of a centroid
+    bit-identically (a tile's edge columns take another kernel), so rows
+    equally far from both would split between them by rounding; scikit-learn
+    and the fused kernel give such ties to the first copy, and in a fit the
+    other copies are left empty and reseeded
+    (:func:`~torchkmeans.functional.updates.merge_copies`). Copies come from
+    a given initialisation with repeated rows, or empty clusters reseeded
+    onto copies of one point.
+
+    Examples
+    --------
+    >>> first_copies(torch.tensor([[[0.0], [1.0], [0.0]]])).tolist()
+    [[0, 1, 0]]
+    >>> first_copies(torch.tensor([[[0.0], [1.0]]])) is None
+    True
+    """
+    b, k, d = centroids.shape
+    if k < 2 or not _device.on_host(centroids.device):
+        return None
+    # A fingerprint of each row's bits (-0.0 as 0.0), sorted per problem:
+    # copies are neighbours there, checked equal in full (a collision of
+    # fingerprints is no copy). torch.unique(dim=0) took 14 ms for 256 x 384.
+    rows = centroids + 0.0
+    fingerprint = _fingerprints(rows)
+    ordered, order = fingerprint.sort(dim=-1, stable=True)
+    same = ordered[:, 1:] == ordered[:, :-1]
+    if not bool(same.any()):
+        return None
+    # Each row's first copy in sorted order: the start of its run of equal
+    # fingerprints (the stable sort puts the lowest index first).
+    position = torch.arange(k).expand(b, k)
+    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool), ~same], dim=1)
+    run_start = torch.where(starts, position, 0).cummax(dim=1).values
+    first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
+    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
+    first = torch.where(equal, first, position)
+    return first if bool((first != position).any()) else None
+
+
+def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash of each row's bits ``(..., d)`` -> ``(...)``: a sum of their
+    32-bit halves times fixed random odd weights, wrapping around (whole
+    64-bit words would cancel in pairs: [-1, 1] and [1, -1] collided)."""
+    d = rows.shape[-1]
+    weights = torch.randint(
+        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
+    )
+    weights |= 1
+    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
+    if narrow is not None:
+        return (rows.view(narrow).long() * weights[0]).sum(-1)
+    bits = rows.view(torch.int64)
+    return ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
+
+
 def _relabel(
     x: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None, low_precision: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,6 +279,16 @@ def _relabel(
     distances = torch.empty(r, dtype=wide, device=x.device)
     rows = _block_rows(k)
     unsettled = []
+    # The float64 product scores copies of a centroid a rounding apart (their
+    # differences do not): their tied rows go to the first (active) copy, as
+    # on every other path (float32 rows near two copies, d=130: 167 of 400
+    # went to the second).
+    copies = None
+    if low_precision:
+        candidates = (
+            centroids if active is None else centroids.masked_fill(~active[:, None], math.nan)
+        )
+        copies = first_copies(candidates[None])
     for start in range(0, r, rows):
         xb = xw[start : start + rows]
         if low_precision:
@@ -230,6 +301,8 @@ def _relabel(
         if active is not None:
             scores.masked_fill_(~active, math.inf)
         chosen = scores.argmin(1)
+        if copies is not None:
+            chosen = copies[0][chosen]
         difference = x_given[start : start + rows] - given.index_select(0, chosen)
         exact = torch.linalg.vecdot(difference, difference)
         labels[start : start + rows] = chosen

@@ -19,7 +19,7 @@ import torch
 
 from .. import _validation as v
 from . import _device, _native
-from .certify import certify_nearest, squared_frame_norms, trust_factor
+from .certify import certify_nearest, first_copies, squared_frame_norms, trust_factor
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -851,66 +851,6 @@ def _nearest(
     return labels, distances if exact else None
 
 
-def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
-    """Index of the first exact copy of each centroid ``(b, k, d)`` in its problem.
-
-    Returns ``(b, k)`` int64 (each distinct centroid its own index), or None
-    when no two centroids of a problem are equal or they are off the CPU
-    (one host read). A BLAS product need not score two copies of a centroid
-    bit-identically (a tile's edge columns take another kernel), so rows
-    equally far from both would split between them by rounding; scikit-learn
-    and the fused kernel give such ties to the first copy, and in a fit the
-    other copies are left empty and reseeded
-    (:func:`~torchkmeans.functional.updates.merge_copies`). Copies come from
-    a given initialisation with repeated rows, or empty clusters reseeded
-    onto copies of one point.
-
-    Examples
-    --------
-    >>> first_copies(torch.tensor([[[0.0], [1.0], [0.0]]])).tolist()
-    [[0, 1, 0]]
-    >>> first_copies(torch.tensor([[[0.0], [1.0]]])) is None
-    True
-    """
-    b, k, d = centroids.shape
-    if k < 2 or not _device.on_host(centroids.device):
-        return None
-    # A fingerprint of each row's bits (-0.0 as 0.0), sorted per problem:
-    # copies are neighbours there, checked equal in full (a collision of
-    # fingerprints is no copy). torch.unique(dim=0) took 14 ms for 256 x 384.
-    rows = centroids + 0.0
-    fingerprint = _fingerprints(rows)
-    ordered, order = fingerprint.sort(dim=-1, stable=True)
-    same = ordered[:, 1:] == ordered[:, :-1]
-    if not bool(same.any()):
-        return None
-    # Each row's first copy in sorted order: the start of its run of equal
-    # fingerprints (the stable sort puts the lowest index first).
-    position = torch.arange(k).expand(b, k)
-    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool), ~same], dim=1)
-    run_start = torch.where(starts, position, 0).cummax(dim=1).values
-    first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
-    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
-    first = torch.where(equal, first, position)
-    return first if bool((first != position).any()) else None
-
-
-def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
-    """A 64-bit hash of each row's bits ``(..., d)`` -> ``(...)``: a sum of their
-    32-bit halves times fixed random odd weights, wrapping around (whole
-    64-bit words would cancel in pairs: [-1, 1] and [1, -1] collided)."""
-    d = rows.shape[-1]
-    weights = torch.randint(
-        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
-    )
-    weights |= 1
-    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
-    if narrow is not None:
-        return (rows.view(narrow).long() * weights[0]).sum(-1)
-    bits = rows.view(torch.int64)
-    return ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
-
-
 def _nearest_unchecked(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -1180,7 +1120,8 @@ def pairwise_distances(
         factor = min(factor, (math.sqrt(narrow / precise) - 1.0) ** 2)
     out = _device.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
-    if _device.on_host(x3.device):
+    on_host = _device.on_host(x3.device)
+    if on_host:
         # The block's rows are copied (widened, centred) and squared too:
         # cache-sized, not only the distances (20,000 x 300 rows and k=2 in
         # one block: page faults made transform 3x slower than scikit-learn's).
@@ -1213,15 +1154,22 @@ def pairwise_distances(
             torch.add(x_sq.unsqueeze(-1), c_sq.unsqueeze(1), out=block)
         block.baddbmm_(xb, c_centred.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
         # An entry is inexact when D * factor < (|x| + |c|)^2. Bounding |c| by
-        # the largest one gives each row one threshold, met by few rows: the
-        # rows whose nearest entry is below it compare each entry with it, and
-        # the entries below it take the exact test.
+        # the largest one gives each row one threshold, met by few rows: on the
+        # host, the rows whose nearest entry is below it compare each entry
+        # with it (elsewhere every entry does: one host read per block, not
+        # two), and the entries below it take the exact test.
         threshold = (x_sq.sqrt() + c_norm_max).square_().div_(factor)
-        problem, row = (block.amin(-1) < threshold).nonzero(as_tuple=True)
+        if on_host:
+            problem, row = (block.amin(-1) < threshold).nonzero(as_tuple=True)
+            if problem.numel():
+                threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
+                below = block[problem, row] < threshold.unsqueeze(-1)
+                entry, column = below.nonzero(as_tuple=True)
+                problem, row = problem[entry], row[entry]
+        else:
+            below = block < threshold.unsqueeze(-1)
+            problem, row, column = below.nonzero(as_tuple=True)
         if problem.numel():
-            threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
-            entry, column = (block[problem, row] < threshold.unsqueeze(-1)).nonzero(as_tuple=True)
-            problem, row = problem[entry], row[entry]
             x_norm = x_sq[problem if x_sq.shape[0] > 1 else 0, row].sqrt_()
             scale = (x_norm + c_norm[problem, column]).square_()
             inexact = scale > block[problem, row, column] * factor
