@@ -1071,9 +1071,10 @@ def pairwise_distances(
     Euclidean distances are squared, computed in float64 from float32 or half
     input (as scikit-learn's ``euclidean_distances``), on rows centred on the
     centroids' mean, in blocks of rows; entries that the expansion's rounding
-    could make inexact to the result's precision (a row close to a centroid,
-    both far from that mean) are computed again from differences. The result
-    has the input's (computed) dtype.
+    could make inexact (a row close to a centroid, both far from that mean)
+    are computed again from differences: float32 results to float32's
+    precision, float64 ones to about 2^-17 of each entry. The result has the
+    input's (computed) dtype.
 
     Raises
     ------
