@@ -360,6 +360,28 @@ def test_a_memmap_is_swept_in_passes_not_loaded(tmp_path, monkeypatch):
         assert streamed.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
 
 
+def test_compute_labels_false_keeps_no_labels(tmp_path, monkeypatch):
+    # A memmap's sweep held len(k) * n int64 labels nobody asked for: 80
+    # bytes a row for ten ks, more than its rows of a few float32 features.
+    from torchkmeans.functional import streaming
+
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "cpu", 8 * 8 * 400)
+    X = _blobs(5, random_state=3)
+    for data in (X, _memmap(X, tmp_path / "x.dat")):
+        full = elbow(data, k=range(1, 7), random_state=0)
+        bare = elbow(data, k=range(1, 7), random_state=0, compute_labels=False)
+        assert full.labels.shape == (6, X.shape[0]) and bare.labels is None
+        np.testing.assert_array_equal(bare.inertia, full.inertia)
+        for a, b in zip(bare.centroids, full.centroids):
+            np.testing.assert_array_equal(a, b)
+        assert bare.knee == full.knee
+    # Other scores still label the rows internally.
+    scored = elbow(X, k=range(1, 5), random_state=0, scores=("silhouette",), compute_labels=False)
+    assert scored.labels is None and np.isfinite(scored.scores["silhouette"][1:]).all()
+    with pytest.raises(TypeError, match=r"Expected compute_labels to be a bool, got str\."):
+        elbow(X, k=range(1, 4), compute_labels="no")
+
+
 def test_a_streamed_sweep_scores_only_inertia(tmp_path):
     X = _memmap(_blobs(3, random_state=0), tmp_path / "x.dat")
     with pytest.raises(ValueError, match=r"scores=\('inertia',\) when X is streamed \(memmap\)"):
