@@ -731,6 +731,9 @@ def _sweep_passes(
         if labels is not None:
             labels[i] = result.labels
         progress.done(k, float(result.inertia))
+        # Its labels view all n_init restarts' (n_init * n int64): not held
+        # through the next k's fit.
+        del result
     return inertia, padded, labels
 
 
