@@ -714,3 +714,27 @@ def test_a_npy_too_big_to_load_is_memory_mapped(capsys, tmp_path, iris, monkeypa
         assert float(field(streamed, "inertia")) == pytest.approx(
             float(field(out, "inertia")), rel=1e-6
         )
+
+
+def test_elbow_keeps_no_labels(capsys, tmp_path, iris, monkeypatch):
+    # The sweep's labels (len(k) * n int64, unused here) outweighed a
+    # memory-mapped file of rows of up to 20 float32 features.
+    from torchkmeans import cli
+
+    data = tmp_path / "iris.npy"
+    np.save(data, iris.astype(np.float32))
+    results = []
+
+    def spy(*args, **kwargs):
+        results.append(elbow(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(cli, "elbow", spy)
+    monkeypatch.setattr(cli, "_available_memory", lambda: 4 * data.stat().st_size - 1)
+    code, out, err = run(capsys, "elbow", data, "--k", "1:6", "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    assert "memory-mapped" in field(out, "data")
+    assert len(results) == 1 and results[0].labels is None
+    mapped = np.load(data, mmap_mode="r")
+    reference = elbow(mapped, k=range(1, 7), random_state=0, device="cpu")
+    assert elbow_table(out) == pytest.approx(dict(zip(reference.ks, reference.inertia)), rel=1e-6)

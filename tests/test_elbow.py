@@ -360,6 +360,49 @@ def test_a_memmap_is_swept_in_passes_not_loaded(tmp_path, monkeypatch):
         assert streamed.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
 
 
+def test_compute_labels_false_keeps_no_labels(tmp_path, monkeypatch):
+    # A memmap's sweep held len(k) * n int64 labels nobody asked for: 80
+    # bytes a row for ten ks, more than its rows of a few float32 features.
+    from torchkmeans.functional import streaming
+
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "cpu", 8 * 8 * 400)
+    X = _blobs(5, random_state=3)
+    for data in (X, _memmap(X, tmp_path / "x.dat")):
+        full = elbow(data, k=range(1, 7), random_state=0)
+        bare = elbow(data, k=range(1, 7), random_state=0, compute_labels=False)
+        assert full.labels.shape == (6, X.shape[0]) and bare.labels is None
+        np.testing.assert_array_equal(bare.inertia, full.inertia)
+        for a, b in zip(bare.centroids, full.centroids):
+            np.testing.assert_array_equal(a, b)
+        assert bare.knee == full.knee
+    # Other scores still label the rows internally.
+    scored = elbow(X, k=range(1, 5), random_state=0, scores=("silhouette",), compute_labels=False)
+    assert scored.labels is None and np.isfinite(scored.scores["silhouette"][1:]).all()
+    with pytest.raises(TypeError, match=r"Expected compute_labels to be a bool, got str\."):
+        elbow(X, k=range(1, 4), compute_labels="no")
+
+
+def test_a_streamed_sweep_holds_one_fits_labels_at_a_time(tmp_path, monkeypatch):
+    # Each k's result (labels of all its restarts, n_init * n int64) stayed
+    # alive through the next k's fit: 835 MB -> 615 MB peak for 8,000,000 x 8.
+    import weakref
+
+    elbow_module = importlib.import_module("torchkmeans.elbow")
+    fit = elbow_module.streamed_kmeans
+    held = []
+
+    def spy(*args, **kwargs):
+        assert all(ref() is None for ref in held), "an earlier k's labels are still held"
+        result = fit(*args, **kwargs)
+        held.append(weakref.ref(result.labels))
+        return result
+
+    monkeypatch.setattr(elbow_module, "streamed_kmeans", spy)
+    X = _memmap(_blobs(3, random_state=0), tmp_path / "x.dat")
+    result = elbow(X, k=range(1, 5), random_state=0, compute_labels=False)
+    assert len(held) == 4 and result.labels is None
+
+
 def test_a_streamed_sweep_scores_only_inertia(tmp_path):
     X = _memmap(_blobs(3, random_state=0), tmp_path / "x.dat")
     with pytest.raises(ValueError, match=r"scores=\('inertia',\) when X is streamed \(memmap\)"):

@@ -584,6 +584,9 @@ def _run_elbow(args: argparse.Namespace) -> int:
         metric=args.metric,
         device=device,
         verbose=_progress(args),
+        # Nothing here reads them, and ten ks' labels outweigh rows of up
+        # to 20 float32 features: a memory-mapped file was to stay unloaded.
+        compute_labels=False,
     )
     elapsed = time.perf_counter() - start
     if plot_path is not None:

@@ -68,8 +68,8 @@ class ElbowResult:
         the silhouette for k = 1).
     centroids : list of array or Tensor
         ``centroids[i]`` of shape ``(ks[i], n_features)``: the best fit for ``ks[i]``.
-    labels : array or Tensor of shape (len(ks), n_samples)
-        Nearest centroid of every sample, per k.
+    labels : array or Tensor of shape (len(ks), n_samples), or None
+        Nearest centroid of every sample, per k (None with ``compute_labels=False``).
     """
 
     ks: tuple[int, ...]
@@ -423,6 +423,7 @@ def elbow(
     random_state: Any = None,
     metric: str = "euclidean",
     scores: Sequence[str] = ("inertia",),
+    compute_labels: bool = True,
     curve: str = "log",
     sensitivity: float = 1.0,
     device: str | torch.device | None = None,
@@ -450,7 +451,9 @@ def elbow(
     k is then fitted in passes over the rows, read chunk by chunk
     (:func:`~torchkmeans.functional.streaming.streamed_kmeans`, seeded from
     a sample of the rows), and only ``"inertia"`` is scored. The labels,
-    ``len(k) * n_samples`` int64, are kept on the host.
+    ``len(k) * n_samples`` int64, are kept on the host: 80 bytes a row for
+    ten ks, more than rows of up to 20 float32 features take;
+    ``compute_labels=False`` keeps none.
 
     Parameters
     ----------
@@ -473,6 +476,9 @@ def elbow(
         ``"silhouette"``, ``"calinski_harabasz"``, ``"davies_bouldin"``
         (see :mod:`torchkmeans.metrics`). Only ``"inertia"`` on streamed
         or sharded ``X``.
+    compute_labels : bool, default=True
+        Return the labels of every k (``len(k) * n_samples`` int64); False
+        leaves ``labels`` None and keeps only one fit's at a time.
     curve : {"log", "raw"}, default="log"
         Knee detection on log inertia or on raw inertia; see :func:`find_knee`.
     sensitivity : float, default=1.0
@@ -553,6 +559,7 @@ def elbow(
         tol = v.check_nonnegative_float(tol, "tol")
         metric = v.check_metric(metric)
         names = _check_scores(scores)
+        compute_labels = v.check_flag(compute_labels, "compute_labels")
         if (shard or streamed) and names != ("inertia",):
             where = "sharded over processes" if shard else f"streamed ({type(X).__name__})"
             raise ValueError(
@@ -600,16 +607,22 @@ def elbow(
     try:
         if shard or streamed:
             inertia, padded, labels = _sweep_passes(
-                x, ks, collective=collective, device=x_device, dtype=compute, **fits
+                x,
+                ks,
+                collective=collective,
+                device=x_device,
+                dtype=compute,
+                compute_labels=compute_labels,
+                **fits,
             )
             return _result(
                 ks, inertia, padded, labels, {"inertia": inertia}, kind, curve, sensitivity
             )
         assert isinstance(x, torch.Tensor)
         inertia, padded = _sweep(x, ks, **fits)
-        labels = _labels(x, padded, ks, metric, memory_budget)
-        computed: dict[str, torch.Tensor] = {}
         extra = [name for name in names if name != "inertia"]
+        labels = _labels(x, padded, ks, metric, memory_budget) if compute_labels or extra else None
+        computed: dict[str, torch.Tensor] = {}
         if extra:
             progress.phase("scores: " + ", ".join(extra))
         for name in names:
@@ -617,14 +630,16 @@ def elbow(
     finally:
         progress.close()
 
-    return _result(ks, inertia, padded, labels, computed, kind, curve, sensitivity)
+    return _result(
+        ks, inertia, padded, labels if compute_labels else None, computed, kind, curve, sensitivity
+    )
 
 
 def _result(
     ks: tuple[int, ...],
     inertia: torch.Tensor,
     padded: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     computed: dict[str, torch.Tensor],
     kind: v.OutputKind,
     curve: str,
@@ -653,7 +668,7 @@ def _result(
         knee=knee,
         scores={name: kind.out(value) for name, value in computed.items()},
         centroids=[kind.out(padded[i, :kk].to(out_dtype)) for i, kk in enumerate(ks)],
-        labels=kind.out(labels),
+        labels=None if labels is None else kind.out(labels),
     )
 
 
@@ -671,7 +686,8 @@ def _sweep_passes(
     device: torch.device,
     dtype: torch.dtype,
     progress: _Progress,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    compute_labels: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One fit in passes per k: inertia ``(L,)``, centroids ``(L, K, d)``, labels ``(L, n)``.
 
     ``data`` is a shard of a distributed sweep (the labels are its rows'), or
@@ -679,6 +695,7 @@ def _sweep_passes(
     host, as the data does). Each k is a :func:`streamed_kmeans` fit, seeded
     on its own: every padded k of one batch would need the data read once
     per iteration all the same, and a fit per k stops at its own convergence.
+    Without ``compute_labels`` no labels are kept (None).
     """
     if isinstance(data, torch.Tensor):
         (n, d), label_device = data.shape, data.device
@@ -686,7 +703,11 @@ def _sweep_passes(
         n, d, label_device = data.n_rows, data.n_features, torch.device("cpu")
     inertia = torch.empty(len(ks), dtype=torch.float64, device=device)
     padded = torch.zeros((len(ks), ks[-1], d), dtype=dtype, device=device)
-    labels = torch.empty((len(ks), n), dtype=torch.int64, device=label_device)
+    labels = (
+        torch.empty((len(ks), n), dtype=torch.int64, device=label_device)
+        if compute_labels
+        else None
+    )
     for i, k in enumerate(ks):
         result = streamed_kmeans(
             data,
@@ -707,8 +728,12 @@ def _sweep_passes(
             raise v.distances_overflow("X", dtype)
         inertia[i] = result.inertia
         padded[i, :k] = result.centroids
-        labels[i] = result.labels
+        if labels is not None:
+            labels[i] = result.labels
         progress.done(k, float(result.inertia))
+        # Its labels view all n_init restarts' (n_init * n int64): not held
+        # through the next k's fit.
+        del result
     return inertia, padded, labels
 
 
