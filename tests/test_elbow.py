@@ -415,3 +415,26 @@ def test_a_streamed_sweep_refuses_squared_distances_beyond_float32(tmp_path):
     X = _memmap((rng.normal(size=(60, 3)) * 1e20).astype(np.float32), tmp_path / "x.dat")
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         elbow(X, k=range(1, 4), random_state=0)
+
+
+def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(monkeypatch):
+    # One batch of every restart of every k held all their labels at once
+    # (2,000,000 rows, k = 1..10, n_init=3: 480 MB of labels for 32 MB of data).
+    runs = []
+    lloyd_of_sweep = elbow_module.lloyd
+
+    def spy(x, centroids, **kwargs):
+        runs.append(centroids.shape[0])
+        return lloyd_of_sweep(x, centroids, **kwargs)
+
+    monkeypatch.setattr(elbow_module, "lloyd", spy)
+    monkeypatch.setattr(elbow_module, "_CPU_GROUP_OVERHEAD", 1e18)  # one group, unless split
+    X = _blobs(4, random_state=0)
+    budget = 2 * 3 * X.shape[0] * elbow_module._ROW_BYTES_PER_PROBLEM  # two ks of 3 restarts
+    limited = elbow(X, k=range(1, 8), n_init=3, random_state=0, memory_budget=budget)
+    assert runs == [6, 6, 6, 3]
+    runs.clear()
+    whole = elbow(X, k=range(1, 8), n_init=3, random_state=0)
+    assert runs == [21]
+    assert limited.knee == whole.knee == 4
+    np.testing.assert_allclose(limited.inertia, whole.inertia, rtol=1e-6)

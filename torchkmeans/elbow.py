@@ -25,7 +25,7 @@ from . import distributed
 from ._host import host_rows, should_stream
 from .functional import _device
 from .functional.collective import Collective
-from .functional.distances import nearest_centroids, unit_rows
+from .functional.distances import DEFAULT_MEMORY_BUDGET, nearest_centroids, unit_rows
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
 from .functional.streaming import HostRows, check_sweep, reject_shard, streamed_kmeans
@@ -308,6 +308,35 @@ def _groups(ks: tuple[int, ...], row_cost: int, overhead: float) -> list[list[in
     return groups[::-1]
 
 
+# Bytes a Lloyd run keeps per row and problem besides its blocks: the labels
+# and the previous labels (int64), the rows' distances to their centroids and
+# the final ones (up to float64).
+_ROW_BYTES_PER_PROBLEM = 32
+
+
+def _within_budget(
+    groups: list[list[int]], n_init: int, n_rows: int, memory_budget: int | None
+) -> list[list[int]]:
+    """``groups`` of positions of ks split so that each Lloyd run's per-row state
+    (labels, distances: ``_ROW_BYTES_PER_PROBLEM`` bytes per row and problem)
+    fits ``memory_budget`` (``DEFAULT_MEMORY_BUDGET`` when None); a k's
+    ``n_init`` restarts stay together.
+
+    Every k of a sweep is ``n_init`` problems: one batch of all of them held
+    the labels of every restart of every k at once (2,000,000 rows, k = 1..10,
+    n_init=3: 480 MB of labels for 32 MB of data).
+
+    Examples
+    --------
+    >>> _within_budget([[0, 1, 2, 3]], n_init=2, n_rows=1000, memory_budget=130_000)
+    [[0, 1], [2, 3]]
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    per_k = n_init * max(1, n_rows) * _ROW_BYTES_PER_PROBLEM
+    most = max(1, budget // per_k)
+    return [group[start : start + most] for group in groups for start in range(0, len(group), most)]
+
+
 class _Progress:
     """Progress over k: tqdm when it is installed, else one stderr line per k."""
 
@@ -382,6 +411,7 @@ def _sweep(
         groups = _groups(ks, x.shape[0] * (d + 1) * n_init, _CPU_GROUP_OVERHEAD)
     else:
         groups = [list(range(n_ks))]
+    groups = _within_budget(groups, n_init, x.shape[0], memory_budget)
     progress.phase("Lloyd iterations")
     for group in groups:
         k_group = ks[group[-1]]
@@ -404,6 +434,7 @@ def _sweep(
         )
         centroids[members, :k_group] = result.centroids.to(centroids.dtype)
         inertia[members] = result.inertia.to(torch.float64)
+        del result  # its labels, before the next group's run allocates its own
         if progress.enabled:
             for position in group:
                 best = float(inertia[position * n_init : (position + 1) * n_init].min())
@@ -488,7 +519,10 @@ def elbow(
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's (half precision computes in float32).
     memory_budget : int, optional
-        Bytes a block of distances may take.
+        Bytes a block of distances may take (256 MiB when None), and the
+        per-row state of each batch of fits may take (labels and distances,
+        32 bytes a row per restart): the ks are fitted in as many batches
+        as that needs, each k's ``n_init`` restarts together.
     verbose : bool, default=False
         Show progress: a tqdm bar over k when tqdm is installed, else a line
         on stderr per k. The ks of a batch run together, so a k is reported
