@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import reference
@@ -1170,3 +1172,40 @@ def test_weights_are_checked_in_the_dtype_they_are_computed_in():
     random_init(x, 3, sample_weight=w, generator=g().manual_seed(0))
     with pytest.raises(ValueError, match=r"Input sample_weight contains NaN or infinity"):
         lloyd(x.float(), x[:3].float(), sample_weight=torch.full((60,), 1e39, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n_problems", [None, 3], ids=["one problem", "restarts"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_kmeans_plusplus_scores_candidates_in_blocks_within_the_budget(
+    n_problems, metric, weighted, monkeypatch
+):
+    """The candidates' distances were held for all rows at once, (trials, n)
+    and their float64 sums (4,000,000 x 2 float32: 15x the data at the peak):
+    beyond the budget they are scored in blocks of rows, with the same seeds."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6000, 5, generator=g, dtype=torch.float64)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    w = torch.rand(6000, generator=g, dtype=torch.float64) if weighted else None
+    init = importlib.import_module("torchkmeans.functional.init")
+    blocks = []
+    block_rows_of = init._candidate_block_rows
+    monkeypatch.setattr(
+        init,
+        "_candidate_block_rows",
+        lambda *args: blocks.append(block_rows_of(*args)) or blocks[-1],
+    )
+    seeded = {}
+    for budget in (None, 40_000):
+        seeded[budget] = kmeans_plusplus(
+            x,
+            12,
+            n_problems=n_problems,
+            sample_weight=w,
+            metric=metric,
+            generator=torch.Generator().manual_seed(1),
+            memory_budget=budget,
+        )
+    assert blocks[0] == 6000 and blocks[1] < 6000
+    torch.testing.assert_close(seeded[None][1], seeded[40_000][1], rtol=0, atol=0)

@@ -13,6 +13,7 @@ import torch
 from .. import _validation as v
 from . import _device
 from .distances import (
+    DEFAULT_MEMORY_BUDGET,
     block_rows,
     compute_dtype,
     squared_norms,
@@ -71,6 +72,14 @@ def _distances_to(
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 
+def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget: int | None) -> int:
+    """Rows whose distances to ``candidates`` k-means++ candidates are scored
+    at once: all ``n`` unless they (and their float64 sums) exceed the memory
+    budget (4,000,000 x 2 float32 rows had peaked at 15x the data)."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    return max(1, min(n, budget // (candidates * (itemsize + 8))))
+
+
 # One problem on the CPU runs _kmeans_plusplus_single (tests turn this off to
 # compare it with the batched loop).
 _HOST_LOOP_ON_CPU = True
@@ -85,6 +94,7 @@ def _kmeans_plusplus_single(
     trials: int,
     generator: torch.Generator | None,
     acc: torch.dtype,
+    memory_budget: int | None = None,
 ) -> torch.Tensor:
     """k-means++ indices for one problem on the CPU, bookkeeping in Python ints.
 
@@ -99,16 +109,18 @@ def _kmeans_plusplus_single(
     # of the batched loop reduces and broadcasts across a handful of columns,
     # which does not vectorise (measured 3x slower in all for 200,000 x 8, k=32).
     rows_t = x.T
+    block = _candidate_block_rows(n, trials, x.element_size(), memory_budget)
 
-    def distances_to(index: torch.Tensor) -> torch.Tensor:
-        """``(m, n)`` distances from the rows ``index`` ``(m,)`` to every row."""
+    def distances_to(index: torch.Tensor, start: int = 0, stop: int = n) -> torch.Tensor:
+        """``(m, stop - start)`` distances from the rows ``index`` ``(m,)`` to rows start:stop."""
         # index_select: a few times cheaper than indexing with a tensor.
         points = x.index_select(0, index)
         if x_sq is None:  # cosine
-            return torch.mm(points, rows_t).neg_().add_(1.0).clamp_(0.0, 2.0)
+            return torch.mm(points, rows_t[:, start:stop]).neg_().add_(1.0).clamp_(0.0, 2.0)
         # The rows' squared norms are known already: no need to recompute them.
         point_sq = x_sq.index_select(0, index).unsqueeze(1)
-        return torch.addmm(point_sq, points, rows_t, alpha=-2.0).add_(x_sq).clamp_min_(0.0)
+        scores = torch.addmm(point_sq, points, rows_t[:, start:stop], alpha=-2.0)
+        return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
     draw = torch.rand((1, 1), generator=generator, dtype=acc)
@@ -125,6 +137,23 @@ def _kmeans_plusplus_single(
         # The same draws as (1, trials) in the batched loop.
         draws = torch.rand(trials, generator=generator, dtype=acc)
         candidates = _sample_from_cumulative(weighted.cumsum(0, dtype=acc), draws.mul_(potential))
+        if block < n:
+            # Large data: the candidates' distances in blocks of rows, within
+            # the memory budget, and those of the chosen one again after.
+            candidate_potential = torch.zeros(trials, dtype=acc)
+            for start in range(0, n, block):
+                stop = min(n, start + block)
+                part = distances_to(candidates, start, stop)
+                torch.minimum(part, closest[start:stop], out=part)
+                if weight is not None:
+                    part.mul_(weight[start:stop])
+                candidate_potential += part.sum(1, dtype=acc)
+            best = int(candidate_potential.argmin())
+            potential = candidate_potential[best]
+            closest = torch.minimum(closest, distances_to(candidates[best : best + 1])[0])
+            weighted = closest if weight is None else closest * weight
+            chosen.append(int(candidates[best]))
+            continue
         to_candidates = distances_to(candidates)
         torch.minimum(to_candidates, closest, out=to_candidates)
         if weight is not None:
@@ -264,7 +293,7 @@ def kmeans_plusplus(
 
     if b == 1 and _device.on_host(x.device) and _HOST_LOOP_ON_CPU:
         index = _kmeans_plusplus_single(
-            work[0], None if x_sq is None else x_sq[0], w, k, trials, generator, acc
+            work[0], None if x_sq is None else x_sq[0], w, k, trials, generator, acc, memory_budget
         )
         centroids = x3[0][index]
         return (centroids, index) if not batched else (centroids[None], index[None])
@@ -280,11 +309,36 @@ def kmeans_plusplus(
     closest = _distances_to(work, x_sq, _gather_rows(work, first), memory_budget)[..., 0]
     potential = weighted(closest).sum(-1, keepdim=True, dtype=acc)
     rows = torch.arange(b, device=x.device)
+    block = _candidate_block_rows(n, b * trials, work.element_size(), memory_budget)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
         cumulative = weighted(closest).cumsum(-1, dtype=acc)
         candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
-        to_candidates = _distances_to(work, x_sq, _gather_rows(work, candidates), memory_budget)
+        points = _gather_rows(work, candidates)
+        if block < n:
+            # Large data: the candidates' distances in blocks of rows, within
+            # the memory budget, and those of the chosen one again after.
+            candidate_potential = torch.zeros((b, trials), dtype=acc, device=x.device)
+            for start in range(0, n, block):
+                stop = min(n, start + block)
+                part = _distances_to(
+                    work[:, start:stop],
+                    None if x_sq is None else x_sq[:, start:stop],
+                    points,
+                    memory_budget,
+                )
+                part = torch.minimum(part, closest[:, start:stop].unsqueeze(-1))
+                if w is not None:
+                    part = part * w[:, start:stop].unsqueeze(-1)
+                candidate_potential += part.sum(1, dtype=acc)
+            best = candidate_potential.argmin(-1)
+            potential = candidate_potential[rows, best].unsqueeze(-1)
+            chosen = points[rows, best].unsqueeze(1)
+            to_chosen = _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
+            closest = torch.minimum(closest, to_chosen)
+            indices[:, c] = candidates[rows, best]
+            continue
+        to_candidates = _distances_to(work, x_sq, points, memory_budget)
         to_candidates = torch.minimum(to_candidates, closest.unsqueeze(-1))
         candidate_potential = weighted(to_candidates).sum(1, dtype=acc)
         best = candidate_potential.argmin(-1)
