@@ -309,7 +309,8 @@ def test_squared_distances_beyond_float32_are_refused():
     # refused it as "Input values contains NaN or infinity".
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(60, 3)) * 1e20).astype(np.float32)
-    with pytest.raises(ValueError, match=r"Squared distances between the rows of x overflow"):
+    # Named X, the argument the caller passed (the functional core's x before).
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         elbow(X, k=range(1, 4), random_state=0)
 
 

@@ -387,6 +387,14 @@ def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(reque
     assert km.n_steps_ == 1
 
 
+def test_squared_distances_that_overflow_are_blamed_on_X():
+    # The in-memory fit named "the rows of x", the functional core's argument;
+    # the streamed fit and predict already named X.
+    X = (blobs(n=60, d=3, k=3, seed=0) * 1e20).astype(np.float32)
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
+        KMeans(n_clusters=3, random_state=0).fit(X)
+
+
 def test_weights_that_overflow_are_blamed_not_the_data():
     # Weights of 1e308 sum to infinity (the centres became NaN) and weights of
     # 1e10 on distances ~1e305 overflow the inertia: both had been reported

@@ -6,9 +6,11 @@ gives the same error messages ("Expected X to be ..., got ...").
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -194,6 +196,18 @@ def distances_overflow(name: str, dtype: torch.dtype) -> ValueError:
         f"Squared distances between the rows of {name} overflow {target}; expected data "
         f"whose squared distances are finite in {target}: {remedy}."
     )
+
+
+@contextlib.contextmanager
+def overflow_of_X(dtype: torch.dtype) -> Iterator[None]:
+    """:func:`distances_overflow` of the functional core's ``x``, raised about
+    the estimator's ``X`` (the argument the caller passed)."""
+    try:
+        yield
+    except ValueError as exc:
+        if str(exc) == str(distances_overflow("x", dtype)):
+            raise distances_overflow("X", dtype) from None
+        raise
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

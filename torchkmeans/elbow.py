@@ -653,7 +653,8 @@ def elbow(
                 ks, inertia, padded, labels, {"inertia": inertia}, kind, curve, sensitivity
             )
         assert isinstance(x, torch.Tensor)
-        inertia, padded = _sweep(x, ks, **fits)
+        with v.overflow_of_X(compute):
+            inertia, padded = _sweep(x, ks, **fits)
         extra = [name for name in names if name != "inertia"]
         labels = _labels(x, padded, ks, metric, memory_budget) if compute_labels or extra else None
         computed: dict[str, torch.Tensor] = {}

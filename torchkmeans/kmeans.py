@@ -323,18 +323,19 @@ class KMeans(EstimatorProtocol):
         weights = v.check_sample_weight(sample_weight, x.shape[0], device=x.device, dtype=compute)
         generator = v.make_generator(self.random_state, x.device)
         init = self._given_init((n_clusters, x.shape[1]), x.device, compute)
-        result = kmeans(
-            x,
-            n_clusters,
-            init=init,
-            n_init=n_init,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            metric=metric,
-            sample_weight=weights,
-            generator=generator,
-            memory_budget=self.memory_budget,
-        )
+        with v.overflow_of_X(compute):
+            result = kmeans(
+                x,
+                n_clusters,
+                init=init,
+                n_init=n_init,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                metric=metric,
+                sample_weight=weights,
+                generator=generator,
+                memory_budget=self.memory_budget,
+            )
         self._store(result, kind, x.shape[1])
         return self
 
