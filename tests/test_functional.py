@@ -1209,3 +1209,13 @@ def test_kmeans_plusplus_scores_candidates_in_blocks_within_the_budget(
         )
     assert blocks[0] == 6000 and blocks[1] < 6000
     torch.testing.assert_close(seeded[None][1], seeded[40_000][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seeding", [kmeans_plusplus, random_init])
+def test_n_problems_that_disagree_with_a_3d_x_are_refused(seeding):
+    # kmeans_plusplus(x of 2 data sets, n_problems=3) seeded 2 problems silently.
+    x = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"n_problems to match the 2 data sets of a 3-D x"):
+        seeding(x, 4, n_problems=3, generator=torch.Generator().manual_seed(0))
+    centroids, indices = seeding(x, 4, n_problems=2, generator=torch.Generator().manual_seed(0))
+    assert centroids.shape == (2, 4, 3) and indices.shape == (2, 4)

@@ -196,7 +196,8 @@ def kmeans_plusplus(
     n_clusters : int
         Number of centres k.
     n_problems : int, optional
-        Seed this many independent problems on a shared 2-D ``x`` (restarts).
+        Seed this many independent problems on a shared 2-D ``x`` (restarts);
+        for a 3-D ``x``, None or its number of data sets.
     sample_weight : Tensor, optional
         ``(n,)`` or ``(b, n)`` non-negative weights.
     x_sq_norms : Tensor, optional
@@ -226,8 +227,9 @@ def kmeans_plusplus(
         ``n_problems`` or ``n_local_trials`` is not an int.
     ValueError
         If ``x`` has fewer rows than ``n_clusters``, ``metric`` is unknown,
-        ``n_local_trials`` < 1, ``sample_weight`` or ``x_sq_norms`` do not
-        match ``x``, or the weights are negative, NaN or infinite.
+        ``n_local_trials`` < 1, ``n_problems``, ``sample_weight`` or
+        ``x_sq_norms`` do not match ``x``, or the weights are negative, NaN
+        or infinite.
 
     Examples
     --------
@@ -248,6 +250,11 @@ def kmeans_plusplus(
     batched = x.ndim == 3 or n_problems is not None
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
+    if x.ndim == 3 and n_problems is not None and n_problems != b:
+        raise ValueError(
+            f"Expected n_problems to match the {b} data sets of a 3-D x, got n_problems="
+            f"{n_problems}; leave it None for 3-D x."
+        )
     n = x3.shape[1]
     if k > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
@@ -372,7 +379,8 @@ def random_init(
     n_clusters : int
         Number of rows k to draw.
     n_problems : int, optional
-        Draw for this many independent problems on a shared 2-D ``x``.
+        Draw for this many independent problems on a shared 2-D ``x``; for a
+        3-D ``x``, None or its number of data sets.
     sample_weight : Tensor, optional
         ``(n,)`` or ``(b, n)`` non-negative weights.
     generator : torch.Generator, optional
@@ -406,6 +414,11 @@ def random_init(
     batched = x.ndim == 3 or n_problems is not None
     x3 = x if x.ndim == 3 else x.unsqueeze(0)
     b = x3.shape[0] if x.ndim == 3 else (n_problems or 1)
+    if x.ndim == 3 and n_problems is not None and n_problems != b:
+        raise ValueError(
+            f"Expected n_problems to match the {b} data sets of a 3-D x, got n_problems="
+            f"{n_problems}; leave it None for 3-D x."
+        )
     n = x3.shape[1]
     if n_clusters > n:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
