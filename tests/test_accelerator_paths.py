@@ -267,3 +267,19 @@ def test_pairwise_distances_reads_the_host_once_per_block(accelerator_paths):
     assert reads.calls.count("nonzero") == 1
     exact = ((x.double()[:, None] - centroids.double()[None]) ** 2).sum(-1)
     torch.testing.assert_close(distances.double(), exact, rtol=4e-7, atol=0.0)
+
+
+def test_a_public_minibatch_step_reads_nothing_on_the_host(accelerator_paths):
+    # Its test for squared distances that underflow read the largest
+    # centroid entry every call: a host synchronisation in a training loop.
+    from torchkmeans.functional import minibatch_step
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=gen)
+    centroids, weight_sums = x[:8].clone(), torch.zeros(8)
+    with HostReads() as reads:
+        for start in range(0, 512, 128):
+            step = minibatch_step(x[start : start + 128], centroids, weight_sums)
+            centroids, weight_sums = step.centroids, step.weight_sums
+    assert reads.calls == []
+    assert torch.isfinite(centroids).all() and float(weight_sums.sum()) == 512

@@ -58,7 +58,10 @@ def minibatch_step(
     below ``reassignment_ratio * max(weight_sums)`` (at most half the batch,
     the lightest first) jump to distinct random rows of the batch and get the
     smallest weight of the others, as scikit-learn does. The inputs are not
-    modified, and are detached: the results carry no gradient.
+    modified, and are detached: the results carry no gradient. Off the CPU
+    a step reads nothing on the host, so float32 rows and centroids near
+    1e-25, whose squared distances underflow, are not rescaled there (on the
+    CPU they are, as :func:`~torchkmeans.functional.nearest_centroids` does).
 
     Parameters
     ----------
@@ -153,7 +156,9 @@ def minibatch_step(
         metric=metric,
         memory_budget=memory_budget,
         collective=collective,
-        differences=not underflow_exponent_of(x, centroids),
+        # Off the CPU a step reads nothing on the host: rows whose squared
+        # distances underflow (float32 near 1e-25) are then not rescaled.
+        differences=not _device.on_host(x.device) or not underflow_exponent_of(x, centroids),
     )
 
 
