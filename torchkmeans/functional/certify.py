@@ -206,10 +206,9 @@ def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
     bit-identically (a tile's edge columns take another kernel), so rows
     equally far from both would split between them by rounding; scikit-learn
     and the fused kernel give such ties to the first copy, and in a fit the
-    other copies are left empty and reseeded
-    (:func:`~torchkmeans.functional.updates.merge_copies`). Copies come from
-    a given initialisation with repeated rows, or empty clusters reseeded
-    onto copies of one point.
+    other copies are left empty and reseeded (:func:`without_copies`).
+    Copies come from a given initialisation with repeated rows, or empty
+    clusters reseeded onto copies of one point.
 
     Examples
     --------
@@ -239,6 +238,27 @@ def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
     equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
     first = torch.where(equal, first, position)
     return first if bool((first != position).any()) else None
+
+
+def without_copies(centroids: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor | None:
+    """``active`` ``(b, k)`` (None: every centroid) less each later copy of an
+    active centroid (:func:`first_copies`), or ``active`` itself when there
+    is none: scored with those masked, as padding clusters are, rows tied
+    between copies go to the first copy, and the others stay empty.
+
+    Examples
+    --------
+    >>> without_copies(torch.tensor([[[0.0], [1.0], [0.0]]]), None).tolist()
+    [[True, True, False]]
+    """
+    candidates = centroids
+    if active is not None:  # an inactive centroid is nobody's first copy
+        candidates = centroids.masked_fill(~active.unsqueeze(-1), math.nan)
+    copies = first_copies(candidates)
+    if copies is None:
+        return active
+    first = copies == torch.arange(copies.shape[1], device=copies.device)
+    return first if active is None else first & active
 
 
 def _fingerprints(rows: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from .. import _validation as v
 from . import _device, _native
-from .certify import certify_nearest, moved_centroids_floor
+from .certify import certify_nearest, moved_centroids_floor, without_copies
 from .distances import (
     _WARM_START_MIN_ELEMENTS,
     argmin_columns,
@@ -47,7 +47,6 @@ from .updates import (
     accumulate,
     add_rows,
     centroids_from_sums,
-    merge_copies,
     relocate_empty_clusters,
 )
 
@@ -518,14 +517,17 @@ def _run_lloyd_small(
     # by rounding: the rows go to the first copy (first_copies), looked for
     # at the start and after each reseeding.
     may_copy = True
+
+    def to_first_copies(labels: torch.Tensor) -> torch.Tensor:
+        copies = first_copies(slots[turn][0].unsqueeze(0))
+        return labels if copies is None else copies[0][labels]
+
     while n_iter < max_iter:
         n_iter += 1
         previous = labels
         values, labels = assign(previous)
         if may_copy:
-            copies = first_copies(slots[turn][0].unsqueeze(0))
-            if copies is not None:
-                merge_copies(copies, labels.unsqueeze(0))
+            labels = to_first_copies(labels)
             may_copy = False
         pending.append(values)
         if len(pending) * values.numel() >= _PENDING_MINIMA:
@@ -559,9 +561,7 @@ def _run_lloyd_small(
     if labels is None or shift != 0.0:
         _, labels = assign(labels)
         if may_copy:  # reseeded onto copies in the last iteration
-            copies = first_copies(slots[turn][0].unsqueeze(0))
-            if copies is not None:
-                merge_copies(copies, labels.unsqueeze(0))
+            labels = to_first_copies(labels)
     final_centroids = slots[turn][0].unsqueeze(0).contiguous()
     # In blocks: the differences of all rows at once are two temporaries the
     # size of the data, each paid for in fresh pages.
@@ -761,7 +761,7 @@ def run_lloyd(
     moved_share = 1.0  # of the rows that changed cluster in the last iteration
     # Copies of a centroid (repeated initial rows, or empty clusters reseeded
     # onto copies of one point) tie on every row, which a BLAS product splits
-    # by rounding: the rows go to the first copy (first_copies), looked for
+    # by rounding: the later copies are masked (without_copies), looked for
     # at the start and after each reseeding, on the CPU.
     may_copy = on_cpu
 
@@ -787,17 +787,11 @@ def run_lloyd(
             totals=None if incremental else totals,
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
-            active=active,
+            active=without_copies(centroids, active) if may_copy else active,
             changed_rows=changed_rows if single else None,
         )
+        may_copy = False
         history[:, iteration] = total + offset
-        if may_copy:
-            copies = first_copies(centroids)
-            if copies is not None:
-                merge_copies(copies, labels, None if incremental else totals)
-                if changed_rows:  # a warm pass's rows that changed cluster
-                    changed_rows[:] = [(labels[0] != previous_labels[0]).nonzero().squeeze(1)]
-            may_copy = False
         changed = None
         if changed_rows:
             # One problem, warm pass: the rows that changed cluster are known,
@@ -888,11 +882,8 @@ def run_lloyd(
         rows,
         previous=previous_labels,
         distances=final_distances,
-        active=active,
+        active=without_copies(centroids, active) if on_cpu else active,
     )
-    copies = first_copies(centroids) if on_cpu else None
-    if copies is not None:  # reseeded onto copies in the last iteration
-        merge_copies(copies, labels)
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 

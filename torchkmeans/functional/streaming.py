@@ -26,12 +26,17 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from . import _device
-from .certify import certify_nearest, check_rows, moved_centroids_floor, suspects
+from .certify import (
+    certify_nearest,
+    check_rows,
+    moved_centroids_floor,
+    suspects,
+    without_copies,
+)
 from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     block_rows,
     exact_distances,
-    first_copies,
     squared_norms,
     times_power_of_two,
     underflow_exponent,
@@ -40,7 +45,7 @@ from .distances import (
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
-from .updates import centroids_from_sums, merge_copies, relocate_empty_clusters
+from .updates import centroids_from_sums, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -578,15 +583,15 @@ def _lloyd_pass(
     warm: bool,
     distances: torch.Tensor | None = None,
     frame_norms: torch.Tensor | None = None,
-    copies: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
 ) -> _Pass:
     """One pass over the local rows: labels (in place), totals and the summed scores.
 
     ``warm``: the labels hold a previous assignment that warm-starts the search.
-    ``copies`` (:func:`first_copies`): the rows of copies of a centroid are
-    relabelled to the first copy (the caller merges the totals).
     ``distances`` ``(b, n)`` and ``frame_norms`` ``(n,)`` receive each row's
     exact distance to its centroid and its squared norm once centred.
+    ``active`` ``(b, k)``: the centroids rows may take (see
+    :func:`~torchkmeans.functional.certify.without_copies`).
     """
     b = centroids.shape[0]
     device = centroids.device
@@ -598,10 +603,14 @@ def _lloyd_pass(
         previous = labels[:, start:stop].clone()
         chunk_labels = labels[:, start:stop]
         score_total += _assign_pass(
-            prep, centroids, chunk_labels, block, totals=totals, previous=previous if warm else None
+            prep,
+            centroids,
+            chunk_labels,
+            block,
+            totals=totals,
+            previous=previous if warm else None,
+            active=active,
         )
-        if copies is not None:
-            merge_copies(copies, chunk_labels)
         score_total += _score_offset(prep)
         changed += (chunk_labels != previous).sum(-1)
         if distances is not None:
@@ -879,13 +888,11 @@ def fit_passes(
     history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
     # Copies of a centroid (repeated initial rows, or empty clusters reseeded
     # onto copies of one point) tie on every row, which a BLAS product splits
-    # by rounding: the rows go to the first copy (first_copies), looked for
+    # by rounding: the later copies are masked (without_copies), looked for
     # at the start and after each reseeding.
     may_copy = True
     for iteration in range(max_iter):
         totals.zero_()
-        copies = first_copies(centroids) if may_copy else None
-        may_copy = False
         step = _lloyd_pass(
             source,
             stats,
@@ -895,10 +902,9 @@ def fit_passes(
             block,
             totals=totals,
             warm=iteration > 0,
-            copies=copies,
+            active=without_copies(centroids, None) if may_copy else None,
         )
-        if copies is not None:
-            merge_copies(copies, None, totals)
+        may_copy = False
         score_total, changed = step.score_total, step.changed
         if collective.distributed:
             # One collective per iteration: sums, counts, scores, changed labels.
@@ -935,7 +941,7 @@ def fit_passes(
         warm=True,
         distances=distances,
         frame_norms=frame_norms,
-        copies=first_copies(centroids),
+        active=without_copies(centroids, None),
     )
     weights = source.weights
 

@@ -20,7 +20,6 @@ __all__ = [
     "accumulate",
     "add_rows",
     "centroids_from_sums",
-    "merge_copies",
     "relocate_empty_clusters",
     "scatter_sums",
     "with_ones_column",
@@ -361,29 +360,3 @@ def centroids_from_sums(
     if metric == "cosine":
         means = unit_rows(means)
     return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
-
-
-def merge_copies(
-    copies: torch.Tensor, labels: torch.Tensor | None, totals: torch.Tensor | None = None
-) -> None:
-    """Give the rows of every copy of a centroid to its first copy, in place.
-
-    ``copies`` ``(b, k)`` from :func:`first_copies`; ``labels`` ``(b, n)``
-    relabelled, and/or ``totals`` ``(b, k, d+1)`` as :func:`accumulate`
-    leaves them: each copy's sums and weights move to its first copy,
-    leaving it empty.
-
-    Examples
-    --------
-    >>> labels, totals = torch.tensor([[2, 0, 1]]), torch.ones((1, 3, 2))
-    >>> merge_copies(torch.tensor([[0, 1, 0]]), labels, totals)
-    >>> labels.tolist(), totals[0, :, -1].tolist()
-    ([[0, 0, 1]], [2.0, 1.0, 0.0])
-    """
-    if labels is not None:
-        labels.copy_(copies.gather(1, labels))
-    if totals is not None:
-        b, k, width = totals.shape
-        targets = (copies + torch.arange(b, device=copies.device).unsqueeze(1) * k).view(-1)
-        flat = totals.view(b * k, width)
-        flat.copy_(torch.zeros_like(flat).index_add_(0, targets, flat))
