@@ -46,7 +46,8 @@ class KMeans(EstimatorProtocol):
     init : {"k-means++", "random"}, array-like or callable, default="k-means++"
         Seeding: greedy k-means++, k distinct random rows, an array of shape
         ``(n_clusters, n_features)``, or ``init(X, n_clusters, generator)``
-        returning one (``X`` is the input as a tensor).
+        returning one (``X`` is the input as a tensor, not normalised for
+        "cosine"; the centres returned are).
     n_init : int or "auto", default="auto"
         Restarts, run together as one batch; the lowest inertia wins. "auto"
         is 1 for k-means++ and given centroids, 10 for random and a callable

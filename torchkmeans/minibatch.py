@@ -141,7 +141,8 @@ class MiniBatchKMeans(KMeans):
         Number of clusters.
     init : {"k-means++", "random"}, array-like or callable, default="k-means++"
         Seeding on a random subsample of ``init_size`` rows; a callable is
-        called as ``init(X_subsample, n_clusters, generator)``.
+        called as ``init(X_subsample, n_clusters, generator)`` (unit rows
+        for "cosine", unlike :class:`KMeans`, whose callable gets X as given).
     max_iter : int, default=100
         Passes over the data: ``fit`` runs ``(max_iter * n_samples) // batch_size``
         steps unless it stops early.
