@@ -458,7 +458,7 @@ ERRORS = [
     ("3-d", "fit three_d.npy -k 2", "expected a 2-D array of shape (n_samples, n_features)"),
     ("no-rows", "fit empty_rows.npy -k 1", "expected at least one sample and one feature"),
     ("nan", "fit nan.npy -k 2", "DATA 'nan.npy': row 4, column 2 is nan; expected finite"),
-    ("nan-minibatch", "fit nan.npy -k 2 --minibatch", "contains NaN or infinity"),
+    ("nan-minibatch", "fit nan.npy -k 2 --minibatch", "DATA 'nan.npy': row 4, column 2 is nan"),
     ("nan-predict", "predict nan.npy --centers ok.npy", "row 4, column 2 is nan"),
     ("inf-csv", "elbow inf.csv --k 1", "row 2, column 2 is inf"),
     ("k-above-n", "fit ok.npy -k 50", "n_samples=20 should be >= n_clusters=50."),
@@ -714,6 +714,22 @@ def test_a_npy_too_big_to_load_is_memory_mapped(capsys, tmp_path, iris, monkeypa
         assert float(field(streamed, "inertia")) == pytest.approx(
             float(field(out, "inertia")), rel=1e-6
         )
+
+
+@pytest.mark.parametrize("command", ["fit", "elbow"])
+def test_a_memory_mapped_file_names_its_nan_cell(capsys, tmp_path, iris, monkeypatch, command):
+    # The streamed fit checks batch by batch: the message said only that X
+    # contained NaN or infinity, not where, unlike a file loaded whole.
+    from torchkmeans import cli
+
+    values = iris.copy()
+    values[130, 2] = np.inf
+    np.save(tmp_path / "bad.npy", values)
+    monkeypatch.setattr(cli, "_too_big_to_load", lambda name: True)
+    arguments = ["-k", 3] if command == "fit" else ["--k", "1:4"]
+    code, _, err = run(capsys, command, tmp_path / "bad.npy", *arguments, "--device", "cpu")
+    assert code == 2
+    assert "row 131, column 3 is inf; expected finite values." in err
 
 
 def test_elbow_keeps_no_labels(capsys, tmp_path, iris, monkeypatch):

@@ -480,7 +480,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     else:
         estimator = KMeans(**params)
     start = time.perf_counter()
-    estimator.fit(data.values)
+    with _naming_bad_cell(data):
+        estimator.fit(data.values)
     elapsed = time.perf_counter() - start
     labels = _numpy(estimator.labels_).astype(np.int64, copy=False)
     centers = _numpy(estimator.cluster_centers_)
@@ -575,19 +576,20 @@ def _run_elbow(args: argparse.Namespace) -> int:
     seed = _seed(args.seed)
     ks: tuple[int, ...] = args.k
     start = time.perf_counter()
-    result = elbow(
-        data.values,
-        k=ks,
-        n_init=args.n_init,
-        max_iter=args.max_iter,
-        random_state=seed,
-        metric=args.metric,
-        device=device,
-        verbose=_progress(args),
-        # Nothing here reads them, and ten ks' labels outweigh rows of up
-        # to 20 float32 features: a memory-mapped file was to stay unloaded.
-        compute_labels=False,
-    )
+    with _naming_bad_cell(data):
+        result = elbow(
+            data.values,
+            k=ks,
+            n_init=args.n_init,
+            max_iter=args.max_iter,
+            random_state=seed,
+            metric=args.metric,
+            device=device,
+            verbose=_progress(args),
+            # Nothing here reads them, and ten ks' labels outweigh rows of up
+            # to 20 float32 features: a memory-mapped file was to stay unloaded.
+            compute_labels=False,
+        )
     elapsed = time.perf_counter() - start
     if plot_path is not None:
         from .plotting import plot_elbow
@@ -739,6 +741,22 @@ def _load(
         for start, chunk in _chunks(values):
             _check_finite(chunk, start, where)
     return _Data(values, path.resolve(), where, column_names)
+
+
+@contextlib.contextmanager
+def _naming_bad_cell(data: _Data) -> Iterator[None]:
+    """On a memory-mapped file's NaN or infinity, name its cell as ``_load`` does.
+
+    A memmap is checked batch by batch by the fit, whose message cannot say
+    where the batch started; the file is scanned again only after it failed.
+    """
+    try:
+        yield
+    except ValueError:
+        if isinstance(data.values, np.memmap):
+            for start, chunk in _chunks(data.values):
+                _check_finite(chunk, start, data.where)
+        raise
 
 
 def _chunks(values: Any) -> Iterator[tuple[int, Any]]:
