@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,30 @@ def test_a_step_that_runs_out_of_time_still_reports_and_the_next_one_runs(tmp_pa
     assert "benchmark interrupted" in (out / "bench_cuda.txt").read_text()
     assert "cuda tests: exit 124; benchmark: exit 124" in done.stdout
     assert done.returncode != 0
+
+
+def test_an_interrupted_benchmark_still_prints_what_it_measured():
+    # gpu_check.sh stops the benchmark with SIGINT at its limit: its tables,
+    # printed only after every shape, had been lost with the KeyboardInterrupt.
+    code = """
+import sys
+sys.path.insert(0, "benchmarks")
+import bench_kmeans as bench
+
+
+def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+bench.measure_memory = lambda *args: None
+bench.bench_full_fit = stop
+sys.exit(bench.main(["--quick", "--only", "tutorial", "--threads", "1", "--iters", "2"]))
+"""
+    root = SCRIPT.parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "interrupted after 1 of 1 shapes" in done.stdout
+    assert "tutorial  torchkmeans" in done.stdout  # the fixed-iteration table's row
