@@ -1072,14 +1072,22 @@ def main(argv: list[str] | None = None) -> int:
     phases: list[Phases] = []
     began = time.perf_counter()
     clock = CpuClock.now()
-    for index, shape in enumerate(shapes):
-        problem = make_problem(shape, args.quick)
-        shape_rows = bench_fixed(problem, args, device, measure_mem=args.memory or index == 0)
-        fixed.extend(shape_rows)
-        full.extend(bench_full_fit(problem, args, device))
-        flops.append(bench_flops(problem, args, device))
-        tk = next(row for row in shape_rows if row.library == "torchkmeans")
-        phases.append(profile_lloyd(problem, args, device, tk.seconds))
+    interrupted = False
+    try:
+        for index, shape in enumerate(shapes):
+            problem = make_problem(shape, args.quick)
+            shape_rows = bench_fixed(problem, args, device, measure_mem=args.memory or index == 0)
+            fixed.extend(shape_rows)
+            full.extend(bench_full_fit(problem, args, device))
+            flops.append(bench_flops(problem, args, device))
+            tk = next(row for row in shape_rows if row.library == "torchkmeans")
+            phases.append(profile_lloyd(problem, args, device, tk.seconds))
+    except KeyboardInterrupt:
+        # Stopped at its limit (benchmarks/gpu_check.sh sends SIGINT): what was
+        # measured is still printed, where the tables had been lost with it.
+        interrupted = True
+        measured = len(_by_shape(fixed))
+        print(f"\ninterrupted after {measured} of {len(shapes)} shapes: their tables follow")
 
     print_fixed_table(fixed, args.iters)
     print_full_fit_table(full)
@@ -1088,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - began
     print(f"\ntotal benchmark time: {wall:.1f} s")
     print_foreign_cpu(clock, wall)
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

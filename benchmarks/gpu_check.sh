@@ -4,27 +4,32 @@
 # hypothesis (the package itself is taken from this checkout, not installed):
 #
 #   bash benchmarks/gpu_check.sh            # CUDA tests, then bench_kmeans --device cuda --quick
-#   BENCH_ARGS= bash benchmarks/gpu_check.sh   # the full-size benchmark instead
+#   BENCH_ARGS= BENCH_TIMEOUT=3600 bash benchmarks/gpu_check.sh   # the full-size benchmark
 #
-# Logs are written to $OUT when it is set, else to ./gpu_check_logs.
+# Logs are written to $OUT when it is set, else to ./gpu_check_logs. The
+# default limits (30 + 210 + 180 s, and 20 s more each to be killed) end the
+# whole run inside 8 minutes. A step at its limit gets SIGINT, then SIGKILL:
+# an interrupted pytest still prints the failures it has seen, where SIGTERM
+# left only its progress dots.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 out="${OUT:-gpu_check_logs}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+limit() { timeout -s INT -k 20 "$@"; }
 
-"$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
+limit "${PROBE_TIMEOUT:-30}" "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
     2>&1 | tee "$out/device.txt"
 
 # Every test that is parametrized over devices, on the GPU only.
-timeout "${TESTS_TIMEOUT:-300}" "$python" -m pytest -q -p no:cacheprovider -m cuda \
+limit "${TESTS_TIMEOUT:-210}" "$python" -m pytest -q -p no:cacheprovider -m cuda \
     tests/test_kmeans.py tests/test_functional.py tests/test_minibatch.py \
     tests/test_streaming.py tests/test_elbow.py tests/test_metrics.py \
     tests/test_quantizer.py tests/test_cli.py 2>&1 | tee "$out/cuda_tests.txt"
 tests=${PIPESTATUS[0]}
 
-timeout "${BENCH_TIMEOUT:-300}" "$python" benchmarks/bench_kmeans.py --device cuda ${BENCH_ARGS---quick} \
+limit "${BENCH_TIMEOUT:-180}" "$python" benchmarks/bench_kmeans.py --device cuda ${BENCH_ARGS---quick} \
     2>&1 | tee "$out/bench_cuda.txt"
 bench=${PIPESTATUS[0]}
 

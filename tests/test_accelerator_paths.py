@@ -283,3 +283,39 @@ def test_a_public_minibatch_step_reads_nothing_on_the_host(accelerator_paths):
             centroids, weight_sums = step.centroids, step.weight_sums
     assert reads.calls == []
     assert torch.isfinite(centroids).all() and float(weight_sums.sum()) == 512
+
+
+class _GeneratorOn(torch.Generator):
+    """A CPU generator that reports the device it was asked for: what
+    ``torch.Generator(device="cuda")`` gives, on a machine without CUDA."""
+
+    def __new__(cls, device="cpu"):
+        generator = super().__new__(cls)
+        generator.claimed = torch.device(device)
+        return generator
+
+    def __init__(self, device="cpu"):
+        pass
+
+    @property
+    def device(self):
+        return self.claimed
+
+
+def test_a_torch_generator_of_another_device_seeds_one_on_the_data_device(monkeypatch):
+    # KMeans(random_state=torch.Generator()).fit(cuda_tensor) had handed the
+    # CPU generator to k-means++ on CUDA: "Expected a 'cuda' device type for
+    # generator but found 'cpu'" (MiniBatchKMeans, elbow and streamed fits too).
+    from torchkmeans import _validation as v
+
+    monkeypatch.setattr(torch, "Generator", _GeneratorOn)
+    made = v.make_generator(torch.Generator("cpu").manual_seed(0), torch.device("cuda"))
+    assert made.device.type == "cuda"
+    again = v.make_generator(torch.Generator("cpu").manual_seed(0), torch.device("cuda"))
+    assert torch.equal(made.get_state(), again.get_state())  # same seed, same draws
+    other = v.make_generator(torch.Generator("cpu").manual_seed(1), torch.device("cuda"))
+    assert not torch.equal(made.get_state(), other.get_state())
+    own = torch.Generator("cuda")
+    assert v.make_generator(own, torch.device("cuda", 0)) is own
+    cpu = torch.Generator("cpu")
+    assert v.make_generator(cpu, torch.device("cpu")) is cpu

@@ -169,6 +169,20 @@ def test_torch_in_torch_out_on_the_same_device(device):
     assert km.cluster_centers_.dtype == torch.float32
 
 
+def test_a_cpu_torch_generator_seeds_fits_on_any_device(device):
+    # On CUDA the CPU generator had reached k-means++: "Expected a 'cuda'
+    # device type for generator but found 'cpu'" (run by benchmarks/gpu_check.sh).
+    X = torch.tensor(blobs(n=400, d=3, k=4, seed=1), device=device)
+    fits = [
+        estimator(n_clusters=4, random_state=torch.Generator().manual_seed(0)).fit(X)
+        for estimator in (KMeans, KMeans, MiniBatchKMeans)
+    ]
+    torch.testing.assert_close(fits[0].cluster_centers_, fits[1].cluster_centers_)
+    for km in fits:
+        assert km.cluster_centers_.device.type == device
+        assert bool(torch.isfinite(km.cluster_centers_).all())
+
+
 @pytest.mark.filterwarnings("ignore::torchkmeans.ConvergenceWarning")
 def test_numpy_list_and_pandas_in_numpy_out():
     pd = pytest.importorskip("pandas")

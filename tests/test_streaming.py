@@ -10,6 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits, make_blobs
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchkmeans import KMeans, lloyd
 from torchkmeans import _host as host
@@ -234,6 +236,53 @@ def test_init_sample_size_is_bounded():
     assert init_sample_size(10**8, 8, 64) == 10_000
     assert init_sample_size(10**8, 4096, 1024) == 512 * 2**20 // (1024 * 4)
     assert init_sample_size(300, 4, 2) == 300
+
+
+class LiveBytes(TorchDispatchMode):
+    """The most bytes of tensor storage alive at once among those the ops made."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if storage.data_ptr() and storage.data_ptr() not in self.live:
+                    self.live[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
+        self.peak = max(self.peak, sum(size for _, size in self.live.values()))
+        return out
+
+
+@pytest.mark.parametrize("d", [2, 8, 32])
+def test_host_data_is_streamed_when_the_gpu_could_not_hold_the_fit(accelerator_paths, d):
+    # Only a copy of X had been counted against half the free memory: float32
+    # fits needing up to 2x (d=2) or 1.3x (d=8) the free memory ran out of it
+    # on the GPU instead of streaming (predict, at d=2, 1.3x).
+    def peaks(n):
+        X = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+        km = KMeans(8, max_iter=2, random_state=0, memory_budget=2**16)
+        with LiveBytes() as fit:
+            km.fit(torch.from_numpy(X).clone())  # with the copy that the GPU holds
+        with LiveBytes() as predict:
+            km.predict(torch.from_numpy(X).clone())
+        return np.array([fit.peak, predict.peak])
+
+    # Bytes per row, beyond the blocks of fixed size (65,536 rows at most):
+    # what fills a GPU.
+    fit_row, predict_row = (peaks(160_000) - peaks(80_000)) / 80_000
+    n = 10**9  # an array of that shape, without the memory
+    X = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (n, d), (0, 0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host.v, "resolve_device", lambda device, default: torch.device(device))
+        for need, lloyd in ((fit_row * n, True), (predict_row * n, False)):
+            for free, streamed in ((0.95 * need, True), (2.0 * need, False)):
+                patch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**13))
+                assert host.should_stream(X, "cuda", lloyd=lloyd) == streamed, (lloyd, free / n)
 
 
 @pytest.mark.cuda

@@ -15,10 +15,11 @@ from .functional.streaming import HostRows
 
 __all__ = ["host_rows", "should_stream"]
 
-# A host array is streamed to a GPU when a copy of it in the compute dtype
-# (plus the labels and working memory) would take more than this share of the
-# device's free memory.
-_DEVICE_SHARE = 0.5
+# A host array is streamed to a GPU when the tensors an in-memory computation
+# on it holds (see should_stream) would take more than this share of the
+# device's free memory: the rest is left to the blocks of distances (sized by
+# memory_budget), the allocator's rounding and the caller's own tensors.
+_DEVICE_SHARE = 0.8
 
 
 def _check_shape(shape: tuple[int, ...], name: str, allow_empty: bool = False) -> None:
@@ -40,11 +41,14 @@ def _compute_dtype(X: Any, dtype: torch.dtype | None) -> torch.dtype:
     return compute_dtype(tensor.dtype)
 
 
-def should_stream(X: Any, device: str | torch.device | None) -> bool:
+def should_stream(X: Any, device: str | torch.device | None, *, lloyd: bool = False) -> bool:
     """Whether a fit on ``X`` streams it from the host instead of copying it whole.
 
     Always for a ``numpy.memmap``; for a numpy array or CPU tensor only when
-    the computation runs on a GPU that could not hold a copy of it.
+    the computation runs on a GPU that could not hold what it needs of it:
+    a copy, labels and distances; with ``lloyd`` (Lloyd's iterations of
+    ``KMeans.fit`` and ``elbow``) also the centred copy with a column of ones,
+    squared norms and the previous iteration's labels.
     """
     if isinstance(X, np.memmap):
         return True
@@ -57,7 +61,14 @@ def should_stream(X: Any, device: str | torch.device | None) -> bool:
         return False
     free, _ = torch.cuda.mem_get_info(target)
     itemsize = max(4, X.element_size() if isinstance(X, torch.Tensor) else X.itemsize)
-    return X.shape[0] * (X.shape[1] + 1) * itemsize > _DEVICE_SHARE * free
+    d = X.shape[1]
+    # Bytes per row, as measured on the accelerator paths: d * itemsize + 24
+    # (predict, MiniBatchKMeans); (2d + 2) * itemsize + 32 for Lloyd (float32,
+    # d=8: 96 bytes, 3x the copy). Counting the copy alone, with a share of
+    # 0.5, had let fits needing up to 1.3x (d=8) or 2x (d=2) the free memory
+    # run out of it rather than stream.
+    row_bytes = (2 * d + 2) * itemsize + 32 if lloyd else d * itemsize + 24
+    return X.shape[0] * row_bytes > _DEVICE_SHARE * free
 
 
 def host_rows(

@@ -411,11 +411,25 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` from ``random_state``.
 
     Accepts None (fresh entropy), an int, a ``numpy.random.RandomState`` or
-    ``Generator`` (a seed is drawn from it) or a ``torch.Generator``.
+    ``Generator`` (a seed is drawn from it) or a ``torch.Generator``: one for
+    another kind of device (a CPU generator for CUDA data) seeds one on
+    ``device``, as torch draws there from that device's generators alone.
     """
     if isinstance(random_state, torch.Generator):
-        return random_state
-    if random_state is None:
+        if random_state.device.type == device.type:
+            return random_state
+        # torch.randint(..., generator=<CPU generator>, device="cuda") raises
+        # "Expected a 'cuda' device type for generator but found 'cpu'".
+        seed = int(
+            torch.randint(
+                0,
+                np.iinfo(np.int64).max,
+                (1,),
+                generator=random_state,
+                device=random_state.device,
+            )
+        )
+    elif random_state is None:
         seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
     elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if not 0 <= random_state < 2**64:

@@ -565,7 +565,7 @@ def elbow(
     shard = collective.distributed
     try:
         # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
-        streamed = not shard and should_stream(X, device)
+        streamed = not shard and should_stream(X, device, lloyd=True)
         x: torch.Tensor | HostRows
         if streamed:
             x, compute, kind = host_rows(X, v.resolve_dtype(dtype))

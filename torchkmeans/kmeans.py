@@ -316,7 +316,7 @@ class KMeans(EstimatorProtocol):
             )
         self._reset_feature_names(X)
         collective = distributed.collective(self.process_group)
-        if collective.distributed or should_stream(X, self.device):
+        if collective.distributed or should_stream(X, self.device, lloyd=True):
             return self._fit_passes(X, sample_weight, collective)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
@@ -357,7 +357,7 @@ class KMeans(EstimatorProtocol):
         dtype = v.resolve_dtype(self.dtype)
         shard = collective.distributed
         try:
-            if should_stream(X, self.device):
+            if should_stream(X, self.device, lloyd=True):
                 data, compute, kind = host_rows(X, dtype, allow_empty=shard)
                 device = v.resolve_device(self.device, torch.device("cpu"))
                 n_local, n_features = data.n_rows, data.n_features
