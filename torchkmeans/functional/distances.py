@@ -161,8 +161,11 @@ def underflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
     (0 unless both are that small; ``x`` is read only for small centroids)."""
     if not centroids.numel():
         return 0
-    # One op (a step of MiniBatchKMeans on narrow rows asks every time).
-    largest = float(torch.linalg.vector_norm(centroids.detach(), math.inf))
+    # Two reductions, one host read (a step of MiniBatchKMeans asks every
+    # time): linalg.vector_norm(ord=inf) is not vectorised on the CPU, 20x
+    # slower (120 us for 50 x 1000 centroids, a quarter of a 64-row step).
+    c = centroids.detach()
+    largest = float(torch.maximum(c.amax(), c.amin().neg()))
     if not underflow_exponent(largest, x.dtype) or not x.numel():
         return 0
     return underflow_exponent(max(largest, float(x.detach().abs().amax())), x.dtype)
