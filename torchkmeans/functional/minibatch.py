@@ -224,7 +224,11 @@ def _minibatch_step(
         )
         assert distances is not None
         sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
-    distances = distances.to(acc)
+    # Rows whose squared distances underflow (float32 near 1e-25) are scored
+    # scaled and their distances come back in float64: summed in acc, the
+    # batch inertia was 0, and MiniBatchKMeans stopped on it after
+    # max_no_improvement steps.
+    distances = distances.to(torch.promote_types(distances.dtype, acc))
     inertia = (distances if weights is None else distances * weights).sum(-1)
     n_total = n
     if collective.distributed:
