@@ -377,6 +377,18 @@ def test_kmeans_keeps_the_best_restart():
     assert float(best) <= max(float(i) for i in one)
 
 
+def test_kmeans_takes_a_numpy_int_n_init_like_its_other_counts():
+    # n_clusters, max_iter and the estimators' n_init take numpy ints (a
+    # sweep's grid); n_init=np.int64(3) was refused with "n_init=np.int64(3)
+    # should be 'auto' or an int >= 1."
+    x = torch.tensor(blobs(n=200, d=2, k=4, seed=2))
+    given = kmeans(x, 4, n_init=np.int64(3), generator=torch.Generator().manual_seed(0))
+    plain = kmeans(x, 4, n_init=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(given.labels, plain.labels) and torch.equal(given.inertia, plain.inertia)
+    with pytest.raises(ValueError, match=r"n_init=2\.0 should be 'auto' or an int >= 1\."):
+        kmeans(x, 4, n_init=2.0)
+
+
 def test_kmeans_plusplus_picks_distinct_far_apart_points():
     x = torch.tensor(blobs(n=400, d=2, k=4, seed=1, spread=50.0))
     centroids, indices = kmeans_plusplus(x, 4, generator=torch.Generator().manual_seed(0))

@@ -901,6 +901,44 @@ EXPECTED_FAILURES = {
 }
 
 
+@pytest.mark.parametrize("params", [{}, {"tol": 1e-4, "max_no_improvement": None}])
+def test_float32_data_near_1e_minus_30_stops_where_it_stops_at_unit_scale(params):
+    # The batch inertia and the centre shift of a step underflowed to 0 in
+    # float32: early stopping saw no improvement from the first steps (12 of
+    # 41 steps here) and tol > 0 a shift below it at the second step (2 of 40).
+    X = blobs(n=4000, d=4, k=8, spread=3.0).astype(np.float32)
+    tiny = X * np.float32(2.0**-100)
+    expected = MiniBatchKMeans(8, batch_size=128, random_state=0, **params).fit(X)
+    km = MiniBatchKMeans(8, batch_size=128, random_state=0, **params).fit(tiny)
+    assert km.n_steps_ == expected.n_steps_
+    np.testing.assert_allclose(
+        km.cluster_centers_, expected.cluster_centers_ * 2.0**-100, rtol=1e-5, atol=1e-5 * 2.0**-100
+    )
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**-200, rel=1e-5)
+    step = minibatch_step(torch.from_numpy(tiny[:64]), torch.from_numpy(tiny[:8]), torch.zeros(8))
+    unit = minibatch_step(torch.from_numpy(X[:64]), torch.from_numpy(X[:8]), torch.zeros(8))
+    assert float(step.inertia) == pytest.approx(float(unit.inertia) * 2.0**-200, rel=1e-5)
+
+
+def test_float32_data_whose_batch_inertia_exceeds_float32_is_fitted_as_kmeans_fits_it():
+    # Squared distances near 1e36 are finite in float32 (KMeans fits these
+    # rows), but a batch's sum of them is not: summed in float32, the step's
+    # inertia was infinite and MiniBatchKMeans refused X as overflowing.
+    X = blobs(n=4000, d=4, k=8, spread=3.0).astype(np.float32)
+    huge = X * np.float32(2.0**60)
+    KMeans(8, random_state=0).fit(huge)
+    expected = MiniBatchKMeans(8, batch_size=128, random_state=0).fit(X)
+    km = MiniBatchKMeans(8, batch_size=128, random_state=0).fit(huge)
+    assert km.n_steps_ == expected.n_steps_
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**120, rel=1e-5)
+    expected = MiniBatchKMeans(8, random_state=0).partial_fit(X[:1000]).partial_fit(X[1000:])
+    km = MiniBatchKMeans(8, random_state=0).partial_fit(huge[:1000]).partial_fit(huge[1000:])
+    np.testing.assert_allclose(km.cluster_centers_, expected.cluster_centers_ * 2.0**60, rtol=1e-5)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**120, rel=1e-5)
+    step = minibatch_step(torch.from_numpy(huge[:1000]), torch.from_numpy(huge[:8]), torch.zeros(8))
+    assert torch.isfinite(step.inertia)
+
+
 def test_check_estimator_passes():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

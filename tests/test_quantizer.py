@@ -603,6 +603,10 @@ def test_constructor_accepts_numpy_numbers():
     assert (vq.num_codes, vq.dim, vq.heads) == (4, 2, 2) and type(vq.num_codes) is int
     assert vq.decay == 0.5 and type(vq.decay) is float
     assert vq.codebook.shape == (2, 4, 2)
+    # A numpy bool (a flag read from an array or a sweep's grid) is a bool too:
+    # it was refused with "Expected kmeans_init to be a bool, got bool."
+    vq = VectorQuantizer(4, 2, kmeans_init=np.bool_(False))
+    assert vq.kmeans_init is False
 
 
 def test_forward_and_lookup_errors():

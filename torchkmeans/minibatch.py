@@ -569,10 +569,10 @@ class MiniBatchKMeans(KMeans):
         every = _steps_between_checks(device)
         # Steps since the last host read: (centres, counts, inertia, shift).
         window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        no_shift = torch.zeros((), dtype=acc, device=device)  # tol=0: never read as a stop
+        # float64 where the device has it (not MPS).
+        wide = _device.widest_float(device)
+        no_shift = torch.zeros((), dtype=wide, device=device)  # tol=0: never read as a stop
         if weights is not None:
-            # float64 sums where the device has them (not MPS).
-            wide = _device.widest_float(device)
             cumulative = weights.cumsum(0, dtype=wide)
         # Asked once: the centres stay within the rows' scale.
         differences = not underflow_exponent_of(centers, centers)
@@ -596,7 +596,9 @@ class MiniBatchKMeans(KMeans):
                 collective=LOCAL,
                 differences=differences,
             )
-            shift = ((step.centroids - centers) ** 2).sum() if tol > 0 else no_shift
+            # In the widest float: squared shifts of float32 centres near 1e-25
+            # underflow to 0 in float32, which stopped the fit at its second step.
+            shift = (step.centroids - centers).to(wide).square().sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums
             window.append((centers, counts, step.inertia, shift))
             if len(window) < every and step_index < n_steps - 1:

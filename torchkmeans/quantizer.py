@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
+from . import _validation as v
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums
@@ -315,9 +316,9 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold = _check_float(
             "dead_code_threshold", dead_code_threshold, lambda v: 0.0 <= v < 1.0, "in [0, 1)"
         )
-        if not isinstance(kmeans_init, bool):
-            raise TypeError(f"Expected kmeans_init to be a bool, got {type(kmeans_init).__name__}.")
-        self.kmeans_init = kmeans_init
+        # numpy bools too, as the estimators' flags: isinstance(bool) refused
+        # np.bool_ with "Expected kmeans_init to be a bool, got bool."
+        self.kmeans_init = v.check_flag(kmeans_init, "kmeans_init")
         self.process_group = process_group
 
         # float32 whatever torch's default dtype: under

@@ -14,6 +14,7 @@ cluster between full recomputations.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Union
 
 import torch
@@ -1313,8 +1314,9 @@ def kmeans(
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
     if n_init == "auto":
         n_init = 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
-    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+    if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
         raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
+    n_init = int(n_init)
     v.check_positive_int(max_iter, "max_iter")
     v.check_nonnegative_float(tol, "tol")
     if check_every is not None:

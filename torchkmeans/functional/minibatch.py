@@ -33,7 +33,8 @@ class MiniBatchStep(NamedTuple):
     labels: torch.Tensor
     """Nearest centroid (before the update) of each row of the batch, int64."""
     inertia: torch.Tensor
-    """Weighted sum of distances of the batch to those centroids, ``()`` or ``(b,)``."""
+    """Weighted sum of distances of the batch to those centroids, ``()`` or ``(b,)``,
+    in the widest float of the device (float64 but on MPS)."""
 
 
 def minibatch_step(
@@ -123,7 +124,7 @@ def minibatch_step(
     tensor([[ 0.0000,  0.6667],
             [10.0000,  0.0000]])
     >>> step.weight_sums, step.labels, step.inertia
-    (tensor([3., 1.]), tensor([0, 0, 1]), tensor(4.))
+    (tensor([3., 1.]), tensor([0, 0, 1]), tensor(4., dtype=torch.float64))
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
@@ -224,7 +225,12 @@ def _minibatch_step(
         )
         assert distances is not None
         sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
-    distances = distances.to(acc)
+    # The batch inertia in the widest float (float64 but on MPS), as KMeans'
+    # inertia: summed in float32, finite squared distances near 1e36 made it
+    # infinite (refused as an overflow of X by MiniBatchKMeans, whose KMeans
+    # fit of the same data passed); rows scored scaled (float32 near 1e-25)
+    # keep their float64 distances, which underflowed to 0 in float32.
+    distances = distances.to(_device.widest_float(distances.device))
     inertia = (distances if weights is None else distances * weights).sum(-1)
     n_total = n
     if collective.distributed:
