@@ -850,6 +850,15 @@ def test_predict_with_another_feature_count():
         km.predict(X_NAN)
 
 
+def test_predict_takes_no_sample_weight_as_sklearn():
+    # It was accepted and ignored: a caller's weights changed nothing, silently.
+    from sklearn.cluster import KMeans as SkKMeans
+
+    for estimator in (KMeans(2, random_state=0).fit(X_OK), SkKMeans(2, n_init=1).fit(X_OK)):
+        with pytest.raises(TypeError, match="sample_weight"):
+            estimator.predict(X_OK, sample_weight=np.ones(len(X_OK)))
+
+
 def test_float64_rows_beyond_float32_centres_are_refused_not_made_infinite():
     """predict/transform/score on a float32 fit cast float64 input after
     checking it: 1e39 became inf, giving label 0 and NaN distances."""

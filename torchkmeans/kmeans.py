@@ -559,8 +559,11 @@ class KMeans(EstimatorProtocol):
             raise v.distances_overflow("X", centers.dtype)
         return labels, total if inertia_needed else 0.0, kind
 
-    def predict(self, X: Any, sample_weight: Any = None) -> Any:
+    def predict(self, X: Any) -> Any:
         """Index of the closest cluster centre for each sample (a memmap is streamed).
+
+        Weights do not change which centre is closest: as in scikit-learn
+        (since 1.5), ``predict`` takes no ``sample_weight``.
 
         Returns
         -------
