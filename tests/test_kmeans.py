@@ -240,6 +240,22 @@ def test_same_seed_same_result_and_different_seeds_differ():
     assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
 
 
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+def test_random_state_none_follows_numpys_global_seed_as_sklearn(estimator):
+    # None drew fresh entropy: np.random.seed did not make a notebook's fit
+    # repeatable, as it does scikit-learn's.
+    X = blobs(n=800, d=3, k=12, seed=9)
+    np.random.seed(3)  # noqa: NPY002 (the legacy global state is what is tested)
+    a = estimator(n_clusters=12, init="random", n_init=1).fit(X)
+    b = estimator(n_clusters=12, init="random", n_init=1).fit(X)
+    np.random.seed(3)  # noqa: NPY002 (the legacy global state is what is tested)
+    again = estimator(n_clusters=12, init="random", n_init=1).fit(X)
+    seeded = estimator(12, init="random", n_init=1, random_state=np.random.RandomState(3)).fit(X)
+    np.testing.assert_array_equal(again.cluster_centers_, a.cluster_centers_)
+    np.testing.assert_array_equal(seeded.cluster_centers_, a.cluster_centers_)
+    assert not np.array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
 def test_fit_predict_equals_fit_then_predict():
     X = load_iris().data
     labels = KMeans(n_clusters=3, random_state=0).fit_predict(X)

@@ -410,10 +410,12 @@ def check_weight_values(weights: torch.Tensor, *, positive_sum: bool = True) -> 
 def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` from ``random_state``.
 
-    Accepts None (fresh entropy), an int, a ``numpy.random.RandomState`` or
-    ``Generator`` (a seed is drawn from it) or a ``torch.Generator``: one for
-    another kind of device (a CPU generator for CUDA data) seeds one on
-    ``device``, as torch draws there from that device's generators alone.
+    Accepts None (a seed drawn from numpy's global random state, as
+    scikit-learn: ``np.random.seed`` makes it repeatable), an int, a
+    ``numpy.random.RandomState`` or ``Generator`` (a seed is drawn from it)
+    or a ``torch.Generator``: one for another kind of device (a CPU
+    generator for CUDA data) seeds one on ``device``, as torch draws there
+    from that device's generators alone.
     """
     if isinstance(random_state, torch.Generator):
         if random_state.device.type == device.type:
@@ -429,15 +431,16 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
                 device=random_state.device,
             )
         )
-    elif random_state is None:
-        seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
     elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if not 0 <= random_state < 2**64:
             # torch seeds are unsigned 64-bit integers.
             raise ValueError(f"random_state={random_state} should be >= 0 and < 2**64.")
         seed = int(random_state)
-    elif isinstance(random_state, np.random.RandomState):
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
+    elif random_state is None or isinstance(random_state, np.random.RandomState):
+        # None is numpy's global RandomState, as scikit-learn's check_random_state
+        # (fresh entropy per call had ignored np.random.seed).
+        rng = np.random.mtrand._rand if random_state is None else random_state
+        seed = int(rng.randint(np.iinfo(np.int32).max))
     elif isinstance(random_state, np.random.Generator):
         seed = int(random_state.integers(np.iinfo(np.int64).max))
     else:

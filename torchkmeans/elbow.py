@@ -498,7 +498,7 @@ def elbow(
     tol : float, default=1e-4
         Relative tolerance on the centroid shift, as in :class:`~torchkmeans.KMeans`.
     random_state : int, numpy RandomState/Generator, torch.Generator or None
-        Seed of the k-means++ seeding.
+        Seed of the k-means++ seeding (None: from numpy's global random state).
     metric : {"euclidean", "cosine"}, default="euclidean"
         "cosine" is spherical k-means; the silhouette then uses cosine
         distances too (the other scores are euclidean by definition).

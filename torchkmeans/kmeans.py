@@ -64,6 +64,7 @@ class KMeans(EstimatorProtocol):
         1 from every centre.
     random_state : int, numpy RandomState/Generator, torch.Generator or None
         Seed for the initialisation; same seed and device give the same result.
+        None draws one from numpy's global random state, as scikit-learn.
     device : str or torch.device, optional
         Where to compute: None is where the data is (CPU for numpy), "auto"
         picks CUDA when present.

@@ -157,7 +157,8 @@ class MiniBatchKMeans(KMeans):
         Compute ``labels_`` and ``inertia_`` on the whole data after ``fit``
         (on the batch after ``partial_fit``).
     random_state : int, numpy RandomState/Generator, torch.Generator or None
-        Seed for the subsamples, the seeding, the batches and the reseeding.
+        Seed for the subsamples, the seeding, the batches and the reseeding
+        (None: from numpy's global random state, as scikit-learn).
     tol : float, default=0.0
         Stop when the squared centre shift of a step is below ``tol`` times
         the mean feature variance of the data (0 disables).
