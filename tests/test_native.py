@@ -473,3 +473,71 @@ def test_inputs_in_another_dtype_are_converted_and_bad_outputs_refused():
         _native.nearest(x, centroids, torch.empty(50, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"distances to be a contiguous torch\.float32"):
         _native.nearest(x, centroids, labels, distances=torch.empty(100)[::2])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads /proc/cpuinfo")
+def test_column_groups_are_gathered_only_where_gathers_are_fast():
+    """AVX-512 gathers are microcoded on AMD's CPUs, slower there than copying
+    the rows (the column layout took 1.4-3.5x as long): only Intel's use them.
+    AMD's load rows that fill most of a vector whole and transpose them in
+    registers instead (float32 d=9-16, float64 d=8: 0.45-0.75x the copy's time)."""
+    with open("/proc/cpuinfo") as info:
+        lines = info.read().splitlines()
+    flags = next((line.split() for line in lines if line.startswith("flags")), [])
+    amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in lines)
+    avx512 = "avx512f" in flags and _native._library.tk_vector_bytes() == 64
+    rows = _native._library.tk_column_rows
+    for d in range(1, 17):
+        if avx512 and not amd:
+            expected = (1, 1)
+        elif avx512:
+            expected = (2 if d > 8 else 0, 2 if 4 < d <= 8 else 0)
+        else:
+            expected = (0, 0)
+        assert (rows(d, 0), rows(d, 1)) == expected, d
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through libc")
+def test_column_groups_read_nothing_past_the_last_row():
+    """Rows of every width the column layout takes, the last one ending where
+    readable memory does (an unreadable page follows): whole groups of rows
+    are loaded a vector per row or gathered, never past the data; the labels
+    and distances are torch's."""
+    script = textwrap.dedent(
+        """
+        import ctypes, mmap
+        import torch
+        from torchkmeans.functional import _native
+        assert _native.available()
+        page = mmap.PAGESIZE
+        memory = mmap.mmap(-1, 2 * page)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.mprotect(ctypes.c_void_p(address + page), ctypes.c_size_t(page), 0) == 0
+        g = torch.Generator().manual_seed(0)
+        for dtype in (torch.float32, torch.float64):
+            size = torch.finfo(dtype).bits // 8
+            for d in range(1, 17):
+                n = min(64, page // (d * size))
+                x = torch.frombuffer(memory, dtype=dtype, count=n * d, offset=page - n * d * size)
+                x = x.view(n, d)
+                x.copy_(torch.randn(n, d, generator=g, dtype=dtype))
+                c = torch.randn(5, d, generator=g, dtype=dtype)
+                expected = torch.cdist(x.double(), c.double()).square()
+                for differences in (False, True):
+                    labels = torch.empty(n, dtype=torch.int64)
+                    distances = torch.empty(n, dtype=dtype)
+                    _native.nearest(x, c, labels, distances=distances, columns=True,
+                                    differences=differences, threads=1)
+                    assert torch.equal(labels, expected.argmin(1)), (dtype, d)
+                    torch.testing.assert_close(
+                        distances.double(), expected.min(1).values, rtol=1e-5, atol=1e-6
+                    )
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]
