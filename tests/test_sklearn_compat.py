@@ -152,3 +152,123 @@ def test_a_pickle_from_before_a_parameter_existed_gets_its_default():
     assert restored.get_params()["algorithm"] == "lloyd" and restored.copy_x is True
     assert "algorithm='lloyd'" not in repr(restored)  # defaults are not shown
     assert sorted(restored.fit([[0.0], [10.0]]).labels_.tolist()) == [0, 1]
+
+
+def _weighted_blobs():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, size=(40, 3)) for c in (0.0, 6.0, 12.0)])
+    return X * [1.0, 10.0, 0.1], rng.uniform(0.1, 5.0, size=len(X))
+
+
+@pytest.mark.parametrize("name", ["KMeans", "MiniBatchKMeans"])
+def test_metadata_routing_api_matches_scikit_learn(name):
+    import pickle
+
+    import sklearn
+    import sklearn.cluster
+    from sklearn.base import clone
+
+    import torchkmeans
+
+    ours, theirs = getattr(torchkmeans, name)(2), getattr(sklearn.cluster, name)(2)
+    public = {n for n in dir(theirs) if n.startswith(("set_", "get_")) and n.endswith("request")}
+    public |= {"get_metadata_routing"}
+    assert public <= set(dir(ours))
+    assert "set_partial_fit_request" not in dir(torchkmeans.KMeans)  # nor in scikit-learn's
+    assert str(ours.get_metadata_routing()) == str(theirs.get_metadata_routing())
+    with pytest.raises(RuntimeError, match="only available when metadata routing is enabled"):
+        ours.set_fit_request(sample_weight=True)
+    with sklearn.config_context(enable_metadata_routing=True):
+        for model in (ours, theirs):
+            assert model.set_fit_request(sample_weight=True) is model
+            model.set_score_request(sample_weight="w")
+            if name == "MiniBatchKMeans":
+                model.set_partial_fit_request(sample_weight=False)
+            model.set_fit_request()  # UNCHANGED keeps the request
+        expected = str(theirs.get_metadata_routing())
+        assert str(ours.get_metadata_routing()) == expected
+        assert str(clone(ours).get_metadata_routing()) == expected
+        assert str(pickle.loads(pickle.dumps(ours)).get_metadata_routing()) == expected
+        with pytest.raises(ValueError, match="should be either a valid identifier"):
+            ours.set_fit_request(sample_weight=1.5)
+    # The returned request is a copy.
+    ours.get_metadata_routing().fit.add_request(param="sample_weight", alias=False)
+    assert str(ours.get_metadata_routing()) == expected
+
+
+def test_metadata_routing_passes_sample_weight_as_scikit_learn_kmeans():
+    import numpy as np
+    import sklearn
+    from sklearn.cluster import KMeans as SklearnKMeans
+    from sklearn.exceptions import UnsetMetadataPassedError
+    from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, w = _weighted_blobs()
+    scaled = StandardScaler().fit_transform(X)
+    start = scaled[[0, 40, 80]]
+    direct = KMeans(3, init=start, n_init=1).fit(scaled, sample_weight=w)
+    unweighted = KMeans(3, init=start, n_init=1).fit(scaled)
+    assert not np.allclose(direct.cluster_centers_, unweighted.cluster_centers_)
+    with sklearn.config_context(enable_metadata_routing=True):
+        for cls in (KMeans, SklearnKMeans):
+            # Not requested: scikit-learn's error, not a silent drop.
+            with pytest.raises(UnsetMetadataPassedError, match=r"\[sample_weight\]"):
+                Pipeline([("k", cls(3, init=start, n_init=1))]).fit(scaled, sample_weight=w)
+        steps = [("s", StandardScaler().set_fit_request(sample_weight=False))]
+        pipe = Pipeline([*steps, ("k", KMeans(3, init=start, n_init=1))])
+        pipe[-1].set_fit_request(sample_weight=True)
+        pipe.fit(X, sample_weight=w)
+        np.testing.assert_allclose(pipe[-1].cluster_centers_, direct.cluster_centers_)
+        assert pipe[-1].inertia_ == pytest.approx(direct.inertia_)
+        # False: not passed, so (no step taking it) scikit-learn refuses it.
+        pipe[-1].set_fit_request(sample_weight=False)
+        with pytest.raises(TypeError, match="not routed to any object"):
+            pipe.fit(X, sample_weight=w)
+
+        results = {}
+        for cls in (KMeans, SklearnKMeans):
+            model = cls(3, init=start, n_init=1).set_fit_request(sample_weight=True)
+            model.set_score_request(sample_weight=True)
+            cv = KFold(3, shuffle=True, random_state=0)
+            results[cls] = cross_validate(model, scaled, params={"sample_weight": w}, cv=cv)[
+                "test_score"
+            ]
+            search = GridSearchCV(model, {"max_iter": [1, 100]}, cv=3, error_score="raise")
+            results[cls, "search"] = search.fit(scaled, sample_weight=w).cv_results_[
+                "mean_test_score"
+            ]
+            assert search.best_estimator_.inertia_ == pytest.approx(direct.inertia_)
+        np.testing.assert_allclose(results[KMeans], results[SklearnKMeans], rtol=1e-8)
+        np.testing.assert_allclose(
+            results[KMeans, "search"], results[SklearnKMeans, "search"], rtol=1e-8
+        )
+    # With routing off the step parameters still work.
+    pipe = Pipeline([("k", KMeans(3, init=start, n_init=1))]).fit(scaled, k__sample_weight=w)
+    np.testing.assert_allclose(pipe[-1].cluster_centers_, direct.cluster_centers_)
+
+
+def test_metadata_routing_of_minibatch_partial_fit():
+    import numpy as np
+    import sklearn
+    from sklearn.exceptions import UnsetMetadataPassedError
+    from sklearn.pipeline import Pipeline
+
+    from torchkmeans import MiniBatchKMeans
+
+    X, w = _weighted_blobs()
+    start = X[[0, 40, 80]]
+    direct = MiniBatchKMeans(3, init=start, batch_size=len(X), random_state=0)
+    direct.partial_fit(X, sample_weight=w)
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = MiniBatchKMeans(3, init=start, batch_size=len(X), random_state=0)
+        with pytest.raises(UnsetMetadataPassedError, match=r"\[sample_weight\]"):
+            Pipeline([("k", model)]).fit(X, sample_weight=w)
+        pipe = Pipeline([("k", model.set_fit_request(sample_weight=True))])
+        pipe.fit(X, sample_weight=w)
+        fitted = MiniBatchKMeans(3, init=start, batch_size=len(X), random_state=0)
+        fitted.fit(X, sample_weight=w)
+        np.testing.assert_allclose(pipe[-1].cluster_centers_, fitted.cluster_centers_)

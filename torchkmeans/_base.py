@@ -8,6 +8,14 @@ from typing import Any
 
 from .exceptions import not_fitted_error
 
+# scikit-learn's ``metadata_routing.UNCHANGED``, the default of its
+# ``set_*_request`` methods: spelled out so that defining ours imports nothing.
+_UNCHANGED = "$UNCHANGED$"
+
+# The methods of scikit-learn's routing (its ``SIMPLE_METHODS``) that the
+# estimators have; ``fit_predict``/``fit_transform`` follow fit's requests.
+_ROUTED_METHODS = ("fit", "partial_fit", "predict", "score", "transform")
+
 
 @functools.cache
 def _init_parameter_names(cls: type) -> tuple[str, ...]:
@@ -20,6 +28,21 @@ def _init_parameter_names(cls: type) -> tuple[str, ...]:
             for name, p in signature.parameters.items()
             if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         )
+    )
+
+
+@functools.cache
+def _metadata_names(cls: type, method: str) -> tuple[str, ...]:
+    """What ``cls.method`` takes besides the data: the metadata a scikit-learn
+    router may pass to it, read from the signature as scikit-learn reads it."""
+    function = getattr(cls, method, None)
+    if function is None:
+        return ()
+    parameters = list(inspect.signature(function).parameters.items())[1:]
+    return tuple(
+        name
+        for name, p in parameters
+        if name not in ("X", "y") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     )
 
 
@@ -72,6 +95,53 @@ class EstimatorProtocol:
         )
         tags.input_tags.allow_nan = False
         return tags
+
+    def get_metadata_routing(self) -> Any:
+        """The metadata (``sample_weight``) each method asks scikit-learn's routers for.
+
+        scikit-learn's API (its ``Pipeline``, ``cross_validate`` and
+        ``GridSearchCV`` call it when ``enable_metadata_routing`` is set): by
+        default nothing is requested, and a router given ``sample_weight``
+        raises until :meth:`set_fit_request` says whether to pass it.
+
+        Returns
+        -------
+        sklearn.utils.metadata_routing.MetadataRequest
+            A copy: changing it changes nothing here.
+
+        Examples
+        --------
+        >>> from torchkmeans import KMeans
+        >>> KMeans().get_metadata_routing().fit.requests
+        {'sample_weight': None}
+        """
+        from sklearn.utils.metadata_routing import MetadataRequest, get_routing_for_object
+
+        # Set by the set_*_request methods under scikit-learn's own name,
+        # which its clone() copies to the clone.
+        if hasattr(self, "_metadata_request"):
+            return get_routing_for_object(self._metadata_request)
+        requests = MetadataRequest(owner=type(self).__name__)
+        for method in _ROUTED_METHODS:
+            for name in _metadata_names(type(self), method):
+                getattr(requests, method).add_request(param=name, alias=None)
+        return requests
+
+    def _set_requests(self, method: str, **aliases: Any) -> Any:
+        """Record scikit-learn metadata requests of ``method``, as its ``set_*_request``."""
+        from sklearn import get_config
+
+        if not get_config().get("enable_metadata_routing", False):
+            raise RuntimeError(
+                "This method is only available when metadata routing is enabled. You can "
+                "enable it using sklearn.set_config(enable_metadata_routing=True)."
+            )
+        requests = self.get_metadata_routing()
+        for name, alias in aliases.items():
+            if not (isinstance(alias, str) and alias == _UNCHANGED):
+                getattr(requests, method).add_request(param=name, alias=alias)
+        self._metadata_request = requests
+        return self
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):

@@ -14,7 +14,7 @@ import torch
 
 from . import _validation as v
 from . import distributed
-from ._base import EstimatorProtocol
+from ._base import _UNCHANGED, EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import Collective
@@ -635,6 +635,55 @@ class KMeans(EstimatorProtocol):
         config["transform"] = transform
         self._sklearn_output_config = config
         return self
+
+    def set_fit_request(self, *, sample_weight: bool | str | None = _UNCHANGED) -> KMeans:
+        """Whether scikit-learn's routers pass ``sample_weight`` to :meth:`fit`.
+
+        scikit-learn's metadata routing (``sklearn.set_config(
+        enable_metadata_routing=True)``; scikit-learn is imported on the
+        call): True passes it when given, False never does, None (the
+        default) makes a router given one raise, and a string passes the
+        metadata of that name. The request holds for ``fit_predict`` and
+        ``fit_transform`` too, and survives ``clone`` and pickling.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        RuntimeError
+            When metadata routing is not enabled, as scikit-learn's.
+
+        Examples
+        --------
+        >>> import sklearn
+        >>> with sklearn.config_context(enable_metadata_routing=True):
+        ...     km = KMeans(n_clusters=2).set_fit_request(sample_weight=True)
+        >>> km.get_metadata_routing().fit.requests
+        {'sample_weight': True}
+        """
+        return self._set_requests("fit", sample_weight=sample_weight)
+
+    def set_score_request(self, *, sample_weight: bool | str | None = _UNCHANGED) -> KMeans:
+        """Whether scikit-learn's routers pass ``sample_weight`` to :meth:`score`.
+
+        As :meth:`set_fit_request`, for the scoring of ``cross_validate`` and
+        ``GridSearchCV`` (the default scoring calls :meth:`score`).
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import sklearn
+        >>> with sklearn.config_context(enable_metadata_routing=True):
+        ...     km = KMeans(n_clusters=2).set_score_request(sample_weight=False)
+        >>> km.get_metadata_routing().score.requests
+        {'sample_weight': False}
+        """
+        return self._set_requests("score", sample_weight=sample_weight)
 
     def _output_container(self, out: Any, X: Any) -> Any:
         """``out`` (an array) as the data frame that :meth:`set_output` asked for.

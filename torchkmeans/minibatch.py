@@ -12,6 +12,7 @@ import torch
 
 from . import _validation as v
 from . import distributed
+from ._base import _UNCHANGED
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
@@ -705,6 +706,27 @@ class MiniBatchKMeans(KMeans):
         # `for batch in loader: partial_fit(batch)` over a TensorDataset
         # raised "got shape (1, 128, 4)" ([x]) or an inhomogeneous-array error.
         return self._partial_fit_batch(_first(X), sample_weight)
+
+    def set_partial_fit_request(
+        self, *, sample_weight: bool | str | None = _UNCHANGED
+    ) -> MiniBatchKMeans:
+        """Whether scikit-learn's routers pass ``sample_weight`` to :meth:`partial_fit`.
+
+        As :meth:`~torchkmeans.KMeans.set_fit_request`, for ``partial_fit``.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import sklearn
+        >>> with sklearn.config_context(enable_metadata_routing=True):
+        ...     mbk = MiniBatchKMeans(n_clusters=2).set_partial_fit_request(sample_weight=True)
+        >>> mbk.get_metadata_routing().partial_fit.requests
+        {'sample_weight': True}
+        """
+        return self._set_requests("partial_fit", sample_weight=sample_weight)
 
     def _steps_over(self, batches: Iterable[Any]) -> None:
         """One step per yielded batch. Empty batches before the first step are
