@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import sys
 import warnings
 from collections.abc import Iterator
@@ -249,6 +250,17 @@ class KMeans(EstimatorProtocol):
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
         return n_clusters, n_init, metric
 
+    def _batched_restarts(self) -> int:
+        """The restarts an in-memory fit runs as one batch (see ``_check_params``),
+        for ``should_stream``: 1 where ``n_init`` is invalid (the fit then says so)."""
+        init, n_init = self.init, self.n_init
+        if isinstance(n_init, str) and n_init == "auto":
+            return 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
+        if not isinstance(init, str) and not callable(init):
+            return 1
+        valid = isinstance(n_init, numbers.Integral) and not isinstance(n_init, bool)
+        return int(n_init) if valid and n_init >= 1 else 1
+
     def _reset_feature_names(self, X: Any) -> None:
         """Record the column names of a data frame ``X`` in ``feature_names_in_`` (or none)."""
         names = v.feature_names(X)
@@ -317,7 +329,9 @@ class KMeans(EstimatorProtocol):
             )
         self._reset_feature_names(X)
         collective = distributed.collective(self.process_group)
-        if collective.distributed or should_stream(X, self.device, lloyd=True):
+        if collective.distributed or should_stream(
+            X, self.device, lloyd=True, problems=self._batched_restarts()
+        ):
             return self._fit_passes(X, sample_weight, collective)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
@@ -358,7 +372,7 @@ class KMeans(EstimatorProtocol):
         dtype = v.resolve_dtype(self.dtype)
         shard = collective.distributed
         try:
-            if should_stream(X, self.device, lloyd=True):
+            if should_stream(X, self.device, lloyd=True, problems=self._batched_restarts()):
                 data, compute, kind = host_rows(X, dtype, allow_empty=shard)
                 device = v.resolve_device(self.device, torch.device("cpu"))
                 n_local, n_features = data.n_rows, data.n_features
