@@ -328,6 +328,40 @@ def test_host_data_is_streamed_when_the_gpu_could_not_hold_the_restarts(
         assert host.should_stream(X, "cuda", **asked[-1]) == streamed, (asked[-1], row_bytes)
 
 
+@pytest.mark.parametrize("d, k", [(4, 64), (16, 256)])
+def test_host_data_is_streamed_when_the_gpu_could_not_hold_its_transform(
+    accelerator_paths, monkeypatch, d, k
+):
+    # transform's result is n x k: counted as predict's copy, labels and
+    # distances (40 bytes a row at d=4), 64 centres' distances (272) ran out
+    # of GPU memory instead of being written chunk by chunk to the host.
+    import torchkmeans.functional.distances as distances
+
+    monkeypatch.setattr(distances, "DEFAULT_MEMORY_BUDGET", 2**16)  # blocks of fixed size
+    km = KMeans(k, max_iter=2, **_SMALL).fit(np.random.default_rng(1).standard_normal((2000, d)))
+    asked = []
+
+    def spy(X, device, **kwargs):
+        asked.append(kwargs)
+        return False
+
+    monkeypatch.setattr(sys.modules["torchkmeans.kmeans"], "should_stream", spy)
+
+    def peak(n):
+        X = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d)))
+        with LiveBytes() as live:
+            km.transform(X)
+        return live.peak
+
+    row_bytes = (peak(160_000) - peak(80_000)) / 80_000
+    n = 10**9
+    X = np.lib.stride_tricks.as_strided(np.zeros(1), (n, d), (0, 0))
+    monkeypatch.setattr(host.v, "resolve_device", lambda device, default: torch.device(device))
+    for free, streamed in ((0.95 * row_bytes * n, True), (2.0 * row_bytes * n, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**13))
+        assert host.should_stream(X, "cuda", **asked[-1]) == streamed, (asked[-1], row_bytes)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_host_data_too_big_for_the_gpu_is_streamed(monkeypatch, blobs8, small_chunks):

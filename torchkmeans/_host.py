@@ -42,7 +42,12 @@ def _compute_dtype(X: Any, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def should_stream(
-    X: Any, device: str | torch.device | None, *, lloyd: bool = False, problems: int = 1
+    X: Any,
+    device: str | torch.device | None,
+    *,
+    lloyd: bool = False,
+    problems: int = 1,
+    outputs: int = 0,
 ) -> bool:
     """Whether a fit on ``X`` streams it from the host instead of copying it whole.
 
@@ -51,7 +56,9 @@ def should_stream(
     a copy, labels and distances; with ``lloyd`` (Lloyd's iterations of
     ``KMeans.fit`` and ``elbow``) also the centred copy with a column of ones,
     squared norms and the previous iteration's labels, and for each of the
-    ``problems`` run as one batch (restarts) its own labels and distances.
+    ``problems`` run as one batch (restarts) its own labels and distances;
+    and ``outputs`` values a row that the result holds (``transform``'s
+    distances to the k centres).
     """
     if isinstance(X, np.memmap):
         return True
@@ -75,6 +82,8 @@ def should_stream(
     row_bytes = (2 * d + 2) * itemsize + 32 if lloyd else d * itemsize + 24
     if lloyd:
         row_bytes += (max(1, problems) - 1) * (16 + 2 * itemsize)
+    # transform's n x k result (k=64, d=4: 272 bytes a row in float32, 40 counted).
+    row_bytes += outputs * itemsize
     return X.shape[0] * row_bytes > _DEVICE_SHARE * free
 
 

@@ -504,11 +504,14 @@ class KMeans(EstimatorProtocol):
         x, centers = times_power_of_two(x, exponent), times_power_of_two(self._centers, exponent)
         return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
-    def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
+    def _parts(
+        self, X: Any, outputs: int = 0
+    ) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.
 
         One tensor, or chunks of a memmap or of host data too big for the
-        device; the last flag says whether ``X`` is streamed.
+        device (with ``outputs`` values a row of result, see ``should_stream``);
+        the last flag says whether ``X`` is streamed.
         """
         self._check_is_fitted()
         if v.is_batch_stream(X):
@@ -517,7 +520,7 @@ class KMeans(EstimatorProtocol):
                 f"({type(X).__name__}); predict, transform and score take one batch at a time."
             )
         centers = self._centers
-        if not should_stream(X, centers.device):
+        if not should_stream(X, centers.device, outputs=outputs):
             x, kind = self._validate_x(X, reset=False)
             return iter([(0, x)]), x.shape[0], kind, False
         self._check_feature_names(X)
@@ -600,7 +603,9 @@ class KMeans(EstimatorProtocol):
         -------
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
-        parts, n, kind, streamed = self._parts(X)
+        self._check_is_fitted()
+        # The n x k result is held on the device unless X is streamed.
+        parts, n, kind, streamed = self._parts(X, outputs=self._centers.shape[0])
         centers = self._centers
         out = None
         if streamed:
