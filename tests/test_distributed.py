@@ -139,6 +139,17 @@ def minibatch_float32_uneven_batches(rank, tmp):
     return mbk.cluster_centers_
 
 
+def minibatch_batch_inertia_beyond_float32(rank, tmp):
+    # float32 rows x 2^60: squared distances near 1e37 are finite in float32,
+    # the sum of a batch's is not.
+    X = blobs(n=2000, d=4, centers=8).astype(np.float32) * np.float32(2.0**60)
+    mbk = MiniBatchKMeans(8, init=X[:8], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 2000, 500):
+        batch = X[start : start + 500]
+        mbk.partial_fit(batch[:200] if rank == 0 else batch[200:])
+    return mbk.cluster_centers_, mbk.inertia_
+
+
 def minibatch_inertia_of_the_batch(rank, tmp):
     # compute_labels: labels_ are the local rows', inertia_ that of the whole batch.
     X = load_digits().data
@@ -296,6 +307,7 @@ SCENARIOS = {
         minibatch_partial_fit,
         minibatch_empty_batches,
         minibatch_float32_uneven_batches,
+        minibatch_batch_inertia_beyond_float32,
         minibatch_inertia_of_the_batch,
         minibatch_seeds_far_from_the_origin,
         minibatch_nan_in_the_first_batch,
@@ -484,6 +496,20 @@ def test_minibatch_inertia_is_that_of_the_ranks_batches_together(tmp_path):
         single.partial_fit(X[start : start + 100])
         np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
         assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+
+
+def test_minibatch_batch_inertia_beyond_float32_is_summed_over_the_ranks(tmp_path):
+    # The step's float64 batch inertia was all_reduced in float32 with the
+    # sums: infinite, and partial_fit refused X as overflowing, which one
+    # process fitting the same batches accepts.
+    (c0, i0), (c1, i1) = run_ranks("minibatch_batch_inertia_beyond_float32", tmp_path)
+    X = blobs(n=2000, d=4, centers=8).astype(np.float32) * np.float32(2.0**60)
+    single = MiniBatchKMeans(8, init=X[:8], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 2000, 500):
+        single.partial_fit(X[start : start + 500])
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-5)
+    assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-5)
 
 
 def test_minibatch_seeds_float32_data_far_from_the_origin_across_ranks(tmp_path):

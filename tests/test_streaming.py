@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from sklearn.datasets import load_digits, make_blobs
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchkmeans import KMeans, lloyd
+from torchkmeans import KMeans, elbow, lloyd
 from torchkmeans import _host as host
 from torchkmeans.functional import streaming
 from torchkmeans.functional.streaming import HostRows, init_sample_size, iter_chunks
@@ -238,6 +239,9 @@ def test_init_sample_size_is_bounded():
     assert init_sample_size(300, 4, 2) == 300
 
 
+_SMALL = {"random_state": 0, "memory_budget": 2**16}
+
+
 class LiveBytes(TorchDispatchMode):
     """The most bytes of tensor storage alive at once among those the ops made."""
 
@@ -283,6 +287,79 @@ def test_host_data_is_streamed_when_the_gpu_could_not_hold_the_fit(accelerator_p
             for free, streamed in ((0.95 * need, True), (2.0 * need, False)):
                 patch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**13))
                 assert host.should_stream(X, "cuda", lloyd=lloyd) == streamed, (lloyd, free / n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "module, run",
+    [
+        ("torchkmeans.kmeans", lambda X: KMeans(8, init="random", max_iter=2, **_SMALL).fit(X)),
+        ("torchkmeans.kmeans", lambda X: KMeans(8, n_init=4, max_iter=2, **_SMALL).fit(X)),
+        ("torchkmeans.elbow", lambda X: elbow(X, k=range(1, 4), max_iter=2, **_SMALL)),
+    ],
+)
+def test_host_data_is_streamed_when_the_gpu_could_not_hold_the_restarts(
+    accelerator_paths, monkeypatch, module, run, dtype
+):
+    # Restarts run as one batch, each with its own labels and distances: a
+    # fit of 10 random starts (d=2) held 264 bytes a row in float32, of
+    # which one problem's 56 were counted, and ran out of GPU memory
+    # instead of streaming from 4x less free memory than it needed.
+    asked = []
+
+    def spy(X, device, **kwargs):
+        asked.append(kwargs)
+        return False
+
+    monkeypatch.setattr(sys.modules[module], "should_stream", spy)
+
+    def peak(n):
+        X = np.random.default_rng(0).standard_normal((n, 2)).astype(dtype)
+        with LiveBytes() as live:
+            run(torch.from_numpy(X))
+        return live.peak
+
+    row_bytes = (peak(160_000) - peak(80_000)) / 80_000
+    n = 10**9
+    X = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), (n, 2), (0, 0))
+    monkeypatch.setattr(host.v, "resolve_device", lambda device, default: torch.device(device))
+    for free, streamed in ((0.95 * row_bytes * n, True), (2.0 * row_bytes * n, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**13))
+        assert host.should_stream(X, "cuda", **asked[-1]) == streamed, (asked[-1], row_bytes)
+
+
+@pytest.mark.parametrize("d, k", [(4, 64), (16, 256)])
+def test_host_data_is_streamed_when_the_gpu_could_not_hold_its_transform(
+    accelerator_paths, monkeypatch, d, k
+):
+    # transform's result is n x k: counted as predict's copy, labels and
+    # distances (40 bytes a row at d=4), 64 centres' distances (272) ran out
+    # of GPU memory instead of being written chunk by chunk to the host.
+    import torchkmeans.functional.distances as distances
+
+    monkeypatch.setattr(distances, "DEFAULT_MEMORY_BUDGET", 2**16)  # blocks of fixed size
+    km = KMeans(k, max_iter=2, **_SMALL).fit(np.random.default_rng(1).standard_normal((2000, d)))
+    asked = []
+
+    def spy(X, device, **kwargs):
+        asked.append(kwargs)
+        return False
+
+    monkeypatch.setattr(sys.modules["torchkmeans.kmeans"], "should_stream", spy)
+
+    def peak(n):
+        X = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d)))
+        with LiveBytes() as live:
+            km.transform(X)
+        return live.peak
+
+    row_bytes = (peak(160_000) - peak(80_000)) / 80_000
+    n = 10**9
+    X = np.lib.stride_tricks.as_strided(np.zeros(1), (n, d), (0, 0))
+    monkeypatch.setattr(host.v, "resolve_device", lambda device, default: torch.device(device))
+    for free, streamed in ((0.95 * row_bytes * n, True), (2.0 * row_bytes * n, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**13))
+        assert host.should_stream(X, "cuda", **asked[-1]) == streamed, (asked[-1], row_bytes)
 
 
 @pytest.mark.cuda

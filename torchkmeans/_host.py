@@ -41,14 +41,24 @@ def _compute_dtype(X: Any, dtype: torch.dtype | None) -> torch.dtype:
     return compute_dtype(tensor.dtype)
 
 
-def should_stream(X: Any, device: str | torch.device | None, *, lloyd: bool = False) -> bool:
+def should_stream(
+    X: Any,
+    device: str | torch.device | None,
+    *,
+    lloyd: bool = False,
+    problems: int = 1,
+    outputs: int = 0,
+) -> bool:
     """Whether a fit on ``X`` streams it from the host instead of copying it whole.
 
     Always for a ``numpy.memmap``; for a numpy array or CPU tensor only when
     the computation runs on a GPU that could not hold what it needs of it:
     a copy, labels and distances; with ``lloyd`` (Lloyd's iterations of
     ``KMeans.fit`` and ``elbow``) also the centred copy with a column of ones,
-    squared norms and the previous iteration's labels.
+    squared norms and the previous iteration's labels, and for each of the
+    ``problems`` run as one batch (restarts) its own labels and distances;
+    and ``outputs`` values a row that the result holds (``transform``'s
+    distances to the k centres).
     """
     if isinstance(X, np.memmap):
         return True
@@ -66,8 +76,14 @@ def should_stream(X: Any, device: str | torch.device | None, *, lloyd: bool = Fa
     # (predict, MiniBatchKMeans); (2d + 2) * itemsize + 32 for Lloyd (float32,
     # d=8: 96 bytes, 3x the copy). Counting the copy alone, with a share of
     # 0.5, had let fits needing up to 1.3x (d=8) or 2x (d=2) the free memory
-    # run out of it rather than stream.
+    # run out of it rather than stream. Each further problem of a batched run
+    # holds labels, previous labels and two distances a row (n_init=10, d=2:
+    # 264 bytes in float32, 368 in float64, where one problem's were counted).
     row_bytes = (2 * d + 2) * itemsize + 32 if lloyd else d * itemsize + 24
+    if lloyd:
+        row_bytes += (max(1, problems) - 1) * (16 + 2 * itemsize)
+    # transform's n x k result (k=64, d=4: 272 bytes a row in float32, 40 counted).
+    row_bytes += outputs * itemsize
     return X.shape[0] * row_bytes > _DEVICE_SHARE * free
 
 

@@ -11,6 +11,7 @@ of the inertia curve with Kneedle.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -565,7 +566,9 @@ def elbow(
     shard = collective.distributed
     try:
         # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
-        streamed = not shard and should_stream(X, device, lloyd=True)
+        # Each k's n_init restarts run as one batch at least (see _within_budget).
+        restarts = int(n_init) if isinstance(n_init, numbers.Integral) and n_init >= 1 else 1
+        streamed = not shard and should_stream(X, device, lloyd=True, problems=restarts)
         x: torch.Tensor | HostRows
         if streamed:
             x, compute, kind = host_rows(X, v.resolve_dtype(dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import sys
 import warnings
 from collections.abc import Iterator
@@ -249,6 +250,17 @@ class KMeans(EstimatorProtocol):
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
         return n_clusters, n_init, metric
 
+    def _batched_restarts(self) -> int:
+        """The restarts an in-memory fit runs as one batch (see ``_check_params``),
+        for ``should_stream``: 1 where ``n_init`` is invalid (the fit then says so)."""
+        init, n_init = self.init, self.n_init
+        if isinstance(n_init, str) and n_init == "auto":
+            return 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
+        if not isinstance(init, str) and not callable(init):
+            return 1
+        valid = isinstance(n_init, numbers.Integral) and not isinstance(n_init, bool)
+        return int(n_init) if valid and n_init >= 1 else 1
+
     def _reset_feature_names(self, X: Any) -> None:
         """Record the column names of a data frame ``X`` in ``feature_names_in_`` (or none)."""
         names = v.feature_names(X)
@@ -317,7 +329,9 @@ class KMeans(EstimatorProtocol):
             )
         self._reset_feature_names(X)
         collective = distributed.collective(self.process_group)
-        if collective.distributed or should_stream(X, self.device, lloyd=True):
+        if collective.distributed or should_stream(
+            X, self.device, lloyd=True, problems=self._batched_restarts()
+        ):
             return self._fit_passes(X, sample_weight, collective)
         x, kind = self._validate_x(X, reset=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
@@ -358,7 +372,7 @@ class KMeans(EstimatorProtocol):
         dtype = v.resolve_dtype(self.dtype)
         shard = collective.distributed
         try:
-            if should_stream(X, self.device, lloyd=True):
+            if should_stream(X, self.device, lloyd=True, problems=self._batched_restarts()):
                 data, compute, kind = host_rows(X, dtype, allow_empty=shard)
                 device = v.resolve_device(self.device, torch.device("cpu"))
                 n_local, n_features = data.n_rows, data.n_features
@@ -490,11 +504,14 @@ class KMeans(EstimatorProtocol):
         x, centers = times_power_of_two(x, exponent), times_power_of_two(self._centers, exponent)
         return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
-    def _parts(self, X: Any) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
+    def _parts(
+        self, X: Any, outputs: int = 0
+    ) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.
 
         One tensor, or chunks of a memmap or of host data too big for the
-        device; the last flag says whether ``X`` is streamed.
+        device (with ``outputs`` values a row of result, see ``should_stream``);
+        the last flag says whether ``X`` is streamed.
         """
         self._check_is_fitted()
         if v.is_batch_stream(X):
@@ -503,7 +520,7 @@ class KMeans(EstimatorProtocol):
                 f"({type(X).__name__}); predict, transform and score take one batch at a time."
             )
         centers = self._centers
-        if not should_stream(X, centers.device):
+        if not should_stream(X, centers.device, outputs=outputs):
             x, kind = self._validate_x(X, reset=False)
             return iter([(0, x)]), x.shape[0], kind, False
         self._check_feature_names(X)
@@ -586,7 +603,9 @@ class KMeans(EstimatorProtocol):
         -------
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
-        parts, n, kind, streamed = self._parts(X)
+        self._check_is_fitted()
+        # The n x k result is held on the device unless X is streamed.
+        parts, n, kind, streamed = self._parts(X, outputs=self._centers.shape[0])
         centers = self._centers
         out = None
         if streamed:

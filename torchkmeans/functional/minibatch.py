@@ -236,12 +236,19 @@ def _minibatch_step(
     if collective.distributed:
         # In acc on every rank: each rank's batch size picks its own path, and
         # the kernel's float64 totals would not match another rank's acc sums.
+        # Summed in the inertia's wider float, then the sums back in acc: a
+        # float32 all_reduce made a batch inertia past 3.4e38 infinite again.
         flat = torch.cat(
-            [sums.reshape(-1), counts.reshape(-1), inertia.reshape(-1), inertia.new_full((1,), n)]
-        ).to(acc)
+            [
+                sums.reshape(-1).to(acc),
+                counts.reshape(-1).to(acc),
+                inertia.reshape(-1),
+                inertia.new_full((1,), n),
+            ]
+        ).to(inertia.dtype)
         collective.all_sum(flat)
-        sums = flat[: sums.numel()].view_as(sums)
-        counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts)
+        sums = flat[: sums.numel()].view_as(sums).to(acc)
+        counts = flat[sums.numel() : sums.numel() + counts.numel()].view_as(counts).to(acc)
         inertia = flat[sums.numel() + counts.numel() : -1].view_as(inertia)
         total = float(flat[-1])
         if math.isnan(total):  # a rank rejected its batch (see join_rejected_step)
