@@ -413,12 +413,13 @@ def make_generator(random_state: Any, device: torch.device) -> torch.Generator:
     Accepts None (a seed drawn from numpy's global random state, as
     scikit-learn: ``np.random.seed`` makes it repeatable), an int, a
     ``numpy.random.RandomState`` or ``Generator`` (a seed is drawn from it)
-    or a ``torch.Generator``: one for another kind of device (a CPU
-    generator for CUDA data) seeds one on ``device``, as torch draws there
-    from that device's generators alone.
+    or a ``torch.Generator``: one for another device (a CPU generator for
+    CUDA data, or one of cuda:0 for cuda:1) seeds one on ``device``, as
+    torch draws there from that device's generators alone.
     """
     if isinstance(random_state, torch.Generator):
-        if random_state.device.type == device.type:
+        own = random_state.device
+        if own.type == device.type and (device.index is None or own.index in (None, device.index)):
             return random_state
         # torch.randint(..., generator=<CPU generator>, device="cuda") raises
         # "Expected a 'cuda' device type for generator but found 'cpu'".
