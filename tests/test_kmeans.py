@@ -1112,3 +1112,38 @@ def test_a_cluster_emptied_by_a_reseeding_takes_the_heaviest_centre_as_sklearn_d
         # another order (np.argpartition does not sort the farthest points).
         pairs = set(zip(labels.tolist(), theirs.labels_.tolist()))
         assert len(pairs) == len(set(labels.tolist())) == len(set(theirs.labels_.tolist())), case
+
+
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops", "accelerator", "memmap"])
+@pytest.mark.parametrize(
+    "init",
+    [[[-3.0], [0.2], [0.85], [7.0], [2.1], [2.95], [5.0]], [[0.25], [1.5], [2.25], [8.0], [9.0]]],
+)
+def test_no_point_is_reseeded_when_every_point_is_on_its_centre(
+    init, path, request, monkeypatch, tmp_path
+):
+    """More clusters than distinct points: once every point sits on its
+    centre, scikit-learn relocates nothing (the largest distance is 0) and
+    the empty clusters take the heaviest centre. Points at distance 0 were
+    moved into the empty clusters every iteration: with the heaviest rule
+    the fit from the first init ran to max_iter, and each ended with other
+    centres than scikit-learn's."""
+    if path != "fused kernel":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    if path == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    X = np.repeat(np.arange(4.0), [1, 2, 3, 4])[:, None]
+    init = np.array(init)
+    data = X
+    if path == "memmap":
+        written = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
+        written[:] = X
+        written.flush()
+        data = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both warn: 4 distinct points
+        theirs = SklearnKMeans(len(init), init=init, n_init=1, algorithm="lloyd").fit(X)
+        ours = KMeans(len(init), init=init, n_init=1).fit(data)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_array_equal(ours.cluster_centers_, theirs.cluster_centers_)
+    assert ours.n_iter_ == theirs.n_iter_

@@ -269,7 +269,9 @@ def relocate_empty_clusters(
     ``distances``, the distance of each point to its own centroid); the point
     moves out of its old cluster's sum and weight, as in scikit-learn. A
     point off its centroid by rounding only is not taken: the cluster stays
-    empty (every point is then on its centroid: duplicate points). Works
+    empty (every point is then on its centroid: duplicate points); when no
+    point of a problem is off by more, none is taken, as scikit-learn takes
+    none when the largest distance is 0. Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
@@ -313,7 +315,12 @@ def relocate_empty_clusters(
     picked_distances = distances.gather(-1, picked)
     scale = (n if n_rows is None else n_rows) * torch.finfo(x3.dtype).eps ** 2
     rounding = scale * moved[..., :-1].square().sum(-1)
-    empty &= (picked_distances == 0) | (picked_distances > rounding)
+    off = picked_distances > rounding
+    # Every point on its centroid (up to rounding; the farthest are among
+    # those picked): nothing is relocated, as scikit-learn does when the
+    # largest distance is 0. Zero-distance points moved into empty clusters
+    # every iteration and the fit ran to max_iter.
+    empty &= ((picked_distances == 0) | off) & off.any(-1, keepdim=True)
     moved = moved.to(totals.dtype)
     if weights is not None:
         moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
