@@ -29,6 +29,7 @@ def lloyd(
     centroids = np.array(centroids, dtype=np.float64)
     k = len(centroids)
     tol_abs = tol * np.var(x, axis=0).mean()
+    mean = x.mean(axis=0)
     previous = np.full(len(x), -1)
     n_iter = 0
     for iteration in range(1, max_iter + 1):
@@ -50,10 +51,18 @@ def lloyd(
             counts[labels[point]] -= w[point]
             sums[j] = w[point] * x[point]
             counts[j] = w[point]
+        # A cluster left without weight takes the heaviest one's centroid; one
+        # before the heaviest copies its row before it is averaged: the sum,
+        # in scikit-learn's frame centred on the mean of x.
+        heaviest = int(np.argmax(counts))
         new = centroids.copy()
         for j in range(k):
             if counts[j] > 0:
                 new[j] = sums[j] / counts[j]
+            elif j < heaviest:
+                new[j] = sums[heaviest] - counts[heaviest] * mean + mean
+            else:
+                new[j] = sums[heaviest] / counts[heaviest]
         shift = ((new - centroids) ** 2).sum()
         centroids = new
         if (np.array_equal(labels, previous) and not relocated) or shift <= tol_abs:

@@ -240,6 +240,35 @@ def test_centroids_from_sums_never_gives_nan():
     assert torch.equal(out, torch.ones(2, 3))
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["cpu", "accelerator"])
+def test_empty_clusters_take_the_heaviest_centroid_as_sklearn(host, monkeypatch):
+    """scikit-learn's _average_centers: an empty cluster takes the heaviest
+    cluster's centroid, the first on ties, copied before that cluster is
+    averaged when it comes later (its sum undivided); spherical k-means
+    copies the unit centroid. Padding clusters of a batch keep theirs."""
+    from torchkmeans.functional import _device
+    from torchkmeans.functional.updates import copies_of_heaviest
+
+    monkeypatch.setattr(_device, "on_host", lambda device: host)
+    sums = torch.tensor([[[0.0, 0.0], [6.0, 3.0], [0.0, 0.0], [2.0, 2.0], [0.0, 0.0]]])
+    counts = torch.tensor([[0.0, 3.0, 0.0, 3.0, 0.0]])
+    previous = torch.full((1, 5, 2), 9.0)
+    out = centroids_from_sums(sums, counts, previous, empty="heaviest")
+    expected = [[6.0, 3.0], [2.0, 1.0], [2.0, 1.0], [2.0 / 3, 2.0 / 3], [2.0, 1.0]]
+    torch.testing.assert_close(out[0], torch.tensor(expected))
+    cosine = centroids_from_sums(sums, counts, previous, metric="cosine", empty="heaviest")
+    assert torch.equal(cosine[0, [0, 2, 4]], cosine[0, [1, 1, 1]])
+    active = torch.tensor([[True, True, True, True, False]])
+    out = centroids_from_sums(sums, counts, previous, empty="heaviest", active=active)
+    assert torch.equal(out[0, 4], previous[0, 4])
+    # The rows of copies go to the first: the others are masked off the CPU.
+    assert copies_of_heaviest(counts).tolist() == [[False, False, True, False, True]]
+    assert copies_of_heaviest(counts, "cosine").tolist() == [[False, True, True, False, True]]
+    assert copies_of_heaviest(counts, active=active).tolist() == [
+        [False, False, True, False, False]
+    ]
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_lloyd_matches_reference_exactly(weighted):
     x = blobs(n=300, d=4, k=5, seed=3)
@@ -892,6 +921,13 @@ def _with_inf() -> torch.Tensor:
             ),
             ValueError,
             r"Expected metric to be 'euclidean' or 'cosine', got 'l1'\.",
+        ),
+        (
+            lambda: centroids_from_sums(
+                torch.ones(2, 2), torch.ones(2), torch.zeros(2, 2), empty="nearest"
+            ),
+            ValueError,
+            r"Expected empty to be 'previous' or 'heaviest', got 'nearest'\.",
         ),
         (
             lambda: nearest_centroids(_X, torch.randn(0, 4)),

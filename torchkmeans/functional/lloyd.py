@@ -48,6 +48,7 @@ from .updates import (
     accumulate,
     add_rows,
     centroids_from_sums,
+    copies_of_heaviest,
     relocate_empty_clusters,
 )
 
@@ -548,7 +549,11 @@ def _run_lloyd_small(
                     totals.unsqueeze(0), prep.x_aug, weights, labels.unsqueeze(0), distances
                 )
             )
-            updated.copy_(centroids_from_sums(sums, totals[:, d], centroid, metric=prep.metric))
+            updated.copy_(
+                centroids_from_sums(
+                    sums, totals[:, d], centroid, metric=prep.metric, empty="heaviest"
+                )
+            )
             shift = float(torch.dist(updated, centroid)) ** 2
             may_copy = True
         strict = not relocated and previous is not None and torch.equal(labels, previous)
@@ -629,7 +634,9 @@ def _run_lloyd_native(
                     totals.unsqueeze(0), prep.x_aug, prep.weights, labels.unsqueeze(0), distances
                 )
             )
-            updated = centroids_from_sums(sums, counts[:, 0], current, metric=prep.metric)
+            updated = centroids_from_sums(
+                sums, counts[:, 0], current, metric=prep.metric, empty="heaviest"
+            )
         # scikit-learn also measures the shift through a norm, then squares it.
         shift = float(torch.dist(updated, current)) ** 2
         strict = not relocated and len(scores) > 1 and changed == 0
@@ -763,8 +770,11 @@ def run_lloyd(
     # Copies of a centroid (repeated initial rows, or empty clusters reseeded
     # onto copies of one point) tie on every row, which a BLAS product splits
     # by rounding: the later copies are masked (without_copies), looked for
-    # at the start and after each reseeding, on the CPU.
+    # at the start and after each reseeding, on the CPU. Elsewhere finding
+    # them takes a host read: the copies that the update makes of the
+    # heaviest centroid are masked (copies_of_heaviest), known without one.
     may_copy = on_cpu
+    made: torch.Tensor | None = None
 
     for iteration in range(max_iter):
         # Shared rows on the CPU: after a full scatter, the totals follow the
@@ -788,7 +798,7 @@ def run_lloyd(
             totals=None if incremental else totals,
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
-            active=without_copies(centroids, active) if may_copy else active,
+            active=without_copies(centroids, active) if may_copy else _less(active, made),
             changed_rows=changed_rows if single else None,
         )
         may_copy = False
@@ -819,7 +829,9 @@ def run_lloyd(
             )
             fresh = False
             may_copy = True
-        updated = centroids_from_sums(sums, counts, centroids, metric=prep.metric)
+        updated = centroids_from_sums(
+            sums, counts, centroids, metric=prep.metric, empty="heaviest", active=active
+        )
         if single:
             n_iter += 1
             # One problem shares its data with itself: from the second
@@ -840,6 +852,9 @@ def run_lloyd(
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
+        if not on_cpu:
+            copies = copies_of_heaviest(counts, prep.metric, active)
+            made = copies if made is None else torch.where(running.unsqueeze(-1), copies, made)
         done |= converged
         labels, previous_labels = previous_labels, labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
@@ -883,10 +898,17 @@ def run_lloyd(
         rows,
         previous=previous_labels,
         distances=final_distances,
-        active=without_copies(centroids, active) if on_cpu else active,
+        active=without_copies(centroids, active) if on_cpu else _less(active, made),
     )
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
+
+
+def _less(active: torch.Tensor | None, masked: torch.Tensor | None) -> torch.Tensor | None:
+    """``active`` ``(b, k)`` (None: every centroid) less ``masked``, if any."""
+    if masked is None:
+        return active
+    return ~masked if active is None else active & ~masked
 
 
 def _resolve_init(

@@ -44,8 +44,8 @@ from .distances import (
     variance_may_underflow,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
-from .lloyd import KMeansResult, Prepared, _assign_pass, _score_offset, _unscaled
-from .updates import centroids_from_sums, relocate_empty_clusters
+from .lloyd import KMeansResult, Prepared, _assign_pass, _less, _score_offset, _unscaled
+from .updates import centroids_from_sums, copies_of_heaviest, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -889,8 +889,12 @@ def fit_passes(
     # Copies of a centroid (repeated initial rows, or empty clusters reseeded
     # onto copies of one point) tie on every row, which a BLAS product splits
     # by rounding: the later copies are masked (without_copies), looked for
-    # at the start and after each reseeding.
+    # at the start and after each reseeding; off the CPU, where that takes a
+    # host read, the copies that the update makes of the heaviest centroid
+    # (copies_of_heaviest), as run_lloyd does.
     may_copy = True
+    on_cpu = _device.on_host(device)
+    made: torch.Tensor | None = None
     for iteration in range(max_iter):
         totals.zero_()
         step = _lloyd_pass(
@@ -902,7 +906,7 @@ def fit_passes(
             block,
             totals=totals,
             warm=iteration > 0,
-            active=without_copies(centroids, None) if may_copy else None,
+            active=without_copies(centroids, None) if may_copy and on_cpu else _less(None, made),
         )
         may_copy = False
         score_total, changed = step.score_total, step.changed
@@ -918,12 +922,15 @@ def fit_passes(
         if bool((counts <= 0).any()):
             unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
             may_copy = True
-        updated = centroids_from_sums(sums, counts, centroids, metric=metric)
+        updated = centroids_from_sums(sums, counts, centroids, metric=metric, empty="heaviest")
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
+        if not on_cpu:
+            copies = copies_of_heaviest(counts, metric)
+            made = copies if made is None else torch.where(running.unsqueeze(-1), copies, made)
         done |= converged
         if bool(done.all()):
             break
@@ -941,7 +948,7 @@ def fit_passes(
         warm=True,
         distances=distances,
         frame_norms=frame_norms,
-        active=without_copies(centroids, None),
+        active=without_copies(centroids, None) if on_cpu else _less(None, made),
     )
     weights = source.weights
 

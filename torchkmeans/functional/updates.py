@@ -20,6 +20,7 @@ __all__ = [
     "accumulate",
     "add_rows",
     "centroids_from_sums",
+    "copies_of_heaviest",
     "relocate_empty_clusters",
     "scatter_sums",
     "with_ones_column",
@@ -268,7 +269,9 @@ def relocate_empty_clusters(
     ``distances``, the distance of each point to its own centroid); the point
     moves out of its old cluster's sum and weight, as in scikit-learn. A
     point off its centroid by rounding only is not taken: the cluster stays
-    empty (every point is then on its centroid: duplicate points). Works
+    empty (every point is then on its centroid: duplicate points); when no
+    point of a problem is off by more, none is taken, as scikit-learn takes
+    none when the largest distance is 0. Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
@@ -312,7 +315,12 @@ def relocate_empty_clusters(
     picked_distances = distances.gather(-1, picked)
     scale = (n if n_rows is None else n_rows) * torch.finfo(x3.dtype).eps ** 2
     rounding = scale * moved[..., :-1].square().sum(-1)
-    empty &= (picked_distances == 0) | (picked_distances > rounding)
+    off = picked_distances > rounding
+    # Every point on its centroid (up to rounding; the farthest are among
+    # those picked): nothing is relocated, as scikit-learn does when the
+    # largest distance is 0. Zero-distance points moved into empty clusters
+    # every iteration and the fit ran to max_iter.
+    empty &= ((picked_distances == 0) | off) & off.any(-1, keepdim=True)
     moved = moved.to(totals.dtype)
     if weights is not None:
         moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
@@ -329,16 +337,39 @@ def centroids_from_sums(
     previous: torch.Tensor,
     *,
     metric: str = "euclidean",
+    empty: str = "previous",
+    active: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Divide sums by counts; clusters with no weight keep their ``previous`` centroid.
+    """Divide sums by counts; ``empty`` says what clusters with no weight get.
 
     For ``metric="cosine"`` the mean is renormalised to a unit vector
     (spherical k-means). Never produces NaN.
 
+    Parameters
+    ----------
+    sums, counts : Tensor
+        ``(k, d)`` and ``(k,)``, or ``(b, k, d)`` and ``(b, k)``.
+    previous : Tensor
+        The centroids the sums were assigned to, shaped as ``sums``.
+    metric : {"euclidean", "cosine"}
+    empty : {"previous", "heaviest"}
+        A cluster with no weight keeps its ``previous`` centroid, or
+        (Lloyd's loops, scikit-learn's ``_average_centers``) takes the centroid
+        of the heaviest cluster, the first on ties. scikit-learn copies that
+        cluster's row before dividing it when it comes later in the order:
+        an empty cluster before the heaviest gets its weighted sum
+        undivided (a point in the centred frame the sums are taken in), and
+        so does this one. With ``metric="cosine"`` both are the same unit
+        vector: the heaviest cluster's centroid is copied.
+    active : Tensor, optional
+        ``(b, k)`` or ``(k,)`` bool: the clusters that exist; the others keep
+        their ``previous`` centroid.
+
     Raises
     ------
     ValueError
-        If ``metric`` is not "euclidean" or "cosine".
+        If ``metric`` is not "euclidean" or "cosine", or ``empty`` not
+        "previous" or "heaviest".
 
     Examples
     --------
@@ -347,8 +378,13 @@ def centroids_from_sums(
     >>> centroids_from_sums(sums, counts, torch.tensor([[9.0, 9.0], [7.0, 7.0]]))
     tensor([[2., 1.],
             [7., 7.]])
+    >>> centroids_from_sums(sums, counts, torch.zeros(2, 2), empty="heaviest")
+    tensor([[2., 1.],
+            [2., 1.]])
     """
     v.check_metric(metric)
+    if empty not in ("previous", "heaviest"):
+        raise ValueError(f"Expected empty to be 'previous' or 'heaviest', got {empty!r}.")
     if _device.on_host(counts.device) and bool((counts > 0).all()):
         # Nothing to guard (a host check is free on the CPU): plain division.
         means = sums / counts.unsqueeze(-1)
@@ -359,4 +395,51 @@ def centroids_from_sums(
     means = sums / torch.where(filled, counts, torch.ones_like(counts)).unsqueeze(-1)
     if metric == "cosine":
         means = unit_rows(means)
-    return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
+    means = means.to(previous.dtype)
+    fallback = previous
+    if empty == "heaviest":
+        # Branch-free (no host read on an accelerator): every row computes
+        # its replacement, the empty ones take it.
+        heaviest = counts.argmax(-1, keepdim=True)  # (..., 1)
+        index = heaviest.unsqueeze(-1).expand(*heaviest.shape, sums.shape[-1])
+        fallback = means.gather(-2, index)
+        if metric != "cosine":
+            later = heaviest > torch.arange(counts.shape[-1], device=counts.device)
+            undivided = sums.gather(-2, index).to(previous.dtype)
+            fallback = torch.where(later.unsqueeze(-1), undivided, fallback)
+        if active is not None:
+            fallback = torch.where(active.unsqueeze(-1), fallback, previous)
+    return torch.where(filled.unsqueeze(-1), means, fallback)
+
+
+def copies_of_heaviest(
+    counts: torch.Tensor, metric: str = "euclidean", active: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(..., k)`` bool: the centroids that ``centroids_from_sums(..., empty="heaviest")``
+    gave the same rows as an earlier one, all but the first of each set of copies.
+
+    The copies are the empty clusters that take the heaviest cluster's centroid
+    (after it in the order for ``"euclidean"``, any for ``"cosine"``) and the
+    heaviest itself when a copy comes first. Rows equally far from copies go
+    to the first one (scikit-learn, and :func:`~torchkmeans.functional.certify.without_copies`
+    on the CPU); masking the others in the next assignment does the same
+    without the host read that finding copies takes off the CPU.
+
+    Examples
+    --------
+    >>> copies_of_heaviest(torch.tensor([0.0, 3.0, 0.0, 1.0])).tolist()
+    [False, False, True, False]
+    >>> copies_of_heaviest(torch.tensor([0.0, 3.0, 0.0, 1.0]), "cosine").tolist()
+    [False, True, True, False]
+    """
+    k = counts.shape[-1]
+    index = torch.arange(k, device=counts.device)
+    empty = counts <= 0
+    if active is not None:
+        empty &= active
+    heaviest = counts.argmax(-1, keepdim=True)
+    if metric != "cosine":
+        return empty & (index > heaviest)  # the heaviest comes first
+    members = empty | ((index == heaviest) & empty.any(-1, keepdim=True))
+    first = torch.where(members, index, k).amin(-1, keepdim=True)
+    return members & (index != first)
