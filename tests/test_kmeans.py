@@ -62,10 +62,7 @@ def test_a_repeated_initial_centroid_is_left_empty_as_sklearn_does(
         monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
     data = X
     if path == "memmap":
-        written = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
-        written[:] = X
-        written.flush()
-        data = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+        data = _read_only_memmap(tmp_path / "x.dat", X)
     theirs = SklearnKMeans(6, init=init, n_init=1, algorithm="lloyd").fit(X)
     # n_init > 1: restarts from a callable init, all from the same centres.
     given = init if n_init == 1 else (lambda X, k, random_state: init)
@@ -202,10 +199,7 @@ def test_predict_and_score_round_rows_to_the_half_precision_of_the_fit(estimator
     predict and score round them too (score had differed from inertia_)."""
     X = blobs(n=400, d=4, k=3, seed=2) * 37.1  # float64, most values not in float16
     if source == "memmap":
-        mm = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
-        mm[:] = X
-        mm.flush()
-        X = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+        X = _read_only_memmap(tmp_path / "x.dat", X)
     km = estimator(3, dtype="float16", random_state=0).fit(X)
     np.testing.assert_array_equal(km.predict(X), km.labels_)
     assert -km.score(X) == pytest.approx(km.inertia_, rel=1e-7)  # float32 distances
@@ -1040,6 +1034,14 @@ def test_autocast_region_changes_no_result(paths, request):
         torch.testing.assert_close(value, reference, rtol=0, atol=0)
 
 
+def _read_only_memmap(path, X):
+    """``X`` written to ``path`` and mapped back read-only, as a user's file."""
+    written = np.memmap(path, dtype=X.dtype, mode="w+", shape=X.shape)
+    written[:] = X
+    written.flush()
+    return np.memmap(path, dtype=X.dtype, mode="r", shape=X.shape)
+
+
 def _nearly_as_many_clusters_as_points(count, seed):
     """Small data sets, k from n/2 to n, initial centres near distinct points:
     empty clusters are reseeded in most fits, and a reseeding often takes a
@@ -1096,12 +1098,7 @@ def test_a_cluster_emptied_by_a_reseeding_takes_the_heaviest_centre_as_sklearn_d
         else:
             data = X
             if "memmap" in path:
-                written = np.memmap(
-                    tmp_path / f"{case}.dat", dtype=X.dtype, mode="w+", shape=X.shape
-                )
-                written[:] = X
-                written.flush()
-                data = np.memmap(tmp_path / f"{case}.dat", dtype=X.dtype, mode="r", shape=X.shape)
+                data = _read_only_memmap(tmp_path / f"{case}.dat", X)
             ours = KMeans(k, init=init, n_init=1).fit(data, sample_weight=weights)
             labels, inertia, n_iter = ours.labels_, ours.inertia_, ours.n_iter_
         # Equal up to rounding (a fit ending on n points as their own centres
@@ -1136,10 +1133,7 @@ def test_no_point_is_reseeded_when_every_point_is_on_its_centre(
     init = np.array(init)
     data = X
     if path == "memmap":
-        written = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="w+", shape=X.shape)
-        written[:] = X
-        written.flush()
-        data = np.memmap(tmp_path / "x.dat", dtype=X.dtype, mode="r", shape=X.shape)
+        data = _read_only_memmap(tmp_path / "x.dat", X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # both warn: 4 distinct points
         theirs = SklearnKMeans(len(init), init=init, n_init=1, algorithm="lloyd").fit(X)
