@@ -385,7 +385,7 @@ def augmented_centroids(
     if active is not None:
         # The largest finite value, not inf: a BLAS kernel multiplying padded
         # zeros by inf would produce NaN.
-        last = last.masked_fill(~active.unsqueeze(-1), torch.finfo(last.dtype).max)
+        last = torch.where(active.unsqueeze(-1), last, torch.finfo(last.dtype).max)
     return torch.cat([scaled, last], dim=-1)
 
 

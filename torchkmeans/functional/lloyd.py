@@ -47,8 +47,8 @@ from .init import kmeans_plusplus, random_init
 from .updates import (
     accumulate,
     add_rows,
+    centroids_and_distinct,
     centroids_from_sums,
-    copies_of_heaviest,
     relocate_empty_clusters,
 )
 
@@ -772,9 +772,10 @@ def run_lloyd(
     # by rounding: the later copies are masked (without_copies), looked for
     # at the start and after each reseeding, on the CPU. Elsewhere finding
     # them takes a host read: the copies that the update makes of the
-    # heaviest centroid are masked (copies_of_heaviest), known without one.
+    # heaviest centroid are masked (centroids_and_distinct), known without one.
     may_copy = on_cpu
-    made: torch.Tensor | None = None
+    distinct: torch.Tensor | None = None
+    index = None if on_cpu else torch.arange(k, device=device)
 
     for iteration in range(max_iter):
         # Shared rows on the CPU: after a full scatter, the totals follow the
@@ -798,7 +799,7 @@ def run_lloyd(
             totals=None if incremental else totals,
             previous=previous_labels if iteration > 0 else None,
             distances=distances,
-            active=without_copies(centroids, active) if may_copy else _less(active, made),
+            active=without_copies(centroids, active) if may_copy else _both(active, distinct),
             changed_rows=changed_rows if single else None,
         )
         may_copy = False
@@ -829,9 +830,14 @@ def run_lloyd(
             )
             fresh = False
             may_copy = True
-        updated = centroids_from_sums(
-            sums, counts, centroids, metric=prep.metric, empty="heaviest", active=active
-        )
+        if on_cpu:
+            updated = centroids_from_sums(
+                sums, counts, centroids, metric=prep.metric, empty="heaviest", active=active
+            )
+        else:
+            updated, made = centroids_and_distinct(
+                sums, counts, centroids, metric=prep.metric, active=active, index=index
+            )
         if single:
             n_iter += 1
             # One problem shares its data with itself: from the second
@@ -853,8 +859,9 @@ def run_lloyd(
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
         if not on_cpu:
-            copies = copies_of_heaviest(counts, prep.metric, active)
-            made = copies if made is None else torch.where(running.unsqueeze(-1), copies, made)
+            distinct = (
+                made if distinct is None else torch.where(running.unsqueeze(-1), made, distinct)
+            )
         done |= converged
         labels, previous_labels = previous_labels, labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
@@ -898,17 +905,17 @@ def run_lloyd(
         rows,
         previous=previous_labels,
         distances=final_distances,
-        active=without_copies(centroids, active) if on_cpu else _less(active, made),
+        active=without_copies(centroids, active) if on_cpu else _both(active, distinct),
     )
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 
 
-def _less(active: torch.Tensor | None, masked: torch.Tensor | None) -> torch.Tensor | None:
-    """``active`` ``(b, k)`` (None: every centroid) less ``masked``, if any."""
-    if masked is None:
+def _both(active: torch.Tensor | None, distinct: torch.Tensor | None) -> torch.Tensor | None:
+    """``active`` ``(b, k)`` (None: every centroid) and ``distinct``, if any."""
+    if distinct is None:
         return active
-    return ~masked if active is None else active & ~masked
+    return distinct if active is None else active & distinct
 
 
 def _resolve_init(

@@ -44,8 +44,8 @@ from .distances import (
     variance_may_underflow,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
-from .lloyd import KMeansResult, Prepared, _assign_pass, _less, _score_offset, _unscaled
-from .updates import centroids_from_sums, copies_of_heaviest, relocate_empty_clusters
+from .lloyd import KMeansResult, Prepared, _assign_pass, _both, _score_offset, _unscaled
+from .updates import centroids_and_distinct, centroids_from_sums, relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -891,10 +891,10 @@ def fit_passes(
     # by rounding: the later copies are masked (without_copies), looked for
     # at the start and after each reseeding; off the CPU, where that takes a
     # host read, the copies that the update makes of the heaviest centroid
-    # (copies_of_heaviest), as run_lloyd does.
+    # (centroids_and_distinct), as run_lloyd does.
     may_copy = True
     on_cpu = _device.on_host(device)
-    made: torch.Tensor | None = None
+    distinct: torch.Tensor | None = None
     for iteration in range(max_iter):
         totals.zero_()
         step = _lloyd_pass(
@@ -906,7 +906,9 @@ def fit_passes(
             block,
             totals=totals,
             warm=iteration > 0,
-            active=without_copies(centroids, None) if may_copy and on_cpu else _less(None, made),
+            active=without_copies(centroids, None)
+            if may_copy and on_cpu
+            else _both(None, distinct),
         )
         may_copy = False
         score_total, changed = step.score_total, step.changed
@@ -922,15 +924,19 @@ def fit_passes(
         if bool((counts <= 0).any()):
             unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
             may_copy = True
-        updated = centroids_from_sums(sums, counts, centroids, metric=metric, empty="heaviest")
+        if on_cpu:
+            updated = centroids_from_sums(sums, counts, centroids, metric=metric, empty="heaviest")
+        else:
+            updated, made = centroids_and_distinct(sums, counts, centroids, metric=metric)
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
         if not on_cpu:
-            copies = copies_of_heaviest(counts, metric)
-            made = copies if made is None else torch.where(running.unsqueeze(-1), copies, made)
+            distinct = (
+                made if distinct is None else torch.where(running.unsqueeze(-1), made, distinct)
+            )
         done |= converged
         if bool(done.all()):
             break
@@ -948,7 +954,7 @@ def fit_passes(
         warm=True,
         distances=distances,
         frame_norms=frame_norms,
-        active=without_copies(centroids, None) if on_cpu else _less(None, made),
+        active=without_copies(centroids, None) if on_cpu else _both(None, distinct),
     )
     weights = source.weights
 

@@ -293,7 +293,7 @@ def relocate_empty_clusters(
     empty = totals[..., -1] <= 0
     if active is not None:
         empty &= active
-    rank = empty.long().cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
+    rank = empty.cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
     if _device.on_host(distances.device):
         # Relocation is rare on the CPU (only when a cluster is empty): a
         # stable sort breaks ties between equally far points by their order,
@@ -316,19 +316,21 @@ def relocate_empty_clusters(
     scale = (n if n_rows is None else n_rows) * torch.finfo(x3.dtype).eps ** 2
     rounding = scale * moved[..., :-1].square().sum(-1)
     off = picked_distances > rounding
+    positive = picked_distances > 0
     # Every point on its centroid (up to rounding; the farthest are among
     # those picked): nothing is relocated, as scikit-learn does when the
     # largest distance is 0. Zero-distance points moved into empty clusters
     # every iteration and the fit ran to max_iter.
-    empty &= ((picked_distances == 0) | off) & off.any(-1, keepdim=True)
+    empty &= (off | ~positive) & off.any(-1, keepdim=True)
     moved = moved.to(totals.dtype)
     if weights is not None:
         moved = moved * weights.expand(b, n).gather(-1, picked).to(totals.dtype).unsqueeze(-1)
     old = _flat_labels(labels.gather(-1, picked), k)
-    taken = (moved * empty.unsqueeze(-1).to(totals.dtype)).neg_()
-    totals.view(b * k, width).index_add_(0, old, taken.reshape(b * k, width))
-    totals.copy_(torch.where(empty.unsqueeze(-1), moved, totals))
-    return (empty & (picked_distances > 0)).any(-1)
+    into = empty.unsqueeze(-1)
+    taken = moved * into
+    totals.view(b * k, width).index_add_(0, old, taken.reshape(b * k, width), alpha=-1)
+    totals.copy_(torch.where(into, moved, totals))
+    return (empty & positive).any(-1)
 
 
 def centroids_from_sums(
@@ -391,25 +393,69 @@ def centroids_from_sums(
         if metric == "cosine":
             means = unit_rows(means)
         return means.to(previous.dtype)
+    if empty == "heaviest":
+        return centroids_and_distinct(sums, counts, previous, metric=metric, active=active)[0]
+    filled = counts > 0
+    means = sums / torch.where(filled, counts, torch.ones_like(counts)).unsqueeze(-1)
+    if metric == "cosine":
+        means = unit_rows(means)
+    return torch.where(filled.unsqueeze(-1), means.to(previous.dtype), previous)
+
+
+def centroids_and_distinct(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    previous: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    active: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``centroids_from_sums(..., empty="heaviest")`` and, ``(..., k)`` bool,
+    the centroids that are no copy of an earlier one (``~copies_of_heaviest``).
+
+    One pass for Lloyd's loops off the CPU, which mask the copies in the next
+    assignment: the two share the heaviest cluster and its rows (on an
+    accelerator each small operation is a kernel launch, every iteration).
+    ``index`` is ``torch.arange(k)`` on the device, if the caller holds one.
+
+    Examples
+    --------
+    >>> sums = torch.tensor([[4.0, 2.0], [0.0, 0.0], [1.0, 1.0]])
+    >>> centroids, distinct = centroids_and_distinct(
+    ...     sums, torch.tensor([2.0, 0.0, 1.0]), torch.zeros(3, 2)
+    ... )
+    >>> centroids
+    tensor([[2., 1.],
+            [2., 1.],
+            [1., 1.]])
+    >>> distinct.tolist()
+    [True, False, True]
+    """
     filled = counts > 0
     means = sums / torch.where(filled, counts, torch.ones_like(counts)).unsqueeze(-1)
     if metric == "cosine":
         means = unit_rows(means)
     means = means.to(previous.dtype)
-    fallback = previous
-    if empty == "heaviest":
-        # Branch-free (no host read on an accelerator): every row computes
-        # its replacement, the empty ones take it.
-        heaviest = counts.argmax(-1, keepdim=True)  # (..., 1)
-        index = heaviest.unsqueeze(-1).expand(*heaviest.shape, sums.shape[-1])
-        fallback = means.gather(-2, index)
-        if metric != "cosine":
-            later = heaviest > torch.arange(counts.shape[-1], device=counts.device)
-            undivided = sums.gather(-2, index).to(previous.dtype)
-            fallback = torch.where(later.unsqueeze(-1), undivided, fallback)
-        if active is not None:
-            fallback = torch.where(active.unsqueeze(-1), fallback, previous)
-    return torch.where(filled.unsqueeze(-1), means, fallback)
+    # Branch-free (no host read on an accelerator): every row computes its
+    # replacement, the empty ones take it.
+    heaviest = counts.argmax(-1, keepdim=True)  # (..., 1)
+    rows = heaviest.unsqueeze(-1).expand(*heaviest.shape, sums.shape[-1])
+    fallback = means.gather(-2, rows)
+    if metric == "cosine":
+        distinct = ~copies_of_heaviest(counts, metric, active)
+    else:
+        # Up to the heaviest, its sum undivided (at the heaviest itself, if
+        # empty, that is its mean: a sum divided by 1).
+        if index is None:
+            index = torch.arange(counts.shape[-1], device=counts.device)
+        upto = index <= heaviest
+        undivided = sums.gather(-2, rows).to(previous.dtype)
+        fallback = torch.where(upto.unsqueeze(-1), undivided, fallback)
+        distinct = filled | upto  # the copies come after the heaviest
+    if active is not None:
+        fallback = torch.where(active.unsqueeze(-1), fallback, previous)
+    return torch.where(filled.unsqueeze(-1), means, fallback), distinct
 
 
 def copies_of_heaviest(
