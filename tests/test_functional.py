@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import reference
 import torch
-from conftest import blobs, tolerance
+from conftest import blobs, copies_found_on_the_cpu, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -727,6 +727,7 @@ def test_labels_that_repeat_while_a_cluster_is_reseeded_are_no_convergence(path,
     assert int(result.n_iter) == n_ref
 
 
+@copies_found_on_the_cpu
 @pytest.mark.parametrize("seed", [0, 2])
 def test_rows_of_copies_reseeded_in_the_last_iteration_go_to_the_first_copy(seed, monkeypatch):
     """max_iter reached right after empty clusters were reseeded onto copies

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import blobs, tutorial_data
+from conftest import blobs, copies_found_on_the_cpu, tutorial_data
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
@@ -40,6 +40,7 @@ def test_inertia_matches_sklearn_with_the_same_n_init(name, seed):
     assert ours.inertia_ <= 1.01 * theirs.inertia_
 
 
+@copies_found_on_the_cpu
 @pytest.mark.parametrize(
     ("path", "n", "n_init"),
     [
