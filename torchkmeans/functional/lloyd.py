@@ -830,14 +830,7 @@ def run_lloyd(
             )
             fresh = False
             may_copy = True
-        if on_cpu:
-            updated = centroids_from_sums(
-                sums, counts, centroids, metric=prep.metric, empty="heaviest", active=active
-            )
-        else:
-            updated, made = centroids_and_distinct(
-                sums, counts, centroids, metric=prep.metric, active=active, index=index
-            )
+        updated, made = _update(sums, counts, centroids, prep.metric, active, index)
         if single:
             n_iter += 1
             # One problem shares its data with itself: from the second
@@ -858,10 +851,7 @@ def run_lloyd(
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
-        if not on_cpu:
-            distinct = (
-                made if distinct is None else torch.where(running.unsqueeze(-1), made, distinct)
-            )
+        distinct = _still_running(made, distinct, running)
         done |= converged
         labels, previous_labels = previous_labels, labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
@@ -909,6 +899,36 @@ def run_lloyd(
     )
     inertia = _weighted_total(final_distances, prep.weights)
     return KMeansResult(centroids, labels, inertia, n_iter, history)
+
+
+def _update(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    centroids: torch.Tensor,
+    metric: str,
+    active: torch.Tensor | None,
+    index: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Lloyd's update, a cluster left empty taking the heaviest cluster's centre
+    (as scikit-learn), and off the CPU (``index``, ``arange(k)`` on the device,
+    given) the mask of the centroids that are no copy of an earlier one; None
+    on the CPU, where ``without_copies`` finds copies after each reseeding."""
+    if index is None:
+        return centroids_from_sums(
+            sums, counts, centroids, metric=metric, empty="heaviest", active=active
+        ), None
+    return centroids_and_distinct(
+        sums, counts, centroids, metric=metric, active=active, index=index
+    )
+
+
+def _still_running(
+    made: torch.Tensor | None, kept: torch.Tensor | None, running: torch.Tensor
+) -> torch.Tensor | None:
+    """``(b, k)`` masks: ``made`` for the problems still running, ``kept`` for the others."""
+    if made is None or kept is None:
+        return made
+    return torch.where(running.unsqueeze(-1), made, kept)
 
 
 def _both(active: torch.Tensor | None, distinct: torch.Tensor | None) -> torch.Tensor | None:

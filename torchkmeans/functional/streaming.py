@@ -44,8 +44,16 @@ from .distances import (
     variance_may_underflow,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
-from .lloyd import KMeansResult, Prepared, _assign_pass, _both, _score_offset, _unscaled
-from .updates import centroids_and_distinct, centroids_from_sums, relocate_empty_clusters
+from .lloyd import (
+    KMeansResult,
+    Prepared,
+    _assign_pass,
+    _score_offset,
+    _still_running,
+    _unscaled,
+    _update,
+)
+from .updates import relocate_empty_clusters
 
 __all__ = ["HostRows", "chunk_rows", "init_sample_size", "iter_chunks", "streamed_kmeans"]
 
@@ -895,6 +903,7 @@ def fit_passes(
     may_copy = True
     on_cpu = _device.on_host(device)
     distinct: torch.Tensor | None = None
+    index = None if on_cpu else torch.arange(k, device=device)
     for iteration in range(max_iter):
         totals.zero_()
         step = _lloyd_pass(
@@ -906,9 +915,7 @@ def fit_passes(
             block,
             totals=totals,
             warm=iteration > 0,
-            active=without_copies(centroids, None)
-            if may_copy and on_cpu
-            else _both(None, distinct),
+            active=without_copies(centroids, None) if may_copy and on_cpu else distinct,
         )
         may_copy = False
         score_total, changed = step.score_total, step.changed
@@ -924,19 +931,13 @@ def fit_passes(
         if bool((counts <= 0).any()):
             unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
             may_copy = True
-        if on_cpu:
-            updated = centroids_from_sums(sums, counts, centroids, metric=metric, empty="heaviest")
-        else:
-            updated, made = centroids_and_distinct(sums, counts, centroids, metric=metric)
+        updated, made = _update(sums, counts, centroids, metric, None, index)
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
         running = ~done
         n_iter += running
         centroids = torch.where(running.view(b, 1, 1), updated, centroids)
-        if not on_cpu:
-            distinct = (
-                made if distinct is None else torch.where(running.unsqueeze(-1), made, distinct)
-            )
+        distinct = _still_running(made, distinct, running)
         done |= converged
         if bool(done.all()):
             break
@@ -954,7 +955,7 @@ def fit_passes(
         warm=True,
         distances=distances,
         frame_norms=frame_norms,
-        active=without_copies(centroids, None) if on_cpu else _both(None, distinct),
+        active=without_copies(centroids, None) if on_cpu else distinct,
     )
     weights = source.weights
 
