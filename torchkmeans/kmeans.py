@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import sys
 import warnings
 from collections.abc import Iterator
@@ -231,35 +230,37 @@ class KMeans(EstimatorProtocol):
         v.check_verbose(self.verbose)
         if self.memory_budget is not None:
             v.check_positive_int(self.memory_budget, "memory_budget")
-        init = self.init
-        v.check_init(init)
-        n_init = self.n_init
+        v.check_init(self.init)
+        n_init = self._restarts(warn=True)
+        if n_samples is not None and n_samples < n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
+        return n_clusters, n_init, metric
+
+    def _restarts(self, warn: bool) -> int:
+        """``n_init`` resolved: "auto" as scikit-learn, 1 for given centres."""
+        init, n_init = self.init, self.n_init
         if n_init == "auto":
             n_init = 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
         else:
             n_init = v.check_positive_int(n_init, "n_init")
         if not isinstance(init, str) and not callable(init) and n_init != 1:
-            warnings.warn(
-                f"Explicit initial centers given; running a single init instead of "
-                f"n_init={n_init}.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if warn:
+                warnings.warn(
+                    f"Explicit initial centers given; running a single init instead of "
+                    f"n_init={n_init}.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             n_init = 1
-        if n_samples is not None and n_samples < n_clusters:
-            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
-        return n_clusters, n_init, metric
+        return n_init
 
     def _batched_restarts(self) -> int:
-        """The restarts an in-memory fit runs as one batch (see ``_check_params``),
-        for ``should_stream``: 1 where ``n_init`` is invalid (the fit then says so)."""
-        init, n_init = self.init, self.n_init
-        if isinstance(n_init, str) and n_init == "auto":
-            return 10 if (isinstance(init, str) and init == "random") or callable(init) else 1
-        if not isinstance(init, str) and not callable(init):
+        """The restarts an in-memory fit runs as one batch, for ``should_stream``:
+        1 where ``n_init`` is invalid (the fit then says so)."""
+        try:
+            return self._restarts(warn=False)
+        except (TypeError, ValueError):
             return 1
-        valid = isinstance(n_init, numbers.Integral) and not isinstance(n_init, bool)
-        return int(n_init) if valid and n_init >= 1 else 1
 
     def _reset_feature_names(self, X: Any) -> None:
         """Record the column names of a data frame ``X`` in ``feature_names_in_`` (or none)."""
