@@ -490,6 +490,20 @@ def test_sample_weight_draws_the_batches():
     assert km.cluster_centers_[0, 0] < 0.2  # the zero-weight points were never drawn
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_equal_weights_fit_as_no_weights(init):
+    """scikit-learn's test_unit_weights_vs_no_weights and test_scaled_weights: equal
+    weights draw the same batches and seeds as none, and only scale the inertia."""
+    X, _ = make_blobs(300, n_features=3, centers=5, random_state=0)
+    km = MiniBatchKMeans(5, init=init, n_init=1, batch_size=64, random_state=1)
+    none = km.fit(X).cluster_centers_, km.labels_, km.inertia_
+    for scale in (1.0, 0.5):
+        km.fit(X, sample_weight=np.full(300, scale))
+        np.testing.assert_allclose(km.cluster_centers_, none[0], rtol=1e-12)
+        np.testing.assert_array_equal(km.labels_, none[1])
+        assert km.inertia_ == pytest.approx(scale * none[2], rel=1e-12)
+
+
 def test_sample_weight_draws_the_batches_of_more_than_2_to_the_24_rows():
     """torch.multinomial refuses more than 2**24 categories; rows of weight 0 are never drawn."""
     n = 2**24 + 2

@@ -534,6 +534,12 @@ class MiniBatchKMeans(KMeans):
         k, batch_size = params["n_clusters"], params["batch_size"]
         device, acc = source.device, source.compute
         weights = v.check_sample_weight(sample_weight, n, device=device, dtype=acc)
+        # Equal weights draw the batches and seed as no weights (scikit-learn's
+        # unit weights = no weights): a weighted draw takes other random numbers.
+        # They still scale inertia_.
+        drawn = weights
+        if weights is not None and bool(weights.amin() == weights.amax()):
+            drawn = None
         generator = v.make_generator(self.random_state, device)
         self._reset()
         self._reset_feature_names(X)
@@ -544,7 +550,7 @@ class MiniBatchKMeans(KMeans):
         valid = torch.randint(0, n, (init_size,), generator=generator, device=device)
         valid = valid.sort().values
         x_valid = self._prepare(source.take(valid))
-        w_valid = None if weights is None else weights[valid]
+        w_valid = None if drawn is None else drawn[valid]
         best, best_inertia = None, math.inf
         for _ in range(params["n_init"]):
             if init_size < n:
@@ -555,7 +561,7 @@ class MiniBatchKMeans(KMeans):
                 # hold only about 63% of the rows, fewer than k distinct ones
                 # for k near n, and k-means++ then seeds duplicate centres.
                 index = torch.arange(n, device=device)
-            w_init = None if weights is None else weights[index]
+            w_init = None if drawn is None else drawn[index]
             centers = self._seed(self._prepare(source.take(index)), w_init, k, generator)
             _, dist = self._assign_rows(x_valid, centers)
             dist = dist.to(acc)
@@ -574,13 +580,13 @@ class MiniBatchKMeans(KMeans):
         # float64 where the device has it (not MPS).
         wide = _device.widest_float(device)
         no_shift = torch.zeros((), dtype=wide, device=device)  # tol=0: never read as a stop
-        if weights is not None:
-            cumulative = weights.cumsum(0, dtype=wide)
+        if drawn is not None:
+            cumulative = drawn.cumsum(0, dtype=wide)
         # Asked once: the centres stay within the rows' scale.
         differences = not underflow_exponent_of(centers, centers)
         step_index = 0
         for step_index in range(n_steps):
-            if weights is None:
+            if drawn is None:
                 index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
             else:
                 index = _weighted_draws(cumulative, batch_size, generator)
