@@ -770,6 +770,28 @@ def test_verbose_without_tqdm_writes_to_stderr(capsys, monkeypatch):
     assert "[MiniBatchKMeans] step 1/" in err and "ewa inertia" in err
 
 
+@pytest.mark.parametrize("tqdm_installed", [False, True])
+def test_verbose_says_where_and_why_the_fit_stopped(capsys, monkeypatch, tqdm_installed):
+    """As scikit-learn's "Converged (...) at step": a tqdm bar is cleared at the
+    end, and without tqdm the last step line did not say why it was the last."""
+    if not tqdm_installed:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    X = blobs(n=1000, d=2, k=3, seed=0)
+    km = MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0).fit(X)
+    assert km.n_steps_ < 2000
+    err = capsys.readouterr().err
+    assert (
+        f"[MiniBatchKMeans] converged at step {km.n_steps_}/2000: no improvement of the "
+        "ewa inertia in 10 steps"
+    ) in err
+    km = MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0, tol=1e-2).fit(X)
+    err = capsys.readouterr().err
+    assert f"converged at step {km.n_steps_}/2000: centre shift below tol" in err
+    MiniBatchKMeans(3, batch_size=500, max_iter=1, verbose=True, random_state=0).fit(X)
+    assert "converged" not in capsys.readouterr().err  # ran all its steps
+
+
 @pytest.fixture
 def fake_tqdm(monkeypatch):
     """A stand-in tqdm.auto.tqdm; yields the calls its bars receive."""

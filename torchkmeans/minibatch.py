@@ -975,6 +975,7 @@ class _EarlyStopping:
         self.bar: Any = None
         self.every = max(1, n_steps // 20)
         self.verbose = bool(estimator.verbose)
+        self.stop_message: str | None = None
         if self.verbose:
             try:
                 from tqdm.auto import tqdm
@@ -1012,6 +1013,7 @@ class _EarlyStopping:
             self.ewa = self.ewa * (1 - self.alpha) + mean_inertia * self.alpha
         if self.tol > 0.0 and shift <= self.tol:
             self._report(step, mean_inertia, force=True)
+            self._stopped(step, "centre shift below tol")
             return True
         if self.ewa_min is None or self.ewa < self.ewa_min:
             self.no_improvement = 0
@@ -1022,7 +1024,17 @@ class _EarlyStopping:
             self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
         )
         self._report(step, mean_inertia, force=stop)
+        if stop:
+            self._stopped(step, f"no improvement of the ewa inertia in {self.no_improvement} steps")
         return stop
+
+    def _stopped(self, step: int, reason: str) -> None:
+        # As scikit-learn's "Converged (...) at step": the bar (leave=False)
+        # is cleared at the end, and the last line did not say why it was the last.
+        if self.verbose:
+            self.stop_message = (
+                f"[MiniBatchKMeans] converged at step {step}/{self.n_steps}: {reason}"
+            )
 
     @property
     def smoothed(self) -> float:
@@ -1032,3 +1044,5 @@ class _EarlyStopping:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.stop_message is not None:
+            print(self.stop_message, file=sys.stderr)
