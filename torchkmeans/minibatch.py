@@ -151,7 +151,8 @@ class MiniBatchKMeans(KMeans):
         Rows per step (capped at ``n_samples``).
     verbose : bool, default=False
         Show progress with tqdm when it is installed, else a line on stderr
-        every few steps with the smoothed batch inertia; over an iterable of
+        every few steps with the smoothed batch inertia, and a line on stderr
+        saying at which step and why ``fit`` stopped early; over an iterable of
         batches (``fit`` or ``partial_fit``), at steps 1, 2, 4, 8, ... with
         the last batch's mean inertia when ``compute_labels`` gives it.
     compute_labels : bool, default=True
