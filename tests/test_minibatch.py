@@ -490,6 +490,20 @@ def test_sample_weight_draws_the_batches():
     assert km.cluster_centers_[0, 0] < 0.2  # the zero-weight points were never drawn
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_equal_weights_fit_as_no_weights(init):
+    """scikit-learn's test_unit_weights_vs_no_weights and test_scaled_weights: equal
+    weights draw the same batches and seeds as none, and only scale the inertia."""
+    X, _ = make_blobs(300, n_features=3, centers=5, random_state=0)
+    km = MiniBatchKMeans(5, init=init, n_init=1, batch_size=64, random_state=1)
+    none = km.fit(X).cluster_centers_, km.labels_, km.inertia_
+    for scale in (1.0, 0.5):
+        km.fit(X, sample_weight=np.full(300, scale))
+        np.testing.assert_allclose(km.cluster_centers_, none[0], rtol=1e-12)
+        np.testing.assert_array_equal(km.labels_, none[1])
+        assert km.inertia_ == pytest.approx(scale * none[2], rel=1e-12)
+
+
 def test_sample_weight_draws_the_batches_of_more_than_2_to_the_24_rows():
     """torch.multinomial refuses more than 2**24 categories; rows of weight 0 are never drawn."""
     n = 2**24 + 2
@@ -754,6 +768,28 @@ def test_verbose_without_tqdm_writes_to_stderr(capsys, monkeypatch):
     MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0).fit(X)
     err = capsys.readouterr().err
     assert "[MiniBatchKMeans] step 1/" in err and "ewa inertia" in err
+
+
+@pytest.mark.parametrize("tqdm_installed", [False, True])
+def test_verbose_says_where_and_why_the_fit_stopped(capsys, monkeypatch, tqdm_installed):
+    """As scikit-learn's "Converged (...) at step": a tqdm bar is cleared at the
+    end, and without tqdm the last step line did not say why it was the last."""
+    if not tqdm_installed:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    X = blobs(n=1000, d=2, k=3, seed=0)
+    km = MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0).fit(X)
+    assert km.n_steps_ < 2000
+    err = capsys.readouterr().err
+    assert (
+        f"[MiniBatchKMeans] converged at step {km.n_steps_}/2000: no improvement of the "
+        "ewa inertia in 10 steps"
+    ) in err
+    km = MiniBatchKMeans(3, batch_size=50, verbose=True, random_state=0, tol=1e-2).fit(X)
+    err = capsys.readouterr().err
+    assert f"converged at step {km.n_steps_}/2000: centre shift below tol" in err
+    MiniBatchKMeans(3, batch_size=500, max_iter=1, verbose=True, random_state=0).fit(X)
+    assert "converged" not in capsys.readouterr().err  # ran all its steps
 
 
 @pytest.fixture

@@ -151,7 +151,8 @@ class MiniBatchKMeans(KMeans):
         Rows per step (capped at ``n_samples``).
     verbose : bool, default=False
         Show progress with tqdm when it is installed, else a line on stderr
-        every few steps with the smoothed batch inertia; over an iterable of
+        every few steps with the smoothed batch inertia, and a line on stderr
+        saying at which step and why ``fit`` stopped early; over an iterable of
         batches (``fit`` or ``partial_fit``), at steps 1, 2, 4, 8, ... with
         the last batch's mean inertia when ``compute_labels`` gives it.
     compute_labels : bool, default=True
@@ -534,6 +535,12 @@ class MiniBatchKMeans(KMeans):
         k, batch_size = params["n_clusters"], params["batch_size"]
         device, acc = source.device, source.compute
         weights = v.check_sample_weight(sample_weight, n, device=device, dtype=acc)
+        # Equal weights draw the batches and seed as no weights (scikit-learn's
+        # unit weights = no weights): a weighted draw takes other random numbers.
+        # They still scale inertia_.
+        drawn = weights
+        if weights is not None and bool(weights.amin() == weights.amax()):
+            drawn = None
         generator = v.make_generator(self.random_state, device)
         self._reset()
         self._reset_feature_names(X)
@@ -544,7 +551,7 @@ class MiniBatchKMeans(KMeans):
         valid = torch.randint(0, n, (init_size,), generator=generator, device=device)
         valid = valid.sort().values
         x_valid = self._prepare(source.take(valid))
-        w_valid = None if weights is None else weights[valid]
+        w_valid = None if drawn is None else drawn[valid]
         best, best_inertia = None, math.inf
         for _ in range(params["n_init"]):
             if init_size < n:
@@ -555,7 +562,7 @@ class MiniBatchKMeans(KMeans):
                 # hold only about 63% of the rows, fewer than k distinct ones
                 # for k near n, and k-means++ then seeds duplicate centres.
                 index = torch.arange(n, device=device)
-            w_init = None if weights is None else weights[index]
+            w_init = None if drawn is None else drawn[index]
             centers = self._seed(self._prepare(source.take(index)), w_init, k, generator)
             _, dist = self._assign_rows(x_valid, centers)
             dist = dist.to(acc)
@@ -574,13 +581,13 @@ class MiniBatchKMeans(KMeans):
         # float64 where the device has it (not MPS).
         wide = _device.widest_float(device)
         no_shift = torch.zeros((), dtype=wide, device=device)  # tol=0: never read as a stop
-        if weights is not None:
-            cumulative = weights.cumsum(0, dtype=wide)
+        if drawn is not None:
+            cumulative = drawn.cumsum(0, dtype=wide)
         # Asked once: the centres stay within the rows' scale.
         differences = not underflow_exponent_of(centers, centers)
         step_index = 0
         for step_index in range(n_steps):
-            if weights is None:
+            if drawn is None:
                 index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
             else:
                 index = _weighted_draws(cumulative, batch_size, generator)
@@ -969,6 +976,7 @@ class _EarlyStopping:
         self.bar: Any = None
         self.every = max(1, n_steps // 20)
         self.verbose = bool(estimator.verbose)
+        self.stop_message: str | None = None
         if self.verbose:
             try:
                 from tqdm.auto import tqdm
@@ -1006,6 +1014,7 @@ class _EarlyStopping:
             self.ewa = self.ewa * (1 - self.alpha) + mean_inertia * self.alpha
         if self.tol > 0.0 and shift <= self.tol:
             self._report(step, mean_inertia, force=True)
+            self._stopped(step, "centre shift below tol")
             return True
         if self.ewa_min is None or self.ewa < self.ewa_min:
             self.no_improvement = 0
@@ -1016,7 +1025,17 @@ class _EarlyStopping:
             self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
         )
         self._report(step, mean_inertia, force=stop)
+        if stop:
+            self._stopped(step, f"no improvement of the ewa inertia in {self.no_improvement} steps")
         return stop
+
+    def _stopped(self, step: int, reason: str) -> None:
+        # As scikit-learn's "Converged (...) at step": the bar (leave=False)
+        # is cleared at the end, and the last line did not say why it was the last.
+        if self.verbose:
+            self.stop_message = (
+                f"[MiniBatchKMeans] converged at step {step}/{self.n_steps}: {reason}"
+            )
 
     @property
     def smoothed(self) -> float:
@@ -1026,3 +1045,5 @@ class _EarlyStopping:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.stop_message is not None:
+            print(self.stop_message, file=sys.stderr)
