@@ -73,8 +73,11 @@ def test_row_permutation_does_not_change_the_result(problem, rnd):
 
 
 @SETTINGS
-@given(st.lists(problems(max_n=40), min_size=2, max_size=4))
+@given(st.lists(tie_free_problems(max_n=40), min_size=2, max_size=4))
 def test_batched_run_equals_separate_runs(batch):
+    # Tie-free data: with exact ties (copies of a starting row, say) the fused
+    # kernel of a lone CPU problem and the batch's matrix product break them by
+    # their own rounding, and each can end in another, equally good, optimum.
     n = min(len(x) for x, _ in batch)
     d = min(x.shape[1] for x, _ in batch)
     k = min(len(c) for _, c in batch)
