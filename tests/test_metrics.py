@@ -90,7 +90,7 @@ def test_float32_far_from_the_mean_scores_as_float64(metric, one_hot, monkeypatc
     """In float32, |x|^2 - 2 x.y + |y|^2 lost the distances within a cluster (0.865 for 0.845)."""
     X, labels = _far_from_the_mean()
     if not one_hot:
-        monkeypatch.setattr(metrics, "_ONE_HOT_MAX_COLUMNS", 0)
+        monkeypatch.setattr(metrics, "_sums_by_product", lambda *args: False)
     exact = X.astype(np.float64)
     expected = sk.silhouette_samples(exact, labels, metric=metric)
     samples = metrics.silhouette_samples(X, labels, metric=metric)
@@ -214,9 +214,21 @@ def test_batched_labels_equal_rows_and_give_nan_where_undefined():
 
 def test_index_add_path_equals_one_hot_path(monkeypatch):
     X, y = _data("digits")
+    monkeypatch.setattr(metrics, "_sums_by_product", lambda *args: True)
     expected = metrics.silhouette_samples(X, y)
-    monkeypatch.setattr(metrics, "_ONE_HOT_MAX_COLUMNS", 0)
+    monkeypatch.setattr(metrics, "_sums_by_product", lambda *args: False)
     np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10, atol=1e-14)
+
+
+def test_cpu_sums_one_labelling_of_many_clusters_by_index_add():
+    """A product with a one-hot (n, 128) matrix made the silhouette of 20,000 x 16
+    2.8x slower than index_add_ on the CPU, and slower than scikit-learn."""
+    cpu = torch.device("cpu")
+    assert not metrics._sums_by_product(128, 1, cpu)
+    assert not metrics._sums_by_product(8, 1, cpu)
+    assert metrics._sums_by_product(2, 1, cpu)
+    assert metrics._sums_by_product(55, 10, cpu)  # a sweep k = 1..10
+    assert not metrics._sums_by_product(300, 20, cpu)
 
 
 def test_sample_size_draws_sklearns_subset():

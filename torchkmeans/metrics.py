@@ -43,6 +43,13 @@ _SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine")
 # one-hot (n, clusters) matrix while that matrix is small; past this many
 # clusters the product costs more than index_add_ of the block's columns.
 _ONE_HOT_MAX_COLUMNS = 256
+# On the CPU index_add_ of a tile costs one pass per labelling, which is worth
+# about this many columns of the product, and the product's first columns
+# cost as much as one pass; past that the product is the slower (silhouette
+# of 20,000 x 16 float64, one thread: one labelling of k = 128, 3.2 s by
+# product and 1.2 s by index_add_, equal near k = 4; a sweep k = 1..10:
+# 2.1 s by product, 4.9 s by index_add_).
+_CPU_COLUMNS_PER_LABELLING = 24
 # On the CPU a block of distances to all n samples outgrows the cache for any
 # sizeable n, and its elementwise passes and reduction then run from memory;
 # tiles of this many distances (2 MiB in float64) stay in L2. Silhouette of
@@ -222,7 +229,7 @@ def _silhouette(
         slots < encoded.n_clusters.unsqueeze(1), first_column.unsqueeze(1) + slots, columns
     )
     one_hot = None
-    if columns <= _ONE_HOT_MAX_COLUMNS:
+    if _sums_by_product(columns, b, x.device):
         one_hot = torch.zeros((n, columns), dtype=dtype, device=x.device)
         one_hot.scatter_(1, flat.T, 1.0)
     rows = block_rows(
@@ -255,6 +262,15 @@ def _silhouette(
         values = (inter - intra) / torch.maximum(intra, inter)
         out[:, start:stop] = torch.nan_to_num(values, nan=0.0)
     return out
+
+
+def _sums_by_product(columns: int, labellings: int, device: torch.device) -> bool:
+    """Whether the per-cluster sums of the silhouette are a product with a one-hot matrix."""
+    if columns > _ONE_HOT_MAX_COLUMNS:
+        return False
+    if not _device.on_host(device):
+        return True
+    return columns <= _CPU_COLUMNS_PER_LABELLING * (labellings - 1) + 4
 
 
 @_device.full_precision
