@@ -177,11 +177,17 @@ def find_knee(
     y_n = (y - y.min()) / span_y
     difference = (1.0 - y_n) - x_n
     threshold_step = sensitivity * float(np.mean(np.diff(x_n)))
-    maxima = [
-        i
-        for i in range(1, len(difference) - 1)
-        if difference[i] > difference[i - 1] and difference[i] > difference[i + 1]
-    ]
+    # A maximum may be a plateau of equal values (its last point, as kneed
+    # reports it): y = 1/k on k = 1..20 ties at 4 and 5, and no knee was found.
+    maxima = []
+    for i in range(1, len(difference) - 1):
+        if difference[i] <= difference[i + 1]:
+            continue
+        start = i
+        while start > 0 and difference[start - 1] == difference[i]:
+            start -= 1
+        if start > 0 and difference[start - 1] < difference[i]:
+            maxima.append(i)
     knees = []
     for position, peak in enumerate(maxima):
         stop = maxima[position + 1] if position + 1 < len(maxima) else len(difference)
