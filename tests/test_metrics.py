@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -305,6 +309,35 @@ def test_inertia_variants():
     assert metrics.inertia(X, km.labels_, sample_weight=weights) == pytest.approx(weighted)
     both = metrics.inertia(X, np.stack([km.labels_, km.labels_]), km.cluster_centers_)
     assert both.shape == (2,) and both[1] == pytest.approx(km.inertia_)
+
+
+def test_inertia_with_labels_keeps_to_the_memory_budget():
+    """With labels and centers, or labels and weights, inertia held float64
+    copies of all rows at once whatever memory_budget: 4x the float32 data
+    (16x for four labellings, 6x with weights). Run in a fresh process so
+    that the peak resident set belongs to these calls alone."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from torchkmeans import metrics
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(200_000, 128, generator=generator)
+        labels = torch.randint(0, 16, (200_000,), generator=generator)
+        weights = torch.rand(200_000, generator=generator)
+        centers = x[:16].clone()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        metrics.inertia(x, labels.expand(4, -1), centers, memory_budget=2**20)
+        metrics.inertia(x, labels, sample_weight=weights, memory_budget=2**20)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - base) * 1024)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert growth < 200_000 * 128 * 4 // 4, growth
 
 
 def test_inertia_of_float64_centers_on_float32_data_far_from_the_origin():
