@@ -447,3 +447,23 @@ def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(monkey
     assert runs == [21]
     assert limited.knee == whole.knee == 4
     np.testing.assert_allclose(limited.inertia, whole.inertia, rtol=1e-6)
+
+
+def test_scores_keep_to_the_memory_budget(monkeypatch):
+    """The scores of a sweep ran with the metrics' default budget, not elbow's."""
+    from torchkmeans import metrics
+
+    budget = 64 * 1024
+    rows_seen: list[int] = []
+    original = metrics._distance_block
+
+    def spy(data, data_sq, rows, columns, metric):
+        rows_seen.append(rows.stop - rows.start)
+        return original(data, data_sq, rows, columns, metric)
+
+    monkeypatch.setattr(metrics, "_distance_block", spy)
+    X = make_blobs(3000, 4, centers=3, random_state=0)[0]
+    result = elbow(X, k=range(1, 5), scores=("silhouette",), memory_budget=budget, random_state=0)
+    assert rows_seen and max(rows_seen) * X.shape[0] * 8 <= budget
+    expected = [metrics.silhouette_score(X, labels) for labels in result.labels[1:]]
+    np.testing.assert_allclose(result.scores["silhouette"][1:], expected, rtol=1e-12)

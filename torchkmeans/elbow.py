@@ -670,7 +670,9 @@ def elbow(
         if extra:
             progress.phase("scores: " + ", ".join(extra))
         for name in names:
-            computed[name] = inertia if name == "inertia" else _score(name, x, labels, metric)
+            computed[name] = (
+                inertia if name == "inertia" else _score(name, x, labels, metric, memory_budget)
+            )
     finally:
         progress.close()
 
@@ -805,12 +807,20 @@ def _labels(
     return labels
 
 
-def _score(name: str, x: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+def _score(
+    name: str, x: torch.Tensor, labels: torch.Tensor, metric: str, memory_budget: int | None
+) -> torch.Tensor:
     from . import metrics
 
     functions: dict[str, Callable[..., Any]] = {
-        "silhouette": lambda: metrics.silhouette_score(x, labels, metric=metric),
-        "calinski_harabasz": lambda: metrics.calinski_harabasz_score(x, labels),
-        "davies_bouldin": lambda: metrics.davies_bouldin_score(x, labels),
+        "silhouette": lambda: metrics.silhouette_score(
+            x, labels, metric=metric, memory_budget=memory_budget
+        ),
+        "calinski_harabasz": lambda: metrics.calinski_harabasz_score(
+            x, labels, memory_budget=memory_budget
+        ),
+        "davies_bouldin": lambda: metrics.davies_bouldin_score(
+            x, labels, memory_budget=memory_budget
+        ),
     }
     return functions[name]().to(torch.float64)
