@@ -311,11 +311,10 @@ def test_inertia_variants():
     assert both.shape == (2,) and both[1] == pytest.approx(km.inertia_)
 
 
-def test_inertia_with_labels_keeps_to_the_memory_budget():
-    """With labels and centers, or labels and weights, inertia held float64
-    copies of all rows at once whatever memory_budget: 4x the float32 data
-    (16x for four labellings, 6x with weights). Run in a fresh process so
-    that the peak resident set belongs to these calls alone."""
+def _peak_growth(calls: str) -> int:
+    """Bytes the resident set grows by while ``calls`` run on ``x``, ``labels``,
+    ``weights`` and ``centers`` (200,000 x 128 float32, 16 clusters), in a
+    fresh process so that the peak belongs to these calls alone."""
     script = textwrap.dedent(
         """
         import resource, torch
@@ -326,18 +325,35 @@ def test_inertia_with_labels_keeps_to_the_memory_budget():
         weights = torch.rand(200_000, generator=generator)
         centers = x[:16].clone()
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        metrics.inertia(x, labels.expand(4, -1), centers, memory_budget=2**20)
-        metrics.inertia(x, labels, sample_weight=weights, memory_budget=2**20)
+        {calls}
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print((peak - base) * 1024)
         """
-    )
+    ).format(calls=calls)
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    growth = int(out.stdout.strip().splitlines()[-1])
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_inertia_with_labels_keeps_to_the_memory_budget():
+    """With labels and centers, or labels and weights, inertia held float64
+    copies of all rows at once whatever memory_budget: 4x the float32 data
+    (16x for four labellings, 6x with weights)."""
+    growth = _peak_growth(
+        "metrics.inertia(x, labels.expand(4, -1), centers, memory_budget=2**20); "
+        "metrics.inertia(x, labels, sample_weight=weights, memory_budget=2**20)"
+    )
     assert growth < 200_000 * 128 * 4 // 4, growth
+
+
+def test_davies_bouldin_of_many_clusters_holds_no_k_by_k_by_d_block():
+    """The centroid distances broadcast k x k x d float64: 1 GB for k = 1000."""
+    growth = _peak_growth(
+        "metrics.davies_bouldin_score(x, torch.arange(200_000) % 1000, memory_budget=2**20)"
+    )
+    assert growth < 200_000 * 128 * 4 // 2, growth  # k x k float64 temporaries: 8 MB each
 
 
 def test_inertia_of_float64_centers_on_float32_data_far_from_the_origin():

@@ -594,7 +594,9 @@ def davies_bouldin_score(
     real = counts > 0  # (b, K): clusters that exist in each labelling
     spread = dispersion.distance_sums / counts.clamp_min(1)
     centroids = dispersion.centroids
-    between = (centroids.unsqueeze(2) - centroids.unsqueeze(1)).square().sum(-1).sqrt()
+    # Differences one pair at a time (exact, as the broadcast was): the
+    # broadcast held b * k * k * d float64 (2 GB for k = 1000, d = 128).
+    between = torch.cdist(centroids, centroids, compute_mode="donot_use_mm_for_euclid_dist")
     pair = real.unsqueeze(2) & real.unsqueeze(1)
     # scikit-learn returns 0 when all spreads or all centroid distances are
     # zero (np.allclose to 0, atol 1e-8), and skips coincident centroids.
