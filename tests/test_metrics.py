@@ -348,6 +348,12 @@ def test_inertia_with_labels_keeps_to_the_memory_budget():
     assert growth < 200_000 * 128 * 4 // 4, growth
 
 
+def test_calinski_harabasz_holds_no_float64_copy_of_the_data():
+    """The mean of the data was taken over a float64 copy of every row: 2x the float32 data."""
+    growth = _peak_growth("metrics.calinski_harabasz_score(x, labels, memory_budget=2**20)")
+    assert growth < 200_000 * 128 * 4 // 4, growth
+
+
 def test_davies_bouldin_of_many_clusters_holds_no_k_by_k_by_d_block():
     """The centroid distances broadcast k x k x d float64: 1 GB for k = 1000."""
     growth = _peak_growth(

@@ -540,11 +540,14 @@ def calinski_harabasz_score(
     88.2
     """
     x, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
-    mean = x.to(dispersion.centroids.dtype).mean(0)
-    counts = encoded.counts.to(mean.dtype)
+    counts = encoded.counts.to(dispersion.centroids.dtype)
+    # The mean of the data from the cluster sums: x.to(float64).mean(0) held
+    # a float64 copy of all rows whatever memory_budget (2x float32 data).
+    n = x.shape[0]
+    mean = (counts.unsqueeze(-1) * dispersion.centroids).sum(1, keepdim=True) / n  # (b, 1, d)
     between = (counts * (dispersion.centroids - mean).square().sum(-1)).sum(-1)
     within = dispersion.squared
-    n, k = x.shape[0], encoded.n_clusters.to(mean.dtype)
+    k = encoded.n_clusters.to(mean.dtype)
     score = between * (n - k) / (within * (k - 1))
     score = torch.where(within == 0, torch.ones_like(score), score)
     return _result(score, valid, encoded, kind)
