@@ -171,6 +171,14 @@ def test_find_knee_on_known_curves():
     assert find_knee([2, 4, 8, 16, 32], [100.0, 20.0, 4.0, 3.5, 3.2]) == 8
 
 
+@pytest.mark.parametrize("n_ks, knee", [(11, 3), (12, 4), (13, 4), (20, 5), (21, 5)])
+def test_a_knee_on_a_plateau_of_the_difference_curve(n_ks, knee):
+    """On y = 1/k the difference curve ties at its maximum for 12 and 20 ks
+    (k = 3 and 4, k = 4 and 5): no knee was found there, k = 3 or 4 either side."""
+    ks = np.arange(1, n_ks + 1)
+    assert find_knee(ks, 1.0 / ks, curve="raw") == knee
+
+
 @pytest.mark.parametrize("last", [0.0, 2.5e-12, 1.6e-28])
 def test_a_perfect_fit_at_the_last_k_keeps_the_knee(last):
     """The last k as many clusters as distinct points: inertia 0, or the
@@ -439,3 +447,23 @@ def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(monkey
     assert runs == [21]
     assert limited.knee == whole.knee == 4
     np.testing.assert_allclose(limited.inertia, whole.inertia, rtol=1e-6)
+
+
+def test_scores_keep_to_the_memory_budget(monkeypatch):
+    """The scores of a sweep ran with the metrics' default budget, not elbow's."""
+    from torchkmeans import metrics
+
+    budget = 64 * 1024
+    rows_seen: list[int] = []
+    original = metrics._distance_block
+
+    def spy(data, data_sq, rows, columns, metric):
+        rows_seen.append(rows.stop - rows.start)
+        return original(data, data_sq, rows, columns, metric)
+
+    monkeypatch.setattr(metrics, "_distance_block", spy)
+    X = make_blobs(3000, 4, centers=3, random_state=0)[0]
+    result = elbow(X, k=range(1, 5), scores=("silhouette",), memory_budget=budget, random_state=0)
+    assert rows_seen and max(rows_seen) * X.shape[0] * 8 <= budget
+    expected = [metrics.silhouette_score(X, labels) for labels in result.labels[1:]]
+    np.testing.assert_allclose(result.scores["silhouette"][1:], expected, rtol=1e-12)

@@ -177,11 +177,17 @@ def find_knee(
     y_n = (y - y.min()) / span_y
     difference = (1.0 - y_n) - x_n
     threshold_step = sensitivity * float(np.mean(np.diff(x_n)))
-    maxima = [
-        i
-        for i in range(1, len(difference) - 1)
-        if difference[i] > difference[i - 1] and difference[i] > difference[i + 1]
-    ]
+    # A maximum may be a plateau of equal values (its last point, as kneed
+    # reports it): y = 1/k on k = 1..20 ties at 4 and 5, and no knee was found.
+    maxima = []
+    for i in range(1, len(difference) - 1):
+        if difference[i] <= difference[i + 1]:
+            continue
+        start = i
+        while start > 0 and difference[start - 1] == difference[i]:
+            start -= 1
+        if start > 0 and difference[start - 1] < difference[i]:
+            maxima.append(i)
     knees = []
     for position, peak in enumerate(maxima):
         stop = maxima[position + 1] if position + 1 < len(maxima) else len(difference)
@@ -664,7 +670,9 @@ def elbow(
         if extra:
             progress.phase("scores: " + ", ".join(extra))
         for name in names:
-            computed[name] = inertia if name == "inertia" else _score(name, x, labels, metric)
+            computed[name] = (
+                inertia if name == "inertia" else _score(name, x, labels, metric, memory_budget)
+            )
     finally:
         progress.close()
 
@@ -799,12 +807,20 @@ def _labels(
     return labels
 
 
-def _score(name: str, x: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+def _score(
+    name: str, x: torch.Tensor, labels: torch.Tensor, metric: str, memory_budget: int | None
+) -> torch.Tensor:
     from . import metrics
 
     functions: dict[str, Callable[..., Any]] = {
-        "silhouette": lambda: metrics.silhouette_score(x, labels, metric=metric),
-        "calinski_harabasz": lambda: metrics.calinski_harabasz_score(x, labels),
-        "davies_bouldin": lambda: metrics.davies_bouldin_score(x, labels),
+        "silhouette": lambda: metrics.silhouette_score(
+            x, labels, metric=metric, memory_budget=memory_budget
+        ),
+        "calinski_harabasz": lambda: metrics.calinski_harabasz_score(
+            x, labels, memory_budget=memory_budget
+        ),
+        "davies_bouldin": lambda: metrics.davies_bouldin_score(
+            x, labels, memory_budget=memory_budget
+        ),
     }
     return functions[name]().to(torch.float64)

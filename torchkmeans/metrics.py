@@ -43,6 +43,13 @@ _SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine")
 # one-hot (n, clusters) matrix while that matrix is small; past this many
 # clusters the product costs more than index_add_ of the block's columns.
 _ONE_HOT_MAX_COLUMNS = 256
+# On the CPU index_add_ of a tile costs one pass per labelling, which is worth
+# about this many columns of the product, and the product's first columns
+# cost as much as one pass; past that the product is the slower (silhouette
+# of 20,000 x 16 float64, one thread: one labelling of k = 128, 3.2 s by
+# product and 1.2 s by index_add_, equal near k = 4; a sweep k = 1..10:
+# 2.1 s by product, 4.9 s by index_add_).
+_CPU_COLUMNS_PER_LABELLING = 24
 # On the CPU a block of distances to all n samples outgrows the cache for any
 # sizeable n, and its elementwise passes and reduction then run from memory;
 # tiles of this many distances (2 MiB in float64) stay in L2. Silhouette of
@@ -222,7 +229,7 @@ def _silhouette(
         slots < encoded.n_clusters.unsqueeze(1), first_column.unsqueeze(1) + slots, columns
     )
     one_hot = None
-    if columns <= _ONE_HOT_MAX_COLUMNS:
+    if _sums_by_product(columns, b, x.device):
         one_hot = torch.zeros((n, columns), dtype=dtype, device=x.device)
         one_hot.scatter_(1, flat.T, 1.0)
     rows = block_rows(
@@ -255,6 +262,15 @@ def _silhouette(
         values = (inter - intra) / torch.maximum(intra, inter)
         out[:, start:stop] = torch.nan_to_num(values, nan=0.0)
     return out
+
+
+def _sums_by_product(columns: int, labellings: int, device: torch.device) -> bool:
+    """Whether the per-cluster sums of the silhouette are a product with a one-hot matrix."""
+    if columns > _ONE_HOT_MAX_COLUMNS:
+        return False
+    if not _device.on_host(device):
+        return True
+    return columns <= _CPU_COLUMNS_PER_LABELLING * (labellings - 1) + 4
 
 
 @_device.full_precision
@@ -434,14 +450,20 @@ class _Dispersion(NamedTuple):
     distance_sums: torch.Tensor  # (b, K) sum of (not squared) distances per cluster
 
 
+def _rows(n: int, b: int, d: int, memory_budget: int | None) -> int:
+    """Rows of a block whose ``b`` labellings' float64 differences to the
+    centres (three temporaries of ``(b, rows, d)``) fit ``memory_budget``."""
+    budget = 64 * 2**20 if memory_budget is None else memory_budget
+    return max(1, min(n, budget // max(1, b * d * 8 * 3)))
+
+
 def _dispersion(x: torch.Tensor, encoded: _Labels, memory_budget: int | None) -> _Dispersion:
     """Cluster means and distances to them, in float64, in blocks of rows."""
     n, d = x.shape
     b, width = encoded.counts.shape
     acc = _device.widest_float(x.device)
     flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width
-    budget = 64 * 2**20 if memory_budget is None else memory_budget
-    rows = max(1, min(n, budget // max(1, b * d * 8 * 3)))
+    rows = _rows(n, b, d, memory_budget)
     sums = torch.zeros((b * width, d), dtype=acc, device=x.device)
     for start in range(0, n, rows):
         block = x[start : start + rows].to(acc)
@@ -518,11 +540,14 @@ def calinski_harabasz_score(
     88.2
     """
     x, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
-    mean = x.to(dispersion.centroids.dtype).mean(0)
-    counts = encoded.counts.to(mean.dtype)
+    counts = encoded.counts.to(dispersion.centroids.dtype)
+    # The mean of the data from the cluster sums: x.to(float64).mean(0) held
+    # a float64 copy of all rows whatever memory_budget (2x float32 data).
+    n = x.shape[0]
+    mean = (counts.unsqueeze(-1) * dispersion.centroids).sum(1, keepdim=True) / n  # (b, 1, d)
     between = (counts * (dispersion.centroids - mean).square().sum(-1)).sum(-1)
     within = dispersion.squared
-    n, k = x.shape[0], encoded.n_clusters.to(mean.dtype)
+    k = encoded.n_clusters.to(mean.dtype)
     score = between * (n - k) / (within * (k - 1))
     score = torch.where(within == 0, torch.ones_like(score), score)
     return _result(score, valid, encoded, kind)
@@ -572,7 +597,9 @@ def davies_bouldin_score(
     real = counts > 0  # (b, K): clusters that exist in each labelling
     spread = dispersion.distance_sums / counts.clamp_min(1)
     centroids = dispersion.centroids
-    between = (centroids.unsqueeze(2) - centroids.unsqueeze(1)).square().sum(-1).sqrt()
+    # Differences one pair at a time (exact, as the broadcast was): the
+    # broadcast held b * k * k * d float64 (2 GB for k = 1000, d = 128).
+    between = torch.cdist(centroids, centroids, compute_mode="donot_use_mm_for_euclid_dist")
     pair = real.unsqueeze(2) & real.unsqueeze(1)
     # scikit-learn returns 0 when all spreads or all centroid distances are
     # zero (np.allclose to 0, atol 1e-8), and skips coincident centroids.
@@ -685,8 +712,15 @@ def inertia(
                 f"unbatched), got {tensor.shape[0]} labellings and {c3.shape[0]} sets of centers."
             )
         tensor, c3 = tensor.expand(b, n), c3.expand(b, k, d)
-        chosen = c3.gather(1, tensor.unsqueeze(-1).expand(b, n, d))
-        per_point = (x.to(acc).unsqueeze(0) - chosen).square_().sum(-1)
+        # In blocks of rows: the centres of all n rows at once, in float64,
+        # took 4x the float32 data for one labelling (16x for four).
+        per_point = torch.empty((b, n), dtype=acc, device=x.device)
+        rows = _rows(n, b, d, memory_budget)
+        for start in range(0, n, rows):
+            index = tensor[:, start : start + rows]
+            chosen = c3.gather(1, index.unsqueeze(-1).expand(*index.shape, d))
+            difference = x[start : start + rows].to(acc).unsqueeze(0) - chosen
+            per_point[:, start : start + rows] = difference.square_().sum(-1)
     if weights is not None:
         per_point = per_point * weights
     value = per_point.sum(-1, dtype=acc)
@@ -700,19 +734,27 @@ def _weighted_within(
     kind: v.OutputKind,
     memory_budget: int | None,
 ) -> Any:
-    """Weighted within-cluster sum of squares around the weighted cluster means."""
+    """Weighted within-cluster sum of squares around the weighted cluster means,
+    in blocks of rows as :func:`_dispersion`."""
+    n, d = x.shape
     b, width = encoded.counts.shape
-    d = x.shape[1]
-    data = x.to(weights.dtype)
+    acc = weights.dtype
     flat = encoded.codes + torch.arange(b, device=x.device).unsqueeze(1) * width
-    totals = torch.zeros((b * width, d), dtype=data.dtype, device=x.device)
-    mass = torch.zeros(b * width, dtype=data.dtype, device=x.device)
-    weighted = data * weights.unsqueeze(1)
-    for row in range(b):
-        totals.index_add_(0, flat[row], weighted)
-        mass.index_add_(0, flat[row], weights)
-    centroids = totals / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
-    value = torch.stack(
-        [((data - centroids[flat[row]]).square().sum(-1) * weights).sum() for row in range(b)]
-    )
+    rows = _rows(n, b, d, memory_budget)
+    totals = torch.zeros((b * width, d), dtype=acc, device=x.device)
+    mass = torch.zeros(b * width, dtype=acc, device=x.device)
+    for start in range(0, n, rows):
+        block_weights = weights[start : start + rows]
+        weighted = x[start : start + rows].to(acc) * block_weights.unsqueeze(1)
+        for row in range(b):
+            totals.index_add_(0, flat[row, start : start + rows], weighted)
+            mass.index_add_(0, flat[row, start : start + rows], block_weights)
+    centroids = totals / mass.clamp_min(torch.finfo(acc).tiny).unsqueeze(1)
+    value = torch.zeros(b, dtype=acc, device=x.device)
+    for start in range(0, n, rows):
+        index = flat[:, start : start + rows]
+        difference = x[start : start + rows].to(acc).unsqueeze(0) - centroids.index_select(
+            0, index.reshape(-1)
+        ).view(b, -1, d)
+        value += (difference.square_().sum(-1) * weights[start : start + rows]).sum(-1)
     return kind.out(value) if encoded.batched else float(value[0])
