@@ -245,6 +245,14 @@ def test_sample_size_draws_sklearns_subset():
     assert -1.0 <= value <= 1.0
 
 
+def test_sample_size_past_n_samples_scores_every_sample():
+    """As scikit-learn (permutation(n)[:size]); it raised a ValueError."""
+    X, y = _data("iris")
+    ours = metrics.silhouette_score(X, y, sample_size=1000, random_state=0)
+    assert ours == pytest.approx(sk.silhouette_score(X, y, sample_size=1000, random_state=0))
+    assert ours == pytest.approx(metrics.silhouette_score(X, y))
+
+
 def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
     """No n x n matrix (10 GB in float32): every distance block fits a 16 MiB budget."""
     budget = 16 * 2**20
@@ -421,9 +429,9 @@ def test_silhouette_properties(X, labels, shift):
             r"Expected metric to be one of",
         ),
         (
-            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], sample_size=5),
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], sample_size=0),
             ValueError,
-            r"sample_size=5 should be <= n_samples=3",
+            r"sample_size",
         ),
         (
             lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0.5, 1, 1]),

@@ -378,7 +378,8 @@ def silhouette_score(
     sample_size : int, optional
         Score a random subset of this many samples (the same subset for
         every labelling of a batch). With an int or numpy ``random_state``
-        the subset is the one scikit-learn draws for the same seed.
+        the subset is the one scikit-learn draws for the same seed; a size
+        past n_samples scores every sample, as scikit-learn does.
     random_state : int, numpy RandomState/Generator, torch.Generator or None
         Seed of the subset (used only with ``sample_size``).
     memory_budget : int, optional
@@ -396,7 +397,7 @@ def silhouette_score(
     ------
     ValueError
         If a single labelling has fewer than 2 or more than n_samples - 1
-        distinct labels, or ``sample_size`` is out of range.
+        distinct labels, or ``sample_size`` is not a positive int.
 
     Examples
     --------
@@ -412,9 +413,8 @@ def silhouette_score(
     if sample_size is not None:
         n = x.shape[0]
         sample_size = v.check_positive_int(sample_size, "sample_size")
-        if sample_size > n:
-            raise ValueError(f"sample_size={sample_size} should be <= n_samples={n}.")
-        indices = _subset(n, sample_size, random_state, x.device)
+        # Past n_samples: every sample, as scikit-learn's permutation(n)[:size].
+        indices = _subset(n, min(sample_size, n), random_state, x.device)
         x, tensor = x[indices], tensor[:, indices]
     encoded = _encode(tensor, batched, x.dtype)
     valid = _valid(encoded, x.shape[0])
