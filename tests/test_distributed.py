@@ -258,6 +258,24 @@ def mismatched_tol(rank, tmp):
     return _error_of(lambda: KMeans(6, init=X[:6], tol=[1e-4, 0.5][rank]).fit(X[:1000]))
 
 
+def _minibatch_reseeding(rank, **params):
+    # 12 centres on 6 blobs: light centres are reseeded, in steps that take
+    # two more collectives; half of each batch on each rank.
+    X = blobs()
+    mbk = MiniBatchKMeans(12, random_state=0, **params)
+    for start in range(0, 3000, 300):
+        mbk.partial_fit(X[start : start + 300][rank * 150 : (rank + 1) * 150])
+
+
+def mismatched_batch_size(rank, tmp):
+    # batch_size sets how often a step reseeds: one rank's reseeding step waited for the other.
+    return _error_of(lambda: _minibatch_reseeding(rank, batch_size=[20, 2000][rank]))
+
+
+def mismatched_reassignment_ratio(rank, tmp):
+    return _error_of(lambda: _minibatch_reseeding(rank, reassignment_ratio=[0.3, 0.0][rank]))
+
+
 def nan_on_one_rank(rank, tmp):
     X = blobs()[:100].copy()
     if rank == 1:
@@ -320,6 +338,8 @@ SCENARIOS = {
         mismatched_clusters,
         mismatched_dtype,
         mismatched_tol,
+        mismatched_batch_size,
+        mismatched_reassignment_ratio,
         nan_on_one_rank,
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
@@ -582,6 +602,14 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
             r"Expected every rank to have the same dtype, got \['torch.float64', 'torch.float32'\]",
         ),
         ("mismatched_tol", r"Expected every rank to have the same tol, got \["),
+        (
+            "mismatched_batch_size",
+            r"Expected every rank to have the same batch_size, got \[20, 2000\]",
+        ),
+        (
+            "mismatched_reassignment_ratio",
+            r"Expected every rank to have the same reassignment_ratio, got \[",
+        ),
         ("elbow_other_sweeps", r"Expected every rank to have the same k, got \['(\?|\[1, 2, 3, 4)"),
         ("nan_on_one_rank", r"Input X contains NaN or infinity"),
     ],

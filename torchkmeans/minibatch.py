@@ -776,6 +776,8 @@ class MiniBatchKMeans(KMeans):
                     n_clusters=-1,
                     metric="?",
                     compute_labels=False,
+                    batch_size=-1,
+                    reassignment_ratio="?",
                 )
                 raise  # pragma: no cover - check_agreement raised exc
             self._reset_feature_names(X)
@@ -791,6 +793,9 @@ class MiniBatchKMeans(KMeans):
                     n_clusters=self.n_clusters,
                     metric=self.metric,
                     compute_labels=bool(self.compute_labels),
+                    # They decide when a step reseeds, which takes two more collectives.
+                    batch_size=self.batch_size,
+                    reassignment_ratio=self.reassignment_ratio,
                 )
                 n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
             params = self._check_minibatch_params(n_total)
