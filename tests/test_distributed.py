@@ -127,6 +127,20 @@ def minibatch_empty_batches(rank, tmp):
     return given.cluster_centers_, reassigning.cluster_centers_
 
 
+def minibatch_fit_on_iterables_of_other_lengths(rank, tmp):
+    # Rank 0 yields 4 batches, rank 1 yields 12; rank 0's ended after its
+    # fourth step while rank 1 waited for the fifth until the group's timeout.
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 1600, 100)]
+    local = [b[:40] for b in batches[:4]] if rank == 0 else [b[40:] for b in batches[:12]]
+    fitted = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    fitted.fit(iter(local))
+    partial = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    partial.partial_fit(iter(local))
+    none = _error_of(lambda: MiniBatchKMeans(10).fit(iter(local if rank == 0 else [])))
+    return fitted.cluster_centers_, fitted.n_steps_, partial.cluster_centers_, none
+
+
 def minibatch_float32_uneven_batches(rank, tmp):
     # float32 rows, 64 features, k=10: a batch of 100 rows is scored by the
     # kernel from differences (float64 totals), one of 1,697 rows by
@@ -324,6 +338,7 @@ SCENARIOS = {
         empty_clusters_reseeded,
         minibatch_partial_fit,
         minibatch_empty_batches,
+        minibatch_fit_on_iterables_of_other_lengths,
         minibatch_float32_uneven_batches,
         minibatch_batch_inertia_beyond_float32,
         minibatch_inertia_of_the_batch,
@@ -494,6 +509,28 @@ def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
     assert np.isfinite(r0).all()
     # reseeded centres are rows of the data, never the zero placeholder
     assert not (r0 == 0).all(axis=1).any()
+
+
+def test_minibatch_fit_on_iterables_of_other_lengths_on_the_ranks(tmp_path):
+    """A rank whose iterable ends first joins the others' remaining steps
+    with empty batches: every step is that of the ranks' rows together."""
+    (c0, n0, p0, e0), (c1, n1, p1, e1) = run_ranks(
+        "minibatch_fit_on_iterables_of_other_lengths", tmp_path
+    )
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 1200, 100):
+        single.partial_fit(X[i : i + 100] if i < 400 else X[i + 40 : i + 100])
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_array_equal(p0, p1)
+    assert n0 == n1 == 12
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    for kind, text in (e0, e1):
+        assert kind == "ValueError"
+        assert re.search(
+            r"Expected X to yield at least one batch on every rank, got none on 1", text
+        )
 
 
 def test_minibatch_float32_batches_of_uneven_sizes_on_the_ranks(tmp_path):

@@ -61,6 +61,38 @@ def _is_empty(batch: Any) -> bool:
     return shape is not None and len(shape) == 2 and int(shape[0]) == 0
 
 
+def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator[Any]:
+    """The batches of one rank, until every rank's are exhausted: each step
+    is a collective of every rank, so a rank out of batches joins the others'
+    steps with empty ones (its last batch's first 0 rows).
+
+    One more small collective per step: whether any rank still has a batch.
+    """
+    exhausted = object()
+    iterator = iter(batches)
+    empty = None
+    while True:
+        x = _first(next(iterator, exhausted))
+        flags = torch.tensor(
+            [float(x is not exhausted), float(x is exhausted and empty is None)],
+            device=collective.device,
+        )
+        more, without = collective.all_sum(flags).tolist()
+        if not more:
+            return
+        if without:
+            # A rank with no batch at all has no empty one of the others' shape.
+            raise ValueError(
+                "Expected X to yield at least one batch on every rank, "
+                f"got none on {int(without)} of {collective.world_size} ranks."
+            )
+        if x is exhausted:
+            x = empty
+        else:
+            empty = x[:0]
+        yield x
+
+
 def _refuse_weights_with_stream(sample_weight: Any) -> None:
     if sample_weight is not None:
         raise ValueError(
@@ -189,8 +221,10 @@ class MiniBatchKMeans(KMeans):
         Under ``torchrun``, :meth:`partial_fit` (and ``fit`` on an iterable of
         batches) takes each rank's own batch and every rank keeps the same
         centres: batch sums and weights are summed over the ranks at each
-        step. ``fit`` on a whole array is local only (pass None, or call
-        ``partial_fit`` on shards). See :mod:`torchkmeans.distributed`.
+        step. Over iterables, a rank whose batches run out takes part in
+        the other ranks' remaining steps with empty ones. ``fit`` on a whole
+        array is local only (pass None, or call ``partial_fit`` on shards).
+        See :mod:`torchkmeans.distributed`.
 
     Attributes
     ----------
@@ -733,11 +767,11 @@ class MiniBatchKMeans(KMeans):
         skipped in a local fit: there is nothing to seed the centres from yet
         (later ones are steps that move nothing; on shards every rank takes
         part in every step, so a rank's empty batch is a step from the start)."""
-        local = not distributed.collective(self.process_group).distributed
+        collective = distributed.collective(self.process_group)
+        local = not collective.distributed
         progress = _BatchProgress(batches) if self.verbose else None
         try:
-            for batch in batches:
-                x = _first(batch)
+            for x in map(_first, batches) if local else _batches_in_step(batches, collective):
                 if local and _is_empty(x) and not hasattr(self, "cluster_centers_"):
                     continue
                 self._partial_fit_batch(x, None)
