@@ -78,6 +78,21 @@ def empty_shard(rank, tmp):
     return km.cluster_centers_, km.labels_, km.inertia_, pp.cluster_centers_, pp.inertia_
 
 
+def init_of_each_rank(rank, tmp):
+    # Each rank passes the first rows of its shard and a far centre of its own.
+    X, _, centres = make_blobs(
+        n_samples=3000, n_features=5, centers=6, random_state=0, return_centers=True
+    )
+    part = shards(X, [1500, 1500])[rank]
+    init = np.vstack([part[:7], np.full((1, 5), 100.0 + rank)])
+    mbk = MiniBatchKMeans(8, init=init, reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 1500, 300):
+        mbk.partial_fit(part[start : start + 300])
+    # Rank 0 starts on the centres and stops after an iteration, rank 1 did not.
+    km = KMeans(6, init=centres + 3.0 * rank, tol=0.05).fit(part)
+    return mbk.cluster_centers_, km.cluster_centers_, km.n_iter_
+
+
 def memmap_shards(rank, tmp):
     X = blobs()
     part = shards(X, [1200, 1800])[rank]
@@ -334,6 +349,7 @@ SCENARIOS = {
         fit_from_given_centroids,
         kmeans_plusplus_across_ranks,
         empty_shard,
+        init_of_each_rank,
         memmap_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
@@ -463,6 +479,22 @@ def test_a_rank_with_an_empty_shard_takes_part(tmp_path):
     np.testing.assert_array_equal(p0, p1)
     assert pi0 == pi1
     assert pi0 <= 1.01 * KMeans(6, random_state=0).fit(X).inertia_
+
+
+def test_an_init_array_is_that_of_rank_0(tmp_path):
+    """Init arrays that differ by rank: a centre no row reached stayed each
+    rank's own (MiniBatchKMeans), and KMeans' ranks stopped at different
+    iterations, which aborted the process in the next mismatched collective."""
+    (m0, k0, n0), (m1, k1, n1) = run_ranks("init_of_each_rank", tmp_path)
+    X, _, centres = make_blobs(
+        n_samples=3000, n_features=5, centers=6, random_state=0, return_centers=True
+    )
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_array_equal(m0[-1], np.full(5, 100.0))
+    np.testing.assert_array_equal(k0, k1)
+    single = KMeans(6, init=centres, tol=0.05).fit(X)
+    assert n0 == n1 == single.n_iter_
+    np.testing.assert_allclose(k0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
 
 
 def test_memmap_shards_stream_and_agree(tmp_path):

@@ -78,8 +78,9 @@ class KMeans(EstimatorProtocol):
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun`` ("auto": when ``torch.distributed`` is initialised
         with several processes) each rank passes its own shard of the rows
-        and all ranks get the same centroids; ``inertia_`` is the total and
-        ``labels_`` are the local rows'. None always fits locally. See
+        and all ranks get the same centroids (from rank 0's ``init`` when it
+        is an array); ``inertia_`` is the total and ``labels_`` are the local
+        rows'. None always fits locally. See
         :mod:`torchkmeans.distributed`.
     copy_x : bool, default=True
         Accepted so that scikit-learn code runs unchanged: ``X`` is never

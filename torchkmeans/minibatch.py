@@ -220,11 +220,12 @@ class MiniBatchKMeans(KMeans):
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun``, :meth:`partial_fit` (and ``fit`` on an iterable of
         batches) takes each rank's own batch and every rank keeps the same
-        centres: batch sums and weights are summed over the ranks at each
-        step. Over iterables, a rank whose batches run out takes part in
-        the other ranks' remaining steps with empty ones. ``fit`` on a whole
-        array is local only (pass None, or call ``partial_fit`` on shards).
-        See :mod:`torchkmeans.distributed`.
+        centres (from rank 0's ``init`` when it is an array or a callable):
+        batch sums and weights are summed over the ranks at each step. Over
+        iterables, a rank whose batches run out takes part in the other
+        ranks' remaining steps with empty ones. ``fit`` on a whole array is
+        local only (pass None, or call ``partial_fit`` on shards). See
+        :mod:`torchkmeans.distributed`.
 
     Attributes
     ----------
@@ -420,7 +421,9 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from every rank's first batch (see :mod:`torchkmeans.distributed`)."""
         init = self.init
         if not isinstance(init, str):
-            return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
+            # Rank 0's array (or callable's centres): another rank's, say the
+            # first rows of its shard, kept its centres that no row reached.
+            return collective.broadcast(self._seed(x, weights, n_clusters, generator).contiguous())
         offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
         if init == "k-means++" and self.metric == "euclidean":
             # k-means++ scores rows centred on the mean of all ranks' rows, as

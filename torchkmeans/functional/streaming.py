@@ -539,6 +539,10 @@ def _initial_centroids(
         raise ValueError(
             f"Expected init to be of shape ({n_clusters}, {d}), got shape {tuple(given.shape)}."
         )
+    if collective.distributed:
+        # Rank 0's array: ranks that started from others stopped at different
+        # iterations, and their next collectives no longer matched.
+        given = collective.broadcast(given.clone())
     if not bool(torch.isfinite(given).all()):
         raise ValueError("Input init contains NaN or infinity.")
     given = given.unsqueeze(0).expand(n_problems, n_clusters, d)
@@ -1047,7 +1051,8 @@ def streamed_kmeans(
     chunk_bytes : int, optional
         Bytes of host rows read per chunk (8 MiB on the CPU, 64 MiB else).
     collective : Collective
-        How ranks combine results (:func:`torchkmeans.distributed.collective`).
+        How ranks combine results (:func:`torchkmeans.distributed.collective`);
+        an ``init`` tensor is rank 0's.
 
     Returns
     -------
