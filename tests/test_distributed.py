@@ -252,6 +252,30 @@ def elbow_sweep(rank, tmp):
     return result.inertia, result.knee, [c for c in result.centroids], result.labels
 
 
+def elbow_memmap_shards(rank, tmp):
+    # As a memmap in one process: swept in passes, never loaded whole (it
+    # was loaded on shards, with copies of about nine times its size).
+    from torchkmeans import _validation
+
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    part = shards(X, [900, 1100])[rank]
+    path = os.path.join(tmp, f"elbow{rank}.dat")
+    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=part.shape)
+    mm[:] = part
+    mm.flush()
+    as_tensor = _validation.as_tensor
+
+    def refuse_memmaps(X, *args, **kwargs):
+        if isinstance(X, np.memmap):
+            raise RuntimeError("the memmap was loaded whole")
+        return as_tensor(X, *args, **kwargs)
+
+    _validation.as_tensor = refuse_memmaps
+    ro = np.memmap(path, dtype=np.float64, mode="r", shape=part.shape)
+    result = elbow(ro, k=range(1, 8), n_init=2, random_state=0)
+    return result.inertia, result.knee, result.labels
+
+
 def elbow_one_dimensional_shard_on_one_rank(rank, tmp):
     X = blobs(n=200)
     return _error_of(lambda: elbow(X if rank == 0 else X[:, 0], k=range(1, 5), random_state=0))
@@ -363,6 +387,7 @@ SCENARIOS = {
         minibatch_later_batch_with_other_features,
         minibatch_nan_in_a_later_batch,
         elbow_sweep,
+        elbow_memmap_shards,
         elbow_one_dimensional_shard_on_one_rank,
         elbow_other_sweeps,
         mismatched_features,
@@ -658,6 +683,16 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
     np.testing.assert_allclose(i0, local.inertia, rtol=0.02)
     for a, b in zip(c0, c1):
         np.testing.assert_array_equal(a, b)
+    assert l0.shape == (7, 900) and l1.shape == (7, 1100)
+
+
+def test_elbow_on_memmap_shards_streams_them(tmp_path):
+    (i0, k0, l0), (i1, k1, l1) = run_ranks("elbow_memmap_shards", tmp_path)
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    np.testing.assert_array_equal(i0, i1)
+    assert k0 == k1 == 4
+    local = elbow(X, k=range(1, 8), n_init=2, random_state=0)
+    np.testing.assert_allclose(i0, local.inertia, rtol=0.02)
     assert l0.shape == (7, 900) and l1.shape == (7, 1100)
 
 
