@@ -93,6 +93,22 @@ def init_of_each_rank(rank, tmp):
     return mbk.cluster_centers_, km.cluster_centers_, km.n_iter_
 
 
+def weights_of_a_shard_sum_to_zero(rank, tmp):
+    # Rank 0's shard is empty (its weights too), rank 1's weighs nothing at
+    # first: each rank refused its weights' zero sum, which only the total must not be.
+    X = blobs()
+    part = shards(X, [0, 3000])[rank]
+    weights = np.ones(len(part))
+    weights[:1500] = 0.0
+    km = KMeans(6, init=X[:6]).fit(part, sample_weight=weights)
+    zero = _error_of(lambda: KMeans(6, init=X[:6]).fit(part, sample_weight=np.zeros(len(part))))
+    mbk = MiniBatchKMeans(6, init=X[:6], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 3000, 300):
+        batch = X[start : start + 100] if rank == 0 else X[start + 100 : start + 300]
+        mbk.partial_fit(batch, sample_weight=np.full(len(batch), float(rank == 1 or start > 0)))
+    return km.cluster_centers_, km.inertia_, zero, mbk.cluster_centers_
+
+
 def memmap_shards(rank, tmp):
     X = blobs()
     part = shards(X, [1200, 1800])[rank]
@@ -374,6 +390,7 @@ SCENARIOS = {
         kmeans_plusplus_across_ranks,
         empty_shard,
         init_of_each_rank,
+        weights_of_a_shard_sum_to_zero,
         memmap_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
@@ -520,6 +537,27 @@ def test_an_init_array_is_that_of_rank_0(tmp_path):
     single = KMeans(6, init=centres, tol=0.05).fit(X)
     assert n0 == n1 == single.n_iter_
     np.testing.assert_allclose(k0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+
+
+def test_the_weights_of_one_shard_may_sum_to_zero(tmp_path):
+    (c0, i0, z0, m0), (c1, i1, z1, m1) = run_ranks("weights_of_a_shard_sum_to_zero", tmp_path)
+    X = blobs()
+    weights = np.ones(3000)
+    weights[:1500] = 0.0
+    single = KMeans(6, init=X[:6]).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+    for kind, text in (z0, z1):  # all ranks' weights zero: refused on every rank
+        assert kind == "ValueError" and "positive sum, got all weights zero" in text
+    mbk = MiniBatchKMeans(6, init=X[:6], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 3000, 300):
+        batch = X[start : start + 300]
+        weights = np.ones(300)
+        weights[:100] = float(start > 0)
+        mbk.partial_fit(batch, sample_weight=weights)
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_allclose(m0, mbk.cluster_centers_, rtol=1e-10, atol=1e-10)
 
 
 def test_memmap_shards_stream_and_agree(tmp_path):

@@ -386,7 +386,11 @@ class KMeans(EstimatorProtocol):
                 n_local, n_features = x.shape
             # On shards n_samples >= n_clusters is checked over all ranks.
             n_clusters, n_init, metric = self._check_params(None if shard else n_local)
-            weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
+            # On shards the weights' positive sum is checked over all ranks
+            # (an empty shard, or one of zero weights, is one share of it).
+            weights = v.check_sample_weight(
+                sample_weight, n_local, device=device, dtype=compute, positive_sum=not shard
+            )
             generator = v.make_generator(self.random_state, device)
             if callable(self.init) and not isinstance(self.init, str):
                 raise TypeError(

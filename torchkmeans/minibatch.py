@@ -798,8 +798,13 @@ class MiniBatchKMeans(KMeans):
             try:
                 x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
                 acc = compute_dtype(x.dtype)
+                # On shards the weights' sum is checked over all ranks below.
                 weights = v.check_sample_weight(
-                    sample_weight, x.shape[0], device=x.device, dtype=acc
+                    sample_weight,
+                    x.shape[0],
+                    device=x.device,
+                    dtype=acc,
+                    positive_sum=not collective.distributed,
                 )
             except (TypeError, ValueError) as exc:
                 # A rank that rejects its batch still takes part in the check
@@ -819,7 +824,7 @@ class MiniBatchKMeans(KMeans):
                 raise  # pragma: no cover - check_agreement raised exc
             self._reset_feature_names(X)
             n = x.shape[0]
-            n_total = n
+            n_total, total_weight = n, 1.0
             if collective.distributed:
                 # Checks and the batch size hold for the ranks' batches together.
                 check_agreement(
@@ -834,8 +839,17 @@ class MiniBatchKMeans(KMeans):
                     batch_size=self.batch_size,
                     reassignment_ratio=self.reassignment_ratio,
                 )
-                n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
+                wide = _device.widest_float(x.device)
+                share = torch.full((2,), float(n), dtype=wide, device=x.device)
+                if weights is not None:
+                    share[1] = weights.sum(dtype=wide)
+                summed = collective.all_sum(share).tolist()
+                n_total, total_weight = int(summed[0]), summed[1]
             params = self._check_minibatch_params(n_total)
+            if not total_weight > 0:
+                raise ValueError(
+                    "Expected sample_weight to have a positive sum, got all weights zero."
+                )
             k = params["n_clusters"]
             generator = v.make_generator(self.random_state, x.device)
             x = x.to(acc)
@@ -860,8 +874,13 @@ class MiniBatchKMeans(KMeans):
                 x, kind = self._validate_x(X, reset=False)
                 v.check_positive_int(self.batch_size, "batch_size")
                 v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+                # A rank's share of a step may weigh nothing (an empty batch).
                 weights = v.check_sample_weight(
-                    sample_weight, x.shape[0], device=x.device, dtype=counts.dtype
+                    sample_weight,
+                    x.shape[0],
+                    device=x.device,
+                    dtype=counts.dtype,
+                    positive_sum=not collective.distributed,
                 )
             except (TypeError, ValueError):
                 # The other ranks are in the step's collective: join it with a

@@ -305,10 +305,16 @@ def _statistics(
     squares = total_sq - total.square() / max(n_local, 1)
     count = torch.tensor([float(n_local), float(not bool(finite))], dtype=acc, device=device)
     if collective.distributed:
-        gathered = collective.all_gather(torch.cat([count, mean, squares]))
-        counts, means, squares_r = gathered[:, 0], gathered[:, 2 : 2 + d], gathered[:, 2 + d :]
+        # A shard's weights may all be zero (or none: an empty shard), not all ranks'.
+        weight = torch.zeros(1, dtype=acc, device=device)
+        if source.weights is not None and n_local:
+            weight += source.weights.sum(dtype=acc)
+        gathered = collective.all_gather(torch.cat([count, weight, mean, squares]))
+        counts, means, squares_r = gathered[:, 0], gathered[:, 3 : 3 + d], gathered[:, 3 + d :]
         bad = bool(gathered[:, 1].sum() > 0)
         n = float(counts.sum())
+        if source.weights is not None and not bad and not bool(gathered[:, 2].sum() > 0):
+            raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
         mean = (counts[:, None] * means).sum(0) / max(n, 1.0)
         squares = (squares_r + counts[:, None] * (means - mean).square()).sum(0)
     else:
