@@ -9,6 +9,7 @@ import re
 import socket
 import time
 import traceback
+import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +108,23 @@ def weights_of_a_shard_sum_to_zero(rank, tmp):
         batch = X[start : start + 100] if rank == 0 else X[start + 100 : start + 300]
         mbk.partial_fit(batch, sample_weight=np.full(len(batch), float(rank == 1 or start > 0)))
     return km.cluster_centers_, km.inertia_, zero, mbk.cluster_centers_
+
+
+def fewer_distinct_clusters(rank, tmp):
+    # 3 distinct points, repeated, for 4 clusters: one process warns, the
+    # ranks did not (a shard may see fewer clusters than the ranks together).
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), 20, axis=0)
+    part = X[:30] if rank == 0 else X[30:]
+    separate = np.array([[0.0, 0.0], [0.0, 5.0]]) if rank == 0 else np.array([[5.0, 0.0]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KMeans(4, init=X[[0, 20, 40, 41]]).fit(part)
+        duplicates = [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KMeans(2, init=[[0.0, 0.0], [5.0, 0.0]]).fit(separate)  # one cluster per rank
+        separated = [str(w.message) for w in caught]
+    return duplicates, separated
 
 
 def memmap_shards(rank, tmp):
@@ -391,6 +409,7 @@ SCENARIOS = {
         empty_shard,
         init_of_each_rank,
         weights_of_a_shard_sum_to_zero,
+        fewer_distinct_clusters,
         memmap_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
@@ -558,6 +577,15 @@ def test_the_weights_of_one_shard_may_sum_to_zero(tmp_path):
         mbk.partial_fit(batch, sample_weight=weights)
     np.testing.assert_array_equal(m0, m1)
     np.testing.assert_allclose(m0, mbk.cluster_centers_, rtol=1e-10, atol=1e-10)
+
+
+def test_fewer_distinct_clusters_are_counted_over_the_ranks(tmp_path):
+    for duplicates, separated in run_ranks("fewer_distinct_clusters", tmp_path):
+        assert any(
+            "Number of distinct clusters (3) found smaller than n_clusters (4)" in m
+            for m in duplicates
+        ), duplicates
+        assert not any("distinct clusters" in m for m in separated), separated
 
 
 def test_memmap_shards_stream_and_agree(tmp_path):
