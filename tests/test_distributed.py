@@ -363,6 +363,19 @@ def mismatched_reassignment_ratio(rank, tmp):
     return _error_of(lambda: _minibatch_reseeding(rank, reassignment_ratio=[0.3, 0.0][rank]))
 
 
+def mismatched_init(rank, tmp):
+    # An array on rank 0, k-means++ on rank 1: rank 1's seeding collectives
+    # met rank 0's first iteration, and gloo aborted both processes.
+    X = blobs()
+    return _error_of(lambda: KMeans(6, init=X[:6] if rank == 0 else "k-means++").fit(X[:100]))
+
+
+def mismatched_minibatch_init(rank, tmp):
+    X = blobs()
+    init = X[:6] if rank == 0 else "k-means++"
+    return _error_of(lambda: MiniBatchKMeans(6, init=init, random_state=0).partial_fit(X[:100]))
+
+
 def nan_on_one_rank(rank, tmp):
     X = blobs()[:100].copy()
     if rank == 1:
@@ -432,6 +445,8 @@ SCENARIOS = {
         mismatched_tol,
         mismatched_batch_size,
         mismatched_reassignment_ratio,
+        mismatched_init,
+        mismatched_minibatch_init,
         nan_on_one_rank,
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
@@ -781,6 +796,14 @@ def test_elbow_on_memmap_shards_streams_them(tmp_path):
             r"Expected every rank to have the same reassignment_ratio, got \[",
         ),
         ("elbow_other_sweeps", r"Expected every rank to have the same k, got \['(\?|\[1, 2, 3, 4)"),
+        (
+            "mismatched_init",
+            r"Expected every rank to have the same init, got \['array', 'k-means\+\+'\]",
+        ),
+        (
+            "mismatched_minibatch_init",
+            r"Expected every rank to have the same init, got \['array', 'k-means\+\+'\]",
+        ),
         ("nan_on_one_rank", r"Input X contains NaN or infinity"),
     ],
 )

@@ -93,6 +93,13 @@ def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator
         yield x
 
 
+def _init_kind(init: Any) -> str:
+    """``init`` as the ranks of a distributed fit compare it."""
+    if isinstance(init, str):
+        return init
+    return "callable" if callable(init) else "array"
+
+
 def _refuse_weights_with_stream(sample_weight: Any) -> None:
     if sample_weight is not None:
         raise ValueError(
@@ -820,6 +827,7 @@ class MiniBatchKMeans(KMeans):
                     compute_labels=False,
                     batch_size=-1,
                     reassignment_ratio="?",
+                    init="?",
                 )
                 raise  # pragma: no cover - check_agreement raised exc
             self._reset_feature_names(X)
@@ -838,6 +846,8 @@ class MiniBatchKMeans(KMeans):
                     # They decide when a step reseeds, which takes two more collectives.
                     batch_size=self.batch_size,
                     reassignment_ratio=self.reassignment_ratio,
+                    # An array on some ranks and a seeding on others: different collectives.
+                    init=_init_kind(self.init),
                 )
                 wide = _device.widest_float(x.device)
                 share = torch.full((2,), float(n), dtype=wide, device=x.device)

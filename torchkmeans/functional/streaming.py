@@ -753,7 +753,7 @@ def check_agreement(
     known = [*values.values(), torch.float16, torch.bfloat16, torch.float32, torch.float64]
     texts = {
         code(value): str(value)
-        for value in [*known, "euclidean", "cosine"]
+        for value in [*known, "euclidean", "cosine", "k-means++", "random", "array", "callable"]
         if not isinstance(value, (bool, int))
     }
     for column, name in enumerate(names, start=1):
@@ -773,6 +773,8 @@ _AGREED = (
     "sample_weight_given",
     "max_iter",
     "tol",
+    # An array on some ranks and a seeding on others: different collectives.
+    "init",
 )
 
 
@@ -815,6 +817,7 @@ def check_sweep(
         sample_weight_given=False,
         max_iter=max_iter,
         tol=float(tol),
+        init="k-means++",
     )
 
 
@@ -859,6 +862,7 @@ def fit_passes(
         source.weights is not None,
         max_iter,
         float(tol),
+        init if isinstance(init, str) else "array",
     )
     check_agreement(collective, source.device, what="shard", **dict(zip(_AGREED, problem)))
     stats = _statistics(source, metric, collective, source.dtype)
