@@ -9,6 +9,7 @@ import re
 import socket
 import time
 import traceback
+import warnings
 
 import numpy as np
 import pytest
@@ -78,6 +79,54 @@ def empty_shard(rank, tmp):
     return km.cluster_centers_, km.labels_, km.inertia_, pp.cluster_centers_, pp.inertia_
 
 
+def init_of_each_rank(rank, tmp):
+    # Each rank passes the first rows of its shard and a far centre of its own.
+    X, _, centres = make_blobs(
+        n_samples=3000, n_features=5, centers=6, random_state=0, return_centers=True
+    )
+    part = shards(X, [1500, 1500])[rank]
+    init = np.vstack([part[:7], np.full((1, 5), 100.0 + rank)])
+    mbk = MiniBatchKMeans(8, init=init, reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 1500, 300):
+        mbk.partial_fit(part[start : start + 300])
+    # Rank 0 starts on the centres and stops after an iteration, rank 1 did not.
+    km = KMeans(6, init=centres + 3.0 * rank, tol=0.05).fit(part)
+    return mbk.cluster_centers_, km.cluster_centers_, km.n_iter_
+
+
+def weights_of_a_shard_sum_to_zero(rank, tmp):
+    # Rank 0's shard is empty (its weights too), rank 1's weighs nothing at
+    # first: each rank refused its weights' zero sum, which only the total must not be.
+    X = blobs()
+    part = shards(X, [0, 3000])[rank]
+    weights = np.ones(len(part))
+    weights[:1500] = 0.0
+    km = KMeans(6, init=X[:6]).fit(part, sample_weight=weights)
+    zero = _error_of(lambda: KMeans(6, init=X[:6]).fit(part, sample_weight=np.zeros(len(part))))
+    mbk = MiniBatchKMeans(6, init=X[:6], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 3000, 300):
+        batch = X[start : start + 100] if rank == 0 else X[start + 100 : start + 300]
+        mbk.partial_fit(batch, sample_weight=np.full(len(batch), float(rank == 1 or start > 0)))
+    return km.cluster_centers_, km.inertia_, zero, mbk.cluster_centers_
+
+
+def fewer_distinct_clusters(rank, tmp):
+    # 3 distinct points, repeated, for 4 clusters: one process warns, the
+    # ranks did not (a shard may see fewer clusters than the ranks together).
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), 20, axis=0)
+    part = X[:30] if rank == 0 else X[30:]
+    separate = np.array([[0.0, 0.0], [0.0, 5.0]]) if rank == 0 else np.array([[5.0, 0.0]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KMeans(4, init=X[[0, 20, 40, 41]]).fit(part)
+        duplicates = [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KMeans(2, init=[[0.0, 0.0], [5.0, 0.0]]).fit(separate)  # one cluster per rank
+        separated = [str(w.message) for w in caught]
+    return duplicates, separated
+
+
 def memmap_shards(rank, tmp):
     X = blobs()
     part = shards(X, [1200, 1800])[rank]
@@ -125,6 +174,20 @@ def minibatch_empty_batches(rank, tmp):
         given.partial_fit(batch)
         reassigning.partial_fit(batch)
     return given.cluster_centers_, reassigning.cluster_centers_
+
+
+def minibatch_fit_on_iterables_of_other_lengths(rank, tmp):
+    # Rank 0 yields 4 batches, rank 1 yields 12; rank 0's ended after its
+    # fourth step while rank 1 waited for the fifth until the group's timeout.
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 1600, 100)]
+    local = [b[:40] for b in batches[:4]] if rank == 0 else [b[40:] for b in batches[:12]]
+    fitted = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    fitted.fit(iter(local))
+    partial = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    partial.partial_fit(iter(local))
+    none = _error_of(lambda: MiniBatchKMeans(10).fit(iter(local if rank == 0 else [])))
+    return fitted.cluster_centers_, fitted.n_steps_, partial.cluster_centers_, none
 
 
 def minibatch_float32_uneven_batches(rank, tmp):
@@ -223,6 +286,30 @@ def elbow_sweep(rank, tmp):
     return result.inertia, result.knee, [c for c in result.centroids], result.labels
 
 
+def elbow_memmap_shards(rank, tmp):
+    # As a memmap in one process: swept in passes, never loaded whole (it
+    # was loaded on shards, with copies of about nine times its size).
+    from torchkmeans import _validation
+
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    part = shards(X, [900, 1100])[rank]
+    path = os.path.join(tmp, f"elbow{rank}.dat")
+    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=part.shape)
+    mm[:] = part
+    mm.flush()
+    as_tensor = _validation.as_tensor
+
+    def refuse_memmaps(X, *args, **kwargs):
+        if isinstance(X, np.memmap):
+            raise RuntimeError("the memmap was loaded whole")
+        return as_tensor(X, *args, **kwargs)
+
+    _validation.as_tensor = refuse_memmaps
+    ro = np.memmap(path, dtype=np.float64, mode="r", shape=part.shape)
+    result = elbow(ro, k=range(1, 8), n_init=2, random_state=0)
+    return result.inertia, result.knee, result.labels
+
+
 def elbow_one_dimensional_shard_on_one_rank(rank, tmp):
     X = blobs(n=200)
     return _error_of(lambda: elbow(X if rank == 0 else X[:, 0], k=range(1, 5), random_state=0))
@@ -256,6 +343,37 @@ def mismatched_tol(rank, tmp):
     # Another tol stops one rank's iterations earlier: its all_reduce would be missing.
     X = blobs()
     return _error_of(lambda: KMeans(6, init=X[:6], tol=[1e-4, 0.5][rank]).fit(X[:1000]))
+
+
+def _minibatch_reseeding(rank, **params):
+    # 12 centres on 6 blobs: light centres are reseeded, in steps that take
+    # two more collectives; half of each batch on each rank.
+    X = blobs()
+    mbk = MiniBatchKMeans(12, random_state=0, **params)
+    for start in range(0, 3000, 300):
+        mbk.partial_fit(X[start : start + 300][rank * 150 : (rank + 1) * 150])
+
+
+def mismatched_batch_size(rank, tmp):
+    # batch_size sets how often a step reseeds: one rank's reseeding step waited for the other.
+    return _error_of(lambda: _minibatch_reseeding(rank, batch_size=[20, 2000][rank]))
+
+
+def mismatched_reassignment_ratio(rank, tmp):
+    return _error_of(lambda: _minibatch_reseeding(rank, reassignment_ratio=[0.3, 0.0][rank]))
+
+
+def mismatched_init(rank, tmp):
+    # An array on rank 0, k-means++ on rank 1: rank 1's seeding collectives
+    # met rank 0's first iteration, and gloo aborted both processes.
+    X = blobs()
+    return _error_of(lambda: KMeans(6, init=X[:6] if rank == 0 else "k-means++").fit(X[:100]))
+
+
+def mismatched_minibatch_init(rank, tmp):
+    X = blobs()
+    init = X[:6] if rank == 0 else "k-means++"
+    return _error_of(lambda: MiniBatchKMeans(6, init=init, random_state=0).partial_fit(X[:100]))
 
 
 def nan_on_one_rank(rank, tmp):
@@ -302,10 +420,14 @@ SCENARIOS = {
         fit_from_given_centroids,
         kmeans_plusplus_across_ranks,
         empty_shard,
+        init_of_each_rank,
+        weights_of_a_shard_sum_to_zero,
+        fewer_distinct_clusters,
         memmap_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
         minibatch_empty_batches,
+        minibatch_fit_on_iterables_of_other_lengths,
         minibatch_float32_uneven_batches,
         minibatch_batch_inertia_beyond_float32,
         minibatch_inertia_of_the_batch,
@@ -314,12 +436,17 @@ SCENARIOS = {
         minibatch_later_batch_with_other_features,
         minibatch_nan_in_a_later_batch,
         elbow_sweep,
+        elbow_memmap_shards,
         elbow_one_dimensional_shard_on_one_rank,
         elbow_other_sweeps,
         mismatched_features,
         mismatched_clusters,
         mismatched_dtype,
         mismatched_tol,
+        mismatched_batch_size,
+        mismatched_reassignment_ratio,
+        mismatched_init,
+        mismatched_minibatch_init,
         nan_on_one_rank,
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
@@ -430,6 +557,52 @@ def test_a_rank_with_an_empty_shard_takes_part(tmp_path):
     assert pi0 <= 1.01 * KMeans(6, random_state=0).fit(X).inertia_
 
 
+def test_an_init_array_is_that_of_rank_0(tmp_path):
+    """Init arrays that differ by rank: a centre no row reached stayed each
+    rank's own (MiniBatchKMeans), and KMeans' ranks stopped at different
+    iterations, which aborted the process in the next mismatched collective."""
+    (m0, k0, n0), (m1, k1, n1) = run_ranks("init_of_each_rank", tmp_path)
+    X, _, centres = make_blobs(
+        n_samples=3000, n_features=5, centers=6, random_state=0, return_centers=True
+    )
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_array_equal(m0[-1], np.full(5, 100.0))
+    np.testing.assert_array_equal(k0, k1)
+    single = KMeans(6, init=centres, tol=0.05).fit(X)
+    assert n0 == n1 == single.n_iter_
+    np.testing.assert_allclose(k0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+
+
+def test_the_weights_of_one_shard_may_sum_to_zero(tmp_path):
+    (c0, i0, z0, m0), (c1, i1, z1, m1) = run_ranks("weights_of_a_shard_sum_to_zero", tmp_path)
+    X = blobs()
+    weights = np.ones(3000)
+    weights[:1500] = 0.0
+    single = KMeans(6, init=X[:6]).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+    for kind, text in (z0, z1):  # all ranks' weights zero: refused on every rank
+        assert kind == "ValueError" and "positive sum, got all weights zero" in text
+    mbk = MiniBatchKMeans(6, init=X[:6], reassignment_ratio=0.0, random_state=0)
+    for start in range(0, 3000, 300):
+        batch = X[start : start + 300]
+        weights = np.ones(300)
+        weights[:100] = float(start > 0)
+        mbk.partial_fit(batch, sample_weight=weights)
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_allclose(m0, mbk.cluster_centers_, rtol=1e-10, atol=1e-10)
+
+
+def test_fewer_distinct_clusters_are_counted_over_the_ranks(tmp_path):
+    for duplicates, separated in run_ranks("fewer_distinct_clusters", tmp_path):
+        assert any(
+            "Number of distinct clusters (3) found smaller than n_clusters (4)" in m
+            for m in duplicates
+        ), duplicates
+        assert not any("distinct clusters" in m for m in separated), separated
+
+
 def test_memmap_shards_stream_and_agree(tmp_path):
     (c0, l0, i0), (c1, l1, i1) = run_ranks("memmap_shards", tmp_path)
     X = blobs()
@@ -474,6 +647,28 @@ def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
     assert np.isfinite(r0).all()
     # reseeded centres are rows of the data, never the zero placeholder
     assert not (r0 == 0).all(axis=1).any()
+
+
+def test_minibatch_fit_on_iterables_of_other_lengths_on_the_ranks(tmp_path):
+    """A rank whose iterable ends first joins the others' remaining steps
+    with empty batches: every step is that of the ranks' rows together."""
+    (c0, n0, p0, e0), (c1, n1, p1, e1) = run_ranks(
+        "minibatch_fit_on_iterables_of_other_lengths", tmp_path
+    )
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 1200, 100):
+        single.partial_fit(X[i : i + 100] if i < 400 else X[i + 40 : i + 100])
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_array_equal(p0, p1)
+    assert n0 == n1 == 12
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+    for kind, text in (e0, e1):
+        assert kind == "ValueError"
+        assert re.search(
+            r"Expected X to yield at least one batch on every rank, got none on 1", text
+        )
 
 
 def test_minibatch_float32_batches_of_uneven_sizes_on_the_ranks(tmp_path):
@@ -572,6 +767,16 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
     assert l0.shape == (7, 900) and l1.shape == (7, 1100)
 
 
+def test_elbow_on_memmap_shards_streams_them(tmp_path):
+    (i0, k0, l0), (i1, k1, l1) = run_ranks("elbow_memmap_shards", tmp_path)
+    X = blobs(n=2000, d=4, centers=4, seed=3)
+    np.testing.assert_array_equal(i0, i1)
+    assert k0 == k1 == 4
+    local = elbow(X, k=range(1, 8), n_init=2, random_state=0)
+    np.testing.assert_allclose(i0, local.inertia, rtol=0.02)
+    assert l0.shape == (7, 900) and l1.shape == (7, 1100)
+
+
 @pytest.mark.parametrize(
     ("scenario", "message"),
     [
@@ -582,7 +787,23 @@ def test_elbow_on_shards_is_the_same_on_every_rank(tmp_path):
             r"Expected every rank to have the same dtype, got \['torch.float64', 'torch.float32'\]",
         ),
         ("mismatched_tol", r"Expected every rank to have the same tol, got \["),
+        (
+            "mismatched_batch_size",
+            r"Expected every rank to have the same batch_size, got \[20, 2000\]",
+        ),
+        (
+            "mismatched_reassignment_ratio",
+            r"Expected every rank to have the same reassignment_ratio, got \[",
+        ),
         ("elbow_other_sweeps", r"Expected every rank to have the same k, got \['(\?|\[1, 2, 3, 4)"),
+        (
+            "mismatched_init",
+            r"Expected every rank to have the same init, got \['array', 'k-means\+\+'\]",
+        ),
+        (
+            "mismatched_minibatch_init",
+            r"Expected every rank to have the same init, got \['array', 'k-means\+\+'\]",
+        ),
         ("nan_on_one_rank", r"Input X contains NaN or infinity"),
     ],
 )

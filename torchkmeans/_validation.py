@@ -345,9 +345,17 @@ def check_metric(metric: Any) -> str:
 
 
 def check_sample_weight(
-    sample_weight: Any, n_samples: int, *, device: torch.device, dtype: torch.dtype
+    sample_weight: Any,
+    n_samples: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    positive_sum: bool = True,
 ) -> torch.Tensor | None:
-    """Validate ``sample_weight``: None, a scalar, or n_samples non-negative finite numbers."""
+    """Validate ``sample_weight``: None, a scalar, or n_samples non-negative finite numbers.
+
+    ``positive_sum=False``: the weights of a shard, whose sum is checked over all ranks.
+    """
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
@@ -380,7 +388,7 @@ def check_sample_weight(
                 f"Expected sample_weight to be of shape ({n_samples},), "
                 f"got shape {tuple(weights.shape)}."
             )
-    check_weight_values(weights)
+    check_weight_values(weights, positive_sum=positive_sum)
     return weights
 
 

@@ -574,10 +574,12 @@ def elbow(
         # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
         # Each k's n_init restarts run as one batch at least (see _within_budget).
         restarts = int(n_init) if isinstance(n_init, numbers.Integral) and n_init >= 1 else 1
-        streamed = not shard and should_stream(X, device, lloyd=True, problems=restarts)
+        # A shard too: KMeans streams a memmap shard, where elbow's sweep
+        # had held about nine times its size.
+        streamed = should_stream(X, device, lloyd=True, problems=restarts)
         x: torch.Tensor | HostRows
         if streamed:
-            x, compute, kind = host_rows(X, v.resolve_dtype(dtype))
+            x, compute, kind = host_rows(X, v.resolve_dtype(dtype), allow_empty=shard)
             x_device = v.resolve_device(device, torch.device("cpu"))
             n_samples, n_features = x.n_rows, x.n_features
             if kind.is_torch:  # a CPU tensor streamed to a GPU: results on the CPU

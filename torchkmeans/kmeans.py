@@ -17,7 +17,7 @@ from . import distributed
 from ._base import _UNCHANGED, EstimatorProtocol
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning, not_fitted_error
-from .functional.collective import Collective
+from .functional.collective import LOCAL, Collective
 from .functional.distances import (
     Nearest,
     _nearest,
@@ -78,8 +78,9 @@ class KMeans(EstimatorProtocol):
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun`` ("auto": when ``torch.distributed`` is initialised
         with several processes) each rank passes its own shard of the rows
-        and all ranks get the same centroids; ``inertia_`` is the total and
-        ``labels_`` are the local rows'. None always fits locally. See
+        and all ranks get the same centroids (from rank 0's ``init`` when it
+        is an array); ``inertia_`` is the total and ``labels_`` are the local
+        rows'. None always fits locally. See
         :mod:`torchkmeans.distributed`.
     copy_x : bool, default=True
         Accepted so that scikit-learn code runs unchanged: ``X`` is never
@@ -385,7 +386,11 @@ class KMeans(EstimatorProtocol):
                 n_local, n_features = x.shape
             # On shards n_samples >= n_clusters is checked over all ranks.
             n_clusters, n_init, metric = self._check_params(None if shard else n_local)
-            weights = v.check_sample_weight(sample_weight, n_local, device=device, dtype=compute)
+            # On shards the weights' positive sum is checked over all ranks
+            # (an empty shard, or one of zero weights, is one share of it).
+            weights = v.check_sample_weight(
+                sample_weight, n_local, device=device, dtype=compute, positive_sum=not shard
+            )
             generator = v.make_generator(self.random_state, device)
             if callable(self.init) and not isinstance(self.init, str):
                 raise TypeError(
@@ -420,8 +425,7 @@ class KMeans(EstimatorProtocol):
             raise v.distances_overflow("X", compute)
         if kind.is_torch and not isinstance(data, torch.Tensor):
             kind = v.OutputKind(True, torch.device("cpu"))
-        # A shard may legitimately see fewer clusters than k among its own labels.
-        self._store(result, kind, n_features, check_distinct=not shard)
+        self._store(result, kind, n_features, collective=collective)
         return self
 
     def _store(
@@ -430,7 +434,7 @@ class KMeans(EstimatorProtocol):
         kind: v.OutputKind,
         n_features: int,
         *,
-        check_distinct: bool = True,
+        collective: Collective = LOCAL,
     ) -> None:
         self._kind = kind
         self._centers = result.centroids
@@ -444,13 +448,16 @@ class KMeans(EstimatorProtocol):
         self.n_features_in_ = n_features
         if self.verbose:
             self._report()
-        if not check_distinct:
-            return
-        n_distinct = int(torch.bincount(result.labels, minlength=1).count_nonzero())
-        if n_distinct < self._centers.shape[0]:
+        k = self._centers.shape[0]
+        sizes = torch.bincount(result.labels, minlength=k)
+        if collective.distributed:
+            # A shard may see fewer clusters than k among its own labels: the ranks' together.
+            sizes = collective.all_sum(sizes.to(collective.device))
+        n_distinct = int(sizes.count_nonzero())
+        if n_distinct < k:
             warnings.warn(
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
-                f"n_clusters ({self._centers.shape[0]}). Possibly due to duplicate points in X.",
+                f"n_clusters ({k}). Possibly due to duplicate points in X.",
                 ConvergenceWarning,
                 stacklevel=3,
             )

@@ -61,6 +61,45 @@ def _is_empty(batch: Any) -> bool:
     return shape is not None and len(shape) == 2 and int(shape[0]) == 0
 
 
+def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator[Any]:
+    """The batches of one rank, until every rank's are exhausted: each step
+    is a collective of every rank, so a rank out of batches joins the others'
+    steps with empty ones (its last batch's first 0 rows).
+
+    One more small collective per step: whether any rank still has a batch.
+    """
+    exhausted = object()
+    iterator = iter(batches)
+    empty = None
+    while True:
+        x = _first(next(iterator, exhausted))
+        flags = torch.tensor(
+            [float(x is not exhausted), float(x is exhausted and empty is None)],
+            device=collective.device,
+        )
+        more, without = collective.all_sum(flags).tolist()
+        if not more:
+            return
+        if without:
+            # A rank with no batch at all has no empty one of the others' shape.
+            raise ValueError(
+                "Expected X to yield at least one batch on every rank, "
+                f"got none on {int(without)} of {collective.world_size} ranks."
+            )
+        if x is exhausted:
+            x = empty
+        else:
+            empty = x[:0]
+        yield x
+
+
+def _init_kind(init: Any) -> str:
+    """``init`` as the ranks of a distributed fit compare it."""
+    if isinstance(init, str):
+        return init
+    return "callable" if callable(init) else "array"
+
+
 def _refuse_weights_with_stream(sample_weight: Any) -> None:
     if sample_weight is not None:
         raise ValueError(
@@ -189,9 +228,12 @@ class MiniBatchKMeans(KMeans):
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun``, :meth:`partial_fit` (and ``fit`` on an iterable of
         batches) takes each rank's own batch and every rank keeps the same
-        centres: batch sums and weights are summed over the ranks at each
-        step. ``fit`` on a whole array is local only (pass None, or call
-        ``partial_fit`` on shards). See :mod:`torchkmeans.distributed`.
+        centres (from rank 0's ``init`` when it is an array or a callable):
+        batch sums and weights are summed over the ranks at each step. Over
+        iterables, a rank whose batches run out takes part in the other
+        ranks' remaining steps with empty ones. ``fit`` on a whole array is
+        local only (pass None, or call ``partial_fit`` on shards). See
+        :mod:`torchkmeans.distributed`.
 
     Attributes
     ----------
@@ -387,7 +429,9 @@ class MiniBatchKMeans(KMeans):
         """Initial centres from every rank's first batch (see :mod:`torchkmeans.distributed`)."""
         init = self.init
         if not isinstance(init, str):
-            return self._seed(x, weights, n_clusters, generator)  # the same array on every rank
+            # Rank 0's array (or callable's centres): another rank's, say the
+            # first rows of its shard, kept its centres that no row reached.
+            return collective.broadcast(self._seed(x, weights, n_clusters, generator).contiguous())
         offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
         if init == "k-means++" and self.metric == "euclidean":
             # k-means++ scores rows centred on the mean of all ranks' rows, as
@@ -740,11 +784,11 @@ class MiniBatchKMeans(KMeans):
         skipped in a local fit: there is nothing to seed the centres from yet
         (later ones are steps that move nothing; on shards every rank takes
         part in every step, so a rank's empty batch is a step from the start)."""
-        local = not distributed.collective(self.process_group).distributed
+        collective = distributed.collective(self.process_group)
+        local = not collective.distributed
         progress = _BatchProgress(batches) if self.verbose else None
         try:
-            for batch in batches:
-                x = _first(batch)
+            for x in map(_first, batches) if local else _batches_in_step(batches, collective):
                 if local and _is_empty(x) and not hasattr(self, "cluster_centers_"):
                     continue
                 self._partial_fit_batch(x, None)
@@ -768,8 +812,13 @@ class MiniBatchKMeans(KMeans):
             try:
                 x, kind = self._validate_x(X, reset=True, allow_empty=collective.distributed)
                 acc = compute_dtype(x.dtype)
+                # On shards the weights' sum is checked over all ranks below.
                 weights = v.check_sample_weight(
-                    sample_weight, x.shape[0], device=x.device, dtype=acc
+                    sample_weight,
+                    x.shape[0],
+                    device=x.device,
+                    dtype=acc,
+                    positive_sum=not collective.distributed,
                 )
             except (TypeError, ValueError) as exc:
                 # A rank that rejects its batch still takes part in the check
@@ -783,11 +832,14 @@ class MiniBatchKMeans(KMeans):
                     n_clusters=-1,
                     metric="?",
                     compute_labels=False,
+                    batch_size=-1,
+                    reassignment_ratio="?",
+                    init="?",
                 )
                 raise  # pragma: no cover - check_agreement raised exc
             self._reset_feature_names(X)
             n = x.shape[0]
-            n_total = n
+            n_total, total_weight = n, 1.0
             if collective.distributed:
                 # Checks and the batch size hold for the ranks' batches together.
                 check_agreement(
@@ -798,9 +850,23 @@ class MiniBatchKMeans(KMeans):
                     n_clusters=self.n_clusters,
                     metric=self.metric,
                     compute_labels=bool(self.compute_labels),
+                    # They decide when a step reseeds, which takes two more collectives.
+                    batch_size=self.batch_size,
+                    reassignment_ratio=self.reassignment_ratio,
+                    # An array on some ranks and a seeding on others: different collectives.
+                    init=_init_kind(self.init),
                 )
-                n_total = int(collective.all_sum(torch.tensor([n], device=x.device)))
+                wide = _device.widest_float(x.device)
+                share = torch.full((2,), float(n), dtype=wide, device=x.device)
+                if weights is not None:
+                    share[1] = weights.sum(dtype=wide)
+                summed = collective.all_sum(share).tolist()
+                n_total, total_weight = int(summed[0]), summed[1]
             params = self._check_minibatch_params(n_total)
+            if not total_weight > 0:
+                raise ValueError(
+                    "Expected sample_weight to have a positive sum, got all weights zero."
+                )
             k = params["n_clusters"]
             generator = v.make_generator(self.random_state, x.device)
             x = x.to(acc)
@@ -825,8 +891,13 @@ class MiniBatchKMeans(KMeans):
                 x, kind = self._validate_x(X, reset=False)
                 v.check_positive_int(self.batch_size, "batch_size")
                 v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+                # A rank's share of a step may weigh nothing (an empty batch).
                 weights = v.check_sample_weight(
-                    sample_weight, x.shape[0], device=x.device, dtype=counts.dtype
+                    sample_weight,
+                    x.shape[0],
+                    device=x.device,
+                    dtype=counts.dtype,
+                    positive_sum=not collective.distributed,
                 )
             except (TypeError, ValueError):
                 # The other ranks are in the step's collective: join it with a

@@ -305,10 +305,16 @@ def _statistics(
     squares = total_sq - total.square() / max(n_local, 1)
     count = torch.tensor([float(n_local), float(not bool(finite))], dtype=acc, device=device)
     if collective.distributed:
-        gathered = collective.all_gather(torch.cat([count, mean, squares]))
-        counts, means, squares_r = gathered[:, 0], gathered[:, 2 : 2 + d], gathered[:, 2 + d :]
+        # A shard's weights may all be zero (or none: an empty shard), not all ranks'.
+        weight = torch.zeros(1, dtype=acc, device=device)
+        if source.weights is not None and n_local:
+            weight += source.weights.sum(dtype=acc)
+        gathered = collective.all_gather(torch.cat([count, weight, mean, squares]))
+        counts, means, squares_r = gathered[:, 0], gathered[:, 3 : 3 + d], gathered[:, 3 + d :]
         bad = bool(gathered[:, 1].sum() > 0)
         n = float(counts.sum())
+        if source.weights is not None and not bad and not bool(gathered[:, 2].sum() > 0):
+            raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
         mean = (counts[:, None] * means).sum(0) / max(n, 1.0)
         squares = (squares_r + counts[:, None] * (means - mean).square()).sum(0)
     else:
@@ -539,6 +545,10 @@ def _initial_centroids(
         raise ValueError(
             f"Expected init to be of shape ({n_clusters}, {d}), got shape {tuple(given.shape)}."
         )
+    if collective.distributed:
+        # Rank 0's array: ranks that started from others stopped at different
+        # iterations, and their next collectives no longer matched.
+        given = collective.broadcast(given.clone())
     if not bool(torch.isfinite(given).all()):
         raise ValueError("Input init contains NaN or infinity.")
     given = given.unsqueeze(0).expand(n_problems, n_clusters, d)
@@ -743,7 +753,7 @@ def check_agreement(
     known = [*values.values(), torch.float16, torch.bfloat16, torch.float32, torch.float64]
     texts = {
         code(value): str(value)
-        for value in [*known, "euclidean", "cosine"]
+        for value in [*known, "euclidean", "cosine", "k-means++", "random", "array", "callable"]
         if not isinstance(value, (bool, int))
     }
     for column, name in enumerate(names, start=1):
@@ -763,6 +773,8 @@ _AGREED = (
     "sample_weight_given",
     "max_iter",
     "tol",
+    # An array on some ranks and a seeding on others: different collectives.
+    "init",
 )
 
 
@@ -805,6 +817,7 @@ def check_sweep(
         sample_weight_given=False,
         max_iter=max_iter,
         tol=float(tol),
+        init="k-means++",
     )
 
 
@@ -849,6 +862,7 @@ def fit_passes(
         source.weights is not None,
         max_iter,
         float(tol),
+        init if isinstance(init, str) else "array",
     )
     check_agreement(collective, source.device, what="shard", **dict(zip(_AGREED, problem)))
     stats = _statistics(source, metric, collective, source.dtype)
@@ -1047,7 +1061,8 @@ def streamed_kmeans(
     chunk_bytes : int, optional
         Bytes of host rows read per chunk (8 MiB on the CPU, 64 MiB else).
     collective : Collective
-        How ranks combine results (:func:`torchkmeans.distributed.collective`).
+        How ranks combine results (:func:`torchkmeans.distributed.collective`);
+        an ``init`` tensor is rank 0's.
 
     Returns
     -------
