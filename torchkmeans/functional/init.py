@@ -80,6 +80,9 @@ def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget:
     return max(1, min(n, budget // (candidates * (itemsize + 8))))
 
 
+# Rows of the candidates' distances filled and summed at once on the CPU.
+_SCORE_CHUNK_ROWS = 65536
+
 # One problem on the CPU runs _kmeans_plusplus_single (tests turn this off to
 # compare it with the batched loop).
 _HOST_LOOP_ON_CPU = True
@@ -110,16 +113,27 @@ def _kmeans_plusplus_single(
     # which does not vectorise (measured 3x slower in all for 200,000 x 8, k=32).
     rows_t = x.T
     block = _candidate_block_rows(n, trials, x.element_size(), memory_budget)
+    # Rows beyond one cache-sized chunk are scored a chunk at a time, their
+    # distances to the candidates kept (within the budget) in one buffer so
+    # the chosen one's need not be computed again. Scored at once, the whole
+    # (trials, n) block was copied to float64 for its sums (4,000,000 x 2
+    # float32 rows, k=8: 128 MB beside the 64 MB block, and 5x slower), and
+    # the chosen row, a view, kept its whole block alive into the next round.
+    chunk = min(block, _SCORE_CHUNK_ROWS)
+    held = torch.empty((trials, n), dtype=x.dtype) if n > chunk and block >= n else None
 
-    def distances_to(index: torch.Tensor, start: int = 0, stop: int = n) -> torch.Tensor:
+    def distances_to(
+        index: torch.Tensor, start: int = 0, stop: int = n, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(m, stop - start)`` distances from the rows ``index`` ``(m,)`` to rows start:stop."""
         # index_select: a few times cheaper than indexing with a tensor.
         points = x.index_select(0, index)
         if x_sq is None:  # cosine
-            return torch.mm(points, rows_t[:, start:stop]).neg_().add_(1.0).clamp_(0.0, 2.0)
+            scores = torch.mm(points, rows_t[:, start:stop], out=out)
+            return scores.neg_().add_(1.0).clamp_(0.0, 2.0)
         # The rows' squared norms are known already: no need to recompute them.
         point_sq = x_sq.index_select(0, index).unsqueeze(1)
-        scores = torch.addmm(point_sq, points, rows_t[:, start:stop], alpha=-2.0)
+        scores = torch.addmm(point_sq, points, rows_t[:, start:stop], alpha=-2.0, out=out)
         return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
@@ -133,36 +147,44 @@ def _kmeans_plusplus_single(
     closest = distances_to(torch.full((1,), first, dtype=torch.int64))[0]
     weighted = closest if weight is None else closest * weight
     potential = weighted.sum(dtype=acc)
+    # cumsum(dtype=acc) copies its input to acc first, then sums into a
+    # second new tensor: for many rows one buffer, reused, holds both.
+    cumulative = torch.empty(n, dtype=acc) if n > chunk else None
     for _ in range(1, k):
         # The same draws as (1, trials) in the batched loop.
         draws = torch.rand(trials, generator=generator, dtype=acc)
-        candidates = _sample_from_cumulative(weighted.cumsum(0, dtype=acc), draws.mul_(potential))
-        if block < n:
-            # Large data: the candidates' distances in blocks of rows, within
-            # the memory budget, and those of the chosen one again after.
+        if cumulative is None:
+            cumsum = weighted.cumsum(0, dtype=acc)
+        else:
+            cumsum = cumulative.copy_(weighted).cumsum_(0)
+        candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
+        if n <= chunk:
+            to_candidates = distances_to(candidates)
+            torch.minimum(to_candidates, closest, out=to_candidates)
+            if weight is not None:
+                candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
+            else:
+                candidate_potential = to_candidates.sum(1, dtype=acc)
+            best = int(candidate_potential.argmin())
+            closest = to_candidates[best]
+        else:
             candidate_potential = torch.zeros(trials, dtype=acc)
-            for start in range(0, n, block):
-                stop = min(n, start + block)
-                part = distances_to(candidates, start, stop)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                out = None if held is None else held[:, start:stop]
+                part = distances_to(candidates, start, stop, out)
                 torch.minimum(part, closest[start:stop], out=part)
                 if weight is not None:
-                    part.mul_(weight[start:stop])
+                    part = part * weight[start:stop]
                 candidate_potential += part.sum(1, dtype=acc)
             best = int(candidate_potential.argmin())
-            potential = candidate_potential[best]
-            closest = torch.minimum(closest, distances_to(candidates[best : best + 1])[0])
-            weighted = closest if weight is None else closest * weight
-            chosen.append(int(candidates[best]))
-            continue
-        to_candidates = distances_to(candidates)
-        torch.minimum(to_candidates, closest, out=to_candidates)
-        if weight is not None:
-            candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
-        else:
-            candidate_potential = to_candidates.sum(1, dtype=acc)
-        best = int(candidate_potential.argmin())
+            if held is None:
+                # Beyond the budget: the chosen one's distances are computed again.
+                chosen_distances = distances_to(candidates[best : best + 1])[0]
+                torch.minimum(closest, chosen_distances, out=closest)
+            else:
+                closest.copy_(held[best])
         potential = candidate_potential[best]
-        closest = to_candidates[best]
         weighted = closest if weight is None else closest * weight
         chosen.append(int(candidates[best]))
     return torch.tensor(chosen, dtype=torch.int64)
