@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from torchkmeans.functional import block_rows, lloyd, nearest_centroids
+from torchkmeans.functional import block_rows, kmeans, lloyd, nearest_centroids, random_init
 from torchkmeans.functional import distances as distances_module
 
 lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
@@ -142,8 +142,9 @@ def _growth_in_fresh_process(body: str) -> float:
                     return int(line.split()[1]) * 1024
         torch.set_num_threads(1)
         x = torch.randn(1_000_000, 2, generator=torch.Generator().manual_seed(0))
-        from torchkmeans.functional import kmeans_plusplus
+        from torchkmeans.functional import kmeans, kmeans_plusplus
         kmeans_plusplus(x[:1000], 8, generator=torch.Generator().manual_seed(0))
+        kmeans(x[:2000], 3, init="random", n_init=2, generator=torch.Generator().manual_seed(0))
         open("/proc/self/clear_refs", "w").write("5")
         base = status("VmRSS")
         """
@@ -175,3 +176,53 @@ def test_kmeans_plusplus_on_narrow_rows_holds_the_candidates_block_once():
         "kmeans_plusplus(x, 8, sample_weight=w, generator=torch.Generator().manual_seed(0))\n"
     )
     assert weighted < 8, weighted  # and the weights, and the weighted distances
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_random_restarts_hold_the_labels_of_the_best_one_only():
+    # KMeans(init="random") runs 10 restarts: each one's labels were kept
+    # until the last, then concatenated (twice 10 x n int64), beside the
+    # float64 keys of all 10 seedings at once: 30x the data of 4,000,000 x 2
+    # float32 rows, 5.5x for scikit-learn.
+    growth = _growth_in_fresh_process(
+        """
+        result = kmeans(x, 8, init="random", n_init=10, generator=torch.Generator().manual_seed(0))
+        assert result.labels.shape == (1_000_000,)
+        """
+    )
+    # centred rows with their norms 2x, the two label buffers of the running
+    # restart and the best one's 3x, distances and their sums 1x
+    assert growth < 8, growth
+
+
+def test_random_init_draws_the_same_keys_a_few_problems_at_a_time(monkeypatch):
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    w = torch.rand(1000, generator=torch.Generator().manual_seed(1))
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    drawn = {}
+    for at_once in (1 << 16, 2000, 1):
+        monkeypatch.setattr(init_module, "_KEYS_AT_ONCE", at_once)
+        drawn[at_once] = [
+            random_init(x, 5, n_problems=5, sample_weight=weights, generator=g)[1]
+            for weights in (None, w)
+            for g in [torch.Generator().manual_seed(2)]
+        ]
+    for at_once in (2000, 1):
+        for got, expected in zip(drawn[at_once], drawn[1 << 16]):
+            assert torch.equal(got, expected)
+
+
+def test_restarts_through_the_kernel_keep_the_lowest_inertia():
+    # Only the best restart is kept as they run: the same result as running
+    # each start alone and keeping the lowest inertia (the first of equals).
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0))
+    starts = random_init(x, 6, n_problems=6, generator=torch.Generator().manual_seed(1))[0]
+    best = kmeans(x, 6, init=starts)
+    alone = [lloyd(x, start) for start in starts]
+    expected = min(alone, key=lambda result: float(result.inertia))
+    torch.testing.assert_close(best.centroids, expected.centroids, rtol=0, atol=0)
+    assert torch.equal(best.labels, expected.labels)
+    batch = lloyd(x, starts)
+    assert batch.labels.shape == (6, 3000)
+    for i, result in enumerate(alone):
+        assert torch.equal(batch.labels[i], result.labels)

@@ -83,6 +83,10 @@ def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget:
 # Rows of the candidates' distances filled and summed at once on the CPU.
 _SCORE_CHUNK_ROWS = 65536
 
+# random_init draws the float64 keys of at most this many rows at once
+# (of one problem at least).
+_KEYS_AT_ONCE = 1 << 16
+
 # One problem on the CPU runs _kmeans_plusplus_single (tests turn this off to
 # compare it with the batched loop).
 _HOST_LOOP_ON_CPU = True
@@ -449,11 +453,22 @@ def random_init(
     sample_weight = v.check_weight_tensor(
         sample_weight, n, b, positive_sum=False, dtype=torch.float64
     )
-    keys = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
-    keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
-    if sample_weight is not None:
-        keys = keys / sample_weight.reshape(-1, n).to(torch.float64)
-    indices = keys.topk(n_clusters, dim=-1).indices
+    weights = None if sample_weight is None else sample_weight.reshape(-1, n).to(torch.float64)
+    # The keys of a few problems at a time (the same draws, in the same
+    # order): those of all b at once took b x n float64 (10 restarts of
+    # 4,000,000 rows: 10x the data of 2 float32 features).
+    group = max(1, min(b, _KEYS_AT_ONCE // max(1, n)))
+    parts = []
+    for start in range(0, b, group):
+        stop = min(b, start + group)
+        keys = torch.rand(
+            (stop - start, n), generator=generator, device=x.device, dtype=torch.float64
+        )
+        keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
+        if weights is not None:
+            keys = keys.div_(weights if weights.shape[0] == 1 else weights[start:stop])
+        parts.append(keys.topk(n_clusters, dim=-1).indices)
+    indices = parts[0] if len(parts) == 1 else torch.cat(parts)
     centroids = _gather_rows(x3, indices)
     if not batched:
         return centroids[0], indices[0]
