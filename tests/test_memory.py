@@ -226,3 +226,23 @@ def test_restarts_through_the_kernel_keep_the_lowest_inertia():
     assert batch.labels.shape == (6, 3000)
     for i, result in enumerate(alone):
         assert torch.equal(batch.labels[i], result.labels)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_kmeans_plusplus_for_several_problems_on_narrow_rows_stays_near_the_data():
+    # elbow seeds its 3 restarts at once: the (3, n, 4) candidates' distances
+    # (6x the data of 2 float32 features), their minimum with the closest
+    # distances (6x) and that copied to float64 (12x) were all held at once,
+    # 24x the data; blocked within a budget, the blocks were held twice (a
+    # list, then concatenated) and the chosen one's distances kept a round.
+    growth = _growth_in_fresh_process(
+        "kmeans_plusplus(x, 9, n_problems=3, generator=torch.Generator().manual_seed(0))\n"
+    )
+    # centred rows and norms 1.5x, 3 problems' closest distances 1.5x and
+    # their float64 cumulative sums 3x, blocks of candidates within the data 1x
+    assert growth < 12, growth
+    blocked = _growth_in_fresh_process(
+        "kmeans_plusplus(x, 9, n_problems=3, memory_budget=2**24,"
+        " generator=torch.Generator().manual_seed(0))\n"
+    )
+    assert blocked < 11, blocked

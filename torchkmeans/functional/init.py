@@ -49,7 +49,10 @@ def _distances_to(
     rows = block_rows(
         n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device
     )
-    blocks = []
+    # Blocks are copied into one result as they come: gathered in a list and
+    # concatenated, they were held twice (elbow's 3 restarts of 4,000,000 x 2
+    # float32 rows: two 85 MB copies of the blocked candidates' distances).
+    out = None
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop]
@@ -68,8 +71,12 @@ def _distances_to(
             block = block.neg_().add_(1.0).clamp_(0.0, 2.0)
         else:
             block = block.add_(x_sq[:, start:stop].unsqueeze(-1)).clamp_min_(0.0)
-        blocks.append(block)
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        if stop - start == n:
+            return block
+        if out is None:
+            out = torch.empty((b, n, m), dtype=block.dtype, device=block.device)
+        out[:, start:stop] = block
+    return out
 
 
 def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget: int | None) -> int:
@@ -78,6 +85,28 @@ def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget:
     budget (4,000,000 x 2 float32 rows had peaked at 15x the data)."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     return max(1, min(n, budget // (candidates * (itemsize + 8))))
+
+
+def _candidate_potentials(
+    distances: torch.Tensor,
+    closest: torch.Tensor,
+    w: torch.Tensor | None,
+    acc: torch.dtype,
+    chunk: int,
+) -> torch.Tensor:
+    """Potentials ``(b, L)`` in ``acc`` of L candidates per problem: the sums
+    over the rows of ``min(distances, closest)`` (``(b, n, L)``, ``(b, n)``),
+    weighted by ``w`` ``(b or 1, n)``, ``chunk`` rows at a time."""
+    total = torch.zeros(
+        (distances.shape[0], distances.shape[2]), dtype=acc, device=distances.device
+    )
+    for start in range(0, distances.shape[1], chunk):
+        stop = start + chunk
+        part = torch.minimum(distances[:, start:stop], closest[:, start:stop].unsqueeze(-1))
+        if w is not None:
+            part.mul_(w[:, start:stop].unsqueeze(-1))
+        total += part.sum(1, dtype=acc)
+    return total
 
 
 # Rows of the candidates' distances filled and summed at once on the CPU.
@@ -343,9 +372,21 @@ def kmeans_plusplus(
     potential = weighted(closest).sum(-1, keepdim=True, dtype=acc)
     rows = torch.arange(b, device=x.device)
     block = _candidate_block_rows(n, b * trials, work.element_size(), memory_budget)
+    # The candidates of b problems outweigh narrow data: beyond its own size
+    # they are scored in blocks too (elbow's 3 restarts of 1,000,000 x 2
+    # float32 rows, 4 candidates each: 6x the data).
+    block = min(block, max(_SCORE_CHUNK_ROWS, n * work.shape[-1] // (b * trials)))
+    # On the CPU the candidates' potentials are summed a chunk of rows at a
+    # time: summed at once, the whole (b, n, trials) block was held twice more,
+    # its minimum with the closest distances and that copied to float64
+    # (elbow's 3 restarts of 1,000,000 x 8 float32 rows: 144 MB beside the
+    # 48 MB block). Elsewhere one launch sums it all.
+    chunk = _SCORE_CHUNK_ROWS if _device.on_host(x.device) else n
+    cumulative = torch.empty((b, n), dtype=acc, device=x.device)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
-        cumulative = weighted(closest).cumsum(-1, dtype=acc)
+        # cumsum(dtype=acc) copies its input to acc first: one buffer holds both.
+        cumulative.copy_(weighted(closest)).cumsum_(-1)
         candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
         points = _gather_rows(work, candidates)
         if block < n:
@@ -360,23 +401,28 @@ def kmeans_plusplus(
                     points,
                     memory_budget,
                 )
-                part = torch.minimum(part, closest[:, start:stop].unsqueeze(-1))
-                if w is not None:
-                    part = part * w[:, start:stop].unsqueeze(-1)
-                candidate_potential += part.sum(1, dtype=acc)
+                part_w = None if w is None else w[:, start:stop]
+                candidate_potential += _candidate_potentials(
+                    part, closest[:, start:stop], part_w, acc, chunk
+                )
+                # Freed before the next block is computed, not after: one
+                # block of the budget at a time, not two.
+                del part
             best = candidate_potential.argmin(-1)
             potential = candidate_potential[rows, best].unsqueeze(-1)
             chosen = points[rows, best].unsqueeze(1)
-            to_chosen = _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
-            closest = torch.minimum(closest, to_chosen)
+            # Unnamed, the chosen one's distances are freed at once, not held
+            # through the next round.
+            closest = torch.minimum(
+                closest, _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
+            )
             indices[:, c] = candidates[rows, best]
             continue
         to_candidates = _distances_to(work, x_sq, points, memory_budget)
-        to_candidates = torch.minimum(to_candidates, closest.unsqueeze(-1))
-        candidate_potential = weighted(to_candidates).sum(1, dtype=acc)
+        candidate_potential = _candidate_potentials(to_candidates, closest, w, acc, chunk)
         best = candidate_potential.argmin(-1)
         potential = candidate_potential[rows, best].unsqueeze(-1)
-        closest = to_candidates[rows, :, best]
+        closest = torch.minimum(to_candidates[rows, :, best], closest)
         indices[:, c] = candidates[rows, best]
     centroids = _gather_rows(x3, indices)
     if not batched:
