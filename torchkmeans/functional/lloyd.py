@@ -42,6 +42,7 @@ from .distances import (
     underflow_exponent,
     unit_rows,
     variance_may_underflow,
+    wide_sum,
 )
 from .init import kmeans_plusplus, random_init
 from .updates import (
@@ -366,18 +367,14 @@ def _move_rows(
 def _score_offset(prep: Prepared) -> torch.Tensor:
     """What turns summed minimum scores into inertia: the weighted sum of |x|^2
     (euclidean; scores are |c|^2 - 2x.c) or of 1 (cosine; scores are -x.c)."""
-    acc = _device.widest_float(prep.x.device)
     base = prep.x_sq if prep.x_sq is not None else torch.ones_like(prep.x[..., 0])
     if prep.weights is None:
-        return base.sum(-1, dtype=acc)
-    return (base * prep.weights).sum(-1, dtype=acc)
+        return wide_sum(base)
+    return wide_sum(base * prep.weights)
 
 
 def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    acc = _device.widest_float(distances.device)
-    if weights is None:
-        return distances.sum(-1, dtype=acc)
-    return (distances.to(acc) * weights.to(acc)).sum(-1)
+    return wide_sum(distances, weights)
 
 
 def _point_distances(
