@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from torchkmeans.functional import block_rows, lloyd, nearest_centroids
+from torchkmeans.functional import block_rows, kmeans, lloyd, nearest_centroids, random_init
 from torchkmeans.functional import distances as distances_module
 
 lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
@@ -126,3 +127,150 @@ def test_final_distances_share_the_budget_too(distance_block_widths, accelerator
     expected = torch.cdist(x.double(), result.centroids.double()).square().min(1)
     torch.testing.assert_close(result.labels, expected.indices)
     assert float(result.inertia) == pytest.approx(float(expected.values.sum()), rel=1e-5)
+
+
+def _growth_in_fresh_process(body: str) -> float:
+    """Peak RSS growth of ``body`` (which prints nothing) over the bytes of its
+    ``x``, in a fresh process. A fixed mmap threshold keeps glibc from holding
+    freed blocks, so the peak is that of the live tensors."""
+    script = textwrap.dedent(
+        """
+        import torch
+        def status(key):
+            for line in open("/proc/self/status"):
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        torch.set_num_threads(1)
+        x = torch.randn(1_000_000, 2, generator=torch.Generator().manual_seed(0))
+        from torchkmeans.functional import kmeans, kmeans_plusplus
+        kmeans_plusplus(x[:1000], 8, generator=torch.Generator().manual_seed(0))
+        kmeans(x[:2000], 3, init="random", n_init=2, generator=torch.Generator().manual_seed(0))
+        open("/proc/self/clear_refs", "w").write("5")
+        base = status("VmRSS")
+        """
+    )
+    script += textwrap.dedent(body)
+    script += 'print((status("VmHWM") - base) / x.nbytes)\n'
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_kmeans_plusplus_on_narrow_rows_holds_the_candidates_block_once():
+    # 4,000,000 x 2 float32, k=8: the (4, n) block of the candidates'
+    # distances was copied whole to float64 for its sums, and the chosen row
+    # (a view) kept the previous round's block alive: 9.5x the data at the
+    # peak (13.6x weighted), against 6x for scikit-learn's whole fit.
+    growth = _growth_in_fresh_process(
+        "kmeans_plusplus(x, 8, generator=torch.Generator().manual_seed(0))\n"
+    )
+    # The block itself is 2x the data; centred rows, their norms, the
+    # distances to the closest centre and their float64 cumulative sum 3x.
+    assert growth < 7, growth
+    weighted = _growth_in_fresh_process(
+        "w = torch.rand(1_000_000)\n"
+        "kmeans_plusplus(x, 8, sample_weight=w, generator=torch.Generator().manual_seed(0))\n"
+    )
+    assert weighted < 8, weighted  # and the weights, and the weighted distances
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_random_restarts_hold_the_labels_of_the_best_one_only():
+    # KMeans(init="random") runs 10 restarts: each one's labels were kept
+    # until the last, then concatenated (twice 10 x n int64), beside the
+    # float64 keys of all 10 seedings at once: 30x the data of 4,000,000 x 2
+    # float32 rows, 5.5x for scikit-learn.
+    growth = _growth_in_fresh_process(
+        """
+        result = kmeans(x, 8, init="random", n_init=10, generator=torch.Generator().manual_seed(0))
+        assert result.labels.shape == (1_000_000,)
+        """
+    )
+    # centred rows with their norms 2x, the two label buffers of the running
+    # restart and the best one's 3x, distances and their sums 1x
+    assert growth < 8, growth
+
+
+def test_random_init_draws_the_same_keys_a_few_problems_at_a_time(monkeypatch):
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    w = torch.rand(1000, generator=torch.Generator().manual_seed(1))
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    drawn = {}
+    for at_once in (1 << 16, 2000, 1):
+        monkeypatch.setattr(init_module, "_KEYS_AT_ONCE", at_once)
+        drawn[at_once] = [
+            random_init(x, 5, n_problems=5, sample_weight=weights, generator=g)[1]
+            for weights in (None, w)
+            for g in [torch.Generator().manual_seed(2)]
+        ]
+    for at_once in (2000, 1):
+        for got, expected in zip(drawn[at_once], drawn[1 << 16]):
+            assert torch.equal(got, expected)
+
+
+def test_restarts_through_the_kernel_keep_the_lowest_inertia():
+    # Only the best restart is kept as they run: the same result as running
+    # each start alone and keeping the lowest inertia (the first of equals).
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0))
+    starts = random_init(x, 6, n_problems=6, generator=torch.Generator().manual_seed(1))[0]
+    best = kmeans(x, 6, init=starts)
+    alone = [lloyd(x, start) for start in starts]
+    expected = min(alone, key=lambda result: float(result.inertia))
+    torch.testing.assert_close(best.centroids, expected.centroids, rtol=0, atol=0)
+    assert torch.equal(best.labels, expected.labels)
+    batch = lloyd(x, starts)
+    assert batch.labels.shape == (6, 3000)
+    for i, result in enumerate(alone):
+        assert torch.equal(batch.labels[i], result.labels)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_kmeans_plusplus_for_several_problems_on_narrow_rows_stays_near_the_data():
+    # elbow seeds its 3 restarts at once: the (3, n, 4) candidates' distances
+    # (6x the data of 2 float32 features), their minimum with the closest
+    # distances (6x) and that copied to float64 (12x) were all held at once,
+    # 24x the data; blocked within a budget, the blocks were held twice (a
+    # list, then concatenated) and the chosen one's distances kept a round.
+    growth = _growth_in_fresh_process(
+        "kmeans_plusplus(x, 9, n_problems=3, generator=torch.Generator().manual_seed(0))\n"
+    )
+    # centred rows and norms 1.5x, 3 problems' closest distances 1.5x and
+    # their float64 cumulative sums 3x, blocks of candidates within the data 1x
+    assert growth < 12, growth
+    blocked = _growth_in_fresh_process(
+        "kmeans_plusplus(x, 9, n_problems=3, memory_budget=2**24,"
+        " generator=torch.Generator().manual_seed(0))\n"
+    )
+    assert blocked < 11, blocked
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_predict_holds_one_set_of_labels():
+    # predict copied the labels of data in memory into a second n int64
+    # array, and summed the distances through a float64 copy: 3.5x the data
+    # of 4,000,000 x 2 float32 rows, 1x for scikit-learn.
+    growth = _growth_in_fresh_process(
+        """
+        from torchkmeans import KMeans
+        model = KMeans(8, n_init=1, max_iter=2, random_state=0).fit(x[:5000])
+        assert model.predict(x).shape == (1_000_000,)
+        """
+    )
+    assert growth < 2.5, growth  # int64 labels 1x, float32 distances 0.5x
+
+
+def test_wide_sum_matches_a_float64_sum_in_any_number_of_blocks():
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(3, 200_000, generator=g)
+    weights = torch.rand(200_000, generator=g, dtype=torch.float64)
+    expected = values.sum(-1, dtype=torch.float64)
+    torch.testing.assert_close(distances_module.wide_sum(values), expected, rtol=1e-12, atol=0)
+    weighted = (values.double() * weights).sum(-1)
+    got = distances_module.wide_sum(values, weights)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, weighted, rtol=1e-12, atol=0)
+    assert distances_module.wide_sum(values[:, :0]).tolist() == [0.0, 0.0, 0.0]

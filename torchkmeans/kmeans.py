@@ -26,6 +26,7 @@ from .functional.distances import (
     times_power_of_two,
     underflow_exponent_of,
     unit_rows,
+    wide_sum,
 )
 from .functional.lloyd import KMeansResult, kmeans
 from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streamed_kmeans
@@ -568,17 +569,28 @@ class KMeans(EstimatorProtocol):
             sample_weight, n, device=centers.device, dtype=torch.float64
         )
         exact = inertia_needed or self.metric == "euclidean"
-        labels = torch.empty(n, dtype=torch.int64, device="cpu" if streamed else centers.device)
+        # Data in memory is one part: its labels are returned as they are, not
+        # copied into a second array of n int64 (and the distances are summed
+        # without a float64 copy): predict on 4,000,000 x 2 float32 rows held
+        # 3.5x the data, scikit-learn 1x.
+        labels = None
+        if streamed:
+            labels = torch.empty(n, dtype=torch.int64, device="cpu")
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for start, x in parts:
             chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers, exact)
-            labels[start : start + x.shape[0]] = chunk_labels
+            if labels is None:
+                labels = chunk_labels
+            else:
+                labels[start : start + x.shape[0]] = chunk_labels
             if not exact:
                 continue
-            dist = dist.double()
-            if weights is not None:
-                dist = dist * weights[start : start + x.shape[0]]
-            inertia += dist.sum()
+            stop = start + x.shape[0]
+            inertia += wide_sum(dist, None if weights is None else weights[start:stop]).to(
+                inertia.dtype
+            )
+        if labels is None:  # no rows
+            labels = torch.empty(0, dtype=torch.int64, device=centers.device)
         total = float(inertia)
         if not math.isfinite(total):
             # Finite rows whose squared distances overflow: every label is a tie.

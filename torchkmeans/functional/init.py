@@ -49,7 +49,10 @@ def _distances_to(
     rows = block_rows(
         n, b * m, itemsize=x3.element_size(), memory_budget=memory_budget, device=x3.device
     )
-    blocks = []
+    # Blocks are copied into one result as they come: gathered in a list and
+    # concatenated, they were held twice (elbow's 3 restarts of 4,000,000 x 2
+    # float32 rows: two 85 MB copies of the blocked candidates' distances).
+    out = None
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         xb = x3[:, start:stop]
@@ -68,8 +71,12 @@ def _distances_to(
             block = block.neg_().add_(1.0).clamp_(0.0, 2.0)
         else:
             block = block.add_(x_sq[:, start:stop].unsqueeze(-1)).clamp_min_(0.0)
-        blocks.append(block)
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        if stop - start == n:
+            return block
+        if out is None:
+            out = torch.empty((b, n, m), dtype=block.dtype, device=block.device)
+        out[:, start:stop] = block
+    return out
 
 
 def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget: int | None) -> int:
@@ -79,6 +86,35 @@ def _candidate_block_rows(n: int, candidates: int, itemsize: int, memory_budget:
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     return max(1, min(n, budget // (candidates * (itemsize + 8))))
 
+
+def _candidate_potentials(
+    distances: torch.Tensor,
+    closest: torch.Tensor,
+    w: torch.Tensor | None,
+    acc: torch.dtype,
+    chunk: int,
+) -> torch.Tensor:
+    """Potentials ``(b, L)`` in ``acc`` of L candidates per problem: the sums
+    over the rows of ``min(distances, closest)`` (``(b, n, L)``, ``(b, n)``),
+    weighted by ``w`` ``(b or 1, n)``, ``chunk`` rows at a time."""
+    total = torch.zeros(
+        (distances.shape[0], distances.shape[2]), dtype=acc, device=distances.device
+    )
+    for start in range(0, distances.shape[1], chunk):
+        stop = start + chunk
+        part = torch.minimum(distances[:, start:stop], closest[:, start:stop].unsqueeze(-1))
+        if w is not None:
+            part.mul_(w[:, start:stop].unsqueeze(-1))
+        total += part.sum(1, dtype=acc)
+    return total
+
+
+# Rows of the candidates' distances filled and summed at once on the CPU.
+_SCORE_CHUNK_ROWS = 65536
+
+# random_init draws the float64 keys of at most this many rows at once
+# (of one problem at least).
+_KEYS_AT_ONCE = 1 << 16
 
 # One problem on the CPU runs _kmeans_plusplus_single (tests turn this off to
 # compare it with the batched loop).
@@ -110,16 +146,27 @@ def _kmeans_plusplus_single(
     # which does not vectorise (measured 3x slower in all for 200,000 x 8, k=32).
     rows_t = x.T
     block = _candidate_block_rows(n, trials, x.element_size(), memory_budget)
+    # Rows beyond one cache-sized chunk are scored a chunk at a time, their
+    # distances to the candidates kept (within the budget) in one buffer so
+    # the chosen one's need not be computed again. Scored at once, the whole
+    # (trials, n) block was copied to float64 for its sums (4,000,000 x 2
+    # float32 rows, k=8: 128 MB beside the 64 MB block, and 5x slower), and
+    # the chosen row, a view, kept its whole block alive into the next round.
+    chunk = min(block, _SCORE_CHUNK_ROWS)
+    held = torch.empty((trials, n), dtype=x.dtype) if n > chunk and block >= n else None
 
-    def distances_to(index: torch.Tensor, start: int = 0, stop: int = n) -> torch.Tensor:
+    def distances_to(
+        index: torch.Tensor, start: int = 0, stop: int = n, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(m, stop - start)`` distances from the rows ``index`` ``(m,)`` to rows start:stop."""
         # index_select: a few times cheaper than indexing with a tensor.
         points = x.index_select(0, index)
         if x_sq is None:  # cosine
-            return torch.mm(points, rows_t[:, start:stop]).neg_().add_(1.0).clamp_(0.0, 2.0)
+            scores = torch.mm(points, rows_t[:, start:stop], out=out)
+            return scores.neg_().add_(1.0).clamp_(0.0, 2.0)
         # The rows' squared norms are known already: no need to recompute them.
         point_sq = x_sq.index_select(0, index).unsqueeze(1)
-        scores = torch.addmm(point_sq, points, rows_t[:, start:stop], alpha=-2.0)
+        scores = torch.addmm(point_sq, points, rows_t[:, start:stop], alpha=-2.0, out=out)
         return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
@@ -133,36 +180,44 @@ def _kmeans_plusplus_single(
     closest = distances_to(torch.full((1,), first, dtype=torch.int64))[0]
     weighted = closest if weight is None else closest * weight
     potential = weighted.sum(dtype=acc)
+    # cumsum(dtype=acc) copies its input to acc first, then sums into a
+    # second new tensor: for many rows one buffer, reused, holds both.
+    cumulative = torch.empty(n, dtype=acc) if n > chunk else None
     for _ in range(1, k):
         # The same draws as (1, trials) in the batched loop.
         draws = torch.rand(trials, generator=generator, dtype=acc)
-        candidates = _sample_from_cumulative(weighted.cumsum(0, dtype=acc), draws.mul_(potential))
-        if block < n:
-            # Large data: the candidates' distances in blocks of rows, within
-            # the memory budget, and those of the chosen one again after.
+        if cumulative is None:
+            cumsum = weighted.cumsum(0, dtype=acc)
+        else:
+            cumsum = cumulative.copy_(weighted).cumsum_(0)
+        candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
+        if n <= chunk:
+            to_candidates = distances_to(candidates)
+            torch.minimum(to_candidates, closest, out=to_candidates)
+            if weight is not None:
+                candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
+            else:
+                candidate_potential = to_candidates.sum(1, dtype=acc)
+            best = int(candidate_potential.argmin())
+            closest = to_candidates[best]
+        else:
             candidate_potential = torch.zeros(trials, dtype=acc)
-            for start in range(0, n, block):
-                stop = min(n, start + block)
-                part = distances_to(candidates, start, stop)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                out = None if held is None else held[:, start:stop]
+                part = distances_to(candidates, start, stop, out)
                 torch.minimum(part, closest[start:stop], out=part)
                 if weight is not None:
-                    part.mul_(weight[start:stop])
+                    part = part * weight[start:stop]
                 candidate_potential += part.sum(1, dtype=acc)
             best = int(candidate_potential.argmin())
-            potential = candidate_potential[best]
-            closest = torch.minimum(closest, distances_to(candidates[best : best + 1])[0])
-            weighted = closest if weight is None else closest * weight
-            chosen.append(int(candidates[best]))
-            continue
-        to_candidates = distances_to(candidates)
-        torch.minimum(to_candidates, closest, out=to_candidates)
-        if weight is not None:
-            candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
-        else:
-            candidate_potential = to_candidates.sum(1, dtype=acc)
-        best = int(candidate_potential.argmin())
+            if held is None:
+                # Beyond the budget: the chosen one's distances are computed again.
+                chosen_distances = distances_to(candidates[best : best + 1])[0]
+                torch.minimum(closest, chosen_distances, out=closest)
+            else:
+                closest.copy_(held[best])
         potential = candidate_potential[best]
-        closest = to_candidates[best]
         weighted = closest if weight is None else closest * weight
         chosen.append(int(candidates[best]))
     return torch.tensor(chosen, dtype=torch.int64)
@@ -317,9 +372,21 @@ def kmeans_plusplus(
     potential = weighted(closest).sum(-1, keepdim=True, dtype=acc)
     rows = torch.arange(b, device=x.device)
     block = _candidate_block_rows(n, b * trials, work.element_size(), memory_budget)
+    # The candidates of b problems outweigh narrow data: beyond its own size
+    # they are scored in blocks too (elbow's 3 restarts of 1,000,000 x 2
+    # float32 rows, 4 candidates each: 6x the data).
+    block = min(block, max(_SCORE_CHUNK_ROWS, n * work.shape[-1] // (b * trials)))
+    # On the CPU the candidates' potentials are summed a chunk of rows at a
+    # time: summed at once, the whole (b, n, trials) block was held twice more,
+    # its minimum with the closest distances and that copied to float64
+    # (elbow's 3 restarts of 1,000,000 x 8 float32 rows: 144 MB beside the
+    # 48 MB block). Elsewhere one launch sums it all.
+    chunk = _SCORE_CHUNK_ROWS if _device.on_host(x.device) else n
+    cumulative = torch.empty((b, n), dtype=acc, device=x.device)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
-        cumulative = weighted(closest).cumsum(-1, dtype=acc)
+        # cumsum(dtype=acc) copies its input to acc first: one buffer holds both.
+        cumulative.copy_(weighted(closest)).cumsum_(-1)
         candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
         points = _gather_rows(work, candidates)
         if block < n:
@@ -334,23 +401,28 @@ def kmeans_plusplus(
                     points,
                     memory_budget,
                 )
-                part = torch.minimum(part, closest[:, start:stop].unsqueeze(-1))
-                if w is not None:
-                    part = part * w[:, start:stop].unsqueeze(-1)
-                candidate_potential += part.sum(1, dtype=acc)
+                part_w = None if w is None else w[:, start:stop]
+                candidate_potential += _candidate_potentials(
+                    part, closest[:, start:stop], part_w, acc, chunk
+                )
+                # Freed before the next block is computed, not after: one
+                # block of the budget at a time, not two.
+                del part
             best = candidate_potential.argmin(-1)
             potential = candidate_potential[rows, best].unsqueeze(-1)
             chosen = points[rows, best].unsqueeze(1)
-            to_chosen = _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
-            closest = torch.minimum(closest, to_chosen)
+            # Unnamed, the chosen one's distances are freed at once, not held
+            # through the next round.
+            closest = torch.minimum(
+                closest, _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
+            )
             indices[:, c] = candidates[rows, best]
             continue
         to_candidates = _distances_to(work, x_sq, points, memory_budget)
-        to_candidates = torch.minimum(to_candidates, closest.unsqueeze(-1))
-        candidate_potential = weighted(to_candidates).sum(1, dtype=acc)
+        candidate_potential = _candidate_potentials(to_candidates, closest, w, acc, chunk)
         best = candidate_potential.argmin(-1)
         potential = candidate_potential[rows, best].unsqueeze(-1)
-        closest = to_candidates[rows, :, best]
+        closest = torch.minimum(to_candidates[rows, :, best], closest)
         indices[:, c] = candidates[rows, best]
     centroids = _gather_rows(x3, indices)
     if not batched:
@@ -427,11 +499,22 @@ def random_init(
     sample_weight = v.check_weight_tensor(
         sample_weight, n, b, positive_sum=False, dtype=torch.float64
     )
-    keys = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
-    keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
-    if sample_weight is not None:
-        keys = keys / sample_weight.reshape(-1, n).to(torch.float64)
-    indices = keys.topk(n_clusters, dim=-1).indices
+    weights = None if sample_weight is None else sample_weight.reshape(-1, n).to(torch.float64)
+    # The keys of a few problems at a time (the same draws, in the same
+    # order): those of all b at once took b x n float64 (10 restarts of
+    # 4,000,000 rows: 10x the data of 2 float32 features).
+    group = max(1, min(b, _KEYS_AT_ONCE // max(1, n)))
+    parts = []
+    for start in range(0, b, group):
+        stop = min(b, start + group)
+        keys = torch.rand(
+            (stop - start, n), generator=generator, device=x.device, dtype=torch.float64
+        )
+        keys = keys.clamp_(min=torch.finfo(torch.float64).tiny).log_()
+        if weights is not None:
+            keys = keys.div_(weights if weights.shape[0] == 1 else weights[start:stop])
+        parts.append(keys.topk(n_clusters, dim=-1).indices)
+    indices = parts[0] if len(parts) == 1 else torch.cat(parts)
     centroids = _gather_rows(x3, indices)
     if not batched:
         return centroids[0], indices[0]
