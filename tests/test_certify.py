@@ -293,6 +293,48 @@ def test_certify_uses_elkan_bound_for_fewer_rows_than_centroids():
     assert labels.tolist() == [[3, 17, 29]]
 
 
+def test_predict_again_with_the_same_centres_reuses_their_gaps(monkeypatch):
+    # Rows near their centres, far from the origin: Elkan's bound settles
+    # them, from the gaps between centres, a product over all of them that
+    # had cost as much as the labels (k=1024, d=384). The same centres again
+    # reuse the gaps; a moved centre (in place) has its own measured again.
+    from torchkmeans.functional import certify
+
+    asked = []
+    half_gaps = certify._half_gaps_squared
+    monkeypatch.setattr(
+        certify,
+        "_half_gaps_squared",
+        lambda c, active, index=None: (
+            asked.append(c.shape[0] if index is None else index.numel())
+            or half_gaps(c, active, index)
+        ),
+    )
+    generator = torch.Generator().manual_seed(0)
+    centres = 1e3 + torch.randn(300, 32, generator=generator)
+    x = centres.repeat(2, 1) + 0.01 * torch.randn(600, 32, generator=generator)
+    model = KMeans(n_clusters=300, init=centres.numpy(), n_init=1, max_iter=1).fit(x.numpy())
+    model.cluster_centers_ = centres.numpy()
+    asked.clear()
+    np.testing.assert_array_equal(model.predict(x.numpy()), np.tile(np.arange(300), 2))
+    assert asked == [300]
+    np.testing.assert_array_equal(model.predict(x.numpy()[::-1]), np.tile(np.arange(300), 2)[::-1])
+    assert asked == [300]
+    # Centre 7 moved onto the rows of centre 8: they are now labelled 7.
+    moved = centres.clone()
+    moved[7] = x[8]
+    model.cluster_centers_ = moved.numpy()
+    labels = model.predict(x.numpy())
+    assert labels[8] == 7 and asked[1:] and sum(asked[1:]) <= 300
+    assert_nearest(x, moved, labels)
+    centres_tensor = moved.clone()
+    nearest_centroids(x, centres_tensor)
+    count = len(asked)
+    centres_tensor[3] += 5.0  # in place: the same tensor, other values
+    assert_nearest(x, centres_tensor, nearest_centroids(x, centres_tensor).labels)
+    assert len(asked) > count
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rows_that_are_centroids_are_settled_without_scoring(monkeypatch, dtype):
     # Centroids drawn from the rows, far from the origin: the rows that are

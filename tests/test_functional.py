@@ -138,12 +138,45 @@ def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypa
     rows = []
     baddbmm_ = torch.Tensor.baddbmm_
     monkeypatch.setattr(
-        torch.Tensor, "baddbmm_", lambda t, *a, **k: rows.append(t.shape[1]) or baddbmm_(t, *a, **k)
+        torch.Tensor,
+        "baddbmm_",
+        lambda t, *a, **k: rows.append(t.numel() // 2) or baddbmm_(t, *a, **k),
     )
     x = torch.randn(100_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     got = pairwise_distances(x, x[:2])
     assert len(rows) > 1 and max(rows) <= 1 << 15
     torch.testing.assert_close(got, (x[:, None] - x[None, :2]).square().sum(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("n", "d", "k"), [(9001, 64, 8), (40_001, 2, 3), (2001, 300, 32), (901, 600, 1)]
+)
+def test_pairwise_distances_to_few_centroids_are_computed_as_columns(monkeypatch, dtype, n, d, k):
+    """Few centroids on the CPU: each block is a (k, m) product (MKL's skinny
+    (m, k) one took 1.6-2.5x its time on AMD), copied transposed into the
+    (n, k) output; over several blocks, a shorter last one, a batch and
+    strided rows, equal to the distances from differences."""
+    shapes = []
+    baddbmm_ = torch.Tensor.baddbmm_
+    monkeypatch.setattr(
+        torch.Tensor,
+        "baddbmm_",
+        lambda t, *a, **kw: shapes.append(t.shape) or baddbmm_(t, *a, **kw),
+    )
+    g = torch.Generator().manual_seed(0)
+    wide = 1e3 + torch.randn(2, n, d + 1, generator=g, dtype=torch.float64)
+    x = wide[0, :, 1:].to(dtype)
+    c = torch.stack([x[:k], x[k : 2 * k] + 0.5])
+    expected = (x.double()[None, :, None] - c.double()[:, None]).square().sum(-1)
+    got = pairwise_distances(x, c)
+    assert len(shapes) > 1 and all(s[:2] == (2, k) for s in shapes), shapes
+    assert sum(s[2] for s in shapes) == x.shape[0]
+    tol = dict(rtol=1e-9, atol=0.0) if dtype == torch.float64 else dict(rtol=2.5e-7, atol=0.0)
+    torch.testing.assert_close(got.double(), expected, **tol)
+    assert got.is_contiguous() and got.dtype == dtype
+    assert bool((got[0, torch.arange(k), torch.arange(k)] == 0).all())
+    torch.testing.assert_close(pairwise_distances(x, c[1]), got[1], rtol=0.0, atol=0.0)
 
 
 def test_large_host_outputs_ask_for_huge_pages(monkeypatch):

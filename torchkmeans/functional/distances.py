@@ -750,6 +750,25 @@ _DIFFERENCES_MAX_FEATURES = 128
 _PRODUCT_NORMS_MAX_D = 3
 # Rows of a block of pairwise_distances on the CPU, at most (see there).
 _PAIRWISE_MAX_ROWS = 1 << 15
+# ... and at most this many bytes of rows (their centred copy, and its
+# squares, in buffers reused by every block): 4 MiB ones took 1.2-1.4x the
+# time of transform at d=64-256 (20,000-200,000 rows, k=8-64).
+_PAIRWISE_BLOCK_BYTES = 2 * 1024 * 1024
+# Few centroids: pairwise_distances on the CPU computes each block as (k, m)
+# and copies it transposed into the (n, k) output. MKL's skinny product runs
+# 1.6-2.5x faster in that orientation on the AMD machine (2,048 x 64 rows,
+# k=8, float64: 59 us against 144 us; numpy's OpenBLAS 62 us), and the
+# minimum over k runs across contiguous rows; torch's transposed copy is
+# cheap for k <= 16 and costs more than the product saves from k=64 (d < 512).
+# Time of both over the (m, k) product's, 1 MiB of rows: k=4-8 0.45-0.67x
+# at every d, k=2 0.7-1.1x; k=16-32 0.6-1.05x from d=32, 1.0-2.8x below.
+_PAIRWISE_COLUMNS_MAX_K = 32
+_PAIRWISE_COLUMNS_MIN_D = 32
+
+
+def pairwise_by_columns(k: int, d: int) -> bool:
+    """Whether pairwise_distances on the CPU computes its blocks as ``(k, m)`` (see above)."""
+    return k <= 8 or (k <= _PAIRWISE_COLUMNS_MAX_K and d >= _PAIRWISE_COLUMNS_MIN_D)
 
 
 def scored_by_columns(k: int, d: int) -> bool:
@@ -1153,38 +1172,64 @@ def pairwise_distances(
     out = _device.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
     on_host = _device.on_host(x3.device)
+    # Without autograd the blocks are computed where they go (in ``out`` when
+    # it is wide, else in one reused buffer): a fresh block per step, and its
+    # copy into ``out``, cost a third of transform at k=50, d=2 (float64).
+    direct = not (torch.is_grad_enabled() and (x3.requires_grad or c3.requires_grad))
+    # Few centroids on the host: each block is computed as (k, m), where the
+    # product and the minimum over centroids run faster, and copied transposed
+    # into ``out`` (see _PAIRWISE_COLUMNS_MAX_K).
+    columns = on_host and direct and pairwise_by_columns(k, x3.shape[-1])
     if on_host:
         # The block's rows are copied (widened, centred) and squared too:
         # cache-sized, not only the distances (20,000 x 300 rows and k=2 in
         # one block: page faults made transform 3x slower than scikit-learn's).
-        row_cap = _CPU_BLOCK_BYTES // (x3.shape[0] * x3.shape[2] * 8)
+        row_cap = _PAIRWISE_BLOCK_BYTES // (x3.shape[0] * x3.shape[2] * 8)
         rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, row_cap)))
         # Few narrow centroids make blocks of many rows, whose temporaries (the
         # rows' copy, norms, thresholds, minima) were fresh pages each time:
         # 200,000 rows, d=2, k=2 in one block took 6.6 ms, 3.4 ms in 7.
         rows = min(rows, _PAIRWISE_MAX_ROWS)
-    # Without autograd the blocks are computed where they go (in ``out`` when
-    # it is wide, else in one reused buffer): a fresh block per step, and its
-    # copy into ``out``, cost a third of transform at k=50, d=2 (float64).
-    direct = not (torch.is_grad_enabled() and (x3.requires_grad or c3.requires_grad))
     buffer = None
-    if direct and dtype != wide:
+    if columns:
+        buffer = torch.empty((b, k, min(n, rows)), dtype=wide, device=x3.device)
+    elif direct and dtype != wide:
         buffer = torch.empty((b, min(n, rows), k), dtype=wide, device=x3.device)
+    # The rows' centred copy and their squares in buffers reused by every
+    # block: fresh ones were fresh pages each time (20,000 x 64, k=8: half of
+    # the time went to the page faults of the copy and of vecdot's product).
+    centred = squares = None
+    if on_host and direct:
+        centred = torch.empty((b, min(n, rows), x3.shape[-1]), dtype=wide, device=x3.device)
+        squares = torch.empty_like(centred)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        xb = x3[:, start:stop].to(wide) - offset
+        if centred is None or squares is None:
+            xb = x3[:, start:stop].to(wide) - offset
+            sq = xb * xb
+        else:
+            xb = torch.sub(x3[:, start:stop], offset, out=centred[:, : stop - start])
+            sq = torch.mul(xb, xb, out=squares[:, : stop - start])
         if xb.shape[-1] <= _PRODUCT_NORMS_MAX_D:
             # The same sum, as a product with ones: torch's sum over a last
             # dimension of 2 or 3 took 2.8 ms for 200,000 rows, against 0.2 ms.
-            x_sq = torch.matmul(xb * xb, xb.new_ones(xb.shape[-1]))
+            x_sq = torch.matmul(sq, xb.new_ones(xb.shape[-1]))
         else:
-            x_sq = torch.linalg.vecdot(xb, xb)
-        if not direct:
+            x_sq = sq.sum(-1)
+        if columns:
+            assert buffer is not None
+            # Contiguous (b, k, m) for the last, shorter block too.
+            block_t = buffer.view(-1)[: b * k * (stop - start)].view(b, k, stop - start)
+            torch.add(c_sq.unsqueeze(-1), x_sq.unsqueeze(1), out=block_t)
+            block_t.baddbmm_(c_centred, xb.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+            block = block_t.transpose(1, 2)
+        elif not direct:
             block = x_sq.unsqueeze(-1) + c_sq.unsqueeze(1)
+            block.baddbmm_(xb, c_centred.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
         else:
             block = out[:, start:stop] if buffer is None else buffer[:, : stop - start]
             torch.add(x_sq.unsqueeze(-1), c_sq.unsqueeze(1), out=block)
-        block.baddbmm_(xb, c_centred.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+            block.baddbmm_(xb, c_centred.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
         # An entry is inexact when D * factor < (|x| + |c|)^2. Bounding |c| by
         # the largest one gives each row one threshold, met by few rows: on the
         # host, the rows whose nearest entry is below it compare each entry
@@ -1192,7 +1237,8 @@ def pairwise_distances(
         # two), and the entries below it take the exact test.
         threshold = (x_sq.sqrt() + c_norm_max).square_().div_(factor)
         if on_host:
-            problem, row = (block.amin(-1) < threshold).nonzero(as_tuple=True)
+            nearest = block_t.amin(1) if columns else block.amin(-1)
+            problem, row = (nearest < threshold).nonzero(as_tuple=True)
             if problem.numel():
                 threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
                 below = block[problem, row] < threshold.unsqueeze(-1)
