@@ -17,6 +17,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits, load_iris, make_blobs
 
 from torchkmeans.elbow import ElbowResult, elbow, find_knee
+from torchkmeans.exceptions import ConvergenceWarning
 from torchkmeans.functional import kmeans_plusplus, lloyd
 from torchkmeans.kmeans import KMeans
 
@@ -467,3 +468,15 @@ def test_scores_keep_to_the_memory_budget(monkeypatch):
     assert rows_seen and max(rows_seen) * X.shape[0] * 8 <= budget
     expected = [metrics.silhouette_score(X, labels) for labels in result.labels[1:]]
     np.testing.assert_allclose(result.scores["silhouette"][1:], expected, rtol=1e-12)
+
+
+def test_warns_of_ks_with_fewer_distinct_clusters_than_k():
+    """As KMeans.fit does for one k: 5 distinct points give 5 clusters at most."""
+    X = np.repeat(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 5.0], [9.0, 9.0], [3.0, 3.0]]), 10, 0)
+    with pytest.warns(ConvergenceWarning, match=r"\(k=6: 5, k=7: 5\)") as caught:
+        result = elbow(X, k=range(1, 8), random_state=0)
+    assert caught[0].filename == __file__
+    assert result.inertia[4] == pytest.approx(0.0, abs=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        elbow(X, k=range(1, 6), random_state=0)

@@ -24,6 +24,7 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._host import host_rows, should_stream
+from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import Collective
 from .functional.distances import DEFAULT_MEMORY_BUDGET, nearest_centroids, unit_rows
@@ -556,6 +557,13 @@ def elbow(
     TypeError
         If ``k`` or ``n_init`` is not made of ints.
 
+    Warns
+    -----
+    ConvergenceWarning
+        Naming the ks whose labels use fewer distinct clusters than k
+        (duplicate points), as ``KMeans.fit`` does; checked in memory when
+        labels are computed.
+
     Examples
     --------
     >>> import numpy as np
@@ -668,6 +676,8 @@ def elbow(
             inertia, padded = _sweep(x, ks, **fits)
         extra = [name for name in names if name != "inertia"]
         labels = _labels(x, padded, ks, metric, memory_budget) if compute_labels or extra else None
+        if labels is not None:
+            _warn_fewer_clusters(ks, labels)
         computed: dict[str, torch.Tensor] = {}
         if extra:
             progress.phase("scores: " + ", ".join(extra))
@@ -807,6 +817,25 @@ def _labels(
             data, centres[i, :k].contiguous(), metric=metric, memory_budget=memory_budget
         ).labels
     return labels
+
+
+def _warn_fewer_clusters(ks: tuple[int, ...], labels: torch.Tensor) -> None:
+    """Warn, as ``KMeans.fit`` does for one k, of the ks whose labels ``(L, n)``
+    use fewer distinct clusters than k (duplicate points): their inertia
+    stops falling there, which is no knee."""
+    width = ks[-1]
+    offsets = torch.arange(len(ks), device=labels.device).unsqueeze(1) * width
+    sizes = torch.bincount((labels + offsets).view(-1), minlength=len(ks) * width)
+    distinct = sizes.view(len(ks), width).count_nonzero(1).tolist()
+    fewer = [(k, found) for k, found in zip(ks, distinct) if found < k]
+    if fewer:
+        listed = ", ".join(f"k={k}: {found}" for k, found in fewer)
+        warnings.warn(
+            f"Number of distinct clusters found smaller than k ({listed}). "
+            "Possibly due to duplicate points in X.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def _score(
