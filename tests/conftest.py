@@ -32,6 +32,11 @@ if os.environ.get("TORCHKMEANS_TEST_ACCELERATOR_PATHS"):
 # Copies of a centroid (a repeated init row, reseeding onto duplicate points)
 # are found on the CPU only, where it costs no host read (README): their
 # tests do not apply to a whole run on the accelerator paths.
+# Tests of what the CPU paths alone do (the host's block sizes, say).
+on_the_cpu_paths_only = pytest.mark.skipif(
+    bool(os.environ.get("TORCHKMEANS_TEST_ACCELERATOR_PATHS")),
+    reason="tests a CPU-only path",
+)
 copies_found_on_the_cpu = pytest.mark.skipif(
     bool(os.environ.get("TORCHKMEANS_TEST_ACCELERATOR_PATHS")),
     reason="copies of a centroid are found on the CPU only",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import reference
 import torch
-from conftest import blobs, copies_found_on_the_cpu, tolerance
+from conftest import blobs, copies_found_on_the_cpu, on_the_cpu_paths_only, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,6 +132,7 @@ def test_pairwise_distances_of_narrow_rows_sum_norms_by_a_product(monkeypatch, d
     assert bool((got[torch.arange(4), torch.arange(4)] == 0).all())
 
 
+@on_the_cpu_paths_only
 def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypatch):
     """Two 2-D centroids fit 100,000 rows in a cache-sized distance block, but
     the rows' own temporaries were fresh pages: blocks are bounded in rows."""
