@@ -349,6 +349,13 @@ class MiniBatchKMeans(KMeans):
     ) -> torch.Tensor:
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
+        if self.metric == "cosine":
+            # Rows of zeros (no direction) seed no centre, as in KMeans.
+            direction = (x != 0).any(-1)
+            if not bool(direction.all()) and int(direction.sum()) >= n_clusters:
+                kept = direction.to(x.dtype) if weights is None else weights * direction
+                if int((kept > 0).sum()) >= n_clusters:
+                    weights = kept
         if isinstance(init, str) and init == "k-means++":
             # kmeans_plusplus scores euclidean rows centred on their mean.
             _, indices = kmeans_plusplus(
