@@ -183,7 +183,8 @@ class MiniBatchKMeans(KMeans):
         Compute dtype; by default the data's.
     metric : {"euclidean", "cosine"}, default="euclidean"
         "cosine" is spherical mini-batch k-means on unit-normalised rows
-        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros).
+        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros, at
+        distance 1 from every centre, and seed no centre).
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
