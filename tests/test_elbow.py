@@ -130,6 +130,20 @@ def test_tensors_in_tensors_out(device):
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
+def test_cosine_rows_of_zeros_seed_no_centroid():
+    # Rows of zeros (distance 1 from every centre) were drawn as k-means++
+    # seeds: centroids of zeros from k=8 on, whose inertia stayed at k=7's.
+    rng = np.random.default_rng(7)
+    axes = rng.normal(size=(8, 32))
+    X = np.repeat(axes, 250, axis=0) + rng.normal(scale=0.1, size=(2000, 32))
+    X = np.concatenate([X, np.zeros((1500, 32))])
+    result = elbow(X, k=range(1, 13), metric="cosine", random_state=0)
+    for k, centroids in zip(range(1, 13), result.centroids):
+        np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-6, err_msg=k)
+    alone = elbow(X[:2000], k=range(1, 13), metric="cosine", random_state=0)
+    np.testing.assert_allclose(result.inertia[7:] - 1500, alone.inertia[7:], rtol=0.05)
+
+
 def test_same_seed_same_result_and_cosine_runs():
     X = _blobs(4, 2)[:400]
     first, second = elbow(X, k=5, random_state=3), elbow(X, k=5, random_state=3)

@@ -620,6 +620,49 @@ def test_cosine_labels_do_not_depend_on_extreme_row_norms(estimator, dtype, scal
     assert km.score(X) == pytest.approx(-expected.inertia_, rel=1e-5)
 
 
+def _directions_and_rows_of_zeros(n_zeros: int) -> np.ndarray:
+    """Non-negative directions around 6 axes (every cosine distance below 1),
+    followed by ``n_zeros`` rows of zeros, at distance 1 from every centre."""
+    rng = np.random.default_rng(4)
+    axes = np.abs(rng.normal(size=(6, 16)))
+    X = np.abs(np.repeat(axes, 100, axis=0) + rng.normal(scale=0.3, size=(600, 16)))
+    return np.concatenate([X, np.zeros((n_zeros, 16))]).astype(np.float32)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_cosine_rows_of_zeros_seed_no_centroid(init):
+    # Rows of zeros were drawn as seeds (and taken as the farthest points by
+    # relocation): centroids of zeros, which kept the rows of zeros and no
+    # others, up to 3 of 20 per fit with 30% empty rows.
+    X = _directions_and_rows_of_zeros(400)
+    for seed in range(6):
+        km = KMeans(6, metric="cosine", init=init, n_init=1, random_state=seed).fit(X)
+        np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-5)
+        unit = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-30)
+        similarities = unit.astype(np.float64) @ km.cluster_centers_.T.astype(np.float64)
+        assert km.inertia_ == pytest.approx((1.0 - similarities.max(1)).sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cosine_rows_of_zeros_do_not_change_the_fit(dtype):
+    # Two copies of one initial centroid: one cluster is empty and takes the
+    # farthest point, which was a row of zeros (distance 1), making it zero.
+    X = _directions_and_rows_of_zeros(100).astype(dtype)
+    init = X[[0, 0, 100, 200, 300, 400]]
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
+    alone = KMeans(6, metric="cosine", init=init).fit(X[:600], sample_weight=weights[:600])
+    km = KMeans(6, metric="cosine", init=init).fit(X, sample_weight=weights)
+    np.testing.assert_allclose(km.cluster_centers_, alone.cluster_centers_, atol=1e-6)
+    np.testing.assert_array_equal(km.labels_[:600], alone.labels_)
+    assert km.n_iter_ == alone.n_iter_
+    # Each row of zeros is at distance 1 from every centre.
+    expected = alone.inertia_ + weights[600:].sum()
+    assert km.inertia_ == pytest.approx(expected, rel=1e-6)
+    assert km.score(X, sample_weight=weights) == pytest.approx(-expected, rel=1e-6)
+    history = np.asarray(alone.inertia_history_) + weights[600:].sum()
+    np.testing.assert_allclose(km.inertia_history_, history, rtol=1e-6)
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["memory", "memmap"])
 def test_float32_data_near_1e_minus_30_is_clustered_as_at_unit_scale(tmp_path, streamed):
     # Squared distances of float32 rows near 1e-30 underflow to 0: every

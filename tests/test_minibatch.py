@@ -1020,3 +1020,18 @@ def test_callable_init_auto_n_init_is_three_as_sklearn():
 
     MiniBatchKMeans(n_clusters=3, init=init, random_state=0).fit(X)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_cosine_rows_of_zeros_make_no_zero_centres(init):
+    # Rows of zeros (distance 1 from every centre) were seeds, reassignment
+    # targets and, at the first step, a centre's only rows: centres of zeros,
+    # up to 2 of 20 per fit with 60% empty rows.
+    rng = np.random.default_rng(7)
+    axes = rng.normal(size=(20, 32))
+    X = np.repeat(axes, 150, axis=0) + rng.normal(scale=0.1, size=(3000, 32))
+    X = np.concatenate([X, np.zeros((4500, 32))])[rng.permutation(7500)].astype(np.float32)
+    for seed in range(4):
+        km = MiniBatchKMeans(20, metric="cosine", init=init, batch_size=512, random_state=seed)
+        km.fit(X)
+        np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-5)

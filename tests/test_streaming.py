@@ -439,3 +439,31 @@ def test_streamed_fit_labels_are_nearest_on_heavy_tailed_data(tmp_path, small_ch
     chosen = table[np.arange(len(X)), streamed.labels_]
     assert np.all(chosen <= table.min(1) * (1 + 2e-6))
     np.testing.assert_allclose(streamed.inertia_, table.min(1).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random", "given"])
+def test_cosine_rows_of_zeros_seed_no_centroid_when_streamed(tmp_path, small_chunks, init):
+    # Rows of zeros (distance 1 from every centre) were drawn as seeds and
+    # taken by relocation: centroids of zeros, 1 to 3 of 8 per fit.
+    rng = np.random.default_rng(7)
+    axes = np.abs(rng.normal(size=(8, 16)))
+    X = np.abs(np.repeat(axes, 250, axis=0) + rng.normal(scale=0.3, size=(2000, 16)))
+    X = np.concatenate([X, np.zeros((1500, 16))])[rng.permutation(3500)].astype(np.float32)
+    weights = rng.uniform(0.5, 2.0, len(X))
+    start = X[np.flatnonzero(X.any(1))[[0, 0, 1, 2, 3, 4, 5, 6]]]
+    params = {"init": start} if init == "given" else {"init": init, "n_init": 1}
+    for seed in range(3):
+        km = KMeans(8, metric="cosine", random_state=seed, **params)
+        streamed = km.fit(as_memmap(tmp_path, X), sample_weight=weights)
+        np.testing.assert_allclose(
+            np.linalg.norm(streamed.cluster_centers_, axis=1), 1.0, rtol=1e-5
+        )
+        if init == "given":
+            in_memory = KMeans(8, metric="cosine", init=start).fit(X, sample_weight=weights)
+            np.testing.assert_allclose(
+                streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-5
+            )
+            assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-5)
+            np.testing.assert_allclose(
+                streamed.inertia_history_, in_memory.inertia_history_, rtol=1e-5
+            )

@@ -399,10 +399,17 @@ def _sweep(
     # Seeds are drawn on unit rows for cosine (kmeans_plusplus centres
     # euclidean rows itself, as kmeans() does).
     seeding_x = unit_rows(x) if metric == "cosine" else x
+    # Cosine rows of zeros (no direction) seed no centroid, as in kmeans().
+    direction = None
+    if metric == "cosine":
+        direction = (seeding_x != 0).any(-1)
+        if bool(direction.all()) or int(direction.sum()) < k_max:
+            direction = None
     _, indices = kmeans_plusplus(
         seeding_x,
         k_max,
         n_problems=n_init,
+        sample_weight=None if direction is None else direction.to(seeding_x.dtype),
         metric=metric,
         generator=generator,
         memory_budget=memory_budget,

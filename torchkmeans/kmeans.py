@@ -62,7 +62,8 @@ class KMeans(EstimatorProtocol):
         "cosine" is spherical k-means: unit-normalised data and centroids;
         inertia is then the weighted sum of ``1 - cos``. Rows of any finite
         norm are normalised exactly; rows of zeros stay zeros, at distance
-        1 from every centre.
+        1 from every centre: they get label 0 and neither seed nor move a
+        centre (while n_clusters rows have a direction).
     random_state : int, numpy RandomState/Generator, torch.Generator or None
         Seed for the initialisation; same seed and device give the same result.
         None draws one from numpy's global random state, as scikit-learn.
@@ -112,7 +113,8 @@ class KMeans(EstimatorProtocol):
         ``metric="cosine"``); ``labels_`` and ``inertia_`` stay as fitted.
     labels_ : array or Tensor of shape (n_samples,)
     inertia_ : float
-        Sum of (weighted) squared distances to the closest centre.
+        Sum of (weighted) squared distances to the closest centre
+        (``1 - cos`` for ``metric="cosine"``).
     n_iter_ : int
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)

@@ -222,7 +222,8 @@ class MiniBatchKMeans(KMeans):
         Compute dtype; by default the data's.
     metric : {"euclidean", "cosine"}, default="euclidean"
         "cosine" is spherical mini-batch k-means on unit-normalised rows
-        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros).
+        (as :class:`KMeans`: any finite norm; rows of zeros stay zeros, at
+        distance 1 from every centre, and seed no centre).
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
@@ -391,6 +392,13 @@ class MiniBatchKMeans(KMeans):
     ) -> torch.Tensor:
         """Initial centres from the (already subsampled) rows ``x``."""
         init = self.init
+        if self.metric == "cosine":
+            # Rows of zeros (no direction) seed no centre, as in KMeans.
+            direction = (x != 0).any(-1)
+            if not bool(direction.all()) and int(direction.sum()) >= n_clusters:
+                kept = direction.to(x.dtype) if weights is None else weights * direction
+                if int((kept > 0).sum()) >= n_clusters:
+                    weights = kept
         if isinstance(init, str) and init == "k-means++":
             # kmeans_plusplus scores euclidean rows centred on their mean.
             _, indices = kmeans_plusplus(

@@ -1123,8 +1123,10 @@ def pairwise_distances(
     centroids' mean, in blocks of rows; entries that the expansion's rounding
     could make inexact (a row close to a centroid, both far from that mean)
     are computed again from differences: float32 results to float32's
-    precision, float64 ones to about 2^-17 of each entry. The result has the
-    input's (computed) dtype.
+    precision, float64 ones to about 2^-17 of each entry. ``metric="cosine"``
+    gives ``1 - x.c`` clamped to [0, 2]: rows and centroids should already be
+    unit vectors (see :func:`unit_rows`), as for :func:`nearest_centroids`.
+    The result has the input's (computed) dtype.
 
     Raises
     ------

@@ -87,6 +87,9 @@ class Prepared(NamedTuple):
     mean_variance: torch.Tensor  # (bx,) mean feature variance, for tol
     metric: str
     batched: bool
+    # (bw,) float64 weight of the cosine rows of zeros that the fit leaves
+    # out (see _without_rows_of_zeros), added back to the inertia; or None.
+    ignored: torch.Tensor | None = None
 
 
 def prepare(
@@ -136,6 +139,32 @@ def prepare(
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
     return Prepared(data, x_aug, x_sq, weights, offset, mean_variance, metric, batched)
+
+
+def _without_rows_of_zeros(prep: Prepared, n_clusters: int) -> Prepared:
+    """Cosine rows of zeros weighed 0 in the fit: they have no direction.
+
+    Each is at distance 1 from every unit centroid, the largest distance of
+    most data: as seeds and as the farthest points that reseed empty
+    clusters they made centroids of zeros, which kept the rows of zeros
+    (ties go to the first centroid) and no others (30% empty rows: up to 3
+    of 20 centroids zero). They neither seed nor move a centroid now, still
+    get a label and count 1 each in the inertia (``ignored``). Unchanged
+    when a problem has fewer than ``n_clusters`` rows of positive weight
+    left. One host read per fit.
+    """
+    if prep.metric != "cosine":
+        return prep
+    direction = (prep.x != 0).any(-1)  # (bx, n)
+    if bool(direction.all()):
+        return prep
+    weights = prep.weights if prep.weights is not None else torch.ones_like(prep.x[..., 0])
+    kept = weights * direction
+    if not bool(((kept > 0).sum(-1) >= n_clusters).all()):
+        return prep
+    acc = _device.widest_float(prep.x.device)
+    ignored = (weights - kept).sum(-1, dtype=acc)
+    return prep._replace(weights=kept, ignored=ignored)
 
 
 def _assign_pass(
@@ -369,8 +398,10 @@ def _score_offset(prep: Prepared) -> torch.Tensor:
     (euclidean; scores are |c|^2 - 2x.c) or of 1 (cosine; scores are -x.c)."""
     base = prep.x_sq if prep.x_sq is not None else torch.ones_like(prep.x[..., 0])
     if prep.weights is None:
-        return wide_sum(base)
-    return wide_sum(base * prep.weights)
+        offset = wide_sum(base)
+    else:
+        offset = wide_sum(base * prep.weights)
+    return offset if prep.ignored is None else offset + prep.ignored.to(offset.dtype)
 
 
 def _weighted_total(distances: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -1155,6 +1186,7 @@ def lloyd(
         )
         return _unscaled(scaled, exponent)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
+    prep = _without_rows_of_zeros(prep, c3.shape[1])
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
     active = None
     if cluster_mask is not None:
@@ -1294,6 +1326,10 @@ def _finish(
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
+    if prep.ignored is not None:
+        # Cosine rows of zeros, left out of the fit, each at distance 1 (the
+        # history has them from _score_offset).
+        result = result._replace(inertia=result.inertia + prep.ignored.to(result.inertia.dtype))
     history = result.inertia_history
     if history.shape[0] > 1 or not _device.on_host(history.device):
         steps = torch.arange(history.shape[-1], device=history.device)
@@ -1413,6 +1449,7 @@ def kmeans(
             check_every=check_every,
         )
         return _unscaled(scaled, exponent)
+    prep = _without_rows_of_zeros(prep, n_clusters)
 
     def run(n_problems: int, best_only: bool = False) -> KMeansResult:
         start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)

@@ -264,6 +264,9 @@ def _minibatch_step(
     moved = moved.div_(torch.where(filled, new_ws, 1.0).unsqueeze(-1))
     if metric == "cosine":
         moved = unit_rows(moved)
+        # Only rows of zeros (no direction) in the batch, at the first step
+        # (no weight yet): the centroid keeps its place rather than be zero.
+        filled = filled & (moved != 0).any(-1)
     new_centroids = torch.where(filled.unsqueeze(-1), moved, old)
 
     deferred = isinstance(random_reassign, torch.Tensor)
@@ -285,6 +288,9 @@ def _minibatch_step(
         if n > 0:
             m = min(k, n)
             keys = torch.rand((*lead, n), generator=generator, device=x.device)
+            if metric == "cosine":
+                # Rows of zeros last: they would make zero centroids.
+                keys = keys.masked_fill((rows == 0).all(-1), -1.0)
             picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
             slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
             picked = picks.gather(-1, slot)

@@ -181,12 +181,23 @@ class _Statistics(NamedTuple):
     offset: torch.Tensor  # (1, 1, d) mean subtracted (zeros for cosine)
     mean_variance: torch.Tensor  # (1,)
     n_rows: int  # over all ranks
+    n_zero_rows: int = 0  # cosine rows of zeros, over all ranks
+    # Cosine rows of zeros weigh 0 in the fit (see prepare_rows).
+    without_zeros: bool = False
 
 
 def prepare_rows(
-    chunk: torch.Tensor, offset: torch.Tensor, weights: torch.Tensor | None, metric: str
+    chunk: torch.Tensor,
+    offset: torch.Tensor,
+    weights: torch.Tensor | None,
+    metric: str,
+    without_zeros: bool = False,
 ) -> Prepared:
-    """A chunk as :func:`~torchkmeans.functional.lloyd.prepare` would have left its rows."""
+    """A chunk as :func:`~torchkmeans.functional.lloyd.prepare` would have left its rows.
+
+    ``without_zeros`` (cosine): rows of zeros weigh 0, their weight kept in
+    ``ignored``, as ``kmeans`` leaves them out of the fit.
+    """
     m, d = chunk.shape
     x_aug = torch.empty((1, m, d + 1), dtype=offset.dtype, device=offset.device)
     data = x_aug[..., :d]
@@ -198,7 +209,13 @@ def prepare_rows(
         torch.sub(chunk.unsqueeze(0), offset, out=data)
         x_sq = squared_norms(data)
     w = weights.unsqueeze(0) if weights is not None else None
-    return Prepared(data, x_aug, x_sq, w, offset, offset.new_zeros(1), metric, False)
+    ignored = None
+    if without_zeros and metric == "cosine":
+        given = w if w is not None else torch.ones_like(data[..., 0])
+        w = given * (data != 0).any(-1)
+        acc = _device.widest_float(data.device)
+        ignored = given.sum(-1, dtype=acc) - w.sum(-1, dtype=acc)
+    return Prepared(data, x_aug, x_sq, w, offset, offset.new_zeros(1), metric, False, ignored)
 
 
 class _HostSource:
@@ -223,11 +240,13 @@ class _HostSource:
             return chunks
         return ((start, times_power_of_two(chunk, self.exponent)) for start, chunk in chunks)
 
-    def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
+    def prepared(
+        self, offset: torch.Tensor, metric: str, without_zeros: bool = False
+    ) -> Iterator[tuple[int, Prepared]]:
         for start, chunk in self.raw():
             stop = start + chunk.shape[0]
             weights = None if self.weights is None else self.weights[start:stop]
-            yield start, prepare_rows(chunk, offset, weights, metric)
+            yield start, prepare_rows(chunk, offset, weights, metric, without_zeros)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         rows = self.data.take(index.cpu()).to(device=self.device, dtype=self.dtype)
@@ -254,12 +273,14 @@ class _TensorSource:
         if self.n_rows:
             yield 0, times_power_of_two(self.x.to(self.dtype), self.exponent)
 
-    def prepared(self, offset: torch.Tensor, metric: str) -> Iterator[tuple[int, Prepared]]:
+    def prepared(
+        self, offset: torch.Tensor, metric: str, without_zeros: bool = False
+    ) -> Iterator[tuple[int, Prepared]]:
         if not self.n_rows:
             return
         if self._prepared is None:
             x = times_power_of_two(self.x, self.exponent)
-            self._prepared = prepare_rows(x, offset, self.weights, metric)
+            self._prepared = prepare_rows(x, offset, self.weights, metric, without_zeros)
         yield 0, self._prepared
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
@@ -289,12 +310,14 @@ def _statistics(
     total_sq = torch.zeros(d, dtype=acc, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
     shift = torch.zeros(d, dtype=acc, device=device)
+    zero_rows = torch.zeros(1, dtype=acc, device=device)
     first = True
     for _, chunk in source.raw():
         finite &= torch.isfinite(chunk).all()
         values = chunk.to(acc)
         if metric == "cosine":
             values = unit_rows(values)
+            zero_rows += (values == 0).all(-1).sum()
         if first:
             shift, first = values.mean(0), False
         values = values - shift
@@ -304,16 +327,19 @@ def _statistics(
     mean = shift + total / max(n_local, 1)
     squares = total_sq - total.square() / max(n_local, 1)
     count = torch.tensor([float(n_local), float(not bool(finite))], dtype=acc, device=device)
+    count = torch.cat([count, zero_rows])
     if collective.distributed:
         # A shard's weights may all be zero (or none: an empty shard), not all ranks'.
         weight = torch.zeros(1, dtype=acc, device=device)
         if source.weights is not None and n_local:
             weight += source.weights.sum(dtype=acc)
+        # [rows, non-finite, rows of zeros, weight | mean | squares] of each rank
         gathered = collective.all_gather(torch.cat([count, weight, mean, squares]))
-        counts, means, squares_r = gathered[:, 0], gathered[:, 3 : 3 + d], gathered[:, 3 + d :]
+        counts, means, squares_r = gathered[:, 0], gathered[:, 4 : 4 + d], gathered[:, 4 + d :]
         bad = bool(gathered[:, 1].sum() > 0)
         n = float(counts.sum())
-        if source.weights is not None and not bad and not bool(gathered[:, 2].sum() > 0):
+        zero_rows = gathered[:, 2].sum()
+        if source.weights is not None and not bad and not bool(gathered[:, 3].sum() > 0):
             raise ValueError("Expected sample_weight to have a positive sum, got all weights zero.")
         mean = (counts[:, None] * means).sum(0) / max(n, 1.0)
         squares = (squares_r + counts[:, None] * (means - mean).square()).sum(0)
@@ -326,7 +352,7 @@ def _statistics(
     offset = torch.zeros((1, 1, d), dtype=dtype, device=device)
     if metric == "euclidean":
         offset = mean.to(dtype).view(1, 1, d)
-    return _Statistics(offset, mean_variance, int(n))
+    return _Statistics(offset, mean_variance, int(n), int(zero_rows.sum()))
 
 
 def _sample(data: HostRows, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -369,7 +395,11 @@ def _seed_rows(
         index = _sample(source.data, share, generator)
     rows = source.take(index)
     weights = None if source.weights is None else source.weights[index.to(source.device)]
-    return prepare_rows(rows, stats.offset, weights, metric)
+    sample = prepare_rows(rows, stats.offset, weights, metric, stats.without_zeros)
+    if sample.weights is not None and int((sample.weights > 0).sum()) < n_clusters:
+        # Too few rows with a direction drawn: seeded as without the option.
+        sample = prepare_rows(rows, stats.offset, weights, metric)
+    return sample
 
 
 def _draw_across(
@@ -616,7 +646,7 @@ def _lloyd_pass(
     acc = _device.widest_float(device)
     score_total = torch.zeros(b, dtype=acc, device=device)
     changed = torch.zeros(b, dtype=acc, device=device)
-    for start, prep in source.prepared(stats.offset, metric):
+    for start, prep in source.prepared(stats.offset, metric, stats.without_zeros):
         stop = start + prep.x.shape[1]
         previous = labels[:, start:stop].clone()
         chunk_labels = labels[:, start:stop]
@@ -661,9 +691,12 @@ def _relocate(
     device, dtype = centroids.device, centroids.dtype
     best_distances = torch.full((b, keep), -1.0, dtype=dtype, device=device)
     best_index = torch.zeros((b, keep), dtype=torch.int64, device=device)
-    for start, prep in source.prepared(stats.offset, metric):
+    for start, prep in source.prepared(stats.offset, metric, stats.without_zeros):
         stop = start + prep.x.shape[1]
         dist = exact_distances(prep.x, centroids, labels[:, start:stop], metric == "cosine")
+        if prep.weights is not None:
+            # Points of weight 0 (cosine rows of zeros) reseed no cluster.
+            dist = dist.masked_fill(prep.weights <= 0, -1.0)
         index = torch.arange(start, stop, device=device).expand(b, -1)
         pool_distances = torch.cat([best_distances, dist], dim=1)
         pool_index = torch.cat([best_index, index], dim=1)
@@ -868,6 +901,10 @@ def fit_passes(
     stats = _statistics(source, metric, collective, source.dtype)
     if stats.n_rows < n_clusters:
         raise ValueError(f"n_samples={stats.n_rows} should be >= n_clusters={n_clusters}.")
+    # As kmeans: cosine rows of zeros neither seed nor move a centroid
+    # (unless fewer than n_clusters rows are left).
+    without_zeros = 0 < stats.n_zero_rows <= stats.n_rows - n_clusters
+    stats = stats._replace(without_zeros=without_zeros)
     exponent = _underflow_exponent(source, stats, metric, collective)
     if exponent:
         # As kmeans does: the same fit, exactly, on the rows scaled by a power of two.

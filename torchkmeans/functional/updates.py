@@ -271,7 +271,9 @@ def relocate_empty_clusters(
     point off its centroid by rounding only is not taken: the cluster stays
     empty (every point is then on its centroid: duplicate points); when no
     point of a problem is off by more, none is taken, as scikit-learn takes
-    none when the largest distance is 0. Works
+    none when the largest distance is 0. Points of weight 0 are not taken
+    either: they would leave the cluster empty (cosine rows of zeros, which
+    the fit weighs 0, are at distance 1, the farthest of most data). Works
     on the whole batch with ``torch.where``: no host synchronisation.
 
     ``totals`` ``(b, k, d+1)`` as :func:`accumulate` leaves them; ``x3``
@@ -294,6 +296,8 @@ def relocate_empty_clusters(
     if active is not None:
         empty &= active
     rank = empty.cumsum(-1).sub_(1).clamp_(0, min(k, n) - 1)
+    if weights is not None:
+        distances = distances.masked_fill(weights <= 0, 0.0)
     if _device.on_host(distances.device):
         # Relocation is rare on the CPU (only when a cluster is empty): a
         # stable sort breaks ties between equally far points by their order,
