@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.datasets import load_digits, make_blobs
 
-from torchkmeans import KMeans, MiniBatchKMeans, elbow
+from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow
 from torchkmeans.distributed import ProcessGroupCollective, collective
 
 pytestmark = pytest.mark.skipif(
@@ -406,6 +406,23 @@ def explicit_group(rank, tmp):
     return km.cluster_centers_, alone.cluster_centers_, type(c).__name__, c.world_size
 
 
+def quantizer_empty_batches(rank, tmp):
+    # Batches of uneven sizes, each rank's sometimes empty (rank 0's on the
+    # first, initialising step): raising there left the other rank waiting.
+    torch.manual_seed(rank)
+    X = torch.as_tensor(blobs(n=400, d=6, seed=rank), dtype=torch.float32)
+    vq = VectorQuantizer(8, 3, heads=2, dead_code_threshold=0.5)
+    losses = []
+    for step in range(6):
+        n = 0 if (step + rank) % 3 == 0 else 20 + 30 * rank
+        x = X[step * 60 : step * 60 + n].clone().requires_grad_()
+        quantized, codes, loss = vq(x)
+        loss.backward()
+        assert quantized.shape == (n, 6) and codes.shape == (n, 2) and x.grad.shape == (n, 6)
+        losses.append(float(loss))
+    return vq.codebook, vq.ema_counts, losses
+
+
 def _error_of(work):
     try:
         work()
@@ -451,6 +468,7 @@ SCENARIOS = {
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
         explicit_group,
+        quantizer_empty_batches,
     )
 }
 
@@ -850,3 +868,13 @@ def test_the_torchrun_example_runs(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("same centroids on every rank: True") == 2, out.stdout
+
+
+def test_quantizer_ranks_with_empty_batches_keep_the_same_codebook(tmp_path):
+    (codebook, counts, losses), (other, other_counts, other_losses) = run_ranks(
+        "quantizer_empty_batches", tmp_path
+    )
+    assert torch.equal(codebook, other) and torch.equal(counts, other_counts)
+    assert torch.isfinite(codebook).all()
+    assert losses[0] == 0.0 and other_losses[2] == 0.0
+    assert all(loss > 0 for loss in losses[1:3]) and other_losses[0] > 0

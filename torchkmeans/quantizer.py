@@ -508,13 +508,18 @@ class VectorQuantizer(nn.Module):
             holds no vectors, or it holds NaN or infinity in a training
             forward that initialises the codebook by k-means. After that, a
             non-finite vector gets a code and a NaN loss but does not enter
-            the codebook's statistics.
+            the codebook's statistics. In a training forward under
+            torch.distributed, a rank's batch of no vectors (shape
+            ``(0, heads * dim)``, say) is accepted: it takes part in the
+            step's collectives with no statistics and a loss of 0 (raising
+            left the other ranks waiting in them).
         """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"Expected x to be a floating-point tensor, got {got}.")
         width = self.heads * self.dim
-        if x.ndim == 0 or x.shape[-1] != width or x.numel() == 0:
+        empty_ok = self.training and _distributed(self.process_group)[0]
+        if x.ndim == 0 or x.shape[-1] != width or (x.numel() == 0 and not empty_ok):
             raise ValueError(
                 f"Expected x to be a non-empty tensor of shape (..., {width}), "
                 f"got shape {tuple(x.shape)}."
@@ -529,7 +534,11 @@ class VectorQuantizer(nn.Module):
             if self.metric == "cosine":
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
-            loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+            if x.numel():
+                loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+            else:
+                # The mean of no vectors is NaN: 0, still in x's graph.
+                loss = (reference - target).square().sum()
         # Straight-through estimator: forward value exactly the code (x - x is
         # an exact zero, unlike x + (q - x) in half precision), gradient the
         # identity to x.
@@ -699,7 +708,11 @@ class VectorQuantizer(nn.Module):
         heads, n, dim = flat.shape
         k = self.num_codes
         reseed = self.dead_code_threshold > 0
-        if reseed:
+        if reseed and n == 0:
+            # A rank with no rows (a dead code restarts where it is; only the
+            # group's first rank's candidates count anyway).
+            candidates = self.codebook
+        elif reseed:
             # Distinct random batch vectors, one per code (wrapping around
             # when the batch is smaller than the codebook), finite rows first.
             keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
