@@ -423,6 +423,18 @@ def quantizer_empty_batches(rank, tmp):
     return vq.codebook, vq.ema_counts, losses
 
 
+def quantizer_collecting_for_the_init(rank, tmp):
+    # Rank 0 holds fewer vectors than codes: it collects another batch before
+    # the k-means init, and meanwhile every rank quantizes with its codes.
+    torch.manual_seed(rank)
+    X = torch.as_tensor(blobs(n=100, d=3, seed=rank), dtype=torch.float32)
+    vq = VectorQuantizer(8, 3)
+    vq(X[: 5 if rank == 0 else 50])
+    state = {name: buffer.clone() for name, buffer in vq.state_dict().items()}
+    vq(X[50:])
+    return state, bool(vq.initialized), vq.codebook
+
+
 def _error_of(work):
     try:
         work()
@@ -469,6 +481,7 @@ SCENARIOS = {
         one_dimensional_shard_on_one_rank,
         explicit_group,
         quantizer_empty_batches,
+        quantizer_collecting_for_the_init,
     )
 }
 
@@ -878,3 +891,13 @@ def test_quantizer_ranks_with_empty_batches_keep_the_same_codebook(tmp_path):
     assert torch.isfinite(codebook).all()
     assert losses[0] == 0.0 and other_losses[2] == 0.0
     assert all(loss > 0 for loss in losses[1:3]) and other_losses[0] > 0
+
+
+def test_quantizer_ranks_share_the_codes_while_the_first_collects_for_the_init(tmp_path):
+    (state, initialized, codebook), (other, _, other_codebook) = run_ranks(
+        "quantizer_collecting_for_the_init", tmp_path
+    )
+    assert not bool(state["initialized"]) and initialized
+    for name in state:
+        assert torch.equal(state[name], other[name]), name
+    assert torch.equal(codebook, other_codebook)

@@ -201,8 +201,8 @@ class VectorQuantizer(nn.Module):
         ``kmeans_iters`` Lloyd iterations) on the first training batch that
         holds at least ``num_codes`` vectors (smaller batches are collected
         until there are enough; meanwhile they are quantized with the initial
-        codes, which stay unchanged). Otherwise codes start as standard
-        normal draws.
+        codes, which stay unchanged: the first rank's on every rank, under
+        torch.distributed). Otherwise codes start as standard normal draws.
     kmeans_iters : int
         Lloyd iterations of that initialisation.
     dead_code_threshold : float
@@ -684,13 +684,18 @@ class VectorQuantizer(nn.Module):
                 "Expected x to hold finite values for the k-means initialisation "
                 "of the codebook, got NaN or infinity."
             )
-        if not ready:
+        # While the first rank is still collecting, the others quantize with
+        # its initial codes too: their own random draws gave every rank other
+        # codes for the same vectors.
+        if not (ready or active):
             return
         with torch.no_grad():
             self.codebook.copy_(codebook)
             self.ema_sums.copy_(sums)
             self.ema_counts.copy_(counts)
-            self.initialized.fill_(True)
+        if not ready:
+            return
+        self.initialized.fill_(True)
         self._needs_init = False
         self._init_samples = []
 
