@@ -424,15 +424,31 @@ def quantizer_empty_batches(rank, tmp):
 
 
 def quantizer_collecting_for_the_init(rank, tmp):
-    # Rank 0 holds fewer vectors than codes: it collects another batch before
-    # the k-means init, and meanwhile every rank quantizes with its codes.
+    # The ranks hold fewer vectors than codes: rank 0 collects another batch
+    # before the k-means init, and meanwhile every rank quantizes with its codes.
     torch.manual_seed(rank)
     X = torch.as_tensor(blobs(n=100, d=3, seed=rank), dtype=torch.float32)
     vq = VectorQuantizer(8, 3)
-    vq(X[: 5 if rank == 0 else 50])
+    vq(X[: 5 if rank == 0 else 2])
     state = {name: buffer.clone() for name, buffer in vq.state_dict().items()}
     vq(X[50:])
     return state, bool(vq.initialized), vq.codebook
+
+
+def quantizer_init_from_every_rank(rank, tmp):
+    # Shards from different sources: rank 0's blobs around one point, rank
+    # 1's far away. The k-means init saw rank 0's batch only: every code lay
+    # among rank 0's blobs.
+    torch.manual_seed(rank)
+    X, _ = make_blobs(n_samples=200, n_features=4, centers=4, random_state=rank)
+    X = torch.as_tensor(X + 100.0 * rank, dtype=torch.float32)
+    vq = VectorQuantizer(8, 4)
+    vq(X[:100])
+    nan = X[100:].clone()
+    nan[3, 1] = float("nan") if rank == 1 else 0.0
+    rejected = _error_of(lambda: VectorQuantizer(8, 4)(nan))
+    error = ((vq.eval()(X[100:]).quantized - X[100:]) ** 2).sum(-1).mean()
+    return vq.codebook, float(error), rejected
 
 
 def _error_of(work):
@@ -482,6 +498,7 @@ SCENARIOS = {
         explicit_group,
         quantizer_empty_batches,
         quantizer_collecting_for_the_init,
+        quantizer_init_from_every_rank,
     )
 }
 
@@ -901,3 +918,16 @@ def test_quantizer_ranks_share_the_codes_while_the_first_collects_for_the_init(t
     for name in state:
         assert torch.equal(state[name], other[name]), name
     assert torch.equal(codebook, other_codebook)
+
+
+def test_quantizer_init_clusters_the_batches_of_every_rank(tmp_path):
+    (codebook, error, rejected), (other, other_error, other_rejected) = run_ranks(
+        "quantizer_init_from_every_rank", tmp_path
+    )
+    assert torch.equal(codebook, other)
+    # Blobs of standard deviation 1 in 4-D: about 4 per vector when each
+    # blob has a code; before, rank 1's vectors lay ~200 from theirs (4e4).
+    assert error < 10 and other_error < 10, (error, other_error)
+    # A NaN in rank 1's first batch is seen by the clustering rank: both raise.
+    for kind, text in (rejected, other_rejected):
+        assert kind == "ValueError" and "finite values for the k-means" in text
