@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.datasets import load_digits, make_blobs
 
-from torchkmeans import KMeans, MiniBatchKMeans, elbow
+from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow
 from torchkmeans.distributed import ProcessGroupCollective, collective
 
 pytestmark = pytest.mark.skipif(
@@ -406,6 +406,51 @@ def explicit_group(rank, tmp):
     return km.cluster_centers_, alone.cluster_centers_, type(c).__name__, c.world_size
 
 
+def quantizer_empty_batches(rank, tmp):
+    # Batches of uneven sizes, each rank's sometimes empty (rank 0's on the
+    # first, initialising step): raising there left the other rank waiting.
+    torch.manual_seed(rank)
+    X = torch.as_tensor(blobs(n=400, d=6, seed=rank), dtype=torch.float32)
+    vq = VectorQuantizer(8, 3, heads=2, dead_code_threshold=0.5)
+    losses = []
+    for step in range(6):
+        n = 0 if (step + rank) % 3 == 0 else 20 + 30 * rank
+        x = X[step * 60 : step * 60 + n].clone().requires_grad_()
+        quantized, codes, loss = vq(x)
+        loss.backward()
+        assert quantized.shape == (n, 6) and codes.shape == (n, 2) and x.grad.shape == (n, 6)
+        losses.append(float(loss))
+    return vq.codebook, vq.ema_counts, losses
+
+
+def quantizer_collecting_for_the_init(rank, tmp):
+    # The ranks hold fewer vectors than codes: rank 0 collects another batch
+    # before the k-means init, and meanwhile every rank quantizes with its codes.
+    torch.manual_seed(rank)
+    X = torch.as_tensor(blobs(n=100, d=3, seed=rank), dtype=torch.float32)
+    vq = VectorQuantizer(8, 3)
+    vq(X[: 5 if rank == 0 else 2])
+    state = {name: buffer.clone() for name, buffer in vq.state_dict().items()}
+    vq(X[50:])
+    return state, bool(vq.initialized), vq.codebook
+
+
+def quantizer_init_from_every_rank(rank, tmp):
+    # Shards from different sources: rank 0's blobs around one point, rank
+    # 1's far away. The k-means init saw rank 0's batch only: every code lay
+    # among rank 0's blobs.
+    torch.manual_seed(rank)
+    X, _ = make_blobs(n_samples=200, n_features=4, centers=4, random_state=rank)
+    X = torch.as_tensor(X + 100.0 * rank, dtype=torch.float32)
+    vq = VectorQuantizer(8, 4)
+    vq(X[:100])
+    nan = X[100:].clone()
+    nan[3, 1] = float("nan") if rank == 1 else 0.0
+    rejected = _error_of(lambda: VectorQuantizer(8, 4)(nan))
+    error = ((vq.eval()(X[100:]).quantized - X[100:]) ** 2).sum(-1).mean()
+    return vq.codebook, float(error), rejected
+
+
 def _error_of(work):
     try:
         work()
@@ -451,6 +496,9 @@ SCENARIOS = {
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
         explicit_group,
+        quantizer_empty_batches,
+        quantizer_collecting_for_the_init,
+        quantizer_init_from_every_rank,
     )
 }
 
@@ -850,3 +898,36 @@ def test_the_torchrun_example_runs(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("same centroids on every rank: True") == 2, out.stdout
+
+
+def test_quantizer_ranks_with_empty_batches_keep_the_same_codebook(tmp_path):
+    (codebook, counts, losses), (other, other_counts, other_losses) = run_ranks(
+        "quantizer_empty_batches", tmp_path
+    )
+    assert torch.equal(codebook, other) and torch.equal(counts, other_counts)
+    assert torch.isfinite(codebook).all()
+    assert losses[0] == 0.0 and other_losses[2] == 0.0
+    assert all(loss > 0 for loss in losses[1:3]) and other_losses[0] > 0
+
+
+def test_quantizer_ranks_share_the_codes_while_the_first_collects_for_the_init(tmp_path):
+    (state, initialized, codebook), (other, _, other_codebook) = run_ranks(
+        "quantizer_collecting_for_the_init", tmp_path
+    )
+    assert not bool(state["initialized"]) and initialized
+    for name in state:
+        assert torch.equal(state[name], other[name]), name
+    assert torch.equal(codebook, other_codebook)
+
+
+def test_quantizer_init_clusters_the_batches_of_every_rank(tmp_path):
+    (codebook, error, rejected), (other, other_error, other_rejected) = run_ranks(
+        "quantizer_init_from_every_rank", tmp_path
+    )
+    assert torch.equal(codebook, other)
+    # Blobs of standard deviation 1 in 4-D: about 4 per vector when each
+    # blob has a code; before, rank 1's vectors lay ~200 from theirs (4e4).
+    assert error < 10 and other_error < 10, (error, other_error)
+    # A NaN in rank 1's first batch is seen by the clustering rank: both raise.
+    for kind, text in (rejected, other_rejected):
+        assert kind == "ValueError" and "finite values for the k-means" in text

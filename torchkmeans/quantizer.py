@@ -84,6 +84,21 @@ def _group_source(process_group: Any) -> int:
     return torch.distributed.get_global_rank(process_group, 0)
 
 
+def _gather_rows(rows: torch.Tensor, process_group: Any, world: int) -> torch.Tensor:
+    """The rows ``(h, n_r, d)`` of every rank of the group, in rank order along n, on every rank."""
+    dist = torch.distributed
+    size = torch.tensor([rows.shape[1]], device=rows.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=process_group)
+    counts = [int(n) for n in sizes]
+    # all_gather takes tensors of one shape: batches padded to the longest.
+    padded = rows.new_zeros(rows.shape[0], max(1, *counts), rows.shape[2])
+    padded[:, : rows.shape[1]] = rows
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=process_group)
+    return torch.cat([part[:, :n] for part, n in zip(parts, counts)], dim=1)
+
+
 def _laplace_smoothed(counts: torch.Tensor, eps: float) -> torch.Tensor:
     """Counts ``(h, k)`` with additive smoothing that keeps their total.
 
@@ -199,10 +214,11 @@ class VectorQuantizer(nn.Module):
     kmeans_init : bool
         Initialise the codebook with k-means (k-means++ seeding, then
         ``kmeans_iters`` Lloyd iterations) on the first training batch that
-        holds at least ``num_codes`` vectors (smaller batches are collected
+        holds at least ``num_codes`` vectors (under torch.distributed, the
+        batches of all ranks together; smaller batches are collected
         until there are enough; meanwhile they are quantized with the initial
-        codes, which stay unchanged). Otherwise codes start as standard
-        normal draws.
+        codes, which stay unchanged: the first rank's on every rank, under
+        torch.distributed). Otherwise codes start as standard normal draws.
     kmeans_iters : int
         Lloyd iterations of that initialisation.
     dead_code_threshold : float
@@ -247,7 +263,8 @@ class VectorQuantizer(nn.Module):
     Randomness (k-means++ seeding, random codes, the choice of re-seeding
     vectors) comes from torch's global generator: ``torch.manual_seed``
     makes a run reproducible. Under ``torch.distributed`` the first rank of
-    the group seeds the codebook and picks the re-seeding vectors; its
+    the group seeds the codebook (by k-means on the first batches of all
+    ranks, gathered) and picks the re-seeding vectors; its
     choices reach the others through the same collectives as the
     statistics, so no two ranks ever disagree.
 
@@ -508,13 +525,18 @@ class VectorQuantizer(nn.Module):
             holds no vectors, or it holds NaN or infinity in a training
             forward that initialises the codebook by k-means. After that, a
             non-finite vector gets a code and a NaN loss but does not enter
-            the codebook's statistics.
+            the codebook's statistics. In a training forward under
+            torch.distributed, a rank's batch of no vectors (shape
+            ``(0, heads * dim)``, say) is accepted: it takes part in the
+            step's collectives with no statistics and a loss of 0 (raising
+            left the other ranks waiting in them).
         """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"Expected x to be a floating-point tensor, got {got}.")
         width = self.heads * self.dim
-        if x.ndim == 0 or x.shape[-1] != width or x.numel() == 0:
+        empty_ok = self.training and _distributed(self.process_group)[0]
+        if x.ndim == 0 or x.shape[-1] != width or (x.numel() == 0 and not empty_ok):
             raise ValueError(
                 f"Expected x to be a non-empty tensor of shape (..., {width}), "
                 f"got shape {tuple(x.shape)}."
@@ -529,7 +551,11 @@ class VectorQuantizer(nn.Module):
             if self.metric == "cosine":
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
-            loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+            if x.numel():
+                loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+            else:
+                # The mean of no vectors is NaN: 0, still in x's graph.
+                loss = (reference - target).square().sum()
         # Straight-through estimator: forward value exactly the code (x - x is
         # an exact zero, unlike x + (q - x) in half precision), gradient the
         # identity to x.
@@ -600,9 +626,10 @@ class VectorQuantizer(nn.Module):
 
         With ``kmeans_init``, batches are collected until they hold
         ``num_codes`` vectors, then clustered. Under torch.distributed the
-        first rank of the group decides (whether it has enough vectors, and
-        the statistics) and broadcasts, so every rank starts from its state;
-        that also aligns codebooks drawn at random with different seeds.
+        batches of all ranks are gathered, and the first rank of the group
+        decides (whether there are enough vectors, and the statistics) and
+        broadcasts, so every rank starts from its state; that also aligns
+        codebooks drawn at random with different seeds.
         """
         if bool(self.initialized):
             # Initialised state copied in without load_state_dict (for
@@ -620,12 +647,16 @@ class VectorQuantizer(nn.Module):
         # __init__ pulled the first EMA step back to the random codes.
         sums = codebook * counts.unsqueeze(-1)
         if self.kmeans_init:
+            # Every rank's batch, gathered: rank 0's alone seeded the codes
+            # in its own part of the data only (shards from other sources:
+            # 15x the inertia of one process after 300 steps).
+            batch = _gather_rows(flat, self.process_group, world) if world > 1 else flat
             # Checked before the batch joins the collected ones (where a NaN
             # made every later training forward raise), on the rank that
             # clusters them; the others learn it from the broadcast and raise too.
-            finite = rank != 0 or bool(torch.isfinite(flat).all())
+            finite = rank != 0 or bool(torch.isfinite(batch).all())
             # A copy: ``flat`` may share memory with the caller's x.
-            self._init_samples.append(flat.clone())
+            self._init_samples.append(batch if world > 1 else flat.clone())
             samples = torch.cat(self._init_samples, dim=1)
             ready = finite and samples.shape[1] >= k
             if ready and rank == 0:
@@ -647,9 +678,9 @@ class VectorQuantizer(nn.Module):
                 )
                 codebook = result.centroids.float()
                 _, counts = scatter_sums(samples, result.labels, k, sample_weight=weight)
-                # EMA counts are per step and, under distributed training,
-                # summed over ranks: scale the collected counts to that unit.
-                counts = counts * (world / len(self._init_samples))
+                # EMA counts are per step (summed over ranks, as the gathered
+                # batches are): scale the collected counts to that unit.
+                counts = counts / len(self._init_samples)
                 sums = codebook * counts.unsqueeze(-1)
         if active:
             size = heads * k * dim
@@ -675,13 +706,18 @@ class VectorQuantizer(nn.Module):
                 "Expected x to hold finite values for the k-means initialisation "
                 "of the codebook, got NaN or infinity."
             )
-        if not ready:
+        # While the first rank is still collecting, the others quantize with
+        # its initial codes too: their own random draws gave every rank other
+        # codes for the same vectors.
+        if not (ready or active):
             return
         with torch.no_grad():
             self.codebook.copy_(codebook)
             self.ema_sums.copy_(sums)
             self.ema_counts.copy_(counts)
-            self.initialized.fill_(True)
+        if not ready:
+            return
+        self.initialized.fill_(True)
         self._needs_init = False
         self._init_samples = []
 
@@ -699,7 +735,11 @@ class VectorQuantizer(nn.Module):
         heads, n, dim = flat.shape
         k = self.num_codes
         reseed = self.dead_code_threshold > 0
-        if reseed:
+        if reseed and n == 0:
+            # A rank with no rows (a dead code restarts where it is; only the
+            # group's first rank's candidates count anyway).
+            candidates = self.codebook
+        elif reseed:
             # Distinct random batch vectors, one per code (wrapping around
             # when the batch is smaller than the codebook), finite rows first.
             keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
