@@ -149,6 +149,7 @@ def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypa
     torch.testing.assert_close(got, (x[:, None] - x[None, :2]).square().sum(-1))
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("n", "d", "k"), [(9001, 64, 8), (40_001, 2, 3), (2001, 300, 32), (901, 600, 1)]
