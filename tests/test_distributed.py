@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import copies_found_on_the_cpu, on_the_cpu_paths_only
 from sklearn.datasets import load_digits, make_blobs
 
 from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow
@@ -661,6 +662,7 @@ def test_memmap_shards_stream_and_agree(tmp_path):
     np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
 
 
+@copies_found_on_the_cpu
 def test_empty_clusters_are_reseeded_from_the_farthest_point_of_any_rank(tmp_path):
     (c0, l0), (c1, l1) = run_ranks("empty_clusters_reseeded", tmp_path)
     X = blobs()
@@ -741,6 +743,10 @@ def test_minibatch_inertia_is_that_of_the_ranks_batches_together(tmp_path):
         assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
 
 
+# The ranks (spawned, without conftest) take the CPU paths, the single process
+# here the accelerator's: data at 2^60, whose float32 scores overflow, labels
+# differently on each.
+@on_the_cpu_paths_only
 def test_minibatch_batch_inertia_beyond_float32_is_summed_over_the_ranks(tmp_path):
     # The step's float64 batch inertia was all_reduced in float32 with the
     # sums: infinite, and partial_fit refused X as overflowing, which one

@@ -149,6 +149,7 @@ def test_pairwise_distances_to_few_narrow_centroids_take_bounded_blocks(monkeypa
     torch.testing.assert_close(got, (x[:, None] - x[None, :2]).square().sum(-1))
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("n", "d", "k"), [(9001, 64, 8), (40_001, 2, 3), (2001, 300, 32), (901, 600, 1)]
@@ -245,6 +246,7 @@ def test_scatter_sums_of_one_problem_match_the_batched_path_and_numpy(n, d, k, w
     assert sums.dtype == counts.dtype == torch.float64
 
 
+@on_the_cpu_paths_only
 def test_batched_scatter_sums_equal_separate_problems_and_refuse_foreign_labels():
     x = torch.arange(6.0).reshape(2, 3, 1)
     labels = torch.tensor([[0, 1, 1], [1, 0, 0]])
@@ -259,6 +261,18 @@ def test_batched_scatter_sums_equal_separate_problems_and_refuse_foreign_labels(
         scatter_sums(x, torch.tensor([[0, 0, 0], [-1, 0, 0]]), 2)
     with pytest.raises(ValueError, match=r"from 0 to 2\."):
         scatter_sums(x, torch.tensor([[0, 0, 2], [0, 0, 0]]), 2)
+
+
+def test_foreign_labels_of_a_batch_fail_a_device_assertion_on_the_accelerator(
+    accelerator_paths,
+):
+    # Off the host the bounds are not read (a synchronisation): label -1 of the
+    # second problem was added silently into the first problem's last cluster.
+    x = torch.arange(6.0).reshape(2, 3, 1)
+    with pytest.raises(RuntimeError, match=r"Expected labels in \[0, n_clusters=2\)"):
+        scatter_sums(x, torch.tensor([[0, 0, 0], [-1, 0, 0]]), 2)
+    _, counts = scatter_sums(x, torch.tensor([[0, 1, 1], [1, 0, 0]]), 2)
+    assert counts.tolist() == [[1.0, 2.0], [2.0, 1.0]]
 
 
 def test_half_precision_sums_accumulate_in_float32():
@@ -992,10 +1006,12 @@ def _with_inf() -> torch.Tensor:
             ValueError,
             r"Expected labels to be of shape \(2, 100\) \(as x \(2, 100, 4\)\), got shape",
         ),
-        (
+        # Read on the host only; an accelerator asserts on the device instead.
+        pytest.param(
             lambda: scatter_sums(_X, torch.full((100,), 3), 2),
             ValueError,
             r"Expected labels in \[0, n_clusters=2\), got values from 3 to 3\.",
+            marks=on_the_cpu_paths_only,
         ),
         (
             lambda: scatter_sums(

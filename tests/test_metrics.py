@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import on_the_cpu_paths_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -224,6 +225,7 @@ def test_index_add_path_equals_one_hot_path(monkeypatch):
     np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10, atol=1e-14)
 
 
+@on_the_cpu_paths_only
 def test_cpu_sums_one_labelling_of_many_clusters_by_index_add():
     """A product with a one-hot (n, 128) matrix made the silhouette of 20,000 x 16
     2.8x slower than index_add_ on the CPU, and slower than scikit-learn."""

@@ -18,6 +18,7 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import on_the_cpu_paths_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
@@ -230,6 +231,7 @@ def test_no_row_is_dropped_at_group_and_tile_edges():
                 assert torch.equal(labels, picks), (n, d, k, threads)
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "shape", [(3000, 2, 16), (2000, 10, 7), (1500, 40, 30), (800, 130, 9), (1200, 300, 70)]
@@ -410,6 +412,7 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
     assert torch.equal(fused.centroids[~active], start[~active])
 
 
+@on_the_cpu_paths_only
 def test_which_problems_take_the_kernel():
     """Narrow rows always; up to 256 features with any number of centroids;
     wider rows while the transposed centroids stay within 1 MB (4 MB while
@@ -428,6 +431,7 @@ def test_which_problems_take_the_kernel():
     assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous
 
 
+@on_the_cpu_paths_only
 def test_which_searches_are_scored_from_differences():
     """Narrow rows at any size; wider ones while the search is small (up to
     2^20 multiply-adds), where the expansion's extra ops cost more than it."""

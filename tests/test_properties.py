@@ -10,6 +10,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from conftest import copies_found_on_the_cpu, on_the_cpu_paths_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -146,6 +147,7 @@ def test_integer_weights_equal_repeated_rows(problem, data):
     np.testing.assert_array_equal(np.repeat(a.labels.numpy(), weights), b.labels.numpy())
 
 
+@on_the_cpu_paths_only
 @SETTINGS
 @given(problems(max_n=90, max_k=8), st.integers(0, 2**32 - 1), st.booleans(), st.integers(1, 40))
 @pytest.mark.parametrize("columns_up_to_k", [0, 63], ids=["rows", "columns"])
@@ -311,6 +313,7 @@ def test_grouped_row_minimum_equals_min(m, k, extra_columns, dtype, seed):
         assert torch.equal(indices, expected.indices)
 
 
+@copies_found_on_the_cpu
 @SETTINGS
 @given(
     st.integers(0, 120),

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import on_the_cpu_paths_only
 from torch import nn
 
 from torchkmeans import quantizer as quantizer_module
@@ -609,6 +610,7 @@ def test_constructor_accepts_numpy_numbers():
     assert vq.kmeans_init is False
 
 
+@on_the_cpu_paths_only
 def test_forward_and_lookup_errors():
     vq = VectorQuantizer(4, 2, heads=3)
     with pytest.raises(
@@ -895,6 +897,7 @@ def test_inputs_far_from_the_origin_get_their_nearest_code(offset):
     assert bool((chosen <= table.min(1).values * (1 + 1e-4) + 1e-9).all())
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_inputs_in_groups_far_apart_get_their_nearest_code(seed):
     # Two groups 1e4 apart, codes in both: centred on the codebook's mean the

@@ -183,7 +183,9 @@ def scatter_sums(
         If the shapes do not match, ``n_clusters`` < 1, or (for labels on the
         CPU, where the check needs no device synchronisation) a label lies
         outside ``[0, n_clusters)``: in a batch it would otherwise be added
-        silently into a neighbouring problem.
+        silently into a neighbouring problem. On an accelerator a
+        device-side assertion checks the labels instead, and fails with a
+        ``RuntimeError`` at the next synchronisation.
 
     Examples
     --------
@@ -208,12 +210,19 @@ def scatter_sums(
             f"Expected labels to be of shape {expected} (as x {tuple(x.shape)}), "
             f"got shape {tuple(labels.shape)}."
         )
-    if _device.on_host(labels.device) and labels.numel():
-        low, high = (int(bound) for bound in torch.aminmax(labels))
-        if low < 0 or high >= n_clusters:
-            raise ValueError(
-                f"Expected labels in [0, n_clusters={n_clusters}), got values from {low} to {high}."
-            )
+    if labels.numel():
+        expected = f"Expected labels in [0, n_clusters={n_clusters})"
+        if _device.on_host(labels.device):
+            low, high = (int(bound) for bound in torch.aminmax(labels))
+            if low < 0 or high >= n_clusters:
+                raise ValueError(f"{expected}, got values from {low} to {high}.")
+        elif not _device.traced():
+            # Reading the bounds would wait for the device: a device-side
+            # assertion checks them without a synchronisation and fails at the
+            # next one (a label -1 of a batch's second problem was otherwise
+            # added silently into the first problem's last cluster).
+            in_range = (labels >= 0) & (labels < n_clusters)
+            torch._assert_async(in_range.all(), f"{expected}.")
     labels = labels.detach().long()
     sample_weight = v.check_weight_tensor(
         sample_weight, n, labels.shape[0] if labels.ndim == 2 else 1, values=False
