@@ -190,6 +190,19 @@ def minibatch_fit_on_iterables_of_other_lengths(rank, tmp):
     return fitted.cluster_centers_, fitted.n_steps_, partial.cluster_centers_, none
 
 
+def minibatch_fit_on_iterables_of_lists(rank, tmp):
+    # Rows as lists: rank 0's iterable ends after 2 batches and its empty
+    # batch in the next steps was [], 1-D, refused by every step.
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 400, 100)]
+    local = (
+        [b[:40].tolist() for b in batches[:2]] if rank == 0 else [b[40:].tolist() for b in batches]
+    )
+    fitted = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    fitted.fit(iter(local))
+    return fitted.cluster_centers_, fitted.n_steps_
+
+
 def minibatch_float32_uneven_batches(rank, tmp):
     # float32 rows, 64 features, k=10: a batch of 100 rows is scored by the
     # kernel from differences (float64 totals), one of 1,697 rows by
@@ -428,6 +441,7 @@ SCENARIOS = {
         minibatch_partial_fit,
         minibatch_empty_batches,
         minibatch_fit_on_iterables_of_other_lengths,
+        minibatch_fit_on_iterables_of_lists,
         minibatch_float32_uneven_batches,
         minibatch_batch_inertia_beyond_float32,
         minibatch_inertia_of_the_batch,
@@ -647,6 +661,18 @@ def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
     assert np.isfinite(r0).all()
     # reseeded centres are rows of the data, never the zero placeholder
     assert not (r0 == 0).all(axis=1).any()
+
+
+def test_minibatch_fit_on_iterables_of_lists_of_other_lengths_on_the_ranks(tmp_path):
+    """Batches of rows as lists: a rank out of them joins with (0, d) empty ones."""
+    (c0, n0), (c1, n1) = run_ranks("minibatch_fit_on_iterables_of_lists", tmp_path)
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 400, 100):
+        single.partial_fit(X[i : i + 100] if i < 200 else X[i + 40 : i + 100])
+    np.testing.assert_array_equal(c0, c1)
+    assert n0 == n1 == 4
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
 
 
 def test_minibatch_fit_on_iterables_of_other_lengths_on_the_ranks(tmp_path):

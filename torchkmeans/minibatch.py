@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _validation as v
@@ -89,7 +90,9 @@ def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator
         if x is exhausted:
             x = empty
         else:
-            empty = x[:0]
+            # Rows as lists have no (0, d) slice: [] is 1-D, which no step accepts.
+            shape = getattr(x, "shape", None)
+            empty = x[:0] if shape is not None and len(shape) == 2 else np.asarray(x)[:0]
         yield x
 
 
