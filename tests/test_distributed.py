@@ -389,6 +389,20 @@ def mismatched_minibatch_init(rank, tmp):
     return _error_of(lambda: MiniBatchKMeans(6, init=init, random_state=0).partial_fit(X[:100]))
 
 
+def minibatch_bad_init_on_one_rank(rank, tmp):
+    # Rank 1's array is refused (shape, NaN): it raised alone and rank 0
+    # waited in the broadcast of rank 0's array until the group's timeout.
+    X = blobs()
+    shape = X[:6] if rank == 0 else X[:5]
+    nan = X[:6].copy()
+    if rank == 1:
+        nan[2, 1] = np.nan
+    return [
+        _error_of(lambda init=init: MiniBatchKMeans(6, init=init).partial_fit(X[:100]))
+        for init in (shape, nan)
+    ]
+
+
 def nan_on_one_rank(rank, tmp):
     X = blobs()[:100].copy()
     if rank == 1:
@@ -461,6 +475,7 @@ SCENARIOS = {
         mismatched_reassignment_ratio,
         mismatched_init,
         mismatched_minibatch_init,
+        minibatch_bad_init_on_one_rank,
         nan_on_one_rank,
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
@@ -838,6 +853,15 @@ def test_ranks_that_disagree_all_raise_instead_of_hanging(tmp_path, scenario, me
     for kind, text in outcomes:
         assert kind == "ValueError"
         assert re.search(message, text), text
+
+
+def test_minibatch_bad_init_on_one_rank_raises_on_every_rank(tmp_path):
+    (shape0, nan0), (shape1, nan1) = run_ranks("minibatch_bad_init_on_one_rank", tmp_path)
+    assert shape1 == ("ValueError", "Expected init to be of shape (6, 5), got shape (5, 5).")
+    assert nan1[0] == "ValueError" and "NaN" in nan1[1]
+    for kind, text in (shape0, nan0):
+        assert kind == "ValueError"
+        assert re.search(r"Expected a valid init on every rank, but rank 1 rejected its init", text)
 
 
 def test_an_explicit_process_group(tmp_path):

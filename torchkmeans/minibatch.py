@@ -434,7 +434,16 @@ class MiniBatchKMeans(KMeans):
         if not isinstance(init, str):
             # Rank 0's array (or callable's centres): another rank's, say the
             # first rows of its shard, kept its centres that no row reached.
-            return collective.broadcast(self._seed(x, weights, n_clusters, generator).contiguous())
+            # One rank's bad array (shape, NaN) is every rank's error: raised
+            # alone, it left the others waiting in the broadcast.
+            centers, error = None, None
+            try:
+                centers = self._seed(x, weights, n_clusters, generator)
+            except (TypeError, ValueError) as exc:
+                error = exc
+            check_agreement(collective, x.device, error, what="init")
+            assert centers is not None
+            return collective.broadcast(centers.contiguous())
         offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
         if init == "k-means++" and self.metric == "euclidean":
             # k-means++ scores rows centred on the mean of all ranks' rows, as
