@@ -191,6 +191,19 @@ def minibatch_fit_on_iterables_of_other_lengths(rank, tmp):
     return fitted.cluster_centers_, fitted.n_steps_, partial.cluster_centers_, none
 
 
+def minibatch_fit_on_iterables_of_lists(rank, tmp):
+    # Rows as lists: rank 0's iterable ends after 2 batches and its empty
+    # batch in the next steps was [], 1-D, refused by every step.
+    X = load_digits().data
+    batches = [X[i : i + 100] for i in range(0, 400, 100)]
+    local = (
+        [b[:40].tolist() for b in batches[:2]] if rank == 0 else [b[40:].tolist() for b in batches]
+    )
+    fitted = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    fitted.fit(iter(local))
+    return fitted.cluster_centers_, fitted.n_steps_
+
+
 def minibatch_float32_uneven_batches(rank, tmp):
     # float32 rows, 64 features, k=10: a batch of 100 rows is scored by the
     # kernel from differences (float64 totals), one of 1,697 rows by
@@ -377,6 +390,20 @@ def mismatched_minibatch_init(rank, tmp):
     return _error_of(lambda: MiniBatchKMeans(6, init=init, random_state=0).partial_fit(X[:100]))
 
 
+def minibatch_bad_init_on_one_rank(rank, tmp):
+    # Rank 1's array is refused (shape, NaN): it raised alone and rank 0
+    # waited in the broadcast of rank 0's array until the group's timeout.
+    X = blobs()
+    shape = X[:6] if rank == 0 else X[:5]
+    nan = X[:6].copy()
+    if rank == 1:
+        nan[2, 1] = np.nan
+    return [
+        _error_of(lambda init=init: MiniBatchKMeans(6, init=init).partial_fit(X[:100]))
+        for init in (shape, nan)
+    ]
+
+
 def nan_on_one_rank(rank, tmp):
     X = blobs()[:100].copy()
     if rank == 1:
@@ -474,6 +501,7 @@ SCENARIOS = {
         minibatch_partial_fit,
         minibatch_empty_batches,
         minibatch_fit_on_iterables_of_other_lengths,
+        minibatch_fit_on_iterables_of_lists,
         minibatch_float32_uneven_batches,
         minibatch_batch_inertia_beyond_float32,
         minibatch_inertia_of_the_batch,
@@ -493,6 +521,7 @@ SCENARIOS = {
         mismatched_reassignment_ratio,
         mismatched_init,
         mismatched_minibatch_init,
+        minibatch_bad_init_on_one_rank,
         nan_on_one_rank,
         negative_weight_on_one_rank,
         one_dimensional_shard_on_one_rank,
@@ -699,6 +728,18 @@ def test_minibatch_partial_fit_with_empty_batches_on_either_rank(tmp_path):
     assert not (r0 == 0).all(axis=1).any()
 
 
+def test_minibatch_fit_on_iterables_of_lists_of_other_lengths_on_the_ranks(tmp_path):
+    """Batches of rows as lists: a rank out of them joins with (0, d) empty ones."""
+    (c0, n0), (c1, n1) = run_ranks("minibatch_fit_on_iterables_of_lists", tmp_path)
+    X = load_digits().data
+    single = MiniBatchKMeans(10, init=X[:10], reassignment_ratio=0.0, random_state=0)
+    for i in range(0, 400, 100):
+        single.partial_fit(X[i : i + 100] if i < 200 else X[i + 40 : i + 100])
+    np.testing.assert_array_equal(c0, c1)
+    assert n0 == n1 == 4
+    np.testing.assert_allclose(c0, single.cluster_centers_, rtol=1e-10, atol=1e-10)
+
+
 def test_minibatch_fit_on_iterables_of_other_lengths_on_the_ranks(tmp_path):
     """A rank whose iterable ends first joins the others' remaining steps
     with empty batches: every step is that of the ranks' rows together."""
@@ -866,6 +907,15 @@ def test_ranks_that_disagree_all_raise_instead_of_hanging(tmp_path, scenario, me
     for kind, text in outcomes:
         assert kind == "ValueError"
         assert re.search(message, text), text
+
+
+def test_minibatch_bad_init_on_one_rank_raises_on_every_rank(tmp_path):
+    (shape0, nan0), (shape1, nan1) = run_ranks("minibatch_bad_init_on_one_rank", tmp_path)
+    assert shape1 == ("ValueError", "Expected init to be of shape (6, 5), got shape (5, 5).")
+    assert nan1[0] == "ValueError" and "NaN" in nan1[1]
+    for kind, text in (shape0, nan0):
+        assert kind == "ValueError"
+        assert re.search(r"Expected a valid init on every rank, but rank 1 rejected its init", text)
 
 
 def test_an_explicit_process_group(tmp_path):

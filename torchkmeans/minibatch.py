@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _validation as v
@@ -89,7 +90,9 @@ def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator
         if x is exhausted:
             x = empty
         else:
-            empty = x[:0]
+            # Rows as lists have no (0, d) slice: [] is 1-D, which no step accepts.
+            shape = getattr(x, "shape", None)
+            empty = x[:0] if shape is not None and len(shape) == 2 else np.asarray(x)[:0]
         yield x
 
 
@@ -439,7 +442,16 @@ class MiniBatchKMeans(KMeans):
         if not isinstance(init, str):
             # Rank 0's array (or callable's centres): another rank's, say the
             # first rows of its shard, kept its centres that no row reached.
-            return collective.broadcast(self._seed(x, weights, n_clusters, generator).contiguous())
+            # One rank's bad array (shape, NaN) is every rank's error: raised
+            # alone, it left the others waiting in the broadcast.
+            centers, error = None, None
+            try:
+                centers = self._seed(x, weights, n_clusters, generator)
+            except (TypeError, ValueError) as exc:
+                error = exc
+            check_agreement(collective, x.device, error, what="init")
+            assert centers is not None
+            return collective.broadcast(centers.contiguous())
         offset = torch.zeros((1, 1, x.shape[1]), dtype=x.dtype, device=x.device)
         if init == "k-means++" and self.metric == "euclidean":
             # k-means++ scores rows centred on the mean of all ranks' rows, as
