@@ -27,7 +27,12 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import Collective
-from .functional.distances import DEFAULT_MEMORY_BUDGET, nearest_centroids, unit_rows
+from .functional.distances import (
+    DEFAULT_MEMORY_BUDGET,
+    nearest_centroids,
+    unit_rows,
+    weights_without_rows_of_zeros,
+)
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import lloyd
 from .functional.streaming import HostRows, check_sweep, reject_shard, streamed_kmeans
@@ -400,16 +405,14 @@ def _sweep(
     # euclidean rows itself, as kmeans() does).
     seeding_x = unit_rows(x) if metric == "cosine" else x
     # Cosine rows of zeros (no direction) seed no centroid, as in kmeans().
-    direction = None
+    seeding_weights = None
     if metric == "cosine":
-        direction = (seeding_x != 0).any(-1)
-        if bool(direction.all()) or int(direction.sum()) < k_max:
-            direction = None
+        seeding_weights = weights_without_rows_of_zeros(seeding_x, None, k_max)
     _, indices = kmeans_plusplus(
         seeding_x,
         k_max,
         n_problems=n_init,
-        sample_weight=None if direction is None else direction.to(seeding_x.dtype),
+        sample_weight=seeding_weights,
         metric=metric,
         generator=generator,
         memory_budget=memory_budget,

@@ -18,12 +18,19 @@ from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
-from .functional.distances import block_rows, compute_dtype, underflow_exponent_of, unit_rows
+from .functional.distances import (
+    block_rows,
+    compute_dtype,
+    underflow_exponent_of,
+    unit_rows,
+    weights_without_rows_of_zeros,
+)
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
+    init_kind,
     iter_chunks,
     kmeans_plusplus_across,
     prepare_rows,
@@ -94,13 +101,6 @@ def _batches_in_step(batches: Iterable[Any], collective: Collective) -> Iterator
             shape = getattr(x, "shape", None)
             empty = x[:0] if shape is not None and len(shape) == 2 else np.asarray(x)[:0]
         yield x
-
-
-def _init_kind(init: Any) -> str:
-    """``init`` as the ranks of a distributed fit compare it."""
-    if isinstance(init, str):
-        return init
-    return "callable" if callable(init) else "array"
 
 
 def _refuse_weights_with_stream(sample_weight: Any) -> None:
@@ -397,11 +397,9 @@ class MiniBatchKMeans(KMeans):
         init = self.init
         if self.metric == "cosine":
             # Rows of zeros (no direction) seed no centre, as in KMeans.
-            direction = (x != 0).any(-1)
-            if not bool(direction.all()) and int(direction.sum()) >= n_clusters:
-                kept = direction.to(x.dtype) if weights is None else weights * direction
-                if int((kept > 0).sum()) >= n_clusters:
-                    weights = kept
+            kept = weights_without_rows_of_zeros(x, weights, n_clusters)
+            if kept is not None:
+                weights = kept
         if isinstance(init, str) and init == "k-means++":
             # kmeans_plusplus scores euclidean rows centred on their mean.
             _, indices = kmeans_plusplus(
@@ -874,7 +872,7 @@ class MiniBatchKMeans(KMeans):
                     batch_size=self.batch_size,
                     reassignment_ratio=self.reassignment_ratio,
                     # An array on some ranks and a seeding on others: different collectives.
-                    init=_init_kind(self.init),
+                    init=init_kind(self.init),
                 )
                 wide = _device.widest_float(x.device)
                 share = torch.full((2,), float(n), dtype=wide, device=x.device)

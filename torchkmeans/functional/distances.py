@@ -85,6 +85,25 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def weights_without_rows_of_zeros(
+    x: torch.Tensor, weights: torch.Tensor | None, n_clusters: int
+) -> torch.Tensor | None:
+    """Weights ``(..., n)`` of rows ``x`` ``(..., n, d)`` with the rows of zeros
+    at 0, for cosine seeding and fits: such a row has no direction, and at
+    distance 1 from every unit centroid (the farthest of most data) it
+    seeded or reseeded centroids of zeros. None when no row is zero, or when
+    some problem would keep fewer than ``n_clusters`` rows of positive
+    weight (then nothing changes). One host read.
+    """
+    direction = (x != 0).any(-1)
+    if bool(direction.all()):
+        return None
+    kept = direction.to(x.dtype) if weights is None else weights * direction
+    if not bool(((kept > 0).sum(-1) >= n_clusters).all()):
+        return None
+    return kept
+
+
 def unit_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Each row (the last dimension) of ``x`` scaled to unit euclidean norm.
 

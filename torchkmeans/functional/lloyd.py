@@ -42,6 +42,7 @@ from .distances import (
     underflow_exponent,
     unit_rows,
     variance_may_underflow,
+    weights_without_rows_of_zeros,
     wide_sum,
 )
 from .init import kmeans_plusplus, random_init
@@ -155,13 +156,10 @@ def _without_rows_of_zeros(prep: Prepared, n_clusters: int) -> Prepared:
     """
     if prep.metric != "cosine":
         return prep
-    direction = (prep.x != 0).any(-1)  # (bx, n)
-    if bool(direction.all()):
+    kept = weights_without_rows_of_zeros(prep.x, prep.weights, n_clusters)
+    if kept is None:
         return prep
-    weights = prep.weights if prep.weights is not None else torch.ones_like(prep.x[..., 0])
-    kept = weights * direction
-    if not bool(((kept > 0).sum(-1) >= n_clusters).all()):
-        return prep
+    weights = prep.weights if prep.weights is not None else torch.ones_like(kept)
     acc = _device.widest_float(prep.x.device)
     ignored = (weights - kept).sum(-1, dtype=acc)
     return prep._replace(weights=kept, ignored=ignored)

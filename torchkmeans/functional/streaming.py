@@ -796,6 +796,14 @@ def check_agreement(
             raise ValueError(f"Expected every rank to have the same {name}, got {shown} (by rank).")
 
 
+def init_kind(init: Any) -> str:
+    """``init`` as the ranks of a distributed fit compare it: a seeding's
+    name, "array" or "callable" (the ranks' collectives differ by kind)."""
+    if isinstance(init, str):
+        return init
+    return "callable" if callable(init) else "array"
+
+
 # What every rank's fit_passes must agree on (see check_agreement).
 _AGREED = (
     "n_features",
@@ -895,7 +903,7 @@ def fit_passes(
         source.weights is not None,
         max_iter,
         float(tol),
-        init if isinstance(init, str) else "array",
+        init_kind(init),
     )
     check_agreement(collective, source.device, what="shard", **dict(zip(_AGREED, problem)))
     stats = _statistics(source, metric, collective, source.dtype)
