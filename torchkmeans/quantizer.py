@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import _validation as v
+from .distributed import SharesProcessGroup
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums
@@ -183,7 +184,7 @@ def _perplexity(counts: torch.Tensor) -> torch.Tensor:
     return entropy.exp()
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(SharesProcessGroup, nn.Module):
     """Vector quantization layer whose codebook is learned by online k-means.
 
     Each vector of the input's last dimension is replaced by its nearest
@@ -239,6 +240,8 @@ class VectorQuantizer(nn.Module):
     process_group : torch.distributed.ProcessGroup, optional
         Group whose ranks share the codebook (the default group if None).
         Used only when ``torch.distributed`` is initialised at forward time.
+        ``copy.deepcopy`` shares the group; a pickle (``torch.save`` of the
+        module) stores None in its place (the state_dict never holds it).
 
     Attributes
     ----------
