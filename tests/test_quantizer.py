@@ -832,6 +832,45 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aot_eager", id="aot_eager"),
+        pytest.param("inductor", id="inductor"),
+    ],
+)
+def test_a_model_compiled_before_its_first_step_initialises_eagerly(monkeypatch, backend):
+    # The one-time k-means reads the host and draws from torch's generator:
+    # traced, inductor drew its seeding with its own generator (other codes
+    # than eager's: losses 0.03 apart) and compiled the whole k-means first.
+    compiling, clustering = [], quantizer_module.kmeans
+
+    def spy(*args, **kwargs):
+        compiling.append(torch.compiler.is_compiling())
+        return clustering(*args, **kwargs)
+
+    monkeypatch.setattr(quantizer_module, "kmeans", spy)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyAutoencoder()
+    model.quantizer.dead_code_threshold = 0.0  # no draws after the init step
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=backend)
+    for step in range(3):
+        x = torch.randn(64, 8) * (1 + step)
+        torch.manual_seed(step)
+        loss = compiled(x)
+        loss.backward()
+        torch.manual_seed(step)
+        expected = eager(x)
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+    assert compiling == [False, False]  # the compiled model's init step, then eager's
+    for name, value in eager.quantizer.state_dict().items():
+        torch.testing.assert_close(model.quantizer.state_dict()[name], value)
+    torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
+
+
 def test_cosine_compiles_fullgraph_and_traces():
     # Rows of extreme norms are found with a host read on the CPU, a branch
     # on data that torch.compile(fullgraph=True) and torch.jit.trace cannot

@@ -272,11 +272,16 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     statistics, so no two ranks ever disagree.
 
     The first training forward runs the k-means initialisation on the host
-    side: call ``torch.compile`` on a model that has done one training step
-    (or whose state was loaded from a trained one). The buffers stay float32
-    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``;
-    codes are chosen in float32 for half-precision inputs and in float64 for
-    float64 ones.
+    side: under ``torch.compile`` it runs eagerly, outside the graph (a graph
+    break, so ``fullgraph=True`` needs a model that has done one training
+    step, or whose state was loaded from a trained one), and gives eager's
+    codebook. Inductor draws the random numbers of its graphs (the vectors
+    that re-seed dead codes) from its own generator: set
+    ``torch._inductor.config.fallback_random = True`` for eager's draws.
+
+    The buffers stay float32 when the module is cast with
+    ``.half()``/``.bfloat16()``/``.double()``; codes are chosen in float32
+    for half-precision inputs and in float64 for float64 ones.
 
     Under gradient checkpointing (``torch.utils.checkpoint``) the forward
     that backward runs again takes no second EMA step and leaves ``usage``
@@ -592,7 +597,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         training = self.training and not recomputing
 
         if training and self._needs_init:
-            self._initialize(flat)
+            initialize = self._initialize
+            if _device.compiling():
+                # Run eagerly, outside the graph (torch._dynamo is loaded by
+                # now): traced, torch.compile followed the whole k-means
+                # through its host reads (3 minutes of inductor on 2 cores)
+                # and inductor seeded it from its own generator, not eager's.
+                initialize = torch.compiler.disable(initialize)
+            initialize(flat)
 
         codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
