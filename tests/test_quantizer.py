@@ -360,6 +360,57 @@ def test_state_dict_round_trips():
     assert bool(loaded.initialized)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_a_checkpoint_taken_while_collecting_for_the_init_resumes_the_collection(tmp_path, heads):
+    # Batches smaller than the codebook are collected until there are enough
+    # for k-means: a checkpoint lost them, and the resumed quantizer collected
+    # again from scratch (other codes than the run it was taken from).
+    import io
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2, heads=heads)
+    batches = [torch.randn(n, 2 * heads) for n in (40, 10, 30, 50)]
+    vq(batches[0])
+    vq(batches[1])
+    buffer = io.BytesIO()
+    torch.save(vq.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(1)
+    resumed = VectorQuantizer(64, 2, heads=heads)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    for x in batches[2:]:
+        torch.manual_seed(2)
+        expected = vq(x)
+        torch.manual_seed(2)
+        assert torch.equal(resumed(x).codes, expected.codes)
+    assert bool(resumed.initialized)
+    assert resumed.state_dict().keys() == vq.state_dict().keys()  # no samples left
+    for name, value in vq.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_collected_batches_follow_the_module_to_a_device_and_stay_float32():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2)
+    vq(torch.randn(40, 2))
+    moved = copy.deepcopy(vq).to("meta")
+    assert moved.state_dict()["init_samples"].device.type == "meta"
+    assert vq.half().state_dict()["init_samples"].dtype == torch.float32
+
+
+def test_a_checkpoint_of_collected_batches_for_another_shape_is_refused():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2)
+    vq(torch.randn(40, 2))
+    state = vq.state_dict()
+    assert state["init_samples"].shape == (1, 40, 2)
+    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 40, 3\), got"):
+        VectorQuantizer(64, 3).load_state_dict(state, strict=False)
+    state["init_sizes"] = torch.tensor([30])
+    with pytest.raises(RuntimeError, match=r"Expected init_sizes to sum to 40, got 30\."):
+        VectorQuantizer(64, 2).load_state_dict(state)
+
+
 def test_load_state_dict_assign_keeps_float32_buffers():
     """load_state_dict(assign=True) of a half-precision checkpoint: the
     statistics stay float32, and training goes on (it raised on mixed dtypes)."""

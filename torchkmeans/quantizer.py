@@ -254,7 +254,11 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     ema_counts : Tensor
         ``(heads, num_codes)`` float32 EMA of the per-code counts.
     initialized : Tensor
-        bool scalar, True once the codebook has been initialised.
+        bool scalar, True once the codebook has been initialised. Until
+        then, while batches are being collected for the k-means
+        initialisation, ``state_dict`` also holds them (``init_samples``,
+        ``(heads, n, dim)``, and ``init_sizes``, one size per batch), so
+        that a checkpoint resumes the collection.
 
     Raises
     ------
@@ -388,12 +392,39 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 return t.to(device=moved.device)
             return moved
 
-        return super()._apply(keep_dtype, recurse)
+        applied = super()._apply(keep_dtype, recurse)
+        # The batches collected for the k-means initialisation go along
+        # (left behind, they met the codebook on another device).
+        self._init_samples = [keep_dtype(batch) for batch in self._init_samples]
+        return applied
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The batches collected so far for the k-means initialisation, only
+        # while there are some: a checkpoint taken meanwhile lost them, and
+        # the resumed quantizer collected again from scratch.
+        if self._init_samples:
+            destination[prefix + "init_samples"] = torch.cat(self._init_samples, dim=1)
+            sizes = [batch.shape[1] for batch in self._init_samples]
+            destination[prefix + "init_sizes"] = torch.tensor(sizes)
 
     def _load_from_state_dict(
-        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Taken out before the buffers load: they are not buffers (strict
+        # loading would call them unexpected), and most checkpoints lack them.
+        samples = state_dict.pop(prefix + "init_samples", None)
+        sizes = state_dict.pop(prefix + "init_sizes", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         # load_state_dict(assign=True) puts the checkpoint's tensors in place
         # of the buffers: a half-precision checkpoint would make the
         # statistics half (the first EMA step then raised on mixed dtypes).
@@ -404,6 +435,20 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # Loading is host-side work already: one read of the flag is fine here.
         self._needs_init = not bool(self.initialized)
         self._init_samples = []
+        if samples is None or sizes is None or not (self._needs_init and self.kmeans_init):
+            return
+        shape = (self.heads, samples.shape[1] if samples.ndim == 3 else "n", self.dim)
+        if samples.shape != shape:
+            error_msgs.append(
+                f"Expected init_samples of shape {shape}, got shape {tuple(samples.shape)}."
+            )
+        elif int(sizes.sum()) != samples.shape[1]:
+            error_msgs.append(
+                f"Expected init_sizes to sum to {samples.shape[1]}, got {int(sizes.sum())}."
+            )
+        else:
+            samples = samples.to(device=self.codebook.device, dtype=torch.float32)
+            self._init_samples = list(samples.split(sizes.tolist(), dim=1))
 
     # -------------------------------------------------------------- accessors
 
