@@ -987,3 +987,81 @@ def test_quantizer_init_clusters_the_batches_of_every_rank(tmp_path):
     # A NaN in rank 1's first batch is seen by the clustering rank: both raise.
     for kind, text in (rejected, other_rejected):
         assert kind == "ValueError" and "finite values for the k-means" in text
+
+
+# ------------------------------------------- a live group in copies and pickles
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo group of this process alone, destroyed after the test."""
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield dist.new_group([0])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+def test_a_model_fitted_on_a_group_pickles_with_the_default_in_its_place(
+    one_process_group, estimator
+):
+    X = blobs(n=300)
+    km = estimator(6, random_state=0, process_group=one_process_group).fit(X)
+    restored = pickle.loads(pickle.dumps(km))
+    assert restored.process_group == "auto"
+    assert km.process_group is one_process_group  # the pickled model keeps its group
+    np.testing.assert_array_equal(restored.predict(X), km.predict(X))
+    np.testing.assert_array_equal(restored.cluster_centers_, km.cluster_centers_)
+    assert restored.inertia_ == km.inertia_
+
+
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+def test_copies_and_clones_share_the_group(one_process_group, estimator):
+    import copy
+
+    from sklearn.base import clone
+
+    sklearn = pytest.importorskip("sklearn")
+    X = blobs(n=300)
+    km = estimator(6, random_state=0, process_group=one_process_group).fit(X)
+    for duplicate in (copy.deepcopy(km), copy.copy(km)):
+        assert duplicate.process_group is one_process_group
+        np.testing.assert_array_equal(duplicate.predict(X), km.predict(X))
+    with sklearn.config_context(enable_metadata_routing=True):
+        km.set_fit_request(sample_weight=True).set_output(transform="pandas")
+        twin = clone(km)
+        assert str(twin.get_metadata_routing()) == str(km.get_metadata_routing())
+    assert twin.process_group is one_process_group
+    assert not hasattr(twin, "cluster_centers_")
+    assert twin.get_params() == km.get_params()
+    assert list(twin.fit_transform(X).columns) == list(km.get_feature_names_out())
+    np.testing.assert_array_equal(twin.cluster_centers_, km.cluster_centers_)
+
+
+def test_a_quantizer_on_a_group_copies_with_it_and_pickles_without_it(one_process_group):
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), VectorQuantizer(8, 3, process_group=one_process_group)
+    )
+    x = torch.randn(64, 4)
+    model(x)
+    teacher = copy.deepcopy(model)  # an EMA teacher, say
+    assert teacher[1].process_group is one_process_group
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for restored in (torch.load(buffer, weights_only=False), pickle.loads(pickle.dumps(model))):
+        assert restored[1].process_group is None
+        assert torch.equal(restored[1].codebook, model[1].codebook)
+    assert model[1].process_group is one_process_group
+    for other in (teacher, restored):
+        torch.manual_seed(1)
+        expected = model(x)[1][1]
+        torch.manual_seed(1)
+        assert torch.equal(other(x)[1][1], expected)
+        assert torch.equal(other[1].codebook, model[1].codebook)

@@ -1372,3 +1372,59 @@ def test_n_problems_that_disagree_with_a_3d_x_are_refused(seeding):
         seeding(x, 4, n_problems=3, generator=torch.Generator().manual_seed(0))
     centroids, indices = seeding(x, 4, n_problems=2, generator=torch.Generator().manual_seed(0))
     assert centroids.shape == (2, 4, 3) and indices.shape == (2, 4)
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_the_functional_api_and_metrics_ignore_an_autocast_region(paths, autocast_dtype, request):
+    # Inside a model's torch.autocast region every function gives what it
+    # gives outside, in the same dtypes: no product of the distances runs in
+    # half precision (rows far from the origin, where it would decide labels).
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    from torchkmeans import metrics
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1500, 16, generator=generator) * 3 + 50
+    x += torch.randint(0, 4, (1500, 1), generator=generator) * 20.0
+    centroids = x[:12].clone()
+    labels = nearest_centroids(x, centroids).labels
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(1)
+
+    def results(data: torch.Tensor) -> list:
+        c = centroids.to(data.dtype)
+        return [
+            nearest_centroids(data, c),
+            pairwise_distances(data, c),
+            pairwise_distances(data, c, metric="cosine"),
+            kmeans_plusplus(data, 8, generator=seeded()),
+            random_init(data, 8, generator=seeded()),
+            lloyd(data, c),
+            lloyd(data, c, metric="cosine"),
+            kmeans(data.reshape(3, 500, 16), 6, generator=seeded()),
+            minibatch_step(data[:256], c.clone(), torch.zeros(12)),
+            scatter_sums(data, labels, 12),
+            metrics.silhouette_score(data, labels),
+            metrics.calinski_harabasz_score(data, labels),
+            metrics.davies_bouldin_score(data, labels),
+            metrics.inertia(data, labels, c),
+        ]
+
+    def tensors(value) -> list[torch.Tensor]:
+        if isinstance(value, torch.Tensor):
+            return [value]
+        if isinstance(value, (tuple, list)):
+            return [t for item in value for t in tensors(item)]
+        return [torch.tensor(float(value), dtype=torch.float64)]
+
+    for dtype in (torch.float32, torch.bfloat16):
+        data = x.to(dtype)
+        expected = results(data)
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            got = results(data)
+        for index, (value, outside) in enumerate(zip(got, expected)):
+            for a, b in zip(tensors(value), tensors(outside)):
+                assert a.dtype == b.dtype, (dtype, index)
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

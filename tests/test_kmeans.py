@@ -562,6 +562,28 @@ def test_assigned_cluster_centers_are_used_like_sklearn(kind):
     assert ours.score(data) == pytest.approx(theirs.score(X))
 
 
+@pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
+@pytest.mark.parametrize("kind", ["numpy", "float32 tensor", "float64 tensor"])
+def test_a_fitted_model_pickled_copied_or_cloned_predicts_alike(estimator, kind):
+    import copy
+
+    X = np.random.RandomState(0).randn(400, 5).astype(np.float32)
+    data = {"numpy": X, "float32 tensor": torch.from_numpy(X)}.get(kind)
+    data = torch.from_numpy(X).double() if data is None else data
+    fitted = estimator(4, random_state=0).fit(data)
+    expected = fitted.predict(data)
+    for twin in (pickle.loads(pickle.dumps(fitted)), copy.deepcopy(fitted), copy.copy(fitted)):
+        got = twin.predict(data)
+        assert type(got) is type(expected)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        np.testing.assert_array_equal(
+            np.asarray(twin.cluster_centers_), np.asarray(fitted.cluster_centers_)
+        )
+        assert twin.inertia_ == fitted.inertia_
+    refitted = clone(fitted).fit(data)
+    np.testing.assert_array_equal(np.asarray(refitted.predict(data)), np.asarray(expected))
+
+
 def test_assigned_cluster_centers_are_validated_copied_and_kept():
     X = np.random.RandomState(0).randn(60, 3).astype(np.float32)
     km = KMeans(2, random_state=0).fit(X)

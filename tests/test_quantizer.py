@@ -360,6 +360,57 @@ def test_state_dict_round_trips():
     assert bool(loaded.initialized)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_a_checkpoint_taken_while_collecting_for_the_init_resumes_the_collection(tmp_path, heads):
+    # Batches smaller than the codebook are collected until there are enough
+    # for k-means: a checkpoint lost them, and the resumed quantizer collected
+    # again from scratch (other codes than the run it was taken from).
+    import io
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2, heads=heads)
+    batches = [torch.randn(n, 2 * heads) for n in (40, 10, 30, 50)]
+    vq(batches[0])
+    vq(batches[1])
+    buffer = io.BytesIO()
+    torch.save(vq.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(1)
+    resumed = VectorQuantizer(64, 2, heads=heads)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    for x in batches[2:]:
+        torch.manual_seed(2)
+        expected = vq(x)
+        torch.manual_seed(2)
+        assert torch.equal(resumed(x).codes, expected.codes)
+    assert bool(resumed.initialized)
+    assert resumed.state_dict().keys() == vq.state_dict().keys()  # no samples left
+    for name, value in vq.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_collected_batches_follow_the_module_to_a_device_and_stay_float32():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2)
+    vq(torch.randn(40, 2))
+    moved = copy.deepcopy(vq).to("meta")
+    assert moved.state_dict()["init_samples"].device.type == "meta"
+    assert vq.half().state_dict()["init_samples"].dtype == torch.float32
+
+
+def test_a_checkpoint_of_collected_batches_for_another_shape_is_refused():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 2)
+    vq(torch.randn(40, 2))
+    state = vq.state_dict()
+    assert state["init_samples"].shape == (1, 40, 2)
+    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 40, 3\), got"):
+        VectorQuantizer(64, 3).load_state_dict(state, strict=False)
+    state["init_sizes"] = torch.tensor([30])
+    with pytest.raises(RuntimeError, match=r"Expected init_sizes to sum to 40, got 30\."):
+        VectorQuantizer(64, 2).load_state_dict(state)
+
+
 def test_load_state_dict_assign_keeps_float32_buffers():
     """load_state_dict(assign=True) of a half-precision checkpoint: the
     statistics stay float32, and training goes on (it raised on mixed dtypes)."""
@@ -830,6 +881,45 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
     torch.testing.assert_close(model.quantizer.codebook, eager.quantizer.codebook)
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aot_eager", id="aot_eager"),
+        pytest.param("inductor", id="inductor"),
+    ],
+)
+def test_a_model_compiled_before_its_first_step_initialises_eagerly(monkeypatch, backend):
+    # The one-time k-means reads the host and draws from torch's generator:
+    # traced, inductor drew its seeding with its own generator (other codes
+    # than eager's: losses 0.03 apart) and compiled the whole k-means first.
+    compiling, clustering = [], quantizer_module.kmeans
+
+    def spy(*args, **kwargs):
+        compiling.append(torch.compiler.is_compiling())
+        return clustering(*args, **kwargs)
+
+    monkeypatch.setattr(quantizer_module, "kmeans", spy)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyAutoencoder()
+    model.quantizer.dead_code_threshold = 0.0  # no draws after the init step
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=backend)
+    for step in range(3):
+        x = torch.randn(64, 8) * (1 + step)
+        torch.manual_seed(step)
+        loss = compiled(x)
+        loss.backward()
+        torch.manual_seed(step)
+        expected = eager(x)
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+    assert compiling == [False, False]  # the compiled model's init step, then eager's
+    for name, value in eager.quantizer.state_dict().items():
+        torch.testing.assert_close(model.quantizer.state_dict()[name], value)
+    torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
 
 
 def test_cosine_compiles_fullgraph_and_traces():

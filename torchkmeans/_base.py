@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Any
 
+from .distributed import is_group
 from .exceptions import not_fitted_error
 
 # scikit-learn's ``metadata_routing.UNCHANGED``, the default of its
@@ -74,6 +76,25 @@ class EstimatorProtocol:
                 )
             setattr(self, name, value)
         return self
+
+    @property
+    def __sklearn_clone__(self) -> Any:
+        # scikit-learn's clone deep-copies every parameter, and a ProcessGroup
+        # cannot be copied: with one, clone runs scikit-learn's own clone on a
+        # stand-in without it and hands the clone the same group. Without
+        # one, no such attribute: scikit-learn's default clone.
+        if not is_group(self.__dict__.get("process_group")):
+            raise AttributeError("__sklearn_clone__")
+        return self._clone_sharing_the_group
+
+    def _clone_sharing_the_group(self) -> EstimatorProtocol:
+        from sklearn.base import clone
+
+        stand_in = copy.copy(self)
+        stand_in.process_group = None
+        twin = clone(stand_in)
+        twin.process_group = self.process_group
+        return twin
 
     def __repr__(self) -> str:
         defaults = inspect.signature(type(self).__init__).parameters

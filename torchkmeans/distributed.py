@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -26,6 +27,58 @@ import torch
 from .functional.collective import LOCAL, Collective
 
 __all__ = ["ProcessGroupCollective", "collective"]
+
+
+def is_group(process_group: Any) -> bool:
+    """Whether a ``process_group`` parameter is a group object rather than ``"auto"`` or None."""
+    return process_group is not None and not isinstance(process_group, str)
+
+
+class SharesProcessGroup:
+    """Copies share a ``process_group`` object; a pickle holds the parameter's default instead.
+
+    A ProcessGroup is this process's connection to the others, not state of
+    the model: it cannot be pickled (pickling, deep-copying or cloning a model
+    given one raised ``TypeError: cannot pickle ProcessGroup``). A copy made
+    in this process (``copy.copy``, ``copy.deepcopy``, scikit-learn's
+    ``clone``) belongs to the same group, the object shared as deep copies
+    share classes and functions. A pickle (``pickle``, ``torch.save`` of a
+    whole module, joblib) stores ``_pickled_group``, the parameter's
+    default, in its place: the default group of whichever process loads it.
+    """
+
+    _pickled_group: Any = None
+
+    def _plain_state(self) -> dict[str, Any]:
+        getstate = getattr(super(), "__getstate__", None)  # torch.nn.Module's, Python 3.11's
+        return dict(getstate() if getstate is not None else self.__dict__)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self._plain_state()
+        if is_group(state.get("process_group")):
+            state["process_group"] = self._pickled_group
+        return state
+
+    def __copy__(self) -> Any:
+        return _set_state(type(self).__new__(type(self)), self._plain_state())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        group = self.__dict__.get("process_group")
+        if is_group(group):
+            memo[id(group)] = group
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new  # before the state, which may refer back to self
+        return _set_state(new, copy.deepcopy(self._plain_state(), memo))
+
+
+def _set_state(new: Any, state: dict[str, Any]) -> Any:
+    """``new`` given ``state`` as unpickling gives it (a ``__setstate__`` fills in defaults)."""
+    setstate = getattr(new, "__setstate__", None)
+    if setstate is not None:
+        setstate(state)
+    else:
+        new.__dict__.update(state)
+    return new
 
 
 class ProcessGroupCollective(Collective):

@@ -34,7 +34,7 @@ from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streame
 __all__ = ["KMeans"]
 
 
-class KMeans(EstimatorProtocol):
+class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     """K-Means clustering (Lloyd's algorithm) on CPU or CUDA, scikit-learn's API.
 
     numpy (or list, pandas) input gives numpy results; a torch tensor gives
@@ -82,7 +82,9 @@ class KMeans(EstimatorProtocol):
         with several processes) each rank passes its own shard of the rows
         and all ranks get the same centroids (from rank 0's ``init`` when it
         is an array); ``inertia_`` is the total and ``labels_`` are the local
-        rows'. None always fits locally. See
+        rows'. None always fits locally. A group object is this process's
+        connection, not state: ``copy.deepcopy`` and scikit-learn's
+        ``clone`` share it, and a pickle stores "auto" in its place. See
         :mod:`torchkmeans.distributed`.
     copy_x : bool, default=True
         Accepted so that scikit-learn code runs unchanged: ``X`` is never
@@ -137,6 +139,10 @@ class KMeans(EstimatorProtocol):
     >>> km.predict([[0, 0], [12, 3]]).tolist() == [km.labels_[0], km.labels_[3]]
     True
     """
+
+    # What a pickle stores in place of a process_group object (see
+    # distributed.SharesProcessGroup): the parameter's default.
+    _pickled_group = "auto"
 
     def __init__(
         self,

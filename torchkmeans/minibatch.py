@@ -236,8 +236,9 @@ class MiniBatchKMeans(KMeans):
         batch sums and weights are summed over the ranks at each step. Over
         iterables, a rank whose batches run out takes part in the other
         ranks' remaining steps with empty ones. ``fit`` on a whole array is
-        local only (pass None, or call ``partial_fit`` on shards). See
-        :mod:`torchkmeans.distributed`.
+        local only (pass None, or call ``partial_fit`` on shards). Copies
+        and clones share a group object; a pickle stores "auto" in its
+        place. See :mod:`torchkmeans.distributed`.
 
     Attributes
     ----------

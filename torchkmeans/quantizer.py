@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import _validation as v
+from .distributed import SharesProcessGroup
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums
@@ -183,7 +184,7 @@ def _perplexity(counts: torch.Tensor) -> torch.Tensor:
     return entropy.exp()
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(SharesProcessGroup, nn.Module):
     """Vector quantization layer whose codebook is learned by online k-means.
 
     Each vector of the input's last dimension is replaced by its nearest
@@ -239,6 +240,8 @@ class VectorQuantizer(nn.Module):
     process_group : torch.distributed.ProcessGroup, optional
         Group whose ranks share the codebook (the default group if None).
         Used only when ``torch.distributed`` is initialised at forward time.
+        ``copy.deepcopy`` shares the group; a pickle (``torch.save`` of the
+        module) stores None in its place (the state_dict never holds it).
 
     Attributes
     ----------
@@ -251,7 +254,11 @@ class VectorQuantizer(nn.Module):
     ema_counts : Tensor
         ``(heads, num_codes)`` float32 EMA of the per-code counts.
     initialized : Tensor
-        bool scalar, True once the codebook has been initialised.
+        bool scalar, True once the codebook has been initialised. Until
+        then, while batches are being collected for the k-means
+        initialisation, ``state_dict`` also holds them (``init_samples``,
+        ``(heads, n, dim)``, and ``init_sizes``, one size per batch), so
+        that a checkpoint resumes the collection.
 
     Raises
     ------
@@ -269,11 +276,16 @@ class VectorQuantizer(nn.Module):
     statistics, so no two ranks ever disagree.
 
     The first training forward runs the k-means initialisation on the host
-    side: call ``torch.compile`` on a model that has done one training step
-    (or whose state was loaded from a trained one). The buffers stay float32
-    when the module is cast with ``.half()``/``.bfloat16()``/``.double()``;
-    codes are chosen in float32 for half-precision inputs and in float64 for
-    float64 ones.
+    side: under ``torch.compile`` it runs eagerly, outside the graph (a graph
+    break, so ``fullgraph=True`` needs a model that has done one training
+    step, or whose state was loaded from a trained one), and gives eager's
+    codebook. Inductor draws the random numbers of its graphs (the vectors
+    that re-seed dead codes) from its own generator: set
+    ``torch._inductor.config.fallback_random = True`` for eager's draws.
+
+    The buffers stay float32 when the module is cast with
+    ``.half()``/``.bfloat16()``/``.double()``; codes are chosen in float32
+    for half-precision inputs and in float64 for float64 ones.
 
     Under gradient checkpointing (``torch.utils.checkpoint``) the forward
     that backward runs again takes no second EMA step and leaves ``usage``
@@ -380,12 +392,39 @@ class VectorQuantizer(nn.Module):
                 return t.to(device=moved.device)
             return moved
 
-        return super()._apply(keep_dtype, recurse)
+        applied = super()._apply(keep_dtype, recurse)
+        # The batches collected for the k-means initialisation go along
+        # (left behind, they met the codebook on another device).
+        self._init_samples = [keep_dtype(batch) for batch in self._init_samples]
+        return applied
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The batches collected so far for the k-means initialisation, only
+        # while there are some: a checkpoint taken meanwhile lost them, and
+        # the resumed quantizer collected again from scratch.
+        if self._init_samples:
+            destination[prefix + "init_samples"] = torch.cat(self._init_samples, dim=1)
+            sizes = [batch.shape[1] for batch in self._init_samples]
+            destination[prefix + "init_sizes"] = torch.tensor(sizes)
 
     def _load_from_state_dict(
-        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Taken out before the buffers load: they are not buffers (strict
+        # loading would call them unexpected), and most checkpoints lack them.
+        samples = state_dict.pop(prefix + "init_samples", None)
+        sizes = state_dict.pop(prefix + "init_sizes", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         # load_state_dict(assign=True) puts the checkpoint's tensors in place
         # of the buffers: a half-precision checkpoint would make the
         # statistics half (the first EMA step then raised on mixed dtypes).
@@ -396,6 +435,20 @@ class VectorQuantizer(nn.Module):
         # Loading is host-side work already: one read of the flag is fine here.
         self._needs_init = not bool(self.initialized)
         self._init_samples = []
+        if samples is None or sizes is None or not (self._needs_init and self.kmeans_init):
+            return
+        shape = (self.heads, samples.shape[1] if samples.ndim == 3 else "n", self.dim)
+        if samples.shape != shape:
+            error_msgs.append(
+                f"Expected init_samples of shape {shape}, got shape {tuple(samples.shape)}."
+            )
+        elif int(sizes.sum()) != samples.shape[1]:
+            error_msgs.append(
+                f"Expected init_sizes to sum to {samples.shape[1]}, got {int(sizes.sum())}."
+            )
+        else:
+            samples = samples.to(device=self.codebook.device, dtype=torch.float32)
+            self._init_samples = list(samples.split(sizes.tolist(), dim=1))
 
     # -------------------------------------------------------------- accessors
 
@@ -589,7 +642,14 @@ class VectorQuantizer(nn.Module):
         training = self.training and not recomputing
 
         if training and self._needs_init:
-            self._initialize(flat)
+            initialize = self._initialize
+            if _device.compiling():
+                # Run eagerly, outside the graph (torch._dynamo is loaded by
+                # now): traced, torch.compile followed the whole k-means
+                # through its host reads (3 minutes of inductor on 2 cores)
+                # and inductor seeded it from its own generator, not eager's.
+                initialize = torch.compiler.disable(initialize)
+            initialize(flat)
 
         codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))

@@ -66,13 +66,18 @@ def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -
     return out
 
 
+def compiling() -> bool:
+    """Whether torch.compile traces the caller."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    if is_compiling is None:  # pragma: no cover - torch < 2.3
+        is_compiling = torch._dynamo.is_compiling
+    return bool(is_compiling())
+
+
 def traced() -> bool:
     """Whether torch.compile or torch.jit.trace records the caller: neither
     follows a host read or a branch on data, nor the fused kernel's writes."""
-    compiling = getattr(torch.compiler, "is_compiling", None)
-    if compiling is None:  # pragma: no cover - torch < 2.3
-        compiling = torch._dynamo.is_compiling
-    return bool(compiling()) or torch.jit.is_tracing()
+    return compiling() or torch.jit.is_tracing()
 
 
 def widest_float(device: torch.device) -> torch.dtype:
