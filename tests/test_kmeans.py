@@ -842,6 +842,31 @@ def test_bad_input_errors(params, X, fit_kwargs, error, match):
         KMeans(**params).fit(X, **fit_kwargs)
 
 
+def test_numbers_as_strings_fit_as_numbers_as_scikit_learn_does():
+    """scikit-learn's KMeans converts an array of numeric strings (text read
+    with dtype=str) to float; it had been refused."""
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    X = np.random.default_rng(0).normal(size=(40, 3)).round(3)
+    text = X.astype(str)
+    km = KMeans(n_clusters=3, random_state=0).fit(text)
+    reference = KMeans(n_clusters=3, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.labels_, reference.labels_)
+    assert km.inertia_ == reference.inertia_
+    np.testing.assert_array_equal(km.predict(text), reference.predict(X))
+    np.testing.assert_array_equal(km.transform(text.astype(bytes)), reference.transform(X))
+    init = X[:3]
+    ours = KMeans(n_clusters=3, init=init, n_init=1).fit(text)
+    theirs = sklearn_cluster.KMeans(n_clusters=3, init=init, n_init=1).fit(text)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.inertia_, theirs.inertia_, rtol=1e-12)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected X to hold numbers, got an array of dtype <U3 that could not be "
+        r"converted to float: could not convert string to float",
+    ):
+        KMeans(n_clusters=2).fit(np.array([["1", "2"], ["one", "3"], ["4", "5"]]))
+
+
 def test_pandas_missing_values_are_refused_as_nan():
     pd = pytest.importorskip("pandas")
     frames = [

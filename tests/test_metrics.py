@@ -72,6 +72,57 @@ def test_silhouette_other_metrics_match_sklearn(metric):
     )
 
 
+@pytest.mark.parametrize("metric", ["manhattan", "cityblock", "l1", "l2"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_silhouette_metrics_of_sklearn_names_match_sklearn(metric, dtype):
+    """scikit-learn's silhouette takes these names; they had been refused."""
+    X, y = _data("wine")
+    X = X.astype(dtype)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, y, metric=metric),
+        sk.silhouette_samples(X.astype(np.float64), y, metric=metric),
+        rtol=RTOL,
+        atol=1e-6,
+    )
+    assert metrics.silhouette_score(X, y, metric=metric) == pytest.approx(
+        sk.silhouette_score(X.astype(np.float64), y, metric=metric), rel=RTOL
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_silhouette_of_a_precomputed_distance_matrix_matches_sklearn(dtype):
+    """metric='precomputed' (X is the n x n distance matrix), as scikit-learn's,
+    also for a subset of samples: it had been refused."""
+    from sklearn.metrics import pairwise_distances
+
+    X, y = _data("iris")
+    distances = pairwise_distances(X, metric="manhattan").astype(dtype)
+    expected = sk.silhouette_samples(distances, y, metric="precomputed")
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(distances, y, metric="precomputed"),
+        expected,
+        rtol=RTOL,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(distances, y, metric="precomputed"),
+        metrics.silhouette_samples(X, y, metric="manhattan"),
+        rtol=RTOL,
+        atol=1e-6,
+    )
+    score = metrics.silhouette_score(
+        torch.tensor(distances),
+        torch.tensor(y),
+        metric="precomputed",
+        sample_size=60,
+        random_state=3,
+    )
+    reference = sk.silhouette_score(
+        distances, y, metric="precomputed", sample_size=60, random_state=3
+    )
+    assert score == pytest.approx(reference, rel=RTOL)
+
+
 def test_float32_close_to_sklearn_and_torch_gives_float():
     X, y = _data("wine")
     x = torch.tensor(X, dtype=torch.float32)
@@ -426,9 +477,25 @@ def test_silhouette_properties(X, labels, shift):
             r"Expected labels to be of shape \(3,\) or \(batch, 3\), got shape \(2,\)",
         ),
         (
-            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], metric="l1"),
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], metric="hamming"),
             ValueError,
-            r"Expected metric to be one of",
+            r"Expected metric to be one of 'euclidean', 'sqeuclidean', 'cosine', 'manhattan', "
+            r"'precomputed', 'l2', 'cityblock', 'l1', got 'hamming'",
+        ),
+        (
+            lambda: metrics.silhouette_score(
+                [[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]], [0, 1, 1], metric="precomputed"
+            ),
+            ValueError,
+            r"Expected X to be a square distance matrix of shape \(n_samples, n_samples\) with "
+            r"metric='precomputed', got shape \(3, 2\)",
+        ),
+        (
+            lambda: metrics.silhouette_samples(
+                [[0.0, 1.0, 2.0], [1.0, 0.5, 1.0], [2.0, 1.0, 0.0]], [0, 1, 1], metric="precomputed"
+            ),
+            ValueError,
+            r"The precomputed distance matrix contains non-zero elements on the diagonal",
         ),
         (
             lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0, 1, 1], sample_size=0),

@@ -257,6 +257,16 @@ def numeric_array(data: Any, name: str, shape: str = "(n_samples, n_features)") 
             ) from exc
     elif array.dtype.kind in "biu":
         array = array.astype(np.float64)
+    elif array.dtype.kind in "SU":
+        # Numbers read as text (np.loadtxt(dtype=str), a column of strings):
+        # scikit-learn's KMeans converts them to float, as an object array is.
+        try:
+            array = array.astype(np.float64)
+        except ValueError as exc:
+            raise ValueError(
+                f"Expected {name} to hold numbers, got an array of dtype {array.dtype} that "
+                f"could not be converted to float: {exc}"
+            ) from exc
     elif array.dtype.kind != "f":
         raise ValueError(f"Expected {name} to hold numbers, got an array of dtype {array.dtype}.")
     if array.dtype == np.float16 or array.dtype.itemsize > 8:

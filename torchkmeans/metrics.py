@@ -38,7 +38,18 @@ __all__ = [
     "silhouette_score",
 ]
 
-_SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine")
+_SILHOUETTE_METRICS = (
+    "euclidean",
+    "sqeuclidean",
+    "cosine",
+    "manhattan",
+    "precomputed",
+    # scikit-learn's other names of the same distances.
+    "l2",
+    "cityblock",
+    "l1",
+)
+_METRIC_ALIASES = {"l2": "euclidean", "cityblock": "manhattan", "l1": "manhattan"}
 # Per-cluster sums of a distance block are one matrix product against a
 # one-hot (n, clusters) matrix while that matrix is small; past this many
 # clusters the product costs more than index_add_ of the block's columns.
@@ -213,6 +224,9 @@ def _silhouette(
     if metric == "cosine":
         data = unit_rows(x.to(dtype))
         data_sq = None
+    elif metric in ("manhattan", "precomputed"):
+        data = x.to(dtype)
+        data_sq = None
     else:
         # Centring keeps |x|^2 - 2 x.y + |y|^2 accurate for data far from the origin.
         data = x - x.mean(0, dtype=dtype)
@@ -279,7 +293,11 @@ def _distance_block(
 ) -> torch.Tensor:
     """Distances ``(m, c)`` from samples ``rows`` to samples ``columns``; 0 from one to itself."""
     block, other = data[rows], data[columns]
-    if data_sq is None:
+    if metric == "precomputed":
+        distances = data[rows, columns].clone()
+    elif metric == "manhattan":
+        distances = torch.cdist(block, other, p=1.0)
+    elif data_sq is None:
         distances = torch.mm(block, other.T).neg_().add_(1.0).clamp_(0.0, 2.0)
     else:
         distances = torch.addmm(data_sq[columns].unsqueeze(0), block, other.T, alpha=-2.0)
@@ -292,12 +310,29 @@ def _distance_block(
 
 
 def _check_silhouette_metric(metric: Any) -> str:
-    if metric not in _SILHOUETTE_METRICS:
+    if not isinstance(metric, str) or metric not in _SILHOUETTE_METRICS:
         raise ValueError(
             f"Expected metric to be one of {', '.join(map(repr, _SILHOUETTE_METRICS))}, "
             f"got {metric!r}."
         )
-    return str(metric)
+    return _METRIC_ALIASES.get(metric, metric)
+
+
+def _check_precomputed(x: torch.Tensor) -> None:
+    """A precomputed distance matrix is square with a zero diagonal (to
+    scikit-learn's tolerance, 100 eps of a float dtype)."""
+    if x.shape[0] != x.shape[1]:
+        raise ValueError(
+            "Expected X to be a square distance matrix of shape (n_samples, n_samples) with "
+            f"metric='precomputed', got shape {tuple(x.shape)}."
+        )
+    diagonal = x.diagonal()
+    tolerance = 100 * torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+    if bool((diagonal.abs() > tolerance).any()):
+        raise ValueError(
+            "The precomputed distance matrix contains non-zero elements on the diagonal. "
+            "Use np.fill_diagonal(X, 0)."
+        )
 
 
 def silhouette_samples(
@@ -322,8 +357,11 @@ def silhouette_samples(
     labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
         Cluster label of every sample (any integers, or strings for numpy);
         a 2-D array holds several labellings of the same data.
-    metric : {"euclidean", "sqeuclidean", "cosine"}, default="euclidean"
-        Distance between samples (``"cosine"`` is ``1 - cos``).
+    metric : {"euclidean", "sqeuclidean", "cosine", "manhattan", "precomputed"}, default="euclidean"
+        Distance between samples (``"cosine"`` is ``1 - cos``; ``"l2"``,
+        ``"l1"`` and ``"cityblock"`` are accepted as in scikit-learn). With
+        ``"precomputed"``, ``X`` is the ``(n_samples, n_samples)`` matrix of
+        distances, with a zero diagonal.
     memory_budget : int, optional
         Bytes a block of distances may take (default 256 MiB, less on the CPU).
     device : str or torch.device, optional
@@ -350,6 +388,8 @@ def silhouette_samples(
     metric = _check_silhouette_metric(metric)
     memory_budget = _check_memory_budget(memory_budget)
     x, kind = _as_data(X, device)
+    if metric == "precomputed":
+        _check_precomputed(x)
     tensor, batched = _label_tensor(labels, x.shape[0], x.device)
     encoded = _encode(tensor, batched, x.dtype)
     valid = _valid(encoded, x.shape[0])
@@ -374,7 +414,8 @@ def silhouette_score(
     ----------
     X : array-like or Tensor of shape (n_samples, n_features)
     labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
-    metric : {"euclidean", "sqeuclidean", "cosine"}, default="euclidean"
+    metric : {"euclidean", "sqeuclidean", "cosine", "manhattan", "precomputed"}, default="euclidean"
+        As in :func:`silhouette_samples`.
     sample_size : int, optional
         Score a random subset of this many samples (the same subset for
         every labelling of a batch). With an int or numpy ``random_state``
@@ -409,6 +450,8 @@ def silhouette_score(
     metric = _check_silhouette_metric(metric)
     memory_budget = _check_memory_budget(memory_budget)
     x, kind = _as_data(X, device)
+    if metric == "precomputed":
+        _check_precomputed(x)
     tensor, batched = _label_tensor(labels, x.shape[0], x.device)
     if sample_size is not None:
         n = x.shape[0]
@@ -416,6 +459,8 @@ def silhouette_score(
         # Past n_samples: every sample, as scikit-learn's permutation(n)[:size].
         indices = _subset(n, min(sample_size, n), random_state, x.device)
         x, tensor = x[indices], tensor[:, indices]
+        if metric == "precomputed":  # the subset's distances to each other
+            x = x[:, indices]
     encoded = _encode(tensor, batched, x.dtype)
     valid = _valid(encoded, x.shape[0])
     samples = _silhouette(x, encoded, metric, memory_budget)
