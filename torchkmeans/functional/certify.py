@@ -513,7 +513,7 @@ def certify_nearest(
                 # precision trusted: measured again from x.
                 imprecise = rows[settled & (root_error > root * _TRUSTED_PRECISION)]
             rows = rows[~settled]
-        wide_centroids = problem_centroids.to(_device.widest_float(x.device))
+        wide_centroids = None  # taken once, when a settled row is measured again
         for part_rows, relabel in ((rows, True), (imprecise, False)):
             read += part_rows.numel()
             for start in range(0, part_rows.numel(), step):
@@ -527,6 +527,8 @@ def certify_nearest(
                 else:
                     # In place on the rows' (fresh) copy: temporaries of every
                     # row of duplicated data cost more than the search.
+                    if wide_centroids is None:
+                        wide_centroids = problem_centroids.to(_device.widest_float(x.device))
                     difference = x_rows.to(wide_centroids.dtype)
                     chosen = labels[problem].index_select(0, part)
                     difference.sub_(wide_centroids.index_select(0, chosen))
