@@ -26,6 +26,7 @@ from torchkmeans.functional import (
     random_init,
     scatter_sums,
 )
+from torchkmeans.functional.distances import times_power_of_two
 
 
 def test_nearest_centroids_matches_reference(device, dtype):
@@ -633,6 +634,59 @@ def test_cosine_kmeans_is_invariant_to_extreme_row_norms():
         assert torch.equal(result.labels, expected.labels)
         torch.testing.assert_close(result.centroids, expected.centroids)
         assert float(result.inertia) == pytest.approx(float(expected.inertia), rel=1e-6)
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize("d", [2, 8, 64])
+@pytest.mark.parametrize(
+    "dtype, exponents",
+    [(torch.float32, (60, 62, 64, 120)), (torch.float64, (500, 520, 1010))],
+    ids=["float32", "float64"],
+)
+def test_nearest_centroids_of_rows_whose_squared_distances_overflow(
+    request, paths, d, dtype, exponents
+):
+    # float32 rows near 2^62: scores |c|^2 - 2 x.c overflowed (inf - inf),
+    # distances of inf were trusted by the check: at 2^64, d=8, 2,966 of
+    # 3,000 labels were not the nearest centroid on the CPU paths (2,841 on
+    # the accelerator's), and near float32's max every distance was NaN.
+    # Scaled by a power of two, an exact change, every result must be the
+    # unit-scale one scaled alike (distances in float64, inf only where the
+    # true value is beyond it).
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.randn(3000, d, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    c = x[:20] * 0.9
+    expected = nearest_centroids(x, c)
+    for exponent in exponents:
+        far = nearest_centroids(x * 2.0**exponent, c * 2.0**exponent)
+        assert torch.equal(far.labels, expected.labels), exponent
+        assert not far.distances.isnan().any()
+        torch.testing.assert_close(
+            far.distances.double(),
+            times_power_of_two(expected.distances.double(), 2 * exponent),
+            rtol=1e-6,
+            atol=0.0,
+        )
+    # A few rows far beyond the centroids: only those rows' scores overflow.
+    exponent = exponents[1]
+    rows = x.clone()
+    rows[::100] *= 2.0**exponent
+    centroids = c * 2.0 ** (exponent - 20)
+    near = nearest_centroids(rows, centroids)
+    half = exponent // 2
+    exact = torch.cdist(
+        times_power_of_two(rows.double(), -half),
+        times_power_of_two(centroids.double(), -half),
+        compute_mode="donot_use_mm_for_euclid_dist",
+    ).square()
+    # Nearest to within the precision of the distances (README).
+    chosen = exact.gather(1, near.labels[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen, exact.amin(1), rtol=1e-6, atol=0.0)
+    assert (near.labels == exact.argmin(1)).double().mean() > 0.99
+    torch.testing.assert_close(
+        near.distances.double(), times_power_of_two(chosen, 2 * half), rtol=1e-6, atol=0.0
+    )
 
 
 @pytest.mark.parametrize("paths", ["host", "accelerator"])

@@ -375,19 +375,27 @@ def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimato
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
 @pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
-def test_predict_score_transform_refuse_squared_distances_beyond_float32(
-    request, accelerator, estimator
+@pytest.mark.parametrize("scale", [1e19, 2.0**62], ids=["1e19", "2^62"])
+def test_predict_score_transform_of_rows_whose_squared_distances_overflow_float32(
+    request, accelerator, estimator, scale
 ):
-    # After a fit on ordinary data, rows of norm ~1e19: predict gave every row
-    # label 0 (ties of inf), score -inf and transform inf, where fit refuses them.
+    # After a fit on data of norm ~1e16, rows of norm ~1e19: predict gave
+    # every row label 0 (ties of inf), score -inf and transform inf; then they
+    # were refused. Scored scaled by a power of two, labels, inertia (float64)
+    # and distances (their roots fit in float32) are exact.
     if accelerator:
         request.getfixturevalue("accelerator_paths")
-    km = estimator(n_clusters=3, random_state=0).fit(blobs(n=300, d=6, k=3).astype(np.float32))
-    X = (blobs(n=50, d=6, k=3, seed=1) * 1e19).astype(np.float32)
-    for method in (km.predict, km.score, km.transform):
-        with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow "):
-            method(X)
-    assert np.isfinite(km.score(X / 1e19))
+    km = estimator(n_clusters=3, random_state=0).fit(
+        blobs(n=300, d=6, k=3).astype(np.float32) * np.float32(2.0**50)
+    )
+    X = (blobs(n=50, d=6, k=3, seed=1) * scale).astype(np.float32)
+    exact = ((X[:, None].astype(np.float64) - km.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(km.predict(X), exact.argmin(1))
+    assert km.score(X) == pytest.approx(-exact.min(1).sum(), rel=1e-6)
+    distances = km.transform(X)
+    assert distances.dtype == np.float32
+    np.testing.assert_allclose(distances, np.sqrt(exact), rtol=1e-6)
+    assert np.isfinite(km.score(X / scale))
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
