@@ -362,15 +362,24 @@ def test_read_only_memmap_input(tmp_path):
 def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimator):
     # Finite float32 rows of norm ~1e20 whose squared distances are not: every
     # distance was inf, labels ties (99 of 300 rows not on their nearest
-    # centre) and inertia_ inf. In float64 the same data clusters.
+    # centre) and inertia_ inf. In float64 the same data clusters, and so
+    # does KMeans on data in memory, scaled by a power of two (lloyd);
+    # streamed and minibatch fits still refuse it.
     X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
     if memmap:
         np.save(tmp_path / "x.npy", X)
         X = np.load(tmp_path / "x.npy", mmap_mode="r")
-    with pytest.raises(ValueError, match=r"Squared distances between the rows of [xX] overflow "):
-        estimator(n_clusters=3, random_state=0).fit(X)
     km = estimator(n_clusters=3, random_state=0, dtype="float64").fit(X)
     assert np.isfinite(km.inertia_)
+    if estimator is KMeans and not memmap:
+        scaled = estimator(n_clusters=3, random_state=0).fit(X)
+        exact = ((X[:, None].astype(np.float64) - scaled.cluster_centers_[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(scaled.labels_, exact.argmin(1))
+        assert scaled.inertia_ == pytest.approx(exact.min(1).sum(), rel=1e-6)
+        assert scaled.inertia_ == pytest.approx(km.inertia_, rel=1e-6)
+        return
+    with pytest.raises(ValueError, match=r"Squared distances between the rows of [xX] overflow "):
+        estimator(n_clusters=3, random_state=0).fit(X)
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
@@ -422,8 +431,9 @@ def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(reque
 
 def test_squared_distances_that_overflow_are_blamed_on_X():
     # The in-memory fit named "the rows of x", the functional core's argument;
-    # the streamed fit and predict already named X.
-    X = (blobs(n=60, d=3, k=3, seed=0) * 1e20).astype(np.float32)
+    # the streamed fit and predict already named X. (float32 rows of norm
+    # ~1e20 are fitted scaled: float64 ones of norm ~1e155 overflow all the same.)
+    X = blobs(n=60, d=3, k=3, seed=0) * 1e155
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         KMeans(n_clusters=3, random_state=0).fit(X)
 
