@@ -363,15 +363,15 @@ def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimato
     # Finite float32 rows of norm ~1e20 whose squared distances are not: every
     # distance was inf, labels ties (99 of 300 rows not on their nearest
     # centre) and inertia_ inf. In float64 the same data clusters, and so
-    # does KMeans on data in memory, scaled by a power of two (lloyd);
-    # streamed and minibatch fits still refuse it.
+    # do KMeans on data in memory and MiniBatchKMeans, scaled by a power of
+    # two; KMeans' streamed fit (memmap) still refuses it.
     X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
     if memmap:
         np.save(tmp_path / "x.npy", X)
         X = np.load(tmp_path / "x.npy", mmap_mode="r")
     km = estimator(n_clusters=3, random_state=0, dtype="float64").fit(X)
     assert np.isfinite(km.inertia_)
-    if estimator is KMeans and not memmap:
+    if estimator is MiniBatchKMeans or not memmap:
         scaled = estimator(n_clusters=3, random_state=0).fit(X)
         exact = ((X[:, None].astype(np.float64) - scaled.cluster_centers_[None]) ** 2).sum(-1)
         np.testing.assert_array_equal(scaled.labels_, exact.argmin(1))
@@ -410,13 +410,12 @@ def test_predict_score_transform_of_rows_whose_squared_distances_overflow_float3
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
 def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(request, accelerator):
     # partial_fit, and fit without compute_labels, took such rows: inertia_
-    # inf or NaN, labels ties.
+    # inf or NaN, labels ties. (fit now steps them scaled by a power of two:
+    # see test_minibatch_fit_of_float32_rows_whose_squared_distances_overflow.)
     if accelerator:
         request.getfixturevalue("accelerator_paths")
     X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
     match = r"Squared distances between the rows of X overflow float32"
-    with pytest.raises(ValueError, match=match):
-        MiniBatchKMeans(n_clusters=3, random_state=0, compute_labels=False).fit(X)
     km = MiniBatchKMeans(n_clusters=3, random_state=0)
     with pytest.raises(ValueError, match=match):
         km.partial_fit(X)
@@ -427,6 +426,27 @@ def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(reque
         km.partial_fit(X)
     np.testing.assert_array_equal(km.cluster_centers_, centers)
     assert km.n_steps_ == 1
+
+
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+@pytest.mark.parametrize("compute_labels", [True, False])
+def test_minibatch_fit_of_float32_rows_whose_squared_distances_overflow(
+    request, accelerator, compute_labels
+):
+    # float32 rows near 1e19 (2^64 here) were refused, though their inertia
+    # is finite in float64. Stepped scaled by a power of two, an exact
+    # change, the fit must be the unit-scale one scaled alike.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    X = blobs(n=600, d=6, k=3, seed=0).astype(np.float32)
+    options = dict(n_clusters=3, random_state=0, batch_size=64, compute_labels=compute_labels)
+    expected = MiniBatchKMeans(**options).fit(X)
+    km = MiniBatchKMeans(**options).fit(X * np.float32(2.0**64))
+    assert km.n_steps_ == expected.n_steps_
+    np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_ * 2.0**64)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**128, rel=1e-6)
+    if compute_labels:
+        np.testing.assert_array_equal(km.labels_, expected.labels_)
 
 
 def test_squared_distances_that_overflow_are_blamed_on_X():

@@ -21,7 +21,8 @@ from .functional.collective import LOCAL, Collective
 from .functional.distances import (
     block_rows,
     compute_dtype,
-    underflow_exponent_of,
+    scale_exponent_of,
+    times_power_of_two,
     unit_rows,
     weights_without_rows_of_zeros,
 )
@@ -645,8 +646,15 @@ class MiniBatchKMeans(KMeans):
         no_shift = torch.zeros((), dtype=wide, device=device)  # tol=0: never read as a stop
         if drawn is not None:
             cumulative = drawn.cumsum(0, dtype=wide)
-        # Asked once: the centres stay within the rows' scale.
-        differences = not underflow_exponent_of(centers, centers)
+        # Asked once: the centres stay within the rows' scale. Rows too small
+        # for their squared distances are scored scaled by each step; rows so
+        # large that they overflow (float32 near 1e19: refused, though their
+        # inertia is finite in float64) are stepped scaled by a power of two
+        # here, an exact change, their centres too until the end.
+        exponent = scale_exponent_of(centers, centers) if self.metric == "euclidean" else 0
+        differences = exponent <= 0
+        scale = min(exponent, 0)
+        centers = times_power_of_two(centers, scale)
         step_index = 0
         for step_index in range(n_steps):
             if drawn is None:
@@ -655,7 +663,7 @@ class MiniBatchKMeans(KMeans):
                 index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
             step = _minibatch_step(
-                self._prepare(source.take(index)),
+                times_power_of_two(self._prepare(source.take(index)), scale),
                 centers,
                 counts,
                 sample_weight=None,
@@ -671,7 +679,14 @@ class MiniBatchKMeans(KMeans):
             # underflow to 0 in float32, which stopped the fit at its second step.
             shift = (step.centroids - centers).to(wide).square().sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums
-            window.append((centers, counts, step.inertia, shift))
+            window.append(
+                (
+                    centers,
+                    counts,
+                    times_power_of_two(step.inertia.to(wide), -2 * scale),
+                    times_power_of_two(shift, -2 * scale),
+                )
+            )
             if len(window) < every and step_index < n_steps - 1:
                 continue
             # One host read for the whole window, replayed step by step; a
@@ -702,6 +717,7 @@ class MiniBatchKMeans(KMeans):
                 break
             window.clear()
         stopper.close()
+        centers = times_power_of_two(centers, -scale)
 
         self._store_state(centers, counts, generator, source.kind)
         self.n_features_in_ = d
