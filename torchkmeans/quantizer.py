@@ -145,38 +145,34 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
     rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
-    scale = None if metric == "cosine" else _codes_scale(codebook)
     if n <= rows:
-        return _block_codes(x, codebook, metric, scale)
-    blocks = [_block_codes(x[:, i : i + rows], codebook, metric, scale) for i in range(0, n, rows)]
+        return _block_codes(x, codebook, metric)
+    blocks = [_block_codes(x[:, i : i + rows], codebook, metric) for i in range(0, n, rows)]
     return torch.cat(blocks, dim=1)
 
 
-def _codes_scale(codebook: torch.Tensor) -> torch.Tensor:
+def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     """A power of two per head ``(h, 1, 1)`` that brings the largest entry of
     the centred codebook ``(h, k, d)`` into [0.5, 1), on the device (no host
     read): rows and codes are scored scaled by it, an exact change. float32
     codes near 2^64 had squared norms of inf (511 of 512 codes wrong), near
     1e-30 of 0 (483 of 512 wrong)."""
-    centred = codebook - codebook.mean(1, keepdim=True)
     largest = torch.linalg.vector_norm(centred, ord=math.inf, dim=(1, 2), keepdim=True)
     # Bounded so that the factor itself is finite (codes of subnormal spread).
-    bound = int(math.log2(torch.finfo(codebook.dtype).max)) - 1
+    bound = int(math.log2(torch.finfo(centred.dtype).max)) - 1
     exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
     return torch.ldexp(torch.ones_like(largest), exponent.neg_())
 
 
-def _block_codes(
-    x: torch.Tensor, codebook: torch.Tensor, metric: str, scale: torch.Tensor | None = None
-) -> torch.Tensor:
+def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """:func:`_nearest_codes` from products, on one block of rows ``(h, rows, d)``,
-    scored scaled by ``scale`` (:func:`_codes_scale`)."""
+    scored scaled by a power of two (:func:`_codes_scale`)."""
     if metric == "cosine":
         return torch.bmm(x, codebook.transpose(1, 2)).argmax(-1)
-    if scale is None:
-        scale = _codes_scale(codebook)
     offset = codebook.mean(1, keepdim=True)  # (h, 1, d)
-    centred = (codebook - offset) * scale
+    centred = codebook - offset
+    scale = _codes_scale(centred)
+    centred = centred.mul_(scale)
     code_sq = centred.square().sum(-1).unsqueeze(1)  # (h, 1, k)
     # (x - offset) * scale in one op: both products exact, one rounding.
     rows = torch.addcmul(offset * -scale, x, scale)
