@@ -403,22 +403,27 @@ def test_predict_score_transform_of_rows_whose_squared_distances_overflow_float3
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
-def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(request, accelerator):
-    # partial_fit, and fit without compute_labels, took such rows: inertia_
-    # inf or NaN, labels ties. (fit now steps them scaled by a power of two:
-    # see test_minibatch_fit_of_float32_rows_whose_squared_distances_overflow.)
+def test_minibatch_partial_fit_of_squared_distances_beyond_float32(request, accelerator):
+    # partial_fit took such rows (inertia_ inf or NaN, labels ties), then
+    # refused them. Stepped scaled by a power of two, an exact change, it is
+    # the unit-scale partial_fit scaled alike. Rows far larger than the
+    # centres (not the centres' scale) are still refused, the model unchanged.
     if accelerator:
         request.getfixturevalue("accelerator_paths")
-    X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
-    match = r"Squared distances between the rows of X overflow float32"
+    X = blobs(n=300, d=6, k=3, seed=0).astype(np.float32)
+    expected = MiniBatchKMeans(n_clusters=3, random_state=0)
     km = MiniBatchKMeans(n_clusters=3, random_state=0)
-    with pytest.raises(ValueError, match=match):
-        km.partial_fit(X)
-    assert not hasattr(km, "cluster_centers_") and not hasattr(km, "n_features_in_")
-    km.partial_fit(X / 1e19)
+    for start in (0, 150):
+        expected.partial_fit(X[start : start + 150])
+        km.partial_fit(X[start : start + 150] * np.float32(2.0**64))
+    np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_ * 2.0**64)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**128, rel=1e-6)
+    km = MiniBatchKMeans(n_clusters=3, random_state=0).partial_fit(X)
     centers = km.cluster_centers_.copy()
+    match = r"Squared distances between the rows of X overflow float32"
     with pytest.raises(ValueError, match=match):
-        km.partial_fit(X)
+        km.partial_fit(X * np.float32(1e19))
     np.testing.assert_array_equal(km.cluster_centers_, centers)
     assert km.n_steps_ == 1
 

@@ -941,10 +941,14 @@ class MiniBatchKMeans(KMeans):
             generator = self._restore_generator()
         x = self._prepare(x)
         since_reassign = self._n_since_last_reassign
+        # Centres so large that squared distances overflow (float32 near
+        # 1e19): the step is taken scaled by a power of two, an exact change,
+        # as fit takes its steps. From the centres alone, the same on every rank.
+        scale = min(scale_exponent_of(centers, centers), 0) if self.metric == "euclidean" else 0
         try:
             step = minibatch_step(
-                x,
-                centers,
+                times_power_of_two(x, scale),
+                times_power_of_two(centers, scale),
                 counts,
                 sample_weight=weights,
                 random_reassign=self._should_reassign(counts),
@@ -954,6 +958,11 @@ class MiniBatchKMeans(KMeans):
                 memory_budget=self.memory_budget,
                 collective=collective,
             )
+            if scale:
+                step = step._replace(
+                    centroids=times_power_of_two(step.centroids, -scale),
+                    inertia=times_power_of_two(step.inertia, -2 * scale),
+                )
             # The batch inertia is summed over the ranks: all refuse together.
             if not v.all_finite(step.inertia):
                 # Finite rows whose squared distances overflow: every label is a tie.
