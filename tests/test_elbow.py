@@ -327,11 +327,24 @@ def test_centroids_and_labels_give_the_reported_inertia(n_init):
         assert result.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
 
 
-def test_squared_distances_beyond_float32_are_refused():
+def test_squared_distances_beyond_float32_are_swept_scaled():
     # Finite float32 rows of norm ~1e20: the inertia was inf and find_knee
-    # refused it as "Input values contains NaN or infinity".
+    # refused it as "Input values contains NaN or infinity"; then the sweep
+    # was refused. Scaled by a power of two, an exact change, it is the
+    # unit-scale sweep scaled alike.
     rng = np.random.default_rng(0)
-    X = (rng.normal(size=(60, 3)) * 1e20).astype(np.float32)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no knee in 3 values
+        expected = elbow(X, k=range(1, 4), random_state=0)
+        result = elbow(X * np.float32(2.0**66), k=range(1, 4), random_state=0)
+    np.testing.assert_allclose(result.inertia, expected.inertia * 2.0**132, rtol=1e-6)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+
+
+def test_squared_distances_beyond_float64_are_refused():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3)) * 1e155
     # Named X, the argument the caller passed (the functional core's x before).
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         elbow(X, k=range(1, 4), random_state=0)
@@ -434,11 +447,21 @@ def test_a_streamed_sweep_scores_only_inertia(tmp_path):
     assert elbow(X, k=range(1, 4), random_state=0).scores.keys() == {"inertia"}
 
 
-def test_a_streamed_sweep_refuses_squared_distances_beyond_float32(tmp_path):
+def test_a_streamed_sweep_of_squared_distances_beyond_float32_is_the_scaled_sweep(tmp_path):
+    # Refused as overflowing; scaled by a power of two (an exact change) it
+    # is the unit-scale streamed sweep scaled alike.
     rng = np.random.default_rng(0)
-    X = _memmap((rng.normal(size=(60, 3)) * 1e20).astype(np.float32), tmp_path / "x.dat")
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no knee in 3 values
+        expected = elbow(_memmap(X, tmp_path / "x.dat"), k=range(1, 4), random_state=0)
+        far = _memmap(X * np.float32(2.0**66), tmp_path / "far.dat")
+        result = elbow(far, k=range(1, 4), random_state=0)
+    np.testing.assert_allclose(result.inertia, expected.inertia * 2.0**132, rtol=1e-6)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    beyond = _memmap(rng.normal(size=(60, 3)) * 1e155, tmp_path / "beyond.dat")
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
-        elbow(X, k=range(1, 4), random_state=0)
+        elbow(beyond, k=range(1, 4), random_state=0)
 
 
 def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(monkeypatch):

@@ -26,6 +26,7 @@ from torchkmeans.functional import (
     random_init,
     scatter_sums,
 )
+from torchkmeans.functional.distances import times_power_of_two
 
 
 def test_nearest_centroids_matches_reference(device, dtype):
@@ -636,6 +637,59 @@ def test_cosine_kmeans_is_invariant_to_extreme_row_norms():
 
 
 @pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize("d", [2, 8, 64])
+@pytest.mark.parametrize(
+    "dtype, exponents",
+    [(torch.float32, (60, 62, 64, 120)), (torch.float64, (500, 520, 1010))],
+    ids=["float32", "float64"],
+)
+def test_nearest_centroids_of_rows_whose_squared_distances_overflow(
+    request, paths, d, dtype, exponents
+):
+    # float32 rows near 2^62: scores |c|^2 - 2 x.c overflowed (inf - inf),
+    # distances of inf were trusted by the check: at 2^64, d=8, 2,966 of
+    # 3,000 labels were not the nearest centroid on the CPU paths (2,841 on
+    # the accelerator's), and near float32's max every distance was NaN.
+    # Scaled by a power of two, an exact change, every result must be the
+    # unit-scale one scaled alike (distances in float64, inf only where the
+    # true value is beyond it).
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.randn(3000, d, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    c = x[:20] * 0.9
+    expected = nearest_centroids(x, c)
+    for exponent in exponents:
+        far = nearest_centroids(x * 2.0**exponent, c * 2.0**exponent)
+        assert torch.equal(far.labels, expected.labels), exponent
+        assert not far.distances.isnan().any()
+        torch.testing.assert_close(
+            far.distances.double(),
+            times_power_of_two(expected.distances.double(), 2 * exponent),
+            rtol=1e-6,
+            atol=0.0,
+        )
+    # A few rows far beyond the centroids: only those rows' scores overflow.
+    exponent = exponents[1]
+    rows = x.clone()
+    rows[::100] *= 2.0**exponent
+    centroids = c * 2.0 ** (exponent - 20)
+    near = nearest_centroids(rows, centroids)
+    half = exponent // 2
+    exact = torch.cdist(
+        times_power_of_two(rows.double(), -half),
+        times_power_of_two(centroids.double(), -half),
+        compute_mode="donot_use_mm_for_euclid_dist",
+    ).square()
+    # Nearest to within the precision of the distances (README).
+    chosen = exact.gather(1, near.labels[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen, exact.amin(1), rtol=1e-6, atol=0.0)
+    assert (near.labels == exact.argmin(1)).double().mean() > 0.99
+    torch.testing.assert_close(
+        near.distances.double(), times_power_of_two(chosen, 2 * half), rtol=1e-6, atol=0.0
+    )
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
 def test_float32_rows_near_1e_minus_30_are_clustered_as_at_unit_scale(request, paths):
     # Their squared distances underflow float32: labels were ties (seeds and
     # labels at random) and the inertia 0. Scaled by 2^-100, an exact
@@ -1191,28 +1245,76 @@ def test_functional_memory_budget_is_checked(call):
         call("1MB")
 
 
-def test_squared_distances_beyond_the_dtype_are_refused():
-    # Finite rows whose squared distances overflow: all scores inf, labels ties.
-    x = torch.tensor(blobs(n=200, d=4, k=3, seed=0)) * 1e19
-    with pytest.raises(ValueError, match=r"rows of x overflow float32; .* compute in float64"):
-        kmeans(x.float(), 3, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match=r"rows of x overflow float32"):
-        lloyd(x.float(), x[:3].float().clone())
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize(
+    "dtype, exponent", [(torch.float32, 64), (torch.float64, 500)], ids=["float32", "float64"]
+)
+def test_data_whose_squared_distances_overflow_is_clustered_as_at_unit_scale(
+    request, paths, dtype, exponent
+):
+    # float32 rows near 1e19 (float64 near 1e150): their squared distances
+    # overflow, and the fit was refused (float32) where the inertia is finite
+    # in float64. Scaled by a power of two, an exact change, every result
+    # must be the unit-scale one scaled alike.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.tensor(blobs(n=200, d=4, k=3, seed=0), dtype=dtype)
+    far = x * 2.0**exponent
+    expected = kmeans(x, 3, generator=torch.Generator().manual_seed(0))
+    result = kmeans(far, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.labels, expected.labels)
+    assert torch.equal(result.centroids, expected.centroids * 2.0**exponent)
+    scale = 2.0 ** (2 * exponent)
+    assert float(result.inertia) == pytest.approx(float(expected.inertia) * scale, rel=1e-6)
+    start = expected.centroids + 0.5
+    refined = lloyd(far, start * 2.0**exponent)
+    assert torch.equal(refined.centroids, lloyd(x, start).centroids * 2.0**exponent)
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize("exponent", [66, -100])
+def test_kmeans_plusplus_seeds_float32_rows_at_extreme_scales_as_at_unit_scale(
+    request, paths, exponent
+):
+    # Squared distances of float32 rows near 1e20 are inf (near 1e-30, 0):
+    # the seeds fell at random. Scaled by a power of two they are exact.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
+    _, expected = kmeans_plusplus(x, 8, generator=torch.Generator().manual_seed(1))
+    centroids, indices = kmeans_plusplus(
+        x * 2.0**exponent, 8, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(indices, expected)
+    assert torch.equal(centroids, x[expected] * 2.0**exponent)
+
+
+def test_squared_distances_beyond_float64_are_refused():
+    # The fit's inertia is not finite in float64: refused, naming the data
+    # (each distance finite, their sum not: it had blamed sample_weight,
+    # which was not given).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=gen, dtype=torch.float64) * 1e153
     with pytest.raises(ValueError, match=r"rows of x overflow float64; .* rescale it\."):
-        lloyd(x * 1e135, x[:3] * 1e135)
-    assert torch.isfinite(kmeans(x, 3, generator=torch.Generator().manual_seed(0)).inertia)
+        lloyd(x, x[:16].clone())
+    with pytest.raises(ValueError, match=r"rows of x overflow float64; .* rescale it\."):
+        kmeans(x, 16, generator=torch.Generator().manual_seed(0))
+    weights = torch.full((2000,), 1e10, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"weighted by sample_weight overflows"):
+        kmeans(x / 1e4, 16, sample_weight=weights, generator=gen)
 
 
 def test_kmeans_accepts_large_finite_values():
     """The NaN screen reads the mean variance first; one that overflows is
     checked element by element, so large finite data is not refused as NaN.
-    Its squares overflow float32 all the same: that is refused as such (the
-    fit had returned NaN centroids, every label 0 and an infinite inertia)."""
+    Its squares overflow float32 (the fit had returned NaN centroids, every
+    label 0 and an infinite inertia, then refused it): fitted scaled."""
     x = torch.tensor([[3e38, 0.0], [3e38, 1.0], [-3e38, 0.0], [-3e38, 1.0]])
-    with pytest.raises(ValueError, match=r"Squared distances between the rows of x overflow"):
-        kmeans(x, 2, generator=torch.Generator().manual_seed(0))
-    result = kmeans(x.double(), 2, generator=torch.Generator().manual_seed(0))
-    assert sorted(result.labels.tolist()) == [0, 0, 1, 1]
+    for data in (x, x.double()):
+        result = kmeans(data, 2, generator=torch.Generator().manual_seed(0))
+        assert sorted(result.labels.tolist()) == [0, 0, 1, 1]
+        assert result.labels[0] == result.labels[1] != result.labels[2]
+        assert float(result.inertia) == 1.0
 
 
 @pytest.mark.parametrize("path", ["native", "torch"])

@@ -359,63 +359,101 @@ def test_read_only_memmap_input(tmp_path):
 
 @pytest.mark.parametrize("memmap", [False, True], ids=["array", "memmap"])
 @pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
-def test_squared_distances_beyond_float32_are_refused(tmp_path, memmap, estimator):
+def test_squared_distances_beyond_float32_are_fitted_scaled(tmp_path, memmap, estimator):
     # Finite float32 rows of norm ~1e20 whose squared distances are not: every
     # distance was inf, labels ties (99 of 300 rows not on their nearest
-    # centre) and inertia_ inf. In float64 the same data clusters.
+    # centre) and inertia_ inf; then they were refused, though in float64
+    # the same data clusters. Fitted scaled by a power of two, labels are
+    # the nearest returned centres and inertia_ their float64 sum.
     X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
     if memmap:
         np.save(tmp_path / "x.npy", X)
         X = np.load(tmp_path / "x.npy", mmap_mode="r")
-    with pytest.raises(ValueError, match=r"Squared distances between the rows of [xX] overflow "):
-        estimator(n_clusters=3, random_state=0).fit(X)
     km = estimator(n_clusters=3, random_state=0, dtype="float64").fit(X)
-    assert np.isfinite(km.inertia_)
+    scaled = estimator(n_clusters=3, random_state=0).fit(X)
+    exact = ((X[:, None].astype(np.float64) - scaled.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(scaled.labels_, exact.argmin(1))
+    assert scaled.inertia_ == pytest.approx(exact.min(1).sum(), rel=1e-6)
+    assert scaled.inertia_ == pytest.approx(km.inertia_, rel=1e-6)
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
 @pytest.mark.parametrize("estimator", [KMeans, MiniBatchKMeans])
-def test_predict_score_transform_refuse_squared_distances_beyond_float32(
-    request, accelerator, estimator
+@pytest.mark.parametrize("scale", [1e19, 2.0**62], ids=["1e19", "2^62"])
+def test_predict_score_transform_of_rows_whose_squared_distances_overflow_float32(
+    request, accelerator, estimator, scale
 ):
-    # After a fit on ordinary data, rows of norm ~1e19: predict gave every row
-    # label 0 (ties of inf), score -inf and transform inf, where fit refuses them.
+    # After a fit on data of norm ~1e16, rows of norm ~1e19: predict gave
+    # every row label 0 (ties of inf), score -inf and transform inf; then they
+    # were refused. Scored scaled by a power of two, labels, inertia (float64)
+    # and distances (their roots fit in float32) are exact.
     if accelerator:
         request.getfixturevalue("accelerator_paths")
-    km = estimator(n_clusters=3, random_state=0).fit(blobs(n=300, d=6, k=3).astype(np.float32))
-    X = (blobs(n=50, d=6, k=3, seed=1) * 1e19).astype(np.float32)
-    for method in (km.predict, km.score, km.transform):
-        with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow "):
-            method(X)
-    assert np.isfinite(km.score(X / 1e19))
+    km = estimator(n_clusters=3, random_state=0).fit(
+        blobs(n=300, d=6, k=3).astype(np.float32) * np.float32(2.0**50)
+    )
+    X = (blobs(n=50, d=6, k=3, seed=1) * scale).astype(np.float32)
+    exact = ((X[:, None].astype(np.float64) - km.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(km.predict(X), exact.argmin(1))
+    assert km.score(X) == pytest.approx(-exact.min(1).sum(), rel=1e-6)
+    distances = km.transform(X)
+    assert distances.dtype == np.float32
+    np.testing.assert_allclose(distances, np.sqrt(exact), rtol=1e-6)
+    assert np.isfinite(km.score(X / scale))
 
 
 @pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
-def test_minibatch_refuses_squared_distances_beyond_float32_without_labels(request, accelerator):
-    # partial_fit, and fit without compute_labels, took such rows: inertia_
-    # inf or NaN, labels ties.
+def test_minibatch_partial_fit_of_squared_distances_beyond_float32(request, accelerator):
+    # partial_fit took such rows (inertia_ inf or NaN, labels ties), then
+    # refused them. Stepped scaled by a power of two, an exact change, it is
+    # the unit-scale partial_fit scaled alike. Rows far larger than the
+    # centres (not the centres' scale) are still refused, the model unchanged.
     if accelerator:
         request.getfixturevalue("accelerator_paths")
-    X = (blobs(n=300, d=6, k=3, seed=0) * 1e19).astype(np.float32)
+    X = blobs(n=300, d=6, k=3, seed=0).astype(np.float32)
+    expected = MiniBatchKMeans(n_clusters=3, random_state=0)
+    km = MiniBatchKMeans(n_clusters=3, random_state=0)
+    for start in (0, 150):
+        expected.partial_fit(X[start : start + 150])
+        km.partial_fit(X[start : start + 150] * np.float32(2.0**64))
+    np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_ * 2.0**64)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**128, rel=1e-6)
+    km = MiniBatchKMeans(n_clusters=3, random_state=0).partial_fit(X)
+    centers = km.cluster_centers_.copy()
     match = r"Squared distances between the rows of X overflow float32"
     with pytest.raises(ValueError, match=match):
-        MiniBatchKMeans(n_clusters=3, random_state=0, compute_labels=False).fit(X)
-    km = MiniBatchKMeans(n_clusters=3, random_state=0)
-    with pytest.raises(ValueError, match=match):
-        km.partial_fit(X)
-    assert not hasattr(km, "cluster_centers_") and not hasattr(km, "n_features_in_")
-    km.partial_fit(X / 1e19)
-    centers = km.cluster_centers_.copy()
-    with pytest.raises(ValueError, match=match):
-        km.partial_fit(X)
+        km.partial_fit(X * np.float32(1e19))
     np.testing.assert_array_equal(km.cluster_centers_, centers)
     assert km.n_steps_ == 1
 
 
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host", "accelerator"])
+@pytest.mark.parametrize("compute_labels", [True, False])
+def test_minibatch_fit_of_float32_rows_whose_squared_distances_overflow(
+    request, accelerator, compute_labels
+):
+    # float32 rows near 1e19 (2^64 here) were refused, though their inertia
+    # is finite in float64. Stepped scaled by a power of two, an exact
+    # change, the fit must be the unit-scale one scaled alike.
+    if accelerator:
+        request.getfixturevalue("accelerator_paths")
+    X = blobs(n=600, d=6, k=3, seed=0).astype(np.float32)
+    options = dict(n_clusters=3, random_state=0, batch_size=64, compute_labels=compute_labels)
+    expected = MiniBatchKMeans(**options).fit(X)
+    km = MiniBatchKMeans(**options).fit(X * np.float32(2.0**64))
+    assert km.n_steps_ == expected.n_steps_
+    np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_ * 2.0**64)
+    assert km.inertia_ == pytest.approx(expected.inertia_ * 2.0**128, rel=1e-6)
+    if compute_labels:
+        np.testing.assert_array_equal(km.labels_, expected.labels_)
+
+
 def test_squared_distances_that_overflow_are_blamed_on_X():
     # The in-memory fit named "the rows of x", the functional core's argument;
-    # the streamed fit and predict already named X.
-    X = (blobs(n=60, d=3, k=3, seed=0) * 1e20).astype(np.float32)
+    # the streamed fit and predict already named X. (float32 rows of norm
+    # ~1e20 are fitted scaled: float64 ones of norm ~1e155 overflow all the same.)
+    X = blobs(n=60, d=3, k=3, seed=0) * 1e155
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         KMeans(n_clusters=3, random_state=0).fit(X)
 

@@ -570,3 +570,25 @@ def test_silhouette_properties(X, labels, shift):
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize("exponent", [505, 515])
+def test_scale_free_scores_of_float64_data_whose_squares_overflow(request, paths, exponent):
+    # float64 rows near 1e152 (2^505) and 1e155 (2^515): sums of squares
+    # overflowed, Calinski-Harabasz was inf then NaN, Davies-Bouldin NaN and
+    # every silhouette 0. Scaled by a power of two, an exact change that
+    # leaves these ratios as they are, they must be the unit-scale scores.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6, size=(3, 6))
+    X = np.concatenate([rng.normal(size=(100, 6)) + c for c in centres])
+    labels = np.repeat(np.arange(3), 100)
+    for score in (
+        metrics.silhouette_score,
+        metrics.calinski_harabasz_score,
+        metrics.davies_bouldin_score,
+    ):
+        expected = score(X, labels)
+        assert score(X * 2.0**exponent, labels) == pytest.approx(expected, rel=1e-12), score

@@ -1082,3 +1082,25 @@ def test_product_codes_are_scored_in_blocks_that_fit_the_budget(monkeypatch, met
     codes = quantizer_module._nearest_codes(x, codebook, metric)
     assert heights == [300, 300, 300, 100]
     assert torch.equal(codes, expected)
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+@pytest.mark.parametrize("exponent", [64, -100])
+def test_codes_of_float32_inputs_at_extreme_scales_are_the_unit_scale_ones(
+    request, paths, exponent
+):
+    # The accelerator's codes come from the expansion: near 2^64 the squared
+    # norms of the codes were inf (511 of 512 codes wrong), near 1e-30 0
+    # (483 of 512 wrong). Scored scaled by a power of two, an exact change,
+    # they must be the unit-scale codes.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(16, 8, generator=gen)
+    x = torch.randn(512, 8, generator=gen)
+    vq = make(16, 8, codebook.tolist(), [1.0] * 16).eval()
+    expected = vq(x).codes
+    exact = torch.cdist(x.double(), codebook.double()).argmin(1)
+    assert torch.equal(expected, exact)
+    far = make(16, 8, (codebook * 2.0**exponent).tolist(), [1.0] * 16).eval()
+    assert torch.equal(far(x * 2.0**exponent).codes, expected)

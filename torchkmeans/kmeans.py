@@ -22,9 +22,10 @@ from .functional.distances import (
     Nearest,
     _nearest,
     compute_dtype,
+    overflow_exponent_of,
     pairwise_distances,
+    scale_exponent_of,
     times_power_of_two,
-    underflow_exponent_of,
     unit_rows,
     wide_sum,
 )
@@ -518,15 +519,23 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             distances = torch.empty(0, dtype=x.dtype, device=x.device)
         return Nearest(labels, distances)
 
-    def _center_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """``transform``'s values for validated rows: euclidean (not squared) or ``1 - cos``."""
+    def _center_distances(self, x: torch.Tensor, rows_overflow: bool = False) -> torch.Tensor:
+        """``transform``'s values for validated rows: euclidean (not squared) or ``1 - cos``.
+
+        ``rows_overflow``: the squared distances of ``x`` overflowed; its
+        largest entry is read too (the centres' alone are otherwise).
+        """
         if self.metric == "cosine":
             x, centers = self._unit_rows(x, self._centers)
             return pairwise_distances(x, centers, metric="cosine")
         # Squared distances of float32 rows and centres near 1e-25 are 0 in
-        # float32 (the dtype transform returns): taken between them scaled by
-        # a power of two, as the labels are, and scaled back after the root.
-        exponent = underflow_exponent_of(x, self._centers)
+        # float32 (the dtype transform returns), and near 1e19 inf, where
+        # their roots are finite: taken between them scaled by a power of
+        # two, as the labels are, and scaled back after the root.
+        if rows_overflow:
+            exponent = overflow_exponent_of(x, self._centers)
+        else:
+            exponent = scale_exponent_of(x, self._centers)
         x, centers = times_power_of_two(x, exponent), times_power_of_two(self._centers, exponent)
         return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
@@ -656,8 +665,11 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         for start, x in parts:
             distances = self._center_distances(x.to(centers.dtype))
             if not v.all_finite(distances):
-                # Finite rows whose squared distances overflow, as refused in fit.
-                raise v.distances_overflow("X", centers.dtype)
+                # Rows far larger than the centres: their squared distances
+                # overflowed, not (most often) the distances themselves.
+                distances = self._center_distances(x.to(centers.dtype), rows_overflow=True)
+                if not v.all_finite(distances):
+                    raise v.distances_overflow("X", centers.dtype)
             if out is None:
                 # One part: its distances are the result (copying them into
                 # another n x k array cost a quarter of the time at k=50, d=2).

@@ -20,6 +20,7 @@ batch shares the distance blocks between all labellings.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -28,7 +29,13 @@ import torch
 
 from . import _validation as v
 from .functional import _device
-from .functional.distances import block_rows, nearest_centroids, squared_norms, unit_rows
+from .functional.distances import (
+    block_rows,
+    nearest_centroids,
+    squared_norms,
+    times_power_of_two,
+    unit_rows,
+)
 
 __all__ = [
     "calinski_harabasz_score",
@@ -231,6 +238,12 @@ def _silhouette(
         # Centring keeps |x|^2 - 2 x.y + |y|^2 accurate for data far from the origin.
         data = x - x.mean(0, dtype=dtype)
         data_sq = squared_norms(data)
+        if n and not float(data_sq.amax()) <= torch.finfo(dtype).max / 8:
+            # float64 rows near 1e155: their squared distances overflow (every
+            # silhouette was 0). Scaling by a power of two, an exact change,
+            # leaves the silhouette as it is.
+            data = times_power_of_two(data, -math.frexp(float(data.abs().amax()))[1])
+            data_sq = squared_norms(data)
     # One column of sums per cluster of each labelling, not b * width: the
     # reduction is a product as costly as the distances, and padding every
     # labelling of a sweep to the largest k widens it (k = 2..10: 90 for 54).
@@ -585,6 +598,11 @@ def calinski_harabasz_score(
     88.2
     """
     x, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
+    score = _scale_invariant(_calinski_harabasz, x, encoded, valid, dispersion, memory_budget)
+    return _result(score, valid, encoded, kind)
+
+
+def _calinski_harabasz(x: torch.Tensor, encoded: _Labels, dispersion: _Dispersion) -> torch.Tensor:
     counts = encoded.counts.to(dispersion.centroids.dtype)
     # The mean of the data from the cluster sums: x.to(float64).mean(0) held
     # a float64 copy of all rows whatever memory_budget (2x float32 data).
@@ -594,8 +612,31 @@ def calinski_harabasz_score(
     within = dispersion.squared
     k = encoded.n_clusters.to(mean.dtype)
     score = between * (n - k) / (within * (k - 1))
-    score = torch.where(within == 0, torch.ones_like(score), score)
-    return _result(score, valid, encoded, kind)
+    return torch.where(within == 0, torch.ones_like(score), score)
+
+
+def _scale_invariant(
+    score_of: Any,
+    x: torch.Tensor,
+    encoded: _Labels,
+    valid: torch.Tensor,
+    dispersion: _Dispersion,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """``score_of(x, encoded, dispersion)``, a score that a power of two
+    scaling ``x`` leaves as it is: taken again from ``x`` scaled (exactly)
+    when the squares of float64 rows overflowed it (near 1e152: inf or NaN).
+    One host read."""
+    score = score_of(x, encoded, dispersion)
+    if bool(torch.where(valid, score, 0.0).isfinite().all()):
+        return score
+    # Largest entry into [0.5, 1): sums over the rows of squares stay finite.
+    largest = float(x.abs().amax())
+    if not 0 < largest < math.inf:
+        return score
+    acc = _device.widest_float(x.device)
+    x = times_power_of_two(x.to(acc), -math.frexp(largest)[1])
+    return score_of(x, encoded, _dispersion(x, encoded, memory_budget))
 
 
 def davies_bouldin_score(
@@ -637,7 +678,12 @@ def davies_bouldin_score(
     >>> round(davies_bouldin_score(X, [0, 0, 1, 1]), 6)
     0.142857
     """
-    _, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
+    x, kind, encoded, valid, dispersion = _cluster_statistics(X, labels, memory_budget, device)
+    score = _scale_invariant(_davies_bouldin, x, encoded, valid, dispersion, memory_budget)
+    return _result(score, valid, encoded, kind)
+
+
+def _davies_bouldin(_: torch.Tensor, encoded: _Labels, dispersion: _Dispersion) -> torch.Tensor:
     counts = encoded.counts.to(dispersion.squared.dtype)
     real = counts > 0  # (b, K): clusters that exist in each labelling
     spread = dispersion.distance_sums / counts.clamp_min(1)
@@ -658,8 +704,7 @@ def davies_bouldin_score(
     ratio = torch.where(pair, ratio, -infinity)
     worst = ratio.amax(-1)
     score = torch.where(real, worst, torch.zeros_like(worst)).sum(-1) / real.sum(-1)
-    score = torch.where(degenerate, torch.zeros_like(score), score)
-    return _result(score, valid, encoded, kind)
+    return torch.where(degenerate, torch.zeros_like(score), score)
 
 
 def inertia(

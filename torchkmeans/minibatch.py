@@ -21,7 +21,8 @@ from .functional.collective import LOCAL, Collective
 from .functional.distances import (
     block_rows,
     compute_dtype,
-    underflow_exponent_of,
+    scale_exponent_of,
+    times_power_of_two,
     unit_rows,
     weights_without_rows_of_zeros,
 )
@@ -646,8 +647,15 @@ class MiniBatchKMeans(KMeans):
         no_shift = torch.zeros((), dtype=wide, device=device)  # tol=0: never read as a stop
         if drawn is not None:
             cumulative = drawn.cumsum(0, dtype=wide)
-        # Asked once: the centres stay within the rows' scale.
-        differences = not underflow_exponent_of(centers, centers)
+        # Asked once: the centres stay within the rows' scale. Rows too small
+        # for their squared distances are scored scaled by each step; rows so
+        # large that they overflow (float32 near 1e19: refused, though their
+        # inertia is finite in float64) are stepped scaled by a power of two
+        # here, an exact change, their centres too until the end.
+        exponent = scale_exponent_of(centers, centers) if self.metric == "euclidean" else 0
+        differences = exponent <= 0
+        scale = min(exponent, 0)
+        centers = times_power_of_two(centers, scale)
         step_index = 0
         for step_index in range(n_steps):
             if drawn is None:
@@ -656,7 +664,7 @@ class MiniBatchKMeans(KMeans):
                 index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
             step = _minibatch_step(
-                self._prepare(source.take(index)),
+                times_power_of_two(self._prepare(source.take(index)), scale),
                 centers,
                 counts,
                 sample_weight=None,
@@ -672,7 +680,14 @@ class MiniBatchKMeans(KMeans):
             # underflow to 0 in float32, which stopped the fit at its second step.
             shift = (step.centroids - centers).to(wide).square().sum() if tol > 0 else no_shift
             centers, counts = step.centroids, step.weight_sums
-            window.append((centers, counts, step.inertia, shift))
+            window.append(
+                (
+                    centers,
+                    counts,
+                    times_power_of_two(step.inertia.to(wide), -2 * scale),
+                    times_power_of_two(shift, -2 * scale),
+                )
+            )
             if len(window) < every and step_index < n_steps - 1:
                 continue
             # One host read for the whole window, replayed step by step; a
@@ -703,6 +718,7 @@ class MiniBatchKMeans(KMeans):
                 break
             window.clear()
         stopper.close()
+        centers = times_power_of_two(centers, -scale)
 
         self._store_state(centers, counts, generator, source.kind)
         self.n_features_in_ = d
@@ -926,10 +942,14 @@ class MiniBatchKMeans(KMeans):
             generator = self._restore_generator()
         x = self._prepare(x)
         since_reassign = self._n_since_last_reassign
+        # Centres so large that squared distances overflow (float32 near
+        # 1e19): the step is taken scaled by a power of two, an exact change,
+        # as fit takes its steps. From the centres alone, the same on every rank.
+        scale = min(scale_exponent_of(centers, centers), 0) if self.metric == "euclidean" else 0
         try:
             step = minibatch_step(
-                x,
-                centers,
+                times_power_of_two(x, scale),
+                times_power_of_two(centers, scale),
                 counts,
                 sample_weight=weights,
                 random_reassign=self._should_reassign(counts),
@@ -939,6 +959,11 @@ class MiniBatchKMeans(KMeans):
                 memory_budget=self.memory_budget,
                 collective=collective,
             )
+            if scale:
+                step = step._replace(
+                    centroids=times_power_of_two(step.centroids, -scale),
+                    inertia=times_power_of_two(step.inertia, -2 * scale),
+                )
             # The batch inertia is summed over the ranks: all refuse together.
             if not v.all_finite(step.inertia):
                 # Finite rows whose squared distances overflow: every label is a tie.

@@ -35,8 +35,11 @@ __all__ = [
     "first_column_minimum",
     "first_copies",
     "nearest_centroids",
+    "overflow_exponent",
+    "overflow_exponent_of",
     "pairwise_distances",
     "row_min",
+    "scale_exponent_of",
     "scored_by_columns",
     "scored_by_differences",
     "squared_norms",
@@ -168,6 +171,40 @@ def underflow_exponent(magnitude: float, dtype: torch.dtype) -> int:
     return -math.frexp(magnitude)[1]
 
 
+def overflow_exponent(magnitude: float, dtype: torch.dtype, n_features: int) -> int:
+    """The power of two ``2^e`` (``e < 0``) that scales data whose largest
+    entry is ``magnitude``, of ``n_features`` features, far enough below
+    ``dtype``'s overflow for its squared distances and the scores
+    ``|c|^2 - 2 x.c`` to be finite with room to spare (``64 d M^2 <= max``,
+    which leaves centred squared norms ``<= 4 d M^2`` below ``max / 16``:
+    float32 entries above ~2.3e18 for d=1, ~8e17 for d=8); 0 when they
+    already are.
+
+    Scaling by a power of two is exact: labels and centres of the scaled
+    data are those of the data, times ``2^e``.
+
+    Examples
+    --------
+    >>> overflow_exponent(2.0**62, torch.float32, 8), overflow_exponent(1.0, torch.float32, 8)
+    (-4, 0)
+    """
+    limit = math.sqrt(torch.finfo(compute_dtype(dtype)).max / (64 * max(1, n_features)))
+    if magnitude <= limit or not math.isfinite(magnitude):  # no scale makes inf finite
+        return 0
+    # 2^(E - 1) <= limit for limit = m 2^E (m in [0.5, 1)), and the scaled
+    # magnitude stays below it.
+    return math.frexp(limit)[1] - 1 - math.frexp(magnitude)[1]
+
+
+def squared_norms_overflow(squared_norms: torch.Tensor) -> bool:
+    """Whether any of the squared (frame) norms or distances of rows, of their
+    dtype, is beyond ``max / 8``, twice what :func:`overflow_exponent` keeps
+    scaled data below (or is not finite): then the scores of those rows may
+    have overflowed. One host read."""
+    limit = torch.finfo(squared_norms.dtype).max / 8
+    return bool(squared_norms.numel()) and not float(squared_norms.amax()) <= limit
+
+
 def variance_may_underflow(mean_variance: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether data of this mean feature variance (per problem), in ``dtype``,
     may be small enough for :func:`underflow_exponent` to scale: only then
@@ -189,6 +226,26 @@ def underflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
     if not underflow_exponent(largest, x.dtype) or not x.numel():
         return 0
     return underflow_exponent(max(largest, float(x.detach().abs().amax())), x.dtype)
+
+
+def scale_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
+    """The power of two by which rows ``x`` and ``centroids`` are scored: that
+    of :func:`underflow_exponent_of`, or of :func:`overflow_exponent` when
+    the centroids are that large (``x`` is then read too); 0 for most data,
+    after one host read of the centroids. Rows far larger than the centroids
+    are found from their squared norms (:func:`squared_norms_overflow`)."""
+    if not centroids.numel():
+        return 0
+    c = centroids.detach()
+    largest = float(torch.maximum(c.amax(), c.amin().neg()))
+    d = c.shape[-1]
+    if underflow_exponent(largest, x.dtype):
+        if not x.numel():
+            return 0
+        return underflow_exponent(max(largest, float(x.detach().abs().amax())), x.dtype)
+    if overflow_exponent(largest, x.dtype, d) and x.numel():
+        largest = max(largest, float(x.detach().abs().amax()))
+    return overflow_exponent(largest, x.dtype, d)
 
 
 def times_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
@@ -680,10 +737,12 @@ def nearest_centroids(
     expansion could have decided are checked again in float64. Half-precision
     input is computed, and its distances returned, in float32. Euclidean rows
     and centroids too small for their squared distances (float32 below
-    ~3e-16) are scored scaled by a power of two, exactly, and their distances
-    returned in float64. The search is not differentiable: the inputs are
-    detached and the distances carry no gradient (use
-    :func:`pairwise_distances` for a differentiable loss).
+    ~3e-16), or so large that the expansion could overflow (float32 entries
+    from ~1e18), are scored scaled by a power of two, exactly, and their
+    distances returned in float64 (inf only beyond float64's range). The
+    search is not differentiable: the inputs are detached and the distances
+    carry no gradient (use :func:`pairwise_distances` for a differentiable
+    loss).
 
     Parameters
     ----------
@@ -856,38 +915,37 @@ def _nearest(
     chosen wrongly (see ``certify``). Narrow rows on the CPU are instead
     scored from differences (:func:`scored_by_differences`).
 
-    ``checked=False`` skips both host reads, the check of the labels and the
-    test for squared distances that underflow (the caller knows they do
-    not): the steps of a loop off the CPU, whose final labels are checked.
-    ``precise=False`` keeps the labels exact but not the distances of rows
-    near their centre that the centring rounded (finite where the exact ones
-    are): for a caller that only tests them for overflow (``predict``).
+    ``checked=False`` skips the host reads, the check of the labels and the
+    tests for squared distances that underflow or overflow (the caller knows
+    they do not): the steps of a loop off the CPU, whose final labels are
+    checked. ``precise=False`` keeps the labels exact but not the distances
+    of rows near their centre that the centring rounded (finite where the
+    exact ones are): for a caller that only tests them for overflow
+    (``predict``).
     """
     if metric != "euclidean":
         return _nearest_unchecked(
             x, centroids, metric=metric, memory_budget=memory_budget, offset=None, exact=exact
         )
-    exponent = underflow_exponent_of(x, centroids) if checked else 0
+    exponent = scale_exponent_of(x, centroids) if checked else 0
     if exponent:
         # Squared distances this small underflow (float32 rows and centroids
-        # near 1e-25: every score 0, every label a tie): scored scaled by a
-        # power of two, exactly; the distances come back in float64.
-        labels, distances = _nearest(
-            times_power_of_two(x, exponent),
-            times_power_of_two(centroids, exponent),
-            memory_budget=memory_budget,
-            exact=exact,
-            precise=precise,
-        )
-        if distances is not None:
-            wide = _device.widest_float(distances.device)
-            distances = times_power_of_two(distances.to(wide), -2 * exponent)
-        return labels, distances
+        # near 1e-25: every score 0, every label a tie), or this large
+        # overflow (float32 near 2^62: scores inf - inf, 1,416 of 2,000
+        # labels not the nearest centroid at 2^63): scored scaled by a power
+        # of two, exactly; the distances come back in float64.
+        return _nearest_scaled(x, centroids, exponent, memory_budget, exact, precise)
     x3, c3, _ = _as_batched(x, centroids)
     n, k = x3.shape[1], c3.shape[1]
     one = x3.shape[0] == 1 and c3.shape[0] == 1
     if one and scored_by_differences(x3[0], k):
         labels, distances = nearest_by_differences(x3[0], c3[0])
+        if checked and squared_norms_overflow(distances):
+            # A row far larger than the centroids: a distance of inf to
+            # each was a tie.
+            exponent = overflow_exponent_of(x, centroids)
+            if exponent:
+                return _nearest_scaled(x, centroids, exponent, memory_budget, exact, precise)
         if x.ndim == 3 or centroids.ndim == 3:
             labels, distances = labels[None], distances[None]
         return labels, distances if exact else None
@@ -913,6 +971,13 @@ def _nearest(
         )
         norms = squared_frame_norms(x3, offset) if n else None
     assert distances is not None
+    if n and norms is not None and squared_norms_overflow(norms):
+        # Rows far larger than the centroids (the centroids' scale was read
+        # above): their scores may have overflowed, and certify_nearest
+        # would trust distances of inf. Scored again, all rows, scaled.
+        exponent = overflow_exponent_of(x, centroids)
+        if exponent:
+            return _nearest_scaled(x, centroids, exponent, memory_budget, exact, precise)
     if n:
         certify_nearest(
             x3,
@@ -924,6 +989,35 @@ def _nearest(
             precise=precise and exact,
         )
     return labels, distances if exact else None
+
+
+def overflow_exponent_of(x: torch.Tensor, centroids: torch.Tensor) -> int:
+    """:func:`overflow_exponent` of rows ``x`` and ``centroids`` together (reads both)."""
+    largest = max(float(x.detach().abs().amax()), float(centroids.detach().abs().amax()))
+    return overflow_exponent(largest, x.dtype, x.shape[-1])
+
+
+def _nearest_scaled(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    exponent: int,
+    memory_budget: int | None,
+    exact: bool,
+    precise: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_nearest` of ``x`` and ``centroids`` scaled by ``2^exponent``
+    (exact), with the distances scaled back in the widest float."""
+    labels, distances = _nearest(
+        times_power_of_two(x, exponent),
+        times_power_of_two(centroids, exponent),
+        memory_budget=memory_budget,
+        exact=exact,
+        precise=precise,
+    )
+    if distances is not None:
+        wide = _device.widest_float(distances.device)
+        distances = times_power_of_two(distances.to(wide), -2 * exponent)
+    return labels, distances
 
 
 def _nearest_unchecked(

@@ -16,6 +16,7 @@ from .distances import (
     DEFAULT_MEMORY_BUDGET,
     block_rows,
     compute_dtype,
+    overflow_exponent,
     squared_norms,
     times_power_of_two,
     underflow_exponent,
@@ -335,10 +336,13 @@ def kmeans_plusplus(
             # |x|^2 - 2 x.c + |c|^2 rounds beyond the distances between blobs,
             # and the seeds fell about at random (several in one blob).
             work = work - work.mean(1, keepdim=True)
-            # Squared distances of float32 rows near 1e-25 are 0: the seeds
-            # fell at random. Scaled by a power of two they are exact (the
-            # centroids are rows of x all the same).
-            exponent = underflow_exponent(float(work.abs().amax()) if n else 0.0, work.dtype)
+            # Squared distances of float32 rows near 1e-25 are 0, and near
+            # 1e19 inf: the seeds fell at random. Scaled by a power of two
+            # they are exact (the centroids are rows of x all the same).
+            largest = float(work.abs().amax()) if n else 0.0
+            exponent = underflow_exponent(largest, work.dtype) or overflow_exponent(
+                largest, work.dtype, work.shape[-1]
+            )
             work = times_power_of_two(work, exponent)
             x_sq = squared_norms(work)
         else:

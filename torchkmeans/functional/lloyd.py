@@ -34,6 +34,7 @@ from .distances import (
     exact_distances,
     first_copies,
     nearest_by_differences,
+    overflow_exponent,
     row_min,
     scored_by_columns,
     scored_by_differences,
@@ -41,7 +42,6 @@ from .distances import (
     times_power_of_two,
     underflow_exponent,
     unit_rows,
-    variance_may_underflow,
     weights_without_rows_of_zeros,
     wide_sum,
 )
@@ -1136,9 +1136,9 @@ def lloyd(
         If ``x`` has no rows or no features, the shapes of ``x``,
         ``centroids``, ``sample_weight`` or ``cluster_mask`` do not match,
         if ``x``, ``centroids`` or ``sample_weight`` hold NaN or infinity,
-        if weights are negative, if the squared distances of finite ``x``
-        overflow its dtype, or if ``max_iter``, ``tol`` or ``check_every``
-        are out of range.
+        if weights are negative, if the inertia of finite ``x`` overflows
+        float64 (``x`` near 1e153), or if ``max_iter``, ``tol`` or
+        ``check_every`` are out of range.
 
     Examples
     --------
@@ -1169,7 +1169,7 @@ def lloyd(
     if not v.all_finite(centroids):
         raise ValueError("Input centroids contains NaN or infinity; expected finite values.")
     prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
-    exponent = _underflow_exponent(prep, x)
+    exponent = _scale_exponent(prep, x, centroids)
     if exponent:
         scaled = lloyd(
             times_power_of_two(x.to(prep.x.dtype), exponent),
@@ -1182,7 +1182,7 @@ def lloyd(
             check_every=check_every,
             cluster_mask=cluster_mask,
         )
-        return _unscaled(scaled, exponent)
+        return _unscaled_checked(scaled, exponent, x, sample_weight)
     c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
     prep = _without_rows_of_zeros(prep, c3.shape[1])
     init = _resolve_init(c3, prep, x, c3.shape[1], b, None, memory_budget)
@@ -1253,11 +1253,14 @@ def check_distances_fit(
     if v.all_finite(inertia):
         return
     if distances is not None and v.all_finite(distances):
-        raise ValueError(
-            "The sum of the squared distances weighted by sample_weight overflows; expected "
-            "weights whose products with the distances sum to a finite value: rescale them."
-        )
+        raise ValueError(_WEIGHTED_SUM_OVERFLOWS)
     raise v.distances_overflow("x", compute_dtype(x.dtype))
+
+
+_WEIGHTED_SUM_OVERFLOWS = (
+    "The sum of the squared distances weighted by sample_weight overflows; expected "
+    "weights whose products with the distances sum to a finite value: rescale them."
+)
 
 
 def _finish(
@@ -1358,8 +1361,9 @@ def kmeans(
     with the lowest inertia is returned. Clustering is not differentiable:
     the inputs are detached and the results carry no gradient. Euclidean
     data too small for its squared distances (float32 entries all below
-    ~3e-16, float64 ~1e-146) is clustered scaled by a power of two, which is
-    exact, and the results scaled back (as :func:`lloyd` does).
+    ~3e-16, float64 ~1e-146), or so large that they overflow (centred
+    float32 rows from ~1e18), is clustered scaled by a power of two, which
+    is exact, and the results scaled back (as :func:`lloyd` does).
 
     Parameters
     ----------
@@ -1395,8 +1399,8 @@ def kmeans(
     ValueError
         If ``x`` or ``sample_weight`` hold NaN or infinity, weights are
         negative or of the wrong shape, ``x`` has fewer rows than
-        ``n_clusters``, the squared distances of finite ``x`` overflow its
-        dtype, or an argument is out of range.
+        ``n_clusters``, the inertia of finite ``x`` overflows float64 (``x``
+        near 1e153), or an argument is out of range.
 
     Examples
     --------
@@ -1431,7 +1435,7 @@ def kmeans(
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1
     prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
-    exponent = _underflow_exponent(prep, x)
+    exponent = _scale_exponent(prep, x)
     if exponent:
         scaled = kmeans(
             times_power_of_two(x.to(prep.x.dtype), exponent),
@@ -1446,7 +1450,7 @@ def kmeans(
             memory_budget=memory_budget,
             check_every=check_every,
         )
-        return _unscaled(scaled, exponent)
+        return _unscaled_checked(scaled, exponent, x, sample_weight)
     prep = _without_rows_of_zeros(prep, n_clusters)
 
     def run(n_problems: int, best_only: bool = False) -> KMeansResult:
@@ -1474,18 +1478,56 @@ def kmeans(
     return _finish(result, prep, x, batched=False, memory_budget=memory_budget)
 
 
-def _underflow_exponent(prep: Prepared, x: torch.Tensor) -> int:
+def _scale_exponent(prep: Prepared, x: torch.Tensor, centroids: torch.Tensor | None = None) -> int:
     """The power of two by which :func:`kmeans` and :func:`lloyd` scale
-    euclidean data too small for its squared distances (0: none).
+    euclidean data too small or too large for its squared distances (0: none).
 
     float32 rows near 1e-25 have squared distances of 1e-50, 0 in float32:
     every score was 0, labels were ties (7% of them the nearest centre) and
-    the inertia 0. Scaled by a power of two, an exact change, the same fit
-    is exact. Only data of a mean variance that small is read again.
+    the inertia 0. float32 rows of centred norm ~2e19 have squared distances
+    of inf: the fit was refused. Scaled by a power of two, an exact change,
+    the same fit is exact. One host read of the mean variance and of the
+    largest centred squared norm (and given ``centroids``' largest entry
+    about the data's mean), which :func:`prepare` computed anyway; only
+    data beyond either bound is read again.
     """
-    if prep.metric != "euclidean" or not variance_may_underflow(prep.mean_variance, prep.x.dtype):
+    if prep.metric != "euclidean":
+        return 0
+    assert prep.x_sq is not None
+    d = prep.x.shape[-1]
+    norms = [prep.mean_variance.max(), prep.x_sq.amax()]
+    if centroids is not None and centroids.numel():
+        c3 = centroids if centroids.ndim == 3 else centroids.unsqueeze(0)
+        entry = (c3.to(prep.x.dtype) - prep.offset).abs().amax()
+        norms.append(entry.square() * (4 * d))
+    variance, *largest = torch.stack(norms).tolist()
+    if not all(value <= torch.finfo(prep.x.dtype).max / 8 for value in largest):
+        # The centred rows' entries, at most twice x's where the centring
+        # itself overflowed.
+        entry = float(prep.x.abs().amax())
+        if not math.isfinite(entry):
+            entry = 2 * float(x.detach().abs().amax())
+        if centroids is not None:
+            entry = max(entry, 2 * float(centroids.detach().abs().amax()))
+        return overflow_exponent(entry, x.dtype, d)
+    finfo = torch.finfo(prep.x.dtype)
+    if variance >= finfo.tiny / finfo.eps:
         return 0
     return underflow_exponent(float(x.detach().abs().amax()), x.dtype)
+
+
+def _unscaled_checked(
+    result: KMeansResult, exponent: int, x: torch.Tensor, sample_weight: torch.Tensor | None
+) -> KMeansResult:
+    """:func:`_unscaled`, refusing an inertia that is not finite in the data's scale."""
+    result = _unscaled(result, exponent)
+    if exponent < 0 and not v.all_finite(result.inertia):
+        # The scaled fit's distances were finite; in the data's scale their
+        # sum is not (float64 rows near 1e153).
+        if sample_weight is not None:
+            raise ValueError(_WEIGHTED_SUM_OVERFLOWS)
+        raise v.distances_overflow("x", compute_dtype(x.dtype))
+    return result
 
 
 def _scaled_init(init: InitArg, x: torch.Tensor, exponent: int) -> InitArg:

@@ -37,11 +37,11 @@ from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     block_rows,
     exact_distances,
+    overflow_exponent,
     squared_norms,
     times_power_of_two,
     underflow_exponent,
     unit_rows,
-    variance_may_underflow,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import (
@@ -862,20 +862,31 @@ def check_sweep(
     )
 
 
-def _underflow_exponent(
+def _scale_exponent(
     source: _Source, stats: _Statistics, metric: str, collective: Collective
 ) -> int:
     """The power of two by which :func:`fit_passes` scales euclidean rows too
-    small for their squared distances (0: none), as
+    small or too large for their squared distances (0: none), as
     :func:`~torchkmeans.functional.lloyd.kmeans` does; the same on every rank.
-    Only data of a mean variance that small is read again."""
-    if metric != "euclidean" or not variance_may_underflow(stats.mean_variance, source.dtype):
+    Only data of a mean variance that small, or that large (float32 rows of
+    centred norm ~1e18 and more: their squared distances overflowed, and the
+    fit was refused), is read again."""
+    if metric != "euclidean":
+        return 0
+    finfo = torch.finfo(source.dtype)
+    variance = float(stats.mean_variance.max())
+    # The mean squared norm (d times the variance) far below the overflow, so
+    # that rows a thousand times farther than the mean stay finite too.
+    large = not variance * source.n_features <= finfo.max / 1024
+    if not large and variance >= finfo.tiny / finfo.eps:
         return 0
     largest = torch.zeros(1, dtype=source.dtype, device=source.device)
     for _, chunk in source.raw():
         largest = torch.maximum(largest, chunk.abs().amax())
     if collective.distributed:
         largest = collective.all_gather(largest).amax()
+    if large:
+        return overflow_exponent(float(largest.max()), source.dtype, source.n_features)
     return underflow_exponent(float(largest.max()), source.dtype)
 
 
@@ -913,7 +924,7 @@ def fit_passes(
     # (unless fewer than n_clusters rows are left).
     without_zeros = 0 < stats.n_zero_rows <= stats.n_rows - n_clusters
     stats = stats._replace(without_zeros=without_zeros)
-    exponent = _underflow_exponent(source, stats, metric, collective)
+    exponent = _scale_exponent(source, stats, metric, collective)
     if exponent:
         # As kmeans does: the same fit, exactly, on the rows scaled by a power of two.
         source.scale(exponent)
