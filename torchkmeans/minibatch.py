@@ -14,7 +14,7 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED
-from ._host import host_rows, should_stream
+from ._host import densified, host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
@@ -121,12 +121,15 @@ class _Source:
     """
 
     def __init__(self, estimator: MiniBatchKMeans, X: Any) -> None:
+        X = densified(X, estimator.memory_budget)
         self.streamed = should_stream(X, estimator.device)
         if self.streamed:
             self.rows, self.dtype, self.kind = host_rows(X, v.resolve_dtype(estimator.dtype))
-            if self.kind.is_torch:
+            # A sparse tensor is computed where it is, as a dense one.
+            data_device = self.kind.device or torch.device("cpu")
+            if self.kind.is_torch and self.kind.device is None:
                 self.kind = v.OutputKind(True, torch.device("cpu"))
-            self.device = v.resolve_device(estimator.device, torch.device("cpu"))
+            self.device = v.resolve_device(estimator.device, data_device)
             self.shape = (self.rows.n_rows, self.rows.n_features)
         else:
             self.x, self.kind = estimator._validate_x(X, reset=True)
