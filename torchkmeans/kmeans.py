@@ -112,6 +112,14 @@ class KMeans(EstimatorProtocol):
     faiss does), since greedy k-means++ over all rows would read the data k
     times; from the same initial centroids it equals the in-memory fit.
 
+    A sparse ``X`` (``scipy.sparse`` matrix or array of any format, torch
+    sparse tensor) is never densified: Lloyd's iterations, ``predict``,
+    ``transform`` and ``score`` run on its stored values
+    (:mod:`torchkmeans.functional.sparse`), without centring, as
+    scikit-learn does; ``cluster_centers_`` and ``transform`` are dense.
+    A callable ``init`` is refused with sparse ``X``. Under
+    ``torch.distributed`` a sparse shard is read as dense chunks of rows.
+
     Attributes
     ----------
     cluster_centers_ : array or Tensor of shape (n_clusters, n_features)
@@ -337,7 +345,9 @@ class KMeans(EstimatorProtocol):
 
         Parameters
         ----------
-        X : array-like or Tensor of shape (n_samples, n_features)
+        X : array-like, Tensor, numpy.memmap or sparse matrix of shape (n_samples, n_features)
+            A ``scipy.sparse`` matrix or torch sparse tensor is clustered
+            on its stored values, never densified.
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Non-negative weight of each sample.
@@ -345,6 +355,11 @@ class KMeans(EstimatorProtocol):
         Returns
         -------
         self
+
+        Raises
+        ------
+        TypeError
+            If ``init`` is a callable and ``X`` is sparse, streamed or sharded.
         """
         if v.is_batch_stream(X):
             raise TypeError(

@@ -567,9 +567,12 @@ class MiniBatchKMeans(KMeans):
 
         Parameters
         ----------
-        X : array-like, Tensor, numpy.memmap or iterable of batches
+        X : array-like, Tensor, numpy.memmap, sparse matrix or iterable of batches
             ``(n_samples, n_features)``; an iterable (DataLoader, generator)
             yields batches of that shape, or tuples whose first element is one.
+            A sparse matrix or tensor is densified whole when its dense form
+            fits ``memory_budget``, else read as a memmap is (only the rows of
+            each batch, densified).
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Batches are drawn with probability proportional to it. Not
@@ -760,9 +763,11 @@ class MiniBatchKMeans(KMeans):
 
         Parameters
         ----------
-        X : array-like, Tensor or iterable of batches of shape (n, n_features)
+        X : array-like, Tensor, sparse matrix or iterable of batches of shape (n, n_features)
             A DataLoader's ``(x, y)`` batch (a tuple or list whose first item
-            is 2-D) stands for ``x``, as in an iterable.
+            is 2-D) stands for ``x``, as in an iterable. A sparse batch is
+            densified; one whose dense form exceeds ``memory_budget`` is
+            refused.
         y : ignored
         sample_weight : array-like or Tensor of shape (n,), optional
             Not accepted with an iterable.
