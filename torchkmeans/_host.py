@@ -186,6 +186,7 @@ class _CSR(NamedTuple):
         return self._dense(stop - start, lengths, slice(lo, hi))
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
+        # Any order (HostRows asks for sorted rows only, for files).
         begins = self.crow[index]
         lengths = self.crow[index + 1] - begins
         # Positions of the stored values of the rows at ``index``, row after row.

@@ -14,7 +14,7 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED
-from ._host import densified, host_rows, should_stream
+from ._host import densified, host_rows, is_sparse, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
@@ -122,6 +122,9 @@ class _Source:
 
     def __init__(self, estimator: MiniBatchKMeans, X: Any) -> None:
         X = densified(X, estimator.memory_budget)
+        # Rows of a sparse matrix are read in any order, their values
+        # checked once when it is read (read_sparse).
+        self.sparse = is_sparse(X)
         self.streamed = should_stream(X, estimator.device)
         if self.streamed:
             self.rows, self.dtype, self.kind = host_rows(X, v.resolve_dtype(estimator.dtype))
@@ -152,6 +155,8 @@ class _Source:
         put back in ``index``'s order, so streamed and in-memory fits are the same."""
         if not self.streamed:
             return self.x.index_select(0, index).to(self.compute)
+        if self.sparse:
+            return self.rows.take(index.cpu()).to(device=self.device, dtype=self.compute)
         in_file_order = index.cpu().sort()
         rows = self.rows.take(in_file_order.values)
         rows = self._checked(rows.to(device=self.device, dtype=self.compute))
