@@ -220,3 +220,23 @@ def test_fit_on_a_sparse_matrix_warns_about_too_few_distinct_clusters():
         km = KMeans(4, random_state=0).fit(X)
     assert any("Number of distinct clusters (3)" in str(w.message) for w in caught)
     assert np.isfinite(km.cluster_centers_).all()
+
+
+def test_minibatch_labels_of_a_streamed_sparse_x_are_not_read_as_dense_chunks(monkeypatch):
+    dense = MiniBatchKMeans(10, random_state=0, memory_budget=20_000).fit(DENSE)
+
+    def refuse(*args):
+        raise AssertionError("a sparse matrix was read as dense chunks")
+
+    monkeypatch.setattr(_CSR, "read", refuse)
+    ours = MiniBatchKMeans(10, random_state=0, memory_budget=20_000).fit(CSR)
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-10)
+    w = np.linspace(0.5, 2.0, CSR.shape[0])
+    weighted = MiniBatchKMeans(10, random_state=0, memory_budget=20_000)
+    reference = MiniBatchKMeans(10, random_state=0, memory_budget=20_000)
+    monkeypatch.undo()
+    reference.fit(DENSE, sample_weight=w)
+    monkeypatch.setattr(_CSR, "read", refuse)
+    weighted.fit(CSR, sample_weight=w)
+    np.testing.assert_allclose(weighted.inertia_, reference.inertia_, rtol=1e-10)

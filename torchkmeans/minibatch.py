@@ -24,9 +24,11 @@ from .functional.distances import (
     underflow_exponent_of,
     unit_rows,
     weights_without_rows_of_zeros,
+    wide_sum,
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
+from .functional.sparse import sparse_nearest
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -125,6 +127,7 @@ class _Source:
         # Rows of a sparse matrix are read in any order, their values
         # checked once when it is read (read_sparse).
         self.sparse = is_sparse(X)
+        self.X = X
         self.streamed = should_stream(X, estimator.device)
         if self.streamed:
             self.rows, self.dtype, self.kind = host_rows(X, v.resolve_dtype(estimator.dtype))
@@ -516,6 +519,15 @@ class MiniBatchKMeans(KMeans):
                 labels[first : first + x.shape[0]] = block_labels
         return labels, float(inertia)
 
+    def _labels_of_sparse(
+        self, X: Any, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """:meth:`_labels_of_chunks` of a sparse ``X``, from sparse products."""
+        rows, _ = self._sparse_input(X)
+        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
+        labels, distances = sparse_nearest(rows, centers, self.memory_budget)
+        return labels, float(wide_sum(distances, weights))
+
     def _store_state(
         self,
         centers: torch.Tensor,
@@ -718,8 +730,12 @@ class MiniBatchKMeans(KMeans):
         self.n_features_in_ = d
         self.n_steps_ = step_index + 1
         self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
-        if self.compute_labels:
+        if self.compute_labels and source.sparse and source.streamed:
+            # From the stored values, as KMeans predicts: not densified a chunk at a time.
+            labels, self.inertia_ = self._labels_of_sparse(source.X, weights)
+        elif self.compute_labels:
             labels, self.inertia_ = self._labels_of_chunks(source.chunks(), n, weights)
+        if self.compute_labels:
             if not math.isfinite(self.inertia_):
                 # Finite rows whose squared distances overflow: every label is a tie.
                 self._reset()
