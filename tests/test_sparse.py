@@ -240,3 +240,31 @@ def test_minibatch_labels_of_a_streamed_sparse_x_are_not_read_as_dense_chunks(mo
     monkeypatch.setattr(_CSR, "read", refuse)
     weighted.fit(CSR, sample_weight=w)
     np.testing.assert_allclose(weighted.inertia_, reference.inertia_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_minibatch_steps_on_a_streamed_sparse_x_stay_sparse(monkeypatch, metric):
+    import torchkmeans.minibatch as minibatch_module
+
+    X = sparse.random(3000, 200, density=0.05, random_state=0, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((200, 200))]).tocsr()  # and rows of zeros
+    # Light centres reseeded from the batch at most steps.
+    params = dict(
+        metric=metric,
+        random_state=0,
+        memory_budget=20_000,
+        batch_size=256,
+        reassignment_ratio=0.9,
+    )
+    dense = MiniBatchKMeans(8, **params).fit(X.toarray())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse batch was densified for its step")
+
+    monkeypatch.setattr(minibatch_module, "_minibatch_step", refuse)
+    ours = MiniBatchKMeans(8, **params).fit(X)
+    assert ours.n_steps_ == dense.n_steps_
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.counts_, dense.counts_)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)

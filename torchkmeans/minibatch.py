@@ -28,7 +28,7 @@ from .functional.distances import (
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
-from .functional.sparse import sparse_nearest
+from .functional.sparse import SparseRows, sparse_minibatch_step, sparse_nearest
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -127,6 +127,7 @@ class _Source:
         # Rows of a sparse matrix are read in any order, their values
         # checked once when it is read (read_sparse).
         self.sparse = is_sparse(X)
+        self.sparse_rows: SparseRows | None = None
         self.X = X
         self.streamed = should_stream(X, estimator.device)
         if self.streamed:
@@ -137,6 +138,11 @@ class _Source:
                 self.kind = v.OutputKind(True, torch.device("cpu"))
             self.device = v.resolve_device(estimator.device, data_device)
             self.shape = (self.rows.n_rows, self.rows.n_features)
+            if self.sparse:
+                # The steps' batches stay sparse (functional.sparse).
+                self.sparse_rows, _ = estimator._sparse_rows(
+                    X, self.device, self.compute, estimator.metric
+                )
         else:
             self.x, self.kind = estimator._validate_x(X, reset=True)
             self.device, self.dtype = self.x.device, self.x.dtype
@@ -588,8 +594,9 @@ class MiniBatchKMeans(KMeans):
             ``(n_samples, n_features)``; an iterable (DataLoader, generator)
             yields batches of that shape, or tuples whose first element is one.
             A sparse matrix or tensor is densified whole when its dense form
-            fits ``memory_budget``, else read as a memmap is (only the rows of
-            each batch, densified).
+            fits ``memory_budget``; otherwise the steps run on the stored
+            values of their batches (:func:`~torchkmeans.functional.sparse.sparse_minibatch_step`)
+            and only the seeding's ``init_size`` rows are densified.
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Batches are drawn with probability proportional to it. Not
@@ -677,19 +684,30 @@ class MiniBatchKMeans(KMeans):
             else:
                 index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
-            step = _minibatch_step(
-                self._prepare(source.take(index)),
-                centers,
-                counts,
-                sample_weight=None,
-                random_reassign=self._should_reassign(counts, on_host=every == 1),
-                reassignment_ratio=self.reassignment_ratio,
-                generator=generator,
-                metric=self.metric,
-                memory_budget=self.memory_budget,
-                collective=LOCAL,
-                differences=differences,
-            )
+            if source.sparse_rows is not None:
+                step = sparse_minibatch_step(
+                    source.sparse_rows.subset(index),
+                    centers,
+                    counts,
+                    random_reassign=self._should_reassign(counts, on_host=every == 1),
+                    reassignment_ratio=self.reassignment_ratio,
+                    generator=generator,
+                    memory_budget=self.memory_budget,
+                )
+            else:
+                step = _minibatch_step(
+                    self._prepare(source.take(index)),
+                    centers,
+                    counts,
+                    sample_weight=None,
+                    random_reassign=self._should_reassign(counts, on_host=every == 1),
+                    reassignment_ratio=self.reassignment_ratio,
+                    generator=generator,
+                    metric=self.metric,
+                    memory_budget=self.memory_budget,
+                    collective=LOCAL,
+                    differences=differences,
+                )
             # In the widest float: squared shifts of float32 centres near 1e-25
             # underflow to 0 in float32, which stopped the fit at its second step.
             shift = (step.centroids - centers).to(wide).square().sum() if tol > 0 else no_shift

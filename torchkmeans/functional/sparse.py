@@ -24,12 +24,21 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _device
+from .collective import LOCAL
 from .distances import DEFAULT_MEMORY_BUDGET, Nearest, unit_rows, weights_without_rows_of_zeros
 from .init import _sample_from_cumulative, random_init
 from .lloyd import KMeansResult
+from .minibatch import MiniBatchStep, _apply_step
 from .updates import centroids_from_sums, relocate_empty_clusters
 
-__all__ = ["SparseRows", "sparse_distances", "sparse_kmeans", "sparse_nearest", "sparse_rows"]
+__all__ = [
+    "SparseRows",
+    "sparse_distances",
+    "sparse_kmeans",
+    "sparse_minibatch_step",
+    "sparse_nearest",
+    "sparse_rows",
+]
 
 
 class SparseRows(NamedTuple):
@@ -67,6 +76,26 @@ class SparseRows(NamedTuple):
                 self.values[lo:hi],
                 size=(stop - start, self.n_features),
             )
+
+    def subset(self, index: torch.Tensor) -> SparseRows:
+        """Rows ``index`` ``(m,)`` (repeats allowed), in that order, as :class:`SparseRows`."""
+        index = index.to(self.device)
+        begins = self.crow[index]
+        lengths = self.crow[index + 1] - begins
+        m = int(index.numel())
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lengths, 0, out=crow[1:])
+        row_of = torch.repeat_interleave(torch.arange(m, device=self.device), lengths)
+        positions = torch.arange(row_of.numel(), device=self.device) + (begins - crow[:-1])[row_of]
+        return SparseRows(
+            crow,
+            self.col[positions],
+            self.values[positions],
+            row_of,
+            self.sq_norms[index],
+            self.n_features,
+            self.metric,
+        )
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Rows ``index`` ``(m,)`` as a dense ``(m, d)`` tensor, in that order."""
@@ -432,4 +461,62 @@ def sparse_kmeans(
     assert best is not None
     return best._replace(
         inertia=best.inertia + ignored, inertia_history=best.inertia_history + ignored
+    )
+
+
+def sparse_minibatch_step(
+    batch: SparseRows,
+    centroids: torch.Tensor,
+    weight_sums: torch.Tensor,
+    *,
+    random_reassign: bool | torch.Tensor = False,
+    reassignment_ratio: float = 0.01,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> MiniBatchStep:
+    """One mini-batch step on sparse rows (unweighted): the rule of
+    :func:`~torchkmeans.functional.minibatch.minibatch_step`, with the
+    assignment from sparse products and the sums from one scatter of the
+    stored values; only reseeded centroids densify rows.
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 0, 1, 2]), torch.tensor([1, 0]),
+    ...                    torch.tensor([2.0, 10.0]), 2, device=torch.device("cpu"),
+    ...                    dtype=torch.float32)
+    >>> step = sparse_minibatch_step(rows, torch.tensor([[0.0, 0.0], [10.0, 0.0]]),
+    ...                              torch.tensor([1.0, 0.0]))
+    >>> step.centroids, step.weight_sums, step.labels
+    (tensor([[ 0.0000,  0.6667],
+            [10.0000,  0.0000]]), tensor([3., 1.]), tensor([0, 0, 1]))
+    """
+    k, d = int(centroids.shape[0]), int(centroids.shape[1])
+    wide = _device.widest_float(batch.device)
+    labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
+    sums = torch.zeros(k * d, dtype=wide, device=batch.device)
+    sums.index_add_(0, labels[batch.row_of] * d + batch.col, batch.values.to(wide))
+    counts = torch.zeros(k, dtype=wide, device=batch.device)
+    counts.index_add_(0, labels, torch.ones(batch.n_rows, dtype=wide, device=batch.device))
+
+    def rows_at(picked: torch.Tensor) -> torch.Tensor:
+        return batch.take(picked.reshape(-1)).view(*picked.shape, d)
+
+    return _apply_step(
+        labels,
+        distances,
+        sums.view(k, d),
+        counts,
+        centroids,
+        weight_sums,
+        centroids.dtype,
+        weight_sums.dtype,
+        acc=centroids.dtype,
+        weights=None,
+        rows_at=rows_at,
+        zero_rows=batch.sq_norms == 0 if batch.metric == "cosine" else None,
+        random_reassign=random_reassign,
+        reassignment_ratio=reassignment_ratio,
+        generator=generator,
+        metric=batch.metric,
+        collective=LOCAL,
     )
