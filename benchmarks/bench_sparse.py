@@ -11,7 +11,8 @@ and float32. Printed per dtype: the minimum over ``--repeats`` of the wall time
 of ``fit`` from the same initial centres (means of 5 random rows; and with each
 library's own k-means++), ``predict`` and ``transform``, torchkmeans over scikit-learn
 (t/sk, < 1 is faster), with both libraries' ``n_iter_`` and inertia and the
-share of equal labels. Also the dense-chunk baseline (the matrix read as a
+share of equal labels; then the default ``MiniBatchKMeans`` fits. With
+``--dense-chunks`` also the dense-chunk baseline (the matrix read as a
 memmap is: every Lloyd iteration densifies it a chunk at a time) for one fit.
 A script, never a test: timings depend on the machine.
 """
@@ -31,10 +32,11 @@ _threads.pin_threads()
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
+from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans  # noqa: E402
 from sklearn.feature_extraction.text import TfidfTransformer  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from torchkmeans import KMeans  # noqa: E402
+from torchkmeans import KMeans, MiniBatchKMeans  # noqa: E402
 from torchkmeans._host import host_rows  # noqa: E402
 from torchkmeans.functional.streaming import streamed_kmeans  # noqa: E402
 
@@ -78,6 +80,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dense-chunks", action="store_true", help="also time the dense-chunk fit (slow)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     X64 = tfidf_like(args.n, args.d, args.density, args.k)
@@ -115,6 +120,17 @@ def main() -> None:
                 t_sk, _ = best_of(args.repeats, getattr(sk, method), X)
                 t_us, _ = best_of(args.repeats, getattr(us, method), X)
                 print(f"{name} {method}: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / {t_sk:.3f} s)")
+            t_sk, sk = best_of(args.repeats, SkMiniBatchKMeans(args.k, random_state=0).fit, X)
+            t_us, us = best_of(
+                args.repeats, MiniBatchKMeans(args.k, random_state=0, device=args.device).fit, X
+            )
+            print(
+                f"{name} MiniBatchKMeans fit: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / "
+                f"{t_sk:.3f} s), steps {us.n_steps_}/{sk.n_steps_}, "
+                f"inertia {us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+        if not args.dense_chunks:
+            return
         # The baseline: the same fit from dense chunks, as a memmap is streamed.
         import torch
 
