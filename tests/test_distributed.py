@@ -140,6 +140,17 @@ def memmap_shards(rank, tmp):
     return km.cluster_centers_, km.labels_, km.inertia_
 
 
+def sparse_shards(rank, tmp):
+    import scipy.sparse
+
+    X = np.where(load_digits().data > 8, load_digits().data, 0.0)
+    part = scipy.sparse.csr_matrix(shards(X, [700, 1097])[rank])
+    # Rank 1's shard is read as dense chunks; rank 0's fits the budget and is densified.
+    budget = None if rank == 0 else 10_000
+    km = KMeans(10, init=X[:10], memory_budget=budget).fit(part)
+    return km.cluster_centers_, km.labels_, km.inertia_
+
+
 def empty_clusters_reseeded(rank, tmp):
     X = blobs()
     part = shards(X, [1500, 1500])[rank]
@@ -497,6 +508,7 @@ SCENARIOS = {
         weights_of_a_shard_sum_to_zero,
         fewer_distinct_clusters,
         memmap_shards,
+        sparse_shards,
         empty_clusters_reseeded,
         minibatch_partial_fit,
         minibatch_empty_batches,
@@ -685,6 +697,16 @@ def test_memmap_shards_stream_and_agree(tmp_path):
     (c0, l0, i0), (c1, l1, i1) = run_ranks("memmap_shards", tmp_path)
     X = blobs()
     single = KMeans(6, init=X[:6]).fit(X)
+    assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
+    np.testing.assert_array_equal(c0, c1)
+    np.testing.assert_allclose(c0, single.cluster_centers_, atol=1e-10)
+    np.testing.assert_array_equal(np.concatenate([l0, l1]), single.labels_)
+
+
+def test_sparse_shards_agree_with_one_process(tmp_path):
+    (c0, l0, i0), (c1, l1, i1) = run_ranks("sparse_shards", tmp_path)
+    X = np.where(load_digits().data > 8, load_digits().data, 0.0)
+    single = KMeans(10, init=X[:10]).fit(X)
     assert i0 == i1 == pytest.approx(single.inertia_, rel=1e-10)
     np.testing.assert_array_equal(c0, c1)
     np.testing.assert_allclose(c0, single.cluster_centers_, atol=1e-10)

@@ -12,12 +12,15 @@ from torchkmeans import KMeans
 
 # Checks we expect to fail, with the reason. scikit-learn marks the same
 # check as an expected failure for its own KMeans.
+_RANDOM_SEEDING = (
+    "the seeding is random: integer weights and repeated rows (shuffled by the "
+    "check) draw different initial centres. From the same initial centres they "
+    "are equal: tests/test_properties.py::test_integer_weights_equal_repeated_rows "
+    "(dense) and tests/test_sparse.py (sparse)."
+)
 EXPECTED_FAILURES = {
-    "check_sample_weight_equivalence_on_dense_data": (
-        "the seeding is random: integer weights and repeated rows (shuffled by the "
-        "check) draw different initial centres. From the same initial centres they "
-        "are equal: tests/test_properties.py::test_integer_weights_equal_repeated_rows."
-    ),
+    "check_sample_weight_equivalence_on_dense_data": _RANDOM_SEEDING,
+    "check_sample_weight_equivalence_on_sparse_data": _RANDOM_SEEDING,
 }
 
 

@@ -115,6 +115,8 @@ class EstimatorProtocol:
             transformer_tags=TransformerTags(),
         )
         tags.input_tags.allow_nan = False
+        # scipy.sparse matrices and arrays are clustered without densifying them.
+        tags.input_tags.sparse = True
         return tags
 
     def get_metadata_routing(self) -> Any:

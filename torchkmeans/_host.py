@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from . import _validation as v
-from .functional.distances import compute_dtype
+from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype
 from .functional.streaming import HostRows
 
-__all__ = ["host_rows", "should_stream"]
+__all__ = ["densified", "host_rows", "is_sparse", "read_sparse", "should_stream"]
 
 # A host array is streamed to a GPU when the tensors an in-memory computation
 # on it holds (see should_stream) would take more than this share of the
@@ -51,7 +51,8 @@ def should_stream(
 ) -> bool:
     """Whether a fit on ``X`` streams it from the host instead of copying it whole.
 
-    Always for a ``numpy.memmap``; for a numpy array or CPU tensor only when
+    Always for a ``numpy.memmap`` and a sparse matrix or tensor (see
+    :func:`densified` for the small ones); for a numpy array or CPU tensor only when
     the computation runs on a GPU that could not hold what it needs of it:
     a copy, labels and distances; with ``lloyd`` (Lloyd's iterations of
     ``KMeans.fit`` and ``elbow``) also the centred copy with a column of ones,
@@ -60,7 +61,7 @@ def should_stream(
     and ``outputs`` values a row that the result holds (``transform``'s
     distances to the k centres).
     """
-    if isinstance(X, np.memmap):
+    if isinstance(X, np.memmap) or is_sparse(X):
         return True
     if not isinstance(X, (np.ndarray, torch.Tensor)) or X.ndim != 2:
         return False
@@ -96,6 +97,12 @@ def host_rows(
     (numpy for arrays, tensors for a tensor).
     """
     shape = tuple(int(s) for s in X.shape)
+    if is_sparse(X) and len(shape) == 2:
+        csr = read_sparse(X)
+        _check_shape(shape, "X", allow_empty)
+        values = csr.values.dtype if dtype is None else dtype
+        reader = HostRows(csr.read, csr.take, shape[0], shape[1], csr.values.element_size())
+        return _rounded_rows(reader, dtype), compute_dtype(values), csr.kind
     _check_shape(shape, "X", allow_empty)
     compute = _compute_dtype(X, dtype)
     if isinstance(X, torch.Tensor):
@@ -125,13 +132,162 @@ def host_rows(
 
         kind = v.OutputKind(False, None)
         itemsize = int(np.dtype(array.dtype).itemsize)
-    if dtype is not None and compute_dtype(dtype) != dtype:
-        # Rows pass through the half precision asked for, as data in memory is
-        # converted to it whole: a fit on a memmap and on the same array agree.
-        read, take = _rounded(read, dtype), _rounded(take, dtype)
-    return HostRows(read, take, shape[0], shape[1], itemsize), compute, kind
+    return _rounded_rows(HostRows(read, take, shape[0], shape[1], itemsize), dtype), compute, kind
+
+
+def _rounded_rows(rows: HostRows, dtype: torch.dtype | None) -> HostRows:
+    """``rows`` read through the half precision ``dtype`` asked for, as data in
+    memory is converted to it whole: a fit on a memmap and on the same array agree."""
+    if dtype is None or compute_dtype(dtype) == dtype:
+        return rows
+    return rows._replace(read=_rounded(rows.read, dtype), take=_rounded(rows.take, dtype))
 
 
 def _rounded(reader: Callable[..., torch.Tensor], dtype: torch.dtype) -> Any:
     """``reader`` whose rows are rounded to ``dtype``."""
     return lambda *args: reader(*args).to(dtype)
+
+
+# ------------------------------------------------------------------ sparse input
+# scipy.sparse matrices and arrays (CSR, CSC, COO, ...) and torch sparse
+# tensors are read as CSR: rows start:stop are a slice of the stored values,
+# turned into a dense chunk only when a pass reaches them. A matrix whose
+# dense form fits the memory budget is densified once instead (in-memory fit).
+
+_SPARSE_LAYOUTS = (
+    torch.sparse_coo,
+    torch.sparse_csr,
+    torch.sparse_csc,
+    torch.sparse_bsr,
+    torch.sparse_bsc,
+)
+
+
+def is_sparse(X: Any) -> bool:
+    """Whether ``X`` is a scipy.sparse matrix/array or a torch sparse tensor."""
+    if isinstance(X, torch.Tensor):
+        return X.layout in _SPARSE_LAYOUTS
+    return type(X).__module__.startswith("scipy.sparse")
+
+
+class _CSR(NamedTuple):
+    """The rows of a sparse matrix in CSR form, on the CPU, without duplicates."""
+
+    crow: torch.Tensor  # (n + 1,) int64
+    col: torch.Tensor  # (nnz,) int64
+    values: torch.Tensor  # (nnz,) floating
+    n_rows: int
+    n_features: int
+    kind: v.OutputKind
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        lo, hi = int(self.crow[start]), int(self.crow[stop])
+        lengths = self.crow[start + 1 : stop + 1] - self.crow[start:stop]
+        return self._dense(stop - start, lengths, slice(lo, hi))
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        # Any order (HostRows asks for sorted rows only, for files).
+        begins = self.crow[index]
+        lengths = self.crow[index + 1] - begins
+        # Positions of the stored values of the rows at ``index``, row after row.
+        firsts = lengths.cumsum(0) - lengths
+        total = int(lengths.sum())
+        positions = torch.arange(total) + torch.repeat_interleave(begins - firsts, lengths)
+        return self._dense(int(index.numel()), lengths, positions)
+
+    def _dense(self, m: int, lengths: torch.Tensor, stored: Any) -> torch.Tensor:
+        d = self.n_features
+        out = torch.zeros((m, d), dtype=self.values.dtype)
+        rows = torch.repeat_interleave(torch.arange(m), lengths)
+        out.view(-1)[rows * d + self.col[stored]] = self.values[stored]
+        return out
+
+
+def read_sparse(X: Any, name: str = "X", *, check_finite: bool = True, to_cpu: bool = True) -> _CSR:
+    """A scipy or torch sparse ``X`` as :class:`_CSR` rows, checked as
+    :func:`~torchkmeans._validation.as_tensor` checks dense data.
+
+    The caller's matrix is never modified (duplicates are summed on a copy).
+    ``to_cpu=False`` leaves a torch sparse tensor's components on its device
+    (for :func:`~torchkmeans.functional.sparse.sparse_rows`; ``read`` and
+    ``take`` need them on the CPU).
+    Integer and boolean values become float64 (scipy) or the default float
+    dtype (torch), float16 scipy values float32, as for dense input.
+    """
+    if isinstance(X, torch.Tensor):
+        kind = v.OutputKind(True, X.device)
+        tensor = X.detach()
+        if tensor.ndim != 2 or tensor.dense_dim() != 0:
+            raise ValueError(
+                f"Expected {name} to be 2-D of shape (n_samples, n_features), got a sparse "
+                f"tensor of shape {tuple(tensor.shape)} with {tensor.dense_dim()} dense "
+                "dimension(s)."
+            )
+        if tensor.is_complex():
+            raise ValueError(f"Complex data not supported; {name} has dtype {tensor.dtype}.")
+        if tensor.layout == torch.sparse_coo:
+            tensor = tensor.coalesce()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+            tensor = (tensor.to("cpu") if to_cpu else tensor).to_sparse_csr()
+        crow = tensor.crow_indices().to(torch.int64)
+        col = tensor.col_indices().to(torch.int64)
+        values = tensor.values()
+        if not values.is_floating_point():
+            values = values.to(torch.get_default_dtype())
+    else:
+        kind = v.OutputKind(False, None)
+        shape = tuple(getattr(X, "shape", ()))
+        if len(shape) != 2:
+            raise ValueError(
+                f"Expected {name} to be 2-D of shape (n_samples, n_features), got a sparse "
+                f"matrix of shape {shape}."
+            )
+        csr = X.tocsr()
+        if not csr.has_canonical_format:
+            csr = csr.copy()  # sum_duplicates works in place
+            csr.sum_duplicates()
+        data = csr.data
+        if data.dtype.kind == "c":
+            raise ValueError(f"Complex data not supported; {name} has dtype {data.dtype}.")
+        if data.dtype.kind in "biu":
+            data = data.astype(np.float64)
+        elif data.dtype.kind != "f":
+            raise ValueError(
+                f"Expected {name} to hold numbers, got a sparse matrix of dtype {data.dtype}."
+            )
+        elif data.dtype == np.float16 or data.dtype.itemsize > 8:
+            data = data.astype(np.float32 if data.dtype == np.float16 else np.float64)
+        elif not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only arrays
+            values = torch.from_numpy(np.ascontiguousarray(data))
+        crow = torch.from_numpy(csr.indptr.astype(np.int64))
+        col = torch.from_numpy(csr.indices.astype(np.int64))
+    if check_finite and not v.all_finite(values):
+        raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
+    n, d = (int(s) for s in X.shape)
+    return _CSR(crow, col, values, n, d, kind)
+
+
+def densified(X: Any, memory_budget: int | None) -> Any:
+    """``X`` itself, or a sparse ``X`` as a dense array (scipy) or tensor (torch,
+    on its device) when its dense form takes at most ``memory_budget`` bytes
+    (``DEFAULT_MEMORY_BUDGET`` when None). A larger sparse ``X`` is returned
+    as it is: :func:`should_stream` streams it, :func:`host_rows` densifies
+    one chunk of rows at a time.
+    """
+    if not is_sparse(X):
+        return X
+    v.check_memory_budget(memory_budget)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    shape = tuple(int(s) for s in X.shape)
+    itemsize = X.element_size() if isinstance(X, torch.Tensor) else np.dtype(X.dtype).itemsize
+    if len(shape) != 2 or shape[0] * shape[1] * max(4, itemsize) > budget:
+        return X
+    rows = read_sparse(X)
+    dense = rows.read(0, rows.n_rows)
+    if rows.kind.is_torch:
+        return dense.to(rows.kind.device)
+    return dense.numpy()

@@ -15,10 +15,11 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED, EstimatorProtocol
-from ._host import host_rows, should_stream
+from ._host import densified, host_rows, is_sparse, read_sparse, should_stream
 from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import LOCAL, Collective
 from .functional.distances import (
+    DEFAULT_MEMORY_BUDGET,
     Nearest,
     _nearest,
     compute_dtype,
@@ -30,6 +31,13 @@ from .functional.distances import (
     wide_sum,
 )
 from .functional.lloyd import KMeansResult, kmeans
+from .functional.sparse import (
+    SparseRows,
+    sparse_distances,
+    sparse_kmeans,
+    sparse_nearest,
+    sparse_rows,
+)
 from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streamed_kmeans
 
 __all__ = ["KMeans"]
@@ -106,6 +114,14 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     :func:`~torchkmeans.functional.streaming.init_sample_size` rows (as
     faiss does), since greedy k-means++ over all rows would read the data k
     times; from the same initial centroids it equals the in-memory fit.
+
+    A sparse ``X`` (``scipy.sparse`` matrix or array of any format, torch
+    sparse tensor) is never densified: Lloyd's iterations, ``predict``,
+    ``transform`` and ``score`` run on its stored values
+    (:mod:`torchkmeans.functional.sparse`), without centring, as
+    scikit-learn does; ``cluster_centers_`` and ``transform`` are dense.
+    A callable ``init`` is refused with sparse ``X``. Under
+    ``torch.distributed`` a sparse shard is read as dense chunks of rows.
 
     Attributes
     ----------
@@ -288,6 +304,18 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         self, X: Any, *, reset: bool, allow_empty: bool = False
     ) -> tuple[torch.Tensor, v.OutputKind]:
         dtype = v.resolve_dtype(self.dtype)
+        X = densified(X, self.memory_budget)
+        if is_sparse(X):
+            # Paths that hold the data whole (a partial_fit batch): only a
+            # sparse X whose dense form fits the budget.
+            n, d = (int(s) for s in X.shape)
+            itemsize = X.element_size() if isinstance(X, torch.Tensor) else X.dtype.itemsize
+            raise ValueError(
+                "Expected X to be a sparse batch whose dense form fits memory_budget="
+                f"{self.memory_budget or DEFAULT_MEMORY_BUDGET} bytes, got shape {(n, d)} "
+                f"({n * d * max(4, itemsize)} bytes dense); pass smaller batches or raise "
+                "memory_budget."
+            )
         if reset:
             x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype)
             if x.shape[0] == 0 and not allow_empty:
@@ -324,7 +352,9 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
 
         Parameters
         ----------
-        X : array-like or Tensor of shape (n_samples, n_features)
+        X : array-like, Tensor, numpy.memmap or sparse matrix of shape (n_samples, n_features)
+            A ``scipy.sparse`` matrix or torch sparse tensor is clustered
+            on its stored values, never densified.
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Non-negative weight of each sample.
@@ -332,6 +362,11 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         Returns
         -------
         self
+
+        Raises
+        ------
+        TypeError
+            If ``init`` is a callable and ``X`` is sparse, streamed or sharded.
         """
         if v.is_batch_stream(X):
             raise TypeError(
@@ -339,8 +374,11 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"per Lloyd iteration, got {type(X).__name__}; MiniBatchKMeans.fit and "
                 "partial_fit take iterables of batches."
             )
-        self._reset_feature_names(X)
         collective = distributed.collective(self.process_group)
+        if is_sparse(X) and not collective.distributed:
+            return self._fit_sparse(X, sample_weight)
+        X = densified(X, self.memory_budget)
+        self._reset_feature_names(X)
         if collective.distributed or should_stream(
             X, self.device, lloyd=True, problems=self._batched_restarts()
         ):
@@ -367,6 +405,80 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         self._store(result, kind, x.shape[1])
         return self
 
+    def _sparse_rows(
+        self, X: Any, device: torch.device | None, dtype: torch.dtype | None, metric: str
+    ) -> tuple[SparseRows, v.OutputKind]:
+        """A sparse ``X`` as :class:`~torchkmeans.functional.sparse.SparseRows`
+        on ``device`` (None: where ``X`` is), rounded through the half
+        precision ``self.dtype`` asks for and computed in ``dtype`` (None:
+        that of ``X``)."""
+        csr = read_sparse(X, to_cpu=False)
+        values = csr.values
+        asked = v.resolve_dtype(self.dtype)
+        if asked is not None:
+            values = values.to(asked)
+        compute = dtype if dtype is not None else compute_dtype(values.dtype)
+        if device is None:
+            device = v.resolve_device(self.device, values.device)
+        rows = sparse_rows(
+            csr.crow, csr.col, values, csr.n_features, device=device, dtype=compute, metric=metric
+        )
+        return rows, csr.kind
+
+    def _fit_sparse(self, X: Any, sample_weight: Any) -> KMeans:
+        """``fit`` on a scipy.sparse matrix or torch sparse tensor: Lloyd's
+        iterations on its stored values (see :mod:`torchkmeans.functional.sparse`)."""
+        self._reset_feature_names(X)
+        shape = tuple(int(s) for s in X.shape)
+        if len(shape) == 2 and 0 in shape:
+            what = "sample" if shape[0] == 0 else "feature"
+            raise ValueError(
+                f"Found array with 0 {what}(s) (shape={shape}) while a minimum of 1 is required."
+            )
+        n_clusters, n_init, metric = self._check_params(shape[0] if len(shape) == 2 else None)
+        v.check_memory_budget(self.memory_budget)
+        rows, kind = self._sparse_rows(X, None, None, metric)
+        if callable(self.init) and not isinstance(self.init, str):
+            raise TypeError(
+                "Expected init to be 'k-means++', 'random' or an array when X is sparse "
+                f"({type(X).__name__}), got a callable."
+            )
+        weights = v.check_sample_weight(
+            sample_weight, rows.n_rows, device=rows.device, dtype=rows.dtype
+        )
+        generator = v.make_generator(self.random_state, rows.device)
+        init = self._given_init((n_clusters, rows.n_features), rows.device, rows.dtype)
+        result = sparse_kmeans(
+            rows,
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            sample_weight=weights,
+            generator=generator,
+            memory_budget=self.memory_budget,
+        )
+        if not v.all_finite(result.inertia):
+            # Finite rows whose squared distances overflow: every label is a tie.
+            raise v.distances_overflow("X", rows.dtype)
+        self._store(result, kind, rows.n_features)
+        return self
+
+    def _sparse_input(self, X: Any) -> tuple[SparseRows, v.OutputKind]:
+        """A sparse ``X`` for ``predict``, ``transform`` and ``score``: checked
+        against the fit, on the centres' device and dtype."""
+        self._check_is_fitted()
+        self._check_feature_names(X)
+        centers = self._centers
+        rows, kind = self._sparse_rows(X, centers.device, centers.dtype, self.metric)
+        if rows.n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return rows, kind
+
     def _given_init(self, shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Any:
         """``init`` as given, or as a tensor of ``shape`` when it is an array."""
         init = self.init
@@ -386,7 +498,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         try:
             if should_stream(X, self.device, lloyd=True, problems=self._batched_restarts()):
                 data, compute, kind = host_rows(X, dtype, allow_empty=shard)
-                device = v.resolve_device(self.device, torch.device("cpu"))
+                # A sparse tensor is computed where it is, as a dense one.
+                device = v.resolve_device(self.device, kind.device or torch.device("cpu"))
                 n_local, n_features = data.n_rows, data.n_features
             else:
                 # Finiteness is checked in the first pass, on every rank at once.
@@ -433,7 +546,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         if not v.all_finite(result.inertia):
             # Finite rows whose squared distances overflow: every label is a tie.
             raise v.distances_overflow("X", compute)
-        if kind.is_torch and not isinstance(data, torch.Tensor):
+        if kind.is_torch and kind.device is None and not isinstance(data, torch.Tensor):
             kind = v.OutputKind(True, torch.device("cpu"))
         self._store(result, kind, n_features, collective=collective)
         return self
@@ -555,6 +668,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"({type(X).__name__}); predict, transform and score take one batch at a time."
             )
         centers = self._centers
+        X = densified(X, self.memory_budget)
         if not should_stream(X, centers.device, outputs=outputs):
             x, kind = self._validate_x(X, reset=False)
             return iter([(0, x)]), x.shape[0], kind, False
@@ -575,7 +689,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                     raise ValueError("Input X contains NaN or infinity; expected finite values.")
                 yield start, chunk
 
-        if kind.is_torch:
+        if kind.is_torch and kind.device is None:
             kind = v.OutputKind(True, torch.device("cpu"))
         return checked(), rows.n_rows, kind, True
 
@@ -589,6 +703,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         inertia is 0; euclidean ones are (the search computes them anyway),
         and rows whose squared distances overflow are refused, as in ``fit``.
         """
+        if is_sparse(X):
+            return self._sparse_labels_and_inertia(X, sample_weight)
         parts, n, kind, streamed = self._parts(X)
         centers = self._centers
         weights = v.check_sample_weight(
@@ -629,6 +745,21 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             raise v.distances_overflow("X", centers.dtype)
         return labels, total if inertia_needed else 0.0, kind
 
+    def _sparse_labels_and_inertia(
+        self, X: Any, sample_weight: Any
+    ) -> tuple[torch.Tensor, float, v.OutputKind]:
+        """:meth:`_labels_and_inertia` of a sparse ``X``, from sparse products."""
+        rows, kind = self._sparse_input(X)
+        weights = v.check_sample_weight(
+            sample_weight, rows.n_rows, device=rows.device, dtype=torch.float64
+        )
+        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
+        labels, distances = sparse_nearest(rows, centers, self.memory_budget)
+        total = float(wide_sum(distances, weights))
+        if not math.isfinite(total):
+            raise v.distances_overflow("X", centers.dtype)
+        return labels, total, kind
+
     def predict(self, X: Any) -> Any:
         """Index of the closest cluster centre for each sample (a memmap is streamed).
 
@@ -656,6 +787,15 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
         self._check_is_fitted()
+        if is_sparse(X):
+            rows, kind = self._sparse_input(X)
+            if self.metric == "cosine":
+                out = sparse_distances(rows, unit_rows(self._centers), self.memory_budget)
+            else:
+                out = sparse_distances(rows, self._centers, self.memory_budget).sqrt_()
+            if not v.all_finite(out):
+                raise v.distances_overflow("X", self._centers.dtype)
+            return self._output_container(kind.out(out), X)
         # The n x k result is held on the device unless X is streamed.
         parts, n, kind, streamed = self._parts(X, outputs=self._centers.shape[0])
         centers = self._centers

@@ -14,7 +14,7 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED
-from ._host import host_rows, should_stream
+from ._host import densified, host_rows, is_sparse, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device
 from .functional.collective import LOCAL, Collective
@@ -25,9 +25,11 @@ from .functional.distances import (
     times_power_of_two,
     unit_rows,
     weights_without_rows_of_zeros,
+    wide_sum,
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
+from .functional.sparse import SparseRows, sparse_minibatch_step, sparse_nearest
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -122,13 +124,26 @@ class _Source:
     """
 
     def __init__(self, estimator: MiniBatchKMeans, X: Any) -> None:
+        X = densified(X, estimator.memory_budget)
+        # Rows of a sparse matrix are read in any order, their values
+        # checked once when it is read (read_sparse).
+        self.sparse = is_sparse(X)
+        self.sparse_rows: SparseRows | None = None
+        self.X = X
         self.streamed = should_stream(X, estimator.device)
         if self.streamed:
             self.rows, self.dtype, self.kind = host_rows(X, v.resolve_dtype(estimator.dtype))
-            if self.kind.is_torch:
+            # A sparse tensor is computed where it is, as a dense one.
+            data_device = self.kind.device or torch.device("cpu")
+            if self.kind.is_torch and self.kind.device is None:
                 self.kind = v.OutputKind(True, torch.device("cpu"))
-            self.device = v.resolve_device(estimator.device, torch.device("cpu"))
+            self.device = v.resolve_device(estimator.device, data_device)
             self.shape = (self.rows.n_rows, self.rows.n_features)
+            if self.sparse:
+                # The steps' batches stay sparse (functional.sparse).
+                self.sparse_rows, _ = estimator._sparse_rows(
+                    X, self.device, self.compute, estimator.metric
+                )
         else:
             self.x, self.kind = estimator._validate_x(X, reset=True)
             self.device, self.dtype = self.x.device, self.x.dtype
@@ -150,6 +165,8 @@ class _Source:
         put back in ``index``'s order, so streamed and in-memory fits are the same."""
         if not self.streamed:
             return self.x.index_select(0, index).to(self.compute)
+        if self.sparse:
+            return self.rows.take(index.cpu()).to(device=self.device, dtype=self.compute)
         in_file_order = index.cpu().sort()
         rows = self.rows.take(in_file_order.values)
         rows = self._checked(rows.to(device=self.device, dtype=self.compute))
@@ -510,6 +527,15 @@ class MiniBatchKMeans(KMeans):
                 labels[first : first + x.shape[0]] = block_labels
         return labels, float(inertia)
 
+    def _labels_of_sparse(
+        self, X: Any, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """:meth:`_labels_of_chunks` of a sparse ``X``, from sparse products."""
+        rows, _ = self._sparse_input(X)
+        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
+        labels, distances = sparse_nearest(rows, centers, self.memory_budget)
+        return labels, float(wide_sum(distances, weights))
+
     def _store_state(
         self,
         centers: torch.Tensor,
@@ -566,9 +592,13 @@ class MiniBatchKMeans(KMeans):
 
         Parameters
         ----------
-        X : array-like, Tensor, numpy.memmap or iterable of batches
+        X : array-like, Tensor, numpy.memmap, sparse matrix or iterable of batches
             ``(n_samples, n_features)``; an iterable (DataLoader, generator)
             yields batches of that shape, or tuples whose first element is one.
+            A sparse matrix or tensor is densified whole when its dense form
+            fits ``memory_budget``; otherwise the steps run on the stored
+            values of their batches (:func:`~torchkmeans.functional.sparse.sparse_minibatch_step`)
+            and only the seeding's ``init_size`` rows are densified.
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Batches are drawn with probability proportional to it. Not
@@ -651,8 +681,10 @@ class MiniBatchKMeans(KMeans):
         # for their squared distances are scored scaled by each step; rows so
         # large that they overflow (float32 near 1e19: refused, though their
         # inertia is finite in float64) are stepped scaled by a power of two
-        # here, an exact change, their centres too until the end.
-        exponent = scale_exponent_of(centers, centers) if self.metric == "euclidean" else 0
+        # here, an exact change, their centres too until the end (sparse
+        # batches step at their own scale, as the sparse KMeans fit does).
+        scaled = self.metric == "euclidean" and source.sparse_rows is None
+        exponent = scale_exponent_of(centers, centers) if scaled else 0
         differences = exponent <= 0
         scale = min(exponent, 0)
         centers = times_power_of_two(centers, scale)
@@ -663,19 +695,30 @@ class MiniBatchKMeans(KMeans):
             else:
                 index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
-            step = _minibatch_step(
-                times_power_of_two(self._prepare(source.take(index)), scale),
-                centers,
-                counts,
-                sample_weight=None,
-                random_reassign=self._should_reassign(counts, on_host=every == 1),
-                reassignment_ratio=self.reassignment_ratio,
-                generator=generator,
-                metric=self.metric,
-                memory_budget=self.memory_budget,
-                collective=LOCAL,
-                differences=differences,
-            )
+            if source.sparse_rows is not None:
+                step = sparse_minibatch_step(
+                    source.sparse_rows.subset(index),
+                    centers,
+                    counts,
+                    random_reassign=self._should_reassign(counts, on_host=every == 1),
+                    reassignment_ratio=self.reassignment_ratio,
+                    generator=generator,
+                    memory_budget=self.memory_budget,
+                )
+            else:
+                step = _minibatch_step(
+                    times_power_of_two(self._prepare(source.take(index)), scale),
+                    centers,
+                    counts,
+                    sample_weight=None,
+                    random_reassign=self._should_reassign(counts, on_host=every == 1),
+                    reassignment_ratio=self.reassignment_ratio,
+                    generator=generator,
+                    metric=self.metric,
+                    memory_budget=self.memory_budget,
+                    collective=LOCAL,
+                    differences=differences,
+                )
             # In the widest float: squared shifts of float32 centres near 1e-25
             # underflow to 0 in float32, which stopped the fit at its second step.
             shift = (step.centroids - centers).to(wide).square().sum() if tol > 0 else no_shift
@@ -724,8 +767,12 @@ class MiniBatchKMeans(KMeans):
         self.n_features_in_ = d
         self.n_steps_ = step_index + 1
         self.n_iter_ = math.ceil(self.n_steps_ * batch_size / n)
-        if self.compute_labels:
+        if self.compute_labels and source.sparse and source.streamed:
+            # From the stored values, as KMeans predicts: not densified a chunk at a time.
+            labels, self.inertia_ = self._labels_of_sparse(source.X, weights)
+        elif self.compute_labels:
             labels, self.inertia_ = self._labels_of_chunks(source.chunks(), n, weights)
+        if self.compute_labels:
             if not math.isfinite(self.inertia_):
                 # Finite rows whose squared distances overflow: every label is a tie.
                 self._reset()
@@ -774,9 +821,11 @@ class MiniBatchKMeans(KMeans):
 
         Parameters
         ----------
-        X : array-like, Tensor or iterable of batches of shape (n, n_features)
+        X : array-like, Tensor, sparse matrix or iterable of batches of shape (n, n_features)
             A DataLoader's ``(x, y)`` batch (a tuple or list whose first item
-            is 2-D) stands for ``x``, as in an iterable.
+            is 2-D) stands for ``x``, as in an iterable. A sparse batch is
+            densified; one whose dense form exceeds ``memory_budget`` is
+            refused.
         y : ignored
         sample_weight : array-like or Tensor of shape (n,), optional
             Not accepted with an iterable.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -225,6 +225,61 @@ def _minibatch_step(
         )
         assert distances is not None
         sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
+    zero_rows = (rows == 0).all(-1) if metric == "cosine" else None
+
+    def rows_at(picked: torch.Tensor) -> torch.Tensor:
+        return rows.gather(-2, picked.unsqueeze(-1).expand(*picked.shape, d))
+
+    return _apply_step(
+        labels,
+        distances,
+        sums,
+        counts,
+        old,
+        ws,
+        centroids.dtype,
+        weight_sums.dtype,
+        acc=acc,
+        weights=weights,
+        rows_at=rows_at,
+        zero_rows=zero_rows,
+        random_reassign=random_reassign,
+        reassignment_ratio=reassignment_ratio,
+        generator=generator,
+        metric=metric,
+        collective=collective,
+    )
+
+
+def _apply_step(
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    old: torch.Tensor,
+    ws: torch.Tensor,
+    centroids_dtype: torch.dtype,
+    weight_sums_dtype: torch.dtype,
+    *,
+    acc: torch.dtype,
+    weights: torch.Tensor | None,
+    rows_at: Callable[[torch.Tensor], torch.Tensor],
+    zero_rows: torch.Tensor | None,
+    random_reassign: bool | torch.Tensor,
+    reassignment_ratio: float,
+    generator: torch.Generator | None,
+    metric: str,
+    collective: Collective,
+) -> MiniBatchStep:
+    """The step's update from its assignment: ``labels`` and ``distances``
+    ``(..., n)`` of the batch rows, their cluster ``sums`` ``(..., k, d)`` and
+    ``counts`` ``(..., k)``; ``old`` centroids and ``ws`` weight sums.
+    ``rows_at(picked)`` gives the batch rows ``picked`` ``(..., m)`` as
+    ``(..., m, d)`` (reassignment), ``zero_rows`` ``(..., n)`` the cosine rows
+    of zeros (None for euclidean); ``acc`` the dtype sums are exchanged in
+    between ranks. Shared by dense and sparse batches."""
+    n, k, d = labels.shape[-1], old.shape[-2], old.shape[-1]
+    device = labels.device
     # The batch inertia in the widest float (float64 but on MPS), as KMeans'
     # inertia: summed in float32, finite squared distances near 1e36 made it
     # infinite (refused as an overflow of X by MiniBatchKMeans, whose KMeans
@@ -287,20 +342,20 @@ def _minibatch_step(
         lead = new_ws.shape[:-1]
         if n > 0:
             m = min(k, n)
-            keys = torch.rand((*lead, n), generator=generator, device=x.device)
-            if metric == "cosine":
+            keys = torch.rand((*lead, n), generator=generator, device=device)
+            if zero_rows is not None:
                 # Rows of zeros last: they would make zero centroids.
-                keys = keys.masked_fill((rows == 0).all(-1), -1.0)
+                keys = keys.masked_fill(zero_rows, -1.0)
             picks = keys.topk(m, dim=-1).indices  # m distinct random rows per problem
             slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
             picked = picks.gather(-1, slot)
-            new_rows = rows.gather(-2, picked.unsqueeze(-1).expand(*picked.shape, d)).to(work)
+            new_rows = rows_at(picked).to(work)
         else:  # an empty shard: another rank provides the rows
-            new_rows = torch.zeros((*lead, k, d), dtype=work, device=x.device)
+            new_rows = torch.zeros((*lead, k, d), dtype=work, device=device)
         if collective.distributed:
             # The rows come from the (first) rank with the largest batch, so an
             # empty batch on rank 0 does not reseed centroids to garbage.
-            sizes = collective.all_gather(torch.tensor([n], device=x.device)).view(-1)
+            sizes = collective.all_gather(torch.tensor([n], device=device)).view(-1)
             if collective.rank != int(sizes.argmax()):
                 new_rows = torch.zeros_like(new_rows)
             new_rows = collective.all_sum(new_rows.contiguous())
@@ -311,7 +366,7 @@ def _minibatch_step(
         new_ws = torch.where(to_reassign, floor, new_ws)
 
     return MiniBatchStep(
-        new_centroids.to(centroids.dtype), new_ws.to(weight_sums.dtype), labels, inertia
+        new_centroids.to(centroids_dtype), new_ws.to(weight_sums_dtype), labels, inertia
     )
 
 

@@ -1,0 +1,152 @@
+"""KMeans on a sparse TF-IDF-like matrix against scikit-learn's, in one run.
+
+Usage::
+
+    python benchmarks/bench_sparse.py [--n 20000] [--d 5000] [--density 0.01] [--k 20]
+        [--repeats 3] [--threads 2] [--device cpu]
+
+The matrix is ``scipy.sparse.random`` counts plus one topic of ``d / k`` words
+per row (so that clusters exist), TF-IDF weighted and unit-normalised, float64
+and float32. Printed per dtype: the minimum over ``--repeats`` of the wall time
+of ``fit`` from the same initial centres (means of 5 random rows; and with each
+library's own k-means++), ``predict`` and ``transform``, torchkmeans over scikit-learn
+(t/sk, < 1 is faster), with both libraries' ``n_iter_`` and inertia and the
+share of equal labels; then the default ``MiniBatchKMeans`` fits. With
+``--dense-chunks`` also the dense-chunk baseline (the matrix read as a
+memmap is: every Lloyd iteration densifies it a chunk at a time) for one fit.
+A script, never a test: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import _threads
+
+_threads.pin_threads()
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
+from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans  # noqa: E402
+from sklearn.feature_extraction.text import TfidfTransformer  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from torchkmeans import KMeans, MiniBatchKMeans  # noqa: E402
+from torchkmeans._host import host_rows  # noqa: E402
+from torchkmeans.functional.streaming import streamed_kmeans  # noqa: E402
+
+
+def tfidf_like(n: int, d: int, density: float, k: int, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    # Half the stored values at random, half from one topic per row.
+    counts = sp.random(
+        n,
+        d,
+        density=density / 2,
+        format="csr",
+        random_state=seed,
+        data_rvs=lambda m: rng.poisson(2, m) + 1.0,
+    )
+    topics = rng.integers(0, k, n)
+    per_row = max(1, int(density * d / 2))
+    rows = np.repeat(np.arange(n), per_row)
+    width = max(1, d // k)
+    cols = (topics[rows] * width + rng.integers(0, width, rows.size)) % d
+    counts = counts + sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, d))
+    return TfidfTransformer().fit_transform(counts.tocsr()).tocsr()
+
+
+def best_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """The minimum wall time of ``repeats`` calls of ``fn(*args)``, and its result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--d", type=int, default=5_000)
+    parser.add_argument("--density", type=float, default=0.01)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dense-chunks", action="store_true", help="also time the dense-chunk fit (slow)"
+    )
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    X64 = tfidf_like(args.n, args.d, args.density, args.k)
+    print(
+        f"{args.n} x {args.d}, {X64.nnz / (args.n * args.d):.2%} stored, k={args.k}, "
+        f"{args.threads} threads, device={args.device}"
+    )
+    # Initial centres: means of 5 random rows each. Rows of the matrix are
+    # unit vectors, so rows sharing no word with any of k rows taken as
+    # centres are at the same distance from all of them, a tie that the
+    # rounding of |c|^2 breaks differently in each library.
+    groups = np.random.default_rng(1).choice(args.n, (args.k, 5), replace=False)
+    with threadpool_limits(args.threads):
+        for dtype in (np.float64, np.float32):
+            X = X64.astype(dtype)
+            init = np.stack([X[rows].toarray().mean(0) for rows in groups])
+            name = np.dtype(dtype).name
+            t_sk, sk = best_of(args.repeats, SkKMeans(args.k, init=init, n_init=1).fit, X)
+            t_us, us = best_of(args.repeats, KMeans(args.k, init=init, device=args.device).fit, X)
+            labels = np.asarray(us.labels_.cpu() if hasattr(us.labels_, "cpu") else us.labels_)
+            print(
+                f"{name} fit, same init: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / {t_sk:.3f} s), "
+                f"n_iter {us.n_iter_}/{sk.n_iter_}, inertia {us.inertia_:.6f}/{sk.inertia_:.6f}, "
+                f"equal labels {np.mean(labels == sk.labels_):.4f}"
+            )
+            t_sk, sk = best_of(args.repeats, SkKMeans(args.k, random_state=0).fit, X)
+            t_us, us = best_of(
+                args.repeats, KMeans(args.k, random_state=0, device=args.device).fit, X
+            )
+            print(
+                f"{name} fit, k-means++: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / {t_sk:.3f} s), "
+                f"n_iter {us.n_iter_}/{sk.n_iter_}, inertia {us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+            for method in ("predict", "transform"):
+                t_sk, _ = best_of(args.repeats, getattr(sk, method), X)
+                t_us, _ = best_of(args.repeats, getattr(us, method), X)
+                print(f"{name} {method}: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / {t_sk:.3f} s)")
+            t_sk, sk = best_of(args.repeats, SkMiniBatchKMeans(args.k, random_state=0).fit, X)
+            t_us, us = best_of(
+                args.repeats, MiniBatchKMeans(args.k, random_state=0, device=args.device).fit, X
+            )
+            print(
+                f"{name} MiniBatchKMeans fit: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / "
+                f"{t_sk:.3f} s), steps {us.n_steps_}/{sk.n_steps_}, "
+                f"inertia {us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+        if not args.dense_chunks:
+            return
+        # The baseline: the same fit from dense chunks, as a memmap is streamed.
+        import torch
+
+        rows, compute, _ = host_rows(X64, None)
+        init = torch.from_numpy(np.stack([X64[rows].toarray().mean(0) for rows in groups]))
+        start = time.perf_counter()
+        chunked = streamed_kmeans(
+            rows, args.k, init=init, device=torch.device(args.device), dtype=compute
+        )
+        t_chunks = time.perf_counter() - start
+        t_us, us = best_of(1, KMeans(args.k, init=init.numpy()).fit, X64)
+        print(
+            f"float64 fit from dense chunks: {t_chunks:.3f} s ({int(chunked.n_iter)} iterations) "
+            f"against {t_us:.3f} s from sparse products"
+        )
+
+
+if __name__ == "__main__":
+    main()

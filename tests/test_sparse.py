@@ -1,0 +1,270 @@
+"""Sparse input (scipy.sparse, torch sparse tensors) to the estimators, against scikit-learn."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.datasets import load_digits
+
+from torchkmeans import KMeans, MiniBatchKMeans, elbow, metrics
+from torchkmeans._host import _CSR
+
+sparse = pytest.importorskip("scipy.sparse")
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+
+def _digits() -> tuple[np.ndarray, object]:
+    """load_digits with the faint pixels dropped: 1797 x 64 CSR, about 30% stored."""
+    X = load_digits().data
+    dense = np.where(X > 8, X, 0.0)
+    return dense, sparse.csr_matrix(dense)
+
+
+DENSE, CSR = _digits()
+INIT = DENSE[[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]]
+
+
+def _same_fit(ours: KMeans, theirs: SklearnKMeans) -> None:
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-10)
+    np.testing.assert_allclose(ours.inertia_, theirs.inertia_, rtol=1e-12)
+    assert ours.n_iter_ == theirs.n_iter_
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil"])
+def test_fit_on_sparse_equals_scikit_learn_from_the_same_init(fmt):
+    X = CSR.asformat(fmt)
+    ours = KMeans(10, init=INIT).fit(X)
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(X)
+    _same_fit(ours, theirs)
+    assert isinstance(ours.cluster_centers_, np.ndarray)
+    assert isinstance(ours.labels_, np.ndarray)
+
+
+def test_sample_weight_on_sparse_equals_scikit_learn():
+    w = np.random.default_rng(0).uniform(0.1, 3.0, CSR.shape[0])
+    ours = KMeans(10, init=INIT).fit(CSR, sample_weight=w)
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR, sample_weight=w)
+    _same_fit(ours, theirs)
+    np.testing.assert_allclose(
+        ours.score(CSR, sample_weight=w), theirs.score(CSR, sample_weight=w), rtol=1e-12
+    )
+
+
+def test_empty_cluster_on_sparse_is_reseeded_as_scikit_learn():
+    init = INIT.copy()
+    init[3] = 1000.0  # far from every row: empty after the first assignment
+    ours = KMeans(10, init=init).fit(CSR)
+    theirs = SklearnKMeans(10, init=init, n_init=1).fit(CSR)
+    _same_fit(ours, theirs)
+    assert len(np.unique(ours.labels_)) == 10
+
+
+def test_predict_transform_score_on_sparse_equal_scikit_learn_both_ways():
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(DENSE)
+    for fitted_on in (DENSE, CSR):
+        ours = KMeans(10, init=INIT).fit(fitted_on)
+        for X in (DENSE, CSR, CSR.tocsc()):
+            np.testing.assert_array_equal(ours.predict(X), theirs.predict(CSR))
+            np.testing.assert_allclose(ours.transform(X), theirs.transform(CSR), atol=1e-9)
+            np.testing.assert_allclose(ours.score(X), theirs.score(CSR), rtol=1e-12)
+    ours = KMeans(10, init=INIT).fit(CSR)
+    np.testing.assert_array_equal(ours.fit_predict(CSR), theirs.labels_)
+    out = ours.fit_transform(CSR)
+    assert isinstance(out, np.ndarray) and out.shape == (CSR.shape[0], 10)
+
+
+def test_labels_are_the_nearest_returned_centre_and_inertia_their_sum():
+    X = sparse.random(500, 300, density=0.02, random_state=0, format="csr")
+    km = KMeans(7, random_state=0).fit(X)
+    dense = X.toarray()
+    d2 = ((dense[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(km.labels_, d2.argmin(1))
+    np.testing.assert_allclose(km.inertia_, d2.min(1).sum(), rtol=1e-10)
+    assert np.isfinite(km.cluster_centers_).all()
+
+
+def test_kmeans_plusplus_on_sparse_seeds_as_the_dense_fit():
+    # The draws of the dense loop: the same seed seeds the same rows.
+    ours = KMeans(10, random_state=0).fit(CSR)
+    dense = KMeans(10, random_state=0).fit(DENSE)
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-10)
+
+
+def test_cosine_on_sparse_equals_the_dense_fit_with_rows_of_zeros():
+    X = sparse.random(300, 40, density=0.05, random_state=1, format="csr")
+    assert (X.getnnz(axis=1) == 0).sum() > 10
+    init = X.toarray()[X.getnnz(axis=1) > 0][:5]
+    ours = KMeans(5, metric="cosine", init=init).fit(X)
+    dense = KMeans(5, metric="cosine", init=init).fit(X.toarray())
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)
+    assert ours.n_iter_ == dense.n_iter_
+    np.testing.assert_allclose(ours.transform(X), dense.transform(X.toarray()), atol=1e-12)
+    np.testing.assert_allclose(ours.score(X), dense.score(X.toarray()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr", "to_sparse_csc"])
+def test_torch_sparse_tensor_gives_tensors_equal_to_scipy(layout):
+    tensor = getattr(torch.tensor(DENSE), layout)()
+    km = KMeans(10, init=INIT).fit(tensor)
+    reference = KMeans(10, init=INIT).fit(CSR)
+    assert isinstance(km.labels_, torch.Tensor) and isinstance(km.cluster_centers_, torch.Tensor)
+    np.testing.assert_array_equal(km.labels_.numpy(), reference.labels_)
+    np.testing.assert_allclose(km.inertia_, reference.inertia_, rtol=1e-12)
+    assert isinstance(km.predict(tensor), torch.Tensor)
+    np.testing.assert_allclose(km.transform(tensor).numpy(), reference.transform(CSR))
+
+
+def test_caller_sparse_matrix_is_not_modified_and_duplicates_are_summed():
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 50, 400), rng.integers(0, 20, 400)
+    values = rng.uniform(1, 2, 400).astype(np.float32)
+    coo = sparse.coo_matrix((values, (rows, cols)), shape=(50, 20))  # with duplicates
+    csr = sparse.csr_matrix((values, cols, np.searchsorted(np.sort(rows), np.arange(51))))
+    copies = [a.copy() for a in (coo.data, coo.row, coo.col, csr.data, csr.indices, csr.indptr)]
+    init = coo.toarray()[:4]
+    for X in (coo, csr):
+        km = KMeans(4, init=init).fit(X)
+        dense = KMeans(4, init=init).fit(X.toarray())
+        np.testing.assert_array_equal(km.labels_, dense.labels_)
+        np.testing.assert_allclose(km.inertia_, dense.inertia_, rtol=1e-5)
+        km.predict(X), km.transform(X), km.score(X)
+    for before, after in zip(
+        copies, (coo.data, coo.row, coo.col, csr.data, csr.indices, csr.indptr)
+    ):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_blocks_of_rows_give_the_same_fit_and_nothing_is_densified(monkeypatch):
+    # A budget of a few rows' scores: many blocks, the same result.
+    X = sparse.random(400, 1000, density=0.01, random_state=0, format="csr")
+    whole = KMeans(6, random_state=0).fit(X)
+
+    def refuse(*args):
+        raise AssertionError("a sparse matrix was densified")
+
+    monkeypatch.setattr(_CSR, "read", refuse)
+    small = KMeans(6, random_state=0, memory_budget=6 * 8 * 3 * 7).fit(X)
+    np.testing.assert_array_equal(small.labels_, whole.labels_)
+    np.testing.assert_allclose(small.inertia_, whole.inertia_, rtol=1e-12)
+    np.testing.assert_array_equal(small.predict(X), whole.labels_)
+    np.testing.assert_allclose(small.transform(X), whole.transform(X), rtol=1e-12)
+
+
+def test_minibatch_on_sparse_equals_the_dense_fit_in_memory_and_streamed():
+    for budget in (None, 20_000):  # densified whole; streamed a chunk at a time
+        ours = MiniBatchKMeans(10, random_state=0, memory_budget=budget).fit(CSR)
+        dense = MiniBatchKMeans(10, random_state=0, memory_budget=budget).fit(DENSE)
+        np.testing.assert_array_equal(ours.labels_, dense.labels_)
+        np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_)
+        np.testing.assert_array_equal(ours.predict(CSR), dense.predict(DENSE))
+    ours, dense = MiniBatchKMeans(10, random_state=0), MiniBatchKMeans(10, random_state=0)
+    for start in range(0, CSR.shape[0], 256):
+        ours.partial_fit(CSR[start : start + 256])
+        dense.partial_fit(DENSE[start : start + 256])
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_elbow_on_sparse_streams_dense_chunks_as_a_memmap(tmp_path):
+    memmap = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(400, 64))
+    memmap[:] = DENSE[:400]
+    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0)
+    memmap_sweep = elbow(memmap, range(2, 5), random_state=0)
+    assert sparse_sweep.ks == memmap_sweep.ks
+    np.testing.assert_allclose(sparse_sweep.inertia, memmap_sweep.inertia, rtol=1e-12)
+    np.testing.assert_array_equal(sparse_sweep.labels, memmap_sweep.labels)
+
+
+def test_refused_sparse_input_says_why():
+    bad = CSR.copy()
+    bad.data[5] = np.nan
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
+        KMeans(3).fit(bad)
+    with pytest.raises(ValueError, match=r"n_samples=10 should be >= n_clusters=30\."):
+        KMeans(30).fit(CSR[:10])
+    with pytest.raises(ValueError, match=r"Found array with 0 feature\(s\) \(shape=\(5, 0\)\)"):
+        KMeans(2).fit(sparse.csr_matrix((5, 0)))
+    match = r"Expected init to be .* when X is sparse \(csr_matrix\), got a callable\."
+    with pytest.raises(TypeError, match=match):
+        KMeans(3, init=lambda X, k, g: X[:k]).fit(CSR)
+    with pytest.raises(ValueError, match=r"Complex data not supported; X has dtype complex128\."):
+        KMeans(3).fit(CSR.astype(complex))
+    km = KMeans(3, random_state=0).fit(CSR)
+    with pytest.raises(ValueError, match=r"X has 10 features, but KMeans is expecting 64"):
+        km.predict(CSR[:, :10])
+    match = (
+        r"Expected X to be a sparse batch whose dense form fits memory_budget=1000 bytes, "
+        r"got shape \(256, 64\) \(131072 bytes dense\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        MiniBatchKMeans(3, memory_budget=1000).partial_fit(CSR[:256])
+    match = r"Expected X to be a dense array or tensor, got a sparse matrix \(csr_matrix\)"
+    for score in (metrics.silhouette_score, metrics.calinski_harabasz_score):
+        with pytest.raises(TypeError, match=match):
+            score(CSR, km.labels_)
+
+
+def test_fit_on_a_sparse_matrix_warns_about_too_few_distinct_clusters():
+    X = sparse.csr_matrix(np.repeat(np.eye(3), 5, axis=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        km = KMeans(4, random_state=0).fit(X)
+    assert any("Number of distinct clusters (3)" in str(w.message) for w in caught)
+    assert np.isfinite(km.cluster_centers_).all()
+
+
+def test_minibatch_labels_of_a_streamed_sparse_x_are_not_read_as_dense_chunks(monkeypatch):
+    dense = MiniBatchKMeans(10, random_state=0, memory_budget=20_000).fit(DENSE)
+
+    def refuse(*args):
+        raise AssertionError("a sparse matrix was read as dense chunks")
+
+    monkeypatch.setattr(_CSR, "read", refuse)
+    ours = MiniBatchKMeans(10, random_state=0, memory_budget=20_000).fit(CSR)
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-10)
+    w = np.linspace(0.5, 2.0, CSR.shape[0])
+    weighted = MiniBatchKMeans(10, random_state=0, memory_budget=20_000)
+    reference = MiniBatchKMeans(10, random_state=0, memory_budget=20_000)
+    monkeypatch.undo()
+    reference.fit(DENSE, sample_weight=w)
+    monkeypatch.setattr(_CSR, "read", refuse)
+    weighted.fit(CSR, sample_weight=w)
+    np.testing.assert_allclose(weighted.inertia_, reference.inertia_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_minibatch_steps_on_a_streamed_sparse_x_stay_sparse(monkeypatch, metric):
+    import torchkmeans.minibatch as minibatch_module
+
+    X = sparse.random(3000, 200, density=0.05, random_state=0, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((200, 200))]).tocsr()  # and rows of zeros
+    # Light centres reseeded from the batch at most steps.
+    params = dict(
+        metric=metric,
+        random_state=0,
+        memory_budget=20_000,
+        batch_size=256,
+        reassignment_ratio=0.9,
+    )
+    dense = MiniBatchKMeans(8, **params).fit(X.toarray())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse batch was densified for its step")
+
+    monkeypatch.setattr(minibatch_module, "_minibatch_step", refuse)
+    ours = MiniBatchKMeans(8, **params).fit(X)
+    assert ours.n_steps_ == dense.n_steps_
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.counts_, dense.counts_)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)

@@ -1,0 +1,522 @@
+"""Lloyd iterations on sparse rows (CSR): scikit-learn's sparse algorithm on torch tensors.
+
+A TF-IDF or bag-of-words matrix is mostly zeros: the scores ``x.c`` of a
+block of rows are one sparse-dense product (``torch.sparse.mm``, MKL or
+cuSPARSE), the cluster sums one scatter of the stored values, and the work
+of an iteration is proportional to the number of stored values, not to
+``n * d``. As scikit-learn does for sparse input, the rows are not centred
+(centring would fill in the zeros): distances are the expansion
+``|x|^2 - 2 x.c + |c|^2``. The rules of the dense loops are kept: the same
+convergence tests (labels unchanged, or a squared centre shift at most
+``tol`` times the mean feature variance), empty clusters reseeded from the
+farthest points (:func:`~torchkmeans.functional.updates.relocate_empty_clusters`),
+a final assignment so that the labels are those of the returned centres,
+and for ``metric="cosine"`` unit rows whose rows of zeros neither seed nor
+move a centre.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+
+from . import _device
+from .collective import LOCAL
+from .distances import DEFAULT_MEMORY_BUDGET, Nearest, unit_rows, weights_without_rows_of_zeros
+from .init import _sample_from_cumulative, random_init
+from .lloyd import KMeansResult
+from .minibatch import MiniBatchStep, _apply_step
+from .updates import centroids_from_sums, relocate_empty_clusters
+
+__all__ = [
+    "SparseRows",
+    "sparse_distances",
+    "sparse_kmeans",
+    "sparse_minibatch_step",
+    "sparse_nearest",
+    "sparse_rows",
+]
+
+
+class SparseRows(NamedTuple):
+    """Rows in CSR form on one device, ready for the iterations (see :func:`sparse_rows`)."""
+
+    crow: torch.Tensor  # (n + 1,) int64: row i holds stored values crow[i]:crow[i+1]
+    col: torch.Tensor  # (nnz,) int64 column of each stored value
+    values: torch.Tensor  # (nnz,) stored values, in the compute dtype (unit rows for cosine)
+    row_of: torch.Tensor  # (nnz,) int64 row of each stored value
+    sq_norms: torch.Tensor  # (n,) squared norm of each row
+    n_features: int
+    metric: str
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.crow.shape[0]) - 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` as a torch sparse CSR tensor (views of the stored values)."""
+        lo, hi = int(self.crow[start]), int(self.crow[stop])
+        with warnings.catch_warnings():
+            # "Sparse CSR tensor support is in beta state": products work.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                self.crow[start : stop + 1] - lo,
+                self.col[lo:hi],
+                self.values[lo:hi],
+                size=(stop - start, self.n_features),
+            )
+
+    def subset(self, index: torch.Tensor) -> SparseRows:
+        """Rows ``index`` ``(m,)`` (repeats allowed), in that order, as :class:`SparseRows`."""
+        index = index.to(self.device)
+        begins = self.crow[index]
+        lengths = self.crow[index + 1] - begins
+        m = int(index.numel())
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lengths, 0, out=crow[1:])
+        row_of = torch.repeat_interleave(torch.arange(m, device=self.device), lengths)
+        positions = torch.arange(row_of.numel(), device=self.device) + (begins - crow[:-1])[row_of]
+        return SparseRows(
+            crow,
+            self.col[positions],
+            self.values[positions],
+            row_of,
+            self.sq_norms[index],
+            self.n_features,
+            self.metric,
+        )
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` ``(m,)`` as a dense ``(m, d)`` tensor, in that order."""
+        index = index.to(self.device)
+        begins = self.crow[index]
+        lengths = self.crow[index + 1] - begins
+        firsts = lengths.cumsum(0) - lengths
+        m = int(index.numel())
+        rows = torch.repeat_interleave(torch.arange(m, device=self.device), lengths)
+        positions = torch.arange(rows.numel(), device=self.device) + (begins - firsts)[rows]
+        out = torch.zeros((m, self.n_features), dtype=self.dtype, device=self.device)
+        out.view(-1)[rows * self.n_features + self.col[positions]] = self.values[positions]
+        return out
+
+
+def sparse_rows(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    n_features: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    metric: str = "euclidean",
+) -> SparseRows:
+    """CSR components (without duplicate entries) as :class:`SparseRows` on ``device``.
+
+    ``values`` are converted to ``dtype`` (a new tensor: the caller's are
+    never written to); for ``metric="cosine"`` each row is scaled to unit norm.
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1, 3]), torch.tensor([1, 0, 1]),
+    ...                    torch.tensor([2.0, 3.0, 4.0]), 2, device=torch.device("cpu"),
+    ...                    dtype=torch.float64)
+    >>> rows.take(torch.tensor([1, 0])).tolist(), rows.sq_norms.tolist()
+    ([[3.0, 4.0], [0.0, 2.0]], [4.0, 25.0])
+    """
+    crow = crow.to(device=device, dtype=torch.int64)
+    col = col.to(device=device, dtype=torch.int64)
+    values = values.to(device=device, dtype=dtype, copy=True)
+    n = int(crow.shape[0]) - 1
+    row_of = torch.repeat_interleave(torch.arange(n, device=device), crow.diff())
+    acc = _device.widest_float(device)
+    sq_norms = torch.zeros(n, dtype=acc, device=device)
+    sq_norms.index_add_(0, row_of, values.to(acc).square())
+    if metric == "cosine":
+        # Scaled by the largest magnitude of each row first, as unit_rows
+        # does: squares of values near 1e-160 or 1e160 leave float64.
+        tiny = torch.finfo(values.dtype).tiny
+        largest = torch.zeros(n, dtype=values.dtype, device=device)
+        largest.scatter_reduce_(0, row_of, values.abs(), "amax")
+        values = values / largest.clamp_min(tiny)[row_of]
+        sq_norms = torch.zeros(n, dtype=acc, device=device)
+        sq_norms.index_add_(0, row_of, values.to(acc).square())
+        values = values / sq_norms.sqrt().to(values.dtype).clamp_min(tiny)[row_of]
+        sq_norms = (sq_norms > 0).to(acc)  # unit rows, and rows of zeros
+    return SparseRows(crow, col, values, row_of, sq_norms.to(dtype), n_features, metric)
+
+
+def _block_rows(rows: SparseRows, columns: int, memory_budget: int | None) -> int:
+    """Rows per block so that a block's ``(m, columns)`` scores (and their
+    distances) take at most ``memory_budget`` bytes."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    itemsize = torch.finfo(rows.dtype).bits // 8
+    return max(1, min(max(rows.n_rows, 1), budget // max(1, 3 * columns * itemsize)))
+
+
+@_device.full_precision
+def _block_distances(
+    rows: SparseRows, start: int, stop: int, centroids: torch.Tensor, c_sq: torch.Tensor | None
+) -> torch.Tensor:
+    """``(stop - start, k)`` distances of rows ``start:stop`` to ``centroids``:
+    squared euclidean (clamped at 0) or ``1 - cos`` (clamped to [0, 2])."""
+    scores = torch.sparse.mm(rows.block(start, stop), centroids.T)
+    if rows.metric == "cosine":
+        return scores.neg_().add_(1.0).clamp_(0.0, 2.0)
+    assert c_sq is not None
+    scores.mul_(-2.0).add_(c_sq).add_(rows.sq_norms[start:stop, None])
+    return scores.clamp_min_(0.0)
+
+
+def _squared_norms(centroids: torch.Tensor) -> torch.Tensor:
+    return centroids.square().sum(-1)
+
+
+def sparse_nearest(
+    rows: SparseRows, centroids: torch.Tensor, memory_budget: int | None = None
+) -> Nearest:
+    """Nearest of ``centroids`` ``(k, d)`` for each row: labels ``(n,)`` and
+    distances ``(n,)`` (squared euclidean or ``1 - cos``), in blocks of rows.
+
+    The first centroid wins ties, as in the dense search.
+    """
+    n, k = rows.n_rows, int(centroids.shape[0])
+    labels = torch.empty(n, dtype=torch.int64, device=rows.device)
+    distances = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    c_sq = _squared_norms(centroids) if rows.metric == "euclidean" else None
+    step = _block_rows(rows, k, memory_budget)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        block = _block_distances(rows, start, stop, centroids, c_sq)
+        torch.min(block, dim=1, out=(distances[start:stop], labels[start:stop]))
+    return Nearest(labels, distances)
+
+
+def sparse_distances(
+    rows: SparseRows, centroids: torch.Tensor, memory_budget: int | None = None
+) -> torch.Tensor:
+    """``(n, k)`` distances of every row to every centroid (as :func:`sparse_nearest`)."""
+    n, k = rows.n_rows, int(centroids.shape[0])
+    out = torch.empty((n, k), dtype=rows.dtype, device=rows.device)
+    c_sq = _squared_norms(centroids) if rows.metric == "euclidean" else None
+    step = _block_rows(rows, k, memory_budget)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        out[start:stop] = _block_distances(rows, start, stop, centroids, c_sq)
+    return out
+
+
+def _to_points(rows: SparseRows, points: torch.Tensor, memory_budget: int | None) -> torch.Tensor:
+    """``(m, n)`` distances of the dense ``points`` ``(m, d)`` to every row."""
+    return sparse_distances(rows, points, memory_budget).T
+
+
+def _kmeans_plusplus(
+    rows: SparseRows,
+    n_clusters: int,
+    weights: torch.Tensor | None,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """Greedy k-means++ indices ``(k,)``: the draws of the dense single-problem
+    loop (:func:`~torchkmeans.functional.init.kmeans_plusplus`), with the
+    distances of the candidates to all rows from sparse products."""
+    n, device = rows.n_rows, rows.device
+    acc = _device.widest_float(device)
+    trials = 2 + int(math.log(n_clusters))
+    draw = torch.rand((1,), generator=generator, dtype=acc, device=device)
+    if weights is None:
+        first = min(int(draw * n), n - 1)
+    else:
+        cumulative = weights.cumsum(0, dtype=acc)
+        first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
+    chosen = [first]
+    closest = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
+    weighted = closest if weights is None else closest * weights
+    potential = weighted.sum(dtype=acc)
+    for _ in range(1, n_clusters):
+        draws = torch.rand(trials, generator=generator, dtype=acc, device=device)
+        cumsum = weighted.cumsum(0, dtype=acc)
+        candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
+        to_candidates = _to_points(rows, rows.take(candidates), memory_budget)
+        torch.minimum(to_candidates, closest, out=to_candidates)
+        if weights is not None:
+            candidate_potential = (to_candidates * weights).sum(1, dtype=acc)
+        else:
+            candidate_potential = to_candidates.sum(1, dtype=acc)
+        best = int(candidate_potential.argmin())
+        closest = to_candidates[best]
+        potential = candidate_potential[best]
+        weighted = closest if weights is None else closest * weights
+        chosen.append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64, device=device)
+
+
+def _initial_centroids(
+    rows: SparseRows,
+    init: Any,
+    n_clusters: int,
+    weights: torch.Tensor | None,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    if isinstance(init, str):
+        if init == "k-means++":
+            index = _kmeans_plusplus(rows, n_clusters, weights, generator, memory_budget)
+        elif init == "random":
+            # Only the indices are drawn: one column stands for the rows.
+            stand_in = torch.zeros((rows.n_rows, 1), dtype=rows.dtype, device=rows.device)
+            _, index = random_init(stand_in, n_clusters, sample_weight=weights, generator=generator)
+        else:
+            raise ValueError(
+                "Expected init to be 'k-means++', 'random', an array of shape "
+                f"(n_clusters, n_features) or a callable, got {init!r}."
+            )
+        return rows.take(index.reshape(-1))
+    given = init.to(device=rows.device, dtype=rows.dtype)
+    if tuple(given.shape) != (n_clusters, rows.n_features):
+        raise ValueError(
+            f"Expected init to be of shape ({n_clusters}, {rows.n_features}), "
+            f"got shape {tuple(given.shape)}."
+        )
+    if not bool(torch.isfinite(given).all()):
+        raise ValueError("Input init contains NaN or infinity.")
+    return unit_rows(given) if rows.metric == "cosine" else given.clone()
+
+
+def _mean_variance(rows: SparseRows) -> torch.Tensor:
+    """Mean over the features of their variance over the rows (unweighted), as
+    scikit-learn's tolerance of sparse data."""
+    acc = _device.widest_float(rows.device)
+    n, d = rows.n_rows, rows.n_features
+    values = rows.values.to(acc)
+    sums = torch.zeros(d, dtype=acc, device=rows.device).index_add_(0, rows.col, values)
+    squares = torch.zeros(d, dtype=acc, device=rows.device).index_add_(0, rows.col, values.square())
+    means = sums / n
+    return (squares / n - means.square()).clamp_min(0.0).mean()
+
+
+def _update(
+    rows: SparseRows,
+    weighted_values: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    centroids: torch.Tensor,
+) -> tuple[torch.Tensor, bool]:
+    """New centroids from the labels (empty clusters reseeded), and whether a
+    reseeded cluster took a point off its centroid."""
+    k, d = centroids.shape
+    acc = weighted_values.dtype
+    sums = torch.zeros(k * d, dtype=acc, device=rows.device)
+    sums.index_add_(0, labels[rows.row_of] * d + rows.col, weighted_values)
+    # [sums | weights], the layout relocate_empty_clusters works on.
+    totals = torch.cat([sums.view(1, k, d), sums.new_zeros((1, k, 1))], dim=-1)
+    totals[0, :, d].index_add_(0, labels, weights)
+    moved = False
+    if bool((totals[0, :, d] <= 0).any()):
+        n = rows.n_rows
+        candidates = min(k, n)
+        if _device.on_host(distances.device):
+            # Ties between equally far points go to the first, as in the dense loop.
+            order = distances.sort(descending=True, stable=True).indices[:candidates]
+        else:
+            order = distances.topk(candidates, sorted=True).indices
+        points = rows.take(order)
+        x3 = torch.cat([points, points.new_ones((candidates, 1))], dim=1).unsqueeze(0)
+        moved = bool(
+            relocate_empty_clusters(
+                totals,
+                x3,
+                weights[order].unsqueeze(0),
+                labels[order].unsqueeze(0),
+                distances[order].unsqueeze(0),
+                n_rows=n,
+            )[0]
+        )
+    new = centroids_from_sums(
+        totals[0, :, :d], totals[0, :, d], centroids, metric=rows.metric, empty="heaviest"
+    )
+    return new.to(centroids.dtype), moved
+
+
+def _single(
+    rows: SparseRows,
+    centroids: torch.Tensor,
+    weights: torch.Tensor,
+    weighted_values: torch.Tensor,
+    max_iter: int,
+    tol_abs: float,
+    memory_budget: int | None,
+) -> KMeansResult:
+    """Lloyd's iterations of one run from ``centroids``, scikit-learn's loop:
+    stop when the labels repeat or the squared centre shift is at most ``tol_abs``."""
+    acc = weighted_values.dtype
+    history = torch.full((max_iter,), math.nan, dtype=acc, device=rows.device)
+    previous: torch.Tensor | None = None
+    n_iter = 0
+    for i in range(max_iter):
+        labels, distances = sparse_nearest(rows, centroids, memory_budget)
+        history[i] = (distances.to(acc) * weights).sum()
+        new, moved = _update(rows, weighted_values, weights, labels, distances, centroids)
+        shift = float((new - centroids).to(acc).square().sum())
+        centroids = new
+        n_iter = i + 1
+        if previous is not None and not moved and bool(torch.equal(labels, previous)):
+            break
+        if shift <= tol_abs:
+            break
+        previous = labels
+    # The labels of the returned centres (their nearest), and their inertia.
+    labels, distances = sparse_nearest(rows, centroids, memory_budget)
+    inertia = (distances.to(acc) * weights).sum()
+    n_iter_t = torch.tensor(n_iter, dtype=torch.int64, device=rows.device)
+    return KMeansResult(centroids, labels, inertia, n_iter_t, history)
+
+
+def sparse_kmeans(
+    rows: SparseRows,
+    n_clusters: int,
+    *,
+    init: Any = "k-means++",
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    sample_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> KMeansResult:
+    """K-Means on sparse rows: ``n_init`` runs of Lloyd's iterations, the lowest inertia wins.
+
+    Parameters
+    ----------
+    rows : SparseRows
+        From :func:`sparse_rows` (unit rows for ``metric="cosine"``).
+    n_clusters : int
+    init : {"k-means++", "random"} or Tensor
+        Seeding, or ``(n_clusters, n_features)`` initial centroids.
+    n_init, max_iter : int
+    tol : float
+        Relative to the mean feature variance of the rows.
+    sample_weight : Tensor, optional
+        ``(n,)`` non-negative weights (checked by the caller).
+    generator : torch.Generator, optional
+    memory_budget : int, optional
+        Bytes a block of scores may take.
+
+    Returns
+    -------
+    KMeansResult
+        Centroids ``(k, d)`` dense; the inertia is the weighted sum of the
+        rows' distances to their centroid (cosine rows of zeros count 1).
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]),
+    ...                    torch.tensor([1.0, 1.5, 4.0, 5.0]), 2,
+    ...                    device=torch.device("cpu"), dtype=torch.float64)
+    >>> result = sparse_kmeans(rows, 2, init=torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    >>> result.centroids.tolist(), result.labels.tolist(), float(result.inertia)
+    ([[1.25, 0.0], [0.0, 4.5]], [0, 0, 1, 1], 0.625)
+    """
+    acc = _device.widest_float(rows.device)
+    n = rows.n_rows
+    weights = (
+        torch.ones(n, dtype=acc, device=rows.device)
+        if sample_weight is None
+        else sample_weight.to(device=rows.device, dtype=acc)
+    )
+    ignored = torch.zeros((), dtype=acc, device=rows.device)
+    seed_weights = sample_weight
+    if rows.metric == "cosine":
+        # Rows of zeros have no direction: they neither seed nor move a centre.
+        direction = (rows.sq_norms > 0).to(acc).unsqueeze(-1)
+        kept = weights_without_rows_of_zeros(direction, sample_weight, n_clusters)
+        if kept is not None:
+            kept = kept.to(acc)
+            ignored = (weights - kept).sum()
+            weights = seed_weights = kept
+    weighted_values = rows.values.to(acc) * weights[rows.row_of]
+    tol_abs = float(_mean_variance(rows)) * tol
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        centroids = _initial_centroids(
+            rows, init, n_clusters, seed_weights, generator, memory_budget
+        )
+        result = _single(
+            rows, centroids, weights, weighted_values, max_iter, tol_abs, memory_budget
+        )
+        if best is None or float(result.inertia) < float(best.inertia):
+            best = result
+    assert best is not None
+    return best._replace(
+        inertia=best.inertia + ignored, inertia_history=best.inertia_history + ignored
+    )
+
+
+def sparse_minibatch_step(
+    batch: SparseRows,
+    centroids: torch.Tensor,
+    weight_sums: torch.Tensor,
+    *,
+    random_reassign: bool | torch.Tensor = False,
+    reassignment_ratio: float = 0.01,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> MiniBatchStep:
+    """One mini-batch step on sparse rows (unweighted): the rule of
+    :func:`~torchkmeans.functional.minibatch.minibatch_step`, with the
+    assignment from sparse products and the sums from one scatter of the
+    stored values; only reseeded centroids densify rows.
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 0, 1, 2]), torch.tensor([1, 0]),
+    ...                    torch.tensor([2.0, 10.0]), 2, device=torch.device("cpu"),
+    ...                    dtype=torch.float32)
+    >>> step = sparse_minibatch_step(rows, torch.tensor([[0.0, 0.0], [10.0, 0.0]]),
+    ...                              torch.tensor([1.0, 0.0]))
+    >>> step.centroids, step.weight_sums, step.labels
+    (tensor([[ 0.0000,  0.6667],
+            [10.0000,  0.0000]]), tensor([3., 1.]), tensor([0, 0, 1]))
+    """
+    k, d = int(centroids.shape[0]), int(centroids.shape[1])
+    wide = _device.widest_float(batch.device)
+    labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
+    sums = torch.zeros(k * d, dtype=wide, device=batch.device)
+    sums.index_add_(0, labels[batch.row_of] * d + batch.col, batch.values.to(wide))
+    counts = torch.zeros(k, dtype=wide, device=batch.device)
+    counts.index_add_(0, labels, torch.ones(batch.n_rows, dtype=wide, device=batch.device))
+
+    def rows_at(picked: torch.Tensor) -> torch.Tensor:
+        return batch.take(picked.reshape(-1)).view(*picked.shape, d)
+
+    return _apply_step(
+        labels,
+        distances,
+        sums.view(k, d),
+        counts,
+        centroids,
+        weight_sums,
+        centroids.dtype,
+        weight_sums.dtype,
+        acc=centroids.dtype,
+        weights=None,
+        rows_at=rows_at,
+        zero_rows=batch.sq_norms == 0 if batch.metric == "cosine" else None,
+        random_reassign=random_reassign,
+        reassignment_ratio=reassignment_ratio,
+        generator=generator,
+        metric=batch.metric,
+        collective=LOCAL,
+    )
