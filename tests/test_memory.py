@@ -263,6 +263,26 @@ def test_predict_holds_one_set_of_labels():
     assert growth < 2.5, growth  # int64 labels 1x, float32 distances 0.5x
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_elbow_on_narrow_rows_holds_its_labels_once():
+    # The labels of k = 1..10 (int64) are 10x the data of 2 float32 features:
+    # counting each k's distinct clusters shifted all of them into a copy
+    # (20x at the peak), and padded batches held every restart's labels and
+    # distances (11.4x without labels; scikit-learn's loop: 10.7x per fit).
+    growth = _growth_in_fresh_process(
+        """
+        import warnings
+        from torchkmeans import elbow
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = elbow(x, k=range(1, 11), n_init=3, random_state=0)
+        assert result.labels.shape == (10, 1_000_000)
+        """
+    )
+    # the labels 10x, one k's nearest centroids (labels, distances) 1.5x
+    assert growth < 12.5, growth
+
+
 def test_wide_sum_matches_a_float64_sum_in_any_number_of_blocks():
     g = torch.Generator().manual_seed(0)
     values = torch.rand(3, 200_000, generator=g)

@@ -927,10 +927,11 @@ def _warn_fewer_clusters(ks: tuple[int, ...], labels: torch.Tensor) -> None:
     """Warn, as ``KMeans.fit`` does for one k, of the ks whose labels ``(L, n)``
     use fewer distinct clusters than k (duplicate points): their inertia
     stops falling there, which is no knee."""
-    width = ks[-1]
-    offsets = torch.arange(len(ks), device=labels.device).unsqueeze(1) * width
-    sizes = torch.bincount((labels + offsets).view(-1), minlength=len(ks) * width)
-    distinct = sizes.view(len(ks), width).count_nonzero(1).tolist()
+    # Counted a k at a time: the labels shifted by k's offset were a copy of
+    # all of them (4,000,000 rows, k = 1..10: 320 MB beside 32 MB of data).
+    distinct = torch.stack(
+        [torch.bincount(row, minlength=ks[-1]).count_nonzero() for row in labels]
+    ).tolist()
     fewer = [(k, found) for k, found in zip(ks, distinct) if found < k]
     if fewer:
         listed = ", ".join(f"k={k}: {found}" for k, found in fewer)
