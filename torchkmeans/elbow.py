@@ -2,10 +2,11 @@
 
 :func:`elbow` fits every k of a sweep with ``n_init`` k-means++ restarts.
 Where the fused CPU kernel runs Lloyd's iterations (it takes a batch's
-problems one at a time), each k is one :func:`~torchkmeans.functional.kmeans`
-fit of its restarts; elsewhere ``len(ks) * n_init`` problems share the data
-in padded batches: their centroids are padded to the largest k and a
-cluster mask hides the padding (see :func:`torchkmeans.functional.lloyd`).
+problems one at a time), each k of two or more restarts is one
+:func:`~torchkmeans.functional.kmeans` fit of its restarts; otherwise the
+``len(ks) * n_init`` problems share the data in padded batches: their
+centroids are padded to the largest k of the batch and a cluster mask hides
+the padding (see :func:`torchkmeans.functional.lloyd`).
 One greedy k-means++ run to the largest k seeds every k: greedy k-means++
 is sequential, so its first k centres are a k-means++ seeding for k.
 :func:`find_knee` then picks the knee of the inertia curve with Kneedle.
@@ -56,7 +57,8 @@ _PERFECT_FIT = 1e-6
 # centroid scoring (measured with benchmarks/bench_elbow.py and on 20,000 x 32
 # blobs: 2 groups for load_digits, k = 1..20, 4 for the blobs, 1 for the
 # 300-point tutorial data; one group per k was up to 1.5x slower). On a GPU one
-# group is best. The ks the fused kernel fits are not batched (see _sweep).
+# group is best. The ks the fused kernel fits with restarts are not batched
+# (see _sweep).
 _CPU_GROUP_OVERHEAD = 100_000_000
 
 
@@ -425,12 +427,18 @@ def _sweep(
     best_inertia = torch.empty(n_ks, dtype=torch.float64, device=x.device)
     best_centroids = torch.zeros((n_ks, k_max, d), dtype=x.dtype, device=x.device)
     progress.phase("Lloyd iterations")
-    alone = [_runs_alone(x, k) for k in ks]
+    # The fused kernel runs the problems of a batch one by one, each on its
+    # own k: a fit per k iterates as fast, and kmeans() finishes only its best
+    # restart (labels and exact distances of one problem, not n_init), at the
+    # price of preparing the data (centring, norms) once per k, not once per
+    # batch: a few passes over the data either way, so fits per k win from
+    # two restarts on. Measured on one thread against the padded groups of
+    # _groups: load_digits, k = 1..20, 10 restarts 1.3x faster; 20,000 x 64
+    # and 100,000 x 16, k = 1..20, 3 restarts 1.2-1.3x; 4,000,000 x 2,
+    # k = 1..10, 3 restarts 2x; 200,000 x 128, k = 1..16 1.04x; 2 restarts
+    # 0.93-1.15x; 1 restart (nothing to save) 0.85-0.9x.
+    alone = [n_init > 1 and _runs_alone(x, k) for k in ks]
     for position in (position for position, solo in enumerate(alone) if solo):
-        # The fused kernel runs the problems of a batch one by one, each on its
-        # own k (padding costs nothing there, batching saves nothing): a fit
-        # per k is as fast, and kmeans() finishes only its best restart
-        # (labels and exact distances of one, not n_init, problems).
         k = ks[position]
         result = kmeans(
             x,
@@ -574,13 +582,13 @@ def elbow(
 
     Every fit is seeded by one greedy k-means++ run to the largest k per
     restart. On the CPU, where the fused kernel runs Lloyd's iterations
-    (rows of up to 256 features, and more with few centroids), each k is
-    one fit of its ``n_init`` restarts, which finishes only the best one;
-    elsewhere all ``len(k) * n_init`` fits run as one batch of padded
-    problems (with PyTorch ops on the CPU: contiguous groups of ks, each
+    (rows of up to 256 features, and more with few centroids), each k of
+    ``n_init >= 2`` is one fit of its restarts, which finishes only the
+    best one. Otherwise the ``len(k) * n_init`` fits run as padded batches:
+    on an accelerator one batch; on the CPU contiguous groups of ks, each
     padded to its own largest k, as many as save more padding than each
-    batched run's fixed cost, in rounds of 10 iterations that drop
-    converged fits). Each fit runs Lloyd's
+    batched run's fixed cost (with PyTorch ops, in rounds of 10 iterations
+    that drop converged fits). Each fit runs Lloyd's
     iterations exactly as :class:`~torchkmeans.KMeans` does; per k the
     restart with the lowest inertia is kept, on the device, and results
     cross to the host once. (A fit that meets the tolerance exactly at the
