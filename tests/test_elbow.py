@@ -53,11 +53,20 @@ def test_tutorial_data_has_a_knee_at_3_or_4():
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
-@pytest.mark.parametrize("overhead", [0, 10**12], ids=["one-group-per-k", "one-group"])
-def test_sweep_equals_independent_lloyd_runs_from_the_same_seeds(monkeypatch, overhead):
-    """Padding, groups and converged fits leaving the batch change nothing:
-    each k is the best of its own independent runs."""
-    monkeypatch.setattr(elbow_module, "_CPU_GROUP_OVERHEAD", overhead)
+@pytest.mark.parametrize(
+    "overhead, torch_ops",
+    [(None, False), (0, True), (10**12, True)],
+    ids=["a-fit-per-k-in-the-kernel", "torch-one-group-per-k", "torch-one-group"],
+)
+def test_sweep_equals_independent_lloyd_runs_from_the_same_seeds(
+    monkeypatch, request, overhead, torch_ops
+):
+    """Padding, groups, converged fits leaving the batch and fits per k
+    through the fused kernel change nothing: each k is the best of its own
+    independent runs."""
+    if torch_ops:
+        request.getfixturevalue("torch_ops_only")
+        monkeypatch.setattr(elbow_module, "_CPU_GROUP_OVERHEAD", overhead)
     X = _blobs(6, 3)[:800]
     x = torch.tensor(X)
     ks = (1, 2, 3, 5, 8, 9)
@@ -76,6 +85,34 @@ def test_sweep_equals_independent_lloyd_runs_from_the_same_seeds(monkeypatch, ov
             and torch.equal(result.labels[i], run.labels)
             for run in tied
         )
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+@pytest.mark.parametrize("n_init", [1, 2, 3])
+def test_fits_through_the_kernel_finish_only_the_best_restart_of_each_k(monkeypatch, n_init):
+    """The fused kernel runs a batch's problems one by one: padded batches of
+    every restart gained nothing there and finished (relabelled, measured
+    exactly) all n_init restarts of every k, where one per k is kept. With
+    one restart there is nothing to save: padded groups prepare the data
+    once per group, not once per k."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    finished = []
+    finish = lloyd_module._finish
+
+    def spy(result, *args, **kwargs):
+        finished.append(result.centroids.shape[0])
+        return finish(result, *args, **kwargs)
+
+    monkeypatch.setattr(lloyd_module, "_finish", spy)
+    X = _blobs(4, random_state=0)
+    ks = range(1, 7)
+    result = elbow(X, k=ks, n_init=n_init, random_state=0)
+    # 3,000 x 8 rows: one padded group by the cost model of _groups.
+    assert finished == ([len(ks)] if n_init == 1 else [1] * len(ks))
+    for i in range(len(ks)):
+        d2 = ((X[:, None, :] - result.centroids[i][None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(result.labels[i], d2.argmin(1))
+        assert result.inertia[i] == pytest.approx(d2.min(1).sum(), rel=1e-9)
 
 
 def test_digits_inertia_within_1_percent_of_sklearns_loop():
@@ -464,9 +501,12 @@ def test_a_streamed_sweep_of_squared_distances_beyond_float32_is_the_scaled_swee
         elbow(beyond, k=range(1, 4), random_state=0)
 
 
-def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(monkeypatch):
+def test_each_lloyd_run_of_a_sweep_keeps_its_rows_state_within_the_budget(
+    monkeypatch, torch_ops_only
+):
     # One batch of every restart of every k held all their labels at once
     # (2,000,000 rows, k = 1..10, n_init=3: 480 MB of labels for 32 MB of data).
+    # Padded batches are the plan of PyTorch ops (the fused kernel fits each k alone).
     runs = []
     lloyd_of_sweep = elbow_module.lloyd
 

@@ -1,12 +1,15 @@
 """Choosing k: a sweep of K-Means over k on the device, and knee detection.
 
-:func:`elbow` fits every k of a sweep with ``n_init`` k-means++ restarts in
-one padded batch: ``len(ks) * n_init`` problems share the data, their
-centroids are padded to the largest k and a cluster mask hides the padding
-(see :func:`torchkmeans.functional.lloyd`). One greedy k-means++ run to the
-largest k seeds every k: greedy k-means++ is sequential, so its first k
-centres are a k-means++ seeding for k. :func:`find_knee` then picks the knee
-of the inertia curve with Kneedle.
+:func:`elbow` fits every k of a sweep with ``n_init`` k-means++ restarts.
+Where the fused CPU kernel runs Lloyd's iterations (it takes a batch's
+problems one at a time), each k of two or more restarts is one
+:func:`~torchkmeans.functional.kmeans` fit of its restarts; otherwise the
+``len(ks) * n_init`` problems share the data in padded batches: their
+centroids are padded to the largest k of the batch and a cluster mask hides
+the padding (see :func:`torchkmeans.functional.lloyd`).
+One greedy k-means++ run to the largest k seeds every k: greedy k-means++
+is sequential, so its first k centres are a k-means++ seeding for k.
+:func:`find_knee` then picks the knee of the inertia curve with Kneedle.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from . import _validation as v
 from . import distributed
 from ._host import host_rows, should_stream
 from .exceptions import ConvergenceWarning
-from .functional import _device
+from .functional import _device, _native
 from .functional.collective import Collective
 from .functional.distances import (
     DEFAULT_MEMORY_BUDGET,
@@ -34,7 +37,7 @@ from .functional.distances import (
     weights_without_rows_of_zeros,
 )
 from .functional.init import kmeans_plusplus
-from .functional.lloyd import lloyd
+from .functional.lloyd import kmeans, lloyd
 from .functional.streaming import HostRows, check_sweep, reject_shard, streamed_kmeans
 
 __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
@@ -49,11 +52,13 @@ _CURVES = ("log", "raw")
 _PERFECT_FIT = 1e-6
 
 # Every group of ks padded to its own largest k is one batched Lloyd run, and
-# each of its iterations pays a fixed cost in small tensor ops. On the CPU that
-# cost is worth about this many multiply-adds of centroid scoring (measured
-# with benchmarks/bench_elbow.py and on 20,000 x 32 blobs: 2 groups for
-# load_digits, k = 1..20, 4 for the blobs, 1 for the 300-point tutorial data;
-# one group per k was up to 1.5x slower). On a GPU one group is best.
+# each of its iterations pays a fixed cost in small tensor ops. On the CPU,
+# with PyTorch ops, that cost is worth about this many multiply-adds of
+# centroid scoring (measured with benchmarks/bench_elbow.py and on 20,000 x 32
+# blobs: 2 groups for load_digits, k = 1..20, 4 for the blobs, 1 for the
+# 300-point tutorial data; one group per k was up to 1.5x slower). On a GPU one
+# group is best. The ks the fused kernel fits with restarts are not batched
+# (see _sweep).
 _CPU_GROUP_OVERHEAD = 100_000_000
 
 
@@ -418,21 +423,112 @@ def _sweep(
         memory_budget=memory_budget,
     )
     del seeding_x
+    seeds = x[indices]  # (n_init, k_max, d)
+    best_inertia = torch.empty(n_ks, dtype=torch.float64, device=x.device)
+    best_centroids = torch.zeros((n_ks, k_max, d), dtype=x.dtype, device=x.device)
+    progress.phase("Lloyd iterations")
+    # The fused kernel runs the problems of a batch one by one, each on its
+    # own k: a fit per k iterates as fast, and kmeans() finishes only its best
+    # restart (labels and exact distances of one problem, not n_init), at the
+    # price of preparing the data (centring, norms) once per k, not once per
+    # batch: a few passes over the data either way, so fits per k win from
+    # two restarts on. Measured on one thread against the padded groups of
+    # _groups: load_digits, k = 1..20, 10 restarts 1.3x faster; 20,000 x 64
+    # and 100,000 x 16, k = 1..20, 3 restarts 1.2-1.3x; 4,000,000 x 2,
+    # k = 1..10, 3 restarts 2x; 200,000 x 128, k = 1..16 1.04x; 2 restarts
+    # 0.93-1.15x; 1 restart (nothing to save) 0.85-0.9x.
+    alone = [n_init > 1 and _runs_alone(x, k) for k in ks]
+    for position in (position for position, solo in enumerate(alone) if solo):
+        k = ks[position]
+        result = kmeans(
+            x,
+            k,
+            init=seeds[:, :k],
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            memory_budget=memory_budget,
+        )
+        best_inertia[position] = result.inertia.to(torch.float64)
+        best_centroids[position, :k] = result.centroids.to(x.dtype)
+        del result  # its labels, before the next fit allocates its own
+        progress.done(k, float(best_inertia[position]))
+    batched = [position for position, solo in enumerate(alone) if not solo]
+    for run in _contiguous_runs(batched):
+        _sweep_batched(
+            x,
+            ks,
+            run,
+            seeds,
+            best_inertia,
+            best_centroids,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            memory_budget=memory_budget,
+            progress=progress,
+        )
+    return best_inertia, best_centroids
+
+
+def _runs_alone(x: torch.Tensor, k: int) -> bool:
+    """Whether Lloyd's iterations of k clusters on ``x`` run through the fused
+    CPU kernel, which takes the problems of a batch one at a time."""
+    return _device.on_host(x.device) and _native.prefers_native(x, k)
+
+
+def _contiguous_runs(positions: list[int]) -> list[list[int]]:
+    """``positions`` (increasing) split where they skip.
+
+    Examples
+    --------
+    >>> _contiguous_runs([0, 1, 3, 4, 6])
+    [[0, 1], [3, 4], [6]]
+    """
+    runs: list[list[int]] = []
+    for position in positions:
+        if runs and runs[-1][-1] == position - 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    return runs
+
+
+def _sweep_batched(
+    x: torch.Tensor,
+    ks: tuple[int, ...],
+    positions: list[int],
+    seeds: torch.Tensor,
+    best_inertia: torch.Tensor,
+    best_centroids: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    memory_budget: int | None,
+    progress: _Progress,
+) -> None:
+    """The ks at contiguous ``positions`` fitted as padded batches of all their
+    restarts (PyTorch ops: on the CPU contiguous groups of ks chosen by
+    :func:`_groups`, elsewhere one group), within the memory budget; the best
+    restart of each k written into ``best_inertia`` and ``best_centroids``."""
+    n_init, d = seeds.shape[0], x.shape[1]
+    sub_ks = tuple(ks[position] for position in positions)
+    n_ks, k_max = len(sub_ks), sub_ks[-1]
     n_problems = n_ks * n_init
     # contiguous(): with n_init == 1 the reshape is a stride-0 view, one buffer for every k.
     centroids = (
-        x[indices].unsqueeze(0).expand(n_ks, n_init, k_max, d).reshape(n_problems, k_max, d)
+        seeds[:, :k_max].unsqueeze(0).expand(n_ks, n_init, k_max, d).reshape(n_problems, k_max, d)
     ).contiguous()
     inertia = torch.empty(n_problems, dtype=torch.float64, device=x.device)
-    k_of_problem = torch.tensor(ks, device=x.device).repeat_interleave(n_init)
+    k_of_problem = torch.tensor(sub_ks, device=x.device).repeat_interleave(n_init)
     if _device.on_host(x.device):
-        groups = _groups(ks, x.shape[0] * (d + 1) * n_init, _CPU_GROUP_OVERHEAD)
+        groups = _groups(sub_ks, x.shape[0] * (d + 1) * n_init, _CPU_GROUP_OVERHEAD)
     else:
         groups = [list(range(n_ks))]
     groups = _within_budget(groups, n_init, x.shape[0], memory_budget)
-    progress.phase("Lloyd iterations")
     for group in groups:
-        k_group = ks[group[-1]]
+        k_group = sub_ks[group[-1]]
         members = slice(group[0] * n_init, (group[-1] + 1) * n_init)
         # A group of one k needs no mask: its problems are then plain fits,
         # which take the single-problem paths on the CPU when n_init == 1.
@@ -456,10 +552,11 @@ def _sweep(
         if progress.enabled:
             for position in group:
                 best = float(inertia[position * n_init : (position + 1) * n_init].min())
-                progress.done(ks[position], best)
+                progress.done(sub_ks[position], best)
     best = inertia.view(n_ks, n_init).argmin(1)
     chosen = torch.arange(n_ks, device=x.device) * n_init + best
-    return inertia[chosen], centroids[chosen]
+    best_inertia[positions[0] : positions[-1] + 1] = inertia[chosen]
+    best_centroids[positions[0] : positions[-1] + 1, :k_max] = centroids[chosen]
 
 
 def elbow(
@@ -483,11 +580,15 @@ def elbow(
 ) -> ElbowResult:
     """Fit K-Means for every k of a sweep on the device, and find the knee of the inertia.
 
-    All ``len(k) * n_init`` fits run as one batch of padded problems (on the
-    CPU: contiguous groups of ks, each padded to its own largest k, as many
-    as save more padding than each batched run's fixed cost, in rounds of
-    10 iterations that drop converged fits), seeded by one greedy
-    k-means++ run to the largest k per restart. Each fit runs Lloyd's
+    Every fit is seeded by one greedy k-means++ run to the largest k per
+    restart. On the CPU, where the fused kernel runs Lloyd's iterations
+    (rows of up to 256 features, and more with few centroids), each k of
+    ``n_init >= 2`` is one fit of its restarts, which finishes only the
+    best one. Otherwise the ``len(k) * n_init`` fits run as padded batches:
+    on an accelerator one batch; on the CPU contiguous groups of ks, each
+    padded to its own largest k, as many as save more padding than each
+    batched run's fixed cost (with PyTorch ops, in rounds of 10 iterations
+    that drop converged fits). Each fit runs Lloyd's
     iterations exactly as :class:`~torchkmeans.KMeans` does; per k the
     restart with the lowest inertia is kept, on the device, and results
     cross to the host once. (A fit that meets the tolerance exactly at the
@@ -538,14 +639,15 @@ def elbow(
         Compute dtype; by default the data's (half precision computes in float32).
     memory_budget : int, optional
         Bytes a block of distances may take (256 MiB when None), and the
-        per-row state of each batch of fits may take (labels and distances,
-        32 bytes a row per restart): the ks are fitted in as many batches
-        as that needs, each k's ``n_init`` restarts together.
+        per-row state of each padded batch of fits may take (labels and
+        distances, 32 bytes a row per restart): the ks are fitted in as
+        many batches as that needs, each k's ``n_init`` restarts together.
     verbose : bool, default=False
         Show progress: a tqdm bar over k when tqdm is installed, else a line
-        on stderr per k. The ks of a batch run together, so a k is reported
-        when its last restart has converged (the bar moves in bursts at the
-        ends of rounds), after a line for the seeding; scores are one more phase.
+        on stderr per k. The ks of a padded batch run together, so a k is
+        reported when its last restart has converged (the bar moves in bursts
+        at the ends of rounds), after a line for the seeding; scores are one
+        more phase.
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
         Under ``torchrun`` each rank passes its shard of ``X`` and every rank
         gets the same inertia, centroids and knee (one distributed fit per k,
@@ -833,10 +935,11 @@ def _warn_fewer_clusters(ks: tuple[int, ...], labels: torch.Tensor) -> None:
     """Warn, as ``KMeans.fit`` does for one k, of the ks whose labels ``(L, n)``
     use fewer distinct clusters than k (duplicate points): their inertia
     stops falling there, which is no knee."""
-    width = ks[-1]
-    offsets = torch.arange(len(ks), device=labels.device).unsqueeze(1) * width
-    sizes = torch.bincount((labels + offsets).view(-1), minlength=len(ks) * width)
-    distinct = sizes.view(len(ks), width).count_nonzero(1).tolist()
+    # Counted a k at a time: the labels shifted by k's offset were a copy of
+    # all of them (4,000,000 rows, k = 1..10: 320 MB beside 32 MB of data).
+    distinct = torch.stack(
+        [torch.bincount(row, minlength=ks[-1]).count_nonzero() for row in labels]
+    ).tolist()
     fewer = [(k, found) for k, found in zip(ks, distinct) if found < k]
     if fewer:
         listed = ", ".join(f"k={k}: {found}" for k, found in fewer)

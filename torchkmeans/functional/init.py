@@ -386,12 +386,26 @@ def kmeans_plusplus(
     # (elbow's 3 restarts of 1,000,000 x 8 float32 rows: 144 MB beside the
     # 48 MB block). Elsewhere one launch sums it all.
     chunk = _SCORE_CHUNK_ROWS if _device.on_host(x.device) else n
-    cumulative = torch.empty((b, n), dtype=acc, device=x.device)
+    # On the CPU the problems' float64 cumulative sums are taken one problem
+    # at a time: those of elbow's 3 restarts were 3x the data of 2 float32
+    # features at once. Elsewhere one launch takes them all.
+    one_at_a_time = _device.on_host(x.device) and b > 1
+    cumulative = torch.empty((1 if one_at_a_time else b, n), dtype=acc, device=x.device)
     for c in range(1, k):
         draws = torch.rand((b, trials), generator=generator, device=x.device, dtype=acc)
-        # cumsum(dtype=acc) copies its input to acc first: one buffer holds both.
-        cumulative.copy_(weighted(closest)).cumsum_(-1)
-        candidates = _sample_from_cumulative(cumulative, draws.mul_(potential))
+        draws.mul_(potential)
+        if one_at_a_time:
+            candidates = torch.empty((b, trials), dtype=torch.int64, device=x.device)
+            for i in range(b):
+                row = closest[i : i + 1]
+                if w is not None:
+                    row = row * w[i : i + 1] if w.shape[0] > 1 else row * w
+                # cumsum(dtype=acc) copies its input to acc first: one buffer holds both.
+                cumulative.copy_(row).cumsum_(-1)
+                candidates[i : i + 1] = _sample_from_cumulative(cumulative, draws[i : i + 1])
+        else:
+            cumulative.copy_(weighted(closest)).cumsum_(-1)
+            candidates = _sample_from_cumulative(cumulative, draws)
         points = _gather_rows(work, candidates)
         if block < n:
             # Large data: the candidates' distances in blocks of rows, within
@@ -416,9 +430,11 @@ def kmeans_plusplus(
             potential = candidate_potential[rows, best].unsqueeze(-1)
             chosen = points[rows, best].unsqueeze(1)
             # Unnamed, the chosen one's distances are freed at once, not held
-            # through the next round.
-            closest = torch.minimum(
-                closest, _distances_to(work, x_sq, chosen, memory_budget)[..., 0]
+            # through the next round; the minimum is taken in place (a new one
+            # beside the old was the peak of elbow's seeding: 9x the data of
+            # 4,000,000 x 2 float32 rows).
+            torch.minimum(
+                closest, _distances_to(work, x_sq, chosen, memory_budget)[..., 0], out=closest
             )
             indices[:, c] = candidates[rows, best]
             continue
@@ -426,7 +442,7 @@ def kmeans_plusplus(
         candidate_potential = _candidate_potentials(to_candidates, closest, w, acc, chunk)
         best = candidate_potential.argmin(-1)
         potential = candidate_potential[rows, best].unsqueeze(-1)
-        closest = torch.minimum(to_candidates[rows, :, best], closest)
+        torch.minimum(closest, to_candidates[rows, :, best], out=closest)
         indices[:, c] = candidates[rows, best]
     centroids = _gather_rows(x3, indices)
     if not batched:
