@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import tutorial_data
+from conftest import on_the_cpu_paths_only, tutorial_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as sk
@@ -87,6 +87,7 @@ def test_sweep_equals_independent_lloyd_runs_from_the_same_seeds(
         )
 
 
+@on_the_cpu_paths_only
 @pytest.mark.filterwarnings("ignore:No knee found")
 @pytest.mark.parametrize("n_init", [1, 2, 3])
 def test_fits_through_the_kernel_finish_only_the_best_restart_of_each_k(monkeypatch, n_init):
