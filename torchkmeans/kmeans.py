@@ -489,15 +489,24 @@ class KMeans(EstimatorProtocol):
         """Rows and centres as unit vectors, for the cosine metric."""
         return unit_rows(x), unit_rows(centers)
 
-    def _assign_rows(self, x: torch.Tensor, centers: torch.Tensor, exact: bool = True) -> Nearest:
+    def _assign_rows(
+        self, x: torch.Tensor, centers: torch.Tensor, exact: bool = True, precise: bool = True
+    ) -> Nearest:
         """Nearest of ``centers`` for validated rows ``x``: labels and distances.
 
-        ``exact=False`` leaves the distances out (an empty tensor), for labels only.
+        ``exact=False`` leaves the distances out (an empty tensor), for labels
+        only; ``precise=False`` lets them keep the rounding of the search
+        (only their finiteness is read).
         """
         if self.metric == "cosine":
             x, centers = self._unit_rows(x, centers)
         labels, distances = _nearest(
-            x, centers, metric=self.metric, memory_budget=self.memory_budget, exact=exact
+            x,
+            centers,
+            metric=self.metric,
+            memory_budget=self.memory_budget,
+            exact=exact,
+            precise=precise,
         )
         if distances is None:
             distances = torch.empty(0, dtype=x.dtype, device=x.device)
@@ -580,7 +589,9 @@ class KMeans(EstimatorProtocol):
             labels = torch.empty(n, dtype=torch.int64, device="cpu")
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for start, x in parts:
-            chunk_labels, dist = self._assign_rows(x.to(centers.dtype), centers, exact)
+            chunk_labels, dist = self._assign_rows(
+                x.to(centers.dtype), centers, exact, precise=inertia_needed
+            )
             if labels is None:
                 labels = chunk_labels
             else:

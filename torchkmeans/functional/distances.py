@@ -845,6 +845,7 @@ def _nearest(
     memory_budget: int | None = None,
     exact: bool = True,
     checked: bool = True,
+    precise: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`nearest_centroids`: labels, and distances unless ``exact=False`` (None).
 
@@ -858,6 +859,11 @@ def _nearest(
     ``checked=False`` skips both host reads, the check of the labels and the
     test for squared distances that underflow (the caller knows they do
     not): the steps of a loop off the CPU, whose final labels are checked.
+    ``precise=False`` returns distances that may keep the centring's
+    rounding (``certify_nearest``), for callers that only read whether they
+    are finite: ``predict``, whose tight clusters far from the centres'
+    mean had their distances measured again (20,000 x 64 rows, k=8: 1,665
+    rows, a third of the call).
     """
     if metric != "euclidean":
         return _nearest_unchecked(
@@ -873,6 +879,7 @@ def _nearest(
             times_power_of_two(centroids, exponent),
             memory_budget=memory_budget,
             exact=exact,
+            precise=precise,
         )
         if distances is not None:
             wide = _device.widest_float(distances.device)
@@ -916,6 +923,7 @@ def _nearest(
             distances.view(-1, n),
             frame_squared_norms=norms,
             centred=True,
+            precise=exact and precise,
         )
     return labels, distances if exact else None
 
