@@ -390,9 +390,46 @@ def _relabel(
     return labels, distances
 
 
+def _all_settled(
+    distances: torch.Tensor,
+    frame_squared_norms: torch.Tensor | None,
+    centroids: torch.Tensor,
+    active: torch.Tensor | None,
+    precise: bool,
+) -> bool:
+    """Whether Elkan's bound (see :func:`certify_nearest`) settles every row
+    of one problem at once: the largest distance, with the largest error the
+    centring (``frame_squared_norms`` of centred rows, else None) may have
+    put in it, within half the smallest gap between centroids; with
+    ``precise``, no distance imprecise either. Two reductions and a few
+    scalars, where the test row by row took ten passes and a gather (all
+    20,000 rows of tight clusters suspects: 0.15 ms of a 0.8 ms predict)."""
+    gaps = _remembered_half_gaps(centroids, active, None)
+    least = float(gaps.amin())
+    if not least > 0:
+        return False
+    unit = torch.finfo(distances.dtype).eps / 2
+    d = centroids.shape[-1]
+    root = math.sqrt(float(distances.amax()))
+    upper = root * (1 + (d + 4) * unit)
+    if frame_squared_norms is not None:
+        upper += 2 * unit * (root + math.sqrt(float(frame_squared_norms.amax())))
+        if precise:
+            # A row's distance is imprecise where 2u (|x'| + sqrt(D)) > precision sqrt(D).
+            ratio = _TRUSTED_PRECISION / (2 * unit) - 1
+            if bool((frame_squared_norms / ratio**2 > distances).any()):
+                return False
+    # math.sqrt rounds correctly; the upper bound's few float64 operations
+    # stay far within the margins of 4u and (d + 4)u of the distances' dtype.
+    return upper <= math.sqrt(least) * (1 - 4 * unit)
+
+
 def _picked(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """``values[rows]``, or ``values`` itself for all rows (None)."""
-    return values if rows is None else values[rows]
+    """``values[rows]`` of a vector, or ``values`` itself for all rows (None).
+
+    By index_select, 4x faster than indexing on the CPU (20,000 rows: 6.5 us
+    against 26 us)."""
+    return values if rows is None else values.index_select(0, rows)
 
 
 @_device.full_precision
@@ -456,19 +493,43 @@ def certify_nearest(
     step = check_rows(d)
     on_host = _device.on_host(x.device)
     for problem in range(b):
-        rows = suspect[problem].nonzero().squeeze(1)
-        if rows.numel() == 0:
+        problem_suspects = suspect[problem]
+        count = int(problem_suspects.sum()) if on_host else -1
+        if count == 0:
             continue
         problem_centroids = centroids[problem]
         problem_active = None if active is None else active[problem]
+        norms = frame_squared_norms[problem if frame_squared_norms.shape[0] > 1 else 0]
+        # At once when the suspects outnumber the centroids (their gaps are
+        # then wanted anyway), unless rows sit on centroids: those are
+        # settled by equality below, with no gap computed.
+        if (
+            count >= k
+            and problem_centroids.numel() * problem_centroids.element_size()
+            <= _KNOWN_GAPS_MAX_BYTES
+            and not (centred and bool(distances[problem].amin() == 0))
+            and _all_settled(
+                distances[problem],
+                norms if centred else None,
+                problem_centroids,
+                problem_active,
+                precise,
+            )
+        ):
+            continue
+        rows = problem_suspects.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
         if centred and on_host:
             # A distance of 0 between centred rows and centroids may be the
             # centring's rounding; rows equal to their centre in ``x`` itself
             # are on it, with none nearer (rows that are centroids: an init
             # from the data, a cluster of one row), whatever their norms.
             # (On the host, where the extra reads of the mask cost nothing.)
-            zero = distances[problem, rows] == 0
-            if bool(zero.any()):
+            near = distances[problem].index_select(0, rows)
+            # (The least distance first: one reduction, not a mask, when none is 0.)
+            if bool(near.amin() == 0):
+                zero = near == 0
                 candidates = rows[zero]
                 read += candidates.numel()
                 x_problem = x[problem if x.shape[0] > 1 else 0]
@@ -504,7 +565,7 @@ def certify_nearest(
                 # Every gap (k of them) rounded once, then one gather: not
                 # the gaps of each row, converted and scaled row by row.
                 every = _remembered_half_gaps(problem_centroids, problem_active, None)
-                limits = every.sqrt().mul_(1 - 4 * unit).to(dtype)[labelled]
+                limits = every.sqrt().mul_(1 - 4 * unit).to(dtype).index_select(0, labelled)
             else:
                 if on_host:
                     half_gaps = _remembered_half_gaps(problem_centroids, problem_active, labelled)
@@ -525,7 +586,6 @@ def certify_nearest(
                 # centred norms, |x'| and |c'| <= |x'| + sqrt(D): an error of
                 # the distance's root of 2u (|x'| + sqrt(D)), which grows with
                 # |x'| / sqrt(D).
-                norms = frame_squared_norms[problem if frame_squared_norms.shape[0] > 1 else 0]
                 x_root = _picked(norms, picked).sqrt()
                 upper.add_(root, alpha=2 * unit).add_(x_root, alpha=2 * unit)
             settled = upper <= limits
