@@ -13,9 +13,9 @@ both libraries for every seed, the two taking turns (which goes first
 alternates), after one warm-up fit each. Printed per case: the summed wall time
 of torchkmeans over scikit-learn's (t/sk, < 1 is faster), the same per Lloyd
 iteration (iteration counts depend on the seed), the mean inertia over
-scikit-learn's, the mean iterations, and the median time of ``predict(X)``
-with the same centres in both (7 calls each, taking turns) over
-scikit-learn's. ``--minibatch`` compares the default ``MiniBatchKMeans`` fits
+scikit-learn's, the mean iterations, and the median times of ``predict(X)``
+and ``transform(X)`` with the same centres in both (7 calls each, taking
+turns) over scikit-learn's. ``--minibatch`` compares the default ``MiniBatchKMeans`` fits
 of both libraries instead (per step rather than per iteration; ``predict`` is
 the same code as ``KMeans``'s and is not repeated). A script, never a test:
 timings depend on the machine.
@@ -84,6 +84,10 @@ CASES = (
     Case("blobs_50000x128_k3", 3, _blobs(50_000, 128, 3, 8.0)),
     Case("gauss_20000x512_k4", 4, _gauss(20_000, 512)),
     Case("gauss_20000x1024", 50, _gauss(20_000, 1024)),
+    # Tight clusters far from the centres' mean: every row's label is a
+    # suspect of the label check (certify), settled by the gaps between centres.
+    Case("tight_20000x64_k8", 8, _blobs(20_000, 64, 8, 0.1)),
+    Case("tight_1000x256_k8", 8, _blobs(1_000, 256, 8, 0.1)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
 PREDICT_REPS = 7
@@ -131,14 +135,16 @@ def run_case(case: Case, seeds: int, minibatch: bool = False) -> str:
     fitted["tk"].fit(X)
     fitted["sk"].fit(X)
     fitted["sk"].cluster_centers_ = np.asarray(fitted["tk"].cluster_centers_)
-    predict = {name: [] for name in makers}
-    for rep in range(PREDICT_REPS):
-        for name in ("tk", "sk") if rep % 2 == 0 else ("sk", "tk"):
-            started = time.perf_counter()
-            fitted[name].predict(X)
-            predict[name].append(time.perf_counter() - started)
-    predict_ratio = statistics.median(predict["tk"]) / statistics.median(predict["sk"])
-    return f"{row} {predict_ratio:>10.2f}"
+    ratios = []
+    for method in ("predict", "transform"):
+        times = {name: [] for name in makers}
+        for rep in range(PREDICT_REPS):
+            for name in ("tk", "sk") if rep % 2 == 0 else ("sk", "tk"):
+                started = time.perf_counter()
+                getattr(fitted[name], method)(X)
+                times[name].append(time.perf_counter() - started)
+        ratios.append(statistics.median(times["tk"]) / statistics.median(times["sk"]))
+    return f"{row} {ratios[0]:>10.2f} {ratios[1]:>12.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'case':<20} {'n':>8} {'d':>5} {'k':>4} {'dtype':>8} {'t/sk':>6} {unit + ' t/sk':>9} "
         f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk ' + unit[:2]:>6} {'sk ' + unit[:2]:>6}"
-        + ("" if args.minibatch else f" {'predict/sk':>10}")
+        + ("" if args.minibatch else f" {'predict/sk':>10} {'transform/sk':>12}")
     )
     cases = [CASES_BY_NAME[name] for name in args.only] if args.only else list(CASES)
     for case in cases:

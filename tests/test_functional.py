@@ -201,6 +201,74 @@ def test_large_host_outputs_ask_for_huge_pages(monkeypatch):
     assert not calls
 
 
+def _allocated_bytes(fn) -> int:
+    """Bytes of host memory that ``fn()`` allocates (freed or not), by torch's profiler."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as profile:
+        fn()
+    return sum(max(0, event.self_cpu_memory_usage) for event in profile.key_averages())
+
+
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("k", [8, 64, 256])
+def test_pairwise_distances_allocate_little_but_their_output_from_the_second_call(k):
+    """transform of 1,000 x 256 float32 rows had taken 2-3x scikit-learn's time
+    (k=64-256): its float64 temporaries (the rows' centred copy, their squares,
+    the scores, the centroids') were allocated in every call, and faulted in
+    page by page each time the C allocator had handed them back to Linux.
+    They are kept for the next call; it allocates the output and vectors."""
+    g = torch.Generator().manual_seed(0)
+    x = 3.0 + torch.randn(1000, 256, generator=g)
+    c = 5.0 * torch.randn(k, 256, generator=g)
+    first = pairwise_distances(x, c)
+    allocated = _allocated_bytes(lambda: pairwise_distances(x, c))
+    output = first.numel() * first.element_size()
+    assert allocated <= output + 64 * 1024, (allocated, output)
+    expected = (x.double()[:, None] - c.double()[None]).square().sum(-1)
+    torch.testing.assert_close(pairwise_distances(x, c).double(), expected, rtol=2.5e-7, atol=0.0)
+    # Another shape in the same buffers, and the first again: nothing stale.
+    pairwise_distances(x[:10, :7], c[:3, :7])
+    assert torch.equal(pairwise_distances(x, c), first)
+
+
+def test_reused_buffers_are_kept_per_thread_and_outside_inference_mode():
+    """_device.reused: the same memory for the next call of a site on a thread,
+    another thread's own, a fresh tensor beyond the cap; first asked for in
+    inference mode, it is still written outside it."""
+    import threading
+
+    with torch.inference_mode():
+        first = _device.reused("test site", (4, 8), torch.float64).fill_(1.0)
+    again = _device.reused("test site", (2, 3), torch.float32)
+    again.fill_(2.0)  # outside inference mode: a normal tensor
+    assert again.data_ptr() == first.data_ptr()
+    other = []
+    thread = threading.Thread(
+        target=lambda: other.append(_device.reused("test site", (4, 8), torch.float64).data_ptr())
+    )
+    thread.start()
+    thread.join()
+    assert other[0] != first.data_ptr()
+    cap = _device._REUSED_MAX_BYTES
+    large = _device.reused("test site", (cap // 8 + 1,), torch.float64)
+    assert large.data_ptr() != first.data_ptr()
+    assert _device.reused("test site", (4, 8), torch.float64).data_ptr() == first.data_ptr()
+
+
+def test_pairwise_distances_with_autograd_keep_their_gradients_over_later_calls():
+    """Autograd records the centred centroids: they are never a reused buffer
+    that a later call would write over before the backward pass."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, dtype=torch.float64, generator=g)
+    c = torch.randn(4, 6, dtype=torch.float64, generator=g).requires_grad_()
+    tracked = pairwise_distances(x, c)
+    pairwise_distances(x + 100.0, c.detach() * 3.0)  # a later call, without autograd
+    tracked.sum().backward()
+    expected = 2.0 * (c.detach()[:, None] - x[None]).sum(1)
+    torch.testing.assert_close(c.grad, expected)
+
+
 def test_block_rows_respects_the_budget():
     rows = block_rows(10**6, 1024, itemsize=4, memory_budget=2**20, device=torch.device("cuda"))
     assert rows * 1024 * 4 <= 2**20

@@ -828,9 +828,9 @@ _DIFFERENCES_MAX_FEATURES = 128
 _PRODUCT_NORMS_MAX_D = 3
 # Rows of a block of pairwise_distances on the CPU, at most (see there).
 _PAIRWISE_MAX_ROWS = 1 << 15
-# ... and at most this many bytes of rows (their centred copy, and its
-# squares, in buffers reused by every block): 4 MiB ones took 1.2-1.4x the
-# time of transform at d=64-256 (20,000-200,000 rows, k=8-64).
+# ... and at most this many bytes of rows (their centred copy, in a buffer
+# reused by every block): 4 MiB ones took 1.2-1.4x the time of transform at
+# d=64-256 (20,000-200,000 rows, k=8-64).
 _PAIRWISE_BLOCK_BYTES = 2 * 1024 * 1024
 # Few centroids: pairwise_distances on the CPU computes each block as (k, m)
 # and copies it transposed into the (n, k) output. MKL's skinny product runs
@@ -1277,11 +1277,24 @@ def pairwise_distances(
     wide = _device.widest_float(x3.device)
     b, k = c3.shape[0], c3.shape[1]
     n = x3.shape[1]
-    c_wide = c3.to(wide)
-    offset = c_wide.mean(1, keepdim=True)
-    c_centred = c_wide - offset
-    c_sq = torch.linalg.vecdot(c_centred, c_centred)
-    c_norm = c_sq.sqrt()
+    on_host = _device.on_host(x3.device)
+    # Without autograd the blocks are computed where they go (in ``out`` when
+    # it is wide, else in one reused buffer): a fresh block per step, and its
+    # copy into ``out``, cost a third of transform at k=50, d=2 (float64).
+    direct = not (torch.is_grad_enabled() and (x3.requires_grad or c3.requires_grad))
+    if on_host and direct:
+        # Widened and centred in a buffer reused by the next call (see
+        # _device.reused), as the rows' blocks below are.
+        c_centred = _device.reused("pairwise centroids", tuple(c3.shape), wide).copy_(c3)
+        offset = c_centred.mean(1, keepdim=True)
+        c_centred.sub_(offset)
+    else:
+        c_wide = c3.to(wide)
+        offset = c_wide.mean(1, keepdim=True)
+        c_centred = c_wide - offset
+    # One reduction, without vecdot's block of squares.
+    c_norm = torch.linalg.vector_norm(c_centred, dim=-1)
+    c_sq = c_norm.square()
     c_norm_max = c_norm.amax(-1, keepdim=True)
     factor = trust_factor(wide)
     narrow, precise = torch.finfo(dtype).eps, torch.finfo(wide).eps
@@ -1292,11 +1305,6 @@ def pairwise_distances(
         factor = min(factor, (math.sqrt(narrow / precise) - 1.0) ** 2)
     out = _device.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
-    on_host = _device.on_host(x3.device)
-    # Without autograd the blocks are computed where they go (in ``out`` when
-    # it is wide, else in one reused buffer): a fresh block per step, and its
-    # copy into ``out``, cost a third of transform at k=50, d=2 (float64).
-    direct = not (torch.is_grad_enabled() and (x3.requires_grad or c3.requires_grad))
     # Few centroids on the host: each block is computed as (k, m), where the
     # product and the minimum over centroids run faster, and copied transposed
     # into ``out`` (see _PAIRWISE_COLUMNS_MAX_K).
@@ -1311,36 +1319,40 @@ def pairwise_distances(
         # rows' copy, norms, thresholds, minima) were fresh pages each time:
         # 200,000 rows, d=2, k=2 in one block took 6.6 ms, 3.4 ms in 7.
         rows = min(rows, _PAIRWISE_MAX_ROWS)
+    # The blocks' scores and the rows' centred copy in buffers reused by every
+    # block (and, on the host, by the next call: see _device.reused): fresh
+    # ones were fresh pages each time (20,000 x 64, k=8: half of the time
+    # went to the page faults of the copy and of vecdot's product).
     buffer = None
     if columns:
-        buffer = torch.empty((b, k, min(n, rows)), dtype=wide, device=x3.device)
+        buffer = _device.reused("pairwise scores", (b, k, min(n, rows)), wide)
     elif direct and dtype != wide:
-        buffer = torch.empty((b, min(n, rows), k), dtype=wide, device=x3.device)
-    # The rows' centred copy and their squares in buffers reused by every
-    # block: fresh ones were fresh pages each time (20,000 x 64, k=8: half of
-    # the time went to the page faults of the copy and of vecdot's product).
-    centred = squares = None
+        shape = (b, min(n, rows), k)
+        if on_host:
+            buffer = _device.reused("pairwise scores", shape, wide)
+        else:
+            buffer = torch.empty(shape, dtype=wide, device=x3.device)
+    centred = None
     if on_host and direct:
-        centred = torch.empty((b, min(n, rows), x3.shape[-1]), dtype=wide, device=x3.device)
-        squares = torch.empty_like(centred)
+        centred = _device.reused("pairwise rows", (b, min(n, rows), x3.shape[-1]), wide)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        if centred is None or squares is None:
-            # Off the host (or with autograd) no block of squares is made:
-            # vecdot sums them in one pass.
+        if centred is None:
             xb = x3[:, start:stop].to(wide) - offset
-            sq = xb * xb if xb.shape[-1] <= _PRODUCT_NORMS_MAX_D else None
         else:
-            xb = torch.sub(x3[:, start:stop], offset, out=centred[:, : stop - start])
-            sq = torch.mul(xb, xb, out=squares[:, : stop - start])
+            # Widened by the copy, then centred in place: sub of float32 rows
+            # into a float64 out= first makes a float64 copy of its own.
+            xb = centred[:, : stop - start].copy_(x3[:, start:stop]).sub_(offset)
         if xb.shape[-1] <= _PRODUCT_NORMS_MAX_D:
             # The same sum, as a product with ones: torch's sum over a last
             # dimension of 2 or 3 took 2.8 ms for 200,000 rows, against 0.2 ms.
-            x_sq = torch.matmul(sq, xb.new_ones(xb.shape[-1]))
-        elif sq is None:
-            x_sq = torch.linalg.vecdot(xb, xb)
+            x_sq = torch.matmul(xb * xb, xb.new_ones(xb.shape[-1]))
         else:
-            x_sq = sq.sum(-1)
+            # One reduction, without the block of squares that vecdot (and
+            # mul, sum) writes first: that block's pages, fresh in every call
+            # once the allocator had returned them, made transform of 1,000 x
+            # 256 rows 2-3x scikit-learn's time (k=64-256); it is 2x faster.
+            x_sq = torch.linalg.vector_norm(xb, dim=-1).square()
         if columns:
             assert buffer is not None
             # Contiguous (b, k, m) for the last, shorter block too.
@@ -1379,7 +1391,7 @@ def pairwise_distances(
             problem, row, column = problem[inexact], row[inexact], column[inexact]
             row_index = row + start
             difference = x3[problem if x3.shape[0] > 1 else 0, row_index].to(wide)
-            difference -= c_wide[problem, column]
+            difference -= c3[problem, column].to(wide)
             block[problem, row, column] = torch.linalg.vecdot(difference, difference)
         if not (direct and buffer is None):
             out[:, start:stop] = block
