@@ -32,11 +32,11 @@ def _matplotlib(module: str = "matplotlib") -> Any:
         ) from exc
 
 
-def _axes(ax: Any) -> Any:
+def _axes(ax: Any, **figure: Any) -> Any:
     """``ax``, or new axes from pyplot (imported only then: a given ``ax`` needs no backend)."""
     _matplotlib()
     if ax is None:
-        _, ax = _matplotlib("matplotlib.pyplot").subplots()
+        _, ax = _matplotlib("matplotlib.pyplot").subplots(**figure)
     return ax
 
 
@@ -134,7 +134,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     centers : array-like or Tensor of shape (n_clusters, n_features), optional
         Drawn as black stars.
     ax : matplotlib.axes.Axes, optional
-        Where to draw; a new figure when None.
+        Where to draw; when None, a new figure with the legend to the right
+        of the axes (on given axes it goes inside, where it covers the
+        fewest points).
 
     Returns
     -------
@@ -174,7 +176,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
             raise ValueError(
                 f"Expected centers to have {x.shape[1]} features like X, got {centres.shape[1]}."
             )
-    ax = _axes(ax)
+    own_figure = ax is None
+    # A figure of its own makes room for the legend beside the axes (see below).
+    ax = _axes(ax, layout="constrained") if own_figure else ax
     projected = x.shape[1] > 2
     if projected:
         points, *rest = project_2d(x, *(() if centres is None else (centres,)))
@@ -214,5 +218,10 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     ax.set_xlabel("PC1" if projected else "X1")
     ax.set_ylabel("PC2" if projected else ("X2" if x.shape[1] == 2 else ""))
     if named or centre_points is not None:
-        ax.legend(fontsize="small")
+        if own_figure:
+            # Inside the axes, where points fill the whole frame (stripes,
+            # blobs in every corner), "best" still covers some of them.
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize="small")
     return ax
