@@ -430,6 +430,9 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "mixed_first_row.csv").write_text("1.5,abc\n1,2\n")
     (tmp_path / "empty_cell.csv").write_text("1,2\n3,\n")
     (tmp_path / "ragged.tsv").write_text("1\t2\n3\n")
+    (tmp_path / "semicolons.csv").write_text("a;b\n1;2\n3;4\n")
+    (tmp_path / "commas.tsv").write_text("1,2\n3,4\n")
+    (tmp_path / "spaces.csv").write_text("1 2\n3 4\n")
     (tmp_path / "inf.csv").write_text("1,2\n3,inf\n")
     (tmp_path / "header_only.csv").write_text("a,b\n")
     (tmp_path / "blank.csv").write_text("\n\n")
@@ -451,6 +454,15 @@ ERRORS = [
     ("mixed-first-row", "fit mixed_first_row.csv -k 1", "line 1, column 2: expected a number"),
     ("header-no", "fit words.csv -k 2 --header no", "line 1, column 1: expected a number, got 'a'"),
     ("empty-cell", "fit empty_cell.csv -k 2", "line 2, column 2: expected a number, got an empty"),
+    (
+        "semicolon-csv",
+        "fit semicolons.csv -k 1",
+        "line 2, column 1: expected a number, got '1;2' (numbers separated by ';': a .csv "
+        "needs ',' between cells).",
+    ),
+    ("comma-tsv", "fit commas.tsv -k 1", "got '3,4' (numbers separated by ',': a .tsv needs tabs"),
+    ("space-csv", "fit spaces.csv -k 1", "got '3 4' (numbers separated by spaces: a .csv needs"),
+    ("word-csv-no-hint", "fit words.csv -k 2", "expected a number, got 'abc'."),
     ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 columns, expected 2 like line 1"),
     ("header-only", "fit header_only.csv -k 1", "expected rows of numbers after the header"),
     ("blank-csv", "fit blank.csv -k 1", "expected rows of numbers, got an empty file"),

@@ -994,11 +994,28 @@ def _load_text_rows(
     try:
         return np.array(body, dtype=np.str_).astype(np.float64), names
     except ValueError:
-        return _parse_cells(body, body_lines, where, first_column=1 + skip), names
+        return _parse_cells(body, body_lines, where, delimiter, first_column=1 + skip), names
+
+
+# Separators a cell of numbers may hold when the file uses another one than
+# its suffix says (a ';' .csv, as spreadsheets write where ',' is the decimal
+# mark), with the words naming them.
+_OTHER_SEPARATORS = {",": "','", ";": "';'", "\t": "tabs", " ": "spaces"}
+
+
+def _separator_hint(text: str, delimiter: str) -> str:
+    """`` (numbers separated by ';': ...)`` when ``text`` is numbers joined by
+    another separator than the file's ``delimiter``, else ``""``."""
+    for separator, name in _OTHER_SEPARATORS.items():
+        parts = [part for part in text.split(separator) if part.strip()]
+        if separator != delimiter and len(parts) > 1 and all(map(_is_number, parts)):
+            expected = "a .csv needs ','" if delimiter == "," else "a .tsv needs tabs"
+            return f" (numbers separated by {name}: {expected} between cells)"
+    return ""
 
 
 def _parse_cells(
-    rows: list[list[str]], lines: list[int], where: str, first_column: int = 1
+    rows: list[list[str]], lines: list[int], where: str, delimiter: str, first_column: int = 1
 ) -> np.ndarray:
     """Cell by cell (the slow path): the first cell that is not a number is named
     (columns numbered in the file from ``first_column``)."""
@@ -1016,7 +1033,7 @@ def _parse_cells(
             except ValueError:
                 raise UsageError(
                     f"{where}: line {line}, column {j + first_column}: expected a number, got "
-                    f"{text!r}."
+                    f"{text!r}{_separator_hint(text, delimiter)}."
                 ) from None
     return values
 
