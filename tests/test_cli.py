@@ -432,6 +432,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "ragged.tsv").write_text("1\t2\n3\n")
     (tmp_path / "semicolons.csv").write_text("a;b\n1;2\n3;4\n")
     (tmp_path / "commas.tsv").write_text("1,2\n3,4\n")
+    (tmp_path / "decimal_commas.csv").write_text("a;b\n1;2,5\n3;4\n")
+    (tmp_path / "one_name.csv").write_text("petal length\n1\n2,3\n")
     (tmp_path / "spaces.csv").write_text("1 2\n3 4\n")
     (tmp_path / "inf.csv").write_text("1,2\n3,inf\n")
     (tmp_path / "header_only.csv").write_text("a,b\n")
@@ -463,7 +465,14 @@ ERRORS = [
     ("comma-tsv", "fit commas.tsv -k 1", "got '3,4' (numbers separated by ',': a .tsv needs tabs"),
     ("space-csv", "fit spaces.csv -k 1", "got '3 4' (numbers separated by spaces: a .csv needs"),
     ("word-csv-no-hint", "fit words.csv -k 2", "expected a number, got 'abc'."),
-    ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 columns, expected 2 like line 1"),
+    ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 column, expected 2 like line 1."),
+    (
+        "decimal-commas",
+        "fit decimal_commas.csv -k 1",
+        "line 2 has 2 columns, expected 1 like line 1 (line 1 is one cell, 'a;b': a .csv needs "
+        "',' between cells).",
+    ),
+    ("one-named-column", "fit one_name.csv -k 1", "line 3 has 2 columns, expected 1 like line 1."),
     ("header-only", "fit header_only.csv -k 1", "expected rows of numbers after the header"),
     ("blank-csv", "fit blank.csv -k 1", "expected rows of numbers, got an empty file"),
     ("1-d", "fit one_d.npy -k 2", "got shape (20,) (one feature? save it as shape (n, 1))"),

@@ -986,8 +986,8 @@ def _load_text_rows(
     for row, line in zip(body, body_lines):
         if len(row) != width:
             raise UsageError(
-                f"{where}: line {line} has {len(row)} columns, expected {width} like line "
-                f"{lines[0]}."
+                f"{where}: line {line} has {_columns(len(row))}, expected {width} like line "
+                f"{lines[0]}{_one_cell_hint(rows[0], lines[0], delimiter)}."
             )
     if skip:
         body = [row[skip:] for row in body]
@@ -1001,6 +1001,24 @@ def _load_text_rows(
 # its suffix says (a ';' .csv, as spreadsheets write where ',' is the decimal
 # mark), with the words naming them.
 _OTHER_SEPARATORS = {",": "','", ";": "';'", "\t": "tabs", " ": "spaces"}
+
+
+def _columns(n: int) -> str:
+    return f"{n} column" + ("" if n == 1 else "s")
+
+
+def _one_cell_hint(first: list[str], line: int, delimiter: str) -> str:
+    """`` (line 1 is one cell, 'a;b': ...)`` when the first row is one cell
+    holding another separator than ``delimiter`` (spaces aside: names have
+    them), else ``""``: a ';' file whose numbers have decimal commas reads
+    as one column, then two."""
+    if len(first) != 1:
+        return ""
+    for separator in _OTHER_SEPARATORS:
+        if separator not in (delimiter, " ") and separator in first[0]:
+            expected = "a .csv needs ','" if delimiter == "," else "a .tsv needs tabs"
+            return f" (line {line} is one cell, {first[0]!r}: {expected} between cells)"
+    return ""
 
 
 def _separator_hint(text: str, delimiter: str) -> str:
