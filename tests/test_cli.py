@@ -434,6 +434,11 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "commas.tsv").write_text("1,2\n3,4\n")
     (tmp_path / "decimal_commas.csv").write_text("a;b\n1;2,5\n3;4\n")
     (tmp_path / "one_name.csv").write_text("petal length\n1\n2,3\n")
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "dates.npy", np.zeros((3, 2), dtype="datetime64[D]"))
+    np.save(tmp_path / "fields.npy", np.zeros(3, dtype=[("a", "f8"), ("b", "f8")]))
+    np.save(tmp_path / "complex.npy", np.ones((3, 2), dtype=np.complex128))
+    torch.save(torch.ones(3, 2, dtype=torch.complex64), tmp_path / "complex.pt")
     (tmp_path / "spaces.csv").write_text("1 2\n3 4\n")
     (tmp_path / "inf.csv").write_text("1,2\n3,inf\n")
     (tmp_path / "header_only.csv").write_text("a,b\n")
@@ -465,6 +470,20 @@ ERRORS = [
     ("comma-tsv", "fit commas.tsv -k 1", "got '3,4' (numbers separated by ',': a .tsv needs tabs"),
     ("space-csv", "fit spaces.csv -k 1", "got '3 4' (numbers separated by spaces: a .csv needs"),
     ("word-csv-no-hint", "fit words.csv -k 2", "expected a number, got 'abc'."),
+    (
+        "strings-npy",
+        "fit strings.npy -k 1",
+        "DATA 'strings.npy': expected real numbers (bool, integer or float), got dtype <U1.",
+    ),
+    ("dates-npy", "elbow dates.npy --k 1", "DATA 'dates.npy': expected real numbers"),
+    ("structured-npy", "fit fields.npy -k 1", "DATA 'fields.npy': expected real numbers"),
+    ("complex-npy", "fit complex.npy -k 1", "DATA 'complex.npy': expected real numbers"),
+    ("complex-pt", "fit complex.pt -k 1", "got dtype torch.complex64."),
+    (
+        "strings-centres",
+        "predict ok.npy --centers strings.npy",
+        "--centers 'strings.npy': expected real numbers",
+    ),
     ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 column, expected 2 like line 1."),
     (
         "decimal-commas",

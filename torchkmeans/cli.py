@@ -724,6 +724,15 @@ def _load(
         values = _load_torch(path, where, key, key_option)
     else:
         values, column_names = _load_text(path, where, _TEXT_DELIMITERS[suffix], header)
+    if isinstance(values, torch.Tensor):
+        numeric = not values.is_complex()
+    else:
+        numeric = values.dtype.kind in "biuf"
+    if not numeric:
+        # Checked here, not by the estimator: its message names X or centers, not the file.
+        raise UsageError(
+            f"{where}: expected real numbers (bool, integer or float), got dtype {values.dtype}."
+        )
     if values.ndim != 2:
         raise UsageError(
             f"{where}: expected a 2-D array of shape (n_samples, n_features), got shape "
