@@ -527,6 +527,26 @@ def test_verbose_reports_on_stderr_unless_logging_takes_it(capsys, caplog):
     assert capsys.readouterr().err == ""
 
 
+def test_verbose_says_which_of_several_restarts_it_lists(capsys, caplog):
+    import logging
+
+    X = blobs(n=300, d=2, k=3, seed=0)
+    km = KMeans(3, n_init=4, random_state=0, verbose=1).fit(X)
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"[KMeans] final inertia {km.inertia_:.6g} after {km.n_iter_} iterations "
+        "(the best of 4 runs, whose iterations are listed)\n"
+    )
+    assert err.count("[KMeans] iteration 0:") == 1
+    KMeans(3, init="random", random_state=0, verbose=1).fit(X)  # n_init="auto": 10 runs
+    assert "(the best of 10 runs, whose iterations are listed)" in capsys.readouterr().err
+    KMeans(3, random_state=0, verbose=1).fit(X)  # "auto" with k-means++: one run
+    assert capsys.readouterr().err.endswith(" iterations\n")
+    with caplog.at_level(logging.INFO, logger="torchkmeans"):
+        KMeans(3, n_init=2, random_state=0, verbose=1).fit(X)
+    assert "iterations (the best of 2 runs, whose iterations are listed)" in caplog.text
+
+
 def test_get_set_params_and_repr():
     km = KMeans(n_clusters=3, random_state=1)
     assert km.get_params()["n_clusters"] == 3

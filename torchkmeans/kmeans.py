@@ -477,16 +477,20 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         reports), so that ``verbose=True`` is never silent."""
         import logging
 
+        # With several restarts only the best one's iterations are listed: say
+        # so, or n_init looks ignored.
+        runs = self._restarts(warn=False)
+        best = f" (the best of {runs} runs, whose iterations are listed)" if runs > 1 else ""
         log = logging.getLogger("torchkmeans")
         if log.isEnabledFor(logging.INFO) and log.hasHandlers():
             for i, value in enumerate(self.inertia_history_):
                 log.info("Iteration %d, inertia %.6g", i, value)
-            log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+            log.info("Final inertia %.6g after %d iterations%s", self.inertia_, self.n_iter_, best)
             return
         for i, value in enumerate(self.inertia_history_):
             print(f"[KMeans] iteration {i}: inertia {value:.6g}", file=sys.stderr)
         print(
-            f"[KMeans] final inertia {self.inertia_:.6g} after {self.n_iter_} iterations",
+            f"[KMeans] final inertia {self.inertia_:.6g} after {self.n_iter_} iterations{best}",
             file=sys.stderr,
         )
 
