@@ -221,3 +221,20 @@ def test_plot_clusters_on_given_axes_keeps_the_legend_inside():
     fig.canvas.draw()
     legend = ax.get_legend().get_window_extent()
     assert ax.get_window_extent().contains((legend.x0 + legend.x1) / 2, (legend.y0 + legend.y1) / 2)
+
+
+def test_plot_clusters_names_the_axes_after_a_frames_columns():
+    pd = pytest.importorskip("pandas")
+    X = tutorial_data()
+    frame = pd.DataFrame(X, columns=["petal length (cm)", "petal width (cm)"])
+    km = KMeans(n_clusters=4, random_state=2021).fit(frame)
+    ax = plotting.plot_clusters(frame, km.labels_, km.cluster_centers_)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("petal length (cm)", "petal width (cm)")
+    ax = plotting.plot_clusters(frame[["petal width (cm)"]], km.labels_)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("petal width (cm)", "")
+    for unnamed in (X, pd.DataFrame(X)):
+        ax = plotting.plot_clusters(unnamed, km.labels_)
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("X1", "X2")
+    wide = pd.DataFrame(np.hstack([X, X[:, :1] ** 2]), columns=["a", "b", "c"])
+    ax = plotting.plot_clusters(wide, km.labels_)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("PC1", "PC2")

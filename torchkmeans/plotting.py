@@ -129,6 +129,8 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     Parameters
     ----------
     X : array-like or Tensor of shape (n_samples, n_features)
+        The axes are named after a data frame's string column names, else X1 and X2
+        (PC1 and PC2 when projected).
     labels : array-like or Tensor of shape (n_samples,)
         Cluster index of every sample.
     centers : array-like or Tensor of shape (n_clusters, n_features), optional
@@ -215,8 +217,13 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     if centre_points is not None:
         c = centre_points.cpu().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=250, c="black", marker="*", label="Centroids")
-    ax.set_xlabel("PC1" if projected else "X1")
-    ax.set_ylabel("PC2" if projected else ("X2" if x.shape[1] == 2 else ""))
+    # A data frame's own column names say what the axes are (X1, X2 do not);
+    # names that are not all strings (a frame's default 0, 1) are not used,
+    # as scikit-learn takes no feature_names_in_ from them.
+    columns = list(getattr(X, "columns", []))
+    names = columns if columns and all(isinstance(c, str) for c in columns) else ["X1", "X2"]
+    ax.set_xlabel("PC1" if projected else names[0])
+    ax.set_ylabel("PC2" if projected else (names[1] if x.shape[1] == 2 else ""))
     if named or centre_points is not None:
         if own_figure:
             # Inside the axes, where points fill the whole frame (stripes,
