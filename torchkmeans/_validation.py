@@ -577,9 +577,17 @@ def is_batch_stream(X: Any) -> bool:
 def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
     """``x`` ``(rows, d)`` or ``(b, rows, d)``: a floating tensor, returned detached."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+        # The estimators take arrays and frames; a user of the functional API
+        # who has one needs to know how to pass it.
+        raise TypeError(
+            f"Expected {name} to be a torch.Tensor, got {type(x).__name__} (torch.as_tensor "
+            "converts it; the KMeans estimator takes arrays as they are)."
+        )
     if not x.is_floating_point():
-        raise TypeError(f"Expected {name} to be a floating-point tensor, got dtype {x.dtype}.")
+        raise TypeError(
+            f"Expected {name} to be a floating-point tensor, got dtype {x.dtype} "
+            f"({name}.float() converts it)."
+        )
     check_dense(x, name)
     if x.ndim not in (2, 3):
         raise ValueError(
