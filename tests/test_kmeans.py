@@ -1227,3 +1227,67 @@ def test_no_point_is_reseeded_when_every_point_is_on_its_centre(
     np.testing.assert_array_equal(ours.labels_, theirs.labels_)
     np.testing.assert_array_equal(ours.cluster_centers_, theirs.cluster_centers_)
     assert ours.n_iter_ == theirs.n_iter_
+
+
+_X_WARN = np.random.RandomState(0).rand(60, 2)
+_FRAME_COLUMNS = ["a", "b"]
+
+
+def _fitted_on_a_frame(estimator):
+    pd = pytest.importorskip("pandas")
+    return estimator.fit(pd.DataFrame(_X_WARN, columns=_FRAME_COLUMNS))
+
+
+@pytest.mark.parametrize(
+    ("call", "category", "message"),
+    [
+        (lambda: MiniBatchKMeans(3, init_size=1).fit(_X_WARN), RuntimeWarning, "init_size=1"),
+        (lambda: MiniBatchKMeans(3, init_size=1).partial_fit(_X_WARN), RuntimeWarning, "init_size"),
+        (
+            lambda: MiniBatchKMeans(3, init_size=1).fit_predict(_X_WARN),
+            RuntimeWarning,
+            "init_size",
+        ),
+        (
+            lambda: MiniBatchKMeans(3, init=_X_WARN[:3], n_init=2).fit(_X_WARN),
+            RuntimeWarning,
+            "Explicit initial centers given",
+        ),
+        (
+            lambda: KMeans(3, init=_X_WARN[:3], n_init=2).fit_predict(_X_WARN),
+            RuntimeWarning,
+            "Explicit initial centers given",
+        ),
+        (
+            lambda: KMeans(3, random_state=0).fit_transform(np.ones((6, 2))),
+            ConvergenceWarning,
+            "Number of distinct clusters",
+        ),
+        (
+            lambda: MiniBatchKMeans(3, random_state=0).fit_predict(np.ones((6, 2))),
+            ConvergenceWarning,
+            "Number of distinct clusters",
+        ),
+        (
+            lambda: _fitted_on_a_frame(KMeans(3, random_state=0)).predict(_X_WARN),
+            UserWarning,
+            "X does not have valid feature names",
+        ),
+        (
+            lambda: _fitted_on_a_frame(MiniBatchKMeans(3, random_state=0)).score(_X_WARN),
+            UserWarning,
+            "X does not have valid feature names",
+        ),
+    ],
+)
+def test_warnings_point_at_the_callers_line(call, category, message):
+    # MiniBatchKMeans.fit's warnings pointed past the caller ("sys:1" from a
+    # script), fit_predict's into the package.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    ours = [w for w in caught if issubclass(w.category, category) and message in str(w.message)]
+    assert ours, [str(w.message) for w in caught]
+    lines = {line for _, _, line in call.__code__.co_lines() if line is not None}
+    assert {w.filename for w in ours} == {__file__}
+    assert {w.lineno for w in ours} <= lines

@@ -43,6 +43,19 @@ class OutputKind(NamedTuple):
         return tensor.detach().cpu().numpy()
 
 
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` that names the first frame outside
+    this package: the user's line, however deep the call (a fixed level
+    pointed past the user's script, at "sys:1", from ``MiniBatchKMeans.fit``)."""
+    package = __file__.rsplit("_validation.py", 1)[0]
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def resolve_device(device: str | torch.device | None, data_device: torch.device) -> torch.device:
     """Resolve the ``device`` argument: None -> the data's, "auto" -> CUDA if present."""
     if device is None:
@@ -522,14 +535,14 @@ def check_feature_names(fitted: np.ndarray | None, data: Any, estimator: str) ->
         warnings.warn(
             f"X has feature names, but {estimator} was fitted without feature names",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return
     if names is None:
         warnings.warn(
             f"X does not have valid feature names, but {estimator} was fitted with feature names",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return
     if len(fitted) == len(names) and bool(np.all(fitted == names)):

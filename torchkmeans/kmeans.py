@@ -259,7 +259,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                     f"Explicit initial centers given; running a single init instead of "
                     f"n_init={n_init}.",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=v.user_stacklevel(),
                 )
             n_init = 1
         return n_init
@@ -468,7 +468,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
                 f"n_clusters ({k}). Possibly due to duplicate points in X.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=v.user_stacklevel(),
             )
 
     def _report(self) -> None:
