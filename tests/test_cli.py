@@ -794,3 +794,16 @@ def test_elbow_keeps_no_labels(capsys, tmp_path, iris, monkeypatch):
     mapped = np.load(data, mmap_mode="r")
     reference = elbow(mapped, k=range(1, 7), random_state=0, device="cpu")
     assert elbow_table(out) == pytest.approx(dict(zip(reference.ks, reference.inertia)), rel=1e-6)
+
+
+def test_elbow_offers_the_sensitivity_that_no_knee_advises(capsys, tmp_path):
+    # "No knee found ... try ... a lower sensitivity" had no option to act on.
+    np.save(tmp_path / "uniform.npy", np.random.RandomState(0).rand(50, 3))
+    argv = ["elbow", tmp_path / "uniform.npy", "--k", "1:6", "--seed", 1]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "knee: none found" in out and "a lower sensitivity" in err
+    code, out, err = run(capsys, *argv, "--sensitivity", "0.5")
+    assert code == 0 and "knee: k = 3" in out and err == ""
+    code, out, err = run(capsys, *argv, "--sensitivity", "-1")
+    assert code == 2 and "argument --sensitivity: expected a number >= 0, got '-1'" in err
+    assert "--sensitivity S" in run(capsys, "elbow", "--help")[1]

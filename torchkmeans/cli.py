@@ -165,6 +165,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sensitivity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _seed_int(text: str) -> int:
     try:
         value = int(text)
@@ -381,6 +391,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--max-iter", type=_positive_int, default=300, metavar="N", help="(default: 300)"
     )
+    # "No knee found" advises a lower sensitivity: the command must offer it.
+    sweep.add_argument(
+        "--sensitivity",
+        type=_sensitivity,
+        default=1.0,
+        metavar="S",
+        help="how sharp a bend the knee must be; lower finds softer knees (default: 1.0)",
+    )
     sweep.add_argument(
         "--plot", metavar="FILE", help="draw the curve into FILE (.png, .pdf, .svg; matplotlib)"
     )
@@ -583,6 +601,7 @@ def _run_elbow(args: argparse.Namespace) -> int:
             n_init=args.n_init,
             max_iter=args.max_iter,
             random_state=seed,
+            sensitivity=args.sensitivity,
             metric=args.metric,
             device=device,
             verbose=_progress(args),
