@@ -73,8 +73,9 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's (float16/bfloat16 compute in float32).
     verbose : bool, default=False
-        Report the inertia of each iteration after the fit: to the logger
-        "torchkmeans" when it is enabled for INFO, else on stderr.
+        Report the inertia of each iteration after the fit (of the best run
+        when there are several restarts, as the last line says): to the
+        logger "torchkmeans" when it is enabled for INFO, else on stderr.
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
