@@ -430,6 +430,16 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "mixed_first_row.csv").write_text("1.5,abc\n1,2\n")
     (tmp_path / "empty_cell.csv").write_text("1,2\n3,\n")
     (tmp_path / "ragged.tsv").write_text("1\t2\n3\n")
+    (tmp_path / "semicolons.csv").write_text("a;b\n1;2\n3;4\n")
+    (tmp_path / "commas.tsv").write_text("1,2\n3,4\n")
+    (tmp_path / "decimal_commas.csv").write_text("a;b\n1;2,5\n3;4\n")
+    (tmp_path / "one_name.csv").write_text("petal length\n1\n2,3\n")
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "dates.npy", np.zeros((3, 2), dtype="datetime64[D]"))
+    np.save(tmp_path / "fields.npy", np.zeros(3, dtype=[("a", "f8"), ("b", "f8")]))
+    np.save(tmp_path / "complex.npy", np.ones((3, 2), dtype=np.complex128))
+    torch.save(torch.ones(3, 2, dtype=torch.complex64), tmp_path / "complex.pt")
+    (tmp_path / "spaces.csv").write_text("1 2\n3 4\n")
     (tmp_path / "inf.csv").write_text("1,2\n3,inf\n")
     (tmp_path / "header_only.csv").write_text("a,b\n")
     (tmp_path / "blank.csv").write_text("\n\n")
@@ -451,7 +461,37 @@ ERRORS = [
     ("mixed-first-row", "fit mixed_first_row.csv -k 1", "line 1, column 2: expected a number"),
     ("header-no", "fit words.csv -k 2 --header no", "line 1, column 1: expected a number, got 'a'"),
     ("empty-cell", "fit empty_cell.csv -k 2", "line 2, column 2: expected a number, got an empty"),
-    ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 columns, expected 2 like line 1"),
+    (
+        "semicolon-csv",
+        "fit semicolons.csv -k 1",
+        "line 2, column 1: expected a number, got '1;2' (numbers separated by ';': a .csv "
+        "needs ',' between cells).",
+    ),
+    ("comma-tsv", "fit commas.tsv -k 1", "got '3,4' (numbers separated by ',': a .tsv needs tabs"),
+    ("space-csv", "fit spaces.csv -k 1", "got '3 4' (numbers separated by spaces: a .csv needs"),
+    ("word-csv-no-hint", "fit words.csv -k 2", "expected a number, got 'abc'."),
+    (
+        "strings-npy",
+        "fit strings.npy -k 1",
+        "DATA 'strings.npy': expected real numbers (bool, integer or float), got dtype <U1.",
+    ),
+    ("dates-npy", "elbow dates.npy --k 1", "DATA 'dates.npy': expected real numbers"),
+    ("structured-npy", "fit fields.npy -k 1", "DATA 'fields.npy': expected real numbers"),
+    ("complex-npy", "fit complex.npy -k 1", "DATA 'complex.npy': expected real numbers"),
+    ("complex-pt", "fit complex.pt -k 1", "got dtype torch.complex64."),
+    (
+        "strings-centres",
+        "predict ok.npy --centers strings.npy",
+        "--centers 'strings.npy': expected real numbers",
+    ),
+    ("ragged", "fit ragged.tsv -k 1", "line 2 has 1 column, expected 2 like line 1."),
+    (
+        "decimal-commas",
+        "fit decimal_commas.csv -k 1",
+        "line 2 has 2 columns, expected 1 like line 1 (line 1 is one cell, 'a;b': a .csv needs "
+        "',' between cells).",
+    ),
+    ("one-named-column", "fit one_name.csv -k 1", "line 3 has 2 columns, expected 1 like line 1."),
     ("header-only", "fit header_only.csv -k 1", "expected rows of numbers after the header"),
     ("blank-csv", "fit blank.csv -k 1", "expected rows of numbers, got an empty file"),
     ("1-d", "fit one_d.npy -k 2", "got shape (20,) (one feature? save it as shape (n, 1))"),
@@ -754,3 +794,16 @@ def test_elbow_keeps_no_labels(capsys, tmp_path, iris, monkeypatch):
     mapped = np.load(data, mmap_mode="r")
     reference = elbow(mapped, k=range(1, 7), random_state=0, device="cpu")
     assert elbow_table(out) == pytest.approx(dict(zip(reference.ks, reference.inertia)), rel=1e-6)
+
+
+def test_elbow_offers_the_sensitivity_that_no_knee_advises(capsys, tmp_path):
+    # "No knee found ... try ... a lower sensitivity" had no option to act on.
+    np.save(tmp_path / "uniform.npy", np.random.RandomState(0).rand(50, 3))
+    argv = ["elbow", tmp_path / "uniform.npy", "--k", "1:6", "--seed", 1]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "knee: none found" in out and "a lower sensitivity" in err
+    code, out, err = run(capsys, *argv, "--sensitivity", "0.5")
+    assert code == 0 and "knee: k = 3" in out and err == ""
+    code, out, err = run(capsys, *argv, "--sensitivity", "-1")
+    assert code == 2 and "argument --sensitivity: expected a number >= 0, got '-1'" in err
+    assert "--sensitivity S" in run(capsys, "elbow", "--help")[1]

@@ -558,3 +558,18 @@ def test_warns_of_ks_with_fewer_distinct_clusters_than_k():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         elbow(X, k=range(1, 6), random_state=0)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_repr_summarises_the_centroids_and_labels():
+    # A notebook cell ending in elbow(...) shows the repr: it printed every
+    # k's centroids and the (len(ks), n_samples) labels.
+    X = tutorial_data()
+    result = elbow(X, k=range(1, 10), random_state=2021)
+    text = repr(result)
+    assert text.startswith("ElbowResult(ks=(1, 2, 3, 4, 5, 6, 7, 8, 9), inertia=array([")
+    assert "knee=3, scores={'inertia': array([" in text
+    assert text.endswith("centroids=<9 arrays of shape (k, 2)>, labels=<shape (9, 300)>)")
+    assert "array([[" not in text
+    unlabelled = elbow(torch.tensor(X), k=range(1, 4), random_state=2021, compute_labels=False)
+    assert repr(unlabelled).endswith("centroids=<3 arrays of shape (k, 2)>, labels=None)")

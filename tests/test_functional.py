@@ -1035,12 +1035,14 @@ def _with_inf() -> torch.Tensor:
         (
             lambda: kmeans(torch.randint(0, 9, (100, 3)), 3),
             TypeError,
-            r"Expected x to be a floating-point tensor, got dtype torch.int64\.",
+            r"Expected x to be a floating-point tensor, got dtype torch.int64 \(x\.float\(\) "
+            r"converts it\)\.",
         ),
         (
             lambda: kmeans(_X.numpy(), 3),
             TypeError,
-            r"Expected x to be a torch.Tensor, got ndarray\.",
+            r"Expected x to be a torch.Tensor, got ndarray \(torch\.as_tensor converts it; "
+            r"the KMeans estimator takes arrays as they are\)\.",
         ),
         (
             lambda: kmeans(torch.stack([_X, _X]), 3, init=torch.randn(3, 3, 4)),
@@ -1258,24 +1260,26 @@ def _with_inf() -> torch.Tensor:
         (
             lambda: pairwise_distances(_X.numpy(), _C),
             TypeError,
-            r"Expected x to be a torch.Tensor, got ndarray\.",
+            r"Expected x to be a torch.Tensor, got ndarray \(torch\.as_tensor converts it; "
+            r"the KMeans estimator takes arrays as they are\)\.",
         ),
         (
             lambda: pairwise_distances(_X, _C.tolist()),
             TypeError,
-            r"Expected centroids to be a torch.Tensor, got list\.",
+            r"Expected centroids to be a torch.Tensor, got list \(torch\.as_tensor converts",
         ),
         # Integer tensors had given int64 distances, truncated from the
         # expansion's float64 (344 of 1,400 wrong for integers up to 1,000).
         (
             lambda: pairwise_distances(_X.long(), _C.long()),
             TypeError,
-            r"Expected x to be a floating-point tensor, got dtype torch\.int64\.",
+            r"Expected x to be a floating-point tensor, got dtype torch\.int64 \(x\.float\(\)",
         ),
         (
             lambda: pairwise_distances(_X, _C.bool()),
             TypeError,
-            r"Expected centroids to be a floating-point tensor, got dtype torch\.bool\.",
+            r"Expected centroids to be a floating-point tensor, got dtype torch\.bool "
+            r"\(centroids\.float\(\) converts it\)\.",
         ),
         (
             lambda: pairwise_distances(_X, _C[:0]),

@@ -14,6 +14,17 @@ def test_import_does_not_load_matplotlib_or_sklearn():
     assert out.stdout.strip() == ""
 
 
+def test_plotting_is_an_attribute_of_the_package_without_loading_matplotlib():
+    # README's API table names torchkmeans.plotting; after `import torchkmeans`
+    # it raised AttributeError until imported by name.
+    code = (
+        "import sys, torchkmeans\n"
+        "print(callable(torchkmeans.plotting.plot_clusters), 'matplotlib' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True False"
+
+
 def test_public_surface():
     import torchkmeans
 

@@ -565,6 +565,26 @@ def test_verbose_reports_on_stderr_unless_logging_takes_it(capsys, caplog):
     assert capsys.readouterr().err == ""
 
 
+def test_verbose_says_which_of_several_restarts_it_lists(capsys, caplog):
+    import logging
+
+    X = blobs(n=300, d=2, k=3, seed=0)
+    km = KMeans(3, n_init=4, random_state=0, verbose=1).fit(X)
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"[KMeans] final inertia {km.inertia_:.6g} after {km.n_iter_} iterations "
+        "(the best of 4 runs, whose iterations are listed)\n"
+    )
+    assert err.count("[KMeans] iteration 0:") == 1
+    KMeans(3, init="random", random_state=0, verbose=1).fit(X)  # n_init="auto": 10 runs
+    assert "(the best of 10 runs, whose iterations are listed)" in capsys.readouterr().err
+    KMeans(3, random_state=0, verbose=1).fit(X)  # "auto" with k-means++: one run
+    assert capsys.readouterr().err.endswith(" iterations\n")
+    with caplog.at_level(logging.INFO, logger="torchkmeans"):
+        KMeans(3, n_init=2, random_state=0, verbose=1).fit(X)
+    assert "iterations (the best of 2 runs, whose iterations are listed)" in caplog.text
+
+
 def test_get_set_params_and_repr():
     km = KMeans(n_clusters=3, random_state=1)
     assert km.get_params()["n_clusters"] == 3
@@ -1269,3 +1289,67 @@ def test_no_point_is_reseeded_when_every_point_is_on_its_centre(
     np.testing.assert_array_equal(ours.labels_, theirs.labels_)
     np.testing.assert_array_equal(ours.cluster_centers_, theirs.cluster_centers_)
     assert ours.n_iter_ == theirs.n_iter_
+
+
+_X_WARN = np.random.RandomState(0).rand(60, 2)
+_FRAME_COLUMNS = ["a", "b"]
+
+
+def _fitted_on_a_frame(estimator):
+    pd = pytest.importorskip("pandas")
+    return estimator.fit(pd.DataFrame(_X_WARN, columns=_FRAME_COLUMNS))
+
+
+@pytest.mark.parametrize(
+    ("call", "category", "message"),
+    [
+        (lambda: MiniBatchKMeans(3, init_size=1).fit(_X_WARN), RuntimeWarning, "init_size=1"),
+        (lambda: MiniBatchKMeans(3, init_size=1).partial_fit(_X_WARN), RuntimeWarning, "init_size"),
+        (
+            lambda: MiniBatchKMeans(3, init_size=1).fit_predict(_X_WARN),
+            RuntimeWarning,
+            "init_size",
+        ),
+        (
+            lambda: MiniBatchKMeans(3, init=_X_WARN[:3], n_init=2).fit(_X_WARN),
+            RuntimeWarning,
+            "Explicit initial centers given",
+        ),
+        (
+            lambda: KMeans(3, init=_X_WARN[:3], n_init=2).fit_predict(_X_WARN),
+            RuntimeWarning,
+            "Explicit initial centers given",
+        ),
+        (
+            lambda: KMeans(3, random_state=0).fit_transform(np.ones((6, 2))),
+            ConvergenceWarning,
+            "Number of distinct clusters",
+        ),
+        (
+            lambda: MiniBatchKMeans(3, random_state=0).fit_predict(np.ones((6, 2))),
+            ConvergenceWarning,
+            "Number of distinct clusters",
+        ),
+        (
+            lambda: _fitted_on_a_frame(KMeans(3, random_state=0)).predict(_X_WARN),
+            UserWarning,
+            "X does not have valid feature names",
+        ),
+        (
+            lambda: _fitted_on_a_frame(MiniBatchKMeans(3, random_state=0)).score(_X_WARN),
+            UserWarning,
+            "X does not have valid feature names",
+        ),
+    ],
+)
+def test_warnings_point_at_the_callers_line(call, category, message):
+    # MiniBatchKMeans.fit's warnings pointed past the caller ("sys:1" from a
+    # script), fit_predict's into the package.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    ours = [w for w in caught if issubclass(w.category, category) and message in str(w.message)]
+    assert ours, [str(w.message) for w in caught]
+    lines = {line for _, _, line in call.__code__.co_lines() if line is not None}
+    assert {w.filename for w in ours} == {__file__}
+    assert {w.lineno for w in ours} <= lines

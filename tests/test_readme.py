@@ -34,3 +34,23 @@ def test_the_first_command_is_the_demo():
     first = README.read_text().split("```bash\n", 1)[1].split("```", 1)[0]
     assert "pip install torch==2.13.0" in first and "torchkmeans demo" in first
     assert 'pip install -e ".[test]"' in first and "python -m pytest" in first
+
+
+def test_choosing_k_runs_on_the_memmap_of_the_block_before(tmp_path):
+    # The block follows the memmap example, whose X a streamed elbow refuses
+    # to score by silhouette (that needs every pair of rows).
+    block = next(b for b in python_blocks() if '"silhouette"' in b)
+    np.save(tmp_path / "embeddings.npy", np.random.RandomState(0).rand(600, 64).astype(np.float32))
+    torch = pytest.importorskip("torch")
+    from torchkmeans import elbow
+
+    namespace = {
+        "np": np,
+        "elbow": elbow,
+        "X": np.load(tmp_path / "embeddings.npy", mmap_mode="r"),
+        "z": torch.randn(2, 512, 64),
+    }
+    exec(compile(block, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.ks == tuple(range(1, 10)) and result.scores["silhouette"].shape == (9,)
+    assert namespace["codes"].shape == (2, 512)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import functional, metrics
+# plotting imports matplotlib only when a function draws: `torchkmeans.plotting`
+# (README's API table) works after `import torchkmeans` at no cost.
+from . import functional, metrics, plotting
 from .elbow import ElbowResult, elbow, find_knee
 from .exceptions import ConvergenceWarning, NotFittedError
 from .functional import KMeansResult, lloyd, nearest_centroids
@@ -40,4 +42,5 @@ __all__ = [
     "lloyd",
     "metrics",
     "nearest_centroids",
+    "plotting",
 ]

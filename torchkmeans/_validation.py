@@ -43,6 +43,19 @@ class OutputKind(NamedTuple):
         return tensor.detach().cpu().numpy()
 
 
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` that names the first frame outside
+    this package: the user's line, however deep the call (a fixed level
+    pointed past the user's script, at "sys:1", from ``MiniBatchKMeans.fit``)."""
+    package = __file__.rsplit("_validation.py", 1)[0]
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def resolve_device(device: str | torch.device | None, data_device: torch.device) -> torch.device:
     """Resolve the ``device`` argument: None -> the data's, "auto" -> CUDA if present."""
     if device is None:
@@ -532,14 +545,14 @@ def check_feature_names(fitted: np.ndarray | None, data: Any, estimator: str) ->
         warnings.warn(
             f"X has feature names, but {estimator} was fitted without feature names",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return
     if names is None:
         warnings.warn(
             f"X does not have valid feature names, but {estimator} was fitted with feature names",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return
     if len(fitted) == len(names) and bool(np.all(fitted == names)):
@@ -587,9 +600,17 @@ def is_batch_stream(X: Any) -> bool:
 def check_data(x: Any, name: str = "x", *, rows: str = "n") -> torch.Tensor:
     """``x`` ``(rows, d)`` or ``(b, rows, d)``: a floating tensor, returned detached."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+        # The estimators take arrays and frames; a user of the functional API
+        # who has one needs to know how to pass it.
+        raise TypeError(
+            f"Expected {name} to be a torch.Tensor, got {type(x).__name__} (torch.as_tensor "
+            "converts it; the KMeans estimator takes arrays as they are)."
+        )
     if not x.is_floating_point():
-        raise TypeError(f"Expected {name} to be a floating-point tensor, got dtype {x.dtype}.")
+        raise TypeError(
+            f"Expected {name} to be a floating-point tensor, got dtype {x.dtype} "
+            f"({name}.float() converts it)."
+        )
     check_dense(x, name)
     if x.ndim not in (2, 3):
         raise ValueError(

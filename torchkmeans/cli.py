@@ -165,6 +165,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sensitivity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _seed_int(text: str) -> int:
     try:
         value = int(text)
@@ -381,6 +391,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--max-iter", type=_positive_int, default=300, metavar="N", help="(default: 300)"
     )
+    # "No knee found" advises a lower sensitivity: the command must offer it.
+    sweep.add_argument(
+        "--sensitivity",
+        type=_sensitivity,
+        default=1.0,
+        metavar="S",
+        help="how sharp a bend the knee must be; lower finds softer knees (default: 1.0)",
+    )
     sweep.add_argument(
         "--plot", metavar="FILE", help="draw the curve into FILE (.png, .pdf, .svg; matplotlib)"
     )
@@ -583,6 +601,7 @@ def _run_elbow(args: argparse.Namespace) -> int:
             n_init=args.n_init,
             max_iter=args.max_iter,
             random_state=seed,
+            sensitivity=args.sensitivity,
             metric=args.metric,
             device=device,
             verbose=_progress(args),
@@ -724,6 +743,15 @@ def _load(
         values = _load_torch(path, where, key, key_option)
     else:
         values, column_names = _load_text(path, where, _TEXT_DELIMITERS[suffix], header)
+    if isinstance(values, torch.Tensor):
+        numeric = not values.is_complex()
+    else:
+        numeric = values.dtype.kind in "biuf"
+    if not numeric:
+        # Checked here, not by the estimator: its message names X or centers, not the file.
+        raise UsageError(
+            f"{where}: expected real numbers (bool, integer or float), got dtype {values.dtype}."
+        )
     if values.ndim != 2:
         raise UsageError(
             f"{where}: expected a 2-D array of shape (n_samples, n_features), got shape "
@@ -986,19 +1014,54 @@ def _load_text_rows(
     for row, line in zip(body, body_lines):
         if len(row) != width:
             raise UsageError(
-                f"{where}: line {line} has {len(row)} columns, expected {width} like line "
-                f"{lines[0]}."
+                f"{where}: line {line} has {_columns(len(row))}, expected {width} like line "
+                f"{lines[0]}{_one_cell_hint(rows[0], lines[0], delimiter)}."
             )
     if skip:
         body = [row[skip:] for row in body]
     try:
         return np.array(body, dtype=np.str_).astype(np.float64), names
     except ValueError:
-        return _parse_cells(body, body_lines, where, first_column=1 + skip), names
+        return _parse_cells(body, body_lines, where, delimiter, first_column=1 + skip), names
+
+
+# Separators a cell of numbers may hold when the file uses another one than
+# its suffix says (a ';' .csv, as spreadsheets write where ',' is the decimal
+# mark), with the words naming them.
+_OTHER_SEPARATORS = {",": "','", ";": "';'", "\t": "tabs", " ": "spaces"}
+
+
+def _columns(n: int) -> str:
+    return f"{n} column" + ("" if n == 1 else "s")
+
+
+def _one_cell_hint(first: list[str], line: int, delimiter: str) -> str:
+    """`` (line 1 is one cell, 'a;b': ...)`` when the first row is one cell
+    holding another separator than ``delimiter`` (spaces aside: names have
+    them), else ``""``: a ';' file whose numbers have decimal commas reads
+    as one column, then two."""
+    if len(first) != 1:
+        return ""
+    for separator in _OTHER_SEPARATORS:
+        if separator not in (delimiter, " ") and separator in first[0]:
+            expected = "a .csv needs ','" if delimiter == "," else "a .tsv needs tabs"
+            return f" (line {line} is one cell, {first[0]!r}: {expected} between cells)"
+    return ""
+
+
+def _separator_hint(text: str, delimiter: str) -> str:
+    """`` (numbers separated by ';': ...)`` when ``text`` is numbers joined by
+    another separator than the file's ``delimiter``, else ``""``."""
+    for separator, name in _OTHER_SEPARATORS.items():
+        parts = [part for part in text.split(separator) if part.strip()]
+        if separator != delimiter and len(parts) > 1 and all(map(_is_number, parts)):
+            expected = "a .csv needs ','" if delimiter == "," else "a .tsv needs tabs"
+            return f" (numbers separated by {name}: {expected} between cells)"
+    return ""
 
 
 def _parse_cells(
-    rows: list[list[str]], lines: list[int], where: str, first_column: int = 1
+    rows: list[list[str]], lines: list[int], where: str, delimiter: str, first_column: int = 1
 ) -> np.ndarray:
     """Cell by cell (the slow path): the first cell that is not a number is named
     (columns numbered in the file from ``first_column``)."""
@@ -1016,7 +1079,7 @@ def _parse_cells(
             except ValueError:
                 raise UsageError(
                     f"{where}: line {line}, column {j + first_column}: expected a number, got "
-                    f"{text!r}."
+                    f"{text!r}{_separator_hint(text, delimiter)}."
                 ) from None
     return values
 

@@ -91,6 +91,18 @@ class ElbowResult:
     centroids: list[Any] = field(default_factory=list)
     labels: Any = None
 
+    def __repr__(self) -> str:
+        # The centroids of every k and the (len(ks), n_samples) labels would
+        # fill a notebook cell that shows the result: their shapes stand in.
+        features = {c.shape[-1] for c in self.centroids}
+        centroids = f"<{len(self.centroids)} arrays"
+        centroids += f" of shape (k, {features.pop()})>" if len(features) == 1 else ">"
+        labels = None if self.labels is None else f"<shape {tuple(self.labels.shape)}>"
+        return (
+            f"ElbowResult(ks={self.ks!r}, inertia={self.inertia!r}, knee={self.knee!r}, "
+            f"scores={self.scores!r}, centroids={centroids}, labels={labels})"
+        )
+
     def plot(self, ax: Any = None) -> Any:
         """Plot inertia against k, knee marked (:func:`~torchkmeans.plotting.plot_elbow`).
 

@@ -82,8 +82,9 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     dtype : {"float32", "float64", ...} or torch.dtype, optional
         Compute dtype; by default the data's (float16/bfloat16 compute in float32).
     verbose : bool, default=False
-        Report the inertia of each iteration after the fit: to the logger
-        "torchkmeans" when it is enabled for INFO, else on stderr.
+        Report the inertia of each iteration after the fit (of the best run
+        when there are several restarts, as the last line says): to the
+        logger "torchkmeans" when it is enabled for INFO, else on stderr.
     memory_budget : int, optional
         Bytes the block of distances may take (default 256 MiB).
     process_group : "auto", None or torch.distributed ProcessGroup, default="auto"
@@ -276,7 +277,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                     f"Explicit initial centers given; running a single init instead of "
                     f"n_init={n_init}.",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=v.user_stacklevel(),
                 )
             n_init = 1
         return n_init
@@ -582,7 +583,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
                 f"n_clusters ({k}). Possibly due to duplicate points in X.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=v.user_stacklevel(),
             )
 
     def _report(self) -> None:
@@ -591,16 +592,20 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         reports), so that ``verbose=True`` is never silent."""
         import logging
 
+        # With several restarts only the best one's iterations are listed: say
+        # so, or n_init looks ignored.
+        runs = self._restarts(warn=False)
+        best = f" (the best of {runs} runs, whose iterations are listed)" if runs > 1 else ""
         log = logging.getLogger("torchkmeans")
         if log.isEnabledFor(logging.INFO) and log.hasHandlers():
             for i, value in enumerate(self.inertia_history_):
                 log.info("Iteration %d, inertia %.6g", i, value)
-            log.info("Final inertia %.6g after %d iterations", self.inertia_, self.n_iter_)
+            log.info("Final inertia %.6g after %d iterations%s", self.inertia_, self.n_iter_, best)
             return
         for i, value in enumerate(self.inertia_history_):
             print(f"[KMeans] iteration {i}: inertia {value:.6g}", file=sys.stderr)
         print(
-            f"[KMeans] final inertia {self.inertia_:.6g} after {self.n_iter_} iterations",
+            f"[KMeans] final inertia {self.inertia_:.6g} after {self.n_iter_} iterations{best}",
             file=sys.stderr,
         )
 

@@ -359,7 +359,7 @@ class MiniBatchKMeans(KMeans):
                 f"Explicit initial centers given; running a single init instead of "
                 f"n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=v.user_stacklevel(),
             )
             n_init = 1
         if n_samples < n_clusters:
@@ -376,7 +376,7 @@ class MiniBatchKMeans(KMeans):
                     f"init_size={init_size} should be >= n_clusters={n_clusters}; "
                     "using 3 * n_clusters.",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=v.user_stacklevel(),
                 )
                 init_size = 3 * n_clusters
         return {
@@ -582,7 +582,7 @@ class MiniBatchKMeans(KMeans):
                 f"n_clusters ({self._centers.shape[0]}): some centres are the nearest to no "
                 "point (duplicate points in X, or too few steps to move every centre).",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=v.user_stacklevel(),
             )
 
     # ------------------------------------------------------------------ fitting

@@ -32,11 +32,11 @@ def _matplotlib(module: str = "matplotlib") -> Any:
         ) from exc
 
 
-def _axes(ax: Any) -> Any:
+def _axes(ax: Any, **figure: Any) -> Any:
     """``ax``, or new axes from pyplot (imported only then: a given ``ax`` needs no backend)."""
     _matplotlib()
     if ax is None:
-        _, ax = _matplotlib("matplotlib.pyplot").subplots()
+        _, ax = _matplotlib("matplotlib.pyplot").subplots(**figure)
     return ax
 
 
@@ -129,12 +129,16 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     Parameters
     ----------
     X : array-like or Tensor of shape (n_samples, n_features)
+        The axes are named after a data frame's string column names, else X1 and X2
+        (PC1 and PC2 when projected).
     labels : array-like or Tensor of shape (n_samples,)
         Cluster index of every sample.
     centers : array-like or Tensor of shape (n_clusters, n_features), optional
         Drawn as black stars.
     ax : matplotlib.axes.Axes, optional
-        Where to draw; a new figure when None.
+        Where to draw; when None, a new figure with the legend to the right
+        of the axes (on given axes it goes inside, where it covers the
+        fewest points).
 
     Returns
     -------
@@ -174,7 +178,9 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
             raise ValueError(
                 f"Expected centers to have {x.shape[1]} features like X, got {centres.shape[1]}."
             )
-    ax = _axes(ax)
+    own_figure = ax is None
+    # A figure of its own makes room for the legend beside the axes (see below).
+    ax = _axes(ax, layout="constrained") if own_figure else ax
     projected = x.shape[1] > 2
     if projected:
         points, *rest = project_2d(x, *(() if centres is None else (centres,)))
@@ -211,8 +217,18 @@ def plot_clusters(X: Any, labels: Any, centers: Any = None, ax: Any = None) -> A
     if centre_points is not None:
         c = centre_points.cpu().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=250, c="black", marker="*", label="Centroids")
-    ax.set_xlabel("PC1" if projected else "X1")
-    ax.set_ylabel("PC2" if projected else ("X2" if x.shape[1] == 2 else ""))
+    # A data frame's own column names say what the axes are (X1, X2 do not);
+    # names that are not all strings (a frame's default 0, 1) are not used,
+    # as scikit-learn takes no feature_names_in_ from them.
+    columns = list(getattr(X, "columns", []))
+    names = columns if columns and all(isinstance(c, str) for c in columns) else ["X1", "X2"]
+    ax.set_xlabel("PC1" if projected else names[0])
+    ax.set_ylabel("PC2" if projected else (names[1] if x.shape[1] == 2 else ""))
     if named or centre_points is not None:
-        ax.legend(fontsize="small")
+        if own_figure:
+            # Inside the axes, where points fill the whole frame (stripes,
+            # blobs in every corner), "best" still covers some of them.
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize="small")
     return ax
