@@ -216,6 +216,27 @@ def test_float64_labels_beside_an_extreme_outlier(path):
     assert model.predict(np.array([[0.49], [0.51]])).tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_distances_of_settled_rows_keep_the_trusted_precision(paths, torch_ops_only, request):
+    # Two centroids 512 apart, float32 rows 4.1-4.3 outside each: centred on
+    # the centroids' mean, rows and centroids lie just above 256, each
+    # rounded by up to 2^-24 of that, and |x'| / sqrt(D) is about 62. Elkan's
+    # bound settles every label, but the centring's rounding of the distance
+    # reaches 1.6 times the trusted 2^-17 of it (1.2e-5; the host settled all
+    # rows at once, the accelerator row by row): such rows are measured again.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    generator = torch.Generator().manual_seed(0)
+    centroids = torch.tensor([[0.0], [512.0]]) + torch.rand(2, 1, generator=generator)
+    side = torch.tensor([[-1.0], [1.0]]).repeat(200, 1)
+    x = centroids[torch.arange(2).repeat(200)]
+    x = x + side * (4.1 + torch.rand(400, 1, generator=generator) * 0.2)
+    result = nearest_centroids(x, centroids)
+    table = exact_distances(x, centroids)
+    assert result.labels.tolist() == [0, 1] * 200
+    np.testing.assert_allclose(result.distances.double(), table.min(1), rtol=2.0**-17)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     shift_exponent=st.floats(0.0, 5.0),

@@ -395,13 +395,11 @@ def _all_settled(
     frame_squared_norms: torch.Tensor | None,
     centroids: torch.Tensor,
     active: torch.Tensor | None,
-    precise: bool,
 ) -> bool:
     """Whether Elkan's bound (see :func:`certify_nearest`) settles every row
     of one problem at once: the largest distance, with the largest error the
     centring (``frame_squared_norms`` of centred rows, else None) may have
-    put in it, within half the smallest gap between centroids; with
-    ``precise``, no distance imprecise either. Two reductions and a few
+    put in it, within half the smallest gap between centroids. Two reductions and a few
     scalars, where the test row by row took ten passes and a gather (all
     20,000 rows of tight clusters suspects: 0.15 ms of a 0.8 ms predict)."""
     gaps = _remembered_half_gaps(centroids, active, None)
@@ -414,14 +412,30 @@ def _all_settled(
     upper = root * (1 + (d + 4) * unit)
     if frame_squared_norms is not None:
         upper += 2 * unit * (root + math.sqrt(float(frame_squared_norms.amax())))
-        if precise:
-            # A row's distance is imprecise where 2u (|x'| + sqrt(D)) > precision sqrt(D).
-            ratio = _TRUSTED_PRECISION / (2 * unit) - 1
-            if bool((frame_squared_norms / ratio**2 > distances).any()):
-                return False
     # math.sqrt rounds correctly; the upper bound's few float64 operations
     # stay far within the margins of 4u and (d + 4)u of the distances' dtype.
     return upper <= math.sqrt(least) * (1 - 4 * unit)
+
+
+def _centring_ratio(unit: float) -> float:
+    """The largest ``|x'| / sqrt(D)`` at which a distance ``D`` measured
+    between centred rows and centroids of unit roundoff ``unit`` stays within
+    the trusted precision of the exact one.
+
+    Centring rounds a row and a centroid by at most ``u |x'|`` and ``u |c'|
+    <= u (|x'| + r)`` (``r = sqrt(D)``): the root measured is off by ``e <=
+    u (2 |x'| + r)``, the distance by up to ``2 e r + e^2``. That is within
+    ``p D`` (``p`` the trusted precision) while ``e <= (sqrt(1 + p) - 1) r``,
+    about ``p r / 2``: ``|x'| <= ((sqrt(1 + p) - 1) / u - 1) r / 2``, 31.5
+    in float32. (Taken as ``2u (|x'| + r) <= p r`` before, a bound of the
+    root's error held to the distance's precision, it let float32 rows
+    sqrt(D) / 63 from the origin keep distances 1.6 p off.) Trusted rows
+    (:func:`trust_factor`, ``|x'| <= (sqrt(p / u) - 1) r``) are within it
+    whenever ``u <= p / 16``, as float32 and float64 are. The float32 sum
+    of the squared differences rounds on top of that, as any distance does.
+    """
+    slack = _TRUSTED_PRECISION / (1 + math.sqrt(1 + _TRUSTED_PRECISION))  # sqrt(1 + p) - 1
+    return (slack / unit - 1) / 2
 
 
 def _picked(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -514,9 +528,22 @@ def certify_nearest(
                 norms if centred else None,
                 problem_centroids,
                 problem_active,
-                precise,
             )
         ):
+            if centred and precise:
+                # Every label settled, but the centring may have put more
+                # than the trusted precision into some distances: one mask
+                # finds them (the row-by-row test below took 1.5x the time
+                # of a predict for 8 such rows of 20,000).
+                ratio = _centring_ratio(unit)
+                imprecise = (norms / ratio**2 > distances[problem]).nonzero().squeeze(1)
+                read += _measure_again(
+                    x[problem if x.shape[0] > 1 else 0],
+                    problem_centroids,
+                    labels[problem],
+                    distances[problem],
+                    imprecise,
+                )
             continue
         rows = problem_suspects.nonzero().squeeze(1)
         if rows.numel() == 0:
@@ -596,31 +623,48 @@ def certify_nearest(
                 upper.add_(root, alpha=2 * unit).add_(x_root, alpha=2 * unit)
             settled = upper <= limits
             if centred and precise:
-                # Settled, but their distance may be off by more than the
-                # precision trusted (2u (|x'| + sqrt(D)) > precision sqrt(D)):
-                # measured again from x.
-                ratio = _TRUSTED_PRECISION / (2 * unit) - 1
-                imprecise = rows[settled & (x_root > root * ratio)]
+                # Settled, but the centring may have put more than the
+                # trusted precision into their distance: measured again from x.
+                imprecise = rows[settled & (x_root > root * _centring_ratio(unit))]
             rows = rows[~settled]
-        wide_centroids = None  # taken once, when a settled row is measured again
-        for part_rows, relabel in ((rows, True), (imprecise, False)):
-            read += part_rows.numel()
-            for start in range(0, part_rows.numel(), step):
-                part = part_rows[start : start + step]
-                x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, part)
-                if relabel:
-                    new_labels, new_distances = _relabel(
-                        x_rows, problem_centroids, problem_active, low_precision
-                    )
-                    labels[problem].index_copy_(0, part, new_labels)
-                else:
-                    # In place on the rows' (fresh) copy: temporaries of every
-                    # row of duplicated data cost more than the search.
-                    if wide_centroids is None:
-                        wide_centroids = problem_centroids.to(_device.widest_float(x.device))
-                    difference = x_rows.to(wide_centroids.dtype)
-                    chosen = labels[problem].index_select(0, part)
-                    difference.sub_(wide_centroids.index_select(0, chosen))
-                    new_distances = torch.linalg.vecdot(difference, difference)
-                distances[problem].index_copy_(0, part, new_distances.to(dtype))
+        read += rows.numel()
+        for start in range(0, rows.numel(), step):
+            part = rows[start : start + step]
+            x_rows = x[problem if x.shape[0] > 1 else 0].index_select(0, part)
+            new_labels, new_distances = _relabel(
+                x_rows, problem_centroids, problem_active, low_precision
+            )
+            labels[problem].index_copy_(0, part, new_labels)
+            distances[problem].index_copy_(0, part, new_distances.to(dtype))
+        read += _measure_again(
+            x[problem if x.shape[0] > 1 else 0],
+            problem_centroids,
+            labels[problem],
+            distances[problem],
+            imprecise,
+        )
     return read
+
+
+def _measure_again(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    rows: torch.Tensor,
+) -> int:
+    """Measures again from ``x`` ``(n, d)``, in the widest float, the
+    ``distances`` ``(n,)`` (in place) of ``rows`` to their ``labels``'
+    ``centroids`` ``(k, d)``; returns how many rows that read."""
+    if rows.numel() == 0:
+        return 0
+    wide_centroids = centroids.to(_device.widest_float(x.device))
+    for part in rows.split(check_rows(x.shape[-1])):
+        # In place on the rows' (fresh) copy: temporaries of every row of
+        # duplicated data cost more than the search.
+        difference = x.index_select(0, part).to(wide_centroids.dtype)
+        difference.sub_(wide_centroids.index_select(0, labels.index_select(0, part)))
+        distances.index_copy_(
+            0, part, torch.linalg.vecdot(difference, difference).to(distances.dtype)
+        )
+    return rows.numel()
