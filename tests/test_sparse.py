@@ -268,3 +268,29 @@ def test_minibatch_steps_on_a_streamed_sparse_x_stay_sparse(monkeypatch, metric)
     np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
     np.testing.assert_allclose(ours.counts_, dense.counts_)
     np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**-85, 2.0**63])
+def test_sparse_data_of_any_magnitude_fits_as_the_same_data_at_unit_scale(scale):
+    # Float32 squared distances of values near 1e-25 underflow (inertia 0,
+    # predict of a fit's centres all ties) and near 1e19 overflow (fit
+    # refused): the dense search scales such data by a power of two, and so
+    # does the sparse one, an exact change.
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(200, 6)) * (rng.random((200, 6)) < 0.5)
+    unit = sparse.csr_matrix(dense.astype(np.float32))
+    scaled = sparse.csr_matrix((dense * scale).astype(np.float32))
+    w = rng.random(200)
+    ref = KMeans(4, n_init=2, random_state=0).fit(unit, sample_weight=w)
+    ours = KMeans(4, n_init=2, random_state=0).fit(scaled, sample_weight=w)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_ * np.float32(scale))
+    assert ours.inertia_ == pytest.approx(ref.inertia_ * scale**2, rel=1e-12)
+    np.testing.assert_array_equal(ours.predict(scaled), ref.labels_)
+    expected = ref.score(unit, sample_weight=w) * scale**2
+    assert ours.score(scaled, sample_weight=w) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(ours.transform(scaled), ref.transform(unit) * scale, rtol=1e-6)
+    # Centres fitted on the dense rows predict the sparse ones alike.
+    mb = MiniBatchKMeans(4, random_state=0, batch_size=64).fit(scaled.toarray())
+    np.testing.assert_array_equal(mb.predict(scaled), mb.predict(scaled.toarray()))
+    assert mb.score(scaled) == pytest.approx(mb.score(scaled.toarray()), rel=1e-6)

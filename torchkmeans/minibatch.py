@@ -531,10 +531,9 @@ class MiniBatchKMeans(KMeans):
         self, X: Any, weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, float]:
         """:meth:`_labels_of_chunks` of a sparse ``X``, from sparse products."""
-        rows, _ = self._sparse_input(X)
-        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
+        rows, _, centers, exponent = self._sparse_input(X)
         labels, distances = sparse_nearest(rows, centers, self.memory_budget)
-        return labels, float(wide_sum(distances, weights))
+        return labels, float(times_power_of_two(wide_sum(distances, weights), -2 * exponent))
 
     def _store_state(
         self,

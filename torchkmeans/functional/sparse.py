@@ -25,7 +25,15 @@ import torch
 
 from . import _device
 from .collective import LOCAL
-from .distances import DEFAULT_MEMORY_BUDGET, Nearest, unit_rows, weights_without_rows_of_zeros
+from .distances import (
+    DEFAULT_MEMORY_BUDGET,
+    Nearest,
+    overflow_exponent,
+    times_power_of_two,
+    underflow_exponent,
+    unit_rows,
+    weights_without_rows_of_zeros,
+)
 from .init import _sample_from_cumulative, random_init
 from .lloyd import KMeansResult
 from .minibatch import MiniBatchStep, _apply_step
@@ -38,6 +46,8 @@ __all__ = [
     "sparse_minibatch_step",
     "sparse_nearest",
     "sparse_rows",
+    "sparse_scale_exponent",
+    "sparse_scaled",
 ]
 
 
@@ -154,6 +164,50 @@ def sparse_rows(
         values = values / sq_norms.sqrt().to(values.dtype).clamp_min(tiny)[row_of]
         sq_norms = (sq_norms > 0).to(acc)  # unit rows, and rows of zeros
     return SparseRows(crow, col, values, row_of, sq_norms.to(dtype), n_features, metric)
+
+
+def sparse_scale_exponent(rows: SparseRows, centroids: torch.Tensor | None = None) -> int:
+    """The power of two ``2^e`` by which euclidean ``rows`` (and ``centroids``)
+    are scored: squared distances of float32 values near 1e-25 underflow
+    (inertia 0, every label a tie) and near 1e19 overflow, as in the dense
+    search (:func:`~torchkmeans.functional.distances.scale_exponent_of`);
+    0 for most data and for cosine rows (unit vectors). One host read.
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1e-30]), 1,
+    ...                    device=torch.device("cpu"), dtype=torch.float32)
+    >>> sparse_scale_exponent(rows), sparse_scale_exponent(rows, torch.tensor([[1.0]]))
+    (99, 0)
+    """
+    if rows.metric != "euclidean":
+        return 0
+    largest = float(rows.values.abs().amax()) if rows.values.numel() else 0.0
+    if centroids is not None and centroids.numel():
+        largest = max(largest, float(centroids.detach().abs().amax()))
+    exponent = underflow_exponent(largest, rows.dtype)
+    return exponent or overflow_exponent(largest, rows.dtype, rows.n_features)
+
+
+def sparse_scaled(rows: SparseRows, exponent: int) -> SparseRows:
+    """Euclidean ``rows`` times ``2^exponent`` (exact unless subnormal), their
+    squared norms taken again from the scaled values (scaled, those of
+    float32 values near 1e-25 would stay 0).
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1e-30]), 1,
+    ...                    device=torch.device("cpu"), dtype=torch.float32)
+    >>> float(rows.sq_norms[0]), float(sparse_scaled(rows, 99).sq_norms[0]) > 0.1
+    (0.0, True)
+    """
+    if not exponent or rows.metric != "euclidean":
+        return rows
+    values = times_power_of_two(rows.values, exponent)
+    acc = _device.widest_float(values.device)
+    sq_norms = torch.zeros(rows.n_rows, dtype=acc, device=values.device)
+    sq_norms.index_add_(0, rows.row_of, values.to(acc).square())
+    return rows._replace(values=values, sq_norms=sq_norms.to(values.dtype))
 
 
 def _block_rows(rows: SparseRows, columns: int, memory_budget: int | None) -> int:
