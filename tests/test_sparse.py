@@ -294,3 +294,21 @@ def test_sparse_data_of_any_magnitude_fits_as_the_same_data_at_unit_scale(scale)
     mb = MiniBatchKMeans(4, random_state=0, batch_size=64).fit(scaled.toarray())
     np.testing.assert_array_equal(mb.predict(scaled), mb.predict(scaled.toarray()))
     assert mb.score(scaled) == pytest.approx(mb.score(scaled.toarray()), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0**-85, 2.0**63])
+def test_minibatch_sparse_steps_of_any_magnitude_equal_those_at_unit_scale(scale):
+    # Sparse batches are stepped from their stored values, scored without
+    # centring: float32 values near 1e-25 (squared distances 0, labels ties)
+    # or 1e19 (refused) are stepped scaled by a power of two, as dense ones.
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(2000, 50)) * (rng.random((2000, 50)) < 0.2)
+    unit = sparse.csr_matrix(dense.astype(np.float32))
+    scaled = sparse.csr_matrix((dense * scale).astype(np.float32))
+    params = dict(random_state=0, batch_size=256, memory_budget=100_000)  # dense form 400 kB
+    ref = MiniBatchKMeans(4, **params).fit(unit)
+    ours = MiniBatchKMeans(4, **params).fit(scaled)
+    assert ours.n_steps_ == ref.n_steps_
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_ * np.float32(scale))
+    assert ours.inertia_ == pytest.approx(ref.inertia_ * scale**2, rel=1e-12)
