@@ -177,8 +177,9 @@ def test_minibatch_on_sparse_equals_the_dense_fit_in_memory_and_streamed():
 def test_elbow_on_sparse_streams_dense_chunks_as_a_memmap(tmp_path):
     memmap = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(400, 64))
     memmap[:] = DENSE[:400]
-    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0)
-    memmap_sweep = elbow(memmap, range(2, 5), random_state=0)
+    # A dense form beyond memory_budget (400 x 64 float64: 205 kB).
+    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, memory_budget=100_000)
+    memmap_sweep = elbow(memmap, range(2, 5), random_state=0, memory_budget=100_000)
     assert sparse_sweep.ks == memmap_sweep.ks
     np.testing.assert_allclose(sparse_sweep.inertia, memmap_sweep.inertia, rtol=1e-12)
     np.testing.assert_array_equal(sparse_sweep.labels, memmap_sweep.labels)
@@ -312,3 +313,17 @@ def test_minibatch_sparse_steps_of_any_magnitude_equal_those_at_unit_scale(scale
     np.testing.assert_array_equal(ours.labels_, ref.labels_)
     np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_ * np.float32(scale))
     assert ours.inertia_ == pytest.approx(ref.inertia_ * scale**2, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_elbow_densifies_a_sparse_x_whose_dense_form_fits_memory_budget():
+    # As README says: a small sparse X is swept as its dense array (it had
+    # been read in passes as a memmap is: other fits than the array's, and
+    # scores other than the inertia refused).
+    scores = ("inertia", "silhouette", "davies_bouldin")
+    dense_sweep = elbow(DENSE[:400], range(2, 5), random_state=0, scores=scores)
+    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, scores=scores)
+    np.testing.assert_array_equal(sparse_sweep.inertia, dense_sweep.inertia)
+    np.testing.assert_array_equal(sparse_sweep.labels, dense_sweep.labels)
+    for name in scores[1:]:
+        np.testing.assert_array_equal(sparse_sweep.scores[name], dense_sweep.scores[name])
