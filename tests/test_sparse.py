@@ -177,8 +177,9 @@ def test_minibatch_on_sparse_equals_the_dense_fit_in_memory_and_streamed():
 def test_elbow_on_sparse_streams_dense_chunks_as_a_memmap(tmp_path):
     memmap = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(400, 64))
     memmap[:] = DENSE[:400]
-    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0)
-    memmap_sweep = elbow(memmap, range(2, 5), random_state=0)
+    # A dense form beyond memory_budget (400 x 64 float64: 205 kB).
+    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, memory_budget=100_000)
+    memmap_sweep = elbow(memmap, range(2, 5), random_state=0, memory_budget=100_000)
     assert sparse_sweep.ks == memmap_sweep.ks
     np.testing.assert_allclose(sparse_sweep.inertia, memmap_sweep.inertia, rtol=1e-12)
     np.testing.assert_array_equal(sparse_sweep.labels, memmap_sweep.labels)
@@ -268,3 +269,88 @@ def test_minibatch_steps_on_a_streamed_sparse_x_stay_sparse(monkeypatch, metric)
     np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
     np.testing.assert_allclose(ours.counts_, dense.counts_)
     np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**-85, 2.0**63])
+def test_sparse_data_of_any_magnitude_fits_as_the_same_data_at_unit_scale(scale):
+    # Float32 squared distances of values near 1e-25 underflow (inertia 0,
+    # predict of a fit's centres all ties) and near 1e19 overflow (fit
+    # refused): the dense search scales such data by a power of two, and so
+    # does the sparse one, an exact change.
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(200, 6)) * (rng.random((200, 6)) < 0.5)
+    unit = sparse.csr_matrix(dense.astype(np.float32))
+    scaled = sparse.csr_matrix((dense * scale).astype(np.float32))
+    w = rng.random(200)
+    ref = KMeans(4, n_init=2, random_state=0).fit(unit, sample_weight=w)
+    ours = KMeans(4, n_init=2, random_state=0).fit(scaled, sample_weight=w)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_ * np.float32(scale))
+    assert ours.inertia_ == pytest.approx(ref.inertia_ * scale**2, rel=1e-12)
+    np.testing.assert_array_equal(ours.predict(scaled), ref.labels_)
+    expected = ref.score(unit, sample_weight=w) * scale**2
+    assert ours.score(scaled, sample_weight=w) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(ours.transform(scaled), ref.transform(unit) * scale, rtol=1e-6)
+    # Centres fitted on the dense rows predict the sparse ones alike.
+    mb = MiniBatchKMeans(4, random_state=0, batch_size=64).fit(scaled.toarray())
+    np.testing.assert_array_equal(mb.predict(scaled), mb.predict(scaled.toarray()))
+    assert mb.score(scaled) == pytest.approx(mb.score(scaled.toarray()), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0**-85, 2.0**63])
+def test_minibatch_sparse_steps_of_any_magnitude_equal_those_at_unit_scale(scale):
+    # Sparse batches are stepped from their stored values, scored without
+    # centring: float32 values near 1e-25 (squared distances 0, labels ties)
+    # or 1e19 (refused) are stepped scaled by a power of two, as dense ones.
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(2000, 50)) * (rng.random((2000, 50)) < 0.2)
+    unit = sparse.csr_matrix(dense.astype(np.float32))
+    scaled = sparse.csr_matrix((dense * scale).astype(np.float32))
+    params = dict(random_state=0, batch_size=256, memory_budget=100_000)  # dense form 400 kB
+    ref = MiniBatchKMeans(4, **params).fit(unit)
+    ours = MiniBatchKMeans(4, **params).fit(scaled)
+    assert ours.n_steps_ == ref.n_steps_
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_ * np.float32(scale))
+    assert ours.inertia_ == pytest.approx(ref.inertia_ * scale**2, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+def test_elbow_densifies_a_sparse_x_whose_dense_form_fits_memory_budget():
+    # As README says: a small sparse X is swept as its dense array (it had
+    # been read in passes as a memmap is: other fits than the array's, and
+    # scores other than the inertia refused).
+    scores = ("inertia", "silhouette", "davies_bouldin")
+    dense_sweep = elbow(DENSE[:400], range(2, 5), random_state=0, scores=scores)
+    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, scores=scores)
+    np.testing.assert_array_equal(sparse_sweep.inertia, dense_sweep.inertia)
+    np.testing.assert_array_equal(sparse_sweep.labels, dense_sweep.labels)
+    for name in scores[1:]:
+        np.testing.assert_array_equal(sparse_sweep.scores[name], dense_sweep.scores[name])
+
+
+def test_labels_of_rows_far_from_the_origin_are_the_nearest_centre():
+    # |x|^2 - 2 x.c + |c|^2 of float32 rows near 1e4, 1e-2 apart, cancels:
+    # 2,602 of 3,000 labels were not the nearest returned centre, and the
+    # inertia 1600 where the recomputed sum is 0.4 (scikit-learn's: 0).
+    # Rows the expansion cannot label are labelled again from differences.
+    rng = np.random.default_rng(0)
+    centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
+    X = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
+    X[:, 0] = 0
+    X = X.astype(np.float32)
+    S = sparse.csr_matrix(X)
+    w = rng.random(3000)
+    for est in (
+        KMeans(8, random_state=0, n_init=1).fit(S, sample_weight=w),
+        MiniBatchKMeans(8, random_state=0, batch_size=256, memory_budget=40_000).fit(S),
+    ):
+        C = est.cluster_centers_.astype(np.float64)
+        D = ((X.astype(np.float64)[:, None] - C[None]) ** 2).sum(-1)
+        best = D.min(1)
+        np.testing.assert_array_equal(D[np.arange(3000), est.labels_], best)
+        np.testing.assert_array_equal(D[np.arange(3000), est.predict(S)], best)
+        weights = np.ones(3000) if isinstance(est, MiniBatchKMeans) else w
+        np.testing.assert_allclose(est.inertia_, (best * weights).sum(), rtol=1e-5)
+        np.testing.assert_allclose(-est.score(S), best.sum(), rtol=1e-5)
+        np.testing.assert_allclose(est.transform(S) ** 2, D, rtol=1e-5, atol=1e-9)

@@ -26,7 +26,7 @@ import torch
 
 from . import _validation as v
 from . import distributed
-from ._host import host_rows, should_stream
+from ._host import densified, host_rows, should_stream
 from .exceptions import ConvergenceWarning
 from .functional import _device, _native
 from .functional.collective import Collective
@@ -706,6 +706,9 @@ def elbow(
         # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
         # Each k's n_init restarts run as one batch at least (see _within_budget).
         restarts = int(n_init) if isinstance(n_init, numbers.Integral) and n_init >= 1 else 1
+        # A sparse X whose dense form fits memory_budget is swept as that
+        # array (as MiniBatchKMeans fits it); a larger one is read in passes.
+        X = densified(X, memory_budget)
         # A shard too: KMeans streams a memmap shard, where elbow's sweep
         # had held about nine times its size.
         streamed = should_stream(X, device, lloyd=True, problems=restarts)

@@ -37,6 +37,8 @@ from .functional.sparse import (
     sparse_kmeans,
     sparse_nearest,
     sparse_rows,
+    sparse_scale_exponent,
+    sparse_scaled,
 )
 from .functional.streaming import chunk_rows, iter_chunks, reject_shard, streamed_kmeans
 
@@ -449,6 +451,14 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         )
         generator = v.make_generator(self.random_state, rows.device)
         init = self._given_init((n_clusters, rows.n_features), rows.device, rows.dtype)
+        # Values whose squared distances underflow or overflow (float32 near
+        # 1e-25 or 1e19) are fitted scaled by a power of two, exactly, as
+        # dense data is; the centres and inertia are scaled back.
+        exponent = sparse_scale_exponent(rows, init if isinstance(init, torch.Tensor) else None)
+        if exponent:
+            rows = sparse_scaled(rows, exponent)
+            if isinstance(init, torch.Tensor):
+                init = times_power_of_two(init, exponent)
         result = sparse_kmeans(
             rows,
             n_clusters,
@@ -460,15 +470,25 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             generator=generator,
             memory_budget=self.memory_budget,
         )
+        if exponent:
+            result = result._replace(
+                centroids=times_power_of_two(result.centroids, -exponent),
+                inertia=times_power_of_two(result.inertia, -2 * exponent),
+                inertia_history=times_power_of_two(result.inertia_history, -2 * exponent),
+            )
         if not v.all_finite(result.inertia):
             # Finite rows whose squared distances overflow: every label is a tie.
             raise v.distances_overflow("X", rows.dtype)
         self._store(result, kind, rows.n_features)
         return self
 
-    def _sparse_input(self, X: Any) -> tuple[SparseRows, v.OutputKind]:
+    def _sparse_input(self, X: Any) -> tuple[SparseRows, v.OutputKind, torch.Tensor, int]:
         """A sparse ``X`` for ``predict``, ``transform`` and ``score``: checked
-        against the fit, on the centres' device and dtype."""
+        against the fit, on the centres' device and dtype, with the centres
+        (unit ones for cosine). Both are scaled by the returned power of two
+        when their squared distances would underflow or overflow (see
+        :func:`~torchkmeans.functional.sparse.sparse_scale_exponent`): the
+        distances are those of the data times ``4^exponent``."""
         self._check_is_fitted()
         self._check_feature_names(X)
         centers = self._centers
@@ -478,7 +498,10 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return rows, kind
+        if self.metric == "cosine":
+            return rows, kind, unit_rows(centers), 0
+        exponent = sparse_scale_exponent(rows, centers)
+        return sparse_scaled(rows, exponent), kind, times_power_of_two(centers, exponent), exponent
 
     def _given_init(self, shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Any:
         """``init`` as given, or as a tensor of ``shape`` when it is an array."""
@@ -754,13 +777,12 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         self, X: Any, sample_weight: Any
     ) -> tuple[torch.Tensor, float, v.OutputKind]:
         """:meth:`_labels_and_inertia` of a sparse ``X``, from sparse products."""
-        rows, kind = self._sparse_input(X)
+        rows, kind, centers, exponent = self._sparse_input(X)
         weights = v.check_sample_weight(
             sample_weight, rows.n_rows, device=rows.device, dtype=torch.float64
         )
-        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
         labels, distances = sparse_nearest(rows, centers, self.memory_budget)
-        total = float(wide_sum(distances, weights))
+        total = float(times_power_of_two(wide_sum(distances, weights), -2 * exponent))
         if not math.isfinite(total):
             raise v.distances_overflow("X", centers.dtype)
         return labels, total, kind
@@ -793,11 +815,10 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         """
         self._check_is_fitted()
         if is_sparse(X):
-            rows, kind = self._sparse_input(X)
-            if self.metric == "cosine":
-                out = sparse_distances(rows, unit_rows(self._centers), self.memory_budget)
-            else:
-                out = sparse_distances(rows, self._centers, self.memory_budget).sqrt_()
+            rows, kind, centers, exponent = self._sparse_input(X)
+            out = sparse_distances(rows, centers, self.memory_budget)
+            if self.metric == "euclidean":
+                out = times_power_of_two(out.sqrt_(), -exponent)
             if not v.all_finite(out):
                 raise v.distances_overflow("X", self._centers.dtype)
             return self._output_container(kind.out(out), X)

@@ -29,7 +29,7 @@ from .functional.distances import (
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
-from .functional.sparse import SparseRows, sparse_minibatch_step, sparse_nearest
+from .functional.sparse import SparseRows, sparse_minibatch_step, sparse_nearest, sparse_scaled
 from .functional.streaming import (
     check_agreement,
     chunk_rows,
@@ -531,10 +531,9 @@ class MiniBatchKMeans(KMeans):
         self, X: Any, weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, float]:
         """:meth:`_labels_of_chunks` of a sparse ``X``, from sparse products."""
-        rows, _ = self._sparse_input(X)
-        centers = unit_rows(self._centers) if self.metric == "cosine" else self._centers
+        rows, _, centers, exponent = self._sparse_input(X)
         labels, distances = sparse_nearest(rows, centers, self.memory_budget)
-        return labels, float(wide_sum(distances, weights))
+        return labels, float(times_power_of_two(wide_sum(distances, weights), -2 * exponent))
 
     def _store_state(
         self,
@@ -681,12 +680,19 @@ class MiniBatchKMeans(KMeans):
         # for their squared distances are scored scaled by each step; rows so
         # large that they overflow (float32 near 1e19: refused, though their
         # inertia is finite in float64) are stepped scaled by a power of two
-        # here, an exact change, their centres too until the end (sparse
-        # batches step at their own scale, as the sparse KMeans fit does).
-        scaled = self.metric == "euclidean" and source.sparse_rows is None
+        # here, an exact change, their centres too until the end. Sparse
+        # batches are scored from their stored values, not centred and never
+        # scaled by the step: rows too small for their squared distances
+        # (float32 near 1e-25: every label a tie) are stepped scaled too.
+        scaled = self.metric == "euclidean"
         exponent = scale_exponent_of(centers, centers) if scaled else 0
         differences = exponent <= 0
-        scale = min(exponent, 0)
+        sparse_rows = source.sparse_rows
+        if sparse_rows is not None:
+            scale = exponent
+            sparse_rows = sparse_scaled(sparse_rows, scale)
+        else:
+            scale = min(exponent, 0)
         centers = times_power_of_two(centers, scale)
         step_index = 0
         for step_index in range(n_steps):
@@ -695,9 +701,9 @@ class MiniBatchKMeans(KMeans):
             else:
                 index = _weighted_draws(cumulative, batch_size, generator)
             # The parameters, the centres and every row were checked above.
-            if source.sparse_rows is not None:
+            if sparse_rows is not None:
                 step = sparse_minibatch_step(
-                    source.sparse_rows.subset(index),
+                    sparse_rows.subset(index),
                     centers,
                     counts,
                     random_reassign=self._should_reassign(counts, on_host=every == 1),
