@@ -354,3 +354,58 @@ def test_labels_of_rows_far_from_the_origin_are_the_nearest_centre():
         np.testing.assert_allclose(est.inertia_, (best * weights).sum(), rtol=1e-5)
         np.testing.assert_allclose(-est.score(S), best.sum(), rtol=1e-5)
         np.testing.assert_allclose(est.transform(S) ** 2, D, rtol=1e-5, atol=1e-9)
+
+
+def _duplicated_counts(dtype: type) -> object:
+    """Rows of large counts, each base row copied 100 times with +-1 changes:
+    squared norms near 1e8, distances to the nearest centre near 1."""
+    rng = np.random.default_rng(0)
+    base = rng.poisson(3000, size=(6, 200)) * (rng.random((6, 200)) < 0.1)
+    rows = []
+    for b in base:
+        stored = np.flatnonzero(b)[:3]
+        for _ in range(100):
+            r = b.copy()
+            r[stored] += rng.integers(-1, 2, 3)
+            rows.append(r)
+    return sparse.csr_matrix(np.array(rows, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "memory_budget"), [(np.float32, None), (np.float32, 2048), (np.float64, None)]
+)
+def test_sparse_labels_are_the_nearest_centre_for_large_norms_and_small_distances(
+    dtype, memory_budget
+):
+    X = _duplicated_counts(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct clusters than asked
+        model = KMeans(12, random_state=0, memory_budget=memory_budget).fit(X)
+    dense = X.toarray().astype(np.float64)
+    centres = np.asarray(model.cluster_centers_, dtype=np.float64)
+    exact = ((dense[:, None, :] - centres[None]) ** 2).sum(-1)
+    rows = np.arange(dense.shape[0])
+    for labels in (model.labels_, model.predict(X)):
+        np.testing.assert_array_equal(exact[rows, labels], exact.min(1))
+    np.testing.assert_allclose(model.inertia_, exact.min(1).sum(), rtol=1e-5)
+    np.testing.assert_allclose(-model.score(X), exact.min(1).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_minibatch_seeding_on_a_streamed_sparse_x_densifies_only_the_centres(
+    monkeypatch, metric, init
+):
+    X = sparse.random(3000, 200, density=0.05, random_state=1, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((200, 200))]).tocsr()  # and rows of zeros
+    params = dict(metric=metric, init=init, random_state=0, memory_budget=20_000, n_init=2)
+    dense = MiniBatchKMeans(8, **params).fit(X.toarray())
+
+    def refuse(*args):
+        raise AssertionError("rows of a sparse matrix were densified to seed")
+
+    monkeypatch.setattr(_CSR, "take", refuse)
+    ours = MiniBatchKMeans(8, **params).fit(X)
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)
