@@ -409,3 +409,29 @@ def test_minibatch_seeding_on_a_streamed_sparse_x_densifies_only_the_centres(
     np.testing.assert_array_equal(ours.labels_, dense.labels_)
     np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
     np.testing.assert_allclose(ours.inertia_, dense.inertia_, rtol=1e-12)
+
+
+def test_minibatch_keeps_a_sparse_x_that_fits_memory_sparse_unless_densely_stored(monkeypatch):
+    import torchkmeans.minibatch as minibatch_module
+
+    rng = np.random.default_rng(0)
+    few = sparse.random(2000, 300, density=0.02, random_state=rng, format="csr")
+    many = sparse.random(500, 20, density=0.5, random_state=rng, format="csr")
+    dense_few = MiniBatchKMeans(8, random_state=0).fit(few.toarray())
+    step = minibatch_module._minibatch_step
+    dense_steps = []
+
+    def counted(*args, **kwargs):
+        dense_steps.append(1)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(minibatch_module, "_minibatch_step", counted)
+    ours = MiniBatchKMeans(8, random_state=0).fit(few)  # 2% stored: its steps stay sparse
+    assert dense_steps == []
+    np.testing.assert_array_equal(ours.labels_, dense_few.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, dense_few.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.inertia_, dense_few.inertia_, rtol=1e-12)
+    MiniBatchKMeans(3, random_state=0).fit(many)  # half stored: densified whole
+    assert dense_steps
+    tensor = torch.tensor(many.toarray()).to_sparse()  # a torch COO tensor, half stored
+    assert MiniBatchKMeans(3, random_state=0).fit(tensor).cluster_centers_.shape == (3, 20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -13,7 +14,14 @@ from . import _validation as v
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype
 from .functional.streaming import HostRows
 
-__all__ = ["densified", "host_rows", "is_sparse", "read_sparse", "should_stream"]
+__all__ = [
+    "densified",
+    "host_rows",
+    "is_sparse",
+    "read_sparse",
+    "should_stream",
+    "stored_share",
+]
 
 # A host array is streamed to a GPU when the tensors an in-memory computation
 # on it holds (see should_stream) would take more than this share of the
@@ -168,6 +176,19 @@ def is_sparse(X: Any) -> bool:
     if isinstance(X, torch.Tensor):
         return X.layout in _SPARSE_LAYOUTS
     return type(X).__module__.startswith("scipy.sparse")
+
+
+def stored_share(X: Any) -> float:
+    """The share of the elements of a sparse ``X`` that are stored (duplicates
+    of a torch COO tensor counted each; an upper bound)."""
+    shape = tuple(int(s) for s in X.shape)
+    elements = math.prod(shape)
+    if elements == 0:
+        return 1.0
+    if isinstance(X, torch.Tensor):
+        values = X._values() if X.layout == torch.sparse_coo else X.values()
+        return values.numel() / elements
+    return int(X.nnz) / elements
 
 
 class _CSR(NamedTuple):
