@@ -122,6 +122,25 @@ _KEYS_AT_ONCE = 1 << 16
 _HOST_LOOP_ON_CPU = True
 
 
+def greedy_choice(
+    to_candidates: torch.Tensor,
+    closest: torch.Tensor,
+    weight: torch.Tensor | None,
+    acc: torch.dtype,
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Greedy k-means++'s pick among candidates: their distances ``(m, n)`` to
+    the rows, lowered in place to the rows' ``closest`` ``(n,)``; returns the
+    index of the candidate of least (``weight``-ed) potential, its closest
+    distances and the potentials ``(m,)`` in ``acc``."""
+    torch.minimum(to_candidates, closest, out=to_candidates)
+    if weight is not None:
+        candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
+    else:
+        candidate_potential = to_candidates.sum(1, dtype=acc)
+    best = int(candidate_potential.argmin())
+    return best, to_candidates[best], candidate_potential
+
+
 @_device.full_precision
 def _kmeans_plusplus_single(
     x: torch.Tensor,
@@ -193,14 +212,9 @@ def _kmeans_plusplus_single(
             cumsum = cumulative.copy_(weighted).cumsum_(0)
         candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
         if n <= chunk:
-            to_candidates = distances_to(candidates)
-            torch.minimum(to_candidates, closest, out=to_candidates)
-            if weight is not None:
-                candidate_potential = (to_candidates * weight).sum(1, dtype=acc)
-            else:
-                candidate_potential = to_candidates.sum(1, dtype=acc)
-            best = int(candidate_potential.argmin())
-            closest = to_candidates[best]
+            best, closest, candidate_potential = greedy_choice(
+                distances_to(candidates), closest, weight, acc
+            )
         else:
             candidate_potential = torch.zeros(trials, dtype=acc)
             for start in range(0, n, chunk):

@@ -37,7 +37,7 @@ from .distances import (
     unit_rows,
     weights_without_rows_of_zeros,
 )
-from .init import _sample_from_cumulative, random_init
+from .init import _sample_from_cumulative, greedy_choice, random_init
 from .lloyd import KMeansResult
 from .minibatch import MiniBatchStep, _apply_step
 from .updates import centroids_from_sums, relocate_empty_clusters
@@ -112,16 +112,18 @@ class SparseRows(NamedTuple):
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Rows ``index`` ``(m,)`` as a dense ``(m, d)`` tensor, in that order."""
-        index = index.to(self.device)
-        begins = self.crow[index]
-        lengths = self.crow[index + 1] - begins
-        firsts = lengths.cumsum(0) - lengths
-        m = int(index.numel())
-        rows = torch.repeat_interleave(torch.arange(m, device=self.device), lengths)
-        positions = torch.arange(rows.numel(), device=self.device) + (begins - firsts)[rows]
-        out = torch.zeros((m, self.n_features), dtype=self.dtype, device=self.device)
-        out.view(-1)[rows * self.n_features + self.col[positions]] = self.values[positions]
+        picked = self.subset(index)
+        out = torch.zeros((picked.n_rows, self.n_features), dtype=self.dtype, device=self.device)
+        out.view(-1)[picked.row_of * self.n_features + picked.col] = picked.values
         return out
+
+    def sums(self, labels: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+        """``(k, d)`` sums of the rows labelled ``labels`` ``(n,)``, their stored
+        ``values`` (or those values weighted) in one scatter, in the dtype of ``values``."""
+        d = self.n_features
+        sums = torch.zeros(k * d, dtype=values.dtype, device=self.device)
+        sums.index_add_(0, labels[self.row_of] * d + self.col, values)
+        return sums.view(k, d)
 
 
 def sparse_rows(
@@ -330,14 +332,9 @@ def _kmeans_plusplus(
         draws = torch.rand(trials, generator=generator, dtype=acc, device=device)
         cumsum = weighted.cumsum(0, dtype=acc)
         candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
-        to_candidates = _to_points(rows, rows.take(candidates), memory_budget)
-        torch.minimum(to_candidates, closest, out=to_candidates)
-        if weights is not None:
-            candidate_potential = (to_candidates * weights).sum(1, dtype=acc)
-        else:
-            candidate_potential = to_candidates.sum(1, dtype=acc)
-        best = int(candidate_potential.argmin())
-        closest = to_candidates[best]
+        best, closest, candidate_potential = greedy_choice(
+            _to_points(rows, rows.take(candidates), memory_budget), closest, weights, acc
+        )
         potential = candidate_potential[best]
         weighted = closest if weights is None else closest * weights
         chosen.append(int(candidates[best]))
@@ -399,11 +396,9 @@ def _update(
     """New centroids from the labels (empty clusters reseeded), and whether a
     reseeded cluster took a point off its centroid."""
     k, d = centroids.shape
-    acc = weighted_values.dtype
-    sums = torch.zeros(k * d, dtype=acc, device=rows.device)
-    sums.index_add_(0, labels[rows.row_of] * d + rows.col, weighted_values)
+    sums = rows.sums(labels, weighted_values, k)
     # [sums | weights], the layout relocate_empty_clusters works on.
-    totals = torch.cat([sums.view(1, k, d), sums.new_zeros((1, k, 1))], dim=-1)
+    totals = torch.cat([sums.unsqueeze(0), sums.new_zeros((1, k, 1))], dim=-1)
     totals[0, :, d].index_add_(0, labels, weights)
     moved = False
     if bool((totals[0, :, d] <= 0).any()):
@@ -575,8 +570,7 @@ def sparse_minibatch_step(
     k, d = int(centroids.shape[0]), int(centroids.shape[1])
     wide = _device.widest_float(batch.device)
     labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
-    sums = torch.zeros(k * d, dtype=wide, device=batch.device)
-    sums.index_add_(0, labels[batch.row_of] * d + batch.col, batch.values.to(wide))
+    sums = batch.sums(labels, batch.values.to(wide), k)
     counts = torch.zeros(k, dtype=wide, device=batch.device)
     counts.index_add_(0, labels, torch.ones(batch.n_rows, dtype=wide, device=batch.device))
 
@@ -586,7 +580,7 @@ def sparse_minibatch_step(
     return _apply_step(
         labels,
         distances,
-        sums.view(k, d),
+        sums,
         counts,
         centroids,
         weight_sums,
