@@ -450,19 +450,10 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             sample_weight, rows.n_rows, device=rows.device, dtype=rows.dtype
         )
         generator = v.make_generator(self.random_state, rows.device)
-        init = self._given_init((n_clusters, rows.n_features), rows.device, rows.dtype)
-        # Values whose squared distances underflow or overflow (float32 near
-        # 1e-25 or 1e19) are fitted scaled by a power of two, exactly, as
-        # dense data is; the centres and inertia are scaled back.
-        exponent = sparse_scale_exponent(rows, init if isinstance(init, torch.Tensor) else None)
-        if exponent:
-            rows = sparse_scaled(rows, exponent)
-            if isinstance(init, torch.Tensor):
-                init = times_power_of_two(init, exponent)
         result = sparse_kmeans(
             rows,
             n_clusters,
-            init=init,
+            init=self._given_init((n_clusters, rows.n_features), rows.device, rows.dtype),
             n_init=n_init,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -470,12 +461,6 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             generator=generator,
             memory_budget=self.memory_budget,
         )
-        if exponent:
-            result = result._replace(
-                centroids=times_power_of_two(result.centroids, -exponent),
-                inertia=times_power_of_two(result.inertia, -2 * exponent),
-                inertia_history=times_power_of_two(result.inertia_history, -2 * exponent),
-            )
         if not v.all_finite(result.inertia):
             # Finite rows whose squared distances overflow: every label is a tie.
             raise v.distances_overflow("X", rows.dtype)

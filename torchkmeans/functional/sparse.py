@@ -506,6 +506,14 @@ def sparse_kmeans(
     >>> result.centroids.tolist(), result.labels.tolist(), float(result.inertia)
     ([[1.25, 0.0], [0.0, 4.5]], [0, 0, 1, 1], 0.625)
     """
+    # Values whose squared distances underflow or overflow (float32 near
+    # 1e-25 or 1e19) are fitted scaled by a power of two, exactly, as dense
+    # data is; the centres and inertia are scaled back.
+    exponent = sparse_scale_exponent(rows, init if isinstance(init, torch.Tensor) else None)
+    if exponent:
+        rows = sparse_scaled(rows, exponent)
+        if isinstance(init, torch.Tensor):
+            init = times_power_of_two(init, exponent)
     acc = _device.widest_float(rows.device)
     n = rows.n_rows
     weights = (
@@ -537,7 +545,9 @@ def sparse_kmeans(
             best = result
     assert best is not None
     return best._replace(
-        inertia=best.inertia + ignored, inertia_history=best.inertia_history + ignored
+        centroids=times_power_of_two(best.centroids, -exponent),
+        inertia=times_power_of_two(best.inertia, -2 * exponent) + ignored,
+        inertia_history=times_power_of_two(best.inertia_history, -2 * exponent) + ignored,
     )
 
 
