@@ -36,6 +36,7 @@ from .functional.sparse import (
     sparse_nearest,
     sparse_scale_exponent,
     sparse_scaled,
+    sparse_weights_without_rows_of_zeros,
 )
 from .functional.streaming import (
     check_agreement,
@@ -472,8 +473,7 @@ class MiniBatchKMeans(KMeans):
         """:meth:`_seed` of sparse rows (a string ``init``): only the chosen
         rows are densified."""
         if self.metric == "cosine":
-            direction = (rows.sq_norms > 0).to(rows.dtype).unsqueeze(-1)
-            kept = weights_without_rows_of_zeros(direction, weights, n_clusters)
+            kept = sparse_weights_without_rows_of_zeros(rows, weights, n_clusters)
             if kept is not None:
                 weights = kept
         return _initial_centroids(

@@ -373,6 +373,15 @@ def _initial_centroids(
     return unit_rows(given) if rows.metric == "cosine" else given.clone()
 
 
+def sparse_weights_without_rows_of_zeros(
+    rows: SparseRows, weights: torch.Tensor | None, n_clusters: int
+) -> torch.Tensor | None:
+    """:func:`~torchkmeans.functional.distances.weights_without_rows_of_zeros`
+    of sparse rows, told apart by their squared norms (no row densified)."""
+    direction = (rows.sq_norms > 0).to(rows.dtype).unsqueeze(-1)
+    return weights_without_rows_of_zeros(direction, weights, n_clusters)
+
+
 def _mean_variance(rows: SparseRows) -> torch.Tensor:
     """Mean over the features of their variance over the rows (unweighted), as
     scikit-learn's tolerance of sparse data."""
@@ -525,8 +534,7 @@ def sparse_kmeans(
     seed_weights = sample_weight
     if rows.metric == "cosine":
         # Rows of zeros have no direction: they neither seed nor move a centre.
-        direction = (rows.sq_norms > 0).to(acc).unsqueeze(-1)
-        kept = weights_without_rows_of_zeros(direction, sample_weight, n_clusters)
+        kept = sparse_weights_without_rows_of_zeros(rows, sample_weight, n_clusters)
         if kept is not None:
             kept = kept.to(acc)
             ignored = (weights - kept).sum()
