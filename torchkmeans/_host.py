@@ -12,6 +12,7 @@ import torch
 
 from . import _validation as v
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype
+from .functional.sparse import dense_rows
 from .functional.streaming import HostRows
 
 __all__ = [
@@ -202,26 +203,10 @@ class _CSR(NamedTuple):
     kind: v.OutputKind
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        lo, hi = int(self.crow[start]), int(self.crow[stop])
-        lengths = self.crow[start + 1 : stop + 1] - self.crow[start:stop]
-        return self._dense(stop - start, lengths, slice(lo, hi))
+        return self.take(torch.arange(start, stop))
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        # Any order (HostRows asks for sorted rows only, for files).
-        begins = self.crow[index]
-        lengths = self.crow[index + 1] - begins
-        # Positions of the stored values of the rows at ``index``, row after row.
-        firsts = lengths.cumsum(0) - lengths
-        total = int(lengths.sum())
-        positions = torch.arange(total) + torch.repeat_interleave(begins - firsts, lengths)
-        return self._dense(int(index.numel()), lengths, positions)
-
-    def _dense(self, m: int, lengths: torch.Tensor, stored: Any) -> torch.Tensor:
-        d = self.n_features
-        out = torch.zeros((m, d), dtype=self.values.dtype)
-        rows = torch.repeat_interleave(torch.arange(m), lengths)
-        out.view(-1)[rows * d + self.col[stored]] = self.values[stored]
-        return out
+        return dense_rows(self.crow, self.col, self.values, self.n_features, index)
 
 
 def read_sparse(X: Any, name: str = "X", *, check_finite: bool = True, to_cpu: bool = True) -> _CSR:

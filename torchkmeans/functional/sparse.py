@@ -93,13 +93,7 @@ class SparseRows(NamedTuple):
     def subset(self, index: torch.Tensor) -> SparseRows:
         """Rows ``index`` ``(m,)`` (repeats allowed), in that order, as :class:`SparseRows`."""
         index = index.to(self.device)
-        begins = self.crow[index]
-        lengths = self.crow[index + 1] - begins
-        m = int(index.numel())
-        crow = torch.zeros(m + 1, dtype=torch.int64, device=self.device)
-        torch.cumsum(lengths, 0, out=crow[1:])
-        row_of = torch.repeat_interleave(torch.arange(m, device=self.device), lengths)
-        positions = torch.arange(row_of.numel(), device=self.device) + (begins - crow[:-1])[row_of]
+        crow, row_of, positions = _gathered(self.crow, index)
         return SparseRows(
             crow,
             self.col[positions],
@@ -112,10 +106,7 @@ class SparseRows(NamedTuple):
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Rows ``index`` ``(m,)`` as a dense ``(m, d)`` tensor, in that order."""
-        picked = self.subset(index)
-        out = torch.zeros((picked.n_rows, self.n_features), dtype=self.dtype, device=self.device)
-        out.view(-1)[picked.row_of * self.n_features + picked.col] = picked.values
-        return out
+        return dense_rows(self.crow, self.col, self.values, self.n_features, index)
 
     def sums(self, labels: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
         """``(k, d)`` sums of the rows labelled ``labels`` ``(n,)``, their stored
@@ -124,6 +115,44 @@ class SparseRows(NamedTuple):
         sums = torch.zeros(k * d, dtype=values.dtype, device=self.device)
         sums.index_add_(0, labels[self.row_of] * d + self.col, values)
         return sums.view(k, d)
+
+
+def _gathered(
+    crow: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``index`` ``(m,)`` of CSR rows ``crow``: their own ``crow``
+    ``(m + 1,)``, the row of each of their stored values and its position
+    among the stored values of all rows."""
+    begins = crow[index]
+    lengths = crow[index + 1] - begins
+    m = int(index.numel())
+    new_crow = torch.zeros(m + 1, dtype=torch.int64, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    row_of = torch.repeat_interleave(torch.arange(m, device=crow.device), lengths)
+    positions = torch.arange(row_of.numel(), device=crow.device) + (begins - new_crow[:-1])[row_of]
+    return new_crow, row_of, positions
+
+
+def dense_rows(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    n_features: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
+    """Rows ``index`` ``(m,)`` of the CSR components as a dense ``(m, n_features)`` tensor.
+
+    Examples
+    --------
+    >>> dense_rows(torch.tensor([0, 1, 3]), torch.tensor([1, 0, 1]),
+    ...            torch.tensor([2.0, 3.0, 4.0]), 2, torch.tensor([1, 0])).tolist()
+    [[3.0, 4.0], [0.0, 2.0]]
+    """
+    index = index.to(crow.device)
+    _, row_of, positions = _gathered(crow, index)
+    out = torch.zeros((int(index.numel()), n_features), dtype=values.dtype, device=values.device)
+    out.view(-1)[row_of * n_features + col[positions]] = values[positions]
+    return out
 
 
 def sparse_rows(
