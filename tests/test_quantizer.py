@@ -84,6 +84,26 @@ def test_commitment_loss_pulls_x_towards_its_code_and_nothing_trains_the_codeboo
     assert not any(b.requires_grad for b in vq.buffers())
 
 
+@pytest.mark.parametrize("exponent", [60, 64])
+def test_commitment_loss_of_large_float32_inputs_is_the_unit_scale_loss_scaled(exponent):
+    # Squares near 2^120 summed past float32's range: the loss was inf. Scaled
+    # by a power of two it is the unit-scale loss times 2^(2 exponent), and
+    # the gradient the unit-scale gradient times 2^exponent, exactly.
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(16, 8, generator=gen)
+    x = torch.randn(300, 8, generator=gen)
+    results = []
+    for scale in (1.0, 2.0**exponent):
+        vq = make(16, 8, (codebook * scale).tolist(), [1.0] * 16).eval()
+        z = (x * scale).requires_grad_()
+        loss = vq(z).loss
+        loss.backward()
+        results.append((loss.detach(), z.grad))
+    (loss, grad), (far_loss, far_grad) = results
+    assert torch.equal(far_loss, loss * 2.0**exponent * 2.0**exponent)
+    assert torch.equal(far_grad, grad * 2.0**exponent)
+
+
 # ---------------------------------------------------------------- EMA update
 
 

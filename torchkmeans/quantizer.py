@@ -152,6 +152,16 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     return torch.cat(blocks, dim=1)
 
 
+def _inverse_power_of_two(largest: torch.Tensor) -> torch.Tensor:
+    """``2^-e`` for ``largest = m 2^e`` (``m`` in [0.5, 1)), on the device (no
+    host read): scaled by it, the largest entry lies in [0.5, 1), exactly.
+    The exponent is bounded so that the factor and its inverse are finite
+    (entries of subnormal spread; non-finite ones get 1)."""
+    bound = int(math.log2(torch.finfo(largest.dtype).max)) - 1
+    exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
+    return torch.ldexp(torch.ones_like(largest), exponent.neg_())
+
+
 def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     """A power of two per head ``(h, 1, 1)`` that brings the largest entry of
     the centred codebook ``(h, k, d)`` into [0.5, 1), on the device (no host
@@ -159,10 +169,30 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     codes near 2^64 had squared norms of inf (511 of 512 codes wrong), near
     1e-30 of 0 (483 of 512 wrong)."""
     largest = torch.linalg.vector_norm(centred, ord=math.inf, dim=(1, 2), keepdim=True)
-    # Bounded so that the factor itself is finite (codes of subnormal spread).
-    bound = int(math.log2(torch.finfo(centred.dtype).max)) - 1
-    exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
-    return torch.ldexp(torch.ones_like(largest), exponent.neg_())
+    return _inverse_power_of_two(largest)
+
+
+def _commitment_loss(x: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * mean((x - target)**2)`` of non-empty ``x``, computed scaled
+    by a power of two (:func:`_inverse_power_of_two` of the largest
+    difference), on the device.
+
+    The same value, but finite wherever the mean is: float32 inputs near 2^60
+    have squares near 2^120 whose sum overflowed, and the loss was inf. The
+    gradient, ``2 * weight * (x - target) / n``, passes through no factor
+    larger than ``weight / scale`` (squared, the factor overflowed from
+    differences near 2^64 on, and made the gradient inf).
+    """
+    difference = (x - target).reshape(-1)
+    low, high = torch.aminmax(difference.detach())
+    scale = _inverse_power_of_two(torch.maximum(high, low.neg()))
+    # scaled * difference = difference**2 * scale, rounded as the square
+    # (scaling by a power of two is exact), entries no larger than the
+    # differences. Twice the difference less itself: the value of the
+    # difference, the gradient of a square.
+    scaled = (difference * scale).detach()
+    squares = torch.dot(scaled, 2.0 * difference - difference.detach())
+    return squares * (weight / difference.numel() / scale)
 
 
 def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
@@ -624,7 +654,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
             if x.numel():
-                loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+                loss = _commitment_loss(reference, target, self.commitment_weight)
             else:
                 # The mean of no vectors is NaN: 0, still in x's graph.
                 loss = (reference - target).square().sum()
