@@ -104,6 +104,54 @@ def test_commitment_loss_of_large_float32_inputs_is_the_unit_scale_loss_scaled(e
     assert torch.equal(far_grad, grad * 2.0**exponent)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("padding", [0.0, 1e3, float("nan")])
+def test_masked_vectors_take_no_part_in_the_loss_statistics_or_init(metric, padding):
+    # Padding of sequences of different lengths: without a mask it entered
+    # the k-means init, the EMA statistics, the loss and the counts. Masked,
+    # training must go as on the kept vectors alone.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 30, 6, generator=gen)
+    mask = torch.rand(4, 30, generator=gen) > 0.3
+    padded = x.masked_fill(~mask.unsqueeze(-1), padding)
+    alone = VectorQuantizer(8, 3, heads=2, metric=metric, dead_code_threshold=0)
+    masked = VectorQuantizer(8, 3, heads=2, metric=metric, dead_code_threshold=0)
+    for step in range(3):
+        z = padded * (1 + step)
+        z.requires_grad_()
+        torch.manual_seed(step)
+        expected = alone(x[mask] * (1 + step))
+        torch.manual_seed(step)
+        out = masked(z, mask=mask)
+        torch.testing.assert_close(out.loss, expected.loss)
+        assert torch.equal(out.codes[mask], expected.codes)
+        torch.testing.assert_close(masked.codebook, alone.codebook)
+        torch.testing.assert_close(masked.ema_counts, alone.ema_counts)
+        assert torch.equal(masked.last_counts, alone.last_counts)
+        out.loss.backward()
+        assert bool(torch.isfinite(z.grad[mask]).all())
+    masked.eval()
+    alone.eval()
+    torch.testing.assert_close(masked(padded, mask=mask).loss, alone(x[mask]).loss)
+    assert torch.equal(masked.usage, alone.usage)
+    torch.testing.assert_close(masked.perplexity, alone.perplexity)
+
+
+def test_a_batch_all_masked_has_a_zero_loss_and_leaves_the_codebook():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3)
+    vq(torch.randn(64, 3))
+    state = {name: value.clone() for name, value in vq.state_dict().items()}
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    out = vq(x, mask=torch.zeros(2, 5, dtype=torch.bool))
+    assert out.codes.shape == (2, 5) and float(out.loss.detach()) == 0.0
+    out.loss.backward()
+    assert bool((x.grad == 0).all())
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert float(vq.usage) == 0.0
+
+
 # ---------------------------------------------------------------- EMA update
 
 
@@ -717,6 +765,19 @@ def test_forward_and_lookup_errors():
         vq.lookup(torch.zeros(2, 2, dtype=torch.int64))
 
 
+def test_mask_errors():
+    vq = VectorQuantizer(4, 2)
+    x = torch.randn(3, 5, 2)
+    with pytest.raises(TypeError, match=r"Expected mask to be a bool tensor, got torch\.float32\."):
+        vq(x, mask=torch.ones(3, 5))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected mask of shape \(3, 5\) \(x's shape without its last dimension\), "
+        r"got shape \(3, 4\)\.",
+    ):
+        vq(x, mask=torch.ones(3, 4, dtype=torch.bool))
+
+
 def test_lookup_checks_codes_on_an_accelerator_without_reading_them(accelerator_paths):
     # On a GPU -1 (a padding token) silently returned the last code: the
     # bounds are checked by a device-side assertion, with no host read
@@ -940,6 +1001,23 @@ def test_a_model_compiled_before_its_first_step_initialises_eagerly(monkeypatch,
     for name, value in eager.quantizer.state_dict().items():
         torch.testing.assert_close(model.quantizer.state_dict()[name], value)
     torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
+
+
+def test_a_mask_compiles_fullgraph_after_the_init_step():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 3, heads=2, dead_code_threshold=1e-3)
+    x = torch.randn(4, 16, 6)
+    mask = torch.arange(16) < torch.tensor([[16], [9], [3], [12]])
+    quantizer(x, mask=mask)  # the init step, eager
+    eager = copy.deepcopy(quantizer)
+    compiled = torch.compile(quantizer, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        out, expected = compiled(x * (2 + step), mask=mask), eager(x * (2 + step), mask=mask)
+        assert torch.equal(out.codes, expected.codes)
+        torch.testing.assert_close(out.loss, expected.loss)
+    torch.testing.assert_close(quantizer.codebook, eager.codebook)
+    torch.testing.assert_close(quantizer.last_counts, eager.last_counts)
 
 
 def test_cosine_compiles_fullgraph_and_traces():

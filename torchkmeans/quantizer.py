@@ -172,10 +172,13 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     return _inverse_power_of_two(largest)
 
 
-def _commitment_loss(x: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+def _commitment_loss(
+    x: torch.Tensor, target: torch.Tensor, weight: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """``weight * mean((x - target)**2)`` of non-empty ``x``, computed scaled
     by a power of two (:func:`_inverse_power_of_two` of the largest
-    difference), on the device.
+    difference), on the device. Given ``keep`` (bool, ``x.shape[:-1]``),
+    the mean is over the kept vectors only (0 if there are none).
 
     The same value, but finite wherever the mean is: float32 inputs near 2^60
     have squares near 2^120 whose sum overflowed, and the loss was inf. The
@@ -183,7 +186,11 @@ def _commitment_loss(x: torch.Tensor, target: torch.Tensor, weight: float) -> to
     larger than ``weight / scale`` (squared, the factor overflowed from
     differences near 2^64 on, and made the gradient inf).
     """
-    difference = (x - target).reshape(-1)
+    difference = x - target
+    if keep is not None:
+        # where, not a product: a padding vector may hold NaN or infinity.
+        difference = torch.where(keep.unsqueeze(-1), difference, 0.0)
+    difference = difference.reshape(-1)
     low, high = torch.aminmax(difference.detach())
     scale = _inverse_power_of_two(torch.maximum(high, low.neg()))
     # scaled * difference = difference**2 * scale, rounded as the square
@@ -192,7 +199,10 @@ def _commitment_loss(x: torch.Tensor, target: torch.Tensor, weight: float) -> to
     # difference, the gradient of a square.
     scaled = (difference * scale).detach()
     squares = torch.dot(scaled, 2.0 * difference - difference.detach())
-    return squares * (weight / difference.numel() / scale)
+    if keep is None:
+        return squares * (weight / difference.numel() / scale)
+    size = keep.sum().clamp_min(1) * x.shape[-1]
+    return squares * (weight / scale) / size
 
 
 def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
@@ -605,13 +615,20 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; in training mode, also update the codebook.
 
         Parameters
         ----------
         x : Tensor
             Floating tensor ``(..., heads * dim)`` of any floating dtype.
+        mask : Tensor, optional
+            bool ``x.shape[:-1]``, False at the vectors to leave out
+            (padding of sequences of different lengths): they get a code
+            and a quantized vector like the others, but take no part in the
+            commitment loss (the mean over the kept vectors; 0 if there are
+            none), the codebook's statistics and initialisation, re-seeding,
+            ``usage`` and ``perplexity``. None keeps every vector.
 
         Returns
         -------
@@ -621,10 +638,12 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         Raises
         ------
         TypeError
-            If ``x`` is not a floating-point tensor.
+            If ``x`` is not a floating-point tensor, or ``mask`` is not a
+            bool tensor.
         ValueError
             If the last dimension of ``x`` is not ``heads * dim``, ``x``
-            holds no vectors, or it holds NaN or infinity in a training
+            holds no vectors, ``mask``'s shape is not ``x.shape[:-1]``, or
+            ``x`` holds NaN or infinity in a training
             forward that initialises the codebook by k-means. After that, a
             non-finite vector gets a code and a NaN loss but does not enter
             the codebook's statistics. In a training forward under
@@ -643,18 +662,29 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 f"Expected x to be a non-empty tensor of shape (..., {width}), "
                 f"got shape {tuple(x.shape)}."
             )
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise TypeError(f"Expected mask to be a bool tensor, got {got}.")
+            if mask.shape != x.shape[:-1]:
+                raise ValueError(
+                    f"Expected mask of shape {tuple(x.shape[:-1])} (x's shape without its "
+                    f"last dimension), got shape {tuple(mask.shape)}."
+                )
+            mask = mask.to(x.device)
         heads, dim = self.heads, self.dim
         # Distances and statistics in float32 even under autocast: in half
         # precision |x|^2 overflows and near ties between codes flip.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            selected, codes = self._assign_and_update(x)
+            keep = None if mask is None else mask.reshape(-1)
+            selected, codes = self._assign_and_update(x, keep)
             target = selected.transpose(0, 1).reshape(x.shape)
             reference = x.float()
             if self.metric == "cosine":
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
             if x.numel():
-                loss = _commitment_loss(reference, target, self.commitment_weight)
+                loss = _commitment_loss(reference, target, self.commitment_weight, mask)
             else:
                 # The mean of no vectors is NaN: 0, still in x's graph.
                 loss = (reference - target).square().sum()
@@ -667,11 +697,15 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             codes = codes.squeeze(-1)
         return QuantizerOutput(quantized, codes, loss)
 
-    def _assign_and_update(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assign_and_update(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest codes ``(heads, n, dim)`` and indices ``(heads, n)`` of ``x``, then the update.
 
         In training mode this also runs the one-time initialisation and the
-        EMA step; it records the code counts of the batch in any mode.
+        EMA step; it records the code counts of the batch in any mode. Only
+        the rows that ``keep`` (bool ``(n,)``, None: all) marks take part in
+        the statistics, the initialisation and the counts.
         """
         heads, dim = self.heads, self.dim
         # (heads, n, dim) outside autograd: the codebook side of the
@@ -698,7 +732,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 # through its host reads (3 minutes of inductor on 2 cores)
                 # and inductor seeded it from its own generator, not eager's.
                 initialize = torch.compiler.disable(initialize)
-            initialize(flat)
+            initialize(flat, keep)
 
         codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
@@ -716,6 +750,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 # rows: 13 of 16 codes, whose non-unit zeros then quantized
                 # the rows nearest no other code).
                 finite &= (flat != 0).any(-1)
+            if keep is not None:
+                finite &= keep
             flat = flat.where(finite.unsqueeze(-1), 0.0)
             sums, counts = _scatter_sums(
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
@@ -724,14 +760,18 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         elif recomputing:
             return selected, codes
         else:
-            counts = torch.zeros_like(self.last_counts).scatter_add_(
-                1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
-            )
+            ones = torch.ones_like(codes, dtype=self.last_counts.dtype)
+            if keep is not None:
+                ones = ones * keep
+            counts = torch.zeros_like(self.last_counts).scatter_add_(1, codes, ones)
         self.last_counts.copy_(counts)
         return selected, codes
 
-    def _initialize(self, flat: torch.Tensor) -> None:
+    def _initialize(self, flat: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """One-time initialisation on a training batch ``(heads, n, dim)``; syncs with the host.
+
+        Only the rows that ``keep`` (bool ``(n,)``, None: all) marks are
+        collected and clustered.
 
         With ``kmeans_init``, batches are collected until they hold
         ``num_codes`` vectors, then clustered. Under torch.distributed the
@@ -756,6 +796,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # __init__ pulled the first EMA step back to the random codes.
         sums = codebook * counts.unsqueeze(-1)
         if self.kmeans_init:
+            if keep is not None:
+                flat = flat[:, keep]
             # Every rank's batch, gathered: rank 0's alone seeded the codes
             # in its own part of the data only (shards from other sources:
             # 15x the inertia of one process after 300 steps).
