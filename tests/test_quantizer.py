@@ -152,6 +152,15 @@ def test_a_batch_all_masked_has_a_zero_loss_and_leaves_the_codebook():
     assert float(vq.usage) == 0.0
 
 
+def test_commitment_loss_has_the_second_derivative_of_the_mean():
+    # Double backward through the quantizer (a gradient penalty, a
+    # Hessian-vector product): d^2 loss / dx^2 = 2 * weight / n * I.
+    vq = make(2, 1, [[0.0], [10.0]], [1.0, 1.0], commitment_weight=0.5).eval()
+    x = torch.tensor([[1.0], [9.0], [4.0]])
+    hessian = torch.autograd.functional.hessian(lambda z: vq(z).loss, x)
+    torch.testing.assert_close(hessian.reshape(3, 3), torch.eye(3) * 2 * 0.5 / 3)
+
+
 # ---------------------------------------------------------------- EMA update
 
 

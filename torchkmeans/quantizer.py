@@ -175,34 +175,28 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
 def _commitment_loss(
     x: torch.Tensor, target: torch.Tensor, weight: float, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``weight * mean((x - target)**2)`` of non-empty ``x``, computed scaled
-    by a power of two (:func:`_inverse_power_of_two` of the largest
-    difference), on the device. Given ``keep`` (bool, ``x.shape[:-1]``),
-    the mean is over the kept vectors only (0 if there are none).
+    """``weight * mean((x - target)**2)`` of non-empty ``x``, on the device.
+    Given ``keep`` (bool, ``x.shape[:-1]``), the mean is over the kept
+    vectors only (0 if there are none).
 
-    The same value, but finite wherever the mean is: float32 inputs near 2^60
-    have squares near 2^120 whose sum overflowed, and the loss was inf. The
-    gradient, ``2 * weight * (x - target) / n``, passes through no factor
-    larger than ``weight / scale`` (squared, the factor overflowed from
-    differences near 2^64 on, and made the gradient inf).
+    The squares are summed scaled by ``p**2``, where ``p`` is the power of
+    two nearest ``sqrt(weight / n)``: their sum is then about the loss
+    itself, finite wherever the loss is (float32 inputs near 2^60 have
+    squares near 2^120, whose sum overflowed: the loss was inf), and
+    scaling by a power of two is exact (inputs scaled by ``2^e`` scale the
+    loss by exactly ``2^(2e)``). The gradient and second derivative are
+    the mean's.
     """
-    difference = x - target
-    if keep is not None:
-        # where, not a product: a padding vector may hold NaN or infinity.
-        difference = torch.where(keep.unsqueeze(-1), difference, 0.0)
-    difference = difference.reshape(-1)
-    low, high = torch.aminmax(difference.detach())
-    scale = _inverse_power_of_two(torch.maximum(high, low.neg()))
-    # scaled * difference = difference**2 * scale, rounded as the square
-    # (scaling by a power of two is exact), entries no larger than the
-    # differences. Twice the difference less itself: the value of the
-    # difference, the gradient of a square.
-    scaled = (difference * scale).detach()
-    squares = torch.dot(scaled, 2.0 * difference - difference.detach())
     if keep is None:
-        return squares * (weight / difference.numel() / scale)
-    size = keep.sum().clamp_min(1) * x.shape[-1]
-    return squares * (weight / scale) / size
+        ratio = torch.full((), weight, dtype=x.dtype, device=x.device) / x.numel()
+    else:
+        # where, not a product: a padding vector may hold NaN or infinity.
+        kept = keep.unsqueeze(-1)
+        x, target = torch.where(kept, x, 0.0), torch.where(kept, target, 0.0)
+        ratio = weight / (keep.sum().clamp_min(1) * x.shape[-1]).to(x.dtype)
+    scale = torch.ldexp(torch.ones_like(ratio), torch.frexp(ratio).exponent // 2)
+    squares = nn.functional.mse_loss(x * scale, target * scale, reduction="sum")
+    return squares * (ratio / scale.square())
 
 
 def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
