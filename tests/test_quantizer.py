@@ -137,6 +137,36 @@ def test_masked_vectors_take_no_part_in_the_loss_statistics_or_init(metric, padd
     torch.testing.assert_close(masked.perplexity, alone.perplexity)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_channels_first_feature_maps_are_quantized_along_their_channels(heads):
+    # A convolution's (batch, channels, height, width) output, quantized as
+    # it is: the same codes, codebook and loss as its channels-last
+    # permutation, quantized and lookup in the channels-first layout.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 5, 7, generator=gen)
+    last = VectorQuantizer(8, 6 // heads, heads=heads)
+    first = VectorQuantizer(8, 6 // heads, heads=heads, channel_dim=1)
+    for step in range(3):
+        z = (x * (1 + step)).requires_grad_()
+        torch.manual_seed(step)
+        expected = last(z.detach().permute(0, 2, 3, 1))
+        torch.manual_seed(step)
+        out = first(z)
+        assert torch.equal(out.quantized, expected.quantized.permute(0, 3, 1, 2))
+        assert torch.equal(out.codes, expected.codes)
+        assert out.codes.shape == ((4, 5, 7) if heads == 1 else (4, 5, 7, heads))
+        torch.testing.assert_close(out.loss, expected.loss)
+        assert torch.equal(first.codebook, last.codebook)
+        weights = torch.randn(x.shape, generator=gen)
+        (out.quantized * weights).sum().backward()
+        assert torch.equal(z.grad, weights)  # straight through, in the same layout
+    first.eval()
+    out = first(x)
+    assert torch.equal(first.lookup(out.codes), out.quantized)
+    mask = torch.rand(4, 5, 7, generator=gen) > 0.5
+    assert first(x, mask=mask).codes.shape == out.codes.shape
+
+
 def test_a_batch_all_masked_has_a_zero_loss_and_leaves_the_codebook():
     torch.manual_seed(0)
     vq = VectorQuantizer(8, 3)
@@ -717,6 +747,7 @@ def test_lookup_accepts_codes_of_any_integer_dtype(dtype, heads):
         ({"dead_code_threshold": -0.5}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
         ({"dead_code_threshold": 1.0}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
         ({"kmeans_init": 1}, TypeError, r"Expected kmeans_init to be a bool, got int\."),
+        ({"channel_dim": "1"}, TypeError, r"Expected channel_dim to be an int, got str\."),
     ],
 )
 def test_constructor_errors(kwargs, error, match):
@@ -785,6 +816,29 @@ def test_mask_errors():
         r"got shape \(3, 4\)\.",
     ):
         vq(x, mask=torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_channels_first_errors():
+    vq = VectorQuantizer(4, 6, channel_dim=1)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected x to be a non-empty tensor with 6 entries along dimension "
+        r"channel_dim=1, got shape \(4, 5, 6\)\.",
+    ):
+        vq(torch.randn(4, 5, 6))
+    with pytest.raises(ValueError, match=r"channel_dim=1, got shape \(6,\)\."):
+        vq(torch.randn(6))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected mask of shape \(4, 5\) \(x's shape without dimension channel_dim=1\), "
+        r"got shape \(4, 6\)\.",
+    ):
+        vq(torch.randn(4, 6, 5), mask=torch.ones(4, 6, dtype=torch.bool))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected codes of at least 1 dimensions for channel_dim=1, got shape \(\)\.",
+    ):
+        vq.lookup(torch.tensor(3))
 
 
 def test_lookup_checks_codes_on_an_accelerator_without_reading_them(accelerator_paths):

@@ -290,6 +290,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     heads : int
         Independent codebooks: the last dimension of ``x`` is ``heads * dim``
         and head h quantizes its slice ``[h*dim:(h+1)*dim]`` with codebook h.
+    channel_dim : int
+        The dimension of ``x`` that holds the vectors' entries: -1 (the
+        last), or 1 for channels-first feature maps such as a convolution's
+        ``(batch, heads * dim, height, width)``, which are quantized as
+        they are (no permute needed) and give ``quantized`` of their shape
+        and ``codes`` of ``(batch, height, width)`` (``(..., heads)``
+        when ``heads > 1``); ``mask`` then has the shape of the codes of one
+        head, and :meth:`lookup` puts the entries back in that dimension.
     process_group : torch.distributed.ProcessGroup, optional
         Group whose ranks share the codebook (the default group if None).
         Used only when ``torch.distributed`` is initialised at forward time.
@@ -366,6 +374,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     ema_counts: torch.Tensor
     initialized: torch.Tensor
     last_counts: torch.Tensor
+    # A class default too: modules pickled before the parameter existed.
+    channel_dim: int = -1
 
     def __init__(
         self,
@@ -380,6 +390,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.05,
         heads: int = 1,
+        channel_dim: int = -1,
         process_group: Any = None,
     ) -> None:
         super().__init__()
@@ -401,6 +412,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # numpy bools too, as the estimators' flags: isinstance(bool) refused
         # np.bool_ with "Expected kmeans_init to be a bool, got bool."
         self.kmeans_init = v.check_flag(kmeans_init, "kmeans_init")
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, numbers.Integral):
+            raise TypeError(f"Expected channel_dim to be an int, got {type(channel_dim).__name__}.")
+        self.channel_dim = int(channel_dim)
         self.process_group = process_group
 
         # float32 whatever torch's default dtype: under
@@ -430,6 +444,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             f"num_codes={self.num_codes}, dim={self.dim}, heads={self.heads}, "
             f"metric={self.metric!r}, decay={self.decay}, "
             f"dead_code_threshold={self.dead_code_threshold}"
+            + (f", channel_dim={self.channel_dim}" if self.channel_dim != -1 else "")
         )
 
     # ------------------------------------------------------------------ state
@@ -548,7 +563,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         Returns
         -------
         Tensor
-            float32, ``(..., heads * dim)``.
+            float32, ``(..., heads * dim)``, the entries moved to dimension
+            ``channel_dim`` (``(batch, heads * dim, height, width)`` for
+            codes ``(batch, height, width)`` and ``channel_dim=1``).
 
         Raises
         ------
@@ -556,8 +573,10 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             If ``codes`` is not an integer tensor (bool is not).
         ValueError
             If ``heads > 1`` and the last dimension of ``codes`` is not
-            ``heads``, or (for codes on the CPU, where the check needs no
-            device synchronisation) a code lies outside ``[0, num_codes)``.
+            ``heads``, if ``codes`` has too few dimensions to put the
+            entries back in dimension ``channel_dim``, or (for codes on the
+            CPU, where the check needs no device synchronisation) a code
+            lies outside ``[0, num_codes)``.
         RuntimeError
             On an accelerator, a code outside ``[0, num_codes)`` fails a
             device-side assertion (reported at the next synchronisation;
@@ -602,10 +621,21 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 in_range = (codes >= 0) & (codes < self.num_codes)
                 torch._assert_async(in_range.all(), f"{expected}.")
         if self.heads == 1:
-            return self.codebook[0][codes]
-        heads = torch.arange(self.heads, device=codes.device)
-        vectors = self.codebook[heads, codes]  # (..., heads, dim)
-        return vectors.flatten(-2)
+            vectors = self.codebook[0][codes]
+        else:
+            heads = torch.arange(self.heads, device=codes.device)
+            vectors = self.codebook[heads, codes].flatten(-2)  # (..., heads * dim)
+        channel_dim = self.channel_dim
+        if channel_dim == -1:
+            return vectors
+        if not -vectors.ndim <= channel_dim < vectors.ndim:
+            # The vectors need channel_dim + 1 (or -channel_dim) dimensions.
+            least = (channel_dim + 1 if channel_dim >= 0 else -channel_dim) - (self.heads == 1)
+            raise ValueError(
+                f"Expected codes of at least {least} dimensions for channel_dim={channel_dim}, "
+                f"got shape {tuple(codes.shape)}."
+            )
+        return vectors.movedim(-1, channel_dim)
 
     # ---------------------------------------------------------------- forward
 
@@ -615,9 +645,11 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         Parameters
         ----------
         x : Tensor
-            Floating tensor ``(..., heads * dim)`` of any floating dtype.
+            Floating tensor ``(..., heads * dim)`` of any floating dtype
+            (``heads * dim`` entries along dimension ``channel_dim``).
         mask : Tensor, optional
-            bool ``x.shape[:-1]``, False at the vectors to leave out
+            bool ``x.shape[:-1]`` (``x``'s shape without dimension
+            ``channel_dim``), False at the vectors to leave out
             (padding of sequences of different lengths): they get a code
             and a quantized vector like the others, but take no part in the
             commitment loss (the mean over the kept vectors; 0 if there are
@@ -635,10 +667,11 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             If ``x`` is not a floating-point tensor, or ``mask`` is not a
             bool tensor.
         ValueError
-            If the last dimension of ``x`` is not ``heads * dim``, ``x``
-            holds no vectors, ``mask``'s shape is not ``x.shape[:-1]``, or
-            ``x`` holds NaN or infinity in a training
-            forward that initialises the codebook by k-means. After that, a
+            If the last dimension of ``x`` (dimension ``channel_dim``) is
+            not ``heads * dim``, ``x`` holds no vectors, ``mask``'s shape
+            is not that of ``x`` without that dimension, or ``x`` holds NaN
+            or infinity in a training forward that initialises the codebook
+            by k-means. After that, a
             non-finite vector gets a code and a NaN loss but does not enter
             the codebook's statistics. In a training forward under
             torch.distributed, a rank's batch of no vectors (shape
@@ -651,19 +684,33 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             raise TypeError(f"Expected x to be a floating-point tensor, got {got}.")
         width = self.heads * self.dim
         empty_ok = self.training and _distributed(self.process_group)[0]
-        if x.ndim == 0 or x.shape[-1] != width or (x.numel() == 0 and not empty_ok):
+        channel_dim = self.channel_dim
+        if (
+            not -x.ndim <= channel_dim < x.ndim
+            or x.shape[channel_dim] != width
+            or (x.numel() == 0 and not empty_ok)
+        ):
+            expected = f"of shape (..., {width})"
+            if channel_dim != -1:
+                expected = f"with {width} entries along dimension channel_dim={channel_dim}"
             raise ValueError(
-                f"Expected x to be a non-empty tensor of shape (..., {width}), "
-                f"got shape {tuple(x.shape)}."
+                f"Expected x to be a non-empty tensor {expected}, got shape {tuple(x.shape)}."
             )
+        if channel_dim != -1:
+            # A view: the rows are gathered in one copy below, as for
+            # channels-last input that is not contiguous.
+            x = x.movedim(channel_dim, -1)
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
                 got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise TypeError(f"Expected mask to be a bool tensor, got {got}.")
             if mask.shape != x.shape[:-1]:
+                which = "its last dimension"
+                if channel_dim != -1:
+                    which = f"dimension channel_dim={channel_dim}"
                 raise ValueError(
-                    f"Expected mask of shape {tuple(x.shape[:-1])} (x's shape without its "
-                    f"last dimension), got shape {tuple(mask.shape)}."
+                    f"Expected mask of shape {tuple(x.shape[:-1])} (x's shape without "
+                    f"{which}), got shape {tuple(mask.shape)}."
                 )
             mask = mask.to(x.device)
         heads, dim = self.heads, self.dim
@@ -686,6 +733,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # an exact zero, unlike x + (q - x) in half precision), gradient the
         # identity to x.
         quantized = target.to(x.dtype) + (x - x.detach())
+        if channel_dim != -1:
+            quantized = quantized.movedim(-1, channel_dim)
         codes = codes.transpose(0, 1).reshape(*x.shape[:-1], heads)
         if heads == 1:
             codes = codes.squeeze(-1)
