@@ -152,16 +152,6 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     return torch.cat(blocks, dim=1)
 
 
-def _inverse_power_of_two(largest: torch.Tensor) -> torch.Tensor:
-    """``2^-e`` for ``largest = m 2^e`` (``m`` in [0.5, 1)), on the device (no
-    host read): scaled by it, the largest entry lies in [0.5, 1), exactly.
-    The exponent is bounded so that the factor and its inverse are finite
-    (entries of subnormal spread; non-finite ones get 1)."""
-    bound = int(math.log2(torch.finfo(largest.dtype).max)) - 1
-    exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
-    return torch.ldexp(torch.ones_like(largest), exponent.neg_())
-
-
 def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     """A power of two per head ``(h, 1, 1)`` that brings the largest entry of
     the centred codebook ``(h, k, d)`` into [0.5, 1), on the device (no host
@@ -169,7 +159,10 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     codes near 2^64 had squared norms of inf (511 of 512 codes wrong), near
     1e-30 of 0 (483 of 512 wrong)."""
     largest = torch.linalg.vector_norm(centred, ord=math.inf, dim=(1, 2), keepdim=True)
-    return _inverse_power_of_two(largest)
+    # Bounded so that the factor itself is finite (codes of subnormal spread).
+    bound = int(math.log2(torch.finfo(centred.dtype).max)) - 1
+    exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
+    return torch.ldexp(torch.ones_like(largest), exponent.neg_())
 
 
 def _commitment_loss(
@@ -179,8 +172,8 @@ def _commitment_loss(
     Given ``keep`` (bool, ``x.shape[:-1]``), the mean is over the kept
     vectors only (0 if there are none).
 
-    The squares are summed scaled by ``p**2``, where ``p`` is the power of
-    two nearest ``sqrt(weight / n)``: their sum is then about the loss
+    The squares are summed scaled by ``p**2``, where ``p`` is a power of
+    two within a factor 2 of ``sqrt(weight / n)``: their sum is then about the loss
     itself, finite wherever the loss is (float32 inputs near 2^60 have
     squares near 2^120, whose sum overflowed: the loss was inf), and
     scaling by a power of two is exact (inputs scaled by ``2^e`` scale the
@@ -671,9 +664,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             not ``heads * dim``, ``x`` holds no vectors, ``mask``'s shape
             is not that of ``x`` without that dimension, or ``x`` holds NaN
             or infinity in a training forward that initialises the codebook
-            by k-means. After that, a
-            non-finite vector gets a code and a NaN loss but does not enter
-            the codebook's statistics. In a training forward under
+            by k-means. After that, a non-finite vector gets a code and a
+            NaN loss but does not enter the codebook's statistics. In a training forward under
             torch.distributed, a rank's batch of no vectors (shape
             ``(0, heads * dim)``, say) is accepted: it takes part in the
             step's collectives with no statistics and a loss of 0 (raising
