@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import signal
 import socket
@@ -931,10 +932,19 @@ def _gloo_worker(rank: int, port: int, outdir: str) -> None:
     quantizers = {
         "kmeans": VectorQuantizer(16, 3, heads=2, decay=0.8, dead_code_threshold=0.5),
         "cosine": VectorQuantizer(8, 4, metric="cosine", kmeans_init=False),
+        # Padded channels-first sequences: 8 kept vectors per step and rank,
+        # so the k-means init gathers the kept ones of two steps.
+        "masked": VectorQuantizer(32, 3, channel_dim=1),
     }
+    lengths = torch.tensor([[5], [3]]) if rank == 0 else torch.tensor([[7], [1]])
+    mask = torch.arange(10) < lengths
     reseeded = 0
     for _ in range(6):
         for name, vq in quantizers.items():
+            if name == "masked":
+                x = torch.randn(2, 3, 10) + 3.0 * rank
+                vq(x.masked_fill(~mask.unsqueeze(1), math.nan), mask=mask)
+                continue
             x = torch.randn(64, vq.heads * vq.dim) + 3.0 * rank
             vq(x)
             if name == "kmeans":
@@ -975,7 +985,7 @@ def test_two_gloo_processes_keep_identical_codebooks(tmp_path):
         pytest.fail("the two gloo processes did not finish within 120 s")
     assert process.returncode == 0, output.decode(errors="replace")[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in ("kmeans", "cosine"):
+    for name in ("kmeans", "cosine", "masked"):
         first, second = ranks[0]["state"][name], ranks[1]["state"][name]
         for key in first:
             assert torch.equal(first[key], second[key]), (name, key)
