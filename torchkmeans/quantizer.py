@@ -41,9 +41,11 @@ class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor
     """The nearest codes, with ``x``'s shape and dtype; the gradient passes straight to ``x``."""
     codes: torch.Tensor
-    """int64 code indices, ``x.shape[:-1]`` (``heads == 1``) or ``(*x.shape[:-1], heads)``."""
+    """int64 code indices, ``x.shape[:-1]`` (``heads == 1``) or ``(*x.shape[:-1], heads)``
+    (``x``'s shape without dimension ``channel_dim``)."""
     loss: torch.Tensor
-    """float32 scalar ``commitment_weight * mean((x - quantized.detach())**2)`` (x unit: cosine)."""
+    """float32 scalar ``commitment_weight * mean((x - quantized.detach())**2)`` (x unit: cosine),
+    the mean over the vectors that ``mask`` keeps."""
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
