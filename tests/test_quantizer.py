@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import signal
 import socket
@@ -82,6 +83,113 @@ def test_commitment_loss_pulls_x_towards_its_code_and_nothing_trains_the_codeboo
     torch.testing.assert_close(x.grad, 2 * 0.5 * (x.detach() - q) / 3)
     assert list(vq.parameters()) == []
     assert not any(b.requires_grad for b in vq.buffers())
+
+
+@pytest.mark.parametrize("exponent", [60, 64])
+def test_commitment_loss_of_large_float32_inputs_is_the_unit_scale_loss_scaled(exponent):
+    # Squares near 2^120 summed past float32's range: the loss was inf. Scaled
+    # by a power of two it is the unit-scale loss times 2^(2 exponent), and
+    # the gradient the unit-scale gradient times 2^exponent, exactly.
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(16, 8, generator=gen)
+    x = torch.randn(300, 8, generator=gen)
+    results = []
+    for scale in (1.0, 2.0**exponent):
+        vq = make(16, 8, (codebook * scale).tolist(), [1.0] * 16).eval()
+        z = (x * scale).requires_grad_()
+        loss = vq(z).loss
+        loss.backward()
+        results.append((loss.detach(), z.grad))
+    (loss, grad), (far_loss, far_grad) = results
+    assert torch.equal(far_loss, loss * 2.0**exponent * 2.0**exponent)
+    assert torch.equal(far_grad, grad * 2.0**exponent)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("padding", [0.0, 1e3, float("nan")])
+def test_masked_vectors_take_no_part_in_the_loss_statistics_or_init(metric, padding):
+    # Padding of sequences of different lengths: without a mask it entered
+    # the k-means init, the EMA statistics, the loss and the counts. Masked,
+    # training must go as on the kept vectors alone.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 30, 6, generator=gen)
+    mask = torch.rand(4, 30, generator=gen) > 0.3
+    padded = x.masked_fill(~mask.unsqueeze(-1), padding)
+    alone = VectorQuantizer(8, 3, heads=2, metric=metric, dead_code_threshold=0)
+    masked = VectorQuantizer(8, 3, heads=2, metric=metric, dead_code_threshold=0)
+    for step in range(3):
+        z = padded * (1 + step)
+        z.requires_grad_()
+        torch.manual_seed(step)
+        expected = alone(x[mask] * (1 + step))
+        torch.manual_seed(step)
+        out = masked(z, mask=mask)
+        torch.testing.assert_close(out.loss, expected.loss)
+        assert torch.equal(out.codes[mask], expected.codes)
+        torch.testing.assert_close(masked.codebook, alone.codebook)
+        torch.testing.assert_close(masked.ema_counts, alone.ema_counts)
+        assert torch.equal(masked.last_counts, alone.last_counts)
+        out.loss.backward()
+        assert bool(torch.isfinite(z.grad[mask]).all())
+    masked.eval()
+    alone.eval()
+    torch.testing.assert_close(masked(padded, mask=mask).loss, alone(x[mask]).loss)
+    assert torch.equal(masked.usage, alone.usage)
+    torch.testing.assert_close(masked.perplexity, alone.perplexity)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_channels_first_feature_maps_are_quantized_along_their_channels(heads):
+    # A convolution's (batch, channels, height, width) output, quantized as
+    # it is: the same codes, codebook and loss as its channels-last
+    # permutation, quantized and lookup in the channels-first layout.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 5, 7, generator=gen)
+    last = VectorQuantizer(8, 6 // heads, heads=heads)
+    first = VectorQuantizer(8, 6 // heads, heads=heads, channel_dim=1)
+    for step in range(3):
+        z = (x * (1 + step)).requires_grad_()
+        torch.manual_seed(step)
+        expected = last(z.detach().permute(0, 2, 3, 1))
+        torch.manual_seed(step)
+        out = first(z)
+        assert torch.equal(out.quantized, expected.quantized.permute(0, 3, 1, 2))
+        assert torch.equal(out.codes, expected.codes)
+        assert out.codes.shape == ((4, 5, 7) if heads == 1 else (4, 5, 7, heads))
+        torch.testing.assert_close(out.loss, expected.loss)
+        assert torch.equal(first.codebook, last.codebook)
+        weights = torch.randn(x.shape, generator=gen)
+        (out.quantized * weights).sum().backward()
+        assert torch.equal(z.grad, weights)  # straight through, in the same layout
+    first.eval()
+    out = first(x)
+    assert torch.equal(first.lookup(out.codes), out.quantized)
+    mask = torch.rand(4, 5, 7, generator=gen) > 0.5
+    assert first(x, mask=mask).codes.shape == out.codes.shape
+
+
+def test_a_batch_all_masked_has_a_zero_loss_and_leaves_the_codebook():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3)
+    vq(torch.randn(64, 3))
+    state = {name: value.clone() for name, value in vq.state_dict().items()}
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    out = vq(x, mask=torch.zeros(2, 5, dtype=torch.bool))
+    assert out.codes.shape == (2, 5) and float(out.loss.detach()) == 0.0
+    out.loss.backward()
+    assert bool((x.grad == 0).all())
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert float(vq.usage) == 0.0
+
+
+def test_commitment_loss_has_the_second_derivative_of_the_mean():
+    # Double backward through the quantizer (a gradient penalty, a
+    # Hessian-vector product): d^2 loss / dx^2 = 2 * weight / n * I.
+    vq = make(2, 1, [[0.0], [10.0]], [1.0, 1.0], commitment_weight=0.5).eval()
+    x = torch.tensor([[1.0], [9.0], [4.0]])
+    hessian = torch.autograd.functional.hessian(lambda z: vq(z).loss, x)
+    torch.testing.assert_close(hessian.reshape(3, 3), torch.eye(3) * 2 * 0.5 / 3)
 
 
 # ---------------------------------------------------------------- EMA update
@@ -640,6 +748,7 @@ def test_lookup_accepts_codes_of_any_integer_dtype(dtype, heads):
         ({"dead_code_threshold": -0.5}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
         ({"dead_code_threshold": 1.0}, ValueError, r"dead_code_threshold to be in \[0, 1\)"),
         ({"kmeans_init": 1}, TypeError, r"Expected kmeans_init to be a bool, got int\."),
+        ({"channel_dim": "1"}, TypeError, r"Expected channel_dim to be an int, got str\."),
     ],
 )
 def test_constructor_errors(kwargs, error, match):
@@ -695,6 +804,42 @@ def test_forward_and_lookup_errors():
         ValueError, match=r"Expected codes to be of shape \(\.\.\., heads=3\), got shape \(2, 2\)\."
     ):
         vq.lookup(torch.zeros(2, 2, dtype=torch.int64))
+
+
+def test_mask_errors():
+    vq = VectorQuantizer(4, 2)
+    x = torch.randn(3, 5, 2)
+    with pytest.raises(TypeError, match=r"Expected mask to be a bool tensor, got torch\.float32\."):
+        vq(x, mask=torch.ones(3, 5))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected mask of shape \(3, 5\) \(x's shape without its last dimension\), "
+        r"got shape \(3, 4\)\.",
+    ):
+        vq(x, mask=torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_channels_first_errors():
+    vq = VectorQuantizer(4, 6, channel_dim=1)
+    with pytest.raises(
+        ValueError,
+        match=r"Expected x to be a non-empty tensor with 6 entries along dimension "
+        r"channel_dim=1, got shape \(4, 5, 6\)\.",
+    ):
+        vq(torch.randn(4, 5, 6))
+    with pytest.raises(ValueError, match=r"channel_dim=1, got shape \(6,\)\."):
+        vq(torch.randn(6))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected mask of shape \(4, 5\) \(x's shape without dimension channel_dim=1\), "
+        r"got shape \(4, 6\)\.",
+    ):
+        vq(torch.randn(4, 6, 5), mask=torch.ones(4, 6, dtype=torch.bool))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected codes of at least 1 dimensions for channel_dim=1, got shape \(\)\.",
+    ):
+        vq.lookup(torch.tensor(3))
 
 
 def test_lookup_checks_codes_on_an_accelerator_without_reading_them(accelerator_paths):
@@ -787,10 +932,19 @@ def _gloo_worker(rank: int, port: int, outdir: str) -> None:
     quantizers = {
         "kmeans": VectorQuantizer(16, 3, heads=2, decay=0.8, dead_code_threshold=0.5),
         "cosine": VectorQuantizer(8, 4, metric="cosine", kmeans_init=False),
+        # Padded channels-first sequences: 8 kept vectors per step and rank,
+        # so the k-means init gathers the kept ones of two steps.
+        "masked": VectorQuantizer(32, 3, channel_dim=1),
     }
+    lengths = torch.tensor([[5], [3]]) if rank == 0 else torch.tensor([[7], [1]])
+    mask = torch.arange(10) < lengths
     reseeded = 0
     for _ in range(6):
         for name, vq in quantizers.items():
+            if name == "masked":
+                x = torch.randn(2, 3, 10) + 3.0 * rank
+                vq(x.masked_fill(~mask.unsqueeze(1), math.nan), mask=mask)
+                continue
             x = torch.randn(64, vq.heads * vq.dim) + 3.0 * rank
             vq(x)
             if name == "kmeans":
@@ -831,7 +985,7 @@ def test_two_gloo_processes_keep_identical_codebooks(tmp_path):
         pytest.fail("the two gloo processes did not finish within 120 s")
     assert process.returncode == 0, output.decode(errors="replace")[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in ("kmeans", "cosine"):
+    for name in ("kmeans", "cosine", "masked"):
         first, second = ranks[0]["state"][name], ranks[1]["state"][name]
         for key in first:
             assert torch.equal(first[key], second[key]), (name, key)
@@ -920,6 +1074,23 @@ def test_a_model_compiled_before_its_first_step_initialises_eagerly(monkeypatch,
     for name, value in eager.quantizer.state_dict().items():
         torch.testing.assert_close(model.quantizer.state_dict()[name], value)
     torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
+
+
+def test_a_mask_compiles_fullgraph_after_the_init_step():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 3, heads=2, dead_code_threshold=1e-3)
+    x = torch.randn(4, 16, 6)
+    mask = torch.arange(16) < torch.tensor([[16], [9], [3], [12]])
+    quantizer(x, mask=mask)  # the init step, eager
+    eager = copy.deepcopy(quantizer)
+    compiled = torch.compile(quantizer, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        out, expected = compiled(x * (2 + step), mask=mask), eager(x * (2 + step), mask=mask)
+        assert torch.equal(out.codes, expected.codes)
+        torch.testing.assert_close(out.loss, expected.loss)
+    torch.testing.assert_close(quantizer.codebook, eager.codebook)
+    torch.testing.assert_close(quantizer.last_counts, eager.last_counts)
 
 
 def test_cosine_compiles_fullgraph_and_traces():

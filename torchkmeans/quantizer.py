@@ -41,9 +41,11 @@ class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor
     """The nearest codes, with ``x``'s shape and dtype; the gradient passes straight to ``x``."""
     codes: torch.Tensor
-    """int64 code indices, ``x.shape[:-1]`` (``heads == 1``) or ``(*x.shape[:-1], heads)``."""
+    """int64 code indices, ``x.shape[:-1]`` (``heads == 1``) or ``(*x.shape[:-1], heads)``
+    (``x``'s shape without dimension ``channel_dim``)."""
     loss: torch.Tensor
-    """float32 scalar ``commitment_weight * mean((x - quantized.detach())**2)`` (x unit: cosine)."""
+    """float32 scalar ``commitment_weight * mean((x - quantized.detach())**2)`` (x unit: cosine),
+    the mean over the vectors that ``mask`` keeps."""
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -165,6 +167,33 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(largest), exponent.neg_())
 
 
+def _commitment_loss(
+    x: torch.Tensor, target: torch.Tensor, weight: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight * mean((x - target)**2)`` of non-empty ``x``, on the device.
+    Given ``keep`` (bool, ``x.shape[:-1]``), the mean is over the kept
+    vectors only (0 if there are none).
+
+    The squares are summed scaled by ``p**2``, where ``p`` is a power of
+    two within a factor 2 of ``sqrt(weight / n)``: their sum is then about the loss
+    itself, finite wherever the loss is (float32 inputs near 2^60 have
+    squares near 2^120, whose sum overflowed: the loss was inf), and
+    scaling by a power of two is exact (inputs scaled by ``2^e`` scale the
+    loss by exactly ``2^(2e)``). The gradient and second derivative are
+    the mean's.
+    """
+    if keep is None:
+        ratio = torch.full((), weight, dtype=x.dtype, device=x.device) / x.numel()
+    else:
+        # where, not a product: a padding vector may hold NaN or infinity.
+        kept = keep.unsqueeze(-1)
+        x, target = torch.where(kept, x, 0.0), torch.where(kept, target, 0.0)
+        ratio = weight / (keep.sum().clamp_min(1) * x.shape[-1]).to(x.dtype)
+    scale = torch.ldexp(torch.ones_like(ratio), torch.frexp(ratio).exponent // 2)
+    squares = nn.functional.mse_loss(x * scale, target * scale, reduction="sum")
+    return squares * (ratio / scale.square())
+
+
 def _block_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """:func:`_nearest_codes` from products, on one block of rows ``(h, rows, d)``,
     scored scaled by a power of two (:func:`_codes_scale`)."""
@@ -256,6 +285,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     heads : int
         Independent codebooks: the last dimension of ``x`` is ``heads * dim``
         and head h quantizes its slice ``[h*dim:(h+1)*dim]`` with codebook h.
+    channel_dim : int
+        The dimension of ``x`` that holds the vectors' entries: -1 (the
+        last), or 1 for channels-first feature maps such as a convolution's
+        ``(batch, heads * dim, height, width)``, which are quantized as
+        they are (no permute needed) and give ``quantized`` of their shape
+        and ``codes`` of ``(batch, height, width)`` (``(..., heads)``
+        when ``heads > 1``); ``mask`` then has the shape of the codes of one
+        head, and :meth:`lookup` puts the entries back in that dimension.
     process_group : torch.distributed.ProcessGroup, optional
         Group whose ranks share the codebook (the default group if None).
         Used only when ``torch.distributed`` is initialised at forward time.
@@ -332,6 +369,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     ema_counts: torch.Tensor
     initialized: torch.Tensor
     last_counts: torch.Tensor
+    # A class default too: modules pickled before the parameter existed.
+    channel_dim: int = -1
 
     def __init__(
         self,
@@ -346,6 +385,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.05,
         heads: int = 1,
+        channel_dim: int = -1,
         process_group: Any = None,
     ) -> None:
         super().__init__()
@@ -367,6 +407,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # numpy bools too, as the estimators' flags: isinstance(bool) refused
         # np.bool_ with "Expected kmeans_init to be a bool, got bool."
         self.kmeans_init = v.check_flag(kmeans_init, "kmeans_init")
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, numbers.Integral):
+            raise TypeError(f"Expected channel_dim to be an int, got {type(channel_dim).__name__}.")
+        self.channel_dim = int(channel_dim)
         self.process_group = process_group
 
         # float32 whatever torch's default dtype: under
@@ -396,6 +439,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             f"num_codes={self.num_codes}, dim={self.dim}, heads={self.heads}, "
             f"metric={self.metric!r}, decay={self.decay}, "
             f"dead_code_threshold={self.dead_code_threshold}"
+            + (f", channel_dim={self.channel_dim}" if self.channel_dim != -1 else "")
         )
 
     # ------------------------------------------------------------------ state
@@ -514,7 +558,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         Returns
         -------
         Tensor
-            float32, ``(..., heads * dim)``.
+            float32, ``(..., heads * dim)``, the entries moved to dimension
+            ``channel_dim`` (``(batch, heads * dim, height, width)`` for
+            codes ``(batch, height, width)`` and ``channel_dim=1``).
 
         Raises
         ------
@@ -522,8 +568,10 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             If ``codes`` is not an integer tensor (bool is not).
         ValueError
             If ``heads > 1`` and the last dimension of ``codes`` is not
-            ``heads``, or (for codes on the CPU, where the check needs no
-            device synchronisation) a code lies outside ``[0, num_codes)``.
+            ``heads``, if ``codes`` has too few dimensions to put the
+            entries back in dimension ``channel_dim``, or (for codes on the
+            CPU, where the check needs no device synchronisation) a code
+            lies outside ``[0, num_codes)``.
         RuntimeError
             On an accelerator, a code outside ``[0, num_codes)`` fails a
             device-side assertion (reported at the next synchronisation;
@@ -568,20 +616,40 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 in_range = (codes >= 0) & (codes < self.num_codes)
                 torch._assert_async(in_range.all(), f"{expected}.")
         if self.heads == 1:
-            return self.codebook[0][codes]
-        heads = torch.arange(self.heads, device=codes.device)
-        vectors = self.codebook[heads, codes]  # (..., heads, dim)
-        return vectors.flatten(-2)
+            vectors = self.codebook[0][codes]
+        else:
+            heads = torch.arange(self.heads, device=codes.device)
+            vectors = self.codebook[heads, codes].flatten(-2)  # (..., heads * dim)
+        channel_dim = self.channel_dim
+        if channel_dim == -1:
+            return vectors
+        if not -vectors.ndim <= channel_dim < vectors.ndim:
+            # The vectors need channel_dim + 1 (or -channel_dim) dimensions.
+            least = (channel_dim + 1 if channel_dim >= 0 else -channel_dim) - (self.heads == 1)
+            raise ValueError(
+                f"Expected codes of at least {least} dimensions for channel_dim={channel_dim}, "
+                f"got shape {tuple(codes.shape)}."
+            )
+        return vectors.movedim(-1, channel_dim)
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x``; in training mode, also update the codebook.
 
         Parameters
         ----------
         x : Tensor
-            Floating tensor ``(..., heads * dim)`` of any floating dtype.
+            Floating tensor ``(..., heads * dim)`` of any floating dtype
+            (``heads * dim`` entries along dimension ``channel_dim``).
+        mask : Tensor, optional
+            bool ``x.shape[:-1]`` (``x``'s shape without dimension
+            ``channel_dim``), False at the vectors to leave out
+            (padding of sequences of different lengths): they get a code
+            and a quantized vector like the others, but take no part in the
+            commitment loss (the mean over the kept vectors; 0 if there are
+            none), the codebook's statistics and initialisation, re-seeding,
+            ``usage`` and ``perplexity``. None keeps every vector.
 
         Returns
         -------
@@ -591,13 +659,15 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         Raises
         ------
         TypeError
-            If ``x`` is not a floating-point tensor.
+            If ``x`` is not a floating-point tensor, or ``mask`` is not a
+            bool tensor.
         ValueError
-            If the last dimension of ``x`` is not ``heads * dim``, ``x``
-            holds no vectors, or it holds NaN or infinity in a training
-            forward that initialises the codebook by k-means. After that, a
-            non-finite vector gets a code and a NaN loss but does not enter
-            the codebook's statistics. In a training forward under
+            If the last dimension of ``x`` (dimension ``channel_dim``) is
+            not ``heads * dim``, ``x`` holds no vectors, ``mask``'s shape
+            is not that of ``x`` without that dimension, or ``x`` holds NaN
+            or infinity in a training forward that initialises the codebook
+            by k-means. After that, a non-finite vector gets a code and a
+            NaN loss but does not enter the codebook's statistics. In a training forward under
             torch.distributed, a rank's batch of no vectors (shape
             ``(0, heads * dim)``, say) is accepted: it takes part in the
             step's collectives with no statistics and a loss of 0 (raising
@@ -608,23 +678,48 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             raise TypeError(f"Expected x to be a floating-point tensor, got {got}.")
         width = self.heads * self.dim
         empty_ok = self.training and _distributed(self.process_group)[0]
-        if x.ndim == 0 or x.shape[-1] != width or (x.numel() == 0 and not empty_ok):
+        channel_dim = self.channel_dim
+        if (
+            not -x.ndim <= channel_dim < x.ndim
+            or x.shape[channel_dim] != width
+            or (x.numel() == 0 and not empty_ok)
+        ):
+            expected = f"of shape (..., {width})"
+            if channel_dim != -1:
+                expected = f"with {width} entries along dimension channel_dim={channel_dim}"
             raise ValueError(
-                f"Expected x to be a non-empty tensor of shape (..., {width}), "
-                f"got shape {tuple(x.shape)}."
+                f"Expected x to be a non-empty tensor {expected}, got shape {tuple(x.shape)}."
             )
+        if channel_dim != -1:
+            # A view: the rows are gathered in one copy below, as for
+            # channels-last input that is not contiguous.
+            x = x.movedim(channel_dim, -1)
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise TypeError(f"Expected mask to be a bool tensor, got {got}.")
+            if mask.shape != x.shape[:-1]:
+                which = "its last dimension"
+                if channel_dim != -1:
+                    which = f"dimension channel_dim={channel_dim}"
+                raise ValueError(
+                    f"Expected mask of shape {tuple(x.shape[:-1])} (x's shape without "
+                    f"{which}), got shape {tuple(mask.shape)}."
+                )
+            mask = mask.to(x.device)
         heads, dim = self.heads, self.dim
         # Distances and statistics in float32 even under autocast: in half
         # precision |x|^2 overflows and near ties between codes flip.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            selected, codes = self._assign_and_update(x)
+            keep = None if mask is None else mask.reshape(-1)
+            selected, codes = self._assign_and_update(x, keep)
             target = selected.transpose(0, 1).reshape(x.shape)
             reference = x.float()
             if self.metric == "cosine":
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
             if x.numel():
-                loss = self.commitment_weight * nn.functional.mse_loss(reference, target)
+                loss = _commitment_loss(reference, target, self.commitment_weight, mask)
             else:
                 # The mean of no vectors is NaN: 0, still in x's graph.
                 loss = (reference - target).square().sum()
@@ -632,16 +727,22 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # an exact zero, unlike x + (q - x) in half precision), gradient the
         # identity to x.
         quantized = target.to(x.dtype) + (x - x.detach())
+        if channel_dim != -1:
+            quantized = quantized.movedim(-1, channel_dim)
         codes = codes.transpose(0, 1).reshape(*x.shape[:-1], heads)
         if heads == 1:
             codes = codes.squeeze(-1)
         return QuantizerOutput(quantized, codes, loss)
 
-    def _assign_and_update(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assign_and_update(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest codes ``(heads, n, dim)`` and indices ``(heads, n)`` of ``x``, then the update.
 
         In training mode this also runs the one-time initialisation and the
-        EMA step; it records the code counts of the batch in any mode.
+        EMA step; it records the code counts of the batch in any mode. Only
+        the rows that ``keep`` (bool ``(n,)``, None: all) marks take part in
+        the statistics, the initialisation and the counts.
         """
         heads, dim = self.heads, self.dim
         # (heads, n, dim) outside autograd: the codebook side of the
@@ -668,7 +769,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 # through its host reads (3 minutes of inductor on 2 cores)
                 # and inductor seeded it from its own generator, not eager's.
                 initialize = torch.compiler.disable(initialize)
-            initialize(flat)
+            initialize(flat, keep)
 
         codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
@@ -686,6 +787,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 # rows: 13 of 16 codes, whose non-unit zeros then quantized
                 # the rows nearest no other code).
                 finite &= (flat != 0).any(-1)
+            if keep is not None:
+                finite &= keep
             flat = flat.where(finite.unsqueeze(-1), 0.0)
             sums, counts = _scatter_sums(
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
@@ -694,14 +797,18 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         elif recomputing:
             return selected, codes
         else:
-            counts = torch.zeros_like(self.last_counts).scatter_add_(
-                1, codes, torch.ones_like(codes, dtype=self.last_counts.dtype)
-            )
+            ones = torch.ones_like(codes, dtype=self.last_counts.dtype)
+            if keep is not None:
+                ones = ones * keep
+            counts = torch.zeros_like(self.last_counts).scatter_add_(1, codes, ones)
         self.last_counts.copy_(counts)
         return selected, codes
 
-    def _initialize(self, flat: torch.Tensor) -> None:
+    def _initialize(self, flat: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """One-time initialisation on a training batch ``(heads, n, dim)``; syncs with the host.
+
+        Only the rows that ``keep`` (bool ``(n,)``, None: all) marks are
+        collected and clustered.
 
         With ``kmeans_init``, batches are collected until they hold
         ``num_codes`` vectors, then clustered. Under torch.distributed the
@@ -726,6 +833,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # __init__ pulled the first EMA step back to the random codes.
         sums = codebook * counts.unsqueeze(-1)
         if self.kmeans_init:
+            if keep is not None:
+                flat = flat[:, keep]
             # Every rank's batch, gathered: rank 0's alone seeded the codes
             # in its own part of the data only (shards from other sources:
             # 15x the inertia of one process after 300 steps).
