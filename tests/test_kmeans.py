@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
 from sklearn.preprocessing import StandardScaler
 
-from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError, lloyd
+from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError, elbow, lloyd
 from torchkmeans.functional import _native
 
 DATASETS = {
@@ -456,6 +456,17 @@ def test_squared_distances_that_overflow_are_blamed_on_X():
     X = blobs(n=60, d=3, k=3, seed=0) * 1e155
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         KMeans(n_clusters=3, random_state=0).fit(X)
+
+
+def test_an_inertia_beyond_float64_without_weights_is_blamed_on_X():
+    # Each squared distance finite, their sum not (the README's randn x 1e153):
+    # the in-memory fit and elbow blamed a sample_weight that was never given.
+    X = np.random.RandomState(0).randn(1000, 3) * 1e153
+    overflow = r"Squared distances between the rows of X overflow float64"
+    with pytest.raises(ValueError, match=overflow):
+        KMeans(n_clusters=3, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=overflow):
+        elbow(X, k=range(1, 4), random_state=0)
 
 
 def test_weights_that_overflow_are_blamed_not_the_data():

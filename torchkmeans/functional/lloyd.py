@@ -1241,18 +1241,24 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
 
 
 def check_distances_fit(
-    inertia: torch.Tensor, x: torch.Tensor, distances: torch.Tensor | None = None
+    inertia: torch.Tensor,
+    x: torch.Tensor,
+    distances: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> None:
     """Refuse finite data whose squared distances overflow their dtype.
 
     float32 rows of norm ~1e19 are finite, but their squared distances are
     not: every score is then infinite, labels are ties (wrong), and the
-    inertia is inf. ``inertia`` sums the (weighted) ``distances`` of the
-    returned labels; finite distances with an infinite sum blame the weights.
+    inertia is inf. ``inertia`` sums the ``distances`` of the returned
+    labels, times ``weights`` when given: finite distances with an infinite
+    sum blame the weights, and without weights the data (float64 rows near
+    1e153, each distance finite, their sum not: it had blamed a
+    sample_weight that was never given).
     """
     if v.all_finite(inertia):
         return
-    if distances is not None and v.all_finite(distances):
+    if weights is not None and distances is not None and v.all_finite(distances):
         raise ValueError(_WEIGHTED_SUM_OVERFLOWS)
     raise v.distances_overflow("x", compute_dtype(x.dtype))
 
@@ -1323,7 +1329,7 @@ def _finish(
                 active=active,
             )
         inertia = _weighted_total(distances, prep.weights)
-        check_distances_fit(inertia, x, distances)
+        check_distances_fit(inertia, x, distances, prep.weights)
         result = result._replace(centroids=centroids, inertia=inertia.to(result.inertia.dtype))
     else:
         result = result._replace(centroids=result.centroids.to(out_dtype))
