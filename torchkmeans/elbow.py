@@ -140,7 +140,7 @@ def find_knee(
     being separated and by much less after, so in log scale the true number
     of clusters is the corner of the curve; on raw inertia the first few
     large drops dominate the scaled curve and Kneedle answers too small a k
-    when there are many clusters (8 for 10 or 16 well separated blobs in
+    when there are many clusters (7 for 10 or 16 well separated blobs in
     the tests). ``curve="raw"`` is plain Kneedle on the values as given.
 
     Parameters
