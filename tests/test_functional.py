@@ -1371,6 +1371,11 @@ def test_squared_distances_beyond_float64_are_refused():
         lloyd(x, x[:16].clone())
     with pytest.raises(ValueError, match=r"rows of x overflow float64; .* rescale it\."):
         kmeans(x, 16, generator=torch.Generator().manual_seed(0))
+    # Each distance finite, their sum not (rows of 3 features, relabelled
+    # from differences): the same error without weights.
+    narrow = torch.from_numpy(np.random.RandomState(0).randn(1000, 3) * 1e153)
+    with pytest.raises(ValueError, match=r"rows of x overflow float64; .* rescale it\."):
+        kmeans(narrow, 3, generator=torch.Generator().manual_seed(0))
     weights = torch.full((2000,), 1e10, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"weighted by sample_weight overflows"):
         kmeans(x / 1e4, 16, sample_weight=weights, generator=gen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import warnings
 
@@ -14,7 +15,7 @@ from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
 from sklearn.preprocessing import StandardScaler
 
-from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError, lloyd
+from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError, elbow, lloyd
 from torchkmeans.functional import _native
 
 DATASETS = {
@@ -456,6 +457,17 @@ def test_squared_distances_that_overflow_are_blamed_on_X():
     X = blobs(n=60, d=3, k=3, seed=0) * 1e155
     with pytest.raises(ValueError, match=r"Squared distances between the rows of X overflow"):
         KMeans(n_clusters=3, random_state=0).fit(X)
+
+
+def test_an_inertia_beyond_float64_without_weights_is_blamed_on_X():
+    # Each squared distance finite, their sum not (the README's randn x 1e153):
+    # the in-memory fit and elbow blamed a sample_weight that was never given.
+    X = np.random.RandomState(0).randn(1000, 3) * 1e153
+    overflow = r"Squared distances between the rows of X overflow float64"
+    with pytest.raises(ValueError, match=overflow):
+        KMeans(n_clusters=3, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=overflow):
+        elbow(X, k=range(1, 4), random_state=0)
 
 
 def test_weights_that_overflow_are_blamed_not_the_data():
@@ -1353,3 +1365,43 @@ def test_warnings_point_at_the_callers_line(call, category, message):
     lines = {line for _, _, line in call.__code__.co_lines() if line is not None}
     assert {w.filename for w in ours} == {__file__}
     assert {w.lineno for w in ours} <= lines
+
+
+def test_strided_arrays_and_frames_are_not_copied_before_the_fit(monkeypatch):
+    """The fit's centred copy reads any strides: a Fortran-ordered array, a
+    data frame's block or every other row reach it as views of the caller's
+    memory (a C-ordered copy first had doubled the fit's peak memory), and
+    fit exactly as the C-ordered array does, to the last bit of the inertia
+    (its final distances are summed along contiguous rows, by the fused
+    kernel for narrow rows, as for C order)."""
+    # The module, not the function torchkmeans.kmeans that shadows it on the package.
+    kmeans_module = importlib.import_module("torchkmeans.kmeans")
+    pd = pytest.importorskip("pandas")
+    seen = []
+    original = kmeans_module.kmeans
+
+    def recording(x, *args, **kwargs):
+        seen.append(x)
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(kmeans_module, "kmeans", recording)
+    for X in (blobs(n=300, d=5, k=3, seed=0), blobs(n=2000, d=40, k=3, seed=1).astype(np.float32)):
+        wide = np.zeros((2 * X.shape[0], 2 * X.shape[1]), dtype=X.dtype)
+        wide[::2, ::2] = X
+        expected = KMeans(n_clusters=3, random_state=0).fit(X)
+        frame = pd.DataFrame(X, index=np.arange(X.shape[0])[::-1] + 1000)
+        for data, memory in [
+            (np.asfortranarray(X), None),
+            (wide[::2, ::2], wide),
+            (frame, frame.to_numpy()),
+        ]:
+            seen.clear()
+            km = KMeans(n_clusters=3, random_state=0).fit(data)
+            memory = data if memory is None else memory
+            assert np.shares_memory(seen[0].numpy(), memory)
+            np.testing.assert_array_equal(km.labels_, expected.labels_)
+            np.testing.assert_array_equal(km.cluster_centers_, expected.cluster_centers_)
+            assert km.inertia_ == expected.inertia_
+    # Negative strides, which torch cannot wrap, are still copied.
+    km = KMeans(n_clusters=3, random_state=0).fit(np.ascontiguousarray(X[::-1])[::-1])
+    np.testing.assert_array_equal(km.labels_, expected.labels_)

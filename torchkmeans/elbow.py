@@ -140,7 +140,7 @@ def find_knee(
     being separated and by much less after, so in log scale the true number
     of clusters is the corner of the curve; on raw inertia the first few
     large drops dominate the scaled curve and Kneedle answers too small a k
-    when there are many clusters (8 for 10 or 16 well separated blobs in
+    when there are many clusters (7 for 10 or 16 well separated blobs in
     the tests). ``curve="raw"`` is plain Kneedle on the values as given.
 
     Parameters
@@ -420,7 +420,10 @@ def _sweep(
     progress.phase(f"seeding k-means++ to k={k_max} ({n_init} restarts)")
     # Seeds are drawn on unit rows for cosine (kmeans_plusplus centres
     # euclidean rows itself, as kmeans() does).
-    seeding_x = unit_rows(x) if metric == "cosine" else x
+    # Normalised as contiguous rows whatever x's strides (a Fortran-ordered
+    # array, a data frame's block): norms summed down strided rows differ
+    # in their last bits, and seed otherwise.
+    seeding_x = unit_rows(x.contiguous()) if metric == "cosine" else x
     # Cosine rows of zeros (no direction) seed no centroid, as in kmeans().
     seeding_weights = None
     if metric == "cosine":
@@ -721,8 +724,15 @@ def elbow(
                 kind = v.OutputKind(True, torch.device("cpu"))
         else:
             # On shards, finiteness and n_samples >= k are checked over all ranks at once.
+            # The fits copy x, centred: strides as given (a data frame's block,
+            # Fortran order) are read by that copy, not copied before it.
             x, kind = v.as_tensor(
-                X, "X", device=device, dtype=v.resolve_dtype(dtype), check_finite=not shard
+                X,
+                "X",
+                device=device,
+                dtype=v.resolve_dtype(dtype),
+                check_finite=not shard,
+                strided=not shard,
             )
             if (x.shape[0] == 0 and not shard) or x.shape[1] == 0:
                 raise ValueError(
@@ -935,7 +945,7 @@ def _labels(
     Lloyd's labels of all ``len(ks) * n_init`` fits would take that many times n.
     """
     if metric == "cosine":
-        data, centres = unit_rows(x), unit_rows(centroids)
+        data, centres = unit_rows(x.contiguous()), unit_rows(centroids)
     else:
         data, centres = x, centroids
     labels = torch.empty((len(ks), x.shape[0]), dtype=torch.int64, device=x.device)

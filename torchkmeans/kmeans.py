@@ -304,7 +304,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         v.check_feature_names(self.__dict__.get("feature_names_in_"), X, type(self).__name__)
 
     def _validate_x(
-        self, X: Any, *, reset: bool, allow_empty: bool = False
+        self, X: Any, *, reset: bool, allow_empty: bool = False, strided: bool = False
     ) -> tuple[torch.Tensor, v.OutputKind]:
         dtype = v.resolve_dtype(self.dtype)
         X = densified(X, self.memory_budget)
@@ -320,7 +320,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 "memory_budget."
             )
         if reset:
-            x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype)
+            x, kind = v.as_tensor(X, "X", device=self.device, dtype=dtype, strided=strided)
             if x.shape[0] == 0 and not allow_empty:
                 raise ValueError(
                     f"Found array with 0 sample(s) (shape={tuple(x.shape)}) while a minimum "
@@ -386,7 +386,9 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             X, self.device, lloyd=True, problems=self._batched_restarts()
         ):
             return self._fit_passes(X, sample_weight, collective)
-        x, kind = self._validate_x(X, reset=True)
+        # The fit copies X once, centred: strides as given (a data frame's
+        # block, Fortran order) are read by that copy, not copied before it.
+        x, kind = self._validate_x(X, reset=True, strided=True)
         n_clusters, n_init, metric = self._check_params(x.shape[0])
         compute = compute_dtype(x.dtype)
         weights = v.check_sample_weight(sample_weight, x.shape[0], device=x.device, dtype=compute)
