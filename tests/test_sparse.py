@@ -435,3 +435,30 @@ def test_minibatch_keeps_a_sparse_x_that_fits_memory_sparse_unless_densely_store
     assert dense_steps
     tensor = torch.tensor(many.toarray()).to_sparse()  # a torch COO tensor, half stored
     assert MiniBatchKMeans(3, random_state=0).fit(tensor).cluster_centers_.shape == (3, 20)
+
+
+def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_result():
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+
+    X = sparse.random(800, 60, density=0.05, random_state=3, format="csr")
+    rows = sparse_rows(
+        torch.from_numpy(X.indptr.astype(np.int64)),
+        torch.from_numpy(X.indices.astype(np.int64)),
+        torch.from_numpy(X.data),
+        60,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    init = torch.from_numpy(X[:6].toarray())
+    init[2] = 50.0  # empty after the first assignment
+    every = sparse_kmeans(rows, 6, init=init, check_every=1)
+    theirs = SklearnKMeans(6, init=init.numpy(), n_init=1).fit(X)
+    assert int(every.n_iter) == theirs.n_iter_
+    for check_every in (3, 7, 1000):
+        late = sparse_kmeans(rows, 6, init=init, check_every=check_every)
+        assert torch.equal(late.labels, every.labels)
+        assert torch.equal(late.centroids, every.centroids)
+        assert int(late.n_iter) == int(every.n_iter)
+        torch.testing.assert_close(late.inertia_history, every.inertia_history, equal_nan=True)
+    with pytest.raises(ValueError, match="check_every"):
+        sparse_kmeans(rows, 6, init=init, check_every=0)
