@@ -174,15 +174,35 @@ def test_minibatch_on_sparse_equals_the_dense_fit_in_memory_and_streamed():
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
-def test_elbow_on_sparse_streams_dense_chunks_as_a_memmap(tmp_path):
-    memmap = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(400, 64))
-    memmap[:] = DENSE[:400]
-    # A dense form beyond memory_budget (400 x 64 float64: 205 kB).
-    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, memory_budget=100_000)
-    memmap_sweep = elbow(memmap, range(2, 5), random_state=0, memory_budget=100_000)
-    assert sparse_sweep.ks == memmap_sweep.ks
-    np.testing.assert_allclose(sparse_sweep.inertia, memmap_sweep.inertia, rtol=1e-12)
-    np.testing.assert_array_equal(sparse_sweep.labels, memmap_sweep.labels)
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_elbow_on_sparse_fits_the_stored_values_as_scikit_learn(monkeypatch, fmt):
+    # A sparse X beyond memory_budget had been swept as a memmap is: dense
+    # chunks densified every iteration (20,000 x 5,000, 1% stored, k = 1..9:
+    # 441 s) and seeds from a sample. Each k is now a fit on the stored
+    # values from the first k seeds of the dense sweep's k-means++ runs.
+    from torchkmeans.functional import kmeans_plusplus
+
+    def refuse(*args):
+        raise AssertionError("a sparse matrix was densified")
+
+    monkeypatch.setattr(_CSR, "read", refuse)
+    monkeypatch.setattr(_CSR, "take", refuse)
+    ks = range(1, 7)
+    sweep = elbow(CSR.asformat(fmt), ks, n_init=2, random_state=0, memory_budget=100_000)
+    monkeypatch.undo()
+    dense_sweep = elbow(DENSE, ks, n_init=2, random_state=0)
+    np.testing.assert_allclose(sweep.inertia, dense_sweep.inertia, rtol=1e-12)
+    np.testing.assert_array_equal(sweep.labels, dense_sweep.labels)
+    _, seeds = kmeans_plusplus(
+        torch.tensor(DENSE), 6, n_problems=2, generator=torch.Generator().manual_seed(0)
+    )
+    for i, k in enumerate(ks):
+        theirs = [
+            SklearnKMeans(k, init=DENSE[run[:k].numpy()], n_init=1).fit(CSR).inertia_
+            for run in seeds
+        ]
+        assert sweep.inertia[i] == pytest.approx(min(theirs), rel=1e-12)
+        assert sweep.centroids[i].shape == (k, 64)
 
 
 def test_refused_sparse_input_says_why():
@@ -316,17 +336,22 @@ def test_minibatch_sparse_steps_of_any_magnitude_equal_those_at_unit_scale(scale
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
-def test_elbow_densifies_a_sparse_x_whose_dense_form_fits_memory_budget():
-    # As README says: a small sparse X is swept as its dense array (it had
-    # been read in passes as a memmap is: other fits than the array's, and
-    # scores other than the inertia refused).
+def test_elbow_on_sparse_x_scores_its_dense_form_where_it_fits_memory_budget():
+    # Scores other than the inertia take dense rows: a sparse X whose dense
+    # form fits memory_budget is scored as that array, a larger one refused.
     scores = ("inertia", "silhouette", "davies_bouldin")
     dense_sweep = elbow(DENSE[:400], range(2, 5), random_state=0, scores=scores)
     sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, scores=scores)
-    np.testing.assert_array_equal(sparse_sweep.inertia, dense_sweep.inertia)
+    np.testing.assert_allclose(sparse_sweep.inertia, dense_sweep.inertia, rtol=1e-12)
     np.testing.assert_array_equal(sparse_sweep.labels, dense_sweep.labels)
     for name in scores[1:]:
-        np.testing.assert_array_equal(sparse_sweep.scores[name], dense_sweep.scores[name])
+        np.testing.assert_allclose(sparse_sweep.scores[name], dense_sweep.scores[name])
+    match = (
+        r"Expected scores=\('inertia',\) when X is sparse \(csr_matrix\) and its dense "
+        r"form exceeds memory_budget=100000 bytes, got \('inertia', 'silhouette'\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        elbow(CSR, range(2, 5), scores=("inertia", "silhouette"), memory_budget=100_000)
 
 
 def test_labels_of_rows_far_from_the_origin_are_the_nearest_centre():
@@ -462,3 +487,25 @@ def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_resu
         torch.testing.assert_close(late.inertia_history, every.inertia_history, equal_nan=True)
     with pytest.raises(ValueError, match="check_every"):
         sparse_kmeans(rows, 6, init=init, check_every=0)
+
+
+def test_sparse_kmeans_runs_each_restart_from_its_own_init():
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_kmeans_plusplus, sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    generator = torch.Generator().manual_seed(1)
+    index = sparse_kmeans_plusplus(rows, 6, n_problems=3, generator=generator)
+    starts = torch.from_numpy(DENSE)[index]
+    both = sparse_kmeans(rows, 6, init=starts, n_init=3)
+    alone = [sparse_kmeans(rows, 6, init=start) for start in starts]
+    best = min(alone, key=lambda result: float(result.inertia))
+    assert torch.equal(both.labels, best.labels) and torch.equal(both.centroids, best.centroids)
+    with pytest.raises(ValueError, match=r"hold the centroids of n_init=2 runs, got shape \(3,"):
+        sparse_kmeans(rows, 6, init=starts, n_init=2)

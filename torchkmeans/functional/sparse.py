@@ -47,6 +47,7 @@ __all__ = [
     "SparseRows",
     "sparse_distances",
     "sparse_kmeans",
+    "sparse_kmeans_plusplus",
     "sparse_minibatch_step",
     "sparse_nearest",
     "sparse_rows",
@@ -431,6 +432,69 @@ def _to_points(rows: SparseRows, points: torch.Tensor, memory_budget: int | None
     return sparse_distances(rows, points, memory_budget).T
 
 
+def sparse_kmeans_plusplus(
+    rows: SparseRows,
+    n_clusters: int,
+    *,
+    n_problems: int = 1,
+    sample_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    """Greedy k-means++ on sparse rows: the indices ``(n_problems, n_clusters)``
+    of the seeds of ``n_problems`` runs.
+
+    The draws of the dense seeding
+    (:func:`~torchkmeans.functional.init.kmeans_plusplus` with the same
+    ``n_problems``: one for every run, then ``2 + log(k)`` candidates for
+    every run per centre), with the distances of the candidates to all rows
+    from sparse products, one run at a time. Greedy k-means++ is sequential:
+    the first k seeds of a run are a seeding for k (:func:`~torchkmeans.elbow`).
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]),
+    ...                    torch.tensor([1.0, 1.5, 4.0, 5.0]), 2,
+    ...                    device=torch.device("cpu"), dtype=torch.float64)
+    >>> index = sparse_kmeans_plusplus(rows, 2, n_problems=3,
+    ...                                generator=torch.Generator().manual_seed(0))
+    >>> index.shape, [sorted(set(i // 2 for i in run)) for run in index.tolist()]
+    (torch.Size([3, 2]), [[0, 1], [0, 1], [0, 1]])
+    """
+    n, device = rows.n_rows, rows.device
+    weights = sample_weight
+    acc = _device.widest_float(device)
+    trials = 2 + int(math.log(n_clusters))
+    draws = torch.rand((n_problems, 1), generator=generator, dtype=acc, device=device)
+    chosen: list[list[int]] = []
+    closest: list[torch.Tensor] = []
+    weighted: list[torch.Tensor] = []
+    potential: list[torch.Tensor] = []
+    cumulative = None if weights is None else weights.cumsum(0, dtype=acc)
+    for draw in draws:
+        if cumulative is None:
+            first = min(int(draw * n), n - 1)
+        else:
+            first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
+        chosen.append([first])
+        to_first = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
+        closest.append(to_first)
+        weighted.append(to_first if weights is None else to_first * weights)
+        potential.append(weighted[-1].sum(dtype=acc))
+    for _ in range(1, n_clusters):
+        draws = torch.rand((n_problems, trials), generator=generator, dtype=acc, device=device)
+        for run in range(n_problems):
+            cumsum = weighted[run].cumsum(0, dtype=acc)
+            candidates = _sample_from_cumulative(cumsum, draws[run].mul_(potential[run]))
+            best, closest[run], candidate_potential = greedy_choice(
+                _to_points(rows, rows.take(candidates), memory_budget), closest[run], weights, acc
+            )
+            potential[run] = candidate_potential[best]
+            weighted[run] = closest[run] if weights is None else closest[run] * weights
+            chosen[run].append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64, device=device)
+
+
 def _kmeans_plusplus(
     rows: SparseRows,
     n_clusters: int,
@@ -438,33 +502,10 @@ def _kmeans_plusplus(
     generator: torch.Generator | None,
     memory_budget: int | None,
 ) -> torch.Tensor:
-    """Greedy k-means++ indices ``(k,)``: the draws of the dense single-problem
-    loop (:func:`~torchkmeans.functional.init.kmeans_plusplus`), with the
-    distances of the candidates to all rows from sparse products."""
-    n, device = rows.n_rows, rows.device
-    acc = _device.widest_float(device)
-    trials = 2 + int(math.log(n_clusters))
-    draw = torch.rand((1,), generator=generator, dtype=acc, device=device)
-    if weights is None:
-        first = min(int(draw * n), n - 1)
-    else:
-        cumulative = weights.cumsum(0, dtype=acc)
-        first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
-    chosen = [first]
-    closest = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
-    weighted = closest if weights is None else closest * weights
-    potential = weighted.sum(dtype=acc)
-    for _ in range(1, n_clusters):
-        draws = torch.rand(trials, generator=generator, dtype=acc, device=device)
-        cumsum = weighted.cumsum(0, dtype=acc)
-        candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
-        best, closest, candidate_potential = greedy_choice(
-            _to_points(rows, rows.take(candidates), memory_budget), closest, weights, acc
-        )
-        potential = candidate_potential[best]
-        weighted = closest if weights is None else closest * weights
-        chosen.append(int(candidates[best]))
-    return torch.tensor(chosen, dtype=torch.int64, device=device)
+    """Greedy k-means++ indices ``(k,)`` of one run (:func:`sparse_kmeans_plusplus`)."""
+    return sparse_kmeans_plusplus(
+        rows, n_clusters, sample_weight=weights, generator=generator, memory_budget=memory_budget
+    )[0]
 
 
 def _initial_centroids(
@@ -666,7 +707,8 @@ def sparse_kmeans(
         From :func:`sparse_rows` (unit rows for ``metric="cosine"``).
     n_clusters : int
     init : {"k-means++", "random"} or Tensor
-        Seeding, or ``(n_clusters, n_features)`` initial centroids.
+        Seeding, or ``(n_clusters, n_features)`` initial centroids of every
+        run, or ``(n_init, n_clusters, n_features)``: those of each run.
     n_init, max_iter : int
     tol : float
         Relative to the mean feature variance of the rows.
@@ -724,10 +766,16 @@ def sparse_kmeans(
     if check_every is None:
         check_every = 1 if _device.on_host(rows.device) else 10
     v.check_positive_int(check_every, "check_every")
+    if isinstance(init, torch.Tensor) and init.ndim == 3 and init.shape[0] != n_init:
+        raise ValueError(
+            f"Expected init of {init.ndim} dimensions to hold the centroids of "
+            f"n_init={n_init} runs, got shape {tuple(init.shape)}."
+        )
     best: KMeansResult | None = None
-    for _ in range(n_init):
+    for run in range(n_init):
+        start = init[run] if isinstance(init, torch.Tensor) and init.ndim == 3 else init
         centroids = _initial_centroids(
-            rows, init, n_clusters, seed_weights, generator, memory_budget
+            rows, start, n_clusters, seed_weights, generator, memory_budget
         )
         result = _single(
             rows,
