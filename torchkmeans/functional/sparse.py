@@ -116,7 +116,11 @@ class SparseRows(NamedTuple):
         ``values`` (or those values weighted) in one scatter, in the dtype of ``values``."""
         d = self.n_features
         sums = torch.zeros(k * d, dtype=values.dtype, device=self.device)
-        sums.index_add_(0, labels[self.row_of] * d + self.col, values)
+        # index_select and in-place arithmetic: labels[row_of] * d + col made
+        # three nnz-sized temporaries by slower kernels (1% stored TF-IDF,
+        # 20,000 x 5,000: 7.5 ms against 2.4 ms, most of an iteration at k=2).
+        index = labels.index_select(0, self.row_of).mul_(d).add_(self.col)
+        sums.index_add_(0, index, values)
         return sums.view(k, d)
 
 
