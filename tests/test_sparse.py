@@ -548,3 +548,27 @@ def test_sparse_sums_make_one_temporary_of_the_stored_values():
     np.testing.assert_allclose(
         sums.numpy(), np.stack([DENSE[labels.numpy() == j].sum(0) for j in range(10)])
     )
+
+
+def test_sparse_search_without_suspects_runs_no_dense_search(monkeypatch):
+    # Rows the expansion labels surely were split into one empty part,
+    # searched densely (no rows, 1-2 ms a call) every iteration and transform.
+    import torchkmeans.functional.sparse as sparse_module
+
+    searched = []
+    dense_search, dense_distances = sparse_module._nearest, sparse_module.pairwise_distances
+
+    def counted(search):
+        def wrapper(x, *args, **kwargs):
+            searched.append(x.shape[0])
+            return search(x, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(sparse_module, "_nearest", counted(dense_search))
+    monkeypatch.setattr(sparse_module, "pairwise_distances", counted(dense_distances))
+    km = KMeans(10, init=INIT).fit(CSR)
+    km.transform(CSR)
+    assert 0 not in searched
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
+    _same_fit(km, theirs)
