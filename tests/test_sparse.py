@@ -572,3 +572,45 @@ def test_sparse_search_without_suspects_runs_no_dense_search(monkeypatch):
     assert 0 not in searched
     theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
     _same_fit(km, theirs)
+
+
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr", "to_sparse_csc"])
+def test_functional_kmeans_of_a_sparse_tensor_fits_its_stored_values(layout):
+    # functional.kmeans refused torch sparse tensors ("convert it with
+    # x.to_dense()"), where KMeans fits them without densifying.
+    from torchkmeans.functional import kmeans
+
+    x = getattr(torch.tensor(DENSE), layout)()
+    init = torch.tensor(INIT)
+    result = kmeans(x, 10, init=init)
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
+    np.testing.assert_array_equal(result.labels.numpy(), theirs.labels_)
+    np.testing.assert_allclose(result.centroids.numpy(), theirs.cluster_centers_, atol=1e-10)
+    assert float(result.inertia) == pytest.approx(theirs.inertia_, rel=1e-12)
+    assert int(result.n_iter) == theirs.n_iter_
+    w = torch.linspace(0.5, 2.0, CSR.shape[0], dtype=torch.float64)
+    ours = kmeans(x, 10, generator=torch.Generator().manual_seed(0), sample_weight=w)
+    estimator = KMeans(10, random_state=0).fit(CSR, sample_weight=w.numpy())
+    np.testing.assert_array_equal(ours.labels.numpy(), estimator.labels_)
+    assert float(ours.inertia) == pytest.approx(estimator.inertia_, rel=1e-12)
+    restarts = kmeans(x, 10, init=torch.stack([init, torch.tensor(DENSE[-10:])]))
+    alone = [kmeans(x, 10, init=start) for start in (init, torch.tensor(DENSE[-10:]))]
+    assert float(restarts.inertia) == min(float(r.inertia) for r in alone)
+
+
+def test_functional_kmeans_of_a_sparse_tensor_refuses_what_it_cannot_fit():
+    from torchkmeans.functional import kmeans
+
+    x = torch.tensor(DENSE).to_sparse_csr()
+    with pytest.raises(TypeError, match=r"Expected init to be .* when x is sparse, got a callable"):
+        kmeans(x, 3, init=lambda x, k, g: None)
+    with pytest.raises(ValueError, match=r"n_samples=1797 should be >= n_clusters=2000\."):
+        kmeans(x, 2000)
+    with pytest.raises(TypeError, match=r"Expected x to be a floating-point tensor"):
+        kmeans(torch.tensor(DENSE).long().to_sparse(), 3)
+    bad = torch.tensor(DENSE)
+    bad[3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"Input x contains NaN or infinity"):
+        kmeans(bad.to_sparse(), 3)
+    with pytest.raises(ValueError, match=r"Expected a sparse x to be 2-D \(n, d\)"):
+        kmeans(torch.zeros(2, 3, 4).to_sparse(), 1)

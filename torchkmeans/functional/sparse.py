@@ -18,6 +18,7 @@ move a centre.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ from .distances import (
     DEFAULT_MEMORY_BUDGET,
     Nearest,
     _nearest,
+    compute_dtype,
     overflow_exponent,
     pairwise_distances,
     times_power_of_two,
@@ -806,6 +808,94 @@ def sparse_kmeans(
         inertia=times_power_of_two(best.inertia, -2 * exponent) + ignored,
         inertia_history=times_power_of_two(best.inertia_history, -2 * exponent) + ignored,
     )
+
+
+def _kmeans_of_sparse_tensor(
+    x: torch.Tensor,
+    n_clusters: int,
+    *,
+    init: Any,
+    n_init: int | str,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    sample_weight: torch.Tensor | None,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+    check_every: int | None,
+) -> KMeansResult:
+    """:func:`~torchkmeans.functional.kmeans` of a torch sparse tensor ``x``
+    ``(n, d)`` (COO, CSR, CSC...): :func:`sparse_kmeans` on its stored values,
+    on its device, computed in its dtype (half precision in float32)."""
+    if x.ndim != 2 or x.dense_dim() != 0:
+        raise ValueError(
+            "Expected a sparse x to be 2-D (n, d) without dense dimensions, got shape "
+            f"{tuple(x.shape)} with {x.dense_dim()} dense dimension(s)."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Expected x to be a floating-point tensor, got dtype {x.dtype} "
+            "(x.float() converts it)."
+        )
+    n, d = (int(size) for size in x.shape)
+    if d == 0:
+        raise ValueError(f"Expected x to have at least one feature, got shape {(n, d)}.")
+    n_clusters = v.check_n_clusters(n_clusters)
+    if n < n_clusters:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    v.check_metric(metric)
+    if callable(init) and not isinstance(init, (str, torch.Tensor)):
+        raise TypeError(
+            "Expected init to be 'k-means++', 'random' or a tensor when x is sparse, "
+            "got a callable."
+        )
+    if n_init == "auto":
+        n_init = 10 if isinstance(init, str) and init == "random" else 1
+    if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
+        raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
+    n_init = int(n_init)
+    if isinstance(init, torch.Tensor):
+        # Given starts: one run, or one restart per set of centroids, as for dense x.
+        n_init = max(1, int(init.shape[0])) if init.ndim == 3 else 1
+    v.check_positive_int(max_iter, "max_iter")
+    v.check_nonnegative_float(tol, "tol")
+    v.check_memory_budget(memory_budget)
+    tensor = x.detach()
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+        tensor = tensor.to_sparse_csr()
+    values = tensor.values()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("Input x contains NaN or infinity.")
+    compute = compute_dtype(values.dtype)
+    weights = v.check_weight_tensor(sample_weight, n, dtype=compute)
+    rows = sparse_rows(
+        tensor.crow_indices(),
+        tensor.col_indices(),
+        values,
+        d,
+        device=values.device,
+        dtype=compute,
+        metric=metric,
+    )
+    result = sparse_kmeans(
+        rows,
+        n_clusters,
+        init=init,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        sample_weight=None if weights is None else weights.reshape(n),
+        generator=generator,
+        memory_budget=memory_budget,
+        check_every=check_every,
+    )
+    if not v.all_finite(result.inertia):
+        # Finite rows whose squared distances overflow: every label is a tie.
+        raise v.distances_overflow("x", compute)
+    return result
 
 
 def sparse_minibatch_step(
