@@ -21,6 +21,13 @@ In one run, on load_digits (1797 x 64, float32), k = 1..kmax, the same
    padded to its own largest k chosen by a cost model; and warm starts (k
    from the k-1 solution plus the next k-means++ seed, one lloyd call per k).
 
+With ``--sparse`` instead: a TF-IDF-like CSR matrix (``bench_sparse.py``'s,
+``--n`` x ``--d``, ``--density`` stored, float64), k = 1..kmax: the seconds
+and peak memory growth (resident set, sampled) of ``torchkmeans.elbow``,
+against a scikit-learn loop from the same initial centres (each k's
+restarts from the first k seeds of the sweep's k-means++ runs; the per-k
+inertia must agree) and scikit-learn's own loop with its k-means++.
+
 It is a script, never a test: timings depend on the machine.
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
 from typing import Any, Callable
 
@@ -118,6 +126,99 @@ def best_of(
     return times, results
 
 
+class PeakRSS:
+    """Largest resident set growth (bytes) while in the block, sampled every
+    5 ms from /proc/self/statm (Linux)."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self._rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def sparse_main(args: argparse.Namespace) -> None:
+    import warnings
+
+    import scipy.sparse as sp
+    from bench_sparse import tfidf_like
+
+    from torchkmeans._host import sparse_input
+    from torchkmeans.functional.sparse import sparse_kmeans_plusplus
+
+    ks = list(range(1, args.kmax + 1))
+    n_init = args.n_init
+    X = sp.csr_matrix(tfidf_like(args.n, args.d, args.density, args.kmax))
+    print(
+        f"TF-IDF-like CSR {X.shape[0]} x {X.shape[1]}, {X.nnz / np.prod(X.shape):.2%} stored, "
+        f"float64, k = 1..{args.kmax}, n_init={n_init}, threads={args.threads}; "
+        f"best of {args.repeat}"
+    )
+    rows, _ = sparse_input(X, device=None, dtype=None, metric="euclidean")
+    generator = torch.Generator().manual_seed(SEED)
+    seeds = sparse_kmeans_plusplus(rows, args.kmax, n_problems=n_init, generator=generator)
+
+    def same_inits() -> np.ndarray:
+        return np.array(
+            [
+                min(
+                    SkKMeans(k, init=X[run[:k].numpy()].toarray(), n_init=1).fit(X).inertia_
+                    for run in seeds
+                )
+                for k in ks
+            ]
+        )
+
+    def sweep() -> tuple[np.ndarray, int]:
+        with warnings.catch_warnings(), PeakRSS() as rss:
+            warnings.simplefilter("ignore", UserWarning)
+            inertia = elbow(X, k=ks, n_init=n_init, random_state=SEED).inertia
+        return inertia, rss.growth
+
+    functions: dict[str, Callable[[], Any]] = {
+        "torchkmeans.elbow": sweep,
+        "sklearn loop, same inits": same_inits,
+        "sklearn loop, own k-means++": lambda: sklearn_loop(X, ks, n_init),
+    }
+    times, results = best_of(functions, args.repeat)
+    inertia, growth = results["torchkmeans.elbow"]
+    reference = times["sklearn loop, same inits"]
+    print(f"\n{'method':30s} {'seconds':>8s} {'vs same inits':>14s}")
+    for name, seconds in times.items():
+        print(f"{name:30s} {seconds:8.2f} {reference / seconds:13.2f}x")
+    print(
+        f"elbow: peak resident growth {growth / 2**20:.0f} MiB (data {X.data.nbytes / 2**20:.0f} MiB)"
+    )
+    deviation = np.abs(inertia / results["sklearn loop, same inits"] - 1).max()
+    print(f"per-k inertia vs the same-inits loop: max relative deviation {deviation:.2e}")
+    own = inertia / results["sklearn loop, own k-means++"]
+    print(
+        f"per-k inertia over scikit-learn's own loop: worst {own.max():.4f}, best {own.min():.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -125,9 +226,16 @@ def main() -> None:
     parser.add_argument("--kmax", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-plans", action="store_true", help="skip the alternative plans")
+    parser.add_argument("--sparse", action="store_true", help="a TF-IDF-like CSR matrix")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--d", type=int, default=5_000)
+    parser.add_argument("--density", type=float, default=0.01)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=args.threads)
+    if args.sparse:
+        sparse_main(args)
+        return
 
     X = np.ascontiguousarray(load_digits().data.astype(np.float32))
     ks = list(range(1, args.kmax + 1))

@@ -319,3 +319,57 @@ def test_a_torch_generator_of_another_device_seeds_one_on_the_data_device(monkey
     assert v.make_generator(own, torch.device("cuda", 0)) is own
     cpu = torch.Generator("cpu")
     assert v.make_generator(cpu, torch.device("cpu")) is cpu
+
+
+def test_sparse_lloyd_reads_the_host_every_10_iterations(accelerator_paths):
+    # The sparse loop read the host about six times an iteration: the shift,
+    # the labels compared, the empty-cluster test, the suspects' nonzero and
+    # two bounds of each block of rows (36 iterations: 275 reads).
+    sparse = pytest.importorskip("scipy.sparse")
+    X = sparse.random(2000, 30, density=0.3, random_state=0, format="csr")
+    init = X[:30].toarray()
+    counts = []
+    for max_iter in (10, 30):
+        with HostReads() as reads:
+            km = KMeans(30, init=init, max_iter=max_iter, tol=0.0).fit(X)
+        assert km.n_iter_ == max_iter
+        counts.append(len(reads.calls))
+    assert counts[1] - counts[0] <= 20 // 10 + 1
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("case", ["empty-cluster", "far-from-the-origin"])
+def test_sparse_fit_equals_the_host_paths_and_scikit_learn(case, monkeypatch):
+    # Off the CPU the loop reads the host every 10 iterations, reseeds with
+    # torch.where and labels again a fixed number of suspects (rows the
+    # expansion cannot label, many far from the origin), running the
+    # iterations since the last read again when there were more: the same fit.
+    sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(0)
+    if case == "empty-cluster":
+        X = sparse.random(1500, 80, density=0.05, random_state=0, format="csr")
+        init = X[rng.choice(1500, 8, replace=False)].toarray()
+        init[3] = 100.0  # far from every row: empty after the first assignment
+    else:
+        centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
+        dense = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
+        dense[:, 0] = 0
+        X = sparse.csr_matrix(dense.astype(np.float32))
+        init = dense[rng.choice(3000, 8, replace=False)].astype(np.float32)
+    w = rng.uniform(0.5, 2.0, X.shape[0])
+    host = KMeans(8, init=init).fit(X, sample_weight=w)
+    monkeypatch.setattr(_device, "on_host", lambda device: False)
+    for layout in (X, X.tocsc()):
+        with HostReads() as reads:
+            accelerator = KMeans(8, init=init).fit(layout, sample_weight=w)
+        np.testing.assert_array_equal(accelerator.labels_, host.labels_)
+        np.testing.assert_array_equal(accelerator.cluster_centers_, host.cluster_centers_)
+        assert accelerator.inertia_ == host.inertia_
+        assert accelerator.n_iter_ == host.n_iter_
+        assert reads.calls.count("nonzero") <= 2  # the final labels' check
+    if case == "empty-cluster":
+        theirs = SKKMeans(8, init=init, n_init=1).fit(X, sample_weight=w)
+        np.testing.assert_array_equal(host.labels_, theirs.labels_)
+        np.testing.assert_allclose(host.cluster_centers_, theirs.cluster_centers_, atol=1e-12)
+        assert host.inertia_ == pytest.approx(theirs.inertia_, rel=1e-12)
+        assert host.n_iter_ == theirs.n_iter_

@@ -1077,10 +1077,11 @@ def test_sparse_sample_weight_and_functional_input_are_refused_with_a_hint():
         KMeans(n_clusters=2).fit(dense, sample_weight=weights)
     with pytest.raises(TypeError, match=match):
         MiniBatchKMeans(n_clusters=2).partial_fit(dense, sample_weight=weights)
-    with pytest.raises(TypeError, match=match):
-        kmeans(dense, 2, sample_weight=weights)
-    with pytest.raises(TypeError, match=r"convert it with x\.to_dense\(\)"):
-        kmeans(dense.to_sparse(), 2)
+    # A sparse x is fitted on its stored values (tests/test_sparse.py); its
+    # weights are dense too.
+    for x in (dense, dense.to_sparse()):
+        with pytest.raises(TypeError, match=match):
+            kmeans(x, 2, sample_weight=weights)
     with pytest.raises(TypeError, match=r"convert it with x\.to_dense\(\)"):
         nearest_centroids(dense.to_sparse(), dense[:2])
     with pytest.raises(TypeError, match=r"convert it with centroids\.to_dense\(\)"):

@@ -174,15 +174,32 @@ def test_minibatch_on_sparse_equals_the_dense_fit_in_memory_and_streamed():
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
-def test_elbow_on_sparse_streams_dense_chunks_as_a_memmap(tmp_path):
-    memmap = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=(400, 64))
-    memmap[:] = DENSE[:400]
-    # A dense form beyond memory_budget (400 x 64 float64: 205 kB).
-    sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, memory_budget=100_000)
-    memmap_sweep = elbow(memmap, range(2, 5), random_state=0, memory_budget=100_000)
-    assert sparse_sweep.ks == memmap_sweep.ks
-    np.testing.assert_allclose(sparse_sweep.inertia, memmap_sweep.inertia, rtol=1e-12)
-    np.testing.assert_array_equal(sparse_sweep.labels, memmap_sweep.labels)
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_elbow_on_sparse_fits_the_stored_values_as_scikit_learn(monkeypatch, fmt):
+    # A sparse X beyond memory_budget had been swept as a memmap is: dense
+    # chunks densified every iteration (20,000 x 5,000, 1% stored, k = 1..9:
+    # 441 s) and seeds from a sample. Each k is now a fit on the stored
+    # values from the first k seeds of the dense sweep's k-means++ runs.
+    from torchkmeans.functional import kmeans_plusplus
+
+    def refuse(*args):
+        raise AssertionError("a sparse matrix was densified")
+
+    monkeypatch.setattr(_CSR, "read", refuse)
+    monkeypatch.setattr(_CSR, "take", refuse)
+    ks = range(1, 7)
+    sweep = elbow(CSR.asformat(fmt), ks, n_init=2, random_state=0, memory_budget=100_000)
+    monkeypatch.undo()
+    # The seeds of the dense sweep: greedy k-means++ to k=6, two restarts.
+    _, seeds = kmeans_plusplus(
+        torch.tensor(DENSE), 6, n_problems=2, generator=torch.Generator().manual_seed(0)
+    )
+    for i, k in enumerate(ks):
+        fits = [SklearnKMeans(k, init=DENSE[run[:k].numpy()], n_init=1).fit(CSR) for run in seeds]
+        theirs = min(fits, key=lambda fit: fit.inertia_)
+        assert sweep.inertia[i] == pytest.approx(theirs.inertia_, rel=1e-12)
+        np.testing.assert_array_equal(sweep.labels[i], theirs.labels_)
+        np.testing.assert_allclose(sweep.centroids[i], theirs.cluster_centers_, atol=1e-10)
 
 
 def test_refused_sparse_input_says_why():
@@ -316,17 +333,22 @@ def test_minibatch_sparse_steps_of_any_magnitude_equal_those_at_unit_scale(scale
 
 
 @pytest.mark.filterwarnings("ignore:No knee found")
-def test_elbow_densifies_a_sparse_x_whose_dense_form_fits_memory_budget():
-    # As README says: a small sparse X is swept as its dense array (it had
-    # been read in passes as a memmap is: other fits than the array's, and
-    # scores other than the inertia refused).
+def test_elbow_on_sparse_x_scores_its_dense_form_where_it_fits_memory_budget():
+    # Scores other than the inertia take dense rows: a sparse X whose dense
+    # form fits memory_budget is scored as that array, a larger one refused.
     scores = ("inertia", "silhouette", "davies_bouldin")
     dense_sweep = elbow(DENSE[:400], range(2, 5), random_state=0, scores=scores)
     sparse_sweep = elbow(CSR[:400], range(2, 5), random_state=0, scores=scores)
-    np.testing.assert_array_equal(sparse_sweep.inertia, dense_sweep.inertia)
+    np.testing.assert_allclose(sparse_sweep.inertia, dense_sweep.inertia, rtol=1e-12)
     np.testing.assert_array_equal(sparse_sweep.labels, dense_sweep.labels)
     for name in scores[1:]:
-        np.testing.assert_array_equal(sparse_sweep.scores[name], dense_sweep.scores[name])
+        np.testing.assert_allclose(sparse_sweep.scores[name], dense_sweep.scores[name])
+    match = (
+        r"Expected scores=\('inertia',\) when X is sparse \(csr_matrix\) and its dense "
+        r"form exceeds memory_budget=100000 bytes, got \('inertia', 'silhouette'\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        elbow(CSR, range(2, 5), scores=("inertia", "silhouette"), memory_budget=100_000)
 
 
 def test_labels_of_rows_far_from_the_origin_are_the_nearest_centre():
@@ -435,3 +457,157 @@ def test_minibatch_keeps_a_sparse_x_that_fits_memory_sparse_unless_densely_store
     assert dense_steps
     tensor = torch.tensor(many.toarray()).to_sparse()  # a torch COO tensor, half stored
     assert MiniBatchKMeans(3, random_state=0).fit(tensor).cluster_centers_.shape == (3, 20)
+
+
+def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_result():
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+
+    X = sparse.random(800, 60, density=0.05, random_state=3, format="csr")
+    rows = sparse_rows(
+        torch.from_numpy(X.indptr.astype(np.int64)),
+        torch.from_numpy(X.indices.astype(np.int64)),
+        torch.from_numpy(X.data),
+        60,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    init = torch.from_numpy(X[:6].toarray())
+    init[2] = 50.0  # empty after the first assignment
+    every = sparse_kmeans(rows, 6, init=init, check_every=1)
+    theirs = SklearnKMeans(6, init=init.numpy(), n_init=1).fit(X)
+    assert int(every.n_iter) == theirs.n_iter_
+    for check_every in (3, 7, 1000):
+        late = sparse_kmeans(rows, 6, init=init, check_every=check_every)
+        assert torch.equal(late.labels, every.labels)
+        assert torch.equal(late.centroids, every.centroids)
+        assert int(late.n_iter) == int(every.n_iter)
+        torch.testing.assert_close(late.inertia_history, every.inertia_history, equal_nan=True)
+    with pytest.raises(ValueError, match="check_every"):
+        sparse_kmeans(rows, 6, init=init, check_every=0)
+
+
+def test_sparse_kmeans_runs_each_restart_from_its_own_init():
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_kmeans_plusplus, sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    generator = torch.Generator().manual_seed(1)
+    index = sparse_kmeans_plusplus(rows, 6, n_problems=3, generator=generator)
+    starts = torch.from_numpy(DENSE)[index]
+    both = sparse_kmeans(rows, 6, init=starts, n_init=3)
+    alone = [sparse_kmeans(rows, 6, init=start) for start in starts]
+    best = min(alone, key=lambda result: float(result.inertia))
+    assert torch.equal(both.labels, best.labels) and torch.equal(both.centroids, best.centroids)
+    with pytest.raises(ValueError, match=r"hold the centroids of n_init=2 runs, got shape \(3,"):
+        sparse_kmeans(rows, 6, init=starts, n_init=2)
+
+
+def test_sparse_sums_make_one_temporary_of_the_stored_values():
+    # labels[row_of] * d + col: three nnz-sized int64 temporaries, by an
+    # advanced-indexing gather 3x slower than index_select (the scatter of
+    # the cluster sums was most of an iteration of a TF-IDF fit at small k).
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional.sparse import sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    nnz = rows.values.numel()
+
+    class Temporaries(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.int64 and out.numel() == nnz:
+                if not (func._schema.name.endswith("_") or "out" in (kwargs or {})):
+                    self.made.append(str(func))
+            return out
+
+    labels = torch.from_numpy(np.arange(CSR.shape[0]) % 10)
+    with Temporaries() as temporaries:
+        sums = rows.sums(labels, rows.values, 10)
+    assert len(temporaries.made) == 1, temporaries.made
+    np.testing.assert_allclose(
+        sums.numpy(), np.stack([DENSE[labels.numpy() == j].sum(0) for j in range(10)])
+    )
+
+
+def test_sparse_search_without_suspects_runs_no_dense_search(monkeypatch):
+    # Rows the expansion labels surely were split into one empty part,
+    # searched densely (no rows, 1-2 ms a call) every iteration and transform.
+    import torchkmeans.functional.sparse as sparse_module
+
+    searched = []
+    dense_search, dense_distances = sparse_module._nearest, sparse_module.pairwise_distances
+
+    def counted(search):
+        def wrapper(x, *args, **kwargs):
+            searched.append(x.shape[0])
+            return search(x, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(sparse_module, "_nearest", counted(dense_search))
+    monkeypatch.setattr(sparse_module, "pairwise_distances", counted(dense_distances))
+    km = KMeans(10, init=INIT).fit(CSR)
+    km.transform(CSR)
+    assert 0 not in searched
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
+    _same_fit(km, theirs)
+
+
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr", "to_sparse_csc"])
+def test_functional_kmeans_of_a_sparse_tensor_fits_its_stored_values(layout):
+    # functional.kmeans refused torch sparse tensors ("convert it with
+    # x.to_dense()"), where KMeans fits them without densifying.
+    from torchkmeans.functional import kmeans
+
+    x = getattr(torch.tensor(DENSE), layout)()
+    init = torch.tensor(INIT)
+    result = kmeans(x, 10, init=init)
+    theirs = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
+    np.testing.assert_array_equal(result.labels.numpy(), theirs.labels_)
+    np.testing.assert_allclose(result.centroids.numpy(), theirs.cluster_centers_, atol=1e-10)
+    assert float(result.inertia) == pytest.approx(theirs.inertia_, rel=1e-12)
+    assert int(result.n_iter) == theirs.n_iter_
+    w = torch.linspace(0.5, 2.0, CSR.shape[0], dtype=torch.float64)
+    ours = kmeans(x, 10, generator=torch.Generator().manual_seed(0), sample_weight=w)
+    estimator = KMeans(10, random_state=0).fit(CSR, sample_weight=w.numpy())
+    np.testing.assert_array_equal(ours.labels.numpy(), estimator.labels_)
+    assert float(ours.inertia) == pytest.approx(estimator.inertia_, rel=1e-12)
+    restarts = kmeans(x, 10, init=torch.stack([init, torch.tensor(DENSE[-10:])]))
+    alone = [kmeans(x, 10, init=start) for start in (init, torch.tensor(DENSE[-10:]))]
+    assert float(restarts.inertia) == min(float(r.inertia) for r in alone)
+
+
+def test_functional_kmeans_of_a_sparse_tensor_refuses_what_it_cannot_fit():
+    from torchkmeans.functional import kmeans
+
+    x = torch.tensor(DENSE).to_sparse_csr()
+    with pytest.raises(TypeError, match=r"Expected init to be .* when x is sparse, got a callable"):
+        kmeans(x, 3, init=lambda x, k, g: None)
+    with pytest.raises(ValueError, match=r"n_samples=1797 should be >= n_clusters=2000\."):
+        kmeans(x, 2000)
+    with pytest.raises(TypeError, match=r"Expected x to be a floating-point tensor"):
+        kmeans(torch.tensor(DENSE).long().to_sparse(), 3)
+    bad = torch.tensor(DENSE)
+    bad[3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"Input x contains NaN or infinity"):
+        kmeans(bad.to_sparse(), 3)
+    with pytest.raises(ValueError, match=r"Expected a sparse x to be 2-D \(n, d\)"):
+        kmeans(torch.zeros(2, 3, 4).to_sparse(), 1)

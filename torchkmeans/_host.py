@@ -12,7 +12,7 @@ import torch
 
 from . import _validation as v
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype
-from .functional.sparse import dense_rows
+from .functional.sparse import SparseRows, dense_rows, sparse_rows
 from .functional.streaming import HostRows
 
 __all__ = [
@@ -297,3 +297,30 @@ def densified(X: Any, memory_budget: int | None) -> Any:
     if rows.kind.is_torch:
         return dense.to(rows.kind.device)
     return dense.numpy()
+
+
+def sparse_input(
+    X: Any,
+    *,
+    device: Any,
+    dtype: torch.dtype | None,
+    metric: str,
+    compute: torch.dtype | None = None,
+) -> tuple[SparseRows, v.OutputKind]:
+    """A sparse ``X`` (checked by :func:`read_sparse`) as
+    :class:`~torchkmeans.functional.sparse.SparseRows` on ``device`` (None:
+    where ``X`` is), its values rounded through ``dtype`` (a half precision
+    asked for) and computed in ``compute`` (None: ``dtype``'s or ``X``'s,
+    half precision in float32). The components of a torch sparse tensor
+    stay on its device."""
+    csr = read_sparse(X, to_cpu=False)
+    values = csr.values
+    if dtype is not None:
+        values = values.to(dtype)
+    if compute is None:
+        compute = compute_dtype(values.dtype)
+    where = v.resolve_device(device, values.device)
+    rows = sparse_rows(
+        csr.crow, csr.col, values, csr.n_features, device=where, dtype=compute, metric=metric
+    )
+    return rows, csr.kind

@@ -26,7 +26,7 @@ import torch
 
 from . import _validation as v
 from . import distributed
-from ._host import densified, host_rows, should_stream
+from ._host import densified, host_rows, is_sparse, should_stream, sparse_input
 from .exceptions import ConvergenceWarning
 from .functional import _device, _native
 from .functional.collective import Collective
@@ -38,6 +38,12 @@ from .functional.distances import (
 )
 from .functional.init import kmeans_plusplus
 from .functional.lloyd import kmeans, lloyd
+from .functional.sparse import (
+    SparseRows,
+    sparse_kmeans,
+    sparse_kmeans_plusplus,
+    sparse_weights_without_rows_of_zeros,
+)
 from .functional.streaming import HostRows, check_sweep, reject_shard, streamed_kmeans
 
 __all__ = ["SCORES", "ElbowResult", "elbow", "find_knee"]
@@ -620,9 +626,17 @@ def elbow(
     ten ks, more than rows of up to 20 float32 features take;
     ``compute_labels=False`` keeps none.
 
+    A sparse ``X`` (``scipy.sparse``, torch sparse tensor) is swept on its
+    stored values, never densified: the same k-means++ seeds (the first k of
+    one greedy run to the largest k per restart, drawn as for its dense
+    form), then each k is one fit of its restarts as
+    :class:`~torchkmeans.KMeans` fits sparse data
+    (:func:`~torchkmeans.functional.sparse.sparse_kmeans`). Scores other
+    than ``"inertia"`` take its dense form, where that fits ``memory_budget``.
+
     Parameters
     ----------
-    X : array-like, memmap or Tensor of shape (n_samples, n_features)
+    X : array-like, memmap, sparse matrix or Tensor of shape (n_samples, n_features)
     k : int or iterable of int, default=range(1, 11)
         Numbers of clusters to try, strictly increasing; an int ``k`` means ``1..k``.
     n_init : int, default=3
@@ -640,7 +654,8 @@ def elbow(
         Scores to compute per k on the best fit: any of ``"inertia"``,
         ``"silhouette"``, ``"calinski_harabasz"``, ``"davies_bouldin"``
         (see :mod:`torchkmeans.metrics`). Only ``"inertia"`` on streamed
-        or sharded ``X``.
+        or sharded ``X``, and on sparse ``X`` whose dense form exceeds
+        ``memory_budget``.
     compute_labels : bool, default=True
         Return the labels of every k (``len(k) * n_samples`` int64); False
         leaves ``labels`` None and keeps only one fit's at a time.
@@ -709,14 +724,27 @@ def elbow(
         # A memmap, or host data too big for the GPU, is read in passes, never loaded whole.
         # Each k's n_init restarts run as one batch at least (see _within_budget).
         restarts = int(n_init) if isinstance(n_init, numbers.Integral) and n_init >= 1 else 1
-        # A sparse X whose dense form fits memory_budget is swept as that
-        # array (as MiniBatchKMeans fits it); a larger one is read in passes.
-        X = densified(X, memory_budget)
+        # A sparse X is swept on its stored values (as KMeans fits it); a
+        # sparse shard whose dense form fits memory_budget as that array, a
+        # larger one in passes of dense chunks.
+        sparse_x = is_sparse(X) and not shard
+        if not sparse_x:
+            X = densified(X, memory_budget)
         # A shard too: KMeans streams a memmap shard, where elbow's sweep
         # had held about nine times its size.
-        streamed = should_stream(X, device, lloyd=True, problems=restarts)
-        x: torch.Tensor | HostRows
-        if streamed:
+        streamed = not sparse_x and should_stream(X, device, lloyd=True, problems=restarts)
+        x: torch.Tensor | HostRows | SparseRows
+        if sparse_x:
+            v.check_metric(metric)
+            x, kind = sparse_input(X, device=device, dtype=v.resolve_dtype(dtype), metric=metric)
+            if x.n_rows == 0 or x.n_features == 0:
+                raise ValueError(
+                    "Expected X to hold at least one sample and feature, got shape "
+                    f"{(x.n_rows, x.n_features)}."
+                )
+            compute, x_device = x.dtype, x.device
+            n_samples, n_features = x.n_rows, x.n_features
+        elif streamed:
             x, compute, kind = host_rows(X, v.resolve_dtype(dtype), allow_empty=shard)
             x_device = v.resolve_device(device, torch.device("cpu"))
             n_samples, n_features = x.n_rows, x.n_features
@@ -757,6 +785,18 @@ def elbow(
                 "scores need every pair of rows (score a sample of the rows with "
                 "torchkmeans.metrics instead)."
             )
+        dense_x = None
+        if sparse_x and names != ("inertia",):
+            # The other scores take dense rows: the dense form, where it fits.
+            dense_x = densified(X, memory_budget)
+            if is_sparse(dense_x):
+                budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+                raise ValueError(
+                    f"Expected scores=('inertia',) when X is sparse ({type(X).__name__}) and "
+                    f"its dense form exceeds memory_budget={budget} bytes, got {names}; the "
+                    "other scores need dense rows (score a sample of the rows with "
+                    "torchkmeans.metrics instead)."
+                )
         if curve not in _CURVES:
             raise ValueError(f"Expected curve to be 'log' or 'raw', got {curve!r}.")
         v.check_nonnegative_float(sensitivity, "sensitivity")
@@ -795,6 +835,33 @@ def elbow(
         progress=progress,
     )
     try:
+        if isinstance(x, SparseRows):
+            extra = [name for name in names if name != "inertia"]
+            inertia, padded, labels = _sweep_sparse(
+                x, ks, compute_labels=compute_labels or bool(extra), **fits
+            )
+            if labels is not None:
+                _warn_fewer_clusters(ks, labels)
+            computed = {}
+            if extra:
+                progress.phase("scores: " + ", ".join(extra))
+                dense, _ = v.as_tensor(dense_x, "X", device=x_device, dtype=compute)
+            for name in names:
+                computed[name] = (
+                    inertia
+                    if name == "inertia"
+                    else _score(name, dense, labels, metric, memory_budget)
+                )
+            return _result(
+                ks,
+                inertia,
+                padded,
+                labels if compute_labels else None,
+                computed,
+                kind,
+                curve,
+                sensitivity,
+            )
         if shard or streamed:
             inertia, padded, labels = _sweep_passes(
                 x,
@@ -928,6 +995,73 @@ def _sweep_passes(
         progress.done(k, float(result.inertia))
         # Its labels view all n_init restarts' (n_init * n int64): not held
         # through the next k's fit.
+        del result
+    return inertia, padded, labels
+
+
+def _sweep_sparse(
+    rows: SparseRows,
+    ks: tuple[int, ...],
+    *,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    generator: torch.Generator,
+    memory_budget: int | None,
+    progress: _Progress,
+    compute_labels: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One fit per k on sparse rows: inertia ``(L,)``, centroids ``(L, K, d)``,
+    labels ``(L, n)`` (None without ``compute_labels``).
+
+    As the dense sweep: one greedy k-means++ run to the largest k per
+    restart (the same draws, :func:`sparse_kmeans_plusplus`), whose first k
+    seeds start each k's restarts; each k is one
+    :func:`~torchkmeans.functional.sparse.sparse_kmeans` fit of its
+    restarts, on the stored values: nothing is densified but the seeds.
+    """
+    n, d = rows.n_rows, rows.n_features
+    k_max = ks[-1]
+    progress.phase(f"seeding k-means++ to k={k_max} ({n_init} restarts)")
+    # Cosine rows of zeros (no direction) seed no centroid, as in the dense sweep.
+    seeding_weights = None
+    if metric == "cosine":
+        seeding_weights = sparse_weights_without_rows_of_zeros(rows, None, k_max)
+    index = sparse_kmeans_plusplus(
+        rows,
+        k_max,
+        n_problems=n_init,
+        sample_weight=seeding_weights,
+        generator=generator,
+        memory_budget=memory_budget,
+    )
+    seeds = rows.take(index.reshape(-1)).view(n_init, k_max, d)
+    inertia = torch.empty(len(ks), dtype=torch.float64, device=rows.device)
+    padded = torch.zeros((len(ks), k_max, d), dtype=rows.dtype, device=rows.device)
+    labels = (
+        torch.empty((len(ks), n), dtype=torch.int64, device=rows.device) if compute_labels else None
+    )
+    progress.phase("Lloyd iterations")
+    for i, k in enumerate(ks):
+        result = sparse_kmeans(
+            rows,
+            k,
+            init=seeds[:, :k],
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            generator=generator,
+            memory_budget=memory_budget,
+        )
+        if not v.all_finite(result.inertia):
+            # Finite rows whose squared distances overflow: every label is a tie.
+            raise v.distances_overflow("X", rows.dtype)
+        inertia[i] = result.inertia
+        padded[i, :k] = result.centroids
+        if labels is not None:
+            labels[i] = result.labels
+        progress.done(k, float(result.inertia))
         del result
     return inertia, padded, labels
 

@@ -15,7 +15,7 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED, EstimatorProtocol
-from ._host import densified, host_rows, is_sparse, read_sparse, should_stream
+from ._host import densified, host_rows, is_sparse, should_stream, sparse_input
 from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import LOCAL, Collective
 from .functional.distances import (
@@ -36,7 +36,6 @@ from .functional.sparse import (
     sparse_distances,
     sparse_kmeans,
     sparse_nearest,
-    sparse_rows,
     sparse_scale_exponent,
     sparse_scaled,
 )
@@ -417,18 +416,13 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         on ``device`` (None: where ``X`` is), rounded through the half
         precision ``self.dtype`` asks for and computed in ``dtype`` (None:
         that of ``X``)."""
-        csr = read_sparse(X, to_cpu=False)
-        values = csr.values
-        asked = v.resolve_dtype(self.dtype)
-        if asked is not None:
-            values = values.to(asked)
-        compute = dtype if dtype is not None else compute_dtype(values.dtype)
-        if device is None:
-            device = v.resolve_device(self.device, values.device)
-        rows = sparse_rows(
-            csr.crow, csr.col, values, csr.n_features, device=device, dtype=compute, metric=metric
+        return sparse_input(
+            X,
+            device=self.device if device is None else device,
+            dtype=v.resolve_dtype(self.dtype),
+            metric=metric,
+            compute=dtype,
         )
-        return rows, csr.kind
 
     def _fit_sparse(self, X: Any, sample_weight: Any) -> KMeans:
         """``fit`` on a scipy.sparse matrix or torch sparse tensor: Lloyd's

@@ -1410,6 +1410,10 @@ def kmeans(
     ----------
     x : Tensor
         ``(n, d)``, or ``(b, n, d)`` for b independent problems; floating point.
+        A torch sparse ``(n, d)`` tensor (COO, CSR, CSC...) is clustered on its
+        stored values, never densified
+        (:func:`~torchkmeans.functional.sparse.sparse_kmeans`: scikit-learn's
+        sparse algorithm, no centring; ``init`` not a callable).
     n_clusters : int
         Number of clusters k.
     init : {"k-means++", "random"}, Tensor or callable
@@ -1453,6 +1457,23 @@ def kmeans(
     >>> float(result.inertia)
     1.0
     """
+    if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+        # Imported here: the sparse loop builds on this module.
+        from .sparse import _kmeans_of_sparse_tensor
+
+        return _kmeans_of_sparse_tensor(
+            x,
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            metric=metric,
+            sample_weight=sample_weight,
+            generator=generator,
+            memory_budget=memory_budget,
+            check_every=check_every,
+        )
     x = v.check_data(x)
     n = x.shape[-2]
     n_clusters = v.check_n_clusters(n_clusters)

@@ -18,11 +18,13 @@ move a centre.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, NamedTuple
 
 import torch
 
+from .. import _validation as v
 from . import _device
 from .certify import suspects, trust_factor
 from .collective import LOCAL
@@ -30,6 +32,7 @@ from .distances import (
     DEFAULT_MEMORY_BUDGET,
     Nearest,
     _nearest,
+    compute_dtype,
     overflow_exponent,
     pairwise_distances,
     times_power_of_two,
@@ -46,6 +49,7 @@ __all__ = [
     "SparseRows",
     "sparse_distances",
     "sparse_kmeans",
+    "sparse_kmeans_plusplus",
     "sparse_minibatch_step",
     "sparse_nearest",
     "sparse_rows",
@@ -77,9 +81,10 @@ class SparseRows(NamedTuple):
     def device(self) -> torch.device:
         return self.values.device
 
-    def block(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` as a torch sparse CSR tensor (views of the stored values)."""
-        lo, hi = int(self.crow[start]), int(self.crow[stop])
+    def block(self, start: int, stop: int, bounds: tuple[int, int] | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` as a torch sparse CSR tensor (views of the stored
+        values); ``bounds`` ``(crow[start], crow[stop])`` when known (else read)."""
+        lo, hi = bounds if bounds is not None else (int(self.crow[start]), int(self.crow[stop]))
         with warnings.catch_warnings():
             # "Sparse CSR tensor support is in beta state": products work.
             warnings.simplefilter("ignore", UserWarning)
@@ -113,7 +118,11 @@ class SparseRows(NamedTuple):
         ``values`` (or those values weighted) in one scatter, in the dtype of ``values``."""
         d = self.n_features
         sums = torch.zeros(k * d, dtype=values.dtype, device=self.device)
-        sums.index_add_(0, labels[self.row_of] * d + self.col, values)
+        # index_select and in-place arithmetic: labels[row_of] * d + col made
+        # three nnz-sized temporaries by slower kernels (1% stored TF-IDF,
+        # 20,000 x 5,000: 7.5 ms against 2.4 ms, most of an iteration at k=2).
+        index = labels.index_select(0, self.row_of).mul_(d).add_(self.col)
+        sums.index_add_(0, index, values)
         return sums.view(k, d)
 
 
@@ -254,11 +263,16 @@ def _block_rows(rows: SparseRows, columns: int, memory_budget: int | None) -> in
 
 @_device.full_precision
 def _block_distances(
-    rows: SparseRows, start: int, stop: int, centroids: torch.Tensor, c_sq: torch.Tensor | None
+    rows: SparseRows,
+    start: int,
+    stop: int,
+    centroids: torch.Tensor,
+    c_sq: torch.Tensor | None,
+    bounds: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``(stop - start, k)`` distances of rows ``start:stop`` to ``centroids``:
     squared euclidean (clamped at 0) or ``1 - cos`` (clamped to [0, 2])."""
-    scores = torch.sparse.mm(rows.block(start, stop), centroids.T)
+    scores = torch.sparse.mm(rows.block(start, stop, bounds), centroids.T)
     if rows.metric == "cosine":
         return scores.neg_().add_(1.0).clamp_(0.0, 2.0)
     assert c_sq is not None
@@ -278,23 +292,23 @@ def sparse_nearest(
 
     The first centroid wins ties, as in the dense search.
     """
-    n, k = rows.n_rows, int(centroids.shape[0])
-    labels = torch.empty(n, dtype=torch.int64, device=rows.device)
-    distances = torch.empty(n, dtype=rows.dtype, device=rows.device)
-    c_sq = _squared_norms(centroids) if rows.metric == "euclidean" else None
-    step = _block_rows(rows, k, memory_budget)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        block = _block_distances(rows, start, stop, centroids, c_sq)
-        torch.min(block, dim=1, out=(distances[start:stop], labels[start:stop]))
-    if rows.metric == "euclidean" and n:
+    blocks = _row_blocks(rows, _block_rows(rows, int(centroids.shape[0]), memory_budget))
+    return _checked_nearest(rows, centroids, blocks, memory_budget)
+
+
+def _checked_nearest(
+    rows: SparseRows, centroids: torch.Tensor, blocks: _Blocks, memory_budget: int | None
+) -> Nearest:
+    """:func:`sparse_nearest` over known ``blocks`` of rows."""
+    labels, distances = _scored(rows, centroids, blocks)
+    if rows.metric == "euclidean" and rows.n_rows:
         # The expansion cancels for rows far from the origin for their
         # distance (float32 rows near 1e4, 1e-2 apart: 2,602 of 3,000 labels
         # not the nearest centre): those it cannot label (see
         # certify.suspects) are labelled again, densely, by the certified
         # search, which centres them on the centroids' mean.
         again = suspects(rows.sq_norms, distances, centred=True).nonzero().squeeze(1)
-        for part in again.split(_block_rows(rows, rows.n_features, memory_budget)):
+        for part in _parts(again, _block_rows(rows, rows.n_features, memory_budget)):
             part_labels, part_distances = _nearest(
                 rows.take(part), centroids.to(rows.dtype), memory_budget=memory_budget
             )
@@ -302,6 +316,103 @@ def sparse_nearest(
             labels.index_copy_(0, part, part_labels)
             distances.index_copy_(0, part, part_distances.to(distances.dtype))
     return Nearest(labels, distances)
+
+
+_Blocks = list[tuple[int, int, tuple[int, int]]]
+
+
+def _parts(index: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """``index`` in parts of ``size``; none when empty (``split`` gives one
+    empty part, which ran a dense search of no rows every iteration: 10% of
+    a TF-IDF fit's time)."""
+    return index.split(size) if index.numel() else ()
+
+
+def _row_blocks(rows: SparseRows, step: int) -> _Blocks:
+    """Blocks of ``step`` rows: ``(start, stop, (crow[start], crow[stop]))``,
+    their stored values' bounds read in one host read (a fit reads them once,
+    not twice per block and iteration)."""
+    n = rows.n_rows
+    starts = [*range(0, n, step), n]
+    bounds = rows.crow[starts].tolist() if n else []
+    return [(starts[i], starts[i + 1], (bounds[i], bounds[i + 1])) for i in range(len(starts) - 1)]
+
+
+def _scored(rows: SparseRows, centroids: torch.Tensor, blocks: _Blocks) -> Nearest:
+    """Labels and distances of the expansion, in ``blocks`` of rows (unchecked)."""
+    n = rows.n_rows
+    labels = torch.empty(n, dtype=torch.int64, device=rows.device)
+    distances = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    c_sq = _squared_norms(centroids) if rows.metric == "euclidean" else None
+    for start, stop, bounds in blocks:
+        block = _block_distances(rows, start, stop, centroids, c_sq, bounds)
+        torch.min(block, dim=1, out=(distances[start:stop], labels[start:stop]))
+    return Nearest(labels, distances)
+
+
+class _Deferred(NamedTuple):
+    """What the iterations of a fit off the CPU know without a host read:
+    the blocks of rows, the longest row, and how many suspects (see
+    :func:`sparse_nearest`) an iteration labels again (``capacity``)."""
+
+    blocks: _Blocks
+    longest: int
+    capacity: int
+    dense_rows: int
+
+
+def _nearest_deferred(
+    rows: SparseRows, centroids: torch.Tensor, deferred: _Deferred, memory_budget: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sparse_nearest` without a host read: labels, distances and the
+    number of suspects ``()``. The first ``deferred.capacity`` suspects are
+    labelled again (the others keep the expansion's labels: the caller,
+    finding more suspects than that, runs the iterations again with room
+    for them)."""
+    labels, distances = _scored(rows, centroids, deferred.blocks)
+    count = torch.zeros((), dtype=torch.int64, device=rows.device)
+    if rows.metric != "euclidean" or not rows.n_rows:
+        return labels, distances, count
+    suspect = suspects(rows.sq_norms, distances, centred=True)
+    count = suspect.sum()
+    if not deferred.capacity:
+        return labels, distances, count
+    n, capacity = rows.n_rows, deferred.capacity
+    # The first suspects' indices, in order, padded with n (torch.nonzero_static
+    # without its torch >= 2.5 on CUDA); slot `capacity` takes the others.
+    position = suspect.cumsum(0) - 1
+    slot = torch.where(suspect & (position < capacity), position, capacity)
+    found = torch.full((capacity + 1,), n, dtype=torch.int64, device=rows.device)
+    found = found.scatter_(0, slot, torch.arange(n, device=rows.device))[:capacity]
+    labels_out = torch.cat([labels, labels.new_zeros(1)])
+    distances_out = torch.cat([distances, distances.new_zeros(1)])
+    for part in found.split(deferred.dense_rows):
+        dense = _padded_take(rows, part.clamp(max=n - 1), deferred.longest)
+        part_labels, part_distances = _nearest(
+            dense, centroids.to(rows.dtype), memory_budget=memory_budget, checked=False
+        )
+        assert part_distances is not None
+        labels_out.index_copy_(0, part, part_labels)
+        distances_out.index_copy_(0, part, part_distances.to(distances.dtype))
+    return labels_out[:n], distances_out[:n], count
+
+
+def _padded_take(rows: SparseRows, index: torch.Tensor, longest: int) -> torch.Tensor:
+    """:meth:`SparseRows.take` without a host read: each row's stored values
+    read as ``longest`` slots (the length of the longest row), the slots
+    past a row's end written to a spare entry. ``(m, d)``."""
+    m, d = int(index.numel()), rows.n_features
+    out = torch.zeros(m * d + 1, dtype=rows.dtype, device=rows.device)
+    stored = int(rows.values.numel())
+    if longest and stored:
+        begins = rows.crow[index]
+        lengths = rows.crow[index + 1] - begins
+        slots = torch.arange(longest, device=rows.device)
+        positions = (begins.unsqueeze(1) + slots).clamp_(max=stored - 1)
+        targets = torch.arange(m, device=rows.device).unsqueeze(1) * d + rows.col[positions]
+        targets = torch.where(slots < lengths.unsqueeze(1), targets, m * d)
+        out.scatter_(0, targets.reshape(-1), rows.values[positions].reshape(-1))
+    return out[: m * d].view(m, d)
 
 
 def sparse_distances(
@@ -323,7 +434,7 @@ def sparse_distances(
         factor = trust_factor(out.dtype, out.device)
         reach = rows.sq_norms.to(c_sq.dtype).sqrt() + c_sq.amax().sqrt()
         again = (out.amin(1) * factor < reach.square()).nonzero().squeeze(1)
-        for part in again.split(_block_rows(rows, rows.n_features + k, memory_budget)):
+        for part in _parts(again, _block_rows(rows, rows.n_features + k, memory_budget)):
             dense = pairwise_distances(rows.take(part), centroids.to(rows.dtype))
             out.index_copy_(0, part, dense.to(out.dtype))
     return out
@@ -334,6 +445,69 @@ def _to_points(rows: SparseRows, points: torch.Tensor, memory_budget: int | None
     return sparse_distances(rows, points, memory_budget).T
 
 
+def sparse_kmeans_plusplus(
+    rows: SparseRows,
+    n_clusters: int,
+    *,
+    n_problems: int = 1,
+    sample_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    """Greedy k-means++ on sparse rows: the indices ``(n_problems, n_clusters)``
+    of the seeds of ``n_problems`` runs.
+
+    The draws of the dense seeding
+    (:func:`~torchkmeans.functional.init.kmeans_plusplus` with the same
+    ``n_problems``: one for every run, then ``2 + log(k)`` candidates for
+    every run per centre), with the distances of the candidates to all rows
+    from sparse products, one run at a time. Greedy k-means++ is sequential:
+    the first k seeds of a run are a seeding for k (:func:`~torchkmeans.elbow`).
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]),
+    ...                    torch.tensor([1.0, 1.5, 4.0, 5.0]), 2,
+    ...                    device=torch.device("cpu"), dtype=torch.float64)
+    >>> index = sparse_kmeans_plusplus(rows, 2, n_problems=3,
+    ...                                generator=torch.Generator().manual_seed(0))
+    >>> index.shape, [sorted(set(i // 2 for i in run)) for run in index.tolist()]
+    (torch.Size([3, 2]), [[0, 1], [0, 1], [0, 1]])
+    """
+    n, device = rows.n_rows, rows.device
+    weights = sample_weight
+    acc = _device.widest_float(device)
+    trials = 2 + int(math.log(n_clusters))
+    draws = torch.rand((n_problems, 1), generator=generator, dtype=acc, device=device)
+    chosen: list[list[int]] = []
+    closest: list[torch.Tensor] = []
+    weighted: list[torch.Tensor] = []
+    potential: list[torch.Tensor] = []
+    cumulative = None if weights is None else weights.cumsum(0, dtype=acc)
+    for draw in draws:
+        if cumulative is None:
+            first = min(int(draw * n), n - 1)
+        else:
+            first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
+        chosen.append([first])
+        to_first = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
+        closest.append(to_first)
+        weighted.append(to_first if weights is None else to_first * weights)
+        potential.append(weighted[-1].sum(dtype=acc))
+    for _ in range(1, n_clusters):
+        draws = torch.rand((n_problems, trials), generator=generator, dtype=acc, device=device)
+        for run in range(n_problems):
+            cumsum = weighted[run].cumsum(0, dtype=acc)
+            candidates = _sample_from_cumulative(cumsum, draws[run].mul_(potential[run]))
+            best, closest[run], candidate_potential = greedy_choice(
+                _to_points(rows, rows.take(candidates), memory_budget), closest[run], weights, acc
+            )
+            potential[run] = candidate_potential[best]
+            weighted[run] = closest[run] if weights is None else closest[run] * weights
+            chosen[run].append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64, device=device)
+
+
 def _kmeans_plusplus(
     rows: SparseRows,
     n_clusters: int,
@@ -341,33 +515,10 @@ def _kmeans_plusplus(
     generator: torch.Generator | None,
     memory_budget: int | None,
 ) -> torch.Tensor:
-    """Greedy k-means++ indices ``(k,)``: the draws of the dense single-problem
-    loop (:func:`~torchkmeans.functional.init.kmeans_plusplus`), with the
-    distances of the candidates to all rows from sparse products."""
-    n, device = rows.n_rows, rows.device
-    acc = _device.widest_float(device)
-    trials = 2 + int(math.log(n_clusters))
-    draw = torch.rand((1,), generator=generator, dtype=acc, device=device)
-    if weights is None:
-        first = min(int(draw * n), n - 1)
-    else:
-        cumulative = weights.cumsum(0, dtype=acc)
-        first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
-    chosen = [first]
-    closest = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
-    weighted = closest if weights is None else closest * weights
-    potential = weighted.sum(dtype=acc)
-    for _ in range(1, n_clusters):
-        draws = torch.rand(trials, generator=generator, dtype=acc, device=device)
-        cumsum = weighted.cumsum(0, dtype=acc)
-        candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
-        best, closest, candidate_potential = greedy_choice(
-            _to_points(rows, rows.take(candidates), memory_budget), closest, weights, acc
-        )
-        potential = candidate_potential[best]
-        weighted = closest if weights is None else closest * weights
-        chosen.append(int(candidates[best]))
-    return torch.tensor(chosen, dtype=torch.int64, device=device)
+    """Greedy k-means++ indices ``(k,)`` of one run (:func:`sparse_kmeans_plusplus`)."""
+    return sparse_kmeans_plusplus(
+        rows, n_clusters, sample_weight=weights, generator=generator, memory_budget=memory_budget
+    )[0]
 
 
 def _initial_centroids(
@@ -430,16 +581,19 @@ def _update(
     labels: torch.Tensor,
     distances: torch.Tensor,
     centroids: torch.Tensor,
-) -> tuple[torch.Tensor, bool]:
+    deferred: _Deferred | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """New centroids from the labels (empty clusters reseeded), and whether a
-    reseeded cluster took a point off its centroid."""
+    reseeded cluster took a point off its centroid ``()``. With ``deferred``
+    (off the CPU) the reseeding runs every time, with ``torch.where``, and
+    reads nothing on the host; otherwise only when a cluster is empty."""
     k, d = centroids.shape
     sums = rows.sums(labels, weighted_values, k)
     # [sums | weights], the layout relocate_empty_clusters works on.
     totals = torch.cat([sums.unsqueeze(0), sums.new_zeros((1, k, 1))], dim=-1)
     totals[0, :, d].index_add_(0, labels, weights)
-    moved = False
-    if bool((totals[0, :, d] <= 0).any()):
+    moved = torch.zeros((), dtype=torch.bool, device=rows.device)
+    if deferred is not None or bool((totals[0, :, d] <= 0).any()):
         n = rows.n_rows
         candidates = min(k, n)
         if _device.on_host(distances.device):
@@ -447,18 +601,19 @@ def _update(
             order = distances.sort(descending=True, stable=True).indices[:candidates]
         else:
             order = distances.topk(candidates, sorted=True).indices
-        points = rows.take(order)
+        if deferred is None:
+            points = rows.take(order)
+        else:
+            points = _padded_take(rows, order, deferred.longest)
         x3 = torch.cat([points, points.new_ones((candidates, 1))], dim=1).unsqueeze(0)
-        moved = bool(
-            relocate_empty_clusters(
-                totals,
-                x3,
-                weights[order].unsqueeze(0),
-                labels[order].unsqueeze(0),
-                distances[order].unsqueeze(0),
-                n_rows=n,
-            )[0]
-        )
+        moved = relocate_empty_clusters(
+            totals,
+            x3,
+            weights[order].unsqueeze(0),
+            labels[order].unsqueeze(0),
+            distances[order].unsqueeze(0),
+            n_rows=n,
+        )[0]
     new = centroids_from_sums(
         totals[0, :, :d], totals[0, :, d], centroids, metric=rows.metric, empty="heaviest"
     )
@@ -473,30 +628,75 @@ def _single(
     max_iter: int,
     tol_abs: float,
     memory_budget: int | None,
+    check_every: int,
 ) -> KMeansResult:
     """Lloyd's iterations of one run from ``centroids``, scikit-learn's loop:
-    stop when the labels repeat or the squared centre shift is at most ``tol_abs``."""
+    stop when the labels repeat or the squared centre shift is at most ``tol_abs``.
+
+    As in the dense loop (:func:`~torchkmeans.functional.lloyd.run_lloyd`),
+    the run keeps its state on the device: once converged, its centroids are
+    frozen with ``torch.where`` and the host reads whether it has, every
+    ``check_every`` iterations; the result is that of a check after every
+    one. Off the CPU nothing else is read in the loop: the rows that the
+    expansion cannot label (see :func:`sparse_nearest`) are labelled again
+    up to a capacity, and the iterations since the last read run again,
+    with room for all of them, when there were more (they are few: rows
+    near their centre far from the origin).
+    """
     acc = weighted_values.dtype
-    history = torch.full((max_iter,), math.nan, dtype=acc, device=rows.device)
+    device = rows.device
+    k = int(centroids.shape[0])
+    blocks = _row_blocks(rows, _block_rows(rows, k, memory_budget))
+    deferred = None
+    if not _device.on_host(device):
+        longest = int(rows.crow.diff().amax()) if rows.n_rows else 0
+        dense_rows = _block_rows(rows, rows.n_features, memory_budget)
+        deferred = _Deferred(blocks, longest, 0, dense_rows)
+    history = torch.full((max_iter,), math.nan, dtype=acc, device=device)
+    done = torch.zeros((), dtype=torch.bool, device=device)
+    n_iter = torch.zeros((), dtype=torch.int64, device=device)
+    most = torch.zeros((), dtype=torch.int64, device=device)
     previous: torch.Tensor | None = None
-    n_iter = 0
-    for i in range(max_iter):
-        labels, distances = sparse_nearest(rows, centroids, memory_budget)
-        history[i] = (distances.to(acc) * weights).sum()
-        new, moved = _update(rows, weighted_values, weights, labels, distances, centroids)
-        shift = float((new - centroids).to(acc).square().sum())
-        centroids = new
-        n_iter = i + 1
-        if previous is not None and not moved and bool(torch.equal(labels, previous)):
-            break
-        if shift <= tol_abs:
-            break
+    # The state at the last host read, to run the iterations since again.
+    saved = (0, centroids, previous, done, n_iter)
+    i = 0
+    while i < max_iter:
+        if deferred is None:
+            labels, distances = _checked_nearest(rows, centroids, blocks, memory_budget)
+        else:
+            labels, distances, count = _nearest_deferred(rows, centroids, deferred, memory_budget)
+            most = torch.maximum(most, count)
+        running = ~done
+        history[i] = torch.where(running, (distances.to(acc) * weights).sum(), history[i])
+        new, moved = _update(rows, weighted_values, weights, labels, distances, centroids, deferred)
+        converged = (new - centroids).to(acc).square().sum() <= tol_abs
+        if previous is not None:
+            converged |= ~moved & (labels == previous).all()
+        n_iter = n_iter + running
+        centroids = torch.where(running, new, centroids)
+        done = done | converged
         previous = labels
+        i += 1
+        if i % check_every and i < max_iter:
+            continue
+        if deferred is not None:
+            finished, needed = torch.stack([done.to(torch.int64), most]).tolist()
+            if needed > deferred.capacity:
+                # More suspects than were labelled again: the same
+                # iterations, with room for every one.
+                deferred = deferred._replace(capacity=1 << (needed - 1).bit_length())
+                i, centroids, previous, done, n_iter = saved
+                history[i:] = math.nan
+                continue
+        else:
+            finished = bool(done)
+        if finished:
+            break
+        saved = (i, centroids, previous, done, n_iter)
     # The labels of the returned centres (their nearest), and their inertia.
-    labels, distances = sparse_nearest(rows, centroids, memory_budget)
+    labels, distances = _checked_nearest(rows, centroids, blocks, memory_budget)
     inertia = (distances.to(acc) * weights).sum()
-    n_iter_t = torch.tensor(n_iter, dtype=torch.int64, device=rows.device)
-    return KMeansResult(centroids, labels, inertia, n_iter_t, history)
+    return KMeansResult(centroids, labels, inertia, n_iter, history)
 
 
 def sparse_kmeans(
@@ -510,6 +710,7 @@ def sparse_kmeans(
     sample_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     memory_budget: int | None = None,
+    check_every: int | None = None,
 ) -> KMeansResult:
     """K-Means on sparse rows: ``n_init`` runs of Lloyd's iterations, the lowest inertia wins.
 
@@ -519,7 +720,8 @@ def sparse_kmeans(
         From :func:`sparse_rows` (unit rows for ``metric="cosine"``).
     n_clusters : int
     init : {"k-means++", "random"} or Tensor
-        Seeding, or ``(n_clusters, n_features)`` initial centroids.
+        Seeding, or ``(n_clusters, n_features)`` initial centroids of every
+        run, or ``(n_init, n_clusters, n_features)``: those of each run.
     n_init, max_iter : int
     tol : float
         Relative to the mean feature variance of the rows.
@@ -528,6 +730,10 @@ def sparse_kmeans(
     generator : torch.Generator, optional
     memory_budget : int, optional
         Bytes a block of scores may take.
+    check_every : int, optional
+        Iterations between host reads of the convergence test (default: 1 on
+        the CPU, where a read costs nothing, 10 elsewhere); the result is the
+        same.
 
     Returns
     -------
@@ -570,13 +776,29 @@ def sparse_kmeans(
             weights = seed_weights = kept
     weighted_values = rows.values.to(acc) * weights[rows.row_of]
     tol_abs = float(_mean_variance(rows)) * tol
+    if check_every is None:
+        check_every = 1 if _device.on_host(rows.device) else 10
+    v.check_positive_int(check_every, "check_every")
+    if isinstance(init, torch.Tensor) and init.ndim == 3 and init.shape[0] != n_init:
+        raise ValueError(
+            f"Expected init of {init.ndim} dimensions to hold the centroids of "
+            f"n_init={n_init} runs, got shape {tuple(init.shape)}."
+        )
     best: KMeansResult | None = None
-    for _ in range(n_init):
+    for run in range(n_init):
+        start = init[run] if isinstance(init, torch.Tensor) and init.ndim == 3 else init
         centroids = _initial_centroids(
-            rows, init, n_clusters, seed_weights, generator, memory_budget
+            rows, start, n_clusters, seed_weights, generator, memory_budget
         )
         result = _single(
-            rows, centroids, weights, weighted_values, max_iter, tol_abs, memory_budget
+            rows,
+            centroids,
+            weights,
+            weighted_values,
+            max_iter,
+            tol_abs,
+            memory_budget,
+            check_every,
         )
         if best is None or float(result.inertia) < float(best.inertia):
             best = result
@@ -586,6 +808,94 @@ def sparse_kmeans(
         inertia=times_power_of_two(best.inertia, -2 * exponent) + ignored,
         inertia_history=times_power_of_two(best.inertia_history, -2 * exponent) + ignored,
     )
+
+
+def _kmeans_of_sparse_tensor(
+    x: torch.Tensor,
+    n_clusters: int,
+    *,
+    init: Any,
+    n_init: int | str,
+    max_iter: int,
+    tol: float,
+    metric: str,
+    sample_weight: torch.Tensor | None,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+    check_every: int | None,
+) -> KMeansResult:
+    """:func:`~torchkmeans.functional.kmeans` of a torch sparse tensor ``x``
+    ``(n, d)`` (COO, CSR, CSC...): :func:`sparse_kmeans` on its stored values,
+    on its device, computed in its dtype (half precision in float32)."""
+    if x.ndim != 2 or x.dense_dim() != 0:
+        raise ValueError(
+            "Expected a sparse x to be 2-D (n, d) without dense dimensions, got shape "
+            f"{tuple(x.shape)} with {x.dense_dim()} dense dimension(s)."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Expected x to be a floating-point tensor, got dtype {x.dtype} "
+            "(x.float() converts it)."
+        )
+    n, d = (int(size) for size in x.shape)
+    if d == 0:
+        raise ValueError(f"Expected x to have at least one feature, got shape {(n, d)}.")
+    n_clusters = v.check_n_clusters(n_clusters)
+    if n < n_clusters:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
+    v.check_metric(metric)
+    if callable(init) and not isinstance(init, (str, torch.Tensor)):
+        raise TypeError(
+            "Expected init to be 'k-means++', 'random' or a tensor when x is sparse, "
+            "got a callable."
+        )
+    if n_init == "auto":
+        n_init = 10 if isinstance(init, str) and init == "random" else 1
+    if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
+        raise ValueError(f"n_init={n_init!r} should be 'auto' or an int >= 1.")
+    n_init = int(n_init)
+    if isinstance(init, torch.Tensor):
+        # Given starts: one run, or one restart per set of centroids, as for dense x.
+        n_init = max(1, int(init.shape[0])) if init.ndim == 3 else 1
+    v.check_positive_int(max_iter, "max_iter")
+    v.check_nonnegative_float(tol, "tol")
+    v.check_memory_budget(memory_budget)
+    tensor = x.detach()
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+        tensor = tensor.to_sparse_csr()
+    values = tensor.values()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("Input x contains NaN or infinity.")
+    compute = compute_dtype(values.dtype)
+    weights = v.check_weight_tensor(sample_weight, n, dtype=compute)
+    rows = sparse_rows(
+        tensor.crow_indices(),
+        tensor.col_indices(),
+        values,
+        d,
+        device=values.device,
+        dtype=compute,
+        metric=metric,
+    )
+    result = sparse_kmeans(
+        rows,
+        n_clusters,
+        init=init,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        sample_weight=None if weights is None else weights.reshape(n),
+        generator=generator,
+        memory_budget=memory_budget,
+        check_every=check_every,
+    )
+    if not v.all_finite(result.inertia):
+        # Finite rows whose squared distances overflow: every label is a tie.
+        raise v.distances_overflow("x", compute)
+    return result
 
 
 def sparse_minibatch_step(
