@@ -391,6 +391,28 @@ def test_disabled_by_environment(tmp_path):
     assert done.stdout.strip() == "False"
 
 
+def test_self_test_under_a_default_device():
+    """The kernel is loaded and checked on first use, which may come under
+    torch.set_default_device (CUDA in a training script, meta here): the
+    self-test made its tensors there and the kernel wrote through their
+    pointers (a segfault)."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        import torch
+        from torchkmeans import KMeans
+        from torchkmeans.functional import _native
+        X = np.random.default_rng(0).normal(size=(2000, 3))
+        torch.set_default_device("meta")
+        model = KMeans(n_clusters=4, random_state=0).fit(X)
+        print(_native.available(), model.cluster_centers_.dtype, np.isfinite(model.inertia_))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "float64", "True"]
+
+
 def test_problems_with_padding_centroids_run_with_their_active_ones():
     """A sweep over k as one padded batch (cluster masks): each problem runs
     through the kernel with its active centroids only and gets the PyTorch

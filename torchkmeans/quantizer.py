@@ -469,7 +469,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         if self._init_samples:
             destination[prefix + "init_samples"] = torch.cat(self._init_samples, dim=1)
             sizes = [batch.shape[1] for batch in self._init_samples]
-            destination[prefix + "init_sizes"] = torch.tensor(sizes)
+            destination[prefix + "init_sizes"] = torch.tensor(sizes, device="cpu")
 
     def _load_from_state_dict(
         self,

@@ -122,13 +122,13 @@ def available() -> bool:
 
 def _self_test() -> bool:
     """Labels of a small problem against torch's, in every layout and dtype."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(0)
     for dtype in (torch.float32, torch.float64):
-        x = torch.randn(101, 5, generator=generator, dtype=dtype)
-        centroids = torch.randn(37, 5, generator=generator, dtype=dtype)
+        x = torch.randn(101, 5, generator=generator, dtype=dtype, device="cpu")
+        centroids = torch.randn(37, 5, generator=generator, dtype=dtype, device="cpu")
         expected = torch.cdist(x, centroids).argmin(1)
         for columns, differences in ((True, False), (False, False), (True, True)):
-            labels = torch.empty(101, dtype=torch.int64)
+            labels = torch.empty(101, dtype=torch.int64, device="cpu")
             nearest(x, centroids, labels, columns=columns, differences=differences, threads=1)
             if not torch.equal(labels, expected):
                 return False

@@ -88,6 +88,7 @@ class SparseRows(NamedTuple):
                 self.col[lo:hi],
                 self.values[lo:hi],
                 size=(stop - start, self.n_features),
+                device=self.device,
             )
 
     def subset(self, index: torch.Tensor) -> SparseRows:
@@ -354,7 +355,7 @@ def _kmeans_plusplus(
         cumulative = weights.cumsum(0, dtype=acc)
         first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
     chosen = [first]
-    closest = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
+    closest = _to_points(rows, rows.take(torch.tensor([first], device=device)), memory_budget)[0]
     weighted = closest if weights is None else closest * weights
     potential = weighted.sum(dtype=acc)
     for _ in range(1, n_clusters):
