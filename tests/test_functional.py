@@ -1626,6 +1626,8 @@ def test_the_functional_api_ignores_the_global_torch_defaults(
     centroids = x[:6].clone()
     labels = nearest_centroids(x, centroids).labels
     counts = torch.zeros(6, dtype=dtype, device="cpu")
+    # One heavy cluster: the step reseeds the light ones (random draws).
+    heavy = torch.ones(6, dtype=dtype, device="cpu").index_fill_(0, torch.tensor([0]), 1e6)
 
     def seeded() -> torch.Generator:
         return torch.Generator().manual_seed(1)
@@ -1645,6 +1647,9 @@ def test_the_functional_api_ignores_the_global_torch_defaults(
             kmeans(x, 6, init=lambda data, k, g: centroids.numpy(), generator=seeded()),
             kmeans(x.reshape(2, 1000, 3), 6, generator=seeded()),
             minibatch_step(x[:256], centroids.clone(), counts.clone()),
+            minibatch_step(
+                x[:256], centroids.clone(), heavy.clone(), random_reassign=True, generator=seeded()
+            ),
             scatter_sums(x, labels, 6),
         ]
 

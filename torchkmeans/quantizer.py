@@ -930,7 +930,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         elif reseed:
             # Distinct random batch vectors, one per code (wrapping around
             # when the batch is smaller than the codebook), finite rows first.
-            keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
+            keys = torch.rand(heads, n, device=flat.device, dtype=torch.float32).masked_fill(
+                ~finite, 2.0
+            )
             order = keys.argsort(-1)
             picked = order if n >= k else order.repeat(1, -(-k // n))
             picked = picked[:, :k]

@@ -342,7 +342,7 @@ def _apply_step(
         lead = new_ws.shape[:-1]
         if n > 0:
             m = min(k, n)
-            keys = torch.rand((*lead, n), generator=generator, device=device)
+            keys = torch.rand((*lead, n), generator=generator, device=device, dtype=torch.float32)
             if zero_rows is not None:
                 # Rows of zeros last: they would make zero centroids.
                 keys = keys.masked_fill(zero_rows, -1.0)
