@@ -501,6 +501,29 @@ def test_inputs_in_another_dtype_are_converted_and_bad_outputs_refused():
         _native.nearest(x, centroids, labels, distances=torch.empty(100)[::2])
 
 
+def test_tensors_off_the_cpu_are_refused_not_written_through():
+    """The kernel reads and writes raw pointers: a tensor elsewhere (made on
+    torch's default device by mistake; meta here, CUDA in a training script)
+    crashed the process."""
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.empty(50, dtype=torch.int64)
+    meta = {"device": "meta"}
+    with pytest.raises(
+        ValueError, match=r"Expected labels to be a contiguous torch\.int64 tensor on the CPU\."
+    ):
+        _native.nearest(x, x[:4], torch.empty(50, dtype=torch.int64, **meta))
+    with pytest.raises(
+        ValueError, match=r"Expected totals to be a contiguous torch\.float64 tensor on the CPU\."
+    ):
+        _native.nearest(x, x[:4], labels, totals=torch.empty(4, 4, dtype=torch.float64, **meta))
+    with pytest.raises(ValueError, match=r"Expected centroids on the CPU, got a tensor on meta\."):
+        _native.nearest(x, x[:4].to("meta"), labels)
+    with pytest.raises(ValueError, match=r"Expected x on the CPU, got a tensor on meta\."):
+        _native.nearest(x.to("meta"), x[:4], labels)
+    with pytest.raises(ValueError, match=r"Expected previous on the CPU, got a tensor on meta\."):
+        _native.nearest(x, x[:4], labels, previous=labels.to("meta"))
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads /proc/cpuinfo")
 def test_column_groups_are_gathered_only_where_gathers_are_fast():
     """AVX-512 gathers are microcoded on AMD's CPUs, slower there than copying

@@ -216,6 +216,17 @@ def nearest(
     """
     library = _library
     assert library is not None
+    # The kernel reads and writes through raw pointers: a tensor elsewhere
+    # (made on torch's default device, say) would crash the process.
+    for name, tensor in (
+        ("x", x),
+        ("centroids", centroids),
+        ("offset", offset),
+        ("weights", weights),
+        ("previous", previous),
+    ):
+        if tensor is not None and not tensor.is_cpu:
+            raise ValueError(f"Expected {name} on the CPU, got a tensor on {tensor.device}.")
     n, d = x.shape
     k = centroids.shape[0]
     # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
@@ -230,8 +241,8 @@ def nearest(
         ("distances", distances, x.dtype),
         ("totals", totals, torch.float64),
     ):
-        if out is not None and (out.dtype != dtype or not out.is_contiguous()):
-            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor.")
+        if out is not None and (out.dtype != dtype or not out.is_contiguous() or not out.is_cpu):
+            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor on the CPU.")
     if columns is None:
         columns = _columns(d, k)
     if differences and (cosine or not columns):
