@@ -230,7 +230,10 @@ def _remembered_half_gaps(
         and (active is None or torch.equal(entry[1], active))
     ):
         wide = _device.widest_float(centroids.device)
-        gaps = torch.full((k,), math.nan, dtype=wide, device=centroids.device)
+        # A normal tensor even when first asked for in inference mode: later
+        # calls outside it fill in gaps in place, which an inference tensor refuses.
+        with torch.inference_mode(False):
+            gaps = torch.full((k,), math.nan, dtype=wide, device=centroids.device)
         entry = (centroids.clone(), None if active is None else active.clone(), gaps)
         _known_gaps[:] = [entry]
     gaps = entry[2]
