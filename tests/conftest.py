@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,6 +85,57 @@ def bfloat16_products(matmul_precision):
     torch.set_float32_matmul_precision("medium")
     if float((torch.mm(a, a.T).double() - a.double() @ a.double().T).abs().max()) < 1e-3:
         pytest.skip("this CPU multiplies float32 in float32 under 'medium'")
+
+
+@pytest.fixture
+def torch_defaults_changed() -> Iterator[Callable[[], contextlib.AbstractContextManager[None]]]:
+    """A context manager that changes PyTorch's global defaults as training
+    scripts do: ``set_default_device`` ("meta" here, where a script sets
+    "cuda": any tensor made without ``device=`` lands on it and breaks the
+    fit) and ``set_default_dtype(torch.float64)``. Data on the CPU (numpy or
+    tensors) is computed there and gives the same results all the same
+    (DESIGN.md: ``device=None`` means where the data is). Restored after the
+    test whatever happens."""
+    dtype = torch.get_default_dtype()
+
+    @contextlib.contextmanager
+    def changed() -> Iterator[None]:
+        torch.set_default_device("meta")
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_device(None)
+            torch.set_default_dtype(dtype)
+
+    yield changed
+    torch.set_default_device(None)
+    torch.set_default_dtype(dtype)
+
+
+def assert_identical(got: Any, expected: Any) -> None:
+    """Equal values of the same kind: tensors of the same dtype on the same
+    device, arrays of the same dtype, equal scalars (NaN equal to NaN),
+    through tuples, lists and dicts."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            assert_identical(got[key], expected[key])
+    elif isinstance(expected, (tuple, list)):
+        assert type(got) is type(expected) and len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert_identical(a, b)
+    elif isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor)
+        assert (got.device, got.dtype) == (expected.device, expected.dtype)
+        assert got.requires_grad == expected.requires_grad
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    elif isinstance(expected, np.ndarray):
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert type(got) is type(expected)
+        assert got == expected or (got != got and expected != expected)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -600,3 +600,26 @@ def test_rows_scored_again_go_to_the_first_copy_of_a_centroid(active):
     found = found.to(torch.float32)
     certify_nearest(x[None], centroids[None], labels, found, active=mask)
     assert set(labels[0].tolist()) == ({2} if active else {0})
+
+
+@on_the_cpu_paths_only
+def test_gaps_remembered_in_inference_mode_are_filled_in_outside_it(torch_ops_only):
+    """predict under torch.inference_mode (a model's evaluation), then outside
+    it with the same centres: the gaps remembered from the first call were an
+    inference tensor, and filling in more of them raised "Inplace update to
+    inference tensor outside InferenceMode is not allowed"."""
+    from torchkmeans.functional import certify
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(256, 32)) * 0.01 + 1e4
+    x = (centres[rng.integers(0, 256, 20000)] + rng.normal(size=(20000, 32)) * 1e-4).astype(
+        np.float32
+    )
+    model = KMeans(n_clusters=256, init=centres.astype(np.float32), n_init=1, max_iter=2).fit(x)
+    certify._known_gaps.clear()
+    with torch.inference_mode():
+        first = model.predict(x[:20])
+    # Rows far from the origin, fewer than the centres: some gaps are known.
+    assert len(certify._known_gaps) == 1 and bool(certify._known_gaps[0][2].isnan().any())
+    second = model.predict(x[20:60])
+    np.testing.assert_array_equal(np.concatenate([first, second]), model.predict(x[:60]))

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import reference
 import torch
-from conftest import blobs, copies_found_on_the_cpu, on_the_cpu_paths_only, tolerance
+from conftest import (
+    assert_identical,
+    blobs,
+    copies_found_on_the_cpu,
+    on_the_cpu_paths_only,
+    tolerance,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1607,3 +1613,52 @@ def test_the_functional_api_and_metrics_ignore_an_autocast_region(paths, autocas
             for a, b in zip(tensors(value), tensors(outside)):
                 assert a.dtype == b.dtype, (dtype, index)
                 torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("paths", ["host", "PyTorch ops", "accelerator"])
+def test_the_functional_api_ignores_the_global_torch_defaults(
+    paths, dtype, request, torch_defaults_changed
+):
+    # CPU tensors stay on the CPU and give what they give without the
+    # defaults: the CPU paths made their buffers, draws and results on the
+    # default device (a fit failed with "Tensor on device meta is not on the
+    # expected device cpu"; a CUDA default would have been the same).
+    if paths != "host":
+        request.getfixturevalue("accelerator_paths" if paths == "accelerator" else "torch_ops_only")
+    x = torch.from_numpy(blobs(n=2000, d=3, k=6)).to(dtype)
+    weights = torch.linspace(0.5, 2.0, 2000, dtype=dtype, device="cpu")
+    centroids = x[:6].clone()
+    labels = nearest_centroids(x, centroids).labels
+    counts = torch.zeros(6, dtype=dtype, device="cpu")
+    # One heavy cluster: the step reseeds the light ones (random draws).
+    heavy = torch.ones(6, dtype=dtype, device="cpu").index_fill_(0, torch.tensor([0]), 1e6)
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(1)
+
+    def results() -> list:
+        return [
+            nearest_centroids(x, centroids),
+            nearest_centroids(x.reshape(2, 1000, 3), centroids.expand(2, 6, 3)),
+            pairwise_distances(x, centroids),
+            kmeans_plusplus(x, 6, generator=seeded()),
+            kmeans_plusplus(x, 6, sample_weight=weights, generator=seeded()),
+            random_init(x, 6, generator=seeded()),
+            lloyd(x, centroids),
+            lloyd(x, centroids, sample_weight=weights),
+            lloyd(x, centroids, metric="cosine"),
+            kmeans(x, 6, generator=seeded()),
+            kmeans(x, 6, init=lambda data, k, g: centroids.numpy(), generator=seeded()),
+            kmeans(x.reshape(2, 1000, 3), 6, generator=seeded()),
+            minibatch_step(x[:256], centroids.clone(), counts.clone()),
+            minibatch_step(
+                x[:256], centroids.clone(), heavy.clone(), random_reassign=True, generator=seeded()
+            ),
+            scatter_sums(x, labels, 6),
+        ]
+
+    expected = results()
+    with torch_defaults_changed():
+        got = results()
+    assert_identical(got, expected)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import blobs, copies_found_on_the_cpu, tutorial_data
+from conftest import assert_identical, blobs, copies_found_on_the_cpu, tutorial_data
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
@@ -1193,6 +1193,52 @@ def test_autocast_region_changes_no_result(paths, request):
         got = results()
     for value, reference in zip(got, expected):
         torch.testing.assert_close(value, reference, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+@pytest.mark.parametrize("paths", ["fused kernel", "PyTorch ops", "accelerator"])
+def test_global_torch_defaults_change_no_result(paths, request, tmp_path, torch_defaults_changed):
+    # Under torch.set_default_device (CUDA in a training script, meta here)
+    # the buffers of the CPU paths were made on that device: the fused
+    # kernel's self-test wrote through their null pointers (a segfault), and
+    # fits of numpy data failed ("Tensor on device meta is not on the
+    # expected device cpu", "Cannot copy out of meta tensor").
+    if paths != "fused kernel":
+        request.getfixturevalue("accelerator_paths" if paths == "accelerator" else "torch_ops_only")
+    from scipy import sparse
+
+    from torchkmeans import elbow
+
+    X = blobs(n=3000, d=3, k=5)
+    X32 = X.astype(np.float32)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
+    memmap = _read_only_memmap(tmp_path / "X.dat", X32)
+    tensor = torch.from_numpy(X32)
+
+    def fitted(model, x, **kwargs):
+        model.fit(x, **kwargs)
+        state = [model.cluster_centers_, model.labels_, model.inertia_, model.n_iter_]
+        return [*state, model.predict(x), model.transform(x), model.score(x)]
+
+    def results() -> list:
+        return [
+            fitted(KMeans(5, random_state=0), X),
+            fitted(KMeans(5, random_state=0, n_init=3), X32, sample_weight=weights),
+            fitted(KMeans(5, init="random", random_state=0), tensor),
+            fitted(KMeans(5, metric="cosine", random_state=0), tensor.double()),
+            fitted(KMeans(5, init=X[:5].tolist(), n_init=1), X),
+            fitted(KMeans(5, init=lambda x, k, g: X32[:k] + 1, n_init=1), X32),
+            fitted(KMeans(5, random_state=0), memmap),
+            fitted(KMeans(5, random_state=0), sparse.csr_matrix(np.where(X > 0, X, 0.0))),
+            KMeans(5, random_state=0).fit_predict(X),
+            elbow(X, k=range(1, 5), random_state=0).inertia,
+            elbow(tensor, k=range(1, 5), random_state=0).inertia,
+        ]
+
+    expected = results()
+    with torch_defaults_changed():
+        got = results()
+    assert_identical(got, expected)
 
 
 def _read_only_memmap(path, X):

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import on_the_cpu_paths_only
+from conftest import assert_identical, on_the_cpu_paths_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -592,3 +592,27 @@ def test_scale_free_scores_of_float64_data_whose_squares_overflow(request, paths
     ):
         expected = score(X, labels)
         assert score(X * 2.0**exponent, labels) == pytest.approx(expected, rel=1e-12), score
+
+
+def test_metrics_ignore_the_global_torch_defaults(torch_defaults_changed):
+    # set_default_device (CUDA in a training script, meta here) and
+    # set_default_dtype(float64): numpy and CPU tensors are scored on the CPU
+    # in their own dtypes, as without them.
+    X, labels = datasets.make_blobs(n_samples=600, n_features=4, centers=5, random_state=0)
+    tensor, codes = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(labels)
+    centers = np.stack([X[labels == c].mean(0) for c in range(5)])
+
+    def results() -> list:
+        return [
+            metrics.silhouette_score(X, labels),
+            metrics.silhouette_score(X, labels, sample_size=200, random_state=0),
+            metrics.silhouette_samples(tensor, codes),
+            metrics.calinski_harabasz_score(tensor, codes),
+            metrics.davies_bouldin_score(X, labels),
+            metrics.inertia(X, labels, centers),
+        ]
+
+    expected = results()
+    with torch_defaults_changed():
+        got = results()
+    assert_identical(got, expected)

@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
+from conftest import assert_identical, blobs
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 from sklearn.cluster._kmeans import _mini_batch_step
@@ -1037,3 +1037,34 @@ def test_cosine_rows_of_zeros_make_no_zero_centres(init):
         km = MiniBatchKMeans(20, metric="cosine", init=init, batch_size=512, random_state=seed)
         km.fit(X)
         np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_global_torch_defaults_change_no_result(paths, request, torch_defaults_changed):
+    # Under torch.set_default_device (CUDA in a training script, meta here)
+    # fits of numpy data failed ("Tensor.item() cannot be called on meta
+    # tensors"), and under set_default_dtype(torch.float64) the reseeding of
+    # light clusters drew float64 keys: other rows than without the default.
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    X = blobs(n=2000, d=3, k=4)
+    tensor = torch.from_numpy(X.astype(np.float32))
+
+    def results() -> list:
+        out: list = []
+        for data in (X, tensor):
+            # Many clusters for 4 blobs, a high ratio: clusters are reseeded.
+            model = MiniBatchKMeans(12, batch_size=64, reassignment_ratio=0.5, random_state=0)
+            model.fit(data)
+            out += [model.cluster_centers_, model.labels_, model.inertia_, model.n_steps_]
+            out += [model.predict(data), model.transform(data), model.score(data)]
+            model = MiniBatchKMeans(4, batch_size=64, random_state=0)
+            for start in range(0, 2000, 500):
+                model.partial_fit(data[start : start + 500])
+            out += [model.cluster_centers_, model.counts_]
+        return out
+
+    expected = results()
+    with torch_defaults_changed():
+        got = results()
+    assert_identical(got, expected)

@@ -391,6 +391,28 @@ def test_disabled_by_environment(tmp_path):
     assert done.stdout.strip() == "False"
 
 
+def test_self_test_under_a_default_device():
+    """The kernel is loaded and checked on first use, which may come under
+    torch.set_default_device (CUDA in a training script, meta here): the
+    self-test made its tensors there and the kernel wrote through their
+    pointers (a segfault)."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        import torch
+        from torchkmeans import KMeans
+        from torchkmeans.functional import _native
+        X = np.random.default_rng(0).normal(size=(2000, 3))
+        torch.set_default_device("meta")
+        model = KMeans(n_clusters=4, random_state=0).fit(X)
+        print(_native.available(), model.cluster_centers_.dtype, np.isfinite(model.inertia_))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "float64", "True"]
+
+
 def test_problems_with_padding_centroids_run_with_their_active_ones():
     """A sweep over k as one padded batch (cluster masks): each problem runs
     through the kernel with its active centroids only and gets the PyTorch
@@ -477,6 +499,29 @@ def test_inputs_in_another_dtype_are_converted_and_bad_outputs_refused():
         _native.nearest(x, centroids, torch.empty(50, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"distances to be a contiguous torch\.float32"):
         _native.nearest(x, centroids, labels, distances=torch.empty(100)[::2])
+
+
+def test_tensors_off_the_cpu_are_refused_not_written_through():
+    """The kernel reads and writes raw pointers: a tensor elsewhere (made on
+    torch's default device by mistake; meta here, CUDA in a training script)
+    crashed the process."""
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.empty(50, dtype=torch.int64)
+    meta = {"device": "meta"}
+    with pytest.raises(
+        ValueError, match=r"Expected labels to be a contiguous torch\.int64 tensor on the CPU\."
+    ):
+        _native.nearest(x, x[:4], torch.empty(50, dtype=torch.int64, **meta))
+    with pytest.raises(
+        ValueError, match=r"Expected totals to be a contiguous torch\.float64 tensor on the CPU\."
+    ):
+        _native.nearest(x, x[:4], labels, totals=torch.empty(4, 4, dtype=torch.float64, **meta))
+    with pytest.raises(ValueError, match=r"Expected centroids on the CPU, got a tensor on meta\."):
+        _native.nearest(x, x[:4].to("meta"), labels)
+    with pytest.raises(ValueError, match=r"Expected x on the CPU, got a tensor on meta\."):
+        _native.nearest(x.to("meta"), x[:4], labels)
+    with pytest.raises(ValueError, match=r"Expected previous on the CPU, got a tensor on meta\."):
+        _native.nearest(x, x[:4], labels, previous=labels.to("meta"))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads /proc/cpuinfo")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import on_the_cpu_paths_only
+from conftest import assert_identical, on_the_cpu_paths_only
 from torch import nn
 
 from torchkmeans import quantizer as quantizer_module
@@ -1275,3 +1275,45 @@ def test_codes_of_float32_inputs_at_extreme_scales_are_the_unit_scale_ones(
     assert torch.equal(expected, exact)
     far = make(16, 8, (codebook * 2.0**exponent).tolist(), [1.0] * 16).eval()
     assert torch.equal(far(x * 2.0**exponent).codes, expected)
+
+
+def test_a_cpu_quantizer_ignores_the_global_torch_defaults(torch_defaults_changed):
+    # A quantizer built on the CPU trains there under set_default_device
+    # (CUDA in a training script, meta here) and set_default_dtype(float64)
+    # as it does without: its k-means initialisation failed ("Tensor.item()
+    # cannot be called on meta tensors"), a checkpoint taken while it
+    # collected batches for it held a meta tensor, and dead codes were
+    # reseeded from float64 draws (other vectors than without the default).
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=generator) * 0.1
+    x += torch.randint(0, 2, (512, 1), generator=generator) * 5.0
+
+    def built() -> list[VectorQuantizer]:
+        torch.manual_seed(0)
+        options = {"decay": 0.5, "dead_code_threshold": 0.5}
+        return [
+            VectorQuantizer(16, 3, kmeans_init=True, **options),
+            VectorQuantizer(16, 3, kmeans_init=False, **options),
+        ]
+
+    def results(quantizers: list[VectorQuantizer]) -> list:
+        torch.manual_seed(1)
+        out: list = []
+        for vq in quantizers:
+            vq.train()
+            inputs = x[:8].clone().requires_grad_(True)
+            output = vq(inputs)
+            (output.quantized.sum() + output.loss).backward()
+            out += [output.quantized.detach(), output.codes, inputs.grad, vq.state_dict()]
+            for start in range(8, 512, 128):
+                output = vq(x[start : start + 128])
+                out += [output.quantized, output.codes, output.loss.detach()]
+            vq.eval()
+            out += [vq(x).codes, vq.state_dict()]
+        return out
+
+    expected = results(built())
+    quantizers = built()
+    with torch_defaults_changed():
+        got = results(quantizers)
+    assert_identical(got, expected)

@@ -203,7 +203,7 @@ class _CSR(NamedTuple):
     kind: v.OutputKind
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        return self.take(torch.arange(start, stop))
+        return self.take(torch.arange(start, stop, device="cpu"))
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         return dense_rows(self.crow, self.col, self.values, self.n_features, index)

@@ -469,7 +469,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         if self._init_samples:
             destination[prefix + "init_samples"] = torch.cat(self._init_samples, dim=1)
             sizes = [batch.shape[1] for batch in self._init_samples]
-            destination[prefix + "init_sizes"] = torch.tensor(sizes)
+            destination[prefix + "init_sizes"] = torch.tensor(sizes, device="cpu")
 
     def _load_from_state_dict(
         self,
@@ -930,7 +930,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         elif reseed:
             # Distinct random batch vectors, one per code (wrapping around
             # when the batch is smaller than the codebook), finite rows first.
-            keys = torch.rand(heads, n, device=flat.device).masked_fill(~finite, 2.0)
+            keys = torch.rand(heads, n, device=flat.device, dtype=torch.float32).masked_fill(
+                ~finite, 2.0
+            )
             order = keys.argsort(-1)
             picked = order if n >= k else order.repeat(1, -(-k // n))
             picked = picked[:, :k]

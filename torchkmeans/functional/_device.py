@@ -104,14 +104,14 @@ def reused(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tenso
     """
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _REUSED_MAX_BYTES or traced():
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device="cpu")
     raw = _reused.buffers.get(name)
     if raw is None or raw.numel() < nbytes:
         # A normal tensor even when first asked for in inference mode, where
         # torch.empty makes an inference tensor: later calls outside it could
         # not write into that.
         with torch.inference_mode(False):
-            raw = torch.empty(max(nbytes, 64), dtype=torch.uint8)
+            raw = torch.empty(max(nbytes, 64), dtype=torch.uint8, device="cpu")
         _reused.buffers[name] = raw
     return raw[:nbytes].view(dtype).view(shape)
 

@@ -122,13 +122,13 @@ def available() -> bool:
 
 def _self_test() -> bool:
     """Labels of a small problem against torch's, in every layout and dtype."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(0)
     for dtype in (torch.float32, torch.float64):
-        x = torch.randn(101, 5, generator=generator, dtype=dtype)
-        centroids = torch.randn(37, 5, generator=generator, dtype=dtype)
+        x = torch.randn(101, 5, generator=generator, dtype=dtype, device="cpu")
+        centroids = torch.randn(37, 5, generator=generator, dtype=dtype, device="cpu")
         expected = torch.cdist(x, centroids).argmin(1)
         for columns, differences in ((True, False), (False, False), (True, True)):
-            labels = torch.empty(101, dtype=torch.int64)
+            labels = torch.empty(101, dtype=torch.int64, device="cpu")
             nearest(x, centroids, labels, columns=columns, differences=differences, threads=1)
             if not torch.equal(labels, expected):
                 return False
@@ -216,6 +216,17 @@ def nearest(
     """
     library = _library
     assert library is not None
+    # The kernel reads and writes through raw pointers: a tensor elsewhere
+    # (made on torch's default device, say) would crash the process.
+    for name, tensor in (
+        ("x", x),
+        ("centroids", centroids),
+        ("offset", offset),
+        ("weights", weights),
+        ("previous", previous),
+    ):
+        if tensor is not None and not tensor.is_cpu:
+            raise ValueError(f"Expected {name} on the CPU, got a tensor on {tensor.device}.")
     n, d = x.shape
     k = centroids.shape[0]
     # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
@@ -230,8 +241,8 @@ def nearest(
         ("distances", distances, x.dtype),
         ("totals", totals, torch.float64),
     ):
-        if out is not None and (out.dtype != dtype or not out.is_contiguous()):
-            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor.")
+        if out is not None and (out.dtype != dtype or not out.is_contiguous() or not out.is_cpu):
+            raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor on the CPU.")
     if columns is None:
         columns = _columns(d, k)
     if differences and (cosine or not columns):

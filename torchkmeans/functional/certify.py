@@ -230,7 +230,10 @@ def _remembered_half_gaps(
         and (active is None or torch.equal(entry[1], active))
     ):
         wide = _device.widest_float(centroids.device)
-        gaps = torch.full((k,), math.nan, dtype=wide)
+        # A normal tensor even when first asked for in inference mode: later
+        # calls outside it fill in gaps in place, which an inference tensor refuses.
+        with torch.inference_mode(False):
+            gaps = torch.full((k,), math.nan, dtype=wide, device=centroids.device)
         entry = (centroids.clone(), None if active is None else active.clone(), gaps)
         _known_gaps[:] = [entry]
     gaps = entry[2]
@@ -284,8 +287,8 @@ def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
         return None
     # Each row's first copy in sorted order: the start of its run of equal
     # fingerprints (the stable sort puts the lowest index first).
-    position = torch.arange(k).expand(b, k)
-    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool), ~same], dim=1)
+    position = torch.arange(k, device=rows.device).expand(b, k)
+    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool, device=rows.device), ~same], dim=1)
     run_start = torch.where(starts, position, 0).cummax(dim=1).values
     first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
     equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
@@ -320,7 +323,12 @@ def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
     64-bit words would cancel in pairs: [-1, 1] and [1, -1] collided)."""
     d = rows.shape[-1]
     weights = torch.randint(
-        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
+        -(2**62),
+        2**62,
+        (2, d),
+        generator=torch.Generator(device="cpu").manual_seed(0),
+        dtype=torch.int64,
+        device="cpu",
     )
     weights |= 1
     narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())

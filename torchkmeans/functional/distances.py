@@ -881,8 +881,8 @@ def nearest_by_differences(
     :func:`scored_by_differences` accepts, in one kernel call; ``totals``
     ``(k, d+1)`` float64, when given, receive each cluster's (``weights``-
     weighted) sum of rows and sum of weights."""
-    labels = torch.empty(x.shape[0], dtype=torch.int64)
-    distances = torch.empty(x.shape[0], dtype=x.dtype)
+    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    distances = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     _native.nearest(
         x,
         centroids.contiguous(),
@@ -956,7 +956,7 @@ def _nearest(
             x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=exact
         )
     if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
-        minima = torch.empty(n, dtype=x.dtype)
+        minima = torch.empty(n, dtype=x.dtype, device=x.device)
         labels, distances = _nearest_native(
             x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
         )
@@ -1138,8 +1138,8 @@ def _nearest_native(
     ``_native``): labels and distances in one pass over ``x`` ``(n, d)``,
     and each row's lowest score into ``minima`` when given."""
     n = x.shape[0]
-    labels = torch.empty(n, dtype=torch.int64)
-    distances = torch.empty(n, dtype=x.dtype) if exact else None
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    distances = torch.empty(n, dtype=x.dtype, device=x.device) if exact else None
     _native.nearest(
         x,
         centroids,

@@ -173,7 +173,11 @@ def _kmeans_plusplus_single(
     # float32 rows, k=8: 128 MB beside the 64 MB block, and 5x slower), and
     # the chosen row, a view, kept its whole block alive into the next round.
     chunk = min(block, _SCORE_CHUNK_ROWS)
-    held = torch.empty((trials, n), dtype=x.dtype) if n > chunk and block >= n else None
+    held = (
+        torch.empty((trials, n), dtype=x.dtype, device=x.device)
+        if n > chunk and block >= n
+        else None
+    )
 
     def distances_to(
         index: torch.Tensor, start: int = 0, stop: int = n, out: torch.Tensor | None = None
@@ -190,22 +194,22 @@ def _kmeans_plusplus_single(
         return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
-    draw = torch.rand((1, 1), generator=generator, dtype=acc)
+    draw = torch.rand((1, 1), generator=generator, dtype=acc, device=x.device)
     if weight is None:
         first = min(int(draw * n), n - 1)
     else:
         cumulative = weight.cumsum(0, dtype=acc)
         first = int(_sample_from_cumulative(cumulative, draw[0] * cumulative[-1]))
     chosen = [first]
-    closest = distances_to(torch.full((1,), first, dtype=torch.int64))[0]
+    closest = distances_to(torch.full((1,), first, dtype=torch.int64, device=x.device))[0]
     weighted = closest if weight is None else closest * weight
     potential = weighted.sum(dtype=acc)
     # cumsum(dtype=acc) copies its input to acc first, then sums into a
     # second new tensor: for many rows one buffer, reused, holds both.
-    cumulative = torch.empty(n, dtype=acc) if n > chunk else None
+    cumulative = torch.empty(n, dtype=acc, device=x.device) if n > chunk else None
     for _ in range(1, k):
         # The same draws as (1, trials) in the batched loop.
-        draws = torch.rand(trials, generator=generator, dtype=acc)
+        draws = torch.rand(trials, generator=generator, dtype=acc, device=x.device)
         if cumulative is None:
             cumsum = weighted.cumsum(0, dtype=acc)
         else:
@@ -216,7 +220,7 @@ def _kmeans_plusplus_single(
                 distances_to(candidates), closest, weight, acc
             )
         else:
-            candidate_potential = torch.zeros(trials, dtype=acc)
+            candidate_potential = torch.zeros(trials, dtype=acc, device=x.device)
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 out = None if held is None else held[:, start:stop]
@@ -235,7 +239,7 @@ def _kmeans_plusplus_single(
         potential = candidate_potential[best]
         weighted = closest if weight is None else closest * weight
         chosen.append(int(candidates[best]))
-    return torch.tensor(chosen, dtype=torch.int64)
+    return torch.tensor(chosen, dtype=torch.int64, device=x.device)
 
 
 def kmeans_plusplus(

@@ -523,7 +523,7 @@ def _run_lloyd_small(
     # in the general loop (scaling by 2 is exact), without scaling the
     # centroids every iteration. Larger data are not copied (see
     # _SCALED_ROWS_MAX_ELEMENTS) and take the general loop's [-2c | |c|^2].
-    buffers = torch.empty((2, k, d + 1), dtype=x.dtype)
+    buffers = torch.empty((2, k, d + 1), dtype=x.dtype, device=x.device)
     buffers[0, :, :d] = centroids[0]
     # Each buffer's centroids, norms, transpose and itself, viewed once:
     # slicing is an op too. slots[turn] holds the current centroids.
@@ -534,7 +534,7 @@ def _run_lloyd_small(
         scaled_rows = x_aug.clone()
         scaled_rows[:, :d].mul_(-2.0)
     # One buffer and its views for all iterations: slicing is an op too.
-    totals = torch.empty((k, d + 1), dtype=x.dtype)
+    totals = torch.empty((k, d + 1), dtype=x.dtype, device=x.device)
     sums, counts = totals[:, :d], totals[:, d:]
     n = x.shape[0]
     # Few centroids: scores as (k, n), minimum across contiguous rows (see
@@ -544,7 +544,7 @@ def _run_lloyd_small(
     # The score block too: a fresh block of a megabyte or more comes back
     # from the allocator as new pages, which made the product up to 8x slower
     # (20,000 x 3 rows, k=16: 330 us against 40 us in later iterations).
-    scores_buffer = torch.empty((k, n) if columns else (n, k), dtype=x.dtype)
+    scores_buffer = torch.empty((k, n) if columns else (n, k), dtype=x.dtype, device=x.device)
 
     def assign(previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         centroid, norms, transposed, centroid_rows = slots[turn]
@@ -635,7 +635,7 @@ def _run_lloyd_small(
     distances = _point_distances(
         prep, final_centroids, labels.unsqueeze(0), _exact_distance_rows(prep.x)
     )
-    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
+    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64, device=x.device)
     offset = _score_offset(prep)
     if summed:
         history[0, :n_iter] = (summed[0] if len(summed) == 1 else torch.cat(summed)).add_(offset)
@@ -643,7 +643,7 @@ def _run_lloyd_small(
         final_centroids,
         labels.unsqueeze(0),
         _weighted_total(distances, weights),
-        torch.full((1,), n_iter, dtype=torch.int64),
+        torch.full((1,), n_iter, dtype=torch.int64, device=x.device),
         history,
     )
 
@@ -665,9 +665,9 @@ def _run_lloyd_native(
     n = x.shape[0]
     cosine = prep.metric == "cosine"
     current = centroids[0].contiguous()
-    labels = torch.empty(n, dtype=torch.int64)
-    previous = torch.empty(n, dtype=torch.int64)
-    totals = torch.empty((k, d + 1), dtype=torch.float64)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    previous = torch.empty(n, dtype=torch.int64, device=x.device)
+    totals = torch.empty((k, d + 1), dtype=torch.float64, device=x.device)
     sums, counts = totals[:, :d], totals[:, d:]
     scores: list[float] = []
     while len(scores) < max_iter:
@@ -709,17 +709,18 @@ def _run_lloyd_native(
     # to its centroid, in one more pass (the labels are the last ones when the
     # centroids did not move after them: the same kernel gives the same).
     labels = previous
-    distances = torch.empty((1, n), dtype=x.dtype)
+    distances = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _native.nearest(x, current, labels, cosine=cosine, distances=distances[0])
     final_centroids = current.unsqueeze(0)
     n_iter = len(scores)
-    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64)
-    history[0, :n_iter] = torch.tensor(scores, dtype=torch.float64) + _score_offset(prep)
+    history = torch.full((1, max_iter), float("nan"), dtype=torch.float64, device=x.device)
+    history[0, :n_iter] = torch.tensor(scores, dtype=torch.float64, device=x.device)
+    history[0, :n_iter] += _score_offset(prep)
     return KMeansResult(
         final_centroids,
         labels.unsqueeze(0),
         _weighted_total(distances, prep.weights),
-        torch.full((1,), n_iter, dtype=torch.int64),
+        torch.full((1,), n_iter, dtype=torch.int64, device=x.device),
         history,
     )
 
@@ -791,7 +792,9 @@ def run_lloyd(
         # only the best is wanted keep no other labels at all (n_init=10:
         # 30x the data).
         results: list[KMeansResult] = []
-        labels = None if b == 1 or best_only else torch.empty((b, n), dtype=torch.int64)
+        labels = (
+            None if b == 1 or best_only else torch.empty((b, n), dtype=torch.int64, device=device)
+        )
         for i in range(b):
             start = centroids[i : i + 1]
             kept = None if active is None else active[i].nonzero().squeeze(1)
@@ -1068,7 +1071,7 @@ def _resolve_init(
         if shared:
             # One call per restart, as scikit-learn does: one call expanded
             # to b restarts ran b copies of the same problem.
-            starts = [_init_tensor(init(x, n_clusters, generator)) for _ in range(b)]
+            starts = [_init_tensor(init(x, n_clusters, generator), x3.device) for _ in range(b)]
             for start in starts:
                 if tuple(start.shape) != expected:
                     raise ValueError(
@@ -1080,7 +1083,7 @@ def _resolve_init(
             given = init(x, n_clusters, generator)
     else:
         given = init
-    given = _init_tensor(given).detach().to(device=x3.device, dtype=x3.dtype)
+    given = _init_tensor(given, x3.device).detach().to(device=x3.device, dtype=x3.dtype)
     if (
         given.shape[-2:] != expected
         or given.ndim not in (2, 3)
@@ -1098,10 +1101,12 @@ def _resolve_init(
     return given - prep.offset
 
 
-def _init_tensor(given: Any) -> torch.Tensor:
-    """Given centroids (``init`` or what a callable ``init`` returned) as a real tensor."""
+def _init_tensor(given: Any, device: torch.device) -> torch.Tensor:
+    """Given centroids (``init`` or what a callable ``init`` returned) as a real
+    tensor: a tensor as it is, anything else on ``device`` (the data's, not
+    PyTorch's default device)."""
     try:
-        tensor = torch.as_tensor(given)
+        tensor = given if isinstance(given, torch.Tensor) else torch.as_tensor(given, device=device)
     except (RuntimeError, TypeError, ValueError) as exc:
         # None, strings, object arrays: torch's own message names no argument.
         raise TypeError(
@@ -1600,7 +1605,8 @@ def _scaled_init(init: InitArg, x: torch.Tensor, exponent: int) -> InitArg:
         given = init
 
         def scaled(_: torch.Tensor, n_clusters: int, generator: Any) -> torch.Tensor:
-            return times_power_of_two(torch.as_tensor(given(x, n_clusters, generator)), exponent)
+            centroids = given(x, n_clusters, generator)
+            return times_power_of_two(torch.as_tensor(centroids, device=x.device), exponent)
 
         return scaled
     return init

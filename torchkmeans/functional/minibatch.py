@@ -208,7 +208,7 @@ def _minibatch_step(
         # clusters in float64, where nearest_centroids and a scatter took
         # about twenty ops, most of a small step's time; the update runs in
         # float64 too.
-        totals = torch.empty((k, d + 1), dtype=torch.float64)
+        totals = torch.empty((k, d + 1), dtype=torch.float64, device=x.device)
         labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
         sums, counts = totals[:, :-1], totals[:, -1]
     else:
@@ -342,7 +342,7 @@ def _apply_step(
         lead = new_ws.shape[:-1]
         if n > 0:
             m = min(k, n)
-            keys = torch.rand((*lead, n), generator=generator, device=device)
+            keys = torch.rand((*lead, n), generator=generator, device=device, dtype=torch.float32)
             if zero_rows is not None:
                 # Rows of zeros last: they would make zero centroids.
                 keys = keys.masked_fill(zero_rows, -1.0)

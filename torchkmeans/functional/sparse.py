@@ -490,7 +490,9 @@ def sparse_kmeans_plusplus(
         else:
             first = int(_sample_from_cumulative(cumulative, draw * cumulative[-1]))
         chosen.append([first])
-        to_first = _to_points(rows, rows.take(torch.tensor([first])), memory_budget)[0]
+        to_first = _to_points(rows, rows.take(torch.tensor([first], device=device)), memory_budget)[
+            0
+        ]
         closest.append(to_first)
         weighted.append(to_first if weights is None else to_first * weights)
         potential.append(weighted[-1].sum(dtype=acc))

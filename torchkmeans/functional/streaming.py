@@ -148,7 +148,8 @@ def _cuda_chunks(
     copy with ``non_blocking`` on a side stream, compute on the current one."""
     probe = data.read(0, 1)
     pinned = [
-        torch.empty((rows, data.n_features), dtype=probe.dtype, pin_memory=True) for _ in range(2)
+        torch.empty((rows, data.n_features), dtype=probe.dtype, device="cpu", pin_memory=True)
+        for _ in range(2)
     ]
     copied: list[Any] = [None, None]
     copy_stream = torch.cuda.Stream(device)
@@ -359,10 +360,10 @@ def _sample(data: HostRows, size: int, generator: torch.Generator | None) -> tor
     """Sorted indices of ``size`` distinct rows drawn uniformly (all rows when size >= n)."""
     n = data.n_rows
     if size >= n:
-        return torch.arange(n)
+        return torch.arange(n, device="cpu")
     # Without an n-sized permutation: draw with replacement, drop repeats,
     # top up (rarely a second round), then keep a random `size` of them.
-    chosen = torch.empty(0, dtype=torch.int64)
+    chosen = torch.empty(0, dtype=torch.int64, device="cpu")
     device_for_draws = generator.device if generator is not None else torch.device("cpu")
     while chosen.numel() < size:
         need = size - chosen.numel()
@@ -570,7 +571,7 @@ def _initial_centroids(
                 generator=generator,
             )
         return centroids.reshape(n_problems, n_clusters, d).contiguous()
-    given = torch.as_tensor(init).to(device=device, dtype=dtype)
+    given = torch.as_tensor(init, device=device).to(dtype=dtype)
     if tuple(given.shape) != (n_clusters, d):
         raise ValueError(
             f"Expected init to be of shape ({n_clusters}, {d}), got shape {tuple(given.shape)}."

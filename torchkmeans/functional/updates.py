@@ -81,7 +81,7 @@ def add_rows(
         and width <= _COLUMN_SCATTER_MAX_WIDTH
         and rows.numel() >= _COLUMN_SCATTER_MIN_ELEMENTS
     ):
-        columns = torch.zeros((width, target.shape[0]), dtype=target.dtype)
+        columns = torch.zeros((width, target.shape[0]), dtype=target.dtype, device=target.device)
         columns.index_add_(1, index, rows.T, alpha=alpha)
         target.add_(columns.T)
     else:
@@ -253,7 +253,7 @@ def _scatter_sums(
         # a bincount, three ops where the ones column below takes eight.
         rows, flat = x3[0].to(dtype), labels2[0]
         w = None if weights is None else weights[0].to(dtype)
-        sums = torch.zeros((n_clusters, d), dtype=dtype)
+        sums = torch.zeros((n_clusters, d), dtype=dtype, device=x.device)
         add_rows(sums, flat, rows if w is None else rows * w.unsqueeze(-1))
         counts = torch.bincount(flat, weights=w, minlength=n_clusters).to(dtype)
         return (sums.unsqueeze(0), counts.unsqueeze(0)) if batched else (sums, counts)
