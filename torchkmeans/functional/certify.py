@@ -334,8 +334,8 @@ def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
     return ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
 
 
-# Rows scored again on the CPU go to the fused kernel's float64 differences
-# (one pass, exact, nothing left to settle) for centroids of at most this
+# Rows scored again on the CPU go to the fused kernel's differences (one
+# pass, exact, nothing left to settle) for centroids of at most this
 # many features, or of at most _NATIVE_RELABEL_MAX_WORK values (k * d); the
 # float64 product and its second pass from differences beyond. Rows 50 from
 # the origin, one thread, the kernel's time over the product's: 1,024 rows,
@@ -343,6 +343,7 @@ def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
 # 0.45-0.8; k * d = 2^15 at d=128-768 1.2; 16 rows, k * d <= 2^14 0.25-0.4,
 # d=64, k=1,024 0.65.
 _NATIVE_RELABEL_MAX_FEATURES = 64
+_NATIVE_RELABEL_MAX_WORK = 1 << 14
 # ... and float32 rows of at most this many features are scored in float32:
 # a float32 sum of at most 128 squared differences is within the trusted
 # precision of the exact distance (d=128: 5e-7 for labels, 9e-7 for distances,
@@ -351,7 +352,6 @@ _NATIVE_RELABEL_MAX_FEATURES = 64
 # their centre, the whole label check's time: k=32, d=64 0.75x float64's;
 # k=64, d=128 0.65x; k=256, d=64 0.65x.
 _FLOAT32_DIFFERENCES_MAX_FEATURES = 128
-_NATIVE_RELABEL_MAX_WORK = 1 << 14
 
 
 def _relabels_natively(x: torch.Tensor, k: int) -> bool:
@@ -403,11 +403,11 @@ def _relabel(
     rounds float64 rows by up to ``u |x'|``: rows on their centres got
     5.5e-31 and 2.3e-31 for 4.3e-31 and 1.9e-31, and a row 8e-31 from two
     centres was given the farther). On the CPU, rows of few features (or few
-    centroids) are scored from float64 differences by the fused kernel
-    (:func:`_relabels_natively`), where the product and its ops around took
-    3-7x its time (1,024 rows of tight clusters shared by near-copies of
-    their centre, k=32, d=64: 0.35 ms against 0.12 ms, where the labels
-    themselves take 0.04 ms)."""
+    centroids) are scored from differences by the fused kernel
+    (:func:`_relabels_natively`, :func:`_relabel_natively`), where the
+    product and its ops around took 3-7x its time (1,024 rows of tight
+    clusters shared by near-copies of their centre, k=32, d=64: 0.35 ms
+    against 0.12 ms, where the labels themselves take 0.04 ms)."""
     if _relabels_natively(x, centroids.shape[0]):
         return _relabel_natively(x, centroids, active)
     wide = _device.widest_float(x.device)
