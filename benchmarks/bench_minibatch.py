@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_minibatch.py [--n 1000000] [--d 128] [--k 1024]
         [--batch-size 1024] [--epochs 1] [--threads 2] [--seeds 1] [--memmap]
+        [--defaults] [--same-init] [--partial-fit 0] [--predict]
 
 Blobs (float32) around ``k`` centres; both estimators run ``epochs * n /
 batch_size`` steps (early stopping off: ``max_no_improvement=None``,
@@ -11,13 +12,20 @@ batch_size`` steps (early stopping off: ``max_no_improvement=None``,
 all rows at the end. Printed: seconds for the fit, the final inertia of both
 computed the same way (float64, exact distances to the returned centres), and
 the ratios, median over ``--seeds``. ``--memmap`` fits torchkmeans from an
-``np.memmap`` of the data (scikit-learn gets the array). A script, never a
-test: timings depend on the machine.
+``np.memmap`` of the data (scikit-learn gets the array). ``--defaults`` keeps
+both libraries' defaults instead (``max_iter=100``, early stopping after 10
+steps without improvement; ``--epochs`` ignored), ``--same-init`` starts both
+from the same ``k`` random rows. ``--partial-fit B`` also times ``B`` calls of
+``partial_fit`` on consecutive batches of ``batch_size`` rows (seeded on the
+first, with the labels of each batch), ``--predict`` ``predict`` of all rows
+with the fitted centres of each (best of 3). A script, never a test: timings depend on
+the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -67,6 +75,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--memmap", action="store_true")
+    parser.add_argument("--defaults", action="store_true")
+    parser.add_argument("--same-init", action="store_true")
+    parser.add_argument("--partial-fit", type=int, default=0)
+    parser.add_argument("--predict", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -74,17 +86,15 @@ def main() -> None:
     steps = args.epochs * args.n // args.batch_size
     print(
         f"MiniBatchKMeans: n={args.n:,} d={args.d} k={args.k} float32, batch_size="
-        f"{args.batch_size}, {steps} steps, {args.threads} threads, torch {torch.__version__}"
+        f"{args.batch_size}, "
+        + ("default early stopping" if args.defaults else f"{steps} steps")
+        + f", {args.threads} threads, torch {torch.__version__}"
     )
-    common = dict(
-        n_clusters=args.k,
-        batch_size=args.batch_size,
-        max_iter=args.epochs,
-        max_no_improvement=None,
-        tol=0.0,
-        n_init=1,
-        reassignment_ratio=0.01,
-    )
+    common = dict(n_clusters=args.k, batch_size=args.batch_size, n_init=1)
+    if not args.defaults:
+        common.update(
+            max_iter=args.epochs, max_no_improvement=None, tol=0.0, reassignment_ratio=0.01
+        )
     with tempfile.TemporaryDirectory() as tmp:
         source = X
         if args.memmap:
@@ -95,12 +105,16 @@ def main() -> None:
             source = np.memmap(path, dtype=np.float32, mode="r", shape=X.shape)
         rows = []
         for seed in range(args.seeds):
+            params = dict(common, random_state=seed)
+            if args.same_init:
+                rng = np.random.default_rng(seed)
+                params["init"] = X[np.sort(rng.choice(args.n, args.k, replace=False))]
             start = time.perf_counter()
-            ours = MiniBatchKMeans(random_state=seed, **common).fit(source)
+            ours = MiniBatchKMeans(**params).fit(source)
             ours_seconds = time.perf_counter() - start
             with threadpool_limits(args.threads):
                 start = time.perf_counter()
-                theirs = SkMiniBatchKMeans(random_state=seed, **common).fit(X)
+                theirs = SkMiniBatchKMeans(**params).fit(X)
                 theirs_seconds = time.perf_counter() - start
             ours_inertia = inertia(X, ours.cluster_centers_)
             theirs_inertia = inertia(X, theirs.cluster_centers_)
@@ -110,6 +124,34 @@ def main() -> None:
                 f"scikit-learn {theirs_seconds:7.2f} s ({theirs.n_steps_} steps); inertia "
                 f"{ours_inertia:.6g} vs {theirs_inertia:.6g}"
             )
+            if args.partial_fit:
+                times = []
+                for make in (MiniBatchKMeans, SkMiniBatchKMeans):
+                    model = make(**params)
+                    with threadpool_limits(args.threads):
+                        start = time.perf_counter()
+                        for b in range(args.partial_fit):
+                            stop = (b + 1) * args.batch_size
+                            model.partial_fit(X[stop - args.batch_size : stop])
+                        times.append(time.perf_counter() - start)
+                print(
+                    f"  partial_fit x {args.partial_fit}: torchkmeans {times[0]:.3f} s, "
+                    f"scikit-learn {times[1]:.3f} s ({times[0] / times[1]:.2f}x)"
+                )
+            if args.predict:
+                times = []
+                for model in (ours, theirs):
+                    best = math.inf
+                    with threadpool_limits(args.threads):
+                        for _ in range(3):  # the first call of each pays page faults
+                            start = time.perf_counter()
+                            model.predict(X)
+                            best = min(best, time.perf_counter() - start)
+                    times.append(best)
+                print(
+                    f"  predict of {args.n:,} rows: torchkmeans {times[0]:.3f} s, "
+                    f"scikit-learn {times[1]:.3f} s ({times[0] / times[1]:.2f}x)"
+                )
     time_ratio = statistics.median(r[0] / r[1] for r in rows)
     inertia_ratio = statistics.median(r[2] / r[3] for r in rows)
     print(

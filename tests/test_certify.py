@@ -623,3 +623,52 @@ def test_gaps_remembered_in_inference_mode_are_filled_in_outside_it(torch_ops_on
     assert len(certify._known_gaps) == 1 and bool(certify._known_gaps[0][2].isnan().any())
     second = model.predict(x[20:60])
     np.testing.assert_array_equal(np.concatenate([first, second]), model.predict(x[:60]))
+
+
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_shared_by_near_copies_are_scored_again_by_the_fused_kernel(monkeypatch, dtype):
+    # Tight clusters far from the centres' mean, each shared by near-copies of
+    # its centre (and one exact copy): every row is a suspect that Elkan's
+    # bound cannot settle. They are scored again from differences by the
+    # fused kernel (float32 rows of 64 features in float32), in one pass (the
+    # float64 product and its ops around took 3-7x its time), ties to the
+    # first copy, inactive centroids never chosen.
+    if not _native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    calls = []
+    kernel = _native.nearest
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("differences", False) and args[0].dtype == dtype)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "nearest", counted)
+    generator = torch.Generator().manual_seed(0)
+    # float64 rows are suspects only much farther out.
+    spread = 10.0 if dtype == torch.float32 else 1e6
+    blobs = torch.randn(4, 64, generator=generator, dtype=torch.float64) * spread
+    centroids = blobs.repeat_interleave(4, 0)
+    centroids += torch.randn(16, 64, generator=generator, dtype=torch.float64) * 0.02
+    centroids[5] = centroids[4]
+    x = blobs.repeat(512, 1) + torch.randn(2048, 64, generator=generator, dtype=torch.float64) * 0.1
+    x, centroids = x.to(dtype), centroids.to(dtype)
+    result = nearest_centroids(x, centroids)
+    assert any(calls)
+    table = torch.tensor(exact_distances(x, centroids))
+    assert torch.equal(result.labels, table.argmin(1))
+    assert 4 in result.labels.tolist() and 5 not in result.labels.tolist()
+    torch.testing.assert_close(
+        result.distances.double(),
+        table.min(1).values,
+        rtol=2e-6 if dtype == torch.float32 else 1e-12,
+        atol=0.0,
+    )
+    # Every other centroid masked out (4, not its copy 5): rows labelled the
+    # last copy of their blob's centre go to the nearest active one.
+    active = torch.ones(1, 16, dtype=torch.bool)
+    active[0, 0::2] = False
+    labels = (torch.arange(2048) % 4 * 4 + 3)[None]
+    distances = table.gather(1, labels.T).T.to(dtype).contiguous()
+    certify_nearest(x[None], centroids[None], labels, distances, active=active)
+    assert torch.equal(labels[0], table.masked_fill(~active, float("inf")).argmin(1))

@@ -94,6 +94,33 @@ def test_step_reassigns_light_centres_as_sklearn_does():
     assert len(set(index)) == 4  # distinct rows of the batch
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_step_reseeds_onto_rows_that_are_no_copies(seed):
+    # A batch drawn with replacement holds copies of a row, and a row may be
+    # a centre already: centres reseeded onto them would be copies, whose
+    # rows all go to the first copy (the others stay empty, their reseeding
+    # wasted). Of the rows drawn (min(k, n), here all), those that are
+    # neither are taken first; copies when no other row is left.
+    a, b, c = [0.0, 0.0], [10.0, 0.0], [10.0, 1.0]
+    x = torch.tensor([a, a, b, a, a, c, a, a])
+    # The first centre is a, and stays there (it takes only the rows a); the
+    # last takes b and c; the others are far.
+    far = [[100.0, 100.0 + i] for i in range(6)]
+    centers = torch.tensor([a, *far, [10.0, 0.5]])
+    heavy = torch.full((8,), 1000.0)
+    for light, expected in (([1, 2], [b, c]), ([1, 2, 3], [a, b, c])):
+        weight_sums = heavy.clone()
+        weight_sums[light] = 0.0
+        step = minibatch_step(
+            x,
+            centers,
+            weight_sums,
+            random_reassign=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        assert sorted(step.centroids[light].tolist()) == sorted(expected)
+
+
 @pytest.mark.parametrize(("d", "differences"), [(2, True), (5, True), (40, True), (40, False)])
 def test_step_labels_are_the_nearest_far_from_the_origin(d, differences):
     # Narrow rows and small batches take one kernel call scored from
@@ -265,8 +292,9 @@ def test_seeding_sees_every_row_when_init_size_covers_the_data():
 
     MiniBatchKMeans(40, init=init, n_init=1, random_state=0).fit(X)
     np.testing.assert_array_equal(np.unique(seen[0].numpy(), axis=0), np.unique(X, axis=0))
-    inertia = [MiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(10)]
-    sk = [SklearnMiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(10)]
+    # Over 30 seeds: the mean of 10 is off by 5% (a seed's inertia spans 2-6).
+    inertia = [MiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(30)]
+    sk = [SklearnMiniBatchKMeans(40, random_state=s).fit(X).inertia_ for s in range(30)]
     assert np.mean(inertia) <= 1.1 * np.mean(sk)
 
 
