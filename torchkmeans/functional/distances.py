@@ -955,10 +955,15 @@ def _nearest(
         return _nearest_unchecked(
             x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=exact
         )
+    # Distances are measured from x and the centroids as given, not between
+    # the centred rows and centroids: centring rounds both, and the distances
+    # of rows near their centre far from the offset had to be measured again
+    # (tight clusters, or duplicated rows each near its centre: score 3-8x
+    # scikit-learn's time, nearly all of it in that second pass).
     if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
         minima = torch.empty(n, dtype=x.dtype)
         labels, distances = _nearest_native(
-            x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
+            x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima, given=c3[0]
         )
         if x.ndim == 3 or centroids.ndim == 3:
             labels, distances = labels[None], distances[None]
@@ -967,7 +972,13 @@ def _nearest(
         norms = minima.neg_().add_(distances.reshape(n)).clamp_min_(0.0).view(1, n)
     else:
         labels, distances = _nearest_unchecked(
-            x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=True
+            x,
+            centred,
+            metric=metric,
+            memory_budget=memory_budget,
+            offset=offset,
+            exact=True,
+            given=c3,
         )
         norms = squared_frame_norms(x3, offset) if n else None
     assert distances is not None
@@ -985,7 +996,7 @@ def _nearest(
             labels.view(-1, n),
             distances.view(-1, n),
             frame_squared_norms=norms,
-            centred=True,
+            centred=False,
             precise=precise and exact,
         )
     return labels, distances if exact else None
@@ -1028,8 +1039,12 @@ def _nearest_unchecked(
     memory_budget: int | None,
     offset: torch.Tensor | None,
     exact: bool,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`_nearest` before its labels are checked."""
+    """:func:`_nearest` before its labels are checked. ``centroids`` are
+    ``given - offset`` when ``given`` (``(b, k, d)``): the distances are then
+    measured between ``x`` and ``given``, not between the centred rows and
+    centroids (see ``_native.nearest``)."""
     x3, c3, batched = _as_batched(x, centroids)
     b, k, _ = c3.shape
     n, d = x3.shape[1], x3.shape[2]
@@ -1058,7 +1073,9 @@ def _nearest_unchecked(
         and x3.shape[0] == 1
         and _native.prefers_native(x3[0], k, within_lloyd=False)
     ):
-        labels, distances = _nearest_native(x3[0], c3[0], euclidean, offset, exact)
+        labels, distances = _nearest_native(
+            x3[0], c3[0], euclidean, offset, exact, given=None if given is None else given[0]
+        )
         if batched:
             return labels[None], None if distances is None else distances[None]
         return labels, distances
@@ -1073,7 +1090,9 @@ def _nearest_unchecked(
         and d <= _COLUMN_NEAREST_MAX_D
         and min(rows, n) * k >= _COLUMN_NEAREST_MIN_ELEMENTS
     ):
-        labels, distances = _nearest_by_columns(x3[0], c3[0], euclidean, rows, offset, exact)
+        labels, distances = _nearest_by_columns(
+            x3[0], c3[0], euclidean, rows, offset, exact, None if given is None else given[0]
+        )
         if copies is not None:
             labels = copies[0][labels]
         if batched:
@@ -1120,7 +1139,12 @@ def _nearest_unchecked(
             block_labels = copies.gather(1, block_labels)
         labels[:, start:stop] = block_labels
         if distances is not None:
-            distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
+            if given is None:
+                distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
+            else:
+                distances[:, start:stop] = exact_distances(
+                    x3[:, start:stop], given, block_labels, not euclidean
+                )
     if not batched:
         return labels[0], None if distances is None else distances[0]
     return labels, distances
@@ -1133,10 +1157,14 @@ def _nearest_native(
     offset: torch.Tensor | None,
     exact: bool,
     minima: torch.Tensor | None = None,
+    *,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nearest` of one CPU problem through the fused kernel (see
     ``_native``): labels and distances in one pass over ``x`` ``(n, d)``,
-    and each row's lowest score into ``minima`` when given."""
+    and each row's lowest score into ``minima`` when given; the distances
+    are measured from ``x`` and ``given`` (the centroids before centring)
+    when given."""
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64)
     distances = torch.empty(n, dtype=x.dtype) if exact else None
@@ -1148,6 +1176,7 @@ def _nearest_native(
         offset=None if offset is None else offset.reshape(-1),
         distances=distances,
         minima=minima,
+        given=given,
     )
     return labels, distances
 
@@ -1188,13 +1217,15 @@ def _nearest_by_columns(
     rows: int,
     offset: torch.Tensor | None,
     exact: bool,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nearest` for one problem with few centroids on the CPU.
 
     Each block of rows is copied (centred) into ``[x | 1]`` and scored as
     ``(k, m)`` against the augmented centroids; the first index of each
     column's minimum comes from :func:`first_column_minimum`. ``x`` ``(n, d)``,
-    ``centroids`` ``(k, d)``.
+    ``centroids`` ``(k, d)``; the distances are measured from ``x`` and
+    ``given`` ``(k, d)`` (the centroids before centring) when given.
     """
     n, d = x.shape
     k = centroids.shape[0]
@@ -1223,8 +1254,9 @@ def _nearest_by_columns(
         work = work_buffer[: k * m].view(k, m)
         labels[start:stop] = first_column_minimum(scores, block_minima, work, first[:m])
         if distances is not None:
+            measured, references = (centred, centroids) if given is None else (x[start:stop], given)
             distances[start:stop] = exact_distances(
-                centred[None], centroids[None], labels[None, start:stop], not euclidean
+                measured[None], references[None], labels[None, start:stop], not euclidean
             )[0]
     return labels, distances
 
