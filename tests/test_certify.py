@@ -361,6 +361,38 @@ def test_predict_again_with_the_same_centres_reuses_their_gaps(monkeypatch):
     assert len(asked) > count
 
 
+@on_the_cpu_paths_only
+def test_predict_again_settles_every_row_at_once_without_finding_suspects(monkeypatch):
+    """Tight clusters far from the centres' mean, predicted twice with the
+    same centres: the second call has every gap remembered, and Elkan's
+    bound on the largest distance settles every label before any row is
+    tested as a suspect (those masks were a tenth of the call). A row far
+    from every centre still goes through the row-by-row checks."""
+    from torchkmeans.functional import certify
+
+    asked = []
+    suspects = certify.suspects
+    monkeypatch.setattr(certify, "suspects", lambda *a, **kw: asked.append(1) or suspects(*a, **kw))
+    generator = torch.Generator().manual_seed(0)
+    centres = 20.0 * torch.rand(8, 256, generator=generator) - 10.0
+    x = centres.repeat(125, 1) + 0.1 * torch.randn(1000, 256, generator=generator)
+    model = KMeans(n_clusters=8, init=centres.numpy(), n_init=1, max_iter=1).fit(x.numpy())
+    model.cluster_centers_ = centres.numpy()
+    model.predict(x.numpy())
+    asked.clear()
+    labels = model.predict(x.numpy())
+    assert not asked
+    np.testing.assert_array_equal(labels, np.tile(np.arange(8), 125))
+    score = model.score(x.numpy())
+    assert not asked
+    exact = exact_distances(x, centres)[np.arange(1000), labels].sum()
+    np.testing.assert_allclose(-score, exact, rtol=1e-6)
+    far = x.clone()
+    far[3] = centres.mean(0)
+    assert_nearest(far, centres, model.predict(far.numpy()))
+    assert asked
+
+
 def test_predict_and_score_do_not_measure_any_row_again(monkeypatch, path):
     # Duplicated rows, each a few ulps from its centre (centres from another
     # fit, or the means' rounding): every row is suspect and settled by
