@@ -13,9 +13,9 @@ both libraries for every seed, the two taking turns (which goes first
 alternates), after one warm-up fit each. Printed per case: the summed wall time
 of torchkmeans over scikit-learn's (t/sk, < 1 is faster), the same per Lloyd
 iteration (iteration counts depend on the seed), the mean inertia over
-scikit-learn's, the mean iterations, and the median times of ``predict(X)``
-and ``transform(X)`` with the same centres in both (7 calls each, taking
-turns) over scikit-learn's. ``--minibatch`` compares the default ``MiniBatchKMeans`` fits
+scikit-learn's, the mean iterations, and the median times of ``predict(X)``,
+``score(X)`` and ``transform(X)`` with the same centres in both (7 calls
+each, taking turns) over scikit-learn's. ``--minibatch`` compares the default ``MiniBatchKMeans`` fits
 of both libraries instead (per step rather than per iteration; ``predict`` is
 the same code as ``KMeans``'s and is not repeated). A script, never a test:
 timings depend on the machine.
@@ -66,6 +66,17 @@ def _gauss(n: int, d: int) -> Callable[[], np.ndarray]:
     return lambda: np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
 
 
+def _duplicated(n: int, d: int, distinct: int) -> Callable[[], np.ndarray]:
+    """n rows that are copies of ``distinct`` points: many rows sit on their centre."""
+
+    def make() -> np.ndarray:
+        rng = np.random.default_rng(0)
+        points = rng.standard_normal((distinct, d)).astype(np.float32)
+        return points[rng.integers(0, distinct, n)]
+
+    return make
+
+
 CASES = (
     Case("iris", 3, lambda: datasets.load_iris().data),
     Case("wine", 3, lambda: datasets.load_wine().data),
@@ -88,6 +99,11 @@ CASES = (
     # suspect of the label check (certify), settled by the gaps between centres.
     Case("tight_20000x64_k8", 8, _blobs(20_000, 64, 8, 0.1)),
     Case("tight_1000x256_k8", 8, _blobs(1_000, 256, 8, 0.1)),
+    Case("tight_1000x256_k64", 64, _blobs(1_000, 256, 64, 0.1)),
+    # Copies of 100 points: rows on their centre, whose distances the
+    # expansion blurs (measured again from differences).
+    Case("dup_60000x8_k32", 32, _duplicated(60_000, 8, 100)),
+    Case("dup_60000x64_k32", 32, _duplicated(60_000, 64, 100)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
 PREDICT_REPS = 7
@@ -136,7 +152,7 @@ def run_case(case: Case, seeds: int, minibatch: bool = False) -> str:
     fitted["sk"].fit(X)
     fitted["sk"].cluster_centers_ = np.asarray(fitted["tk"].cluster_centers_)
     ratios = []
-    for method in ("predict", "transform"):
+    for method in ("predict", "score", "transform"):
         times = {name: [] for name in makers}
         for rep in range(PREDICT_REPS):
             for name in ("tk", "sk") if rep % 2 == 0 else ("sk", "tk"):
@@ -144,7 +160,7 @@ def run_case(case: Case, seeds: int, minibatch: bool = False) -> str:
                 getattr(fitted[name], method)(X)
                 times[name].append(time.perf_counter() - started)
         ratios.append(statistics.median(times["tk"]) / statistics.median(times["sk"]))
-    return f"{row} {ratios[0]:>10.2f} {ratios[1]:>12.2f}"
+    return f"{row} {ratios[0]:>10.2f} {ratios[1]:>8.2f} {ratios[2]:>12.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'case':<20} {'n':>8} {'d':>5} {'k':>4} {'dtype':>8} {'t/sk':>6} {unit + ' t/sk':>9} "
         f"{'tk ms':>9} {'sk ms':>9} {'inert/sk':>9} {'tk ' + unit[:2]:>6} {'sk ' + unit[:2]:>6}"
-        + ("" if args.minibatch else f" {'predict/sk':>10} {'transform/sk':>12}")
+        + ("" if args.minibatch else f" {'predict/sk':>10} {'score/sk':>8} {'transform/sk':>12}")
     )
     cases = [CASES_BY_NAME[name] for name in args.only] if args.only else list(CASES)
     for case in cases:

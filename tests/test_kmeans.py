@@ -1021,6 +1021,38 @@ def test_predict_with_another_feature_count():
         km.predict(X_NAN)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("to_tensor", [False, True])
+def test_rows_are_checked_for_nan_from_the_results_not_summed_first(monkeypatch, metric, to_tensor):
+    """predict, score and transform read X for NaN and infinity only when
+    their results are not finite (a distance from differences is NaN or
+    infinite where its row is): a sum of X first had cost 0.15 ms of a 2.4 ms
+    predict on 60,000 x 64 rows. Such rows are refused as before, on every
+    path of the search."""
+    from torchkmeans import _validation
+
+    X = np.random.default_rng(0).normal(size=(600, 24)).astype(np.float32)
+    model = KMeans(n_clusters=5, n_init=1, random_state=0, metric=metric).fit(X)
+    shapes = []
+    all_finite = _validation.all_finite
+    monkeypatch.setattr(
+        _validation, "all_finite", lambda t: shapes.append(tuple(t.shape)) or all_finite(t)
+    )
+    data = torch.from_numpy(X) if to_tensor else X
+    for method in ("predict", "score", "transform"):
+        if method == "predict" and metric == "cosine":
+            continue  # no distances computed: X is checked first
+        getattr(model, method)(data)
+    assert X.shape not in shapes
+    for bad in (np.nan, np.inf, -np.inf):
+        spoiled = X.copy()
+        spoiled[7, 3] = bad
+        spoiled = torch.from_numpy(spoiled) if to_tensor else spoiled
+        for method in ("predict", "score", "transform"):
+            with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+                getattr(model, method)(spoiled)
+
+
 def test_predict_takes_no_sample_weight_as_sklearn():
     # It was accepted and ignored: a caller's weights changed nothing, silently.
     from sklearn.cluster import KMeans as SkKMeans

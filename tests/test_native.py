@@ -590,3 +590,26 @@ def test_column_groups_read_nothing_past_the_last_row():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("d", "k"), [(5, 3), (12, 40), (64, 3), (64, 40)])
+def test_distances_of_centred_rows_are_measured_from_the_centroids_as_given(dtype, d, k):
+    # Rows near centres far from the offset the search centres them on:
+    # centring rounds rows and centroids by u |x'|, more than such a
+    # distance. With the centroids as given, the distances are those of the
+    # rows themselves, in every layout.
+    generator = torch.Generator().manual_seed(0)
+    centres = 1e3 * torch.randn(k, d, generator=generator, dtype=dtype)
+    spread = 1e-3 if dtype == torch.float32 else 1e-12
+    x = centres.repeat(50, 1) + spread * torch.randn(50 * k, d, generator=generator, dtype=dtype)
+    offset = centres.mean(0)
+    labels = torch.empty(50 * k, dtype=torch.int64)
+    measured = torch.empty(50 * k, dtype=dtype)
+    _native.nearest(x, centres - offset, labels, offset=offset, distances=measured, given=centres)
+    assert torch.equal(labels, torch.arange(k).repeat(50))
+    exact = (x.double() - centres[labels].double()).square().sum(1)
+    torch.testing.assert_close(measured.double(), exact, rtol=1e-5, atol=0.0)
+    centred = torch.empty_like(measured)
+    _native.nearest(x, centres - offset, labels, offset=offset, distances=centred)
+    assert ((centred.double() - exact).abs() / exact).max() > 1e-3

@@ -303,7 +303,13 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         v.check_feature_names(self.__dict__.get("feature_names_in_"), X, type(self).__name__)
 
     def _validate_x(
-        self, X: Any, *, reset: bool, allow_empty: bool = False, strided: bool = False
+        self,
+        X: Any,
+        *,
+        reset: bool,
+        allow_empty: bool = False,
+        strided: bool = False,
+        check_finite: bool = True,
     ) -> tuple[torch.Tensor, v.OutputKind]:
         dtype = v.resolve_dtype(self.dtype)
         X = densified(X, self.memory_budget)
@@ -339,7 +345,13 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         # Rows pass through a half precision asked for, as in fit: predict and
         # score see the rows the fit saw.
         rounding = dtype if dtype is not None and compute_dtype(dtype) != dtype else None
-        x, kind = v.as_tensor(X, "X", device=centers.device, dtype=rounding or centers.dtype)
+        x, kind = v.as_tensor(
+            X,
+            "X",
+            device=centers.device,
+            dtype=rounding or centers.dtype,
+            check_finite=check_finite or rounding is not None,
+        )
         if rounding is not None:
             x = x.to(centers.dtype)
         if x.shape[1] != self.n_features_in_:
@@ -662,13 +674,15 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         return times_power_of_two(pairwise_distances(x, centers).sqrt_(), -exponent)
 
     def _parts(
-        self, X: Any, outputs: int = 0
+        self, X: Any, outputs: int = 0, finite_later: bool = False
     ) -> tuple[Iterator[tuple[int, torch.Tensor]], int, v.OutputKind, bool]:
         """Validated tensors covering ``X`` with their first row, on the centres' device.
 
         One tensor, or chunks of a memmap or of host data too big for the
         device (with ``outputs`` values a row of result, see ``should_stream``);
-        the last flag says whether ``X`` is streamed.
+        the last flag says whether ``X`` is streamed. With ``finite_later`` one
+        tensor is not checked for NaN or infinity: the caller does that from
+        its results (:meth:`_refuse_infinite`).
         """
         self._check_is_fitted()
         if v.is_batch_stream(X):
@@ -679,7 +693,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         centers = self._centers
         X = densified(X, self.memory_budget)
         if not should_stream(X, centers.device, outputs=outputs):
-            x, kind = self._validate_x(X, reset=False)
+            x, kind = self._validate_x(X, reset=False, check_finite=not finite_later)
             return iter([(0, x)]), x.shape[0], kind, False
         self._check_feature_names(X)
         rows, _, kind = host_rows(X, v.resolve_dtype(self.dtype))  # rounded as in fit
@@ -702,6 +716,17 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             kind = v.OutputKind(True, torch.device("cpu"))
         return checked(), rows.n_rows, kind, True
 
+    def _refuse_infinite(self, X: Any) -> None:
+        """Raise the error of :meth:`_validate_x` for ``X`` holding NaN or
+        infinity (or values its conversion made infinite), if it does.
+
+        Results computed from the rows of ``X`` (euclidean distances, from
+        differences) are finite only where the rows are: checked there,
+        ``X`` is read again only when they are not, rather than summed first
+        on every call (60,000 x 64 float32 rows: 0.15 ms of a 2.4 ms predict).
+        """
+        self._validate_x(densified(X, self.memory_budget), reset=False)
+
     def _labels_and_inertia(
         self, X: Any, sample_weight: Any = None, *, inertia_needed: bool = True
     ) -> tuple[torch.Tensor, float, v.OutputKind]:
@@ -714,12 +739,14 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         """
         if is_sparse(X):
             return self._sparse_labels_and_inertia(X, sample_weight)
-        parts, n, kind, streamed = self._parts(X)
+        exact = inertia_needed or self.metric == "euclidean"
+        # Each row's distance (from differences) is NaN or infinite where the
+        # row is: with the distances computed, X is checked in their sum.
+        parts, n, kind, streamed = self._parts(X, finite_later=exact)
         centers = self._centers
         weights = v.check_sample_weight(
             sample_weight, n, device=centers.device, dtype=torch.float64
         )
-        exact = inertia_needed or self.metric == "euclidean"
         # Data in memory is one part: its labels are returned as they are, not
         # copied into a second array of n int64 (and the distances are summed
         # without a float64 copy): predict on 4,000,000 x 2 float32 rows held
@@ -750,6 +777,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             labels = torch.empty(0, dtype=torch.int64, device=centers.device)
         total = float(inertia)
         if not math.isfinite(total):
+            if not streamed:
+                self._refuse_infinite(X)
             # Finite rows whose squared distances overflow: every label is a tie.
             raise v.distances_overflow("X", centers.dtype)
         return labels, total if inertia_needed else 0.0, kind
@@ -804,7 +833,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 raise v.distances_overflow("X", self._centers.dtype)
             return self._output_container(kind.out(out), X)
         # The n x k result is held on the device unless X is streamed.
-        parts, n, kind, streamed = self._parts(X, outputs=self._centers.shape[0])
+        # Distances are NaN or infinite where the rows are: checked there.
+        parts, n, kind, streamed = self._parts(X, outputs=self._centers.shape[0], finite_later=True)
         centers = self._centers
         out = None
         if streamed:
@@ -812,6 +842,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         for start, x in parts:
             distances = self._center_distances(x.to(centers.dtype))
             if not v.all_finite(distances):
+                if not streamed:
+                    self._refuse_infinite(X)
                 # Rows far larger than the centres: their squared distances
                 # overflowed, not (most often) the distances themselves.
                 distances = self._center_distances(x.to(centers.dtype), rows_overflow=True)

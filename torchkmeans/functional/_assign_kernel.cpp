@@ -708,7 +708,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
                     const T* scaled, const T* bias, int64_t k, int64_t kp, int columns,
                     const T* centroids, int cosine, const T* weights, const int64_t* previous,
                     int64_t* labels, T* minima, T* distances, double* totals,
-                    double* score_sum) {
+                    double* score_sum, const T* given) {
     typedef typename Vec<T>::type V;
     typedef typename Vec<T>::index I;
     constexpr int L = lanes_of<T>();
@@ -779,9 +779,15 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         } else if (distances) {
             // Recomputed from differences for the chosen centroid only: the
             // score's expansion loses digits when a row sits on its centroid.
+            // With the centroids as given, from the rows as given: centring
+            // rounds both, by more than the distance of a row near its
+            // centroid far from the offset.
+            const T* measured = given ? x + start * ldx : rows;
+            const int64_t ldm = given ? ldx : ld;
+            const T* references = given ? given : centroids;
             for (int r = 0; r < m; ++r) {
-                const T* row = rows + r * ld;
-                const T* centroid = centroids + label[r] * w;
+                const T* row = measured + r * ldm;
+                const T* centroid = references + label[r] * w;
                 if (cosine) {
                     const double distance = 1.0 - row_sum<T, true>(row, centroid, w);
                     distances[start + r] =
@@ -811,7 +817,7 @@ template <typename T>
 int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                const T* centroids, int64_t k, int cosine, int columns, int threads,
                const T* weights, const int64_t* previous, int64_t* labels, T* minima,
-               T* distances, double* totals, double* score_sum) {
+               T* distances, double* totals, double* score_sum, const T* given) {
     // The scaled centroids a and their bias (see the top of the file), in
     // the layout's order: aug (k, w); aug (k, kp) in the dots layout, kp
     // being w rounded up to whole vectors and the padding 0; or at (w, kp)
@@ -868,7 +874,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
                 kp, columns, centroids, cosine, weights ? weights + start : nullptr,
                 previous ? previous + start : nullptr, labels + start,
                 minima ? minima + start : nullptr, distances ? distances + start : nullptr,
-                totals ? partial.data() + t * stride : nullptr, &sums[t]);
+                totals ? partial.data() + t * stride : nullptr, &sums[t], given);
         }
         int64_t total_changed = 0;
         double total_sum = 0.0;
@@ -888,7 +894,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     (void)threads;
     return assign_rows<T>(x, ldx, n, w, offset, scaled.data, biases.data, k, kp, columns,
                           centroids, cosine, weights, previous, labels, minima, distances, totals,
-                          score_sum);
+                          score_sum, given);
 }
 
 }  // namespace
@@ -896,7 +902,7 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 6; }
+int tk_abi_version() { return 7; }
 
 int tk_vector_bytes() { return kBytes; }
 
@@ -930,24 +936,27 @@ int tk_openmp() {
 // lowest scores; distances (n) or null, each row's squared euclidean distance
 // (cosine: 1 - cos) to its centroid, from differences; totals (k, d + 1) or
 // null, per cluster the weighted sum of its rows (less the offset) and the
-// sum of their weights; score_sum, the weighted sum of the lowest scores.
+// sum of their weights; score_sum, the weighted sum of the lowest scores;
+// given (k, d) or null, the centroids before centring (centroids less
+// offset): the distances are then measured between the rows of x and these,
+// not between the centred rows and centroids (layouts 0, 1 and 3).
 // Returns the number of labels that differ from previous.
 int64_t tk_assign_f32(const float* x, int64_t ldx, int64_t n, int64_t d, const float* offset,
                       const float* centroids, int64_t k, int cosine, int columns, int threads,
                       const float* weights, const int64_t* previous, int64_t* labels,
                       float* minima, float* distances, double* totals,
-                      double* score_sum) {
+                      double* score_sum, const float* given) {
     return assign<float>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
-                         previous, labels, minima, distances, totals, score_sum);
+                         previous, labels, minima, distances, totals, score_sum, given);
 }
 
 int64_t tk_assign_f64(const double* x, int64_t ldx, int64_t n, int64_t d, const double* offset,
                       const double* centroids, int64_t k, int cosine, int columns, int threads,
                       const double* weights, const int64_t* previous, int64_t* labels,
                       double* minima, double* distances, double* totals,
-                      double* score_sum) {
+                      double* score_sum, const double* given) {
     return assign<double>(x, ldx, n, d, offset, centroids, k, cosine, columns, threads, weights,
-                          previous, labels, minima, distances, totals, score_sum);
+                          previous, labels, minima, distances, totals, score_sum, given);
 }
 
 }  // extern "C"

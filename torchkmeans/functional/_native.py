@@ -39,7 +39,7 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "prefers_native"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 6
+_ABI_VERSION = 7
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -94,7 +94,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.restype = integer
         function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer, small]
         function.argtypes += [small, small, pointer, pointer, pointer, pointer, pointer, pointer]
-        function.argtypes += [pointer]
+        function.argtypes += [pointer, pointer]
     return library
 
 
@@ -191,6 +191,7 @@ def nearest(
     dots: bool | None = None,
     differences: bool = False,
     threads: int | None = None,
+    given: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Label each row of ``x - offset`` ``(n, d)`` with its nearest centroid ``(k, d)``.
 
@@ -209,6 +210,11 @@ def nearest(
     only) scores squared distances from differences instead: exact
     wherever the rows lie, so ``minima`` are the distances and no centring
     is needed; it costs one more op per term, cheap on narrow rows.
+    ``given`` ``(k, d)``, the centroids before centring (``centroids`` being
+    ``given - offset``): the ``distances`` are then measured between the
+    rows of ``x`` and these, as exact as from uncentred data, where the
+    centring's rounding of rows far from the offset would otherwise blur
+    the distances of rows near their centroid.
 
     Returns the weighted sum of the lowest scores, and the number of rows
     whose label differs from ``previous`` (0 without it). Call only where
@@ -235,6 +241,9 @@ def nearest(
     offset = None if offset is None else offset.to(x.dtype).contiguous()
     weights = None if weights is None else weights.to(x.dtype).contiguous()
     previous = None if previous is None else previous.to(torch.int64).contiguous()
+    given = None if given is None else given.to(x.dtype).contiguous()
+    if given is not None and given.shape != (k, d):
+        raise ValueError(f"Expected given to be of shape {(k, d)}, got {tuple(given.shape)}.")
     for name, out, dtype in (
         ("labels", labels, torch.int64),
         ("minima", minima, x.dtype),
@@ -273,6 +282,7 @@ def nearest(
         None if distances is None else distances.data_ptr(),
         None if totals is None else totals.data_ptr(),
         ctypes.byref(score_sum),
+        None if given is None else given.data_ptr(),
     )
     if torch.autograd._profiler_enabled():
         # The kernel is no aten op: named for torch.profiler (benchmarks/).

@@ -955,10 +955,15 @@ def _nearest(
         return _nearest_unchecked(
             x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=exact
         )
+    # Distances are measured from x and the centroids as given, not between
+    # the centred rows and centroids: centring rounds both, and the distances
+    # of rows near their centre far from the offset had to be measured again
+    # (tight clusters, or duplicated rows each near its centre: score 3-8x
+    # scikit-learn's time, nearly all of it in that second pass).
     if one and _device.on_host(x.device) and _native.prefers_native(x3[0], k, within_lloyd=False):
         minima = torch.empty(n, dtype=x.dtype, device=x.device)
         labels, distances = _nearest_native(
-            x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima
+            x3[0], centred.reshape(c3.shape[1:]), True, offset, True, minima, given=c3[0]
         )
         if x.ndim == 3 or centroids.ndim == 3:
             labels, distances = labels[None], distances[None]
@@ -967,7 +972,13 @@ def _nearest(
         norms = minima.neg_().add_(distances.reshape(n)).clamp_min_(0.0).view(1, n)
     else:
         labels, distances = _nearest_unchecked(
-            x, centred, metric=metric, memory_budget=memory_budget, offset=offset, exact=True
+            x,
+            centred,
+            metric=metric,
+            memory_budget=memory_budget,
+            offset=offset,
+            exact=True,
+            given=c3,
         )
         norms = squared_frame_norms(x3, offset) if n else None
     assert distances is not None
@@ -985,7 +996,7 @@ def _nearest(
             labels.view(-1, n),
             distances.view(-1, n),
             frame_squared_norms=norms,
-            centred=True,
+            centred=False,
             precise=precise and exact,
         )
     return labels, distances if exact else None
@@ -1028,8 +1039,12 @@ def _nearest_unchecked(
     memory_budget: int | None,
     offset: torch.Tensor | None,
     exact: bool,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`_nearest` before its labels are checked."""
+    """:func:`_nearest` before its labels are checked. ``centroids`` are
+    ``given - offset`` when ``given`` (``(b, k, d)``): the distances are then
+    measured between ``x`` and ``given``, not between the centred rows and
+    centroids (see ``_native.nearest``)."""
     x3, c3, batched = _as_batched(x, centroids)
     b, k, _ = c3.shape
     n, d = x3.shape[1], x3.shape[2]
@@ -1058,7 +1073,9 @@ def _nearest_unchecked(
         and x3.shape[0] == 1
         and _native.prefers_native(x3[0], k, within_lloyd=False)
     ):
-        labels, distances = _nearest_native(x3[0], c3[0], euclidean, offset, exact)
+        labels, distances = _nearest_native(
+            x3[0], c3[0], euclidean, offset, exact, given=None if given is None else given[0]
+        )
         if batched:
             return labels[None], None if distances is None else distances[None]
         return labels, distances
@@ -1073,7 +1090,9 @@ def _nearest_unchecked(
         and d <= _COLUMN_NEAREST_MAX_D
         and min(rows, n) * k >= _COLUMN_NEAREST_MIN_ELEMENTS
     ):
-        labels, distances = _nearest_by_columns(x3[0], c3[0], euclidean, rows, offset, exact)
+        labels, distances = _nearest_by_columns(
+            x3[0], c3[0], euclidean, rows, offset, exact, None if given is None else given[0]
+        )
         if copies is not None:
             labels = copies[0][labels]
         if batched:
@@ -1120,7 +1139,12 @@ def _nearest_unchecked(
             block_labels = copies.gather(1, block_labels)
         labels[:, start:stop] = block_labels
         if distances is not None:
-            distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
+            if given is None:
+                distances[:, start:stop] = exact_distances(xb, c3, block_labels, not euclidean)
+            else:
+                distances[:, start:stop] = exact_distances(
+                    x3[:, start:stop], given, block_labels, not euclidean
+                )
     if not batched:
         return labels[0], None if distances is None else distances[0]
     return labels, distances
@@ -1133,10 +1157,14 @@ def _nearest_native(
     offset: torch.Tensor | None,
     exact: bool,
     minima: torch.Tensor | None = None,
+    *,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nearest` of one CPU problem through the fused kernel (see
     ``_native``): labels and distances in one pass over ``x`` ``(n, d)``,
-    and each row's lowest score into ``minima`` when given."""
+    and each row's lowest score into ``minima`` when given; the distances
+    are measured from ``x`` and ``given`` (the centroids before centring)
+    when given."""
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=x.device)
     distances = torch.empty(n, dtype=x.dtype, device=x.device) if exact else None
@@ -1148,6 +1176,7 @@ def _nearest_native(
         offset=None if offset is None else offset.reshape(-1),
         distances=distances,
         minima=minima,
+        given=given,
     )
     return labels, distances
 
@@ -1188,13 +1217,15 @@ def _nearest_by_columns(
     rows: int,
     offset: torch.Tensor | None,
     exact: bool,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nearest` for one problem with few centroids on the CPU.
 
     Each block of rows is copied (centred) into ``[x | 1]`` and scored as
     ``(k, m)`` against the augmented centroids; the first index of each
     column's minimum comes from :func:`first_column_minimum`. ``x`` ``(n, d)``,
-    ``centroids`` ``(k, d)``.
+    ``centroids`` ``(k, d)``; the distances are measured from ``x`` and
+    ``given`` ``(k, d)`` (the centroids before centring) when given.
     """
     n, d = x.shape
     k = centroids.shape[0]
@@ -1223,10 +1254,64 @@ def _nearest_by_columns(
         work = work_buffer[: k * m].view(k, m)
         labels[start:stop] = first_column_minimum(scores, block_minima, work, first[:m])
         if distances is not None:
+            measured, references = (centred, centroids) if given is None else (x[start:stop], given)
             distances[start:stop] = exact_distances(
-                centred[None], centroids[None], labels[None, start:stop], not euclidean
+                measured[None], references[None], labels[None, start:stop], not euclidean
             )[0]
     return labels, distances
+
+
+def _exact_entries(
+    out: torch.Tensor,
+    suspect: torch.Tensor,
+    x_norm: torch.Tensor,
+    c_norm: torch.Tensor,
+    c_norm_max: float | torch.Tensor,
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    factor: float,
+) -> None:
+    """The entries of one problem's distances ``out`` ``(n, k)`` (contiguous)
+    from :func:`pairwise_distances` on the host that the expansion's
+    rounding could make inexact, computed again from differences, in place.
+
+    ``suspect`` ``(n,)`` marks the rows whose least entry was below their
+    threshold (see there), ``x_norm`` ``(n,)`` and ``c_norm`` ``(k,)`` are the
+    norms of the centred rows and centroids (in the widest float),
+    ``c_norm_max`` the largest of those; ``x`` ``(n, d)`` and ``centroids``
+    ``(k, d)`` as given. Taken once for all the blocks, by index_select:
+    block by block, advanced indexing (an integer with an index, a transposed
+    block) took 3-7 ms a call for the 7,000 rows of 60,000 that sat on their
+    centre (duplicated rows: transform 1.2-1.4x scikit-learn's time).
+    ``out`` holds the entries rounded to its dtype: each test allows that
+    rounding, so that no entry the wide ones would test is left out.
+    """
+    rows = suspect.nonzero().squeeze(1)
+    if not rows.numel():
+        return
+    k = out.shape[1]
+    wide = x_norm.dtype
+    # Twice the rounding: the limits are rounded to out's dtype too.
+    slack = 1.0 + 2 * torch.finfo(out.dtype).eps
+    norms = x_norm.index_select(0, rows)
+    limits = (norms + c_norm_max).square_().div_(factor / slack).to(out.dtype)
+    below = out.index_select(0, rows) < limits.unsqueeze(1)
+    entry = below.view(-1).nonzero().squeeze(1)
+    column = entry % k
+    entry = entry.div_(k, rounding_mode="floor")
+    row = rows.index_select(0, entry)
+    position = row * k + column
+    flat = out.view(-1)
+    scale = norms.index_select(0, entry).add_(c_norm.index_select(0, column)).square_()
+    inexact = (scale.mul_(slack) > flat.index_select(0, position) * factor).nonzero().squeeze(1)
+    if not inexact.numel():
+        return
+    row, column = row.index_select(0, inexact), column.index_select(0, inexact)
+    difference = x.index_select(0, row).to(wide)
+    difference -= centroids.to(wide).index_select(0, column)
+    # One reduction, without vecdot's block of squares (see pairwise_distances).
+    exact = torch.linalg.vector_norm(difference, dim=-1).square_().to(out.dtype)
+    flat.index_copy_(0, position.index_select(0, inexact), exact)
 
 
 @_device.full_precision
@@ -1335,6 +1420,14 @@ def pairwise_distances(
     centred = None
     if on_host and direct:
         centred = _device.reused("pairwise rows", (b, min(n, rows), x3.shape[-1]), wide)
+    # On the host without autograd, each block marks the rows whose least
+    # entry is below their threshold, and their entries are tested, and
+    # measured again, once for all the blocks (see _exact_entries).
+    suspect = x_norms = None
+    if on_host and direct:
+        suspect = torch.empty((b, n), dtype=torch.bool)
+        # Rows centred on each problem's offset: (b, n) norms.
+        x_norms = torch.empty((b, n), dtype=wide)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         if centred is None:
@@ -1372,27 +1465,39 @@ def pairwise_distances(
         # host, the rows whose nearest entry is below it compare each entry
         # with it (elsewhere every entry does: one host read per block, not
         # two), and the entries below it take the exact test.
-        threshold = (x_sq.sqrt() + c_norm_max).square_().div_(factor)
-        if on_host:
+        if x_norms is None:
+            threshold = (x_sq.sqrt() + c_norm_max).square_().div_(factor)
+        else:
+            x_norm = torch.sqrt(x_sq, out=x_norms[:, start:stop])
+            threshold = (x_norm + c_norm_max).square_().div_(factor)
+        if suspect is not None:
             nearest = block_t.amin(1) if columns else block.amin(-1)
-            problem, row = (nearest < threshold).nonzero(as_tuple=True)
-            if problem.numel():
-                threshold = threshold[problem if threshold.shape[0] > 1 else 0, row]
-                below = block[problem, row] < threshold.unsqueeze(-1)
-                entry, column = below.nonzero(as_tuple=True)
-                problem, row = problem[entry], row[entry]
+            torch.lt(nearest, threshold, out=suspect[:, start:stop])
         else:
             below = block < threshold.unsqueeze(-1)
             problem, row, column = below.nonzero(as_tuple=True)
-        if problem.numel():
-            x_norm = x_sq[problem if x_sq.shape[0] > 1 else 0, row].sqrt_()
-            scale = (x_norm + c_norm[problem, column]).square_()
-            inexact = scale > block[problem, row, column] * factor
-            problem, row, column = problem[inexact], row[inexact], column[inexact]
-            row_index = row + start
-            difference = x3[problem if x3.shape[0] > 1 else 0, row_index].to(wide)
-            difference -= c3[problem, column].to(wide)
-            block[problem, row, column] = torch.linalg.vecdot(difference, difference)
+            if problem.numel():
+                x_norm = x_sq[problem if x_sq.shape[0] > 1 else 0, row].sqrt_()
+                scale = (x_norm + c_norm[problem, column]).square_()
+                inexact = scale > block[problem, row, column] * factor
+                problem, row, column = problem[inexact], row[inexact], column[inexact]
+                row_index = row + start
+                difference = x3[problem if x3.shape[0] > 1 else 0, row_index].to(wide)
+                difference -= c3[problem, column].to(wide)
+                block[problem, row, column] = torch.linalg.vecdot(difference, difference)
         if not (direct and buffer is None):
             out[:, start:stop] = block
+    if suspect is not None and x_norms is not None:
+        for problem in range(b):
+            x_problem = problem if x3.shape[0] > 1 else 0
+            _exact_entries(
+                out[problem],
+                suspect[problem],
+                x_norms[problem],
+                c_norm[problem],
+                c_norm_max[problem],
+                x3[x_problem],
+                c3[problem],
+                factor,
+            )
     return out if batched else out[0]
