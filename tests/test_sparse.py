@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import assert_identical
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits
 
@@ -611,3 +612,63 @@ def test_functional_kmeans_of_a_sparse_tensor_refuses_what_it_cannot_fit():
         kmeans(bad.to_sparse(), 3)
     with pytest.raises(ValueError, match=r"Expected a sparse x to be 2-D \(n, d\)"):
         kmeans(torch.zeros(2, 3, 4).to_sparse(), 1)
+
+
+@pytest.mark.filterwarnings("ignore:No knee found")
+@pytest.mark.parametrize("paths", ["host", "accelerator"])
+def test_global_torch_defaults_change_no_sparse_result(paths, request, torch_defaults_changed):
+    # Under torch.set_default_device (CUDA in a training script, meta here)
+    # every block of rows was made on that device (torch.sparse_csr_tensor
+    # without device=): fits, predictions and sweeps of sparse data on the
+    # CPU raised "Could not run 'aten::addmm.out' ... 'SparseCsrMeta' backend".
+    if paths == "accelerator":
+        request.getfixturevalue("accelerator_paths")
+    from torchkmeans.functional import kmeans
+    from torchkmeans.functional.sparse import sparse_kmeans_plusplus, sparse_rows
+
+    rng = np.random.default_rng(0)
+    X = sparse.random(400, 30, density=0.1, format="csr", random_state=rng)
+    X32 = X.astype(np.float32)
+    weights = rng.uniform(0.5, 2.0, X.shape[0])
+    coo = torch.from_numpy(X.toarray()).to_sparse()
+    tensor_csr = coo.to_sparse_csr()
+
+    def fitted(model, x, **kwargs):
+        model.fit(x, **kwargs)
+        state = [model.cluster_centers_, model.labels_, model.inertia_, model.n_iter_]
+        return [*state, model.predict(x), model.transform(x), model.score(x)]
+
+    def results() -> list:
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        rows = sparse_rows(
+            torch.from_numpy(X.indptr.astype(np.int64)),
+            torch.from_numpy(X.indices.astype(np.int64)),
+            torch.from_numpy(X.data),
+            X.shape[1],
+            device=torch.device("cpu"),
+            dtype=torch.float64,
+        )
+        minibatch = MiniBatchKMeans(6, batch_size=64, random_state=0)
+        return [
+            fitted(KMeans(5, random_state=0), X),
+            fitted(KMeans(5, random_state=0, n_init=3), X32, sample_weight=weights),
+            fitted(KMeans(5, init="random", random_state=0), X.tocsc()),
+            fitted(KMeans(5, metric="cosine", random_state=0), X),
+            fitted(KMeans(5, init=X[:5].toarray(), n_init=1), X),
+            fitted(KMeans(5, random_state=0), coo),
+            fitted(KMeans(5, random_state=0), tensor_csr.float()),
+            KMeans(5, random_state=0).fit_predict(X),
+            [*fitted(minibatch, X)[:3], minibatch.n_steps_],
+            fitted(MiniBatchKMeans(6, batch_size=64, random_state=0, memory_budget=4_000), X)[:3],
+            elbow(X, k=range(1, 5), random_state=0).inertia,
+            elbow(X, k=range(1, 5), random_state=0, memory_budget=4_000).inertia,
+            elbow(coo, k=range(1, 5), random_state=0, n_init=2).inertia,
+            tuple(kmeans(coo, 4, generator=generator)),
+            tuple(kmeans(tensor_csr, 4, init="random", n_init=2, generator=generator)),
+            sparse_kmeans_plusplus(rows, 4, n_problems=2, generator=generator),
+        ]
+
+    expected = results()
+    with torch_defaults_changed():
+        got = results()
+    assert_identical(got, expected)

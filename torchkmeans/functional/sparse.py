@@ -93,6 +93,7 @@ class SparseRows(NamedTuple):
                 self.col[lo:hi],
                 self.values[lo:hi],
                 size=(stop - start, self.n_features),
+                device=self.device,
             )
 
     def subset(self, index: torch.Tensor) -> SparseRows:
