@@ -408,8 +408,8 @@ def _relabel_natively(
         if kept.numel() == 0:  # as the product's scores, all inf: the first
             return _relabel_natively(x, centroids[:1], None)
         given = given.index_select(0, kept)
-    labels = torch.empty(rows.shape[0], dtype=torch.int64)
-    distances = torch.empty(rows.shape[0], dtype=wide)
+    labels = torch.empty(rows.shape[0], dtype=torch.int64, device=rows.device)
+    distances = torch.empty(rows.shape[0], dtype=wide, device=rows.device)
     _native.nearest(
         rows, given.contiguous(), labels, distances=distances, columns=True, differences=True
     )

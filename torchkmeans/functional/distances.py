@@ -1425,9 +1425,9 @@ def pairwise_distances(
     # measured again, once for all the blocks (see _exact_entries).
     suspect = x_norms = None
     if on_host and direct:
-        suspect = torch.empty((b, n), dtype=torch.bool)
+        suspect = torch.empty((b, n), dtype=torch.bool, device=x3.device)
         # Rows centred on each problem's offset: (b, n) norms.
-        x_norms = torch.empty((b, n), dtype=wide)
+        x_norms = torch.empty((b, n), dtype=wide, device=x3.device)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         if centred is None:
