@@ -514,3 +514,33 @@ def test_partial_fit_takes_sparse_batches_beyond_memory_budget_and_torch_sparse(
     assert isinstance(tensors.cluster_centers_, torch.Tensor)
     np.testing.assert_allclose(tensors.cluster_centers_.numpy(), dense.cluster_centers_, atol=1e-12)
     np.testing.assert_array_equal(tensors.labels_.numpy(), dense.labels_)
+
+
+def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
+    # Rows whose labels the expansion settles are not searched again densely:
+    # the search of no rows still fingerprinted every centroid.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional.sparse import sparse_distances, sparse_nearest, sparse_rows
+
+    X = sparse.random(200, 1000, density=0.01, random_state=0, format="csr")
+    rows = sparse_rows(
+        torch.from_numpy(X.indptr),
+        torch.from_numpy(X.indices),
+        torch.from_numpy(X.data),
+        X.shape[1],
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    centroids = torch.from_numpy(X[:50].toarray().reshape(5, 10, 1000).mean(1))
+    expected_labels, expected = sparse_nearest(rows, centroids)
+    expected_table = sparse_distances(rows, centroids)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dense search of no rows")
+
+    monkeypatch.setattr(sparse_module, "_nearest", refuse)
+    monkeypatch.setattr(sparse_module, "pairwise_distances", refuse)
+    labels, distances = sparse_nearest(rows, centroids)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(distances, expected)
+    np.testing.assert_array_equal(sparse_distances(rows, centroids), expected_table)
