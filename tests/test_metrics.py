@@ -592,3 +592,101 @@ def test_scale_free_scores_of_float64_data_whose_squares_overflow(request, paths
     ):
         expected = score(X, labels)
         assert score(X * 2.0**exponent, labels) == pytest.approx(expected, rel=1e-12), score
+
+
+def _sparse_data(density: float) -> tuple[object, np.ndarray]:
+    """600 x 400 CSR with rows of zeros among them, and labels of 5 clusters."""
+    import scipy.sparse as sparse
+
+    rng = np.random.default_rng(0)
+    X = sparse.random(590, 400, density=density, random_state=0, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((10, 400))]).tocsr()[rng.permutation(600)]
+    return X, rng.integers(0, 5, 600)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3])  # sparse and dense products
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan", "l1"])
+def test_silhouette_of_a_sparse_x_equals_scikit_learn(density, metric):
+    X, y = _sparse_data(density)
+    expected = sk.silhouette_samples(X, y, metric=metric)
+    # Small budgets: many blocks of rows and tiles.
+    for budget in (None, 50_000):
+        samples = metrics.silhouette_samples(X, y, metric=metric, memory_budget=budget)
+        np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+    for fmt in ("csc", "coo"):
+        score = metrics.silhouette_score(X.asformat(fmt), y, metric=metric)
+        assert score == pytest.approx(sk.silhouette_score(X, y, metric=metric), rel=1e-10)
+    subset = metrics.silhouette_score(X, y, metric=metric, sample_size=250, random_state=3)
+    reference = sk.silhouette_score(X, y, metric=metric, sample_size=250, random_state=3)
+    assert subset == pytest.approx(reference, rel=1e-10)
+    tensor = torch.tensor(X.toarray()).to_sparse()
+    batch = torch.tensor(np.stack([y, y % 2]))
+    scores = metrics.silhouette_score(tensor, batch, metric=metric)
+    assert isinstance(scores, torch.Tensor)
+    expected_scores = [sk.silhouette_score(X, row, metric=metric) for row in batch.numpy()]
+    np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=1e-10)
+
+
+def test_silhouette_of_a_sparse_x_densifies_no_more_than_a_block(monkeypatch):
+    from torchkmeans.functional.sparse import SparseRows
+
+    X, y = _sparse_data(0.02)
+    expected = sk.silhouette_samples(X, y, metric="manhattan")
+    take = SparseRows.take
+    largest = []
+
+    def recorded(self, index):
+        largest.append(int(index.numel()))
+        return take(self, index)
+
+    monkeypatch.setattr(SparseRows, "take", recorded)
+    # Euclidean products take the stored values of both sides: nothing densified.
+    metrics.silhouette_score(X, y)
+    assert largest == []
+    samples = metrics.silhouette_samples(X, y, metric="manhattan", memory_budget=200_000)
+    np.testing.assert_allclose(samples, expected, rtol=1e-10)
+    assert 0 < max(largest) < 600
+
+
+def test_silhouette_of_a_sparse_precomputed_matrix_equals_scikit_learn():
+    import scipy.sparse as sparse
+
+    X, y = _sparse_data(0.3)
+    distances = sk.pairwise_distances(X)
+    distances[distances < np.median(distances)] = 0.0  # missing entries are 0
+    csr = sparse.csr_matrix(distances)
+    expected = sk.silhouette_samples(csr, y, metric="precomputed")
+    samples = metrics.silhouette_samples(csr, y, metric="precomputed", memory_budget=50_000)
+    np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+    subset = metrics.silhouette_score(csr, y, metric="precomputed", sample_size=300, random_state=1)
+    reference = sk.silhouette_score(csr, y, metric="precomputed", sample_size=300, random_state=1)
+    assert subset == pytest.approx(reference, rel=1e-10)
+    bad = csr.tolil()
+    bad[3, 3] = 1.0
+    match = r"The precomputed distance matrix contains non-zero elements on the diagonal"
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_samples(bad.tocsr(), y, metric="precomputed")
+    match = r"Expected X to be a square distance matrix .* got shape \(600, 400\)\."
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_score(X, y, metric="precomputed")
+
+
+def test_scores_from_cluster_means_refuse_a_sparse_x_as_scikit_learn():
+    # scikit-learn's calinski_harabasz_score and davies_bouldin_score take
+    # dense X only (TypeError); so do these, naming X.
+    import scipy.sparse as sparse
+
+    X, y = _sparse_data(0.02)
+    tensor = torch.tensor(X.toarray()).to_sparse()
+    for name in ("calinski_harabasz_score", "davies_bouldin_score"):
+        with pytest.raises(TypeError, match=r"must be an array-like"):
+            getattr(sk, name)(X, y)
+        match = r"Expected X to be a dense array or tensor, got a sparse matrix \(csr_matrix\)"
+        with pytest.raises(TypeError, match=match):
+            getattr(metrics, name)(X, y)
+        match = r"Expected X to be a dense array or tensor, got a sparse tensor"
+        with pytest.raises(TypeError, match=match):
+            getattr(metrics, name)(tensor, y)
+    match = r"Expected X to hold at least one sample and feature, got shape \(5, 0\)\."
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_score(sparse.csr_matrix((5, 0)), np.arange(5) % 2)
