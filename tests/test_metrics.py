@@ -630,22 +630,32 @@ def test_silhouette_of_a_sparse_x_equals_scikit_learn(density, metric):
 def test_silhouette_of_a_sparse_x_densifies_no_more_than_a_block(monkeypatch):
     from torchkmeans.functional.sparse import SparseRows
 
-    X, y = _sparse_data(0.02)
-    expected = sk.silhouette_samples(X, y, metric="manhattan")
+    few, y = _sparse_data(0.02)
+    many, _ = _sparse_data(0.3)
+    expected = {
+        (name, metric): sk.silhouette_samples(X, y, metric=metric)
+        for name, X in (("few", few), ("many", many))
+        for metric in ("euclidean", "manhattan")
+    }
     take = SparseRows.take
-    largest = []
+    taken = []
 
     def recorded(self, index):
-        largest.append(int(index.numel()))
+        taken.append(int(index.numel()))
         return take(self, index)
 
     monkeypatch.setattr(SparseRows, "take", recorded)
-    # Euclidean products take the stored values of both sides: nothing densified.
-    metrics.silhouette_score(X, y)
-    assert largest == []
-    samples = metrics.silhouette_samples(X, y, metric="manhattan", memory_budget=200_000)
-    np.testing.assert_allclose(samples, expected, rtol=1e-10)
-    assert 0 < max(largest) < 600
+    # Few stored values: products and shared features of stored values only,
+    # nothing densified (manhattan of dense blocks and tiles took n^2 d).
+    for metric in ("euclidean", "manhattan"):
+        samples = metrics.silhouette_samples(few, y, metric=metric, memory_budget=20_000)
+        np.testing.assert_allclose(samples, expected["few", metric], rtol=1e-10)
+    assert taken == []
+    # Many: against dense blocks of rows, never all of them.
+    for metric in ("euclidean", "manhattan"):
+        samples = metrics.silhouette_samples(many, y, metric=metric, memory_budget=200_000)
+        np.testing.assert_allclose(samples, expected["many", metric], rtol=1e-10)
+    assert 0 < max(taken) < 600
 
 
 def test_silhouette_of_a_sparse_precomputed_matrix_equals_scikit_learn():

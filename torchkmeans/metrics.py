@@ -273,9 +273,10 @@ def _sparse_pairs(rows: SparseRows, metric: str, memory_budget: int | None) -> _
     """:class:`_Pairs` of sparse ``rows`` (in the widest float; unit rows for
     cosine), as scikit-learn measures a CSR ``X``: not centred (that would
     fill in the zeros), the products ``x.y`` of a block of rows, densified,
-    with every other row from its stored values. Manhattan distances are
-    taken between dense blocks and tiles of rows; ``"precomputed"`` rows are
-    distances, missing ones 0."""
+    with every other row from its stored values. Manhattan distances come
+    from the stored values rows share (:func:`_sparse_manhattan`), or with
+    many stored values from dense blocks and tiles of rows; ``"precomputed"``
+    rows are distances, missing ones 0."""
     n, d = rows.n_rows, rows.n_features
     if metric in ("euclidean", "sqeuclidean") and n:
         largest = float(rows.sq_norms.amax())
@@ -289,8 +290,14 @@ def _sparse_pairs(rows: SparseRows, metric: str, memory_budget: int | None) -> _
         return rows.take(index)
 
     by_sparse = _sparse_products(rows)
+    budget = 64 * 2**20 if memory_budget is None else memory_budget
+    whole = metric == "precomputed" or (metric == "manhattan" and by_sparse)
+    if metric == "manhattan" and by_sparse:
+        manhattan = _sparse_manhattan(rows, budget)
 
     def opened(selected: slice) -> torch.Tensor:
+        if metric == "manhattan" and by_sparse:
+            return manhattan(selected)
         if metric in ("manhattan", "precomputed"):
             return dense(selected)
         # (d, m): the right operand of the products, laid out once per block.
@@ -302,7 +309,7 @@ def _sparse_pairs(rows: SparseRows, metric: str, memory_budget: int | None) -> _
 
     @_device.full_precision
     def block(opened_rows: torch.Tensor, selected: slice, columns: slice) -> torch.Tensor:
-        if metric == "precomputed":
+        if whole:
             distances = opened_rows[:, columns].clone()
         elif metric == "manhattan":
             distances = torch.cdist(opened_rows, dense(columns), p=1.0)
@@ -322,13 +329,55 @@ def _sparse_pairs(rows: SparseRows, metric: str, memory_budget: int | None) -> _
 
     # The dense rows of a block, or the sparse product of a tile (up to 3
     # numbers, values and indices, per entry).
-    width = n if metric == "precomputed" else 2 * n if by_sparse else d
+    width = n if whole else 2 * n if by_sparse else d
     tile = None
-    if metric == "manhattan":
+    if metric == "manhattan" and not by_sparse:
         # A tile of dense rows besides the block's.
-        budget = 64 * 2**20 if memory_budget is None else memory_budget
         tile = max(1, budget // max(1, 2 * d * rows.values.element_size()))
     return _Pairs(n, rows.device, width, tile, opened, block)
+
+
+def _sparse_manhattan(rows: SparseRows, budget: int) -> Callable[[slice], torch.Tensor]:
+    """Manhattan distances ``(m, n)`` of a block of sparse ``rows`` to all of
+    them, from the stored values that share a feature: ``|x - y|_1 = |x|_1 +
+    |y|_1 - sum over shared j of (|x_j| + |y_j| - |x_j - y_j|)``, pairs of
+    stored values taken a bounded number at a time. Dense blocks and tiles
+    took n^2 d operations (2,000 x 50,000 at 0.1%: 181 s, scikit-learn 2.3 s)."""
+    n, d, device = rows.n_rows, rows.n_features, rows.device
+    order = torch.argsort(rows.col, stable=True)
+    row_by_column, value_by_column = rows.row_of[order], rows.values[order]
+    starts = torch.zeros(d + 1, dtype=torch.int64, device=device)
+    torch.cumsum(torch.bincount(rows.col, minlength=d), 0, out=starts[1:])
+    norms = torch.zeros(n, dtype=rows.dtype, device=device)
+    norms.index_add_(0, rows.row_of, rows.values.abs())
+    # Pairs at a time: about 6 numbers of 8 bytes each.
+    limit = max(1, budget // 48)
+
+    def distances(selected: slice) -> torch.Tensor:
+        start, stop = selected.start, selected.stop
+        lo, hi = int(rows.crow[start]), int(rows.crow[stop])
+        columns, values = rows.col[lo:hi], rows.values[lo:hi]
+        local = rows.row_of[lo:hi] - start
+        counts = starts[columns + 1] - starts[columns]
+        ends = counts.cumsum(0)
+        out = norms[start:stop].unsqueeze(1) + norms.unsqueeze(0)
+        flat = out.view(-1)
+        first, total = 0, hi - lo
+        while first < total:
+            before = int(ends[first - 1]) if first else 0
+            last = int(torch.searchsorted(ends, before + limit, right=True))
+            last = min(total, max(last, first + 1))
+            part = counts[first:last]
+            entry = torch.repeat_interleave(torch.arange(first, last, device=device), part)
+            offsets = starts[columns[first:last]] - (part.cumsum(0) - part)
+            position = torch.arange(entry.numel(), device=device) + offsets[entry - first]
+            a, b = values[entry], value_by_column[position]
+            shared = a.abs() + b.abs() - (a - b).abs()
+            flat.index_add_(0, local[entry] * n + row_by_column[position], shared, alpha=-1)
+            first = last
+        return out.clamp_min_(0.0)
+
+    return distances
 
 
 def _sparse_products(rows: SparseRows) -> bool:
@@ -583,10 +632,12 @@ def silhouette_samples(
     ----------
     X : array-like, Tensor or sparse matrix of shape (n_samples, n_features)
         A ``scipy.sparse`` matrix (any format) or torch sparse tensor is
-        measured as scikit-learn measures CSR: not centred, from products of
-        stored values (euclidean, cosine), densified one block of rows at a
-        time only for manhattan (a tile of rows besides) and
-        ``"precomputed"`` (whose missing entries are distances of 0).
+        measured as scikit-learn measures CSR: not centred, from the stored
+        values of a block of rows against those of all rows (products for
+        euclidean and cosine, the features they share for manhattan); with
+        a tenth or more stored, against dense blocks of rows. ``"precomputed"``
+        is densified a block of rows at a time (missing entries are distances
+        of 0). Never densified whole.
     labels : array-like or Tensor of shape (n_samples,) or (batch, n_samples)
         Cluster label of every sample (any integers, or strings for numpy);
         a 2-D array holds several labellings of the same data.
