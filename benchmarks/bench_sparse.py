@@ -11,7 +11,10 @@ and float32. Printed per dtype: the minimum over ``--repeats`` of the wall time
 of ``fit`` from the same initial centres (means of 5 random rows; and with each
 library's own k-means++), ``predict`` and ``transform``, torchkmeans over scikit-learn
 (t/sk, < 1 is faster), with both libraries' ``n_iter_`` and inertia and the
-share of equal labels; then the default ``MiniBatchKMeans`` fits. With
+share of equal labels; then the default ``MiniBatchKMeans`` fits, ``partial_fit``
+over batches of ``--batch-size`` rows from the same initial centres (the
+batches stay sparse), and ``silhouette_score`` of the first ``--silhouette-n``
+rows (from products of stored values, never densified whole). With
 ``--dense-chunks`` also the dense-chunk baseline (the matrix read as a
 memmap is: every Lloyd iteration densifies it a chunk at a time) for one fit.
 A script, never a test: timings depend on the machine.
@@ -20,6 +23,7 @@ A script, never a test: timings depend on the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -34,11 +38,13 @@ import scipy.sparse as sp  # noqa: E402
 from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
 from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans  # noqa: E402
 from sklearn.feature_extraction.text import TfidfTransformer  # noqa: E402
+from sklearn.metrics import silhouette_score as sk_silhouette_score  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from torchkmeans import KMeans, MiniBatchKMeans  # noqa: E402
 from torchkmeans._host import host_rows  # noqa: E402
 from torchkmeans.functional.streaming import streamed_kmeans  # noqa: E402
+from torchkmeans.metrics import silhouette_score  # noqa: E402
 
 
 def tfidf_like(n: int, d: int, density: float, k: int, seed: int = 0) -> sp.csr_matrix:
@@ -71,6 +77,14 @@ def best_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, An
     return best, out
 
 
+def partial_fits(make: Callable[[], Any], batches: list[Any]) -> Any:
+    """A new model from ``make()``, one ``partial_fit`` per batch."""
+    model = make()
+    for batch in batches:
+        model.partial_fit(batch)
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
@@ -80,6 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--silhouette-n", type=int, default=5_000)
     parser.add_argument(
         "--dense-chunks", action="store_true", help="also time the dense-chunk fit (slow)"
     )
@@ -128,6 +144,36 @@ def main() -> None:
                 f"{name} MiniBatchKMeans fit: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / "
                 f"{t_sk:.3f} s), steps {us.n_steps_}/{sk.n_steps_}, "
                 f"inertia {us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+            batches = [
+                X[start : start + args.batch_size] for start in range(0, args.n, args.batch_size)
+            ]
+            t_sk, sk = best_of(
+                args.repeats,
+                partial_fits,
+                functools.partial(SkMiniBatchKMeans, args.k, init=init, n_init=1, random_state=0),
+                batches,
+            )
+            t_us, us = best_of(
+                args.repeats,
+                partial_fits,
+                functools.partial(
+                    MiniBatchKMeans, args.k, init=init, random_state=0, device=args.device
+                ),
+                batches,
+            )
+            print(
+                f"{name} MiniBatchKMeans partial_fit ({len(batches)} batches): t/sk "
+                f"{t_us / t_sk:.2f} ({t_us:.3f} s / {t_sk:.3f} s), last batch inertia "
+                f"{us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+            head = X[: args.silhouette_n]
+            labels = np.asarray(KMeans(args.k, init=init, random_state=0).fit(head).labels_)
+            t_sk, s_sk = best_of(args.repeats, sk_silhouette_score, head, labels)
+            t_us, s_us = best_of(args.repeats, silhouette_score, head, labels)
+            print(
+                f"{name} silhouette_score ({head.shape[0]} rows): t/sk {t_us / t_sk:.2f} "
+                f"({t_us:.3f} s / {t_sk:.3f} s), {s_us:.9f}/{s_sk:.9f}"
             )
         if not args.dense_chunks:
             return

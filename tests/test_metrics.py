@@ -616,3 +616,128 @@ def test_metrics_ignore_the_global_torch_defaults(torch_defaults_changed):
     with torch_defaults_changed():
         got = results()
     assert_identical(got, expected)
+
+
+def _sparse_data(density: float) -> tuple[object, np.ndarray]:
+    """600 x 400 CSR with rows of zeros among them, and labels of 5 clusters."""
+    import scipy.sparse as sparse
+
+    rng = np.random.default_rng(0)
+    X = sparse.random(590, 400, density=density, random_state=0, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((10, 400))]).tocsr()[rng.permutation(600)]
+    return X, rng.integers(0, 5, 600)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3])  # sparse and dense products
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan", "l1"])
+def test_silhouette_of_a_sparse_x_equals_scikit_learn(density, metric):
+    X, y = _sparse_data(density)
+    expected = sk.silhouette_samples(X, y, metric=metric)
+    # Small budgets: many blocks of rows and tiles.
+    for budget in (None, 50_000):
+        samples = metrics.silhouette_samples(X, y, metric=metric, memory_budget=budget)
+        np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+    for fmt in ("csc", "coo"):
+        score = metrics.silhouette_score(X.asformat(fmt), y, metric=metric)
+        assert score == pytest.approx(sk.silhouette_score(X, y, metric=metric), rel=1e-10)
+    subset = metrics.silhouette_score(X, y, metric=metric, sample_size=250, random_state=3)
+    reference = sk.silhouette_score(X, y, metric=metric, sample_size=250, random_state=3)
+    assert subset == pytest.approx(reference, rel=1e-10)
+    tensor = torch.tensor(X.toarray()).to_sparse()
+    batch = torch.tensor(np.stack([y, y % 2]))
+    scores = metrics.silhouette_score(tensor, batch, metric=metric)
+    assert isinstance(scores, torch.Tensor)
+    expected_scores = [sk.silhouette_score(X, row, metric=metric) for row in batch.numpy()]
+    np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=1e-10)
+
+
+def test_silhouette_of_a_sparse_x_densifies_no_more_than_a_block(monkeypatch):
+    from torchkmeans.functional.sparse import SparseRows
+
+    few, y = _sparse_data(0.02)
+    many, _ = _sparse_data(0.3)
+    expected = {
+        (name, metric): sk.silhouette_samples(X, y, metric=metric)
+        for name, X in (("few", few), ("many", many))
+        for metric in ("euclidean", "manhattan")
+    }
+    take = SparseRows.take
+    taken = []
+
+    def recorded(self, index):
+        taken.append(int(index.numel()))
+        return take(self, index)
+
+    monkeypatch.setattr(SparseRows, "take", recorded)
+    # Few stored values: products and shared features of stored values only,
+    # nothing densified (manhattan of dense blocks and tiles took n^2 d).
+    for metric in ("euclidean", "manhattan"):
+        samples = metrics.silhouette_samples(few, y, metric=metric, memory_budget=20_000)
+        np.testing.assert_allclose(samples, expected["few", metric], rtol=1e-10)
+    assert taken == []
+    # Many: against dense blocks of rows, never all of them.
+    for metric in ("euclidean", "manhattan"):
+        samples = metrics.silhouette_samples(many, y, metric=metric, memory_budget=200_000)
+        np.testing.assert_allclose(samples, expected["many", metric], rtol=1e-10)
+    assert 0 < max(taken) < 600
+
+
+def test_silhouette_of_a_sparse_precomputed_matrix_equals_scikit_learn():
+    import scipy.sparse as sparse
+
+    X, y = _sparse_data(0.3)
+    distances = sk.pairwise_distances(X)
+    distances[distances < np.median(distances)] = 0.0  # missing entries are 0
+    csr = sparse.csr_matrix(distances)
+    expected = sk.silhouette_samples(csr, y, metric="precomputed")
+    samples = metrics.silhouette_samples(csr, y, metric="precomputed", memory_budget=50_000)
+    np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+    subset = metrics.silhouette_score(csr, y, metric="precomputed", sample_size=300, random_state=1)
+    reference = sk.silhouette_score(csr, y, metric="precomputed", sample_size=300, random_state=1)
+    assert subset == pytest.approx(reference, rel=1e-10)
+    bad = csr.tolil()
+    bad[3, 3] = 1.0
+    match = r"The precomputed distance matrix contains non-zero elements on the diagonal"
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_samples(bad.tocsr(), y, metric="precomputed")
+    match = r"Expected X to be a square distance matrix .* got shape \(600, 400\)\."
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_score(X, y, metric="precomputed")
+
+
+def test_scores_from_cluster_means_refuse_a_sparse_x_as_scikit_learn():
+    # scikit-learn's calinski_harabasz_score and davies_bouldin_score take
+    # dense X only (TypeError); so do these, naming X.
+    import scipy.sparse as sparse
+
+    X, y = _sparse_data(0.02)
+    tensor = torch.tensor(X.toarray()).to_sparse()
+    for name in ("calinski_harabasz_score", "davies_bouldin_score"):
+        with pytest.raises(TypeError, match=r"must be an array-like"):
+            getattr(sk, name)(X, y)
+        match = r"Expected X to be a dense array or tensor, got a sparse matrix \(csr_matrix\)"
+        with pytest.raises(TypeError, match=match):
+            getattr(metrics, name)(X, y)
+        match = r"Expected X to be a dense array or tensor, got a sparse tensor"
+        with pytest.raises(TypeError, match=match):
+            getattr(metrics, name)(tensor, y)
+    match = r"Expected X to hold at least one sample and feature, got shape \(5, 0\)\."
+    with pytest.raises(ValueError, match=match):
+        metrics.silhouette_score(sparse.csr_matrix((5, 0)), np.arange(5) % 2)
+
+
+def test_sparse_silhouette_takes_one_product_per_block_of_rows(monkeypatch):
+    # A block of rows against all rows in one product of stored values (the
+    # other rows transposed once), not one per tile of columns: 4x faster.
+    X, y = _sparse_data(0.02)
+    expected = sk.silhouette_samples(X, y)
+    product = torch.sparse.mm
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return product(*args)
+
+    monkeypatch.setattr(torch.sparse, "mm", counted)
+    np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10)
+    assert len(calls) == 1  # 600 rows: one block

@@ -220,14 +220,15 @@ def test_refused_sparse_input_says_why():
     km = KMeans(3, random_state=0).fit(CSR)
     with pytest.raises(ValueError, match=r"X has 10 features, but KMeans is expecting 64"):
         km.predict(CSR[:, :10])
-    match = (
-        r"Expected X to be a sparse batch whose dense form fits memory_budget=1000 bytes, "
-        r"got shape \(256, 64\) \(131072 bytes dense\)"
-    )
-    with pytest.raises(ValueError, match=match):
-        MiniBatchKMeans(3, memory_budget=1000).partial_fit(CSR[:256])
+    with pytest.raises(ValueError, match=r"Found array with 0 sample\(s\) \(shape=\(0, 64\)\)"):
+        MiniBatchKMeans(3).partial_fit(CSR[:0])
+    mb = MiniBatchKMeans(3, random_state=0).partial_fit(CSR[:100])
+    with pytest.raises(ValueError, match=r"X has 10 features, but MiniBatchKMeans is expecting 64"):
+        mb.partial_fit(CSR[:100, :10])
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity"):
+        mb.partial_fit(bad)
     match = r"Expected X to be a dense array or tensor, got a sparse matrix \(csr_matrix\)"
-    for score in (metrics.silhouette_score, metrics.calinski_harabasz_score):
+    for score in (metrics.calinski_harabasz_score, metrics.davies_bouldin_score):
         with pytest.raises(TypeError, match=match):
             score(CSR, km.labels_)
 
@@ -672,3 +673,111 @@ def test_global_torch_defaults_change_no_sparse_result(paths, request, torch_def
     with torch_defaults_changed():
         got = results()
     assert_identical(got, expected)
+
+
+def _sparse_batches(seed: int) -> tuple[object, np.ndarray]:
+    """3,100 x 300 CSR, 2% stored, with rows of zeros among them, and weights."""
+    rng = np.random.default_rng(seed)
+    X = sparse.random(3000, 300, density=0.02, random_state=seed, format="csr")
+    X = sparse.vstack([X, sparse.csr_matrix((100, 300))]).tocsr()[rng.permutation(3100)]
+    return X, rng.uniform(0.5, 2.0, 3100)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("init", ["k-means++", "random", "array", "callable"])
+def test_partial_fit_steps_sparse_batches_on_their_stored_values(monkeypatch, metric, init):
+    import torchkmeans.minibatch as minibatch_module
+
+    X, w = _sparse_batches(0)
+    dense = X.toarray()
+    if init == "array":
+        init = dense[:6].copy()
+    elif init == "callable":
+        init = lambda rows, k, generator: rows[:k]  # noqa: E731
+    # Light centres reseeded from the batch at most steps.
+    params = dict(init=init, metric=metric, random_state=0, reassignment_ratio=0.3)
+    expected = MiniBatchKMeans(6, **params)
+    for start in range(0, 3100, 256):
+        expected.partial_fit(dense[start : start + 256], sample_weight=w[start : start + 256])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse batch was densified for its step")
+
+    monkeypatch.setattr(minibatch_module, "minibatch_step", refuse)
+    monkeypatch.setattr(_CSR, "read", refuse)
+    ours = MiniBatchKMeans(6, **params)
+    for start in range(0, 3100, 256):
+        ours.partial_fit(X[start : start + 256], sample_weight=w[start : start + 256])
+    assert ours.n_steps_ == expected.n_steps_
+    np.testing.assert_allclose(ours.cluster_centers_, expected.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.counts_, expected.counts_, rtol=1e-12)
+    np.testing.assert_array_equal(ours.labels_, expected.labels_)
+    assert ours.inertia_ == pytest.approx(expected.inertia_, rel=1e-12)
+
+
+def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres():
+    from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
+
+    X, w = _sparse_batches(1)
+    start = X[:5].toarray()
+    # No randomness left: given centres and no reseeding.
+    ours = MiniBatchKMeans(5, init=start, reassignment_ratio=0.0)
+    theirs = SklearnMiniBatchKMeans(5, init=start, n_init=1, reassignment_ratio=0.0)
+    for rows in np.array_split(np.arange(3100), 8):
+        ours.partial_fit(X[rows], sample_weight=w[rows])
+        theirs.partial_fit(X[rows], sample_weight=w[rows])
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-12)
+    np.testing.assert_allclose(ours.counts_, theirs._counts, rtol=1e-12)
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_partial_fit_takes_sparse_batches_beyond_memory_budget_and_torch_sparse(layout):
+    # A batch whose dense form exceeds memory_budget was refused.
+    X, _ = _sparse_batches(2)
+    batches = [X[start : start + 512] for start in range(0, 3100, 512)]
+    ours = MiniBatchKMeans(4, random_state=0, memory_budget=100_000)
+    dense = MiniBatchKMeans(4, random_state=0)
+    for batch in batches:
+        ours.partial_fit(batch)
+        dense.partial_fit(batch.toarray())
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, atol=1e-12)
+    tensors = MiniBatchKMeans(4, random_state=0, memory_budget=100_000)
+    for batch in batches:
+        tensor = torch.tensor(batch.toarray())
+        tensor = tensor.to_sparse() if layout == torch.sparse_coo else tensor.to_sparse_csr()
+        tensors.partial_fit(tensor)
+    assert isinstance(tensors.cluster_centers_, torch.Tensor)
+    np.testing.assert_allclose(tensors.cluster_centers_.numpy(), dense.cluster_centers_, atol=1e-12)
+    np.testing.assert_array_equal(tensors.labels_.numpy(), dense.labels_)
+
+
+def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
+    # Rows whose labels the expansion settles are not searched again densely:
+    # the search of no rows still fingerprinted every centroid.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional.sparse import sparse_distances, sparse_nearest, sparse_rows
+
+    X = sparse.random(200, 1000, density=0.01, random_state=0, format="csr")
+    rows = sparse_rows(
+        torch.from_numpy(X.indptr),
+        torch.from_numpy(X.indices),
+        torch.from_numpy(X.data),
+        X.shape[1],
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    centroids = torch.from_numpy(X[:50].toarray().reshape(5, 10, 1000).mean(1))
+    expected_labels, expected = sparse_nearest(rows, centroids)
+    expected_table = sparse_distances(rows, centroids)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dense search of no rows")
+
+    monkeypatch.setattr(sparse_module, "_nearest", refuse)
+    monkeypatch.setattr(sparse_module, "pairwise_distances", refuse)
+    labels, distances = sparse_nearest(rows, centroids)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(distances, expected)
+    np.testing.assert_array_equal(sparse_distances(rows, centroids), expected_table)

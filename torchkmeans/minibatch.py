@@ -882,9 +882,14 @@ class MiniBatchKMeans(KMeans):
         ----------
         X : array-like, Tensor, sparse matrix or iterable of batches of shape (n, n_features)
             A DataLoader's ``(x, y)`` batch (a tuple or list whose first item
-            is 2-D) stands for ``x``, as in an iterable. A sparse batch is
-            densified; one whose dense form exceeds ``memory_budget`` is
-            refused.
+            is 2-D) stands for ``x``, as in an iterable. A sparse batch
+            (``scipy.sparse``, torch sparse tensor) is stepped on its stored
+            values as ``fit`` steps them, and the first one seeds from them
+            (only the chosen centres are densified; the ``init_size`` rows
+            for a callable ``init``), unless at least a quarter of it is
+            stored and its dense form fits ``memory_budget``: it is then
+            densified. Under ``torch.distributed`` a sparse batch is
+            densified, and refused when its dense form exceeds ``memory_budget``.
         y : ignored
         sample_weight : array-like or Tensor of shape (n,), optional
             Not accepted with an iterable.
@@ -950,6 +955,13 @@ class MiniBatchKMeans(KMeans):
     def _partial_fit_batch(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
         first = not hasattr(self, "cluster_centers_")
         collective = distributed.collective(self.process_group)
+        if is_sparse(X) and not collective.distributed:
+            # The rule of fit: densely stored batches that fit the budget are
+            # stepped dense, the others on their stored values.
+            if stored_share(X) >= _DENSIFIED_SHARE:
+                X = densified(X, self.memory_budget)
+            if is_sparse(X):
+                return self._partial_fit_sparse(X, sample_weight)
         if first:
             # On shards a rank's batch may be empty (checked over all ranks below).
             try:
@@ -1099,6 +1111,126 @@ class MiniBatchKMeans(KMeans):
                 inertia = collective.all_sum(inertia.to(collective.device))
             self.inertia_ = float(inertia)
         return self
+
+    def _partial_fit_sparse(self, X: Any, sample_weight: Any) -> MiniBatchKMeans:
+        """:meth:`_partial_fit_batch` of a sparse batch: stepped on its stored
+        values (:func:`~torchkmeans.functional.sparse.sparse_minibatch_step`),
+        the first call seeded from them as ``fit`` seeds (only the chosen
+        centres are densified; the ``init_size`` rows for a callable ``init``)."""
+        first = not hasattr(self, "cluster_centers_")
+        if first:
+            shape = tuple(int(s) for s in X.shape)
+            if len(shape) == 2 and 0 in shape:
+                what = "sample" if shape[0] == 0 else "feature"
+                raise ValueError(
+                    f"Found array with 0 {what}(s) (shape={shape}) while a minimum of 1 "
+                    "is required."
+                )
+            metric = v.check_metric(self.metric)
+            rows, kind = self._sparse_rows(X, None, None, metric)
+            weights = v.check_sample_weight(
+                sample_weight, rows.n_rows, device=rows.device, dtype=rows.dtype
+            )
+            params = self._check_minibatch_params(rows.n_rows)
+            self._reset_feature_names(X)
+            k, n = params["n_clusters"], rows.n_rows
+            generator = v.make_generator(self.random_state, rows.device)
+            self._batch_size = params["batch_size"]
+            self._n_since_last_reassign = 0
+            self.n_steps_ = 0
+            self.n_features_in_ = rows.n_features
+            index = torch.arange(n, device=rows.device)
+            if params["init_size"] < n:
+                size = (params["init_size"],)
+                index = torch.randint(0, n, size, generator=generator, device=rows.device)
+            init_w = None if weights is None else weights[index]
+            centers = self._seed_sparse_batch(rows, index, init_w, k, generator)
+            counts = torch.zeros(k, dtype=rows.dtype, device=rows.device)
+        else:
+            centers, counts = self._centers, self._counts
+            rows, kind = self._sparse_batch(X)
+            v.check_positive_int(self.batch_size, "batch_size")
+            v.check_nonnegative_float(self.reassignment_ratio, "reassignment_ratio")
+            weights = v.check_sample_weight(
+                sample_weight, rows.n_rows, device=rows.device, dtype=counts.dtype
+            )
+            generator = self._restore_generator()
+        since_reassign = self._n_since_last_reassign
+        try:
+            # Squared distances that would under- or overflow (float32 near
+            # 1e-25 or 1e19): the step is taken scaled by a power of two, exactly.
+            exponent = sparse_scale_exponent(rows, centers)
+            step = sparse_minibatch_step(
+                sparse_scaled(rows, exponent),
+                times_power_of_two(centers, exponent),
+                counts,
+                sample_weight=weights,
+                random_reassign=self._should_reassign(counts),
+                reassignment_ratio=self.reassignment_ratio,
+                generator=generator,
+                memory_budget=self.memory_budget,
+            )
+            if not v.all_finite(step.inertia):
+                raise v.distances_overflow("X", rows.dtype)
+        except ValueError:
+            self._n_since_last_reassign = since_reassign
+            if first:
+                self._reset()
+            raise
+        centers = times_power_of_two(step.centroids, -exponent)
+        self._store_state(centers, step.weight_sums, generator, kind)
+        self.n_steps_ += 1
+        if self.compute_labels:
+            if self.metric == "cosine":
+                centers = unit_rows(centers)
+            exponent = sparse_scale_exponent(rows, centers)
+            labels, distances = sparse_nearest(
+                sparse_scaled(rows, exponent),
+                times_power_of_two(centers, exponent),
+                self.memory_budget,
+            )
+            self.labels_ = kind.out(labels)
+            self.inertia_ = float(times_power_of_two(wide_sum(distances, weights), -2 * exponent))
+        return self
+
+    def _sparse_batch(self, X: Any) -> tuple[SparseRows, v.OutputKind]:
+        """A later sparse batch, checked against the fit, on the centres'
+        device and dtype (unscaled, unlike :meth:`_sparse_input`'s)."""
+        self._check_is_fitted()
+        self._check_feature_names(X)
+        centers = self._centers
+        rows, kind = self._sparse_rows(X, centers.device, centers.dtype, self.metric)
+        if rows.n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return rows, kind
+
+    def _seed_sparse_batch(
+        self,
+        rows: SparseRows,
+        index: torch.Tensor,
+        weights: torch.Tensor | None,
+        n_clusters: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Initial centres from the rows ``index`` of a sparse batch (``weights``
+        their weights), as :meth:`_seed` seeds from the same rows dense."""
+        init = self.init
+        if isinstance(init, str):
+            # Seeded scaled by a power of two where squared distances would
+            # under- or overflow, as fit seeds; the centres are scaled back.
+            exponent = sparse_scale_exponent(rows)
+            scaled = sparse_scaled(rows, exponent).subset(index)
+            centers = self._seed_sparse(scaled, weights, n_clusters, generator)
+            return times_power_of_two(centers, -exponent)
+        if callable(init):
+            # A callable takes an array: the init_size rows are densified.
+            dense = rows.take(index)
+            return self._seed(dense, weights, n_clusters, generator)
+        given = self._given_init((n_clusters, rows.n_features), rows.device, rows.dtype)
+        return self._prepare(given.clone())
 
     # ------------------------------------------------------------------ inference
 

@@ -906,15 +906,17 @@ def sparse_minibatch_step(
     centroids: torch.Tensor,
     weight_sums: torch.Tensor,
     *,
+    sample_weight: torch.Tensor | None = None,
     random_reassign: bool | torch.Tensor = False,
     reassignment_ratio: float = 0.01,
     generator: torch.Generator | None = None,
     memory_budget: int | None = None,
 ) -> MiniBatchStep:
-    """One mini-batch step on sparse rows (unweighted): the rule of
+    """One mini-batch step on sparse rows: the rule of
     :func:`~torchkmeans.functional.minibatch.minibatch_step`, with the
     assignment from sparse products and the sums from one scatter of the
-    stored values; only reseeded centroids densify rows.
+    stored values (times ``sample_weight`` ``(n,)``, checked by the caller,
+    when given); only reseeded centroids densify rows.
 
     Examples
     --------
@@ -930,9 +932,16 @@ def sparse_minibatch_step(
     k, d = int(centroids.shape[0]), int(centroids.shape[1])
     wide = _device.widest_float(batch.device)
     labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
-    sums = batch.sums(labels, batch.values.to(wide), k)
+    values = batch.values.to(wide)
+    if sample_weight is None:
+        weights = None
+        row_weights = torch.ones(batch.n_rows, dtype=wide, device=batch.device)
+    else:
+        weights = row_weights = sample_weight.to(device=batch.device, dtype=wide)
+        values = values * weights[batch.row_of]
+    sums = batch.sums(labels, values, k)
     counts = torch.zeros(k, dtype=wide, device=batch.device)
-    counts.index_add_(0, labels, torch.ones(batch.n_rows, dtype=wide, device=batch.device))
+    counts.index_add_(0, labels, row_weights)
 
     def rows_at(picked: torch.Tensor) -> torch.Tensor:
         return batch.take(picked.reshape(-1)).view(*picked.shape, d)
@@ -947,7 +956,7 @@ def sparse_minibatch_step(
         centroids.dtype,
         weight_sums.dtype,
         acc=centroids.dtype,
-        weights=None,
+        weights=weights,
         rows_at=rows_at,
         zero_rows=batch.sq_norms == 0 if batch.metric == "cosine" else None,
         random_reassign=random_reassign,
