@@ -1313,11 +1313,29 @@ def _exact_entries(
     if not inexact.numel():
         return
     row, column = row.index_select(0, inexact), column.index_select(0, inexact)
-    difference = x.index_select(0, row).to(wide)
-    difference -= centroids.to(wide).index_select(0, column)
-    # One reduction, without vecdot's block of squares (see pairwise_distances).
-    exact = torch.linalg.vector_norm(difference, dim=-1).square_().to(out.dtype)
-    flat.index_copy_(0, position.index_select(0, inexact), exact)
+    position = position.index_select(0, inexact)
+    centroids = centroids.to(wide)
+    # The differences in cache-sized pieces of one reused buffer: fresh ones
+    # were fresh pages in every call (6,000 rows of 20,000 x 64 on their
+    # centres: 0.4 ms of the 0.9 these entries took, float64).
+    d = x.shape[1]
+    step = max(1, _PAIRWISE_BLOCK_BYTES // (d * wide.itemsize))
+    count = int(row.numel())
+    buffer = _device.reused("exact entries", (min(count, step), d), wide)
+    taken = None
+    if x.dtype != wide:
+        taken = _device.reused("exact entries rows", (min(count, step), d), x.dtype)
+    for first in range(0, count, step):
+        last = min(count, first + step)
+        difference = buffer[: last - first]
+        if taken is None:
+            torch.index_select(x, 0, row[first:last], out=difference)
+        else:
+            difference.copy_(torch.index_select(x, 0, row[first:last], out=taken[: last - first]))
+        difference.sub_(centroids.index_select(0, column[first:last]))
+        # One reduction, without vecdot's block of squares (see pairwise_distances).
+        exact = torch.linalg.vector_norm(difference, dim=-1).square_().to(out.dtype)
+        flat.index_copy_(0, position[first:last], exact)
 
 
 @_device.full_precision
