@@ -162,6 +162,50 @@ def test_pairwise_distances_with_autograd_match_those_written_in_place(dtype):
     assert bool((plain[0, torch.arange(40), torch.arange(40)] == 0).all())
 
 
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_measure_entries_again_in_pieces_of_one_buffer(monkeypatch, dtype):
+    """On the host the entries measured again take their differences in
+    cache-sized pieces of one reused buffer: every piece lands where it goes."""
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    # Pieces of 5 entries (and blocks of 256 rows).
+    monkeypatch.setattr(distances_module, "_PAIRWISE_BLOCK_BYTES", 5 * 40 * 8)
+    g = torch.Generator().manual_seed(0)
+    centres = 100.0 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 6, (300,), generator=g)
+    x = (centres[labels] + 1e-5 * torch.randn(300, 40, generator=g, dtype=torch.float64)).to(dtype)
+    c = centres.to(dtype)
+    expected = (x.double()[:, None] - c.double()[None]).square().sum(-1)
+    got = pairwise_distances(x, c).double()
+    assert ((got - expected).abs() <= 2.0**-23 * expected).all()
+
+
+def test_pairwise_distances_measure_every_entry_again_a_block_of_rows_at_a_time(monkeypatch):
+    """Where the expansion cannot reach the precision asked (float32 blocks on
+    MPS beyond 124 features), every entry is measured from differences: as
+    many at a time as the block has rows, still differentiable."""
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    monkeypatch.setattr(distances_module, "_TRUSTED_PRECISION", 1e-30)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    c = torch.randn(6, 7, generator=g, dtype=torch.float64).requires_grad_()
+    vector_norm = torch.linalg.vector_norm
+    sizes = []
+
+    def counted(a, *args, **kwargs):
+        sizes.append(a.shape[0])
+        return vector_norm(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", counted)
+    got = pairwise_distances(x, c)
+    expected = (x[:, None] - c.detach()[None]).square().sum(-1)
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-15, atol=0.0)
+    # The centroids' norms, the block's rows' norms, then the entries.
+    assert sizes[2:] == [50] * 6
+    got.sum().backward()
+    assert c.grad is not None
+
+
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_pairwise_distances_of_narrow_rows_sum_norms_by_a_product(monkeypatch, d):
     """torch's sum over a last dimension of 2 or 3 is 10x slower than a

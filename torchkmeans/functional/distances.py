@@ -19,7 +19,13 @@ import torch
 
 from .. import _validation as v
 from . import _device, _native
-from .certify import certify_nearest, first_copies, squared_frame_norms, trust_factor
+from .certify import (
+    _TRUSTED_PRECISION,
+    certify_nearest,
+    first_copies,
+    product_unit_roundoff,
+    squared_frame_norms,
+)
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -1307,11 +1313,29 @@ def _exact_entries(
     if not inexact.numel():
         return
     row, column = row.index_select(0, inexact), column.index_select(0, inexact)
-    difference = x.index_select(0, row).to(wide)
-    difference -= centroids.to(wide).index_select(0, column)
-    # One reduction, without vecdot's block of squares (see pairwise_distances).
-    exact = torch.linalg.vector_norm(difference, dim=-1).square_().to(out.dtype)
-    flat.index_copy_(0, position.index_select(0, inexact), exact)
+    position = position.index_select(0, inexact)
+    centroids = centroids.to(wide)
+    # The differences in cache-sized pieces of one reused buffer: fresh ones
+    # were fresh pages in every call (6,000 rows of 20,000 x 64 on their
+    # centres: 0.4 ms of the 0.9 these entries took, float64).
+    d = x.shape[1]
+    step = max(1, _PAIRWISE_BLOCK_BYTES // (d * wide.itemsize))
+    count = int(row.numel())
+    buffer = _device.reused("exact entries", (min(count, step), d), wide)
+    taken = None
+    if x.dtype != wide:
+        taken = _device.reused("exact entries rows", (min(count, step), d), x.dtype)
+    for first in range(0, count, step):
+        last = min(count, first + step)
+        difference = buffer[: last - first]
+        if taken is None:
+            torch.index_select(x, 0, row[first:last], out=difference)
+        else:
+            difference.copy_(torch.index_select(x, 0, row[first:last], out=taken[: last - first]))
+        difference.sub_(centroids.index_select(0, column[first:last]))
+        # One reduction, without vecdot's block of squares (see pairwise_distances).
+        exact = torch.linalg.vector_norm(difference, dim=-1).square_().to(out.dtype)
+        flat.index_copy_(0, position[first:last], exact)
 
 
 @_device.full_precision
@@ -1326,8 +1350,9 @@ def pairwise_distances(
     input (as scikit-learn's ``euclidean_distances``), on rows centred on the
     centroids' mean, in blocks of rows; entries that the expansion's rounding
     could make inexact (a row close to a centroid, both far from that mean)
-    are computed again from differences: float32 results to float32's
-    precision, float64 ones to about 2^-17 of each entry. ``metric="cosine"``
+    are computed again from differences: each float32 entry is within 2^-23
+    (float32's eps) of the exact squared distance, each float64 one within
+    2^-17, whatever the number of features. ``metric="cosine"``
     gives ``1 - x.c`` clamped to [0, 2]: rows and centroids should already be
     unit vectors (see :func:`unit_rows`), as for :func:`nearest_centroids`.
     The result has the input's (computed) dtype.
@@ -1381,13 +1406,21 @@ def pairwise_distances(
     c_norm = torch.linalg.vector_norm(c_centred, dim=-1)
     c_sq = c_norm.square()
     c_norm_max = c_norm.amax(-1, keepdim=True)
-    factor = trust_factor(wide)
-    narrow, precise = torch.finfo(dtype).eps, torch.finfo(wide).eps
-    if narrow > precise:
+    # The expansion's rounding error is at most (d + 4) u (|x| + |c|)^2, u
+    # the unit roundoff of the wide products, whatever order they sum in
+    # (the norms' d squares, the product's d terms, three roundings more):
+    # an entry is within ``precision`` of D while (|x| + |c|)^2 <= factor D.
+    # A bound without d let entries through whose error grew with it (d=1000:
+    # float32 entries 5.4e-7 off, float64 ones 8e-5, 11x the 2^-17 promised).
+    unit = product_unit_roundoff(wide)
+    precision = _TRUSTED_PRECISION
+    if torch.finfo(dtype).eps > torch.finfo(wide).eps:
         # The entries are returned in ``dtype``: to its precision, not only to
         # the 2^-17 that labels are trusted to (float32 rows near the origin,
-        # centres' mean at 3e3: 1.2e-5 off, 200 of float32's units).
-        factor = min(factor, (math.sqrt(narrow / precise) - 1.0) ** 2)
+        # centres' mean at 3e3: 1.2e-5 off, 200 of float32's units). Half of
+        # float32's eps, so that with its final rounding an entry is within eps.
+        precision = min(precision, product_unit_roundoff(dtype))
+    factor = precision / ((x3.shape[-1] + 4) * unit)
     out = _device.empty((b, n, k), dtype=dtype, device=x3.device)
     rows = block_rows(n, b * k, itemsize=8, device=x3.device)
     # Few centroids on the host: each block is computed as (k, m), where the
@@ -1481,10 +1514,18 @@ def pairwise_distances(
                 scale = (x_norm + c_norm[problem, column]).square_()
                 inexact = scale > block[problem, row, column] * factor
                 problem, row, column = problem[inexact], row[inexact], column[inexact]
-                row_index = row + start
-                difference = x3[problem if x3.shape[0] > 1 else 0, row_index].to(wide)
-                difference -= c3[problem, column].to(wide)
-                block[problem, row, column] = torch.linalg.vecdot(difference, difference)
+                # As many differences at a time as the block has rows: where
+                # the expansion cannot hold the precision at all (float32 on
+                # MPS, d > 124) every entry is measured again.
+                for first in range(0, problem.numel(), stop - start):
+                    last = first + stop - start
+                    p, r, col = problem[first:last], row[first:last], column[first:last]
+                    difference = x3[p if x3.shape[0] > 1 else 0, r + start].to(wide)
+                    difference -= c3[p, col].to(wide)
+                    # As _exact_entries measures them: the same entries on
+                    # every path (vecdot's differed in the last bit).
+                    norm = torch.linalg.vector_norm(difference, dim=-1)
+                    block[p, r, col] = norm.square()
         if not (direct and buffer is None):
             out[:, start:stop] = block
     if suspect is not None and x_norms is not None:
