@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import assert_identical, blobs
+from conftest import assert_identical, blobs, copies_found_on_the_cpu
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 from sklearn.cluster._kmeans import _mini_batch_step
@@ -94,6 +94,7 @@ def test_step_reassigns_light_centres_as_sklearn_does():
     assert len(set(index)) == 4  # distinct rows of the batch
 
 
+@copies_found_on_the_cpu
 @pytest.mark.parametrize("seed", range(5))
 def test_step_reseeds_onto_rows_that_are_no_copies(seed):
     # A batch drawn with replacement holds copies of a row, and a row may be
