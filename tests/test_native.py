@@ -279,6 +279,26 @@ def test_empty_clusters_are_reseeded_and_restarts_run_one_by_one():
         torch.testing.assert_close(alone.centroids, together.centroids[i : i + 1])
 
 
+def test_clusters_of_zero_weight_are_reseeded_as_by_torch_ops():
+    """A cluster whose rows all weigh 0 has a count of 0, as an empty one: the
+    kernel's loop reseeds it (no NaN centroid) as the loop of PyTorch ops does,
+    with the same labels, centroids and iterations."""
+    X, _ = make_blobs(n_samples=300, n_features=3, centers=4, random_state=1)
+    x = torch.tensor(X)
+    x[:20] = x[:20] * 0.01 - 100.0  # a group of their own, weighing 0
+    weights = torch.ones(300, dtype=x.dtype)
+    weights[:20] = 0.0
+    prep = prepare(x, sample_weight=weights)
+    starts = prep.x[:, [0, 100, 200, 250]].clone()  # the first start's cluster weighs 0
+    fused = run_lloyd(prep, starts.clone(), max_iter=50)
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
+        plain = run_lloyd(prep, starts.clone(), max_iter=50)
+    assert not fused.centroids.isnan().any()
+    assert torch.equal(fused.labels, plain.labels)
+    assert torch.equal(fused.n_iter, plain.n_iter)
+    torch.testing.assert_close(fused.centroids, plain.centroids, rtol=1e-12, atol=1e-12)
+
+
 def test_predict_through_the_kernel_is_exact_far_from_the_origin():
     """predict on float32 data far from the origin: the kernel scores rows less
     the training mean (removed in the kernel, step by step), so the labels are

@@ -682,11 +682,15 @@ def _run_lloyd_native(
         )
         scores.append(score)
         relocated = False
-        if float(counts.min()) > 0:
-            updated = torch.div(sums, counts).to(current.dtype)
-            if cosine:
-                updated = unit_rows(updated)
-        else:
+        updated = torch.div(sums, counts).to(current.dtype)
+        if cosine:
+            updated = unit_rows(updated)
+        # scikit-learn also measures the shift through a norm, then squares it.
+        shift = float(torch.dist(updated, current)) ** 2
+        # An empty cluster (count 0, sums 0) divides 0 by 0: its NaN makes the
+        # shift NaN, so only then are the counts read (a host read per
+        # iteration otherwise, the cost of a small fit's iteration).
+        if shift != shift and float(counts.min()) <= 0:
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
             )
@@ -698,8 +702,7 @@ def _run_lloyd_native(
             updated = centroids_from_sums(
                 sums, counts[:, 0], current, metric=prep.metric, empty="heaviest"
             )
-        # scikit-learn also measures the shift through a norm, then squares it.
-        shift = float(torch.dist(updated, current)) ** 2
+            shift = float(torch.dist(updated, current)) ** 2
         strict = not relocated and len(scores) > 1 and changed == 0
         current = updated
         labels, previous = previous, labels
