@@ -82,6 +82,12 @@ CASES = (
     Case("wine", 3, lambda: datasets.load_wine().data),
     Case("breast_cancer", 2, lambda: datasets.load_breast_cancer().data),
     Case("diabetes", 5, lambda: datasets.load_diabetes().data),
+    # The tutorials' data (float64, as make_blobs returns it): fixed costs.
+    Case(
+        "tutorial_300x2_k4",
+        4,
+        lambda: datasets.make_blobs(300, centers=4, cluster_std=0.60, random_state=0)[0],
+    ),
     Case("digits_k30", 30, lambda: datasets.load_digits().data),
     Case("uniform_20000x2", 16, _uniform(20_000, 2)),
     Case("blobs_100000x2", 8, _blobs(100_000, 2, 8)),

@@ -26,9 +26,10 @@ from sklearn.datasets import make_blobs
 from torchkmeans import KMeans
 from torchkmeans.functional import _native, nearest_centroids
 from torchkmeans.functional.distances import scored_by_differences
-from torchkmeans.functional.lloyd import prepare, run_lloyd
+from torchkmeans.functional.lloyd import kmeans, prepare, run_lloyd
 
 distances = importlib.import_module("torchkmeans.functional.distances")
+lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
 
 if os.environ.get("TORCHKMEANS_REQUIRE_NATIVE"):
     assert _native.available(), "TORCHKMEANS_REQUIRE_NATIVE is set but the kernel did not build"
@@ -277,6 +278,53 @@ def test_empty_clusters_are_reseeded_and_restarts_run_one_by_one():
         assert len(alone.labels[0].unique()) == 5
         assert torch.equal(alone.labels, together.labels[i : i + 1])
         torch.testing.assert_close(alone.centroids, together.centroids[i : i + 1])
+
+
+def test_clusters_of_zero_weight_are_reseeded_as_by_torch_ops():
+    """A cluster whose rows all weigh 0 has a count of 0, as an empty one: the
+    kernel's loop reseeds it (no NaN centroid) as the loop of PyTorch ops does,
+    with the same labels, centroids and iterations."""
+    X, _ = make_blobs(n_samples=300, n_features=3, centers=4, random_state=1)
+    x = torch.tensor(X)
+    x[:20] = x[:20] * 0.01 - 100.0  # a group of their own, weighing 0
+    weights = torch.ones(300, dtype=x.dtype)
+    weights[:20] = 0.0
+    prep = prepare(x, sample_weight=weights)
+    starts = prep.x[:, [0, 100, 200, 250]].clone()  # the first start's cluster weighs 0
+    fused = run_lloyd(prep, starts.clone(), max_iter=50)
+    with mock.patch.object(_native, "prefers_native", lambda *args, **kwargs: False):
+        plain = run_lloyd(prep, starts.clone(), max_iter=50)
+    assert not fused.centroids.isnan().any()
+    assert torch.equal(fused.labels, plain.labels)
+    assert torch.equal(fused.n_iter, plain.n_iter)
+    torch.testing.assert_close(fused.centroids, plain.centroids, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_run_relabelled_from_differences_makes_no_pass_of_its_own_after_the_loop(dtype):
+    """Narrow rows of one run are labelled against the final centroids from
+    differences after the loop: the loop's own final pass (labels and
+    distances from the expansion) would be thrown away, so it is not made,
+    and the result is the one it gives when made, bit for bit."""
+    X, _ = make_blobs(n_samples=300, centers=4, cluster_std=0.6, random_state=0)
+    x = torch.tensor(X, dtype=dtype)
+    real_nearest, real_run_lloyd = _native.nearest, lloyd_module.run_lloyd
+    passes = []
+
+    def counted(*args, **kwargs):
+        if kwargs.get("distances") is not None and not kwargs.get("differences"):
+            passes.append(1)
+        return real_nearest(*args, **kwargs)
+
+    with mock.patch.object(_native, "nearest", counted):
+        result = kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    assert not passes
+    with mock.patch.object(
+        lloyd_module, "run_lloyd", lambda *a, **kw: real_run_lloyd(*a, **{**kw, "final_pass": True})
+    ):
+        with_pass = kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    for field, made in zip(result, with_pass):
+        assert torch.equal(field.nan_to_num(), made.nan_to_num())
 
 
 def test_predict_through_the_kernel_is_exact_far_from_the_origin():

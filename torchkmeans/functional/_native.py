@@ -175,6 +175,15 @@ def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> boo
     )
 
 
+def _operand(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype`` and contiguous; itself when it is already (a
+    Lloyd iteration of a small fit passes its operands so, and ``.to`` costs
+    as much as the check even then)."""
+    if tensor.dtype == dtype and tensor.is_contiguous():
+        return tensor
+    return tensor.to(dtype).contiguous()
+
+
 def nearest(
     x: torch.Tensor,
     centroids: torch.Tensor,
@@ -237,11 +246,12 @@ def nearest(
     k = centroids.shape[0]
     # The kernel reads raw pointers: inputs in x's dtype and contiguous (no
     # copy when they already are), outputs checked rather than converted.
-    centroids = centroids.to(x.dtype).contiguous()
-    offset = None if offset is None else offset.to(x.dtype).contiguous()
-    weights = None if weights is None else weights.to(x.dtype).contiguous()
-    previous = None if previous is None else previous.to(torch.int64).contiguous()
-    given = None if given is None else given.to(x.dtype).contiguous()
+    dtype = x.dtype
+    centroids = _operand(centroids, dtype)
+    offset = None if offset is None else _operand(offset, dtype)
+    weights = None if weights is None else _operand(weights, dtype)
+    previous = None if previous is None else _operand(previous, torch.int64)
+    given = None if given is None else _operand(given, dtype)
     if given is not None and given.shape != (k, d):
         raise ValueError(f"Expected given to be of shape {(k, d)}, got {tuple(given.shape)}.")
     for name, out, dtype in (

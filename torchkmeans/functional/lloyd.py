@@ -649,7 +649,12 @@ def _run_lloyd_small(
 
 
 def _run_lloyd_native(
-    prep: Prepared, centroids: torch.Tensor, *, max_iter: int, tol_abs: float
+    prep: Prepared,
+    centroids: torch.Tensor,
+    *,
+    max_iter: int,
+    tol_abs: float,
+    final_pass: bool = True,
 ) -> KMeansResult:
     """:func:`run_lloyd` for one CPU problem through the fused kernel (see ``_native``).
 
@@ -657,7 +662,9 @@ def _run_lloyd_native(
     cluster in float64 while the row is in registers: no score block, no
     separate argmin or scatter. The same iterations, convergence test,
     relocation as :func:`_run_lloyd_small`, and a final pass that relabels
-    and measures each row's exact distance in the same kernel call.
+    and measures each row's exact distance in the same kernel call. Without
+    ``final_pass`` (a caller that labels the rows against the final centroids
+    itself) the labels are the last iteration's and the inertia NaN.
     """
     x = prep.x[0]
     weights = prep.weights[0].contiguous() if prep.weights is not None else None
@@ -682,11 +689,17 @@ def _run_lloyd_native(
         )
         scores.append(score)
         relocated = False
-        if float(counts.min()) > 0:
-            updated = torch.div(sums, counts).to(current.dtype)
-            if cosine:
-                updated = unit_rows(updated)
-        else:
+        updated = torch.div(sums, counts)
+        if updated.dtype != current.dtype:
+            updated = updated.to(current.dtype)
+        if cosine:
+            updated = unit_rows(updated)
+        # scikit-learn also measures the shift through a norm, then squares it.
+        shift = float(torch.dist(updated, current)) ** 2
+        # An empty cluster (count 0, sums 0) divides 0 by 0: its NaN makes the
+        # shift NaN, so only then are the counts read (a host read per
+        # iteration otherwise, the cost of a small fit's iteration).
+        if shift != shift and float(counts.min()) <= 0:
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
             )
@@ -698,8 +711,7 @@ def _run_lloyd_native(
             updated = centroids_from_sums(
                 sums, counts[:, 0], current, metric=prep.metric, empty="heaviest"
             )
-        # scikit-learn also measures the shift through a norm, then squares it.
-        shift = float(torch.dist(updated, current)) ** 2
+            shift = float(torch.dist(updated, current)) ** 2
         strict = not relocated and len(scores) > 1 and changed == 0
         current = updated
         labels, previous = previous, labels
@@ -709,8 +721,12 @@ def _run_lloyd_native(
     # to its centroid, in one more pass (the labels are the last ones when the
     # centroids did not move after them: the same kernel gives the same).
     labels = previous
-    distances = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    _native.nearest(x, current, labels, cosine=cosine, distances=distances[0])
+    if final_pass:
+        distances = torch.empty((1, n), dtype=x.dtype, device=x.device)
+        _native.nearest(x, current, labels, cosine=cosine, distances=distances[0])
+        inertia = _weighted_total(distances, prep.weights)
+    else:
+        inertia = torch.full((1,), math.nan, dtype=_device.widest_float(x.device), device=x.device)
     final_centroids = current.unsqueeze(0)
     n_iter = len(scores)
     history = torch.full((1, max_iter), float("nan"), dtype=torch.float64, device=x.device)
@@ -719,7 +735,7 @@ def _run_lloyd_native(
     return KMeansResult(
         final_centroids,
         labels.unsqueeze(0),
-        _weighted_total(distances, prep.weights),
+        inertia,
         torch.full((1,), n_iter, dtype=torch.int64, device=x.device),
         history,
     )
@@ -737,6 +753,7 @@ def run_lloyd(
     active: torch.Tensor | None = None,
     host_checks: bool | None = None,
     best_only: bool = False,
+    final_pass: bool = True,
 ) -> KMeansResult:
     """Lloyd iterations on prepared data from centroids ``(b, k, d)`` in prepared space.
 
@@ -748,7 +765,11 @@ def run_lloyd(
     False runs the accelerator path (no data-dependent host branches), which
     tests use to exercise it without a GPU. ``best_only`` (restarts whose
     lowest inertia alone is wanted) lets the fused kernel's path return the
-    first problem of the lowest inertia alone, ``(1, ...)``.
+    first problem of the lowest inertia alone, ``(1, ...)``. ``final_pass``
+    False (one problem, whose caller labels the rows against the final
+    centroids itself, as :func:`_finish` does from differences) lets that
+    path skip its pass over the rows after the last iteration: the labels
+    are then the last iteration's and the inertia NaN.
     """
     x3 = prep.x
     b, k, d = centroids.shape
@@ -800,7 +821,13 @@ def run_lloyd(
             kept = None if active is None else active[i].nonzero().squeeze(1)
             if kept is not None:
                 start = start[:, kept]
-            result = _run_lloyd_native(prep, start, max_iter=max_iter, tol_abs=float(tol_abs.max()))
+            result = _run_lloyd_native(
+                prep,
+                start,
+                max_iter=max_iter,
+                tol_abs=float(tol_abs.max()),
+                final_pass=final_pass or b > 1,
+            )
             if kept is not None:
                 padded = centroids[i : i + 1].clone()
                 padded[:, kept] = result.centroids
@@ -1309,6 +1336,18 @@ _WEIGHTED_SUM_OVERFLOWS = (
 )
 
 
+def _relabelled_from_differences(x3: torch.Tensor, problems: int, k: int) -> bool:
+    """Whether :func:`_finish` labels the rows of ``x3`` ``(bx, n, d)`` against
+    the final euclidean centroids ``(problems, k, d)`` (all active) from
+    differences, in the data's scale: their labels and distances from the
+    Lloyd iterations are then replaced, not read."""
+    return (
+        x3.shape[0] == problems == 1
+        and x3.dtype == compute_dtype(x3.dtype)
+        and scored_by_differences(_row_contiguous_shape(x3[0]), k)
+    )
+
+
 def _finish(
     result: KMeansResult,
     prep: Prepared,
@@ -1336,11 +1375,8 @@ def _finish(
         centroids = (result.centroids + prep.offset).to(out_dtype)
         x3 = x if x.ndim == 3 else x.unsqueeze(0)
         labels = result.labels
-        if (
-            x3.shape[0] == centroids.shape[0] == 1
-            and active is None
-            and x3.dtype == centroids.dtype
-            and scored_by_differences(_row_contiguous_shape(x3[0]), centroids.shape[1])
+        if active is None and _relabelled_from_differences(
+            x3, centroids.shape[0], centroids.shape[1]
         ):
             # Narrow rows: relabelled from differences by the kernel, exact
             # wherever the rows lie, in one pass: nothing to check.
@@ -1519,6 +1555,14 @@ def kmeans(
         )
         return _unscaled_checked(scaled, exponent, x, sample_weight)
     prep = _without_rows_of_zeros(prep, n_clusters)
+    # One run whose labels _finish takes again from differences: the
+    # iterations' own final pass over the rows would be thrown away.
+    relabelled = (
+        x.ndim == 2
+        and n_init == 1
+        and prep.metric == "euclidean"
+        and _relabelled_from_differences(x.unsqueeze(0), 1, n_clusters)
+    )
 
     def run(n_problems: int, best_only: bool = False) -> KMeansResult:
         start = _resolve_init(init, prep, x, n_clusters, n_problems, generator, memory_budget)
@@ -1530,6 +1574,7 @@ def kmeans(
             memory_budget=memory_budget,
             check_every=check_every,
             best_only=best_only,
+            final_pass=not relabelled,
         )
 
     if x.ndim == 3:
