@@ -475,13 +475,9 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         self._store(result, kind, rows.n_features)
         return self
 
-    def _sparse_input(self, X: Any) -> tuple[SparseRows, v.OutputKind, torch.Tensor, int]:
-        """A sparse ``X`` for ``predict``, ``transform`` and ``score``: checked
-        against the fit, on the centres' device and dtype, with the centres
-        (unit ones for cosine). Both are scaled by the returned power of two
-        when their squared distances would underflow or overflow (see
-        :func:`~torchkmeans.functional.sparse.sparse_scale_exponent`): the
-        distances are those of the data times ``4^exponent``."""
+    def _sparse_batch(self, X: Any) -> tuple[SparseRows, v.OutputKind]:
+        """A sparse ``X`` after the fit, checked against it, on the centres'
+        device and dtype (unscaled, unlike :meth:`_sparse_input`'s)."""
         self._check_is_fitted()
         self._check_feature_names(X)
         centers = self._centers
@@ -491,6 +487,17 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
+        return rows, kind
+
+    def _sparse_input(self, X: Any) -> tuple[SparseRows, v.OutputKind, torch.Tensor, int]:
+        """A sparse ``X`` for ``predict``, ``transform`` and ``score``: checked
+        against the fit, on the centres' device and dtype, with the centres
+        (unit ones for cosine). Both are scaled by the returned power of two
+        when their squared distances would underflow or overflow (see
+        :func:`~torchkmeans.functional.sparse.sparse_scale_exponent`): the
+        distances are those of the data times ``4^exponent``."""
+        rows, kind = self._sparse_batch(X)
+        centers = self._centers
         if self.metric == "cosine":
             return rows, kind, unit_rows(centers), 0
         exponent = sparse_scale_exponent(rows, centers)

@@ -1193,20 +1193,6 @@ class MiniBatchKMeans(KMeans):
             self.inertia_ = float(times_power_of_two(wide_sum(distances, weights), -2 * exponent))
         return self
 
-    def _sparse_batch(self, X: Any) -> tuple[SparseRows, v.OutputKind]:
-        """A later sparse batch, checked against the fit, on the centres'
-        device and dtype (unscaled, unlike :meth:`_sparse_input`'s)."""
-        self._check_is_fitted()
-        self._check_feature_names(X)
-        centers = self._centers
-        rows, kind = self._sparse_rows(X, centers.device, centers.dtype, self.metric)
-        if rows.n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {rows.n_features} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        return rows, kind
-
     def _seed_sparse_batch(
         self,
         rows: SparseRows,
