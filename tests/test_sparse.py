@@ -816,3 +816,48 @@ def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch)
     sk = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
     np.testing.assert_array_equal(result.labels.numpy(), sk.labels_)
     assert int(result.n_iter) == sk.n_iter_
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, weighted):
+    # For few clusters the scatter of the stored values (index arithmetic per
+    # stored value) took twice the time of the assignment; the product of the
+    # transposed rows and the one-hot labels adds the same values in the same
+    # order: the same fit, to the bit.
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = sparse_module.sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    init = torch.from_numpy(INIT[:4])
+    weights = torch.rand(
+        CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    weights = weights if weighted else None
+    scatter = sparse_module.SparseRows.sums
+    monkeypatch.setattr(sparse_module, "_PRODUCT_SUMS_UP_TO", 0)
+    scattered = sparse_module.sparse_kmeans(rows, 4, init=init, sample_weight=weights)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the sums of few clusters are a product, not a scatter")
+
+    monkeypatch.setattr(sparse_module.SparseRows, "sums", refused)
+    monkeypatch.setattr(sparse_module, "_PRODUCT_SUMS_UP_TO", 10)
+    product = sparse_module.sparse_kmeans(rows, 4, init=init, sample_weight=weights)
+    monkeypatch.setattr(sparse_module.SparseRows, "sums", scatter)
+    assert int(product.n_iter) > 2
+    assert_identical(product.centroids, scattered.centroids)
+    assert_identical(product.labels, scattered.labels)
+    assert_identical(product.inertia, scattered.inertia)
+    assert int(product.n_iter) == int(scattered.n_iter)
+    sk = SklearnKMeans(4, init=INIT[:4], n_init=1).fit(
+        CSR, sample_weight=None if weights is None else weights.numpy()
+    )
+    np.testing.assert_array_equal(product.labels.numpy(), sk.labels_)
+    np.testing.assert_allclose(float(product.inertia), sk.inertia_, rtol=1e-10)
+    assert int(product.n_iter) == sk.n_iter_

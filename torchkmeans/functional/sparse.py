@@ -582,6 +582,33 @@ def sparse_weights_without_rows_of_zeros(
     return weights_without_rows_of_zeros(direction, weights, n_clusters)
 
 
+# The most clusters whose sums are a product (see sparse_kmeans): its cost
+# grows with k, the scatter's does not (the same matrix: equal near k=12).
+_PRODUCT_SUMS_UP_TO = 10
+
+
+def _transposed(rows: SparseRows, dtype: torch.dtype) -> torch.Tensor:
+    """The rows' transpose ``(d, n)`` as a CSR tensor of values in ``dtype``,
+    each column's rows in increasing order (a stable sort of the columns)."""
+    n, d = rows.n_rows, rows.n_features
+    # Narrow columns sort faster (a million: 12 ms as int64, 6 as int32, 3.5
+    # as int16), and index_select gathers in a third of the time of indexing.
+    narrow = torch.int16 if d <= 2**15 else _index_dtype(d)
+    order = torch.sort(rows.col.to(narrow), stable=True).indices
+    index = _index_dtype(max(int(rows.col.numel()), n))
+    crow = torch.zeros(d + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(rows.col, minlength=d), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            crow.to(index),
+            rows.row_of.index_select(0, order).to(index),
+            rows.values.index_select(0, order).to(dtype),
+            size=(d, n),
+            device=rows.device,
+        )
+
+
 def _mean_variance(rows: SparseRows) -> torch.Tensor:
     """Mean over the features of their variance over the rows (unweighted), as
     scikit-learn's tolerance of sparse data."""
@@ -602,13 +629,22 @@ def _update(
     distances: torch.Tensor,
     centroids: torch.Tensor,
     deferred: _Deferred | None,
+    transposed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New centroids from the labels (empty clusters reseeded), and whether a
     reseeded cluster took a point off its centroid ``()``. With ``deferred``
     (off the CPU) the reseeding runs every time, with ``torch.where``, and
-    reads nothing on the host; otherwise only when a cluster is empty."""
+    reads nothing on the host; otherwise only when a cluster is empty. The
+    sums are one product of ``transposed`` (:func:`_transposed`) when given,
+    else one scatter of ``weighted_values``."""
     k, d = centroids.shape
-    sums = rows.sums(labels, weighted_values, k)
+    if transposed is None:
+        sums = rows.sums(labels, weighted_values, k)
+    else:
+        one_hot = weights.new_zeros((rows.n_rows, k)).scatter_(
+            1, labels.unsqueeze(1), weights.unsqueeze(1)
+        )
+        sums = torch.sparse.mm(transposed, one_hot).T
     # [sums | weights], the layout relocate_empty_clusters works on.
     totals = torch.cat([sums.unsqueeze(0), sums.new_zeros((1, k, 1))], dim=-1)
     totals[0, :, d].index_add_(0, labels, weights)
@@ -649,6 +685,7 @@ def _single(
     tol_abs: float,
     memory_budget: int | None,
     check_every: int,
+    transposed: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd's iterations of one run from ``centroids``, scikit-learn's loop:
     stop when the labels repeat or the squared centre shift is at most ``tol_abs``.
@@ -688,7 +725,9 @@ def _single(
             most = torch.maximum(most, count)
         running = ~done
         history[i] = torch.where(running, (distances.to(acc) * weights).sum(), history[i])
-        new, moved = _update(rows, weighted_values, weights, labels, distances, centroids, deferred)
+        new, moved = _update(
+            rows, weighted_values, weights, labels, distances, centroids, deferred, transposed
+        )
         converged = (new - centroids).to(acc).square().sum() <= tol_abs
         if previous is not None:
             converged |= ~moved & (labels == previous).all()
@@ -795,6 +834,12 @@ def sparse_kmeans(
             ignored = (weights - kept).sum()
             weights = seed_weights = kept
     weighted_values = rows.values.to(acc) * weights[rows.row_of]
+    # For few clusters the sums are one product of the transposed rows and
+    # the (n, k) weighted one-hot labels, k multiply-adds per stored value
+    # against a scatter's index arithmetic (1% stored TF-IDF, 20,000 x 5,000,
+    # k=2: 0.6 ms an iteration against 2.3 ms), and the same sums: each in
+    # the order of the rows, as the scatter adds them.
+    transposed = _transposed(rows, acc) if n_clusters <= _PRODUCT_SUMS_UP_TO else None
     tol_abs = float(_mean_variance(rows)) * tol
     if check_every is None:
         check_every = 1 if _device.on_host(rows.device) else 10
@@ -819,6 +864,7 @@ def sparse_kmeans(
             tol_abs,
             memory_budget,
             check_every,
+            transposed,
         )
         if best is None or float(result.inertia) < float(best.inertia):
             best = result
