@@ -861,3 +861,42 @@ def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, 
     np.testing.assert_array_equal(product.labels.numpy(), sk.labels_)
     np.testing.assert_allclose(float(product.inertia), sk.inertia_, rtol=1e-10)
     assert int(product.n_iter) == sk.n_iter_
+
+
+def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
+    # The weighted values (and the weights gathered per stored value) were
+    # two nnz-sized temporaries kept for a fit whose sums are a product.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    nnz = rows.values.numel()
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() == nnz:
+                self.made.append(str(func))
+            return out
+
+    weights = torch.rand(
+        CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    with Copies() as copies:
+        sparse_kmeans(rows, 2, init=torch.from_numpy(INIT[:2]), sample_weight=weights)
+    # weights[row_of], then values * weights: gone (the transposed rows'
+    # values, taken by index_select, are all the fit keeps).
+    assert "aten.index.Tensor" not in copies.made, copies.made
+    assert "aten.mul.Tensor" not in copies.made, copies.made
