@@ -15,6 +15,9 @@ share of equal labels; then the default ``MiniBatchKMeans`` fits, ``partial_fit`
 over batches of ``--batch-size`` rows from the same initial centres (the
 batches stay sparse), and ``silhouette_score`` of the first ``--silhouette-n``
 rows (from products of stored values, never densified whole). With
+``--sweep-k 2,5,9,20`` only the float64 fits from the same initial centres
+at each of those k (median of ``--repeats`` fits; few clusters are where
+fixed and per-stored-value costs show). With
 ``--dense-chunks`` also the dense-chunk baseline (the matrix read as a
 memmap is: every Lloyd iteration densifies it a chunk at a time) for one fit.
 A script, never a test: timings depend on the machine.
@@ -77,6 +80,32 @@ def best_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, An
     return best, out
 
 
+def median_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """The median wall time of ``repeats`` calls of ``fn(*args)``, and its last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(*args)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def sweep_k(X: sp.csr_matrix, ks: list[int], repeats: int, device: str) -> None:
+    """float64 fits from the same initial centres at each k, against scikit-learn's."""
+    for k in ks:
+        groups = np.random.default_rng(1).choice(X.shape[0], (k, 5), replace=False)
+        init = np.stack([X[rows].toarray().mean(0) for rows in groups])
+        t_sk, sk = median_of(repeats, SkKMeans(k, init=init, n_init=1).fit, X)
+        t_us, us = median_of(repeats, KMeans(k, init=init, device=device).fit, X)
+        labels = np.asarray(us.labels_.cpu() if hasattr(us.labels_, "cpu") else us.labels_)
+        print(
+            f"float64 fit, same init, k={k}: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / "
+            f"{t_sk:.3f} s), n_iter {us.n_iter_}/{sk.n_iter_}, inertia relative difference "
+            f"{abs(us.inertia_ - sk.inertia_) / sk.inertia_:.1e}, "
+            f"equal labels {np.mean(labels == sk.labels_):.4f}"
+        )
+
+
 def partial_fits(make: Callable[[], Any], batches: list[Any]) -> Any:
     """A new model from ``make()``, one ``partial_fit`` per batch."""
     model = make()
@@ -97,6 +126,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--silhouette-n", type=int, default=5_000)
     parser.add_argument(
+        "--sweep-k", default="", help="comma-separated k: only float64 fits at each"
+    )
+    parser.add_argument(
         "--dense-chunks", action="store_true", help="also time the dense-chunk fit (slow)"
     )
     args = parser.parse_args()
@@ -112,6 +144,9 @@ def main() -> None:
     # rounding of |c|^2 breaks differently in each library.
     groups = np.random.default_rng(1).choice(args.n, (args.k, 5), replace=False)
     with threadpool_limits(args.threads):
+        if args.sweep_k:
+            sweep_k(X64, [int(k) for k in args.sweep_k.split(",")], args.repeats, args.device)
+            return
         for dtype in (np.float64, np.float32):
             X = X64.astype(dtype)
             init = np.stack([X[rows].toarray().mean(0) for rows in groups])

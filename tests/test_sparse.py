@@ -781,3 +781,122 @@ def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
     np.testing.assert_array_equal(labels, expected_labels)
     np.testing.assert_array_equal(distances, expected)
     np.testing.assert_array_equal(sparse_distances(rows, centroids), expected_table)
+
+
+def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch):
+    # Blocks of rows were built again in every iteration with int64 indices,
+    # which MKL converted to int32 in every product (half the product's time
+    # on a 1% stored TF-IDF matrix).
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    operands = []
+    product = torch.sparse.mm
+
+    def spy(a, b):
+        if a.layout == torch.sparse_csr and a.shape[1] == 64:
+            operands.append(a)  # kept alive: the ids of freed blocks are reused
+        return product(a, b)
+
+    monkeypatch.setattr(torch.sparse, "mm", spy)
+    budget = 3 * 10 * 8 * 600  # blocks of 600 rows: 3 blocks
+    result = sparse_kmeans(rows, 10, init=torch.from_numpy(INIT), memory_budget=budget)
+    assert int(result.n_iter) > 2
+    assert {a.crow_indices().dtype for a in operands} == {torch.int32}
+    assert {a.col_indices().dtype for a in operands} == {torch.int32}
+    assert len({id(a) for a in operands}) == 3
+    monkeypatch.undo()
+    sk = SklearnKMeans(10, init=INIT, n_init=1).fit(CSR)
+    np.testing.assert_array_equal(result.labels.numpy(), sk.labels_)
+    assert int(result.n_iter) == sk.n_iter_
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, weighted):
+    # For few clusters the scatter of the stored values (index arithmetic per
+    # stored value) took twice the time of the assignment; the product of the
+    # transposed rows and the one-hot labels adds the same values in the same
+    # order: the same fit, to the bit.
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = sparse_module.sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    init = torch.from_numpy(INIT[:4])
+    weights = torch.rand(
+        CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    weights = weights if weighted else None
+    scatter = sparse_module.SparseRows.sums
+    monkeypatch.setattr(sparse_module, "_PRODUCT_SUMS_UP_TO", 0)
+    scattered = sparse_module.sparse_kmeans(rows, 4, init=init, sample_weight=weights)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the sums of few clusters are a product, not a scatter")
+
+    monkeypatch.setattr(sparse_module.SparseRows, "sums", refused)
+    monkeypatch.setattr(sparse_module, "_PRODUCT_SUMS_UP_TO", 10)
+    product = sparse_module.sparse_kmeans(rows, 4, init=init, sample_weight=weights)
+    monkeypatch.setattr(sparse_module.SparseRows, "sums", scatter)
+    assert int(product.n_iter) > 2
+    assert_identical(product.centroids, scattered.centroids)
+    assert_identical(product.labels, scattered.labels)
+    assert_identical(product.inertia, scattered.inertia)
+    assert int(product.n_iter) == int(scattered.n_iter)
+    sk = SklearnKMeans(4, init=INIT[:4], n_init=1).fit(
+        CSR, sample_weight=None if weights is None else weights.numpy()
+    )
+    np.testing.assert_array_equal(product.labels.numpy(), sk.labels_)
+    np.testing.assert_allclose(float(product.inertia), sk.inertia_, rtol=1e-10)
+    assert int(product.n_iter) == sk.n_iter_
+
+
+def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
+    # The weighted values (and the weights gathered per stored value) were
+    # two nnz-sized temporaries kept for a fit whose sums are a product.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+
+    rows = sparse_rows(
+        torch.from_numpy(CSR.indptr.astype(np.int64)),
+        torch.from_numpy(CSR.indices.astype(np.int64)),
+        torch.from_numpy(CSR.data),
+        64,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+    nnz = rows.values.numel()
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() == nnz:
+                self.made.append(str(func))
+            return out
+
+    weights = torch.rand(
+        CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    with Copies() as copies:
+        sparse_kmeans(rows, 2, init=torch.from_numpy(INIT[:2]), sample_weight=weights)
+    # weights[row_of], then values * weights: gone (the transposed rows'
+    # values, taken by index_select, are all the fit keeps).
+    assert "aten.index.Tensor" not in copies.made, copies.made
+    assert "aten.mul.Tensor" not in copies.made, copies.made
