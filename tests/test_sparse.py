@@ -27,6 +27,22 @@ def _digits() -> tuple[np.ndarray, object]:
 
 
 DENSE, CSR = _digits()
+
+
+def _float64_rows(X: object) -> object:
+    """A scipy CSR matrix as the functional API's float64 SparseRows on the CPU."""
+    from torchkmeans.functional.sparse import sparse_rows
+
+    return sparse_rows(
+        torch.from_numpy(X.indptr.astype(np.int64)),
+        torch.from_numpy(X.indices.astype(np.int64)),
+        torch.from_numpy(X.data),
+        X.shape[1],
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
+
+
 INIT = DENSE[[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]]
 
 
@@ -462,17 +478,10 @@ def test_minibatch_keeps_a_sparse_x_that_fits_memory_sparse_unless_densely_store
 
 
 def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_result():
-    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+    from torchkmeans.functional.sparse import sparse_kmeans
 
     X = sparse.random(800, 60, density=0.05, random_state=3, format="csr")
-    rows = sparse_rows(
-        torch.from_numpy(X.indptr.astype(np.int64)),
-        torch.from_numpy(X.indices.astype(np.int64)),
-        torch.from_numpy(X.data),
-        60,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(X)
     init = torch.from_numpy(X[:6].toarray())
     init[2] = 50.0  # empty after the first assignment
     every = sparse_kmeans(rows, 6, init=init, check_every=1)
@@ -489,16 +498,9 @@ def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_resu
 
 
 def test_sparse_kmeans_runs_each_restart_from_its_own_init():
-    from torchkmeans.functional.sparse import sparse_kmeans, sparse_kmeans_plusplus, sparse_rows
+    from torchkmeans.functional.sparse import sparse_kmeans, sparse_kmeans_plusplus
 
-    rows = sparse_rows(
-        torch.from_numpy(CSR.indptr.astype(np.int64)),
-        torch.from_numpy(CSR.indices.astype(np.int64)),
-        torch.from_numpy(CSR.data),
-        64,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(CSR)
     generator = torch.Generator().manual_seed(1)
     index = sparse_kmeans_plusplus(rows, 6, n_problems=3, generator=generator)
     starts = torch.from_numpy(DENSE)[index]
@@ -516,16 +518,7 @@ def test_sparse_sums_make_one_temporary_of_the_stored_values():
     # the cluster sums was most of an iteration of a TF-IDF fit at small k).
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from torchkmeans.functional.sparse import sparse_rows
-
-    rows = sparse_rows(
-        torch.from_numpy(CSR.indptr.astype(np.int64)),
-        torch.from_numpy(CSR.indices.astype(np.int64)),
-        torch.from_numpy(CSR.data),
-        64,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(CSR)
     nnz = rows.values.numel()
 
     class Temporaries(TorchDispatchMode):
@@ -625,7 +618,7 @@ def test_global_torch_defaults_change_no_sparse_result(paths, request, torch_def
     if paths == "accelerator":
         request.getfixturevalue("accelerator_paths")
     from torchkmeans.functional import kmeans
-    from torchkmeans.functional.sparse import sparse_kmeans_plusplus, sparse_rows
+    from torchkmeans.functional.sparse import sparse_kmeans_plusplus
 
     rng = np.random.default_rng(0)
     X = sparse.random(400, 30, density=0.1, format="csr", random_state=rng)
@@ -641,14 +634,7 @@ def test_global_torch_defaults_change_no_sparse_result(paths, request, torch_def
 
     def results() -> list:
         generator = torch.Generator(device="cpu").manual_seed(0)
-        rows = sparse_rows(
-            torch.from_numpy(X.indptr.astype(np.int64)),
-            torch.from_numpy(X.indices.astype(np.int64)),
-            torch.from_numpy(X.data),
-            X.shape[1],
-            device=torch.device("cpu"),
-            dtype=torch.float64,
-        )
+        rows = _float64_rows(X)
         minibatch = MiniBatchKMeans(6, batch_size=64, random_state=0)
         return [
             fitted(KMeans(5, random_state=0), X),
@@ -787,16 +773,9 @@ def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch)
     # Blocks of rows were built again in every iteration with int64 indices,
     # which MKL converted to int32 in every product (half the product's time
     # on a 1% stored TF-IDF matrix).
-    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+    from torchkmeans.functional.sparse import sparse_kmeans
 
-    rows = sparse_rows(
-        torch.from_numpy(CSR.indptr.astype(np.int64)),
-        torch.from_numpy(CSR.indices.astype(np.int64)),
-        torch.from_numpy(CSR.data),
-        64,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(CSR)
     operands = []
     product = torch.sparse.mm
 
@@ -826,14 +805,7 @@ def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, 
     # order: the same fit, to the bit.
     import torchkmeans.functional.sparse as sparse_module
 
-    rows = sparse_module.sparse_rows(
-        torch.from_numpy(CSR.indptr.astype(np.int64)),
-        torch.from_numpy(CSR.indices.astype(np.int64)),
-        torch.from_numpy(CSR.data),
-        64,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(CSR)
     init = torch.from_numpy(INIT[:4])
     weights = torch.rand(
         CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
@@ -868,16 +840,9 @@ def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
     # two nnz-sized temporaries kept for a fit whose sums are a product.
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from torchkmeans.functional.sparse import sparse_kmeans, sparse_rows
+    from torchkmeans.functional.sparse import sparse_kmeans
 
-    rows = sparse_rows(
-        torch.from_numpy(CSR.indptr.astype(np.int64)),
-        torch.from_numpy(CSR.indices.astype(np.int64)),
-        torch.from_numpy(CSR.data),
-        64,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _float64_rows(CSR)
     nnz = rows.values.numel()
 
     class Copies(TorchDispatchMode):
