@@ -835,6 +835,26 @@ def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, 
     assert int(product.n_iter) == sk.n_iter_
 
 
+def test_sums_of_few_clusters_scatter_when_the_one_hot_labels_exceed_the_budget(monkeypatch):
+    # The product's (n, k) one-hot labels are made whole: beyond
+    # memory_budget the sums are the scatter's (the same fit).
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = _float64_rows(CSR)
+    init = torch.from_numpy(INIT[:4])
+    product = sparse_module.sparse_kmeans(rows, 4, init=init)
+    transposed = []
+    build = sparse_module._transposed
+    monkeypatch.setattr(
+        sparse_module, "_transposed", lambda *args: transposed.append(1) or build(*args)
+    )
+    budget = CSR.shape[0] * 4 * 8 - 1
+    scattered = sparse_module.sparse_kmeans(rows, 4, init=init, memory_budget=budget)
+    assert transposed == []
+    assert_identical(scattered.labels, product.labels)
+    assert_identical(scattered.centroids, product.centroids)
+
+
 def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
     # The weighted values (and the weights gathered per stored value) were
     # two nnz-sized temporaries kept for a fit whose sums are a product.

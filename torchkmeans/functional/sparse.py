@@ -838,8 +838,12 @@ def sparse_kmeans(
     # the (n, k) weighted one-hot labels, k multiply-adds per stored value
     # against a scatter's index arithmetic (1% stored TF-IDF, 20,000 x 5,000,
     # k=2: 0.6 ms an iteration against 2.3 ms), and the same sums: each in
-    # the order of the rows, as the scatter adds them.
-    transposed = _transposed(rows, acc) if n_clusters <= _PRODUCT_SUMS_UP_TO else None
+    # the order of the rows, as the scatter adds them. Only where the one-hot
+    # labels fit memory_budget: they are made whole.
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    one_hot_bytes = rows.n_rows * n_clusters * torch.finfo(acc).bits // 8
+    product_sums = n_clusters <= _PRODUCT_SUMS_UP_TO and one_hot_bytes <= budget
+    transposed = _transposed(rows, acc) if product_sums else None
     # The product weighs the one-hot labels: no weighted copy of the values.
     weighted_values = None if transposed is not None else rows.values.to(acc) * weights[rows.row_of]
     tol_abs = float(_mean_variance(rows)) * tol
