@@ -705,3 +705,33 @@ def test_rows_shared_by_near_copies_are_scored_again_by_the_fused_kernel(monkeyp
     distances = table.gather(1, labels.T).T.to(dtype).contiguous()
     certify_nearest(x[None], centroids[None], labels, distances, active=active)
     assert torch.equal(labels[0], table.masked_fill(~active, float("inf")).argmin(1))
+
+
+@on_the_cpu_paths_only
+def test_float32_rows_of_up_to_128_features_are_scored_again_in_float32_at_any_k(monkeypatch):
+    # float32 rows of 65-128 features against k * d > 2^14 centroids went to
+    # the float64 product and its second pass (1.8-3x the time of the
+    # kernel's float32 differences: 900 rows, d=72-128, k=256-4,096), though
+    # their float32 sums of squared differences are within the trusted
+    # precision at any k.
+    if not _native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    calls = []
+    kernel = _native.nearest
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("differences", False) and args[0].dtype == torch.float32)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "nearest", counted)
+    generator = torch.Generator().manual_seed(0)
+    blobs = torch.randn(4, 100, generator=generator, dtype=torch.float64) * 10.0
+    centroids = blobs.repeat_interleave(64, 0)
+    centroids += torch.randn(256, 100, generator=generator, dtype=torch.float64) * 0.02
+    x = blobs.repeat(128, 1) + torch.randn(512, 100, generator=generator, dtype=torch.float64) * 0.1
+    x, centroids = x.float(), centroids.float()
+    result = nearest_centroids(x, centroids)
+    assert any(calls)
+    table = torch.tensor(exact_distances(x, centroids))
+    assert torch.equal(result.labels, table.argmin(1))
+    torch.testing.assert_close(result.distances.double(), table.min(1).values, rtol=2e-6, atol=0.0)

@@ -29,10 +29,11 @@ chosen wrongly and labels them again with more precise arithmetic. With
   from ``x``.
 * The other rows are scored again in float64 (float32 data), and rows that
   float64 does not settle by the first rule from differences. On the CPU,
-  for centroids of few features (or few centroids), the fused kernel scores
-  them from differences instead, in one pass: in float64, or in float32 for
-  float32 rows of at most 128 features, whose float32 sums of squared
-  differences are within the trusted precision (see ``_relabel_natively``).
+  for float32 rows of at most 128 features and for centroids of few
+  features (or few centroids), the fused kernel scores them from
+  differences instead, in one pass: in float32 for those float32 rows,
+  whose float32 sums of squared differences are within the trusted
+  precision, else in float64 (see ``_relabel_natively``).
 
 Narrow rows (the fused kernel's column layout) skip all this: the kernel
 scores them from differences, exact wherever they lie (``distances``).
@@ -376,7 +377,11 @@ _NATIVE_RELABEL_MAX_WORK = 1 << 14
 # see distances._DIFFERENCES_MAX_FEATURES, where such sums label small
 # searches unchecked). 1,024 rows of tight clusters shared by near-copies of
 # their centre, the whole label check's time: k=32, d=64 0.75x float64's;
-# k=64, d=128 0.65x; k=256, d=64 0.65x.
+# k=64, d=128 0.65x; k=256, d=64 0.65x. Such rows go to the kernel at any
+# k: its float32 differences took 0.1-0.6x the time of the float64 product
+# and its second pass, which the limits above were measured against in
+# float64 (one thread, rows 50 from the origin or tight clusters shared by
+# near-copies; 8-4,096 rows, d=72-128, k=256-4,096).
 _FLOAT32_DIFFERENCES_MAX_FEATURES = 128
 
 
@@ -384,9 +389,10 @@ def _relabels_natively(x: torch.Tensor, k: int) -> bool:
     """Whether :func:`_relabel` scores rows like ``x`` ``(r, d)`` against k
     centroids by the fused kernel (see above)."""
     d = x.shape[-1]
-    return (d <= _NATIVE_RELABEL_MAX_FEATURES or k * d <= _NATIVE_RELABEL_MAX_WORK) and (
-        _native.prefers_native(x, k, within_lloyd=False)
-    )
+    float32 = x.dtype == torch.float32 and d <= _FLOAT32_DIFFERENCES_MAX_FEATURES
+    return (
+        float32 or d <= _NATIVE_RELABEL_MAX_FEATURES or k * d <= _NATIVE_RELABEL_MAX_WORK
+    ) and _native.prefers_native(x, k, within_lloyd=False)
 
 
 def _relabel_natively(
