@@ -150,6 +150,47 @@ def test_step_labels_are_the_nearest_far_from_the_origin(d, differences):
     np.testing.assert_allclose(step.centroids.numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_of_twice_the_labelling_work_is_one_pass_of_differences(monkeypatch, dtype):
+    # 1,024 rows of 64 features, k=32 (2^21 multiply-adds, twice what
+    # nearest_centroids scores from differences): the step's labels and sums
+    # come from one kernel call, where the expansion, its label check and a
+    # scatter took 1.2-3x the time (every row checked again for tight
+    # clusters shared by near-copies of their centre); the same step.
+    native = importlib.import_module("torchkmeans.functional._native")
+    if not native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    calls = []
+    kernel = native.nearest
+
+    def counted(*args, **kwargs):
+        calls.append((kwargs.get("differences", False), kwargs.get("totals") is not None))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(native, "nearest", counted)
+    X, _ = make_blobs(1024, 64, centers=8, cluster_std=0.1, random_state=0)
+    X = X.astype(dtype)
+    rng = np.random.default_rng(0)
+    centers = X[rng.choice(1024, 32, replace=False)] + dtype(0.01)
+    weight_sums = rng.uniform(0.0, 50.0, size=32)
+    step = minibatch_step(torch.tensor(X), torch.tensor(centers), torch.tensor(weight_sums))
+    assert calls == [(True, True)]
+    theirs_centers, theirs_sums = np.empty(centers.shape), weight_sums.copy()
+    theirs_inertia = _mini_batch_step(
+        X.astype(np.float64),
+        np.ones(1024),
+        centers.astype(np.float64),
+        theirs_centers,
+        theirs_sums,
+        np.random.RandomState(0),
+    )
+    np.testing.assert_array_equal(step.labels.numpy(), nearest(X, centers))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(step.centroids.numpy(), theirs_centers, rtol=rtol)
+    np.testing.assert_allclose(step.weight_sums.numpy(), theirs_sums, rtol=1e-12)
+    assert float(step.inertia) == pytest.approx(theirs_inertia, rel=rtol)
+
+
 def test_step_batched_equals_one_problem_at_a_time():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 200, 4, generator=g, dtype=torch.float64)

@@ -8,7 +8,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from .. import _validation as v
-from . import _device
+from . import _device, _native
+from . import distances as _distances
 from .collective import LOCAL, Collective, raise_rejected
 from .distances import (
     _nearest,
@@ -22,6 +23,33 @@ from .distances import (
 from .updates import _scatter_sums
 
 __all__ = ["MiniBatchStep", "minibatch_step"]
+
+# A step of one problem on the CPU takes its labels and cluster sums from one
+# pass of the kernel's differences for up to this many times the multiply-adds
+# that nearest_centroids scores so (distances._DIFFERENCES_MAX_WORK): the pass
+# also sums the clusters, which the expansion's path sums in a scatter of
+# its own, after checking its labels. Steps of 1,024 rows, one thread, the
+# differences' time over the expansion's at 2^21 (this bound): 0.43-0.67 in
+# float32, 0.51-0.81 in float64, 0.23-0.32 for tight clusters shared by
+# near-copies of their centre (every row's label checked again); at 2^22
+# 0.98-1.17, at 2^23 0.45-1.26.
+_STEP_DIFFERENCES_WORK_FACTOR = 2
+
+
+def _step_by_differences(x: torch.Tensor, k: int) -> bool:
+    """Whether a step labels rows ``x`` ``(n, d)`` against k centroids by one
+    pass of the kernel's differences, which also sums the clusters (see above)."""
+    if scored_by_differences(x, k):
+        return True
+    n, d = x.shape
+    group = _distances._COLUMN_GROUP_ROWS
+    work = -(-n // group) * group * k * d
+    return (
+        d <= _distances._DIFFERENCES_MAX_FEATURES
+        and work <= _STEP_DIFFERENCES_WORK_FACTOR * _distances._DIFFERENCES_MAX_WORK
+        and _device.on_host(x.device)
+        and _native.prefers_native(x, k, within_lloyd=False)
+    )
 
 
 class MiniBatchStep(NamedTuple):
@@ -206,12 +234,13 @@ def _minibatch_step(
     if weights is not None:
         weights = weights.to(acc)
 
-    if not batched and metric == "euclidean" and differences and scored_by_differences(x, k):
+    if not batched and metric == "euclidean" and differences and _step_by_differences(x, k):
         # Narrow rows or a small batch on the CPU: one kernel call labels the
         # batch from differences (exact, see nearest_centroids) and sums its
         # clusters in float64, where nearest_centroids and a scatter took
-        # about twenty ops, most of a small step's time; the update runs in
-        # float64 too.
+        # about twenty ops, most of a small step's time, or (up to twice
+        # nearest_centroids' work, see _step_by_differences) more than the
+        # pass; the update runs in float64 too.
         totals = torch.empty((k, d + 1), dtype=torch.float64, device=x.device)
         labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
         sums, counts = totals[:, :-1], totals[:, -1]
