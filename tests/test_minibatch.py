@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import assert_identical, blobs, copies_found_on_the_cpu
+from conftest import assert_identical, blobs, copies_found_on_the_cpu, on_the_cpu_paths_only
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 from sklearn.cluster._kmeans import _mini_batch_step
@@ -150,6 +150,7 @@ def test_step_labels_are_the_nearest_far_from_the_origin(d, differences):
     np.testing.assert_allclose(step.centroids.numpy(), expected, rtol=1e-6)
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_step_of_twice_the_labelling_work_is_one_pass_of_differences(monkeypatch, dtype):
     # 1,024 rows of 64 features, k=32 (2^21 multiply-adds, twice what
