@@ -192,6 +192,119 @@ def test_commitment_loss_has_the_second_derivative_of_the_mean():
     torch.testing.assert_close(hessian.reshape(3, 3), torch.eye(3) * 2 * 0.5 / 3)
 
 
+# ---------------------------------------------------------------- torch.func
+
+
+def _trained(num_codes: int = 8, dim: int = 4, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(num_codes, dim, **kwargs)
+    x = torch.randn(64, dim * kwargs.get("heads", 1))
+    vq(x)
+    return vq, x
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_torch_func_grad_equals_autograd(training):
+    """torch.func.grad through the quantizer: the gradient of autograd and,
+    in training mode, the same EMA step (the codes and statistics were
+    computed on wrapped tensors: the fused kernel raised "Cannot access data
+    pointer", the buffers' update "would mutate a captured Tensor")."""
+    vq, x = _trained()
+    vq.train(training)
+    other = copy.deepcopy(vq)
+    weights = torch.randn(64, 4)
+
+    def objective(z, module):
+        out = module(z * 2)
+        return (out.quantized * weights).sum() + out.loss
+
+    torch.manual_seed(1)
+    gradient = torch.func.grad(objective)(x, vq)
+    z = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    objective(z, other).backward()
+    torch.testing.assert_close(gradient, z.grad)
+    for name, value in other.state_dict().items():
+        assert torch.equal(vq.state_dict()[name], value), name
+    assert torch.equal(vq.last_counts, other.last_counts)
+
+
+def test_torch_func_grad_runs_the_kmeans_init_and_keeps_no_wrapped_tensor():
+    torch.manual_seed(0)
+    vq, x = VectorQuantizer(8, 4), torch.randn(64, 4)
+    other = copy.deepcopy(vq)
+    torch.manual_seed(1)
+    torch.func.grad(lambda z: vq(z).loss)(x[:5])  # collected, too few vectors
+    assert len(vq._init_samples) == 1
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(vq._init_samples[0])
+    torch.func.grad(lambda z: vq(z).loss)(x)
+    torch.manual_seed(1)
+    other(x[:5]), other(x)
+    assert bool(vq.initialized)
+    for name, value in other.state_dict().items():
+        assert torch.equal(vq.state_dict()[name], value), name
+
+
+def test_torch_func_vmap_over_a_batch_of_inputs_in_eval_mode():
+    vq, x = _trained(heads=2)
+    vq.eval()
+    expected = vq(x)
+    batched = torch.func.vmap(vq)(x.reshape(4, 16, 8))
+    assert torch.equal(batched.codes, expected.codes.reshape(4, 16, 2))
+    assert torch.equal(batched.quantized, expected.quantized.reshape(4, 16, 8))
+    torch.testing.assert_close(batched.loss.mean(), expected.loss)
+    # Per-example gradients: vmap of grad.
+    per_example = torch.func.vmap(torch.func.grad(lambda z: vq(z).loss))(x.reshape(4, 16, 8))
+    z = x.clone().requires_grad_()
+    vq(z.reshape(4, 16, 8)[1]).loss.backward()
+    torch.testing.assert_close(per_example[1], z.grad.reshape(4, 16, 8)[1])
+
+
+def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
+    vq, x = _trained()
+    state = copy.deepcopy(vq.state_dict())
+    with pytest.raises(RuntimeError, match=r"Expected VectorQuantizer to be in eval\(\) mode"):
+        torch.func.vmap(vq, randomness="different")(x.reshape(4, 16, 4))
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_functional_call_with_a_replaced_codebook():
+    vq, x = _trained()
+    vq.eval()
+    codebook = torch.randn(1, 8, 4)
+    reference = copy.deepcopy(vq)
+    reference.codebook.copy_(codebook)
+    out = torch.func.functional_call(vq, {"codebook": codebook}, (x,))
+    assert torch.equal(out.codes, reference(x).codes)
+    # The gradient of the quantized vectors' sum with respect to the codes:
+    # each code's count times a row of ones.
+    gradient = torch.func.grad(
+        lambda book: torch.func.functional_call(vq, {"codebook": book}, (x,)).quantized.sum()
+    )(codebook)
+    counts = torch.bincount(out.codes, minlength=8).float()
+    torch.testing.assert_close(gradient, counts.reshape(1, 8, 1).expand(1, 8, 4))
+    vq.train()
+    with pytest.raises(RuntimeError, match="Expected VectorQuantizer's buffers to be its own"):
+        torch.func.grad(lambda book: torch.func.functional_call(vq, {"codebook": book}, (x,)).loss)(
+            codebook
+        )
+
+
+def test_the_kernel_is_not_called_on_tensors_without_memory():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from torchkmeans.functional import _native
+
+    x = torch.randn(64, 4)
+    seen = []
+    torch.func.grad(lambda z: seen.append(_native.prefers_native(z, 8)) or z.sum())(x)
+    torch.func.vmap(lambda z: seen.append(_native.prefers_native(z, 8)) or z)(x[None])
+    with FakeTensorMode():
+        seen.append(_native.prefers_native(torch.randn(64, 4), 8))
+    assert seen == [False, False, False]
+
+
 # ---------------------------------------------------------------- EMA update
 
 

@@ -122,6 +122,30 @@ def _recomputing() -> bool:
     return task_id is not None and task_id() != -1
 
 
+def _peeled(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without the wrappers of torch.func's gradient transforms (grad,
+    vjp, jacrev, jvp...): the same values as a plain tensor.
+
+    The codes and the codebook's statistics take no gradient: computed from
+    the wrapped rows, the EMA step tried to write them into the buffers
+    captured from outside the transform, which functorch refuses ("attempted
+    to call in-place operation that would mutate a captured Tensor"), and the
+    codes could not take the fused kernel. vmap's batched tensors are left
+    as they are: their values are a whole batch of problems.
+    """
+    functorch = torch._C._functorch
+    while functorch.is_gradtrackingtensor(t):
+        t = functorch.get_unwrapped(t)
+    return t
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor with memory of its own: not one of vmap's
+    batched tensors, nor a fake or other subclass."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return type(t) in (torch.Tensor, nn.Parameter) and not wrapped
+
+
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
 
@@ -144,7 +168,9 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     """
     # A trace (torch.jit.trace, TorchScript ONNX export) does not record the
     # kernel's writes: the traced codes would be an uninitialised buffer.
-    if metric == "euclidean" and _device.on_host(x.device) and not _device.traced():
+    # Under vmap the check's host reads and random draws are refused.
+    host = _device.on_host(x.device) and not _device.traced()
+    if metric == "euclidean" and host and _plain(x) and _plain(codebook):
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
     rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
@@ -342,6 +368,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     The buffers stay float32 when the module is cast with
     ``.half()``/``.bfloat16()``/``.double()``; codes are chosen in float32
     for half-precision inputs and in float64 for float64 ones.
+
+    Under ``torch.func.grad`` (vjp, jacrev...) a forward is the same as
+    outside it, EMA step and initialisation included. Under
+    ``torch.func.vmap`` the quantizer must be in ``eval()`` mode (one
+    codebook cannot take a step per batch element), and leaves ``usage``
+    and ``perplexity`` alone. ``torch.func.functional_call`` with a
+    replaced ``codebook`` quantizes with it, and differentiates the
+    quantized vectors (not the loss) with respect to it in ``eval()`` mode.
 
     Under gradient checkpointing (``torch.utils.checkpoint``) the forward
     that backward runs again takes no second EMA step and leaves ``usage``
@@ -737,6 +771,40 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     def _assign_and_update(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_step`, under torch.func's transforms too.
+
+        Under grad (vjp, jacrev, jvp...) the step runs on the rows' values
+        with the transforms set aside: it takes no gradient, and there its
+        results were wrapped by the transform, which then refused to write
+        them into the buffers ("would mutate a captured Tensor"), and the
+        codes could not take the fused kernel. Under vmap (or with buffers
+        that functional_call replaced by differentiated ones) it runs on
+        the wrapped tensors: codes from PyTorch ops, no update.
+        """
+        # torch.compile follows torch.func's transforms itself (and cannot
+        # trace the interpreter stack's functions).
+        if _device.compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+            return self._step(x, keep)
+        rows = _peeled(x.detach())
+        keep = None if keep is None else _peeled(keep)
+        buffers = (self.codebook, self.ema_sums, self.ema_counts, self.last_counts)
+        if _plain(rows) and (keep is None or _plain(keep)) and all(map(_plain, buffers)):
+            from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+
+            with temporarily_clear_interpreter_stack():
+                return self._step(rows, keep)
+        if self.training and _plain(rows):
+            raise RuntimeError(
+                "Expected VectorQuantizer's buffers to be its own in training mode under "
+                "torch.func's transforms, got buffers replaced by differentiated ones "
+                "(the EMA step cannot write into them); call eval() to differentiate "
+                "through the codebook."
+            )
+        return self._step(x, keep)
+
+    def _step(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest codes ``(heads, n, dim)`` and indices ``(heads, n)`` of ``x``, then the update.
 
         In training mode this also runs the one-time initialisation and the
@@ -760,6 +828,15 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # initialisation; it keeps the batch statistics of the first run.
         recomputing = _recomputing()
         training = self.training and not recomputing
+        # Under torch.func.vmap the rows are a batch of problems, each of
+        # which would move the one codebook (vmap refuses the writes).
+        batched = not _device.compiling() and not _plain(rows)
+        if training and batched:
+            raise RuntimeError(
+                "Expected VectorQuantizer to be in eval() mode under torch.func.vmap "
+                "(one codebook cannot take an EMA step per batch element), got training "
+                "mode; quantize the whole batch in one call to train."
+            )
 
         if training and self._needs_init:
             initialize = self._initialize
@@ -771,7 +848,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 initialize = torch.compiler.disable(initialize)
             initialize(flat, keep)
 
-        codes = _nearest_codes(rows, self.codebook.to(rows.dtype), self.metric)
+        codes = _nearest_codes(rows, self.codebook.detach().to(rows.dtype), self.metric)
         selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
@@ -794,7 +871,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
             )
             self._update(flat, finite, sums, counts)
-        elif recomputing:
+        elif recomputing or batched:
+            # usage and perplexity keep the last batch quantized outside vmap.
             return selected, codes
         else:
             ones = torch.ones_like(codes, dtype=self.last_counts.dtype)
