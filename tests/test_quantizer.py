@@ -192,6 +192,18 @@ def test_commitment_loss_has_the_second_derivative_of_the_mean():
     torch.testing.assert_close(hessian.reshape(3, 3), torch.eye(3) * 2 * 0.5 / 3)
 
 
+def test_commitment_loss_takes_no_gradient_into_the_codebook():
+    """Only the encoder is committed: a codebook that takes a gradient (here
+    one replaced through functional_call) got one from the loss too."""
+    vq = make(2, 1, [[0.0], [10.0]], [1.0, 1.0]).eval()
+    book = vq.codebook.clone().requires_grad_()
+    x = torch.tensor([[1.0], [9.0], [4.0]], requires_grad=True)
+    out = torch.func.functional_call(vq, {"codebook": book}, (x,))
+    out.loss.backward()
+    assert book.grad is None
+    torch.testing.assert_close(x.grad, 2 * 0.25 / 3 * torch.tensor([[1.0], [-1.0], [4.0]]))
+
+
 # ---------------------------------------------------------------- torch.func
 
 

@@ -752,11 +752,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             if self.metric == "cosine":
                 reference = unit_rows(reference.unflatten(-1, (heads, dim)))
                 reference = reference.flatten(-2)
+            # The commitment loss moves the encoder only: a codebook that
+            # takes a gradient (replaced through functional_call, or made to
+            # require one) was pulled towards the batch by it as well.
             if x.numel():
-                loss = _commitment_loss(reference, target, self.commitment_weight, mask)
+                loss = _commitment_loss(reference, target.detach(), self.commitment_weight, mask)
             else:
                 # The mean of no vectors is NaN: 0, still in x's graph.
-                loss = (reference - target).square().sum()
+                loss = (reference - target.detach()).square().sum()
         # Straight-through estimator: forward value exactly the code (x - x is
         # an exact zero, unlike x + (q - x) in half precision), gradient the
         # identity to x.
