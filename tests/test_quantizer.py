@@ -317,6 +317,21 @@ def test_the_kernel_is_not_called_on_tensors_without_memory():
     assert seen == [False, False, False]
 
 
+def test_a_codebook_that_requires_grad_still_takes_the_ema_step():
+    vq, x = _trained()
+    other = copy.deepcopy(vq)
+    vq.codebook.requires_grad_(True)
+    torch.manual_seed(1)
+    out = vq(x * 2)
+    torch.manual_seed(1)
+    expected = other(x * 2)
+    assert torch.equal(out.codes, expected.codes)
+    assert torch.equal(vq.codebook.detach(), other.codebook)
+    out.quantized.sum().backward()
+    counts = torch.bincount(out.codes, minlength=8).float()
+    assert torch.equal(vq.codebook.grad, counts.reshape(1, 8, 1).expand(1, 8, 4))
+
+
 # ---------------------------------------------------------------- EMA update
 
 

@@ -852,7 +852,12 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             initialize(flat, keep)
 
         codes = _nearest_codes(rows, self.codebook.detach().to(rows.dtype), self.metric)
-        selected = self.codebook.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
+        book = self.codebook
+        if training and book.requires_grad:
+            # The gather's backward reads the codes as they were, before the
+            # EMA step below writes over them.
+            book = book.clone()
+        selected = book.gather(1, codes.unsqueeze(-1).expand(heads, codes.shape[1], dim))
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if training and not self._needs_init:
@@ -873,7 +878,11 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             sums, counts = _scatter_sums(
                 flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
             )
-            self._update(flat, finite, sums, counts)
+            # Outside autograd: a codebook made to require a gradient raised
+            # "a leaf Variable that requires grad is being used in an
+            # in-place operation" (the EMA step is not differentiated).
+            with torch.no_grad():
+                self._update(flat, finite, sums, counts)
         elif recomputing or batched:
             # usage and perplexity keep the last batch quantized outside vmap.
             return selected, codes
