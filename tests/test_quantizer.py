@@ -1177,6 +1177,35 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_one_head_compiles_without_graph_breaks_to_eager_codes_loss_and_gradients(metric):
+    """The default quantizer (one head): its EMA sums ended in a bincount,
+    four graph breaks at every step under torch.compile."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    encoder = nn.Linear(8, 4)
+    quantizer = VectorQuantizer(16, 4, metric=metric)
+    x = torch.randn(128, 8)
+    quantizer(encoder(x))  # the init step, eager
+    eager_encoder, eager = copy.deepcopy(encoder), copy.deepcopy(quantizer)
+    compiled = torch.compile(quantizer, backend="aot_eager")
+    for step in range(3):
+        torch.manual_seed(step)
+        out = compiled(encoder(x * (1 + step)))
+        (out.quantized.square().sum() + out.loss).backward()
+        torch.manual_seed(step)
+        expected = eager(eager_encoder(x * (1 + step)))
+        (expected.quantized.square().sum() + expected.loss).backward()
+        assert torch.equal(out.codes, expected.codes)
+        torch.testing.assert_close(out.loss, expected.loss)
+        torch.testing.assert_close(quantizer.codebook, eager.codebook)
+    torch.testing.assert_close(encoder.weight.grad, eager_encoder.weight.grad)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
 @pytest.mark.parametrize(
     "backend",
     [

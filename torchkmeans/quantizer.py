@@ -28,7 +28,7 @@ from . import _validation as v
 from .distributed import SharesProcessGroup
 from .functional import _device, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
-from .functional.updates import _scatter_sums
+from .functional.updates import _scatter_sums, accumulate, with_ones_column
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
 
@@ -875,9 +875,17 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             if keep is not None:
                 finite &= keep
             flat = flat.where(finite.unsqueeze(-1), 0.0)
-            sums, counts = _scatter_sums(
-                flat, codes, self.num_codes, sample_weight=finite.to(flat.dtype)
-            )
+            weight = finite.to(flat.dtype)
+            if _device.compiling():
+                # The sums of one problem on the CPU end in a bincount, whose
+                # output shape torch.compile takes as data-dependent: four
+                # graph breaks per step for every quantizer of one head (the
+                # default), against none for several heads.
+                totals = flat.new_zeros(heads, self.num_codes, dim + 1)
+                accumulate(totals, with_ones_column(flat), codes, weight)
+                sums, counts = totals[..., :dim], totals[..., dim]
+            else:
+                sums, counts = _scatter_sums(flat, codes, self.num_codes, sample_weight=weight)
             # Outside autograd: a codebook made to require a gradient raised
             # "a leaf Variable that requires grad is being used in an
             # in-place operation" (the EMA step is not differentiated).
