@@ -586,7 +586,8 @@ def test_state_dict_round_trips():
     for _ in range(3):
         vq(torch.randn(40, 4))
     state = vq.state_dict()
-    assert set(state) == {"codebook", "ema_sums", "ema_counts", "initialized"}
+    buffers = {"codebook", "ema_sums", "ema_counts", "initialized"}
+    assert set(state) == buffers | {"init_samples", "init_collected"}
     torch.manual_seed(1)
     loaded = VectorQuantizer(6, 2, heads=2)
     loaded.load_state_dict(state)
@@ -637,6 +638,54 @@ def test_a_checkpoint_taken_while_collecting_for_the_init_resumes_the_collection
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
+def test_state_dict_keys_stay_the_same_through_the_collection_for_the_init(tmp_path):
+    """The collected batches had keys of their own only while the collection
+    lasted: torch.distributed.checkpoint, which loads a checkpoint into the
+    state_dict of the model as it stands, refused a checkpoint taken outside
+    the collection ("Missing key"), and get_model_state_dict raised."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 2)
+    fresh = copy.deepcopy(vq)
+    keys = list(vq.state_dict())
+    vq(torch.randn(5, 2))  # collected: fewer vectors than codes
+    assert list(vq.state_dict()) == keys
+    assert vq.state_dict()["init_collected"].tolist() == [5, 1]
+    assert list(get_model_state_dict(vq)) == keys
+    # Loaded in place both ways: outside the collection into a collecting
+    # quantizer, and the collection into a new one.
+    for source, target, vectors in ((fresh, copy.deepcopy(vq), 0), (vq, copy.deepcopy(fresh), 5)):
+        dcp.save(source.state_dict(), checkpoint_id=tmp_path / str(vectors))
+        state = target.state_dict()
+        dcp.load(state, checkpoint_id=tmp_path / str(vectors))
+        target.load_state_dict(state)
+        assert target.init_collected.tolist() == [vectors, int(vectors > 0)]
+        assert torch.equal(target.init_samples, source.init_samples)
+    vq(torch.randn(20, 2))  # initialised
+    assert list(vq.state_dict()) == keys
+    assert vq.state_dict()["init_collected"].tolist() == [0, 0]
+
+
+def test_checkpoints_of_earlier_releases_load():
+    """Checkpoints that have no collected batches, or have them only while
+    collecting, load strictly: before, during and after the collection."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 2)
+    buffers = ("codebook", "ema_sums", "ema_counts", "initialized")
+    before = {name: value for name, value in vq.state_dict().items() if name in buffers}
+    vq(torch.randn(5, 2))
+    during = {name: value for name, value in vq.state_dict().items() if name in buffers}
+    during["init_samples"] = vq.init_samples[:, :5]
+    during["init_sizes"] = torch.tensor([5])
+    for state, collected in ((before, 0), (during, 5)):
+        loaded = VectorQuantizer(16, 2)
+        loaded.load_state_dict(state, strict=True)
+        assert loaded.init_collected.tolist() == [collected, int(collected > 0)]
+    assert torch.equal(loaded.init_samples, vq.init_samples)
+
+
 def test_collected_batches_follow_the_module_to_a_device_and_stay_float32():
     torch.manual_seed(0)
     vq = VectorQuantizer(64, 2)
@@ -651,12 +700,19 @@ def test_a_checkpoint_of_collected_batches_for_another_shape_is_refused():
     vq = VectorQuantizer(64, 2)
     vq(torch.randn(40, 2))
     state = vq.state_dict()
-    assert state["init_samples"].shape == (1, 40, 2)
-    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 40, 3\), got"):
+    assert state["init_samples"].shape == (1, 64, 2)
+    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 64, 3\), got"):
         VectorQuantizer(64, 3).load_state_dict(state, strict=False)
-    state["init_sizes"] = torch.tensor([30])
+    for collected in ([64, 1], [40, 0], [-1, 1], [40]):
+        state["init_collected"] = torch.tensor(collected)
+        expected = r"Expected init_collected to be \[vectors < num_codes=64, batches >= 1 if any"
+        with pytest.raises(RuntimeError, match=expected):
+            VectorQuantizer(64, 2).load_state_dict(state)
+    # A checkpoint of an earlier release: the vectors and one size per batch.
+    legacy = {name: value for name, value in state.items() if name != "init_collected"}
+    legacy["init_samples"], legacy["init_sizes"] = vq.init_samples[:, :40], torch.tensor([30])
     with pytest.raises(RuntimeError, match=r"Expected init_sizes to sum to 40, got 30\."):
-        VectorQuantizer(64, 2).load_state_dict(state)
+        VectorQuantizer(64, 2).load_state_dict(legacy)
 
 
 def test_load_state_dict_assign_keeps_float32_buffers():

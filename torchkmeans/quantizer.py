@@ -338,9 +338,14 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     initialized : Tensor
         bool scalar, True once the codebook has been initialised. Until
         then, while batches are being collected for the k-means
-        initialisation, ``state_dict`` also holds them (``init_samples``,
-        ``(heads, n, dim)``, and ``init_sizes``, one size per batch), so
-        that a checkpoint resumes the collection.
+        initialisation, ``state_dict`` holds them too (``init_samples`` and
+        ``init_collected``, of the same shapes at any time), so that a
+        checkpoint resumes the collection.
+    init_samples : Tensor
+        ``(heads, num_codes, dim)`` float32, the vectors collected so far
+        for the k-means initialisation, then zeros. Read-only.
+    init_collected : Tensor
+        int64 ``(2,)``, the number of vectors and batches collected so far. Read-only.
 
     Raises
     ------
@@ -497,13 +502,70 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        # The batches collected so far for the k-means initialisation, only
-        # while there are some: a checkpoint taken meanwhile lost them, and
-        # the resumed quantizer collected again from scratch.
+        # The batches collected so far for the k-means initialisation (a
+        # checkpoint taken meanwhile lost them, and the resumed quantizer
+        # collected again from scratch), in tensors of one shape whether a
+        # collection is under way or not. Saved only while there were some,
+        # under keys of their own, they refused to load in place: a
+        # checkpoint of the collection into a new quantizer, or one from
+        # outside it into a collecting one (torch.distributed.checkpoint's
+        # "Missing key", then "Size mismatch").
+        destination[prefix + "init_samples"] = self.init_samples
+        destination[prefix + "init_collected"] = self.init_collected
+
+    @property
+    def init_samples(self) -> torch.Tensor:
+        """``(heads, num_codes, dim)`` float32: the vectors collected so far for
+        the k-means initialisation (fewer than ``num_codes``: with as many,
+        it runs), in their first ``init_collected[0]`` rows, then zeros."""
+        samples = self.codebook.new_zeros(self.heads, self.num_codes, self.dim)
         if self._init_samples:
-            destination[prefix + "init_samples"] = torch.cat(self._init_samples, dim=1)
-            sizes = [batch.shape[1] for batch in self._init_samples]
-            destination[prefix + "init_sizes"] = torch.tensor(sizes, device="cpu")
+            collected = torch.cat(self._init_samples, dim=1)[:, : self.num_codes]
+            samples[:, : collected.shape[1]] = collected
+        return samples
+
+    @property
+    def init_collected(self) -> torch.Tensor:
+        """int64 ``(2,)``: the number of vectors and of batches collected so
+        far for the k-means initialisation."""
+        vectors = sum(batch.shape[1] for batch in self._init_samples)
+        # On the CPU whatever torch's default device (a count, as in earlier releases).
+        return torch.tensor([vectors, len(self._init_samples)], dtype=torch.int64, device="cpu")
+
+    def _collected(
+        self, samples: torch.Tensor, collected: torch.Tensor
+    ) -> list[torch.Tensor] | str:
+        """The batches that ``init_samples`` and ``init_collected`` describe,
+        or why they are refused."""
+        shape = (self.heads, self.num_codes, self.dim)
+        if samples.shape != shape:
+            return f"Expected init_samples of shape {shape}, got shape {tuple(samples.shape)}."
+        values = collected.tolist() if collected.shape == (2,) else None
+        if values is None or not (0 <= values[0] < self.num_codes and values[1] >= (values[0] > 0)):
+            return (
+                f"Expected init_collected to be [vectors < num_codes={self.num_codes}, "
+                f"batches >= 1 if any vectors], got {collected.tolist()}."
+            )
+        vectors, batches = values
+        if batches == 0:
+            return []
+        samples = samples[:, :vectors].to(device=self.codebook.device, dtype=torch.float32)
+        # The collection only ever needs the vectors together and the number
+        # of batches (the initial counts are per batch).
+        return [samples] + [samples[:, :0]] * (batches - 1)
+
+    def _collected_before(
+        self, samples: torch.Tensor, sizes: torch.Tensor
+    ) -> list[torch.Tensor] | str:
+        """:meth:`_collected` for checkpoints of earlier releases: the
+        vectors ``(heads, n, dim)`` and one size per batch."""
+        shape = (self.heads, samples.shape[1] if samples.ndim == 3 else "n", self.dim)
+        if samples.shape != shape:
+            return f"Expected init_samples of shape {shape}, got shape {tuple(samples.shape)}."
+        if int(sizes.sum()) != samples.shape[1]:
+            return f"Expected init_sizes to sum to {samples.shape[1]}, got {int(sizes.sum())}."
+        samples = samples.to(device=self.codebook.device, dtype=torch.float32)
+        return list(samples.split(sizes.tolist(), dim=1))
 
     def _load_from_state_dict(
         self,
@@ -516,8 +578,11 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         error_msgs: list[str],
     ) -> None:
         # Taken out before the buffers load: they are not buffers (strict
-        # loading would call them unexpected), and most checkpoints lack them.
+        # loading would call them unexpected). Checkpoints of earlier
+        # releases have init_sizes in place of init_collected, and neither
+        # outside a collection.
         samples = state_dict.pop(prefix + "init_samples", None)
+        collected = state_dict.pop(prefix + "init_collected", None)
         sizes = state_dict.pop(prefix + "init_sizes", None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -532,20 +597,18 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # Loading is host-side work already: one read of the flag is fine here.
         self._needs_init = not bool(self.initialized)
         self._init_samples = []
-        if samples is None or sizes is None or not (self._needs_init and self.kmeans_init):
+        if samples is None or not (self._needs_init and self.kmeans_init):
             return
-        shape = (self.heads, samples.shape[1] if samples.ndim == 3 else "n", self.dim)
-        if samples.shape != shape:
-            error_msgs.append(
-                f"Expected init_samples of shape {shape}, got shape {tuple(samples.shape)}."
-            )
-        elif int(sizes.sum()) != samples.shape[1]:
-            error_msgs.append(
-                f"Expected init_sizes to sum to {samples.shape[1]}, got {int(sizes.sum())}."
-            )
+        if collected is not None:
+            batches = self._collected(samples, collected)
+        elif sizes is not None:
+            batches = self._collected_before(samples, sizes)
         else:
-            samples = samples.to(device=self.codebook.device, dtype=torch.float32)
-            self._init_samples = list(samples.split(sizes.tolist(), dim=1))
+            return
+        if isinstance(batches, str):
+            error_msgs.append(batches)
+        else:
+            self._init_samples = batches
 
     # -------------------------------------------------------------- accessors
 
