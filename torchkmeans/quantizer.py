@@ -26,7 +26,7 @@ from torch import nn
 
 from . import _validation as v
 from .distributed import SharesProcessGroup
-from .functional import _device, kmeans, nearest_centroids, scatter_sums
+from .functional import _device, _native, kmeans, nearest_centroids, scatter_sums
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype, unit_rows
 from .functional.updates import _scatter_sums, accumulate, with_ones_column
 
@@ -171,6 +171,13 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     # Under vmap the check's host reads and random draws are refused.
     host = _device.on_host(x.device) and not _device.traced()
     if metric == "euclidean" and host and _plain(x) and _plain(codebook):
+        heads, k = x.shape[0], codebook.shape[1]
+        if heads > 1 and _native.prefers_native(x[0], k, within_lloyd=False):
+            # Head by head through the fused kernel: batched, the heads took
+            # PyTorch's products and the label check, 5-12x the time (4,096
+            # rows, 2-8 heads of 2-32 numbers, 32-512 codes: 3.9-12.9 ms
+            # against 0.3-1.8 ms).
+            return torch.stack([nearest_centroids(x[h], codebook[h]).labels for h in range(heads)])
         return nearest_centroids(x, codebook).labels
     heads, n, _ = x.shape
     rows = max(1, DEFAULT_MEMORY_BUDGET // (x.element_size() * heads * codebook.shape[1]))
