@@ -273,6 +273,24 @@ def test_torch_func_vmap_over_a_batch_of_inputs_in_eval_mode():
     torch.testing.assert_close(per_example[1], z.grad.reshape(4, 16, 8)[1])
 
 
+def test_an_ensemble_of_quantizers_runs_under_vmap_without_warnings(recwarn):
+    """torch.func.stack_module_state and functional_call: several quantizers
+    in one vmap (a clamp_ in the codes' scaling warned of a "performance drop")."""
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
+    for vq in quantizers:
+        vq(torch.randn(64, 4))
+        vq.eval()
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    x = torch.randn(3, 20, 4)
+    codes = torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)).codes)(
+        buffers, x
+    )
+    assert torch.equal(codes, torch.stack([vq(z).codes for vq, z in zip(quantizers, x)]))
+    assert not [str(w.message) for w in recwarn.list]
+
+
 def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
     vq, x = _trained()
     state = copy.deepcopy(vq.state_dict())

@@ -196,7 +196,9 @@ def _codes_scale(centred: torch.Tensor) -> torch.Tensor:
     largest = torch.linalg.vector_norm(centred, ord=math.inf, dim=(1, 2), keepdim=True)
     # Bounded so that the factor itself is finite (codes of subnormal spread).
     bound = int(math.log2(torch.finfo(centred.dtype).max)) - 1
-    exponent = torch.frexp(largest).exponent.clamp_(-bound, bound)
+    # Not in place: vmap has no batching rule for clamp_ (a warning of a
+    # "performance drop" at every call).
+    exponent = torch.frexp(largest).exponent.clamp(-bound, bound)
     return torch.ldexp(torch.ones_like(largest), exponent.neg_())
 
 
