@@ -924,16 +924,15 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             initialize(flat, keep)
 
         codes = _nearest_codes(rows, self.codebook.detach().to(rows.dtype), self.metric)
-        book = self.codebook
-        if training and book.requires_grad:
-            # The gather's backward reads the codes as they were, before the
-            # EMA step below writes over them.
-            book = book.clone()
         # One index_select of whole rows: a gather with the codes expanded
-        # over dim took 4-7x as long (4,096 rows of 16-32 numbers).
+        # over dim took 4-7x as long (4,096 rows of 16-32 numbers). Its
+        # backward reads no codes, so that a codebook made to require a
+        # gradient may take the EMA step below (a gather's backward read
+        # it, overwritten: "modified by an inplace operation").
         offsets = torch.arange(heads, device=codes.device).unsqueeze(-1) * self.num_codes
         rows_of = (codes + offsets).reshape(-1)
-        selected = book.reshape(-1, dim).index_select(0, rows_of).view(heads, codes.shape[1], dim)
+        book = self.codebook.reshape(-1, dim)
+        selected = book.index_select(0, rows_of).view(heads, codes.shape[1], dim)
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if training and not self._needs_init:
