@@ -242,6 +242,30 @@ def test_torch_func_grad_equals_autograd(training):
     assert torch.equal(vq.last_counts, other.last_counts)
 
 
+def test_torch_func_grad_under_bfloat16_autocast_equals_autograd():
+    """An encoder in a CPU autocast region: bfloat16 vectors, codes and
+    statistics in float32, and torch.func.grad's gradient that of autograd."""
+    vq, x = _trained()
+    other = copy.deepcopy(vq)
+    encoder = nn.Linear(4, 4)
+
+    def objective(weight, module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = torch.func.functional_call(encoder, {"weight": weight}, (x,))
+            out = module(z)
+            assert z.dtype == out.quantized.dtype == torch.bfloat16
+            return out.quantized.float().square().sum() + out.loss
+
+    torch.manual_seed(1)
+    gradient = torch.func.grad(objective)(encoder.weight.detach(), vq)
+    weight = encoder.weight.detach().clone().requires_grad_()
+    torch.manual_seed(1)
+    objective(weight, other).backward()
+    torch.testing.assert_close(gradient, weight.grad)
+    assert vq.codebook.dtype == torch.float32
+    assert torch.equal(vq.codebook, other.codebook)
+
+
 def test_torch_func_grad_runs_the_kmeans_init_and_keeps_no_wrapped_tensor():
     torch.manual_seed(0)
     vq, x = VectorQuantizer(8, 4), torch.randn(64, 4)
