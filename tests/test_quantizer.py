@@ -315,6 +315,34 @@ def test_an_ensemble_of_quantizers_runs_under_vmap_without_warnings(recwarn):
     assert not [str(w.message) for w in recwarn.list]
 
 
+def test_an_ensemble_trains_under_vmap_as_its_members_apart(recwarn):
+    """Stacked buffers (torch.func.stack_module_state) each take the EMA
+    step of their own batch, as the quantizers apart (the sums were added in
+    place into an unbatched tensor, which vmap refuses)."""
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4, dead_code_threshold=0.0) for _ in range(3)]
+    for vq in quantizers:
+        vq(torch.randn(64, 4))
+    apart = copy.deepcopy(quantizers)
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    for step in range(2):
+        x = torch.randn(3, 64, 4) * (1 + step)
+        out = torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)))(buffers, x)
+        expected = [vq(z) for vq, z in zip(apart, x)]
+        assert torch.equal(out.codes, torch.stack([e.codes for e in expected]))
+        torch.testing.assert_close(out.loss, torch.stack([e.loss for e in expected]))
+        for name in ("codebook", "ema_sums", "ema_counts"):
+            torch.testing.assert_close(
+                buffers[name], torch.stack([getattr(vq, name) for vq in apart])
+            )
+    assert not [str(w.message) for w in recwarn.list]
+    fresh = copy.deepcopy(base)
+    fresh._needs_init = True
+    with pytest.raises(RuntimeError, match=r"or vmap over the stacked buffers of initialised"):
+        torch.func.vmap(lambda b, z: torch.func.functional_call(fresh, b, (z,)))(buffers, x)
+
+
 def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
     vq, x = _trained()
     state = copy.deepcopy(vq.state_dict())

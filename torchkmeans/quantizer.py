@@ -386,8 +386,12 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     Under ``torch.func.grad`` (vjp, jacrev...) a forward is the same as
     outside it, EMA step and initialisation included. Under
     ``torch.func.vmap`` the quantizer must be in ``eval()`` mode (one
-    codebook cannot take a step per batch element), and leaves ``usage``
-    and ``perplexity`` alone. ``torch.func.functional_call`` with a
+    codebook cannot take a step per batch element), but for an ensemble:
+    the buffers of initialised quantizers stacked by
+    ``torch.func.stack_module_state`` and vmapped over with
+    ``functional_call`` (``randomness="different"`` where dead codes are
+    re-seeded) each take their own step. vmap leaves ``usage`` and
+    ``perplexity`` alone. ``torch.func.functional_call`` with a
     replaced ``codebook`` quantizes with it, and differentiates the
     quantized vectors (not the loss) with respect to it in ``eval()`` mode.
 
@@ -904,13 +908,17 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         recomputing = _recomputing()
         training = self.training and not recomputing
         # Under torch.func.vmap the rows are a batch of problems, each of
-        # which would move the one codebook (vmap refuses the writes).
+        # which would move the one codebook (vmap refuses the writes), unless
+        # the buffers are batched too (an ensemble's, stacked by
+        # torch.func.stack_module_state); the k-means initialisation reads
+        # the host, which vmap refuses.
         batched = not _device.compiling() and not _plain(rows)
-        if training and batched:
+        if training and batched and (_plain(self.ema_sums) or self._needs_init):
             raise RuntimeError(
                 "Expected VectorQuantizer to be in eval() mode under torch.func.vmap "
                 "(one codebook cannot take an EMA step per batch element), got training "
-                "mode; quantize the whole batch in one call to train."
+                "mode; quantize the whole batch in one call to train, or vmap over the "
+                "stacked buffers of initialised quantizers (an ensemble)."
             )
 
         if training and self._needs_init:
@@ -953,7 +961,13 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
                 finite &= keep
             flat = flat.where(finite.unsqueeze(-1), 0.0)
             weight = finite.to(flat.dtype)
-            if _device.compiling():
+            if batched:
+                # Under vmap (an ensemble's stacked buffers): out of place,
+                # as vmap writes no batched sums into a new unbatched tensor.
+                index = codes.unsqueeze(-1).expand(heads, codes.shape[1], dim)
+                sums = flat.new_zeros(heads, self.num_codes, dim).scatter_add(1, index, flat)
+                counts = weight.new_zeros(heads, self.num_codes).scatter_add(1, codes, weight)
+            elif _device.compiling():
                 # The sums of one problem on the CPU end in a bincount, whose
                 # output shape torch.compile takes as data-dependent: four
                 # graph breaks per step for every quantizer of one head (the
@@ -1133,8 +1147,10 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # (heads, 1): a batch with no finite row (on any rank) leaves the
         # statistics alone; at decay 0 it emptied them, and the codes were 0 / 0.
         weight = (counts.sum(-1, keepdim=True) > 0).to(counts.dtype) * (1.0 - self.decay)
-        self.ema_counts.lerp_(counts, weight)
-        self.ema_sums.lerp_(sums, weight.unsqueeze(-1))
+        # Out of place, then copied: vmap has no batching rule for lerp_ (a
+        # warning of a "performance drop" at every step of an ensemble).
+        self.ema_counts.copy_(self.ema_counts.lerp(counts, weight))
+        self.ema_sums.copy_(self.ema_sums.lerp(sums, weight.unsqueeze(-1)))
         smoothed = _laplace_smoothed(self.ema_counts, self.eps)
         codebook = self.ema_sums / smoothed.unsqueeze(-1)
         if self.metric == "cosine":
