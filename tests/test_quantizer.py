@@ -25,6 +25,7 @@ from conftest import assert_identical, on_the_cpu_paths_only
 from torch import nn
 
 from torchkmeans import quantizer as quantizer_module
+from torchkmeans.functional import nearest_centroids
 from torchkmeans.quantizer import QuantizerOutput, VectorQuantizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +191,216 @@ def test_commitment_loss_has_the_second_derivative_of_the_mean():
     x = torch.tensor([[1.0], [9.0], [4.0]])
     hessian = torch.autograd.functional.hessian(lambda z: vq(z).loss, x)
     torch.testing.assert_close(hessian.reshape(3, 3), torch.eye(3) * 2 * 0.5 / 3)
+
+
+def test_commitment_loss_takes_no_gradient_into_the_codebook():
+    """Only the encoder is committed: a codebook that takes a gradient (here
+    one replaced through functional_call) got one from the loss too."""
+    vq = make(2, 1, [[0.0], [10.0]], [1.0, 1.0]).eval()
+    book = vq.codebook.clone().requires_grad_()
+    x = torch.tensor([[1.0], [9.0], [4.0]], requires_grad=True)
+    out = torch.func.functional_call(vq, {"codebook": book}, (x,))
+    out.loss.backward()
+    assert book.grad is None
+    torch.testing.assert_close(x.grad, 2 * 0.25 / 3 * torch.tensor([[1.0], [-1.0], [4.0]]))
+
+
+# ---------------------------------------------------------------- torch.func
+
+
+def _trained(num_codes: int = 8, dim: int = 4, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(num_codes, dim, **kwargs)
+    x = torch.randn(64, dim * kwargs.get("heads", 1))
+    vq(x)
+    return vq, x
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_torch_func_grad_equals_autograd(training):
+    """torch.func.grad through the quantizer: the gradient of autograd and,
+    in training mode, the same EMA step (the codes and statistics were
+    computed on wrapped tensors: the fused kernel raised "Cannot access data
+    pointer", the buffers' update "would mutate a captured Tensor")."""
+    vq, x = _trained()
+    vq.train(training)
+    other = copy.deepcopy(vq)
+    weights = torch.randn(64, 4)
+
+    def objective(z, module):
+        out = module(z * 2)
+        return (out.quantized * weights).sum() + out.loss
+
+    torch.manual_seed(1)
+    gradient = torch.func.grad(objective)(x, vq)
+    z = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    objective(z, other).backward()
+    torch.testing.assert_close(gradient, z.grad)
+    for name, value in other.state_dict().items():
+        assert torch.equal(vq.state_dict()[name], value), name
+    assert torch.equal(vq.last_counts, other.last_counts)
+
+
+def test_torch_func_grad_under_bfloat16_autocast_equals_autograd():
+    """An encoder in a CPU autocast region: bfloat16 vectors, codes and
+    statistics in float32, and torch.func.grad's gradient that of autograd."""
+    vq, x = _trained()
+    other = copy.deepcopy(vq)
+    encoder = nn.Linear(4, 4)
+
+    def objective(weight, module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = torch.func.functional_call(encoder, {"weight": weight}, (x,))
+            out = module(z)
+            assert z.dtype == out.quantized.dtype == torch.bfloat16
+            return out.quantized.float().square().sum() + out.loss
+
+    torch.manual_seed(1)
+    gradient = torch.func.grad(objective)(encoder.weight.detach(), vq)
+    weight = encoder.weight.detach().clone().requires_grad_()
+    torch.manual_seed(1)
+    objective(weight, other).backward()
+    torch.testing.assert_close(gradient, weight.grad)
+    assert vq.codebook.dtype == torch.float32
+    assert torch.equal(vq.codebook, other.codebook)
+
+
+def test_torch_func_grad_runs_the_kmeans_init_and_keeps_no_wrapped_tensor():
+    torch.manual_seed(0)
+    vq, x = VectorQuantizer(8, 4), torch.randn(64, 4)
+    other = copy.deepcopy(vq)
+    torch.manual_seed(1)
+    torch.func.grad(lambda z: vq(z).loss)(x[:5])  # collected, too few vectors
+    assert len(vq._init_samples) == 1
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(vq._init_samples[0])
+    torch.func.grad(lambda z: vq(z).loss)(x)
+    torch.manual_seed(1)
+    other(x[:5]), other(x)
+    assert bool(vq.initialized)
+    for name, value in other.state_dict().items():
+        assert torch.equal(vq.state_dict()[name], value), name
+
+
+def test_torch_func_vmap_over_a_batch_of_inputs_in_eval_mode():
+    vq, x = _trained(heads=2)
+    vq.eval()
+    expected = vq(x)
+    batched = torch.func.vmap(vq)(x.reshape(4, 16, 8))
+    assert torch.equal(batched.codes, expected.codes.reshape(4, 16, 2))
+    assert torch.equal(batched.quantized, expected.quantized.reshape(4, 16, 8))
+    torch.testing.assert_close(batched.loss.mean(), expected.loss)
+    # Per-example gradients: vmap of grad.
+    per_example = torch.func.vmap(torch.func.grad(lambda z: vq(z).loss))(x.reshape(4, 16, 8))
+    z = x.clone().requires_grad_()
+    vq(z.reshape(4, 16, 8)[1]).loss.backward()
+    torch.testing.assert_close(per_example[1], z.grad.reshape(4, 16, 8)[1])
+
+
+def test_an_ensemble_of_quantizers_runs_under_vmap_without_warnings(recwarn):
+    """torch.func.stack_module_state and functional_call: several quantizers
+    in one vmap (a clamp_ in the codes' scaling warned of a "performance drop")."""
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
+    for vq in quantizers:
+        vq(torch.randn(64, 4))
+        vq.eval()
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    x = torch.randn(3, 20, 4)
+    codes = torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)).codes)(
+        buffers, x
+    )
+    assert torch.equal(codes, torch.stack([vq(z).codes for vq, z in zip(quantizers, x)]))
+    assert not [str(w.message) for w in recwarn.list]
+
+
+def test_an_ensemble_trains_under_vmap_as_its_members_apart(recwarn):
+    """Stacked buffers (torch.func.stack_module_state) each take the EMA
+    step of their own batch, as the quantizers apart (the sums were added in
+    place into an unbatched tensor, which vmap refuses)."""
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4, dead_code_threshold=0.0) for _ in range(3)]
+    for vq in quantizers:
+        vq(torch.randn(64, 4))
+    apart = copy.deepcopy(quantizers)
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    for step in range(2):
+        x = torch.randn(3, 64, 4) * (1 + step)
+        out = torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)))(buffers, x)
+        expected = [vq(z) for vq, z in zip(apart, x)]
+        assert torch.equal(out.codes, torch.stack([e.codes for e in expected]))
+        torch.testing.assert_close(out.loss, torch.stack([e.loss for e in expected]))
+        for name in ("codebook", "ema_sums", "ema_counts"):
+            torch.testing.assert_close(
+                buffers[name], torch.stack([getattr(vq, name) for vq in apart])
+            )
+    assert not [str(w.message) for w in recwarn.list]
+    fresh = copy.deepcopy(base)
+    fresh._needs_init = True
+    with pytest.raises(RuntimeError, match=r"or vmap over the stacked buffers of initialised"):
+        torch.func.vmap(lambda b, z: torch.func.functional_call(fresh, b, (z,)))(buffers, x)
+
+
+def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
+    vq, x = _trained()
+    state = copy.deepcopy(vq.state_dict())
+    with pytest.raises(RuntimeError, match=r"Expected VectorQuantizer to be in eval\(\) mode"):
+        torch.func.vmap(vq, randomness="different")(x.reshape(4, 16, 4))
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_functional_call_with_a_replaced_codebook():
+    vq, x = _trained()
+    vq.eval()
+    codebook = torch.randn(1, 8, 4)
+    reference = copy.deepcopy(vq)
+    reference.codebook.copy_(codebook)
+    out = torch.func.functional_call(vq, {"codebook": codebook}, (x,))
+    assert torch.equal(out.codes, reference(x).codes)
+    # The gradient of the quantized vectors' sum with respect to the codes:
+    # each code's count times a row of ones.
+    gradient = torch.func.grad(
+        lambda book: torch.func.functional_call(vq, {"codebook": book}, (x,)).quantized.sum()
+    )(codebook)
+    counts = torch.bincount(out.codes, minlength=8).float()
+    torch.testing.assert_close(gradient, counts.reshape(1, 8, 1).expand(1, 8, 4))
+    vq.train()
+    with pytest.raises(RuntimeError, match="Expected VectorQuantizer's buffers to be its own"):
+        torch.func.grad(lambda book: torch.func.functional_call(vq, {"codebook": book}, (x,)).loss)(
+            codebook
+        )
+
+
+def test_the_kernel_is_not_called_on_tensors_without_memory():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from torchkmeans.functional import _native
+
+    x = torch.randn(64, 4)
+    seen = []
+    torch.func.grad(lambda z: seen.append(_native.prefers_native(z, 8)) or z.sum())(x)
+    torch.func.vmap(lambda z: seen.append(_native.prefers_native(z, 8)) or z)(x[None])
+    with FakeTensorMode():
+        seen.append(_native.prefers_native(torch.randn(64, 4), 8))
+    assert seen == [False, False, False]
+
+
+def test_a_codebook_that_requires_grad_still_takes_the_ema_step():
+    vq, x = _trained()
+    other = copy.deepcopy(vq)
+    vq.codebook.requires_grad_(True)
+    torch.manual_seed(1)
+    out = vq(x * 2)
+    torch.manual_seed(1)
+    expected = other(x * 2)
+    assert torch.equal(out.codes, expected.codes)
+    assert torch.equal(vq.codebook.detach(), other.codebook)
+    out.quantized.sum().backward()
+    counts = torch.bincount(out.codes, minlength=8).float()
+    assert torch.equal(vq.codebook.grad, counts.reshape(1, 8, 1).expand(1, 8, 4))
 
 
 # ---------------------------------------------------------------- EMA update
@@ -437,6 +648,24 @@ def test_heads_equal_separate_quantizers():
         torch.testing.assert_close(together.ema_counts[h], vq.ema_counts[0])
 
 
+@on_the_cpu_paths_only
+def test_heads_are_labelled_by_the_fused_kernel_head_by_head(monkeypatch):
+    """Batched, the heads took PyTorch's products and the label check (5-12x
+    the time of one kernel call per head); the codes are the same."""
+    from torchkmeans.functional import _native
+
+    if not _native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    torch.manual_seed(0)
+    vq, x = VectorQuantizer(32, 4, heads=3).eval(), torch.randn(500, 12)
+    expected = [nearest_centroids(x[:, 4 * h : 4 * h + 4], vq.codebook[h]).labels for h in range(3)]
+    calls = []
+    kernel = _native.nearest
+    monkeypatch.setattr(_native, "nearest", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    assert torch.equal(vq(x).codes, torch.stack(expected, dim=-1))
+    assert len(calls) == 3
+
+
 # ------------------------------------------------------------ state, dtypes
 
 
@@ -446,7 +675,8 @@ def test_state_dict_round_trips():
     for _ in range(3):
         vq(torch.randn(40, 4))
     state = vq.state_dict()
-    assert set(state) == {"codebook", "ema_sums", "ema_counts", "initialized"}
+    buffers = {"codebook", "ema_sums", "ema_counts", "initialized"}
+    assert set(state) == buffers | {"init_samples", "init_collected"}
     torch.manual_seed(1)
     loaded = VectorQuantizer(6, 2, heads=2)
     loaded.load_state_dict(state)
@@ -497,6 +727,54 @@ def test_a_checkpoint_taken_while_collecting_for_the_init_resumes_the_collection
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
+def test_state_dict_keys_stay_the_same_through_the_collection_for_the_init(tmp_path):
+    """The collected batches had keys of their own only while the collection
+    lasted: torch.distributed.checkpoint, which loads a checkpoint into the
+    state_dict of the model as it stands, refused a checkpoint taken outside
+    the collection ("Missing key"), and get_model_state_dict raised."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 2)
+    fresh = copy.deepcopy(vq)
+    keys = list(vq.state_dict())
+    vq(torch.randn(5, 2))  # collected: fewer vectors than codes
+    assert list(vq.state_dict()) == keys
+    assert vq.state_dict()["init_collected"].tolist() == [5, 1]
+    assert list(get_model_state_dict(vq)) == keys
+    # Loaded in place both ways: outside the collection into a collecting
+    # quantizer, and the collection into a new one.
+    for source, target, vectors in ((fresh, copy.deepcopy(vq), 0), (vq, copy.deepcopy(fresh), 5)):
+        dcp.save(source.state_dict(), checkpoint_id=tmp_path / str(vectors))
+        state = target.state_dict()
+        dcp.load(state, checkpoint_id=tmp_path / str(vectors))
+        target.load_state_dict(state)
+        assert target.init_collected.tolist() == [vectors, int(vectors > 0)]
+        assert torch.equal(target.init_samples, source.init_samples)
+    vq(torch.randn(20, 2))  # initialised
+    assert list(vq.state_dict()) == keys
+    assert vq.state_dict()["init_collected"].tolist() == [0, 0]
+
+
+def test_checkpoints_of_earlier_releases_load():
+    """Checkpoints that have no collected batches, or have them only while
+    collecting, load strictly: before, during and after the collection."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 2)
+    buffers = ("codebook", "ema_sums", "ema_counts", "initialized")
+    before = {name: value for name, value in vq.state_dict().items() if name in buffers}
+    vq(torch.randn(5, 2))
+    during = {name: value for name, value in vq.state_dict().items() if name in buffers}
+    during["init_samples"] = vq.init_samples[:, :5]
+    during["init_sizes"] = torch.tensor([5])
+    for state, collected in ((before, 0), (during, 5)):
+        loaded = VectorQuantizer(16, 2)
+        loaded.load_state_dict(state, strict=True)
+        assert loaded.init_collected.tolist() == [collected, int(collected > 0)]
+    assert torch.equal(loaded.init_samples, vq.init_samples)
+
+
 def test_collected_batches_follow_the_module_to_a_device_and_stay_float32():
     torch.manual_seed(0)
     vq = VectorQuantizer(64, 2)
@@ -511,12 +789,19 @@ def test_a_checkpoint_of_collected_batches_for_another_shape_is_refused():
     vq = VectorQuantizer(64, 2)
     vq(torch.randn(40, 2))
     state = vq.state_dict()
-    assert state["init_samples"].shape == (1, 40, 2)
-    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 40, 3\), got"):
+    assert state["init_samples"].shape == (1, 64, 2)
+    with pytest.raises(RuntimeError, match=r"Expected init_samples of shape \(1, 64, 3\), got"):
         VectorQuantizer(64, 3).load_state_dict(state, strict=False)
-    state["init_sizes"] = torch.tensor([30])
+    for collected in ([64, 1], [40, 0], [-1, 1], [40]):
+        state["init_collected"] = torch.tensor(collected)
+        expected = r"Expected init_collected to be \[vectors < num_codes=64, batches >= 1 if any"
+        with pytest.raises(RuntimeError, match=expected):
+            VectorQuantizer(64, 2).load_state_dict(state)
+    # A checkpoint of an earlier release: the vectors and one size per batch.
+    legacy = {name: value for name, value in state.items() if name != "init_collected"}
+    legacy["init_samples"], legacy["init_sizes"] = vq.init_samples[:, :40], torch.tensor([30])
     with pytest.raises(RuntimeError, match=r"Expected init_sizes to sum to 40, got 30\."):
-        VectorQuantizer(64, 2).load_state_dict(state)
+        VectorQuantizer(64, 2).load_state_dict(legacy)
 
 
 def test_load_state_dict_assign_keeps_float32_buffers():
@@ -1035,6 +1320,35 @@ def test_compile_fullgraph_after_the_init_step(backend):
     torch.testing.assert_close(model.encoder.weight.grad, eager.encoder.weight.grad)
     torch.testing.assert_close(model.quantizer.codebook, eager.quantizer.codebook)
     torch.testing.assert_close(model.quantizer.ema_counts, eager.quantizer.ema_counts)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_one_head_compiles_without_graph_breaks_to_eager_codes_loss_and_gradients(metric):
+    """The default quantizer (one head): its EMA sums ended in a bincount,
+    four graph breaks at every step under torch.compile."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    encoder = nn.Linear(8, 4)
+    quantizer = VectorQuantizer(16, 4, metric=metric)
+    x = torch.randn(128, 8)
+    quantizer(encoder(x))  # the init step, eager
+    eager_encoder, eager = copy.deepcopy(encoder), copy.deepcopy(quantizer)
+    compiled = torch.compile(quantizer, backend="aot_eager")
+    for step in range(3):
+        torch.manual_seed(step)
+        out = compiled(encoder(x * (1 + step)))
+        (out.quantized.square().sum() + out.loss).backward()
+        torch.manual_seed(step)
+        expected = eager(eager_encoder(x * (1 + step)))
+        (expected.quantized.square().sum() + expected.loss).backward()
+        assert torch.equal(out.codes, expected.codes)
+        torch.testing.assert_close(out.loss, expected.loss)
+        torch.testing.assert_close(quantizer.codebook, eager.codebook)
+    torch.testing.assert_close(encoder.weight.grad, eager_encoder.weight.grad)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 
 @pytest.mark.parametrize(

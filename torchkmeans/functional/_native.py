@@ -157,6 +157,12 @@ def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> boo
     from scratch."""
     if not _device.on_host(x.device) or x.dtype not in (torch.float32, torch.float64):
         return False
+    # The kernel reads and writes memory: tensors that have none of their own
+    # (torch.func's wrappers under grad/vmap, fake tensors of torch.compile,
+    # other subclasses) raised "Cannot access data pointer" on data_ptr().
+    plain = type(x) in (torch.Tensor, torch.nn.Parameter)
+    if not plain or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False
     d = x.shape[1]
