@@ -701,9 +701,27 @@ def test_partial_fit_steps_sparse_batches_on_their_stored_values(monkeypatch, me
     assert ours.inertia_ == pytest.approx(expected.inertia_, rel=1e-12)
 
 
-def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres():
+@pytest.mark.parametrize("fused", [False, True])
+def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres(
+    monkeypatch, fused
+):
+    # On the CPU each step labels, sums and counts its rows in one pass over
+    # their stored values (the fused kernel); the scatter of the stored
+    # values after the products read them twice.
     from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 
+    import torchkmeans.functional.sparse as sparse_module
+
+    if fused:
+        if not sparse_module._native.available():
+            pytest.skip("no C++ compiler for the kernel")
+
+        def refused(*args, **kwargs):
+            raise AssertionError("sums of a CPU step taken by a scatter, not the fused kernel")
+
+        monkeypatch.setattr(sparse_module.SparseRows, "sums", refused)
+    else:
+        monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)
     X, w = _sparse_batches(1)
     start = X[:5].toarray()
     # No randomness left: given centres and no reseeding.

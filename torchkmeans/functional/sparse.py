@@ -1077,7 +1077,8 @@ def sparse_minibatch_step(
     :func:`~torchkmeans.functional.minibatch.minibatch_step`, with the
     assignment from sparse products and the sums from one scatter of the
     stored values (times ``sample_weight`` ``(n,)``, checked by the caller,
-    when given); only reseeded centroids densify rows.
+    when given), or on the CPU both in one pass of the fused kernel (see
+    :func:`_fused`); only reseeded centroids densify rows.
 
     Examples
     --------
@@ -1092,17 +1093,30 @@ def sparse_minibatch_step(
     """
     k, d = int(centroids.shape[0]), int(centroids.shape[1])
     wide = _device.widest_float(batch.device)
-    labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
-    values = batch.values.to(wide)
-    if sample_weight is None:
-        weights = None
-        row_weights = torch.ones(batch.n_rows, dtype=wide, device=batch.device)
+    weights = None if sample_weight is None else sample_weight.to(batch.device, wide)
+    totals = None
+    if _fused(batch, k, memory_budget, totals=True):
+        # Labels, sums and counts in one pass over the stored values.
+        totals = torch.zeros((k, d + 1), dtype=torch.float64, device=batch.device)
+        labels, distances = _checked_nearest(
+            batch, centroids.to(batch.dtype), [], memory_budget, weights, totals
+        )
+        if bool(totals[0, 0].isnan()):
+            totals = None  # a row labelled again: sums from the labels
     else:
-        weights = row_weights = sample_weight.to(device=batch.device, dtype=wide)
-        values = values * weights[batch.row_of]
-    sums = batch.sums(labels, values, k)
-    counts = torch.zeros(k, dtype=wide, device=batch.device)
-    counts.index_add_(0, labels, row_weights)
+        labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
+    if totals is not None:
+        sums, counts = totals[:, :d].to(wide), totals[:, d].to(wide)
+    else:
+        values = batch.values.to(wide)
+        if weights is None:
+            row_weights = torch.ones(batch.n_rows, dtype=wide, device=batch.device)
+        else:
+            row_weights = weights
+            values = values * weights[batch.row_of]
+        sums = batch.sums(labels, values, k)
+        counts = torch.zeros(k, dtype=wide, device=batch.device)
+        counts.index_add_(0, labels, row_weights)
 
     def rows_at(picked: torch.Tensor) -> torch.Tensor:
         return batch.take(picked.reshape(-1)).view(*picked.shape, d)
