@@ -978,3 +978,23 @@ def test_sums_of_a_fused_step_follow_the_rows_labelled_again():
     means = np.stack([np.average(X64[labels == j], 0, weights=w[labels == j]) for j in range(8)])
     # float32 centres near 1e4: within one unit in the last place.
     np.testing.assert_allclose(km.cluster_centers_, means, rtol=0, atol=2e-3)
+
+
+def test_a_kernel_without_threads_takes_no_sparse_fit_of_several_threads(monkeypatch):
+    # A kernel built without OpenMP runs on one thread: with several, the
+    # products (on all of them) label and sum the rows, as for dense rows.
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = _float64_rows(CSR)
+    monkeypatch.setattr(sparse_module._native, "available", lambda: True)
+    monkeypatch.setattr(sparse_module._native, "parallel", lambda: False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not sparse_module._fused(rows, 5, None, totals=True)
+        torch.set_num_threads(1)
+        assert sparse_module._fused(rows, 5, None, totals=True)
+        assert not sparse_module._fused(rows, 5, 5 * 65 * 8 - 1, totals=True)  # totals too big
+        assert sparse_module._fused(rows, 5, 5 * 65 * 8 - 1, totals=False)
+    finally:
+        torch.set_num_threads(threads)

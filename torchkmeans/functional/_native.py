@@ -8,7 +8,10 @@ many it still costs 10-20% (200,000 x 384, k=256; 100,000 x 128, k=1024). The
 kernel scores a few rows at a time against the centroids in registers,
 blocked like a matrix product so the centroids it reads stay in the L1 cache,
 and keeps the running minimum there, so no score is ever stored; in a Lloyd
-step it also sums each cluster's rows in the same pass.
+step it also sums each cluster's rows in the same pass. Rows in CSR form
+(:func:`sparse_lloyd`) are labelled and summed the same way, in one pass over
+their stored values, where a sparse product and then a scatter or second
+product read them twice.
 
 The kernel is compiled once per machine with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``; ``-O3 -march=native -fopenmp``)
@@ -36,7 +39,7 @@ import torch
 from . import _device
 from ._native_build import build as _build
 
-__all__ = ["available", "nearest", "prefers_native", "sparse_lloyd"]
+__all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
 _ABI_VERSION = 8
@@ -122,6 +125,12 @@ def _library_or_none() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the fused kernel is built and loaded (building it on first call)."""
     return _library_or_none() is not None
+
+
+def parallel() -> bool:
+    """Whether the built kernel splits its work over threads (built with OpenMP)."""
+    library = _library_or_none()
+    return library is not None and bool(library.tk_openmp())
 
 
 def _self_test() -> bool:

@@ -634,7 +634,9 @@ def _fused(rows: SparseRows, k: int, memory_budget: int | None, *, totals: bool)
     taken by the fused CSR kernel, one pass over the stored values
     (:func:`~torchkmeans.functional._native.sparse_lloyd`): on the CPU where
     it is built, for at most ``_FUSED_MAX_CLUSTERS`` clusters, and for sums
-    only where a thread's ``(k, d + 1)`` float64 totals fit ``memory_budget``."""
+    only where a thread's ``(k, d + 1)`` float64 totals fit ``memory_budget``.
+    A kernel built without OpenMP runs on one thread: only where PyTorch's
+    products would too."""
     if not _device.on_host(rows.device) or rows.dtype not in (torch.float32, torch.float64):
         return False
     if not rows.n_rows or k > _FUSED_MAX_CLUSTERS:
@@ -643,7 +645,7 @@ def _fused(rows: SparseRows, k: int, memory_budget: int | None, *, totals: bool)
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
         if torch.get_num_threads() * k * (rows.n_features + 1) * 8 > budget:
             return False
-    return _native.available()
+    return _native.available() and (torch.get_num_threads() == 1 or _native.parallel())
 
 
 # The most clusters whose sums are a product (see sparse_kmeans): its cost
