@@ -16,8 +16,9 @@ over batches of ``--batch-size`` rows from the same initial centres (the
 batches stay sparse), and ``silhouette_score`` of the first ``--silhouette-n``
 rows (from products of stored values, never densified whole). With
 ``--sweep-k 2,5,9,20`` only the float64 fits from the same initial centres
-at each of those k (median of ``--repeats`` fits; few clusters are where
-fixed and per-stored-value costs show). With
+at each of those k, the two libraries' fits taken in turn ``--repeats``
+times: the median ratio of each round (few clusters are where fixed and
+per-stored-value costs show). With
 ``--dense-chunks`` also the dense-chunk baseline (the matrix read as a
 memmap is: every Lloyd iteration densifies it a chunk at a time) for one fit.
 A script, never a test: timings depend on the machine.
@@ -80,28 +81,36 @@ def best_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, An
     return best, out
 
 
-def median_of(repeats: int, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
-    """The median wall time of ``repeats`` calls of ``fn(*args)``, and its last result."""
-    times, out = [], None
+def interleaved(repeats: int, *fns: Callable[[], Any]) -> tuple[list[list[float]], list[Any]]:
+    """Wall times of ``repeats`` rounds of calling each of ``fns`` in turn (so
+    that a busy machine slows all alike), per function, and their last results."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[Any] = [None] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(*args)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return times, outs
 
 
 def sweep_k(X: sp.csr_matrix, ks: list[int], repeats: int, device: str) -> None:
-    """float64 fits from the same initial centres at each k, against scikit-learn's."""
+    """float64 fits from the same initial centres at each k, against scikit-learn's,
+    interleaved: the median of each round's ratio, and each library's median time."""
     for k in ks:
         groups = np.random.default_rng(1).choice(X.shape[0], (k, 5), replace=False)
         init = np.stack([X[rows].toarray().mean(0) for rows in groups])
-        t_sk, sk = median_of(repeats, SkKMeans(k, init=init, n_init=1).fit, X)
-        t_us, us = median_of(repeats, KMeans(k, init=init, device=device).fit, X)
+        (t_sk, t_us), (sk, us) = interleaved(
+            repeats,
+            functools.partial(SkKMeans(k, init=init, n_init=1).fit, X),
+            functools.partial(KMeans(k, init=init, device=device).fit, X),
+        )
+        ratio = float(np.median(np.divide(t_us, t_sk)))
         labels = np.asarray(us.labels_.cpu() if hasattr(us.labels_, "cpu") else us.labels_)
         print(
-            f"float64 fit, same init, k={k}: t/sk {t_us / t_sk:.2f} ({t_us:.3f} s / "
-            f"{t_sk:.3f} s), n_iter {us.n_iter_}/{sk.n_iter_}, inertia relative difference "
-            f"{abs(us.inertia_ - sk.inertia_) / sk.inertia_:.1e}, "
+            f"float64 fit, same init, k={k}: t/sk {ratio:.2f} ({np.median(t_us):.3f} s / "
+            f"{np.median(t_sk):.3f} s), n_iter {us.n_iter_}/{sk.n_iter_}, inertia relative "
+            f"difference {abs(us.inertia_ - sk.inertia_) / sk.inertia_:.1e}, "
             f"equal labels {np.mean(labels == sk.labels_):.4f}"
         )
 

@@ -9,6 +9,7 @@ TORCHKMEANS_REQUIRE_NATIVE is set (CI sets it, so a broken build fails there).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import platform
 import subprocess
@@ -409,6 +410,16 @@ def test_kernel_built_for_older_instruction_sets(tmp_path, arch):
                         expected = torch.zeros(k, d + 1, dtype=torch.float64).index_add_(
                             0, labels, torch.cat([x.double(), ones], 1))
                         torch.testing.assert_close(totals, expected)
+                    # The CSR step (every value stored) at each vector width.
+                    crow, col = torch.arange(0, n * d + 1, d), torch.arange(d).repeat(n)
+                    norms = x.square().sum(1)
+                    _native.sparse_lloyd(crow, col, x.reshape(-1), d, c, norms, labels,
+                                         distances, totals=totals, threads=threads)
+                    chosen = scores.gather(1, labels[:, None]).squeeze(1)
+                    assert (chosen <= scores.min(1).values + 1e-4).all()
+                    assert not (labels == 1).any()
+                    torch.testing.assert_close(totals, torch.zeros(k, d + 1, dtype=torch.float64)
+                        .index_add_(0, labels, torch.cat([x.double(), ones], 1)))
         print("ok", _native._library.tk_vector_bytes())
         """
     )
@@ -661,3 +672,77 @@ def test_distances_of_centred_rows_are_measured_from_the_centroids_as_given(dtyp
     centred = torch.empty_like(measured)
     _native.nearest(x, centres - offset, labels, offset=offset, distances=centred)
     assert ((centred.double() - exact).abs() / exact).max() > 1e-3
+
+
+def _csr_of(x):
+    """The CSR components (crow, col, values) of the nonzero entries of x (n, d)."""
+    stored = x != 0
+    crow = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
+    crow[1:] = stored.sum(1).cumsum(0)
+    return crow, stored.nonzero()[:, 1], x[stored]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 70])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_sparse_lloyd_step_matches_pytorch(dtype, k, cosine):
+    """One pass over CSR rows (sparse_lloyd): every vector width and panel of
+    centroids, one and two threads, with and without weights: the labels of
+    the lowest |c|^2 - 2 x.c (cosine: 1 - x.c), ties to the lowest index,
+    distances, the weighted cluster totals and the weighted sum of distances."""
+    g = torch.Generator().manual_seed(k)
+    n, d = 301, 40
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    x *= torch.rand(n, d, generator=g, dtype=dtype) < 0.3
+    x[5] = 0  # a row with nothing stored
+    centroids = torch.randn(k, d, generator=g, dtype=dtype)
+    if cosine:
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        centroids = centroids / centroids.norm(dim=1, keepdim=True)
+    if k > 1:
+        centroids[1] = centroids[0]  # an exact tie in every row that picks either
+    x64, c64 = x.double(), centroids.double()
+    if cosine:
+        scores = (1 - x64 @ c64.T).clamp(0, 2)
+    else:
+        scores = c64.square().sum(1) - 2 * x64 @ c64.T
+    crow, col, values = _csr_of(x)
+    norms = None if cosine else x.square().sum(1)
+    for threads in (1, 2):
+        for weights in (None, torch.rand(n, generator=g, dtype=torch.float64)):
+            labels = torch.empty(n, dtype=torch.int64)
+            found = torch.empty(n, dtype=dtype)
+            totals = torch.full((k, d + 1), math.nan, dtype=torch.float64)
+            total = _native.sparse_lloyd(
+                crow, col, values, d, centroids, norms, labels, found,
+                weights=weights, totals=totals, threads=threads,
+            )  # fmt: skip
+            tolerance = 1e-4 if dtype == torch.float32 else 1e-12
+            chosen = scores.gather(1, labels[:, None]).squeeze(1)
+            assert (chosen <= scores.min(1).values + tolerance).all()
+            assert not (labels == 1).any()  # the tie goes to 0
+            if cosine:
+                expected = scores.gather(1, labels[:, None]).squeeze(1)
+            else:
+                expected = (x64 - c64[labels]).square().sum(1)
+            torch.testing.assert_close(found.double(), expected, rtol=tolerance, atol=tolerance)
+            w = torch.ones(n, dtype=torch.float64) if weights is None else weights
+            sums = torch.zeros(k, d + 1, dtype=torch.float64).index_add_(
+                0, labels, torch.cat([x64, torch.ones(n, 1, dtype=torch.float64)], 1) * w[:, None]
+            )
+            torch.testing.assert_close(totals, sums)
+            assert total == pytest.approx(float((found.double() * w).sum()), rel=1e-12)
+
+
+def test_sparse_lloyd_refuses_bad_outputs_and_tensors_off_the_cpu():
+    crow, col, values = _csr_of(torch.eye(3))
+    centroids = torch.eye(3)[:2]
+    labels, found = torch.empty(3, dtype=torch.int64), torch.empty(3)
+    with pytest.raises(ValueError, match=r"Expected totals to be a contiguous torch.float64"):
+        _native.sparse_lloyd(
+            crow, col, values, 3, centroids, None, labels, found, totals=torch.empty(2, 4)
+        )
+    with pytest.raises(ValueError, match=r"Expected centroids of shape \(k, 3\), got \(2, 2\)"):
+        _native.sparse_lloyd(crow, col, values, 3, centroids[:, :2], None, labels, found)
+    with pytest.raises(ValueError, match=r"Expected values on the CPU, got a tensor on meta"):
+        _native.sparse_lloyd(crow, col, values.to("meta"), 3, centroids, None, labels, found)

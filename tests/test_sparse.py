@@ -701,9 +701,27 @@ def test_partial_fit_steps_sparse_batches_on_their_stored_values(monkeypatch, me
     assert ours.inertia_ == pytest.approx(expected.inertia_, rel=1e-12)
 
 
-def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres():
+@pytest.mark.parametrize("fused", [False, True])
+def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres(
+    monkeypatch, fused
+):
+    # On the CPU each step labels, sums and counts its rows in one pass over
+    # their stored values (the fused kernel); the scatter of the stored
+    # values after the products read them twice.
     from sklearn.cluster import MiniBatchKMeans as SklearnMiniBatchKMeans
 
+    import torchkmeans.functional.sparse as sparse_module
+
+    if fused:
+        if not sparse_module._native.available():
+            pytest.skip("no C++ compiler for the kernel")
+
+        def refused(*args, **kwargs):
+            raise AssertionError("sums of a CPU step taken by a scatter, not the fused kernel")
+
+        monkeypatch.setattr(sparse_module.SparseRows, "sums", refused)
+    else:
+        monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)
     X, w = _sparse_batches(1)
     start = X[:5].toarray()
     # No randomness left: given centres and no reseeding.
@@ -773,6 +791,7 @@ def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch)
     # Blocks of rows were built again in every iteration with int64 indices,
     # which MKL converted to int32 in every product (half the product's time
     # on a 1% stored TF-IDF matrix).
+    import torchkmeans.functional.sparse as sparse_module
     from torchkmeans.functional.sparse import sparse_kmeans
 
     rows = _float64_rows(CSR)
@@ -785,6 +804,7 @@ def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch)
         return product(a, b)
 
     monkeypatch.setattr(torch.sparse, "mm", spy)
+    monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
     budget = 3 * 10 * 8 * 600  # blocks of 600 rows: 3 blocks
     result = sparse_kmeans(rows, 10, init=torch.from_numpy(INIT), memory_budget=budget)
     assert int(result.n_iter) > 2
@@ -812,6 +832,7 @@ def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, 
     )
     weights = weights if weighted else None
     scatter = sparse_module.SparseRows.sums
+    monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
     monkeypatch.setattr(sparse_module, "_PRODUCT_SUMS_UP_TO", 0)
     scattered = sparse_module.sparse_kmeans(rows, 4, init=init, sample_weight=weights)
 
@@ -842,6 +863,7 @@ def test_sums_of_few_clusters_scatter_when_the_one_hot_labels_exceed_the_budget(
 
     rows = _float64_rows(CSR)
     init = torch.from_numpy(INIT[:4])
+    monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
     product = sparse_module.sparse_kmeans(rows, 4, init=init)
     transposed = []
     build = sparse_module._transposed
@@ -855,13 +877,15 @@ def test_sums_of_few_clusters_scatter_when_the_one_hot_labels_exceed_the_budget(
     assert_identical(scattered.centroids, product.centroids)
 
 
-def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
+def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values(monkeypatch):
     # The weighted values (and the weights gathered per stored value) were
     # two nnz-sized temporaries kept for a fit whose sums are a product.
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    import torchkmeans.functional.sparse as sparse_module
     from torchkmeans.functional.sparse import sparse_kmeans
 
+    monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
     rows = _float64_rows(CSR)
     nnz = rows.values.numel()
 
@@ -885,3 +909,92 @@ def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values():
     # values, taken by index_select, are all the fit keeps).
     assert "aten.index.Tensor" not in copies.made, copies.made
     assert "aten.mul.Tensor" not in copies.made, copies.made
+
+
+@pytest.mark.parametrize("k", [2, 5, 9, 20])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cpu_fits_label_and_sum_in_one_pass_over_the_stored_values(monkeypatch, k, weighted):
+    # Each iteration read the stored values twice, a product for the scores
+    # then a product or scatter for the sums (a fit at k=2 took 2-3x
+    # scikit-learn's time, whose Cython loop reads them once): the fused
+    # kernel labels and sums them in one pass, with scikit-learn's result.
+    from torchkmeans.functional import _native
+
+    if not _native.available():
+        pytest.skip("no C++ compiler for the kernel")
+    import torchkmeans.functional.sparse as sparse_module
+
+    products, passes = [], []
+    product, fused = torch.sparse.mm, _native.sparse_lloyd
+    monkeypatch.setattr(torch.sparse, "mm", lambda *a: products.append(1) or product(*a))
+    monkeypatch.setattr(
+        sparse_module._native, "sparse_lloyd", lambda *a, **kw: passes.append(1) or fused(*a, **kw)
+    )
+    weights = np.random.default_rng(0).random(CSR.shape[0]) if weighted else None
+    init = DENSE[np.arange(k) * 85]
+    ours = KMeans(k, init=init).fit(CSR, sample_weight=weights)
+    assert products == [] and len(passes) == ours.n_iter_ + 1
+    theirs = SklearnKMeans(k, init=init, n_init=1).fit(CSR, sample_weight=weights)
+    _same_fit(ours, theirs)
+    X32 = CSR.astype(np.float32)
+    ours = KMeans(k, init=init.astype(np.float32)).fit(X32, sample_weight=weights)
+    theirs = SklearnKMeans(k, init=init.astype(np.float32), n_init=1).fit(
+        X32, sample_weight=weights
+    )
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ours.inertia_, theirs.inertia_, rtol=1e-5)
+    assert ours.n_iter_ == theirs.n_iter_
+
+
+def test_fits_without_the_kernel_take_the_sparse_products(monkeypatch):
+    # No compiler: the products and sums of PyTorch ops, the same fit.
+    import torchkmeans.functional.sparse as sparse_module
+
+    monkeypatch.setattr(sparse_module._native, "available", lambda: False)
+    monkeypatch.setattr(
+        sparse_module._native, "sparse_lloyd", lambda *a, **kw: pytest.fail("the kernel ran")
+    )
+    ours = KMeans(5, init=INIT[:5]).fit(CSR)
+    ours.predict(CSR)
+    _same_fit(ours, SklearnKMeans(5, init=INIT[:5], n_init=1).fit(CSR))
+
+
+def test_sums_of_a_fused_step_follow_the_rows_labelled_again():
+    # Rows the expansion cannot label are labelled again densely after the
+    # fused pass summed them into the expansion's cluster: those sums are
+    # then taken again from the corrected labels.
+    rng = np.random.default_rng(0)
+    centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
+    X = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
+    X[:, 0] = 0
+    X = X.astype(np.float32)
+    w = rng.random(3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct clusters than asked
+        km = KMeans(8, init=X[:8], max_iter=1).fit(sparse.csr_matrix(X), sample_weight=w)
+    X64 = X.astype(np.float64)
+    labels = ((X64[:, None] - X64[None, :8]) ** 2).sum(-1).argmin(1)
+    means = np.stack([np.average(X64[labels == j], 0, weights=w[labels == j]) for j in range(8)])
+    # float32 centres near 1e4: within one unit in the last place.
+    np.testing.assert_allclose(km.cluster_centers_, means, rtol=0, atol=2e-3)
+
+
+def test_a_kernel_without_threads_takes_no_sparse_fit_of_several_threads(monkeypatch):
+    # A kernel built without OpenMP runs on one thread: with several, the
+    # products (on all of them) label and sum the rows, as for dense rows.
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = _float64_rows(CSR)
+    monkeypatch.setattr(sparse_module._native, "available", lambda: True)
+    monkeypatch.setattr(sparse_module._native, "parallel", lambda: False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not sparse_module._fused(rows, 5, None, totals=True)
+        torch.set_num_threads(1)
+        assert sparse_module._fused(rows, 5, None, totals=True)
+        assert not sparse_module._fused(rows, 5, 5 * 65 * 8 - 1, totals=True)  # totals too big
+        assert sparse_module._fused(rows, 5, 5 * 65 * 8 - 1, totals=False)
+    finally:
+        torch.set_num_threads(threads)

@@ -899,10 +899,261 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 
 }  // namespace
 
+// ---- sparse rows (CSR) -------------------------------------------------------
+//
+// Lloyd's step on CSR rows in one pass over their stored values, as
+// scikit-learn's Cython does: per row, its dots with the k centroids from its
+// stored values (the centroids transposed to (d, k), so that each stored value
+// reads k contiguous values), the nearest by |c|^2 - 2 x.c (euclidean; ties to
+// the lowest index, the first strictly lower score wins, as scikit-learn's
+// loop) or by 1 - x.c clamped to [0, 2] (cosine, unit rows), then the row's
+// stored values added into that cluster's totals while they are in the cache.
+
+namespace {
+
+// The dots of one row, stored values [p0, p1), with the NB vectors of B bytes
+// of centroids at ct + j * ldk for column j: U chains of multiply-adds over
+// the stored values, of NB vectors each (a single chain would wait on the
+// latency of each multiply-add), added in a fixed order into out.
+template <typename T, int B, int NB, int U>
+inline void row_dots(const int64_t* col, const T* values, int64_t p0, int64_t p1, const T* ct,
+                     int64_t ldk, T* out) {
+    typedef T V __attribute__((vector_size(B), aligned(sizeof(T))));
+    constexpr int L = B / static_cast<int>(sizeof(T));
+    V acc[U][NB];
+    for (int u = 0; u < U; ++u)
+        for (int b = 0; b < NB; ++b) acc[u][b] = V{};
+    int64_t p = p0;
+    for (; p + U <= p1; p += U) {
+        for (int u = 0; u < U; ++u) {
+            const T value = values[p + u];
+            const T* c = ct + col[p + u] * ldk;
+            for (int b = 0; b < NB; ++b) acc[u][b] += *reinterpret_cast<const V*>(c + b * L) * value;
+        }
+    }
+    for (; p < p1; ++p) {
+        const T value = values[p];
+        const T* c = ct + col[p] * ldk;
+        for (int b = 0; b < NB; ++b) acc[0][b] += *reinterpret_cast<const V*>(c + b * L) * value;
+    }
+    for (int b = 0; b < NB; ++b) {
+        V sum = acc[0][b];
+        for (int u = 1; u < U; ++u) sum += acc[u][b];
+        std::memcpy(out + b * L, &sum, sizeof(sum));
+    }
+}
+
+// How the dots of a row are taken, from k and the dtype: 16, 32 or kBytes
+// bytes, the least holding k centroids, or 0: panels of up to kBlocks whole
+// vectors. The centroids are transposed to (d, kp), kp: k rounded up to the
+// vector, or to whole vectors for panels.
+template <typename T>
+inline int sparse_width(int64_t k) {
+    for (int bytes = 16; bytes <= kBytes; bytes *= 2)
+        if (k * int64_t(sizeof(T)) <= bytes) return bytes;
+    return 0;
+}
+
+template <typename T>
+inline int64_t sparse_stride(int64_t k) {
+    const int bytes = sparse_width<T>(k);
+    const int64_t lanes = (bytes ? bytes : kBytes) / int64_t(sizeof(T));
+    return (k + lanes - 1) / lanes * lanes;
+}
+
+// The dots of a row with all kp centroids (see sparse_width).
+template <typename T, int Bytes>
+inline void sparse_dots(const int64_t* col, const T* values, int64_t p0, int64_t p1, const T* ct,
+                        int64_t kp, T* out) {
+    if constexpr (Bytes > 0) {
+        row_dots<T, Bytes, 1, 4>(col, values, p0, p1, ct, kp, out);
+    } else {
+        constexpr int L = kBytes / static_cast<int>(sizeof(T));
+        for (int64_t j = 0; j < kp; j += kBlocks * L) {
+            switch (std::min<int64_t>(kBlocks, (kp - j) / L)) {
+                case kBlocks:
+                    row_dots<T, kBytes, kBlocks, 1>(col, values, p0, p1, ct + j, kp, out + j);
+                    break;
+                case 3:
+                    row_dots<T, kBytes, 3, 1>(col, values, p0, p1, ct + j, kp, out + j);
+                    break;
+                case 2:
+                    row_dots<T, kBytes, 2, 2>(col, values, p0, p1, ct + j, kp, out + j);
+                    break;
+                default:
+                    row_dots<T, kBytes, 1, 4>(col, values, p0, p1, ct + j, kp, out + j);
+                    break;
+            }
+        }
+    }
+}
+
+// f(std::integral_constant<int, width>) for a width of 16, 32 or kBytes
+// bytes, else f of 0 (see sparse_width).
+template <int Bytes = 16, typename F>
+inline void with_sparse_width(int width, F&& f) {
+    if constexpr (Bytes > kBytes) {
+        f(std::integral_constant<int, 0>{});
+    } else {
+        if (width == Bytes)
+            f(std::integral_constant<int, Bytes>{});
+        else
+            with_sparse_width<Bytes * 2>(width, f);
+    }
+}
+
+// Rows [begin, end) of one thread (see sparse_lloyd), Bytes: sparse_width.
+template <typename T, int Bytes>
+void sparse_rows_step(const int64_t* crow, const int64_t* col, const T* values, int64_t begin,
+                      int64_t end, int64_t d, const T* ct, int64_t kp, const T* bias, int64_t k,
+                      int cosine, const T* sq_norms, const double* weights, int64_t* labels,
+                      T* distances, double* totals, double* score_sum) {
+    std::vector<T> dots(kp);
+    T* acc = dots.data();
+    constexpr int kSums = 8;
+    double sums[kSums] = {};
+    for (int64_t r = begin; r < end; ++r) {
+        const int64_t p0 = crow[r], p1 = crow[r + 1];
+        sparse_dots<T, Bytes>(col, values, p0, p1, ct, kp, acc);
+        T low = std::numeric_limits<T>::infinity();
+        int64_t label = 0;
+        for (int64_t j = 0; j < k; ++j) {
+            T score;
+            if (cosine) {
+                score = T(1) - acc[j];
+                score = score < T(0) ? T(0) : (score > T(2) ? T(2) : score);
+            } else {
+                score = bias[j] - T(2) * acc[j];
+            }
+            if (score < low) {
+                low = score;
+                label = j;
+            }
+        }
+        // Every score NaN or +inf (overflow): the first centroid, as an argmin.
+        const T distance = cosine ? low : std::max(low + sq_norms[r], T(0));
+        labels[r] = label;
+        distances[r] = distance;
+        const double weight = weights ? weights[r] : 1.0;
+        sums[r % kSums] += weight * static_cast<double>(distance);
+        if (totals) {
+            double* total = totals + label * (d + 1);
+            if (weights) {
+                for (int64_t p = p0; p < p1; ++p)
+                    total[col[p]] += weight * static_cast<double>(values[p]);
+            } else {
+                for (int64_t p = p0; p < p1; ++p) total[col[p]] += static_cast<double>(values[p]);
+            }
+            total[d] += weight;
+        }
+    }
+    double sum = 0.0;
+    for (int l = 0; l < kSums; ++l) sum += sums[l];
+    *score_sum = sum;
+}
+
+template <typename T>
+void sparse_lloyd(const int64_t* crow, const int64_t* col, const T* values, int64_t n, int64_t d,
+                  const T* centroids, int64_t k, int cosine, int threads, const T* sq_norms,
+                  const double* weights, int64_t* labels, T* distances, double* totals,
+                  double* score_sum) {
+    // The centroids transposed, (d, k), and their squared norms summed in
+    // double, rounded once.
+    const int64_t kp = sparse_stride<T>(k);
+    Aligned<T> aligned(d * kp);
+    T* ct = aligned.data;
+    std::vector<double> norms(k, 0.0);
+    for (int64_t c = 0; c < k; ++c) {
+        for (int64_t j = 0; j < d; ++j) {
+            const T value = centroids[c * d + j];
+            ct[j * kp + c] = value;
+            norms[c] += static_cast<double>(value) * static_cast<double>(value);
+        }
+    }
+    std::vector<T> bias(k);
+    for (int64_t c = 0; c < k; ++c) bias[c] = static_cast<T>(norms[c]);
+    const int64_t size = totals ? k * (d + 1) : 0;
+    if (totals) std::fill(totals, totals + size, 0.0);
+    auto run = [&](int64_t begin, int64_t end, double* out, double* sum) {
+        auto step = [&](auto bytes) {
+            sparse_rows_step<T, decltype(bytes)::value>(crow, col, values, begin, end, d, ct, kp,
+                                                        bias.data(), k, cosine, sq_norms,
+                                                        weights, labels, distances, out, sum);
+        };
+        with_sparse_width(sparse_width<T>(k), step);
+    };
+#if defined(_OPENMP)
+    if (threads > 1 && n > 1) {
+        // Ranges of rows holding equal shares of the stored values, each
+        // thread with its own totals (the first writes the caller's),
+        // combined in thread order: a thread count always gives the same sums.
+        const int64_t stride = (size + 7) / 8 * 8 + 8;
+        std::vector<double> partial(totals ? (threads - 1) * stride : 0, 0.0);
+        std::vector<double> sums(threads, 0.0);
+        const int64_t stored = crow[n] - crow[0];
+        int used = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            if (t == 0) used = nt;
+            auto split = [&](int part) -> int64_t {
+                if (part == 0) return 0;
+                if (part == nt) return n;
+                const int64_t target = crow[0] + stored * part / nt;
+                return std::lower_bound(crow, crow + n + 1, target) - crow;
+            };
+            const int64_t begin = std::min(split(t), n), end = std::min(split(t + 1), n);
+            double* out = !totals ? nullptr : t == 0 ? totals : partial.data() + (t - 1) * stride;
+            run(begin, std::max(begin, end), out, &sums[t]);
+        }
+        double total_sum = 0.0;
+        for (int t = 0; t < used; ++t) total_sum += sums[t];
+        if (totals)
+            for (int t = 1; t < used; ++t)
+                for (int64_t i = 0; i < size; ++i) totals[i] += partial[(t - 1) * stride + i];
+        *score_sum = total_sum;
+        return;
+    }
+#endif
+    (void)threads;
+    run(0, n, totals, score_sum);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Lloyd's step on CSR rows: crow (n + 1), col (nnz) and values (nnz) of n
+// rows of d features; centroids (k, d); cosine: 0 euclidean, 1 cosine (unit
+// rows); threads: OpenMP threads to split the rows over; sq_norms (n), the
+// rows' squared norms (euclidean; unread for cosine); weights (n) or null.
+// Out: labels (n), the nearest centroid; distances (n), the squared distance
+// |x|^2 + |c|^2 - 2 x.c clamped at 0 (cosine: 1 - x.c clamped to [0, 2]);
+// totals (k, d + 1) or null, per cluster the weighted sum of its rows and
+// the sum of their weights; score_sum, the weighted sum of the distances.
+void tk_sparse_lloyd_f32(const int64_t* crow, const int64_t* col, const float* values, int64_t n,
+                         int64_t d, const float* centroids, int64_t k, int cosine, int threads,
+                         const float* sq_norms, const double* weights, int64_t* labels,
+                         float* distances, double* totals, double* score_sum) {
+    sparse_lloyd<float>(crow, col, values, n, d, centroids, k, cosine, threads, sq_norms, weights,
+                        labels, distances, totals, score_sum);
+}
+
+void tk_sparse_lloyd_f64(const int64_t* crow, const int64_t* col, const double* values,
+                         int64_t n, int64_t d, const double* centroids, int64_t k, int cosine,
+                         int threads, const double* sq_norms, const double* weights,
+                         int64_t* labels, double* distances, double* totals,
+                         double* score_sum) {
+    sparse_lloyd<double>(crow, col, values, n, d, centroids, k, cosine, threads, sq_norms,
+                         weights, labels, distances, totals, score_sum);
+}
+
+}  // extern "C"
+
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 7; }
+int tk_abi_version() { return 8; }
 
 int tk_vector_bytes() { return kBytes; }
 

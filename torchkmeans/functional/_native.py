@@ -8,7 +8,10 @@ many it still costs 10-20% (200,000 x 384, k=256; 100,000 x 128, k=1024). The
 kernel scores a few rows at a time against the centroids in registers,
 blocked like a matrix product so the centroids it reads stay in the L1 cache,
 and keeps the running minimum there, so no score is ever stored; in a Lloyd
-step it also sums each cluster's rows in the same pass.
+step it also sums each cluster's rows in the same pass. Rows in CSR form
+(:func:`sparse_lloyd`) are labelled and summed the same way, in one pass over
+their stored values, where a sparse product and then a scatter or second
+product read them twice.
 
 The kernel is compiled once per machine with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``; ``-O3 -march=native -fopenmp``)
@@ -36,10 +39,10 @@ import torch
 from . import _device
 from ._native_build import build as _build
 
-__all__ = ["available", "nearest", "prefers_native"]
+__all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 7
+_ABI_VERSION = 8
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -95,6 +98,10 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer, small]
         function.argtypes += [small, small, pointer, pointer, pointer, pointer, pointer, pointer]
         function.argtypes += [pointer, pointer]
+    for function in (library.tk_sparse_lloyd_f32, library.tk_sparse_lloyd_f64):
+        function.restype = None
+        function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, small]
+        function.argtypes += [small, pointer, pointer, pointer, pointer, pointer, pointer]
     return library
 
 
@@ -120,6 +127,12 @@ def available() -> bool:
     return _library_or_none() is not None
 
 
+def parallel() -> bool:
+    """Whether the built kernel splits its work over threads (built with OpenMP)."""
+    library = _library_or_none()
+    return library is not None and bool(library.tk_openmp())
+
+
 def _self_test() -> bool:
     """Labels of a small problem against torch's, in every layout and dtype."""
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -135,6 +148,17 @@ def _self_test() -> bool:
         few = centroids[:DOTS_MAX_K]
         nearest(x, few, labels, columns=False, dots=True, threads=1)
         if not torch.equal(labels, torch.cdist(x, few).argmin(1)):
+            return False
+        # The CSR step on the same rows, every value stored.
+        crow = torch.arange(0, 101 * 5 + 1, 5, device="cpu")
+        col = torch.arange(5, device="cpu").repeat(101)
+        distances = torch.empty(101, dtype=dtype, device="cpu")
+        totals = torch.empty((37, 6), dtype=torch.float64, device="cpu")
+        norms = x.square().sum(1)
+        sparse_lloyd(
+            crow, col, x.reshape(-1), 5, centroids, norms, labels, distances, totals=totals
+        )
+        if not torch.equal(labels, expected):
             return False
     return True
 
@@ -307,3 +331,105 @@ def nearest(
     else:
         changed = function(*arguments)
     return score_sum.value, int(changed)
+
+
+def sparse_lloyd(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    n_features: int,
+    centroids: torch.Tensor,
+    sq_norms: torch.Tensor | None,
+    labels: torch.Tensor,
+    distances: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None,
+    threads: int | None = None,
+) -> float:
+    """Lloyd's step on CSR rows in one pass over their stored values.
+
+    Rows ``crow`` ``(n + 1,)``, ``col`` ``(nnz,)`` (int64) and ``values``
+    ``(nnz,)`` (float32/float64) of ``n_features`` columns, with squared norms
+    ``sq_norms`` ``(n,)`` (euclidean), or None for cosine scores of unit rows.
+    Writes into ``labels`` ``(n,)`` int64 the nearest of ``centroids``
+    ``(k, n_features)`` (by ``|c|^2 - 2 x.c``, ties to the lowest index, as
+    scikit-learn's sparse loop; cosine: ``1 - x.c`` clamped to [0, 2]), into
+    ``distances`` ``(n,)`` each row's distance to it (``|x|^2 + |c|^2 - 2 x.c``
+    clamped at 0; cosine ``1 - x.c``), and when given into ``totals``
+    ``(k, n_features + 1)`` float64 per cluster the sum of its rows times
+    ``weights`` ``(n,)`` float64 and of their weights. Returns the weighted
+    sum of the distances. ``threads`` overrides the thread count (tests).
+    Call only where :func:`available` is true.
+    """
+    library = _library
+    assert library is not None
+    dtype = values.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"Expected values of float32 or float64, got {dtype}.")
+    n = int(crow.shape[0]) - 1
+    k = int(centroids.shape[0])
+    crow = _operand(crow, torch.int64)
+    col = _operand(col, torch.int64)
+    values = _operand(values, dtype)
+    centroids = _operand(centroids, dtype)
+    sq_norms = None if sq_norms is None else _operand(sq_norms, dtype)
+    weights = None if weights is None else _operand(weights, torch.float64)
+    for name, tensor in (
+        ("crow", crow),
+        ("col", col),
+        ("values", values),
+        ("centroids", centroids),
+        ("weights", weights),
+    ):
+        if tensor is not None and not tensor.is_cpu:
+            raise ValueError(f"Expected {name} on the CPU, got a tensor on {tensor.device}.")
+    if tuple(centroids.shape) != (k, n_features):
+        raise ValueError(
+            f"Expected centroids of shape (k, {n_features}), got {tuple(centroids.shape)}."
+        )
+    for name, out, out_dtype, shape in (
+        ("labels", labels, torch.int64, (n,)),
+        ("distances", distances, dtype, (n,)),
+        ("totals", totals, torch.float64, (k, n_features + 1)),
+    ):
+        if out is not None and (
+            out.dtype != out_dtype
+            or not out.is_contiguous()
+            or not out.is_cpu
+            or tuple(out.shape) != shape
+        ):
+            raise ValueError(
+                f"Expected {name} to be a contiguous {out_dtype} tensor of shape {shape} "
+                "on the CPU."
+            )
+    if threads is None:
+        work = int(values.numel()) * k
+        threads = torch.get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
+    function = (
+        library.tk_sparse_lloyd_f32 if dtype == torch.float32 else library.tk_sparse_lloyd_f64
+    )
+    score_sum = ctypes.c_double()
+    arguments = (
+        crow.data_ptr(),
+        col.data_ptr(),
+        values.data_ptr(),
+        n,
+        n_features,
+        centroids.data_ptr(),
+        k,
+        int(sq_norms is None),
+        threads,
+        None if sq_norms is None else sq_norms.data_ptr(),
+        None if weights is None else weights.data_ptr(),
+        labels.data_ptr(),
+        distances.data_ptr(),
+        None if totals is None else totals.data_ptr(),
+        ctypes.byref(score_sum),
+    )
+    if torch.autograd._profiler_enabled():
+        with torch.profiler.record_function("torchkmeans::sparse_lloyd"):
+            function(*arguments)
+    else:
+        function(*arguments)
+    return score_sum.value

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import _validation as v
-from . import _device
+from . import _device, _native
 from .certify import suspects, trust_factor
 from .collective import LOCAL
 from .distances import (
@@ -306,15 +306,25 @@ def sparse_nearest(
 
     The first centroid wins ties, as in the dense search.
     """
-    blocks = _row_blocks(rows, _block_rows(rows, int(centroids.shape[0]), memory_budget))
+    k = int(centroids.shape[0])
+    fused = _fused(rows, k, memory_budget, totals=False)
+    blocks = [] if fused else _row_blocks(rows, _block_rows(rows, k, memory_budget))
     return _checked_nearest(rows, centroids, blocks, memory_budget)
 
 
 def _checked_nearest(
-    rows: SparseRows, centroids: torch.Tensor, blocks: _Blocks, memory_budget: int | None
+    rows: SparseRows,
+    centroids: torch.Tensor,
+    blocks: _Blocks,
+    memory_budget: int | None,
+    weights: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None,
 ) -> Nearest:
-    """:func:`sparse_nearest` over known ``blocks`` of rows."""
-    labels, distances = _scored(rows, centroids, blocks)
+    """:func:`sparse_nearest` over known ``blocks`` of rows (none: by the
+    fused kernel, see :func:`_fused`, which also writes ``totals`` when
+    given). ``totals`` are set to NaN when a row is labelled again otherwise:
+    the caller's sums are then to be taken from the labels."""
+    labels, distances = _scored(rows, centroids, blocks, weights, totals)
     if rows.metric == "euclidean" and rows.n_rows:
         # The expansion cancels for rows far from the origin for their
         # distance (float32 rows near 1e4, 1e-2 apart: 2,602 of 3,000 labels
@@ -327,6 +337,8 @@ def _checked_nearest(
                 rows.take(part), centroids.to(rows.dtype), memory_budget=memory_budget
             )
             assert part_distances is not None
+            if totals is not None and not torch.equal(labels[part], part_labels):
+                totals.fill_(math.nan)
             labels.index_copy_(0, part, part_labels)
             distances.index_copy_(0, part, part_distances.to(distances.dtype))
     return Nearest(labels, distances)
@@ -356,11 +368,35 @@ def _row_blocks(rows: SparseRows, step: int) -> _Blocks:
     ]
 
 
-def _scored(rows: SparseRows, centroids: torch.Tensor, blocks: _Blocks) -> Nearest:
-    """Labels and distances of the expansion, in ``blocks`` of rows (unchecked)."""
+def _scored(
+    rows: SparseRows,
+    centroids: torch.Tensor,
+    blocks: _Blocks,
+    weights: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None,
+) -> Nearest:
+    """Labels and distances of the expansion, in ``blocks`` of rows
+    (unchecked); without blocks, by the fused kernel in one pass over the
+    stored values, which also writes the cluster ``totals`` ``(k, d + 1)`` of
+    the rows times ``weights`` when given (see :func:`_fused`)."""
     n = rows.n_rows
     labels = torch.empty(n, dtype=torch.int64, device=rows.device)
     distances = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    if not blocks and n:
+        euclidean = rows.metric == "euclidean"
+        _native.sparse_lloyd(
+            rows.crow,
+            rows.col,
+            rows.values,
+            rows.n_features,
+            centroids,
+            rows.sq_norms if euclidean else None,
+            labels,
+            distances,
+            weights=weights,
+            totals=totals,
+        )
+        return Nearest(labels, distances)
     c_sq = _squared_norms(centroids) if rows.metric == "euclidean" else None
     for start, stop, block in blocks:
         scores = _block_distances(rows, start, stop, centroids, c_sq, block)
@@ -582,6 +618,36 @@ def sparse_weights_without_rows_of_zeros(
     return weights_without_rows_of_zeros(direction, weights, n_clusters)
 
 
+# The most clusters for which the fused kernel labels rows on the CPU and
+# sums them (_native.sparse_lloyd); the sparse products otherwise. The
+# kernel reads the stored values once where the products read them twice,
+# and its dots alone run at the product's speed or faster (1% stored
+# TF-IDF, 20,000 x 5,000, one thread: k=2 0.7 ms against 0.6 ms, k=9 1.5
+# against 1.5, k=20 2.2 against 3.1, k=50 9.5 against 17): fits from the
+# same init took 0.4-0.6 of the products' time at k=2-300 (d=5,000 and
+# d=100,000 at 0.1% stored), so it takes every k; a test sets this to 0.
+_FUSED_MAX_CLUSTERS = 1 << 30
+
+
+def _fused(rows: SparseRows, k: int, memory_budget: int | None, *, totals: bool) -> bool:
+    """Whether the rows' labels (and with ``totals`` their cluster sums) are
+    taken by the fused CSR kernel, one pass over the stored values
+    (:func:`~torchkmeans.functional._native.sparse_lloyd`): on the CPU where
+    it is built, for at most ``_FUSED_MAX_CLUSTERS`` clusters, and for sums
+    only where a thread's ``(k, d + 1)`` float64 totals fit ``memory_budget``.
+    A kernel built without OpenMP runs on one thread: only where PyTorch's
+    products would too."""
+    if not _device.on_host(rows.device) or rows.dtype not in (torch.float32, torch.float64):
+        return False
+    if not rows.n_rows or k > _FUSED_MAX_CLUSTERS:
+        return False
+    if totals:
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+        if torch.get_num_threads() * k * (rows.n_features + 1) * 8 > budget:
+            return False
+    return _native.available() and (torch.get_num_threads() == 1 or _native.parallel())
+
+
 # The most clusters whose sums are a product (see sparse_kmeans): its cost
 # grows with k, the scatter's does not (the same matrix: equal near k=12).
 _PRODUCT_SUMS_UP_TO = 10
@@ -630,25 +696,32 @@ def _update(
     centroids: torch.Tensor,
     deferred: _Deferred | None,
     transposed: torch.Tensor | None = None,
+    fused_totals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New centroids from the labels (empty clusters reseeded), and whether a
     reseeded cluster took a point off its centroid ``()``. With ``deferred``
     (off the CPU) the reseeding runs every time, with ``torch.where``, and
     reads nothing on the host; otherwise only when a cluster is empty. The
-    sums are one product of ``transposed`` (:func:`_transposed`) when given,
-    else one scatter of ``weighted_values``."""
+    sums are ``fused_totals`` ``(k, d + 1)`` (sums and weights) when given, from
+    the fused kernel (see :func:`_fused`), one product of ``transposed``
+    (:func:`_transposed`) when given, else one scatter of ``weighted_values``
+    (the stored values times their row's weight when None)."""
     k, d = centroids.shape
-    if transposed is None:
-        assert weighted_values is not None
-        sums = rows.sums(labels, weighted_values, k)
+    if fused_totals is not None:
+        totals = fused_totals.unsqueeze(0)
     else:
-        one_hot = weights.new_zeros((rows.n_rows, k)).scatter_(
-            1, labels.unsqueeze(1), weights.unsqueeze(1)
-        )
-        sums = torch.sparse.mm(transposed, one_hot).T
-    # [sums | weights], the layout relocate_empty_clusters works on.
-    totals = torch.cat([sums.unsqueeze(0), sums.new_zeros((1, k, 1))], dim=-1)
-    totals[0, :, d].index_add_(0, labels, weights)
+        if transposed is None:
+            if weighted_values is None:
+                weighted_values = rows.values.to(weights.dtype) * weights[rows.row_of]
+            sums = rows.sums(labels, weighted_values, k)
+        else:
+            one_hot = weights.new_zeros((rows.n_rows, k)).scatter_(
+                1, labels.unsqueeze(1), weights.unsqueeze(1)
+            )
+            sums = torch.sparse.mm(transposed, one_hot).T
+        # [sums | weights], the layout relocate_empty_clusters works on.
+        totals = torch.cat([sums.unsqueeze(0), sums.new_zeros((1, k, 1))], dim=-1)
+        totals[0, :, d].index_add_(0, labels, weights)
     moved = torch.zeros((), dtype=torch.bool, device=rows.device)
     if deferred is not None or bool((totals[0, :, d] <= 0).any()):
         n = rows.n_rows
@@ -703,8 +776,9 @@ def _single(
     """
     acc = weights.dtype
     device = rows.device
-    k = int(centroids.shape[0])
-    blocks = _row_blocks(rows, _block_rows(rows, k, memory_budget))
+    k, d = int(centroids.shape[0]), rows.n_features
+    fused = _fused(rows, k, memory_budget, totals=True)
+    blocks = [] if fused else _row_blocks(rows, _block_rows(rows, k, memory_budget))
     deferred = None
     if not _device.on_host(device):
         longest = int(rows.crow.diff().amax()) if rows.n_rows else 0
@@ -719,7 +793,15 @@ def _single(
     saved = (0, centroids, previous, done, n_iter)
     i = 0
     while i < max_iter:
-        if deferred is None:
+        totals = None
+        if fused:
+            totals = torch.zeros((k, d + 1), dtype=torch.float64, device=device)
+            labels, distances = _checked_nearest(
+                rows, centroids, blocks, memory_budget, weights, totals
+            )
+            if rows.n_rows and bool(totals[0, 0].isnan()):
+                totals = None  # a row labelled again: sums from the labels
+        elif deferred is None:
             labels, distances = _checked_nearest(rows, centroids, blocks, memory_budget)
         else:
             labels, distances, count = _nearest_deferred(rows, centroids, deferred, memory_budget)
@@ -727,7 +809,15 @@ def _single(
         running = ~done
         history[i] = torch.where(running, (distances.to(acc) * weights).sum(), history[i])
         new, moved = _update(
-            rows, weighted_values, weights, labels, distances, centroids, deferred, transposed
+            rows,
+            weighted_values,
+            weights,
+            labels,
+            distances,
+            centroids,
+            deferred,
+            transposed,
+            totals,
         )
         converged = (new - centroids).to(acc).square().sum() <= tol_abs
         if previous is not None:
@@ -843,9 +933,13 @@ def sparse_kmeans(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     one_hot_bytes = rows.n_rows * n_clusters * torch.finfo(acc).bits // 8
     product_sums = n_clusters <= _PRODUCT_SUMS_UP_TO and one_hot_bytes <= budget
-    transposed = _transposed(rows, acc) if product_sums else None
+    # The fused kernel sums the stored values as it labels them: neither.
+    fused = _fused(rows, n_clusters, memory_budget, totals=True)
+    transposed = _transposed(rows, acc) if product_sums and not fused else None
     # The product weighs the one-hot labels: no weighted copy of the values.
-    weighted_values = None if transposed is not None else rows.values.to(acc) * weights[rows.row_of]
+    weighted_values = (
+        None if transposed is not None or fused else rows.values.to(acc) * weights[rows.row_of]
+    )
     tol_abs = float(_mean_variance(rows)) * tol
     if check_every is None:
         check_every = 1 if _device.on_host(rows.device) else 10
@@ -985,7 +1079,8 @@ def sparse_minibatch_step(
     :func:`~torchkmeans.functional.minibatch.minibatch_step`, with the
     assignment from sparse products and the sums from one scatter of the
     stored values (times ``sample_weight`` ``(n,)``, checked by the caller,
-    when given); only reseeded centroids densify rows.
+    when given), or on the CPU both in one pass of the fused kernel (see
+    :func:`_fused`); only reseeded centroids densify rows.
 
     Examples
     --------
@@ -1000,17 +1095,30 @@ def sparse_minibatch_step(
     """
     k, d = int(centroids.shape[0]), int(centroids.shape[1])
     wide = _device.widest_float(batch.device)
-    labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
-    values = batch.values.to(wide)
-    if sample_weight is None:
-        weights = None
-        row_weights = torch.ones(batch.n_rows, dtype=wide, device=batch.device)
+    weights = None if sample_weight is None else sample_weight.to(batch.device, wide)
+    totals = None
+    if _fused(batch, k, memory_budget, totals=True):
+        # Labels, sums and counts in one pass over the stored values.
+        totals = torch.zeros((k, d + 1), dtype=torch.float64, device=batch.device)
+        labels, distances = _checked_nearest(
+            batch, centroids.to(batch.dtype), [], memory_budget, weights, totals
+        )
+        if bool(totals[0, 0].isnan()):
+            totals = None  # a row labelled again: sums from the labels
     else:
-        weights = row_weights = sample_weight.to(device=batch.device, dtype=wide)
-        values = values * weights[batch.row_of]
-    sums = batch.sums(labels, values, k)
-    counts = torch.zeros(k, dtype=wide, device=batch.device)
-    counts.index_add_(0, labels, row_weights)
+        labels, distances = sparse_nearest(batch, centroids.to(batch.dtype), memory_budget)
+    if totals is not None:
+        sums, counts = totals[:, :d].to(wide), totals[:, d].to(wide)
+    else:
+        values = batch.values.to(wide)
+        if weights is None:
+            row_weights = torch.ones(batch.n_rows, dtype=wide, device=batch.device)
+        else:
+            row_weights = weights
+            values = values * weights[batch.row_of]
+        sums = batch.sums(labels, values, k)
+        counts = torch.zeros(k, dtype=wide, device=batch.device)
+        counts.index_add_(0, labels, row_weights)
 
     def rows_at(picked: torch.Tensor) -> torch.Tensor:
         return batch.take(picked.reshape(-1)).view(*picked.shape, d)
