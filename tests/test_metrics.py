@@ -164,6 +164,33 @@ def test_float32_far_from_the_mean_scores_as_float64(metric, one_hot, monkeypatc
     np.testing.assert_allclose(scores.numpy(), expected, rtol=RTOL)
 
 
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_cosine_silhouette_of_rows_of_nearly_one_direction(one_hot, monkeypatch):
+    """1 - u.v cancelled to rounding noise for rows 1e8 + noise (0.005 for 0.78)."""
+    if not one_hot:
+        monkeypatch.setattr(metrics, "_sums_by_product", lambda *args: False)
+    blobs, labels = datasets.make_blobs(300, 3, centers=2, random_state=0)
+    X = 1e8 + 1e-3 * blobs
+    units = X / np.linalg.norm(X, axis=1, keepdims=True)
+    # Differences of unit rows keep their digits: 1 - cos = |u - v|^2 / 2.
+    exact = ((units[:, None] - units[None]) ** 2).sum(-1) / 2
+    expected = sk.silhouette_samples(exact, labels, metric="precomputed")
+    assert sk.silhouette_score(exact, labels, metric="precomputed") > 0.7
+    samples = metrics.silhouette_samples(X, labels, metric="cosine")
+    np.testing.assert_allclose(samples, expected, rtol=1e-4, atol=1e-6)
+    # Rows of zeros stay at distance 1 from every row, as in scikit-learn.
+    X[::7] = 0.0
+    units = np.where((X != 0).any(1, keepdims=True), units, 0.0)
+    exact = np.where((X != 0).any(1)[:, None] & (X != 0).any(1)[None], exact, 1.0 - units @ units.T)
+    np.fill_diagonal(exact, 0.0)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels, metric="cosine"),
+        sk.silhouette_samples(exact, labels, metric="precomputed"),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
 def test_float32_far_from_the_mean_centroid_scores_as_float64():
     X, labels = _far_from_the_mean()
     exact = X.astype(np.float64)
@@ -312,8 +339,8 @@ def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
     shapes: list[tuple[int, int, int]] = []
     original = metrics._distance_block
 
-    def spy(data, data_sq, rows, columns, metric):
-        block = original(data, data_sq, rows, columns, metric)
+    def spy(data, data_sq, rows, columns, metric, *rest):
+        block = original(data, data_sq, rows, columns, metric, *rest)
         shapes.append((*block.shape, block.element_size()))
         return block
 
