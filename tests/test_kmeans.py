@@ -1484,3 +1484,39 @@ def test_strided_arrays_and_frames_are_not_copied_before_the_fit(monkeypatch):
     # Negative strides, which torch cannot wrap, are still copied.
     km = KMeans(n_clusters=3, random_state=0).fit(np.ascontiguousarray(X[::-1])[::-1])
     np.testing.assert_array_equal(km.labels_, expected.labels_)
+
+
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])
+@pytest.mark.parametrize("d", [16, 128])
+def test_cosine_inertia_of_tight_float32_clusters_is_their_1_minus_cos(path, d, monkeypatch):
+    """1 - x.c of float32 unit rows keeps the rounding of their lengths (~1e-7):
+    rows 1e-3 from their centroid had inertia_, score and the elbow's inertia
+    up to 2.4x the exact 1 - cos of the data."""
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=d)
+    offsets = make_blobs(2000, d, centers=5, cluster_std=0.3, random_state=1)[0]
+    X = (base / np.linalg.norm(base) + 1e-3 * offsets / np.abs(offsets).max()).astype(np.float32)
+    units = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+
+    def exact(centres, labels):
+        centres = np.asarray(centres, dtype=np.float64)
+        return float((((units - centres[labels]) ** 2).sum(1) / 2).sum())
+
+    km = KMeans(n_clusters=5, metric="cosine", random_state=0).fit(X)
+    expected = exact(km.cluster_centers_, km.labels_)
+    assert km.inertia_ == pytest.approx(expected, rel=1e-4)
+    assert -km.score(X) == pytest.approx(expected, rel=1e-4)
+    # The padded batches of the PyTorch ops sum 1 - x.c from their scores.
+    result = elbow(X, k=range(1, 7), metric="cosine", random_state=0)
+    for i in range(len(result.ks) if path == "fused kernel" else 0):
+        assert result.inertia[i] == pytest.approx(
+            exact(result.centroids[i], result.labels[i]), rel=1e-4
+        )
+    # A row of zeros stays at 1 - cos = 1 from every centre.
+    X[0] = 0.0
+    km = KMeans(n_clusters=5, metric="cosine", random_state=0).fit(X)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float64)[km.labels_[1:]]
+    expected = 1.0 + float((((units[1:] - centres) ** 2).sum(1) / 2).sum())
+    assert km.inertia_ == pytest.approx(expected, rel=1e-4)
