@@ -1520,3 +1520,26 @@ def test_cosine_inertia_of_tight_float32_clusters_is_their_1_minus_cos(path, d, 
     centres = np.asarray(km.cluster_centers_, dtype=np.float64)[km.labels_[1:]]
     expected = 1.0 + float((((units[1:] - centres) ** 2).sum(1) / 2).sum())
     assert km.inertia_ == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cosine_transform_of_tight_clusters_is_their_1_minus_cos(dtype):
+    """transform's 1 - x.c kept the rounding of the rows' unit lengths: float32
+    rows 1e-3 from their centre were up to 45x too far from it."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=16)
+    offsets = make_blobs(1000, 16, centers=4, cluster_std=0.3, random_state=2)[0]
+    scale = 1e-3 if dtype == np.float32 else 1e-7
+    X = (base / np.linalg.norm(base) + scale * offsets / np.abs(offsets).max()).astype(dtype)
+    X[0] = 0.0
+    km = KMeans(n_clusters=4, metric="cosine", random_state=0).fit(X)
+    units = X.astype(np.float64)
+    norms = np.linalg.norm(units, axis=1, keepdims=True)
+    units = np.divide(units, norms, out=np.zeros_like(units), where=norms > 0)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float64)
+    exact = ((units[:, None] - centres[None]) ** 2).sum(-1) / 2
+    exact[0] = 1.0  # a row of zeros
+    distances = km.transform(X)
+    assert distances.dtype == dtype
+    np.testing.assert_allclose(distances, exact, rtol=1e-3)
+    assert distances.min(1)[1:].mean() == pytest.approx(-km.score(X[1:]) / 999, rel=1e-4)
