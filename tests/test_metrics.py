@@ -247,8 +247,29 @@ def test_integral_float_labels_beyond_int64_stay_distinct():
     assert metrics.inertia(X, huge) == pytest.approx(metrics.inertia(X, np.repeat([0, 1, 2], 50)))
     with pytest.raises(ValueError, match=r"indices into centers, got values outside int64"):
         metrics.inertia(X, huge, np.zeros((3, 4)))
-    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral or"):
-        metrics.silhouette_score(X, np.r_[np.inf, np.zeros(149)])
+    for bad in (np.inf, np.nan):
+        with pytest.raises(TypeError, match=r"integers or finite floats, got NaN or infinity"):
+            metrics.silhouette_score(X, np.r_[bad, np.zeros(149)])
+
+
+def test_non_integral_float_labels_are_categories_as_in_sklearn():
+    """scikit-learn encodes any labels; 0.5, 1.5 and 2.5 had been refused."""
+    X, _ = _data("wine")
+    labels = np.array([0.5, 1.5, 2.5])[np.arange(len(X)) % 3]
+    other = np.where(labels == 2.5, -1e30, labels)
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours, reference = getattr(metrics, function), getattr(sk, function)
+        for row in (labels, other):
+            assert ours(X, row) == pytest.approx(reference(X, row), rel=RTOL), function
+        batch = ours(torch.tensor(X), torch.tensor(np.stack([labels, other])))
+        expected = [reference(X, labels), reference(X, other)]
+        np.testing.assert_allclose(batch.numpy(), expected, rtol=RTOL, err_msg=function)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels), sk.silhouette_samples(X, labels), rtol=RTOL
+    )
+    assert metrics.inertia(X, labels) == pytest.approx(metrics.inertia(X, labels * 2 - 1))
+    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral"):
+        metrics.inertia(X, labels, np.zeros((3, X.shape[1])))
 
 
 @SETTINGS
@@ -530,9 +551,10 @@ def test_silhouette_properties(X, labels, shift):
             r"sample_size",
         ),
         (
-            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0.5, 1, 1]),
+            # 0.5 is a category, as in scikit-learn; NaN is none
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [np.nan, 1, 1]),
             TypeError,
-            r"Expected labels to hold integers",
+            r"Expected labels to hold integers or finite floats, got NaN or infinity",
         ),
         (
             # numbered as categories before (as complex tensors never were)

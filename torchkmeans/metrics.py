@@ -111,22 +111,20 @@ def _label_tensor(
 ) -> tuple[torch.Tensor, bool]:
     """Labels as an int64 tensor ``(b, n)`` on ``device``, and whether they were batched.
 
-    Integral floats beyond int64 are numbered in sorted order (their cast
-    overflowed: 1e19, 2e19 and 3e19 became one cluster), unless they must be
+    Floats that are not integers of int64 are numbered in sorted order, as
+    scikit-learn encodes any labels (0.5 and 1.5 had been refused; the cast of
+    1e19, 2e19 and 3e19 overflowed into one cluster), unless they must be
     ``indices`` (into centres), which they cannot be.
     """
     if isinstance(labels, torch.Tensor):
         tensor = labels.detach()
         if tensor.is_floating_point():
-            if not bool((tensor.isfinite() & (tensor == tensor.round())).all()):
-                raise TypeError(
-                    "Expected labels to hold integers, got non-integral or non-finite floats."
-                )
-            if tensor.numel() and not bool(((tensor >= -(2.0**63)) & (tensor < 2.0**63)).all()):
-                if indices:
-                    raise ValueError(
-                        "Expected labels to be indices into centers, got values outside int64."
-                    )
+            _check_float_labels(bool(tensor.isfinite().all()), indices)
+            integral = tensor == tensor.round()
+            if tensor.numel() and not bool(
+                (integral & (tensor >= -(2.0**63)) & (tensor < 2.0**63)).all()
+            ):
+                _check_categories(bool(integral.all()), indices)
                 tensor = torch.unique(tensor, return_inverse=True)[1].view(tensor.shape)
         elif tensor.is_complex():
             raise TypeError(f"Expected labels to hold integers, got dtype {tensor.dtype}.")
@@ -134,15 +132,12 @@ def _label_tensor(
     else:
         array = np.asarray(labels)
         if array.dtype.kind == "f":
-            if not bool(np.all(np.isfinite(array) & (array == np.round(array)))):
-                raise TypeError(
-                    "Expected labels to hold integers, got non-integral or non-finite floats."
-                )
-            if array.size and not bool(np.all((array >= -(2.0**63)) & (array < 2.0**63))):
-                if indices:
-                    raise ValueError(
-                        "Expected labels to be indices into centers, got values outside int64."
-                    )
+            _check_float_labels(bool(np.all(np.isfinite(array))), indices)
+            integral = array == np.round(array)
+            if array.size and not bool(
+                np.all(integral & (array >= -(2.0**63)) & (array < 2.0**63))
+            ):
+                _check_categories(bool(np.all(integral)), indices)
                 array = np.unique(array, return_inverse=True)[1].reshape(array.shape)
             array = array.astype(np.int64)
         elif array.dtype.kind == "c":
@@ -175,6 +170,23 @@ def _label_tensor(
             f"Expected labels to hold at least one labelling, got shape {tuple(tensor.shape)}."
         )
     return (tensor if batched else tensor.unsqueeze(0)), batched
+
+
+def _check_float_labels(finite: bool, indices: bool) -> None:
+    if not finite:
+        raise TypeError(
+            "Expected labels to hold integers, got non-integral or non-finite floats."
+            if indices
+            else "Expected labels to hold integers or finite floats, got NaN or infinity."
+        )
+
+
+def _check_categories(integral: bool, indices: bool) -> None:
+    """Floats that are not int64 integers are categories, except as ``indices``."""
+    if indices and not integral:
+        raise TypeError("Expected labels to hold integers, got non-integral or non-finite floats.")
+    if indices:
+        raise ValueError("Expected labels to be indices into centers, got values outside int64.")
 
 
 def _encode(labels: torch.Tensor, batched: bool, dtype: torch.dtype) -> _Labels:
