@@ -148,6 +148,30 @@ def test_fit_drops_the_row_labels_pandas_writes_as_an_unnamed_first_column(
     assert "header: a, b, c, d, (unnamed first column: row labels, dropped)" in field(out, "data")
 
 
+@pytest.mark.parametrize("index", [False, True])
+def test_fit_skips_the_header_pandas_writes_for_unnamed_columns(capsys, tmp_path, iris, index):
+    """DataFrame(X).to_csv writes the column positions 0,1,... as a header: it had
+    been read as a first row of data [0, 1, 2, 3], or, under the row labels'
+    empty cell, refused."""
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "iris.csv"
+    pd.DataFrame(iris).to_csv(path, index=index)
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    reference = KMeans(n_clusters=3, random_state=0, device="cpu").fit(iris)
+    assert "(150 x 4, float64), header: 0, 1, 2, 3" in field(out, "data")
+    assert float(field(out, "inertia")) == pytest.approx(reference.inertia_, rel=1e-7)
+    # Other rows of numbers stay data, and --header no reads the positions as data.
+    np.savetxt(path, np.vstack([[1, 2, 3, 4], iris]), delimiter=",", fmt="%g")
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    assert "(151 x 4, float64)" in field(out, "data")
+    pd.DataFrame(iris).to_csv(path, index=False)
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--header", "no", "--device", "cpu")
+    assert code == 0, err
+    assert "(151 x 4, float64)" in field(out, "data")
+
+
 def test_fit_minibatch_streams_a_memmap(capsys, tmp_path, iris, monkeypatch):
     data = tmp_path / "iris.npy"
     np.save(data, iris)

@@ -537,9 +537,9 @@ def test_scores_keep_to_the_memory_budget(monkeypatch):
     rows_seen: list[int] = []
     original = metrics._distance_block
 
-    def spy(data, data_sq, rows, columns, metric):
+    def spy(data, data_sq, rows, columns, metric, *rest):
         rows_seen.append(rows.stop - rows.start)
-        return original(data, data_sq, rows, columns, metric)
+        return original(data, data_sq, rows, columns, metric, *rest)
 
     monkeypatch.setattr(metrics, "_distance_block", spy)
     X = make_blobs(3000, 4, centers=3, random_state=0)[0]

@@ -1484,3 +1484,62 @@ def test_strided_arrays_and_frames_are_not_copied_before_the_fit(monkeypatch):
     # Negative strides, which torch cannot wrap, are still copied.
     km = KMeans(n_clusters=3, random_state=0).fit(np.ascontiguousarray(X[::-1])[::-1])
     np.testing.assert_array_equal(km.labels_, expected.labels_)
+
+
+@pytest.mark.parametrize("path", ["fused kernel", "PyTorch ops"])
+@pytest.mark.parametrize("d", [16, 128])
+def test_cosine_inertia_of_tight_float32_clusters_is_their_1_minus_cos(path, d, monkeypatch):
+    """1 - x.c of float32 unit rows keeps the rounding of their lengths (~1e-7):
+    rows 1e-3 from their centroid had inertia_, score and the elbow's inertia
+    up to 2.4x the exact 1 - cos of the data."""
+    if path == "PyTorch ops":
+        monkeypatch.setattr(_native, "prefers_native", lambda *args, **kwargs: False)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=d)
+    offsets = make_blobs(2000, d, centers=5, cluster_std=0.3, random_state=1)[0]
+    X = (base / np.linalg.norm(base) + 1e-3 * offsets / np.abs(offsets).max()).astype(np.float32)
+    units = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+
+    def exact(centres, labels):
+        centres = np.asarray(centres, dtype=np.float64)
+        return float((((units - centres[labels]) ** 2).sum(1) / 2).sum())
+
+    km = KMeans(n_clusters=5, metric="cosine", random_state=0).fit(X)
+    expected = exact(km.cluster_centers_, km.labels_)
+    assert km.inertia_ == pytest.approx(expected, rel=1e-4)
+    assert -km.score(X) == pytest.approx(expected, rel=1e-4)
+    # The padded batches of the PyTorch ops sum 1 - x.c from their scores.
+    result = elbow(X, k=range(1, 7), metric="cosine", random_state=0)
+    for i in range(len(result.ks) if path == "fused kernel" else 0):
+        assert result.inertia[i] == pytest.approx(
+            exact(result.centroids[i], result.labels[i]), rel=1e-4
+        )
+    # A row of zeros stays at 1 - cos = 1 from every centre.
+    X[0] = 0.0
+    km = KMeans(n_clusters=5, metric="cosine", random_state=0).fit(X)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float64)[km.labels_[1:]]
+    expected = 1.0 + float((((units[1:] - centres) ** 2).sum(1) / 2).sum())
+    assert km.inertia_ == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cosine_transform_of_tight_clusters_is_their_1_minus_cos(dtype):
+    """transform's 1 - x.c kept the rounding of the rows' unit lengths: float32
+    rows 1e-3 from their centre were up to 45x too far from it."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=16)
+    offsets = make_blobs(1000, 16, centers=4, cluster_std=0.3, random_state=2)[0]
+    scale = 1e-3 if dtype == np.float32 else 1e-7
+    X = (base / np.linalg.norm(base) + scale * offsets / np.abs(offsets).max()).astype(dtype)
+    X[0] = 0.0
+    km = KMeans(n_clusters=4, metric="cosine", random_state=0).fit(X)
+    units = X.astype(np.float64)
+    norms = np.linalg.norm(units, axis=1, keepdims=True)
+    units = np.divide(units, norms, out=np.zeros_like(units), where=norms > 0)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float64)
+    exact = ((units[:, None] - centres[None]) ** 2).sum(-1) / 2
+    exact[0] = 1.0  # a row of zeros
+    distances = km.transform(X)
+    assert distances.dtype == dtype
+    np.testing.assert_allclose(distances, exact, rtol=1e-3)
+    assert distances.min(1)[1:].mean() == pytest.approx(-km.score(X[1:]) / 999, rel=1e-4)

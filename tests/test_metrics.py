@@ -164,6 +164,33 @@ def test_float32_far_from_the_mean_scores_as_float64(metric, one_hot, monkeypatc
     np.testing.assert_allclose(scores.numpy(), expected, rtol=RTOL)
 
 
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_cosine_silhouette_of_rows_of_nearly_one_direction(one_hot, monkeypatch):
+    """1 - u.v cancelled to rounding noise for rows 1e8 + noise (0.005 for 0.78)."""
+    if not one_hot:
+        monkeypatch.setattr(metrics, "_sums_by_product", lambda *args: False)
+    blobs, labels = datasets.make_blobs(300, 3, centers=2, random_state=0)
+    X = 1e8 + 1e-3 * blobs
+    units = X / np.linalg.norm(X, axis=1, keepdims=True)
+    # Differences of unit rows keep their digits: 1 - cos = |u - v|^2 / 2.
+    exact = ((units[:, None] - units[None]) ** 2).sum(-1) / 2
+    expected = sk.silhouette_samples(exact, labels, metric="precomputed")
+    assert sk.silhouette_score(exact, labels, metric="precomputed") > 0.7
+    samples = metrics.silhouette_samples(X, labels, metric="cosine")
+    np.testing.assert_allclose(samples, expected, rtol=1e-4, atol=1e-6)
+    # Rows of zeros stay at distance 1 from every row, as in scikit-learn.
+    X[::7] = 0.0
+    units = np.where((X != 0).any(1, keepdims=True), units, 0.0)
+    exact = np.where((X != 0).any(1)[:, None] & (X != 0).any(1)[None], exact, 1.0 - units @ units.T)
+    np.fill_diagonal(exact, 0.0)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels, metric="cosine"),
+        sk.silhouette_samples(exact, labels, metric="precomputed"),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
 def test_float32_far_from_the_mean_centroid_scores_as_float64():
     X, labels = _far_from_the_mean()
     exact = X.astype(np.float64)
@@ -220,8 +247,29 @@ def test_integral_float_labels_beyond_int64_stay_distinct():
     assert metrics.inertia(X, huge) == pytest.approx(metrics.inertia(X, np.repeat([0, 1, 2], 50)))
     with pytest.raises(ValueError, match=r"indices into centers, got values outside int64"):
         metrics.inertia(X, huge, np.zeros((3, 4)))
-    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral or"):
-        metrics.silhouette_score(X, np.r_[np.inf, np.zeros(149)])
+    for bad in (np.inf, np.nan):
+        with pytest.raises(TypeError, match=r"integers or finite floats, got NaN or infinity"):
+            metrics.silhouette_score(X, np.r_[bad, np.zeros(149)])
+
+
+def test_non_integral_float_labels_are_categories_as_in_sklearn():
+    """scikit-learn encodes any labels; 0.5, 1.5 and 2.5 had been refused."""
+    X, _ = _data("wine")
+    labels = np.array([0.5, 1.5, 2.5])[np.arange(len(X)) % 3]
+    other = np.where(labels == 2.5, -1e30, labels)
+    for function in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+        ours, reference = getattr(metrics, function), getattr(sk, function)
+        for row in (labels, other):
+            assert ours(X, row) == pytest.approx(reference(X, row), rel=RTOL), function
+        batch = ours(torch.tensor(X), torch.tensor(np.stack([labels, other])))
+        expected = [reference(X, labels), reference(X, other)]
+        np.testing.assert_allclose(batch.numpy(), expected, rtol=RTOL, err_msg=function)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels), sk.silhouette_samples(X, labels), rtol=RTOL
+    )
+    assert metrics.inertia(X, labels) == pytest.approx(metrics.inertia(X, labels * 2 - 1))
+    with pytest.raises(TypeError, match=r"Expected labels to hold integers, got non-integral"):
+        metrics.inertia(X, labels, np.zeros((3, X.shape[1])))
 
 
 @SETTINGS
@@ -312,8 +360,8 @@ def test_silhouette_of_50000_by_32_stays_in_small_blocks(monkeypatch):
     shapes: list[tuple[int, int, int]] = []
     original = metrics._distance_block
 
-    def spy(data, data_sq, rows, columns, metric):
-        block = original(data, data_sq, rows, columns, metric)
+    def spy(data, data_sq, rows, columns, metric, *rest):
+        block = original(data, data_sq, rows, columns, metric, *rest)
         shapes.append((*block.shape, block.element_size()))
         return block
 
@@ -503,9 +551,10 @@ def test_silhouette_properties(X, labels, shift):
             r"sample_size",
         ),
         (
-            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [0.5, 1, 1]),
+            # 0.5 is a category, as in scikit-learn; NaN is none
+            lambda: metrics.silhouette_score([[0.0], [1.0], [2.0]], [np.nan, 1, 1]),
             TypeError,
-            r"Expected labels to hold integers",
+            r"Expected labels to hold integers or finite floats, got NaN or infinity",
         ),
         (
             # numbered as categories before (as complex tensors never were)

@@ -264,7 +264,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("auto", "yes", "no"),
         default="auto",
         help="whether a .csv/.tsv starts with a header row (default: auto, a first row "
-        "without any number)",
+        "without any number, or pandas' names of unnamed columns 0,1,...)",
     )
     quiet = _Parser(add_help=False)
     quiet.add_argument(
@@ -974,7 +974,13 @@ def _text_header(row: list[str], header: str) -> tuple[bool, list[str] | None, i
     if header == "auto":
         # A header has names only; a first row mixing names and numbers is data
         # with a mistake in it, reported as such rather than silently dropped.
-        has_header = any(first) and not any(_is_number(cell) for cell in first if cell)
+        # The exception is the header pandas writes for a frame of unnamed
+        # columns, their positions 0..n-1 (DataFrame(X).to_csv(path)), after
+        # an empty cell over its row labels when it writes them: read as data,
+        # it was a row of [0, 1, ...] or an error.
+        has_header = (
+            any(first) and not any(_is_number(cell) for cell in first if cell)
+        ) or _pandas_positions(first)
     else:
         has_header = header == "yes"
     names = first if has_header else None
@@ -983,6 +989,14 @@ def _text_header(row: list[str], header: str) -> tuple[bool, list[str] | None, i
         # DataFrame.to_csv writes its index so), not a feature.
         return True, [*names[1:], "(unnamed first column: row labels, dropped)"], 1
     return has_header, names, 0
+
+
+def _pandas_positions(cells: list[str]) -> bool:
+    """Whether ``cells`` are pandas' names of unnamed columns, ``0, 1, ..., n-1``
+    (at least two of them, or any number after the empty cell over row labels)."""
+    labelled = bool(cells) and not cells[0]
+    names = cells[1:] if labelled else cells
+    return len(names) >= (1 if labelled else 2) and names == [str(i) for i in range(len(names))]
 
 
 def _load_text_rows(

@@ -709,17 +709,38 @@ def exact_distances(
         # (131,072 x 2: 0.7 ms against 2.2 ms; x 8: 1.1 against 2.4; x 16: 2.8
         # against 3.9).
         chosen_t = centroids[0].T.index_select(1, labels[0])  # (d, m)
-        if cosine:
-            return chosen_t.mul_(xb[0].T).sum(0).neg_().add_(1.0).clamp_(0.0, 2.0).unsqueeze(0)
+        norms = (xb[0].square().sum(1), chosen_t.square().sum(0)) if cosine else None
         difference = torch.sub(xb[0].T, chosen_t, out=chosen_t)
-        return difference.square_().sum(0).unsqueeze(0)
+        distances = difference.square_().sum(0)
+        if norms is not None:
+            distances = _cosine_from_squared(distances, *norms)
+        return distances.unsqueeze(0)
     flat = labels if b == 1 else labels + torch.arange(0, b * k, k, device=labels.device)[:, None]
     # index_select of whole rows is many times faster than gather() here.
     chosen = centroids.reshape(b * k, d).index_select(0, flat.reshape(-1)).view(b, m, d)
-    if cosine:
-        return (xb * chosen).sum(-1).neg_().add_(1.0).clamp_(0.0, 2.0)
+    norms = (xb.square().sum(-1), chosen.square().sum(-1)) if cosine else None
     difference = xb - chosen
-    return difference.mul_(difference).sum(-1)
+    distances = difference.mul_(difference).sum(-1)
+    return distances if norms is None else _cosine_from_squared(distances, *norms)
+
+
+def _cosine_from_squared(
+    squared: torch.Tensor, x_sq: torch.Tensor, c_sq: torch.Tensor
+) -> torch.Tensor:
+    """``1 - cos`` of rows and centroids from ``|x - c|^2``, ``|x|^2`` and ``|c|^2``.
+
+    As ``(|x - c|^2 - (|x| - |c|)^2) / (2 |x| |c|)``: for unit rows
+    ``|x - c|^2 / 2``, whose error is relative, where ``1 - x.c`` keeps the
+    rounding of their unit lengths (float32 rows 1e-3 from their centroid
+    measured 1.4x too far). 1 where either is zeros (no direction).
+    """
+    x_norm, c_norm = x_sq.sqrt(), c_sq.sqrt()
+    product = x_norm * c_norm  # broadcast: x may be one batch for many of c
+    zero = product == 0
+    # Divided by 1 where it is 0, so that no NaN reaches a gradient through where().
+    distances = (squared - (x_norm - c_norm).square()) / (torch.where(zero, 1.0, product) * 2.0)
+    # NaN rows stay NaN (X is checked for them from the results).
+    return torch.where(zero, 1.0, distances).clamp(0.0, 2.0)
 
 
 # Below this many scores per block, the buffers of the augmented product in
@@ -1353,8 +1374,10 @@ def pairwise_distances(
     are computed again from differences: each float32 entry is within 2^-23
     (float32's eps) of the exact squared distance, each float64 one within
     2^-17, whatever the number of features. ``metric="cosine"``
-    gives ``1 - x.c`` clamped to [0, 2]: rows and centroids should already be
-    unit vectors (see :func:`unit_rows`), as for :func:`nearest_centroids`.
+    gives ``1 - x.c`` clamped to [0, 2], entries near 0 measured again as
+    ``1 - cos`` from differences (each within 2.4e-4 of exact, relatively):
+    rows and centroids should already be unit vectors (see
+    :func:`unit_rows`), as for :func:`nearest_centroids`.
     The result has the input's (computed) dtype.
 
     Raises
@@ -1381,6 +1404,21 @@ def pairwise_distances(
     if metric == "cosine":
         x3, c3 = x3.to(dtype), c3.to(dtype)
         out = torch.matmul(x3, c3.transpose(1, 2)).neg_().add_(1.0).clamp_(0.0, 2.0)
+        # 1 - x.c keeps the rounding of the rows' unit lengths, ~(d + 4) eps:
+        # entries below 2^12 times that (within 2.4e-4 of exact above it; float32
+        # rows 1e-3 from a centroid measured up to 45x too far) are measured
+        # again from differences, as the chosen centroid's distance is.
+        limit = 4096 * (x3.shape[-1] + 4) * torch.finfo(dtype).eps
+        entry = (out.detach() < limit).nonzero().unbind(1)
+        if entry[0].numel():
+            rows, centres = x3[entry[0], entry[1]], c3[entry[0], entry[2]]
+            wide = _device.widest_float(x3.device)
+            values = _cosine_from_squared(
+                (rows - centres).to(wide).square().sum(-1),
+                rows.to(wide).square().sum(-1),
+                centres.to(wide).square().sum(-1),
+            ).to(dtype)
+            out = out.index_put(entry, values)
         return out if batched else out[0]
     if metric != "euclidean":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
