@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -728,6 +729,94 @@ def test_kmeans_plusplus_respects_zero_weights():
     w[[2, 7]] = 1.0
     _, indices = kmeans_plusplus(x, 2, sample_weight=w, generator=torch.Generator().manual_seed(0))
     assert sorted(indices.tolist()) == [2, 7]
+
+
+def _native_seed_scorer(x):
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    scorer = init_module._seed_scorer(x)
+    if scorer is None:
+        pytest.skip("the native kernel is not built here")
+    return scorer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(
+    "n, d, m, threads",
+    [(1, 3, 1, 1), (7, 2, 3, 1), (1001, 17, 10, 2), (3000, 1024, 7, 2), (150, 4, 8, 1)],
+)
+def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
+    dtype, metric, weighted, n, d, m, threads
+):
+    # One pass per k-means++ step: the candidates' distances lowered to the
+    # closest so far, and their (weighted) sums; candidates of many features
+    # are scored a few at a time against several rows (the wide groups).
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=generator, dtype=dtype)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    x_sq = (x * x).sum(1)
+    index = torch.randint(0, n, (m,), generator=generator)
+    closest = torch.rand(n, generator=generator, dtype=dtype) * 2 * d
+    weights = torch.rand(n, generator=generator, dtype=dtype) if weighted else None
+    to_candidates = torch.cdist(x[index].double(), x.double()) ** 2
+    if metric == "cosine":
+        to_candidates = 1 - x[index].double() @ x.double().T
+    expected = torch.minimum(to_candidates, closest.double())
+    potentials_expected = (expected * (1 if weights is None else weights.double())).sum(1)
+    out = torch.full((m, n + 3), -1.0, dtype=dtype)
+    potentials = torch.empty(m, dtype=torch.float64)
+    _native_seed_scorer(x)(
+        x.data_ptr(),
+        x.stride(0),
+        n,
+        d,
+        x_sq.data_ptr(),
+        index.data_ptr(),
+        m,
+        closest.data_ptr(),
+        None if weights is None else weights.data_ptr(),
+        int(metric == "cosine"),
+        threads,
+        out.data_ptr(),
+        n + 3,
+        potentials.data_ptr(),
+    )
+    atol = 1e-4 * d if dtype == torch.float32 else 1e-10 * d
+    torch.testing.assert_close(out[:, :n].double(), expected, rtol=1e-5, atol=atol)
+    assert (out[:, n:] == -1.0).all()  # nothing written past each candidate's n rows
+    torch.testing.assert_close(potentials, potentials_expected, rtol=1e-5, atol=atol * n)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("n, d", [(3000, 3), (2000, 40), (70000, 6)])
+def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(metric, weighted, n, d):
+    # The kernel only reorders the sums of the dot products: on data without
+    # near ties the same draws choose the same seeds (d=3: the chosen one's
+    # distances computed again; 70,000 rows: beyond one chunk of the loop).
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    _native_seed_scorer(x)
+    weights = torch.rand(n, generator=generator, dtype=torch.float64) if weighted else None
+    for k in (1, 5, 40):
+        chosen = []
+        for scorer in (init_module._seed_scorer, lambda x: None):
+            with mock.patch.object(init_module, "_seed_scorer", scorer):
+                chosen.append(
+                    kmeans_plusplus(
+                        x,
+                        k,
+                        sample_weight=weights,
+                        metric=metric,
+                        generator=torch.Generator().manual_seed(k),
+                    )[1]
+                )
+        assert torch.equal(chosen[0], chosen[1])
 
 
 def test_random_init_is_without_replacement_and_weighted():
