@@ -142,8 +142,11 @@ def greedy_choice(
     return best, to_candidates[best], candidate_potential
 
 
-# Below this many multiply-adds the native scores run on the calling thread.
-_SEED_PARALLEL_MIN_WORK = 1 << 20
+# Below this many multiply-adds per step (about a millisecond on one core)
+# the native scores run on the calling thread: a parallel region per step
+# cost more than it saved (10,000 x 32, 6 candidates, 2 threads on a busy
+# machine: 2.6x the time of one thread).
+_SEED_PARALLEL_MIN_WORK = 1 << 23
 
 
 def _seed_scorer(x: torch.Tensor) -> object | None:
