@@ -792,11 +792,16 @@ def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("n, d", [(3000, 3), (2000, 40), (70000, 6)])
-def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(metric, weighted, n, d):
+@pytest.mark.parametrize("drawn_at_once", [4096, 3])
+def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(
+    monkeypatch, metric, weighted, n, d, drawn_at_once
+):
     # The kernel only reorders the sums of the dot products: on data without
     # near ties the same draws choose the same seeds (d=3: the chosen one's
-    # distances computed again; 70,000 rows: beyond one chunk of the loop).
+    # distances computed again; 70,000 rows: beyond one chunk of the loop;
+    # the native loop's draws of 3 steps at a time: the same stream).
     init_module = importlib.import_module("torchkmeans.functional.init")
+    monkeypatch.setattr(init_module, "_STEPS_DRAWN_AT_ONCE", drawn_at_once)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
     if metric == "cosine":
@@ -817,6 +822,16 @@ def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(metric,
                     )[1]
                 )
         assert torch.equal(chosen[0], chosen[1])
+
+
+def test_kmeans_plusplus_on_one_cpu_problem_draws_its_random_numbers_at_once():
+    # A generator call per step was a fixed cost of every step (k=3 on iris:
+    # a tenth of the seeding); the native loop draws all the steps' at once.
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _native_seed_scorer(x)
+    with mock.patch.object(torch, "rand", wraps=torch.rand) as rand:
+        kmeans_plusplus(x, 40, generator=torch.Generator().manual_seed(0))
+    assert rand.call_count == 1
 
 
 def test_random_init_is_without_replacement_and_weighted():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -166,6 +167,97 @@ def _seed_scorer(x: torch.Tensor) -> object | None:
     return function
 
 
+# The native loop draws the random numbers of at most this many steps at once.
+_STEPS_DRAWN_AT_ONCE = 4096
+
+
+def _kmeans_plusplus_native(
+    scorer: Callable[..., None],
+    x: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    k: int,
+    trials: int,
+    generator: torch.Generator | None,
+    may_hold: bool,
+) -> torch.Tensor:
+    """k-means++ indices for one problem on the CPU, its candidates scored by
+    the native kernel: one pass over the rows per step (the candidates'
+    distances, their minimum with the closest and their potentials at once),
+    where PyTorch's ops take five, and a skinny product of (trials, d) by
+    (d, n) that reached a third of the memory's speed. The same draws as
+    :func:`_kmeans_plusplus_single`, drawn many steps at a time (the CPU
+    generator's stream does not depend on how it is split); ``may_hold``:
+    the candidates' distances fit the memory budget."""
+    n, d = x.shape
+    acc = torch.float64
+    threads = torch.get_num_threads() if n * d * trials >= _SEED_PARALLEL_MIN_WORK else 1
+    cosine = int(x_sq is None)
+    # Named: the kernel reads them through pointers, which must outlive the loop.
+    x_sq = None if x_sq is None else x_sq.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    weight_ptr = None if weight is None else weight.data_ptr()
+    fixed = (x.data_ptr(), x.stride(0), n, d, None if x_sq is None else x_sq.data_ptr())
+    # The candidates' distances are kept (the chosen one's become the
+    # closest) where writing them costs less than reading the rows again.
+    held = torch.empty((trials, n), dtype=x.dtype) if d > trials and may_hold else None
+    potentials = torch.empty(trials, dtype=acc)
+    ignored = torch.empty(1, dtype=acc)
+    weighted = None if weight is None else torch.empty(n, dtype=x.dtype)
+    cumulative = torch.empty(n, dtype=acc)
+
+    def lower(index: torch.Tensor, out: torch.Tensor | None, sums: torch.Tensor) -> None:
+        """Distances to rows ``index`` lowered to ``closest`` into ``out``
+        (``(m, n)``, or None), their potentials into ``sums``."""
+        scorer(
+            *fixed,
+            index.data_ptr(),
+            index.shape[0],
+            closest.data_ptr(),
+            weight_ptr,
+            cosine,
+            threads,
+            None if out is None else out.data_ptr(),
+            n,
+            sums.data_ptr(),
+        )
+
+    steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
+    draws = torch.rand(1 + steps * trials, generator=generator, dtype=acc)
+    if weight is None:
+        first = min(int(draws[0] * n), n - 1)
+    else:
+        cumulative = weight.cumsum(0, dtype=acc)
+        first = int(_sample_from_cumulative(cumulative, draws[:1] * cumulative[-1]))
+    chosen = [first]
+    closest = torch.full((n,), math.inf, dtype=x.dtype)
+    index = torch.tensor(chosen, dtype=torch.int64)
+    lower(index, closest, potentials)
+    potential = potentials[:1].clone()
+    step_draws = draws[1:].view(steps, trials)
+    drawn = steps
+    for c in range(1, k):
+        if c - 1 == drawn:
+            steps = min(k - c, _STEPS_DRAWN_AT_ONCE)
+            step_draws = torch.rand((steps, trials), generator=generator, dtype=acc)
+            drawn += steps
+        row = step_draws[(c - 1) % _STEPS_DRAWN_AT_ONCE]
+        # As the PyTorch loop rounds them: weighted in x's dtype, summed in float64.
+        rows = closest if weighted is None else torch.mul(closest, weight, out=weighted)
+        cumsum = cumulative.copy_(rows).cumsum_(0)
+        candidates = _sample_from_cumulative(cumsum, row.mul_(potential))
+        lower(candidates, held, potentials)
+        best = int(potentials.argmin())
+        if held is not None:
+            closest.copy_(held[best])
+        else:
+            # The chosen one's distances again, lowered into closest in place.
+            lower(candidates[best : best + 1], closest, ignored)
+        potential = potentials[best : best + 1].clone()
+        chosen.append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64)
+
+
 @_device.full_precision
 def _kmeans_plusplus_single(
     x: torch.Tensor,
@@ -222,6 +314,8 @@ def _kmeans_plusplus_single(
         return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
+    if scorer is not None:
+        return _kmeans_plusplus_native(scorer, x, x_sq, weight, k, trials, generator, block >= n)
     draw = torch.rand((1, 1), generator=generator, dtype=acc, device=x.device)
     if weight is None:
         first = min(int(draw * n), n - 1)
@@ -235,69 +329,6 @@ def _kmeans_plusplus_single(
     # cumsum(dtype=acc) copies its input to acc first, then sums into a
     # second new tensor: for many rows one buffer, reused, holds both.
     cumulative = torch.empty(n, dtype=acc, device=x.device) if n > chunk else None
-    if scorer is not None:
-        # One pass over the rows per step (the candidates' distances, their
-        # minimum with the closest and their potentials at once), where the
-        # PyTorch ops below take five, and a skinny product of (trials, d)
-        # by (d, n) that reached a third of the memory's speed.
-        d = x.shape[1]
-        threads = torch.get_num_threads() if n * d * trials >= _SEED_PARALLEL_MIN_WORK else 1
-        # The candidates' distances are kept (the chosen one's become the
-        # closest) where writing them costs less than reading the rows again.
-        held = (
-            torch.empty((trials, n), dtype=x.dtype, device=x.device)
-            if d > trials and block >= n
-            else None
-        )
-        potentials = torch.empty(trials, dtype=torch.float64, device=x.device)
-        ignored = torch.empty(1, dtype=torch.float64, device=x.device)
-        # Named: the kernel reads them through pointers, which must outlive the loop.
-        closest = closest.contiguous()
-        x_sq = None if x_sq is None else x_sq.contiguous()
-        weight = None if weight is None else weight.contiguous()
-        weight_ptr = None if weight is None else weight.data_ptr()
-        fixed = (x.data_ptr(), x.stride(0), n, d, None if x_sq is None else x_sq.data_ptr())
-        for _ in range(1, k):
-            draws = torch.rand(trials, generator=generator, dtype=acc, device=x.device)
-            if cumulative is None:
-                cumsum = weighted.cumsum(0, dtype=acc)
-            else:
-                cumsum = cumulative.copy_(weighted).cumsum_(0)
-            # potential may view last step's potentials: used before they are overwritten.
-            candidates = _sample_from_cumulative(cumsum, draws.mul_(potential))
-            scorer(
-                *fixed,
-                candidates.data_ptr(),
-                trials,
-                closest.data_ptr(),
-                weight_ptr,
-                int(x_sq is None),
-                threads,
-                None if held is None else held.data_ptr(),
-                n,
-                potentials.data_ptr(),
-            )
-            best = int(potentials.argmin())
-            if held is not None:
-                closest.copy_(held[best])
-            else:
-                # The chosen one's distances again, lowered into closest in place.
-                scorer(
-                    *fixed,
-                    candidates[best:].data_ptr(),
-                    1,
-                    closest.data_ptr(),
-                    weight_ptr,
-                    int(x_sq is None),
-                    threads,
-                    closest.data_ptr(),
-                    n,
-                    ignored.data_ptr(),
-                )
-            potential = potentials[best]
-            weighted = closest if weight is None else closest * weight
-            chosen.append(int(candidates[best]))
-        return torch.tensor(chosen, dtype=torch.int64, device=x.device)
     for _ in range(1, k):
         # The same draws as (1, trials) in the batched loop.
         draws = torch.rand(trials, generator=generator, dtype=acc, device=x.device)
