@@ -733,9 +733,11 @@ def test_kmeans_plusplus_respects_zero_weights():
 
 def _native_seed_scorer(x):
     init_module = importlib.import_module("torchkmeans.functional.init")
+    if init_module._seed_function(x.dtype) is None:
+        pytest.skip("the native kernel is not built here")
     scorer = init_module._seed_scorer(x)
     if scorer is None:
-        pytest.skip("the native kernel is not built here")
+        pytest.skip("rows this narrow take PyTorch's ops on this machine")
     return scorer
 
 
@@ -767,7 +769,11 @@ def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
     potentials_expected = (expected * (1 if weights is None else weights.double())).sum(1)
     out = torch.full((m, n + 3), -1.0, dtype=dtype)
     potentials = torch.empty(m, dtype=torch.float64)
-    _native_seed_scorer(x)(
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    scorer = init_module._seed_function(dtype)
+    if scorer is None:
+        pytest.skip("the native kernel is not built here")
+    scorer(
         x.data_ptr(),
         x.stride(0),
         n,
@@ -791,7 +797,7 @@ def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("n, d", [(3000, 3), (2000, 40), (70000, 6)])
+@pytest.mark.parametrize("n, d", [(1000, 3), (2000, 40), (70000, 24)])
 @pytest.mark.parametrize("drawn_at_once", [4096, 3])
 def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(
     monkeypatch, metric, weighted, n, d, drawn_at_once
@@ -822,6 +828,61 @@ def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(
                     )[1]
                 )
         assert torch.equal(chosen[0], chosen[1])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+def test_kmeans_plusplus_of_several_cpu_problems_seeds_as_the_batched_loop(
+    metric, weighted, shared
+):
+    # Restarts (n_problems) and data sets (3-D x) on the CPU run the native
+    # loop one problem at a time, with the batched loop's draws (taken in two
+    # generator calls, not one per step).
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2000, 12, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=-1)
+    _native_seed_scorer(x[0])
+    weights = torch.rand(3, 2000, generator=generator, dtype=torch.float64) if weighted else None
+    if shared:
+        x, weights = x[0], None if weights is None else weights[0]
+    for k in (1, 4, 30):
+        seeded = []
+        calls = []
+        for scorer in (init_module._seed_scorer, lambda x: None):
+            with (
+                mock.patch.object(init_module, "_seed_scorer", scorer),
+                mock.patch.object(torch, "rand", wraps=torch.rand) as rand,
+            ):
+                seeded.append(
+                    kmeans_plusplus(
+                        x,
+                        k,
+                        n_problems=3 if shared else None,
+                        sample_weight=weights,
+                        metric=metric,
+                        generator=torch.Generator().manual_seed(k),
+                    )
+                )
+            calls.append(rand.call_count)
+        assert calls == [2, k]
+        (centroids, indices), (expected_centroids, expected) = seeded
+        assert indices.shape == (3, k)
+        assert torch.equal(indices, expected)
+        assert torch.equal(centroids, expected_centroids)
+
+
+def test_kmeans_plusplus_leaves_many_narrow_rows_to_the_pytorch_ops():
+    # The kernel's lanes hold features: 200,000 rows of 2 float32 features
+    # seeded 3x slower by it than by PyTorch's ops; few rows, or wide ones, take it.
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    if init_module._seed_function(torch.float32) is None:
+        pytest.skip("the native kernel is not built here")
+    assert init_module._seed_scorer(torch.zeros(5000, 2)) is None
+    assert init_module._seed_scorer(torch.zeros(500, 2)) is not None
+    assert init_module._seed_scorer(torch.zeros(5000, 64)) is not None
 
 
 def test_kmeans_plusplus_on_one_cpu_problem_draws_its_random_numbers_at_once():

@@ -143,6 +143,9 @@ def greedy_choice(
     return best, to_candidates[best], candidate_potential
 
 
+# Narrow rows (see _seed_scorer) of at most this many take the native loop.
+_SEED_NARROW_MAX_ROWS = 1024
+
 # Below this many multiply-adds per step (about a millisecond on one core)
 # the native scores run on the calling thread: a parallel region per step
 # cost more than it saved (10,000 x 32, 6 candidates, 2 threads on a busy
@@ -150,14 +153,12 @@ def greedy_choice(
 _SEED_PARALLEL_MIN_WORK = 1 << 23
 
 
-def _seed_scorer(x: torch.Tensor) -> object | None:
-    """The native k-means++ scoring function for rows like ``x`` (2-D, CPU,
-    float32/float64, contiguous rows), or None where the kernel is not built."""
-    if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 or x.shape[1] == 0:
+def _seed_function(dtype: torch.dtype) -> Callable[..., None] | None:
+    """The native k-means++ scoring function for ``dtype`` (float32 or
+    float64), or None where the kernel is not built."""
+    if dtype not in (torch.float32, torch.float64) or not _native.available():
         return None
-    if not _device.on_host(x.device) or not _native.available():
-        return None
-    name = "tk_seed_scores_f32" if x.dtype == torch.float32 else "tk_seed_scores_f64"
+    name = "tk_seed_scores_f32" if dtype == torch.float32 else "tk_seed_scores_f64"
     function = getattr(_native._library, name, None)
     if function is not None and function.argtypes is None:
         pointer, integer, small = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -165,6 +166,29 @@ def _seed_scorer(x: torch.Tensor) -> object | None:
         function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
         function.argtypes += [pointer, pointer, small, small, pointer, integer, pointer]
     return function
+
+
+def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
+    """The native k-means++ scoring function where it beats PyTorch's ops on
+    rows like ``x`` (2-D, CPU, float32/float64, contiguous rows), else None.
+
+    Its lanes hold features: rows narrower than one and a half vectors
+    leave lanes idle and pay a sum across lanes per row and candidate.
+    Seeding, one thread, AVX-512, its time over PyTorch's: 200,000 rows of
+    2-12 float32 features 2-3.4, 16: 1.35, 24-48: 0.7-0.95; float64 2-4
+    features 1.5-2, 8-12: 1.0, 16-48: 0.55-0.85. Few rows cost the same
+    either way but for the fixed costs, fewer in the native loop.
+    """
+    if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 or x.shape[1] == 0:
+        return None
+    if not _device.on_host(x.device):
+        return None
+    function = _seed_function(x.dtype)
+    if function is None:
+        return None
+    assert _native._library is not None
+    narrow = 2 * x.shape[1] * x.element_size() < 3 * _native._library.tk_vector_bytes()
+    return None if narrow and x.shape[0] > _SEED_NARROW_MAX_ROWS else function
 
 
 # The native loop draws the random numbers of at most this many steps at once.
@@ -180,6 +204,7 @@ def _kmeans_plusplus_native(
     trials: int,
     generator: torch.Generator | None,
     may_hold: bool,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """k-means++ indices for one problem on the CPU, its candidates scored by
     the native kernel: one pass over the rows per step (the candidates'
@@ -188,7 +213,9 @@ def _kmeans_plusplus_native(
     (d, n) that reached a third of the memory's speed. The same draws as
     :func:`_kmeans_plusplus_single`, drawn many steps at a time (the CPU
     generator's stream does not depend on how it is split); ``may_hold``:
-    the candidates' distances fit the memory budget."""
+    the candidates' distances fit the memory budget. ``draws``: the first
+    ``(1,)`` and the steps' ``(k - 1, trials)``, drawn by the caller (one
+    problem of several) instead."""
     n, d = x.shape
     acc = torch.float64
     threads = torch.get_num_threads() if n * d * trials >= _SEED_PARALLEL_MIN_WORK else 1
@@ -222,19 +249,22 @@ def _kmeans_plusplus_native(
             sums.data_ptr(),
         )
 
-    steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
-    draws = torch.rand(1 + steps * trials, generator=generator, dtype=acc)
+    if draws is None:
+        steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
+        drawn = torch.rand(1 + steps * trials, generator=generator, dtype=acc)
+        first_draw, step_draws = drawn[:1], drawn[1:].view(steps, trials)
+    else:
+        (first_draw, step_draws), steps = draws, k - 1
     if weight is None:
-        first = min(int(draws[0] * n), n - 1)
+        first = min(int(first_draw * n), n - 1)
     else:
         cumulative = weight.cumsum(0, dtype=acc)
-        first = int(_sample_from_cumulative(cumulative, draws[:1] * cumulative[-1]))
+        first = int(_sample_from_cumulative(cumulative, first_draw * cumulative[-1]))
     chosen = [first]
     closest = torch.full((n,), math.inf, dtype=x.dtype)
     index = torch.tensor(chosen, dtype=torch.int64)
     lower(index, closest, potentials)
     potential = potentials[:1].clone()
-    step_draws = draws[1:].view(steps, trials)
     drawn = steps
     for c in range(1, k):
         if c - 1 == drawn:
@@ -256,6 +286,51 @@ def _kmeans_plusplus_native(
         potential = potentials[best : best + 1].clone()
         chosen.append(int(candidates[best]))
     return torch.tensor(chosen, dtype=torch.int64)
+
+
+# Several CPU problems are seeded one after another by the native loop when
+# all their draws, taken at once, fit in this many bytes.
+_PROBLEMS_DRAWS_BYTES = 64 * 1024 * 1024
+
+
+@_device.full_precision
+def _kmeans_plusplus_problems(
+    work: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    w: torch.Tensor | None,
+    b: int,
+    k: int,
+    trials: int,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor | None:
+    """k-means++ indices ``(b, k)`` of b CPU problems (``work`` ``(b or 1, n,
+    d)``) by the native loop, one problem at a time, with the batched loop's
+    draws (all taken at once: the CPU generator's stream does not depend on
+    how it is split); None where the kernel is not built or the draws would
+    not fit ``_PROBLEMS_DRAWS_BYTES``."""
+    scorer = _seed_scorer(work[0])
+    if scorer is None or 8 * b * (1 + (k - 1) * trials) > _PROBLEMS_DRAWS_BYTES:
+        return None
+    n = work.shape[1]
+    first = torch.rand((b, 1), generator=generator, dtype=torch.float64)
+    steps = torch.rand((k - 1, b, trials), generator=generator, dtype=torch.float64)
+    may_hold = _candidate_block_rows(n, trials, work.element_size(), memory_budget) >= n
+    indices = torch.empty((b, k), dtype=torch.int64)
+    for i in range(b):
+        # One problem's draws: a whole row of its own, as the loop scales them in place.
+        indices[i] = _kmeans_plusplus_native(
+            scorer,
+            work[min(i, work.shape[0] - 1)],
+            None if x_sq is None else x_sq[min(i, x_sq.shape[0] - 1)],
+            None if w is None else w[min(i, w.shape[0] - 1)],
+            k,
+            trials,
+            generator,
+            may_hold,
+            (first[i], steps[:, i].contiguous()),
+        )
+    return indices
 
 
 @_device.full_precision
@@ -504,6 +579,11 @@ def kmeans_plusplus(
         centroids = x3[0][index]
         return (centroids, index) if not batched else (centroids[None], index[None])
 
+    if _device.on_host(x.device) and _HOST_LOOP_ON_CPU and acc == torch.float64:
+        index = _kmeans_plusplus_problems(work, x_sq, w, b, k, trials, generator, memory_budget)
+        if index is not None:
+            centroids = _gather_rows(x3, index)
+            return (centroids, index) if batched else (centroids[0], index[0])
     indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
     draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)
     if w is None:
