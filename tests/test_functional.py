@@ -874,6 +874,25 @@ def test_kmeans_plusplus_of_several_cpu_problems_seeds_as_the_batched_loop(
         assert torch.equal(centroids, expected_centroids)
 
 
+@pytest.mark.parametrize("n_problems", [None, 3])
+def test_kmeans_plusplus_native_loop_ignores_global_torch_defaults(
+    torch_defaults_changed, n_problems
+):
+    # Its buffers and draws, made without device=, had landed on the default
+    # device ("meta" here, "cuda" in a training script) and failed.
+    x = torch.randn(3000, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _native_seed_scorer(x)
+    expected = kmeans_plusplus(
+        x, 6, n_problems=n_problems, generator=torch.Generator().manual_seed(0)
+    )[1]
+    with torch_defaults_changed():
+        got = kmeans_plusplus(
+            x, 6, n_problems=n_problems, generator=torch.Generator(device="cpu").manual_seed(0)
+        )[1]
+    assert got.device.type == "cpu"
+    assert torch.equal(got, expected)
+
+
 def test_kmeans_plusplus_leaves_many_narrow_rows_to_the_pytorch_ops():
     # The kernel's lanes hold features: 200,000 rows of 2 float32 features
     # seeded 3x slower by it than by PyTorch's ops; few rows, or wide ones, take it.

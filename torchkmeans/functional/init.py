@@ -227,11 +227,15 @@ def _kmeans_plusplus_native(
     fixed = (x.data_ptr(), x.stride(0), n, d, None if x_sq is None else x_sq.data_ptr())
     # The candidates' distances are kept (the chosen one's become the
     # closest) where writing them costs less than reading the rows again.
-    held = torch.empty((trials, n), dtype=x.dtype) if d > trials and may_hold else None
-    potentials = torch.empty(trials, dtype=acc)
-    ignored = torch.empty(1, dtype=acc)
-    weighted = None if weight is None else torch.empty(n, dtype=x.dtype)
-    cumulative = torch.empty(n, dtype=acc)
+    held = (
+        torch.empty((trials, n), dtype=x.dtype, device=x.device)
+        if d > trials and may_hold
+        else None
+    )
+    potentials = torch.empty(trials, dtype=acc, device=x.device)
+    ignored = torch.empty(1, dtype=acc, device=x.device)
+    weighted = None if weight is None else torch.empty(n, dtype=x.dtype, device=x.device)
+    cumulative = torch.empty(n, dtype=acc, device=x.device)
 
     def lower(index: torch.Tensor, out: torch.Tensor | None, sums: torch.Tensor) -> None:
         """Distances to rows ``index`` lowered to ``closest`` into ``out``
@@ -251,7 +255,7 @@ def _kmeans_plusplus_native(
 
     if draws is None:
         steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
-        drawn = torch.rand(1 + steps * trials, generator=generator, dtype=acc)
+        drawn = torch.rand(1 + steps * trials, generator=generator, dtype=acc, device=x.device)
         first_draw, step_draws = drawn[:1], drawn[1:].view(steps, trials)
     else:
         (first_draw, step_draws), steps = draws, k - 1
@@ -261,15 +265,17 @@ def _kmeans_plusplus_native(
         cumulative = weight.cumsum(0, dtype=acc)
         first = int(_sample_from_cumulative(cumulative, first_draw * cumulative[-1]))
     chosen = [first]
-    closest = torch.full((n,), math.inf, dtype=x.dtype)
-    index = torch.tensor(chosen, dtype=torch.int64)
+    closest = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+    index = torch.tensor(chosen, dtype=torch.int64, device=x.device)
     lower(index, closest, potentials)
     potential = potentials[:1].clone()
     drawn = steps
     for c in range(1, k):
         if c - 1 == drawn:
             steps = min(k - c, _STEPS_DRAWN_AT_ONCE)
-            step_draws = torch.rand((steps, trials), generator=generator, dtype=acc)
+            step_draws = torch.rand(
+                (steps, trials), generator=generator, dtype=acc, device=x.device
+            )
             drawn += steps
         row = step_draws[(c - 1) % _STEPS_DRAWN_AT_ONCE]
         # As the PyTorch loop rounds them: weighted in x's dtype, summed in float64.
@@ -285,7 +291,7 @@ def _kmeans_plusplus_native(
             lower(candidates[best : best + 1], closest, ignored)
         potential = potentials[best : best + 1].clone()
         chosen.append(int(candidates[best]))
-    return torch.tensor(chosen, dtype=torch.int64)
+    return torch.tensor(chosen, dtype=torch.int64, device=x.device)
 
 
 # Several CPU problems are seeded one after another by the native loop when
@@ -313,10 +319,12 @@ def _kmeans_plusplus_problems(
     if scorer is None or 8 * b * (1 + (k - 1) * trials) > _PROBLEMS_DRAWS_BYTES:
         return None
     n = work.shape[1]
-    first = torch.rand((b, 1), generator=generator, dtype=torch.float64)
-    steps = torch.rand((k - 1, b, trials), generator=generator, dtype=torch.float64)
+    first = torch.rand((b, 1), generator=generator, dtype=torch.float64, device=work.device)
+    steps = torch.rand(
+        (k - 1, b, trials), generator=generator, dtype=torch.float64, device=work.device
+    )
     may_hold = _candidate_block_rows(n, trials, work.element_size(), memory_budget) >= n
-    indices = torch.empty((b, k), dtype=torch.int64)
+    indices = torch.empty((b, k), dtype=torch.int64, device=work.device)
     for i in range(b):
         # One problem's draws: a whole row of its own, as the loop scales them in place.
         indices[i] = _kmeans_plusplus_native(
