@@ -143,7 +143,9 @@ def greedy_choice(
     return best, to_candidates[best], candidate_potential
 
 
-# Narrow rows (see _seed_scorer) of at most this many take the native loop.
+# Rows narrower than this many of the kernel's vectors take PyTorch's ops
+# (see _seed_scorer), but for at most _SEED_NARROW_MAX_ROWS of them.
+_SEED_MIN_ROW_VECTORS = {torch.float32: 3.0, torch.float64: 1.5}
 _SEED_NARROW_MAX_ROWS = 1024
 
 # Below this many multiply-adds per step (about a millisecond on one core)
@@ -172,12 +174,13 @@ def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
     """The native k-means++ scoring function where it beats PyTorch's ops on
     rows like ``x`` (2-D, CPU, float32/float64, contiguous rows), else None.
 
-    Its lanes hold features: rows narrower than one and a half vectors
-    leave lanes idle and pay a sum across lanes per row and candidate.
-    Seeding, one thread, AVX-512, its time over PyTorch's: 200,000 rows of
-    2-12 float32 features 2-3.4, 16: 1.35, 24-48: 0.7-0.95; float64 2-4
-    features 1.5-2, 8-12: 1.0, 16-48: 0.55-0.85. Few rows cost the same
-    either way but for the fixed costs, fewer in the native loop.
+    Its lanes hold features: narrow rows leave lanes idle and pay a sum
+    across lanes per row and candidate, and PyTorch's float32 product is
+    fast. Seeding, one thread, AVX-512, its time over PyTorch's: float32
+    2-16 features 1.35-3.4, 24-32: 0.95-1.2, 48: 0.7-1.0, 64: 0.8, 128-1,024:
+    0.45-0.8; float64 2-4 features 1.5-2, 8-12: 1.0, 16-48: 0.55-0.85.
+    Few rows cost the same either way but for the fixed costs, fewer in the
+    native loop.
     """
     if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 or x.shape[1] == 0:
         return None
@@ -187,7 +190,8 @@ def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
     if function is None:
         return None
     assert _native._library is not None
-    narrow = 2 * x.shape[1] * x.element_size() < 3 * _native._library.tk_vector_bytes()
+    vectors = x.shape[1] * x.element_size() / _native._library.tk_vector_bytes()
+    narrow = vectors < _SEED_MIN_ROW_VECTORS[x.dtype]
     return None if narrow and x.shape[0] > _SEED_NARROW_MAX_ROWS else function
 
 
