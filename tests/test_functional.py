@@ -834,12 +834,15 @@ def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shared", [True, False])
 def test_kmeans_plusplus_of_several_cpu_problems_seeds_as_the_batched_loop(
-    metric, weighted, shared
+    monkeypatch, metric, weighted, shared
 ):
     # Restarts (n_problems) and data sets (3-D x) on the CPU run the native
     # loop one problem at a time, with the batched loop's draws (taken in two
     # generator calls, not one per step).
     init_module = importlib.import_module("torchkmeans.functional.init")
+    # More steps than the single loop draws at once: the problems' own draws
+    # are all there, none taken twice.
+    monkeypatch.setattr(init_module, "_STEPS_DRAWN_AT_ONCE", 3)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2000, 12, generator=generator, dtype=torch.float64)
     if metric == "cosine":

@@ -259,8 +259,8 @@ def _kmeans_plusplus_native(
 
     if draws is None:
         steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
-        drawn = torch.rand(1 + steps * trials, generator=generator, dtype=acc, device=x.device)
-        first_draw, step_draws = drawn[:1], drawn[1:].view(steps, trials)
+        taken = torch.rand(1 + steps * trials, generator=generator, dtype=acc, device=x.device)
+        first_draw, step_draws = taken[:1], taken[1:].view(steps, trials)
     else:
         (first_draw, step_draws), steps = draws, k - 1
     if weight is None:
@@ -273,15 +273,16 @@ def _kmeans_plusplus_native(
     index = torch.tensor(chosen, dtype=torch.int64, device=x.device)
     lower(index, closest, potentials)
     potential = potentials[:1].clone()
-    drawn = steps
+    # Steps drawn so far, and the first of those in step_draws.
+    drawn, offset = steps, 0
     for c in range(1, k):
         if c - 1 == drawn:
             steps = min(k - c, _STEPS_DRAWN_AT_ONCE)
             step_draws = torch.rand(
                 (steps, trials), generator=generator, dtype=acc, device=x.device
             )
-            drawn += steps
-        row = step_draws[(c - 1) % _STEPS_DRAWN_AT_ONCE]
+            drawn, offset = drawn + steps, c - 1
+        row = step_draws[c - 1 - offset]
         # As the PyTorch loop rounds them: weighted in x's dtype, summed in float64.
         rows = closest if weighted is None else torch.mul(closest, weight, out=weighted)
         cumsum = cumulative.copy_(rows).cumsum_(0)
