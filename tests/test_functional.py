@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -728,6 +729,197 @@ def test_kmeans_plusplus_respects_zero_weights():
     w[[2, 7]] = 1.0
     _, indices = kmeans_plusplus(x, 2, sample_weight=w, generator=torch.Generator().manual_seed(0))
     assert sorted(indices.tolist()) == [2, 7]
+
+
+def _native_seed_scorer(x):
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    if init_module._seed_function(x.dtype) is None:
+        pytest.skip("the native kernel is not built here")
+    scorer = init_module._seed_scorer(x)
+    if scorer is None:
+        pytest.skip("rows this narrow take PyTorch's ops on this machine")
+    return scorer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(
+    "n, d, m, threads",
+    [(1, 3, 1, 1), (7, 2, 3, 1), (1001, 17, 10, 2), (3000, 1024, 7, 2), (150, 4, 8, 1)],
+)
+def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
+    dtype, metric, weighted, n, d, m, threads
+):
+    # One pass per k-means++ step: the candidates' distances lowered to the
+    # closest so far, and their (weighted) sums; candidates of many features
+    # are scored a few at a time against several rows (the wide groups).
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=generator, dtype=dtype)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    x_sq = (x * x).sum(1)
+    index = torch.randint(0, n, (m,), generator=generator)
+    closest = torch.rand(n, generator=generator, dtype=dtype) * 2 * d
+    weights = torch.rand(n, generator=generator, dtype=dtype) if weighted else None
+    to_candidates = torch.cdist(x[index].double(), x.double()) ** 2
+    if metric == "cosine":
+        to_candidates = 1 - x[index].double() @ x.double().T
+    expected = torch.minimum(to_candidates, closest.double())
+    potentials_expected = (expected * (1 if weights is None else weights.double())).sum(1)
+    out = torch.full((m, n + 3), -1.0, dtype=dtype)
+    potentials = torch.empty(m, dtype=torch.float64)
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    scorer = init_module._seed_function(dtype)
+    if scorer is None:
+        pytest.skip("the native kernel is not built here")
+    scorer(
+        x.data_ptr(),
+        x.stride(0),
+        n,
+        d,
+        x_sq.data_ptr(),
+        index.data_ptr(),
+        m,
+        closest.data_ptr(),
+        None if weights is None else weights.data_ptr(),
+        int(metric == "cosine"),
+        threads,
+        out.data_ptr(),
+        n + 3,
+        potentials.data_ptr(),
+    )
+    atol = 1e-4 * d if dtype == torch.float32 else 1e-10 * d
+    torch.testing.assert_close(out[:, :n].double(), expected, rtol=1e-5, atol=atol)
+    assert (out[:, n:] == -1.0).all()  # nothing written past each candidate's n rows
+    torch.testing.assert_close(potentials, potentials_expected, rtol=1e-5, atol=atol * n)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("n, d", [(1000, 3), (2000, 40), (70000, 24)])
+@pytest.mark.parametrize("drawn_at_once", [4096, 3])
+def test_kmeans_plusplus_with_the_native_kernel_seeds_as_the_pytorch_ops(
+    monkeypatch, metric, weighted, n, d, drawn_at_once
+):
+    # The kernel only reorders the sums of the dot products: on data without
+    # near ties the same draws choose the same seeds (d=3: the chosen one's
+    # distances computed again; 70,000 rows: beyond one chunk of the loop;
+    # the native loop's draws of 3 steps at a time: the same stream).
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    monkeypatch.setattr(init_module, "_STEPS_DRAWN_AT_ONCE", drawn_at_once)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    _native_seed_scorer(x)
+    weights = torch.rand(n, generator=generator, dtype=torch.float64) if weighted else None
+    for k in (1, 5, 40):
+        chosen = []
+        for scorer in (init_module._seed_scorer, lambda x: None):
+            with mock.patch.object(init_module, "_seed_scorer", scorer):
+                chosen.append(
+                    kmeans_plusplus(
+                        x,
+                        k,
+                        sample_weight=weights,
+                        metric=metric,
+                        generator=torch.Generator().manual_seed(k),
+                    )[1]
+                )
+        assert torch.equal(chosen[0], chosen[1])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+def test_kmeans_plusplus_of_several_cpu_problems_seeds_as_the_batched_loop(
+    monkeypatch, metric, weighted, shared
+):
+    # Restarts (n_problems) and data sets (3-D x) on the CPU run the native
+    # loop one problem at a time, with the batched loop's draws (taken in two
+    # generator calls, not one per step).
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    # More steps than the single loop draws at once: the problems' own draws
+    # are all there, none taken twice.
+    monkeypatch.setattr(init_module, "_STEPS_DRAWN_AT_ONCE", 3)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2000, 12, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=-1)
+    _native_seed_scorer(x[0])
+    weights = torch.rand(3, 2000, generator=generator, dtype=torch.float64) if weighted else None
+    if shared:
+        x, weights = x[0], None if weights is None else weights[0]
+    for k in (1, 4, 30):
+        seeded = []
+        calls = []
+        for scorer in (init_module._seed_scorer, lambda x: None):
+            with (
+                mock.patch.object(init_module, "_seed_scorer", scorer),
+                mock.patch.object(torch, "rand", wraps=torch.rand) as rand,
+            ):
+                seeded.append(
+                    kmeans_plusplus(
+                        x,
+                        k,
+                        n_problems=3 if shared else None,
+                        sample_weight=weights,
+                        metric=metric,
+                        generator=torch.Generator().manual_seed(k),
+                    )
+                )
+            calls.append(rand.call_count)
+        assert calls == [2, k]
+        (centroids, indices), (expected_centroids, expected) = seeded
+        assert indices.shape == (3, k)
+        assert torch.equal(indices, expected)
+        assert torch.equal(centroids, expected_centroids)
+
+
+@pytest.mark.parametrize("n_problems", [None, 3])
+def test_kmeans_plusplus_native_loop_ignores_global_torch_defaults(
+    torch_defaults_changed, n_problems
+):
+    # Its buffers and draws, made without device=, had landed on the default
+    # device ("meta" here, "cuda" in a training script) and failed.
+    x = torch.randn(3000, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _native_seed_scorer(x)
+    expected = kmeans_plusplus(
+        x, 6, n_problems=n_problems, generator=torch.Generator().manual_seed(0)
+    )[1]
+    with torch_defaults_changed():
+        got = kmeans_plusplus(
+            x, 6, n_problems=n_problems, generator=torch.Generator(device="cpu").manual_seed(0)
+        )[1]
+    assert got.device.type == "cpu"
+    assert torch.equal(got, expected)
+
+
+def test_kmeans_plusplus_leaves_many_narrow_rows_to_the_pytorch_ops():
+    # The kernel's lanes hold features: 200,000 rows of 2 float32 features
+    # seeded 3x slower by it than by PyTorch's ops, 32 features 1.2x; few
+    # rows, or wide ones, take it.
+    init_module = importlib.import_module("torchkmeans.functional.init")
+    if init_module._seed_function(torch.float32) is None:
+        pytest.skip("the native kernel is not built here")
+    assert init_module._seed_scorer(torch.zeros(5000, 2)) is None
+    assert init_module._seed_scorer(torch.zeros(500, 2)) is not None
+    assert init_module._seed_scorer(torch.zeros(5000, 256)) is not None
+    if init_module._native._library.tk_vector_bytes() == 64:
+        # 10,000 x 32 float32, k=64: 1.2x PyTorch's time; float64 0.65x.
+        assert init_module._seed_scorer(torch.zeros(5000, 32)) is None
+        assert init_module._seed_scorer(torch.zeros(5000, 32, dtype=torch.float64)) is not None
+
+
+def test_kmeans_plusplus_on_one_cpu_problem_draws_its_random_numbers_at_once():
+    # A generator call per step was a fixed cost of every step (k=3 on iris:
+    # a tenth of the seeding); the native loop draws all the steps' at once.
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _native_seed_scorer(x)
+    with mock.patch.object(torch, "rand", wraps=torch.rand) as rand:
+        kmeans_plusplus(x, 40, generator=torch.Generator().manual_seed(0))
+    assert rand.call_count == 1
 
 
 def test_random_init_is_without_replacement_and_weighted():

@@ -438,7 +438,8 @@ def test_adding_rows_column_by_column_equals_index_add(width, n, k, alpha, dtype
 def test_kmeans_plusplus_on_one_cpu_problem_equals_the_batched_loop(metric, weighted):
     """The host loop for one CPU problem keeps its distances as (trials, n) rows;
     the batched loop as (n, trials) columns. Same draws, same arithmetic: the
-    same seeds, on real and generated data."""
+    same seeds, on real and generated data. (The native kernel's dot products
+    round otherwise: test_functional checks it against this loop.)"""
     from sklearn.datasets import load_digits, load_iris
 
     from torchkmeans.functional import kmeans_plusplus
@@ -461,7 +462,10 @@ def test_kmeans_plusplus_on_one_cpu_problem_equals_the_batched_loop(metric, weig
             for seed in range(2):
                 chosen = []
                 for host_loop in (True, False):
-                    with mock.patch.object(init_module, "_HOST_LOOP_ON_CPU", host_loop):
+                    with (
+                        mock.patch.object(init_module, "_HOST_LOOP_ON_CPU", host_loop),
+                        mock.patch.object(init_module, "_seed_scorer", lambda x: None),
+                    ):
                         chosen.append(
                             kmeans_plusplus(
                                 x,

@@ -6,12 +6,14 @@ entirely on the data's device, drawing from a ``torch.Generator``.
 
 from __future__ import annotations
 
+import ctypes
 import math
+from collections.abc import Callable
 
 import torch
 
 from .. import _validation as v
-from . import _device
+from . import _device, _native
 from .distances import (
     DEFAULT_MEMORY_BUDGET,
     block_rows,
@@ -141,6 +143,209 @@ def greedy_choice(
     return best, to_candidates[best], candidate_potential
 
 
+# Rows narrower than this many of the kernel's vectors take PyTorch's ops
+# (see _seed_scorer), but for at most _SEED_NARROW_MAX_ROWS of them.
+_SEED_MIN_ROW_VECTORS = {torch.float32: 3.0, torch.float64: 1.5}
+_SEED_NARROW_MAX_ROWS = 1024
+
+# Below this many multiply-adds per step (about a millisecond on one core)
+# the native scores run on the calling thread: a parallel region per step
+# cost more than it saved (10,000 x 32, 6 candidates, 2 threads on a busy
+# machine: 2.6x the time of one thread).
+_SEED_PARALLEL_MIN_WORK = 1 << 23
+
+
+def _seed_function(dtype: torch.dtype) -> Callable[..., None] | None:
+    """The native k-means++ scoring function for ``dtype`` (float32 or
+    float64), or None where the kernel is not built."""
+    if dtype not in (torch.float32, torch.float64) or not _native.available():
+        return None
+    name = "tk_seed_scores_f32" if dtype == torch.float32 else "tk_seed_scores_f64"
+    function = getattr(_native._library, name, None)
+    if function is not None and function.argtypes is None:
+        pointer, integer, small = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        function.restype = None
+        function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
+        function.argtypes += [pointer, pointer, small, small, pointer, integer, pointer]
+    return function
+
+
+def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
+    """The native k-means++ scoring function where it beats PyTorch's ops on
+    rows like ``x`` (2-D, CPU, float32/float64, contiguous rows), else None.
+
+    Its lanes hold features: narrow rows leave lanes idle and pay a sum
+    across lanes per row and candidate, and PyTorch's float32 product is
+    fast. Seeding, one thread, AVX-512, its time over PyTorch's: float32
+    2-16 features 1.35-3.4, 24-32: 0.95-1.2, 48: 0.7-1.0, 64: 0.8, 128-1,024:
+    0.45-0.8; float64 2-4 features 1.5-2, 8-12: 1.0, 16-48: 0.55-0.85.
+    Few rows cost the same either way but for the fixed costs, fewer in the
+    native loop.
+    """
+    if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 or x.shape[1] == 0:
+        return None
+    if not _device.on_host(x.device):
+        return None
+    function = _seed_function(x.dtype)
+    if function is None:
+        return None
+    assert _native._library is not None
+    vectors = x.shape[1] * x.element_size() / _native._library.tk_vector_bytes()
+    narrow = vectors < _SEED_MIN_ROW_VECTORS[x.dtype]
+    return None if narrow and x.shape[0] > _SEED_NARROW_MAX_ROWS else function
+
+
+# The native loop draws the random numbers of at most this many steps at once.
+_STEPS_DRAWN_AT_ONCE = 4096
+
+
+def _kmeans_plusplus_native(
+    scorer: Callable[..., None],
+    x: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    k: int,
+    trials: int,
+    generator: torch.Generator | None,
+    may_hold: bool,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """k-means++ indices for one problem on the CPU, its candidates scored by
+    the native kernel: one pass over the rows per step (the candidates'
+    distances, their minimum with the closest and their potentials at once),
+    where PyTorch's ops take five, and a skinny product of (trials, d) by
+    (d, n) that reached a third of the memory's speed. The same draws as
+    :func:`_kmeans_plusplus_single`, drawn many steps at a time (the CPU
+    generator's stream does not depend on how it is split); ``may_hold``:
+    the candidates' distances fit the memory budget. ``draws``: the first
+    ``(1,)`` and the steps' ``(k - 1, trials)``, drawn by the caller (one
+    problem of several) instead."""
+    n, d = x.shape
+    acc = torch.float64
+    threads = torch.get_num_threads() if n * d * trials >= _SEED_PARALLEL_MIN_WORK else 1
+    cosine = int(x_sq is None)
+    # Named: the kernel reads them through pointers, which must outlive the loop.
+    x_sq = None if x_sq is None else x_sq.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    weight_ptr = None if weight is None else weight.data_ptr()
+    fixed = (x.data_ptr(), x.stride(0), n, d, None if x_sq is None else x_sq.data_ptr())
+    # The candidates' distances are kept (the chosen one's become the
+    # closest) where writing them costs less than reading the rows again.
+    held = (
+        torch.empty((trials, n), dtype=x.dtype, device=x.device)
+        if d > trials and may_hold
+        else None
+    )
+    potentials = torch.empty(trials, dtype=acc, device=x.device)
+    ignored = torch.empty(1, dtype=acc, device=x.device)
+    weighted = None if weight is None else torch.empty(n, dtype=x.dtype, device=x.device)
+    cumulative = torch.empty(n, dtype=acc, device=x.device)
+
+    def lower(index: torch.Tensor, out: torch.Tensor | None, sums: torch.Tensor) -> None:
+        """Distances to rows ``index`` lowered to ``closest`` into ``out``
+        (``(m, n)``, or None), their potentials into ``sums``."""
+        scorer(
+            *fixed,
+            index.data_ptr(),
+            index.shape[0],
+            closest.data_ptr(),
+            weight_ptr,
+            cosine,
+            threads,
+            None if out is None else out.data_ptr(),
+            n,
+            sums.data_ptr(),
+        )
+
+    if draws is None:
+        steps = min(k - 1, _STEPS_DRAWN_AT_ONCE)
+        taken = torch.rand(1 + steps * trials, generator=generator, dtype=acc, device=x.device)
+        first_draw, step_draws = taken[:1], taken[1:].view(steps, trials)
+    else:
+        (first_draw, step_draws), steps = draws, k - 1
+    if weight is None:
+        first = min(int(first_draw * n), n - 1)
+    else:
+        cumulative = weight.cumsum(0, dtype=acc)
+        first = int(_sample_from_cumulative(cumulative, first_draw * cumulative[-1]))
+    chosen = [first]
+    closest = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+    index = torch.tensor(chosen, dtype=torch.int64, device=x.device)
+    lower(index, closest, potentials)
+    potential = potentials[:1].clone()
+    # Steps drawn so far, and the first of those in step_draws.
+    drawn, offset = steps, 0
+    for c in range(1, k):
+        if c - 1 == drawn:
+            steps = min(k - c, _STEPS_DRAWN_AT_ONCE)
+            step_draws = torch.rand(
+                (steps, trials), generator=generator, dtype=acc, device=x.device
+            )
+            drawn, offset = drawn + steps, c - 1
+        row = step_draws[c - 1 - offset]
+        # As the PyTorch loop rounds them: weighted in x's dtype, summed in float64.
+        rows = closest if weighted is None else torch.mul(closest, weight, out=weighted)
+        cumsum = cumulative.copy_(rows).cumsum_(0)
+        candidates = _sample_from_cumulative(cumsum, row.mul_(potential))
+        lower(candidates, held, potentials)
+        best = int(potentials.argmin())
+        if held is not None:
+            closest.copy_(held[best])
+        else:
+            # The chosen one's distances again, lowered into closest in place.
+            lower(candidates[best : best + 1], closest, ignored)
+        potential = potentials[best : best + 1].clone()
+        chosen.append(int(candidates[best]))
+    return torch.tensor(chosen, dtype=torch.int64, device=x.device)
+
+
+# Several CPU problems are seeded one after another by the native loop when
+# all their draws, taken at once, fit in this many bytes.
+_PROBLEMS_DRAWS_BYTES = 64 * 1024 * 1024
+
+
+@_device.full_precision
+def _kmeans_plusplus_problems(
+    work: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    w: torch.Tensor | None,
+    b: int,
+    k: int,
+    trials: int,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor | None:
+    """k-means++ indices ``(b, k)`` of b CPU problems (``work`` ``(b or 1, n,
+    d)``) by the native loop, one problem at a time, with the batched loop's
+    draws (all taken at once: the CPU generator's stream does not depend on
+    how it is split); None where the kernel is not built or the draws would
+    not fit ``_PROBLEMS_DRAWS_BYTES``."""
+    scorer = _seed_scorer(work[0])
+    if scorer is None or 8 * b * (1 + (k - 1) * trials) > _PROBLEMS_DRAWS_BYTES:
+        return None
+    n = work.shape[1]
+    first = torch.rand((b, 1), generator=generator, dtype=torch.float64, device=work.device)
+    steps = torch.rand(
+        (k - 1, b, trials), generator=generator, dtype=torch.float64, device=work.device
+    )
+    may_hold = _candidate_block_rows(n, trials, work.element_size(), memory_budget) >= n
+    indices = torch.empty((b, k), dtype=torch.int64, device=work.device)
+    for i in range(b):
+        # One problem's draws: a whole row of its own, as the loop scales them in place.
+        indices[i] = _kmeans_plusplus_native(
+            scorer,
+            work[min(i, work.shape[0] - 1)],
+            None if x_sq is None else x_sq[min(i, x_sq.shape[0] - 1)],
+            None if w is None else w[min(i, w.shape[0] - 1)],
+            k,
+            trials,
+            generator,
+            may_hold,
+            (first[i], steps[:, i].contiguous()),
+        )
+    return indices
+
+
 @_device.full_precision
 def _kmeans_plusplus_single(
     x: torch.Tensor,
@@ -156,7 +361,9 @@ def _kmeans_plusplus_single(
 
     The same draws and arithmetic as the batched loop in :func:`kmeans_plusplus`;
     on the CPU a host-side scalar costs nothing and small tensor ops cost
-    microseconds each, which dominate small problems.
+    microseconds each, which dominate small problems. Where the native kernel
+    is built it scores the candidates (the same arithmetic, its dot products
+    summed in another order).
     """
     n = x.shape[0]
     # Distances are kept as (m, n) rows, one per candidate: the minimum with
@@ -173,9 +380,10 @@ def _kmeans_plusplus_single(
     # float32 rows, k=8: 128 MB beside the 64 MB block, and 5x slower), and
     # the chosen row, a view, kept its whole block alive into the next round.
     chunk = min(block, _SCORE_CHUNK_ROWS)
+    scorer = _seed_scorer(x) if acc == torch.float64 else None
     held = (
         torch.empty((trials, n), dtype=x.dtype, device=x.device)
-        if n > chunk and block >= n
+        if scorer is None and n > chunk and block >= n
         else None
     )
 
@@ -194,6 +402,8 @@ def _kmeans_plusplus_single(
         return scores.add_(x_sq[start:stop]).clamp_min_(0.0)
 
     weight = None if w is None else w[0]
+    if scorer is not None:
+        return _kmeans_plusplus_native(scorer, x, x_sq, weight, k, trials, generator, block >= n)
     draw = torch.rand((1, 1), generator=generator, dtype=acc, device=x.device)
     if weight is None:
         first = min(int(draw * n), n - 1)
@@ -382,6 +592,11 @@ def kmeans_plusplus(
         centroids = x3[0][index]
         return (centroids, index) if not batched else (centroids[None], index[None])
 
+    if _device.on_host(x.device) and _HOST_LOOP_ON_CPU and acc == torch.float64:
+        index = _kmeans_plusplus_problems(work, x_sq, w, b, k, trials, generator, memory_budget)
+        if index is not None:
+            centroids = _gather_rows(x3, index)
+            return (centroids, index) if batched else (centroids[0], index[0])
     indices = torch.empty((b, k), dtype=torch.int64, device=x.device)
     draws = torch.rand((b, 1), generator=generator, device=x.device, dtype=acc)
     if w is None:
