@@ -42,7 +42,7 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 8
+_ABI_VERSION = 9
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
