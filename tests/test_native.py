@@ -746,3 +746,22 @@ def test_sparse_lloyd_refuses_bad_outputs_and_tensors_off_the_cpu():
         _native.sparse_lloyd(crow, col, values, 3, centroids[:, :2], None, labels, found)
     with pytest.raises(ValueError, match=r"Expected values on the CPU, got a tensor on meta"):
         _native.sparse_lloyd(crow, col, values.to("meta"), 3, centroids, None, labels, found)
+
+
+def test_the_seed_scores_refuse_tensors_without_memory_of_their_own():
+    # torch.func's wrappers have no data pointer: k-means++ must take
+    # PyTorch's ops for them, as the labelling does, and the kernel otherwise.
+    from torchkmeans.functional.init import _seed_scorer
+
+    x = torch.randn(2_000, 128)
+    inside = []
+
+    def total(rows):
+        inside.append(_seed_scorer(rows))
+        return rows.sum()
+
+    torch.func.grad(total)(x)
+    assert inside == [None]
+    assert _seed_scorer(x) is not None
+    assert _native.seed_scores(torch.float16) is None
+    assert _native.vector_bytes() in (16, 32, 64)

@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,6 +103,10 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.restype = None
         function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, small]
         function.argtypes += [small, pointer, pointer, pointer, pointer, pointer, pointer]
+    for function in (library.tk_seed_scores_f32, library.tk_seed_scores_f64):
+        function.restype = None
+        function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
+        function.argtypes += [pointer, pointer, small, small, pointer, integer, pointer]
     return library
 
 
@@ -175,17 +180,39 @@ def _dots(d: int, k: int) -> bool:
     return k <= 2 or (k <= DOTS_MAX_K and d >= _DOTS_MIN_FEATURES[k])
 
 
+def readable(x: torch.Tensor) -> bool:
+    """Whether the kernel may read ``x``'s memory: a plain float32/float64
+    tensor on the host. Tensors that have no memory of their own (torch.func's
+    wrappers under grad/vmap, fake tensors of torch.compile, other subclasses)
+    raised "Cannot access data pointer" on data_ptr()."""
+    if not _device.on_host(x.device) or x.dtype not in (torch.float32, torch.float64):
+        return False
+    plain = type(x) in (torch.Tensor, torch.nn.Parameter)
+    return plain and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def seed_scores(dtype: torch.dtype) -> Callable[..., None] | None:
+    """The kernel's k-means++ scoring function for ``dtype`` (float32 or
+    float64), or None where the kernel is not built."""
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    library = _library_or_none()
+    if library is None:
+        return None
+    return library.tk_seed_scores_f32 if dtype == torch.float32 else library.tk_seed_scores_f64
+
+
+def vector_bytes() -> int:
+    """The width in bytes of the built kernel's vectors (0 where it is not built)."""
+    library = _library_or_none()
+    return 0 if library is None else int(library.tk_vector_bytes())
+
+
 def prefers_native(x: torch.Tensor, k: int, *, within_lloyd: bool = True) -> bool:
     """Whether :func:`nearest` beats PyTorch ops on rows like ``x`` (2-D) with k
     centroids: in Lloyd's iterations, or (``within_lloyd=False``) labelling rows
     from scratch."""
-    if not _device.on_host(x.device) or x.dtype not in (torch.float32, torch.float64):
-        return False
-    # The kernel reads and writes memory: tensors that have none of their own
-    # (torch.func's wrappers under grad/vmap, fake tensors of torch.compile,
-    # other subclasses) raised "Cannot access data pointer" on data_ptr().
-    plain = type(x) in (torch.Tensor, torch.nn.Parameter)
-    if not plain or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if not readable(x):
         return False
     if x.ndim != 2 or x.stride(-1) != 1 or x.shape[1] == 0 or k < 1:
         return False

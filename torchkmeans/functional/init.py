@@ -6,7 +6,6 @@ entirely on the data's device, drawing from a ``torch.Generator``.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from collections.abc import Callable
 
@@ -155,21 +154,6 @@ _SEED_NARROW_MAX_ROWS = 1024
 _SEED_PARALLEL_MIN_WORK = 1 << 23
 
 
-def _seed_function(dtype: torch.dtype) -> Callable[..., None] | None:
-    """The native k-means++ scoring function for ``dtype`` (float32 or
-    float64), or None where the kernel is not built."""
-    if dtype not in (torch.float32, torch.float64) or not _native.available():
-        return None
-    name = "tk_seed_scores_f32" if dtype == torch.float32 else "tk_seed_scores_f64"
-    function = getattr(_native._library, name, None)
-    if function is not None and function.argtypes is None:
-        pointer, integer, small = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        function.restype = None
-        function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
-        function.argtypes += [pointer, pointer, small, small, pointer, integer, pointer]
-    return function
-
-
 def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
     """The native k-means++ scoring function where it beats PyTorch's ops on
     rows like ``x`` (2-D, CPU, float32/float64, contiguous rows), else None.
@@ -182,15 +166,12 @@ def _seed_scorer(x: torch.Tensor) -> Callable[..., None] | None:
     Few rows cost the same either way but for the fixed costs, fewer in the
     native loop.
     """
-    if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 or x.shape[1] == 0:
+    if not _native.readable(x) or x.stride(-1) != 1 or x.shape[1] == 0:
         return None
-    if not _device.on_host(x.device):
-        return None
-    function = _seed_function(x.dtype)
+    function = _native.seed_scores(x.dtype)
     if function is None:
         return None
-    assert _native._library is not None
-    vectors = x.shape[1] * x.element_size() / _native._library.tk_vector_bytes()
+    vectors = x.shape[1] * x.element_size() / _native.vector_bytes()
     narrow = vectors < _SEED_MIN_ROW_VECTORS[x.dtype]
     return None if narrow and x.shape[0] > _SEED_NARROW_MAX_ROWS else function
 
