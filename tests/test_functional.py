@@ -733,7 +733,7 @@ def test_kmeans_plusplus_respects_zero_weights():
 
 def _native_seed_scorer(x):
     init_module = importlib.import_module("torchkmeans.functional.init")
-    if init_module._seed_function(x.dtype) is None:
+    if init_module._native.seed_scores(x.dtype) is None:
         pytest.skip("the native kernel is not built here")
     scorer = init_module._seed_scorer(x)
     if scorer is None:
@@ -770,7 +770,7 @@ def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
     out = torch.full((m, n + 3), -1.0, dtype=dtype)
     potentials = torch.empty(m, dtype=torch.float64)
     init_module = importlib.import_module("torchkmeans.functional.init")
-    scorer = init_module._seed_function(dtype)
+    scorer = init_module._native.seed_scores(dtype)
     if scorer is None:
         pytest.skip("the native kernel is not built here")
     scorer(
@@ -901,12 +901,12 @@ def test_kmeans_plusplus_leaves_many_narrow_rows_to_the_pytorch_ops():
     # seeded 3x slower by it than by PyTorch's ops, 32 features 1.2x; few
     # rows, or wide ones, take it.
     init_module = importlib.import_module("torchkmeans.functional.init")
-    if init_module._seed_function(torch.float32) is None:
+    if init_module._native.seed_scores(torch.float32) is None:
         pytest.skip("the native kernel is not built here")
     assert init_module._seed_scorer(torch.zeros(5000, 2)) is None
     assert init_module._seed_scorer(torch.zeros(500, 2)) is not None
     assert init_module._seed_scorer(torch.zeros(5000, 256)) is not None
-    if init_module._native._library.tk_vector_bytes() == 64:
+    if init_module._native.vector_bytes() == 64:
         # 10,000 x 32 float32, k=64: 1.2x PyTorch's time; float64 0.65x.
         assert init_module._seed_scorer(torch.zeros(5000, 32)) is None
         assert init_module._seed_scorer(torch.zeros(5000, 32, dtype=torch.float64)) is not None
