@@ -896,6 +896,7 @@ def test_kmeans_plusplus_native_loop_ignores_global_torch_defaults(
     assert torch.equal(got, expected)
 
 
+@on_the_cpu_paths_only
 def test_kmeans_plusplus_leaves_many_narrow_rows_to_the_pytorch_ops():
     # The kernel's lanes hold features: 200,000 rows of 2 float32 features
     # seeded 3x slower by it than by PyTorch's ops, 32 features 1.2x; few

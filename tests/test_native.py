@@ -748,6 +748,7 @@ def test_sparse_lloyd_refuses_bad_outputs_and_tensors_off_the_cpu():
         _native.sparse_lloyd(crow, col, values.to("meta"), 3, centroids, None, labels, found)
 
 
+@on_the_cpu_paths_only
 def test_the_seed_scores_refuse_tensors_without_memory_of_their_own():
     # torch.func's wrappers have no data pointer: k-means++ must take
     # PyTorch's ops for them, as the labelling does, and the kernel otherwise.

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_identical
+from conftest import assert_identical, on_the_cpu_paths_only
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits
 
@@ -701,7 +701,7 @@ def test_partial_fit_steps_sparse_batches_on_their_stored_values(monkeypatch, me
     assert ours.inertia_ == pytest.approx(expected.inertia_, rel=1e-12)
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=on_the_cpu_paths_only)])
 def test_partial_fit_on_sparse_batches_equals_scikit_learn_from_the_same_centres(
     monkeypatch, fused
 ):
@@ -911,6 +911,7 @@ def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values(monkeypatc
     assert "aten.mul.Tensor" not in copies.made, copies.made
 
 
+@on_the_cpu_paths_only
 @pytest.mark.parametrize("k", [2, 5, 9, 20])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cpu_fits_label_and_sum_in_one_pass_over_the_stored_values(monkeypatch, k, weighted):
@@ -980,6 +981,7 @@ def test_sums_of_a_fused_step_follow_the_rows_labelled_again():
     np.testing.assert_allclose(km.cluster_centers_, means, rtol=0, atol=2e-3)
 
 
+@on_the_cpu_paths_only
 def test_a_kernel_without_threads_takes_no_sparse_fit_of_several_threads(monkeypatch):
     # A kernel built without OpenMP runs on one thread: with several, the
     # products (on all of them) label and sum the rows, as for dense rows.
