@@ -1072,3 +1072,33 @@ def test_subsets_of_sparse_rows_gather_their_values_without_a_row_index():
     assert torch.equal(subset.row_of, torch.repeat_interleave(torch.arange(len(index)), lengths))
     empty = rows.subset(torch.tensor([3, 1796], dtype=torch.int64))
     assert empty.crow.tolist() == [0, 0, 0] and empty.values.numel() == 0
+
+
+def test_the_scale_of_sparse_rows_is_read_without_a_copy_of_their_values():
+    # |values| then its maximum: a temporary of all the stored values (8 MB
+    # for a million) at every fit; their extremes give the same largest.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional.sparse import sparse_scale_exponent
+
+    rows = _float64_rows(CSR)
+    nnz = rows.values.numel()
+
+    class Copies(TorchDispatchMode):
+        made = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == nnz:
+                Copies.made += 1
+            return out
+
+    with Copies():
+        exponent = sparse_scale_exponent(rows)
+    assert Copies.made == 0 and exponent == 0
+    for scale, values in ((1e-30, -rows.values), (1e30, rows.values)):
+        scaled = rows._replace(values=values.to(torch.float32) * scale)
+        assert sparse_scale_exponent(scaled) == sparse_scale_exponent(
+            scaled._replace(values=scaled.values.abs())
+        )
+        assert sparse_scale_exponent(scaled) != 0

@@ -287,7 +287,11 @@ def sparse_scale_exponent(rows: SparseRows, centroids: torch.Tensor | None = Non
     """
     if rows.metric != "euclidean":
         return 0
-    largest = float(rows.values.abs().amax()) if rows.values.numel() else 0.0
+    largest = 0.0
+    if rows.values.numel():
+        # From the extremes: |values| was a temporary of all the stored values.
+        low, high = torch.aminmax(rows.values)
+        largest = max(abs(float(low)), abs(float(high)))
     if centroids is not None and centroids.numel():
         largest = max(largest, float(centroids.detach().abs().amax()))
     exponent = underflow_exponent(largest, rows.dtype)
