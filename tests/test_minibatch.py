@@ -1139,3 +1139,62 @@ def test_global_torch_defaults_change_no_result(paths, request, torch_defaults_c
     with torch_defaults_changed():
         got = results()
     assert_identical(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_copies_among_wide_rows_are_found_with_small_temporaries(dtype):
+    # The reseeding of a sparse step looks for copies among its candidate
+    # rows and the centres, (k + m) x d dense values: fingerprints made four
+    # int64 temporaries of all of them (40 x 50,000 float64: 16 MB each,
+    # page-faulted in at every step, most of the step). In blocks of
+    # columns, the same fingerprints.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional import certify
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn((1, 40, 50_000), generator=generator).to(dtype)
+    rows[rows.abs() < 2.0] = 0.0
+    rows[0, 30] = rows[0, 7]
+    rows[0, 31] = -0.0 * rows[0, 9]  # -0.0 and 0.0 are the same value
+    rows[0, 9] = 0.0
+    d = rows.shape[-1]
+    weights = torch.randint(
+        -(2**62), 2**62, (2, d), generator=torch.Generator().manual_seed(0), dtype=torch.int64
+    )
+    weights |= 1
+    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
+    if narrow is not None:
+        expected = ((rows + 0.0).view(narrow).long() * weights[0]).sum(-1)
+    else:
+        bits = (rows + 0.0).view(torch.int64)
+        expected = ((bits & 0xFFFFFFFF) * weights[0] + (bits >> 32) * weights[1]).sum(-1)
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                # Memory taken: views (of the rows' bits, expanded indices) take none.
+                storage = out.untyped_storage()
+                tensors = [a for a in args if isinstance(a, torch.Tensor)]
+                inputs = [a.untyped_storage().data_ptr() for a in tensors]
+                if storage.data_ptr() not in inputs:
+                    size = storage.nbytes() // out.element_size()
+                    Largest.largest = max(Largest.largest, size)
+            return out
+
+    with Largest():
+        fingerprints = certify._fingerprints(rows)
+        # Without copies: nothing to check in full, no copy of the rows.
+        assert certify.first_copies(rows[:, :7]) is None
+    assert torch.equal(fingerprints, expected)
+    assert Largest.largest <= 2 * d  # the weights: blocks of columns take less
+    copies = certify.first_copies(rows)
+    assert copies is not None
+    assert (
+        copies[0, 30] == 7
+        and copies[0, 31] == 9
+        and int((copies[0] != torch.arange(40)).sum()) == 2
+    )

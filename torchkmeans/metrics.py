@@ -620,7 +620,7 @@ def _silhouette_input(X: Any, metric: str, device: str | torch.device | None) ->
         device=target,
         dtype=_device.widest_float(target),
         metric="cosine" if metric == "cosine" else "euclidean",
-    )
+    ).with_row_of()
     return _Samples(None, rows, csr.kind, dtype)
 
 
