@@ -1141,6 +1141,7 @@ def test_global_torch_defaults_change_no_result(paths, request, torch_defaults_c
     assert_identical(got, expected)
 
 
+@copies_found_on_the_cpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_copies_among_wide_rows_are_found_with_small_temporaries(dtype):
     # The reseeding of a sparse step looks for copies among its candidate

@@ -1003,6 +1003,7 @@ def test_a_kernel_without_threads_takes_no_sparse_fit_of_several_threads(monkeyp
         torch.set_num_threads(threads)
 
 
+@on_the_cpu_paths_only
 def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
     # The row of each stored value (repeat_interleave), and squared norms
     # scattered by it, were most of a fit's setup (1% stored TF-IDF, 20,000
