@@ -369,18 +369,23 @@ def test_elbow_on_sparse_x_scores_its_dense_form_where_it_fits_memory_budget():
         elbow(CSR, range(2, 5), scores=("inertia", "silhouette"), memory_budget=100_000)
 
 
+def _rows_far_from_the_origin():
+    """3,000 float32 rows of 8 clusters near 1e4, 1e-2 apart (a stored zero
+    column), and weights."""
+    rng = np.random.default_rng(0)
+    centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
+    X = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
+    X[:, 0] = 0
+    return X.astype(np.float32), rng.random(3000)
+
+
 def test_labels_of_rows_far_from_the_origin_are_the_nearest_centre():
     # |x|^2 - 2 x.c + |c|^2 of float32 rows near 1e4, 1e-2 apart, cancels:
     # 2,602 of 3,000 labels were not the nearest returned centre, and the
     # inertia 1600 where the recomputed sum is 0.4 (scikit-learn's: 0).
     # Rows the expansion cannot label are labelled again from differences.
-    rng = np.random.default_rng(0)
-    centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
-    X = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
-    X[:, 0] = 0
-    X = X.astype(np.float32)
+    X, w = _rows_far_from_the_origin()
     S = sparse.csr_matrix(X)
-    w = rng.random(3000)
     for est in (
         KMeans(8, random_state=0, n_init=1).fit(S, sample_weight=w),
         MiniBatchKMeans(8, random_state=0, batch_size=256, memory_budget=40_000).fit(S),
@@ -966,12 +971,7 @@ def test_sums_of_a_fused_step_follow_the_rows_labelled_again():
     # Rows the expansion cannot label are labelled again densely after the
     # fused pass summed them into the expansion's cluster: those sums are
     # then taken again from the corrected labels.
-    rng = np.random.default_rng(0)
-    centres = 1e4 + rng.normal(size=(8, 4)) * 0.01
-    X = centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 4)) * 0.003
-    X[:, 0] = 0
-    X = X.astype(np.float32)
-    w = rng.random(3000)
+    X, w = _rows_far_from_the_origin()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer distinct clusters than asked
         km = KMeans(8, init=X[:8], max_iter=1).fit(sparse.csr_matrix(X), sample_weight=w)
