@@ -77,6 +77,20 @@ def test_cosine_distance_is_one_minus_cos():
     )
 
 
+def test_pairwise_cosine_distances_of_one_x_to_a_batch_of_centroids():
+    """One 2-D x against b sets of centroids: the entries near 0 of the
+    later problems are measured again from that x (its batch of one had
+    been indexed by the problem: IndexError)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1)
+    c = torch.stack([x[:2], x[2:4]])  # every problem holds rows of x: distances 0
+    got = pairwise_distances(x, c, metric="cosine")
+    assert got.shape == (2, 5, 2)
+    expected = (1 - x @ c.transpose(1, 2)).clamp(0.0, 2.0)
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)
+    assert got[1, 2, 0] == 0 and got[1, 3, 1] == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pairwise_distances_over_many_blocks_match_differences(dtype):
     # Rows wide enough for several cache-sized blocks on the CPU; rows on or

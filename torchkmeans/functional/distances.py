@@ -1411,6 +1411,8 @@ def pairwise_distances(
         limit = 4096 * (x3.shape[-1] + 4) * torch.finfo(dtype).eps
         entry = (out.detach() < limit).nonzero().unbind(1)
         if entry[0].numel():
+            # One x for b problems: its (1, n, d) view stands for each of them.
+            x3 = x3.expand(out.shape[0], -1, -1)
             rows, centres = x3[entry[0], entry[1]], c3[entry[0], entry[2]]
             wide = _device.widest_float(x3.device)
             values = _cosine_from_squared(
