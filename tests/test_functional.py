@@ -77,6 +77,48 @@ def test_cosine_distance_is_one_minus_cos():
     )
 
 
+def test_pairwise_cosine_distances_of_one_x_to_a_batch_of_centroids():
+    """One 2-D x against b sets of centroids: the entries near 0 of the
+    later problems are measured again from that x (its batch of one had
+    been indexed by the problem: IndexError)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1)
+    c = torch.stack([x[:2], x[2:4]])  # every problem holds rows of x: distances 0
+    got = pairwise_distances(x, c, metric="cosine")
+    assert got.shape == (2, 5, 2)
+    expected = (1 - x @ c.transpose(1, 2)).clamp(0.0, 2.0)
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)
+    assert got[1, 2, 0] == 0 and got[1, 3, 1] == 0
+
+
+@on_the_cpu_paths_only
+def test_pairwise_cosine_distances_measure_entries_again_in_bounded_pieces(monkeypatch):
+    """Embeddings of one broad direction have every cosine distance below the
+    limit under which it is measured again from differences: those entries
+    come in pieces of _PAIRWISE_BLOCK_BYTES (gathered at once, their rows
+    and centroids took 220x the output's memory at d=256), each where it goes."""
+    distances_module = importlib.import_module("torchkmeans.functional.distances")
+    monkeypatch.setattr(distances_module, "_PAIRWISE_BLOCK_BYTES", 5 * 40 * 8)
+    sizes = []
+    from_squared = distances_module._cosine_from_squared
+
+    def counted(squared, *args):
+        sizes.append(squared.numel())
+        return from_squared(squared, *args)
+
+    monkeypatch.setattr(distances_module, "_cosine_from_squared", counted)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, generator=g)
+    x = torch.nn.functional.normalize(base + 0.05 * torch.randn(60, 40, generator=g), dim=-1)
+    c = torch.nn.functional.normalize(base + 0.05 * torch.randn(2, 3, 40, generator=g), dim=-1)
+    got = pairwise_distances(x, c, metric="cosine")
+    assert sum(sizes) == got.numel() and max(sizes) <= 5
+    x64, c64 = x.double(), c.double()
+    norms = x64.norm(dim=-1)[None, :, None] * c64.norm(dim=-1)[:, None, :]
+    cos = (x64 @ c64.transpose(1, 2)) / norms
+    torch.testing.assert_close(got.double(), 1 - cos, rtol=1e-3, atol=0.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pairwise_distances_over_many_blocks_match_differences(dtype):
     # Rows wide enough for several cache-sized blocks on the CPU; rows on or

@@ -249,6 +249,33 @@ def test_refused_sparse_input_says_why():
             score(CSR, km.labels_)
 
 
+def test_sparse_input_of_broken_structure_is_refused():
+    """CSR components built into a matrix unchecked (torch and scipy check
+    neither bound): a column index past n_features had been read by the fused
+    kernel (predict: garbage labels, or a crash) and written through
+    (partial_fit's sums: the value added to a cluster's count)."""
+    crow = torch.tensor([0, 1, 2, 3, 4])
+    good = torch.sparse_csr_tensor(crow, torch.tensor([0, 1, 2, 0]), torch.ones(4), size=(4, 3))
+    km = KMeans(2, n_init=1, random_state=0).fit(good)
+    for index in (3, -1):
+        col = torch.tensor([0, index, 1, 2])
+        bad = torch.sparse_csr_tensor(crow, col, torch.ones(4), size=(4, 3))
+        match = rf"Expected X's column indices to be in \[0, 3\), got indices from {min(index, 0)}"
+        with pytest.raises(ValueError, match=match):
+            km.predict(bad)
+        with pytest.raises(ValueError, match=match):
+            MiniBatchKMeans(2, init=np.eye(3)[:2], n_init=1).partial_fit(bad)
+        scipy_bad = sparse.csr_matrix((np.ones(4), col.numpy(), crow.numpy()), shape=(4, 3))
+        with pytest.raises(ValueError, match=match):
+            km.predict(scipy_bad)
+    falling = torch.sparse_csr_tensor(
+        torch.tensor([0, 2, 1, 3, 4]), torch.tensor([0, 1, 2, 0]), torch.ones(4), size=(4, 3)
+    )
+    match = r"Expected X's 5 row pointers to rise from 0 to its 4 stored values, got 5 pointers"
+    with pytest.raises(ValueError, match=match):
+        km.predict(falling)
+
+
 def test_fit_on_a_sparse_matrix_warns_about_too_few_distinct_clusters():
     X = sparse.csr_matrix(np.repeat(np.eye(3), 5, axis=0))
     with warnings.catch_warnings(record=True) as caught:

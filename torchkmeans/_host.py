@@ -274,7 +274,30 @@ def read_sparse(X: Any, name: str = "X", *, check_finite: bool = True, to_cpu: b
     if check_finite and not v.all_finite(values):
         raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
     n, d = (int(s) for s in X.shape)
+    _check_csr_indices(crow, col, n, d, name)
     return _CSR(crow, col, values, n, d, kind)
+
+
+def _check_csr_indices(crow: torch.Tensor, col: torch.Tensor, n: int, d: int, name: str) -> None:
+    """The structure of CSR rows: ``crow`` ``(n + 1,)`` rising from 0 to the
+    number of stored values, each column index in ``[0, d)``. Neither scipy
+    nor torch checks them when the matrix is built from its components, and
+    the fused kernel reads and writes through them (an index past ``d``
+    wrote into another cluster's sums, or past them)."""
+    nnz = int(col.numel())
+    ends = crow[[0, -1]].tolist() if crow.numel() else []
+    if int(crow.shape[0]) != n + 1 or ends != [0, nnz] or not bool((crow.diff() >= 0).all()):
+        raise ValueError(
+            f"Expected {name}'s {n + 1} row pointers to rise from 0 to its {nnz} stored "
+            f"values, got {int(crow.shape[0])} pointers, first and last {ends}."
+        )
+    if nnz:
+        low, high = (int(bound) for bound in torch.aminmax(col))
+        if low < 0 or high >= d:
+            raise ValueError(
+                f"Expected {name}'s column indices to be in [0, {d}), got indices from "
+                f"{low} to {high}."
+            )
 
 
 def densified(X: Any, memory_budget: int | None) -> Any:

@@ -139,13 +139,6 @@ def _peeled(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _plain(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a tensor with memory of its own: not one of vmap's
-    batched tensors, nor a fake or other subclass."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(t)
-    return type(t) in (torch.Tensor, nn.Parameter) and not wrapped
-
-
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
     """Index of the nearest code of each row: ``x`` ``(h, n, d)``, codebook ``(h, k, d)``.
 
@@ -170,7 +163,7 @@ def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torc
     # kernel's writes: the traced codes would be an uninitialised buffer.
     # Under vmap the check's host reads and random draws are refused.
     host = _device.on_host(x.device) and not _device.traced()
-    if metric == "euclidean" and host and _plain(x) and _plain(codebook):
+    if metric == "euclidean" and host and _device.plain(x) and _device.plain(codebook):
         heads, k = x.shape[0], codebook.shape[1]
         if heads > 1 and _native.prefers_native(x[0], k, within_lloyd=False):
             # Head by head through the fused kernel: batched, the heads took
@@ -867,12 +860,16 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         rows = _peeled(x.detach())
         keep = None if keep is None else _peeled(keep)
         buffers = (self.codebook, self.ema_sums, self.ema_counts, self.last_counts)
-        if _plain(rows) and (keep is None or _plain(keep)) and all(map(_plain, buffers)):
+        if (
+            _device.plain(rows)
+            and (keep is None or _device.plain(keep))
+            and all(map(_device.plain, buffers))
+        ):
             from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
 
             with temporarily_clear_interpreter_stack():
                 return self._step(rows, keep)
-        if self.training and _plain(rows):
+        if self.training and _device.plain(rows):
             raise RuntimeError(
                 "Expected VectorQuantizer's buffers to be its own in training mode under "
                 "torch.func's transforms, got buffers replaced by differentiated ones "
@@ -912,8 +909,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # the buffers are batched too (an ensemble's, stacked by
         # torch.func.stack_module_state); the k-means initialisation reads
         # the host, which vmap refuses.
-        batched = not _device.compiling() and not _plain(rows)
-        if training and batched and (_plain(self.ema_sums) or self._needs_init):
+        batched = not _device.compiling() and not _device.plain(rows)
+        if training and batched and (_device.plain(self.ema_sums) or self._needs_init):
             raise RuntimeError(
                 "Expected VectorQuantizer to be in eval() mode under torch.func.vmap "
                 "(one codebook cannot take an EMA step per batch element), got training "

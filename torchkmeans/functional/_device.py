@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["empty", "full_precision", "on_host", "reused", "traced", "widest_float"]
+__all__ = ["empty", "full_precision", "on_host", "plain", "reused", "traced", "widest_float"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -120,6 +120,15 @@ def traced() -> bool:
     """Whether torch.compile or torch.jit.trace records the caller: neither
     follows a host read or a branch on data, nor the fused kernel's writes."""
     return compiling() or torch.jit.is_tracing()
+
+
+def plain(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor with memory of its own, whose ``data_ptr()``
+    may be read: not one of torch.func's wrappers (grad, vmap), a fake
+    tensor of torch.compile or another subclass ("Cannot access data
+    pointer")."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and not wrapped
 
 
 def widest_float(device: torch.device) -> torch.dtype:

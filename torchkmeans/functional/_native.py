@@ -187,8 +187,7 @@ def readable(x: torch.Tensor) -> bool:
     raised "Cannot access data pointer" on data_ptr()."""
     if not _device.on_host(x.device) or x.dtype not in (torch.float32, torch.float64):
         return False
-    plain = type(x) in (torch.Tensor, torch.nn.Parameter)
-    return plain and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return _device.plain(x)
 
 
 def seed_scores(dtype: torch.dtype) -> Callable[..., None] | None:

@@ -1359,6 +1359,41 @@ def _exact_entries(
         flat.index_copy_(0, position[first:last], exact)
 
 
+def _cosine_entries_again(
+    out: torch.Tensor, x3: torch.Tensor, c3: torch.Tensor, limit: float
+) -> torch.Tensor:
+    """``out`` ``(b, n, k)``, ``1 - x.c`` of ``x3`` ``(bx, n, d)`` (bx in
+    {1, b}) and ``c3`` ``(b, k, d)``, with its entries below ``limit``
+    measured again as ``1 - cos`` from differences (see
+    :func:`pairwise_distances`), in pieces of ``_PAIRWISE_BLOCK_BYTES`` of
+    float64 differences. Gathered at once, the entries' rows and centroids
+    took ``(entries, d)`` each, in both dtypes: embeddings of one broad
+    direction have every entry below the limit (float32, d=256: about 220
+    times the size of the output)."""
+    b, n, k = out.shape
+    flat = (out.detach() < limit).view(-1).nonzero().squeeze(1)
+    count = int(flat.numel())
+    if not count:
+        return out
+    # One x for b problems: its (1, n, d) view stands for each of them.
+    x3 = x3.expand(b, -1, -1)
+    wide = _device.widest_float(x3.device)
+    step = max(1, _PAIRWISE_BLOCK_BYTES // (x3.shape[-1] * wide.itemsize))
+    values = []
+    for first in range(0, count, step):
+        entry = flat[first : first + step]
+        problem, row, centroid = entry // (n * k), entry // k % n, entry % k
+        rows, centres = x3[problem, row], c3[problem, centroid]
+        values.append(
+            _cosine_from_squared(
+                (rows - centres).to(wide).square().sum(-1),
+                rows.to(wide).square().sum(-1),
+                centres.to(wide).square().sum(-1),
+            ).to(out.dtype)
+        )
+    return out.reshape(-1).index_put((flat,), torch.cat(values)).view(b, n, k)
+
+
 @_device.full_precision
 def pairwise_distances(
     x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean"
@@ -1409,16 +1444,7 @@ def pairwise_distances(
         # rows 1e-3 from a centroid measured up to 45x too far) are measured
         # again from differences, as the chosen centroid's distance is.
         limit = 4096 * (x3.shape[-1] + 4) * torch.finfo(dtype).eps
-        entry = (out.detach() < limit).nonzero().unbind(1)
-        if entry[0].numel():
-            rows, centres = x3[entry[0], entry[1]], c3[entry[0], entry[2]]
-            wide = _device.widest_float(x3.device)
-            values = _cosine_from_squared(
-                (rows - centres).to(wide).square().sum(-1),
-                rows.to(wide).square().sum(-1),
-                centres.to(wide).square().sum(-1),
-            ).to(dtype)
-            out = out.index_put(entry, values)
+        out = _cosine_entries_again(out, x3, c3, limit)
         return out if batched else out[0]
     if metric != "euclidean":
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
