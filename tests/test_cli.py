@@ -172,6 +172,24 @@ def test_fit_skips_the_header_pandas_writes_for_unnamed_columns(capsys, tmp_path
     assert "(151 x 4, float64)" in field(out, "data")
 
 
+def test_fit_keeps_a_first_row_0_1_of_whole_numbers_as_data(capsys, tmp_path):
+    # A row 0, 1, ..., n-1 above rows of whole numbers is data as likely as
+    # pandas' names (an integer frame's to_csv(index=False)): kept, not
+    # dropped; above rows of other numbers it is read as names, said on stderr.
+    grid = np.array([[0, 1, 2]] + [[i % 5, i % 7, i % 3] for i in range(1, 40)])
+    path = tmp_path / "grid.csv"
+    np.savetxt(path, grid, delimiter=",", fmt="%d")
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    assert "(40 x 3, float64)" in field(out, "data")
+    assert "pandas" not in err
+    np.savetxt(path, np.vstack([[0, 1, 2], grid[1:] + 0.5]), delimiter=",", fmt="%g")
+    code, out, err = run(capsys, "fit", path, "-k", 3, "--seed", 0, "--device", "cpu")
+    assert code == 0, err
+    assert "(39 x 3, float64), header: 0, 1, 2" in field(out, "data")
+    assert "--header no" in err
+
+
 def test_fit_minibatch_streams_a_memmap(capsys, tmp_path, iris, monkeypatch):
     data = tmp_path / "iris.npy"
     np.save(data, iris)

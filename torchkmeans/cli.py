@@ -264,7 +264,8 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("auto", "yes", "no"),
         default="auto",
         help="whether a .csv/.tsv starts with a header row (default: auto, a first row "
-        "without any number, or pandas' names of unnamed columns 0,1,...)",
+        "without any number, or pandas' names of unnamed columns 0,1,... above rows "
+        "that are not all whole numbers or after an empty cell)",
     )
     quiet = _Parser(add_help=False)
     quiet.add_argument(
@@ -939,10 +940,11 @@ def _load_text(
             reader = csv.reader(handle, delimiter=delimiter)
             first = next((row for row in reader if not _blank(row)), None)
             first_line = reader.line_num
+            second = next((row for row in reader if not _blank(row)), None)
     except (UnicodeDecodeError, csv.Error):
         first = None
     if first is not None:
-        has_header, names, skip = _text_header(first, header)
+        has_header, names, skip = _text_header(first, header, second)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # "input contained no data"
@@ -968,8 +970,11 @@ def _blank(row: list[str]) -> bool:
     return not row or (len(row) == 1 and not row[0].strip())
 
 
-def _text_header(row: list[str], header: str) -> tuple[bool, list[str] | None, int]:
-    """Whether the first row ``row`` is a header, its names, and the leading columns to drop."""
+def _text_header(
+    row: list[str], header: str, next_row: list[str] | None = None
+) -> tuple[bool, list[str] | None, int]:
+    """Whether the first row ``row`` is a header (``next_row`` the row after
+    it, if any), its names, and the leading columns to drop."""
     first = [cell.strip() for cell in row]
     if header == "auto":
         # A header has names only; a first row mixing names and numbers is data
@@ -977,10 +982,19 @@ def _text_header(row: list[str], header: str) -> tuple[bool, list[str] | None, i
         # The exception is the header pandas writes for a frame of unnamed
         # columns, their positions 0..n-1 (DataFrame(X).to_csv(path)), after
         # an empty cell over its row labels when it writes them: read as data,
-        # it was a row of [0, 1, ...] or an error.
-        has_header = (
-            any(first) and not any(_is_number(cell) for cell in first if cell)
-        ) or _pandas_positions(first)
+        # it was a row of [0, 1, ...] or an error. Without that empty cell a
+        # row 0, 1, ..., n-1 is also integer data: a header only above rows
+        # that are not all whole numbers, and said so on stderr.
+        has_header = any(first) and not any(_is_number(cell) for cell in first if cell)
+        if not has_header and _pandas_positions(first):
+            labelled = not first[0]
+            has_header = labelled or not _whole_numbers(next_row)
+            if has_header and not labelled:
+                print(
+                    f"torchkmeans: read the first row {','.join(first)} as pandas' names "
+                    "of unnamed columns (pass --header no if it is data)",
+                    file=sys.stderr,
+                )
     else:
         has_header = header == "yes"
     names = first if has_header else None
@@ -989,6 +1003,15 @@ def _text_header(row: list[str], header: str) -> tuple[bool, list[str] | None, i
         # DataFrame.to_csv writes its index so), not a feature.
         return True, [*names[1:], "(unnamed first column: row labels, dropped)"], 1
     return has_header, names, 0
+
+
+def _whole_numbers(row: list[str] | None) -> bool:
+    """Whether every cell of ``row`` is written as a whole number (``3``, ``-1``),
+    or there is no row."""
+    if row is None:
+        return True
+    cells = [cell.strip() for cell in row]
+    return all(cell.lstrip("+-").isdigit() for cell in cells if cell)
 
 
 def _pandas_positions(cells: list[str]) -> bool:
@@ -1020,7 +1043,7 @@ def _load_text_rows(
         raise UsageError(f"{where}: line {reader.line_num}: {_one_line(str(exc))}.") from None
     if not rows:
         raise UsageError(f"{where}: expected rows of numbers, got an empty file.")
-    has_header, names, skip = _text_header(rows[0], header)
+    has_header, names, skip = _text_header(rows[0], header, rows[1] if len(rows) > 1 else None)
     body, body_lines = (rows[1:], lines[1:]) if has_header else (rows, lines)
     if not body:
         raise UsageError(f"{where}: expected rows of numbers after the header, got none.")
