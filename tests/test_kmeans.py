@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import warnings
 
@@ -1508,11 +1509,13 @@ def test_cosine_inertia_of_tight_float32_clusters_is_their_1_minus_cos(path, d, 
     expected = exact(km.cluster_centers_, km.labels_)
     assert km.inertia_ == pytest.approx(expected, rel=1e-4)
     assert -km.score(X) == pytest.approx(expected, rel=1e-4)
-    # The padded batches of the PyTorch ops sum 1 - x.c from their scores.
+    # The padded batches of the PyTorch ops (and every accelerator) sum 1 - x.c
+    # from their scores: within 3e-4 here, not 1e-4 (README, known limits).
     result = elbow(X, k=range(1, 7), metric="cosine", random_state=0)
-    for i in range(len(result.ks) if path == "fused kernel" else 0):
+    kernel = path == "fused kernel" and not os.environ.get("TORCHKMEANS_TEST_ACCELERATOR_PATHS")
+    for i in range(len(result.ks)):
         assert result.inertia[i] == pytest.approx(
-            exact(result.centroids[i], result.labels[i]), rel=1e-4
+            exact(result.centroids[i], result.labels[i]), rel=1e-4 if kernel else 1e-3
         )
     # A row of zeros stays at 1 - cos = 1 from every centre.
     X[0] = 0.0
