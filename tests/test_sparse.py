@@ -29,7 +29,7 @@ def _digits() -> tuple[np.ndarray, object]:
 DENSE, CSR = _digits()
 
 
-def _float64_rows(X: object) -> object:
+def _float64_rows(X: object, metric: str = "euclidean") -> object:
     """A scipy CSR matrix as the functional API's float64 SparseRows on the CPU."""
     from torchkmeans.functional.sparse import sparse_rows
 
@@ -40,6 +40,7 @@ def _float64_rows(X: object) -> object:
         X.shape[1],
         device=torch.device("cpu"),
         dtype=torch.float64,
+        metric=metric,
     )
 
 
@@ -1037,7 +1038,6 @@ def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
     # x 5,000, k=2: 10 of 45 ms): the fused kernel reads the row bounds, and
     # the norms are summed from them, each row's squares in the same order.
     from torchkmeans.functional import _native
-    from torchkmeans.functional.sparse import sparse_rows
 
     if not _native.available():
         pytest.skip("no C++ compiler for the kernel")
@@ -1054,15 +1054,7 @@ def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
         0, reference, torch.from_numpy(X.data).square()
     )
     assert torch.equal(rows.sq_norms, norms)
-    cosine = sparse_rows(
-        torch.from_numpy(X.indptr.astype(np.int64)),
-        torch.from_numpy(X.indices.astype(np.int64)),
-        torch.from_numpy(X.data),
-        X.shape[1],
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-        metric="cosine",
-    )
+    cosine = _float64_rows(X, metric="cosine")
     assert torch.equal(cosine.row_of, reference)
 
     built = []
