@@ -188,22 +188,6 @@ def _gathered_positions(
     return new_crow, shifts.add_(torch.arange(shifts.numel(), device=crow.device))
 
 
-def _gathered(
-    crow: torch.Tensor, index: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows ``index`` ``(m,)`` of CSR rows ``crow``: their own ``crow``
-    ``(m + 1,)``, the row of each of their stored values and its position
-    among the stored values of all rows."""
-    begins = crow[index]
-    lengths = crow[index + 1] - begins
-    m = int(index.numel())
-    new_crow = torch.zeros(m + 1, dtype=torch.int64, device=crow.device)
-    torch.cumsum(lengths, 0, out=new_crow[1:])
-    row_of = torch.repeat_interleave(torch.arange(m, device=crow.device), lengths)
-    positions = torch.arange(row_of.numel(), device=crow.device) + (begins - new_crow[:-1])[row_of]
-    return new_crow, row_of, positions
-
-
 def dense_rows(
     crow: torch.Tensor,
     col: torch.Tensor,
@@ -220,7 +204,8 @@ def dense_rows(
     [[3.0, 4.0], [0.0, 2.0]]
     """
     index = index.to(crow.device)
-    _, row_of, positions = _gathered(crow, index)
+    gathered_crow, positions = _gathered_positions(crow, index)
+    row_of = _row_of(gathered_crow)
     out = torch.zeros((int(index.numel()), n_features), dtype=values.dtype, device=values.device)
     out.view(-1)[row_of * n_features + col[positions]] = values[positions]
     return out
