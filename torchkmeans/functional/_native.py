@@ -383,8 +383,9 @@ def sparse_lloyd(
     scikit-learn's sparse loop; cosine: ``1 - x.c`` clamped to [0, 2]), into
     ``distances`` ``(n,)`` each row's distance to it (``|x|^2 + |c|^2 - 2 x.c``
     clamped at 0; cosine ``1 - x.c``), and when given into ``totals``
-    ``(k, n_features + 1)`` float64 per cluster the sum of its rows times
-    ``weights`` ``(n,)`` float64 and of their weights. Returns the weighted
+    ``(k, n_features + 1)`` float64 (overwritten, not added to) per cluster
+    the sum of its rows times ``weights`` ``(n,)`` float64 and of their
+    weights. Returns the weighted
     sum of the distances. ``threads`` overrides the thread count (tests).
     Call only where :func:`available` is true.
     """

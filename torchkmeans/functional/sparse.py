@@ -833,7 +833,7 @@ def _single(
     while i < max_iter:
         totals = None
         if fused:
-            totals = torch.zeros((k, d + 1), dtype=torch.float64, device=device)
+            totals = torch.empty((k, d + 1), dtype=torch.float64, device=device)  # zeroed by it
             labels, distances = _checked_nearest(
                 rows, centroids, blocks, memory_budget, weights, totals
             )
@@ -1139,7 +1139,7 @@ def sparse_minibatch_step(
     totals = None
     if _fused(batch, k, memory_budget, totals=True):
         # Labels, sums and counts in one pass over the stored values.
-        totals = torch.zeros((k, d + 1), dtype=torch.float64, device=batch.device)
+        totals = torch.empty((k, d + 1), dtype=torch.float64, device=batch.device)  # zeroed by it
         labels, distances = _checked_nearest(
             batch, centroids.to(batch.dtype), [], memory_budget, weights, totals
         )
