@@ -240,7 +240,6 @@ def sparse_rows(
     n = int(crow.shape[0]) - 1
     row_of = None  # euclidean rows: built when asked for (SparseRows.row_of)
     acc = _device.widest_float(device)
-    sq_norms = _row_sq_norms(crow, values, acc)
     if metric == "cosine":
         row_of = _row_of(crow)
         # Scaled by the largest magnitude of each row first, as unit_rows
@@ -249,10 +248,11 @@ def sparse_rows(
         largest = torch.zeros(n, dtype=values.dtype, device=device)
         largest.scatter_reduce_(0, row_of, values.abs(), "amax")
         values = values / largest.clamp_min(tiny)[row_of]
-        sq_norms = torch.zeros(n, dtype=acc, device=device)
-        sq_norms.index_add_(0, row_of, values.to(acc).square())
+        sq_norms = _row_sq_norms(crow, values, acc)
         values = values / sq_norms.sqrt().to(values.dtype).clamp_min(tiny)[row_of]
         sq_norms = (sq_norms > 0).to(acc)  # unit rows, and rows of zeros
+    else:
+        sq_norms = _row_sq_norms(crow, values, acc)
     return SparseRows(crow, col, values, row_of, sq_norms.to(dtype), n_features, metric)
 
 
