@@ -1352,6 +1352,75 @@ def test_one_head_compiles_without_graph_breaks_to_eager_codes_loss_and_gradient
 
 
 @pytest.mark.parametrize(
+    ("backend", "training"),
+    [
+        pytest.param("aot_eager", True, id="aot_eager-train"),
+        pytest.param("aot_eager", False, id="aot_eager-eval"),
+        pytest.param("inductor", True, id="inductor-train"),
+    ],
+)
+def test_compiled_torch_func_grad_of_a_step_equals_eager(backend, training):
+    """torch.compile(fullgraph=True) around torch.func.grad of a training
+    step: eager's gradients, EMA step and usage, with no graph break (the
+    buffer writes inside the traced transform raised "would mutate a
+    captured Tensor")."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = _TinyAutoencoder()
+    x = torch.randn(64, 8)
+    model(x)  # the init step, eager
+    model.train(training)
+    eager = copy.deepcopy(model)
+
+    def loss(params, module, z):
+        return torch.func.functional_call(module, params, (z,))
+
+    step = torch.compile(torch.func.grad(loss), backend=backend, fullgraph=True)
+    for i in range(2):
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        gradients = step(params, model, x * (1 + i))
+        params = {name: p.detach() for name, p in eager.named_parameters()}
+        expected = torch.func.grad(loss)(params, eager, x * (1 + i))
+        for name, value in expected.items():
+            torch.testing.assert_close(gradients[name], value)
+        for name, value in eager.quantizer.state_dict().items():
+            torch.testing.assert_close(model.quantizer.state_dict()[name], value)
+        assert torch.equal(model.quantizer.last_counts, eager.quantizer.last_counts)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+def test_compiled_torch_func_grad_runs_the_init_step_and_differentiates_a_replaced_codebook():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    vq, x = VectorQuantizer(8, 4), torch.randn(64, 4)
+    eager = copy.deepcopy(vq)
+
+    def objective(z, module):
+        return module(z).quantized.square().sum()
+
+    torch.manual_seed(1)
+    gradient = torch.compile(torch.func.grad(objective), backend="aot_eager")(x, vq)
+    torch.manual_seed(1)
+    torch.testing.assert_close(gradient, torch.func.grad(objective)(x, eager))
+    assert bool(vq.initialized)
+    for name, value in eager.state_dict().items():
+        assert torch.equal(vq.state_dict()[name], value), name
+    vq.eval()
+    book = torch.randn(1, 8, 4)
+
+    def total(b):
+        return torch.func.functional_call(vq, {"codebook": b}, (x,)).quantized.sum()
+
+    compiled = torch.compile(torch.func.grad(total), backend="aot_eager", fullgraph=True)
+    codes = torch.func.functional_call(vq, {"codebook": book}, (x,)).codes
+    counts = torch.bincount(codes, minlength=8).float()
+    torch.testing.assert_close(compiled(book), counts.reshape(1, 8, 1).expand(1, 8, 4))
+
+
+@pytest.mark.parametrize(
     "backend",
     [
         pytest.param("aot_eager", id="aot_eager"),

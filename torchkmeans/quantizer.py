@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch._functorch.pyfunctorch import coerce_cinterpreter
 
 from . import _validation as v
 from .distributed import SharesProcessGroup
@@ -122,21 +123,25 @@ def _recomputing() -> bool:
     return task_id is not None and task_id() != -1
 
 
-def _peeled(t: torch.Tensor) -> torch.Tensor:
-    """``t`` without the wrappers of torch.func's gradient transforms (grad,
-    vjp, jacrev, jvp...): the same values as a plain tensor.
+def _interpreter() -> Any:
+    """The innermost of torch.func's transforms that runs the caller (an
+    interpreter with ``key()``, ``level()`` and ``lower()``), or None.
 
-    The codes and the codebook's statistics take no gradient: computed from
-    the wrapped rows, the EMA step tried to write them into the buffers
-    captured from outside the transform, which functorch refuses ("attempted
-    to call in-place operation that would mutate a captured Tensor"), and the
-    codes could not take the fused kernel. vmap's batched tensors are left
-    as they are: their values are a whole batch of problems.
+    ``isinstance``, not ``is None``: torch.compile follows this test, and
+    took the stack's ``None`` for an interpreter.
     """
     functorch = torch._C._functorch
-    while functorch.is_gradtrackingtensor(t):
-        t = functorch.get_unwrapped(t)
-    return t
+    interpreter = functorch.peek_interpreter_stack()
+    if not isinstance(interpreter, functorch.CInterpreter):
+        return None
+    return coerce_cinterpreter(interpreter)
+
+
+def _differentiates(interpreter: Any) -> bool:
+    """Whether ``interpreter`` (of :func:`_interpreter`) is one of
+    torch.func's gradient transforms (grad, vjp, jacrev, jvp, jacfwd...)."""
+    kinds = torch._C._functorch.TransformType
+    return interpreter is not None and interpreter.key() in (kinds.Grad, kinds.Jvp)
 
 
 def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
@@ -376,11 +381,13 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     ``.half()``/``.bfloat16()``/``.double()``; codes are chosen in float32
     for half-precision inputs and in float64 for float64 ones.
 
-    Under ``torch.func.grad`` (vjp, jacrev...) a forward is the same as
-    outside it, EMA step and initialisation included. Under
-    ``torch.func.vmap`` the quantizer must be in ``eval()`` mode (one
-    codebook cannot take a step per batch element), but for an ensemble:
-    the buffers of initialised quantizers stacked by
+    Under ``torch.func.grad`` (vjp, jacrev, jvp...) a forward is the same
+    as outside it, EMA step and initialisation included, and so under
+    ``torch.compile`` around such a transform (``fullgraph=True`` after the
+    init step): the step runs on the rows' values below the gradient
+    transforms. Under ``torch.func.vmap`` the quantizer must be in
+    ``eval()`` mode (one codebook cannot take a step per batch element),
+    but for an ensemble: the buffers of initialised quantizers stacked by
     ``torch.func.stack_module_state`` and vmapped over with
     ``functional_call`` (``randomness="different"`` where dead codes are
     re-seeded) each take their own step. vmap leaves ``usage`` and
@@ -843,40 +850,64 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     def _assign_and_update(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_step`, under torch.func's transforms too.
+        """:meth:`_step`, under torch.func's transforms and torch.compile too.
 
         Under grad (vjp, jacrev, jvp...) the step runs on the rows' values
-        with the transforms set aside: it takes no gradient, and there its
-        results were wrapped by the transform, which then refused to write
-        them into the buffers ("would mutate a captured Tensor"), and the
-        codes could not take the fused kernel. Under vmap (or with buffers
-        that functional_call replaced by differentiated ones) it runs on
-        the wrapped tensors: codes from PyTorch ops, no update.
+        below the gradient transforms (:meth:`_below_gradients`): it takes
+        no gradient, and there its results were wrapped by the transform,
+        which then refused to write them into the buffers ("would mutate a
+        captured Tensor", eagerly and under torch.compile), and the codes
+        could not take the fused kernel. In ``eval()`` mode the quantized
+        vectors are then taken from the codebook again at the caller's
+        level, so that a codebook replaced by ``functional_call`` is
+        differentiated. Under vmap the step runs on the batched rows.
         """
-        # torch.compile follows torch.func's transforms itself (and cannot
-        # trace the interpreter stack's functions).
-        if _device.compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+        interpreter = _interpreter()
+        if interpreter is None:
             return self._step(x, keep)
-        rows = _peeled(x.detach())
-        keep = None if keep is None else _peeled(keep)
-        buffers = (self.codebook, self.ema_sums, self.ema_counts, self.last_counts)
-        if (
-            _device.plain(rows)
-            and (keep is None or _device.plain(keep))
-            and all(map(_device.plain, buffers))
-        ):
-            from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+        selected, codes = self._below_gradients(x.detach(), keep, interpreter)
+        if not self.training:
+            selected = self._select(codes)
+        return selected, codes
 
-            with temporarily_clear_interpreter_stack():
-                return self._step(rows, keep)
-        if self.training and _device.plain(rows):
-            raise RuntimeError(
-                "Expected VectorQuantizer's buffers to be its own in training mode under "
-                "torch.func's transforms, got buffers replaced by differentiated ones "
-                "(the EMA step cannot write into them); call eval() to differentiate "
-                "through the codebook."
-            )
+    def _below_gradients(
+        self, x: torch.Tensor, keep: torch.Tensor | None, interpreter: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_step` on ``x``'s values below the gradient transforms at
+        the top of torch.func's stack, down to the first other transform
+        (vmap) or none: their levels are set aside (``lower()``, which
+        torch.compile follows), as eager's autograd is outside a grad."""
+        if _differentiates(interpreter):
+            functorch = torch._C._functorch
+            level = interpreter.level()
+            x = functorch._unwrap_for_grad(x, level)
+            keep = None if keep is None else functorch._unwrap_for_grad(keep, level)
+            with interpreter.lower():
+                return self._below_gradients(x, keep, _interpreter())
+        if self.training and not _device.compiling() and _device.plain(x):
+            buffers = (self.codebook, self.ema_sums, self.ema_counts, self.last_counts)
+            if not all(map(_device.plain, buffers)):
+                raise RuntimeError(
+                    "Expected VectorQuantizer's buffers to be its own in training mode under "
+                    "torch.func's transforms, got buffers replaced by differentiated ones "
+                    "(the EMA step cannot write into them); call eval() to differentiate "
+                    "through the codebook."
+                )
         return self._step(x, keep)
+
+    def _select(self, codes: torch.Tensor) -> torch.Tensor:
+        """The codes' vectors ``(heads, n, dim)`` of indices ``codes`` ``(heads, n)``.
+
+        One index_select of whole rows: a gather with the codes expanded
+        over dim took 4-7x as long (4,096 rows of 16-32 numbers). Its
+        backward reads no codes, so that a codebook made to require a
+        gradient may take the EMA step (a gather's backward read it,
+        overwritten: "modified by an inplace operation").
+        """
+        offsets = torch.arange(self.heads, device=codes.device).unsqueeze(-1) * self.num_codes
+        rows_of = (codes + offsets).reshape(-1)
+        book = self.codebook.reshape(-1, self.dim)
+        return book.index_select(0, rows_of).view(self.heads, codes.shape[1], self.dim)
 
     def _step(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
@@ -929,15 +960,7 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             initialize(flat, keep)
 
         codes = _nearest_codes(rows, self.codebook.detach().to(rows.dtype), self.metric)
-        # One index_select of whole rows: a gather with the codes expanded
-        # over dim took 4-7x as long (4,096 rows of 16-32 numbers). Its
-        # backward reads no codes, so that a codebook made to require a
-        # gradient may take the EMA step below (a gather's backward read
-        # it, overwritten: "modified by an inplace operation").
-        offsets = torch.arange(heads, device=codes.device).unsqueeze(-1) * self.num_codes
-        rows_of = (codes + offsets).reshape(-1)
-        book = self.codebook.reshape(-1, dim)
-        selected = book.index_select(0, rows_of).view(heads, codes.shape[1], dim)
+        selected = self._select(codes)
         # While batches are still being collected for the k-means
         # initialisation, the codebook is left alone: k-means replaces it.
         if training and not self._needs_init:
