@@ -343,6 +343,49 @@ def test_an_ensemble_trains_under_vmap_as_its_members_apart(recwarn):
         torch.func.vmap(lambda b, z: torch.func.functional_call(fresh, b, (z,)))(buffers, x)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_usage_and_perplexity_under_vmap_are_those_of_the_whole_batch(heads):
+    """vmap in eval() mode (over a batch, nested, around grad, inside grad,
+    with a mask): usage and perplexity of the batch as quantized in one call
+    (vmap left them at the last batch quantized outside it)."""
+    vq, _ = _trained(heads=heads)
+    vq.eval()
+    reference = copy.deepcopy(vq)
+    x, mask = torch.randn(4, 3, 16, 4 * heads), torch.rand(4, 3, 16) < 0.5
+    runs = {
+        "vmap": lambda: torch.func.vmap(vq)(x),
+        "nested": lambda: torch.func.vmap(torch.func.vmap(vq))(x),
+        "vmap of grad": lambda: torch.func.vmap(torch.func.grad(lambda z: vq(z).loss))(x),
+        "grad of vmap": lambda: torch.func.grad(lambda z: torch.func.vmap(vq)(z).loss.sum())(x),
+    }
+    reference(x)
+    for name, run in runs.items():
+        vq.last_counts.zero_()
+        run()
+        assert torch.equal(vq.last_counts, reference.last_counts), name
+        torch.testing.assert_close(vq.perplexity, reference.perplexity)
+    reference(x, mask=mask)
+    torch.func.vmap(vq)(x, mask)
+    assert torch.equal(vq.last_counts, reference.last_counts)
+    assert torch.equal(vq.usage, reference.usage)
+
+
+def test_an_ensemble_under_vmap_keeps_each_members_usage():
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
+    for vq in quantizers:
+        vq(torch.randn(64, 4))
+        vq.eval()
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    x = torch.randn(3, 5, 4)
+    torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)))(buffers, x)
+    for vq, z in zip(quantizers, x):
+        vq(z)
+    expected = torch.stack([vq.last_counts for vq in quantizers])
+    assert torch.equal(buffers["last_counts"], expected)
+
+
 def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
     vq, x = _trained()
     state = copy.deepcopy(vq.state_dict())

@@ -390,9 +390,10 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     but for an ensemble: the buffers of initialised quantizers stacked by
     ``torch.func.stack_module_state`` and vmapped over with
     ``functional_call`` (``randomness="different"`` where dead codes are
-    re-seeded) each take their own step. vmap leaves ``usage`` and
-    ``perplexity`` alone. ``torch.func.functional_call`` with a
-    replaced ``codebook`` quantizes with it, and differentiates the
+    re-seeded) each take their own step. Under vmap ``usage`` and
+    ``perplexity`` are those of the whole batch (as quantized in one call),
+    an ensemble's stacked ones each member's. ``torch.func.functional_call``
+    with a replaced ``codebook`` quantizes with it, and differentiates the
     quantized vectors (not the loss) with respect to it in ``eval()`` mode.
 
     Under gradient checkpointing (``torch.utils.checkpoint``) the forward
@@ -414,6 +415,13 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     >>> quantized, codes, loss = vq(x)
     >>> torch.equal(quantized, vq.lookup(codes))
     True
+    >>> batched = torch.func.vmap(vq)(x.detach().reshape(4, 16, 2))
+    >>> torch.equal(batched.codes, codes.reshape(4, 16))
+    True
+    >>> _ = vq(x[:1])  # usage and perplexity of the last batch, vmapped or not
+    >>> _ = torch.func.vmap(vq)(x.detach().reshape(4, 16, 2))
+    >>> vq.usage
+    tensor([1.])
     """
 
     codebook: torch.Tensor
@@ -1002,16 +1010,44 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
             # in-place operation" (the EMA step is not differentiated).
             with torch.no_grad():
                 self._update(flat, finite, sums, counts)
-        elif recomputing or batched:
-            # usage and perplexity keep the last batch quantized outside vmap.
+        elif recomputing:
+            # usage and perplexity keep the batch of the first run.
             return selected, codes
         else:
-            ones = torch.ones_like(codes, dtype=self.last_counts.dtype)
+            ones = torch.ones_like(codes, dtype=torch.float32)
             if keep is not None:
                 ones = ones * keep
-            counts = torch.zeros_like(self.last_counts).scatter_add_(1, codes, ones)
-        self.last_counts.copy_(counts)
+            # Out of place: under vmap the counts are a batch of counts.
+            counts = ones.new_zeros(heads, self.num_codes).scatter_add(1, codes, ones)
+        self._record_counts(counts)
         return selected, codes
+
+    def _record_counts(self, counts: torch.Tensor) -> None:
+        """``last_counts`` from the code counts ``(heads, num_codes)`` of the batch.
+
+        Under vmap the counts of the batch elements are summed over the
+        vmapped dimensions that ``last_counts`` lacks (those of the whole
+        batch, as quantized in one call: vmap refuses to write a batch of
+        counts into one tensor, and usage and perplexity kept the last batch
+        quantized outside vmap); an ensemble's stacked ``last_counts`` takes
+        each member's own.
+        """
+        functorch = torch._C._functorch
+        interpreter = None if _device.compiling() else _interpreter()
+        level = None if interpreter is None else interpreter.level()
+        if level is None or functorch.maybe_get_level(self.last_counts) >= level:
+            self.last_counts.copy_(counts)
+            return
+        batch_dim = None
+        if interpreter.key() == functorch.TransformType.Vmap:
+            counts, batch_dim = functorch._unwrap_batched(counts, level)
+        elif _differentiates(interpreter):
+            counts = functorch._unwrap_for_grad(counts, level)
+        else:
+            self.last_counts.copy_(counts)
+            return
+        with interpreter.lower():
+            self._record_counts(counts if batch_dim is None else counts.sum(batch_dim))
 
     def _initialize(self, flat: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """One-time initialisation on a training batch ``(heads, n, dim)``; syncs with the host.
