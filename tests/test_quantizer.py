@@ -1435,6 +1435,51 @@ def test_compiled_torch_func_grad_of_a_step_equals_eager(backend, training):
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_a_channels_first_step_under_autocast_compiles_fullgraph_to_eager(dtype):
+    """A convolutional autoencoder's step under CPU autocast, compiled whole:
+    half-precision feature maps (B, C, H, W), float32 statistics and loss,
+    eager's codes, codebook and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {
+            "encoder": nn.Conv2d(3, 8, 3, padding=1),
+            "quantizer": VectorQuantizer(16, 4, heads=2, channel_dim=1),
+            "decoder": nn.Conv2d(8, 3, 3, padding=1),
+        }
+    )
+    x = torch.randn(4, 3, 8, 8)
+
+    def step(module, z):
+        with torch.autocast("cpu", dtype=dtype):
+            features = module["encoder"](z)
+            out = module["quantizer"](features)
+            decoded = module["decoder"](out.quantized)
+        assert features.dtype == out.quantized.dtype == dtype
+        assert out.loss.dtype == torch.float32
+        return nn.functional.mse_loss(decoded.float(), z) + out.loss, out.codes
+
+    step(model, x)[0].backward()  # the init step, eager
+    model.zero_grad(set_to_none=True)
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for i in range(2):
+        (loss, codes), (expected, expected_codes) = (
+            compiled(model, x * (1 + i)),
+            step(eager, x * (1 + i)),
+        )
+        loss.backward()
+        expected.backward()
+        assert torch.equal(codes, expected_codes)
+        torch.testing.assert_close(loss, expected)
+    for name, value in eager["quantizer"].state_dict().items():
+        buffer = model["quantizer"].state_dict()[name]
+        assert buffer.dtype == value.dtype
+        torch.testing.assert_close(buffer, value)
+    torch.testing.assert_close(model["encoder"].weight.grad, eager["encoder"].weight.grad)
+
+
 def test_compiled_torch_func_grad_runs_the_init_step_and_differentiates_a_replaced_codebook():
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -391,8 +391,9 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     ``torch.func.stack_module_state`` and vmapped over with
     ``functional_call`` (``randomness="different"`` where dead codes are
     re-seeded) each take their own step. Under vmap ``usage`` and
-    ``perplexity`` are those of the whole batch (as quantized in one call),
-    an ensemble's stacked ones each member's. ``torch.func.functional_call``
+    ``perplexity`` are those of the whole batch (as quantized in one call;
+    with ``chunk_size``, of the last chunk, which vmap quantizes in a call
+    of its own), an ensemble's stacked ones each member's. ``torch.func.functional_call``
     with a replaced ``codebook`` quantizes with it, and differentiates the
     quantized vectors (not the loss) with respect to it in ``eval()`` mode.
 
