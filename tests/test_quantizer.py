@@ -1283,6 +1283,28 @@ def _gloo_worker(rank: int, port: int, outdir: str) -> None:
                 equal = (vq.codebook[:, :, None] == rows[:, None]).all(-1).any(-1)
                 reseeded += int(equal.sum())
     result = {name: vq.state_dict() for name, vq in quantizers.items()}
+    # Under DistributedDataParallel, both ranks' half batches move the
+    # codebook as one process given the whole batches does (k-means init
+    # included), here rank 0 alone in a group of its own. No re-seeding: its
+    # vectors are drawn from the first rank's half only.
+    solo = torch.distributed.new_group([0])
+    torch.manual_seed(0)
+    batches = [torch.randn(2, 50, 4) + torch.tensor([0.0, 3.0]).view(2, 1, 1) for _ in range(4)]
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 4), VectorQuantizer(8, 4, decay=0.9, dead_code_threshold=0))
+    reference = copy.deepcopy(model)
+    reference[1].process_group = solo
+    ddp = nn.parallel.DistributedDataParallel(model)
+    torch.manual_seed(2)  # the first rank's k-means++ seeding
+    for batch in batches:
+        out = ddp(batch[rank])
+        (out.quantized.square().sum() + out.loss).backward()
+    result["ddp"] = model[1].state_dict()
+    if rank == 0:
+        torch.manual_seed(2)
+        for batch in batches:
+            reference(batch.flatten(0, 1))
+        result["one process"] = reference[1].state_dict()
     torch.save({"state": result, "reseeded": reseeded}, os.path.join(outdir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -1320,6 +1342,8 @@ def test_two_gloo_processes_keep_identical_codebooks(tmp_path):
         assert bool(first["initialized"])
     # Dead codes were re-seeded along the way, identically on both ranks.
     assert ranks[0]["reseeded"] == ranks[1]["reseeded"] > 0
+    for key, value in ranks[0]["state"]["one process"].items():
+        torch.testing.assert_close(ranks[0]["state"]["ddp"][key], value, msg=key)
 
 
 # ------------------------------------------------------------ torch.compile
