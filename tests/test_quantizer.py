@@ -386,6 +386,78 @@ def test_an_ensemble_under_vmap_keeps_each_members_usage():
     assert torch.equal(buffers["last_counts"], expected)
 
 
+def test_compiled_vmap_in_eval_mode_gives_the_codes_and_usage_of_the_whole_batch():
+    """torch.compile(fullgraph=True) around vmap (the counts were written
+    into the unbatched last_counts inside the traced vmap and refused), and
+    around an ensemble's vmap."""
+    vq, _ = _trained(heads=2)
+    vq.eval()
+    reference = copy.deepcopy(vq)
+    x, mask = torch.randn(4, 16, 8), torch.rand(4, 16) < 0.5
+    expected = reference(x, mask)
+    runs = {
+        "vmap": lambda z: torch.func.vmap(vq)(z, mask).codes,
+        "vmap of grad": lambda z: torch.func.vmap(torch.func.grad(lambda r, m: vq(r, m).loss))(
+            z, mask
+        ),
+        "grad of vmap": lambda z: torch.func.grad(
+            lambda r: torch.func.vmap(vq)(r, mask).loss.sum()
+        )(z),
+    }
+    for name, run in runs.items():
+        torch._dynamo.reset()
+        vq.last_counts.zero_()
+        out = torch.compile(run, backend="aot_eager", fullgraph=True)(x)
+        assert torch.equal(vq.last_counts, reference.last_counts), name
+        if name == "vmap":
+            assert torch.equal(out, expected.codes)
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
+    for member in quantizers:
+        member(torch.randn(64, 4))
+        member.eval()
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    torch._dynamo.reset()
+    codes = torch.compile(
+        torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)).codes),
+        backend="aot_eager",
+        fullgraph=True,
+    )(buffers, x[:3, :, :4])
+    assert torch.equal(codes, torch.stack([m(z).codes for m, z in zip(quantizers, x[:3, :, :4])]))
+    assert torch.equal(buffers["last_counts"], torch.stack([m.last_counts for m in quantizers]))
+
+
+def test_compiled_vmap_in_training_mode_trains_an_ensemble_and_refuses_one_codebook():
+    """Compiled, vmap's rows were taken for one problem: an obscure error
+    from the sums, for an ensemble as for a single quantizer."""
+    torch.manual_seed(0)
+    quantizers = [VectorQuantizer(8, 4, dead_code_threshold=0.0) for _ in range(3)]
+    for member in quantizers:
+        member(torch.randn(64, 4))
+    apart = copy.deepcopy(quantizers)
+    _, buffers = torch.func.stack_module_state(quantizers)
+    base = copy.deepcopy(quantizers[0]).to("meta")
+    x = torch.randn(3, 64, 4)
+    torch._dynamo.reset()
+    out = torch.compile(
+        torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,))),
+        backend="aot_eager",
+        fullgraph=True,
+    )(buffers, x)
+    expected = [member(z) for member, z in zip(apart, x)]
+    assert torch.equal(out.codes, torch.stack([e.codes for e in expected]))
+    for name in ("codebook", "ema_sums", "ema_counts", "last_counts"):
+        torch.testing.assert_close(buffers[name], torch.stack([getattr(m, name) for m in apart]))
+    vq = apart[0]
+    state = copy.deepcopy(vq.state_dict())
+    torch._dynamo.reset()
+    with pytest.raises(RuntimeError, match=r"Expected VectorQuantizer to be in eval\(\) mode"):
+        torch.compile(torch.func.vmap(vq), backend="aot_eager")(x)
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
 def test_torch_func_vmap_in_training_mode_is_refused_before_any_update():
     vq, x = _trained()
     state = copy.deepcopy(vq.state_dict())

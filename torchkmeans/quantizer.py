@@ -393,7 +393,8 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
     re-seeded) each take their own step. Under vmap ``usage`` and
     ``perplexity`` are those of the whole batch (as quantized in one call;
     with ``chunk_size``, of the last chunk, which vmap quantizes in a call
-    of its own), an ensemble's stacked ones each member's. ``torch.func.functional_call``
+    of its own), an ensemble's stacked ones each member's. All of this
+    holds under ``torch.compile`` around vmap as well. ``torch.func.functional_call``
     with a replaced ``codebook`` quantizes with it, and differentiates the
     quantized vectors (not the loss) with respect to it in ``eval()`` mode.
 
@@ -949,8 +950,15 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         # the buffers are batched too (an ensemble's, stacked by
         # torch.func.stack_module_state); the k-means initialisation reads
         # the host, which vmap refuses.
-        batched = not _device.compiling() and not _device.plain(rows)
-        if training and batched and (_device.plain(self.ema_sums) or self._needs_init):
+        if _device.compiling():
+            # torch.compile follows is_batchedtensor, not plain(): compiled,
+            # vmap's rows were taken for one problem (an obscure error in
+            # training, from the sums).
+            batched = torch._C._functorch.is_batchedtensor(rows)
+            own_buffers = not torch._C._functorch.is_batchedtensor(self.ema_sums)
+        else:
+            batched, own_buffers = not _device.plain(rows), _device.plain(self.ema_sums)
+        if training and batched and (own_buffers or self._needs_init):
             raise RuntimeError(
                 "Expected VectorQuantizer to be in eval() mode under torch.func.vmap "
                 "(one codebook cannot take an EMA step per batch element), got training "
@@ -1034,9 +1042,18 @@ class VectorQuantizer(SharesProcessGroup, nn.Module):
         each member's own.
         """
         functorch = torch._C._functorch
-        interpreter = None if _device.compiling() else _interpreter()
-        level = None if interpreter is None else interpreter.level()
-        if level is None or functorch.maybe_get_level(self.last_counts) >= level:
+        interpreter = _interpreter()
+        if interpreter is None:
+            self.last_counts.copy_(counts)
+            return
+        level = interpreter.level()
+        if _device.compiling():
+            # torch.compile follows is_batchedtensor, not maybe_get_level:
+            # an ensemble's last_counts is batched at the innermost vmap.
+            own = functorch.is_batchedtensor(self.last_counts)
+        else:
+            own = functorch.maybe_get_level(self.last_counts) >= level
+        if own:
             self.last_counts.copy_(counts)
             return
         batch_dim = None
