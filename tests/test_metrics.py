@@ -776,8 +776,8 @@ def test_scores_from_cluster_means_refuse_a_sparse_x_as_scikit_learn():
 
 
 def test_sparse_silhouette_takes_one_product_per_block_of_rows(monkeypatch):
-    # A block of rows against all rows in one product of stored values (the
-    # other rows transposed once), not one per tile of columns: 4x faster.
+    # A block of rows against a group of 1,024 rows (transposed once) in one
+    # product of stored values, not one per tile of columns: 4x faster.
     X, y = _sparse_data(0.02)
     expected = sk.silhouette_samples(X, y)
     product = torch.sparse.mm
@@ -789,4 +789,77 @@ def test_sparse_silhouette_takes_one_product_per_block_of_rows(monkeypatch):
 
     monkeypatch.setattr(torch.sparse, "mm", counted)
     np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10)
-    assert len(calls) == 1  # 600 rows: one block
+    assert len(calls) <= 2  # 600 rows: one or two blocks
+
+
+def _tfidf_like(scale: float = 0.0, dtype: type = np.float64) -> tuple[object, np.ndarray]:
+    """700 x 300 unit rows at 3% (times factors in [1, 1 + scale]), 20 rows of
+    zeros among them, and labels of 6 clusters."""
+    import scipy.sparse as sparse
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(1)
+    X = sparse.random(680, 300, density=0.03, random_state=1, format="csr")
+    X = sparse.diags(1.0 + scale * rng.random(680)) @ normalize(X)
+    X = sparse.vstack([X, sparse.csr_matrix((20, 300))]).tocsr()[rng.permutation(700)]
+    return X.astype(dtype), rng.integers(0, 6, 700)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype, terms",
+    [
+        (0.0, np.float64, "distinct"),  # unit rows: a few distinct squared norms
+        (0.0, np.float32, "series"),  # each row's norm rounded differently
+        (0.05, np.float64, "series"),  # squared norms within 1/16 of a middle value
+        (1.0, np.float64, "tiles"),  # norms of all sizes: (m, n) tiles of roots
+    ],
+)
+def test_sparse_euclidean_silhouette_from_products_equals_scikit_learn(
+    scale, dtype, terms, monkeypatch
+):
+    """The distances of pairs that share no feature from the norms alone, the
+    others corrected from their stored products, each pair once; the sparse
+    products are never densified (they had been, with all their distances)."""
+    X, y = _tfidf_like(scale, dtype)
+    expected = sk.silhouette_samples(X.astype(np.float64), y)
+    batch = np.stack([y, y % 2, np.arange(700) % 350])
+    expected_scores = [sk.silhouette_score(X.astype(np.float64), row) for row in batch]
+    apart_sums = metrics._apart_sums
+    made = []
+
+    def recorded(norms, flat, columns):
+        out = apart_sums(norms, flat, columns)
+        made.append(None if out is None else int(out[1].shape[0]))
+        return out
+
+    monkeypatch.setattr(metrics, "_apart_sums", recorded)
+    monkeypatch.setattr(torch.Tensor, "to_dense", None)  # TypeError if called
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    # Default, then budgets where the (n, columns) sums of later rows do not
+    # fit (each block against all rows) and where they do, in small blocks.
+    for budget in (None, 20_000, 400_000):
+        samples = metrics.silhouette_samples(X, y, memory_budget=budget)
+        np.testing.assert_allclose(samples, expected, rtol=rtol, atol=1e-12)
+        scores = metrics.silhouette_score(X, batch, memory_budget=budget)
+        np.testing.assert_allclose(scores, expected_scores, rtol=rtol)
+    if terms == "distinct":
+        assert 1 < made[0] <= 4
+    elif terms == "series":
+        assert made[0] == (4 if dtype == np.float32 else 15)
+    else:
+        assert made[0] > 100  # and 6 * n / (columns + 8) fewer: tiles
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_sparse_silhouette_linear_in_products_equals_scikit_learn(metric):
+    """Cosine and squared euclidean sums per cluster from each cluster's sum
+    of rows, also in groups of clusters when those sums do not fit the budget."""
+    X, y = _sparse_data(0.02)
+    unit, labels = _tfidf_like()
+    for data, target in ((X, y), (unit, labels)):
+        # scikit-learn takes no sparse X for "sqeuclidean" (a scipy metric there).
+        reference = data if metric == "cosine" else data.toarray()
+        expected = sk.silhouette_samples(reference, target, metric=metric)
+        for budget in (None, 4_000):
+            samples = metrics.silhouette_samples(data, target, metric=metric, memory_budget=budget)
+            np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
