@@ -863,3 +863,25 @@ def test_sparse_silhouette_linear_in_products_equals_scikit_learn(metric):
         for budget in (None, 4_000):
             samples = metrics.silhouette_samples(data, target, metric=metric, memory_budget=budget)
             np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_labels_as_a_column_vector_are_one_labelling_as_in_sklearn():
+    """Labels of shape (n_samples, 1), such as a one-column frame, are one
+    labelling with scikit-learn's warning (they had been refused as a batch)."""
+    import pandas as pd
+
+    X, y = _data("iris")
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    for column in (y.reshape(-1, 1), pd.DataFrame({"species": names}), torch.tensor(y)[:, None]):
+        for name in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+            with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+                got = getattr(metrics, name)(X, column)
+            assert isinstance(got, float)
+            assert got == pytest.approx(getattr(sk, name)(X, y), rel=1e-12)
+        with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+            samples = metrics.silhouette_samples(X, column)
+        np.testing.assert_allclose(samples, sk.silhouette_samples(X, y), rtol=1e-12)
+    with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+        assert metrics.inertia(X, y[:, None]) == pytest.approx(metrics.inertia(X, y), rel=1e-15)
+    # A batch of one labelling stays a batch.
+    assert metrics.silhouette_score(X, y[None, :]).shape == (1,)

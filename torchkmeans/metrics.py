@@ -119,8 +119,19 @@ def _label_tensor(
     Floats that are not integers of int64 are numbered in sorted order, as
     scikit-learn encodes any labels (0.5 and 1.5 had been refused; the cast of
     1e19, 2e19 and 3e19 overflowed into one cluster), unless they must be
-    ``indices`` (into centres), which they cannot be.
+    ``indices`` (into centres), which they cannot be. A column vector
+    ``(n_samples, 1)`` (a one-column frame) is one labelling, with
+    scikit-learn's warning: it had been refused as a batch of the wrong width.
     """
+    shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else np.shape(labels)
+    if n_samples > 1 and shape == (n_samples, 1):
+        warnings.warn(
+            "A column-vector labels was passed when a 1d array was expected. Please change "
+            "the shape of labels to (n_samples,), for example using ravel().",
+            UserWarning,
+            stacklevel=3,
+        )
+        labels = labels[:, 0] if isinstance(labels, torch.Tensor) else np.asarray(labels)[:, 0]
     if isinstance(labels, torch.Tensor):
         tensor = labels.detach()
         if tensor.is_floating_point():
