@@ -885,3 +885,53 @@ def test_labels_as_a_column_vector_are_one_labelling_as_in_sklearn():
         assert metrics.inertia(X, y[:, None]) == pytest.approx(metrics.inertia(X, y), rel=1e-15)
     # A batch of one labelling stays a batch.
     assert metrics.silhouette_score(X, y[None, :]).shape == (1,)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_dense_silhouette_linear_in_products_takes_no_pairwise_block(metric, monkeypatch):
+    """Cosine and squared euclidean sums per cluster from the cluster means
+    (``|C| |x - m_C|^2 + sum |y - m_C|^2``), no (m, n) block of distances
+    (every pair had been computed), equal to scikit-learn's: with rows of
+    zeros (at cosine distance 1 from all), a cluster of them only, a
+    singleton, and a batch of labellings."""
+    X, y = _data("wine")
+    X = X[:120].copy()
+    y = y[:120].copy()
+    X[::9] = 0.0
+    y[[0, 9, 18]] = 7  # rows of zeros only
+    y[5] = 8  # a singleton
+    batch = np.stack([y, np.arange(120) % 4])
+    expected = sk.silhouette_samples(X, y, metric=metric)
+    expected_scores = [sk.silhouette_score(X, row, metric=metric) for row in batch]
+
+    def refused(*args):
+        raise AssertionError("a pairwise block of distances")
+
+    monkeypatch.setattr(metrics, "_distance_block", refused)
+    for x, rtol, atol in ((X, 1e-10, 1e-12), (X.astype(np.float32), 1e-5, 1e-6)):
+        samples = metrics.silhouette_samples(x, y, metric=metric)
+        np.testing.assert_allclose(samples, expected, rtol=rtol, atol=atol)
+        scores = metrics.silhouette_score(torch.tensor(x), torch.tensor(batch), metric=metric)
+        np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=rtol)
+
+
+@SETTINGS
+@given(
+    arrays(np.float64, (12, 2), elements=st.integers(-3, 3).map(float)),
+    st.lists(st.integers(0, 2), min_size=12, max_size=12),
+    st.sampled_from(["cosine", "sqeuclidean"]),
+)
+def test_silhouette_from_cluster_means_properties(X, labels, metric):
+    """Duplicate rows, rows of zeros and singletons, from the cluster means as
+    scikit-learn sums every pair."""
+    labels = np.array(labels)
+    if len(np.unique(labels)) < 2:
+        return
+    expected = sk.silhouette_samples(X, labels, metric=metric)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels, metric=metric), expected, atol=1e-9
+    )
+    import scipy.sparse as sparse
+
+    samples = metrics.silhouette_samples(sparse.csr_matrix(X), labels, metric=metric)
+    np.testing.assert_allclose(samples, expected, atol=1e-9)

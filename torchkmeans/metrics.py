@@ -316,7 +316,73 @@ def _dense_pairs(x: torch.Tensor, metric: str) -> _Pairs:
     def block(_: Any, rows: slice, columns: slice) -> torch.Tensor:
         return _distance_block(data, data_sq, rows, columns, metric, direction)
 
+    if metric in ("sqeuclidean", "cosine"):
+        sums = _dense_linear_sums(data, metric, direction)
+        return _Pairs(n, x.device, 0, None, lambda rows: None, None, sums)
     return _Pairs(n, x.device, 0, None, lambda rows: None, block)
+
+
+def _dense_linear_sums(
+    data: torch.Tensor, metric: str, direction: torch.Tensor | None
+) -> Callable[[torch.Tensor, int], _Sums]:
+    """Per-cluster sums of squared euclidean distances of centred rows
+    ``data`` (cosine: half those of centred unit rows, 1 to and from rows of
+    zeros, where ``direction`` is 0), from the cluster means: over the rows y
+    of a cluster C, ``sum |x - y|^2 = |C| |x - m_C|^2 + sum |y - m_C|^2``,
+    exact, with the differences to the means taken as differences. A block
+    of rows takes ``(m, columns)`` distances to the means, not ``(m, n)`` to
+    every row (20,000 x 64 float64, cosine, one thread: 4.5 s)."""
+    n, d = data.shape
+    device, dtype = data.device, data.dtype
+    has = None if direction is None else direction > 0
+
+    def sums(flat: torch.Tensor, columns: int) -> _Sums:
+        # Zero rows (cosine) count in no mean; they are at 1 from every row.
+        weights = torch.ones(n, dtype=dtype, device=device) if has is None else direction
+        assert weights is not None
+        sizes = torch.zeros(columns, dtype=dtype, device=device)
+        totals = torch.zeros((columns, d), dtype=dtype, device=device)
+        rows = max(1, min(n, _CPU_TILE_ELEMENTS // max(1, d)))
+        for labelling in flat:
+            sizes.index_add_(0, labelling, weights)
+        for start in range(0, n, rows):
+            block = data[start : start + rows] * weights[start : start + rows].unsqueeze(1)
+            for labelling in flat:
+                totals.index_add_(0, labelling[start : start + rows], block)
+        means = totals / sizes.clamp_min(1.0).unsqueeze(1)
+        scatter = torch.zeros(columns, dtype=dtype, device=device)
+        for start in range(0, n, rows):
+            block = data[start : start + rows]
+            for labelling in flat:
+                own = labelling[start : start + rows]
+                squared = (block - means.index_select(0, own)).square_().sum(1)
+                scatter.index_add_(0, own, squared * weights[start : start + rows])
+        zeros = None
+        if has is not None:
+            zeros = torch.zeros(columns, dtype=dtype, device=device)
+            for labelling in flat:
+                zeros.index_add_(0, labelling, 1.0 - weights)
+
+        @_device.full_precision
+        def add(selected: slice, out: torch.Tensor) -> None:
+            block = data[selected]
+            to_means = torch.cdist(block, means, compute_mode="donot_use_mm_for_euclid_dist")
+            part = to_means.square_().mul_(sizes).add_(scatter)
+            if metric == "cosine":
+                part.mul_(0.5)
+            if zeros is not None and has is not None:
+                # From a row with a direction: 1 to each row of zeros. From a
+                # row of zeros: 1 to every other row.
+                everyone = (sizes + zeros).expand_as(part)
+                part = torch.where(has[selected].unsqueeze(1), part + zeros, everyone)
+                own = flat[:, selected].T  # (m, b)
+                itself = (~has[selected]).to(dtype).neg_().unsqueeze(1).expand(own.shape)
+                part.scatter_add_(1, own, itself)
+            out += part
+
+        return _Sums(False, add)
+
+    return sums
 
 
 def _sparse_pairs(rows: SparseRows, metric: str, memory_budget: int | None) -> _Pairs:
@@ -938,7 +1004,10 @@ def silhouette_samples(
     members of the sample's cluster and ``b`` the mean distance to the
     members of the nearest other cluster; 0 for a sample alone in its cluster.
     Exact: every pairwise distance is computed, one block of rows at a time,
-    in float64 for float32 ``X`` (the samples keep the dtype of ``X``).
+    in float64 for float32 ``X`` (the samples keep the dtype of ``X``); for
+    ``"sqeuclidean"`` and ``"cosine"`` their sums over a cluster come from its
+    mean, ``sum |x - y|^2 = |C| |x - m_C|^2 + sum |y - m_C|^2``, at the cost
+    of distances to the means.
 
     Parameters
     ----------
