@@ -776,8 +776,8 @@ def test_scores_from_cluster_means_refuse_a_sparse_x_as_scikit_learn():
 
 
 def test_sparse_silhouette_takes_one_product_per_block_of_rows(monkeypatch):
-    # A block of rows against all rows in one product of stored values (the
-    # other rows transposed once), not one per tile of columns: 4x faster.
+    # A block of rows against a group of 1,024 rows (transposed once) in one
+    # product of stored values, not one per tile of columns: 4x faster.
     X, y = _sparse_data(0.02)
     expected = sk.silhouette_samples(X, y)
     product = torch.sparse.mm
@@ -789,4 +789,149 @@ def test_sparse_silhouette_takes_one_product_per_block_of_rows(monkeypatch):
 
     monkeypatch.setattr(torch.sparse, "mm", counted)
     np.testing.assert_allclose(metrics.silhouette_samples(X, y), expected, rtol=1e-10)
-    assert len(calls) == 1  # 600 rows: one block
+    assert len(calls) <= 2  # 600 rows: one or two blocks
+
+
+def _tfidf_like(scale: float = 0.0, dtype: type = np.float64) -> tuple[object, np.ndarray]:
+    """700 x 300 unit rows at 3% (times factors in [1, 1 + scale]), 20 rows of
+    zeros among them, and labels of 6 clusters."""
+    import scipy.sparse as sparse
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(1)
+    X = sparse.random(680, 300, density=0.03, random_state=1, format="csr")
+    X = sparse.diags(1.0 + scale * rng.random(680)) @ normalize(X)
+    X = sparse.vstack([X, sparse.csr_matrix((20, 300))]).tocsr()[rng.permutation(700)]
+    return X.astype(dtype), rng.integers(0, 6, 700)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype, terms",
+    [
+        (0.0, np.float64, "distinct"),  # unit rows: a few distinct squared norms
+        (0.0, np.float32, "series"),  # each row's norm rounded differently
+        (0.05, np.float64, "series"),  # squared norms within 1/16 of a middle value
+        (1.0, np.float64, "tiles"),  # norms of all sizes: (m, n) tiles of roots
+    ],
+)
+def test_sparse_euclidean_silhouette_from_products_equals_scikit_learn(
+    scale, dtype, terms, monkeypatch
+):
+    """The distances of pairs that share no feature from the norms alone, the
+    others corrected from their stored products, each pair once; the sparse
+    products are never densified (they had been, with all their distances)."""
+    X, y = _tfidf_like(scale, dtype)
+    expected = sk.silhouette_samples(X.astype(np.float64), y)
+    batch = np.stack([y, y % 2, np.arange(700) % 350])
+    expected_scores = [sk.silhouette_score(X.astype(np.float64), row) for row in batch]
+    apart_sums = metrics._apart_sums
+    made = []
+
+    def recorded(*args):
+        out = apart_sums(*args)
+        made.append(None if out is None else int(out[1].shape[0]))
+        return out
+
+    monkeypatch.setattr(metrics, "_apart_sums", recorded)
+    monkeypatch.setattr(torch.Tensor, "to_dense", None)  # TypeError if called
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    # Default, then budgets where the (n, columns) sums of later rows do not
+    # fit (each block against all rows) and where they do, in small blocks.
+    for budget in (None, 20_000, 400_000):
+        samples = metrics.silhouette_samples(X, y, memory_budget=budget)
+        np.testing.assert_allclose(samples, expected, rtol=rtol, atol=1e-12)
+        scores = metrics.silhouette_score(X, batch, memory_budget=budget)
+        np.testing.assert_allclose(scores, expected_scores, rtol=rtol)
+    if terms == "distinct":
+        assert 1 < made[0] <= 4
+    elif terms == "series":
+        assert made[0] == (4 if dtype == np.float32 else 15)
+    else:
+        assert made[0] is None  # more terms than 6 * n / (columns + 8): tiles
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_sparse_silhouette_linear_in_products_equals_scikit_learn(metric):
+    """Cosine and squared euclidean sums per cluster from each cluster's sum
+    of rows, also in groups of clusters when those sums do not fit the budget."""
+    X, y = _sparse_data(0.02)
+    unit, labels = _tfidf_like()
+    for data, target in ((X, y), (unit, labels)):
+        # scikit-learn takes no sparse X for "sqeuclidean" (a scipy metric there).
+        reference = data if metric == "cosine" else data.toarray()
+        expected = sk.silhouette_samples(reference, target, metric=metric)
+        for budget in (None, 4_000):
+            samples = metrics.silhouette_samples(data, target, metric=metric, memory_budget=budget)
+            np.testing.assert_allclose(samples, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_labels_as_a_column_vector_are_one_labelling_as_in_sklearn():
+    """Labels of shape (n_samples, 1), such as a one-column frame, are one
+    labelling with scikit-learn's warning (they had been refused as a batch)."""
+    import pandas as pd
+
+    X, y = _data("iris")
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    for column in (y.reshape(-1, 1), pd.DataFrame({"species": names}), torch.tensor(y)[:, None]):
+        for name in ("silhouette_score", "calinski_harabasz_score", "davies_bouldin_score"):
+            with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+                got = getattr(metrics, name)(X, column)
+            assert isinstance(got, float)
+            assert got == pytest.approx(getattr(sk, name)(X, y), rel=1e-12)
+        with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+            samples = metrics.silhouette_samples(X, column)
+        np.testing.assert_allclose(samples, sk.silhouette_samples(X, y), rtol=1e-12)
+    with pytest.warns(UserWarning, match=r"A column-vector labels was passed"):
+        assert metrics.inertia(X, y[:, None]) == pytest.approx(metrics.inertia(X, y), rel=1e-15)
+    # A batch of one labelling stays a batch.
+    assert metrics.silhouette_score(X, y[None, :]).shape == (1,)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_dense_silhouette_linear_in_products_takes_no_pairwise_block(metric, monkeypatch):
+    """Cosine and squared euclidean sums per cluster from the cluster means
+    (``|C| |x - m_C|^2 + sum |y - m_C|^2``), no (m, n) block of distances
+    (every pair had been computed), equal to scikit-learn's: with rows of
+    zeros (at cosine distance 1 from all), a cluster of them only, a
+    singleton, and a batch of labellings."""
+    X, y = _data("wine")
+    X = X[:120].copy()
+    y = y[:120].copy()
+    X[::9] = 0.0
+    y[[0, 9, 18]] = 7  # rows of zeros only
+    y[5] = 8  # a singleton
+    batch = np.stack([y, np.arange(120) % 4])
+    expected = sk.silhouette_samples(X, y, metric=metric)
+    expected_scores = [sk.silhouette_score(X, row, metric=metric) for row in batch]
+
+    def refused(*args):
+        raise AssertionError("a pairwise block of distances")
+
+    monkeypatch.setattr(metrics, "_distance_block", refused)
+    for x, rtol, atol in ((X, 1e-10, 1e-12), (X.astype(np.float32), 1e-5, 1e-6)):
+        samples = metrics.silhouette_samples(x, y, metric=metric)
+        np.testing.assert_allclose(samples, expected, rtol=rtol, atol=atol)
+        scores = metrics.silhouette_score(torch.tensor(x), torch.tensor(batch), metric=metric)
+        np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=rtol)
+
+
+@SETTINGS
+@given(
+    arrays(np.float64, (12, 2), elements=st.integers(-3, 3).map(float)),
+    st.lists(st.integers(0, 2), min_size=12, max_size=12),
+    st.sampled_from(["cosine", "sqeuclidean"]),
+)
+def test_silhouette_from_cluster_means_properties(X, labels, metric):
+    """Duplicate rows, rows of zeros and singletons, from the cluster means as
+    scikit-learn sums every pair."""
+    labels = np.array(labels)
+    if len(np.unique(labels)) < 2:
+        return
+    expected = sk.silhouette_samples(X, labels, metric=metric)
+    np.testing.assert_allclose(
+        metrics.silhouette_samples(X, labels, metric=metric), expected, atol=1e-9
+    )
+    import scipy.sparse as sparse
+
+    samples = metrics.silhouette_samples(sparse.csr_matrix(X), labels, metric=metric)
+    np.testing.assert_allclose(samples, expected, atol=1e-9)
