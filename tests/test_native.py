@@ -730,6 +730,37 @@ def test_certain_labels_are_the_nearest_centroid_where_the_scores_round_wrongly(
         assert torch.equal(minima, lowest)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 150),
+    d=st.sampled_from([17, 40, 129, 300]),
+    k=st.sampled_from([5, 17, 64, 130]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    shift=st.sampled_from([0.0, 1e3, 1e5]),
+    spread=st.sampled_from([1e-3, 1e-1, 1.0]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**31),
+)
+def test_certain_labels_are_a_nearest_centroid_wherever_the_rows_lie(
+    n, d, k, dtype, shift, spread, threads, seed
+):
+    """Rows and centroids far from the origin (no offset: the scores' frame
+    is the data's), the centroids near-copies of each other: each certain
+    label is a nearest centroid up to the rounding of distances from
+    differences."""
+    generator = torch.Generator().manual_seed(seed)
+    centre = shift + torch.randn(d, generator=generator, dtype=torch.float64)
+    centroids = centre + spread * torch.randn(k, d, generator=generator, dtype=torch.float64)
+    x = centre + spread * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    x, centroids = x.to(dtype), centroids.to(dtype)
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    _native.nearest(x, centroids, labels, certain=True, threads=threads)
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    chosen = table.gather(1, labels[:, None]).squeeze(1)
+    rtol = 4 * (d + 2) * torch.finfo(dtype).eps
+    assert (chosen <= table.min(1).values * (1 + rtol)).all()
+
+
 def test_certain_labels_only_in_the_row_layout_of_euclidean_scores():
     x, centroids = torch.randn(10, 20), torch.randn(5, 20)
     labels = torch.empty(10, dtype=torch.int64)

@@ -748,31 +748,39 @@ inline double cosine_distance(const T* row, const T* centroid, double centroid_n
 // certain (tk_assign_f32's layout 4): keep holds their scores (rows at
 // stride kp), rows their rows as scored (centred), measured and references
 // the rows and centroids their distances are measured between (see
-// assign_rows), root the largest norm of the scored centroids.
+// assign_rows), root the largest norm of the scored centroids, candidates
+// room for k indices.
 //
-// A score s_c = fl(|c'|^2 + fl(sum_j -2 c'_j x'_j)), the multiply-adds in one
-// chain per centroid, is within (w + 3) u (|x'| + |c'|)^2 of |c'|^2 - 2 x'.c'
-// (u: T's unit roundoff; (w + 3) u well below 1), and centring x' = fl(x - o)
-// and c' = fl(c - o) changes |x' - c'|^2 by at most 2u (1 + 2u) (|x'| +
-// |c'|)^2 from |x - c|^2 (the |x'|^2 all scores leave out is common to them):
-// every score is within E = 1.25 (w + 6) u (|x'| + root)^2 of |x - c|^2 less
-// that common term. The nearest centroid scores within 2E of the lowest
-// score, as only the labelled one does for most rows; where others do, the
-// row's distances to each of them from differences (as the distances are
-// measured) decide, the first of equal ones. Float32 rows 20 from the
-// centroids' mean, d=128: 2E = 0.05, where rows of tight clusters shared by
-// near-copies of their centre (8 blobs of 0.1, k=64) have a median gap of
-// 0.025 to the runner-up, and 2-8 of the 64 centroids within it.
+// With u T's unit roundoff and g = (w + 1) u / (1 - (w + 1) u), a score
+// fl(fl(|c'|^2) + fl(sum_j -2 c'_j x'_j)), the multiply-adds in one chain per
+// centroid, is within 2 g |x'| |c'| + 2u |c'|^2 of |c'|^2 - 2 x'.c' (the
+// chain's g sum_j |2 c'_j x'_j|, the norm's and the sum's roundings), and
+// centring, x' = fl(x - o) and c' = fl(c - o) each within u of their norms,
+// moves |x' - c'|^2 by at most (2u + u^2) (|x'| + |c'|)^2 from |x - c|^2 (the
+// |x'|^2 the scores leave out is the same for every centroid): every score
+// is within E = 2 g |x'| r + 2.01 u (r^2 + (|x'| + r)^2) of |x - c|^2 less
+// that common term, r = root. The nearest centroid thus scores within 2E of
+// the lowest score, as only the labelled one does for most rows; where
+// others do, the row's distances to each of them from differences (as the
+// distances are measured) decide, the first of equal ones. Float32 rows 20
+// from the centroids' mean, d=128: 2E = 0.02, where rows of tight clusters
+// shared by near-copies of their centre (8 blobs of 0.1, k=64) have a
+// median gap of 0.025 to the runner-up.
 template <typename T>
 inline void certify_chunk(const T* rows, int64_t ld, const T* measured, int64_t ldm,
                           const T* references, int m, int64_t w, int64_t k, int64_t kp,
-                          const T* keep, double root, const T* best, int64_t* label) {
+                          const T* keep, double root, const T* best, int64_t* label,
+                          int64_t* candidates) {
     const double unit = static_cast<double>(std::numeric_limits<T>::epsilon()) / 2;
-    const double factor = 2.5 * static_cast<double>(w + 6) * unit;  // 2E / (|x'| + root)^2
+    const double terms = static_cast<double>(w + 1) * unit;
+    const double g = terms < 0.5 ? terms / (1.0 - terms) : std::numeric_limits<double>::infinity();
     for (int r = 0; r < m; ++r) {
         const T* row = rows + r * ld;
-        const double spread = std::sqrt(row_sum<T, true>(row, row, w)) + root;
-        const double limit = static_cast<double>(best[r]) + factor * spread * spread;
+        const double norm = std::sqrt(row_sum<T, true>(row, row, w));
+        const double error = 2.0 * g * norm * root +
+                             2.01 * unit * (root * root + (norm + root) * (norm + root));
+        // 2E with a margin for the bound's own few roundings in double.
+        const double limit = static_cast<double>(best[r]) + 2.02 * error;
         T bound = static_cast<T>(limit);
         if (static_cast<double>(bound) < limit)
             bound = std::nextafter(bound, std::numeric_limits<T>::infinity());
@@ -780,10 +788,15 @@ inline void certify_chunk(const T* rows, int64_t ld, const T* measured, int64_t 
         int64_t count = 0;
         for (int64_t c = 0; c < k; ++c) count += scores[c] <= bound;
         if (count < 2) continue;
+        count = 0;
+        for (int64_t c = 0; c < k; ++c) {  // without branches: which is taken is random
+            candidates[count] = c;
+            count += scores[c] <= bound;
+        }
         const T* point = measured + r * ldm;
         double nearest = std::numeric_limits<double>::infinity();
-        for (int64_t c = 0; c < k; ++c) {
-            if (!(scores[c] <= bound)) continue;
+        for (int64_t i = 0; i < count; ++i) {
+            const int64_t c = candidates[i];
             const double distance = row_sum<T, false>(point, references + c * w, w);
             if (distance < nearest) {
                 nearest = distance;
@@ -831,6 +844,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
     V* xt = reinterpret_cast<V*>(transposed.data);
     std::vector<T> centred(offset ? step * w : 0);
     std::vector<T> keep(certain ? step * kp : 0);  // a chunk's scores, see certify_chunk
+    std::vector<int64_t> candidates(certain ? k : 0);
     std::vector<double> reference_norms;  // of the centroids, for cosine distances
     for (int64_t start = 0; start < n; start += step) {
         const int m = n - start < step ? static_cast<int>(n - start) : step;
@@ -865,7 +879,7 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
             if (certain)
                 certify_chunk<T>(rows, ld, given ? x + start * ldx : rows, given ? ldx : ld,
                                  given ? given : centroids, m, w, k, kp, keep.data(), root, best,
-                                 label);
+                                 label, candidates.data());
         }
         if (previous)
             for (int r = 0; r < m; ++r) changed += previous[start + r] != label[r];
