@@ -309,14 +309,14 @@ def _minibatch_step(
         labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
         sums, counts = totals[:, :-1], totals[:, -1]
     else:
+        # On the CPU, one kernel call whose labels are certain where it
+        # applies (certain_nearest; None elsewhere). Off the CPU a step reads
+        # nothing on the host (MiniBatchKMeans reads its statistics every few
+        # steps): its labels come from the centred expansion unchecked, as
+        # those of Lloyd's iterations do, and the final labels are checked.
         found = None
         if not batched and metric == "euclidean" and differences:
-            # One kernel call, its labels certain (on the CPU; else None).
             found = certain_nearest(rows.to(acc), old.to(acc))
-        # Off the CPU a step reads nothing on the host (MiniBatchKMeans reads
-        # its statistics every few steps): its labels come from the centred
-        # expansion unchecked, as those of Lloyd's iterations do, and the
-        # final labels are checked.
         if found is not None:
             labels, distances = found
         else:
