@@ -192,6 +192,44 @@ def test_step_of_twice_the_labelling_work_is_one_pass_of_differences(monkeypatch
     assert float(step.inertia) == pytest.approx(theirs_inertia, rel=rtol)
 
 
+@on_the_cpu_paths_only
+@pytest.mark.parametrize(("d", "k"), [(64, 32), (128, 64)])
+def test_partial_fit_on_near_copies_of_centres_scores_each_batch_once(monkeypatch, d, k):
+    # Tight clusters far from the centres' mean, each shared by near-copies
+    # of its centre: neither the expansion's rounding nor Elkan's bound tells
+    # those centres apart, and the label check scored every row again against
+    # every centre. The kernel's certain labels measure again only the few
+    # centres within the scores' rounding of the lowest: each step makes two
+    # kernel calls (its labels, then the batch's under the new centres), and
+    # labels_ and inertia_ are still the exact ones of cluster_centers_.
+    native = importlib.import_module("torchkmeans.functional._native")
+    if not native.available():
+        pytest.skip("the fused kernel is not built on this machine")
+    calls = []
+    kernel = native.nearest
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("certain", False))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(native, "nearest", counted)
+    generator = torch.Generator().manual_seed(0)
+    blobs = 2.0 * torch.randn(8, d, generator=generator)
+    picks = torch.randint(0, 8, (5 * 1024,), generator=generator)
+    X = (blobs[picks] + 0.1 * torch.randn(5 * 1024, d, generator=generator)).numpy()
+    model = MiniBatchKMeans(k, batch_size=1024, random_state=0)
+    for start in range(0, 5 * 1024, 1024):
+        batch = X[start : start + 1024]
+        calls.clear()
+        model.partial_fit(batch)
+        if start:  # the first call also seeds the centres
+            assert len(calls) == 2 and calls[-1], calls
+        centers = model.cluster_centers_
+        np.testing.assert_array_equal(model.labels_, nearest(batch, centers))
+        exact = ((batch.astype(np.float64) - centers[model.labels_].astype(np.float64)) ** 2).sum()
+        assert model.inertia_ == pytest.approx(exact, rel=1e-6)
+
+
 def test_step_batched_equals_one_problem_at_a_time():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 200, 4, generator=g, dtype=torch.float64)

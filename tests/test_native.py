@@ -58,7 +58,7 @@ def reference_scores(x, centroids, offset, cosine):
     d=st.sampled_from([1, 2, 3, 12, 13, 16, 17, 40, 70, 129, 300]),
     k=st.sampled_from([1, 2, 3, 4, 15, 16, 17, 33, 64, 65, 100, 130, 250]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
-    layout=st.sampled_from(list(LAYOUTS)),
+    layout=st.sampled_from([*LAYOUTS, "certain"]),
     threads=st.sampled_from([1, 2, 3]),
     weighted=st.booleans(),
     centred=st.booleans(),
@@ -72,9 +72,12 @@ def test_kernel_matches_pytorch(
     """Labels are a lowest score's index (ties within rounding), and the lowest
     scores, their weighted sum, the distances from differences, the cluster
     totals and the changed count agree with float64 PyTorch, for any layout,
-    thread count, row stride, offset and metric."""
+    thread count, row stride, offset and metric (the row layout with certain
+    labels: euclidean)."""
     if layout == "dots":
         k = min(k, _native.DOTS_MAX_K)
+    options = {"certain": True} if layout == "certain" else LAYOUTS[layout]
+    cosine = cosine and layout != "certain"
     generator = torch.Generator().manual_seed(seed)
     wide = torch.randn(n, d + 3, generator=generator, dtype=dtype)
     x = wide[:, :d] if strided else wide[:, :d].contiguous()
@@ -90,7 +93,7 @@ def test_kernel_matches_pytorch(
         x,
         centroids,
         labels,
-        **LAYOUTS[layout],
+        **options,
         cosine=cosine,
         offset=offset,
         weights=weights,
@@ -175,7 +178,7 @@ def test_differences_score_exact_distances_wherever_the_rows_lie(
     "layout,d,k",
     [
         (layout, d, k)
-        for layout in LAYOUTS
+        for layout in [*LAYOUTS, "certain"]
         for d, k in [(3, 40), (300, 200), (40, 3), (300, 4)]
         if layout != "dots" or k <= _native.DOTS_MAX_K  # the dots layout takes few centroids
     ],
@@ -190,7 +193,8 @@ def test_exact_ties_go_to_the_lowest_index(layout, dtype, d, k):
     x = torch.zeros(200, d, dtype=dtype)
     x[:, 0] = torch.arange(200, dtype=dtype) % k  # on a centroid, or halfway between
     labels = torch.empty(200, dtype=torch.int64)
-    _native.nearest(x, centroids, labels, **LAYOUTS[layout], threads=2)
+    options = {"certain": True} if layout == "certain" else LAYOUTS[layout]
+    _native.nearest(x, centroids, labels, **options, threads=2)
     expected = torch.cdist(x.double(), centroids.double()).argmin(1)
     assert torch.equal(labels, expected)
 
@@ -672,6 +676,97 @@ def test_distances_of_centred_rows_are_measured_from_the_centroids_as_given(dtyp
     centred = torch.empty_like(measured)
     _native.nearest(x, centres - offset, labels, offset=offset, distances=centred)
     assert ((centred.double() - exact).abs() / exact).max() > 1e-3
+
+
+def _tight_blobs_far_from_the_mean(dtype, d, k, seed=0):
+    """600 rows of 4 tight blobs far from the centroids' mean, each blob shared
+    by near-copies of its centre (k of them in all): the expansion's scores
+    round by more than the gaps between a row's nearest centroids."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = 20.0 if dtype == torch.float32 else 2e7
+    blobs = scale * torch.randn(4, d, generator=generator, dtype=torch.float64)
+    centroids = blobs[torch.arange(k) % 4] + 0.03 * torch.randn(
+        k, d, generator=generator, dtype=torch.float64
+    )
+    picks = torch.randint(0, 4, (600,), generator=generator)
+    x = blobs[picks] + 0.1 * torch.randn(600, d, generator=generator, dtype=torch.float64)
+    return x.to(dtype), centroids.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("d", "k"), [(64, 32), (33, 17), (128, 300), (700, 20)])
+def test_certain_labels_are_the_nearest_centroid_where_the_scores_round_wrongly(dtype, d, k):
+    """certain=True: each label is the nearest centroid (from differences)
+    where the row layout's own labels are not, in one panel of centroids
+    and one block of features, across panels (k=300) and across blocks
+    (d=700), on one and two threads; distances and minima as without it."""
+    x, centroids = _tight_blobs_far_from_the_mean(dtype, d, k)
+    offset = centroids.mean(0)
+    exact = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    nearest = exact.argmin(1)
+    plain = torch.empty(600, dtype=torch.int64)
+    _native.nearest(x, centroids - offset, plain, offset=offset, columns=False, dots=False)
+    assert (plain != nearest).sum() > 10  # the scores alone choose wrongly
+    for threads in (1, 2):
+        labels = torch.full((600,), -1, dtype=torch.int64)
+        measured = torch.empty(600, dtype=dtype)
+        minima = torch.empty(600, dtype=dtype)
+        _native.nearest(
+            x,
+            centroids - offset,
+            labels,
+            offset=offset,
+            distances=measured,
+            minima=minima,
+            given=centroids,
+            certain=True,
+            threads=threads,
+        )
+        assert torch.equal(labels, nearest), threads
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(measured.double(), exact.min(1).values, rtol=4 * eps, atol=0.0)
+        lowest = torch.empty(600, dtype=dtype)
+        _native.nearest(x, centroids - offset, plain, offset=offset, minima=lowest, columns=False)
+        assert torch.equal(minima, lowest)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 150),
+    d=st.sampled_from([17, 40, 129, 300]),
+    k=st.sampled_from([5, 17, 64, 130]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    shift=st.sampled_from([0.0, 1e3, 1e5]),
+    spread=st.sampled_from([1e-3, 1e-1, 1.0]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**31),
+)
+def test_certain_labels_are_a_nearest_centroid_wherever_the_rows_lie(
+    n, d, k, dtype, shift, spread, threads, seed
+):
+    """Rows and centroids far from the origin (no offset: the scores' frame
+    is the data's), the centroids near-copies of each other: each certain
+    label is a nearest centroid up to the rounding of distances from
+    differences."""
+    generator = torch.Generator().manual_seed(seed)
+    centre = shift + torch.randn(d, generator=generator, dtype=torch.float64)
+    centroids = centre + spread * torch.randn(k, d, generator=generator, dtype=torch.float64)
+    x = centre + spread * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    x, centroids = x.to(dtype), centroids.to(dtype)
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    _native.nearest(x, centroids, labels, certain=True, threads=threads)
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    chosen = table.gather(1, labels[:, None]).squeeze(1)
+    rtol = 4 * (d + 2) * torch.finfo(dtype).eps
+    assert (chosen <= table.min(1).values * (1 + rtol)).all()
+
+
+def test_certain_labels_only_in_the_row_layout_of_euclidean_scores():
+    x, centroids = torch.randn(10, 20), torch.randn(5, 20)
+    labels = torch.empty(10, dtype=torch.int64)
+    for wrong in ({"cosine": True}, {"columns": True}, {"dots": True}, {"differences": True}):
+        with pytest.raises(ValueError, match="certain labels only"):
+            _native.nearest(x, centroids, labels, certain=True, **wrong)
 
 
 def _csr_of(x):

@@ -28,7 +28,12 @@ from .functional.distances import (
     wide_sum,
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
-from .functional.minibatch import _minibatch_step, join_rejected_step, minibatch_step
+from .functional.minibatch import (
+    _minibatch_step,
+    certain_nearest,
+    join_rejected_step,
+    minibatch_step,
+)
 from .functional.sparse import (
     SparseRows,
     _initial_centroids,
@@ -1099,7 +1104,10 @@ class MiniBatchKMeans(KMeans):
         self._store_state(step.centroids, step.weight_sums, generator, kind)
         self.n_steps_ += 1
         if self.compute_labels:
-            labels, dist = self._assign_rows(x, step.centroids)
+            # The batch's labels under the new centres: in one kernel call
+            # where it applies, its labels certain (certain_nearest).
+            found = None if self.metric == "cosine" else certain_nearest(x, step.centroids)
+            labels, dist = self._assign_rows(x, step.centroids) if found is None else found
             dist = dist.double()
             if weights is not None:
                 dist = dist * weights.double()

@@ -43,7 +43,7 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 9
+_ABI_VERSION = 10
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -257,6 +257,7 @@ def nearest(
     differences: bool = False,
     threads: int | None = None,
     given: torch.Tensor | None = None,
+    certain: bool = False,
 ) -> tuple[float, int]:
     """Label each row of ``x - offset`` ``(n, d)`` with its nearest centroid ``(k, d)``.
 
@@ -280,6 +281,13 @@ def nearest(
     rows of ``x`` and these, as exact as from uncentred data, where the
     centring's rounding of rows far from the offset would otherwise blur
     the distances of rows near their centroid.
+    ``certain`` (euclidean, the row layout) makes each label the nearest
+    centroid whatever the rounding of the scores: the kernel keeps a row's
+    scores, and where centroids other than the lowest-scoring one score
+    within the scores' rounding bound of it, the row's distances to those
+    (from differences, as ``distances``) decide. ``centroids`` must then be
+    ``given - offset`` rounded once (or ``offset`` None), and ``minima``
+    remain the lowest scores.
 
     Returns the weighted sum of the lowest scores, and the number of rows
     whose label differs from ``previous`` (0 without it). Call only where
@@ -318,6 +326,12 @@ def nearest(
     ):
         if out is not None and (out.dtype != dtype or not out.is_contiguous() or not out.is_cpu):
             raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor on the CPU.")
+    if certain:
+        if cosine or differences or columns or dots:
+            raise ValueError(
+                "Expected certain labels only with euclidean scores in the row layout."
+            )
+        columns, dots = False, False
     if columns is None:
         columns = _columns(d, k)
     if differences and (cosine or not columns):
@@ -339,7 +353,7 @@ def nearest(
         centroids.data_ptr(),
         k,
         int(cosine),
-        2 if differences else 3 if dots else int(columns),
+        4 if certain else 2 if differences else 3 if dots else int(columns),
         threads,
         None if weights is None else weights.data_ptr(),
         None if previous is None else previous.data_ptr(),

@@ -16,7 +16,9 @@ from .distances import (
     compute_dtype,
     first_copies,
     nearest_by_differences,
+    scale_exponent_of,
     scored_by_differences,
+    squared_norms_overflow,
     underflow_exponent_of,
     unit_rows,
 )
@@ -50,6 +52,68 @@ def _step_by_differences(x: torch.Tensor, k: int) -> bool:
         and _device.on_host(x.device)
         and _native.prefers_native(x, k, within_lloyd=False)
     )
+
+
+def certain_nearest(
+    x: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Euclidean labels and distances of rows ``x`` ``(n, d)`` against
+    ``centroids`` ``(k, d)`` by one call of the fused kernel that makes each
+    label certain (``_native.nearest(certain=True)``), or None where that
+    call does not apply (off the CPU, no kernel, the column or dots layout,
+    squared distances that underflow or overflow): the caller then takes
+    ``_nearest``.
+
+    The kernel keeps each row's scores, centred on the centroids' mean, and
+    measures again from differences only the few centroids scoring within
+    the rounding bound of the lowest score (see ``_assign_kernel.cpp``,
+    certify_chunk), where ``_nearest`` checks its labels afterwards
+    (``certify_nearest``): rows of tight clusters shared by near-copies of
+    their centre far from the centroids' mean pass neither its trust bound
+    nor Elkan's, and were each scored again against every centroid.
+
+    Examples
+    --------
+    >>> c = torch.full((5, 20), 1e4)
+    >>> c[:, 0] += torch.arange(5.0)
+    >>> found = certain_nearest(c[[3, 1]] + 0.25, c)  # None without the kernel
+    >>> found is None or found[0].tolist() == [3, 1]
+    True
+    """
+    if x.ndim != 2 or centroids.ndim != 2 or x.dtype != centroids.dtype:
+        return None
+    n, d = x.shape
+    k = centroids.shape[0]
+    if (
+        not n
+        or not _device.on_host(x.device)
+        or _native._columns(d, k)
+        or _native._dots(d, k)
+        or not _native.prefers_native(x, k, within_lloyd=False)
+        or scale_exponent_of(x, centroids)
+    ):
+        return None
+    given = centroids.contiguous()
+    offset = given.mean(0)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    distances = torch.empty(n, dtype=x.dtype, device=x.device)
+    minima = torch.empty(n, dtype=x.dtype, device=x.device)
+    _native.nearest(
+        x,
+        given - offset,
+        labels,
+        offset=offset,
+        minima=minima,
+        distances=distances,
+        given=given,
+        certain=True,
+    )
+    # A row's centred squared norm is its distance less its score: rows far
+    # larger than the centroids, whose scores may have overflowed, are
+    # scored scaled by _nearest.
+    if squared_norms_overflow(minima.neg_().add_(distances)):
+        return None
+    return labels, distances
 
 
 class MiniBatchStep(NamedTuple):
@@ -245,17 +309,24 @@ def _minibatch_step(
         labels, distances = nearest_by_differences(x, old, weights=weights, totals=totals)
         sums, counts = totals[:, :-1], totals[:, -1]
     else:
-        # Off the CPU a step reads nothing on the host (MiniBatchKMeans reads
-        # its statistics every few steps): its labels come from the centred
-        # expansion unchecked, as those of Lloyd's iterations do, and the
-        # final labels are checked.
-        labels, distances = _nearest(
-            rows.to(acc),
-            old.to(acc),
-            metric=metric,
-            memory_budget=memory_budget,
-            checked=_device.on_host(x.device) or not differences,
-        )
+        # On the CPU, one kernel call whose labels are certain where it
+        # applies (certain_nearest; None elsewhere). Off the CPU a step reads
+        # nothing on the host (MiniBatchKMeans reads its statistics every few
+        # steps): its labels come from the centred expansion unchecked, as
+        # those of Lloyd's iterations do, and the final labels are checked.
+        found = None
+        if not batched and metric == "euclidean" and differences:
+            found = certain_nearest(rows.to(acc), old.to(acc))
+        if found is not None:
+            labels, distances = found
+        else:
+            labels, distances = _nearest(
+                rows.to(acc),
+                old.to(acc),
+                metric=metric,
+                memory_budget=memory_budget,
+                checked=_device.on_host(x.device) or not differences,
+            )
         assert distances is not None
         sums, counts = _scatter_sums(rows, labels, k, sample_weight=weights, dtype=acc)
     zero_rows = (rows == 0).all(-1) if metric == "cosine" else None
