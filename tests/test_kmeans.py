@@ -1546,3 +1546,31 @@ def test_cosine_transform_of_tight_clusters_is_their_1_minus_cos(dtype):
     assert distances.dtype == dtype
     np.testing.assert_allclose(distances, exact, rtol=1e-3)
     assert distances.min(1)[1:].mean() == pytest.approx(-km.score(X[1:]) / 999, rel=1e-4)
+
+
+def test_a_view_of_one_row_with_a_negative_stride_is_read():
+    """numpy calls a view C-contiguous whatever the stride of a dimension of
+    length 1, and torch refuses a negative one: the last row of reversed data
+    (``X[::-1][:1]``) failed predict with torch's stride error, and a reversed
+    memmap failed fit (its dtype is probed on its first row)."""
+    X = load_wine().data[::-1]
+    one = X[:1]
+    assert one.strides[0] < 0 and one.flags.c_contiguous
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.predict(one), km.labels_[:1])
+    np.testing.assert_array_equal(km.transform(one), km.transform(X)[:1])
+    assert KMeans(n_clusters=1).fit(one).inertia_ == 0.0
+
+
+def test_a_reversed_memmap_is_streamed(tmp_path):
+    X = load_wine().data
+    stored = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+    stored[:] = X
+    stored.flush()
+    reversed_rows = np.load(tmp_path / "x.npy", mmap_mode="r")[::-1]
+    assert isinstance(reversed_rows, np.memmap)
+    init = X[[0, 70, 140]]
+    streamed = KMeans(n_clusters=3, init=init).fit(reversed_rows)
+    in_memory = KMeans(n_clusters=3, init=init).fit(X[::-1].copy())
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_array_equal(streamed.predict(reversed_rows), in_memory.labels_)

@@ -304,7 +304,15 @@ def numeric_array(
         return array
     # ascontiguousarray makes a 0-d array 1-D: a scalar would then be
     # reported as shape (1,) instead of as a scalar.
-    return array if array.ndim == 0 else np.ascontiguousarray(array)
+    if array.ndim == 0:
+        return array
+    array = np.ascontiguousarray(array)
+    if any(stride < 0 for stride in array.strides):
+        # numpy calls a view C-contiguous whatever the stride of a dimension
+        # of length 1 (X[::-1][:1]), and returns it as it is; torch refuses a
+        # negative stride.
+        array = array.copy()
+    return array
 
 
 def _wrappable_strides(array: np.ndarray) -> bool:
