@@ -1574,3 +1574,16 @@ def test_a_reversed_memmap_is_streamed(tmp_path):
     in_memory = KMeans(n_clusters=3, init=init).fit(X[::-1].copy())
     np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
     np.testing.assert_array_equal(streamed.predict(reversed_rows), in_memory.labels_)
+
+
+def test_a_memoryview_is_an_array_like():
+    """A buffer (``memoryview`` of an array) is read as numpy reads it, as
+    scikit-learn does; it was taken for an iterable of batches and refused."""
+    X = load_wine().data
+    expected = KMeans(n_clusters=3, random_state=0).fit(X)
+    view = memoryview(np.ascontiguousarray(X))
+    km = KMeans(n_clusters=3, random_state=0).fit(view)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    np.testing.assert_array_equal(km.predict(view), expected.labels_)
+    assert km.score(view) == expected.score(X)
+    assert isinstance(MiniBatchKMeans(n_clusters=3, random_state=0).fit(view).labels_, np.ndarray)

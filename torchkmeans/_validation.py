@@ -616,7 +616,9 @@ def is_batch_stream(X: Any) -> bool:
     >>> is_batch_stream(iter([np.zeros((2, 3))])), is_batch_stream(np.zeros((2, 3)))
     (True, False)
     """
-    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)):
+    # A memoryview is a buffer numpy reads as an array (iterating over one of
+    # several dimensions raises NotImplementedError).
+    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict, memoryview)):
         return False
     if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
         return False
