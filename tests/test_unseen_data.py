@@ -104,17 +104,20 @@ def assert_fit_is_consistent(X, km, sample_weight=None, rtol=1e-12):
     assert km.inertia_ == pytest.approx(recomputed, rel=rtol, abs=rtol * spread)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", list(UNSEEN))
-def test_fit_predict_score_are_consistent_and_leave_the_data_alone(name):
+def test_fit_predict_score_are_consistent_and_leave_the_data_alone(name, dtype):
     X, k = _data(name)
+    X = X.astype(dtype)
     original = X.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer distinct clusters on some
         km = KMeans(n_clusters=k, random_state=0).fit(X)
     np.testing.assert_array_equal(X, original)
-    assert_fit_is_consistent(X, km)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    assert_fit_is_consistent(X, km, rtol=rtol)
     np.testing.assert_array_equal(km.predict(X), km.labels_)
-    assert -km.score(X) == pytest.approx(km.inertia_, rel=1e-12)
+    assert -km.score(X) == pytest.approx(km.inertia_, rel=rtol)
     distances = km.transform(X)
     assert np.isfinite(distances).all()
     np.testing.assert_array_equal(distances.argmin(1), km.labels_)
