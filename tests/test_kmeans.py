@@ -1587,3 +1587,24 @@ def test_a_memoryview_is_an_array_like():
     np.testing.assert_array_equal(km.predict(view), expected.labels_)
     assert km.score(view) == expected.score(X)
     assert isinstance(MiniBatchKMeans(n_clusters=3, random_state=0).fit(view).labels_, np.ndarray)
+
+
+@pytest.mark.parametrize("method", ["predict", "transform", "score"])
+def test_a_streamed_memmap_beyond_the_fitted_dtype_is_said_to_be_so(tmp_path, method):
+    """float64 rows beyond float32's range, given to a float32 fit: in memory
+    and from a memmap alike, the error says so, not that the file (which
+    holds none) contains NaN or infinity."""
+    X = load_wine().data
+    km = KMeans(n_clusters=3, random_state=0).fit(X.astype(np.float32))
+    beyond = X.copy()
+    beyond[100, 2] = 1e39
+    np.save(tmp_path / "beyond.npy", beyond)
+    stored = np.load(tmp_path / "beyond.npy", mmap_mode="r")
+    match = r"Input X holds values beyond the range of float32 \(converted from float64\)"
+    for data in (beyond, stored):
+        with pytest.raises(ValueError, match=match):
+            getattr(km, method)(data)
+    beyond[100, 2] = np.inf
+    np.save(tmp_path / "infinite.npy", beyond)
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        getattr(km, method)(np.load(tmp_path / "infinite.npy", mmap_mode="r"))

@@ -175,16 +175,24 @@ def as_tensor(
     else:
         tensor = tensor.to(device=target_device)
     if check_finite and not all_finite(tensor):
-        if tensor.dtype != source.dtype and all_finite(source):
-            # A narrowing cast (float64 rows for float32 centres) overflowed:
-            # the infinities it made would turn centres and distances into NaN.
-            target, origin = (str(t).removeprefix("torch.") for t in (tensor.dtype, source.dtype))
-            raise ValueError(
-                f"Input {name} holds values beyond the range of {target} (converted from "
-                f"{origin}); expected values that are finite in {target}."
-            )
-        raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
+        raise not_finite(name, tensor, source)
     return tensor, kind
+
+
+def not_finite(name: str, converted: torch.Tensor, source: torch.Tensor) -> ValueError:
+    """The error for ``converted``, which is not finite, made from ``source``.
+
+    A narrowing cast (float64 rows for float32 centres) can overflow where
+    ``source`` is finite: said so, as the infinities it made would turn
+    centres and distances into NaN; else ``source`` holds NaN or infinity.
+    """
+    if converted.dtype != source.dtype and all_finite(source):
+        target, origin = (str(t).removeprefix("torch.") for t in (converted.dtype, source.dtype))
+        return ValueError(
+            f"Input {name} holds values beyond the range of {target} (converted from "
+            f"{origin}); expected values that are finite in {target}."
+        )
+    return ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
 
 
 def check_dense(tensor: torch.Tensor, name: str) -> None:
