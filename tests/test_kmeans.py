@@ -1546,3 +1546,65 @@ def test_cosine_transform_of_tight_clusters_is_their_1_minus_cos(dtype):
     assert distances.dtype == dtype
     np.testing.assert_allclose(distances, exact, rtol=1e-3)
     assert distances.min(1)[1:].mean() == pytest.approx(-km.score(X[1:]) / 999, rel=1e-4)
+
+
+def test_a_view_of_one_row_with_a_negative_stride_is_read():
+    """numpy calls a view C-contiguous whatever the stride of a dimension of
+    length 1, and torch refuses a negative one: the last row of reversed data
+    (``X[::-1][:1]``) failed predict with torch's stride error, and a reversed
+    memmap failed fit (its dtype is probed on its first row)."""
+    X = load_wine().data[::-1]
+    one = X[:1]
+    assert one.strides[0] < 0 and one.flags.c_contiguous
+    km = KMeans(n_clusters=3, random_state=0).fit(X)
+    np.testing.assert_array_equal(km.predict(one), km.labels_[:1])
+    np.testing.assert_array_equal(km.transform(one), km.transform(X)[:1])
+    assert KMeans(n_clusters=1).fit(one).inertia_ == 0.0
+
+
+def test_a_reversed_memmap_is_streamed(tmp_path):
+    X = load_wine().data
+    stored = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+    stored[:] = X
+    stored.flush()
+    reversed_rows = np.load(tmp_path / "x.npy", mmap_mode="r")[::-1]
+    assert isinstance(reversed_rows, np.memmap)
+    init = X[[0, 70, 140]]
+    streamed = KMeans(n_clusters=3, init=init).fit(reversed_rows)
+    in_memory = KMeans(n_clusters=3, init=init).fit(X[::-1].copy())
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_array_equal(streamed.predict(reversed_rows), in_memory.labels_)
+
+
+def test_a_memoryview_is_an_array_like():
+    """A buffer (``memoryview`` of an array) is read as numpy reads it, as
+    scikit-learn does; it was taken for an iterable of batches and refused."""
+    X = load_wine().data
+    expected = KMeans(n_clusters=3, random_state=0).fit(X)
+    view = memoryview(np.ascontiguousarray(X))
+    km = KMeans(n_clusters=3, random_state=0).fit(view)
+    np.testing.assert_array_equal(km.labels_, expected.labels_)
+    np.testing.assert_array_equal(km.predict(view), expected.labels_)
+    assert km.score(view) == expected.score(X)
+    assert isinstance(MiniBatchKMeans(n_clusters=3, random_state=0).fit(view).labels_, np.ndarray)
+
+
+@pytest.mark.parametrize("method", ["predict", "transform", "score"])
+def test_a_streamed_memmap_beyond_the_fitted_dtype_is_said_to_be_so(tmp_path, method):
+    """float64 rows beyond float32's range, given to a float32 fit: in memory
+    and from a memmap alike, the error says so, not that the file (which
+    holds none) contains NaN or infinity."""
+    X = load_wine().data
+    km = KMeans(n_clusters=3, random_state=0).fit(X.astype(np.float32))
+    beyond = X.copy()
+    beyond[100, 2] = 1e39
+    np.save(tmp_path / "beyond.npy", beyond)
+    stored = np.load(tmp_path / "beyond.npy", mmap_mode="r")
+    match = r"Input X holds values beyond the range of float32 \(converted from float64\)"
+    for data in (beyond, stored):
+        with pytest.raises(ValueError, match=match):
+            getattr(km, method)(data)
+    beyond[100, 2] = np.inf
+    np.save(tmp_path / "infinite.npy", beyond)
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        getattr(km, method)(np.load(tmp_path / "infinite.npy", mmap_mode="r"))

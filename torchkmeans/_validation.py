@@ -175,16 +175,24 @@ def as_tensor(
     else:
         tensor = tensor.to(device=target_device)
     if check_finite and not all_finite(tensor):
-        if tensor.dtype != source.dtype and all_finite(source):
-            # A narrowing cast (float64 rows for float32 centres) overflowed:
-            # the infinities it made would turn centres and distances into NaN.
-            target, origin = (str(t).removeprefix("torch.") for t in (tensor.dtype, source.dtype))
-            raise ValueError(
-                f"Input {name} holds values beyond the range of {target} (converted from "
-                f"{origin}); expected values that are finite in {target}."
-            )
-        raise ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
+        raise not_finite(name, tensor, source)
     return tensor, kind
+
+
+def not_finite(name: str, converted: torch.Tensor, source: torch.Tensor) -> ValueError:
+    """The error for ``converted``, which is not finite, made from ``source``.
+
+    A narrowing cast (float64 rows for float32 centres) can overflow where
+    ``source`` is finite: said so, as the infinities it made would turn
+    centres and distances into NaN; else ``source`` holds NaN or infinity.
+    """
+    if converted.dtype != source.dtype and all_finite(source):
+        target, origin = (str(t).removeprefix("torch.") for t in (converted.dtype, source.dtype))
+        return ValueError(
+            f"Input {name} holds values beyond the range of {target} (converted from "
+            f"{origin}); expected values that are finite in {target}."
+        )
+    return ValueError(f"Input {name} contains NaN or infinity; expected finite values.")
 
 
 def check_dense(tensor: torch.Tensor, name: str) -> None:
@@ -304,7 +312,15 @@ def numeric_array(
         return array
     # ascontiguousarray makes a 0-d array 1-D: a scalar would then be
     # reported as shape (1,) instead of as a scalar.
-    return array if array.ndim == 0 else np.ascontiguousarray(array)
+    if array.ndim == 0:
+        return array
+    array = np.ascontiguousarray(array)
+    if any(stride < 0 for stride in array.strides):
+        # numpy calls a view C-contiguous whatever the stride of a dimension
+        # of length 1 (X[::-1][:1]), and returns it as it is; torch refuses a
+        # negative stride.
+        array = array.copy()
+    return array
 
 
 def _wrappable_strides(array: np.ndarray) -> bool:
@@ -608,7 +624,9 @@ def is_batch_stream(X: Any) -> bool:
     >>> is_batch_stream(iter([np.zeros((2, 3))])), is_batch_stream(np.zeros((2, 3)))
     (True, False)
     """
-    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)):
+    # A memoryview is a buffer numpy reads as an array (iterating over one of
+    # several dimensions raises NotImplementedError).
+    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict, memoryview)):
         return False
     if hasattr(X, "__array__") or hasattr(X, "to_numpy") or hasattr(X, "toarray"):
         return False

@@ -716,7 +716,10 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             )
             for start, chunk in chunks:
                 if not v.all_finite(chunk):
-                    raise ValueError("Input X contains NaN or infinity; expected finite values.")
+                    # Read again in its own dtype: a file of finite float64
+                    # rows beyond float32's range holds no NaN or infinity.
+                    source = rows.read(start, start + chunk.shape[0])
+                    raise v.not_finite("X", chunk, source)
                 yield start, chunk
 
         if kind.is_torch and kind.device is None:
