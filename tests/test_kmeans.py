@@ -13,7 +13,7 @@ import torch
 from conftest import assert_identical, blobs, copies_found_on_the_cpu, tutorial_data
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
-from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine, make_blobs
 from sklearn.preprocessing import StandardScaler
 
 from torchkmeans import ConvergenceWarning, KMeans, MiniBatchKMeans, NotFittedError, elbow, lloyd
@@ -469,6 +469,23 @@ def test_an_inertia_beyond_float64_without_weights_is_blamed_on_X():
         KMeans(n_clusters=3, random_state=0).fit(X)
     with pytest.raises(ValueError, match=overflow):
         elbow(X, k=range(1, 4), random_state=0)
+
+
+def test_rows_whose_summed_squares_overflow_fit_as_the_unscaled_rows():
+    # Every float64 row's centred squared norm below max / 8, their sum
+    # over 569 rows beyond max: the mean variance, clamped to max, made tol
+    # max, and the fit stopped after 4 iterations (11 unscaled) with 2.8% more
+    # inertia and a NaN in inertia_history_.
+    X0 = load_breast_cancer().data
+    centred = X0 - X0.mean(0)
+    scale = np.sqrt(np.finfo(np.float64).max / 8 / (centred**2).sum(1).max()) * 0.9
+    init = X0[[0, 100, 200, 300]]
+    plain = KMeans(n_clusters=4, init=init, n_init=1).fit(X0)
+    big = KMeans(n_clusters=4, init=init * scale, n_init=1).fit(X0 * scale)
+    assert big.n_iter_ == plain.n_iter_
+    np.testing.assert_array_equal(big.labels_, plain.labels_)
+    assert big.inertia_ == pytest.approx(plain.inertia_ * scale**2, rel=1e-12)
+    assert np.isfinite(big.inertia_history_).all()
 
 
 def test_weights_that_overflow_are_blamed_not_the_data():

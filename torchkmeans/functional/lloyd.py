@@ -1613,7 +1613,12 @@ def _scale_exponent(prep: Prepared, x: torch.Tensor, centroids: torch.Tensor | N
         entry = (c3.to(prep.x.dtype) - prep.offset).abs().amax()
         norms.append(entry.square() * (4 * d))
     variance, *largest = torch.stack(norms).tolist()
-    if not all(value <= torch.finfo(prep.x.dtype).max / 8 for value in largest):
+    finfo = torch.finfo(prep.x.dtype)
+    # The sum of the squares behind the mean variance overflowed (it is
+    # clamped to max: float64 rows each of squared norm below max / 8, 569
+    # of them): tol was then max, and fits stopped after a few iterations.
+    summed_overflow = not variance < finfo.max
+    if summed_overflow or not all(value <= finfo.max / 8 for value in largest):
         # The centred rows' entries, at most twice x's where the centring
         # itself overflowed.
         entry = float(prep.x.abs().amax())
@@ -1621,8 +1626,9 @@ def _scale_exponent(prep: Prepared, x: torch.Tensor, centroids: torch.Tensor | N
             entry = 2 * float(x.detach().abs().amax())
         if centroids is not None:
             entry = max(entry, 2 * float(centroids.detach().abs().amax()))
-        return overflow_exponent(entry, x.dtype, d)
-    finfo = torch.finfo(prep.x.dtype)
+        # Room for the sum over all rows too, where it overflowed.
+        terms = d * prep.x.shape[-2] if summed_overflow else d
+        return overflow_exponent(entry, x.dtype, terms)
     if variance >= finfo.tiny / finfo.eps:
         return 0
     return underflow_exponent(float(x.detach().abs().amax()), x.dtype)
