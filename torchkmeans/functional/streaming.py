@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from . import _device
+from . import _device, _native
 from .certify import (
     certify_nearest,
     check_rows,
@@ -618,6 +618,8 @@ def _seed_across(
 class _Pass(NamedTuple):
     score_total: torch.Tensor  # (b,) weighted sum of the rows' scores + offsets = inertia
     changed: torch.Tensor  # (b,) number of labels that changed (float, summable)
+    # (b, k, d+1) float64 totals of the fused kernel, in place of the pass's ``totals``.
+    wide: torch.Tensor | None = None
 
 
 def _lloyd_pass(
@@ -645,6 +647,19 @@ def _lloyd_pass(
     b = centroids.shape[0]
     device = centroids.device
     acc = _device.widest_float(device)
+    if (
+        totals is not None
+        and distances is None
+        and active is None
+        and metric == "euclidean"
+        and isinstance(source, _HostSource)
+        and _native.readable(stats.offset)
+        # The offset stands for the chunks: the same dtype, device and width.
+        and _native.prefers_native(
+            stats.offset[0, 0].expand(source.rows, source.n_features), centroids.shape[1]
+        )
+    ):
+        return _native_pass(source, stats, centroids, labels)
     score_total = torch.zeros(b, dtype=acc, device=device)
     changed = torch.zeros(b, dtype=acc, device=device)
     for start, prep in source.prepared(stats.offset, metric, stats.without_zeros):
@@ -669,6 +684,56 @@ def _lloyd_pass(
         if frame_norms is not None and prep.x_sq is not None:
             frame_norms[start:stop] = prep.x_sq[0]
     return _Pass(score_total, changed)
+
+
+def _native_pass(
+    source: _HostSource,
+    stats: _Statistics,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+) -> _Pass:
+    """:func:`_lloyd_pass` of a Lloyd iteration through the fused CPU kernel.
+
+    The kernel centres each host chunk as it reads it (no centred copy with
+    a column of ones, no squared norms, no score block) and sums the rows of
+    each cluster in float64, as the in-memory fit's kernel does; the
+    per-chunk float64 totals are added up and returned (``_Pass.wide``), for
+    the update to divide them in float64 as the in-memory fit does. The
+    score is each row's exact distance to its centroid, measured in the same
+    call. Through PyTorch ops a pass over a 500,000 x 32 float32 memmap with
+    k=16 took 142 ms, against 33 ms (one thread): 4.5x the in-memory fit's
+    time per iteration, 1.6x now.
+    """
+    b, k, d = centroids.shape
+    acc = torch.float64
+    offset = stats.offset[0, 0]
+    wide = torch.zeros((b, k, d + 1), dtype=acc)
+    part = torch.empty((k, d + 1), dtype=acc)
+    score_total = torch.zeros(b, dtype=acc)
+    changed = torch.zeros(b, dtype=acc)
+    for start, chunk in source.raw():
+        stop = start + chunk.shape[0]
+        # Rows as the kernel reads them: contiguous (a Fortran-ordered memmap's are not).
+        chunk = chunk.contiguous()
+        weights = None if source.weights is None else source.weights[start:stop]
+        measured = torch.empty(stop - start, dtype=chunk.dtype)
+        for problem in range(b):
+            previous = labels[problem, start:stop].clone()
+            _, moved = _native.nearest(
+                chunk,
+                centroids[problem],
+                labels[problem, start:stop],
+                offset=offset,
+                weights=weights,
+                previous=previous,
+                distances=measured,
+                totals=part,
+            )
+            wide[problem] += part
+            changed[problem] += moved
+            per_row = measured.to(acc) if weights is None else measured.to(acc) * weights.to(acc)
+            score_total[problem] += per_row.sum()
+    return _Pass(score_total, changed, wide)
 
 
 def _relocate(
@@ -961,7 +1026,6 @@ def fit_passes(
     tol_abs = stats.mean_variance * tol
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
-    sums, counts = totals[..., :d], totals[..., d]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n_iter = torch.zeros(b, dtype=torch.int64, device=device)
     history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
@@ -990,19 +1054,23 @@ def fit_passes(
         )
         may_copy = False
         score_total, changed = step.score_total, step.changed
+        # The fused kernel's float64 sums are divided as the in-memory fit's
+        # kernel divides them, then rounded to the dtype.
+        summed = totals if step.wide is None else step.wide
         if collective.distributed:
             # One collective per iteration: sums, counts, scores, changed labels.
-            flat = torch.cat([totals.reshape(-1).to(acc), score_total, changed])
+            flat = torch.cat([summed.reshape(-1).to(acc), score_total, changed])
             collective.all_sum(flat)
-            totals.copy_(flat[: totals.numel()].view_as(totals))
-            score_total = flat[totals.numel() : totals.numel() + b]
-            changed = flat[totals.numel() + b :]
+            summed.copy_(flat[: summed.numel()].view_as(summed))
+            score_total = flat[summed.numel() : summed.numel() + b]
+            changed = flat[summed.numel() + b :]
         history[:, iteration] = score_total
         unchanged = (changed == 0) & (iteration > 0)
-        if bool((counts <= 0).any()):
-            unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
+        if bool((summed[..., d] <= 0).any()):
+            unchanged &= ~_relocate(source, stats, summed, centroids, labels, metric, collective)
             may_copy = True
-        updated, made = _update(sums, counts, centroids, metric, None, index)
+        updated, made = _update(summed[..., :d], summed[..., d], centroids, metric, None, index)
+        updated = updated.to(dtype)
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
         running = ~done
