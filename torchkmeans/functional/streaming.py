@@ -730,18 +730,20 @@ def _native_pass(
     time per iteration, 1.6x now.
     """
     b, k, d = centroids.shape
-    acc = torch.float64
+    # On the CPU explicitly: under torch.set_default_device the kernel's
+    # buffers were made on that device.
+    acc, cpu = torch.float64, centroids.device
     offset = stats.offset[0, 0]
-    wide = torch.zeros((b, k, d + 1), dtype=acc)
-    part = torch.empty((k, d + 1), dtype=acc)
-    score_total = torch.zeros(b, dtype=acc)
-    changed = torch.zeros(b, dtype=acc)
+    wide = torch.zeros((b, k, d + 1), dtype=acc, device=cpu)
+    part = torch.empty((k, d + 1), dtype=acc, device=cpu)
+    score_total = torch.zeros(b, dtype=acc, device=cpu)
+    changed = torch.zeros(b, dtype=acc, device=cpu)
     for start, chunk in source.raw():
         stop = start + chunk.shape[0]
         # Rows as the kernel reads them: contiguous (a Fortran-ordered memmap's are not).
         chunk = chunk.contiguous()
         weights = None if source.weights is None else source.weights[start:stop]
-        measured = torch.empty(stop - start, dtype=chunk.dtype)
+        measured = torch.empty(stop - start, dtype=chunk.dtype, device=cpu)
         for problem in range(b):
             previous = labels[problem, start:stop].clone()
             _, moved = _native.nearest(
