@@ -86,6 +86,66 @@ def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chun
     assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_float32_memmap_iterations_sum_in_float64_like_in_memory(tmp_path, monkeypatch, scale):
+    """On the CPU the streamed iterations go through the fused kernel, chunk by
+    chunk: float64 sums divided in float64, as the in-memory fit's kernel.
+    Through PyTorch ops the float32 sums left float32 centres up to 7 ulps
+    (breast cancer) and 64 ulps (blobs far from the origin) off the
+    in-memory fit's, and each pass took about 4x as long."""
+    from sklearn.datasets import load_breast_cancer
+
+    from torchkmeans.functional import _native
+
+    if not _native.available() or not _native.prefers_native(torch.zeros(1, 30), 5):
+        pytest.skip("the fused kernel is not built here, or not preferred")
+    calls = []
+    nearest = _native.nearest
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("offset") is not None)
+        return nearest(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "nearest", spy)
+    monkeypatch.setitem(streaming._CHUNK_BYTES, "cpu", 4 * 30 * 100)  # 100-row chunks
+    X = load_breast_cancer().data
+    if scale != 1.0:
+        X, _ = make_blobs([3000, 500, 40], n_features=30, random_state=3)
+        X = X * scale + 5 * scale
+    X = X.astype(np.float32)
+    init = X[[0, 50, 100, 200, 300]]
+    streamed = KMeans(5, init=init, tol=0).fit(as_memmap(tmp_path, X))
+    assert any(calls)  # chunks read centred by the kernel: the streamed passes
+    in_memory = KMeans(5, init=init, tol=0).fit(X)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    assert streamed.n_iter_ == in_memory.n_iter_
+    np.testing.assert_array_max_ulp(streamed.cluster_centers_, in_memory.cluster_centers_, 4)
+    d2 = ((X.astype(np.float64)[:, None] - streamed.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(streamed.labels_, d2.argmin(1))
+    assert streamed.inertia_ == pytest.approx(d2.min(1).sum(), rel=1e-6)
+
+
+def test_memmap_fit_on_digits_with_weights_and_restarts_through_the_kernel(tmp_path, small_chunks):
+    """The fused kernel's streamed passes with weights and several restarts at
+    once, in float64: the in-memory fit's result."""
+    X = load_digits().data + np.random.default_rng(1).uniform(-0.01, 0.01, size=(1797, 64))
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(X))
+    init = X[::180][:10].copy()
+    streamed = KMeans(10, init=init).fit(as_memmap(tmp_path, X), sample_weight=weights)
+    in_memory = KMeans(10, init=init).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
+    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
+    assert streamed.n_iter_ == in_memory.n_iter_
+    assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
+    mm = as_memmap(tmp_path, X, "y.dat")
+    restarts = KMeans(10, n_init=3, random_state=0).fit(mm, sample_weight=weights)
+    d2 = ((X[:, None] - restarts.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(restarts.labels_, d2.argmin(1))
+    assert restarts.inertia_ == pytest.approx((d2.min(1) * weights).sum(), rel=1e-10)
+    best = KMeans(10, n_init=3, random_state=0).fit(X, sample_weight=weights).inertia_
+    assert restarts.inertia_ <= 1.01 * best
+
+
 def test_empty_clusters_are_reseeded_like_in_memory(tmp_path, blobs8, small_chunks):
     # Two identical initial centres: the second gets no point in the first
     # assignment and must be reseeded from the farthest point, found across chunks.

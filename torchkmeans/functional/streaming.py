@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
-from . import _device
+from . import _device, _native
 from .certify import (
     certify_nearest,
     check_rows,
@@ -42,6 +42,7 @@ from .distances import (
     times_power_of_two,
     underflow_exponent,
     unit_rows,
+    wide_sum,
 )
 from .init import _distances_to, kmeans_plusplus, random_init
 from .lloyd import (
@@ -100,12 +101,33 @@ def init_sample_size(n_rows: int, n_clusters: int, n_features: int, itemsize: in
     return int(min(n_rows, max(n_clusters, min(wanted, affordable))))
 
 
-def chunk_rows(data: HostRows, device: torch.device, chunk_bytes: int | None = None) -> int:
-    """Rows per chunk: ``chunk_bytes`` of input (8 MiB on the CPU, 64 MiB on a GPU)."""
+def chunk_rows(
+    data: HostRows, device: torch.device, chunk_bytes: int | None = None, *, work_bytes: int = 0
+) -> int:
+    """Rows per chunk: ``chunk_bytes`` of input (8 MiB on the CPU, 64 MiB on a
+    GPU), or of ``work_bytes``, what a pass holds per row of a chunk, where
+    that is more.
+
+    Examples
+    --------
+    >>> rows = HostRows(None, None, 10**6, 2, 4)
+    >>> chunk_rows(rows, torch.device("cpu")), chunk_rows(rows, torch.device("cpu"), work_bytes=64)
+    (1000000, 131072)
+    """
     if chunk_bytes is None:
         chunk_bytes = _CHUNK_BYTES["cpu" if _device.on_host(device) else "other"]
-    row_bytes = max(1, data.n_features * data.itemsize)
+    row_bytes = max(1, data.n_features * data.itemsize, work_bytes)
     return int(max(1, min(data.n_rows, chunk_bytes // row_bytes)))
+
+
+def _pass_bytes(n_features: int, dtype: torch.dtype, problems: int) -> int:
+    """Bytes a Lloyd pass holds per row of a chunk: the rows centred with a
+    column of ones and their squared norms, and per problem the previous
+    labels, the new ones' comparison, the exact distances and the centroids
+    gathered for them. Chunks of 8 MiB of input rows of 2 float32 features
+    (1,000,000 rows) held 19x the data at the peak of a fit of 3 restarts."""
+    itemsize = torch.finfo(dtype).bits // 8
+    return (n_features + 2) * itemsize + problems * (17 + (n_features + 1) * itemsize)
 
 
 def iter_chunks(
@@ -229,10 +251,13 @@ class _HostSource:
         dtype: torch.dtype,
         weights: torch.Tensor | None,
         chunk_bytes: int | None,
+        problems: int = 1,
     ) -> None:
         self.data, self.device, self.dtype, self.weights = data, device, dtype, weights
         self.n_rows, self.n_features = data.n_rows, data.n_features
-        self.rows = chunk_rows(data, device, chunk_bytes) if data.n_rows else 1
+        # Chunk bytes given: of input rows, as documented (tests count on them).
+        work = 0 if chunk_bytes is not None else _pass_bytes(data.n_features, dtype, problems)
+        self.rows = chunk_rows(data, device, chunk_bytes, work_bytes=work) if data.n_rows else 1
         self.exponent = 0
 
     def raw(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -618,6 +643,8 @@ def _seed_across(
 class _Pass(NamedTuple):
     score_total: torch.Tensor  # (b,) weighted sum of the rows' scores + offsets = inertia
     changed: torch.Tensor  # (b,) number of labels that changed (float, summable)
+    # (b, k, d+1) float64 totals of the fused kernel, in place of the pass's ``totals``.
+    wide: torch.Tensor | None = None
 
 
 def _lloyd_pass(
@@ -645,6 +672,19 @@ def _lloyd_pass(
     b = centroids.shape[0]
     device = centroids.device
     acc = _device.widest_float(device)
+    if (
+        totals is not None
+        and distances is None
+        and active is None
+        and metric == "euclidean"
+        and isinstance(source, _HostSource)
+        and _native.readable(stats.offset)
+        # The offset stands for the chunks: the same dtype, device and width.
+        and _native.prefers_native(
+            stats.offset[0, 0].expand(source.rows, source.n_features), centroids.shape[1]
+        )
+    ):
+        return _native_pass(source, stats, centroids, labels)
     score_total = torch.zeros(b, dtype=acc, device=device)
     changed = torch.zeros(b, dtype=acc, device=device)
     for start, prep in source.prepared(stats.offset, metric, stats.without_zeros):
@@ -669,6 +709,58 @@ def _lloyd_pass(
         if frame_norms is not None and prep.x_sq is not None:
             frame_norms[start:stop] = prep.x_sq[0]
     return _Pass(score_total, changed)
+
+
+def _native_pass(
+    source: _HostSource,
+    stats: _Statistics,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+) -> _Pass:
+    """:func:`_lloyd_pass` of a Lloyd iteration through the fused CPU kernel.
+
+    The kernel centres each host chunk as it reads it (no centred copy with
+    a column of ones, no squared norms, no score block) and sums the rows of
+    each cluster in float64, as the in-memory fit's kernel does; the
+    per-chunk float64 totals are added up and returned (``_Pass.wide``), for
+    the update to divide them in float64 as the in-memory fit does. The
+    score is each row's exact distance to its centroid, measured in the same
+    call. Through PyTorch ops a pass over a 500,000 x 32 float32 memmap with
+    k=16 took 142 ms, against 33 ms (one thread): 4.5x the in-memory fit's
+    time per iteration, 1.6x now.
+    """
+    b, k, d = centroids.shape
+    # On the CPU explicitly: under torch.set_default_device the kernel's
+    # buffers were made on that device.
+    acc, cpu = torch.float64, centroids.device
+    offset = stats.offset[0, 0]
+    wide = torch.zeros((b, k, d + 1), dtype=acc, device=cpu)
+    part = torch.empty((k, d + 1), dtype=acc, device=cpu)
+    score_total = torch.zeros(b, dtype=acc, device=cpu)
+    changed = torch.zeros(b, dtype=acc, device=cpu)
+    for start, chunk in source.raw():
+        stop = start + chunk.shape[0]
+        # Rows as the kernel reads them: contiguous (a Fortran-ordered memmap's are not).
+        chunk = chunk.contiguous()
+        weights = None if source.weights is None else source.weights[start:stop]
+        measured = torch.empty(stop - start, dtype=chunk.dtype, device=cpu)
+        for problem in range(b):
+            previous = labels[problem, start:stop].clone()
+            _, moved = _native.nearest(
+                chunk,
+                centroids[problem],
+                labels[problem, start:stop],
+                offset=offset,
+                weights=weights,
+                previous=previous,
+                distances=measured,
+                totals=part,
+            )
+            wide[problem] += part
+            changed[problem] += moved
+            per_row = measured.to(acc) if weights is None else measured.to(acc) * weights.to(acc)
+            score_total[problem] += per_row.sum()
+    return _Pass(score_total, changed, wide)
 
 
 def _relocate(
@@ -961,7 +1053,6 @@ def fit_passes(
     tol_abs = stats.mean_variance * tol
     labels = torch.full((b, n), -1, dtype=torch.int64, device=device)
     totals = torch.empty((b, k, d + 1), dtype=dtype, device=device)
-    sums, counts = totals[..., :d], totals[..., d]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n_iter = torch.zeros(b, dtype=torch.int64, device=device)
     history = torch.full((b, max_iter), math.nan, dtype=torch.float64, device=device)
@@ -990,19 +1081,23 @@ def fit_passes(
         )
         may_copy = False
         score_total, changed = step.score_total, step.changed
+        # The fused kernel's float64 sums are divided as the in-memory fit's
+        # kernel divides them, then rounded to the dtype.
+        summed = totals if step.wide is None else step.wide
         if collective.distributed:
             # One collective per iteration: sums, counts, scores, changed labels.
-            flat = torch.cat([totals.reshape(-1).to(acc), score_total, changed])
+            flat = torch.cat([summed.reshape(-1).to(acc), score_total, changed])
             collective.all_sum(flat)
-            totals.copy_(flat[: totals.numel()].view_as(totals))
-            score_total = flat[totals.numel() : totals.numel() + b]
-            changed = flat[totals.numel() + b :]
+            summed.copy_(flat[: summed.numel()].view_as(summed))
+            score_total = flat[summed.numel() : summed.numel() + b]
+            changed = flat[summed.numel() + b :]
         history[:, iteration] = score_total
         unchanged = (changed == 0) & (iteration > 0)
-        if bool((counts <= 0).any()):
-            unchanged &= ~_relocate(source, stats, totals, centroids, labels, metric, collective)
+        if bool((summed[..., d] <= 0).any()):
+            unchanged &= ~_relocate(source, stats, summed, centroids, labels, metric, collective)
             may_copy = True
-        updated, made = _update(sums, counts, centroids, metric, None, index)
+        updated, made = _update(summed[..., :d], summed[..., d], centroids, metric, None, index)
+        updated = updated.to(dtype)
         shift = (updated - centroids).square_().sum((-1, -2))
         converged = unchanged | (shift <= tol_abs)
         running = ~done
@@ -1031,8 +1126,10 @@ def fit_passes(
     weights = source.weights
 
     def total(per_row: torch.Tensor) -> torch.Tensor:
-        per_row = per_row.to(acc) if weights is None else per_row.to(acc) * weights.to(acc)
-        return collective.all_sum(per_row.sum(-1))
+        # In blocks, as the in-memory fit sums (wide_sum): the (b, n)
+        # distances copied whole to float64, and again times the weights,
+        # were the peak of a streamed fit's memory.
+        return collective.all_sum(wide_sum(per_row, weights))
 
     inertia = total(distances)
     best = int(inertia.argmin()) if b > 1 else 0
@@ -1142,7 +1239,8 @@ def streamed_kmeans(
     else:
         device = torch.device(device)
         weights = None if sample_weight is None else sample_weight.to(device, dtype)
-        source = _HostSource(data, device, dtype, weights, chunk_bytes)
+        problems = n_init if isinstance(init, str) else 1
+        source = _HostSource(data, device, dtype, weights, chunk_bytes, problems)
     if not isinstance(init, str):
         n_init = 1
     return fit_passes(
