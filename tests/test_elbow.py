@@ -327,6 +327,15 @@ def test_elbow_errors(kwargs, error, match):
         elbow(X, **kwargs)
 
 
+def test_elbow_of_an_iterable_of_batches_says_what_it_takes():
+    # A generator had been read as one object array: "Expected X to hold
+    # numbers, got an object array".
+    X = np.random.default_rng(0).normal(size=(400, 2))
+    batches = (X[i : i + 100] for i in range(0, 400, 100))
+    with pytest.raises(TypeError, match=r"Expected X to be an array-like.*got generator"):
+        elbow(batches, k=range(2, 4))
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [

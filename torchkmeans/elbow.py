@@ -697,7 +697,8 @@ def elbow(
         of samples, a score name is unknown or needs every pair of rows of
         streamed or sharded ``X``, or any other argument is out of range.
     TypeError
-        If ``k`` or ``n_init`` is not made of ints.
+        If ``k`` or ``n_init`` is not made of ints, or ``X`` is an iterable of
+        batches (a generator, a DataLoader).
 
     Warns
     -----
@@ -718,6 +719,12 @@ def elbow(
     >>> result.inertia.shape, result.centroids[3].shape
     ((8,), (4, 2))
     """
+    if v.is_batch_stream(X):
+        raise TypeError(
+            "Expected X to be an array-like, memmap, sparse matrix or tensor that elbow can "
+            f"read once per Lloyd iteration, got {type(X).__name__}; fit a memmap of the data "
+            "(np.memmap), or MiniBatchKMeans per k, to sweep data that arrives in batches."
+        )
     collective = distributed.collective(process_group)
     shard = collective.distributed
     try:
