@@ -527,3 +527,22 @@ def test_cosine_rows_of_zeros_seed_no_centroid_when_streamed(tmp_path, small_chu
             np.testing.assert_allclose(
                 streamed.inertia_history_, in_memory.inertia_history_, rtol=1e-5
             )
+
+
+def test_a_memmap_beyond_the_fit_dtype_is_said_to_be_so(tmp_path):
+    # float64 rows beyond float32's range, fitted from a memmap in float32:
+    # the fit and the elbow said the file (which holds none) contained NaN
+    # or infinity; in memory they say the rows are beyond float32's range.
+    X = load_digits().data[:300].copy()
+    X[100, 2] = 1e39
+    np.save(tmp_path / "beyond.npy", X)
+    stored = np.load(tmp_path / "beyond.npy", mmap_mode="r")
+    match = r"Input X holds values beyond the range of float32 \(converted from float64\)"
+    with pytest.raises(ValueError, match=match):
+        KMeans(n_clusters=3, dtype="float32", random_state=0).fit(stored)
+    with pytest.raises(ValueError, match=match):
+        elbow(stored, k=range(1, 3), dtype="float32", random_state=0)
+    X[100, 2] = np.nan
+    np.save(tmp_path / "nan.npy", X)
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+        KMeans(n_clusters=3, dtype="float32").fit(np.load(tmp_path / "nan.npy", mmap_mode="r"))

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
+from .. import _validation as v
 from . import _device, _native
 from .certify import (
     certify_nearest,
@@ -320,6 +321,28 @@ class _TensorSource:
 _Source = Union[_HostSource, _TensorSource]
 
 
+_NOT_FINITE = "Input X contains NaN or infinity; expected finite values."
+
+
+def _not_finite(source: _Source) -> ValueError:
+    """The error for rows of ``source`` that are not finite in the fit's dtype.
+
+    A narrowing cast (a float64 memmap fitted in float32) overflows rows
+    that are finite as stored: said so, as in memory (:func:`v.not_finite`),
+    from the stored rows, read again only on this error path.
+    """
+    if not isinstance(source, _HostSource):
+        return ValueError(_NOT_FINITE)
+    stored = None
+    for start in range(0, source.n_rows, source.rows):
+        stored = source.data.read(start, min(source.n_rows, start + source.rows))
+        if not v.all_finite(stored):
+            return ValueError(_NOT_FINITE)
+    if stored is None:
+        return ValueError(_NOT_FINITE)
+    return v.not_finite("X", torch.empty(0, dtype=source.dtype), stored)
+
+
 def _statistics(
     source: _Source, metric: str, collective: Collective, dtype: torch.dtype
 ) -> _Statistics:
@@ -372,7 +395,7 @@ def _statistics(
     else:
         bad, n = not bool(finite), float(n_local)
     if bad:
-        raise ValueError("Input X contains NaN or infinity; expected finite values.")
+        raise _not_finite(source) if not bool(finite) else ValueError(_NOT_FINITE)
     variance = (squares / max(n, 1.0)).clamp_min(0.0)
     mean_variance = variance.mean().reshape(1).to(dtype)
     offset = torch.zeros((1, 1, d), dtype=dtype, device=device)
