@@ -1124,3 +1124,35 @@ def test_the_scale_of_sparse_rows_is_read_without_a_copy_of_their_values():
             scaled._replace(values=scaled.values.abs())
         )
         assert sparse_scale_exponent(scaled) != 0
+
+
+def test_the_scale_of_centroids_is_read_without_a_copy_of_them():
+    # |centroids| then its maximum: a temporary of all the centres at every
+    # sparse partial_fit, twice (8 MB at k=20, d=50,000); their extremes
+    # give the same largest magnitude.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchkmeans.functional.sparse import sparse_scale_exponent
+
+    rows = _float64_rows(CSR)
+    centroids = torch.from_numpy(INIT)
+    size = centroids.numel()
+
+    class Copies(TorchDispatchMode):
+        made = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == size:
+                Copies.made += 1
+            return out
+
+    with Copies():
+        exponent = sparse_scale_exponent(rows, centroids)
+    assert Copies.made == 0 and exponent == 0
+    small = rows._replace(values=rows.values.to(torch.float32) * 1e-30)
+    for scale in (1e-30, -1e-30, 1e30, -1e30):
+        scaled = centroids.to(torch.float32) * scale
+        expected = sparse_scale_exponent(small, scaled.abs())
+        assert sparse_scale_exponent(small, scaled) == expected
+        assert expected != 0  # underflows (1e-30) or overflows (1e30): scaled

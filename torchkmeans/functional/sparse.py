@@ -273,12 +273,14 @@ def sparse_scale_exponent(rows: SparseRows, centroids: torch.Tensor | None = Non
     if rows.metric != "euclidean":
         return 0
     largest = 0.0
-    if rows.values.numel():
-        # From the extremes: |values| was a temporary of all the stored values.
-        low, high = torch.aminmax(rows.values)
-        largest = max(abs(float(low)), abs(float(high)))
-    if centroids is not None and centroids.numel():
-        largest = max(largest, float(centroids.detach().abs().amax()))
+    # From the extremes: |values| was a temporary of all the stored values,
+    # and |centroids| one of all the centres (8 MB at k=20, d=50,000: read
+    # twice per sparse partial_fit, a tenth of its time).
+    for tensor in (rows.values, centroids):
+        if tensor is not None and tensor.numel():
+            with torch.no_grad():
+                low, high = torch.aminmax(tensor)
+            largest = max(largest, abs(float(low)), abs(float(high)))
     exponent = underflow_exponent(largest, rows.dtype)
     return exponent or overflow_exponent(largest, rows.dtype, rows.n_features)
 
