@@ -968,7 +968,8 @@ def test_cpu_fits_label_and_sum_in_one_pass_over_the_stored_values(monkeypatch, 
     weights = np.random.default_rng(0).random(CSR.shape[0]) if weighted else None
     init = DENSE[np.arange(k) * 85]
     ours = KMeans(k, init=init).fit(CSR, sample_weight=weights)
-    assert products == [] and len(passes) == ours.n_iter_ + 1
+    # (The last assignment is skipped where the labels repeated: see below.)
+    assert products == [] and len(passes) in (ours.n_iter_, ours.n_iter_ + 1)
     theirs = SklearnKMeans(k, init=init, n_init=1).fit(CSR, sample_weight=weights)
     _same_fit(ours, theirs)
     X32 = CSR.astype(np.float32)
@@ -1195,3 +1196,34 @@ def test_the_kernel_transposes_centroids_of_many_features_tile_by_tile(dtype, k)
         0, labels, torch.cat([x.to(dtype).double(), torch.ones(n, 1, dtype=torch.float64)], 1)
     )
     assert torch.equal(totals, sums)
+
+
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=on_the_cpu_paths_only)])
+def test_a_fit_whose_labels_repeat_skips_the_last_assignment(monkeypatch, fused):
+    # A run that stops with its labels unchanged returns the centres it
+    # labelled the rows with (the same labels give the same sums): the last
+    # assignment, a pass over every stored value (a third of a fit of 2
+    # iterations), gave the same labels again. scikit-learn skips it too.
+    import torchkmeans.functional.sparse as sparse_module
+
+    if not fused:
+        monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)
+    passes = []
+    scored = sparse_module._scored
+    monkeypatch.setattr(
+        sparse_module, "_scored", lambda *a, **kw: passes.append(1) or scored(*a, **kw)
+    )
+    init = INIT[:5]
+    # Labels repeated; centres still moving at the last iteration allowed, or
+    # by less than a large tol: labelled again.
+    for tol, max_iter, last in ((0.0, 300, 0), (0.0, 2, 1), (1.0, 300, 1)):
+        passes.clear()
+        ours = KMeans(5, init=init, tol=tol, max_iter=max_iter).fit(CSR)
+        theirs = SklearnKMeans(5, init=init, n_init=1, tol=tol, max_iter=max_iter).fit(CSR)
+        _same_fit(ours, theirs)
+        assert len(passes) == ours.n_iter_ + last, (tol, max_iter)
+        labels, distances = sparse_module.sparse_nearest(
+            _float64_rows(CSR), torch.from_numpy(ours.cluster_centers_)
+        )
+        assert np.array_equal(labels.numpy(), ours.labels_)
+        assert float(distances.sum()) == pytest.approx(ours.inertia_, rel=1e-12)

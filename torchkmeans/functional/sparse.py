@@ -831,9 +831,13 @@ def _single(
     previous: torch.Tensor | None = None
     # The state at the last host read, to run the iterations since again.
     saved = (0, centroids, previous, done, n_iter)
+    # The centroids the last labels were checked against (off the CPU: none,
+    # the deferred search may leave suspects unchecked).
+    scored: torch.Tensor | None = None
     i = 0
     while i < max_iter:
         totals = None
+        scored = centroids if deferred is None else None
         if fused:
             totals = torch.empty((k, d + 1), dtype=torch.float64, device=device)  # zeroed by it
             labels, distances = _checked_nearest(
@@ -883,8 +887,13 @@ def _single(
         if finished:
             break
         saved = (i, centroids, previous, done, n_iter)
-    # The labels of the returned centres (their nearest), and their inertia.
-    labels, distances = _checked_nearest(rows, centroids, blocks, memory_budget)
+    # The labels of the returned centres (their nearest), and their inertia:
+    # those of the last iteration where its centres are the returned ones (a
+    # run that stopped with its labels unchanged: the same labels gave the
+    # same sums), as scikit-learn skips its last assignment then (a pass
+    # over the stored values, a third of a fit of 2 iterations).
+    if scored is None or not torch.equal(scored, centroids):
+        labels, distances = _checked_nearest(rows, centroids, blocks, memory_budget)
     inertia = (distances.to(acc) * weights).sum()
     return KMeansResult(centroids, labels, inertia, n_iter, history)
 
