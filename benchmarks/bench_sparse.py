@@ -14,7 +14,10 @@ library's own k-means++), ``predict`` and ``transform``, torchkmeans over scikit
 share of equal labels; then the default ``MiniBatchKMeans`` fits, ``partial_fit``
 over batches of ``--batch-size`` rows from the same initial centres (the
 batches stay sparse), and ``silhouette_score`` of the first ``--silhouette-n``
-rows (from products of stored values, never densified whole). With
+rows (from products of stored values, never densified whole); with
+``--minibatch-only`` only the two ``MiniBatchKMeans`` lines, taken in turn
+with scikit-learn's ``--repeats`` times (median ratio of the rounds), e.g.
+``--n 20000 --d 50000 --density 0.001 --minibatch-only``. With
 ``--sweep-k 2,5,9,20`` only the float64 fits from the same initial centres
 at each of those k, the two libraries' fits taken in turn ``--repeats``
 times: the median ratio of each round (few clusters are where fixed and
@@ -123,6 +126,45 @@ def partial_fits(make: Callable[[], Any], batches: list[Any]) -> Any:
     return model
 
 
+def minibatch_rounds(X64: sp.csr_matrix, groups: np.ndarray, args: argparse.Namespace) -> None:
+    """The MiniBatchKMeans fit and partial_fits of each dtype against scikit-learn's,
+    interleaved: the median of each round's ratio, and each library's median time."""
+    k, device = args.k, args.device
+    for dtype in (np.float64, np.float32):
+        X = X64.astype(dtype)
+        init = np.stack([X[rows].toarray().mean(0) for rows in groups])
+        batches = [
+            X[start : start + args.batch_size] for start in range(0, args.n, args.batch_size)
+        ]
+        name = np.dtype(dtype).name
+        for what, ours, theirs in (
+            (
+                "fit",
+                functools.partial(MiniBatchKMeans(k, random_state=0, device=device).fit, X),
+                functools.partial(SkMiniBatchKMeans(k, random_state=0).fit, X),
+            ),
+            (
+                f"partial_fit ({len(batches)} batches)",
+                functools.partial(
+                    partial_fits,
+                    functools.partial(MiniBatchKMeans, k, init=init, random_state=0, device=device),
+                    batches,
+                ),
+                functools.partial(
+                    partial_fits,
+                    functools.partial(SkMiniBatchKMeans, k, init=init, n_init=1, random_state=0),
+                    batches,
+                ),
+            ),
+        ):
+            (t_us, t_sk), (us, sk) = interleaved(args.repeats, ours, theirs)
+            ratio = float(np.median(np.divide(t_us, t_sk)))
+            print(
+                f"{name} MiniBatchKMeans {what}: t/sk {ratio:.2f} ({np.median(t_us):.3f} s / "
+                f"{np.median(t_sk):.3f} s), inertia {us.inertia_:.6f}/{sk.inertia_:.6f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
@@ -140,6 +182,9 @@ def main() -> None:
     parser.add_argument(
         "--dense-chunks", action="store_true", help="also time the dense-chunk fit (slow)"
     )
+    parser.add_argument(
+        "--minibatch-only", action="store_true", help="only the MiniBatchKMeans fits, interleaved"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     X64 = tfidf_like(args.n, args.d, args.density, args.k)
@@ -155,6 +200,9 @@ def main() -> None:
     with threadpool_limits(args.threads):
         if args.sweep_k:
             sweep_k(X64, [int(k) for k in args.sweep_k.split(",")], args.repeats, args.device)
+            return
+        if args.minibatch_only:
+            minibatch_rounds(X64, groups, args)
             return
         for dtype in (np.float64, np.float32):
             X = X64.astype(dtype)

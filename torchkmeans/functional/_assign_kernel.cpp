@@ -1043,6 +1043,8 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
 
 namespace {
 
+constexpr int64_t kSparseTileBytes = 16 * 1024;  // of the centroids' transpose, written at a time
+
 // The dots of one row, stored values [p0, p1), with the NB vectors of B bytes
 // of centroids at ct + j * ldk for column j: U chains of multiply-adds over
 // the stored values, of NB vectors each (a single chain would wait on the
@@ -1195,11 +1197,32 @@ void sparse_lloyd(const int64_t* crow, const int64_t* col, const T* values, int6
     Aligned<T> aligned(d * kp);
     T* ct = aligned.data;
     std::vector<double> norms(k, 0.0);
-    for (int64_t c = 0; c < k; ++c) {
-        for (int64_t j = 0; j < d; ++j) {
-            const T value = centroids[c * d + j];
-            ct[j * kp + c] = value;
-            norms[c] += static_cast<double>(value) * static_cast<double>(value);
+    // A tile of kSparseTileBytes of the transpose at a time, written from k
+    // rows of centroids: column by column, each write of the transpose
+    // touched another cache line, and the (d, kp) lines fell out of the
+    // cache before the next centroid's turn (one row, float64, one thread,
+    // interleaved calls: k=20, d=50,000 3.7 ms a call, tiled 1.0; k=100,
+    // d=100,000 84 ms, tiled 60; the dots of a mini-batch of 1,024 rows
+    // take 0.15 ms).
+    // Each centroid's squares are still added in column order.
+    const int64_t tile = std::max<int64_t>(8, kSparseTileBytes / (kp * int64_t(sizeof(T))));
+    for (int64_t j0 = 0; j0 < d; j0 += tile) {
+        const int64_t j1 = std::min(d, j0 + tile);
+        for (int64_t c = 0; c < k; ++c) {
+            const T* row = centroids + c * d;
+            double norm = norms[c];
+            for (int64_t j = j0; j < j1; ++j) {
+                const T value = row[j];
+                ct[j * kp + c] = value;
+#if defined(__FMA__)
+                // One rounding, as the compiler contracted the column-by-column
+                // loop this replaced (the same norms, to the last bit).
+                norm = std::fma(static_cast<double>(value), static_cast<double>(value), norm);
+#else
+                norm += static_cast<double>(value) * static_cast<double>(value);
+#endif
+            }
+            norms[c] = norm;
         }
     }
     std::vector<T> bias(k);
