@@ -94,6 +94,28 @@ def test_step_reassigns_light_centres_as_sklearn_does():
     assert len(set(index)) == 4  # distinct rows of the batch
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_step_reseeds_onto_rows_far_from_their_centroid(seed):
+    # 200 rows at one centroid and 4 far from it, all nearest to it: the 4
+    # empty centroids move to the far rows (drawn by squared distance, as
+    # k-means++), where uniform draws left them among the 200 (a 1 in 7e7
+    # chance of all four far rows), the far rows' cluster without a centroid.
+    g = torch.Generator().manual_seed(seed)
+    near = torch.randn(200, 3, generator=g, dtype=torch.float64) * 0.01
+    far = torch.tensor([[50.0, 0, 0], [0, 50, 0], [0, 0, 50], [50, 50, 0]], dtype=torch.float64)
+    x = torch.cat([near, far])[torch.randperm(204, generator=g)]
+    centroids = torch.cat([torch.zeros(1, 3), torch.full((4, 3), -100.0)]).double()
+    step = minibatch_step(
+        x,
+        centroids,
+        torch.tensor([100.0, 0, 0, 0, 0], dtype=torch.float64),
+        random_reassign=True,
+        generator=g,
+    )
+    reseeded = step.centroids[1:]
+    assert sorted(reseeded.tolist()) == sorted(far.tolist())
+
+
 @copies_found_on_the_cpu
 @pytest.mark.parametrize("seed", range(5))
 def test_step_reseeds_onto_rows_that_are_no_copies(seed):
