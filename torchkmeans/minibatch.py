@@ -258,7 +258,11 @@ class MiniBatchKMeans(KMeans):
         random and a callable, as in scikit-learn.
     reassignment_ratio : float, default=0.01
         Centres whose accumulated weight falls below this fraction of the
-        heaviest are moved to random rows of the batch.
+        heaviest are moved to random rows of the batch, every ``10 *
+        n_clusters`` samples and at any step with an empty centre once
+        ``10 * n_clusters`` of weight has been seen (scikit-learn: from the
+        first step, which with many clusters reseeds centres no batch has
+        reached yet).
     device : str or torch.device, optional
         None is where the data is (CPU for numpy), "auto" picks CUDA when present.
     dtype : {"float32", "float64", ...} or torch.dtype, optional
@@ -595,16 +599,29 @@ class MiniBatchKMeans(KMeans):
         return generator
 
     def _should_reassign(self, counts: torch.Tensor, on_host: bool = True) -> bool | torch.Tensor:
-        """scikit-learn's rule: every ``10 * n_clusters`` samples, or when a centre is empty.
+        """scikit-learn's rule: every ``10 * n_clusters`` samples, or when a centre
+        is empty once ``10 * n_clusters`` of weight has been seen.
 
         With ``on_host=False`` the empty-centre test stays on the device (a
         bool tensor, no synchronisation); it then does not restart the count.
         """
+        k = counts.shape[0]
         self._n_since_last_reassign += self._batch_size
-        if self._n_since_last_reassign >= 10 * counts.shape[0]:
+        if self._n_since_last_reassign >= 10 * k:
             self._n_since_last_reassign = 0
             return True
-        empty = (counts == 0).any()
+        # scikit-learn reseeds empty centres from the first step on. With k
+        # above a tenth of the batch, a centre no row of the first batches
+        # reached (the k-means++ seed of a cluster they missed) is not yet
+        # known to be empty: reseeded onto a row of a cluster that has a
+        # centre, it left its own cluster to a centre between clusters, which
+        # grew heavy enough to set the reassignment threshold (a ratio of the
+        # heaviest weight) above most centres' weights, and half the batch's
+        # worth of centres moved at every reassignment after (k=1024 of
+        # 1,024-row batches: inertia 2x scikit-learn's, which falls into the
+        # same state on some seeds). Before 10 * k of weight (the periodic
+        # rule's period), the first periodic reassignment decides.
+        empty = (counts == 0).any() & (counts.sum() + self._batch_size >= 10 * k)
         if not on_host:
             return empty
         if bool(empty):
