@@ -1378,6 +1378,11 @@ def _gloo_worker(rank: int, port: int, outdir: str) -> None:
             reference(batch.flatten(0, 1))
         result["one process"] = reference[1].state_dict()
     torch.save({"state": result, "reseeded": reseeded}, os.path.join(outdir, f"rank{rank}.pt"))
+    # Both ranks done before either tears down: rank 1, done first (rank 0
+    # also runs the reference), aborted now and then in gloo's teardown
+    # ("terminate called without an active exception") while DDP was alive.
+    del ddp
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -111,8 +111,8 @@ def chunk_rows(
 
     Examples
     --------
-    >>> rows = HostRows(None, None, 10**6, 2, 4)
-    >>> chunk_rows(rows, torch.device("cpu")), chunk_rows(rows, torch.device("cpu"), work_bytes=64)
+    >>> rows, cpu = HostRows(None, None, 10**6, 2, 4), torch.device("cpu")
+    >>> chunk_rows(rows, cpu, 8 << 20), chunk_rows(rows, cpu, 8 << 20, work_bytes=64)
     (1000000, 131072)
     """
     if chunk_bytes is None:
