@@ -68,13 +68,9 @@ def test_memmap_fit_equals_in_memory_fit_from_the_same_centroids(
     np.testing.assert_allclose(streamed.inertia_history_, in_memory.inertia_history_, rtol=1e-10)
 
 
-def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chunks, torch_ops_only):
-    # Exact equality with the in-memory fit's PyTorch ops, which sum clusters
-    # in float32 like the streamed chunks (the native kernel sums in float64,
-    # and rounding near tol may then stop an iteration earlier or later).
-    # Jittered: the digits' integer pixels put rows at exactly equal distances
-    # from two centres, which a BLAS product's rounding decides, and an
-    # AVX-512 one rounds a block of 100 rows and one of 1,797 differently.
+def _weighted_digits_fit_equals_in_memory(tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """Jittered weighted digits fitted from a memmap and in memory from the
+    same centres: the same result. Returns the rows and the weights."""
     X = load_digits().data + np.random.default_rng(1).uniform(-0.01, 0.01, size=(1797, 64))
     weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(X))
     init = X[::180][:10].copy()
@@ -84,6 +80,17 @@ def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chun
     np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
     assert streamed.n_iter_ == in_memory.n_iter_
     assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
+    return X, weights
+
+
+def test_memmap_fit_on_digits_equals_in_memory_with_weights(tmp_path, small_chunks, torch_ops_only):
+    # Exact equality with the in-memory fit's PyTorch ops, which sum clusters
+    # in float32 like the streamed chunks (the native kernel sums in float64,
+    # and rounding near tol may then stop an iteration earlier or later).
+    # Jittered: the digits' integer pixels put rows at exactly equal distances
+    # from two centres, which a BLAS product's rounding decides, and an
+    # AVX-512 one rounds a block of 100 rows and one of 1,797 differently.
+    _weighted_digits_fit_equals_in_memory(tmp_path)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1000.0])
@@ -128,15 +135,7 @@ def test_float32_memmap_iterations_sum_in_float64_like_in_memory(tmp_path, monke
 def test_memmap_fit_on_digits_with_weights_and_restarts_through_the_kernel(tmp_path, small_chunks):
     """The fused kernel's streamed passes with weights and several restarts at
     once, in float64: the in-memory fit's result."""
-    X = load_digits().data + np.random.default_rng(1).uniform(-0.01, 0.01, size=(1797, 64))
-    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(X))
-    init = X[::180][:10].copy()
-    streamed = KMeans(10, init=init).fit(as_memmap(tmp_path, X), sample_weight=weights)
-    in_memory = KMeans(10, init=init).fit(X, sample_weight=weights)
-    np.testing.assert_array_equal(streamed.labels_, in_memory.labels_)
-    np.testing.assert_allclose(streamed.cluster_centers_, in_memory.cluster_centers_, atol=1e-9)
-    assert streamed.n_iter_ == in_memory.n_iter_
-    assert streamed.inertia_ == pytest.approx(in_memory.inertia_, rel=1e-12)
+    X, weights = _weighted_digits_fit_equals_in_memory(tmp_path)
     mm = as_memmap(tmp_path, X, "y.dat")
     restarts = KMeans(10, n_init=3, random_state=0).fit(mm, sample_weight=weights)
     d2 = ((X[:, None] - restarts.cluster_centers_[None]) ** 2).sum(-1)
