@@ -297,16 +297,22 @@ def test_torch_func_vmap_over_a_batch_of_inputs_in_eval_mode():
     torch.testing.assert_close(per_example[1], z.grad.reshape(4, 16, 8)[1])
 
 
-def test_an_ensemble_of_quantizers_runs_under_vmap_without_warnings(recwarn):
-    """torch.func.stack_module_state and functional_call: several quantizers
-    in one vmap (a clamp_ in the codes' scaling warned of a "performance drop")."""
+def _initialised_ensemble() -> tuple[list[VectorQuantizer], dict, VectorQuantizer]:
+    """Three initialised quantizers in eval() mode (seed 0), their buffers
+    stacked by torch.func.stack_module_state, and a meta copy to call."""
     torch.manual_seed(0)
     quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
     for vq in quantizers:
         vq(torch.randn(64, 4))
         vq.eval()
     _, buffers = torch.func.stack_module_state(quantizers)
-    base = copy.deepcopy(quantizers[0]).to("meta")
+    return quantizers, buffers, copy.deepcopy(quantizers[0]).to("meta")
+
+
+def test_an_ensemble_of_quantizers_runs_under_vmap_without_warnings(recwarn):
+    """torch.func.stack_module_state and functional_call: several quantizers
+    in one vmap (a clamp_ in the codes' scaling warned of a "performance drop")."""
+    quantizers, buffers, base = _initialised_ensemble()
     x = torch.randn(3, 20, 4)
     codes = torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)).codes)(
         buffers, x
@@ -371,13 +377,7 @@ def test_usage_and_perplexity_under_vmap_are_those_of_the_whole_batch(heads):
 
 
 def test_an_ensemble_under_vmap_keeps_each_members_usage():
-    torch.manual_seed(0)
-    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
-    for vq in quantizers:
-        vq(torch.randn(64, 4))
-        vq.eval()
-    _, buffers = torch.func.stack_module_state(quantizers)
-    base = copy.deepcopy(quantizers[0]).to("meta")
+    quantizers, buffers, base = _initialised_ensemble()
     x = torch.randn(3, 5, 4)
     torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)))(buffers, x)
     for vq, z in zip(quantizers, x):
@@ -411,13 +411,7 @@ def test_compiled_vmap_in_eval_mode_gives_the_codes_and_usage_of_the_whole_batch
         assert torch.equal(vq.last_counts, reference.last_counts), name
         if name == "vmap":
             assert torch.equal(out, expected.codes)
-    torch.manual_seed(0)
-    quantizers = [VectorQuantizer(8, 4) for _ in range(3)]
-    for member in quantizers:
-        member(torch.randn(64, 4))
-        member.eval()
-    _, buffers = torch.func.stack_module_state(quantizers)
-    base = copy.deepcopy(quantizers[0]).to("meta")
+    quantizers, buffers, base = _initialised_ensemble()
     torch._dynamo.reset()
     codes = torch.compile(
         torch.func.vmap(lambda b, z: torch.func.functional_call(base, b, (z,)).codes),
