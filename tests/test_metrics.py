@@ -935,3 +935,149 @@ def test_silhouette_from_cluster_means_properties(X, labels, metric):
 
     samples = metrics.silhouette_samples(sparse.csr_matrix(X), labels, metric=metric)
     np.testing.assert_allclose(samples, expected, atol=1e-9)
+
+
+# ------------------------------------------------ scores against reference labels
+
+REFERENCE_SCORES = [
+    "adjusted_rand_score",
+    "rand_score",
+    "mutual_info_score",
+    "homogeneity_score",
+    "completeness_score",
+    "v_measure_score",
+    "normalized_mutual_info_score",
+    "adjusted_mutual_info_score",
+]
+
+
+def _reference_cases() -> list[tuple[object, object]]:
+    rng = np.random.default_rng(0)
+    digits = datasets.load_digits()
+    fitted = KMeans(n_clusters=10, random_state=0).fit(digits.data).labels_
+    return [
+        (digits.target, fitted),
+        (digits.target, rng.integers(0, 10, len(fitted))),
+        (rng.integers(0, 3, 50), rng.integers(0, 40, 50)),
+        (rng.integers(0, 60, 700), rng.integers(0, 45, 700)),
+        (np.array(["b", "a", "c"])[rng.integers(0, 3, 40)], rng.integers(-5, 5, 40) * 10**15),
+        (np.arange(30), np.arange(30)[::-1]),
+        (rng.permutation(np.repeat(np.arange(7), [1, 2, 3, 5, 8, 13, 21])), np.zeros(53, int)),
+        ([0, 0, 1], [0, 1, 2]),
+        ([0, 1], [0, 0]),
+        ([0, 0], [1, 1]),
+        ([0], [0]),
+    ]
+
+
+@pytest.mark.parametrize("function", REFERENCE_SCORES)
+def test_scores_against_reference_labels_match_sklearn(function):
+    # The digits demo's table (homogeneity ... AMI) in torchkmeans alone:
+    # torchkmeans.metrics had none of these (AttributeError).
+    for labels_true, labels_pred in _reference_cases():
+        ours = getattr(metrics, function)(labels_true, labels_pred)
+        theirs = getattr(sk, function)(labels_true, labels_pred)
+        assert isinstance(ours, float)
+        # AMI subtracts the expected mutual information: 1e-12 of cancellation.
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-11), (labels_true, labels_pred)
+
+
+@pytest.mark.parametrize("average_method", ["arithmetic", "geometric", "max", "min"])
+def test_normalized_and_adjusted_mutual_info_of_every_average_match_sklearn(average_method):
+    for labels_true, labels_pred in _reference_cases()[:5]:
+        for function in ("normalized_mutual_info_score", "adjusted_mutual_info_score"):
+            ours = getattr(metrics, function)(
+                labels_true, labels_pred, average_method=average_method
+            )
+            theirs = getattr(sk, function)(labels_true, labels_pred, average_method=average_method)
+            assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-11)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 3.0])
+def test_homogeneity_completeness_v_measure_of_any_beta_match_sklearn(beta):
+    for labels_true, labels_pred in _reference_cases()[:5]:
+        ours = metrics.homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta)
+        theirs = sk.homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+        assert metrics.v_measure_score(labels_true, labels_pred, beta=beta) == ours[2]
+
+
+def test_scores_of_one_partition_twice_are_one():
+    # Relabelled, of every size: AMI had been the ratio of two rounding
+    # errors when the expected mutual information equals the entropies
+    # (30 singletons: 0.83 before the mutual information was snapped).
+    rng = np.random.default_rng(1)
+    for sizes in ([1] * 30, [1, 1, 2, 3, 5, 8], [40, 40], [1] * 5 + [100]):
+        labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+        relabelled = rng.permutation(len(sizes))[labels] + 7
+        for function in REFERENCE_SCORES[:2] + REFERENCE_SCORES[3:]:
+            assert getattr(metrics, function)(labels, relabelled) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_expected_mutual_info_in_chunks_equals_one_chunk(monkeypatch):
+    rng = np.random.default_rng(2)
+    labels_true, labels_pred = rng.integers(0, 60, 700), rng.integers(0, 45, 700)
+    whole = metrics.adjusted_mutual_info_score(labels_true, labels_pred)
+    monkeypatch.setattr(metrics, "_EMI_TERMS", 97)
+    chunked = metrics.adjusted_mutual_info_score(labels_true, labels_pred)
+    assert chunked == pytest.approx(whole, rel=1e-9, abs=1e-13)
+    assert chunked == pytest.approx(
+        sk.adjusted_mutual_info_score(labels_true, labels_pred), rel=1e-9, abs=1e-11
+    )
+
+
+def test_reference_scores_of_a_batch_are_its_rows():
+    digits = datasets.load_digits()
+    y = digits.target
+    fitted = KMeans(n_clusters=10, random_state=0).fit(digits.data).labels_
+    batch = np.stack([fitted, np.roll(fitted, 7), np.zeros_like(y)])
+    for function in REFERENCE_SCORES:
+        values = getattr(metrics, function)(y, batch)
+        assert isinstance(values, np.ndarray) and values.shape == (3,)
+        rows = [getattr(metrics, function)(y, row) for row in batch]
+        np.testing.assert_allclose(values, rows, rtol=1e-13, atol=1e-15)
+        # A batch on both sides: row against row.
+        swapped = getattr(metrics, function)(batch, np.stack([y, y, y]))
+        reverse = [getattr(sk, function)(row, y) for row in batch]
+        np.testing.assert_allclose(swapped, reverse, rtol=1e-12, atol=1e-11)
+    tensor = metrics.adjusted_rand_score(torch.tensor(y), torch.tensor(batch))
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (3,)
+    assert isinstance(metrics.adjusted_rand_score(torch.tensor(y), torch.tensor(fitted)), float)
+    scores = metrics.homogeneity_completeness_v_measure(y, batch)
+    assert len(scores) == 3 and all(s.shape == (3,) for s in scores)
+
+
+def test_reference_scores_of_no_samples_follow_sklearn():
+    for function in ("adjusted_rand_score", "rand_score", "normalized_mutual_info_score"):
+        assert getattr(metrics, function)([], []) == getattr(sk, function)([], []) == 1.0
+    assert metrics.adjusted_mutual_info_score([], []) == 1.0
+    assert metrics.homogeneity_completeness_v_measure([], []) == (1.0, 1.0, 1.0)
+    # scikit-learn's mutual_info_score fails in log(0) ("math domain error").
+    assert metrics.mutual_info_score([], []) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: metrics.adjusted_rand_score([0, 1], [0, 1, 1]),
+            r"Expected labels_true and labels_pred of shape .* got shapes \(2,\) and \(3,\)",
+        ),
+        (
+            lambda: metrics.adjusted_rand_score(np.zeros((2, 3)), np.zeros((3, 3))),
+            r"same n_samples and batch, got shapes \(2, 3\) and \(3, 3\)",
+        ),
+        (
+            lambda: metrics.v_measure_score([[[0]]], [[[0]]]),
+            r"got shapes \(1, 1, 1\) and \(1, 1, 1\)",
+        ),
+        (
+            lambda: metrics.normalized_mutual_info_score([0], [0], average_method="mean"),
+            r"Expected average_method to be one of 'arithmetic', .* got 'mean'",
+        ),
+        (lambda: metrics.v_measure_score([0], [0], beta=-1.0), r"beta=-1.0 should be .* >= 0"),
+    ],
+)
+def test_reference_score_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
