@@ -1081,3 +1081,15 @@ def test_reference_scores_of_no_samples_follow_sklearn():
 def test_reference_score_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_reference_scores_on_device(device):
+    rng = np.random.default_rng(3)
+    labels_true, labels_pred = rng.integers(0, 12, 900), rng.integers(0, 9, (2, 900))
+    true = torch.tensor(labels_true, device=device)
+    pred = torch.tensor(labels_pred, device=device)
+    for function in REFERENCE_SCORES:
+        values = getattr(metrics, function)(true, pred)
+        assert isinstance(values, torch.Tensor) and values.device.type == device
+        reference = [getattr(sk, function)(labels_true, row) for row in labels_pred]
+        np.testing.assert_allclose(values.cpu().numpy(), reference, rtol=1e-12, atol=1e-11)
