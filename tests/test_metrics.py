@@ -1102,6 +1102,30 @@ def test_reference_score_errors(call, match):
         call()
 
 
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        # Both labellings go through the checks of one "labels": the message
+        # said "Expected labels to ..." whichever was wrong.
+        (
+            lambda: metrics.adjusted_rand_score([0, 1], [0.0, np.nan]),
+            r"Expected labels_pred to hold integers or finite floats, got NaN or infinity",
+        ),
+        (
+            lambda: metrics.adjusted_mutual_info_score(np.array(["a", 1], dtype=object), [0, 1]),
+            r"Expected labels_true to be integers or strings of one kind, got a mix of int, str",
+        ),
+        (
+            lambda: metrics.rand_score(torch.tensor([0j, 1j]), [0, 1]),
+            r"Expected labels_true to hold integers, got dtype torch.complex64",
+        ),
+    ],
+)
+def test_reference_score_errors_name_the_labelling(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
 def test_reference_scores_on_device(device):
     rng = np.random.default_rng(3)
     labels_true, labels_pred = rng.integers(0, 12, 900), rng.integers(0, 9, (2, 900))

@@ -1569,6 +1569,14 @@ def _labels_shape(labels: Any) -> tuple[int, ...]:
     return tuple(np.shape(labels))
 
 
+def _named_labels(labels: Any, n: int, device: torch.device, name: str) -> torch.Tensor:
+    """:func:`_label_tensor`, its errors naming which of the two labellings is wrong."""
+    try:
+        return _label_tensor(labels, n, device)[0]
+    except (TypeError, ValueError) as error:
+        raise type(error)(str(error).replace("Expected labels ", f"Expected {name} ", 1)) from None
+
+
 def _compare(labels_true: Any, labels_pred: Any) -> _Comparison:
     """The contingency statistics of ``labels_pred`` against ``labels_true``:
     only its nonzero cells are formed (one sort of the pairs of codes), so
@@ -1593,8 +1601,8 @@ def _compare(labels_true: Any, labels_pred: Any) -> _Comparison:
         zeros = torch.zeros((b, 1), dtype=torch.float64, device=device)
         none = torch.zeros(b, dtype=torch.int64, device=device)
         return _Comparison(0, zeros, zeros, none, none, zeros[:, 0], none, batched, kind)
-    true = _encode(_label_tensor(labels_true, n, device)[0], batched, torch.float64)
-    pred = _encode(_label_tensor(labels_pred, n, device)[0], batched, torch.float64)
+    true = _encode(_named_labels(labels_true, n, device, "labels_true"), batched, torch.float64)
+    pred = _encode(_named_labels(labels_pred, n, device, "labels_pred"), batched, torch.float64)
     width_true, width_pred = true.width, pred.width
     rows = torch.arange(b, device=device).unsqueeze(1)
     keys = (rows * width_true + true.codes) * width_pred + pred.codes
