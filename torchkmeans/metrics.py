@@ -101,6 +101,9 @@ _SPARSE_PRODUCTS_SHARE = 0.1
 # all pairs against each pair once: 0.145 s for 256 columns, 0.117 s, 512
 # 0.098 s, 1,024 0.091 s).
 _GRAM_GROUP = 1024
+# Labels spanning at most this many values per sample (and row) are encoded
+# by a table of the values (_encode_by_table) rather than a sort.
+_TABLE_LABELS = 4
 
 
 class _Labels(NamedTuple):
@@ -224,6 +227,11 @@ def _check_categories(integral: bool, indices: bool) -> None:
 def _encode(labels: torch.Tensor, batched: bool, dtype: torch.dtype) -> _Labels:
     """Codes 0..k_i-1 in sorted label order per row, cluster sizes and k per row."""
     b = labels.shape[0]
+    if labels.numel():
+        low, high = (int(v) for v in labels.aminmax())
+        span = high - low + 1  # a Python int: any int64 labels
+        if b * span <= _TABLE_LABELS * labels.numel() + 1024:
+            return _encode_by_table(labels - low, span, batched, dtype)
     # Each row sorted on its own: shifting the labels to 0 and offsetting the
     # rows into one range of keys overflowed int64 once the labels of the
     # batch spanned more than 2**63 / b, and scikit-learn takes any labels.
@@ -237,6 +245,26 @@ def _encode(labels: torch.Tensor, batched: bool, dtype: torch.dtype) -> _Labels:
     flat = codes + torch.arange(b, device=labels.device).unsqueeze(1) * width
     counts = torch.bincount(flat.reshape(-1), minlength=b * width).view(b, width).to(dtype)
     return _Labels(codes, counts, n_clusters, batched)
+
+
+def _encode_by_table(
+    shifted: torch.Tensor, span: int, batched: bool, dtype: torch.dtype
+) -> _Labels:
+    """:func:`_encode` of labels in ``[0, span)``: the sizes of every value
+    by one bincount, the codes from their running count of present values,
+    no sort (cluster labels 0..k-1 of 200,000 samples: 12 ms to 1 ms)."""
+    b, device = shifted.shape[0], shifted.device
+    rows = torch.arange(b, device=device).unsqueeze(1)
+    sizes = torch.bincount((shifted + rows * span).reshape(-1), minlength=b * span)
+    present = sizes.view(b, span) > 0
+    ranks = present.cumsum(1) - 1  # (b, span) code of each value
+    codes = ranks.gather(1, shifted)
+    n_clusters = ranks[:, -1] + 1
+    width = int(n_clusters.max())
+    cells = (ranks + rows * width)[present]
+    counts = torch.zeros(b * width, dtype=dtype, device=device)
+    counts.index_add_(0, cells, sizes[present.reshape(-1)].to(dtype))
+    return _Labels(codes, counts.view(b, width), n_clusters, batched)
 
 
 def _valid(encoded: _Labels, n_samples: int) -> torch.Tensor:
@@ -1606,7 +1634,13 @@ def _compare(labels_true: Any, labels_pred: Any) -> _Comparison:
     width_true, width_pred = true.width, pred.width
     rows = torch.arange(b, device=device).unsqueeze(1)
     keys = (rows * width_true + true.codes) * width_pred + pred.codes
-    cells, sizes = torch.unique(keys.reshape(-1), return_counts=True)
+    if b * width_true * width_pred <= _TABLE_LABELS * keys.numel() + 1024:
+        # A table of every cell costs less than sorting the pairs.
+        table = torch.bincount(keys.reshape(-1), minlength=b * width_true * width_pred)
+        cells = table.nonzero().squeeze(1)
+        sizes = table[cells]
+    else:
+        cells, sizes = torch.unique(keys.reshape(-1), return_counts=True)
     row = cells // (width_true * width_pred)
     i = cells // width_pred % width_true
     j = cells % width_pred
