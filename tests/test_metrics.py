@@ -292,6 +292,53 @@ def test_encode_numbers_each_row_in_sorted_label_order(labels):
         assert not counts[k:].any()
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.random.default_rng(5).integers(0, 10, (1, 5000)),
+        np.random.default_rng(6).integers(-40, 40, (3, 500)),
+        np.array([[7, 7, 7, 9], [-2, 5, 5, -2]]),
+        np.array([[0]]),
+    ],
+)
+def test_encode_by_a_table_equals_encode_by_sorting(labels, monkeypatch):
+    tensor = torch.tensor(labels)
+    table = metrics._encode(tensor, True, torch.float64)
+    monkeypatch.setattr(metrics, "_TABLE_LABELS", -(2**40))
+    sorted_ = metrics._encode(tensor, True, torch.float64)
+    for ours, theirs in zip(table, sorted_):
+        if isinstance(ours, torch.Tensor):
+            assert ours.dtype == theirs.dtype
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_cluster_labels_are_encoded_and_compared_without_a_sort(monkeypatch):
+    """Labels 0..k-1 (what a fit gives) are numbered from a table of their
+    values, and the contingency of two of them is a table of its cells: the
+    sorts took 3/4 of an ARI of 200,000 samples."""
+    rng = np.random.default_rng(7)
+    labels_true, labels_pred = rng.integers(0, 100, 20000), rng.integers(0, 100, 20000)
+    sorts = []
+    for name in ("sort", "argsort"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            sorts.append(tuple(self.shape))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    real_unique = torch.unique
+    monkeypatch.setattr(
+        torch, "unique", lambda *a, **k: sorts.append("unique") or real_unique(*a, **k)
+    )
+    value = metrics.adjusted_rand_score(labels_true, labels_pred)
+    assert sorts == []
+    assert value == pytest.approx(sk.adjusted_rand_score(labels_true, labels_pred), abs=1e-15)
+    monkeypatch.setattr(metrics, "_TABLE_LABELS", -(2**40))
+    assert metrics.adjusted_rand_score(labels_true, labels_pred) == value
+    assert sorts
+
+
 def test_degenerate_cases_follow_sklearn():
     X = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
     labels = [0, 0, 1, 1]
@@ -935,3 +982,224 @@ def test_silhouette_from_cluster_means_properties(X, labels, metric):
 
     samples = metrics.silhouette_samples(sparse.csr_matrix(X), labels, metric=metric)
     np.testing.assert_allclose(samples, expected, atol=1e-9)
+
+
+# ------------------------------------------------ scores against reference labels
+
+REFERENCE_SCORES = [
+    "adjusted_rand_score",
+    "rand_score",
+    "mutual_info_score",
+    "homogeneity_score",
+    "completeness_score",
+    "v_measure_score",
+    "normalized_mutual_info_score",
+    "adjusted_mutual_info_score",
+]
+
+
+def _reference_cases() -> list[tuple[object, object]]:
+    rng = np.random.default_rng(0)
+    digits = datasets.load_digits()
+    fitted = KMeans(n_clusters=10, random_state=0).fit(digits.data).labels_
+    return [
+        (digits.target, fitted),
+        (digits.target, rng.integers(0, 10, len(fitted))),
+        (rng.integers(0, 3, 50), rng.integers(0, 40, 50)),
+        (rng.integers(0, 60, 700), rng.integers(0, 45, 700)),
+        (np.array(["b", "a", "c"])[rng.integers(0, 3, 40)], rng.integers(-5, 5, 40) * 10**15),
+        (np.arange(30), np.arange(30)[::-1]),
+        (rng.permutation(np.repeat(np.arange(7), [1, 2, 3, 5, 8, 13, 21])), np.zeros(53, int)),
+        ([0, 0, 1], [0, 1, 2]),
+        ([0, 1], [0, 0]),
+        ([0, 0], [1, 1]),
+        ([0], [0]),
+    ]
+
+
+@pytest.mark.parametrize("function", REFERENCE_SCORES)
+def test_scores_against_reference_labels_match_sklearn(function):
+    # The digits demo's table (homogeneity ... AMI) in torchkmeans alone:
+    # torchkmeans.metrics had none of these (AttributeError).
+    for labels_true, labels_pred in _reference_cases():
+        ours = getattr(metrics, function)(labels_true, labels_pred)
+        theirs = getattr(sk, function)(labels_true, labels_pred)
+        assert isinstance(ours, float)
+        # AMI subtracts the expected mutual information: 1e-12 of cancellation.
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-11), (labels_true, labels_pred)
+
+
+@pytest.mark.parametrize("average_method", ["arithmetic", "geometric", "max", "min"])
+def test_normalized_and_adjusted_mutual_info_of_every_average_match_sklearn(average_method):
+    for labels_true, labels_pred in _reference_cases()[:5]:
+        for function in ("normalized_mutual_info_score", "adjusted_mutual_info_score"):
+            ours = getattr(metrics, function)(
+                labels_true, labels_pred, average_method=average_method
+            )
+            theirs = getattr(sk, function)(labels_true, labels_pred, average_method=average_method)
+            assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-11)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 3.0])
+def test_homogeneity_completeness_v_measure_of_any_beta_match_sklearn(beta):
+    for labels_true, labels_pred in _reference_cases()[:5]:
+        ours = metrics.homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta)
+        theirs = sk.homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+        assert metrics.v_measure_score(labels_true, labels_pred, beta=beta) == ours[2]
+
+
+def test_scores_of_one_partition_twice_are_one():
+    # Relabelled, of every size: AMI had been the ratio of two rounding
+    # errors when the expected mutual information equals the entropies
+    # (30 singletons: 0.83 before the mutual information was snapped).
+    rng = np.random.default_rng(1)
+    for sizes in ([1] * 30, [1, 1, 2, 3, 5, 8], [40, 40], [1] * 5 + [100]):
+        labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+        relabelled = rng.permutation(len(sizes))[labels] + 7
+        for function in REFERENCE_SCORES[:2] + REFERENCE_SCORES[3:]:
+            assert getattr(metrics, function)(labels, relabelled) == pytest.approx(1.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("n", [1000, 50000])
+def test_many_singletons_twice_score_one_and_their_mutual_information_is_their_entropy(n):
+    """The mutual information was summed by index_add_, one cell after
+    another: 1,000 singletons came out 1.7e-14 above their entropy, and AMI
+    the ratio of two rounding errors (1.21)."""
+    rng = np.random.default_rng(n)
+    labels_true, labels_pred = rng.permutation(n), rng.permutation(n)
+    assert metrics.mutual_info_score(labels_true, labels_pred) == pytest.approx(
+        np.log(n), rel=4e-16
+    )
+    assert metrics.adjusted_mutual_info_score(labels_true, labels_pred) == 1.0
+    batch = np.stack([labels_pred, labels_pred % 7])
+    np.testing.assert_allclose(
+        metrics.mutual_info_score(labels_true, batch),
+        [np.log(n), sk.mutual_info_score(labels_true, batch[1])],
+        rtol=4e-16,
+    )
+    assert metrics.adjusted_mutual_info_score(labels_true, batch)[0] == 1.0
+
+
+def test_expected_mutual_info_in_chunks_equals_one_chunk(monkeypatch):
+    rng = np.random.default_rng(2)
+    labels_true, labels_pred = rng.integers(0, 60, 700), rng.integers(0, 45, 700)
+    whole = metrics.adjusted_mutual_info_score(labels_true, labels_pred)
+    monkeypatch.setattr(metrics, "_EMI_TERMS", 97)
+    chunked = metrics.adjusted_mutual_info_score(labels_true, labels_pred)
+    assert chunked == pytest.approx(whole, rel=1e-9, abs=1e-13)
+    assert chunked == pytest.approx(
+        sk.adjusted_mutual_info_score(labels_true, labels_pred), rel=1e-9, abs=1e-11
+    )
+
+
+def test_expected_mutual_info_window_leaves_out_only_negligible_terms(monkeypatch):
+    """Counts n_ij beyond Bernstein's bound are left out: the sum over every
+    count gives the same AMI (to rounding), on clusters large and small."""
+    rng = np.random.default_rng(4)
+    sizes = [5000, 3000, 1000, 50, 3, 1]
+    cases = [
+        (rng.integers(0, 20, 20000), rng.integers(0, 15, 20000)),
+        (rng.permutation(np.repeat(np.arange(6), sizes)), rng.integers(0, 4, sum(sizes))),
+        (rng.integers(0, 200, 3000), rng.integers(0, 150, 3000)),
+    ]
+    windowed = [metrics.adjusted_mutual_info_score(*case) for case in cases]
+    monkeypatch.setattr(metrics, "_EMI_TAIL", float("inf"))
+    every = [metrics.adjusted_mutual_info_score(*case) for case in cases]
+    np.testing.assert_allclose(windowed, every, rtol=1e-12, atol=1e-15)
+    reference = [sk.adjusted_mutual_info_score(*case) for case in cases]
+    # scikit-learn's own sum is 4e-12 off the exact EMI (mpmath) on the last.
+    np.testing.assert_allclose(windowed, reference, rtol=1e-9, atol=1e-11)
+
+
+def test_reference_scores_of_a_batch_are_its_rows():
+    digits = datasets.load_digits()
+    y = digits.target
+    fitted = KMeans(n_clusters=10, random_state=0).fit(digits.data).labels_
+    batch = np.stack([fitted, np.roll(fitted, 7), np.zeros_like(y)])
+    for function in REFERENCE_SCORES:
+        values = getattr(metrics, function)(y, batch)
+        assert isinstance(values, np.ndarray) and values.shape == (3,)
+        rows = [getattr(metrics, function)(y, row) for row in batch]
+        np.testing.assert_allclose(values, rows, rtol=1e-13, atol=1e-15)
+        # A batch on both sides: row against row.
+        swapped = getattr(metrics, function)(batch, np.stack([y, y, y]))
+        reverse = [getattr(sk, function)(row, y) for row in batch]
+        np.testing.assert_allclose(swapped, reverse, rtol=1e-12, atol=1e-11)
+    tensor = metrics.adjusted_rand_score(torch.tensor(y), torch.tensor(batch))
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (3,)
+    assert isinstance(metrics.adjusted_rand_score(torch.tensor(y), torch.tensor(fitted)), float)
+    scores = metrics.homogeneity_completeness_v_measure(y, batch)
+    assert len(scores) == 3 and all(s.shape == (3,) for s in scores)
+
+
+def test_reference_scores_of_no_samples_follow_sklearn():
+    for function in ("adjusted_rand_score", "rand_score", "normalized_mutual_info_score"):
+        assert getattr(metrics, function)([], []) == getattr(sk, function)([], []) == 1.0
+    assert metrics.adjusted_mutual_info_score([], []) == 1.0
+    assert metrics.homogeneity_completeness_v_measure([], []) == (1.0, 1.0, 1.0)
+    # scikit-learn's mutual_info_score fails in log(0) ("math domain error").
+    assert metrics.mutual_info_score([], []) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: metrics.adjusted_rand_score([0, 1], [0, 1, 1]),
+            r"Expected labels_true and labels_pred of shape .* got shapes \(2,\) and \(3,\)",
+        ),
+        (
+            lambda: metrics.adjusted_rand_score(np.zeros((2, 3)), np.zeros((3, 3))),
+            r"same n_samples and batch, got shapes \(2, 3\) and \(3, 3\)",
+        ),
+        (
+            lambda: metrics.v_measure_score([[[0]]], [[[0]]]),
+            r"got shapes \(1, 1, 1\) and \(1, 1, 1\)",
+        ),
+        (
+            lambda: metrics.normalized_mutual_info_score([0], [0], average_method="mean"),
+            r"Expected average_method to be one of 'arithmetic', .* got 'mean'",
+        ),
+        (lambda: metrics.v_measure_score([0], [0], beta=-1.0), r"beta=-1.0 should be .* >= 0"),
+    ],
+)
+def test_reference_score_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        # Both labellings go through the checks of one "labels": the message
+        # said "Expected labels to ..." whichever was wrong.
+        (
+            lambda: metrics.adjusted_rand_score([0, 1], [0.0, np.nan]),
+            r"Expected labels_pred to hold integers or finite floats, got NaN or infinity",
+        ),
+        (
+            lambda: metrics.adjusted_mutual_info_score(np.array(["a", 1], dtype=object), [0, 1]),
+            r"Expected labels_true to be integers or strings of one kind, got a mix of int, str",
+        ),
+        (
+            lambda: metrics.rand_score(torch.tensor([0j, 1j]), [0, 1]),
+            r"Expected labels_true to hold integers, got dtype torch.complex64",
+        ),
+    ],
+)
+def test_reference_score_errors_name_the_labelling(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_reference_scores_on_device(device):
+    rng = np.random.default_rng(3)
+    labels_true, labels_pred = rng.integers(0, 12, 900), rng.integers(0, 9, (2, 900))
+    true = torch.tensor(labels_true, device=device)
+    pred = torch.tensor(labels_pred, device=device)
+    for function in REFERENCE_SCORES:
+        values = getattr(metrics, function)(true, pred)
+        assert isinstance(values, torch.Tensor) and values.device.type == device
+        reference = [getattr(sk, function)(labels_true, row) for row in labels_pred]
+        np.testing.assert_allclose(values.cpu().numpy(), reference, rtol=1e-12, atol=1e-11)
