@@ -19,10 +19,18 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 limit() { timeout -s INT -k 20 "$@"; }
 
-limit "${PROBE_TIMEOUT:-30}" "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
+limit "${PROBE_TIMEOUT:-30}" "$python" -c "import sys, torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'cuda', ok and torch.cuda.get_device_name()); sys.exit(0 if ok else 3)" \
     2>&1 | tee "$out/device.txt"
+probe=${PIPESTATUS[0]}
+# Without a usable device every CUDA test is skipped and pytest exits 0: a
+# run that checked nothing must not read as a pass.
+if [ "$probe" -ne 0 ]; then
+    echo "no usable CUDA device (probe: exit $probe): nothing was checked"
+    exit 2
+fi
 
-# Every test that is parametrized over devices, on the GPU only.
+# Every test that is parametrized over devices, on the GPU only: every file
+# with such tests is listed (tests/test_cuda_emulated.py checks it).
 limit "${TESTS_TIMEOUT:-210}" "$python" -m pytest -q -p no:cacheprovider -m cuda \
     tests/test_kmeans.py tests/test_functional.py tests/test_minibatch.py \
     tests/test_streaming.py tests/test_elbow.py tests/test_metrics.py \

@@ -11,7 +11,12 @@ computes on the CPU, and its generators draw as CPU ones.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +179,49 @@ def test_the_cuda_paths_equal_the_accelerator_paths_on_the_cpu(case, blobs8, mon
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=0.0)
         else:
             assert a == (b if b is None else pytest.approx(b, rel=rtol))
+
+
+# ---------------------------------------------------------- benchmarks/gpu_check.sh
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+@pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None,
+    reason="needs bash and coreutils' timeout",
+)
+def test_gpu_check_stops_where_torch_sees_no_cuda_device(tmp_path):
+    # Without a device every CUDA test was skipped and pytest exited 0: the
+    # check read "cuda tests: exit 0" having run none of them.
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        "  -c*) echo 'torch stub cuda False'; exit 3 ;;\n"
+        '  *) echo ran > "$OUT/ran"; exit 0 ;;\n'
+        "esac\n"
+    )
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(python), "OUT": str(out)}
+    done = subprocess.run(
+        ["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "no usable CUDA device" in done.stdout
+    assert "cuda False" in (out / "device.txt").read_text()
+    assert not (out / "ran").exists()  # neither the tests nor the benchmark
+
+
+def test_gpu_check_runs_every_test_file_with_cuda_tests():
+    # A file's device-parametrized tests run on the GPU only if the script names it.
+    listed = set(re.findall(r"tests/test_\w+\.py", GPU_CHECK.read_text()))
+    uses_the_device = re.compile(r"mark\.cuda|\bDEVICES\b|def test_\w+\([^)]*\bdevice\b")
+    tests = GPU_CHECK.parents[1] / "tests"
+    with_cuda = {
+        f"tests/{path.name}"
+        for path in tests.glob("test_*.py")
+        if uses_the_device.search(path.read_text())
+    }
+    assert "tests/test_kmeans.py" in with_cuda
+    assert with_cuda <= listed, sorted(with_cuda - listed)
