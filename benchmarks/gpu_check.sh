@@ -6,6 +6,11 @@
 #   bash benchmarks/gpu_check.sh            # CUDA tests, then bench_kmeans --device cuda --quick
 #   BENCH_ARGS= BENCH_TIMEOUT=3600 bash benchmarks/gpu_check.sh   # the full-size benchmark
 #
+# Without a GPU the same tests run on a CUDA device emulated on the CPU
+# (tests/fake_cuda.py: devices, generators and streams, not numerics):
+#
+#   TORCHKMEANS_TEST_FAKE_CUDA=1 python -m pytest -m cuda tests/test_kmeans.py ...
+#
 # Logs are written to $OUT when it is set, else to ./gpu_check_logs. The
 # default limits (30 + 210 + 180 s, and 20 s more each to be killed) end the
 # whole run inside 8 minutes. A step at its limit gets SIGINT, then SIGKILL:
