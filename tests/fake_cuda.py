@@ -36,11 +36,12 @@ class CudaTensor(torch.Tensor):
 
     @staticmethod
     def __new__(cls, inner: torch.Tensor) -> CudaTensor:
+        strided = inner.layout == torch.strided
         out = torch.Tensor._make_wrapper_subclass(
             cls,
             inner.shape,
-            strides=inner.stride(),
-            storage_offset=inner.storage_offset(),
+            strides=inner.stride() if strided else None,
+            storage_offset=inner.storage_offset() if strided else None,
             dtype=inner.dtype,
             layout=inner.layout,
             device=CUDA0,
@@ -167,6 +168,20 @@ class _FakeCudaMode(TorchFunctionMode):
                     "indices should be either on cpu or on the same device as the indexed "
                     "tensor (cpu) (emulated)"
                 )
+        if name == "__setitem__" and isinstance(args[0], CudaTensor):
+            # Advanced indexing (index_put_) moves only a 0-d value to the device.
+            index, _ = tree_flatten(args[1])
+            value = args[2]
+            if (
+                any(isinstance(i, torch.Tensor) for i in index)
+                and isinstance(value, torch.Tensor)
+                and not isinstance(value, CudaTensor)
+                and value.dim() > 0
+            ):
+                raise RuntimeError(
+                    "Expected all tensors to be on the same device, but found at least two "
+                    "devices, cuda:0 and cpu! (emulated, in index_put_)"
+                )
         _check_devices(name, flat)
         kwargs.pop("pin_memory", None)
         device = kwargs.get("device")
@@ -204,13 +219,15 @@ class _FakeCudaMode(TorchFunctionMode):
         if name == "cuda":
             device, dtype, copy = CUDA0, None, False
         else:
+            copy = bool(kwargs.pop("copy", False))
             device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
-            copy = bool(kwargs.get("copy", False))
         inner = tensor.inner if isinstance(tensor, CudaTensor) else tensor
         was_cuda = isinstance(tensor, CudaTensor)
         to_cuda = _is_cuda(device) or (device is None and was_cuda)
         with torch._C.DisableTorchFunctionSubclass():
-            moved = inner.to(dtype=dtype or inner.dtype, copy=copy or (to_cuda != was_cuda))
+            moved = inner.to(dtype=dtype or inner.dtype)
+            if moved is inner and (copy or to_cuda != was_cuda):
+                moved = inner.clone()
         if not to_cuda:
             return moved
         if was_cuda and moved is inner:

@@ -54,6 +54,8 @@ def test_the_emulated_device_refuses_what_a_gpu_refuses():
             torch.rand(2, generator=torch.Generator("cuda").manual_seed(0))
         with pytest.raises(RuntimeError, match="CPU kernel nearest"):
             _native.nearest(x, x[:1], torch.zeros(2, dtype=torch.int64).cuda())
+        with pytest.raises(RuntimeError, match="same device"):
+            x[torch.tensor([0])] = torch.ones(1, 3)
         # What a GPU allows: CPU indices, copies both ways, host reads.
         assert x[torch.tensor([1])].is_cuda
         x[0] = torch.tensor([7.0, 8.0, 9.0])
@@ -118,6 +120,7 @@ def _host_values(result):
         "minibatch-streamed",
         "elbow",
         "quantizer",
+        "sparse",
     ],
 )
 def test_the_cuda_paths_equal_the_accelerator_paths_on_the_cpu(case, blobs8, monkeypatch):
@@ -154,6 +157,13 @@ def test_the_cuda_paths_equal_the_accelerator_paths_on_the_cpu(case, blobs8, mon
         if case == "elbow":
             result = elbow(x, k=range(1, 7), random_state=0, scores=("silhouette",))
             return result.inertia, result.labels, result.scores["silhouette"], result.knee
+        if case == "sparse":
+            sparse = pytest.importorskip("scipy.sparse")
+            S = sparse.random(2000, 50, density=0.1, random_state=0, format="csr")
+            km = KMeans(5, random_state=0, device=device).fit(S)
+            minibatch = MiniBatchKMeans(5, random_state=0, device=device).fit(S)
+            swept = elbow(S, k=range(1, 5), random_state=0, device=device)
+            return km.cluster_centers_, km.predict(S), minibatch.cluster_centers_, swept.inertia
         torch.manual_seed(0)
         vq = VectorQuantizer(8, 8).to(device)
         outputs = [vq(x[i : i + 500]) for i in range(0, 1500, 500)]
