@@ -25,6 +25,16 @@ if FAKE_CUDA:
     torch.cuda.is_available = lambda: True
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not FAKE_CUDA:
+        return
+    # The other tests would take the emulated device for a real one (device="auto").
+    skip = pytest.mark.skip(reason="TORCHKMEANS_TEST_FAKE_CUDA runs the cuda-marked tests only")
+    for item in items:
+        if item.get_closest_marker("cuda") is None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     """The code paths of an accelerator (deferred host checks, no native
