@@ -16,6 +16,25 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# TORCHKMEANS_TEST_FAKE_CUDA=1 runs the tests marked cuda (`-m cuda`) on a
+# CUDA device emulated on the CPU (tests/fake_cuda.py): what can be checked
+# of the CUDA paths (devices of tensors and generators, numpy conversions,
+# streams) without a GPU.
+FAKE_CUDA = bool(os.environ.get("TORCHKMEANS_TEST_FAKE_CUDA"))
+if FAKE_CUDA:
+    torch.cuda.is_available = lambda: True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not FAKE_CUDA:
+        return
+    # The other tests would take the emulated device for a real one (device="auto").
+    skip = pytest.mark.skip(reason="TORCHKMEANS_TEST_FAKE_CUDA runs the cuda-marked tests only")
+    for item in items:
+        if item.get_closest_marker("cuda") is None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     """The code paths of an accelerator (deferred host checks, no native
@@ -173,3 +192,14 @@ def blobs(n: int = 600, d: int = 5, k: int = 4, seed: int = 0, spread: float = 8
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=spread, size=(k, d))
     return centres[rng.integers(0, k, size=n)] + rng.normal(size=(n, d))
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda(request: pytest.FixtureRequest) -> Iterator[None]:
+    if FAKE_CUDA and request.node.get_closest_marker("cuda") is not None:
+        from fake_cuda import fake_cuda
+
+        with fake_cuda():
+            yield
+    else:
+        yield
