@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/bench_kmeans.py [--device cpu|cuda] [--quick] [--threads N]
                                       [--iters 20] [--only NAME] [--memory]
+    python benchmarks/bench_kmeans.py --sweep [--threads N] [--sweep-iters 10]
+                                      [--sweep-d 16,64] [--sweep-k 8,4096] [--no-faiss]
 
 For every shape the script prints, in one run:
 
@@ -20,6 +22,13 @@ For every shape the script prints, in one run:
    flops) against ``torch.mm`` on the same shape.
 4. Where the time of one torchkmeans Lloyd iteration goes (torch.profiler,
    aten ops grouped by the torchkmeans function that issued them).
+
+``--sweep`` prints instead a grid over the number of features d and of
+clusters k (float32, and a few float64 cells): the time of fixed Lloyd
+iterations of ``torchkmeans.KMeans`` (``init=C, n_init=1, tol=0``) over
+scikit-learn's ``lloyd`` and faiss's, n chosen so that one fit takes about
+0.1-1 s, and flags the cells where torchkmeans is slower than faiss or above
+0.8x scikit-learn.
 
 It is a script, never a test: timings depend on the machine.
 """
@@ -872,6 +881,169 @@ def profile_lloyd(
     return Phases(problem.shape.name, int(result.n_iter), wall, dict(seconds))
 
 
+# ------------------------------------------------------------------------ sweep
+
+SWEEP_D = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SWEEP_K = (2, 8, 64, 512, 4096)
+# Cells also timed in float64 (faiss computes in float32 only: no faiss column).
+SWEEP_FLOAT64 = ((8, 8), (16, 4096), (64, 64), (256, 512), (1024, 8))
+# Multiply-adds of one assignment (n * d * k) a sweep cell aims at, and the
+# most it may take: n is at least 2k rows, so the widest rows with the most
+# centroids would take minutes per fit (they are skipped).
+SWEEP_WORK = 1e9
+SWEEP_MAX_WORK = 5e9
+SWEEP_MAX_ROWS = 1_000_000
+SWEEP_MAX_ELEMENTS = 2**25  # 128 MiB of float32 rows
+SWEEP_SLOWER_THAN_SKLEARN = 0.8
+# Blobs of every cell's data: with as many blobs as clusters, few clusters
+# converge in 2-4 iterations, where a fit's fixed costs weigh on the time
+# per iteration; more blobs than clusters keep the iterations going.
+SWEEP_BLOBS = 256
+
+
+def sweep_rows(d: int, k: int) -> int | None:
+    """n for a sweep cell of d features and k clusters, or None (too slow to time)."""
+    n = int(SWEEP_WORK / (d * k))
+    n = min(n, SWEEP_MAX_ROWS, SWEEP_MAX_ELEMENTS // d)
+    n = max(n, 2 * k, 1000)
+    return None if n * d * k > SWEEP_MAX_WORK else n
+
+
+class SweepCell(NamedTuple):
+    d: int
+    k: int
+    n: int
+    dtype: str
+    seconds: dict[str, float]  # per library, median of one fit over the iterations it ran
+    inertia: dict[str, float]  # per library, recomputed in float64
+    n_iter: dict[str, int]  # per library
+    busy: float | None
+
+
+def sweep_runners(
+    X: np.ndarray, C0: np.ndarray, iters: int, libraries: list[str]
+) -> dict[str, Callable[[], Fit]]:
+    """Fixed-iteration fits of each library from C0, as a user calls them; each
+    returns its final centroids and the iterations it ran."""
+    d = X.shape[1]
+    k = C0.shape[0]
+    runners: dict[str, Callable[[], Fit]] = {}
+    if "torchkmeans" in libraries:
+
+        def run_torchkmeans() -> Fit:
+            fit = torchkmeans.KMeans(k, init=C0, n_init=1, max_iter=iters, tol=0.0).fit(X)
+            return Fit(fit.cluster_centers_, int(fit.n_iter_))
+
+        runners["torchkmeans"] = run_torchkmeans
+    if "sklearn" in libraries:
+
+        def run_sklearn() -> Fit:
+            fit = SkKMeans(k, init=C0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
+            fit.fit(X)
+            return Fit(fit.cluster_centers_, int(fit.n_iter_))
+
+        runners["sklearn"] = run_sklearn
+    if "faiss" in libraries and X.dtype == np.float32:
+
+        def run_faiss() -> Fit:
+            km = faiss.Kmeans(
+                d, k, niter=iters, max_points_per_centroid=10**9, min_points_per_centroid=1
+            )
+            km.train(X, init_centroids=C0)
+            return Fit(km.centroids, len(km.obj))
+
+        runners["faiss"] = run_faiss
+    return runners
+
+
+def sweep_cell(d: int, k: int, dtype: np.dtype, args: argparse.Namespace) -> SweepCell | None:
+    n = sweep_rows(d, k)
+    if n is None:
+        return None
+    X = make_blobs32(n, d, SWEEP_BLOBS, seed=SEED).astype(dtype, copy=False)
+    rows = np.random.default_rng(SEED + 1).choice(n, size=k, replace=False)
+    C0 = np.ascontiguousarray(X[np.sort(rows)])
+    libraries = ["torchkmeans", "sklearn"] + ([] if args.no_faiss or faiss is None else ["faiss"])
+    runners = sweep_runners(X, C0, args.sweep_iters, libraries)
+    progress(f"sweep d={d} k={k} n={n} {np.dtype(dtype).name}: {', '.join(runners)} in turn")
+    timings, busy = measure_together(
+        runners, sync=lambda: None, budget_s=len(runners) * 0.6, min_rounds=3
+    )
+    return SweepCell(
+        d,
+        k,
+        n,
+        np.dtype(dtype).name,
+        {name: timing.seconds / max(timing.result.n_iter, 1) for name, timing in timings.items()},
+        {
+            name: inertia64(X.astype(np.float32), timing.result.centroids)
+            for name, timing in timings.items()
+        },
+        {name: timing.result.n_iter for name, timing in timings.items()},
+        busy,
+    )
+
+
+def _numbers(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    return default if not text else tuple(int(value) for value in text.split(","))
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    ds = _numbers(args.sweep_d, SWEEP_D)
+    ks = _numbers(args.sweep_k, SWEEP_K)
+    grid: list[tuple[int, int, Any]] = [(d, k, np.float32) for d in ds for k in ks]
+    if not (args.sweep_d or args.sweep_k):
+        grid += [(d, k, np.float64) for d, k in SWEEP_FLOAT64]
+    cells = [cell for d, k, dtype in grid if (cell := sweep_cell(d, k, dtype, args)) is not None]
+    skipped = [(d, k) for d, k, _ in grid if sweep_rows(d, k) is None]
+    _print_header(
+        f"Sweep: KMeans(k, init=C, n_init=1, max_iter={args.sweep_iters}, tol=0).fit(X)",
+        f"""
+        ms/it = median wall time of one fit, the libraries timed in turn round after round,
+        over the iterations it ran (iters: torchkmeans/sklearn/faiss; the first two stop early
+        where no label changes); t/sk, t/faiss = torchkmeans' ms/it over scikit-learn's
+        (algorithm="lloyd") and faiss's (< 1 is faster); inert/sk = torchkmeans' inertia over
+        scikit-learn's, both recomputed in float64 from the final centroids; weak = slower
+        than faiss, or t/sk above {SWEEP_SLOWER_THAN_SKLEARN}. Data: make_blobs32 with
+        {SWEEP_BLOBS} blobs.
+        """,
+        f"{'d':>5} {'k':>5} {'n':>8} {'dtype':<7} {'tk ms/it':>8} {'sk ms/it':>8} {'fa ms/it':>8} "
+        f"{'iters':>8} "
+        f"{'t/sk':>6} {'t/faiss':>7} {'inert/sk':>9} {'busy':>5} weak",
+    )
+    for cell in cells:
+        tk = cell.seconds["torchkmeans"]
+        sk = cell.seconds.get("sklearn")
+        fa = cell.seconds.get("faiss")
+        weak = (fa is not None and tk > fa) or (
+            sk is not None and tk > SWEEP_SLOWER_THAN_SKLEARN * sk
+        )
+        print(
+            f"{cell.d:>5} {cell.k:>5} {cell.n:>8} {cell.dtype:<7} {1e3 * tk:>8.3f} "
+            f"{'-' if sk is None else f'{1e3 * sk:.3f}':>8} "
+            f"{'-' if fa is None else f'{1e3 * fa:.3f}':>8} "
+            f"{'/'.join(str(value) for value in cell.n_iter.values()):>8} "
+            f"{_ratio(tk, sk):>6} {_ratio(tk, fa):>7} "
+            f"{_ratio(cell.inertia['torchkmeans'], cell.inertia.get('sklearn')):>9} "
+            f"{_busy(cell.busy):>5} {'*' if weak else ''}"
+        )
+    float32 = {(cell.d, cell.k): cell for cell in cells if cell.dtype == "float32"}
+    for title, reference in (("t/sk", "sklearn"), ("t/faiss", "faiss")):
+        if not any(reference in cell.seconds for cell in float32.values()):
+            continue
+        print(f"\n{title}, float32 (rows d, columns k)")
+        print(f"{'d':>5} " + " ".join(f"{k:>7}" for k in ks))
+        for d in ds:
+            values = []
+            for k in ks:
+                cell = float32.get((d, k))
+                value = None if cell is None else cell.seconds.get(reference)
+                values.append(_ratio(cell.seconds["torchkmeans"], value) if cell else "-")
+            print(f"{d:>5} " + " ".join(f"{value:>7}" for value in values))
+    if skipped:
+        print(f"\nskipped (over {SWEEP_MAX_WORK:.0e} multiply-adds per iteration): {skipped}")
+
+
 # ---------------------------------------------------------------------- tables
 
 
@@ -1036,6 +1208,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="S",
         help="before each timing, wait up to S seconds for other processes to go idle",
     )
+    parser.add_argument(
+        "--sweep", action="store_true", help="a grid of d x k against sklearn and faiss instead"
+    )
+    parser.add_argument(
+        "--sweep-iters", type=int, default=10, help="fixed Lloyd iterations of a sweep cell"
+    )
+    parser.add_argument("--sweep-d", metavar="D,D,...", help="the sweep's feature counts")
+    parser.add_argument("--sweep-k", metavar="K,K,...", help="the sweep's cluster counts")
+    parser.add_argument("--no-faiss", action="store_true", help="leave faiss out of the sweep")
     parser.add_argument("--child-memory", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1060,6 +1241,15 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     print_machine(args, device)
+    if args.sweep:
+        if device.type != "cpu":
+            print("--sweep runs on the CPU only; nothing was run.", file=sys.stderr)
+            return 2
+        began = time.perf_counter()
+        clock = CpuClock.now()
+        run_sweep(args)
+        print_foreign_cpu(clock, time.perf_counter() - began)
+        return 0
     if faiss is None:
         print("faiss    : not importable, faiss columns skipped")
     elif device.type == "cuda" and not faiss_has_gpu():

@@ -500,17 +500,21 @@ def test_problems_with_padding_centroids_run_with_their_active_ones():
 @on_the_cpu_paths_only
 def test_which_problems_take_the_kernel():
     """Narrow rows always; up to 256 features with any number of centroids;
-    wider rows while the transposed centroids stay within 1 MB (4 MB while
-    labelling from scratch); never on other devices or dtypes."""
+    wider rows while the transposed centroids stay within 32 MB, in Lloyd's
+    iterations as labelling from scratch (the kernel measured faster than
+    the PyTorch path up to there: 1 MB and 4 MB before); never on other
+    devices or dtypes."""
     narrow, wide, wider = torch.empty(10, 8), torch.empty(10, 256), torch.empty(10, 1024)
     assert _native.prefers_native(narrow, 5000)
     assert _native.prefers_native(wide, 4096)
-    assert _native.prefers_native(wider, 256)
-    assert not _native.prefers_native(wider, 257)  # 272 padded centroids: 1088 KB
-    assert _native.prefers_native(wider, 1024, within_lloyd=False)
-    assert not _native.prefers_native(wider, 1025, within_lloyd=False)
-    assert not _native.prefers_native(wider.double(), 128 + 1)
-    assert _native.prefers_native(wider.double(), 128)
+    assert _native.prefers_native(wider, 257)
+    assert _native.prefers_native(wider, 4096)
+    assert _native.prefers_native(wider, 8192)
+    assert not _native.prefers_native(wider, 8193)  # 8208 padded centroids: 32.06 MB
+    assert _native.prefers_native(wider, 8192, within_lloyd=False)
+    assert not _native.prefers_native(wider, 8193, within_lloyd=False)
+    assert not _native.prefers_native(wider.double(), 4096 + 1)
+    assert _native.prefers_native(wider.double(), 4096)
     assert not _native.prefers_native(narrow.half(), 5)
     assert not _native.prefers_native(torch.empty(10, 0), 5)
     assert not _native.prefers_native(torch.empty(8, 10).T, 5)  # rows not contiguous

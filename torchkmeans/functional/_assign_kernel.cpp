@@ -15,7 +15,7 @@
 //
 // Two layouts, picked by the caller:
 // - rows: lanes hold centroids. a is kept transposed and padded, at (w, kp)
-//   with kp a multiple of 16 and a bias of +inf on the padding, stored as
+//   with kp a multiple of the lanes and a bias of +inf on the padding, stored as
 //   contiguous panels of kBlocks vectors of centroids. As in a blocked
 //   matrix product, a chunk of rows is scored against one panel (a block of
 //   its features at a time, small enough for the L1 cache) before the next,
@@ -37,7 +37,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -94,7 +94,59 @@ template <typename T> struct Aligned {
     }
 };
 
+// a < b ? a : b per lane (b where either is NaN), as one minimum instruction
+// where there is one. Compilers fold the select into the comparison that
+// also picks the index, a masked move, which puts the comparison's latency
+// on the running minimum's chain from centroid to centroid: one thread, Zen
+// 5, the column layout's time with the minimum instruction: d=1-4, k=512-
+// 4,096 0.45-0.73x (float64 d=4 0.67x), d=6-8 0.92-1.0x; AVX2 builds d=2-4
+// 0.75-0.94x; the same labels.
+template <typename T>
+inline typename Vec<T>::type lower(typename Vec<T>::type a, typename Vec<T>::type b) {
+    return a < b ? a : b;
+}
+#if defined(__AVX512F__)
+template <>
+inline Vec<float>::type lower<float>(Vec<float>::type a, Vec<float>::type b) {
+    return reinterpret_cast<Vec<float>::type>(
+        _mm512_min_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b)));
+}
+template <>
+inline Vec<double>::type lower<double>(Vec<double>::type a, Vec<double>::type b) {
+    return reinterpret_cast<Vec<double>::type>(
+        _mm512_min_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b)));
+}
+#elif defined(__AVX__)
+template <>
+inline Vec<float>::type lower<float>(Vec<float>::type a, Vec<float>::type b) {
+    return reinterpret_cast<Vec<float>::type>(
+        _mm256_min_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
+}
+template <>
+inline Vec<double>::type lower<double>(Vec<double>::type a, Vec<double>::type b) {
+    return reinterpret_cast<Vec<double>::type>(
+        _mm256_min_pd(reinterpret_cast<__m256d>(a), reinterpret_cast<__m256d>(b)));
+}
+#endif
+
 // ---- rows layout -------------------------------------------------------------
+
+// Makes the compiler hold v in a register from here on: GCC folds the load
+// of a panel's vector into each of the R multiply-adds that use it, R loads
+// where one will do, and then the loads, not the multiply-adds, bound the
+// row layout's loop (one thread, Zen 5, the kernel's time with the vector
+// held: d=16, k=4096 0.77x; d=64-256, k=512-1,024 0.79-0.81x; the same
+// scores, bit for bit).
+template <typename V>
+inline void in_register(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+    asm("" : "+v"(v));
+#elif defined(__aarch64__)
+    asm("" : "+w"(v));
+#else
+    (void)v;
+#endif
+}
 
 // Minimum across the lanes, and the lowest index among lanes holding it
 // (each lane holds the first index of its own minimum).
@@ -184,8 +236,10 @@ inline void score_panel(const T* x, int64_t ldx, int64_t j0, int64_t j1, int64_t
             acc[r][b] = Whole || j0 == 0 ? V{} : partial[r * kBlocks + b];
     for (int64_t j = j0; j < j1; ++j) {
         V a[NB];
-        for (int b = 0; b < NB; ++b)
+        for (int b = 0; b < NB; ++b) {
             a[b] = *reinterpret_cast<const V*>(panel + j * stride + b * L);
+            in_register(a[b]);
+        }
         for (int r = 0; r < R; ++r) {
             // vector * scalar broadcasts the scalar (into the multiply-add
             // itself); V{} + scalar would cost a scalar add first.
@@ -506,9 +560,8 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
         }
         const I index = I{} + static_cast<typename Vec<T>::lane>(c);
         for (int g = 0; g < kGroups; ++g) {
-            const auto lt = acc[g] < vmin[g];
-            vmin[g] = lt ? acc[g] : vmin[g];
-            vidx[g] = lt ? index : vidx[g];
+            vidx[g] = acc[g] < vmin[g] ? index : vidx[g];
+            vmin[g] = lower<T>(acc[g], vmin[g]);
         }
     }
     T values[kGroups * L];
@@ -952,7 +1005,10 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     if (certain && cosine) return -1;
     if (certain) columns = 0;
     constexpr int64_t L = lanes_of<T>();
-    const int64_t kp = dots ? (w + L - 1) / L * L : columns ? k : (k + 15) / 16 * 16;
+    // The row layout's centroids padded to whole vectors: to 16 they had
+    // been, which cost float64 (8 lanes with AVX-512) a vector of padding
+    // wherever k mod 16 is 1-8 (k=8: 0.67-0.69x the time without it).
+    const int64_t kp = dots ? (w + L - 1) / L * L : columns ? k : (k + L - 1) / L * L;
     constexpr int64_t kPanel = kBlocks * L;
     Aligned<T> scaled(dots ? k * kp : w * kp), biases(dots ? k : kp,
                                                        std::numeric_limits<T>::infinity());

@@ -67,19 +67,20 @@ _COLUMN_FEW_K = 16
 DOTS_MAX_K = 4
 _DOTS_MIN_FEATURES = {3: 24, 4: 64}
 # The row layout scores chunks of rows against panels of centroids kept in
-# the L1 cache, at 0.9-1.0 of torch.mm's speed on the same shape. The PyTorch
-# path's product runs at mm's speed plus an argmin over k per row, which
-# weighs less as d grows: with many centroids of many features the two are
-# even. Lloyd iterations, 2 threads, PyTorch path's time over the kernel's:
-# d=384, k=256 1.14-1.21; d=128, k=1024 1.16-1.30; d=128, k=256 1.42-1.64;
-# d=256, k=100 1.21-1.48; d=256, k=2048 1.13; d=1024, k=64-128 1.23-1.49;
-# d=512, k=512 (1 MB) 1.09; d=1024, k=256 (1 MB) 1.10; then d=2048, k=256
-# (2 MB) 1.01; d=512, k=1024 (2 MB) 0.93; d=768, k=1000 (3 MB) 0.97.
-_ROWS_MAX_CENTROID_BYTES = 1024 * 1024
-# ... while labelling from scratch the PyTorch path has no previous labels
-# to warm-start from: d=768, k=1000 (3 MB) 1.12; d=1024, k=1024 (4 MB) 1.17;
-# d=1024, k=256 2.19; d=128, k=4096 1.26.
-_LABELLING_MAX_CENTROID_BYTES = 4 * 1024 * 1024
+# the L1 cache, each panel's vectors held in registers across a tile of rows.
+# Wide rows with many centroids once took the PyTorch path (its product at
+# torch.mm's speed plus an argmin), past 1 MB of transposed centroids in
+# Lloyd's iterations and 4 MB labelling from scratch; since the kernel holds
+# the panel's vectors in registers (0.8x its time) it is the faster one at
+# every size measured, up to 32 MB. Zen 5, one thread, the kernel's time over
+# the PyTorch path's: Lloyd iterations, d=1,024, k=512 (2 MB) 0.64; d=512,
+# k=1,024 (2 MB) 0.59; d=768, k=1,000 (3 MB) 0.47-0.49; d=1,024, k=1,024
+# (4 MB) 0.71; d=2,048, k=256 (2 MB) 0.40; d=512, k=4,096 (8 MB) 0.66;
+# d=1,024, k=4,096 (16 MB) 0.52; d=2,048, k=4,096 (32 MB) 0.65 (two threads,
+# the machine shared: 0.37-0.53); labelling from scratch (nearest_centroids),
+# d=1,024, k=2,048-4,096 (8-16 MB) 0.42-0.51, d=2,048, k=4,096 0.54.
+_ROWS_MAX_CENTROID_BYTES = 32 * 1024 * 1024
+_LABELLING_MAX_CENTROID_BYTES = 32 * 1024 * 1024
 _ROWS_ANY_K_MAX_FEATURES = 256
 # Below this many multiply-adds a call runs on the calling thread alone.
 _PARALLEL_MIN_WORK = 1 << 18
