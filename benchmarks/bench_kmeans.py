@@ -873,8 +873,12 @@ def profile_lloyd(
             continue
         if not event.name.startswith("aten::"):
             continue
+        # self_device_time_total was self_cuda_time_total in older torch.
         self_us = (
-            event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+            getattr(event, "self_device_time_total", None)
+            or getattr(event, "self_cuda_time_total", 0)
+            if device.type == "cuda"
+            else event.self_cpu_time_total
         )
         seconds[_phase(event.name, _torchkmeans_stack(event))] += self_us / 1e6
     seconds["python"] = max(0.0, wall - sum(seconds.values())) if device.type == "cpu" else 0.0
