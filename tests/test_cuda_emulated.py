@@ -235,3 +235,57 @@ def test_gpu_check_runs_every_test_file_with_cuda_tests():
     }
     assert "tests/test_kmeans.py" in with_cuda
     assert with_cuda <= listed, sorted(with_cuda - listed)
+
+
+class _NcclOnly:
+    """``torch.distributed`` as an NCCL-only group of two ranks holding the
+    same values: it refuses tensors off the GPU, as NCCL does."""
+
+    class ReduceOp:
+        SUM = "sum"
+
+    @staticmethod
+    def get_backend(group: object) -> str:
+        return "nccl"
+
+    @staticmethod
+    def _gpu_only(tensor: torch.Tensor) -> None:
+        if not tensor.is_cuda:
+            raise RuntimeError("No backend type associated with device type cpu")
+
+    def all_reduce(self, tensor: torch.Tensor, op: str, group: object) -> None:
+        self._gpu_only(tensor)
+        tensor.mul_(2)
+
+    def all_gather(self, parts: list[torch.Tensor], tensor: torch.Tensor, group: object) -> None:
+        self._gpu_only(tensor)
+        for part in parts:
+            part.copy_(tensor)
+
+    def broadcast(self, tensor: torch.Tensor, src: int, group: object) -> None:
+        self._gpu_only(tensor)
+
+
+def test_an_nccl_group_reduces_host_tensors_on_its_gpu():
+    # A fit of host data (device=None) in an NCCL-only group hands the
+    # collective CPU tensors, which NCCL refuses: they go through the GPU.
+    from torchkmeans.distributed import ProcessGroupCollective
+
+    group = ProcessGroupCollective.__new__(ProcessGroupCollective)
+    group._dist, group.group, group.rank, group.world_size, group._source = (
+        _NcclOnly(),
+        None,
+        0,
+        2,
+        0,
+    )
+    with fake_cuda():
+        assert group.device.type == "cuda"
+        sums = torch.arange(3.0)
+        assert group.all_sum(sums) is sums and sums.tolist() == [0.0, 2.0, 4.0]
+        gathered = group.all_gather(torch.tensor([1.0, 5.0]))
+        assert gathered.device.type == "cpu" and gathered.tolist() == [[1.0, 5.0]] * 2
+        seed = torch.tensor([7])
+        assert group.broadcast(seed) is seed and seed.tolist() == [7]
+        on_gpu = torch.ones(2).cuda()
+        assert group.all_sum(on_gpu) is on_gpu and on_gpu.is_cuda

@@ -105,18 +105,32 @@ class ProcessGroupCollective(Collective):
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
+    def _on_backend(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``, or a copy on the group's GPU where NCCL cannot reach it
+        (host data of a fit with ``device=None`` in an NCCL-only group)."""
+        device = self.device
+        if device.type == "cuda" and tensor.device.type != "cuda":
+            return tensor.to(device)
+        return tensor
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
+        moved = self._on_backend(tensor)
+        self._dist.all_reduce(moved, op=self._dist.ReduceOp.SUM, group=self.group)
+        if moved is not tensor:
+            tensor.copy_(moved)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.contiguous()
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        self._dist.all_gather(parts, tensor, group=self.group)
-        return torch.stack(parts)
+        moved = self._on_backend(tensor.contiguous())
+        parts = [torch.empty_like(moved) for _ in range(self.world_size)]
+        self._dist.all_gather(parts, moved, group=self.group)
+        return torch.stack(parts).to(tensor.device)
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._dist.broadcast(tensor, src=self._source, group=self.group)
+        moved = self._on_backend(tensor)
+        self._dist.broadcast(moved, src=self._source, group=self.group)
+        if moved is not tensor:
+            tensor.copy_(moved)
         return tensor
 
 
