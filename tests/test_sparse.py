@@ -1357,3 +1357,53 @@ def test_sparse_minibatch_reseeding_finds_copies_without_dense_candidates(monkey
         np.testing.assert_array_equal(ours.cluster_centers_, dense.cluster_centers_)
         np.testing.assert_array_equal(ours.labels_, dense.labels_)
     assert sum(copies) > 0
+
+
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cpu_fits_pass_the_kernel_int32_columns_with_the_same_results(monkeypatch, weighted):
+    # The fused kernel read int64 columns: 16 bytes per stored float64 value
+    # against scikit-learn's 12, most of a pass at k=2. A fit converts them
+    # to int32 once; the kernel's labels, distances and totals are the same.
+    import torchkmeans.functional._native as native_module
+    import torchkmeans.functional.sparse as sparse_module
+
+    if not native_module.available():
+        pytest.skip("the kernel is not built")
+    rows = _float64_rows(CSR)
+    centroids = torch.from_numpy(INIT[:5])
+    weights = torch.from_numpy(np.random.default_rng(0).random(CSR.shape[0]))
+    out = {}
+    for col in (rows.col, rows.col.to(torch.int32)):
+        labels = torch.empty(rows.n_rows, dtype=torch.int64)
+        distances = torch.empty(rows.n_rows, dtype=torch.float64)
+        totals = torch.empty((5, rows.n_features + 1), dtype=torch.float64)
+        total = native_module.sparse_lloyd(
+            rows.crow,
+            col,
+            rows.values,
+            rows.n_features,
+            centroids,
+            rows.sq_norms,
+            labels,
+            distances,
+            weights=weights if weighted else None,
+            totals=totals,
+        )
+        out[col.dtype] = (labels, distances, totals, total)
+    for got, expected in zip(out[torch.int32], out[torch.int64]):
+        assert_identical(got, expected)
+
+    columns = []
+    kernel = native_module.sparse_lloyd
+    monkeypatch.setattr(
+        native_module,
+        "sparse_lloyd",
+        lambda crow, col, *a, **kw: columns.append(col.dtype) or kernel(crow, col, *a, **kw),
+    )
+    w = weights.numpy() if weighted else None
+    ours = KMeans(5, init=INIT[:5]).fit(CSR, sample_weight=w)
+    assert columns and set(columns) == {torch.int32}
+    theirs = SklearnKMeans(5, init=INIT[:5], n_init=1).fit(CSR, sample_weight=w)
+    _same_fit(ours, theirs)
+    assert sparse_module._FUSED_MAX_CLUSTERS >= 5
