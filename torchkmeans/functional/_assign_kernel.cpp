@@ -1105,8 +1105,8 @@ constexpr int64_t kSparseTileBytes = 16 * 1024;  // of the centroids' transpose,
 // of centroids at ct + j * ldk for column j: U chains of multiply-adds over
 // the stored values, of NB vectors each (a single chain would wait on the
 // latency of each multiply-add), added in a fixed order into out.
-template <typename T, int B, int NB, int U>
-inline void row_dots(const int64_t* col, const T* values, int64_t p0, int64_t p1, const T* ct,
+template <typename T, int B, int NB, int U, typename I>
+inline void row_dots(const I* col, const T* values, int64_t p0, int64_t p1, const T* ct,
                      int64_t ldk, T* out) {
     typedef T V __attribute__((vector_size(B), aligned(sizeof(T))));
     constexpr int L = B / static_cast<int>(sizeof(T));
@@ -1152,8 +1152,8 @@ inline int64_t sparse_stride(int64_t k) {
 }
 
 // The dots of a row with all kp centroids (see sparse_width).
-template <typename T, int Bytes>
-inline void sparse_dots(const int64_t* col, const T* values, int64_t p0, int64_t p1, const T* ct,
+template <typename T, int Bytes, typename I>
+inline void sparse_dots(const I* col, const T* values, int64_t p0, int64_t p1, const T* ct,
                         int64_t kp, T* out) {
     if constexpr (Bytes > 0) {
         row_dots<T, Bytes, 1, 4>(col, values, p0, p1, ct, kp, out);
@@ -1193,8 +1193,8 @@ inline void with_sparse_width(int width, F&& f) {
 }
 
 // Rows [begin, end) of one thread (see sparse_lloyd), Bytes: sparse_width.
-template <typename T, int Bytes>
-void sparse_rows_step(const int64_t* crow, const int64_t* col, const T* values, int64_t begin,
+template <typename T, int Bytes, typename I>
+void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_t begin,
                       int64_t end, int64_t d, const T* ct, int64_t kp, const T* bias, int64_t k,
                       int cosine, const T* sq_norms, const double* weights, int64_t* labels,
                       T* distances, double* totals, double* score_sum) {
@@ -1242,8 +1242,8 @@ void sparse_rows_step(const int64_t* crow, const int64_t* col, const T* values, 
     *score_sum = sum;
 }
 
-template <typename T>
-void sparse_lloyd(const int64_t* crow, const int64_t* col, const T* values, int64_t n, int64_t d,
+template <typename T, typename I>
+void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n, int64_t d,
                   const T* centroids, int64_t k, int cosine, int threads, const T* sq_norms,
                   const double* weights, int64_t* labels, T* distances, double* totals,
                   double* score_sum) {
@@ -1334,29 +1334,43 @@ void sparse_lloyd(const int64_t* crow, const int64_t* col, const T* values, int6
 
 extern "C" {
 
-// Lloyd's step on CSR rows: crow (n + 1), col (nnz) and values (nnz) of n
-// rows of d features; centroids (k, d); cosine: 0 euclidean, 1 cosine (unit
+// Lloyd's step on CSR rows: crow (n + 1), col (nnz; int32 where narrow_col,
+// else int64: 12 bytes read per stored float64 value rather than 16) and
+// values (nnz) of n rows of d features; centroids (k, d); cosine: 0 euclidean, 1 cosine (unit
 // rows); threads: OpenMP threads to split the rows over; sq_norms (n), the
 // rows' squared norms (euclidean; unread for cosine); weights (n) or null.
 // Out: labels (n), the nearest centroid; distances (n), the squared distance
 // |x|^2 + |c|^2 - 2 x.c clamped at 0 (cosine: 1 - x.c clamped to [0, 2]);
 // totals (k, d + 1) or null, per cluster the weighted sum of its rows and
 // the sum of their weights; score_sum, the weighted sum of the distances.
-void tk_sparse_lloyd_f32(const int64_t* crow, const int64_t* col, const float* values, int64_t n,
-                         int64_t d, const float* centroids, int64_t k, int cosine, int threads,
-                         const float* sq_norms, const double* weights, int64_t* labels,
-                         float* distances, double* totals, double* score_sum) {
-    sparse_lloyd<float>(crow, col, values, n, d, centroids, k, cosine, threads, sq_norms, weights,
-                        labels, distances, totals, score_sum);
+void tk_sparse_lloyd_f32(const int64_t* crow, const void* col, int narrow_col,
+                         const float* values, int64_t n, int64_t d, const float* centroids,
+                         int64_t k, int cosine, int threads, const float* sq_norms,
+                         const double* weights, int64_t* labels, float* distances,
+                         double* totals, double* score_sum) {
+    if (narrow_col)
+        sparse_lloyd<float>(crow, static_cast<const int32_t*>(col), values, n, d, centroids, k,
+                            cosine, threads, sq_norms, weights, labels, distances, totals,
+                            score_sum);
+    else
+        sparse_lloyd<float>(crow, static_cast<const int64_t*>(col), values, n, d, centroids, k,
+                            cosine, threads, sq_norms, weights, labels, distances, totals,
+                            score_sum);
 }
 
-void tk_sparse_lloyd_f64(const int64_t* crow, const int64_t* col, const double* values,
-                         int64_t n, int64_t d, const double* centroids, int64_t k, int cosine,
-                         int threads, const double* sq_norms, const double* weights,
-                         int64_t* labels, double* distances, double* totals,
-                         double* score_sum) {
-    sparse_lloyd<double>(crow, col, values, n, d, centroids, k, cosine, threads, sq_norms,
-                         weights, labels, distances, totals, score_sum);
+void tk_sparse_lloyd_f64(const int64_t* crow, const void* col, int narrow_col,
+                         const double* values, int64_t n, int64_t d, const double* centroids,
+                         int64_t k, int cosine, int threads, const double* sq_norms,
+                         const double* weights, int64_t* labels, double* distances,
+                         double* totals, double* score_sum) {
+    if (narrow_col)
+        sparse_lloyd<double>(crow, static_cast<const int32_t*>(col), values, n, d, centroids, k,
+                             cosine, threads, sq_norms, weights, labels, distances, totals,
+                             score_sum);
+    else
+        sparse_lloyd<double>(crow, static_cast<const int64_t*>(col), values, n, d, centroids, k,
+                             cosine, threads, sq_norms, weights, labels, distances, totals,
+                             score_sum);
 }
 
 }  // extern "C"
@@ -1364,7 +1378,7 @@ void tk_sparse_lloyd_f64(const int64_t* crow, const int64_t* col, const double* 
 extern "C" {
 
 // Bumped whenever the signature or meaning of an entry point changes.
-int tk_abi_version() { return 10; }
+int tk_abi_version() { return 11; }
 
 int tk_vector_bytes() { return kBytes; }
 

@@ -43,7 +43,7 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 10
+_ABI_VERSION = 11
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -102,8 +102,8 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.argtypes += [pointer, pointer]
     for function in (library.tk_sparse_lloyd_f32, library.tk_sparse_lloyd_f64):
         function.restype = None
-        function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, small]
-        function.argtypes += [small, pointer, pointer, pointer, pointer, pointer, pointer]
+        function.argtypes = [pointer, pointer, small, pointer, integer, integer, pointer, integer]
+        function.argtypes += [small, small, pointer, pointer, pointer, pointer, pointer, pointer]
     for function in (library.tk_seed_scores_f32, library.tk_seed_scores_f64):
         function.restype = None
         function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
@@ -161,11 +161,12 @@ def _self_test() -> bool:
         distances = torch.empty(101, dtype=dtype, device="cpu")
         totals = torch.empty((37, 6), dtype=torch.float64, device="cpu")
         norms = x.square().sum(1)
-        sparse_lloyd(
-            crow, col, x.reshape(-1), 5, centroids, norms, labels, distances, totals=totals
-        )
-        if not torch.equal(labels, expected):
-            return False
+        for columns in (col, col.to(torch.int32)):
+            sparse_lloyd(
+                crow, columns, x.reshape(-1), 5, centroids, norms, labels, distances, totals=totals
+            )
+            if not torch.equal(labels, expected):
+                return False
     return True
 
 
@@ -390,7 +391,9 @@ def sparse_lloyd(
 ) -> float:
     """Lloyd's step on CSR rows in one pass over their stored values.
 
-    Rows ``crow`` ``(n + 1,)``, ``col`` ``(nnz,)`` (int64) and ``values``
+    Rows ``crow`` ``(n + 1,)``, ``col`` ``(nnz,)`` (int32 or int64: int32
+    columns, 4 bytes read per stored value rather than 8, for a fit that
+    converts them once) and ``values``
     ``(nnz,)`` (float32/float64) of ``n_features`` columns, with squared norms
     ``sq_norms`` ``(n,)`` (euclidean), or None for cosine scores of unit rows.
     Writes into ``labels`` ``(n,)`` int64 the nearest of ``centroids``
@@ -412,7 +415,7 @@ def sparse_lloyd(
     n = int(crow.shape[0]) - 1
     k = int(centroids.shape[0])
     crow = _operand(crow, torch.int64)
-    col = _operand(col, torch.int64)
+    col = _operand(col, torch.int32 if col.dtype == torch.int32 else torch.int64)
     values = _operand(values, dtype)
     centroids = _operand(centroids, dtype)
     sq_norms = None if sq_norms is None else _operand(sq_norms, dtype)
@@ -455,6 +458,7 @@ def sparse_lloyd(
     arguments = (
         crow.data_ptr(),
         col.data_ptr(),
+        int(col.dtype == torch.int32),
         values.data_ptr(),
         n,
         n_features,

@@ -376,6 +376,7 @@ def _apply_step(
     generator: torch.Generator | None,
     metric: str,
     collective: Collective,
+    repeated_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> MiniBatchStep:
     """The step's update from its assignment: ``labels`` and ``distances``
     ``(..., n)`` of the batch rows, their cluster ``sums`` ``(..., k, d)`` and
@@ -383,7 +384,10 @@ def _apply_step(
     ``rows_at(picked)`` gives the batch rows ``picked`` ``(..., m)`` as
     ``(..., m, d)`` (reassignment), ``zero_rows`` ``(..., n)`` the cosine rows
     of zeros (None for euclidean); ``acc`` the dtype sums are exchanged in
-    between ranks. Shared by dense and sparse batches."""
+    between ranks; ``repeated_at(picked, centroids)``, when given, the
+    :func:`_repeated_rows` of the batch rows ``picked`` without their dense
+    rows (sparse batches: only the reseeded rows are densified). Shared by
+    dense and sparse batches."""
     n, k, d = labels.shape[-1], old.shape[-2], old.shape[-1]
     device = labels.device
     # The batch inertia in the widest float (float64 but on MPS), as KMeans'
@@ -464,8 +468,11 @@ def _apply_step(
                 # Rows of zeros last: they would make zero centroids.
                 keys = keys.masked_fill(zero_rows, float("-inf"))
             picks = keys.topk(m, dim=-1).indices
-            candidates = rows_at(picks)
-            repeated = _repeated_rows(candidates, new_centroids.to(centroids_dtype))
+            if repeated_at is None:
+                candidates = rows_at(picks)
+                repeated = _repeated_rows(candidates, new_centroids.to(centroids_dtype))
+            else:
+                candidates, repeated = None, repeated_at(picks, new_centroids.to(centroids_dtype))
             if repeated is not None:
                 # Copies last: a centroid reseeded onto a centroid, or two onto
                 # copies of a row (batches are drawn with replacement), are
@@ -474,9 +481,14 @@ def _apply_step(
                 # rows, k=25: inertia 1.037x scikit-learn's, 0.97x with
                 # copies last).
                 order = repeated.to(torch.uint8).argsort(dim=-1, stable=True)
-                candidates = candidates.gather(-2, order.unsqueeze(-1).expand(*order.shape, d))
+                picks = picks.gather(-1, order)
+                if candidates is not None:
+                    candidates = candidates.gather(-2, order.unsqueeze(-1).expand(*order.shape, d))
             slot = (to_reassign.cumsum(-1) - 1).clamp_(0, m - 1)
-            new_rows = candidates.gather(-2, slot.unsqueeze(-1).expand(*slot.shape, d)).to(work)
+            if candidates is None:
+                new_rows = rows_at(picks.gather(-1, slot)).to(work)
+            else:
+                new_rows = candidates.gather(-2, slot.unsqueeze(-1).expand(*slot.shape, d)).to(work)
         else:  # an empty shard: another rank provides the rows
             new_rows = torch.zeros((*lead, k, d), dtype=work, device=device)
         if collective.distributed:
