@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_identical, on_the_cpu_paths_only
+from conftest import assert_identical, copies_found_on_the_cpu, on_the_cpu_paths_only
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.datasets import load_digits
 
@@ -1269,6 +1269,7 @@ def test_rows_equal_to_a_centre_are_labelled_again_without_a_dense_search(monkey
     assert torch.equal(centroids, given)
 
 
+@copies_found_on_the_cpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_repeated_sparse_rows_are_those_of_their_dense_rows(dtype):
     # The reseeding's copies, found from the stored values, are those found
@@ -1312,6 +1313,7 @@ def test_repeated_sparse_rows_are_those_of_their_dense_rows(dtype):
     assert 10 < found < 40
 
 
+@copies_found_on_the_cpu
 @pytest.mark.filterwarnings("ignore:Number of distinct clusters")
 def test_sparse_minibatch_reseeding_finds_copies_without_dense_candidates(monkeypatch):
     # Copies among the reseeding's candidates were found from their dense
