@@ -1330,6 +1330,22 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
     run(0, n, totals, score_sum);
 }
 
+// sparse_lloyd with the column indices of their width (narrow_col: int32).
+template <typename T>
+void sparse_lloyd_of_width(const int64_t* crow, const void* col, int narrow_col,
+                           const T* values, int64_t n, int64_t d, const T* centroids, int64_t k,
+                           int cosine, int threads, const T* sq_norms, const double* weights,
+                           int64_t* labels, T* distances, double* totals, double* score_sum) {
+    if (narrow_col)
+        sparse_lloyd<T>(crow, static_cast<const int32_t*>(col), values, n, d, centroids, k,
+                        cosine, threads, sq_norms, weights, labels, distances, totals,
+                        score_sum);
+    else
+        sparse_lloyd<T>(crow, static_cast<const int64_t*>(col), values, n, d, centroids, k,
+                        cosine, threads, sq_norms, weights, labels, distances, totals,
+                        score_sum);
+}
+
 }  // namespace
 
 extern "C" {
@@ -1348,14 +1364,9 @@ void tk_sparse_lloyd_f32(const int64_t* crow, const void* col, int narrow_col,
                          int64_t k, int cosine, int threads, const float* sq_norms,
                          const double* weights, int64_t* labels, float* distances,
                          double* totals, double* score_sum) {
-    if (narrow_col)
-        sparse_lloyd<float>(crow, static_cast<const int32_t*>(col), values, n, d, centroids, k,
-                            cosine, threads, sq_norms, weights, labels, distances, totals,
-                            score_sum);
-    else
-        sparse_lloyd<float>(crow, static_cast<const int64_t*>(col), values, n, d, centroids, k,
-                            cosine, threads, sq_norms, weights, labels, distances, totals,
-                            score_sum);
+    sparse_lloyd_of_width<float>(crow, col, narrow_col, values, n, d, centroids, k, cosine,
+                                 threads, sq_norms, weights, labels, distances, totals,
+                                 score_sum);
 }
 
 void tk_sparse_lloyd_f64(const int64_t* crow, const void* col, int narrow_col,
@@ -1363,14 +1374,9 @@ void tk_sparse_lloyd_f64(const int64_t* crow, const void* col, int narrow_col,
                          int64_t k, int cosine, int threads, const double* sq_norms,
                          const double* weights, int64_t* labels, double* distances,
                          double* totals, double* score_sum) {
-    if (narrow_col)
-        sparse_lloyd<double>(crow, static_cast<const int32_t*>(col), values, n, d, centroids, k,
-                             cosine, threads, sq_norms, weights, labels, distances, totals,
-                             score_sum);
-    else
-        sparse_lloyd<double>(crow, static_cast<const int64_t*>(col), values, n, d, centroids, k,
-                             cosine, threads, sq_norms, weights, labels, distances, totals,
-                             score_sum);
+    sparse_lloyd_of_width<double>(crow, col, narrow_col, values, n, d, centroids, k, cosine,
+                                  threads, sq_norms, weights, labels, distances, totals,
+                                  score_sum);
 }
 
 }  // extern "C"
