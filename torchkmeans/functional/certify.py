@@ -304,20 +304,31 @@ def first_copies(centroids: torch.Tensor) -> torch.Tensor | None:
     # copies are neighbours there, checked equal in full (a collision of
     # fingerprints is no copy). torch.unique(dim=0) took 14 ms for 256 x 384.
     rows = centroids
-    fingerprint = _fingerprints(rows)
+    first = first_equal_prints(_fingerprints(rows))
+    if first is None:
+        return None
+    position = torch.arange(k, device=rows.device).expand(b, k)
+    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
+    first = torch.where(equal, first, position)
+    return first if bool((first != position).any()) else None
+
+
+def first_equal_prints(fingerprint: torch.Tensor) -> torch.Tensor | None:
+    """Index of the first entry of each row of ``fingerprint`` ``(b, k)``
+    with the same value, ``(b, k)`` int64; None when no two are equal (one
+    host read). Entries of equal fingerprints are candidate copies, to be
+    compared in full (a collision of fingerprints is no copy)."""
+    b, k = fingerprint.shape
     ordered, order = fingerprint.sort(dim=-1, stable=True)
     same = ordered[:, 1:] == ordered[:, :-1]
     if not bool(same.any()):
         return None
-    # Each row's first copy in sorted order: the start of its run of equal
+    # Each entry's first in sorted order: the start of its run of equal
     # fingerprints (the stable sort puts the lowest index first).
-    position = torch.arange(k, device=rows.device).expand(b, k)
-    starts = torch.cat([torch.ones((b, 1), dtype=torch.bool, device=rows.device), ~same], dim=1)
+    position = torch.arange(k, device=fingerprint.device).expand(b, k)
+    starts = torch.cat([same.new_ones((b, 1)), ~same], dim=1)
     run_start = torch.where(starts, position, 0).cummax(dim=1).values
-    first = torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
-    equal = (rows == rows.gather(1, first.unsqueeze(-1).expand(b, k, d))).all(-1)
-    first = torch.where(equal, first, position)
-    return first if bool((first != position).any()) else None
+    return torch.empty_like(order).scatter_(1, order, order.gather(1, run_start))
 
 
 def without_copies(centroids: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor | None:
@@ -354,20 +365,26 @@ def _fingerprints(rows: torch.Tensor) -> torch.Tensor:
     """
     d = rows.shape[-1]
     weights = _fingerprint_weights(d)
-    narrow = {2: torch.int16, 4: torch.int32}.get(rows.element_size())
     out = torch.zeros(rows.shape[:-1], dtype=torch.int64, device=rows.device)
     step = max(1, _FINGERPRINT_BLOCK // max(1, out.numel()))
     for start in range(0, d, step):
         stop = min(d, start + step)
         part = rows[..., start:stop] + 0.0  # -0.0 as 0.0
-        if narrow is not None:
-            term = part.view(narrow).long().mul_(weights[0, start:stop])
-        else:
-            bits = part.view(torch.int64)
-            term = (bits & 0xFFFFFFFF).mul_(weights[0, start:stop])
-            term.add_((bits >> 32).mul_(weights[1, start:stop]))
-        out.add_(term.sum(-1))
+        out.add_(fingerprint_terms(part, weights[:, start:stop]).sum(-1))
     return out
+
+
+def fingerprint_terms(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The int64 terms of :func:`_fingerprints`: ``values`` (-0.0 already
+    0.0) times their columns' weights ``(2, ...)`` of
+    :func:`_fingerprint_weights`, shaped as ``values``; a row's fingerprint
+    is the (wrapping) sum of its terms, zeros adding nothing."""
+    narrow = {2: torch.int16, 4: torch.int32}.get(values.element_size())
+    if narrow is not None:
+        return values.view(narrow).long().mul_(weights[0])
+    bits = values.view(torch.int64)
+    term = (bits & 0xFFFFFFFF).mul_(weights[0])
+    return term.add_((bits >> 32).mul_(weights[1]))
 
 
 # Values per block of columns of _fingerprints (512 KB of int64 temporaries).

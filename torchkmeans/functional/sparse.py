@@ -26,7 +26,13 @@ import torch
 
 from .. import _validation as v
 from . import _device, _native
-from .certify import _fingerprint_weights, suspects, trust_factor
+from .certify import (
+    _fingerprint_weights,
+    fingerprint_terms,
+    first_equal_prints,
+    suspects,
+    trust_factor,
+)
 from .collective import LOCAL
 from .distances import (
     DEFAULT_MEMORY_BUDGET,
@@ -1300,24 +1306,13 @@ def _repeated_sparse_rows(
         same = matched.index_select(0, centres) & (centre_nonzeros[:, None] == nonzeros[None])
         repeated |= same.any(0)
     # Rows equal to an earlier row, found by fingerprint as first_copies finds them.
-    weights = _fingerprint_weights(d)
-    narrow = {2: torch.int16, 4: torch.int32}.get(values.element_size())
-    if narrow is not None:
-        terms = values.view(narrow).long().mul_(weights[0].index_select(0, part.col))
-    else:
-        bits = values.view(torch.int64)
-        terms = (bits & 0xFFFFFFFF).mul_(weights[0].index_select(0, part.col))
-        terms.add_((bits >> 32).mul_(weights[1].index_select(0, part.col)))
+    weights = _fingerprint_weights(d).index_select(1, part.col)
     fingerprint = torch.zeros(m, dtype=torch.int64, device=rows.device)
-    fingerprint.index_add_(0, part.row_of, terms)
-    ordered, order = fingerprint.sort(stable=True)
-    same_print = ordered[1:] == ordered[:-1]
-    if bool(same_print.any()):
-        position = torch.arange(m, device=rows.device)
-        starts = torch.cat([same_print.new_ones(1), ~same_print])
-        run_start = torch.where(starts, position, 0).cummax(0).values
-        first = torch.empty_like(order).scatter_(0, order, order.gather(0, run_start))
-        later = (first != position).nonzero().squeeze(1)
+    fingerprint.index_add_(0, part.row_of, fingerprint_terms(values, weights))
+    first = first_equal_prints(fingerprint.unsqueeze(0))
+    if first is not None:
+        first = first[0]
+        later = (first != torch.arange(m, device=rows.device)).nonzero().squeeze(1)
         dense = part.take(torch.cat([later, first.index_select(0, later)])).to(centroids.dtype)
         equal = (dense[: later.numel()] == dense[later.numel() :]).all(1)
         repeated[later] |= equal
