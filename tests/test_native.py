@@ -332,6 +332,56 @@ def test_one_run_relabelled_from_differences_makes_no_pass_of_its_own_after_the_
         assert torch.equal(field.nan_to_num(), made.nan_to_num())
 
 
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("far", [0.0, 1e4])
+@pytest.mark.parametrize("given_init", [False, True])
+def test_one_run_finished_by_the_kernel_makes_one_pass_after_the_loop(dtype, far, given_init):
+    """Wide rows of one run: one kernel call on the rows as given (centred as
+    they are read, distances measured from them) labels the rows against the
+    final centroids after the loop. The loop's own final pass and a pass of
+    exact distances from PyTorch ops are not made; the labels, centroids and
+    iterations are those of both passes, the inertia the float64 sum of the
+    distances to the returned centroids, and the labels their nearest."""
+    X, _ = make_blobs(n_samples=3000, n_features=64, centers=20, random_state=0)
+    x = torch.tensor(X, dtype=dtype) + far
+    k = 8
+    real_nearest = _native.nearest
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real_nearest(*args, **kwargs)
+
+    def fit():
+        if given_init:
+            return lloyd_module.lloyd(x, x[:k].clone(), max_iter=50)
+        return kmeans(x, k, generator=torch.Generator().manual_seed(0))
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a pass of exact distances from PyTorch ops")
+
+    with mock.patch.object(_native, "nearest", counted):
+        with mock.patch.object(lloyd_module, "_labelled_distances", refused):
+            result = fit()
+    # (Suspects that the centring's rounding leaves are measured again from
+    # differences, as before: not a pass over the rows.)
+    after_loop = [c for c in calls if c.get("distances") is not None and not c.get("differences")]
+    assert len(after_loop) == 1 and after_loop[0].get("given") is not None
+    with mock.patch.object(lloyd_module, "_finished_by_kernel", lambda *args: False):
+        both = fit()
+    assert torch.equal(result.labels, both.labels)
+    assert torch.equal(result.centroids, both.centroids)
+    assert int(result.n_iter) == int(both.n_iter)
+    exact = torch.cdist(x.double(), result.centroids.double()).square()
+    chosen = exact.gather(1, result.labels[:, None]).squeeze(1)
+    assert (chosen <= exact.min(1).values * (1 + 1e-6) + 1e-6).all()
+    expected = ((x.double() - result.centroids.double()[result.labels]) ** 2).sum()
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12  # float32 distances, summed in float64
+    torch.testing.assert_close(result.inertia.double(), expected, rtol=rtol, atol=0.0)
+    torch.testing.assert_close(both.inertia.double(), expected, rtol=rtol, atol=0.0)
+
+
 def test_predict_through_the_kernel_is_exact_far_from_the_origin():
     """predict on float32 data far from the origin: the kernel scores rows less
     the training mean (removed in the kernel, step by step), so the labels are
