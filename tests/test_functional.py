@@ -657,6 +657,27 @@ def test_shared_data_restarts_leave_the_batch_and_follow_moved_points_exactly(
         assert torch.isnan(batched.inertia_history[i, int(single.n_iter) :]).all()
 
 
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("shape", [(300, 2), (70_000, 3), (3, 9_000, 17), (20_000, 385)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_prepare_in_blocks_on_the_host_equals_the_ops_on_the_copy(monkeypatch, shape, dtype):
+    """On the CPU, prepare centres x into its copy and takes the squared norms
+    block by block, from one read of x for the mean: the same values, bit
+    for bit, and the same layout as the copy centred op by op (the
+    accelerator's path), weights included."""
+    from torchkmeans.functional.lloyd import prepare
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=generator) * 5 + 3).to(dtype)
+    w = torch.rand(shape[-2], generator=generator)
+    blocks = prepare(x, sample_weight=w)
+    monkeypatch.setattr(_device, "on_host", lambda device: False)
+    ops = prepare(x, sample_weight=w)
+    for field in ("x", "x_aug", "x_sq", "weights", "offset", "mean_variance"):
+        assert torch.equal(getattr(blocks, field), getattr(ops, field)), field
+        assert getattr(blocks, field).stride() == getattr(ops, field).stride(), field
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_one_problem_warm_pass_equals_comparing_all_labels(monkeypatch, seed):
     """One problem on the CPU: the rows the warm pass reports as changed decide the
