@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -1409,3 +1410,43 @@ def test_cpu_fits_pass_the_kernel_int32_columns_with_the_same_results(monkeypatc
     theirs = SklearnKMeans(5, init=INIT[:5], n_init=1).fit(CSR, sample_weight=w)
     _same_fit(ours, theirs)
     assert sparse_module._FUSED_MAX_CLUSTERS >= 5
+
+
+@on_the_cpu_paths_only
+def test_a_sparse_step_densifies_only_the_rows_of_reseeded_centroids(monkeypatch):
+    # The reseeding made the rows of all k centroids dense (k x d values,
+    # the where between them and the others as many again), then kept
+    # those of the few reseeded: only these are made dense now, with the
+    # same step.
+    import torchkmeans.functional.minibatch as minibatch_module
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = _float64_rows(CSR[:300])
+    centroids = torch.from_numpy(DENSE[[0, 100, 200, 250, 290]].copy())
+    centroids[3:] += 100.0  # no rows: light, reseeded
+    ws = torch.tensor([40.0, 40.0, 40.0, 0.1, 0.1], dtype=torch.float64)
+
+    def step() -> object:
+        return sparse_module.sparse_minibatch_step(
+            rows, centroids, ws, random_reassign=True, generator=torch.Generator().manual_seed(0)
+        )
+
+    with monkeypatch.context() as patched:
+        patched.setattr(minibatch_module, "_device", mock.Mock(wraps=minibatch_module._device))
+        patched.setattr(minibatch_module._device, "on_host", lambda device: False)
+        expected = step()  # every centroid's row made dense, then a where
+    taken = []
+    take = sparse_module.SparseRows.take
+
+    def counted(self, index):
+        taken.append(int(index.numel()))
+        return take(self, index)
+
+    monkeypatch.setattr(sparse_module.SparseRows, "take", counted)
+    ours = step()
+    # The two reseeded centroids' rows (before them, candidates of equal
+    # fingerprints compared whole), never one per centroid.
+    assert taken[-1] == 2 and 5 not in taken
+    assert torch.equal(ours.centroids, expected.centroids)
+    assert torch.equal(ours.weight_sums, expected.weight_sums)
+    assert torch.equal(ours.labels, expected.labels)
