@@ -1162,11 +1162,12 @@ def test_the_scale_of_centroids_is_read_without_a_copy_of_them():
 
 @on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("k", [2, 20, 100])
+@pytest.mark.parametrize("k", [2, 7, 20, 100])
 def test_the_kernel_transposes_centroids_of_many_features_tile_by_tile(dtype, k):
     # The kernel transposes the centroids to (d, k) a tile of columns at a
     # time (written column by column, the transpose took 3.2 ms of a 3.4 ms
-    # call at k=20, d=50,000): every tile, the last one partial, gives each
+    # call at k=20, d=50,000), four centroids' norms at a time and the rest
+    # one by one (k=7: both): every tile, the last one partial, gives each
     # row its nearest centre, its distance and its cluster's sums.
     from torchkmeans.functional import _native
 
