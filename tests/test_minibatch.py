@@ -269,8 +269,8 @@ def test_step_batched_equals_one_problem_at_a_time():
 @pytest.mark.parametrize("weighted", [False, True])
 def test_step_moves_centroids_by_sklearns_rule_and_keeps_those_without_rows(dtype, weighted):
     # Centroids 3 and 5 get no rows (5 only rows of weight 0): they stay
-    # exactly, the others move to (c * W + sum) / (W + w) in float64 as
-    # scikit-learn's rule, then rounded once to the centroids' dtype.
+    # exactly, the others move to (c * W + sum) / (W + w), scikit-learn's
+    # rule (computed here in float64).
     g = torch.Generator().manual_seed(0)
     c = torch.randn(6, 5, generator=g, dtype=torch.float64)
     c[3] += 100.0
@@ -291,10 +291,16 @@ def test_step_moves_centroids_by_sklearns_rule_and_keeps_those_without_rows(dtyp
     expected = (old * ws[:, None] + sums) / (ws + counts)[:, None]
     moved = counts > 0
     assert moved.tolist() == [True, True, True, False, True, not weighted]
-    torch.testing.assert_close(step.centroids[moved].double(), expected[moved].to(dtype).double())
+    # float32 sums are float32 off the CPU kernel's path: a few units of rounding.
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(
+        step.centroids[moved].double(), expected[moved], rtol=tolerance, atol=tolerance
+    )
     assert torch.equal(step.centroids[~moved], c.to(dtype)[~moved])
     assert step.centroids.is_contiguous() and step.centroids.dtype == dtype
-    torch.testing.assert_close(step.weight_sums.double(), (ws + counts).to(dtype).double())
+    torch.testing.assert_close(
+        step.weight_sums.double(), ws + counts, rtol=tolerance, atol=tolerance
+    )
 
 
 @on_the_cpu_paths_only
