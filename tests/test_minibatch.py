@@ -1369,3 +1369,36 @@ def test_copies_among_wide_rows_are_found_with_small_temporaries(dtype):
         and copies[0, 31] == 9
         and int((copies[0] != torch.arange(40)).sum()) == 2
     )
+
+
+def test_fit_decides_the_kernel_pass_of_its_steps_once(monkeypatch):
+    # Whether a step labels and sums its batch in one pass of the kernel's
+    # differences depends on the batch's shape, dtype and device, the same
+    # for every step of a fit: decided once, where its checks took a tenth of
+    # a small step, with the same fit as deciding at each step.
+    import torchkmeans.minibatch as minibatch_module
+
+    X = load_digits().data[:300]
+    decided = []
+    original = minibatch_module._step_by_differences
+
+    def counted(x, k):
+        decided.append(k)
+        return original(x, k)
+
+    step = minibatch_module._minibatch_step
+    with monkeypatch.context() as patched:
+        # Each step decides on its own (the decision left to _minibatch_step).
+        patched.setattr(
+            minibatch_module,
+            "_minibatch_step",
+            lambda *args, by_differences=None, **kwargs: step(*args, **kwargs),
+        )
+        expected = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
+    monkeypatch.setattr(minibatch_module, "_step_by_differences", counted)
+    ours = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
+    assert decided == [4]
+    assert ours.n_steps_ == expected.n_steps_ > 1
+    np.testing.assert_array_equal(ours.cluster_centers_, expected.cluster_centers_)
+    np.testing.assert_array_equal(ours.labels_, expected.labels_)
+    np.testing.assert_array_equal(ours.counts_, expected.counts_)

@@ -30,6 +30,7 @@ from .functional.distances import (
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import (
     _minibatch_step,
+    _step_by_differences,
     certain_nearest,
     join_rejected_step,
     minibatch_step,
@@ -186,7 +187,8 @@ class _Source:
         """Rows ``index``, in that order: a memmap is read in file order, then
         put back in ``index``'s order, so streamed and in-memory fits are the same."""
         if not self.streamed:
-            return self.x.index_select(0, index).to(self.compute)
+            rows = self.x.index_select(0, index)
+            return rows if rows.dtype == self.compute else rows.to(self.compute)
         if self.sparse:
             return self.rows.take(index.cpu()).to(device=self.device, dtype=self.compute)
         in_file_order = index.cpu().sort()
@@ -621,10 +623,11 @@ class MiniBatchKMeans(KMeans):
         # 1,024-row batches: inertia 2x scikit-learn's, which falls into the
         # same state on some seeds). Before 10 * k of weight (the periodic
         # rule's period), the first periodic reassignment decides.
-        empty = (counts == 0).any() & (counts.sum() + self._batch_size >= 10 * k)
         if not on_host:
-            return empty
-        if bool(empty):
+            return (counts == 0).any() & (counts.sum() + self._batch_size >= 10 * k)
+        # Read at once: most steps have no empty centre, and need no sum
+        # (weights are not negative: the lightest is 0 where one is empty).
+        if float(counts.amin()) == 0 and bool(counts.sum() + self._batch_size >= 10 * k):
             self._n_since_last_reassign = 0
             return True
         return False
@@ -770,6 +773,7 @@ class MiniBatchKMeans(KMeans):
             scale = min(exponent, 0)
         centers = times_power_of_two(centers, scale)
         step_index = 0
+        by_differences = None
         for step_index in range(n_steps):
             if drawn is None:
                 index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
@@ -787,8 +791,14 @@ class MiniBatchKMeans(KMeans):
                     memory_budget=self.memory_budget,
                 )
             else:
+                x = times_power_of_two(self._prepare(source.take(index)), scale)
+                if by_differences is None:
+                    # The same for every batch (its shape, dtype and device).
+                    by_differences = self.metric == "euclidean" and (
+                        differences and _step_by_differences(x, k)
+                    )
                 step = _minibatch_step(
-                    times_power_of_two(self._prepare(source.take(index)), scale),
+                    x,
                     centers,
                     counts,
                     sample_weight=None,
@@ -799,6 +809,7 @@ class MiniBatchKMeans(KMeans):
                     memory_budget=self.memory_budget,
                     collective=LOCAL,
                     differences=differences,
+                    by_differences=by_differences,
                 )
             # In the widest float: squared shifts of float32 centres near 1e-25
             # underflow to 0 in float32, which stopped the fit at its second step.
@@ -808,7 +819,7 @@ class MiniBatchKMeans(KMeans):
                 (
                     centers,
                     counts,
-                    times_power_of_two(step.inertia.to(wide), -2 * scale),
+                    times_power_of_two(step.inertia, -2 * scale),  # in wide
                     times_power_of_two(shift, -2 * scale),
                 )
             )
@@ -818,7 +829,7 @@ class MiniBatchKMeans(KMeans):
             # stop inside it rolls back to that step's centres. (One step on
             # the CPU: two scalar reads, cheaper than stacking.)
             if len(window) == 1:
-                stats = [(float(window[0][2]), float(window[0][3]))]
+                stats = [(float(window[0][2]), float(window[0][3]) if tol > 0 else 0.0)]
             else:
                 pairs = [torch.stack([entry[2].double(), entry[3].double()]) for entry in window]
                 stats = torch.stack(pairs).tolist()

@@ -274,10 +274,15 @@ def _minibatch_step(
     memory_budget: int | None,
     collective: Collective,
     differences: bool = True,
+    by_differences: bool | None = None,
 ) -> MiniBatchStep:
     """:func:`minibatch_step` on checked, detached arguments (MiniBatchKMeans'
     loop checks them once per fit: on a small batch the checks and the
     batching views of every step cost more than its search).
+
+    ``by_differences``, when known, is :func:`_step_by_differences` of the
+    rows (the same for every batch of a fit: its shape, dtype and device),
+    whose checks took a tenth of a step of a small batch.
 
     ``differences=False`` keeps narrow rows from the kernel that scores them
     from differences: for rows whose squared differences underflow (float32
@@ -300,7 +305,11 @@ def _minibatch_step(
     if weights is not None:
         weights = weights.to(acc)
 
-    if not batched and metric == "euclidean" and differences and _step_by_differences(x, k):
+    if by_differences is None:
+        by_differences = (
+            not batched and metric == "euclidean" and differences and _step_by_differences(x, k)
+        )
+    if by_differences:
         # Narrow rows or a small batch on the CPU: one kernel call labels the
         # batch from differences (exact, see nearest_centroids) and sums its
         # clusters in float64, where nearest_centroids and a scatter took
@@ -395,7 +404,10 @@ def _apply_step(
     # infinite (refused as an overflow of X by MiniBatchKMeans, whose KMeans
     # fit of the same data passed); rows scored scaled (float32 near 1e-25)
     # keep their float64 distances, which underflowed to 0 in float32.
-    distances = distances.to(_device.widest_float(distances.device))
+    wide = _device.widest_float(distances.device)
+    # dtype checks rather than .to calls that change nothing: on a small
+    # batch each call costs as much as an op (about 1 us).
+    distances = _as(distances, wide)
     inertia = (distances if weights is None else distances * weights).sum(-1)
     n_total = n
     if collective.distributed:
@@ -420,7 +432,7 @@ def _apply_step(
             raise_rejected()
         n_total = int(total)
     work = sums.dtype
-    old, ws = old.to(work), ws.to(work)
+    old, ws = _as(old, work), _as(ws, work)
     new_ws = ws + counts
     filled = counts > 0
     # scikit-learn's (c * W + sum) / (W + w); a centroid without (weighted)
@@ -453,14 +465,27 @@ def _apply_step(
     deferred = isinstance(random_reassign, torch.Tensor)
     to_reassign = None
     if (deferred or random_reassign) and reassignment_ratio > 0:
-        to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
-        if deferred:
-            to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
-        elif _device.on_host(to_reassign.device) and not bool(to_reassign.any()):
+        if host and not deferred and new_ws.ndim == 1:
             # On the CPU a read costs nothing: when no centroid is light, skip
             # the reseeding's twenty-odd ops (and its random draw, as
-            # scikit-learn does), most of a small step's time.
-            to_reassign = None
+            # scikit-learn does), most of a small step's time; the lightest
+            # weight alone tells.
+            lightest, heaviest = torch.aminmax(new_ws)
+            if new_ws.dtype == torch.float64:
+                # The same product and comparison in float64, on the host.
+                threshold: float | torch.Tensor = reassignment_ratio * float(heaviest)
+                light = float(lightest) < threshold
+            else:
+                threshold = reassignment_ratio * heaviest
+                light = bool(lightest < threshold)
+            if light:
+                to_reassign = new_ws < threshold
+        else:
+            to_reassign = new_ws < reassignment_ratio * new_ws.amax(-1, keepdim=True)
+            if deferred:
+                to_reassign &= random_reassign.to(device=to_reassign.device, dtype=torch.bool)
+            elif host and not bool(to_reassign.any()):
+                to_reassign = None
     if to_reassign is not None:
         # At most half the batch: only the lightest int(n / 2) may move.
         rank = new_ws.argsort(dim=-1, stable=True).argsort(dim=-1)
@@ -540,11 +565,16 @@ def _apply_step(
     # Contiguous: the sums, and so the centroids moved in place, may be a
     # view of the kernel's (k, d + 1) totals.
     return MiniBatchStep(
-        new_centroids.to(centroids_dtype).contiguous(),
-        new_ws.to(weight_sums_dtype),
+        _as(new_centroids, centroids_dtype).contiguous(),
+        _as(new_ws, weight_sums_dtype),
         labels,
         inertia,
     )
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``: itself when it already is."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _repeated_rows(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
