@@ -1371,6 +1371,28 @@ def test_copies_among_wide_rows_are_found_with_small_temporaries(dtype):
     )
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_fit_scores_validation_rows_only_to_choose_between_seedings(monkeypatch, init):
+    # The validation subsample's labels pick the best of n_init seedings:
+    # with one seeding they chose nothing and took a tenth of a small fit
+    # (wine, 21 steps). They are still drawn: the same random stream.
+    X = load_digits().data[:400]
+    scored = []
+    original = MiniBatchKMeans._assign_rows
+
+    def spy(self, x, centers):
+        scored.append(int(x.shape[0]))
+        return original(self, x, centers)
+
+    monkeypatch.setattr(MiniBatchKMeans, "_assign_rows", spy)
+    for n_init in (1, 3):
+        scored.clear()
+        MiniBatchKMeans(5, init=init, n_init=n_init, random_state=0, batch_size=50).fit(X)
+        # The validation rows (init_size=150) once per seeding, then the
+        # final labels of the 400 rows.
+        assert scored == [150] * (n_init if n_init > 1 else 0) + [400]
+
+
 def test_fit_decides_the_kernel_pass_of_its_steps_once(monkeypatch):
     # Whether a step labels and sums its batch in one pass of the kernel's
     # differences depends on the batch's shape, dtype and device, the same
