@@ -1451,3 +1451,44 @@ def test_a_sparse_step_densifies_only_the_rows_of_reseeded_centroids(monkeypatch
     assert torch.equal(ours.centroids, expected.centroids)
     assert torch.equal(ours.weight_sums, expected.weight_sums)
     assert torch.equal(ours.labels, expected.labels)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-85, 2.0**63])
+def test_sparse_partial_fit_reads_the_scale_of_its_centres_once(monkeypatch, scale):
+    # partial_fit read the largest entry of all k x d centres before its
+    # step and again for the labels after it. The new centres are weighted
+    # means of the old ones and the batch rows (or rows): where neither
+    # needs a scale, neither do they, and they are not read again. Data
+    # that needs one (float32 near 1e-25 or 1e19) is still read and scaled:
+    # the same fits either way.
+    import torchkmeans.minibatch as minibatch_module
+
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(1200, 40)) * (rng.random((1200, 40)) < 0.2)
+    X = sparse.csr_matrix((dense * scale).astype(np.float32))
+    batches = [X[start : start + 200] for start in range(0, 1200, 200)]
+    read = []
+    exponent_of = minibatch_module.sparse_scale_exponent
+    needs_no_scale = minibatch_module.sparse_needs_no_scale
+
+    def counted(rows, centroids=None):
+        read.append(centroids is not None)
+        return exponent_of(rows, centroids)
+
+    def fit(decide) -> MiniBatchKMeans:
+        monkeypatch.setattr(minibatch_module, "sparse_needs_no_scale", decide)
+        model = MiniBatchKMeans(4, random_state=0, batch_size=200)
+        model.partial_fit(batches[0])  # seeds (reads the rows) and steps
+        read.clear()
+        for batch in batches[1:]:
+            model.partial_fit(batch)
+        return model
+
+    monkeypatch.setattr(minibatch_module, "sparse_scale_exponent", counted)
+    expected = fit(lambda rows: False)  # read before and after each step
+    assert read.count(True) == 2 * len(batches[1:])
+    ours = fit(needs_no_scale)
+    assert read.count(True) == (1 if scale == 1.0 else 2) * len(batches[1:])
+    np.testing.assert_array_equal(ours.cluster_centers_, expected.cluster_centers_)
+    np.testing.assert_array_equal(ours.labels_, expected.labels_)
+    assert ours.inertia_ == expected.inertia_

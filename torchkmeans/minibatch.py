@@ -40,6 +40,7 @@ from .functional.sparse import (
     _initial_centroids,
     sparse_minibatch_step,
     sparse_nearest,
+    sparse_needs_no_scale,
     sparse_scale_exponent,
     sparse_scaled,
     sparse_weights_without_rows_of_zeros,
@@ -1207,6 +1208,12 @@ class MiniBatchKMeans(KMeans):
             # Squared distances that would under- or overflow (float32 near
             # 1e-25 or 1e19): the step is taken scaled by a power of two, exactly.
             exponent = sparse_scale_exponent(rows, centers)
+            # The step's centres are weighted means of the old ones and the
+            # rows, or rows: their largest entry lies between the rows' and
+            # the old centres'. Where neither end needs a scale, neither do
+            # they, and the labels below take none without reading all k x d
+            # values again (k=20, d=50,000: 0.2-0.3 ms of a 7 ms call).
+            unscaled = exponent == 0 and sparse_needs_no_scale(rows)
             step = sparse_minibatch_step(
                 sparse_scaled(rows, exponent),
                 times_power_of_two(centers, exponent),
@@ -1230,7 +1237,7 @@ class MiniBatchKMeans(KMeans):
         if self.compute_labels:
             if self.metric == "cosine":
                 centers = unit_rows(centers)
-            exponent = sparse_scale_exponent(rows, centers)
+            exponent = 0 if unscaled else sparse_scale_exponent(rows, centers)
             labels, distances = sparse_nearest(
                 sparse_scaled(rows, exponent),
                 times_power_of_two(centers, exponent),
