@@ -265,6 +265,96 @@ def test_step_batched_equals_one_problem_at_a_time():
         torch.testing.assert_close(both.inertia[i], one.inertia)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_step_moves_centroids_by_sklearns_rule_and_keeps_those_without_rows(dtype, weighted):
+    # Centroids 3 and 5 get no rows (5 only rows of weight 0): they stay
+    # exactly, the others move to (c * W + sum) / (W + w), scikit-learn's
+    # rule (computed here in float64).
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    c[3] += 100.0
+    near = torch.tensor([0, 1, 2, 4, 5] * 8 + ([5] * 4 if weighted else []))
+    x = c[near] + 0.1 * torch.randn(near.numel(), 5, generator=g, dtype=torch.float64)
+    weights = None
+    if weighted:
+        weights = torch.rand(near.numel(), generator=g, dtype=torch.float64) + 0.5
+        weights[near == 5] = 0.0
+    ws = torch.tensor([0.0, 3.0, 10.0, 2.0, 1.0, 4.0], dtype=torch.float64)
+    step = minibatch_step(x.to(dtype), c.to(dtype), ws.to(dtype), sample_weight=weights)
+    assert torch.equal(step.labels, near)
+    w = torch.ones(near.numel(), dtype=torch.float64) if weights is None else weights
+    rows = x.to(dtype).double() * w[:, None]
+    sums = torch.zeros(6, 5, dtype=torch.float64).index_add_(0, near, rows)
+    counts = torch.zeros(6, dtype=torch.float64).index_add_(0, near, w)
+    old = c.to(dtype).double()
+    expected = (old * ws[:, None] + sums) / (ws + counts)[:, None]
+    moved = counts > 0
+    assert moved.tolist() == [True, True, True, False, True, not weighted]
+    # float32 sums are float32 off the CPU kernel's path: a few units of rounding.
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(
+        step.centroids[moved].double(), expected[moved], rtol=tolerance, atol=tolerance
+    )
+    assert torch.equal(step.centroids[~moved], c.to(dtype)[~moved])
+    assert step.centroids.is_contiguous() and step.centroids.dtype == dtype
+    torch.testing.assert_close(
+        step.weight_sums.double(), ws + counts, rtol=tolerance, atol=tolerance
+    )
+
+
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_cpu_step_writes_only_the_centroids_it_moves_or_reseeds(monkeypatch, weighted):
+    # On the CPU a step chose between moved and kept centroids, and between
+    # reseeded and other centroids, by a where over all k x d values (k=20,
+    # d=50,000: 1.5 ms each, a fifth of a sparse step): the centroids
+    # without rows are put back (none for unweighted rows: they sum to 0)
+    # and the reseeded ones written, with the same results.
+    import torchkmeans.functional.minibatch as minibatch_module
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 8, generator=g, dtype=torch.float64)
+    c = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    c[8:] += 50.0  # no rows: light, reseeded
+    ws = torch.full((12,), 40.0, dtype=torch.float64)
+    ws[8:] = 0.1
+    weights = torch.rand(300, generator=g, dtype=torch.float64) if weighted else None
+
+    def step() -> minibatch_module.MiniBatchStep:
+        return minibatch_step(
+            x,
+            c,
+            ws,
+            sample_weight=weights,
+            random_reassign=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    with monkeypatch.context() as patched:
+        patched.setattr(minibatch_module, "_device", mock.Mock(wraps=minibatch_module._device))
+        patched.setattr(minibatch_module._device, "on_host", lambda device: False)
+        expected = step()  # the accelerator's wheres, the same rule
+    wheres = []
+    where = torch.where
+
+    def recorded(*args, **kwargs):
+        shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
+        wheres.append(tuple(torch.broadcast_shapes(*shapes)))
+        return where(*args, **kwargs)
+
+    monkeypatch.setattr(minibatch_module.torch, "where", recorded)
+    ours = step()
+    monkeypatch.undo()
+    assert (12, 8) not in wheres
+    assert torch.equal(ours.centroids, expected.centroids)
+    assert torch.equal(ours.weight_sums, expected.weight_sums)
+    reseeded = [i for i in range(12) if not torch.equal(ours.centroids[i], c[i])]
+    assert set(range(8, 12)) <= set(reseeded)
+    for i in range(8, 12):
+        assert (ours.centroids[i] == x).all(1).any()  # onto a row of the batch
+
+
 def test_step_with_duplicate_points_has_no_nan():
     x = torch.ones(50, 3)
     step = minibatch_step(
@@ -1279,3 +1369,58 @@ def test_copies_among_wide_rows_are_found_with_small_temporaries(dtype):
         and copies[0, 31] == 9
         and int((copies[0] != torch.arange(40)).sum()) == 2
     )
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_fit_scores_validation_rows_only_to_choose_between_seedings(monkeypatch, init):
+    # The validation subsample's labels pick the best of n_init seedings:
+    # with one seeding they chose nothing and took a tenth of a small fit
+    # (wine, 21 steps). They are still drawn: the same random stream.
+    X = load_digits().data[:400]
+    scored = []
+    original = MiniBatchKMeans._assign_rows
+
+    def spy(self, x, centers):
+        scored.append(int(x.shape[0]))
+        return original(self, x, centers)
+
+    monkeypatch.setattr(MiniBatchKMeans, "_assign_rows", spy)
+    for n_init in (1, 3):
+        scored.clear()
+        MiniBatchKMeans(5, init=init, n_init=n_init, random_state=0, batch_size=50).fit(X)
+        # The validation rows (init_size=150) once per seeding, then the
+        # final labels of the 400 rows.
+        assert scored == [150] * (n_init if n_init > 1 else 0) + [400]
+
+
+def test_fit_decides_the_kernel_pass_of_its_steps_once(monkeypatch):
+    # Whether a step labels and sums its batch in one pass of the kernel's
+    # differences depends on the batch's shape, dtype and device, the same
+    # for every step of a fit: decided once, where its checks took a tenth of
+    # a small step, with the same fit as deciding at each step.
+    import torchkmeans.minibatch as minibatch_module
+
+    X = load_digits().data[:300]
+    decided = []
+    original = minibatch_module._step_by_differences
+
+    def counted(x, k):
+        decided.append(k)
+        return original(x, k)
+
+    step = minibatch_module._minibatch_step
+    with monkeypatch.context() as patched:
+        # Each step decides on its own (the decision left to _minibatch_step).
+        patched.setattr(
+            minibatch_module,
+            "_minibatch_step",
+            lambda *args, by_differences=None, **kwargs: step(*args, **kwargs),
+        )
+        expected = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
+    monkeypatch.setattr(minibatch_module, "_step_by_differences", counted)
+    ours = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
+    assert decided == [4]
+    assert ours.n_steps_ == expected.n_steps_ > 1
+    np.testing.assert_array_equal(ours.cluster_centers_, expected.cluster_centers_)
+    np.testing.assert_array_equal(ours.labels_, expected.labels_)
+    np.testing.assert_array_equal(ours.counts_, expected.counts_)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -1161,11 +1162,12 @@ def test_the_scale_of_centroids_is_read_without_a_copy_of_them():
 
 @on_the_cpu_paths_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("k", [2, 20, 100])
+@pytest.mark.parametrize("k", [2, 7, 20, 100])
 def test_the_kernel_transposes_centroids_of_many_features_tile_by_tile(dtype, k):
     # The kernel transposes the centroids to (d, k) a tile of columns at a
     # time (written column by column, the transpose took 3.2 ms of a 3.4 ms
-    # call at k=20, d=50,000): every tile, the last one partial, gives each
+    # call at k=20, d=50,000), four centroids' norms at a time and the rest
+    # one by one (k=7: both): every tile, the last one partial, gives each
     # row its nearest centre, its distance and its cluster's sums.
     from torchkmeans.functional import _native
 
@@ -1409,3 +1411,84 @@ def test_cpu_fits_pass_the_kernel_int32_columns_with_the_same_results(monkeypatc
     theirs = SklearnKMeans(5, init=INIT[:5], n_init=1).fit(CSR, sample_weight=w)
     _same_fit(ours, theirs)
     assert sparse_module._FUSED_MAX_CLUSTERS >= 5
+
+
+@on_the_cpu_paths_only
+def test_a_sparse_step_densifies_only_the_rows_of_reseeded_centroids(monkeypatch):
+    # The reseeding made the rows of all k centroids dense (k x d values,
+    # the where between them and the others as many again), then kept
+    # those of the few reseeded: only these are made dense now, with the
+    # same step.
+    import torchkmeans.functional.minibatch as minibatch_module
+    import torchkmeans.functional.sparse as sparse_module
+
+    rows = _float64_rows(CSR[:300])
+    centroids = torch.from_numpy(DENSE[[0, 100, 200, 250, 290]].copy())
+    centroids[3:] += 100.0  # no rows: light, reseeded
+    ws = torch.tensor([40.0, 40.0, 40.0, 0.1, 0.1], dtype=torch.float64)
+
+    def step() -> object:
+        return sparse_module.sparse_minibatch_step(
+            rows, centroids, ws, random_reassign=True, generator=torch.Generator().manual_seed(0)
+        )
+
+    with monkeypatch.context() as patched:
+        patched.setattr(minibatch_module, "_device", mock.Mock(wraps=minibatch_module._device))
+        patched.setattr(minibatch_module._device, "on_host", lambda device: False)
+        expected = step()  # every centroid's row made dense, then a where
+    taken = []
+    take = sparse_module.SparseRows.take
+
+    def counted(self, index):
+        taken.append(int(index.numel()))
+        return take(self, index)
+
+    monkeypatch.setattr(sparse_module.SparseRows, "take", counted)
+    ours = step()
+    # The two reseeded centroids' rows (before them, candidates of equal
+    # fingerprints compared whole), never one per centroid.
+    assert taken[-1] == 2 and 5 not in taken
+    assert torch.equal(ours.centroids, expected.centroids)
+    assert torch.equal(ours.weight_sums, expected.weight_sums)
+    assert torch.equal(ours.labels, expected.labels)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-85, 2.0**63])
+def test_sparse_partial_fit_reads_the_scale_of_its_centres_once(monkeypatch, scale):
+    # partial_fit read the largest entry of all k x d centres before its
+    # step and again for the labels after it. The new centres are weighted
+    # means of the old ones and the batch rows (or rows): where neither
+    # needs a scale, neither do they, and they are not read again. Data
+    # that needs one (float32 near 1e-25 or 1e19) is still read and scaled:
+    # the same fits either way.
+    import torchkmeans.minibatch as minibatch_module
+
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(1200, 40)) * (rng.random((1200, 40)) < 0.2)
+    X = sparse.csr_matrix((dense * scale).astype(np.float32))
+    batches = [X[start : start + 200] for start in range(0, 1200, 200)]
+    read = []
+    exponent_of = minibatch_module.sparse_scale_exponent
+    needs_no_scale = minibatch_module.sparse_needs_no_scale
+
+    def counted(rows, centroids=None):
+        read.append(centroids is not None)
+        return exponent_of(rows, centroids)
+
+    def fit(decide) -> MiniBatchKMeans:
+        monkeypatch.setattr(minibatch_module, "sparse_needs_no_scale", decide)
+        model = MiniBatchKMeans(4, random_state=0, batch_size=200)
+        model.partial_fit(batches[0])  # seeds (reads the rows) and steps
+        read.clear()
+        for batch in batches[1:]:
+            model.partial_fit(batch)
+        return model
+
+    monkeypatch.setattr(minibatch_module, "sparse_scale_exponent", counted)
+    expected = fit(lambda rows: False)  # read before and after each step
+    assert read.count(True) == 2 * len(batches[1:])
+    ours = fit(needs_no_scale)
+    assert read.count(True) == (1 if scale == 1.0 else 2) * len(batches[1:])
+    np.testing.assert_array_equal(ours.cluster_centers_, expected.cluster_centers_)
+    np.testing.assert_array_equal(ours.labels_, expected.labels_)
+    assert ours.inertia_ == expected.inertia_

@@ -58,6 +58,7 @@ __all__ = [
     "sparse_kmeans_plusplus",
     "sparse_minibatch_step",
     "sparse_nearest",
+    "sparse_needs_no_scale",
     "sparse_rows",
     "sparse_scale_exponent",
     "sparse_scaled",
@@ -292,6 +293,24 @@ def sparse_scale_exponent(rows: SparseRows, centroids: torch.Tensor | None = Non
             largest = max(largest, abs(float(low)), abs(float(high)))
     exponent = underflow_exponent(largest, rows.dtype)
     return exponent or overflow_exponent(largest, rows.dtype, rows.n_features)
+
+
+def sparse_needs_no_scale(rows: SparseRows) -> bool:
+    """Whether ``rows`` hold a nonzero value and need no scale of their own
+    (:func:`sparse_scale_exponent` 0; cosine rows never do): then neither do
+    weighted means of them and of centroids that need none together with
+    them, whose largest entry lies between the rows' and the centroids'.
+
+    Examples
+    --------
+    >>> rows = sparse_rows(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1e-30]), 1,
+    ...                    device=torch.device("cpu"), dtype=torch.float32)
+    >>> sparse_needs_no_scale(rows), sparse_needs_no_scale(sparse_scaled(rows, 99))
+    (False, True)
+    """
+    if rows.metric != "euclidean":
+        return True
+    return sparse_scale_exponent(rows) == 0 and bool(rows.values.any())
 
 
 def sparse_scaled(rows: SparseRows, exponent: int) -> SparseRows:
