@@ -970,8 +970,11 @@ def sweep_cell(d: int, k: int, dtype: np.dtype, args: argparse.Namespace) -> Swe
     libraries = ["torchkmeans", "sklearn"] + ([] if args.no_faiss or faiss is None else ["faiss"])
     runners = sweep_runners(X, C0, args.sweep_iters, libraries)
     progress(f"sweep d={d} k={k} n={n} {np.dtype(dtype).name}: {', '.join(runners)} in turn")
+    # Five rounds at least: the machine's speed drifts by up to 2x within
+    # minutes, and the median of three rounds of the largest cells (a fit of
+    # 1,000,000 rows takes a few tenths of a second) had followed it.
     timings, busy = measure_together(
-        runners, sync=lambda: None, budget_s=len(runners) * 0.6, min_rounds=3
+        runners, sync=lambda: None, budget_s=len(runners) * 0.6, min_rounds=5
     )
     return SweepCell(
         d,
