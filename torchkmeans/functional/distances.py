@@ -1193,10 +1193,8 @@ def _nearest_native(
     are measured from ``x`` and ``given`` (the centroids before centring)
     when given."""
     n = x.shape[0]
-    # In huge pages where the host gives them: 1,000,000 rows' fresh labels
-    # and distances had faulted in 3,000 pages, a sixth of predict's time.
-    labels = _device.empty((n,), dtype=torch.int64, device=x.device)
-    distances = _device.empty((n,), dtype=x.dtype, device=x.device) if exact else None
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    distances = torch.empty(n, dtype=x.dtype, device=x.device) if exact else None
     _native.nearest(
         x,
         centroids,

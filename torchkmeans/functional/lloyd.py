@@ -114,10 +114,11 @@ def prepare(
     # One copy of the data, [x | 1]: centred or normalised in place below.
     # The ones column lets one matrix product give the scores and one scatter
     # give both the sums and the counts.
-    # In huge pages on the host where it gives them: a fresh copy's 4 KiB
-    # pages had each faulted in (524,288 x 65 float32 on a VM: 57 of a
-    # 10-iteration fit's 320 ms on one thread, against 7 ms).
-    x_aug = _device.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
+    # Not asked for huge pages (_device.empty): on a VM that hands freed
+    # memory back to its host they made a fit after a pause of a few seconds
+    # 1.5-2x slower (the host backs each huge page again), though 20% faster
+    # in fits back to back.
+    x_aug = torch.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
     data = x_aug[..., :d]
     # (One feature: the mean of contiguous x sums in another order than the
     # copy's, whose rows are two elements apart.)
@@ -713,8 +714,8 @@ def _run_lloyd_native(
     n = x.shape[0]
     cosine = prep.metric == "cosine"
     current = centroids[0].contiguous()
-    labels = _device.empty((n,), dtype=torch.int64, device=x.device)
-    previous = _device.empty((n,), dtype=torch.int64, device=x.device)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    previous = torch.empty(n, dtype=torch.int64, device=x.device)
     totals = torch.empty((k, d + 1), dtype=torch.float64, device=x.device)
     sums, counts = totals[:, :d], totals[:, d:]
     scores: list[float] = []
@@ -1458,8 +1459,8 @@ def _finish(
             result = result._replace(labels=labels)
         else:
             if active is None and _finished_by_kernel(x3, prep, *centroids.shape[:2]):
-                labels = _device.empty((1, x3.shape[1]), dtype=torch.int64, device=x3.device)
-                distances = _device.empty((1, x3.shape[1]), dtype=x3.dtype, device=x3.device)
+                labels = torch.empty((1, x3.shape[1]), dtype=torch.int64, device=x3.device)
+                distances = torch.empty((1, x3.shape[1]), dtype=x3.dtype, device=x3.device)
                 _native.nearest(
                     x3[0],
                     result.centroids[0],
