@@ -1402,11 +1402,11 @@ def test_fit_decides_the_kernel_pass_of_its_steps_once(monkeypatch):
 
     X = load_digits().data[:300]
     decided = []
-    original = minibatch_module._step_by_differences
+    original = minibatch_module._batch_by_differences
 
-    def counted(x, k):
-        decided.append(k)
-        return original(x, k)
+    def counted(x, centroids, metric, differences):
+        decided.append(centroids.shape[0])
+        return original(x, centroids, metric, differences)
 
     step = minibatch_module._minibatch_step
     with monkeypatch.context() as patched:
@@ -1417,7 +1417,7 @@ def test_fit_decides_the_kernel_pass_of_its_steps_once(monkeypatch):
             lambda *args, by_differences=None, **kwargs: step(*args, **kwargs),
         )
         expected = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
-    monkeypatch.setattr(minibatch_module, "_step_by_differences", counted)
+    monkeypatch.setattr(minibatch_module, "_batch_by_differences", counted)
     ours = MiniBatchKMeans(4, random_state=0, batch_size=30).fit(X)
     assert decided == [4]
     assert ours.n_steps_ == expected.n_steps_ > 1

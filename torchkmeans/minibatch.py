@@ -29,8 +29,8 @@ from .functional.distances import (
 )
 from .functional.init import _sample_from_cumulative, kmeans_plusplus, random_init
 from .functional.minibatch import (
+    _batch_by_differences,
     _minibatch_step,
-    _step_by_differences,
     certain_nearest,
     join_rejected_step,
     minibatch_step,
@@ -804,11 +804,8 @@ class MiniBatchKMeans(KMeans):
                 )
             else:
                 x = times_power_of_two(self._prepare(source.take(index)), scale)
-                if by_differences is None:
-                    # The same for every batch (its shape, dtype and device).
-                    by_differences = self.metric == "euclidean" and (
-                        differences and _step_by_differences(x, k)
-                    )
+                if by_differences is None:  # the same for every batch
+                    by_differences = _batch_by_differences(x, centers, self.metric, differences)
                 step = _minibatch_step(
                     x,
                     centers,

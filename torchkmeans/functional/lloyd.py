@@ -120,19 +120,9 @@ def prepare(
     # in fits back to back.
     x_aug = torch.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
     data = x_aug[..., :d]
-    # (One feature: the mean of contiguous x sums in another order than the
-    # copy's, whose rows are two elements apart.)
-    if metric == "euclidean" and _device.on_host(x.device) and x3.is_contiguous() and d > 1:
-        offset, x_sq = _centred_into(x_aug, x3)
-        acc = _device.widest_float(x.device)
-        mean_variance = (x_sq.sum(-1, dtype=acc) / (n * d)).to(dtype).clamp_min(0.0)
-        weights = None
-        if sample_weight is not None:
-            weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
-        return Prepared(data, x_aug, x_sq, weights, offset, mean_variance, metric, batched)
-    data.copy_(x3)
-    x_aug[..., d] = 1.0
     if metric == "cosine":
+        data.copy_(x3)
+        x_aug[..., d] = 1.0
         unit_rows(data, out=data)
         offset = torch.zeros((x3.shape[0], 1, d), dtype=dtype, device=x.device)
         x_sq = None
@@ -140,9 +130,7 @@ def prepare(
         column_means = data.mean(dim=1)
         mean_variance = squared_norms(data).sum(-1) / (n * d) - column_means.square().mean(-1)
     else:
-        offset = data.mean(dim=1, keepdim=True)
-        data.sub_(offset)
-        x_sq = squared_norms(data)
+        offset, x_sq = _centred_into(x_aug, x3)
         # Centred data: the mean feature variance is the mean squared norm / d.
         # (No x-sized temporary, unlike data.var().) Summed in float64, as
         # the inertia is: float32 rows whose squares fit can overflow a float32
@@ -158,17 +146,27 @@ def prepare(
 
 def _centred_into(x_aug: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill ``x_aug`` ``(bx, n, d+1)`` with the rows of ``x3`` ``(bx, n, d)``
-    (contiguous, on the CPU) less their mean, then 1; return the mean
-    ``(bx, 1, d)`` and the centred rows' squared norms ``(bx, n)``.
+    less their mean, then 1; return the mean ``(bx, 1, d)`` and the centred
+    rows' squared norms ``(bx, n)``.
 
-    The values of ``copy_``, ``mean``, ``sub_`` and :func:`squared_norms` on
-    the copy, bit for bit, in one read of ``x`` for the mean and one pass of
-    cache-sized blocks for the rest: those ops had read and written the copy
-    five times over (524,288 x 64 float32: 80 of a 10-iteration fit's 320 ms
+    On the CPU (contiguous rows of several features), the values of
+    ``copy_``, ``mean``, ``sub_`` and :func:`squared_norms` on the copy, bit
+    for bit, in one read of ``x`` for the mean and one pass of cache-sized
+    blocks for the rest: those ops had read and written the copy five times
+    over (524,288 x 64 float32: 80 of a 10-iteration fit's 320 ms
     on one thread).
     """
     bx, n, d = x3.shape
     dtype = x_aug.dtype
+    # (One feature: the mean of contiguous x sums in another order than the
+    # copy's, whose rows are two elements apart. Off the CPU one op each.)
+    if not (_device.on_host(x3.device) and x3.is_contiguous() and d > 1):
+        data = x_aug[..., :d]
+        data.copy_(x3)
+        x_aug[..., d] = 1.0
+        offset = data.mean(dim=1, keepdim=True)
+        data.sub_(offset)
+        return offset, squared_norms(data)
     offset = x3.mean(dim=1, keepdim=True, dtype=dtype)
     x_sq = torch.empty((bx, n), dtype=dtype, device=x3.device)
     rows = cache_rows(bx * (d + 1), x_aug.element_size())

@@ -54,6 +54,23 @@ def _step_by_differences(x: torch.Tensor, k: int) -> bool:
     )
 
 
+def _batch_by_differences(
+    x: torch.Tensor, centroids: torch.Tensor, metric: str, differences: bool
+) -> bool:
+    """Whether :func:`_minibatch_step` labels and sums the batch ``x`` by one
+    pass of the kernel's differences: one euclidean problem (``centroids``
+    ``(k, d)``) whose rows' squared differences do not underflow
+    (``differences``), where :func:`_step_by_differences` holds. The same for
+    every batch of a fit (it depends on their shape, dtype and device)."""
+    return (
+        x.ndim == 2
+        and centroids.ndim == 2
+        and metric == "euclidean"
+        and differences
+        and _step_by_differences(x, centroids.shape[0])
+    )
+
+
 def certain_nearest(
     x: torch.Tensor, centroids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -280,9 +297,9 @@ def _minibatch_step(
     loop checks them once per fit: on a small batch the checks and the
     batching views of every step cost more than its search).
 
-    ``by_differences``, when known, is :func:`_step_by_differences` of the
-    rows (the same for every batch of a fit: its shape, dtype and device),
-    whose checks took a tenth of a step of a small batch.
+    ``by_differences``, when known, is :func:`_batch_by_differences` of the
+    arguments (the same for every batch of a fit), whose checks took a tenth
+    of a step of a small batch.
 
     ``differences=False`` keeps narrow rows from the kernel that scores them
     from differences: for rows whose squared differences underflow (float32
@@ -306,9 +323,7 @@ def _minibatch_step(
         weights = weights.to(acc)
 
     if by_differences is None:
-        by_differences = (
-            not batched and metric == "euclidean" and differences and _step_by_differences(x, k)
-        )
+        by_differences = _batch_by_differences(x, centroids, metric, differences)
     if by_differences:
         # Narrow rows or a small batch on the CPU: one kernel call labels the
         # batch from differences (exact, see nearest_centroids) and sums its
@@ -509,7 +524,6 @@ def _apply_step(
                 # Rows of zeros last: they would make zero centroids.
                 keys = keys.masked_fill(zero_rows, float("-inf"))
             picks = keys.topk(m, dim=-1).indices
-            candidates = None
             if repeated_at is None:
                 candidates = rows_at(picks)
                 repeated = _repeated_rows(candidates, new_centroids.to(centroids_dtype))
