@@ -38,9 +38,11 @@ pytestmark = pytest.mark.skipif(not _native.available(), reason="no C++ compiler
 
 LAYOUTS = {
     "columns": {"columns": True},
-    "rows": {"columns": False, "dots": False},
+    "rows": {"columns": False, "dots": False, "blocks": False},
     "dots": {"columns": False, "dots": True},  # at most DOTS_MAX_K centroids
+    "blocks": {"columns": False, "dots": False, "blocks": True},  # at most BLOCKS_MAX_K
 }
+MOST_CENTROIDS = {"dots": _native.DOTS_MAX_K, "blocks": _native.BLOCKS_MAX_K}
 
 
 def reference_scores(x, centroids, offset, cosine):
@@ -74,8 +76,7 @@ def test_kernel_matches_pytorch(
     totals and the changed count agree with float64 PyTorch, for any layout,
     thread count, row stride, offset and metric (the row layout with certain
     labels: euclidean)."""
-    if layout == "dots":
-        k = min(k, _native.DOTS_MAX_K)
+    k = min(k, MOST_CENTROIDS.get(layout, k))
     options = {"certain": True} if layout == "certain" else LAYOUTS[layout]
     cosine = cosine and layout != "certain"
     generator = torch.Generator().manual_seed(seed)
@@ -180,7 +181,7 @@ def test_differences_score_exact_distances_wherever_the_rows_lie(
         (layout, d, k)
         for layout in [*LAYOUTS, "certain"]
         for d, k in [(3, 40), (300, 200), (40, 3), (300, 4)]
-        if layout != "dots" or k <= _native.DOTS_MAX_K  # the dots layout takes few centroids
+        if k <= MOST_CENTROIDS.get(layout, k)  # the dots and blocks layouts take few centroids
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -220,6 +221,76 @@ def test_every_panel_and_block_of_features_is_scored(dtype):
                 assert torch.equal(labels, picks), (d, k, threads)
                 expected = reference_scores(x, centroids, None, False).min(1).values
                 torch.testing.assert_close(minima.double(), expected, rtol=1e-5, atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.sampled_from([1, 5, 15, 16, 17, 63, 64, 65, 130]),
+    d=st.sampled_from([1, 5, 15, 16, 17, 24, 31, 32, 33, 64, 65, 129, 300]),
+    k=st.integers(1, 8),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 2]),
+    pad=st.sampled_from([0, 1, 16]),
+    centred=st.booleans(),
+    cosine=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_blocks_layout_scores_as_the_row_layout_bit_for_bit(
+    n, d, k, dtype, threads, pad, centred, cosine, seed
+):
+    """The blocks layout sums each score in the row layout's order: the same
+    lowest scores, labels, distances and totals, bit for bit, whatever the
+    row stride (rows that do not start on a vector are copied to rows that
+    do), the offset, the feature tail past whole blocks and the rows past
+    whole groups of 16."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d + pad, generator=generator, dtype=dtype)[:, :d]
+    centroids = torch.randn(k, d, generator=generator, dtype=dtype)
+    offset = torch.randn(d, generator=generator, dtype=dtype) if centred else None
+    results = []
+    for blocks in (False, True):
+        labels = torch.full((n,), -1, dtype=torch.int64)
+        minima = torch.empty(n, dtype=dtype)
+        distances = torch.empty(n, dtype=dtype)
+        totals = torch.empty((k, d + 1), dtype=torch.float64)
+        total, changed = _native.nearest(
+            x,
+            centroids,
+            labels,
+            cosine=cosine,
+            offset=offset,
+            minima=minima,
+            distances=distances,
+            totals=totals,
+            previous=torch.zeros(n, dtype=torch.int64),
+            columns=False,
+            dots=False,
+            blocks=blocks,
+            threads=threads,
+        )
+        results.append((labels, minima, distances, totals, total, changed))
+    for rows, blocks in zip(*results):
+        assert torch.equal(torch.as_tensor(rows), torch.as_tensor(blocks))
+
+
+def test_few_centroids_of_wide_rows_take_the_blocks_layout(monkeypatch):
+    """With 64-byte vectors, float32 rows of 24 features or more against 3-8
+    centroids and float64 rows of 32-128 features against 5-8 take the
+    blocks layout; with 32-byte vectors any rows against 3-8 centroids; not
+    with 16-byte vectors, nor 1-2 centroids (the dots layout's) or 9."""
+    f32, f64 = torch.float32, torch.float64
+    monkeypatch.setattr(_native, "_vector_bytes", 64)
+    for d, k, dtype in [(24, 3, f32), (64, 8, f32), (1024, 5, f32), (32, 5, f64), (128, 8, f64)]:
+        assert _native._blocks(d, k, dtype), (d, k, dtype)
+    for d, k, dtype in [(20, 8, f32), (64, 2, f32), (64, 9, f32), (24, 8, f64), (256, 8, f64)]:
+        assert not _native._blocks(d, k, dtype), (d, k, dtype)
+    assert not _native._blocks(64, 4, f64)
+    monkeypatch.setattr(_native, "_vector_bytes", 32)
+    for d, k, dtype in [(17, 3, f32), (1024, 8, f32), (17, 3, f64), (1024, 8, f64)]:
+        assert _native._blocks(d, k, dtype), (d, k, dtype)
+    assert not _native._blocks(64, 2, f32) and not _native._blocks(64, 9, f64)
+    monkeypatch.setattr(_native, "_vector_bytes", 16)
+    assert not _native._blocks(64, 8, f32)
 
 
 def test_no_row_is_dropped_at_group_and_tile_edges():
@@ -448,12 +519,14 @@ def test_kernel_built_for_older_instruction_sets(tmp_path, arch):
                 c = torch.randn(k, d, generator=g, dtype=dtype)
                 c[1] = c[0]  # an exact tie in every row that picks either
                 scores = c.double().square().sum(1) - 2 * x.double() @ c.double().T
-                for columns, dots in ((True, False), (False, False), (False, k <= 4)):
+                layouts = ((True, False, False), (False, False, False), (False, k <= 4, False),
+                           (False, False, k <= 8))
+                for columns, dots, blocks in layouts:
                     for threads in (1, 2):
                         labels = torch.empty(n, dtype=torch.int64)
                         distances = torch.empty(n, dtype=dtype)
                         totals = torch.empty(k, d + 1, dtype=torch.float64)
-                        _native.nearest(x, c, labels, columns=columns, dots=dots,
+                        _native.nearest(x, c, labels, columns=columns, dots=dots, blocks=blocks,
                                       threads=threads, distances=distances, totals=totals)
                         chosen = scores.gather(1, labels[:, None]).squeeze(1)
                         assert (chosen <= scores.min(1).values + 1e-4).all()
@@ -818,7 +891,13 @@ def test_certain_labels_are_a_nearest_centroid_wherever_the_rows_lie(
 def test_certain_labels_only_in_the_row_layout_of_euclidean_scores():
     x, centroids = torch.randn(10, 20), torch.randn(5, 20)
     labels = torch.empty(10, dtype=torch.int64)
-    for wrong in ({"cosine": True}, {"columns": True}, {"dots": True}, {"differences": True}):
+    for wrong in (
+        {"cosine": True},
+        {"columns": True},
+        {"dots": True},
+        {"blocks": True},
+        {"differences": True},
+    ):
         with pytest.raises(ValueError, match="certain labels only"):
             _native.nearest(x, centroids, labels, certain=True, **wrong)
 

@@ -43,9 +43,10 @@ from ._native_build import build as _build
 __all__ = ["available", "nearest", "parallel", "prefers_native", "sparse_lloyd"]
 
 _LOG = logging.getLogger("torchkmeans")
-_ABI_VERSION = 11
+_ABI_VERSION = 12
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
+_vector_bytes = 0  # of the loaded kernel's vectors
 _tried = False
 
 # Rows of at most this many features take the column layout (lanes hold
@@ -65,6 +66,26 @@ _COLUMN_FEW_K = 16
 # 0.8-1.0 (d=32), 0.55-0.85 (d=64-1,000); k=6 1.1-1.7 (d=64-300), 0.85-1.0
 # (d=1,000); k=8 1.0-1.6 even at d=1,000.
 DOTS_MAX_K = 4
+# Few centroids of wide rows take the blocks layout (lanes hold rows, each
+# block of L features of L rows transposed in registers, L the lanes): the
+# row layout pads k to L lanes, the blocks layout spends k multiply-adds per
+# feature of L rows, and its scores are the row layout's, bit for bit. One
+# thread, Zen 5, its time over the row layout's:
+# - AVX-512 builds: float32 k=3-8, d=24-256 0.30-0.74 (dots, k=3-4:
+#   0.57-1.4), d=1,024 0.7-0.8, d=17-20 0.7-1.15; float64 k=5-8, d=32-128
+#   0.61-0.75, d=17-24 0.84-1.44, d=160-1,024 0.8-1.23, k=3-4 0.58-0.83
+#   (dots 0.52-1.2).
+# - AVX2 builds (x86-64-v3), whose row layout has fewer chains of
+#   multiply-adds in flight at k <= 8: float32 k=3-8, d=17-1,024 0.13-0.35
+#   (dots, k=3: 0.28-0.87); float64 0.27-0.61 (dots, k=3: 0.27-0.70).
+# k = 1-2 stay in the dots layout (below the blocks layout's time at d >= 24
+# in float32 on both builds). Not measured on 16-byte builds: the row layout.
+BLOCKS_MAX_K = 8
+_BLOCKS_MIN_K = 3
+_BLOCKS_MIN_K_F64 = 5
+_BLOCKS_MIN_FEATURES_F32 = 24
+_BLOCKS_MIN_FEATURES_F64 = 32
+_BLOCKS_MAX_FEATURES_F64 = 128
 _DOTS_MIN_FEATURES = {3: 24, 4: 64}
 # The row layout scores chunks of rows against panels of centroids kept in
 # the L1 cache, each panel's vectors held in registers across a tile of rows.
@@ -112,7 +133,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
 
 
 def _library_or_none() -> ctypes.CDLL | None:
-    global _library, _tried
+    global _library, _tried, _vector_bytes
     if _tried:
         return _library
     with _lock:
@@ -121,9 +142,12 @@ def _library_or_none() -> ctypes.CDLL | None:
             if enabled not in ("0", "false", "no", "off") and sys.platform != "win32":
                 path = _build()
                 _library = _load(path) if path is not None else None
+                if _library is not None:
+                    _vector_bytes = int(_library.tk_vector_bytes())
                 if _library is not None and not _self_test():
                     _LOG.warning("torchkmeans: the assignment kernel failed its self-test; unused")
                     _library = None
+                    _vector_bytes = 0
             _tried = True
     return _library
 
@@ -155,6 +179,10 @@ def _self_test() -> bool:
         nearest(x, few, labels, columns=False, dots=True, threads=1)
         if not torch.equal(labels, torch.cdist(x, few).argmin(1)):
             return False
+        few = centroids[:BLOCKS_MAX_K]
+        nearest(x, few, labels, columns=False, blocks=True, threads=1)
+        if not torch.equal(labels, torch.cdist(x, few).argmin(1)):
+            return False
         # The CSR step on the same rows, every value stored.
         crow = torch.arange(0, 101 * 5 + 1, 5, device="cpu")
         col = torch.arange(5, device="cpu").repeat(101)
@@ -180,6 +208,21 @@ def _dots(d: int, k: int) -> bool:
     """Whether the kernel scores rows of d features against k centroids in the
     dots layout rather than the row layout (neither takes the column layout)."""
     return k <= 2 or (k <= DOTS_MAX_K and d >= _DOTS_MIN_FEATURES[k])
+
+
+def _blocks(d: int, k: int, dtype: torch.dtype) -> bool:
+    """Whether the kernel scores rows of d features (not in the column
+    layout) against k centroids in the blocks layout (see the constants
+    above)."""
+    if not _BLOCKS_MIN_K <= k <= BLOCKS_MAX_K:
+        return False
+    if _vector_bytes == 32:
+        return True
+    if _vector_bytes != 64:
+        return False
+    if dtype == torch.float32:
+        return d >= _BLOCKS_MIN_FEATURES_F32
+    return k >= _BLOCKS_MIN_K_F64 and _BLOCKS_MIN_FEATURES_F64 <= d <= _BLOCKS_MAX_FEATURES_F64
 
 
 def readable(x: torch.Tensor) -> bool:
@@ -256,6 +299,7 @@ def nearest(
     totals: torch.Tensor | None = None,
     columns: bool | None = None,
     dots: bool | None = None,
+    blocks: bool | None = None,
     differences: bool = False,
     threads: int | None = None,
     given: torch.Tensor | None = None,
@@ -273,8 +317,11 @@ def nearest(
     float32/float64 tensor with contiguous rows (any row stride); the other
     inputs are converted to its dtype, the outputs must be contiguous.
     ``columns``, ``dots`` (with ``columns`` false: lanes hold features, for
-    at most ``DOTS_MAX_K`` centroids) and ``threads`` override the layout and
-    thread count the kernel would pick (tests). ``differences`` (euclidean, column layout
+    at most ``DOTS_MAX_K`` centroids), ``blocks`` (with ``columns`` and
+    ``dots`` false: lanes hold rows, a block of features transposed at a
+    time, for at most ``BLOCKS_MAX_K`` centroids; the row layout's scores)
+    and ``threads`` override the layout and thread count the kernel would
+    pick (tests). ``differences`` (euclidean, column layout
     only) scores squared distances from differences instead: exact
     wherever the rows lie, so ``minima`` are the distances and no centring
     is needed; it costs one more op per term, cheap on narrow rows.
@@ -329,19 +376,23 @@ def nearest(
         if out is not None and (out.dtype != dtype or not out.is_contiguous() or not out.is_cpu):
             raise ValueError(f"Expected {name} to be a contiguous {dtype} tensor on the CPU.")
     if certain:
-        if cosine or differences or columns or dots:
+        if cosine or differences or columns or dots or blocks:
             raise ValueError(
                 "Expected certain labels only with euclidean scores in the row layout."
             )
-        columns, dots = False, False
+        columns, dots, blocks = False, False, False
     if columns is None:
         columns = _columns(d, k)
     if differences and (cosine or not columns):
         raise ValueError("Expected differences only with euclidean scores in the column layout.")
+    if blocks is None:
+        blocks = not columns and not dots and _blocks(d, k, x.dtype)
     if dots is None:
-        dots = not columns and _dots(d, k)
+        dots = not columns and not blocks and _dots(d, k)
     if dots and (columns or k > DOTS_MAX_K):
         raise ValueError(f"Expected the dots layout only for at most {DOTS_MAX_K} centroids.")
+    if blocks and (columns or dots or k > BLOCKS_MAX_K):
+        raise ValueError(f"Expected the blocks layout only for at most {BLOCKS_MAX_K} centroids.")
     if threads is None:
         threads = torch.get_num_threads() if n * k * d >= _PARALLEL_MIN_WORK else 1
     function = library.tk_assign_f32 if x.dtype == torch.float32 else library.tk_assign_f64
@@ -355,7 +406,7 @@ def nearest(
         centroids.data_ptr(),
         k,
         int(cosine),
-        4 if certain else 2 if differences else 3 if dots else int(columns),
+        4 if certain else 2 if differences else 3 if dots else 5 if blocks else int(columns),
         threads,
         None if weights is None else weights.data_ptr(),
         None if previous is None else previous.data_ptr(),
