@@ -783,10 +783,47 @@ inline void with_width(int64_t w, F&& f) {
 // that narrow rows cost a few instructions each; then the odd rows go to a
 // second copy of the totals (odd, added in by the caller), which halves the
 // chains of dependent additions into each cluster's few totals.
+// One row of more than kNarrowTotals features (weighted, or of weight 1)
+// added to its cluster's totals, two vectors of doubles at a time: the
+// compiler's own loop took one per iteration (one thread, 262,144 x 64,
+// k=64: 0.9x the Lloyd pass's time; 43,690 x 384, k=256: 0.95x).
+template <typename T, bool Weighted>
+inline void add_wide_row(const T* row, int64_t w, double weight, double* total) {
+    constexpr int D = kBytes / 8;  // doubles per vector
+    typedef double DV __attribute__((vector_size(kBytes), aligned(8)));
+    typedef T TV __attribute__((vector_size(D * sizeof(T)), aligned(sizeof(T))));
+    int64_t j = 0;
+    for (; j + 2 * D <= w; j += 2 * D) {
+        const DV a = __builtin_convertvector(*reinterpret_cast<const TV*>(row + j), DV);
+        const DV b = __builtin_convertvector(*reinterpret_cast<const TV*>(row + j + D), DV);
+        DV* out = reinterpret_cast<DV*>(total + j);
+        if (Weighted) {
+            out[0] += weight * a;
+            out[1] += weight * b;
+        } else {
+            out[0] += a;
+            out[1] += b;
+        }
+    }
+    for (; j < w; ++j)
+        total[j] += Weighted ? weight * static_cast<double>(row[j]) : static_cast<double>(row[j]);
+    total[w] += Weighted ? weight : 1.0;
+}
+
 template <typename T, int W>
 inline void add_rows(const T* rows, int64_t ld, int m, int64_t width, const int64_t* label,
                      const T* weights, double* totals, double* odd) {
     const int64_t w = W ? W : width;
+    if (!W) {
+        for (int r = 0; r < m; ++r) {
+            if (weights)
+                add_wide_row<T, true>(rows + r * ld, w, static_cast<double>(weights[r]),
+                                      totals + label[r] * (w + 1));
+            else
+                add_wide_row<T, false>(rows + r * ld, w, 1.0, totals + label[r] * (w + 1));
+        }
+        return;
+    }
     for (int r = 0; r < m; ++r) {
         double* total = (W && (r & 1) ? odd : totals) + label[r] * (w + 1);
         const T* row = rows + r * ld;
