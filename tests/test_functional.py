@@ -678,6 +678,102 @@ def test_prepare_in_blocks_on_the_host_equals_the_ops_on_the_copy(monkeypatch, s
         assert getattr(blocks, field).stride() == getattr(ops, field).stride(), field
 
 
+@on_the_cpu_paths_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("init", ["k-means++", "random", "array", "callable"])
+@pytest.mark.parametrize(
+    ("d", "k", "shift", "weighted"), [(64, 8, 0.0, False), (130, 40, 1e4, True), (50, 3, 3.0, True)]
+)
+def test_a_fit_without_the_centred_copy_equals_one_with_it(
+    monkeypatch, dtype, init, d, k, shift, weighted
+):
+    """Rows the fused kernel fits are centred as it reads them, k-means++
+    candidates too: no copy of the data, and the same seeds, iterations,
+    centroids, labels and inertia, bit for bit, as a fit on the centred copy
+    (rows far from the origin and weighted rows included)."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    generator = torch.Generator().manual_seed(d + k)
+    centres = torch.randn(k, d, generator=generator, dtype=torch.float64) * 3
+    picks = torch.randint(0, k, (6000,), generator=generator)
+    x = centres[picks] + torch.randn(6000, d, generator=generator, dtype=torch.float64) + shift
+    x = x.to(dtype)
+    w = torch.rand(6000, generator=generator, dtype=dtype) + 0.5 if weighted else None
+    starts = {
+        "array": x[:k].clone(),
+        "callable": lambda rows, n_clusters, g: rows[-n_clusters:].clone(),
+    }.get(init, init)
+    n_init = 3 if init == "random" else 1
+    prepared = []
+    real_prepare = lloyd_module.prepare
+
+    def spy(*args, **kwargs):
+        prep = real_prepare(*args, **kwargs)
+        prepared.append(prep)
+        return prep
+
+    monkeypatch.setattr(lloyd_module, "prepare", spy)
+    fits = []
+    for copy in (False, True):
+        if copy:
+            monkeypatch.setattr(lloyd_module, "_centres_on_read", lambda *args: False)
+        fits.append(
+            kmeans(
+                x,
+                k,
+                init=starts,
+                n_init=n_init,
+                sample_weight=w,
+                max_iter=40,
+                generator=torch.Generator().manual_seed(1),
+            )
+        )
+    read, copied = prepared
+    assert read.centred_on_read and read.x.data_ptr() == x.data_ptr() and read.x_aug.numel() == 0
+    assert not copied.centred_on_read
+    for field in ("offset", "x_sq", "mean_variance"):
+        assert torch.equal(getattr(read, field), getattr(copied, field)), field
+    for field, got, expected in zip(fits[0]._fields, *fits):
+        assert torch.equal(got.isnan(), expected.isnan()), field
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num()), field
+
+
+@on_the_cpu_paths_only
+def test_an_empty_cluster_of_a_fit_without_the_copy_is_reseeded_as_with_it(monkeypatch):
+    """A start whose centroid no row is nearest: the fit makes the centred
+    copy to reseed it, and ends as a fit that had the copy from the start."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5000, 64, generator=generator)
+    start = x[:6].clone()
+    start[5] = 1e3  # far from every row: empty after the first pass
+    read = kmeans(x, 6, init=start, max_iter=30)
+    assert lloyd_module._centres_on_read(x, 6, "euclidean", start)
+    monkeypatch.setattr(lloyd_module, "_centres_on_read", lambda *args: False)
+    copied = kmeans(x, 6, init=start, max_iter=30)
+    assert torch.equal(torch.bincount(read.labels, minlength=6) > 0, torch.ones(6, dtype=bool))
+    for field, got, expected in zip(read._fields, read, copied):
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num()), field
+
+
+def test_only_rows_the_kernel_fits_skip_the_copy():
+    """No copy: euclidean, contiguous float32/float64 rows of several
+    features on the CPU that the kernel fits, k-means++ where the kernel
+    seeds them. Otherwise (cosine, half precision, a column of a wider
+    tensor, one feature, narrow float32 rows seeded by k-means++) the copy."""
+    lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
+    read = lloyd_module._centres_on_read
+    x = torch.randn(2000, 64)
+    if not _native.available():
+        assert not read(x, 8, "euclidean", "k-means++")
+        return
+    assert read(x, 8, "euclidean", "k-means++") and read(x.double(), 8, "euclidean", "random")
+    assert not read(x[:, :20], 8, "euclidean", "random")  # rows not contiguous
+    assert not read(x, 8, "cosine", "random")
+    assert not read(x.half(), 8, "euclidean", "random")
+    assert not read(x[:, :1].contiguous(), 8, "euclidean", "random")
+    assert not read(x[:, :8].contiguous(), 8, "euclidean", "k-means++")  # seeded by PyTorch ops
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_one_problem_warm_pass_equals_comparing_all_labels(monkeypatch, seed):
     """One problem on the CPU: the rows the warm pass reports as changed decide the
@@ -811,21 +907,30 @@ def _native_seed_scorer(x):
     "n, d, m, threads",
     [(1, 3, 1, 1), (7, 2, 3, 1), (1001, 17, 10, 2), (3000, 1024, 7, 2), (150, 4, 8, 1)],
 )
+@pytest.mark.parametrize("centred", [False, True])
 def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
-    dtype, metric, weighted, n, d, m, threads
+    dtype, metric, weighted, n, d, m, threads, centred
 ):
     # One pass per k-means++ step: the candidates' distances lowered to the
     # closest so far, and their (weighted) sums; candidates of many features
     # are scored a few at a time against several rows (the wide groups).
+    # With an offset (euclidean): those of the rows less the offset, centred
+    # as the kernel reads them (the candidates too).
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=generator, dtype=dtype)
     if metric == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
-    x_sq = (x * x).sum(1)
+    offset = None
+    rows = x
+    if centred and metric == "euclidean":
+        offset = torch.randn(d, generator=generator, dtype=dtype) * 3
+        x = x + offset
+        rows = x - offset
+    x_sq = (rows * rows).sum(1)
     index = torch.randint(0, n, (m,), generator=generator)
     closest = torch.rand(n, generator=generator, dtype=dtype) * 2 * d
     weights = torch.rand(n, generator=generator, dtype=dtype) if weighted else None
-    to_candidates = torch.cdist(x[index].double(), x.double()) ** 2
+    to_candidates = torch.cdist(rows[index].double(), rows.double()) ** 2
     if metric == "cosine":
         to_candidates = 1 - x[index].double() @ x.double().T
     expected = torch.minimum(to_candidates, closest.double())
@@ -841,6 +946,7 @@ def test_kmeans_plusplus_native_scores_are_the_distances_and_potentials(
         x.stride(0),
         n,
         d,
+        None if offset is None else offset.data_ptr(),
         x_sq.data_ptr(),
         index.data_ptr(),
         m,

@@ -1630,9 +1630,9 @@ constexpr int64_t kSeedChunkBytes = 64 * 1024;  // of rows, scored against every
 // distances, lowered to closest, into out (at stride ldo per candidate) when
 // given, and their weighted sums added to total (G).
 template <typename T, int R, int G>
-inline void seed_tile(const T* x, int64_t ldx, int64_t w, const T* x_sq, const T* aug,
-                      int64_t wp, const T* p_sq, const T* closest, const T* weights, int cosine,
-                      T* out, int64_t ldo, double* total) {
+inline void seed_tile(const T* x, int64_t ldx, int64_t w, const T* offset, const T* x_sq,
+                      const T* aug, int64_t wp, const T* p_sq, const T* closest,
+                      const T* weights, int cosine, T* out, int64_t ldo, double* total) {
     typedef typename Vec<T>::type V;
     constexpr int L = lanes_of<T>();
     constexpr int kSums = (R * G + L - 1) / L * L;
@@ -1643,6 +1643,10 @@ inline void seed_tile(const T* x, int64_t ldx, int64_t w, const T* x_sq, const T
     for (; j + L <= w; j += L) {
         V value[R];
         for (int r = 0; r < R; ++r) value[r] = *reinterpret_cast<const V*>(x + r * ldx + j);
+        if (offset) {  // the rows centred as they are read: as a centred copy holds them
+            const V o = *reinterpret_cast<const V*>(offset + j);
+            for (int r = 0; r < R; ++r) value[r] -= o;
+        }
         for (int c = 0; c < G; ++c) {
             const V a = *reinterpret_cast<const V*>(aug + c * wp + j);
             for (int r = 0; r < R; ++r) acc[r][c] += value[r] * a;
@@ -1651,6 +1655,10 @@ inline void seed_tile(const T* x, int64_t ldx, int64_t w, const T* x_sq, const T
     if (j < w) {
         V value[R];
         for (int r = 0; r < R; ++r) value[r] = load_head<T>(x + r * ldx + j, static_cast<int>(w - j));
+        if (offset) {  // zero past w, as the values
+            const V o = *reinterpret_cast<const V*>(offset + j);
+            for (int r = 0; r < R; ++r) value[r] -= o;
+        }
         for (int c = 0; c < G; ++c) {
             const V a = *reinterpret_cast<const V*>(aug + c * wp + j);
             for (int r = 0; r < R; ++r) acc[r][c] += value[r] * a;
@@ -1675,18 +1683,18 @@ inline void seed_tile(const T* x, int64_t ldx, int64_t w, const T* x_sq, const T
 // Rows [0, rows) against G candidates (see seed_tile), R rows at a time,
 // then one at a time; their sums added to sums (G).
 template <typename T, int R, int G>
-inline void seed_group(const T* x, int64_t ldx, int64_t rows, int64_t w, const T* x_sq,
-                       const T* aug, int64_t wp, const T* p_sq, const T* closest,
+inline void seed_group(const T* x, int64_t ldx, int64_t rows, int64_t w, const T* offset,
+                       const T* x_sq, const T* aug, int64_t wp, const T* p_sq, const T* closest,
                        const T* weights, int cosine, T* out, int64_t ldo, double* sums) {
     double total[G] = {};
     int64_t i = 0;
     for (; i + R <= rows; i += R)
-        seed_tile<T, R, G>(x + i * ldx, ldx, w, x_sq ? x_sq + i : nullptr, aug, wp, p_sq,
-                           closest + i, weights ? weights + i : nullptr, cosine,
+        seed_tile<T, R, G>(x + i * ldx, ldx, w, offset, x_sq ? x_sq + i : nullptr, aug, wp,
+                           p_sq, closest + i, weights ? weights + i : nullptr, cosine,
                            out ? out + i : nullptr, ldo, total);
     for (; i < rows; ++i)
-        seed_tile<T, 1, G>(x + i * ldx, ldx, w, x_sq ? x_sq + i : nullptr, aug, wp, p_sq,
-                           closest + i, weights ? weights + i : nullptr, cosine,
+        seed_tile<T, 1, G>(x + i * ldx, ldx, w, offset, x_sq ? x_sq + i : nullptr, aug, wp,
+                           p_sq, closest + i, weights ? weights + i : nullptr, cosine,
                            out ? out + i : nullptr, ldo, total);
     for (int c = 0; c < G; ++c) sums[c] += total[c];
 }
@@ -1703,15 +1711,22 @@ inline void with_seed_group(int64_t g, F&& f) {
 }
 
 template <typename T>
-void seed_scores(const T* x, int64_t ldx, int64_t n, int64_t w, const T* x_sq,
-                 const int64_t* index, int64_t m, const T* closest, const T* weights, int cosine, int threads, T* out,
-                 int64_t ldo, double* potentials) {
+void seed_scores(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset, const T* x_sq,
+                 const int64_t* index, int64_t m, const T* closest, const T* weights, int cosine,
+                 int threads, T* out, int64_t ldo, double* potentials) {
     constexpr int L = lanes_of<T>();
     const int64_t wp = (w + L - 1) / L * L;
     std::vector<T> aug(static_cast<size_t>(m * wp), T(0));
     std::vector<T> p_sq(static_cast<size_t>(m), T(0));
+    // The offset padded with zeros to whole vectors, so that the rows' last
+    // partial vector is centred as the rest.
+    Aligned<T> centre(offset ? wp : 0);
+    if (offset) std::memcpy(centre.data, offset, static_cast<size_t>(w) * sizeof(T));
+    const T* o = offset ? centre.data : nullptr;
     for (int64_t c = 0; c < m; ++c) {
-        std::memcpy(aug.data() + c * wp, x + index[c] * ldx, static_cast<size_t>(w) * sizeof(T));
+        T* candidate = aug.data() + c * wp;
+        const T* row = x + index[c] * ldx;
+        for (int64_t j = 0; j < w; ++j) candidate[j] = offset ? row[j] - offset[j] : row[j];
         if (!cosine) p_sq[c] = x_sq[index[c]];
     }
     const int64_t chunk = std::max<int64_t>(
@@ -1731,7 +1746,7 @@ void seed_scores(const T* x, int64_t ldx, int64_t n, int64_t w, const T* x_sq,
             double* sums = partial.data() + b * m + c0;
             auto group = [&](auto r, auto g) {
                 seed_group<T, decltype(r)::value, decltype(g)::value>(
-                    x + start * ldx, ldx, rows, w, chunk_sq, aug.data() + c0 * wp, wp,
+                    x + start * ldx, ldx, rows, w, o, chunk_sq, aug.data() + c0 * wp, wp,
                     p_sq.data() + c0, closest + start, chunk_weights, cosine, chunk_out, ldo,
                     sums);
             };
@@ -1765,27 +1780,29 @@ void seed_scores(const T* x, int64_t ldx, int64_t n, int64_t w, const T* x_sq,
 
 extern "C" {
 
-// x (n, d) rows at stride ldx; x_sq (n) their squared norms (ignored for
-// cosine, unit rows); index (m), the candidates' rows; closest (n),
+// x (n, d) rows at stride ldx; offset (d) or null, subtracted from every
+// row as it is read (the rows of a centred copy without the copy; the
+// candidates' too); x_sq (n) their squared norms, less the offset (ignored
+// for cosine, unit rows); index (m), the candidates' rows; closest (n),
 // each row's distance to its nearest centre so far; weights (n) or null;
 // cosine: 0 euclidean, 1 cosine (1 - x.p); threads: OpenMP threads. Out:
 // out (m, ldo) or null, each candidate's distances lowered to closest (out
 // may be closest itself when m = 1); potentials (m) float64, their weighted
 // sums.
-void tk_seed_scores_f32(const float* x, int64_t ldx, int64_t n, int64_t d, const float* x_sq,
-                        const int64_t* index, int64_t m, const float* closest,
+void tk_seed_scores_f32(const float* x, int64_t ldx, int64_t n, int64_t d, const float* offset,
+                        const float* x_sq, const int64_t* index, int64_t m, const float* closest,
                         const float* weights, int cosine, int threads, float* out, int64_t ldo,
                         double* potentials) {
-    seed_scores<float>(x, ldx, n, d, x_sq, index, m, closest, weights, cosine, threads, out, ldo,
-                       potentials);
+    seed_scores<float>(x, ldx, n, d, offset, x_sq, index, m, closest, weights, cosine, threads,
+                       out, ldo, potentials);
 }
 
-void tk_seed_scores_f64(const double* x, int64_t ldx, int64_t n, int64_t d, const double* x_sq,
-                        const int64_t* index, int64_t m, const double* closest,
-                        const double* weights, int cosine, int threads, double* out, int64_t ldo,
-                        double* potentials) {
-    seed_scores<double>(x, ldx, n, d, x_sq, index, m, closest, weights, cosine, threads, out, ldo,
-                        potentials);
+void tk_seed_scores_f64(const double* x, int64_t ldx, int64_t n, int64_t d, const double* offset,
+                        const double* x_sq, const int64_t* index, int64_t m,
+                        const double* closest, const double* weights, int cosine, int threads,
+                        double* out, int64_t ldo, double* potentials) {
+    seed_scores<double>(x, ldx, n, d, offset, x_sq, index, m, closest, weights, cosine, threads,
+                        out, ldo, potentials);
 }
 
 }  // extern "C"

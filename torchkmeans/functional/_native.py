@@ -127,7 +127,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         function.argtypes += [small, small, pointer, pointer, pointer, pointer, pointer, pointer]
     for function in (library.tk_seed_scores_f32, library.tk_seed_scores_f64):
         function.restype = None
-        function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer]
+        function.argtypes = [pointer, integer, integer, integer, pointer, pointer, pointer, integer]
         function.argtypes += [pointer, pointer, small, small, pointer, integer, pointer]
     return library
 

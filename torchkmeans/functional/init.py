@@ -190,6 +190,7 @@ def _kmeans_plusplus_native(
     generator: torch.Generator | None,
     may_hold: bool,
     draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """k-means++ indices for one problem on the CPU, its candidates scored by
     the native kernel: one pass over the rows per step (the candidates'
@@ -200,7 +201,9 @@ def _kmeans_plusplus_native(
     generator's stream does not depend on how it is split); ``may_hold``:
     the candidates' distances fit the memory budget. ``draws``: the first
     ``(1,)`` and the steps' ``(k - 1, trials)``, drawn by the caller (one
-    problem of several) instead."""
+    problem of several) instead. ``offset`` ``(d,)``: the rows are those of
+    ``x - offset``, centred by the kernel as it reads them (``x_sq`` their
+    squared norms): the same scores as on a centred copy, without it."""
     n, d = x.shape
     acc = torch.float64
     threads = torch.get_num_threads() if n * d * trials >= _SEED_PARALLEL_MIN_WORK else 1
@@ -209,7 +212,15 @@ def _kmeans_plusplus_native(
     x_sq = None if x_sq is None else x_sq.contiguous()
     weight = None if weight is None else weight.contiguous()
     weight_ptr = None if weight is None else weight.data_ptr()
-    fixed = (x.data_ptr(), x.stride(0), n, d, None if x_sq is None else x_sq.data_ptr())
+    offset = None if offset is None else offset.to(x.dtype).contiguous()
+    fixed = (
+        x.data_ptr(),
+        x.stride(0),
+        n,
+        d,
+        None if offset is None else offset.data_ptr(),
+        None if x_sq is None else x_sq.data_ptr(),
+    )
     # The candidates' distances are kept (the chosen one's become the
     # closest) where writing them costs less than reading the rows again.
     held = (
@@ -431,6 +442,35 @@ def _kmeans_plusplus_single(
         weighted = closest if weight is None else closest * weight
         chosen.append(int(candidates[best]))
     return torch.tensor(chosen, dtype=torch.int64, device=x.device)
+
+
+def seeds_less_offset(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    x_sq: torch.Tensor,
+    sample_weight: torch.Tensor | None,
+    n_clusters: int,
+    generator: torch.Generator | None,
+    memory_budget: int | None,
+) -> torch.Tensor | None:
+    """:func:`kmeans_plusplus`'s centroids ``(k, d)`` for the rows of ``x -
+    offset`` (``x`` ``(n, d)`` on the CPU, ``offset`` ``(d,)``, ``x_sq`` the
+    centred rows' squared norms ``(n,)``, ``sample_weight`` ``(n,)`` or
+    None), seeded by the native kernel, which centres the rows as it reads
+    them: the same draws, scores and seeds as on a centred copy of ``x``,
+    without the copy. None where the kernel would not seed such rows (see
+    :func:`_seed_scorer`): the caller centres a copy then."""
+    scorer = _seed_scorer(x)
+    if scorer is None:
+        return None
+    n = x.shape[0]
+    trials = 2 + int(math.log(n_clusters))
+    block = _candidate_block_rows(n, trials, x.element_size(), memory_budget)
+    weight = None if sample_weight is None else sample_weight.to(x.dtype)
+    index = _kmeans_plusplus_native(
+        scorer, x, x_sq, weight, n_clusters, trials, generator, block >= n, offset=offset
+    )
+    return x.index_select(0, index) - offset
 
 
 def kmeans_plusplus(

@@ -45,7 +45,7 @@ from .distances import (
     weights_without_rows_of_zeros,
     wide_sum,
 )
-from .init import kmeans_plusplus, random_init
+from .init import _seed_scorer, kmeans_plusplus, random_init, seeds_less_offset
 from .updates import (
     accumulate,
     add_rows,
@@ -91,6 +91,12 @@ class Prepared(NamedTuple):
     # (bw,) float64 weight of the cosine rows of zeros that the fit leaves
     # out (see _without_rows_of_zeros), added back to the inertia; or None.
     ignored: torch.Tensor | None = None
+    # True: no centred copy was made. x is then the rows as given, (1, n, d)
+    # on the CPU, that the fused kernel centres (less offset) as it reads
+    # them, bit for bit as the copy would hold them; x_aug is empty, (1, 0,
+    # d + 1). Only the kernel's paths read x so (see _centres_on_read);
+    # anything else takes _copied(prep) first.
+    centred_on_read: bool = False
 
 
 def prepare(
@@ -98,12 +104,16 @@ def prepare(
     *,
     sample_weight: torch.Tensor | None = None,
     metric: str = "euclidean",
+    centred_on_read: bool = False,
 ) -> Prepared:
     """Centre (euclidean) or normalise (cosine) ``x`` once for all iterations.
 
     Half-precision data is computed in float32. Centring follows scikit-learn:
     it keeps the expansion ``|x|^2 - 2 x.c + |c|^2`` accurate for data far
-    from the origin. ``x`` itself is never written to.
+    from the origin. ``x`` itself is never written to. ``centred_on_read``
+    (rows the fused kernel reads as they are, see :func:`_centres_on_read`):
+    no centred copy, the same offset and squared norms (see
+    :attr:`Prepared.centred_on_read`).
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"Expected metric to be 'euclidean' or 'cosine', got {metric!r}.")
@@ -118,8 +128,12 @@ def prepare(
     # memory back to its host they made a fit after a pause of a few seconds
     # 1.5-2x slower (the host backs each huge page again), though 20% faster
     # in fits back to back.
-    x_aug = torch.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
-    data = x_aug[..., :d]
+    if centred_on_read:
+        offset, x_sq = _centred_into(None, x3)
+        x_aug, data = x3.new_empty((1, 0, d + 1)), x3
+    else:
+        x_aug = torch.empty((x3.shape[0], n, d + 1), dtype=dtype, device=x.device)
+        data = x_aug[..., :d]
     if metric == "cosine":
         data.copy_(x3)
         x_aug[..., d] = 1.0
@@ -130,7 +144,8 @@ def prepare(
         column_means = data.mean(dim=1)
         mean_variance = squared_norms(data).sum(-1) / (n * d) - column_means.square().mean(-1)
     else:
-        offset, x_sq = _centred_into(x_aug, x3)
+        if not centred_on_read:
+            offset, x_sq = _centred_into(x_aug, x3)
         # Centred data: the mean feature variance is the mean squared norm / d.
         # (No x-sized temporary, unlike data.var().) Summed in float64, as
         # the inertia is: float32 rows whose squares fit can overflow a float32
@@ -141,13 +156,62 @@ def prepare(
     weights = None
     if sample_weight is not None:
         weights = sample_weight.reshape(-1, x3.shape[1]).to(dtype)
-    return Prepared(data, x_aug, x_sq, weights, offset, mean_variance, metric, batched)
+    return Prepared(
+        data,
+        x_aug,
+        x_sq,
+        weights,
+        offset,
+        mean_variance,
+        metric,
+        batched,
+        centred_on_read=centred_on_read,
+    )
 
 
-def _centred_into(x_aug: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _centres_on_read(x: torch.Tensor, n_clusters: int, metric: str, init: InitArg) -> bool:
+    """Whether :func:`kmeans` and :func:`lloyd` fit ``x`` ``(n, d)`` without a
+    centred copy (``prepare(centred_on_read=True)``): euclidean rows whose
+    Lloyd iterations the fused kernel runs (contiguous float32 or float64
+    rows of several features on the CPU), centring each chunk of rows as it
+    reads them, and k-means++ seeded by the kernel too where it is the init
+    (see :func:`~torchkmeans.functional.init.seeds_less_offset`). The copy
+    cost a fit as much as several iterations where they are cheap: 524,288
+    x 64 float32, k = 8, two threads, 44 ms of a 140 ms fit, 38 of them the
+    first touch of its fresh memory; and it held 1.02x the data.
+    """
+    if metric != "euclidean" or x.ndim != 2 or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if not (_device.on_host(x.device) and x.is_contiguous() and x.shape[1] > 1):
+        return False
+    if not _native.prefers_native(x, n_clusters):
+        return False
+    if isinstance(init, str) and init == "k-means++":
+        return _seed_scorer(x) is not None
+    return True
+
+
+def _copied(prep: Prepared) -> Prepared:
+    """``prep`` with its centred copy made (itself when it has one): for the
+    paths other than the fused kernel's, and the rare steps of that path
+    which read centred rows (reseeding empty clusters, data near overflow)."""
+    if not prep.centred_on_read:
+        return prep
+    x3 = prep.x
+    bx, n, d = x3.shape
+    x_aug = torch.empty((bx, n, d + 1), dtype=x3.dtype, device=x3.device)
+    _centred_into(x_aug, x3)  # the same offset and squared norms, bit for bit
+    return prep._replace(x=x_aug[..., :d], x_aug=x_aug, centred_on_read=False)
+
+
+def _centred_into(
+    x_aug: torch.Tensor | None, x3: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill ``x_aug`` ``(bx, n, d+1)`` with the rows of ``x3`` ``(bx, n, d)``
     less their mean, then 1; return the mean ``(bx, 1, d)`` and the centred
-    rows' squared norms ``(bx, n)``.
+    rows' squared norms ``(bx, n)``. Without ``x_aug`` (contiguous rows of
+    several features on the CPU) only the mean and norms, each block centred
+    into a reused buffer.
 
     On the CPU (contiguous rows of several features), the values of
     ``copy_``, ``mean``, ``sub_`` and :func:`squared_norms` on the copy, bit
@@ -157,10 +221,11 @@ def _centred_into(x_aug: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor, 
     on one thread).
     """
     bx, n, d = x3.shape
-    dtype = x_aug.dtype
+    dtype = compute_dtype(x3.dtype)
     # (One feature: the mean of contiguous x sums in another order than the
     # copy's, whose rows are two elements apart. Off the CPU one op each.)
     if not (_device.on_host(x3.device) and x3.is_contiguous() and d > 1):
+        assert x_aug is not None
         data = x_aug[..., :d]
         data.copy_(x3)
         x_aug[..., d] = 1.0
@@ -169,13 +234,18 @@ def _centred_into(x_aug: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor, 
         return offset, squared_norms(data)
     offset = x3.mean(dim=1, keepdim=True, dtype=dtype)
     x_sq = torch.empty((bx, n), dtype=dtype, device=x3.device)
-    rows = cache_rows(bx * (d + 1), x_aug.element_size())
+    rows = cache_rows(bx * (d + 1), torch.finfo(dtype).bits // 8)
     squares = torch.empty((bx, min(rows, n), d), dtype=dtype, device=x3.device)
+    centred = None if x_aug is not None else torch.empty_like(squares)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        block = x_aug[:, start:stop, :d]
+        if x_aug is None:
+            assert centred is not None
+            block = centred[:, : stop - start]
+        else:
+            block = x_aug[:, start:stop, :d]
+            x_aug[:, start:stop, d] = 1.0
         torch.sub(x3[:, start:stop], offset, out=block)
-        x_aug[:, start:stop, d] = 1.0
         part = squares[:, : stop - start]
         torch.mul(block, block, out=part)
         torch.sum(part, -1, out=x_sq[:, start:stop])
@@ -707,6 +777,8 @@ def _run_lloyd_native(
     itself) the labels are the last iteration's and the inertia NaN.
     """
     x = prep.x[0]
+    # Rows as given (no centred copy): the kernel centres them as it reads them.
+    offset = prep.offset[0, 0] if prep.centred_on_read else None
     weights = prep.weights[0].contiguous() if prep.weights is not None else None
     k, d = centroids.shape[1], centroids.shape[2]
     n = x.shape[0]
@@ -723,6 +795,7 @@ def _run_lloyd_native(
             current,
             labels,
             cosine=cosine,
+            offset=offset,
             weights=weights,
             previous=previous if scores else None,
             totals=totals,
@@ -740,6 +813,10 @@ def _run_lloyd_native(
         # shift NaN, so only then are the counts read (a host read per
         # iteration otherwise, the cost of a small fit's iteration).
         if shift != shift and float(counts.min()) <= 0:
+            # Reseeding reads centred rows: the copy is made now, if it was
+            # not, and read by the kernel from here on (the same rows).
+            prep = _copied(prep)
+            x, offset = prep.x[0], None
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
             )
@@ -763,7 +840,7 @@ def _run_lloyd_native(
     labels = previous
     if final_pass:
         distances = torch.empty((1, n), dtype=x.dtype, device=x.device)
-        _native.nearest(x, current, labels, cosine=cosine, distances=distances[0])
+        _native.nearest(x, current, labels, cosine=cosine, offset=offset, distances=distances[0])
         inertia = _weighted_total(distances, prep.weights)
     else:
         inertia = torch.full((1,), math.nan, dtype=_device.widest_float(x.device), device=x.device)
@@ -811,6 +888,16 @@ def run_lloyd(
     path skip its pass over the rows after the last iteration: the labels
     are then the last iteration's and the inertia NaN.
     """
+    on_cpu = _device.on_host(prep.x.device) if host_checks is None else host_checks
+    through_kernel = (
+        on_cpu
+        and small_path
+        and prep.x.shape[0] == 1
+        and (prep.weights is None or prep.weights.shape[0] == 1)
+        and _native.prefers_native(prep.x[0], centroids.shape[1])
+    )
+    if not through_kernel:
+        prep = _copied(prep)
     x3 = prep.x
     b, k, d = centroids.shape
     n = x3.shape[1]
@@ -835,14 +922,7 @@ def run_lloyd(
         )
 
     rows = rows_for(b)
-    on_cpu = _device.on_host(device) if host_checks is None else host_checks
-    if (
-        on_cpu
-        and small_path
-        and prep.x.shape[0] == 1
-        and (prep.weights is None or prep.weights.shape[0] == 1)
-        and _native.prefers_native(prep.x[0], k)
-    ):
+    if through_kernel:
         # One problem at a time through the fused kernel: restarts and a sweep
         # over k sharing the data run one after another, each with the whole
         # machine; a problem with inactive (padding) centroids runs with its
@@ -1103,6 +1183,32 @@ def _resolve_init(
     x3 = prep.x
     b = n_problems
     shared = x3.shape[0] == 1 and b > 1
+    if prep.centred_on_read and isinstance(init, str) and init in ("k-means++", "random"):
+        # Rows of x less the offset: as the centred copy holds them.
+        if init == "k-means++" and b == 1:
+            assert prep.x_sq is not None
+            seeds = seeds_less_offset(
+                x3[0],
+                prep.offset[0, 0],
+                prep.x_sq[0],
+                None if prep.weights is None else prep.weights[0],
+                n_clusters,
+                generator,
+                memory_budget,
+            )
+            if seeds is not None:
+                return seeds.unsqueeze(0)
+        elif init == "random":
+            centroids, _ = random_init(
+                x3[0],
+                n_clusters,
+                n_problems=b,
+                sample_weight=None if prep.weights is None else prep.weights[0],
+                generator=generator,
+            )
+            return centroids - prep.offset
+        prep = _copied(prep)
+        x3 = prep.x
     if isinstance(init, str):
         if init == "k-means++":
             centroids, _ = kmeans_plusplus(
@@ -1275,7 +1381,9 @@ def lloyd(
         )
     if not v.all_finite(centroids):
         raise ValueError("Input centroids contains NaN or infinity; expected finite values.")
-    prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
+    centred_on_read = _centres_on_read(x, k, metric, centroids)
+    prep = prepare(x, sample_weight=sample_weight, metric=metric, centred_on_read=centred_on_read)
+    prep = _check_finite_data(prep, x)
     exponent = _scale_exponent(prep, x, centroids)
     if exponent:
         scaled = lloyd(
@@ -1343,6 +1451,7 @@ def _check_finite_data(prep: Prepared, x: torch.Tensor) -> Prepared:
         raise ValueError("Input x contains NaN or infinity; expected finite values.")
     if prep.metric != "euclidean":
         return prep
+    prep = _copied(prep)
     acc = _device.widest_float(prep.x.device)
     bx, n, d = prep.x.shape
     total = torch.zeros(bx, dtype=acc, device=prep.x.device)
@@ -1622,7 +1731,12 @@ def kmeans(
         # Given starts: one run, or for one data set, one restart per set of centroids.
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1
-    prep = _check_finite_data(prepare(x, sample_weight=sample_weight, metric=metric), x)
+    plusplus = isinstance(init, str) and init == "k-means++"
+    centred_on_read = (n_init == 1 or not plusplus) and _centres_on_read(
+        x, n_clusters, metric, init
+    )
+    prep = prepare(x, sample_weight=sample_weight, metric=metric, centred_on_read=centred_on_read)
+    prep = _check_finite_data(prep, x)
     exponent = _scale_exponent(prep, x)
     if exponent:
         scaled = kmeans(
@@ -1702,7 +1816,7 @@ def _scale_exponent(prep: Prepared, x: torch.Tensor, centroids: torch.Tensor | N
     if summed_overflow or not all(value <= finfo.max / 8 for value in largest):
         # The centred rows' entries, at most twice x's where the centring
         # itself overflowed.
-        entry = float(prep.x.abs().amax())
+        entry = float(_copied(prep).x.abs().amax())
         if not math.isfinite(entry):
             entry = 2 * float(x.detach().abs().amax())
         if centroids is not None:
