@@ -739,18 +739,30 @@ def test_a_fit_without_the_centred_copy_equals_one_with_it(
 
 @on_the_cpu_paths_only
 def test_an_empty_cluster_of_a_fit_without_the_copy_is_reseeded_as_with_it(monkeypatch):
-    """A start whose centroid no row is nearest: the fit makes the centred
-    copy to reseed it, and ends as a fit that had the copy from the start."""
+    """A start whose centroid no row is nearest: the fit reseeds it from rows
+    it centres as it takes them, still without a copy of the data, and ends
+    as a fit on the centred copy does."""
     lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(5000, 64, generator=generator)
+    w = torch.rand(5000, generator=generator) + 0.5
     start = x[:6].clone()
     start[5] = 1e3  # far from every row: empty after the first pass
-    read = kmeans(x, 6, init=start, max_iter=30)
-    assert lloyd_module._centres_on_read(x, 6, "euclidean", start)
-    monkeypatch.setattr(lloyd_module, "_centres_on_read", lambda *args: False)
-    copied = kmeans(x, 6, init=start, max_iter=30)
-    assert torch.equal(torch.bincount(read.labels, minlength=6) > 0, torch.ones(6, dtype=bool))
+    copies = []
+    real_copied = lloyd_module._copied
+    monkeypatch.setattr(
+        lloyd_module,
+        "_copied",
+        lambda prep: copies.append(prep.centred_on_read) or real_copied(prep),
+    )
+    fits = []
+    for copy in (False, True):
+        if copy:
+            monkeypatch.setattr(lloyd_module, "_centres_on_read", lambda *args: False)
+        fits.append(kmeans(x, 6, init=start, sample_weight=w, max_iter=30))
+    assert True not in copies  # no copy made for the reseeding
+    read, copied = fits
+    assert (torch.bincount(read.labels, minlength=6) > 0).all()
     for field, got, expected in zip(read._fields, read, copied):
         assert torch.equal(got.nan_to_num(), expected.nan_to_num()), field
 

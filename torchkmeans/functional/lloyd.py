@@ -520,7 +520,10 @@ def _point_distances(
     prep: Prepared, centroids: torch.Tensor, labels: torch.Tensor, rows: int
 ) -> torch.Tensor:
     """Exact distance of every prepared point to its labelled centroid, ``(b, n)``."""
-    return _labelled_distances(prep.x, centroids, labels, rows, cosine=prep.x_sq is None)
+    offset = prep.offset if prep.centred_on_read else None
+    return _labelled_distances(
+        prep.x, centroids, labels, rows, cosine=prep.x_sq is None, offset=offset
+    )
 
 
 def _row_contiguous_shape(x: torch.Tensor) -> torch.Tensor:
@@ -557,9 +560,15 @@ def _nearest_by_differences_in_rows(
 
 
 def _labelled_distances(
-    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, rows: int, cosine: bool
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    rows: int,
+    cosine: bool,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Distance of each row of ``x`` ``(bx, n, d)`` to its labelled centroid
+    """Distance of each row of ``x`` ``(bx, n, d)`` (less ``offset``
+    ``(bx, 1, d)``, centred a block at a time) to its labelled centroid
     ``(b, k, d)``, from differences in the centroids' dtype, ``rows`` at a time."""
     n = x.shape[1]
     out = torch.empty(labels.shape, dtype=centroids.dtype, device=centroids.device)
@@ -568,7 +577,10 @@ def _labelled_distances(
         # Summed along contiguous rows whatever x's strides: distances summed
         # down strided rows had differed in their last bits from those of
         # the same data in C order.
-        block = x[:, start:stop].to(centroids.dtype).contiguous()
+        block = x[:, start:stop]
+        if offset is not None:
+            block = block - offset  # as a centred copy holds them
+        block = block.to(centroids.dtype).contiguous()
         out[:, start:stop] = exact_distances(block, centroids, labels[:, start:stop], cosine)
     return out
 
@@ -813,16 +825,17 @@ def _run_lloyd_native(
         # shift NaN, so only then are the counts read (a host read per
         # iteration otherwise, the cost of a small fit's iteration).
         if shift != shift and float(counts.min()) <= 0:
-            # Reseeding reads centred rows: the copy is made now, if it was
-            # not, and read by the kernel from here on (the same rows).
-            prep = _copied(prep)
-            x, offset = prep.x[0], None
             distances = _point_distances(
                 prep, current.unsqueeze(0), labels.unsqueeze(0), _exact_distance_rows(prep.x)
             )
             relocated = bool(
                 relocate_empty_clusters(
-                    totals.unsqueeze(0), prep.x_aug, prep.weights, labels.unsqueeze(0), distances
+                    totals.unsqueeze(0),
+                    prep.x if prep.centred_on_read else prep.x_aug,
+                    prep.weights,
+                    labels.unsqueeze(0),
+                    distances,
+                    offset=prep.offset if prep.centred_on_read else None,
                 )
             )
             updated = centroids_from_sums(

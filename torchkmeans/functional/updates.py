@@ -271,6 +271,7 @@ def relocate_empty_clusters(
     distances: torch.Tensor,
     active: torch.Tensor | None = None,
     n_rows: int | None = None,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reseed empty clusters from the points farthest from their centroids, in place.
 
@@ -290,7 +291,9 @@ def relocate_empty_clusters(
     ``labels`` and ``distances`` ``(b, n)``; ``active`` ``(b, k)`` marks the
     clusters that exist (padding clusters stay empty); ``n_rows`` is the
     number of rows the centroids were summed from, when the rows given are
-    only candidates (default n).
+    only candidates (default n). ``offset`` ``(1, 1, d)``: ``x3`` is
+    ``(1, n, d)``, rows that less ``offset`` are those of ``[x | 1]`` (a fit
+    without a centred copy); the few rows taken are centred here.
 
     Returns ``(b,)`` bool: whether an empty cluster of a problem took a point
     off its centroid. Lloyd's loops do not stop on labels that repeat in
@@ -315,7 +318,10 @@ def relocate_empty_clusters(
     else:
         farthest = distances.topk(min(k, n), dim=-1, sorted=True).indices
     picked = farthest.gather(-1, rank)  # (b, k) point index per cluster slot
-    if x3.shape[0] == 1:
+    if offset is not None:
+        rows = x3[0][picked] - offset[0]  # as a centred copy holds them
+        moved = torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
+    elif x3.shape[0] == 1:
         moved = x3[0][picked]  # (b, k, d+1)
     else:
         moved = x3.gather(1, picked.unsqueeze(-1).expand(b, k, width))
