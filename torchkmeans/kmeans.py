@@ -99,7 +99,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         :mod:`torchkmeans.distributed`.
     copy_x : bool, default=True
         Accepted so that scikit-learn code runs unchanged: ``X`` is never
-        modified either way (centring works on an internal copy).
+        modified either way (the CPU kernel centres the rows it reads as it
+        reads them; other paths centre an internal copy).
     algorithm : {"lloyd", "elkan"}, default="lloyd"
         Accepted so that scikit-learn code runs unchanged: both run the same
         Lloyd iterations (Elkan's algorithm is an exact acceleration of
