@@ -768,10 +768,10 @@ def test_an_empty_cluster_of_a_fit_without_the_copy_is_reseeded_as_with_it(monke
 
 
 def test_only_rows_the_kernel_fits_skip_the_copy():
-    """No copy: euclidean, contiguous float32/float64 rows of several
-    features on the CPU that the kernel fits, k-means++ where the kernel
-    seeds them. Otherwise (cosine, half precision, a column of a wider
-    tensor, one feature, narrow float32 rows seeded by k-means++) the copy."""
+    """No copy: euclidean, contiguous float32/float64 rows on the CPU that
+    the kernel fits outside its column layout, k-means++ where the kernel
+    seeds them. Otherwise (cosine, half precision, rows of a wider tensor,
+    narrow rows, float32 rows of 20 features seeded by k-means++) the copy."""
     lloyd_module = importlib.import_module("torchkmeans.functional.lloyd")
     read = lloyd_module._centres_on_read
     x = torch.randn(2000, 64)
@@ -783,7 +783,8 @@ def test_only_rows_the_kernel_fits_skip_the_copy():
     assert not read(x, 8, "cosine", "random")
     assert not read(x.half(), 8, "euclidean", "random")
     assert not read(x[:, :1].contiguous(), 8, "euclidean", "random")
-    assert not read(x[:, :8].contiguous(), 8, "euclidean", "k-means++")  # seeded by PyTorch ops
+    assert not read(x[:, :4].contiguous(), 8, "euclidean", "random")  # the column layout's
+    assert not read(x[:, :20].contiguous(), 8, "euclidean", "k-means++")  # seeded by PyTorch ops
 
 
 @pytest.mark.parametrize("seed", range(4))
