@@ -767,6 +767,7 @@ def test_an_empty_cluster_of_a_fit_without_the_copy_is_reseeded_as_with_it(monke
         assert torch.equal(got.nan_to_num(), expected.nan_to_num()), field
 
 
+@on_the_cpu_paths_only
 def test_only_rows_the_kernel_fits_skip_the_copy():
     """No copy: euclidean, contiguous float32/float64 rows on the CPU that
     the kernel fits outside its column layout, k-means++ where the kernel
