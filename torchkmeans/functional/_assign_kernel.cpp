@@ -515,6 +515,22 @@ inline bool shuffle(const T* x, int64_t ldx, int64_t w, typename Vec<T>::type* x
     return true;
 }
 
+// The first m lanes of N vectors of lowest scores and of their indices (a
+// lane per row) into best and label.
+template <typename T, int N>
+inline void store_lanes(const typename Vec<T>::type* value, const typename Vec<T>::index* index,
+                        int m, T* best, int64_t* label) {
+    constexpr int L = lanes_of<T>();
+    T values[N * L];
+    typename Vec<T>::lane indices[N * L];
+    std::memcpy(values, value, sizeof(values));
+    std::memcpy(indices, index, sizeof(indices));
+    for (int r = 0; r < m; ++r) {
+        best[r] = values[r];
+        label[r] = indices[r];
+    }
+}
+
 // m <= kGroups * L rows transposed into xt, then every centroid's score is w
 // multiply-adds with its weights broadcast, and the running minimum is kept
 // per lane. W > 0 fixes the width at compile time (unrolled, in registers).
@@ -566,14 +582,7 @@ inline void column_group(const T* x, int64_t ldx, int m, int64_t width, const T*
             vmin[g] = lower<T>(acc[g], vmin[g]);
         }
     }
-    T values[kGroups * L];
-    typename Vec<T>::lane indices[kGroups * L];
-    std::memcpy(values, vmin, sizeof(values));
-    std::memcpy(indices, vidx, sizeof(indices));
-    for (int r = 0; r < m; ++r) {
-        best[r] = values[r];
-        label[r] = indices[r];
-    }
+    store_lanes<T, kGroups>(vmin, vidx, m, best, label);
 }
 
 // ---- blocks layout -----------------------------------------------------------
@@ -623,14 +632,7 @@ inline void block_group(const T* x, int64_t ldx, int m, int64_t w, const T* aug,
         index = score < low ? I{} + static_cast<typename Vec<T>::lane>(c) : index;
         low = lower<T>(score, low);
     }
-    T values[L];
-    typename Vec<T>::lane indices[L];
-    std::memcpy(values, &low, sizeof(values));
-    std::memcpy(indices, &index, sizeof(indices));
-    for (int r = 0; r < m; ++r) {
-        best[r] = values[r];
-        label[r] = indices[r];
-    }
+    store_lanes<T, 1>(&low, &index, m, best, label);
 }
 
 // Rows [0, m) against K centroids in the blocks layout, L rows at a time.
