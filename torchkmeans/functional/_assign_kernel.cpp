@@ -315,10 +315,24 @@ inline void panel_rows(const T* rows, int64_t ldx, int m, int64_t w, const T* pa
     }
 }
 
+// Rows per tile against NB vectors of centroids: R * NB accumulators, plus
+// NB loads and a broadcast, of 32 registers with AVX-512 and 16 below, and
+// enough independent chains of multiply-adds to cover their latency. Below
+// AVX-512, 2 rows against 3 vectors, 3 against 2 and 4 against 1 had left
+// the chains waiting (AVX2 build, one thread, Zen 5: d=32, k=16 took as long
+// as k=64).
+template <int NB>
+constexpr int tile_rows() {
+#if defined(__AVX512F__)
+    return NB >= 3 ? kTileRows : NB == 2 ? kTileRows * 3 / 2 : kTileRows * 2;
+#else
+    return NB == 4 ? 2 : NB == 3 ? 3 : NB == 2 ? 6 : 8;
+#endif
+}
+
 // Rows [0, m) against one panel of `vectors` vectors of centroids, its first
 // centroid `first`. Fewer vectors leave registers for more rows per tile
-// (R * NB accumulators, plus NB loads and a broadcast, of 32 registers; 16
-// below AVX-512).
+// (see tile_rows).
 template <typename T, bool Whole = false>
 inline void panel_of(int64_t vectors, const T* rows, int64_t ldx, int m, int64_t w,
                      const T* panel, const T* bias, int64_t first, const Chunk<T>& chunk,
@@ -326,20 +340,21 @@ inline void panel_of(int64_t vectors, const T* rows, int64_t ldx, int m, int64_t
     const int64_t stride = vectors * lanes_of<T>();
     switch (vectors) {
         case kBlocks:
-            panel_rows<T, kTileRows, kBlocks, Whole>(rows, ldx, m, w, panel, stride, bias, first,
-                                                     chunk, best, label, keep, ldk);
+            panel_rows<T, tile_rows<kBlocks>(), kBlocks, Whole>(rows, ldx, m, w, panel, stride,
+                                                                bias, first, chunk, best, label,
+                                                                keep, ldk);
             break;
         case 3:
-            panel_rows<T, kTileRows, 3, Whole>(rows, ldx, m, w, panel, stride, bias, first, chunk,
-                                               best, label, keep, ldk);
+            panel_rows<T, tile_rows<3>(), 3, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                    chunk, best, label, keep, ldk);
             break;
         case 2:
-            panel_rows<T, kTileRows * 3 / 2, 2, Whole>(rows, ldx, m, w, panel, stride, bias, first,
-                                                       chunk, best, label, keep, ldk);
+            panel_rows<T, tile_rows<2>(), 2, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                    chunk, best, label, keep, ldk);
             break;
         case 1:
-            panel_rows<T, kTileRows * 2, 1, Whole>(rows, ldx, m, w, panel, stride, bias, first,
-                                                   chunk, best, label, keep, ldk);
+            panel_rows<T, tile_rows<1>(), 1, Whole>(rows, ldx, m, w, panel, stride, bias, first,
+                                                    chunk, best, label, keep, ldk);
             break;
         default:
             break;
