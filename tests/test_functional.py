@@ -786,6 +786,8 @@ def test_only_rows_the_kernel_fits_skip_the_copy():
     assert not read(x[:, :1].contiguous(), 8, "euclidean", "random")
     assert not read(x[:, :4].contiguous(), 8, "euclidean", "random")  # the column layout's
     assert not read(x[:, :20].contiguous(), 8, "euclidean", "k-means++")  # seeded by PyTorch ops
+    with pytest.raises(ValueError, match="centred_on_read only"):
+        lloyd_module.prepare(x, metric="cosine", centred_on_read=True)  # would normalise x itself
 
 
 @pytest.mark.parametrize("seed", range(4))
