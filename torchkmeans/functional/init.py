@@ -444,7 +444,7 @@ def _kmeans_plusplus_single(
     return torch.tensor(chosen, dtype=torch.int64, device=x.device)
 
 
-def seeds_less_offset(
+def _seeds_less_offset(
     x: torch.Tensor,
     offset: torch.Tensor,
     x_sq: torch.Tensor,

@@ -45,7 +45,7 @@ from .distances import (
     weights_without_rows_of_zeros,
     wide_sum,
 )
-from .init import _seed_scorer, kmeans_plusplus, random_init, seeds_less_offset
+from .init import _seed_scorer, _seeds_less_offset, kmeans_plusplus, random_init
 from .updates import (
     accumulate,
     add_rows,
@@ -178,7 +178,7 @@ def _centres_on_read(x: torch.Tensor, n_clusters: int, metric: str, init: InitAr
     Lloyd iterations the fused kernel runs (contiguous float32 or float64
     rows of several features on the CPU), centring each chunk of rows as it
     reads them, and k-means++ seeded by the kernel too where it is the init
-    (see :func:`~torchkmeans.functional.init.seeds_less_offset`). The copy
+    (see :func:`~torchkmeans.functional.init._seeds_less_offset`). The copy
     cost a fit as much as several iterations where they are cheap: 524,288
     x 64 float32, k = 8, two threads, 44 ms of a 140 ms fit, 38 of them the
     first touch of its fresh memory; and it held 1.02x the data. Narrow rows
@@ -1205,7 +1205,7 @@ def _resolve_init(
         # Rows of x less the offset: as the centred copy holds them.
         if init == "k-means++" and b == 1:
             assert prep.x_sq is not None
-            seeds = seeds_less_offset(
+            seeds = _seeds_less_offset(
                 x3[0],
                 prep.offset[0, 0],
                 prep.x_sq[0],
