@@ -780,6 +780,7 @@ def test_only_rows_the_kernel_fits_skip_the_copy():
         assert not read(x, 8, "euclidean", "k-means++")
         return
     assert read(x, 8, "euclidean", "k-means++") and read(x.double(), 8, "euclidean", "random")
+    assert read(x, 8, "euclidean", "random", 10) and not read(x, 8, "euclidean", "k-means++", 3)
     assert not read(x[:, :20], 8, "euclidean", "random")  # rows not contiguous
     assert not read(x, 8, "cosine", "random")
     assert not read(x.half(), 8, "euclidean", "random")

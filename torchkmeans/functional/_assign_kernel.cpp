@@ -795,11 +795,6 @@ inline void with_width(int64_t w, F&& f) {
     }
 }
 
-// Rows [0, m) added to their clusters' totals (k, w + 1): the weighted sum of
-// the rows, then of their weights. W > 0 fixes the width at compile time, so
-// that narrow rows cost a few instructions each; then the odd rows go to a
-// second copy of the totals (odd, added in by the caller), which halves the
-// chains of dependent additions into each cluster's few totals.
 // One row of more than kNarrowTotals features (weighted, or of weight 1)
 // added to its cluster's totals, two vectors of doubles at a time: the
 // compiler's own loop took one per iteration (one thread, 262,144 x 64,
@@ -827,22 +822,27 @@ inline void add_wide_row(const T* row, int64_t w, double weight, double* total) 
     total[w] += Weighted ? weight : 1.0;
 }
 
+// Rows [0, m) added to their clusters' totals (k, w + 1): the weighted sum of
+// the rows, then of their weights. W > 0 fixes the width at compile time, so
+// that narrow rows cost a few instructions each; then the odd rows go to a
+// second copy of the totals (odd, added in by the caller), which halves the
+// chains of dependent additions into each cluster's few totals.
 template <typename T, int W>
 inline void add_rows(const T* rows, int64_t ld, int m, int64_t width, const int64_t* label,
                      const T* weights, double* totals, double* odd) {
-    const int64_t w = W ? W : width;
     if (!W) {
         for (int r = 0; r < m; ++r) {
+            double* total = totals + label[r] * (width + 1);
             if (weights)
-                add_wide_row<T, true>(rows + r * ld, w, static_cast<double>(weights[r]),
-                                      totals + label[r] * (w + 1));
+                add_wide_row<T, true>(rows + r * ld, width, static_cast<double>(weights[r]), total);
             else
-                add_wide_row<T, false>(rows + r * ld, w, 1.0, totals + label[r] * (w + 1));
+                add_wide_row<T, false>(rows + r * ld, width, 1.0, total);
         }
         return;
     }
+    constexpr int64_t w = W;
     for (int r = 0; r < m; ++r) {
-        double* total = (W && (r & 1) ? odd : totals) + label[r] * (w + 1);
+        double* total = ((r & 1) ? odd : totals) + label[r] * (w + 1);
         const T* row = rows + r * ld;
         if (weights) {
             const double weight = static_cast<double>(weights[r]);
@@ -1006,8 +1006,7 @@ inline void centre_rows(const T* rows, int64_t ldx, int m, int64_t w, const T* o
 }
 
 // The m rows of w values from row `first` of x (at stride ldx) asked into
-// the cache:
-// the next chunk, while this one is scored. A chunk copied in one burst
+// the cache: the next chunk, while this one is scored. A chunk copied in one burst
 // (centred, or realigned) waited on memory that the tiles' own reads, spread
 // over their work, had had fetched ahead: 100,000 x 32, k=64, two threads, a
 // Lloyd pass centred as it reads took 1.25-1.3x the time on a centred copy,
@@ -1074,14 +1073,12 @@ int64_t assign_rows(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offs
         const int m = n - start < step ? static_cast<int>(n - start) : step;
         const T* rows = x + start * ldx;
         int64_t ld = ldx;
-        if (offset) {  // centred once here, not in the kernels' inner loops
-            centre_rows<T>(rows, ldx, m, w, centre.data, centred.data, ldc);
-            prefetch_rows(x, ldx, w, start + step, std::min<int64_t>(step, n - start - step));
-            rows = centred.data;
-            ld = ldc;
-        } else if (realign) {
-            for (int r = 0; r < m; ++r)
-                std::memcpy(centred.data + r * ldc, rows + r * ldx, w * sizeof(T));
+        if (offset || realign) {  // centred once here, not in the kernels' inner loops
+            if (offset)
+                centre_rows<T>(rows, ldx, m, w, centre.data, centred.data, ldc);
+            else
+                for (int r = 0; r < m; ++r)
+                    std::memcpy(centred.data + r * ldc, rows + r * ldx, w * sizeof(T));
             prefetch_rows(x, ldx, w, start + step, std::min<int64_t>(step, n - start - step));
             rows = centred.data;
             ld = ldc;
@@ -1185,7 +1182,8 @@ int64_t assign(const T* x, int64_t ldx, int64_t n, int64_t w, const T* offset,
     const bool certain = columns == 4;  // the row layout, its labels made certain
     if (certain && cosine) return -1;
     if (certain) columns = 0;
-    if (columns == 5 && k > kBlocksMaxK) return -1;  // the blocks layout: as the column layout's
+    // The blocks layout (5) takes its centroids as the column layout does.
+    if (columns == 5 && k > kBlocksMaxK) return -1;
     constexpr int64_t L = lanes_of<T>();
     // The row layout's centroids padded to whole vectors: to 16 they had
     // been, which cost float64 (8 lanes with AVX-512) a vector of padding

@@ -172,13 +172,16 @@ def prepare(
     )
 
 
-def _centres_on_read(x: torch.Tensor, n_clusters: int, metric: str, init: InitArg) -> bool:
+def _centres_on_read(
+    x: torch.Tensor, n_clusters: int, metric: str, init: InitArg, n_init: int = 1
+) -> bool:
     """Whether :func:`kmeans` and :func:`lloyd` fit ``x`` ``(n, d)`` without a
     centred copy (``prepare(centred_on_read=True)``): euclidean rows whose
     Lloyd iterations the fused kernel runs (contiguous float32 or float64
     rows of several features on the CPU), centring each chunk of rows as it
     reads them, and k-means++ seeded by the kernel too where it is the init
-    (see :func:`~torchkmeans.functional.init._seeds_less_offset`). The copy
+    (see :func:`~torchkmeans.functional.init._seeds_less_offset`; one run:
+    ``n_init`` k-means++ restarts are seeded together, on the copy). The copy
     cost a fit as much as several iterations where they are cheap: 524,288
     x 64 float32, k = 8, two threads, 44 ms of a 140 ms fit, 38 of them the
     first touch of its fresh memory; and it held 1.02x the data. Narrow rows
@@ -192,7 +195,7 @@ def _centres_on_read(x: torch.Tensor, n_clusters: int, metric: str, init: InitAr
     if _native._columns(x.shape[1], n_clusters) or not _native.prefers_native(x, n_clusters):
         return False
     if isinstance(init, str) and init == "k-means++":
-        return _seed_scorer(x) is not None
+        return n_init == 1 and _seed_scorer(x) is not None
     return True
 
 
@@ -1749,10 +1752,7 @@ def kmeans(
         # Given starts: one run, or for one data set, one restart per set of centroids.
         shared_starts = isinstance(init, torch.Tensor) and init.ndim == 3 and x.ndim == 2
         n_init = max(1, init.shape[0]) if shared_starts else 1
-    plusplus = isinstance(init, str) and init == "k-means++"
-    centred_on_read = (n_init == 1 or not plusplus) and _centres_on_read(
-        x, n_clusters, metric, init
-    )
+    centred_on_read = _centres_on_read(x, n_clusters, metric, init, n_init)
     prep = prepare(x, sample_weight=sample_weight, metric=metric, centred_on_read=centred_on_read)
     prep = _check_finite_data(prep, x)
     exponent = _scale_exponent(prep, x)
