@@ -962,6 +962,46 @@ def test_sparse_lloyd_step_matches_pytorch(dtype, k, cosine):
             assert total == pytest.approx(float((found.double() * w).sum()), rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sparse_lloyd_gives_the_same_bits_on_any_thread_count(dtype, weighted):
+    """A mini-batch of many features (totals outweigh the stored values):
+    the threads transpose blocks of the centroids' columns apart and add
+    the rows of their own clusters; labels, distances, totals and the sum of
+    distances are those of one thread, bit for bit, and the totals the
+    float64 sums of each cluster's rows."""
+    g = torch.Generator().manual_seed(7)
+    n, d, k = 64, 9_000, 11
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    x *= torch.rand(n, d, generator=g, dtype=dtype) < 0.01
+    centroids = x[:k].clone() + 0.01 * torch.randn(k, d, generator=g, dtype=dtype)
+    crow, col, values = _csr_of(x)
+    norms = x.square().sum(1)
+    weights = torch.rand(n, generator=g, dtype=torch.float64) if weighted else None
+    runs = []
+    for threads in (1, 2, 3):
+        labels = torch.empty(n, dtype=torch.int64)
+        found = torch.empty(n, dtype=dtype)
+        totals = torch.full((k, d + 1), math.nan, dtype=torch.float64)
+        total = _native.sparse_lloyd(
+            crow, col, values, d, centroids, norms, labels, found,
+            weights=weights, totals=totals, threads=threads,
+        )  # fmt: skip
+        runs.append((labels, found, totals, total))
+    for labels, found, totals, total in runs[1:]:
+        assert torch.equal(labels, runs[0][0])
+        assert torch.equal(found, runs[0][1])
+        assert torch.equal(totals, runs[0][2])
+        assert total == runs[0][3]
+    labels, found, totals, _ = runs[0]
+    table = (x.double()[:, None] - centroids.double()[None]).square().sum(-1)
+    assert torch.equal(labels, table.argmin(1))
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights
+    rows = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], 1) * w[:, None]
+    expected = torch.zeros(k, d + 1, dtype=torch.float64).index_add_(0, labels, rows)
+    torch.testing.assert_close(totals, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_sparse_lloyd_refuses_bad_outputs_and_tensors_off_the_cpu():
     crow, col, values = _csr_of(torch.eye(3))
     centroids = torch.eye(3)[:2]

@@ -1372,6 +1372,34 @@ inline void with_sparse_width(int width, F&& f) {
     }
 }
 
+// A row's stored values [p0, p1), times its weight when there are weights,
+// added into its cluster's totals (d + 1 values, the last its weight).
+template <typename T, typename I>
+inline void add_stored(const I* col, const T* values, int64_t p0, int64_t p1,
+                       const double* weights, double weight, double* total, int64_t d) {
+    if (weights) {
+        for (int64_t p = p0; p < p1; ++p) total[col[p]] += weight * static_cast<double>(values[p]);
+    } else {
+        for (int64_t p = p0; p < p1; ++p) total[col[p]] += static_cast<double>(values[p]);
+    }
+    total[d] += weight;
+}
+
+// Chains of the sum of distances: row r's in chain r % kSparseSums.
+constexpr int kSparseSums = 8;
+
+// The sum of distances [0, n) times weights (when given), as
+// sparse_rows_step adds them.
+template <typename T>
+double weighted_sum(const T* distances, const double* weights, int64_t n) {
+    double sums[kSparseSums] = {};
+    for (int64_t r = 0; r < n; ++r)
+        sums[r % kSparseSums] += (weights ? weights[r] : 1.0) * static_cast<double>(distances[r]);
+    double sum = 0.0;
+    for (int l = 0; l < kSparseSums; ++l) sum += sums[l];
+    return sum;
+}
+
 // Rows [begin, end) of one thread (see sparse_lloyd), Bytes: sparse_width.
 template <typename T, int Bytes, typename I>
 void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_t begin,
@@ -1380,8 +1408,7 @@ void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_
                       T* distances, double* totals, double* score_sum) {
     std::vector<T> dots(kp);
     T* acc = dots.data();
-    constexpr int kSums = 8;
-    double sums[kSums] = {};
+    double sums[kSparseSums] = {};
     for (int64_t r = begin; r < end; ++r) {
         const int64_t p0 = crow[r], p1 = crow[r + 1];
         sparse_dots<T, Bytes>(col, values, p0, p1, ct, kp, acc);
@@ -1405,20 +1432,11 @@ void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_
         labels[r] = label;
         distances[r] = distance;
         const double weight = weights ? weights[r] : 1.0;
-        sums[r % kSums] += weight * static_cast<double>(distance);
-        if (totals) {
-            double* total = totals + label * (d + 1);
-            if (weights) {
-                for (int64_t p = p0; p < p1; ++p)
-                    total[col[p]] += weight * static_cast<double>(values[p]);
-            } else {
-                for (int64_t p = p0; p < p1; ++p) total[col[p]] += static_cast<double>(values[p]);
-            }
-            total[d] += weight;
-        }
+        sums[r % kSparseSums] += weight * static_cast<double>(distance);
+        if (totals) add_stored(col, values, p0, p1, weights, weight, totals + label * (d + 1), d);
     }
     double sum = 0.0;
-    for (int l = 0; l < kSums; ++l) sum += sums[l];
+    for (int l = 0; l < kSparseSums; ++l) sum += sums[l];
     *score_sum = sum;
 }
 
@@ -1448,56 +1466,105 @@ inline void transpose_rows(const T* rows, int64_t d, int64_t j0, int64_t j1, T* 
     for (int g = 0; g < G; ++g) norms[g] = norm[g];
 }
 
+// Columns [j0, j1) of the k centroids (row stride d) into their transpose
+// ct (d, kp), the padding lanes 0, and each centroid's squares added to
+// norms[c] in column order.
+//
+// A tile of kSparseTileBytes of the transpose at a time, written from k
+// rows of centroids: column by column, each write of the transpose
+// touched another cache line, and the (d, kp) lines fell out of the
+// cache before the next centroid's turn (one row, float64, one thread,
+// interleaved calls: k=20, d=50,000 3.7 ms a call, tiled 1.0; k=100,
+// d=100,000 84 ms, tiled 60; the dots of a mini-batch of 1,024 rows
+// take 0.15 ms). Within a tile, kNormChains centroids at a time: their
+// norms are independent chains of multiply-adds, where one centroid's
+// chain at a time waited on the latency of each (a mini-batch of 1,024
+// rows, k=20, d=50,000, one thread: float32 0.81 ms a call, 0.37 so;
+// float64 0.86 ms, 0.63; the buffer is no longer filled first either).
+template <typename T>
+void transpose_columns(const T* centroids, int64_t k, int64_t d, int64_t j0, int64_t j1, T* ct,
+                       int64_t kp, double* norms) {
+    const int64_t tile = std::max<int64_t>(8, kSparseTileBytes / (kp * int64_t(sizeof(T))));
+    for (int64_t t0 = j0; t0 < j1; t0 += tile) {
+        const int64_t t1 = std::min(j1, t0 + tile);
+        int64_t c = 0;
+        for (; c + kNormChains <= k; c += kNormChains)
+            transpose_rows<T, kNormChains>(centroids + c * d, d, t0, t1, ct + c, kp, &norms[c]);
+        // The rest 4, 2 and 1 at a time (k=7: one chain at a time was 1.2x
+        // the time of the column-by-column loop).
+        if (c + 4 <= k) {
+            transpose_rows<T, 4>(centroids + c * d, d, t0, t1, ct + c, kp, &norms[c]);
+            c += 4;
+        }
+        if (c + 2 <= k) {
+            transpose_rows<T, 2>(centroids + c * d, d, t0, t1, ct + c, kp, &norms[c]);
+            c += 2;
+        }
+        if (c < k) transpose_rows<T, 1>(centroids + c * d, d, t0, t1, ct + c, kp, &norms[c]);
+        for (int64_t j = t0; j < t1; ++j)
+            for (int64_t p = k; p < kp; ++p) ct[j * kp + p] = T(0);
+    }
+}
+
+// Columns per block of the centroids' norms: each block's squares are
+// summed in one chain per centroid, then the blocks' sums in block order, so
+// that threads can transpose blocks apart and the norms do not depend on
+// how many there are (one thread transposed all k=20 x 50,000 float64
+// centroids of a mini-batch step: 1.0 of its 2.4 ms).
+constexpr int64_t kNormBlockColumns = 4096;
+
+// The clusters [c0, c1) of totals (k, d + 1), zeroed, then the stored values
+// of their rows (by labels) added in row order, as sparse_rows_step adds
+// them: the same sums whatever thread takes a cluster.
+template <typename T, typename I>
+void add_clusters(const int64_t* crow, const I* col, const T* values, int64_t n, int64_t d,
+                  const double* weights, const int64_t* labels, int64_t c0, int64_t c1,
+                  double* totals) {
+    std::fill(totals + c0 * (d + 1), totals + c1 * (d + 1), 0.0);
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t label = labels[r];
+        if (label < c0 || label >= c1) continue;
+        add_stored(col, values, crow[r], crow[r + 1], weights, weights ? weights[r] : 1.0,
+                   totals + label * (d + 1), d);
+    }
+}
+
 template <typename T, typename I>
 void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n, int64_t d,
                   const T* centroids, int64_t k, int cosine, int threads, const T* sq_norms,
                   const double* weights, int64_t* labels, T* distances, double* totals,
                   double* score_sum) {
     // The centroids transposed, (d, k), and their squared norms summed in
-    // double, rounded once.
+    // double (see kNormBlockColumns), rounded once.
     const int64_t kp = sparse_stride<T>(k);
     // Not filled first: every value, the padding lanes' zeros too, is
     // written below (the fill was a pass of its own over d * kp values).
     std::unique_ptr<T[]> storage(new T[d * kp + 64 / sizeof(T)]);
     T* ct = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) &
                                  ~uintptr_t(63));
-    std::vector<double> norms(k, 0.0);
-    // A tile of kSparseTileBytes of the transpose at a time, written from k
-    // rows of centroids: column by column, each write of the transpose
-    // touched another cache line, and the (d, kp) lines fell out of the
-    // cache before the next centroid's turn (one row, float64, one thread,
-    // interleaved calls: k=20, d=50,000 3.7 ms a call, tiled 1.0; k=100,
-    // d=100,000 84 ms, tiled 60; the dots of a mini-batch of 1,024 rows
-    // take 0.15 ms). Within a tile, kNormChains centroids at a time: their
-    // norms are independent chains of multiply-adds, where one centroid's
-    // chain at a time waited on the latency of each (a mini-batch of 1,024
-    // rows, k=20, d=50,000, one thread: float32 0.81 ms a call, 0.37 so;
-    // float64 0.86 ms, 0.63; the buffer is no longer filled first either).
-    // Each centroid's squares are still added in column order.
-    const int64_t tile = std::max<int64_t>(8, kSparseTileBytes / (kp * int64_t(sizeof(T))));
-    for (int64_t j0 = 0; j0 < d; j0 += tile) {
-        const int64_t j1 = std::min(d, j0 + tile);
-        int64_t c = 0;
-        for (; c + kNormChains <= k; c += kNormChains)
-            transpose_rows<T, kNormChains>(centroids + c * d, d, j0, j1, ct + c, kp, &norms[c]);
-        // The rest 4, 2 and 1 at a time (k=7: one chain at a time was 1.2x
-        // the time of the column-by-column loop).
-        if (c + 4 <= k) {
-            transpose_rows<T, 4>(centroids + c * d, d, j0, j1, ct + c, kp, &norms[c]);
-            c += 4;
-        }
-        if (c + 2 <= k) {
-            transpose_rows<T, 2>(centroids + c * d, d, j0, j1, ct + c, kp, &norms[c]);
-            c += 2;
-        }
-        if (c < k) transpose_rows<T, 1>(centroids + c * d, d, j0, j1, ct + c, kp, &norms[c]);
-        for (int64_t j = j0; j < j1; ++j)
-            for (int64_t p = k; p < kp; ++p) ct[j * kp + p] = T(0);
+    const int64_t blocks = std::max<int64_t>(1, (d + kNormBlockColumns - 1) / kNormBlockColumns);
+    std::vector<double> block_norms(blocks * k, 0.0);
+    auto transpose_block = [&](int64_t b) {
+        transpose_columns(centroids, k, d, b * kNormBlockColumns,
+                          std::min(d, (b + 1) * kNormBlockColumns), ct, kp, &block_norms[b * k]);
+    };
+#if defined(_OPENMP)
+    if (threads > 1 && blocks > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < blocks; ++b) transpose_block(b);
+    } else {
+        for (int64_t b = 0; b < blocks; ++b) transpose_block(b);
     }
+#else
+    for (int64_t b = 0; b < blocks; ++b) transpose_block(b);
+#endif
     std::vector<T> bias(k);
-    for (int64_t c = 0; c < k; ++c) bias[c] = static_cast<T>(norms[c]);
+    for (int64_t c = 0; c < k; ++c) {
+        double norm = block_norms[c];
+        for (int64_t b = 1; b < blocks; ++b) norm += block_norms[b * k + c];
+        bias[c] = static_cast<T>(norm);
+    }
     const int64_t size = totals ? k * (d + 1) : 0;
-    if (totals) std::fill(totals, totals + size, 0.0);
     auto run = [&](int64_t begin, int64_t end, double* out, double* sum) {
         auto step = [&](auto bytes) {
             sparse_rows_step<T, decltype(bytes)::value>(crow, col, values, begin, end, d, ct, kp,
@@ -1508,13 +1575,21 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
     };
 #if defined(_OPENMP)
     if (threads > 1 && n > 1) {
-        // Ranges of rows holding equal shares of the stored values, each
-        // thread with its own totals (the first writes the caller's),
-        // combined in thread order: a thread count always gives the same sums.
-        const int64_t stride = (size + 7) / 8 * 8 + 8;
-        std::vector<double> partial(totals ? (threads - 1) * stride : 0, 0.0);
-        std::vector<double> sums(threads, 0.0);
         const int64_t stored = crow[n] - crow[0];
+        // Totals that outweigh the stored values (a mini-batch of many
+        // features): each thread's own totals to zero and combine had cost
+        // more than the rows (k=20, d=50,000, 1,024 rows of 50 values: 0.7
+        // of a 2.4 ms call). The rows are labelled first, then each thread
+        // adds the rows of its own clusters, in row order: the sums one
+        // thread makes.
+        const bool by_cluster = totals && size * (threads - 1) > stored;
+        // Otherwise ranges of rows holding equal shares of the stored
+        // values, each thread with its own totals (the first writes the
+        // caller's), combined in thread order: a thread count always gives
+        // the same sums.
+        const int64_t stride = (size + 7) / 8 * 8 + 8;
+        std::vector<double> partial(totals && !by_cluster ? (threads - 1) * stride : 0, 0.0);
+        if (totals && !by_cluster) std::fill(totals, totals + size, 0.0);
         int used = 1;
 #pragma omp parallel num_threads(threads)
         {
@@ -1527,19 +1602,28 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
                 return std::lower_bound(crow, crow + n + 1, target) - crow;
             };
             const int64_t begin = std::min(split(t), n), end = std::min(split(t + 1), n);
-            double* out = !totals ? nullptr : t == 0 ? totals : partial.data() + (t - 1) * stride;
-            run(begin, std::max(begin, end), out, &sums[t]);
+            double* out = !totals || by_cluster ? nullptr
+                          : t == 0              ? totals
+                                                : partial.data() + (t - 1) * stride;
+            double sum = 0.0;  // (of this thread's rows; see weighted_sum below)
+            run(begin, std::max(begin, end), out, &sum);
+            if (by_cluster) {
+#pragma omp barrier
+                add_clusters(crow, col, values, n, d, weights, labels, k * t / nt,
+                             k * (t + 1) / nt, totals);
+            }
         }
-        double total_sum = 0.0;
-        for (int t = 0; t < used; ++t) total_sum += sums[t];
-        if (totals)
+        if (totals && !by_cluster)
             for (int t = 1; t < used; ++t)
                 for (int64_t i = 0; i < size; ++i) totals[i] += partial[(t - 1) * stride + i];
-        *score_sum = total_sum;
+        // The sum of distances in row order, as one thread adds them: the
+        // threads' sums depended on where their rows began.
+        *score_sum = weighted_sum(distances, weights, n);
         return;
     }
 #endif
     (void)threads;
+    if (totals) std::fill(totals, totals + size, 0.0);
     run(0, n, totals, score_sum);
 }
 
