@@ -910,6 +910,20 @@ def _csr_of(x):
     return crow, stored.nonzero()[:, 1], x[stored]
 
 
+def _sparse_step(crow, col, values, centroids, norms, weights, threads):
+    """sparse_lloyd's labels, distances, totals (NaN before the call) and sum
+    of distances for CSR rows of centroids.shape[1] features."""
+    n, (k, d) = crow.numel() - 1, centroids.shape
+    labels = torch.empty(n, dtype=torch.int64)
+    found = torch.empty(n, dtype=values.dtype)
+    totals = torch.full((k, d + 1), math.nan, dtype=torch.float64)
+    total = _native.sparse_lloyd(
+        crow, col, values, d, centroids, norms, labels, found,
+        weights=weights, totals=totals, threads=threads,
+    )  # fmt: skip
+    return labels, found, totals, total
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 70])
 @pytest.mark.parametrize("cosine", [False, True])
@@ -938,13 +952,9 @@ def test_sparse_lloyd_step_matches_pytorch(dtype, k, cosine):
     norms = None if cosine else x.square().sum(1)
     for threads in (1, 2):
         for weights in (None, torch.rand(n, generator=g, dtype=torch.float64)):
-            labels = torch.empty(n, dtype=torch.int64)
-            found = torch.empty(n, dtype=dtype)
-            totals = torch.full((k, d + 1), math.nan, dtype=torch.float64)
-            total = _native.sparse_lloyd(
-                crow, col, values, d, centroids, norms, labels, found,
-                weights=weights, totals=totals, threads=threads,
-            )  # fmt: skip
+            labels, found, totals, total = _sparse_step(
+                crow, col, values, centroids, norms, weights, threads
+            )
             tolerance = 1e-4 if dtype == torch.float32 else 1e-12
             chosen = scores.gather(1, labels[:, None]).squeeze(1)
             assert (chosen <= scores.min(1).values + tolerance).all()
@@ -980,14 +990,7 @@ def test_sparse_lloyd_gives_the_same_bits_on_any_thread_count(dtype, weighted):
     weights = torch.rand(n, generator=g, dtype=torch.float64) if weighted else None
     runs = []
     for threads in (1, 2, 3):
-        labels = torch.empty(n, dtype=torch.int64)
-        found = torch.empty(n, dtype=dtype)
-        totals = torch.full((k, d + 1), math.nan, dtype=torch.float64)
-        total = _native.sparse_lloyd(
-            crow, col, values, d, centroids, norms, labels, found,
-            weights=weights, totals=totals, threads=threads,
-        )  # fmt: skip
-        runs.append((labels, found, totals, total))
+        runs.append(_sparse_step(crow, col, values, centroids, norms, weights, threads))
     for labels, found, totals, total in runs[1:]:
         assert torch.equal(labels, runs[0][0])
         assert torch.equal(found, runs[0][1])
