@@ -1388,8 +1388,8 @@ inline void add_stored(const I* col, const T* values, int64_t p0, int64_t p1,
 // Chains of the sum of distances: row r's in chain r % kSparseSums.
 constexpr int kSparseSums = 8;
 
-// The sum of distances [0, n) times weights (when given), as
-// sparse_rows_step adds them.
+// The sum of distances [0, n) times weights (when given), in row order
+// whatever the thread count.
 template <typename T>
 double weighted_sum(const T* distances, const double* weights, int64_t n) {
     double sums[kSparseSums] = {};
@@ -1405,10 +1405,9 @@ template <typename T, int Bytes, typename I>
 void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_t begin,
                       int64_t end, int64_t d, const T* ct, int64_t kp, const T* bias, int64_t k,
                       int cosine, const T* sq_norms, const double* weights, int64_t* labels,
-                      T* distances, double* totals, double* score_sum) {
+                      T* distances, double* totals) {
     std::vector<T> dots(kp);
     T* acc = dots.data();
-    double sums[kSparseSums] = {};
     for (int64_t r = begin; r < end; ++r) {
         const int64_t p0 = crow[r], p1 = crow[r + 1];
         sparse_dots<T, Bytes>(col, values, p0, p1, ct, kp, acc);
@@ -1431,13 +1430,10 @@ void sparse_rows_step(const int64_t* crow, const I* col, const T* values, int64_
         const T distance = cosine ? low : std::max(low + sq_norms[r], T(0));
         labels[r] = label;
         distances[r] = distance;
-        const double weight = weights ? weights[r] : 1.0;
-        sums[r % kSparseSums] += weight * static_cast<double>(distance);
-        if (totals) add_stored(col, values, p0, p1, weights, weight, totals + label * (d + 1), d);
+        if (totals)
+            add_stored(col, values, p0, p1, weights, weights ? weights[r] : 1.0,
+                       totals + label * (d + 1), d);
     }
-    double sum = 0.0;
-    for (int l = 0; l < kSparseSums; ++l) sum += sums[l];
-    *score_sum = sum;
 }
 
 // Columns [j0, j1) of G rows of centroids (row stride d) into the transpose
@@ -1565,11 +1561,11 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
         bias[c] = static_cast<T>(norm);
     }
     const int64_t size = totals ? k * (d + 1) : 0;
-    auto run = [&](int64_t begin, int64_t end, double* out, double* sum) {
+    auto run = [&](int64_t begin, int64_t end, double* out) {
         auto step = [&](auto bytes) {
             sparse_rows_step<T, decltype(bytes)::value>(crow, col, values, begin, end, d, ct, kp,
                                                         bias.data(), k, cosine, sq_norms,
-                                                        weights, labels, distances, out, sum);
+                                                        weights, labels, distances, out);
         };
         with_sparse_width(sparse_width<T>(k), step);
     };
@@ -1605,8 +1601,7 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
             double* out = !totals || by_cluster ? nullptr
                           : t == 0              ? totals
                                                 : partial.data() + (t - 1) * stride;
-            double sum = 0.0;  // (of this thread's rows; see weighted_sum below)
-            run(begin, std::max(begin, end), out, &sum);
+            run(begin, std::max(begin, end), out);
             if (by_cluster) {
 #pragma omp barrier
                 add_clusters(crow, col, values, n, d, weights, labels, k * t / nt,
@@ -1616,15 +1611,16 @@ void sparse_lloyd(const int64_t* crow, const I* col, const T* values, int64_t n,
         if (totals && !by_cluster)
             for (int t = 1; t < used; ++t)
                 for (int64_t i = 0; i < size; ++i) totals[i] += partial[(t - 1) * stride + i];
-        // The sum of distances in row order, as one thread adds them: the
-        // threads' sums depended on where their rows began.
-        *score_sum = weighted_sum(distances, weights, n);
-        return;
-    }
+    } else
 #endif
-    (void)threads;
-    if (totals) std::fill(totals, totals + size, 0.0);
-    run(0, n, totals, score_sum);
+    {
+        (void)threads;
+        if (totals) std::fill(totals, totals + size, 0.0);
+        run(0, n, totals);
+    }
+    // After the rows, in row order: threads' own sums depended on where
+    // their rows began.
+    *score_sum = weighted_sum(distances, weights, n);
 }
 
 // sparse_lloyd with the column indices of their width (narrow_col: int32).

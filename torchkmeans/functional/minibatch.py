@@ -460,8 +460,7 @@ def _apply_step(
     exact = weights is None and metric == "euclidean"
     moved = sums.addcmul_(old, (torch.where(filled, ws, 1.0) if exact else ws).unsqueeze(-1))
     denominator = torch.where(filled, new_ws, 1.0).unsqueeze(-1)
-    host = _device.on_host(device)
-    if host and metric == "euclidean" and work == centroids_dtype and not moved.is_contiguous():
+    if work == centroids_dtype and not moved.is_contiguous():
         # Sums in a view of the kernel's (k, d + 1) totals: the division
         # writes the centroids contiguous, where a copy after it had been a
         # pass of its own (k=20, d=50,000: 0.3 ms of a sparse step). (Into
@@ -476,6 +475,7 @@ def _apply_step(
         # Only rows of zeros (no direction) in the batch, at the first step
         # (no weight yet): the centroid keeps its place rather than be zero.
         filled = filled & (moved != 0).any(-1)
+    host = _device.on_host(device)
     if exact:
         new_centroids = moved
     elif host and moved.ndim == 2:
