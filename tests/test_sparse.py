@@ -1492,3 +1492,95 @@ def test_sparse_partial_fit_reads_the_scale_of_its_centres_once(monkeypatch, sca
     np.testing.assert_array_equal(ours.cluster_centers_, expected.cluster_centers_)
     np.testing.assert_array_equal(ours.labels_, expected.labels_)
     assert ours.inertia_ == expected.inertia_
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtype):
+    # k-means++ measures again, from the stored values, the rows its
+    # expansion cannot trust (a candidate's own row, its copies): each column
+    # either stores counted once, explicit zeros and -0.0 as zeros; a row
+    # equal to another at distance 0, however far from the origin.
+    from torchkmeans.functional.sparse import _distances_between, sparse_rows
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n, d = 25, int(rng.integers(1, 60))
+        dense = rng.normal(size=(n, d)) * (rng.random((n, d)) < 0.3)
+        dense[rng.integers(0, n, 2)] = 0.0  # rows of zeros
+        dense[3] = dense[4] = dense[5] + (1e6 if trial % 2 else 0.0) * (dense[5] != 0)
+        X = sparse.csr_matrix(dense)
+        if trial % 3 == 0 and X.nnz:  # an explicit zero and a -0.0 stored
+            X.data[0] = 0.0
+            X.data[-1] = -0.0
+        rows = sparse_rows(
+            torch.from_numpy(X.indptr),
+            torch.from_numpy(X.indices),
+            torch.from_numpy(X.data),
+            d,
+            device=torch.device("cpu"),
+            dtype=dtype,
+        )
+        a = torch.from_numpy(rng.integers(0, n, 7))
+        b = torch.cat([torch.tensor([3, 4]), torch.from_numpy(rng.integers(0, n, 3))])
+        got = _distances_between(rows.subset(a), rows.subset(b))
+        stored = torch.from_numpy(X.toarray()).to(dtype).double()
+        expected = (stored[a][:, None] - stored[b][None]).square().sum(-1)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=0)
+        copies = got[(a == 3) | (a == 4)][:, :2]
+        assert torch.equal(copies, torch.zeros_like(copies)), trial
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_kmeans_plusplus_seeds_alike_by_either_product_densifying_no_row(
+    monkeypatch, metric, dtype
+):
+    # Many draws score the candidates by a sparse-sparse product with the
+    # rows' transpose, few by the sparse-dense product: the same distances
+    # (a candidate's own row and its copies at 0) and the same seeds, and
+    # neither densifies a row of 50,000 features.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional import _device
+
+    X = sparse.random(400, 50_000, density=0.002, random_state=0, format="csr")
+    X = sparse.vstack([X, X[:5] * 1.0, X[10:11] * 3.0]).tocsr()  # copies, a scaled copy
+    rows = _float64_rows(X, metric)
+    rows = rows._replace(values=rows.values.to(dtype), sq_norms=rows.sq_norms.to(dtype))
+    dense = torch.from_numpy(X.toarray()).to(dtype).double()
+    if metric == "cosine":
+        dense = dense / dense.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rows densified")
+
+    monkeypatch.setattr(sparse_module, "dense_rows", refuse)
+    candidates = torch.tensor([0, 2, 10, 400, 405])
+    exact = (dense[candidates][:, None] - dense[None]).square().sum(-1)
+    if metric == "cosine":
+        exact = exact / 2  # 1 - cos of unit rows
+    seeds, transposes = {}, []
+    real_transposed = sparse_module._transposed
+    monkeypatch.setattr(
+        sparse_module,
+        "_transposed",
+        lambda *args: transposes.append(1) or real_transposed(*args),
+    )
+    for built in (False, True):
+        monkeypatch.setattr(sparse_module, "_TRANSPOSE_ROUNDS", 1 if built else 10**9)
+        transposes.clear()
+        to_rows = sparse_module._to_rows(rows, None, 100, 5)
+        # The transpose is built on the CPU only (not on the accelerator paths).
+        assert bool(transposes) == (built and _device.on_host(rows.device))
+        got = to_rows(candidates).double()
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+        np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance)
+        if metric == "euclidean":
+            own = got[torch.arange(5), candidates]
+            assert torch.equal(own, torch.zeros(5, dtype=torch.float64))
+            assert got[0, 400] == 0 and got[1, 402] == 0  # copies
+        seeds[built] = sparse_module.sparse_kmeans_plusplus(
+            rows, 12, n_problems=2, generator=torch.Generator().manual_seed(0)
+        )
+    assert torch.equal(seeds[False], seeds[True])
+    assert all(len(set(run)) == 12 for run in seeds[True].tolist())
