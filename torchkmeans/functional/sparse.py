@@ -460,9 +460,18 @@ def _distances_by_differences(x: torch.Tensor, centroids: torch.Tensor) -> torch
     total = torch.zeros((m, k), dtype=wide, device=x.device)
     zeros = (x == 0).to(wide)
     step = max(1, _DIFFERENCES_BLOCK // max(1, k))
+    # Each block's squares in one buffer (on the CPU kept for the next call):
+    # a widened copy and its squares, fresh pages for every block, took 1.2
+    # of 1.9 ms (float32 centres, k=20, d=50,000).
+    shape = (k, min(step, d))
+    if _device.on_host(x.device):
+        squares = _device.reused("differences", shape, wide)
+    else:
+        squares = torch.empty(shape, dtype=wide, device=x.device)
     for start in range(0, d, step):
-        squares = centroids[:, start : start + step].to(wide).square()
-        total.addmm_(zeros[:, start : start + step], squares.T)
+        stop = min(d, start + step)
+        block = squares[:, : stop - start].copy_(centroids[:, start:stop]).square_()
+        total.addmm_(zeros[:, start:stop], block.T)
     row, column = x.nonzero(as_tuple=True)
     stored = x[row, column].to(wide).unsqueeze(0) - centroids[:, column].to(wide)
     return total.index_add_(0, row, stored.square_().T)
