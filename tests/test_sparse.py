@@ -45,6 +45,27 @@ def _float64_rows(X: object, metric: str = "euclidean") -> object:
     )
 
 
+def _csr_rows(dense: np.ndarray, dtype: torch.dtype, stored_zeros: bool) -> tuple[object, object]:
+    """``dense`` as a scipy CSR matrix and as the functional API's SparseRows
+    in ``dtype`` on the CPU; with ``stored_zeros`` (and a value stored) its
+    first stored value an explicit 0.0 and its last a -0.0."""
+    from torchkmeans.functional.sparse import sparse_rows
+
+    X = sparse.csr_matrix(dense.astype(np.float64))
+    if stored_zeros and X.nnz:
+        X.data[0] = 0.0
+        X.data[-1] = -0.0
+    rows = sparse_rows(
+        torch.from_numpy(X.indptr),
+        torch.from_numpy(X.indices),
+        torch.from_numpy(X.data),
+        dense.shape[1],
+        device=torch.device("cpu"),
+        dtype=dtype,
+    )
+    return X, rows
+
+
 INIT = DENSE[[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]]
 
 
@@ -1279,7 +1300,7 @@ def test_repeated_sparse_rows_are_those_of_their_dense_rows(dtype):
     # stored, or -0.0), of an earlier row, and rows of zeros against a centroid
     # of zeros.
     from torchkmeans.functional.minibatch import _repeated_rows
-    from torchkmeans.functional.sparse import _repeated_sparse_rows, sparse_rows
+    from torchkmeans.functional.sparse import _repeated_sparse_rows
 
     rng = np.random.default_rng(0)
     found = 0
@@ -1287,18 +1308,8 @@ def test_repeated_sparse_rows_are_those_of_their_dense_rows(dtype):
         n, d, k = 30, int(rng.integers(1, 40)), int(rng.integers(1, 8))
         dense = rng.integers(-2, 3, (n, d)) * (rng.random((n, d)) < 0.2)
         dense[rng.integers(0, n, 3)] = 0  # rows of zeros
-        X = sparse.csr_matrix(dense.astype(np.float64))
-        if trial % 3 == 0 and X.nnz:  # an explicit zero and a -0.0 stored
-            X.data[0] = 0.0
-            X.data[-1] = -0.0
-        rows = sparse_rows(
-            torch.from_numpy(X.indptr),
-            torch.from_numpy(X.indices),
-            torch.from_numpy(X.data),
-            d,
-            device=torch.device("cpu"),
-            dtype=dtype,
-        )
+        # Every third matrix with an explicit zero and a -0.0 stored.
+        _, rows = _csr_rows(dense, dtype, stored_zeros=trial % 3 == 0)
         picked = torch.from_numpy(rng.integers(0, n, k + 3))
         centroids = torch.from_numpy(rng.normal(size=(k, d))).to(dtype)
         copies = rng.integers(0, n, 2)
@@ -1500,7 +1511,7 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
     # expansion cannot trust (a candidate's own row, its copies): each column
     # either stores counted once, explicit zeros and -0.0 as zeros; a row
     # equal to another at distance 0, however far from the origin.
-    from torchkmeans.functional.sparse import _distances_between, sparse_rows
+    from torchkmeans.functional.sparse import _distances_between
 
     rng = np.random.default_rng(1)
     for trial in range(30):
@@ -1508,18 +1519,8 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
         dense = rng.normal(size=(n, d)) * (rng.random((n, d)) < 0.3)
         dense[rng.integers(0, n, 2)] = 0.0  # rows of zeros
         dense[3] = dense[4] = dense[5] + (1e6 if trial % 2 else 0.0) * (dense[5] != 0)
-        X = sparse.csr_matrix(dense)
-        if trial % 3 == 0 and X.nnz:  # an explicit zero and a -0.0 stored
-            X.data[0] = 0.0
-            X.data[-1] = -0.0
-        rows = sparse_rows(
-            torch.from_numpy(X.indptr),
-            torch.from_numpy(X.indices),
-            torch.from_numpy(X.data),
-            d,
-            device=torch.device("cpu"),
-            dtype=dtype,
-        )
+        # Every third matrix with an explicit zero and a -0.0 stored.
+        X, rows = _csr_rows(dense, dtype, stored_zeros=trial % 3 == 0)
         a = torch.from_numpy(rng.integers(0, n, 7))
         b = torch.cat([torch.tensor([3, 4]), torch.from_numpy(rng.integers(0, n, 3))])
         got = _distances_between(rows.subset(a), rows.subset(b))
