@@ -30,8 +30,9 @@ def _digits() -> tuple[np.ndarray, object]:
 DENSE, CSR = _digits()
 
 
-def _float64_rows(X: object, metric: str = "euclidean") -> object:
-    """A scipy CSR matrix as the functional API's float64 SparseRows on the CPU."""
+def _rows_of(X: object, metric: str = "euclidean", dtype: torch.dtype = torch.float64) -> object:
+    """A scipy CSR matrix as the functional API's SparseRows (float64 by
+    default) on the CPU."""
     from torchkmeans.functional.sparse import sparse_rows
 
     return sparse_rows(
@@ -40,7 +41,7 @@ def _float64_rows(X: object, metric: str = "euclidean") -> object:
         torch.from_numpy(X.data),
         X.shape[1],
         device=torch.device("cpu"),
-        dtype=torch.float64,
+        dtype=dtype,
         metric=metric,
     )
 
@@ -49,21 +50,11 @@ def _csr_rows(dense: np.ndarray, dtype: torch.dtype, stored_zeros: bool) -> tupl
     """``dense`` as a scipy CSR matrix and as the functional API's SparseRows
     in ``dtype`` on the CPU; with ``stored_zeros`` (and a value stored) its
     first stored value an explicit 0.0 and its last a -0.0."""
-    from torchkmeans.functional.sparse import sparse_rows
-
     X = sparse.csr_matrix(dense.astype(np.float64))
     if stored_zeros and X.nnz:
         X.data[0] = 0.0
         X.data[-1] = -0.0
-    rows = sparse_rows(
-        torch.from_numpy(X.indptr),
-        torch.from_numpy(X.indices),
-        torch.from_numpy(X.data),
-        dense.shape[1],
-        device=torch.device("cpu"),
-        dtype=dtype,
-    )
-    return X, rows
+    return X, _rows_of(X, dtype=dtype)
 
 
 INIT = DENSE[[0, 100, 200, 300, 400, 500, 600, 700, 800, 900]]
@@ -536,7 +527,7 @@ def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_resu
     from torchkmeans.functional.sparse import sparse_kmeans
 
     X = sparse.random(800, 60, density=0.05, random_state=3, format="csr")
-    rows = _float64_rows(X)
+    rows = _rows_of(X)
     init = torch.from_numpy(X[:6].toarray())
     init[2] = 50.0  # empty after the first assignment
     every = sparse_kmeans(rows, 6, init=init, check_every=1)
@@ -555,7 +546,7 @@ def test_sparse_kmeans_reads_convergence_every_few_iterations_with_the_same_resu
 def test_sparse_kmeans_runs_each_restart_from_its_own_init():
     from torchkmeans.functional.sparse import sparse_kmeans, sparse_kmeans_plusplus
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     generator = torch.Generator().manual_seed(1)
     index = sparse_kmeans_plusplus(rows, 6, n_problems=3, generator=generator)
     starts = torch.from_numpy(DENSE)[index]
@@ -574,7 +565,7 @@ def test_sparse_sums_make_one_temporary_of_the_stored_values():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     # The row of each stored value stored, as the fits that scatter store it.
-    rows = _float64_rows(CSR).with_row_of()
+    rows = _rows_of(CSR).with_row_of()
     nnz = rows.values.numel()
 
     class Temporaries(TorchDispatchMode):
@@ -690,7 +681,7 @@ def test_global_torch_defaults_change_no_sparse_result(paths, request, torch_def
 
     def results() -> list:
         generator = torch.Generator(device="cpu").manual_seed(0)
-        rows = _float64_rows(X)
+        rows = _rows_of(X)
         minibatch = MiniBatchKMeans(6, batch_size=64, random_state=0)
         return [
             fitted(KMeans(5, random_state=0), X),
@@ -817,17 +808,10 @@ def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
     # Rows whose labels the expansion settles are not searched again densely:
     # the search of no rows still fingerprinted every centroid.
     import torchkmeans.functional.sparse as sparse_module
-    from torchkmeans.functional.sparse import sparse_distances, sparse_nearest, sparse_rows
+    from torchkmeans.functional.sparse import sparse_distances, sparse_nearest
 
     X = sparse.random(200, 1000, density=0.01, random_state=0, format="csr")
-    rows = sparse_rows(
-        torch.from_numpy(X.indptr),
-        torch.from_numpy(X.indices),
-        torch.from_numpy(X.data),
-        X.shape[1],
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-    )
+    rows = _rows_of(X)
     centroids = torch.from_numpy(X[:50].toarray().reshape(5, 10, 1000).mean(1))
     expected_labels, expected = sparse_nearest(rows, centroids)
     expected_table = sparse_distances(rows, centroids)
@@ -850,7 +834,7 @@ def test_sparse_products_reuse_blocks_with_int32_indices_built_once(monkeypatch)
     import torchkmeans.functional.sparse as sparse_module
     from torchkmeans.functional.sparse import sparse_kmeans
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     operands = []
     product = torch.sparse.mm
 
@@ -881,7 +865,7 @@ def test_sums_of_few_clusters_are_one_product_equal_to_the_scatter(monkeypatch, 
     # order: the same fit, to the bit.
     import torchkmeans.functional.sparse as sparse_module
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     init = torch.from_numpy(INIT[:4])
     weights = torch.rand(
         CSR.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
@@ -917,7 +901,7 @@ def test_sums_of_few_clusters_scatter_when_the_one_hot_labels_exceed_the_budget(
     # memory_budget the sums are the scatter's (the same fit).
     import torchkmeans.functional.sparse as sparse_module
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     init = torch.from_numpy(INIT[:4])
     monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
     product = sparse_module.sparse_kmeans(rows, 4, init=init)
@@ -942,7 +926,7 @@ def test_sums_as_a_product_make_no_weighted_copy_of_the_stored_values(monkeypatc
     from torchkmeans.functional.sparse import sparse_kmeans
 
     monkeypatch.setattr(sparse_module, "_FUSED_MAX_CLUSTERS", 0)  # the products' path
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     nnz = rows.values.numel()
 
     class Copies(TorchDispatchMode):
@@ -1039,7 +1023,7 @@ def test_a_kernel_without_threads_takes_no_sparse_fit_of_several_threads(monkeyp
     # products (on all of them) label and sum the rows, as for dense rows.
     import torchkmeans.functional.sparse as sparse_module
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     monkeypatch.setattr(sparse_module._native, "available", lambda: True)
     monkeypatch.setattr(sparse_module._native, "parallel", lambda: False)
     threads = torch.get_num_threads()
@@ -1067,7 +1051,7 @@ def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
     dense = DENSE.copy()
     dense[[3, 500, 1796]] = 0.0  # rows of nothing stored, the last among them
     X = sparse.csr_matrix(dense)
-    rows = _float64_rows(X)
+    rows = _rows_of(X)
     assert rows.row_index is None
     lengths = torch.from_numpy(np.diff(X.indptr))
     reference = torch.repeat_interleave(torch.arange(X.shape[0]), lengths)
@@ -1077,7 +1061,7 @@ def test_cpu_fits_build_no_row_index_of_the_stored_values(monkeypatch):
         0, reference, torch.from_numpy(X.data).square()
     )
     assert torch.equal(rows.sq_norms, norms)
-    cosine = _float64_rows(X, metric="cosine")
+    cosine = _rows_of(X, metric="cosine")
     assert torch.equal(cosine.row_of, reference)
 
     built = []
@@ -1102,7 +1086,7 @@ def test_subsets_of_sparse_rows_gather_their_values_without_a_row_index():
     dense = DENSE.copy()
     dense[[3, 1796]] = 0.0
     X = sparse.csr_matrix(dense)
-    rows = _float64_rows(X)
+    rows = _rows_of(X)
     index = torch.tensor([1796, 5, 3, 5, 0, 1795, 3])
     subset = rows.subset(index)
     assert subset.row_index is None
@@ -1126,7 +1110,7 @@ def test_the_scale_of_sparse_rows_is_read_without_a_copy_of_their_values():
 
     from torchkmeans.functional.sparse import sparse_scale_exponent
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     nnz = rows.values.numel()
 
     class Copies(TorchDispatchMode):
@@ -1157,7 +1141,7 @@ def test_the_scale_of_centroids_is_read_without_a_copy_of_them():
 
     from torchkmeans.functional.sparse import sparse_scale_exponent
 
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     centroids = torch.from_numpy(INIT)
     size = centroids.numel()
 
@@ -1250,7 +1234,7 @@ def test_a_fit_whose_labels_repeat_skips_the_last_assignment(monkeypatch, fused)
         _same_fit(ours, theirs)
         assert len(passes) == ours.n_iter_ + last, (tol, max_iter)
         labels, distances = sparse_module.sparse_nearest(
-            _float64_rows(CSR), torch.from_numpy(ours.cluster_centers_)
+            _rows_of(CSR), torch.from_numpy(ours.cluster_centers_)
         )
         assert np.array_equal(labels.numpy(), ours.labels_)
         assert float(distances.sum()) == pytest.approx(ours.inertia_, rel=1e-12)
@@ -1385,7 +1369,7 @@ def test_cpu_fits_pass_the_kernel_int32_columns_with_the_same_results(monkeypatc
 
     if not native_module.available():
         pytest.skip("the kernel is not built")
-    rows = _float64_rows(CSR)
+    rows = _rows_of(CSR)
     centroids = torch.from_numpy(INIT[:5])
     weights = torch.from_numpy(np.random.default_rng(0).random(CSR.shape[0]))
     out = {}
@@ -1433,7 +1417,7 @@ def test_a_sparse_step_densifies_only_the_rows_of_reseeded_centroids(monkeypatch
     import torchkmeans.functional.minibatch as minibatch_module
     import torchkmeans.functional.sparse as sparse_module
 
-    rows = _float64_rows(CSR[:300])
+    rows = _rows_of(CSR[:300])
     centroids = torch.from_numpy(DENSE[[0, 100, 200, 250, 290]].copy())
     centroids[3:] += 100.0  # no rows: light, reseeded
     ws = torch.tensor([40.0, 40.0, 40.0, 0.1, 0.1], dtype=torch.float64)
@@ -1546,7 +1530,7 @@ def test_sparse_kmeans_plusplus_seeds_alike_by_either_product_densifying_no_row(
 
     X = sparse.random(400, 50_000, density=0.002, random_state=0, format="csr")
     X = sparse.vstack([X, X[:5] * 1.0, X[10:11] * 3.0]).tocsr()  # copies, a scaled copy
-    rows = _float64_rows(X, metric)
+    rows = _rows_of(X, metric)
     rows = rows._replace(values=rows.values.to(dtype), sq_norms=rows.sq_norms.to(dtype))
     dense = torch.from_numpy(X.toarray()).to(dtype).double()
     if metric == "cosine":
