@@ -427,7 +427,9 @@ _Blocks = list[tuple[int, int, torch.Tensor]]
 # partial_fit against the centres it reseeded: one row against 20 centres
 # of 50,000 features, one thread, 0.5 ms against 5-9 ms for the dense
 # search (the centres' norms, mean, fingerprints); 16 rows 8 ms against
-# 7-35 ms (float32-float64).
+# 7-35 ms (float32-float64). Re-measured with each block's squares in a
+# reused buffer (2 threads): 1 row 0.6-0.9 ms against 3.3-5.4 ms, 16 rows
+# 3.4-3.7 against 4.0-6.7, 32 rows 6.5-6.7 against 5.4-7.9: still the crossing.
 _RELABELLED_BY_DIFFERENCES_MAX_WORK = 1 << 24
 # Centre values per block of columns of _nearest_by_differences.
 _DIFFERENCES_BLOCK = 1 << 17
