@@ -1530,8 +1530,7 @@ def test_sparse_kmeans_plusplus_seeds_alike_by_either_product_densifying_no_row(
 
     X = sparse.random(400, 50_000, density=0.002, random_state=0, format="csr")
     X = sparse.vstack([X, X[:5] * 1.0, X[10:11] * 3.0]).tocsr()  # copies, a scaled copy
-    rows = _rows_of(X, metric)
-    rows = rows._replace(values=rows.values.to(dtype), sq_norms=rows.sq_norms.to(dtype))
+    rows = _rows_of(X, metric, dtype)
     dense = torch.from_numpy(X.toarray()).to(dtype).double()
     if metric == "cosine":
         dense = dense / dense.norm(dim=1, keepdim=True).clamp_min(1e-300)

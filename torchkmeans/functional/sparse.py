@@ -356,11 +356,19 @@ def _block_distances(
     if block is None:
         block = rows.block(start, stop)
     scores = torch.sparse.mm(block, centroids.T)
-    if rows.metric == "cosine":
+    return _from_scores(scores, rows.metric, c_sq, rows.sq_norms[start:stop, None])
+
+
+def _from_scores(
+    scores: torch.Tensor, metric: str, c_sq: torch.Tensor | None, x_sq: torch.Tensor
+) -> torch.Tensor:
+    """Products ``x.c`` as distances, in place: squared euclidean
+    ``|x|^2 + |c|^2 - 2 x.c`` clamped at 0 from the squared norms ``c_sq``
+    and ``x_sq`` (broadcast against ``scores``), or ``1 - x.c`` clamped to [0, 2]."""
+    if metric == "cosine":
         return scores.neg_().add_(1.0).clamp_(0.0, 2.0)
     assert c_sq is not None
-    scores.mul_(-2.0).add_(c_sq).add_(rows.sq_norms[start:stop, None])
-    return scores.clamp_min_(0.0)
+    return scores.mul_(-2.0).add_(c_sq).add_(x_sq).clamp_min_(0.0)
 
 
 def _squared_norms(centroids: torch.Tensor) -> torch.Tensor:
@@ -678,7 +686,7 @@ def _to_rows(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of row indices ``(m,)``: the ``(m, n)`` distances of those
     rows to every row (as :func:`sparse_distances` of them densified), for
-    ``rounds`` calls of about ``trials`` rows each (k-means++).
+    ``rounds`` calls of at most ``trials`` rows each (k-means++).
 
     The scores are a sparse-dense product of all the rows with those rows
     densified, which reads every stored value; or, on the CPU where the
@@ -711,31 +719,29 @@ def _to_rows(
         and nnz * (itemsize + 16) <= budget
     ):
         transposed = _transposed(rows, rows.dtype, index_dtype)
-    euclidean = rows.metric == "euclidean"
     # The product's dense operand, the rows as (d, m) columns (a transposed
     # view was copied in every product: 50,000 features, 0.27 of 0.4 ms), in
-    # one buffer whose written entries are zeroed again after each call:
-    # fresh pages in every call took 0.2 ms (50,000 features, 6 rows).
-    buffer = None if transposed is not None else torch.zeros(0, dtype=rows.dtype)
+    # one buffer whose written entries are zeroed again after each call
+    # (fresh pages in every call took 0.2 ms: 50,000 features, 6 rows), and
+    # the blocks of rows built once (their bounds read, their indices
+    # converted: see _row_blocks).
+    if transposed is None:
+        buffer = torch.zeros(d * trials, dtype=rows.dtype, device=rows.device)
+        blocks = _row_blocks(rows, _block_rows(rows, trials, memory_budget))
 
     @_device.full_precision
     def distances(index: torch.Tensor) -> torch.Tensor:
-        nonlocal buffer
         picked = rows.subset(index)
         m = int(index.numel())
-        if buffer is not None:
-            if buffer.numel() < d * m:
-                buffer = torch.zeros(d * m, dtype=rows.dtype, device=rows.device)
+        if transposed is None:
+            assert m <= trials
             written = picked.col * m + picked.row_of
             columns = buffer[: d * m].index_put_((written,), picked.values).view(d, m)
             out = torch.empty((m, n), dtype=rows.dtype, device=rows.device)
-            step = _block_rows(rows, m, memory_budget)
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                out[:, start:stop] = torch.sparse.mm(rows.block(start, stop), columns).T
+            for start, stop, block in blocks:
+                out[:, start:stop] = torch.sparse.mm(block, columns).T
             buffer.index_fill_(0, written, 0.0)
         else:
-            assert transposed is not None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
                 block = torch.sparse_csr_tensor(
@@ -746,16 +752,15 @@ def _to_rows(
                     device=rows.device,
                 )
             out = torch.sparse.mm(block, transposed).to_dense()
-        if not euclidean:
-            return out.neg_().add_(1.0).clamp_(0.0, 2.0)
-        out.mul_(-2.0).add_(picked.sq_norms[:, None]).add_(rows.sq_norms).clamp_min_(0.0)
-        _measure_again(
-            rows,
-            out.T,
-            picked.sq_norms,
-            lambda part: _distances_between(rows.subset(part), picked),
-            memory_budget,
-        )
+        out = _from_scores(out, rows.metric, picked.sq_norms[:, None], rows.sq_norms)
+        if rows.metric == "euclidean":
+            _measure_again(
+                rows,
+                out.T,
+                picked.sq_norms,
+                lambda part: _distances_between(rows.subset(part), picked),
+                memory_budget,
+            )
         return out
 
     return distances
