@@ -595,17 +595,16 @@ def test_sparse_search_without_suspects_runs_no_dense_search(monkeypatch):
     import torchkmeans.functional.sparse as sparse_module
 
     searched = []
-    dense_search, dense_distances = sparse_module._nearest, sparse_module.pairwise_distances
 
     def counted(search):
         def wrapper(x, *args, **kwargs):
-            searched.append(x.shape[0])
+            searched.append(x.shape[0] if isinstance(x, torch.Tensor) else x.n_rows)
             return search(x, *args, **kwargs)
 
         return wrapper
 
-    monkeypatch.setattr(sparse_module, "_nearest", counted(dense_search))
-    monkeypatch.setattr(sparse_module, "pairwise_distances", counted(dense_distances))
+    for name in ("_nearest", "_distances_by_support"):
+        monkeypatch.setattr(sparse_module, name, counted(getattr(sparse_module, name)))
     km = KMeans(10, init=INIT).fit(CSR)
     km.transform(CSR)
     assert 0 not in searched
@@ -805,8 +804,8 @@ def test_partial_fit_takes_sparse_batches_beyond_memory_budget_and_torch_sparse(
 
 
 def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
-    # Rows whose labels the expansion settles are not searched again densely:
-    # the search of no rows still fingerprinted every centroid.
+    # Rows whose labels the expansion settles are not searched again: the
+    # dense search of no rows still fingerprinted every centroid.
     import torchkmeans.functional.sparse as sparse_module
     from torchkmeans.functional.sparse import sparse_distances, sparse_nearest
 
@@ -820,7 +819,7 @@ def test_sparse_search_of_trusted_rows_calls_no_dense_search(monkeypatch):
         raise AssertionError("a dense search of no rows")
 
     monkeypatch.setattr(sparse_module, "_nearest", refuse)
-    monkeypatch.setattr(sparse_module, "pairwise_distances", refuse)
+    monkeypatch.setattr(sparse_module, "_distances_by_support", refuse)
     labels, distances = sparse_nearest(rows, centroids)
     np.testing.assert_array_equal(labels, expected_labels)
     np.testing.assert_array_equal(distances, expected)
@@ -1514,6 +1513,52 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=0)
         copies = got[(a == 3) | (a == 4)][:, :2]
         assert torch.equal(copies, torch.zeros_like(copies)), trial
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distances_of_sparse_rows_to_centres_from_their_columns_do_not_cancel(
+    monkeypatch, dtype
+):
+    # The rows the expansion cannot label (a row on its centre, rows far from
+    # the origin) are measured again from their stored columns and the
+    # centres' squares off them: a row equal to a centre at distance 0, a
+    # centre within a row's columns or a hair outside them (where |c|^2 less
+    # its squares on the columns cancels) to the trusted precision, and the
+    # caller's centres untouched (float64 centres were once squared in place).
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional.sparse import _distances_by_support, _wide_squared_norms
+
+    # Rows storing most of their columns are left to the dense search.
+    X, rows = _csr_rows(np.ones((4, 8)), dtype, stored_zeros=False)
+    centres = torch.zeros((3, 8), dtype=dtype)
+    assert _distances_by_support(rows, centres, _wide_squared_norms(centres)) is None
+    # Here any share, and pairs summed off the rows however many.
+    monkeypatch.setattr(sparse_module, "_SUPPORT_MAX_STORED_SHARE", 1.0)
+    monkeypatch.setattr(sparse_module, "_SUPPORT_MAX_PAIRS_PER_ROW", 100)
+    rng = np.random.default_rng(2)
+    for trial in range(40):
+        n, d, k = 25, int(rng.integers(2, 80)), int(rng.integers(3, 8))
+        scale = 1e4 if trial % 2 else 1.0
+        dense = rng.normal(size=(n, d)) * (rng.random((n, d)) < 0.3) * scale
+        dense[rng.integers(0, n, 2)] = 0.0  # rows of zeros
+        dense[6, 0], dense[6, 1], dense[7, 0] = scale, 0.0, scale  # a stored and a free column
+        X, rows = _csr_rows(dense, dtype, stored_zeros=trial % 3 == 0)
+        stored = torch.from_numpy(X.toarray()).to(dtype)
+        centres = torch.from_numpy(rng.normal(size=(k, d)) * scale).to(dtype)
+        centres[0] = stored[5]
+        centres[1] = stored[6]
+        centres[1, 1] = 1e-7 * scale  # a hair outside row 6's columns
+        centres[2] = stored[7]
+        centres[2, 0] += 1e-3 * scale  # within row 7's columns
+        before = centres.clone()
+        part = torch.cat([torch.tensor([5, 6, 7]), torch.from_numpy(rng.integers(0, n, 6))])
+        got = _distances_by_support(rows.subset(part), centres, _wide_squared_norms(centres))
+        assert torch.equal(centres, before), trial
+        exact = (stored[part].double()[:, None] - centres.double()[None]).square().sum(-1)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got, exact, rtol=2.0**-17, atol=0, err_msg=str(trial))
+        assert float(got[0, 0]) == 0.0
+        assert torch.equal(got[:3].argmin(1), torch.tensor([0, 1, 2]))
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -28,6 +28,7 @@ import torch
 from .. import _validation as v
 from . import _device, _native
 from .certify import (
+    _TRUSTED_PRECISION,
     _fingerprint_weights,
     fingerprint_terms,
     first_equal_prints,
@@ -406,19 +407,25 @@ def _checked_nearest(
         # The expansion cancels for rows far from the origin for their
         # distance (float32 rows near 1e4, 1e-2 apart: 2,602 of 3,000 labels
         # not the nearest centre): those it cannot label (see
-        # certify.suspects) are labelled again, densely, by the certified
-        # search, which centres them on the centroids' mean.
+        # certify.suspects) are labelled again from distances that do not
+        # cancel (_distances_by_support). Most suspects of a mini-batch step
+        # are rows equal to a centre reseeded onto them.
         again = suspects(rows.sq_norms, distances, centred=True).nonzero().squeeze(1)
-        for part in _parts(again, _block_rows(rows, rows.n_features, memory_budget)):
-            if part.numel() * centroids.numel() <= _RELABELLED_BY_DIFFERENCES_MAX_WORK:
-                part_labels, part_distances = _nearest_by_differences(
-                    rows.take(part), centroids.to(rows.dtype)
+        k = int(centroids.shape[0])
+        parts = _support_parts(rows, again, k, memory_budget)
+        centres = centroids.to(rows.dtype)
+        c_sq = _wide_squared_norms(centres) if parts else None
+        for part in parts:
+            assert c_sq is not None
+            found = _distances_by_support(rows.subset(part), centres, c_sq)
+            if found is None:
+                part_labels, dense_distances = _nearest(
+                    rows.take(part), centres, memory_budget=memory_budget
                 )
+                assert dense_distances is not None
+                part_distances = dense_distances
             else:
-                part_labels, part_distances = _nearest(
-                    rows.take(part), centroids.to(rows.dtype), memory_budget=memory_budget
-                )
-            assert part_distances is not None
+                part_distances, part_labels = torch.min(found, dim=1)
             if totals is not None and not torch.equal(labels[part], part_labels):
                 totals.fill_(math.nan)
             labels.index_copy_(0, part, part_labels)
@@ -428,63 +435,121 @@ def _checked_nearest(
 
 _Blocks = list[tuple[int, int, torch.Tensor]]
 
-# Suspects (see _checked_nearest) are labelled again from differences up to
-# this many of their squared differences (rows times k * d), by the dense
-# search beyond. Most suspects of a mini-batch step are rows equal to a
-# centre reseeded onto them (distance 0), drawn again, or labelled by
-# partial_fit against the centres it reseeded: one row against 20 centres
-# of 50,000 features, one thread, 0.5 ms against 5-9 ms for the dense
-# search (the centres' norms, mean, fingerprints); 16 rows 8 ms against
-# 7-35 ms (float32-float64). Re-measured with each block's squares in a
-# reused buffer (2 threads): 1 row 0.6-0.9 ms against 3.3-5.4 ms, 16 rows
-# 3.4-3.7 against 4.0-6.7, 32 rows 6.5-6.7 against 5.4-7.9: still the crossing.
-_RELABELLED_BY_DIFFERENCES_MAX_WORK = 1 << 24
-# Centre values per block of columns of _nearest_by_differences.
-_DIFFERENCES_BLOCK = 1 << 17
-
-
-def _nearest_by_differences(
-    x: torch.Tensor, centroids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and distances of a few dense rows ``x`` ``(m, d)`` of sparse
-    rows against ``centroids`` ``(k, d)`` from their differences
-    (:func:`_distances_by_differences`): the nearest centre whatever the
-    rows' distance from the origin (first centre on ties). Distances in
-    ``x``'s dtype."""
-    distances, labels = torch.min(_distances_by_differences(x, centroids), dim=1)
-    return labels, distances.to(x.dtype)
+# Values of the widened squares of centres taken at a time by
+# _wide_squared_norms and _squares_off_rows (1 MB of float64).
+_SQUARES_BLOCK = 1 << 17
+# Pairs of a row and a centre whose squares _distances_by_support sums off
+# the row's columns, per row, beyond which it leaves the rows to the dense
+# search: a row equal to a centre (reseeded onto it) is one such pair.
+_SUPPORT_MAX_PAIRS_PER_ROW = 2
+# The share of their columns rows may store for _distances_by_support: its
+# work on each stored value is a dense product's on each column.
+_SUPPORT_MAX_STORED_SHARE = 0.25
 
 
 @_device.full_precision
-def _distances_by_differences(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Squared distances ``(m, k)`` of a few dense rows ``x`` ``(m, d)`` of
-    sparse rows to ``centroids`` ``(k, d)`` from their differences, in the
-    widest float: the squares of the centres over each row's zeros (one
-    product of non-negative terms, a block of columns at a time) plus the
-    squared differences on its other columns. A sum of non-negative terms
-    cancels nothing, whatever the rows' distance from the origin: a row
-    equal to a centre is at distance 0."""
-    m, d = x.shape
-    k = int(centroids.shape[0])
-    wide = _device.widest_float(x.device)
-    total = torch.zeros((m, k), dtype=wide, device=x.device)
-    zeros = (x == 0).to(wide)
-    step = max(1, _DIFFERENCES_BLOCK // max(1, k))
-    # Each block's squares in one buffer (on the CPU kept for the next call):
-    # a widened copy and its squares, fresh pages for every block, took 1.2
-    # of 1.9 ms (float32 centres, k=20, d=50,000).
-    shape = (k, min(step, d))
-    if _device.on_host(x.device):
-        squares = _device.reused("differences", shape, wide)
-    else:
-        squares = torch.empty(shape, dtype=wide, device=x.device)
+def _wide_squared_norms(centroids: torch.Tensor) -> torch.Tensor:
+    """``(k,)`` squared norms of ``centroids`` ``(k, d)`` in the widest float,
+    the squares of float32 centres exact, a block of columns at a time."""
+    k, d = int(centroids.shape[0]), int(centroids.shape[1])
+    wide = _device.widest_float(centroids.device)
+    out = torch.zeros(k, dtype=wide, device=centroids.device)
+    step = max(1, _SQUARES_BLOCK // max(1, k))
     for start in range(0, d, step):
         stop = min(d, start + step)
-        block = squares[:, : stop - start].copy_(centroids[:, start:stop]).square_()
-        total.addmm_(zeros[:, start:stop], block.T)
-    row, column = x.nonzero(as_tuple=True)
-    stored = x[row, column].to(wide).unsqueeze(0) - centroids[:, column].to(wide)
-    return total.index_add_(0, row, stored.square_().T)
+        out += centroids[:, start:stop].to(wide, copy=True).square_().sum(1)
+    return out
+
+
+@_device.full_precision
+def _distances_by_support(
+    rows: SparseRows, centroids: torch.Tensor, c_sq: torch.Tensor
+) -> torch.Tensor | None:
+    """Squared distances ``(m, k)`` of a few sparse rows to dense
+    ``centroids`` ``(k, d)`` (``c_sq`` their :func:`_wide_squared_norms`)
+    that do not cancel, whatever the rows' distance from the origin, in the
+    widest float: a row equal to a centre is at distance 0.
+
+    On the columns a row stores, the squares of the differences; on the
+    others, the centre's squares: ``|c|^2`` less its squares on the row's
+    columns. That difference cancels only where the centre lies almost
+    within the row's columns (a centre reseeded onto the row): for those
+    pairs, told by the difference's rounding bound, the centre's squares
+    are summed over the other columns instead (:func:`_squares_off_rows`),
+    a sum of non-negative terms. Every distance is then known to
+    ``_TRUSTED_PRECISION``: the labels of a minimum are certain. Work: the
+    rows' stored values times k, the ``k * d`` of ``c_sq``, and ``d`` per
+    such pair (a dense product of the rows densified was ``m * k * d``: 19
+    rows against 20 centres of 50,000 features, 5 ms a call, now 1).
+
+    None, for the dense search, where the rows store more than
+    ``_SUPPORT_MAX_STORED_SHARE`` of their columns, or such pairs are more
+    than ``_SUPPORT_MAX_PAIRS_PER_ROW`` per row (rows far from the origin
+    and from every centre): 20,000 float32 rows near 1e4, all 100 columns
+    stored, k=10: a fit in 3.8 s against 1.6 s."""
+    m, k, d = rows.n_rows, int(centroids.shape[0]), rows.n_features
+    if rows.values.numel() > _SUPPORT_MAX_STORED_SHARE * m * d:
+        return None
+    wide = c_sq.dtype
+    row = rows.row_of
+    at_columns = centroids.index_select(1, rows.col).to(wide)
+    differences = rows.values.to(wide) - at_columns
+    on_columns = torch.zeros((k, m), dtype=wide, device=rows.device)
+    on_columns.index_add_(1, row, differences.square_())
+    inside = torch.zeros((k, m), dtype=wide, device=rows.device)
+    inside.index_add_(1, row, at_columns.square_())
+    outside = inside.neg_().add_(c_sq.unsqueeze(1))
+    # |c|^2 and its squares on the columns are each summed with an error of
+    # at most (d + 1) u |c|^2 (u the unit roundoff), their difference one u more.
+    bound = c_sq * ((2 * d + 4) * torch.finfo(wide).eps / 2)
+    distances = outside.clamp_min(0.0).add_(on_columns)
+    unsure = (distances < bound.unsqueeze(1) * (2 / _TRUSTED_PRECISION)).nonzero()
+    if unsure.shape[0] > _SUPPORT_MAX_PAIRS_PER_ROW * m:
+        return None
+    if unsure.numel():
+        centre, of_row = unsure.unbind(1)
+        exact = _squares_off_rows(rows, centroids, of_row, centre, wide)
+        distances.index_put_((centre, of_row), exact.add_(on_columns[centre, of_row]))
+    return distances.T
+
+
+def _squares_off_rows(
+    rows: SparseRows,
+    centroids: torch.Tensor,
+    row: torch.Tensor,
+    centre: torch.Tensor,
+    wide: torch.dtype,
+) -> torch.Tensor:
+    """``(p,)`` sums, in ``wide``, of the squares of ``centroids[centre]``
+    over the columns ``rows[row]`` does not store (``row``, ``centre``
+    ``(p,)``), a few pairs at a time: each centre's squares with the row's
+    columns zeroed, summed (non-negative terms)."""
+    p, d = int(row.numel()), rows.n_features
+    out = torch.empty(p, dtype=wide, device=rows.device)
+    step = max(1, _SQUARES_BLOCK // max(1, d))
+    for start in range(0, p, step):
+        stop = min(p, start + step)
+        block = centroids.index_select(0, centre[start:stop]).to(wide).square_()
+        crow, positions = _gathered_positions(rows.crow, row[start:stop])
+        stored = _row_of(crow).mul_(d).add_(rows.col.index_select(0, positions))
+        block.view(-1).index_fill_(0, stored, 0.0)
+        torch.sum(block, 1, out=out[start:stop])
+    return out
+
+
+def _support_parts(
+    rows: SparseRows, index: torch.Tensor, k: int, memory_budget: int | None
+) -> tuple[torch.Tensor, ...]:
+    """The rows ``index`` in parts for :func:`_distances_by_support` against
+    ``k`` centres: its three ``(k, stored values)`` temporaries of a part
+    (with one longest row past it) take at most ``memory_budget`` bytes."""
+    if not index.numel():
+        return ()
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    per_part = max(1, budget // (3 * 8 * max(1, k)))
+    ends = (rows.crow.index_select(0, index + 1) - rows.crow.index_select(0, index)).cumsum(0)
+    part_of = torch.div(ends - 1, per_part, rounding_mode="floor")
+    return index.split(torch.unique_consecutive(part_of, return_counts=True)[1].tolist())
 
 
 def _parts(index: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
@@ -623,11 +688,18 @@ def sparse_distances(
     if rows.metric == "euclidean" and n:
         assert c_sq is not None
         centres = centroids.to(rows.dtype)
+        wide_c_sq: list[torch.Tensor] = []  # computed for the first rows measured again
 
         def exact(part: torch.Tensor) -> torch.Tensor:
-            if part.numel() * centres.numel() <= _RELABELLED_BY_DIFFERENCES_MAX_WORK:
-                return _distances_by_differences(rows.take(part), centres)
-            return pairwise_distances(rows.take(part), centres)
+            if not wide_c_sq:
+                wide_c_sq.append(_wide_squared_norms(centres))
+            pieces = []
+            for piece in _support_parts(rows, part, k, memory_budget):
+                found = _distances_by_support(rows.subset(piece), centres, wide_c_sq[0])
+                if found is None:
+                    found = pairwise_distances(rows.take(piece), centres)
+                pieces.append(found.to(out.dtype))
+            return torch.cat(pieces)
 
         _measure_again(rows, out, c_sq, exact, memory_budget)
     return out
