@@ -1516,9 +1516,7 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_distances_of_sparse_rows_to_centres_from_their_columns_do_not_cancel(
-    monkeypatch, dtype
-):
+def test_distances_of_sparse_rows_to_centres_from_their_columns_do_not_cancel(monkeypatch, dtype):
     # The rows the expansion cannot label (a row on its centre, rows far from
     # the origin) are measured again from their stored columns and the
     # centres' squares off them: a row equal to a centre at distance 0, a
@@ -1613,3 +1611,33 @@ def test_sparse_kmeans_plusplus_seeds_alike_by_either_product_densifying_no_row(
         )
     assert torch.equal(seeds[False], seeds[True])
     assert all(len(set(run)) == 12 for run in seeds[True].tolist())
+
+
+def test_sparse_suspects_left_to_the_dense_search_go_in_parts_of_the_memory_budget(monkeypatch):
+    # Parts of suspects were sized for the stored columns' work alone: left
+    # to the dense search, a part of thousands of rows of 50,000 features
+    # was densified whole, far past memory_budget.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional.sparse import sparse_nearest
+
+    X = sparse.random(200, 5_000, density=0.01, random_state=0, format="csr")
+    rows = _rows_of(X)
+    centroids = torch.from_numpy(X[:10].toarray())  # rows 0-9 sit on their centres
+    budget = 3 * 5_000 * 8 * 2  # dense parts of 2 rows
+    searched = []
+    dense_search = sparse_module._nearest
+
+    def spy(x, *args, **kwargs):
+        searched.append(x.shape[0])
+        return dense_search(x, *args, **kwargs)
+
+    monkeypatch.setattr(sparse_module, "_nearest", spy)
+    monkeypatch.setattr(sparse_module, "_SUPPORT_MAX_PAIRS_PER_ROW", -1)  # always left to it
+    labels, distances = sparse_nearest(rows, centroids, memory_budget=budget)
+    assert searched and max(searched) <= 2, searched
+    np.testing.assert_array_equal(labels[:10], np.arange(10))
+    assert float(distances[:10].abs().max()) == 0.0
+    monkeypatch.undo()
+    expected_labels, expected = sparse_nearest(rows, centroids, memory_budget=budget)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(distances, expected, rtol=1e-12)

@@ -412,7 +412,9 @@ def _checked_nearest(
         # are rows equal to a centre reseeded onto them.
         again = suspects(rows.sq_norms, distances, centred=True).nonzero().squeeze(1)
         k = int(centroids.shape[0])
-        parts = _support_parts(rows, again, k, memory_budget)
+        # Parts the dense search also takes, should it search one.
+        dense_parts = _parts(again, _block_rows(rows, rows.n_features, memory_budget))
+        parts = [p for dense in dense_parts for p in _support_parts(rows, dense, k, memory_budget)]
         centres = centroids.to(rows.dtype)
         c_sq = _wide_squared_norms(centres) if parts else None
         for part in parts:
