@@ -481,8 +481,9 @@ def _distances_by_support(
     a sum of non-negative terms. Every distance is then known to
     ``_TRUSTED_PRECISION``: the labels of a minimum are certain. Work: the
     rows' stored values times k, the ``k * d`` of ``c_sq``, and ``d`` per
-    such pair (a dense product of the rows densified was ``m * k * d``: 19
-    rows against 20 centres of 50,000 features, 5 ms a call, now 1).
+    such pair (the dense search of the rows densified was ``m * k * d``:
+    19 rows against 20 centres of 50,000 features, float32, 14.3 ms against
+    3.8 ms, measured in one process).
 
     None, for the dense search, where the rows store more than
     ``_SUPPORT_MAX_STORED_SHARE`` of their columns, or such pairs are more
