@@ -115,7 +115,8 @@ class EstimatorProtocol:
             transformer_tags=TransformerTags(),
         )
         tags.input_tags.allow_nan = False
-        # scipy.sparse matrices and arrays are clustered without densifying them.
+        # scipy.sparse matrices and arrays are clustered on their stored values
+        # (fitted dense when mostly stored: see _host.dense_when_mostly_stored).
         tags.input_tags.sparse = True
         return tags
 

@@ -26,7 +26,14 @@ import torch
 
 from . import _validation as v
 from . import distributed
-from ._host import densified, host_rows, is_sparse, should_stream, sparse_input
+from ._host import (
+    dense_when_mostly_stored,
+    densified,
+    host_rows,
+    is_sparse,
+    should_stream,
+    sparse_input,
+)
 from .exceptions import ConvergenceWarning
 from .functional import _device, _native
 from .functional.collective import Collective
@@ -627,7 +634,8 @@ def elbow(
     ``compute_labels=False`` keeps none.
 
     A sparse ``X`` (``scipy.sparse``, torch sparse tensor) is swept on its
-    stored values, never densified: the same k-means++ seeds (the first k of
+    stored values (one mostly stored is swept dense, as
+    :class:`~torchkmeans.KMeans` fits it): the same k-means++ seeds (the first k of
     one greedy run to the largest k per restart, drawn as for its dense
     form), then each k is one fit of its restarts as
     :class:`~torchkmeans.KMeans` fits sparse data
@@ -734,6 +742,8 @@ def elbow(
         # A sparse X is swept on its stored values (as KMeans fits it); a
         # sparse shard whose dense form fits memory_budget as that array, a
         # larger one in passes of dense chunks.
+        if not shard:
+            X = dense_when_mostly_stored(X, memory_budget)  # as KMeans fits it
         sparse_x = is_sparse(X) and not shard
         if not sparse_x:
             X = densified(X, memory_budget)

@@ -15,7 +15,14 @@ import torch
 from . import _validation as v
 from . import distributed
 from ._base import _UNCHANGED, EstimatorProtocol
-from ._host import densified, host_rows, is_sparse, should_stream, sparse_input
+from ._host import (
+    dense_when_mostly_stored,
+    densified,
+    host_rows,
+    is_sparse,
+    should_stream,
+    sparse_input,
+)
 from .exceptions import ConvergenceWarning, not_fitted_error
 from .functional.collective import LOCAL, Collective
 from .functional.distances import (
@@ -119,10 +126,13 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     times; from the same initial centroids it equals the in-memory fit.
 
     A sparse ``X`` (``scipy.sparse`` matrix or array of any format, torch
-    sparse tensor) is never densified: Lloyd's iterations, ``predict``,
+    sparse tensor) is not densified: Lloyd's iterations, ``predict``,
     ``transform`` and ``score`` run on its stored values
     (:mod:`torchkmeans.functional.sparse`), without centring, as
     scikit-learn does; ``cluster_centers_`` and ``transform`` are dense.
+    One that stores a quarter of its elements or more is fitted dense
+    where its dense form fits ``memory_budget`` or is no larger than the
+    fit's copy of the stored values (see :meth:`fit`).
     A callable ``init`` is refused with sparse ``X``. Under
     ``torch.distributed`` a sparse shard is read as dense chunks of rows.
 
@@ -369,7 +379,11 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         ----------
         X : array-like, Tensor, numpy.memmap or sparse matrix of shape (n_samples, n_features)
             A ``scipy.sparse`` matrix or torch sparse tensor is clustered
-            on its stored values, never densified.
+            on its stored values; one that stores a quarter of its elements
+            or more is fitted dense where its dense form fits
+            ``memory_budget`` or is no larger than the fit's copy of the
+            stored values (faster, and centred: see
+            :func:`~torchkmeans._host.dense_when_mostly_stored`).
         y : ignored
         sample_weight : array-like or Tensor of shape (n_samples,), optional
             Non-negative weight of each sample.
@@ -391,7 +405,15 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
             )
         collective = distributed.collective(self.process_group)
         if is_sparse(X) and not collective.distributed:
-            return self._fit_sparse(X, sample_weight)
+            if callable(self.init) and not isinstance(self.init, str):
+                raise TypeError(
+                    "Expected init to be 'k-means++', 'random' or an array when X is sparse "
+                    f"({type(X).__name__}), got a callable."
+                )
+            # Mostly stored, it is fitted dense: faster, and centred.
+            X = dense_when_mostly_stored(X, self.memory_budget)
+            if is_sparse(X):
+                return self._fit_sparse(X, sample_weight)
         X = densified(X, self.memory_budget)
         self._reset_feature_names(X)
         if collective.distributed or should_stream(
@@ -450,11 +472,6 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         n_clusters, n_init, metric = self._check_params(shape[0] if len(shape) == 2 else None)
         v.check_memory_budget(self.memory_budget)
         rows, kind = self._sparse_rows(X, None, None, metric)
-        if callable(self.init) and not isinstance(self.init, str):
-            raise TypeError(
-                "Expected init to be 'k-means++', 'random' or an array when X is sparse "
-                f"({type(X).__name__}), got a callable."
-            )
         weights = v.check_sample_weight(
             sample_weight, rows.n_rows, device=rows.device, dtype=rows.dtype
         )
