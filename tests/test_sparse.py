@@ -1614,6 +1614,46 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kmeans_plusplus_measures_rows_far_from_the_origin_against_its_candidates_columns(
+    monkeypatch, dtype
+):
+    # Rows far from the origin (a year among one-hot columns) are all
+    # measured again against each round's candidates: from the differences,
+    # every row was densified over the columns either stores (float32,
+    # 20,000 x 1,001: k-means++ 0.6 s of a 0.7 s fit, now 0.09 s). From the
+    # rows' own columns and the candidates' squares off them, the distances
+    # are those of the differences to the trusted precision, copies at 0.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional.sparse import _distances_to_few
+
+    rng = np.random.default_rng(2)
+    n, d = 300, 120
+    dense = (rng.random((n, d)) < 0.03) * rng.normal(size=(n, d))
+    dense[:, 7] = 2000.0 + rng.integers(0, 20, n)  # stored in every row
+    dense[11] = dense[12]
+    X, rows = _csr_rows(dense, dtype, stored_zeros=False)
+    b = torch.tensor([12, 40, 41, 40])
+    between = sparse_module._distances_between
+
+    def refused(*args):
+        raise AssertionError("rows densified over their columns")
+
+    monkeypatch.setattr(sparse_module, "_distances_between", refused)
+    got = _distances_to_few(rows, rows.subset(b), memory_budget=20_000)  # in parts
+    stored = torch.from_numpy(X.toarray()).to(dtype).double()
+    expected = (stored[:, None] - stored[b][None]).square().sum(-1)
+    assert got.shape == (n, 4) and got.dtype == torch.float64
+    np.testing.assert_allclose(got, expected, rtol=2.0**-16, atol=0)
+    assert got[11, 0] == got[12, 0] == 0.0 and got[40, 1] == got[40, 3] == 0.0
+    # Rows that store most of the columns they share with the candidates:
+    # from the differences.
+    monkeypatch.setattr(sparse_module, "_distances_between", between)
+    full = _csr_rows(1e4 + rng.normal(size=(30, 6)), dtype, stored_zeros=False)[1]
+    picked = full.subset(torch.tensor([0, 5]))
+    np.testing.assert_array_equal(_distances_to_few(full, picked, None), between(full, picked))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_distances_of_sparse_rows_to_centres_from_their_columns_do_not_cancel(monkeypatch, dtype):
     # The rows the expansion cannot label (a row on its centre, rows far from
     # the origin) are measured again from their stored columns and the

@@ -756,6 +756,32 @@ def _distances_between(a: SparseRows, b: SparseRows) -> torch.Tensor:
     return total.T.index_add_(1, b_row, outside.mul_(b.values.to(wide).square()))
 
 
+def _distances_to_few(a: SparseRows, b: SparseRows, memory_budget: int | None) -> torch.Tensor:
+    """:func:`_distances_between` ``(m_a, m_b)`` of many rows ``a`` and a few
+    ``b`` (k-means++ candidates), to the trusted precision: by
+    :func:`_distances_by_support` against ``b`` densified over the columns
+    either stores, in parts of ``memory_budget``, where it takes them; else
+    from the differences. Each row of ``a`` is then its stored values
+    times ``m_b`` (from the differences it was also ``a`` densified over
+    those columns: float32 rows far from the origin, all of them measured
+    again, 20,000 x 1,001 at 1% stored, k=8: k-means++ 0.6 s of a 0.7 s fit,
+    scikit-learn's whole fit 0.05 s)."""
+    columns, compact = torch.unique(torch.cat([a.col, b.col]), return_inverse=True)
+    width = int(columns.numel())
+    a_compact = a._replace(col=compact[: a.col.numel()], n_features=width, narrow_col=None)
+    centres = torch.zeros((b.n_rows, width), dtype=b.dtype, device=b.device)
+    centres.index_put_((b.row_of, compact[a.col.numel() :]), b.values)
+    c_sq = _wide_squared_norms(centres)
+    index = torch.arange(a.n_rows, device=a.device)
+    pieces = []
+    for piece in _support_parts(a_compact, index, b.n_rows, memory_budget):
+        found = _distances_by_support(a_compact.subset(piece), centres, c_sq)
+        pieces.append(_distances_between(a.subset(piece), b) if found is None else found)
+    if not pieces:
+        return torch.zeros((a.n_rows, b.n_rows), dtype=c_sq.dtype, device=a.device)
+    return torch.cat(pieces)
+
+
 def _to_rows(
     rows: SparseRows, memory_budget: int | None, rounds: int, trials: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -778,8 +804,8 @@ def _to_rows(
     0.35-0.43x and 0.26-0.34x; 100,000 x 20,000 at 0.1%, k=30-100:
     0.36-0.39x and 0.14-0.22x; 20,000 x 1,000 at 10%: 0.26-0.55x and
     0.34-2.0x (the transpose is never chosen there). Rows
-    measured again (see :func:`_measure_again`) are measured from the
-    differences of the sparse rows (:func:`_distances_between`).
+    measured again (see :func:`_measure_again`) are measured from their
+    stored values (:func:`_distances_to_few`).
     """
     nnz, n, d = int(rows.values.numel()), rows.n_rows, rows.n_features
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
@@ -833,7 +859,7 @@ def _to_rows(
                 rows,
                 out.T,
                 picked.sq_norms,
-                lambda part: _distances_between(rows.subset(part), picked),
+                lambda part: _distances_to_few(rows.subset(part), picked, memory_budget),
                 memory_budget,
             )
         return out
