@@ -1645,10 +1645,12 @@ def test_kmeans_plusplus_measures_rows_far_from_the_origin_against_its_candidate
     assert got.shape == (n, 4) and got.dtype == torch.float64
     np.testing.assert_allclose(got, expected, rtol=2.0**-16, atol=0)
     assert got[11, 0] == got[12, 0] == 0.0 and got[40, 1] == got[40, 3] == 0.0
-    # Rows that store most of the columns they share with the candidates:
-    # from the differences.
+    # Rows that store most of the columns they share with the candidates,
+    # and a few rows: from the differences.
     monkeypatch.setattr(sparse_module, "_distances_between", between)
-    full = _csr_rows(1e4 + rng.normal(size=(30, 6)), dtype, stored_zeros=False)[1]
+    few = rows.subset(torch.tensor([11, 12, 40]))
+    np.testing.assert_array_equal(_distances_to_few(few, few, None), between(few, few))
+    full = _csr_rows(1e4 + rng.normal(size=(1000, 6)), dtype, stored_zeros=False)[1]
     picked = full.subset(torch.tensor([0, 5]))
     np.testing.assert_array_equal(_distances_to_few(full, picked, None), between(full, picked))
 

@@ -756,6 +756,11 @@ def _distances_between(a: SparseRows, b: SparseRows) -> torch.Tensor:
     return total.T.index_add_(1, b_row, outside.mul_(b.values.to(wide).square()))
 
 
+# Elements of rows densified over the columns they and a few others store
+# up to which _distances_to_few measures them from the differences.
+_BETWEEN_MAX_ELEMENTS = 1 << 17
+
+
 def _distances_to_few(a: SparseRows, b: SparseRows, memory_budget: int | None) -> torch.Tensor:
     """:func:`_distances_between` ``(m_a, m_b)`` of many rows ``a`` and a few
     ``b`` (k-means++ candidates), to the trusted precision: by
@@ -765,7 +770,13 @@ def _distances_to_few(a: SparseRows, b: SparseRows, memory_budget: int | None) -
     times ``m_b`` (from the differences it was also ``a`` densified over
     those columns: float32 rows far from the origin, all of them measured
     again, 20,000 x 1,001 at 1% stored, k=8: k-means++ 0.6 s of a 0.7 s fit,
-    scikit-learn's whole fit 0.05 s)."""
+    now 0.08 s; scikit-learn's whole fit 0.05 s). Where ``a`` densified so
+    would take at most ``_BETWEEN_MAX_ELEMENTS`` (a round's candidates' own
+    rows, the usual suspects), from the differences: the dozens of small
+    ops above cost more (0.32 ms against 0.15-0.25 ms a call; 3,072 x
+    50,000 at 0.1% stored, k=100: k-means++ 0.09-0.12 s against 0.07-0.08 s)."""
+    if a.n_rows * (a.values.numel() + b.values.numel()) <= _BETWEEN_MAX_ELEMENTS:
+        return _distances_between(a, b)
     columns, compact = torch.unique(torch.cat([a.col, b.col]), return_inverse=True)
     width = int(columns.numel())
     a_compact = a._replace(col=compact[: a.col.numel()], n_features=width, narrow_col=None)
