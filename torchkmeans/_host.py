@@ -12,7 +12,7 @@ import torch
 
 from . import _validation as v
 from .functional.distances import DEFAULT_MEMORY_BUDGET, compute_dtype
-from .functional.sparse import SparseRows, dense_rows, sparse_rows
+from .functional.sparse import SparseRows, _row_of, dense_rows, sparse_rows
 from .functional.streaming import HostRows
 
 __all__ = [
@@ -205,7 +205,14 @@ class _CSR(NamedTuple):
     kind: v.OutputKind
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        return self.take(torch.arange(start, stop, device="cpu"))
+        """Rows ``start:stop`` dense: their stored values are one slice,
+        scattered in one op (gathered by :meth:`take`: 20,000 x 100, all
+        stored, 18 ms against 7 ms)."""
+        lo, hi = int(self.crow[start]), int(self.crow[stop])
+        out = torch.zeros((stop - start, self.n_features), dtype=self.values.dtype)
+        flat = _row_of(self.crow[start : stop + 1]).mul_(self.n_features).add_(self.col[lo:hi])
+        out.view(-1).index_put_((flat,), self.values[lo:hi])
+        return out
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         return dense_rows(self.crow, self.col, self.values, self.n_features, index)
@@ -317,11 +324,14 @@ def densified(X: Any, memory_budget: int | None) -> Any:
     itemsize = X.element_size() if isinstance(X, torch.Tensor) else np.dtype(X.dtype).itemsize
     if len(shape) != 2 or shape[0] * shape[1] * max(4, itemsize) > budget:
         return X
-    rows = read_sparse(X)
-    dense = rows.read(0, rows.n_rows)
+    rows = read_sparse(X)  # checked, duplicates summed
     if rows.kind.is_torch:
-        return dense.to(rows.kind.device)
-    return dense.numpy()
+        return rows.read(0, rows.n_rows).to(rows.kind.device)
+    # scipy's own loop into numpy's lazily zeroed pages (torch.zeros writes
+    # every page: 20,000 x 1,000 float32, 30% stored, 13 ms against 91 ms),
+    # in the dtype read_sparse gives.
+    dtype = torch.empty(0, dtype=rows.values.dtype, device="cpu").numpy().dtype
+    return X.toarray().astype(dtype, copy=False)
 
 
 # The share of a sparse X that must be stored for it to be fitted dense (see

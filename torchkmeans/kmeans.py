@@ -765,6 +765,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         inertia is 0; euclidean ones are (the search computes them anyway),
         and rows whose squared distances overflow are refused, as in ``fit``.
         """
+        # Mostly stored, it is searched dense, as it was fitted.
+        X = dense_when_mostly_stored(X, self.memory_budget)
         if is_sparse(X):
             return self._sparse_labels_and_inertia(X, sample_weight)
         exact = inertia_needed or self.metric == "euclidean"
@@ -852,6 +854,8 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
         distances : array or Tensor of shape (n_samples, n_clusters)
         """
         self._check_is_fitted()
+        given = X
+        X = dense_when_mostly_stored(X, self.memory_budget)  # as fitted
         if is_sparse(X):
             rows, kind, centers, exponent = self._sparse_input(X)
             out = sparse_distances(rows, centers, self.memory_budget)
@@ -883,7 +887,7 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
                 out = distances
             else:
                 out[start : start + x.shape[0]] = distances
-        return self._output_container(kind.out(out), X)
+        return self._output_container(kind.out(out), given)
 
     def set_output(self, *, transform: str | None = None) -> KMeans:
         """Output container of :meth:`transform` and :meth:`fit_transform` for array input.
