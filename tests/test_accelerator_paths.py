@@ -9,6 +9,7 @@ promises as the CPU's, and to the CPU's results.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.metrics import silhouette_score as sk_silhouette
 from sklearn.preprocessing import StandardScaler
 from torch.overrides import TorchFunctionMode
 
+import torchkmeans._host as host_module
 from torchkmeans import KMeans, MiniBatchKMeans, VectorQuantizer, elbow, metrics
 from torchkmeans.functional import _device, kmeans_plusplus, lloyd, streaming
 from torchkmeans.functional import sparse as sparse_functional
@@ -322,11 +324,13 @@ def test_a_torch_generator_of_another_device_seeds_one_on_the_data_device(monkey
     assert v.make_generator(cpu, torch.device("cpu")) is cpu
 
 
-def test_sparse_lloyd_reads_the_host_every_10_iterations(accelerator_paths):
+def test_sparse_lloyd_reads_the_host_every_10_iterations(accelerator_paths, monkeypatch):
     # The sparse loop read the host about six times an iteration: the shift,
     # the labels compared, the empty-cluster test, the suspects' nonzero and
     # two bounds of each block of rows (36 iterations: 275 reads).
     sparse = pytest.importorskip("scipy.sparse")
+    # 30% stored: fitted on its stored values, not dense (dense_when_mostly_stored).
+    monkeypatch.setattr(host_module, "DENSIFIED_SHARE", math.inf)
     X = sparse.random(2000, 30, density=0.3, random_state=0, format="csr")
     init = X[:30].toarray()
     counts = []
@@ -346,6 +350,8 @@ def test_sparse_fit_equals_the_host_paths_and_scikit_learn(case, monkeypatch):
     # expansion cannot label, many far from the origin), running the
     # iterations since the last read again when there were more: the same fit.
     sparse = pytest.importorskip("scipy.sparse")
+    # Fitted on the stored values, however many (see dense_when_mostly_stored).
+    monkeypatch.setattr(host_module, "DENSIFIED_SHARE", math.inf)
     rng = np.random.default_rng(0)
     if case == "empty-cluster":
         X = sparse.random(1500, 80, density=0.05, random_state=0, format="csr")
