@@ -1264,6 +1264,7 @@ def test_global_torch_defaults_change_no_result(paths, request, tmp_path, torch_
     weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
     memmap = _read_only_memmap(tmp_path / "X.dat", X32)
     tensor = torch.from_numpy(X32)
+    high = np.quantile(X, 0.8)
 
     def fitted(model, x, **kwargs):
         model.fit(x, **kwargs)
@@ -1279,6 +1280,8 @@ def test_global_torch_defaults_change_no_result(paths, request, tmp_path, torch_
             fitted(KMeans(5, init=X[:5].tolist(), n_init=1), X),
             fitted(KMeans(5, init=lambda x, k, g: X32[:k] + 1, n_init=1), X32),
             fitted(KMeans(5, random_state=0), memmap),
+            # On the stored values (a fifth stored), and dense (more stored).
+            fitted(KMeans(5, random_state=0), sparse.csr_matrix(np.where(X > high, X, 0.0))),
             fitted(KMeans(5, random_state=0), sparse.csr_matrix(np.where(X > 0, X, 0.0))),
             KMeans(5, random_state=0).fit_predict(X),
             elbow(X, k=range(1, 5), random_state=0).inertia,
