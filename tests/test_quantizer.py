@@ -297,6 +297,30 @@ def test_torch_func_vmap_over_a_batch_of_inputs_in_eval_mode():
     torch.testing.assert_close(per_example[1], z.grad.reshape(4, 16, 8)[1])
 
 
+def test_a_torch_without_the_private_functorch_helper_still_imports_and_quantizes():
+    # The quantizer imports a private torch helper to tell torch.func's
+    # transforms apart; a torch without it failed `import torchkmeans`.
+    script = """
+import torch, torch._functorch.pyfunctorch as private
+del private.coerce_cinterpreter
+import torchkmeans
+torch.manual_seed(0)
+vq = torchkmeans.VectorQuantizer(8, 4)
+out = vq(torch.randn(64, 4))
+assert out.codes.shape == (64,) and bool(vq.initialized)
+vq.eval()
+try:
+    torch.func.vmap(vq)(torch.randn(2, 16, 4))
+except RuntimeError as error:
+    assert "coerce_cinterpreter" in str(error) and "outside the transform" in str(error)
+else:
+    raise AssertionError("vmap ran without the helper")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def _initialised_ensemble() -> tuple[list[VectorQuantizer], dict, VectorQuantizer]:
     """Three initialised quantizers in eval() mode (seed 0), their buffers
     stacked by torch.func.stack_module_state, and a meta copy to call."""

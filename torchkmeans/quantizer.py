@@ -23,7 +23,11 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
-from torch._functorch.pyfunctorch import coerce_cinterpreter
+
+try:  # private (torch 2.0 to 2.13 at least): imported here, not where torch.compile traces
+    from torch._functorch.pyfunctorch import coerce_cinterpreter
+except ImportError:  # a later torch: the package imports, torch.func transforms are refused
+    coerce_cinterpreter = None
 
 from . import _validation as v
 from .distributed import SharesProcessGroup
@@ -134,6 +138,12 @@ def _interpreter() -> Any:
     interpreter = functorch.peek_interpreter_stack()
     if not isinstance(interpreter, functorch.CInterpreter):
         return None
+    if coerce_cinterpreter is None:
+        raise RuntimeError(
+            "VectorQuantizer under torch.func transforms (vmap, grad, jvp...) needs "
+            "torch._functorch.pyfunctorch.coerce_cinterpreter, which this torch "
+            f"({torch.__version__}) lacks; call it outside the transform."
+        )
     return coerce_cinterpreter(interpreter)
 
 
