@@ -1653,6 +1653,104 @@ def test_distances_between_sparse_rows_are_those_of_their_dense_differences(dtyp
         assert torch.equal(copies, torch.zeros_like(copies)), trial
 
 
+def _year_among_one_hot(n: int, dtype: type, seed: int = 0) -> object:
+    """``n`` rows of 200 columns 2% stored, then a year stored in every row."""
+    rng = np.random.default_rng(seed)
+    one_hot = sparse.random(n, 200, density=0.02, random_state=seed, format="csr")
+    year = sparse.csr_matrix((2000.0 + rng.integers(0, 20, n))[:, None])
+    return sparse.hstack([one_hot, year]).tocsr().astype(dtype)
+
+
+def _nearest_in_float64(X: object, model: KMeans) -> np.ndarray:
+    """``(n,)`` squared distances of X's rows to the model's centres, the
+    least and those of their labels, measured in float64."""
+    dense = X.toarray().astype(np.float64)
+    gaps = ((dense[:, None] - np.asarray(model.cluster_centers_, np.float64)[None]) ** 2).sum(-1)
+    return gaps.min(1), gaps[np.arange(len(dense)), model.labels_]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_far_from_the_origin_in_columns_all_store_are_fitted_shifted(monkeypatch, dtype):
+    # A year stored in every row made every float32 row a suspect of the
+    # expansion, measured again from its stored columns in every iteration
+    # (200,000 x 1,001: 2 s an iteration, scikit-learn 0.05 s). Shifted by the
+    # means of the columns every row stores, the rows store the same columns
+    # and the expansion labels them; the centres are shifted back.
+    import torchkmeans.functional.sparse as sparse_module
+
+    X = _year_among_one_hot(3000, dtype)
+    init = X[:6].toarray()
+    measured = []
+    support = sparse_module._distances_by_support
+
+    def counted(rows, *args):
+        measured.append(rows.n_rows)
+        return support(rows, *args)
+
+    monkeypatch.setattr(sparse_module, "_distances_by_support", counted)
+    ours = KMeans(6, init=init).fit(X)
+    assert sum(measured) < 0.05 * 3000 * ours.n_iter_
+    least, labelled = _nearest_in_float64(X, ours)
+    np.testing.assert_array_equal(labelled, least)  # the nearest returned centres
+    np.testing.assert_allclose(ours.inertia_, least.sum(), rtol=1e-6)
+    theirs = SklearnKMeans(6, init=init.astype(np.float64), n_init=1).fit(X.astype(np.float64))
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-3)
+    assert ours.n_iter_ == theirs.n_iter_
+    # Seeded by k-means++ and fitted with restarts and weights, alike.
+    w = np.random.default_rng(1).uniform(0.5, 2.0, 3000)
+    seeded = KMeans(6, random_state=0, n_init=3).fit(X, sample_weight=w)
+    least, labelled = _nearest_in_float64(X, seeded)
+    np.testing.assert_array_equal(labelled, least)
+    np.testing.assert_allclose(seeded.inertia_, (least * w).sum(), rtol=1e-6)
+
+
+def test_a_shift_that_rounds_the_rows_labels_them_unshifted(monkeypatch):
+    # Values a shift cannot subtract exactly (a tenth of the years times
+    # 1e-6, against a mean near 1.8e3): the fit is of the rows as rounded,
+    # its labels those of the rows as given, against the returned centres.
+    from torchkmeans.functional.sparse import _frame_shift, _shifted
+
+    rng = np.random.default_rng(2)
+    X = _year_among_one_hot(2000, np.float32, seed=2).tolil()
+    X[:, 200] = X[:, 200].toarray() * rng.choice([1e-6, 1.0], size=(2000, 1), p=[0.1, 0.9])
+    X = X.tocsr()
+    rows = _rows_of(X, dtype=torch.float32)
+    shift = _frame_shift(rows)
+    assert shift is not None and not _shifted(rows, shift)[1]
+    import torchkmeans.functional.sparse as sparse_module
+
+    searched = []
+    search = sparse_module.sparse_nearest
+
+    def spied(rows, *args):
+        searched.append(rows.values.clone())
+        return search(rows, *args)
+
+    monkeypatch.setattr(sparse_module, "sparse_nearest", spied)
+    model = KMeans(5, random_state=0).fit(X)
+    assert any(torch.equal(values, torch.from_numpy(X.data)) for values in searched)
+    least, labelled = _nearest_in_float64(X, model)
+    np.testing.assert_array_equal(labelled, least)
+    np.testing.assert_allclose(model.inertia_, least.sum(), rtol=1e-5)
+
+
+def test_frame_shift_only_for_columns_every_row_stores_far_from_the_origin():
+    from torchkmeans.functional.sparse import _frame_shift, _shifted
+
+    rows = _rows_of(_year_among_one_hot(500, np.float64))
+    shift = _frame_shift(rows)
+    assert shift is not None and bool((shift[:200] == 0).all())
+    assert float(shift[200]) == pytest.approx(2009.5, abs=1.0)
+    shifted, exact = _shifted(rows, shift)
+    assert exact and torch.equal(shifted.col, rows.col)
+    np.testing.assert_allclose(shifted.values + shift[rows.col], rows.values, rtol=0, atol=0)
+    assert _frame_shift(_rows_of(CSR)) is None  # no column every row stores
+    near = _year_among_one_hot(500, np.float64).tolil()
+    near[:, 200] = np.random.default_rng(0).normal(size=(500, 1)) + 0.5
+    assert _frame_shift(_rows_of(near.tocsr())) is None  # stored everywhere, near 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kmeans_plusplus_measures_rows_far_from_the_origin_against_its_candidates_columns(
     monkeypatch, dtype

@@ -334,6 +334,82 @@ def sparse_scaled(rows: SparseRows, exponent: int) -> SparseRows:
     return rows._replace(values=values, sq_norms=sq_norms.to(values.dtype))
 
 
+def _two_sum_error(a: torch.Tensor, b: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The exact rounding error of ``total = a + b`` (Knuth's TwoSum): 0
+    where the sum is exact."""
+    b_part = total - a
+    return (a - (total - b_part)).add_(b - b_part)
+
+
+def _frame_shift(rows: SparseRows) -> torch.Tensor | None:
+    """``(d,)`` means of the columns every euclidean row stores (0 on the
+    others), where subtracting them removes at least
+    ``_SHIFT_MIN_REMOVED`` of the rows' squared norms; else None.
+
+    The expansion ``|x|^2 - 2 x.c + |c|^2`` cancels for rows far from the
+    origin: a column stored in every row far from 0 (a year among one-hot
+    columns) made every row a suspect, measured again from its stored
+    columns in every iteration (:func:`_distances_by_support`; 200,000 x
+    1,001 float32, k=20: 2 s an iteration, scikit-learn 0.05 s). Shifted by
+    those means, as dense rows are centred, the rows store the same
+    columns and the expansion labels them (10 iterations from the same
+    centres: 2.3 s against 20.8 s, scikit-learn 0.57 s)."""
+    n, d = rows.n_rows, rows.n_features
+    if rows.metric != "euclidean" or not n or not rows.values.numel():
+        return None
+    full = torch.bincount(rows.col, minlength=d) == n  # no duplicates: each row once
+    acc = _device.widest_float(rows.device)
+    values = rows.values.to(acc)
+    sums = torch.zeros(d, dtype=acc, device=rows.device).index_add_(0, rows.col, values)
+    means = torch.where(full, sums / n, 0.0)
+    removed = means.square().sum() * n  # sum |x|^2 less sum |x - means|^2
+    if not bool(removed >= _SHIFT_MIN_REMOVED * rows.sq_norms.to(acc).sum()):
+        return None
+    return means.to(rows.dtype)
+
+
+# The share of the rows' squared norms a frame shift must remove (see _frame_shift).
+_SHIFT_MIN_REMOVED = 0.75
+
+
+def _shifted(rows: SparseRows, shift: torch.Tensor) -> tuple[SparseRows, bool]:
+    """``rows`` less ``shift`` ``(d,)`` (:func:`_frame_shift`) on the columns
+    they store, with their squared norms, and whether every difference is
+    exact (the rows then are the given ones, moved)."""
+    moved = shift.index_select(0, rows.col)
+    values = rows.values - moved
+    exact = not bool(_two_sum_error(rows.values, moved.neg_(), values).any())
+    sq_norms = _row_sq_norms(rows.crow, values, _device.widest_float(values.device))
+    return rows._replace(values=values, sq_norms=sq_norms.to(values.dtype)), exact
+
+
+def _unshifted(
+    result: KMeansResult,
+    rows: SparseRows,
+    shifted: SparseRows,
+    exact: bool,
+    shift: torch.Tensor,
+    weights: torch.Tensor,
+    memory_budget: int | None,
+) -> KMeansResult:
+    """A fit of ``shifted`` rows (:func:`_shifted`) as one of ``rows``: its
+    centres plus ``shift``, labelled the nearest of those. Where the
+    shifted rows are exact and the returned centres less the shift too, the
+    distances are those of the shifted frame: the labels stand where those
+    centres are the fit's, else the shifted rows are labelled against them;
+    otherwise the rows themselves are (see :func:`sparse_nearest`)."""
+    centroids = result.centroids + shift
+    back = centroids - shift
+    if exact and not bool(_two_sum_error(centroids, -shift, back).any()):
+        if torch.equal(back, result.centroids):
+            return result._replace(centroids=centroids)
+        labels, distances = sparse_nearest(shifted, back, memory_budget)
+    else:
+        labels, distances = sparse_nearest(rows, centroids, memory_budget)
+    inertia = (distances.to(weights.dtype) * weights).sum()
+    return result._replace(centroids=centroids, labels=labels, inertia=inertia)
+
+
 def _block_rows(rows: SparseRows, columns: int, memory_budget: int | None) -> int:
     """Rows per block so that a block's ``(m, columns)`` scores (and their
     distances) take at most ``memory_budget`` bytes."""
@@ -1308,6 +1384,13 @@ def sparse_kmeans(
         rows = sparse_scaled(rows, exponent)
         if isinstance(init, torch.Tensor):
             init = times_power_of_two(init, exponent)
+    # Rows far from the origin in columns they all store are fitted shifted
+    # by those columns' means (see _frame_shift), the centres shifted back.
+    unshifted, shift, exact = rows, _frame_shift(rows), False
+    if shift is not None:
+        rows, exact = _shifted(rows, shift)
+        if isinstance(init, torch.Tensor):
+            init = init.to(rows.dtype) - shift
     acc = _device.widest_float(rows.device)
     n = rows.n_rows
     weights = (
@@ -1371,6 +1454,8 @@ def sparse_kmeans(
         if best is None or float(result.inertia) < float(best.inertia):
             best = result
     assert best is not None
+    if shift is not None:
+        best = _unshifted(best, unshifted, rows, exact, shift, weights, memory_budget)
     return best._replace(
         centroids=times_power_of_two(best.centroids, -exponent),
         inertia=times_power_of_two(best.inertia, -2 * exponent) + ignored,
