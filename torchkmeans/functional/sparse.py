@@ -882,10 +882,11 @@ def _to_rows(
     sparse-sparse product of those rows with the transpose, built once
     (scikit-learn's ``X[candidates] @ X.T``, which transposes in every call),
     whose work is each of their stored values times its column's rows: the
-    ``trials * density`` of the stored values, at about twice the cost of
-    each. The transpose costs about ``_TRANSPOSE_ROUNDS`` calls of the
-    product. Greedy k-means++, float64, 2 threads, time of the product and
-    of the transpose over scikit-learn's: 3,072 rows of 50,000 features at
+    ``trials * density`` of the stored values (:func:`_met_share`, the
+    density where columns are alike), at about twice the cost of each.
+    The transpose costs about ``_TRANSPOSE_ROUNDS`` calls of the product.
+    Greedy k-means++, float64, 2 threads, time of the product and of the
+    transpose over scikit-learn's: 3,072 rows of 50,000 features at
     0.1% stored, k=2-6: 0.9-1.0x and 0.9-1.4x, k=20-100: 1.0-1.6x and
     0.7-1.1x; 20,000 x 5,000 at 1%, k=2: 1.0x and 2.6x, k=10-100:
     0.35-0.43x and 0.26-0.34x; 100,000 x 20,000 at 0.1%, k=30-100:
@@ -897,12 +898,11 @@ def _to_rows(
     nnz, n, d = int(rows.values.numel()), rows.n_rows, rows.n_features
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     itemsize = torch.finfo(rows.dtype).bits // 8
-    density = nnz / max(1, n * d)
     transposed = None
     index_dtype = _index_dtype(max(nnz, n, d))
     if (
         _device.on_host(rows.device)
-        and rounds * (1.0 - 2.0 * trials * density) >= _TRANSPOSE_ROUNDS
+        and rounds * (1.0 - 2.0 * trials * _met_share(rows)) >= _TRANSPOSE_ROUNDS
         # The transpose's values and indices, and its sort's permutation.
         and nnz * (itemsize + 16) <= budget
     ):
@@ -952,6 +952,17 @@ def _to_rows(
         return out
 
     return distances
+
+
+def _met_share(rows: SparseRows) -> float:
+    """The mean share of the rows that a stored value of a random row meets
+    in the rows' transpose (its column's stored values over ``n``): the
+    density where columns are stored alike, more where some are stored in
+    most rows (a column stored in every row, where each sparse-sparse
+    product was dense: 200,000 x 1,001 at 1%, k=20, k-means++ 6.4 s)."""
+    n, nnz = rows.n_rows, int(rows.values.numel())
+    counts = torch.bincount(rows.col, minlength=rows.n_features).to(torch.float64)
+    return float(counts.square().sum()) / max(1, n * nnz)
 
 
 # Calls of _to_rows's sparse-dense product that its transpose costs (see there).
