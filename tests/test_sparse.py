@@ -1692,7 +1692,7 @@ def test_rows_far_from_the_origin_in_columns_all_store_are_fitted_shifted(monkey
     assert sum(measured) < 0.05 * 3000 * ours.n_iter_
     least, labelled = _nearest_in_float64(X, ours)
     np.testing.assert_array_equal(labelled, least)  # the nearest returned centres
-    np.testing.assert_allclose(ours.inertia_, least.sum(), rtol=1e-6)
+    np.testing.assert_allclose(ours.inertia_, least.sum(), rtol=1e-5)
     theirs = SklearnKMeans(6, init=init.astype(np.float64), n_init=1).fit(X.astype(np.float64))
     np.testing.assert_array_equal(ours.labels_, theirs.labels_)
     np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, atol=1e-3)
@@ -1702,7 +1702,7 @@ def test_rows_far_from_the_origin_in_columns_all_store_are_fitted_shifted(monkey
     seeded = KMeans(6, random_state=0, n_init=3).fit(X, sample_weight=w)
     least, labelled = _nearest_in_float64(X, seeded)
     np.testing.assert_array_equal(labelled, least)
-    np.testing.assert_allclose(seeded.inertia_, (least * w).sum(), rtol=1e-6)
+    np.testing.assert_allclose(seeded.inertia_, (least * w).sum(), rtol=1e-5)
 
 
 def test_a_shift_that_rounds_the_rows_labels_them_unshifted(monkeypatch):
@@ -1735,6 +1735,7 @@ def test_a_shift_that_rounds_the_rows_labels_them_unshifted(monkeypatch):
     np.testing.assert_allclose(model.inertia_, least.sum(), rtol=1e-5)
 
 
+@on_the_cpu_paths_only  # the transpose is built on the CPU only
 def test_kmeans_plusplus_takes_no_transpose_where_a_column_is_stored_in_every_row(monkeypatch):
     # The transpose's products meet, per stored value, its column's rows:
     # through a column every row stores, each product was dense. The share a

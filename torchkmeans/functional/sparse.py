@@ -1403,8 +1403,8 @@ def sparse_kmeans(
     unshifted, shift, exact = rows, _frame_shift(rows), False
     if shift is not None:
         rows, exact = _shifted(rows, shift)
-        if isinstance(init, torch.Tensor):
-            init = init.to(rows.dtype) - shift
+        if isinstance(init, torch.Tensor) and init.shape[-1:] == shift.shape:
+            init = init.to(rows.dtype) - shift  # others are refused as they are
     acc = _device.widest_float(rows.device)
     n = rows.n_rows
     weights = (
