@@ -1771,6 +1771,10 @@ def test_frame_shift_only_for_columns_every_row_stores_far_from_the_origin():
     shifted, exact = _shifted(rows, shift)
     assert exact and torch.equal(shifted.col, rows.col)
     np.testing.assert_allclose(shifted.values + shift[rows.col], rows.values, rtol=0, atol=0)
+    from torchkmeans.functional.sparse import sparse_kmeans
+
+    with pytest.raises(ValueError, match=r"Expected init to be of shape \(3, 201\)"):
+        sparse_kmeans(rows, 3, init=torch.zeros(3, 5, dtype=torch.float64))
     assert _frame_shift(_rows_of(CSR)) is None  # no column every row stores
     near = _year_among_one_hot(500, np.float64).tolil()
     near[:, 200] = np.random.default_rng(0).normal(size=(500, 1)) + 0.5
