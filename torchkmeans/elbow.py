@@ -24,16 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import _host, distributed
 from . import _validation as v
-from . import distributed
-from ._host import (
-    dense_when_mostly_stored,
-    densified,
-    host_rows,
-    is_sparse,
-    should_stream,
-    sparse_input,
-)
+from ._host import densified, host_rows, is_sparse, should_stream, sparse_input
 from .exceptions import ConvergenceWarning
 from .functional import _device, _native
 from .functional.collective import Collective
@@ -743,7 +736,7 @@ def elbow(
         # sparse shard whose dense form fits memory_budget as that array, a
         # larger one in passes of dense chunks.
         if not shard:
-            X = dense_when_mostly_stored(X, memory_budget)  # as KMeans fits it
+            X = _host.dense_when_mostly_stored(X, memory_budget)  # as KMeans fits it
         sparse_x = is_sparse(X) and not shard
         if not sparse_x:
             X = densified(X, memory_budget)
