@@ -129,10 +129,12 @@ class KMeans(distributed.SharesProcessGroup, EstimatorProtocol):
     sparse tensor) is not densified: Lloyd's iterations, ``predict``,
     ``transform`` and ``score`` run on its stored values
     (:mod:`torchkmeans.functional.sparse`), without centring, as
-    scikit-learn does; ``cluster_centers_`` and ``transform`` are dense.
-    One that stores a quarter of its elements or more is fitted dense
-    where its dense form fits ``memory_budget`` or is no larger than the
-    fit's copy of the stored values (see :meth:`fit`).
+    scikit-learn does (but for the columns every row stores, which a fit
+    shifts by their means where the rows lie far from the origin in them);
+    ``cluster_centers_`` and ``transform`` are dense. One that stores a
+    quarter of its elements or more is fitted dense where its dense form
+    fits ``memory_budget`` or is no larger than the fit's copy of the
+    stored values (see :meth:`fit`).
     A callable ``init`` is refused with sparse ``X``. Under
     ``torch.distributed`` a sparse shard is read as dense chunks of rows.
 

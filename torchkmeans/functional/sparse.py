@@ -1354,6 +1354,11 @@ def sparse_kmeans(
 ) -> KMeansResult:
     """K-Means on sparse rows: ``n_init`` runs of Lloyd's iterations, the lowest inertia wins.
 
+    Euclidean rows far from the origin in the columns every row stores are
+    fitted shifted by those columns' means (the rows store the same
+    columns), the centres shifted back and the labels checked against them
+    (see :func:`_frame_shift`).
+
     Parameters
     ----------
     rows : SparseRows
