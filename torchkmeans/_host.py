@@ -364,12 +364,13 @@ def dense_when_mostly_stored(X: Any, memory_budget: int | None) -> Any:
         return X
     shape = tuple(int(s) for s in X.shape)
     elements = math.prod(shape)
-    if len(shape) != 2 or elements == 0 or stored_share(X) < DENSIFIED_SHARE:
+    share = stored_share(X)
+    if len(shape) != 2 or elements == 0 or share < DENSIFIED_SHARE:
         return X
     v.check_memory_budget(memory_budget)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     itemsize = X.element_size() if isinstance(X, torch.Tensor) else np.dtype(X.dtype).itemsize
-    copy = round(stored_share(X) * elements) * (max(4, itemsize) + 8 + 4)
+    copy = round(share * elements) * (max(4, itemsize) + 8 + 4)
     return densified(X, max(budget, copy))
 
 

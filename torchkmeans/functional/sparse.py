@@ -773,13 +773,14 @@ def sparse_distances(
         def exact(part: torch.Tensor) -> torch.Tensor:
             if not wide_c_sq:
                 wide_c_sq.append(_wide_squared_norms(centres))
-            pieces = []
-            for piece in _support_parts(rows, part, k, memory_budget):
-                found = _distances_by_support(rows.subset(piece), centres, wide_c_sq[0])
-                if found is None:
-                    found = pairwise_distances(rows.take(piece), centres)
-                pieces.append(found.to(out.dtype))
-            return torch.cat(pieces)
+            return _by_support_or(
+                rows,
+                part,
+                centres,
+                wide_c_sq[0],
+                memory_budget,
+                lambda piece: pairwise_distances(rows.take(piece), centres),
+            )
 
         _measure_again(rows, out, c_sq, exact, memory_budget)
     return out
@@ -859,14 +860,36 @@ def _distances_to_few(a: SparseRows, b: SparseRows, memory_budget: int | None) -
     a_compact = a._replace(col=compact[: a.col.numel()], n_features=width, narrow_col=None)
     centres = torch.zeros((b.n_rows, width), dtype=b.dtype, device=b.device)
     centres.index_put_((b.row_of, compact[a.col.numel() :]), b.values)
-    c_sq = _wide_squared_norms(centres)
-    index = torch.arange(a.n_rows, device=a.device)
+    return _by_support_or(
+        a_compact,
+        torch.arange(a.n_rows, device=a.device),
+        centres,
+        _wide_squared_norms(centres),
+        memory_budget,
+        lambda piece: _distances_between(a.subset(piece), b),
+    )
+
+
+def _by_support_or(
+    rows: SparseRows,
+    index: torch.Tensor,
+    centres: torch.Tensor,
+    c_sq: torch.Tensor,
+    memory_budget: int | None,
+    otherwise: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Squared distances ``(m, k)``, in the widest float, of the rows
+    ``index`` ``(m,)`` to dense ``centres`` (``c_sq`` their
+    :func:`_wide_squared_norms`): by :func:`_distances_by_support`, in its
+    parts (:func:`_support_parts`), each part it leaves measured by
+    ``otherwise`` (a function of its row indices)."""
+    k = int(centres.shape[0])
     pieces = []
-    for piece in _support_parts(a_compact, index, b.n_rows, memory_budget):
-        found = _distances_by_support(a_compact.subset(piece), centres, c_sq)
-        pieces.append(_distances_between(a.subset(piece), b) if found is None else found)
+    for piece in _support_parts(rows, index, k, memory_budget):
+        found = _distances_by_support(rows.subset(piece), centres, c_sq)
+        pieces.append((otherwise(piece) if found is None else found).to(c_sq.dtype))
     if not pieces:
-        return torch.zeros((a.n_rows, b.n_rows), dtype=c_sq.dtype, device=a.device)
+        return torch.zeros((int(index.numel()), k), dtype=c_sq.dtype, device=rows.device)
     return torch.cat(pieces)
 
 
