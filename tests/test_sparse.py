@@ -1949,3 +1949,91 @@ def test_sparse_suspects_left_to_the_dense_search_go_in_parts_of_the_memory_budg
     expected_labels, expected = sparse_nearest(rows, centroids, memory_budget=budget)
     np.testing.assert_array_equal(labels, expected_labels)
     np.testing.assert_allclose(distances, expected, rtol=1e-12)
+
+
+@on_the_cpu_paths_only
+def test_float32_suspects_are_scored_again_in_float64(monkeypatch):
+    # A year among one-hot columns: most float32 rows are suspects of the
+    # expansion, each measured again from its stored columns (200,000 x
+    # 1,001, k=20: predict 0.14 s, scikit-learn's 0.01 s). Scored again in
+    # float64, by the fused kernel for labels and by products for every
+    # distance, in parts of the memory budget, only rows suspect there too
+    # are measured so (none here): the labels are the nearest centres
+    # measured in float64, and all is as the measures make it.
+    import torchkmeans.functional.sparse as sparse_module
+    from torchkmeans.functional import _native
+
+    if not _native.available():
+        pytest.skip("the fused kernel is not built here")
+    X = _year_among_one_hot(3000, np.float32)
+    rows = _rows_of(X, dtype=torch.float32)
+    dense = torch.from_numpy(X.toarray()).double()
+    centroids = dense[:600].reshape(6, 100, -1).mean(1).float()
+    exact = ((dense[:, None] - centroids.double()[None]) ** 2).sum(-1)
+    least = exact.min(1).values
+    measured, scored = [], []
+    support, kernel = sparse_module._distances_by_support, _native.sparse_lloyd
+
+    def measure(part, *args):
+        measured.append(part.n_rows)
+        return support(part, *args)
+
+    def score(crow, col, values, *args, **kwargs):
+        scored.append((values.dtype, int(crow.numel()) - 1, int(values.numel())))
+        return kernel(crow, col, values, *args, **kwargs)
+
+    monkeypatch.setattr(sparse_module, "_distances_by_support", measure)
+    monkeypatch.setattr(_native, "sparse_lloyd", score)
+    found = {}
+    for budget in (None, 20_000):
+        measured.clear(), scored.clear()
+        labels, distances = sparse_module.sparse_nearest(rows, centroids, budget)
+        np.testing.assert_array_equal(exact[torch.arange(3000), labels], least)
+        np.testing.assert_allclose(distances.double(), least, rtol=1e-6)
+        wide = [(m, stored) for dtype, m, stored in scored if dtype == torch.float64]
+        assert scored[0][:2] == (torch.float32, 3000) and sum(m for m, _ in wide) > 1000
+        if budget is None:
+            assert len(wide) == 1
+        else:  # parts of 625 stored values (8 bytes 4 times), one row past them
+            longest = int(np.diff(X.indptr).max())
+            assert len(wide) > 1 and max(stored for _, stored in wide) <= budget // 32 + longest
+        assert not measured
+        found[budget] = labels
+    counts = torch.full((6,), 100.0)
+    step = sparse_module.sparse_minibatch_step(rows, centroids, counts)
+    np.testing.assert_array_equal(exact[torch.arange(3000), step.labels], least)
+    # Every distance (transform), and those to k-means++'s candidates: from
+    # float64 products, in parts of the memory budget.
+    products = []
+    mm = torch.sparse.mm
+
+    def product(block, dense):
+        products.append((block.values().dtype, int(block.shape[0])))
+        return mm(block, dense)
+
+    monkeypatch.setattr(torch.sparse, "mm", product)
+    for budget in (None, 20_000):
+        products.clear()
+        distances = sparse_module.sparse_distances(rows, centroids, budget)
+        np.testing.assert_allclose(distances.double(), exact, rtol=1e-6, atol=1e-3)
+        widened = [m for dtype, m in products if dtype == torch.float64]
+        assert sum(widened) > 1000 and len(widened) > (budget is not None)
+    products.clear()
+    index = sparse_module.sparse_kmeans_plusplus(
+        rows, 6, generator=torch.Generator().manual_seed(0)
+    )
+    assert not measured and sum(m for dtype, m in products if dtype == torch.float64) > 1000
+    # Without the float64 scores the rows are measured, to the same labels
+    # and the same step.
+    monkeypatch.setattr(sparse_module, "_WIDE_MIN_SUSPECTS", math.inf)
+    measured.clear()
+    labels, _ = sparse_module.sparse_nearest(rows, centroids)
+    assert sum(measured) == sum(m for m, _ in wide)
+    assert torch.equal(labels, found[None]) and torch.equal(labels, found[20_000])
+    measured_step = sparse_module.sparse_minibatch_step(rows, centroids, counts)
+    assert torch.equal(measured_step.labels, step.labels)
+    torch.testing.assert_close(measured_step.centroids, step.centroids, rtol=1e-6, atol=0)
+    measured_index = sparse_module.sparse_kmeans_plusplus(
+        rows, 6, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(measured_index, index)
