@@ -541,13 +541,14 @@ def _rescored_wide(
     returns those still suspect there. The expansion's rounding in float64
     is 2^-29 of float32's: rows far from the origin for their distance, a
     float32 expansion's suspects, are labelled there at a scatter's cost,
-    not measured again from their stored columns (a year among one-hot
-    columns, 200,000 x 1,001 float32, k=20, 2 threads: 60% of the rows
-    suspects of the fit's shifted rows, all of the given ones; ``predict``
-    27-35 ms against 137-142 ms, scikit-learn's 10 ms; ``MiniBatchKMeans``
-    fit 0.49-0.53 s against 0.90-0.98 s, scikit-learn's 1.0-1.2 s). ``totals`` are set to NaN
-    when a label changes (see :func:`_checked_nearest`). In parts of
-    ``memory_budget``."""
+    not measured again from their stored columns (years 1950-2019 among
+    1,000 one-hot columns, 200,000 rows, float32, k=20, 2 threads: 60% of
+    the rows suspects of the fit's shifted rows, all of the given ones;
+    ``predict`` 27-35 ms against 137-142 ms, scikit-learn's 10 ms;
+    ``MiniBatchKMeans`` fit 0.49-0.53 s against 0.90-0.98 s,
+    scikit-learn's 1.0-1.4 s).
+    ``totals`` are set to NaN when a label changes (see
+    :func:`_checked_nearest`). In parts of ``memory_budget``."""
     wide = torch.float64
     wide_centroids = centroids.to(wide)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
@@ -898,11 +899,11 @@ def _widened_again(
     that :func:`_measure_again` would measure, from the expansion in
     float64 (their values, squared norms and ``centres`` ``(k, d)`` widened
     exactly), in place; returns those it cannot trust there either. As
-    :func:`_rescored_wide` labels, for every distance (a year among one-hot
-    columns, 200,000 x 1,001 float32, k=20, 2 threads: ``transform`` 0.09 s
-    against 0.17-0.18 s, scikit-learn's 0.13 s; the default fit, most of it
-    k-means++'s distances to its candidates, 0.48-0.51 s against 1.2 s,
-    scikit-learn's 1.9 s). In parts of ``memory_budget``."""
+    :func:`_rescored_wide` labels, for every distance (the data there:
+    ``transform`` 0.09 s against 0.17-0.18 s, scikit-learn's 0.13 s; the
+    default fit, most of it k-means++'s distances to its candidates,
+    0.48-0.51 s against 1.2 s, scikit-learn's 1.9 s). In parts of
+    ``memory_budget``."""
     wide = torch.float64
     wide_centres = centres.to(wide)
     c_sq = _squared_norms(wide_centres)
