@@ -549,24 +549,20 @@ def _rescored_wide(
     scikit-learn's 1.0-1.4 s).
     ``totals`` are set to NaN when a label changes (see
     :func:`_checked_nearest`). In parts of ``memory_budget``."""
-    wide = torch.float64
-    wide_centroids = centroids.to(wide)
+    wide_centroids = centroids.to(torch.float64)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     still = []
-    # A part's copies: 8-byte values (twice), columns and positions per stored value.
-    for part in _stored_parts(rows, index, budget // 32):
-        picked = rows.subset(part)
-        values = picked.values.to(wide)
-        sq_norms = _row_sq_norms(picked.crow, values, wide)
-        part_labels = torch.empty(int(part.numel()), dtype=torch.int64, device=rows.device)
-        part_distances = torch.empty(int(part.numel()), dtype=wide, device=rows.device)
+    for part in _stored_parts(rows, index, budget // _WIDENED_BYTES):
+        picked = _widened(rows, part)
+        part_labels = torch.empty(picked.n_rows, dtype=torch.int64, device=rows.device)
+        part_distances = torch.empty(picked.n_rows, dtype=torch.float64, device=rows.device)
         _native.sparse_lloyd(
             picked.crow,
             picked.col,
-            values,
+            picked.values,
             rows.n_features,
             wide_centroids,
-            sq_norms,
+            picked.sq_norms,
             part_labels,
             part_distances,
         )
@@ -574,8 +570,23 @@ def _rescored_wide(
             totals.fill_(math.nan)
         labels.index_copy_(0, part, part_labels)
         distances.index_copy_(0, part, part_distances.to(distances.dtype))
-        still.append(part[suspects(sq_norms, part_distances, centred=True)])
+        still.append(part[suspects(picked.sq_norms, part_distances, centred=True)])
     return torch.cat(still) if still else index
+
+
+# Bytes per stored value of a part of rows _widened copies: its float64
+# value (and squares), column and position.
+_WIDENED_BYTES = 32
+
+
+def _widened(rows: SparseRows, index: torch.Tensor) -> SparseRows:
+    """The rows ``index`` ``(m,)`` with their values and squared norms in
+    float64 (the values widened exactly)."""
+    picked = rows.subset(index)
+    values = picked.values.to(torch.float64)
+    return picked._replace(
+        values=values, sq_norms=_row_sq_norms(picked.crow, values, torch.float64)
+    )
 
 
 _Blocks = list[tuple[int, int, torch.Tensor]]
@@ -874,9 +885,7 @@ def _measure_again(
     rows are first scored again in float64 (:func:`_widened_again`) where
     ``centres`` gives the dense ``(k, d)`` centres (made only then)."""
     k = int(c_sq.shape[0])
-    factor = trust_factor(out.dtype, out.device)
-    reach = rows.sq_norms.to(c_sq.dtype).sqrt() + c_sq.amax().sqrt()
-    again = (out.amin(1) * factor < reach.square()).nonzero().squeeze(1)
+    again = _untrusted(rows.sq_norms, out, c_sq).nonzero().squeeze(1)
     if (
         centres is not None
         and again.numel() >= _WIDE_MIN_SUSPECTS
@@ -886,6 +895,16 @@ def _measure_again(
         again = _widened_again(rows, out, centres(), again, memory_budget)
     for part in _parts(again, _block_rows(rows, rows.n_features + k, memory_budget)):
         out.index_copy_(0, part, exact(part).to(out.dtype))
+
+
+def _untrusted(x_sq: torch.Tensor, out: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    """``(m,)`` bool: the rows of distances ``out`` ``(m, k)`` that the
+    expansion's rounding may make inexact, ``D * factor < (|x| + |c|)^2``
+    (``x_sq`` the rows' squared norms, ``|c|`` bounded by the largest of the
+    centres' ``c_sq``)."""
+    factor = trust_factor(out.dtype, out.device)
+    reach = x_sq.to(c_sq.dtype).sqrt() + c_sq.amax().sqrt()
+    return out.amin(1) * factor < reach.square()
 
 
 def _widened_again(
@@ -904,27 +923,20 @@ def _widened_again(
     default fit, most of it k-means++'s distances to its candidates,
     0.48-0.51 s against 1.2 s, scikit-learn's 1.9 s). In parts of
     ``memory_budget``."""
-    wide = torch.float64
-    wide_centres = centres.to(wide)
+    wide_centres = centres.to(torch.float64)
     c_sq = _squared_norms(wide_centres)
     k = int(centres.shape[0])
-    factor = trust_factor(wide, rows.device)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     still = []
-    # A part's copies: 8-byte values (twice), columns and positions per
-    # stored value; its (m, k) float64 distances.
+    # Parts of (m, k) float64 distances (and their scores) within the budget.
     for piece in _parts(index, max(1, budget // (16 * max(1, k)))):
-        for part in _stored_parts(rows, piece, budget // 32):
-            picked = rows.subset(part)
-            values = picked.values.to(wide)
-            picked = picked._replace(
-                values=values, sq_norms=_row_sq_norms(picked.crow, values, wide)
-            )
+        for part in _stored_parts(rows, piece, budget // _WIDENED_BYTES):
+            picked = _widened(rows, part)
             distances = _block_distances(picked, 0, picked.n_rows, wide_centres, c_sq)
-            reach = picked.sq_norms.sqrt() + c_sq.amax().sqrt()
-            trusted = distances.amin(1) * factor >= reach.square()
+            doubtful = _untrusted(picked.sq_norms, distances, c_sq)
+            trusted = ~doubtful
             out.index_copy_(0, part[trusted], distances[trusted].to(out.dtype))
-            still.append(part[~trusted])
+            still.append(part[doubtful])
     return torch.cat(still) if still else index
 
 
